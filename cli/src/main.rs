@@ -1,0 +1,81 @@
+//! `nudge`: one command for every way of running the platform.
+
+mod dev;
+mod storefront;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use nudge_control_plane::ControlPlaneConfig;
+use nudge_data_plane_cell::CellConfig;
+use tokio_util::sync::CancellationToken;
+
+/// Nudge: real-time cart recovery for online stores.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    /// A TOML configuration file for the chosen command (environment variables override it).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the control plane, one shared cell and a demo storefront on this machine, and
+    /// print the URLs to open. Expects PostgreSQL, Redis and the broker running
+    /// (`scripts/dev` starts them).
+    Dev,
+    /// Run the control plane (public API + outbox relay). Env: NUDGE_CONTROL_PLANE__….
+    ControlPlane,
+    /// Run a data-plane cell (ingest, features, scoring, decisions, sockets). Env: NUDGE_CELL__….
+    Cell,
+    /// Create the control-plane database if needed and apply migrations as the owner role.
+    Migrate,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let no_flags = serde_json::json!({});
+    let shutdown = CancellationToken::new();
+    match cli.command {
+        Command::Dev => {
+            let config: dev::DevConfig = nudge_platform_config::load("NUDGE_", cli.config.as_deref(), &no_flags)?;
+            nudge_platform_telemetry::init(&config.log);
+            tokio::spawn(nudge_platform_http::serve::cancel_on_signal(shutdown.clone()));
+            dev::run(config, shutdown).await
+        }
+        Command::ControlPlane => {
+            let config: ControlPlaneConfig =
+                nudge_platform_config::load("NUDGE_CONTROL_PLANE__", cli.config.as_deref(), &no_flags)?;
+            nudge_platform_telemetry::init(&config.log);
+            let listener = tokio::net::TcpListener::bind(config.http.listen)
+                .await
+                .with_context(|| format!("binding {}", config.http.listen))?;
+            tokio::spawn(nudge_platform_http::serve::cancel_on_signal(shutdown.clone()));
+            nudge_web_api::run(config, listener, shutdown).await
+        }
+        Command::Cell => {
+            let config: CellConfig = nudge_platform_config::load("NUDGE_CELL__", cli.config.as_deref(), &no_flags)?;
+            nudge_platform_telemetry::init(&config.log);
+            let listener = tokio::net::TcpListener::bind(config.http.listen)
+                .await
+                .with_context(|| format!("binding {}", config.http.listen))?;
+            tokio::spawn(nudge_platform_http::serve::cancel_on_signal(shutdown.clone()));
+            nudge_data_plane_cell::run(config, listener, shutdown).await
+        }
+        Command::Migrate => {
+            let config: ControlPlaneConfig =
+                nudge_platform_config::load("NUDGE_CONTROL_PLANE__", cli.config.as_deref(), &no_flags)?;
+            nudge_platform_telemetry::init(&config.log);
+            let owner = config.database.owner_options().map_err(anyhow::Error::msg)?;
+            nudge_migrations::ensure_database(&owner).await?;
+            nudge_migrations::migrate(&owner).await?;
+            tracing::info!("migrations applied");
+            Ok(())
+        }
+    }
+}

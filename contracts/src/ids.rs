@@ -1,0 +1,93 @@
+//! Identifiers chosen outside the platform (by the snippet) or per message.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// An id from the client that is not 1-64 characters of `A-Z a-z 0-9 _ - . :`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} must be 1-64 characters of letters, digits, '_', '-', '.' or ':'")]
+pub struct ClientIdError {
+    pub what: &'static str,
+}
+
+fn valid_client_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b))
+}
+
+macro_rules! client_id {
+    ($(#[$meta:meta])* $name:ident, $what:literal) => {
+        $(#[$meta])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn parse(s: &str) -> Result<Self, ClientIdError> {
+                if valid_client_id(s) { Ok(Self(s.to_owned())) } else { Err(ClientIdError { what: $what }) }
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = ClientIdError;
+            fn try_from(s: String) -> Result<Self, ClientIdError> {
+                if valid_client_id(&s) { Ok(Self(s)) } else { Err(ClientIdError { what: $what }) }
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(v: $name) -> String {
+                v.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+client_id!(
+    /// The store's anonymous id for a shopper (a browser), unique within a tenant.
+    ShopperId,
+    "shopper_id"
+);
+
+client_id!(
+    /// The sender's id for one event, unique within a tenant.
+    EventId,
+    "event_id"
+);
+
+nudge_tenants::prefixed_id!(
+    /// One intervention decided for one shopper.
+    InterventionId,
+    "itv"
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_ids_accept_uuids_and_reject_junk() {
+        assert!(ShopperId::parse("shp_3f2a9c1e-7b44-4c1d-9a55-0e6f1d2c3b4a").is_ok());
+        assert!(EventId::parse("0190f3c2-8a1b-7c3d-9e4f-5a6b7c8d9e0f").is_ok());
+        assert!(ShopperId::parse("").is_err());
+        assert!(ShopperId::parse("a b").is_err());
+        assert!(ShopperId::parse(&"x".repeat(65)).is_err());
+        assert!(EventId::parse("ok/../x").is_err());
+    }
+}

@@ -1,0 +1,51 @@
+//! The JSON batch the snippet (or a store's server) posts to a cell's `POST /v1/events`.
+//!
+//! ```json
+//! {"events": [{"event_id": "…", "type": "add_to_cart", "shopper_id": "…",
+//!              "occurred_at": "2026-11-27T12:00:00Z",
+//!              "properties": {"product_id": "sku-1", "price": 49.5, "currency": "EUR", "quantity": 1}}]}
+//! ```
+//!
+//! These types only describe the shape; the cell's ingest parses them into
+//! [`crate::proto::events::v1::Event`] and owns every rule about what is valid.
+
+use serde::{Deserialize, Serialize};
+
+/// A batch of events from one browser or server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventBatch {
+    pub events: Vec<RawEvent>,
+}
+
+/// One event as sent, before validation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RawEvent {
+    pub event_id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub shopper_id: String,
+    /// RFC 3339; the cell's receive time when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub occurred_at: Option<String>,
+    #[serde(default)]
+    pub properties: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The event types a cell accepts, by their wire name.
+pub const EVENT_TYPES: [&str; 8] = [
+    "page_view",
+    "product_view",
+    "add_to_cart",
+    "remove_from_cart",
+    "checkout_start",
+    "purchase",
+    "exit_intent",
+    "identify",
+];
+
+/// `202 Accepted` body: every event in the batch is durably enqueued.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BatchAccepted {
+    pub accepted: usize,
+}

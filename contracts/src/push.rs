@@ -1,0 +1,32 @@
+//! JSON messages a shopper's WebSocket receives from the cell.
+
+use serde::{Deserialize, Serialize};
+
+/// One text frame on the shopper socket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum PushMessage {
+    /// Sent once when the socket is registered.
+    Ready { shopper_id: String },
+    /// Something to show the shopper.
+    Intervention(InterventionMessage),
+}
+
+/// An intervention as the snippet renders it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InterventionMessage {
+    pub intervention_id: String,
+    /// `cart_reminder`, …
+    pub kind: String,
+    pub title: String,
+    pub body: String,
+    /// Abandonment probability from the model, in `[0, 1]`.
+    pub score: f64,
+    pub model_version: String,
+    /// The event that triggered it.
+    pub cause_event_id: String,
+    /// RFC 3339.
+    pub decided_at: String,
+    /// Trace id of the request that carried the cause event.
+    pub trace_id: String,
+}

@@ -1,0 +1,115 @@
+//! Configuration of the control plane. Every default runs on one machine with no flags.
+
+use std::{net::SocketAddr, str::FromStr};
+
+use nudge_platform_config::Validate;
+use nudge_platform_kafka::KafkaConfig;
+use nudge_platform_telemetry::LogConfig;
+use nudge_tenants::CellId;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use sqlx::postgres::PgConnectOptions;
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct ControlPlaneConfig {
+    pub http: HttpConfig,
+    pub database: DatabaseConfig,
+    pub kafka: KafkaConfig,
+    pub outbox: OutboxConfig,
+    pub placement: PlacementConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct HttpConfig {
+    /// Where the public API listens.
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8080)) }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct DatabaseConfig {
+    /// Runtime connection, as `nudge_app` (no ownership, no BYPASSRLS).
+    pub url: SecretString,
+    /// Owner connection used only to create the database and apply migrations.
+    pub owner_url: SecretString,
+    pub max_connections: u32,
+    /// How long a request waits for a pooled connection before answering 503.
+    pub acquire_timeout_ms: u64,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: SecretString::from("postgres://nudge_app@127.0.0.1:5432/nudge"),
+            owner_url: SecretString::from("postgres://postgres@127.0.0.1:5432/nudge"),
+            max_connections: 10,
+            acquire_timeout_ms: 2_000,
+        }
+    }
+}
+
+impl DatabaseConfig {
+    pub fn runtime_options(&self) -> Result<PgConnectOptions, String> {
+        PgConnectOptions::from_str(self.url.expose_secret()).map_err(|e| format!("database.url: {e}"))
+    }
+
+    pub fn owner_options(&self) -> Result<PgConnectOptions, String> {
+        PgConnectOptions::from_str(self.owner_url.expose_secret()).map_err(|e| format!("database.owner_url: {e}"))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct OutboxConfig {
+    /// How often the relay looks for rows when nothing woke it.
+    pub poll_interval_ms: u64,
+    /// Rows published per round trip.
+    pub batch_size: i64,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self { poll_interval_ms: 500, batch_size: 200 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct PlacementConfig {
+    /// The shared cell self-service tenants are placed on.
+    pub shared_cell_id: CellId,
+    /// Base URL browsers use to reach that cell.
+    pub shared_cell_url: String,
+}
+
+impl Default for PlacementConfig {
+    fn default() -> Self {
+        Self { shared_cell_id: CellId::default_shared(), shared_cell_url: "http://127.0.0.1:8081".to_owned() }
+    }
+}
+
+impl Validate for ControlPlaneConfig {
+    fn validate(&self) -> Result<(), String> {
+        self.database.runtime_options()?;
+        self.database.owner_options()?;
+        if self.database.max_connections == 0 {
+            return Err("database.max_connections must be at least 1".into());
+        }
+        if self.outbox.batch_size <= 0 {
+            return Err("outbox.batch_size must be positive".into());
+        }
+        if !self.placement.shared_cell_url.starts_with("http") {
+            return Err("placement.shared_cell_url must be an http(s) URL".into());
+        }
+        self.kafka.validate()
+    }
+}

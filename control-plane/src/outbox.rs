@@ -1,0 +1,181 @@
+//! The transactional outbox.
+//!
+//! A change and the record announcing it are written in one transaction ([`enqueue`]); the
+//! [`Relay`] later publishes committed rows in id order and marks them published. A crash
+//! between publish and mark publishes a row twice, never zero times: consumers keep the
+//! highest `revision` per key, so a repeat is harmless.
+
+use std::{sync::Arc, time::Duration};
+
+use nudge_contracts::headers::SchemaRef;
+use nudge_platform_kafka::{KafkaConfig, headers::record_headers};
+use nudge_platform_telemetry::TraceContext;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use sqlx::{Postgres, Row, Transaction};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::db::{Database, DbError};
+
+/// One record to publish.
+#[derive(Debug, Clone)]
+pub struct OutboxRecord {
+    pub topic: String,
+    pub key: Vec<u8>,
+    /// `None` publishes a tombstone.
+    pub payload: Option<Vec<u8>>,
+    pub schema: SchemaRef,
+    pub traceparent: Option<String>,
+}
+
+/// Adds `record` to the outbox inside the caller's transaction.
+pub async fn enqueue(tx: &mut Transaction<'static, Postgres>, record: &OutboxRecord) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO outbox (topic, record_key, payload, schema_name, schema_version, traceparent)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&record.topic)
+    .bind(&record.key)
+    .bind(record.payload.as_deref())
+    .bind(record.schema.name)
+    .bind(record.schema.version as i32)
+    .bind(record.traceparent.as_deref())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("publishing outbox row {id}: {source}")]
+    Publish { id: i64, source: rdkafka::error::KafkaError },
+}
+
+impl From<sqlx::Error> for RelayError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Db(DbError::Query(e))
+    }
+}
+
+/// Publishes outbox rows to Kafka.
+pub struct Relay {
+    db: Database,
+    producer: FutureProducer,
+    batch_size: i64,
+    poll_interval: Duration,
+    wake: Arc<Notify>,
+}
+
+impl Relay {
+    pub fn new(
+        db: Database,
+        kafka: &KafkaConfig,
+        batch_size: i64,
+        poll_interval: Duration,
+    ) -> Result<Self, nudge_platform_kafka::Error> {
+        Ok(Self {
+            db,
+            producer: nudge_platform_kafka::producer(kafka, "nudge-control-plane-outbox")?,
+            batch_size,
+            poll_interval,
+            wake: Arc::new(Notify::new()),
+        })
+    }
+
+    /// Wakes the relay early; signal it after committing an outbox row.
+    pub fn waker(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    /// Publishes until `shutdown`. Failures are logged and retried with backoff; rows stay
+    /// in the outbox until published.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let wait = match self.publish_batch().await {
+                Ok(n) if n as i64 == self.batch_size => Duration::ZERO,
+                Ok(_) => {
+                    backoff = Duration::from_millis(100);
+                    self.poll_interval
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "outbox relay failed");
+                    let wait = backoff;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    wait
+                }
+            };
+            if wait.is_zero() {
+                continue;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Publishes the oldest unpublished rows; how many.
+    pub async fn publish_batch(&self) -> Result<usize, RelayError> {
+        let mut tx = self.db.platform_tx().await?;
+        // SKIP LOCKED lets several control-plane replicas relay without blocking each other.
+        let rows = sqlx::query(
+            "SELECT id, topic, record_key, payload, schema_name, schema_version, traceparent
+             FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(self.batch_size)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut deliveries = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id: i64 = row.try_get("id")?;
+            let topic: String = row.try_get("topic")?;
+            let key: Vec<u8> = row.try_get("record_key")?;
+            let payload: Option<Vec<u8>> = row.try_get("payload")?;
+            let schema_name: String = row.try_get("schema_name")?;
+            let schema_version: i32 = row.try_get("schema_version")?;
+            let traceparent: Option<String> = row.try_get("traceparent")?;
+            let trace = traceparent.as_deref().and_then(|t| TraceContext::parse(t).ok());
+            let headers = record_headers(
+                SchemaRef { name: known_schema(&schema_name), version: schema_version as u32 },
+                trace.as_ref(),
+            );
+            let mut record: FutureRecord<'_, [u8], [u8]> =
+                FutureRecord::to(&topic).key(key.as_slice()).headers(headers);
+            if let Some(p) = payload.as_deref() {
+                record = record.payload(p);
+            }
+            // Enqueue without awaiting, so the batch is in flight at once; order within a
+            // partition is kept by the idempotent producer.
+            let delivery =
+                self.producer.send_result(record).map_err(|(source, _)| RelayError::Publish { id, source })?;
+            deliveries.push((id, delivery));
+            ids.push(id);
+        }
+        for (id, delivery) in deliveries {
+            match delivery.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((source, _))) => return Err(RelayError::Publish { id, source }),
+                Err(_) => return Err(RelayError::Publish { id, source: rdkafka::error::KafkaError::Canceled }),
+            }
+        }
+        sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)").bind(&ids).execute(&mut *tx).await?;
+        tx.commit().await?;
+        tracing::debug!(rows = ids.len(), "outbox rows published");
+        Ok(ids.len())
+    }
+}
+
+/// The static schema name matching a row's text; anything unexpected is carried as "unknown".
+fn known_schema(name: &str) -> &'static str {
+    use nudge_contracts::headers::{EVENT_V1, TENANT_CONFIG_V1};
+    [TENANT_CONFIG_V1.name, EVENT_V1.name].into_iter().find(|n| *n == name).unwrap_or("unknown")
+}

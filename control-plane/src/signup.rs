@@ -1,0 +1,164 @@
+//! Self-service signup.
+//!
+//! One transaction creates the tenant (acting as that tenant under row-level security), its
+//! publishable and secret keys, its allowed origins, and the outbox record that tells its
+//! cell. Either all of it happens or none; the relay publishes the record after commit.
+
+use chrono::{DateTime, Utc};
+use nudge_contracts::{
+    headers::TENANT_CONFIG_V1,
+    proto::control::v1::{TenantConfig, TenantState as WireState},
+    topics::Topic,
+};
+use nudge_tenants::{AllowedOrigin, KeyError, PublishableKey, SecretKey, TenantId, TenantName, TenantState};
+use prost::Message;
+use uuid::Uuid;
+
+use crate::{
+    db::{Database, DbError},
+    outbox::{self, OutboxRecord},
+    placement::Cell,
+};
+
+/// The most origins one tenant may allow.
+pub const MAX_ORIGINS: usize = 20;
+
+/// A validated signup.
+#[derive(Debug, Clone)]
+pub struct NewTenant {
+    pub name: TenantName,
+    pub allowed_origins: Vec<AllowedOrigin>,
+}
+
+/// What signup created. The secret key exists in clear only in this value.
+#[derive(Debug)]
+pub struct SignedUp {
+    pub tenant_id: TenantId,
+    pub name: TenantName,
+    pub state: TenantState,
+    pub cell: Cell,
+    pub publishable_key: PublishableKey,
+    pub secret_key: SecretKey,
+    pub allowed_origins: Vec<AllowedOrigin>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SignupError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+}
+
+impl From<sqlx::Error> for SignupError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Db(DbError::Query(e))
+    }
+}
+
+/// Maps a lifecycle state to its wire form.
+pub fn wire_state(state: TenantState) -> WireState {
+    match state {
+        TenantState::Pending => WireState::Pending,
+        TenantState::Provisioning => WireState::Provisioning,
+        TenantState::Active => WireState::Active,
+        TenantState::Suspended => WireState::Suspended,
+        TenantState::Offboarding => WireState::Offboarding,
+        TenantState::Deleted => WireState::Deleted,
+    }
+}
+
+/// Creates a tenant on `cell`. Placement on a shared cell needs nothing provisioned, so the
+/// tenant passes `pending → provisioning → active` inside the transaction and its cell
+/// learns it as active.
+pub async fn sign_up(
+    db: &Database,
+    topics: &nudge_contracts::Topics,
+    cell: &Cell,
+    new: NewTenant,
+    traceparent: Option<String>,
+) -> Result<SignedUp, SignupError> {
+    let tenant_id = TenantId::new();
+    let publishable_key = PublishableKey::generate()?;
+    let secret_key = SecretKey::generate()?;
+    // Nothing to provision on a shared cell: the tenant is active once the transaction commits.
+    let state = TenantState::Active;
+    let revision: i64 = 1;
+
+    let mut tx = db.tenant_tx(tenant_id).await?;
+    let created_at: DateTime<Utc> = sqlx::query_scalar(
+        "INSERT INTO tenants (tenant_id, name, state, isolation, cell_id, revision)
+         VALUES ($1, $2, $3, 'shared', $4, $5) RETURNING created_at",
+    )
+    .bind(tenant_id.as_uuid())
+    .bind(new.name.as_str())
+    .bind(state.as_str())
+    .bind(cell.id.as_str())
+    .bind(revision)
+    .fetch_one(&mut *tx)
+    .await?;
+
+    sqlx::query(
+        "INSERT INTO api_keys (tenant_id, key_id, kind, publishable_key, visible_prefix)
+         VALUES ($1, $2, 'publishable', $3, $4)",
+    )
+    .bind(tenant_id.as_uuid())
+    .bind(Uuid::now_v7())
+    .bind(publishable_key.as_str())
+    .bind(&publishable_key.as_str()[..11])
+    .execute(&mut *tx)
+    .await?;
+
+    sqlx::query(
+        "INSERT INTO api_keys (tenant_id, key_id, kind, secret_hash, visible_prefix)
+         VALUES ($1, $2, 'secret', $3, $4)",
+    )
+    .bind(tenant_id.as_uuid())
+    .bind(Uuid::now_v7())
+    .bind(secret_key.hash().as_bytes().as_slice())
+    .bind(secret_key.visible_prefix())
+    .execute(&mut *tx)
+    .await?;
+
+    let origins: Vec<String> = new.allowed_origins.iter().map(|o| o.as_str().to_owned()).collect();
+    sqlx::query("INSERT INTO tenant_origins (tenant_id, origin) SELECT $1, unnest($2::text[])")
+        .bind(tenant_id.as_uuid())
+        .bind(&origins)
+        .execute(&mut *tx)
+        .await?;
+
+    let config = TenantConfig {
+        tenant_id: tenant_id.to_string(),
+        state: wire_state(state) as i32,
+        cell_id: cell.id.to_string(),
+        publishable_keys: vec![publishable_key.to_string()],
+        allowed_origins: origins,
+        revision: revision as u64,
+        updated_at_ms: created_at.timestamp_millis(),
+    };
+    outbox::enqueue(
+        &mut tx,
+        &OutboxRecord {
+            topic: topics.name(Topic::ControlTenants),
+            key: tenant_id.to_string().into_bytes(),
+            payload: Some(config.encode_to_vec()),
+            schema: TENANT_CONFIG_V1,
+            traceparent,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+
+    tracing::info!(tenant_id = %tenant_id, cell_id = %cell.id, "tenant signed up");
+    Ok(SignedUp {
+        tenant_id,
+        name: new.name,
+        state,
+        cell: cell.clone(),
+        publishable_key,
+        secret_key,
+        allowed_origins: new.allowed_origins,
+        created_at,
+    })
+}

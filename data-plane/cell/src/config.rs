@@ -1,0 +1,103 @@
+//! Configuration of a cell. Every default runs on one machine with no flags.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use nudge_data_plane_decide::RuleConfig;
+use nudge_data_plane_ingest::IngestConfig;
+use nudge_platform_config::Validate;
+use nudge_platform_kafka::KafkaConfig;
+use nudge_platform_telemetry::LogConfig;
+use nudge_tenants::CellId;
+use secrecy::SecretString;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct CellConfig {
+    /// This cell's id; tenant records for other cells are ignored.
+    pub cell_id: CellId,
+    pub http: HttpConfig,
+    pub kafka: KafkaConfig,
+    pub redis: RedisConfig,
+    pub ingest: IngestConfig,
+    pub inference: InferenceConfig,
+    pub decide: RuleConfig,
+    pub log: LogConfig,
+}
+
+impl Default for CellConfig {
+    fn default() -> Self {
+        Self {
+            cell_id: CellId::default_shared(),
+            http: HttpConfig::default(),
+            kafka: KafkaConfig::default(),
+            redis: RedisConfig::default(),
+            ingest: IngestConfig::default(),
+            inference: InferenceConfig::default(),
+            decide: RuleConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct HttpConfig {
+    /// Where ingest, sockets and the operational routes listen.
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8081)) }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct RedisConfig {
+    pub url: SecretString,
+    /// Prepended to every key and channel (isolates environments and tests).
+    pub prefix: String,
+    /// How long one command may take before it counts as failed.
+    pub response_timeout_ms: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: SecretString::from("redis://127.0.0.1:6379/"),
+            prefix: "nudge:".to_owned(),
+            response_timeout_ms: 1_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct InferenceConfig {
+    /// `libonnxruntime.so`; `ORT_DYLIB_PATH` when unset.
+    pub onnxruntime_library: Option<PathBuf>,
+    /// An ONNX artifact to use instead of the bundled model (needs `model_sha256`).
+    pub model_path: Option<PathBuf>,
+    pub model_sha256: Option<String>,
+    pub model_version: Option<String>,
+}
+
+impl Validate for CellConfig {
+    fn validate(&self) -> Result<(), String> {
+        self.kafka.validate()?;
+        if self.inference.model_path.is_some()
+            && (self.inference.model_sha256.is_none() || self.inference.model_version.is_none())
+        {
+            return Err("inference.model_path needs inference.model_sha256 and inference.model_version".into());
+        }
+        if self.ingest.max_batch_events == 0 || self.ingest.max_body_bytes == 0 {
+            return Err("ingest limits must be positive".into());
+        }
+        if !(0.0..=1.0).contains(&self.decide.threshold) {
+            return Err("decide.threshold must be within [0, 1]".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,145 @@
+//! A data-plane cell: every capability of the data plane wired into one process.
+//!
+//! # Layout
+//!
+//! - [`run`]: starts the cell on a listener and runs it until shutdown.
+//! - [`config`]: [`CellConfig`].
+//! - [`pipeline`]: `events.raw` → features → model → decision → intervention.
+//! - [`readiness`]: what `/readyz` checks.
+//! - [`snippet`]: serves `nudge.js`, the browser snippet.
+
+pub mod config;
+pub mod pipeline;
+pub mod readiness;
+pub mod snippet;
+
+use std::{
+    sync::{Arc, atomic::AtomicBool},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use axum::{Router, middleware::from_fn_with_state};
+use nudge_contracts::Topic;
+use nudge_data_plane_directory::Directory;
+use nudge_data_plane_features::store::SessionStore;
+use nudge_data_plane_gateway::{
+    GatewayState, Hub,
+    route::{InterventionPublisher, channel},
+};
+use nudge_data_plane_inference::{Model, bundled, init_runtime};
+use nudge_data_plane_ingest::{IngestState, routes::IngestMetrics, sink::KafkaSink};
+use nudge_platform_http::{HttpMetrics, Readiness, ops_router, serve, trace_layer};
+use nudge_platform_telemetry::Metrics;
+use rdkafka::consumer::Consumer;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use secrecy::ExposeSecret;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::CellConfig;
+
+/// Runs a cell on `listener` until `shutdown` is cancelled.
+pub async fn run(config: CellConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let metrics = Metrics::new("cell");
+    let topics = config.kafka.topics();
+    nudge_platform_kafka::ensure_topics(&config.kafka, &Topic::ALL).await.context("creating topics")?;
+
+    // The model first: a cell that cannot score should fail at start, not per event.
+    let runtime = init_runtime(config.inference.onnxruntime_library.as_deref())?;
+    let model = Arc::new(load_model(runtime, &config)?);
+    tracing::info!(model_version = model.version(), "model loaded");
+
+    // Tenants, from control.tenants.v1.
+    let directory = Arc::new(Directory::new(config.cell_id.clone()));
+    let follow =
+        tokio::spawn(nudge_data_plane_directory::follow(directory.clone(), config.kafka.clone(), shutdown.clone()));
+
+    // Redis: sessions and the intervention channel.
+    let redis_client = redis::Client::open(config.redis.url.expose_secret()).context("redis.url")?;
+    let redis_timeout = Duration::from_millis(config.redis.response_timeout_ms);
+    let redis = ConnectionManager::new_with_config(
+        redis_client.clone(),
+        ConnectionManagerConfig::new()
+            .set_response_timeout(Some(redis_timeout))
+            .set_connection_timeout(Some(redis_timeout))
+            .set_number_of_retries(2),
+    )
+    .await
+    .context("connecting to redis")?;
+    let channel = channel(&config.redis.prefix, &config.cell_id);
+
+    // The gateway: this process's sockets and its subscription to the cell's channel.
+    let hub = Arc::new(Hub::default());
+    let subscribed = Arc::new(AtomicBool::new(false));
+    let subscriber = tokio::spawn(nudge_data_plane_gateway::route::subscribe(
+        redis_client,
+        channel.clone(),
+        hub.clone(),
+        subscribed.clone(),
+        shutdown.clone(),
+    ));
+
+    // The scoring pipeline.
+    let consumer =
+        nudge_platform_kafka::group_consumer(&config.kafka, &format!("cell-{}", config.cell_id), "pipeline")?;
+    consumer.subscribe(&[topics.name(Topic::EventsRaw).as_str()])?;
+    let pipeline = pipeline::Pipeline {
+        consumer,
+        sessions: SessionStore::new(redis.clone(), config.redis.prefix.clone()),
+        model,
+        rule: config.decide.clone(),
+        publisher: InterventionPublisher::new(redis.clone(), channel),
+        metrics: pipeline::PipelineMetrics::register(&metrics),
+    };
+    let pipeline = tokio::spawn(pipeline.run(shutdown.clone()));
+
+    // Ingest.
+    let producer = nudge_platform_kafka::producer(&config.kafka, &format!("cell-{}-ingest", config.cell_id))?;
+    let sink = KafkaSink::new(producer, topics.name(Topic::EventsRaw), config.ingest.ack_timeout());
+    let ingest = IngestState {
+        directory: directory.clone(),
+        sink: Arc::new(sink),
+        config: config.ingest.clone(),
+        metrics: IngestMetrics::register(&metrics),
+    };
+    let gateway = GatewayState { directory: directory.clone(), hub, shutdown: shutdown.clone() };
+
+    let readiness = Readiness::default()
+        .with(Arc::new(readiness::DirectoryReady(directory)))
+        .with(Arc::new(readiness::RedisReady(redis)))
+        .with(Arc::new(readiness::SubscriptionReady(subscribed)));
+    let http_metrics = HttpMetrics::register(&metrics);
+    let router = Router::new()
+        .merge(nudge_data_plane_ingest::router().with_state(ingest))
+        .merge(nudge_data_plane_gateway::router().with_state(gateway))
+        .merge(snippet::router())
+        .merge(ops_router(readiness, metrics))
+        .layer(from_fn_with_state(http_metrics, trace_layer));
+
+    tracing::info!(addr = %listener.local_addr()?, cell_id = %config.cell_id, "cell listening");
+    serve(listener, router, shutdown.clone()).await?;
+    shutdown.cancel();
+    for (name, task) in [("pipeline", pipeline), ("subscriber", subscriber)] {
+        if let Err(e) = task.await {
+            tracing::error!(task = name, error = %e, "task ended abnormally");
+        }
+    }
+    match follow.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "tenant directory stopped"),
+        Err(e) => tracing::error!(error = %e, "tenant directory task ended abnormally"),
+    }
+    Ok(())
+}
+
+fn load_model(runtime: &'static ort::environment::Environment, config: &CellConfig) -> anyhow::Result<Model> {
+    let i = &config.inference;
+    match (&i.model_path, &i.model_sha256, &i.model_version) {
+        (Some(path), Some(sha), Some(version)) => {
+            let bytes = std::fs::read(path).with_context(|| format!("reading model {}", path.display()))?;
+            Ok(Model::load(runtime, version, &bytes, sha)?)
+        }
+        _ => Ok(Model::load(runtime, bundled::MODEL_VERSION, bundled::MODEL_ONNX, bundled::MODEL_SHA256)?),
+    }
+}

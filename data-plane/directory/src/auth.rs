@@ -1,0 +1,72 @@
+//! Which tenant a browser request acts for: the publishable key names the tenant, and the
+//! `Origin` header must be one the tenant allows. The body is never consulted.
+
+use std::sync::Arc;
+
+use crate::{Directory, TenantEntry};
+use http::{HeaderMap, StatusCode, Uri, header::AUTHORIZATION};
+use nudge_platform_http::ApiError;
+use nudge_tenants::{PublishableKey, TenantState};
+
+/// The publishable key from `Authorization: Bearer pk_…`, or from the `key` query parameter
+/// (for `navigator.sendBeacon` and WebSocket upgrades, which cannot set headers).
+pub fn key_from(headers: &HeaderMap, query_key: Option<&str>) -> Result<PublishableKey, ApiError> {
+    let from_header =
+        headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
+    let raw = from_header.or(query_key).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing_key",
+            "send the publishable key as `Authorization: Bearer pk_…`",
+        )
+    })?;
+    PublishableKey::parse(raw).map_err(|_| invalid_key())
+}
+
+fn invalid_key() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "invalid_key",
+        "the publishable key is not valid (revoked, mistyped or for another cell)",
+    )
+}
+
+/// The tenant `key` belongs to, when the request's `Origin` is allowed and the tenant takes
+/// traffic.
+pub fn authorize(
+    directory: &Directory,
+    key: &PublishableKey,
+    origin: Option<&str>,
+) -> Result<Arc<TenantEntry>, ApiError> {
+    if !directory.is_caught_up() {
+        return Err(ApiError::unavailable("cell_starting", "the cell is still loading its tenants", 1));
+    }
+    let tenant = directory.by_key(key).ok_or_else(invalid_key)?;
+    let origin = origin.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "origin_required",
+            "publishable keys are accepted only with an Origin header",
+        )
+    })?;
+    if !tenant.allows_origin(origin) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            "this origin is not in the store's allowed origins",
+        ));
+    }
+    match tenant.state {
+        TenantState::Active => Ok(tenant),
+        TenantState::Suspended => {
+            Err(ApiError::new(StatusCode::FORBIDDEN, "tenant_suspended", "this store's account is suspended"))
+        }
+        _ => Err(ApiError::new(StatusCode::FORBIDDEN, "tenant_inactive", "this store does not accept events now")),
+    }
+}
+
+/// A query parameter's raw value. Keys and ids never need percent-decoding: their alphabets
+/// are URL-safe, and anything else fails their own parsing.
+pub fn query_param<'a>(uri: &'a Uri, name: &str) -> Option<&'a str> {
+    uri.query()?.split('&').find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+}

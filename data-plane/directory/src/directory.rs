@@ -1,0 +1,251 @@
+//! The in-memory tenant directory.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, PoisonError, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use nudge_contracts::proto::control::v1::{TenantConfig, TenantState as WireState};
+use nudge_tenants::{AllowedOrigin, CellId, PublishableKey, TenantId, TenantState};
+use prost::Message;
+
+/// What a cell knows about one of its tenants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantEntry {
+    pub tenant_id: TenantId,
+    pub state: TenantState,
+    pub publishable_keys: Vec<PublishableKey>,
+    pub allowed_origins: Vec<AllowedOrigin>,
+    pub revision: u64,
+}
+
+impl TenantEntry {
+    /// Whether a browser's `Origin` header is one this tenant allows.
+    pub fn allows_origin(&self, origin: &str) -> bool {
+        self.allowed_origins.iter().any(|o| o.matches(origin))
+    }
+}
+
+/// Why a record could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("record key is not a tenant id: {0}")]
+    Key(String),
+    #[error("record value does not decode as TenantConfig: {0}")]
+    Decode(#[from] prost::DecodeError),
+    #[error("record field {field} is invalid: {reason}")]
+    Field { field: &'static str, reason: String },
+}
+
+/// What applying a record did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    Upserted,
+    Removed,
+    /// Older than what the directory holds (a replayed or reordered record).
+    Stale,
+    /// For another cell.
+    NotOurs,
+}
+
+#[derive(Default)]
+struct Inner {
+    tenants: HashMap<TenantId, Arc<TenantEntry>>,
+    keys: HashMap<PublishableKey, TenantId>,
+}
+
+/// The tenants of one cell, keyed by tenant and by publishable key.
+pub struct Directory {
+    cell: CellId,
+    inner: RwLock<Inner>,
+    caught_up: AtomicBool,
+}
+
+impl Directory {
+    pub fn new(cell: CellId) -> Self {
+        Self { cell, inner: RwLock::new(Inner::default()), caught_up: AtomicBool::new(false) }
+    }
+
+    pub fn cell(&self) -> &CellId {
+        &self.cell
+    }
+
+    /// The tenant a publishable key belongs to.
+    pub fn by_key(&self, key: &PublishableKey) -> Option<Arc<TenantEntry>> {
+        let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        inner.keys.get(key).and_then(|t| inner.tenants.get(t)).cloned()
+    }
+
+    pub fn by_tenant(&self, tenant: TenantId) -> Option<Arc<TenantEntry>> {
+        self.inner.read().unwrap_or_else(PoisonError::into_inner).tenants.get(&tenant).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.read().unwrap_or_else(PoisonError::into_inner).tenants.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether the directory has read the topic up to where it ended at start.
+    pub fn is_caught_up(&self) -> bool {
+        self.caught_up.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn mark_caught_up(&self) {
+        self.caught_up.store(true, Ordering::Release);
+    }
+
+    /// Applies one `control.tenants.v1` record; `value` is `None` for a tombstone.
+    pub fn apply(&self, key: &[u8], value: Option<&[u8]>) -> Result<Applied, RecordError> {
+        let key_text = std::str::from_utf8(key).map_err(|e| RecordError::Key(e.to_string()))?;
+        let tenant_id: TenantId = key_text.parse().map_err(|e| RecordError::Key(format!("{e}")))?;
+        let Some(value) = value else {
+            return Ok(if self.remove(tenant_id) { Applied::Removed } else { Applied::Stale });
+        };
+        let config = TenantConfig::decode(value)?;
+        let entry = parse_entry(tenant_id, &config)?;
+        let ours = config.cell_id == self.cell.as_str();
+
+        let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(existing) = inner.tenants.get(&tenant_id)
+            && existing.revision > entry.revision
+        {
+            return Ok(Applied::Stale);
+        }
+        if let Some(old) = inner.tenants.remove(&tenant_id) {
+            for k in &old.publishable_keys {
+                inner.keys.remove(k);
+            }
+        }
+        if !ours {
+            // The tenant moved to another cell (or was never ours): forget it here.
+            return Ok(Applied::NotOurs);
+        }
+        for k in &entry.publishable_keys {
+            inner.keys.insert(k.clone(), tenant_id);
+        }
+        inner.tenants.insert(tenant_id, Arc::new(entry));
+        Ok(Applied::Upserted)
+    }
+
+    fn remove(&self, tenant_id: TenantId) -> bool {
+        let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        match inner.tenants.remove(&tenant_id) {
+            Some(old) => {
+                for k in &old.publishable_keys {
+                    inner.keys.remove(k);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+fn parse_entry(tenant_id: TenantId, config: &TenantConfig) -> Result<TenantEntry, RecordError> {
+    if config.tenant_id != tenant_id.to_string() {
+        return Err(RecordError::Field { field: "tenant_id", reason: "differs from the record key".into() });
+    }
+    let state = match WireState::try_from(config.state) {
+        Ok(WireState::Pending) => TenantState::Pending,
+        Ok(WireState::Provisioning) => TenantState::Provisioning,
+        Ok(WireState::Active) => TenantState::Active,
+        Ok(WireState::Suspended) => TenantState::Suspended,
+        Ok(WireState::Offboarding) => TenantState::Offboarding,
+        Ok(WireState::Deleted) => TenantState::Deleted,
+        Ok(WireState::Unspecified) | Err(_) => {
+            return Err(RecordError::Field { field: "state", reason: format!("unknown state {}", config.state) });
+        }
+    };
+    let publishable_keys = config
+        .publishable_keys
+        .iter()
+        .map(|k| PublishableKey::parse(k))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| RecordError::Field { field: "publishable_keys", reason: e.to_string() })?;
+    let allowed_origins = config
+        .allowed_origins
+        .iter()
+        .map(|o| AllowedOrigin::parse(o))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| RecordError::Field { field: "allowed_origins", reason: e.to_string() })?;
+    Ok(TenantEntry { tenant_id, state, publishable_keys, allowed_origins, revision: config.revision })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(tenant: TenantId, cell: &str, revision: u64, state: WireState) -> (Vec<u8>, Vec<u8>, PublishableKey) {
+        let key = PublishableKey::generate().unwrap();
+        let config = TenantConfig {
+            tenant_id: tenant.to_string(),
+            state: state as i32,
+            cell_id: cell.to_owned(),
+            publishable_keys: vec![key.to_string()],
+            allowed_origins: vec!["https://shop.example.com".into()],
+            revision,
+            updated_at_ms: 0,
+        };
+        (tenant.to_string().into_bytes(), config.encode_to_vec(), key)
+    }
+
+    #[test]
+    fn upserts_and_finds_by_key() {
+        let dir = Directory::new(CellId::default_shared());
+        let t = TenantId::new();
+        let (k, v, pk) = record(t, "shared-1", 1, WireState::Active);
+        assert_eq!(dir.apply(&k, Some(&v)).unwrap(), Applied::Upserted);
+        let entry = dir.by_key(&pk).unwrap();
+        assert_eq!(entry.tenant_id, t);
+        assert!(entry.allows_origin("https://shop.example.com"));
+        assert!(!entry.allows_origin("https://evil.example.com"));
+    }
+
+    #[test]
+    fn ignores_stale_revisions_and_other_cells() {
+        let dir = Directory::new(CellId::default_shared());
+        let t = TenantId::new();
+        let (k, v2, pk2) = record(t, "shared-1", 2, WireState::Active);
+        let (_, v1, pk1) = record(t, "shared-1", 1, WireState::Active);
+        dir.apply(&k, Some(&v2)).unwrap();
+        assert_eq!(dir.apply(&k, Some(&v1)).unwrap(), Applied::Stale);
+        assert!(dir.by_key(&pk2).is_some());
+        assert!(dir.by_key(&pk1).is_none());
+
+        let (k3, v3, _) = record(t, "other-cell", 3, WireState::Active);
+        assert_eq!(dir.apply(&k3, Some(&v3)).unwrap(), Applied::NotOurs);
+        assert!(dir.by_key(&pk2).is_none(), "a tenant moved away is forgotten");
+    }
+
+    #[test]
+    fn tombstone_removes_and_rotated_keys_stop_working() {
+        let dir = Directory::new(CellId::default_shared());
+        let t = TenantId::new();
+        let (k, v1, old_key) = record(t, "shared-1", 1, WireState::Active);
+        dir.apply(&k, Some(&v1)).unwrap();
+        let (_, v2, new_key) = record(t, "shared-1", 2, WireState::Suspended);
+        dir.apply(&k, Some(&v2)).unwrap();
+        assert!(dir.by_key(&old_key).is_none(), "a revoked key stops working");
+        assert_eq!(dir.by_key(&new_key).unwrap().state, TenantState::Suspended);
+        assert_eq!(dir.apply(&k, None).unwrap(), Applied::Removed);
+        assert!(dir.by_key(&new_key).is_none());
+        assert!(dir.is_empty());
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        let dir = Directory::new(CellId::default_shared());
+        assert!(dir.apply(b"not-a-tenant", Some(b"x")).is_err());
+        let t = TenantId::new();
+        assert!(dir.apply(t.to_string().as_bytes(), Some(&[0xff, 0xff, 0xff])).is_err());
+        let (k, _, _) = record(t, "shared-1", 1, WireState::Active);
+        let bad = TenantConfig { tenant_id: TenantId::new().to_string(), state: 3, ..Default::default() };
+        assert!(dir.apply(&k, Some(&bad.encode_to_vec())).is_err());
+    }
+}

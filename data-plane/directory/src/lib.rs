@@ -1,0 +1,18 @@
+//! The cell's tenant directory: which publishable keys belong to which tenant, from which
+//! origins they may be used, and whether the tenant takes traffic.
+//!
+//! # Layout
+//!
+//! - [`directory`]: [`Directory`], the in-memory map ingest and the gateway consult on every
+//!   request, and how a `TenantConfig` record updates it.
+//! - [`auth`]: the publishable key and `Origin` check that decides which tenant a browser
+//!   request acts for (never the body); ingest and the gateway share it.
+//! - [`follow`]: [`follow`], the task that reads `control.tenants.v1` from the beginning at
+//!   start, reports when it has caught up, and keeps following.
+
+pub mod auth;
+pub mod directory;
+pub mod follow;
+
+pub use directory::{Directory, TenantEntry};
+pub use follow::follow;

@@ -1,0 +1,16 @@
+//! Real-time shopper features.
+//!
+//! # Layout
+//!
+//! - [`definitions`]: the feature list, in the order the model takes them. The training
+//!   script writes the same list into the model card; a test holds the two together.
+//! - [`session`]: [`SessionState`], a shopper's running session, and how each event updates
+//!   it and yields the feature vector at that moment. Pure, so it is unit-tested here.
+//! - [`store`]: [`store::SessionStore`], the Redis online store, keyed by tenant and shopper.
+
+pub mod definitions;
+pub mod session;
+pub mod store;
+
+pub use definitions::{FEATURE_NAMES, FeatureVector, N_FEATURES};
+pub use session::SessionState;

@@ -1,0 +1,150 @@
+//! A shopper's session and how events move it.
+
+use nudge_contracts::proto::events::v1::{Event, event::Payload};
+
+use crate::FeatureVector;
+
+/// Inactivity after which the next event starts a new session.
+pub const SESSION_GAP_MS: i64 = 30 * 60 * 1000;
+
+/// Running totals for one shopper's current session.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionState {
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    pub cart_value_minor: i64,
+    pub cart_items: i64,
+    pub page_views: i64,
+    pub product_views: i64,
+    pub cart_adds: i64,
+    pub cart_removes: i64,
+    pub checkout_started: bool,
+    pub exit_intents: i64,
+    pub purchased: bool,
+    /// When the last intervention was sent to this shopper (0 = never).
+    pub last_intervention_ms: i64,
+}
+
+impl SessionState {
+    pub fn is_new(&self) -> bool {
+        self.first_seen_ms == 0
+    }
+
+    /// Applies `event` and returns the features as of that event.
+    pub fn apply(&mut self, event: &Event) -> FeatureVector {
+        let at = event.occurred_at_ms;
+        if !self.is_new() && at - self.last_seen_ms > SESSION_GAP_MS {
+            // A new visit: the cart persists in the store, the visit's behaviour does not.
+            let (cart_value, cart_items) = (self.cart_value_minor, self.cart_items);
+            let last_intervention = self.last_intervention_ms;
+            *self = Self {
+                cart_value_minor: cart_value,
+                cart_items,
+                last_intervention_ms: last_intervention,
+                ..Self::default()
+            };
+        }
+        // Late events (out of order) count, but never move the clock backwards.
+        let since_last_ms = if self.is_new() { 0 } else { (at - self.last_seen_ms).max(0) };
+        if self.is_new() {
+            self.first_seen_ms = at;
+            self.last_seen_ms = at;
+        }
+        self.last_seen_ms = self.last_seen_ms.max(at);
+
+        match &event.payload {
+            Some(Payload::PageView(_)) => self.page_views += 1,
+            Some(Payload::ProductView(_)) => self.product_views += 1,
+            Some(Payload::AddToCart(c)) => {
+                self.cart_adds += 1;
+                self.cart_items += i64::from(c.quantity);
+                self.cart_value_minor += c.price_minor * i64::from(c.quantity);
+            }
+            Some(Payload::RemoveFromCart(c)) => {
+                self.cart_removes += 1;
+                self.cart_items = (self.cart_items - i64::from(c.quantity)).max(0);
+                self.cart_value_minor = (self.cart_value_minor - c.price_minor * i64::from(c.quantity)).max(0);
+                if self.cart_items == 0 {
+                    self.cart_value_minor = 0;
+                }
+            }
+            Some(Payload::CheckoutStart(_)) => self.checkout_started = true,
+            Some(Payload::Purchase(_)) => {
+                self.purchased = true;
+                self.cart_items = 0;
+                self.cart_value_minor = 0;
+                self.checkout_started = false;
+            }
+            Some(Payload::ExitIntent(_)) => self.exit_intents += 1,
+            Some(Payload::Identify(_)) | None => {}
+        }
+
+        [
+            self.cart_value_minor as f32 / 100.0,
+            self.cart_items as f32,
+            self.page_views as f32,
+            self.product_views as f32,
+            self.cart_adds as f32,
+            self.cart_removes as f32,
+            f32::from(u8::from(self.checkout_started)),
+            ((at - self.first_seen_ms).max(0) / 1000) as f32,
+            (since_last_ms / 1000) as f32,
+            self.exit_intents as f32,
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use nudge_contracts::proto::events::v1::{CartChange, ExitIntent, PageView, Purchase};
+
+    use super::*;
+
+    fn ev(at_s: i64, payload: Payload) -> Event {
+        Event { occurred_at_ms: 1_800_000_000_000 + at_s * 1000, payload: Some(payload), ..Default::default() }
+    }
+
+    fn add(price_minor: i64, quantity: u32) -> Payload {
+        Payload::AddToCart(CartChange { product_id: "p".into(), price_minor, currency: "EUR".into(), quantity })
+    }
+
+    #[test]
+    fn a_session_accumulates() {
+        let mut s = SessionState::default();
+        s.apply(&ev(0, Payload::PageView(PageView::default())));
+        s.apply(&ev(10, add(2500, 2)));
+        let f = s.apply(&ev(70, Payload::ExitIntent(ExitIntent {})));
+        assert_eq!(f, [50.0, 2.0, 1.0, 0.0, 1.0, 0.0, 0.0, 70.0, 60.0, 1.0]);
+    }
+
+    #[test]
+    fn purchase_empties_the_cart() {
+        let mut s = SessionState::default();
+        s.apply(&ev(0, add(1000, 1)));
+        let f = s.apply(&ev(
+            5,
+            Payload::Purchase(Purchase { order_id: "o".into(), value_minor: 1000, currency: "EUR".into() }),
+        ));
+        assert_eq!((f[0], f[1]), (0.0, 0.0));
+        assert!(s.purchased);
+    }
+
+    #[test]
+    fn a_long_gap_starts_a_new_visit_but_keeps_the_cart() {
+        let mut s = SessionState::default();
+        s.apply(&ev(0, Payload::PageView(PageView::default())));
+        s.apply(&ev(1, add(1000, 1)));
+        let f = s.apply(&ev(1 + 31 * 60, Payload::PageView(PageView::default())));
+        assert_eq!(f[0], 10.0, "cart kept");
+        assert_eq!((f[2], f[4], f[7], f[8]), (1.0, 0.0, 0.0, 0.0), "visit counters restart");
+    }
+
+    #[test]
+    fn late_events_do_not_rewind_the_clock() {
+        let mut s = SessionState::default();
+        s.apply(&ev(100, Payload::PageView(PageView::default())));
+        let f = s.apply(&ev(50, Payload::PageView(PageView::default())));
+        assert_eq!(f[8], 0.0);
+        assert_eq!(s.last_seen_ms, 1_800_000_000_000 + 100_000);
+    }
+}

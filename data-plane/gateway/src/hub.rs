@@ -1,0 +1,122 @@
+//! The sockets held by this process.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use nudge_contracts::ShopperId;
+use nudge_tenants::TenantId;
+use tokio::sync::mpsc;
+
+/// Frames waiting for one socket. Bounded: a shopper whose browser stops reading cannot
+/// make the process hold an unbounded backlog.
+pub const SEND_QUEUE: usize = 32;
+
+/// A shopper within a tenant: the address an intervention is delivered to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ShopperAddress {
+    pub tenant: TenantId,
+    pub shopper: ShopperId,
+}
+
+type Frame = Arc<str>;
+
+/// What delivering to a shopper did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Delivery {
+    pub delivered: usize,
+    /// Sockets whose queue was full; the frame was dropped for them.
+    pub dropped: usize,
+}
+
+/// Sockets of this process. A shopper may have several (tabs).
+#[derive(Default)]
+pub struct Hub {
+    sockets: Mutex<HashMap<ShopperAddress, Vec<(u64, mpsc::Sender<Frame>)>>>,
+    next_id: AtomicU64,
+}
+
+/// Keeps a socket registered; dropping it unregisters.
+pub struct Registration {
+    hub: Arc<Hub>,
+    address: ShopperAddress,
+    id: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut sockets = self.hub.sockets.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(list) = sockets.get_mut(&self.address) {
+            list.retain(|(id, _)| *id != self.id);
+            if list.is_empty() {
+                sockets.remove(&self.address);
+            }
+        }
+    }
+}
+
+impl Hub {
+    /// Registers a socket for `address`; frames for it arrive on the returned receiver.
+    pub fn register(self: &Arc<Self>, address: ShopperAddress) -> (Registration, mpsc::Receiver<Frame>) {
+        let (tx, rx) = mpsc::channel(SEND_QUEUE);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.sockets.lock().unwrap_or_else(PoisonError::into_inner).entry(address.clone()).or_default().push((id, tx));
+        (Registration { hub: self.clone(), address, id }, rx)
+    }
+
+    /// Queues `frame` on every socket of `address` held here.
+    pub fn deliver(&self, address: &ShopperAddress, frame: Frame) -> Delivery {
+        let sockets = self.sockets.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut outcome = Delivery::default();
+        for (_, tx) in sockets.get(address).into_iter().flatten() {
+            match tx.try_send(frame.clone()) {
+                Ok(()) => outcome.delivered += 1,
+                Err(_) => outcome.dropped += 1,
+            }
+        }
+        outcome
+    }
+
+    /// Open sockets.
+    pub fn connections(&self) -> usize {
+        self.sockets.lock().unwrap_or_else(PoisonError::into_inner).values().map(Vec::len).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(tenant: TenantId, shopper: &str) -> ShopperAddress {
+        ShopperAddress { tenant, shopper: ShopperId::parse(shopper).unwrap() }
+    }
+
+    #[tokio::test]
+    async fn delivers_only_to_the_same_tenant_and_shopper() {
+        let hub = Arc::new(Hub::default());
+        let (a, b) = (TenantId::new(), TenantId::new());
+        let (_ra, mut rx_a) = hub.register(addr(a, "s1"));
+        let (_rb, mut rx_b) = hub.register(addr(b, "s1"));
+        assert_eq!(hub.deliver(&addr(a, "s1"), "hello".into()).delivered, 1);
+        assert_eq!(&*rx_a.recv().await.unwrap(), "hello");
+        assert!(rx_b.try_recv().is_err(), "same shopper id in another tenant gets nothing");
+    }
+
+    #[tokio::test]
+    async fn unregisters_on_drop_and_bounds_the_queue() {
+        let hub = Arc::new(Hub::default());
+        let t = TenantId::new();
+        let (reg, _rx) = hub.register(addr(t, "s"));
+        for _ in 0..SEND_QUEUE {
+            assert_eq!(hub.deliver(&addr(t, "s"), "x".into()).delivered, 1);
+        }
+        assert_eq!(hub.deliver(&addr(t, "s"), "x".into()).dropped, 1);
+        drop(reg);
+        assert_eq!(hub.connections(), 0);
+        assert_eq!(hub.deliver(&addr(t, "s"), "x".into()), Delivery::default());
+    }
+}

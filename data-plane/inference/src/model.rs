@@ -1,0 +1,95 @@
+//! One loaded model version.
+
+use std::sync::{Mutex, PoisonError};
+
+use nudge_data_plane_features::{FeatureVector, N_FEATURES};
+use ort::{
+    environment::Environment,
+    session::{Session, builder::GraphOptimizationLevel},
+    value::TensorRef,
+};
+use sha2::{Digest, Sha256};
+
+const INPUT: &str = "features";
+const OUTPUT: &str = "probabilities";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("model artifact checksum is {actual}, expected {expected}")]
+    Checksum { expected: String, actual: String },
+    #[error("model does not fit the feature definitions: {0}")]
+    Schema(String),
+    #[error("onnx runtime: {0}")]
+    Ort(String),
+}
+
+impl From<ort::Error> for ModelError {
+    fn from(e: ort::Error) -> Self {
+        Self::Ort(e.to_string())
+    }
+}
+
+/// A model version ready to score. `Session::run` needs exclusive access, so calls are
+/// serialised; one run scores a whole batch.
+pub struct Model {
+    version: String,
+    session: Mutex<Session>,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model").field("version", &self.version).finish_non_exhaustive()
+    }
+}
+
+impl Model {
+    /// Loads `bytes` after checking its SHA-256 and that it takes `[N, N_FEATURES]` floats
+    /// named `features` and yields `probabilities`.
+    pub fn load(env: &Environment, version: &str, bytes: &[u8], sha256: &str) -> Result<Self, ModelError> {
+        let actual = hex::encode(Sha256::digest(bytes));
+        if actual != sha256 {
+            return Err(ModelError::Checksum { expected: sha256.to_owned(), actual });
+        }
+        let session = Session::builder(env)?
+            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .map_err(|e| ModelError::Ort(e.to_string()))?
+            // Scoring batches are small; one thread avoids handing work between threads.
+            .with_intra_threads(1)
+            .map_err(|e| ModelError::Ort(e.to_string()))?
+            .commit_from_memory(bytes)?;
+
+        let input = session
+            .inputs()
+            .iter()
+            .find(|i| i.name() == INPUT)
+            .ok_or_else(|| ModelError::Schema(format!("no input named `{INPUT}`")))?;
+        let shape = input.dtype().tensor_shape().map(|s| s.to_vec()).unwrap_or_default();
+        if shape.len() != 2 || shape[1] != N_FEATURES as i64 {
+            return Err(ModelError::Schema(format!("input shape {shape:?}, expected [N, {N_FEATURES}]")));
+        }
+        if !session.outputs().iter().any(|o| o.name() == OUTPUT) {
+            return Err(ModelError::Schema(format!("no output named `{OUTPUT}`")));
+        }
+        Ok(Self { version: version.to_owned(), session: Mutex::new(session) })
+    }
+
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// Abandonment probability for each row.
+    pub fn score(&self, rows: &[FeatureVector]) -> Result<Vec<f32>, ModelError> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let flat: &[f32] = rows.as_flattened();
+        let input = TensorRef::from_array_view(([rows.len() as i64, N_FEATURES as i64], flat))?;
+        let mut session = self.session.lock().unwrap_or_else(PoisonError::into_inner);
+        let outputs = session.run(ort::inputs![INPUT => input])?;
+        let (shape, probabilities) = outputs[OUTPUT].try_extract_tensor::<f32>()?;
+        if shape.len() != 2 || shape[0] as usize != rows.len() || shape[1] != 2 {
+            return Err(ModelError::Schema(format!("output shape {shape:?}, expected [{}, 2]", rows.len())));
+        }
+        Ok(probabilities.chunks_exact(2).map(|p| p[1]).collect())
+    }
+}

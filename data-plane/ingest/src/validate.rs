@@ -1,0 +1,228 @@
+//! Validation of posted events into their Protobuf form.
+
+use chrono::{DateTime, Duration, Utc};
+use nudge_contracts::{
+    EventId, ShopperId,
+    ingest::RawEvent,
+    proto::events::v1::{
+        CartChange, CheckoutStart, Event, ExitIntent, Identify, PageView, ProductView, Purchase, event::Payload,
+    },
+};
+use nudge_tenants::TenantId;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// How far ahead of the cell's clock an event may claim to have happened (clock skew).
+pub const MAX_FUTURE: Duration = Duration::minutes(10);
+/// How old an event may be when it arrives.
+pub const MAX_AGE: Duration = Duration::days(7);
+
+/// One invalid event in a batch: where, a stable code, and what to fix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EventError {
+    pub index: usize,
+    pub code: &'static str,
+    pub message: String,
+}
+
+fn err(index: usize, code: &'static str, message: impl Into<String>) -> EventError {
+    EventError { index, code, message: message.into() }
+}
+
+/// Parses event `index` of a batch for `tenant`, received at `now`.
+pub fn parse_event(index: usize, raw: &RawEvent, tenant: TenantId, now: DateTime<Utc>) -> Result<Event, EventError> {
+    let event_id = EventId::parse(&raw.event_id).map_err(|e| err(index, "invalid_event_id", e.to_string()))?;
+    let shopper_id = ShopperId::parse(&raw.shopper_id).map_err(|e| err(index, "invalid_shopper_id", e.to_string()))?;
+    let occurred_at = match raw.occurred_at.as_deref() {
+        None => now,
+        Some(text) => DateTime::parse_from_rfc3339(text)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|_| err(index, "invalid_timestamp", "occurred_at must be an RFC 3339 timestamp"))?,
+    };
+    if occurred_at > now + MAX_FUTURE {
+        return Err(err(index, "timestamp_in_future", "occurred_at is more than 10 minutes ahead of the server clock"));
+    }
+    if occurred_at < now - MAX_AGE {
+        return Err(err(index, "timestamp_too_old", "occurred_at is more than 7 days in the past"));
+    }
+    let props = Props { index, map: &raw.properties };
+    let payload = match raw.kind.as_str() {
+        "page_view" => Payload::PageView(PageView {
+            url: props.opt_text("url", 2048)?.unwrap_or_default(),
+            referrer: props.opt_text("referrer", 2048)?.unwrap_or_default(),
+        }),
+        "product_view" => Payload::ProductView(ProductView {
+            product_id: props.text("product_id", 128)?,
+            price_minor: props.money("price")?,
+            currency: props.currency()?,
+        }),
+        "add_to_cart" => Payload::AddToCart(props.cart_change()?),
+        "remove_from_cart" => Payload::RemoveFromCart(props.cart_change()?),
+        "checkout_start" => Payload::CheckoutStart(CheckoutStart {
+            cart_value_minor: props.opt_money("cart_value")?.unwrap_or(0),
+            currency: props.currency()?,
+        }),
+        "purchase" => Payload::Purchase(Purchase {
+            order_id: props.text("order_id", 128)?,
+            value_minor: props.money("value")?,
+            currency: props.currency()?,
+        }),
+        "exit_intent" => Payload::ExitIntent(ExitIntent {}),
+        "identify" => Payload::Identify(Identify { customer_ref: props.text("customer_ref", 128)? }),
+        other => {
+            let shown: String = other.chars().take(64).collect();
+            return Err(err(index, "unknown_event_type", format!("unknown event type `{shown}`")));
+        }
+    };
+    Ok(Event {
+        tenant_id: tenant.to_string(),
+        event_id: event_id.to_string(),
+        shopper_id: shopper_id.to_string(),
+        occurred_at_ms: occurred_at.timestamp_millis(),
+        received_at_ms: now.timestamp_millis(),
+        payload: Some(payload),
+    })
+}
+
+/// Typed access to an event's `properties`.
+struct Props<'a> {
+    index: usize,
+    map: &'a Map<String, Value>,
+}
+
+impl Props<'_> {
+    fn invalid(&self, field: &str, what: &str) -> EventError {
+        err(self.index, "invalid_property", format!("properties.{field} {what}"))
+    }
+
+    fn opt_text(&self, field: &str, max: usize) -> Result<Option<String>, EventError> {
+        match self.map.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if s.len() <= max => Ok(Some(s.clone())),
+            Some(Value::String(_)) => Err(self.invalid(field, &format!("is longer than {max} bytes"))),
+            Some(_) => Err(self.invalid(field, "must be a string")),
+        }
+    }
+
+    fn text(&self, field: &str, max: usize) -> Result<String, EventError> {
+        match self.opt_text(field, max)? {
+            Some(s) if !s.is_empty() => Ok(s),
+            _ => Err(self.invalid(field, "is required")),
+        }
+    }
+
+    /// A non-negative amount in major units (`49.99`) as minor units (`4999`).
+    fn opt_money(&self, field: &str) -> Result<Option<i64>, EventError> {
+        match self.map.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) => {
+                let v = n.as_f64().filter(|v| v.is_finite() && *v >= 0.0 && *v <= 1e10);
+                v.map(|v| Some((v * 100.0).round() as i64))
+                    .ok_or_else(|| self.invalid(field, "must be an amount between 0 and 10^10"))
+            }
+            Some(_) => Err(self.invalid(field, "must be a number")),
+        }
+    }
+
+    fn money(&self, field: &str) -> Result<i64, EventError> {
+        self.opt_money(field)?.ok_or_else(|| self.invalid(field, "is required"))
+    }
+
+    fn currency(&self) -> Result<String, EventError> {
+        let c = self.text("currency", 3)?;
+        if c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()) {
+            Ok(c)
+        } else {
+            Err(self.invalid("currency", "must be an ISO 4217 code such as EUR"))
+        }
+    }
+
+    fn cart_change(&self) -> Result<CartChange, EventError> {
+        let quantity = match self.map.get("quantity") {
+            None | Some(Value::Null) => 1,
+            Some(Value::Number(n)) => n
+                .as_u64()
+                .filter(|q| (1..=1000).contains(q))
+                .ok_or_else(|| self.invalid("quantity", "must be a whole number from 1 to 1000"))?
+                as u32,
+            Some(_) => return Err(self.invalid("quantity", "must be a number")),
+        };
+        Ok(CartChange {
+            product_id: self.text("product_id", 128)?,
+            price_minor: self.money("price")?,
+            currency: self.currency()?,
+            quantity,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn raw(v: Value) -> RawEvent {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-11-27T12:00:00Z").unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn parses_a_cart_add() {
+        let t = TenantId::new();
+        let e = parse_event(
+            0,
+            &raw(json!({"event_id": "e1", "type": "add_to_cart", "shopper_id": "s1",
+                "occurred_at": "2026-11-27T11:59:00Z",
+                "properties": {"product_id": "sku-1", "price": 49.99, "currency": "EUR", "quantity": 2}})),
+            t,
+            now(),
+        )
+        .unwrap();
+        assert_eq!(e.tenant_id, t.to_string());
+        assert_eq!(e.occurred_at_ms, now().timestamp_millis() - 60_000);
+        let Some(Payload::AddToCart(c)) = e.payload else { panic!("wrong payload") };
+        assert_eq!((c.price_minor, c.quantity, c.currency.as_str()), (4999, 2, "EUR"));
+    }
+
+    #[test]
+    fn codes_for_each_kind_of_mistake() {
+        let t = TenantId::new();
+        let cases = [
+            (json!({"event_id": "e", "type": "teleport", "shopper_id": "s"}), "unknown_event_type"),
+            (json!({"event_id": "", "type": "exit_intent", "shopper_id": "s"}), "invalid_event_id"),
+            (json!({"event_id": "e", "type": "exit_intent", "shopper_id": "a b"}), "invalid_shopper_id"),
+            (
+                json!({"event_id": "e", "type": "exit_intent", "shopper_id": "s", "occurred_at": "yesterday"}),
+                "invalid_timestamp",
+            ),
+            (
+                json!({"event_id": "e", "type": "exit_intent", "shopper_id": "s", "occurred_at": "2026-11-28T12:00:00Z"}),
+                "timestamp_in_future",
+            ),
+            (
+                json!({"event_id": "e", "type": "exit_intent", "shopper_id": "s", "occurred_at": "2026-01-01T12:00:00Z"}),
+                "timestamp_too_old",
+            ),
+            (
+                json!({"event_id": "e", "type": "add_to_cart", "shopper_id": "s", "properties": {"price": 1, "currency": "EUR"}}),
+                "invalid_property",
+            ),
+            (
+                json!({"event_id": "e", "type": "add_to_cart", "shopper_id": "s", "properties": {"product_id": "p", "price": -1, "currency": "EUR"}}),
+                "invalid_property",
+            ),
+            (
+                json!({"event_id": "e", "type": "purchase", "shopper_id": "s", "properties": {"order_id": "o", "value": 1, "currency": "euro"}}),
+                "invalid_property",
+            ),
+        ];
+        for (i, (body, code)) in cases.into_iter().enumerate() {
+            let e = parse_event(i, &raw(body.clone()), t, now()).unwrap_err();
+            assert_eq!((e.index, e.code), (i, code), "{body}");
+        }
+    }
+}

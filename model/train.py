@@ -1,0 +1,216 @@
+"""Trains the cart-abandonment model and writes its artifacts.
+
+Synthetic sessions are drawn from a fixed seed, a scikit-learn pipeline (standard scaling +
+logistic regression) is fitted, converted to ONNX with skl2onnx, and scored back with
+Python onnxruntime to produce the golden file the Rust tests compare against.
+
+    scripts/train-model            # or: $NUDGE_VENV/bin/python model/train.py
+
+Outputs, under model/cart_abandonment/v1/:
+    model.onnx     the artifact the cells load (also embedded in the cell binary)
+    golden.json    inputs and Python onnxruntime outputs, including named demo sessions
+    MODEL_CARD.md  features and their order, data hash, metrics, versions
+"""
+
+import hashlib
+import json
+import pathlib
+import sys
+
+import numpy as np
+import onnxruntime
+import skl2onnx
+import sklearn
+from skl2onnx import to_onnx
+from skl2onnx.common.data_types import FloatTensorType
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+SEED = 20261127
+N_SESSIONS = 40_000
+VERSION = "cart_abandonment@1"
+OUT = pathlib.Path(__file__).resolve().parent / "cart_abandonment" / "v1"
+
+# Model input order. data-plane/features/src/definitions.rs holds the same list; a Rust
+# test fails if they drift apart.
+FEATURES = [
+    "cart_value",
+    "cart_items",
+    "page_views",
+    "product_views",
+    "cart_adds",
+    "cart_removes",
+    "checkout_started",
+    "session_seconds",
+    "seconds_since_last_activity",
+    "exit_intents",
+]
+
+# Named sessions whose features the Rust tests reproduce from real events.
+DEMO_ROWS = {
+    # The end-to-end test's session: browse, add two items (79.00 + 50.00), hover to leave.
+    "e2e_exit_with_cart": [129.0, 2, 4, 3, 2, 0, 0, 185, 42, 1],
+    # The same shopper after buying: nothing to recover.
+    "after_purchase": [0.0, 0, 4, 3, 2, 0, 0, 200, 15, 1],
+    # Browsing only, leaves with an empty cart.
+    "empty_cart_exit": [0.0, 0, 3, 2, 0, 0, 0, 90, 30, 1],
+}
+
+
+def synthesize(rng: np.random.Generator, n: int):
+    """Sessions with plausible shapes, and whether the cart was abandoned."""
+    page_views = rng.poisson(5, n) + 1
+    product_views = rng.binomial(page_views, 0.6)
+    cart_adds = rng.poisson(1.2, n)
+    cart_removes = rng.binomial(cart_adds, 0.2)
+    quantity = rng.integers(1, 4, n)
+    cart_items = np.maximum(cart_adds - cart_removes, 0) * quantity
+    unit_price = np.round(rng.lognormal(3.5, 0.6, n), 2)
+    cart_value = np.round(cart_items * unit_price, 2)
+    has_cart = cart_items > 0
+    checkout_started = (rng.random(n) < 0.3) & has_cart
+    session_seconds = np.round(rng.gamma(2.0, 150.0, n))
+    since_last = np.minimum(np.round(rng.exponential(45.0, n)), session_seconds)
+    exit_intents = rng.poisson(0.5, n)
+
+    logit = (
+        -0.5
+        + 0.01 * cart_value
+        + 0.25 * cart_items
+        - 0.08 * page_views
+        + 0.9 * exit_intents
+        + 0.004 * since_last
+        - 1.6 * checkout_started
+        + 0.2 * cart_removes
+        - 0.0005 * session_seconds
+    )
+    p = 1.0 / (1.0 + np.exp(-logit))
+    # Only a shopper with something in the cart can abandon it.
+    abandoned = (rng.random(n) < p) & has_cart
+
+    X = np.column_stack(
+        [
+            cart_value,
+            cart_items,
+            page_views,
+            product_views,
+            cart_adds,
+            cart_removes,
+            checkout_started.astype(np.float64),
+            session_seconds,
+            since_last,
+            exit_intents,
+        ]
+    ).astype(np.float32)
+    return X, abandoned.astype(np.int64)
+
+
+def main() -> int:
+    rng = np.random.default_rng(SEED)
+    X, y = synthesize(rng, N_SESSIONS)
+    data_hash = hashlib.sha256(X.tobytes() + y.tobytes()).hexdigest()
+
+    split = int(0.8 * N_SESSIONS)
+    X_train, y_train, X_test, y_test = X[:split], y[:split], X[split:], y[split:]
+
+    pipeline = Pipeline(
+        [("scale", StandardScaler()), ("classify", LogisticRegression(C=1.0, max_iter=2000, random_state=SEED))]
+    )
+    pipeline.fit(X_train, y_train)
+
+    onnx_model = to_onnx(
+        pipeline,
+        initial_types=[("features", FloatTensorType([None, len(FEATURES)]))],
+        options={id(pipeline.named_steps["classify"]): {"zipmap": False}},
+        target_opset={"": 17, "ai.onnx.ml": 3},
+    )
+    onnx_model.doc_string = f"{VERSION}: cart abandonment probability from session features"
+    OUT.mkdir(parents=True, exist_ok=True)
+    model_bytes = onnx_model.SerializeToString()
+    (OUT / "model.onnx").write_bytes(model_bytes)
+
+    session = onnxruntime.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    assert names == ["label", "probabilities"], names
+
+    def score(rows: np.ndarray) -> np.ndarray:
+        return session.run(["probabilities"], {"features": rows.astype(np.float32)})[0][:, 1]
+
+    p_test = score(X_test)
+    metrics = {
+        "roc_auc": round(float(roc_auc_score(y_test, p_test)), 4),
+        "log_loss": round(float(log_loss(y_test, p_test)), 4),
+        "accuracy_at_0_5": round(float(accuracy_score(y_test, p_test >= 0.5)), 4),
+        "positive_rate": round(float(y_test.mean()), 4),
+        "test_rows": int(len(y_test)),
+    }
+
+    golden_rows = []
+    demo = np.array(list(DEMO_ROWS.values()), dtype=np.float32)
+    for name, feats, p in zip(DEMO_ROWS, demo, score(demo)):
+        golden_rows.append({"name": name, "features": [float(v) for v in feats], "probability": float(p)})
+    sample = X_test[:1000]
+    for i, (feats, p) in enumerate(zip(sample, score(sample))):
+        golden_rows.append({"name": f"test_{i}", "features": [float(v) for v in feats], "probability": float(p)})
+    golden = {
+        "model_version": VERSION,
+        "features": FEATURES,
+        "output": "probabilities[:, 1]",
+        "onnxruntime": onnxruntime.__version__,
+        "rows": golden_rows,
+    }
+    # One row per line keeps the file diffable.
+    head = {k: v for k, v in golden.items() if k != "rows"}
+    lines = ",\n".join("  " + json.dumps(r) for r in golden_rows)
+    text = json.dumps(head, indent=1)[:-2] + ',\n "rows": [\n' + lines + "\n ]\n}\n"
+    json.loads(text)
+    (OUT / "golden.json").write_text(text)
+
+    model_sha = hashlib.sha256(model_bytes).hexdigest()
+    card = f"""# Model card: {VERSION}
+
+Cart-abandonment probability for a shopper at the moment of an event, from the session
+features the cell keeps in Redis. Generated by `model/train.py`; do not edit by hand.
+
+## Inputs
+
+One float32 tensor `features` of shape `[N, {len(FEATURES)}]`, in this order:
+
+| # | feature |
+|---|---|
+""" + "\n".join(f"| {i} | `{f}` |" for i, f in enumerate(FEATURES)) + f"""
+
+## Output
+
+`probabilities`, float32 `[N, 2]`; column 1 is the probability the cart is abandoned.
+(`label`, int64 `[N]`, is the class at threshold 0.5.)
+
+## Training
+
+- Data: {N_SESSIONS} synthetic sessions from `numpy.random.default_rng({SEED})`; 80 % train,
+  20 % test, in generation order. Data hash (SHA-256 of features and labels): `{data_hash}`
+- Pipeline: `StandardScaler` → `LogisticRegression(C=1.0, max_iter=2000)`
+- Versions: Python {sys.version.split()[0]}, numpy {np.__version__}, scikit-learn {sklearn.__version__},
+  skl2onnx {skl2onnx.__version__}, onnxruntime {onnxruntime.__version__}
+- Artifact SHA-256: `{model_sha}`
+
+## Metrics (test split)
+
+| metric | value |
+|---|---|
+""" + "\n".join(f"| {k} | {v} |" for k, v in metrics.items()) + """
+
+## Limits
+
+Synthetic data: the model demonstrates the pipeline end to end and orders shoppers by a
+plausible risk; it has not been validated on any store's real traffic.
+"""
+    (OUT / "MODEL_CARD.md").write_text(card)
+    print(json.dumps({"model": str(OUT / "model.onnx"), "sha256": model_sha, "metrics": metrics}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,18 @@
+//! The HTTP edge shared by every Nudge service.
+//!
+//! # Layout
+//!
+//! - [`error`]: [`ApiError`], the one error shape every route answers with.
+//! - [`middleware`]: the trace layer (trace id on every response, request span, metrics).
+//! - [`health`]: `/healthz`, `/readyz` and `/metrics`, with [`Readiness`] checks.
+//! - [`serve`]: runs a router on a listener until shutdown is requested.
+
+pub mod error;
+pub mod health;
+pub mod middleware;
+pub mod serve;
+
+pub use error::{ApiError, ErrorBody};
+pub use health::{Readiness, ReadinessCheck, ops_router};
+pub use middleware::{HttpMetrics, current_trace, trace_layer};
+pub use serve::serve;

@@ -1,0 +1,60 @@
+//! Producer and consumer construction.
+
+use rdkafka::{ClientConfig, consumer::StreamConsumer, producer::FutureProducer};
+
+use crate::{KafkaConfig, Result};
+
+fn base(config: &KafkaConfig, client_id: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.brokers)
+        .set("client.id", client_id)
+        .set("socket.timeout.ms", config.request_timeout_ms.to_string())
+        // Reconnect quickly after a broker restart; the defaults back off for up to 10 s.
+        .set("reconnect.backoff.ms", "50")
+        .set("reconnect.backoff.max.ms", "1000");
+    c
+}
+
+/// A producer whose acknowledged records are on every in-sync replica and never duplicated
+/// by its own retries (`acks=all`, `enable.idempotence=true`).
+pub fn producer(config: &KafkaConfig, client_id: &str) -> Result<FutureProducer> {
+    let producer = base(config, client_id)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", config.linger_ms.to_string())
+        .set("message.timeout.ms", config.message_timeout_ms.to_string())
+        .set("request.timeout.ms", config.request_timeout_ms.to_string())
+        .create()?;
+    Ok(producer)
+}
+
+/// A consumer in `group` for at-least-once processing: the caller stores an offset only
+/// after the record's effect is done (`store_offset_from_message`), and stored offsets are
+/// committed in the background. A crash replays at most what was not yet stored.
+pub fn group_consumer(config: &KafkaConfig, client_id: &str, group: &str) -> Result<StreamConsumer> {
+    let consumer = base(config, client_id)
+        .set("group.id", config.group(group))
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000")
+        .set("enable.partition.eof", "false")
+        .create()?;
+    Ok(consumer)
+}
+
+/// A consumer that reads whole topics through manual assignment and commits nothing: for
+/// state every process rebuilds from a compacted topic (tenant configuration).
+pub fn reader_consumer(config: &KafkaConfig, client_id: &str) -> Result<StreamConsumer> {
+    let consumer = base(config, client_id)
+        // librdkafka wants a group id even for assignment; it is never joined or committed.
+        .set("group.id", config.group(&format!("reader-{client_id}")))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .create()?;
+    Ok(consumer)
+}

@@ -1,0 +1,29 @@
+//! Kafka clients configured the way every Nudge producer and consumer needs them.
+//!
+//! # Layout
+//!
+//! - [`config`]: [`KafkaConfig`], the connection settings every binary's config nests.
+//! - [`client`]: producers (`acks=all`, idempotent) and consumers (offsets stored only after
+//!   the effect, committed in the background).
+//! - [`admin`]: creating the platform's topics at start, idempotently.
+//! - [`headers`]: writing and reading schema and trace headers.
+
+pub mod admin;
+pub mod client;
+pub mod config;
+pub mod headers;
+
+pub use admin::ensure_topics;
+pub use client::{group_consumer, producer, reader_consumer};
+pub use config::KafkaConfig;
+
+/// A Kafka operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("creating topic {topic}: {reason}")]
+    CreateTopic { topic: String, reason: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,137 @@
+//! W3C Trace Context (`traceparent: 00-<trace id>-<parent id>-<flags>`).
+//!
+//! The trace id is minted where a request enters the platform (or taken from the caller's
+//! `traceparent`) and travels with everything the request causes: the Kafka record, the
+//! decision, the Redis message and the frame pushed to the shopper. The format is what
+//! OpenTelemetry propagates, so an OTLP exporter can pick these ids up unchanged.
+
+use std::fmt;
+
+/// A `traceparent` header that is not version 00 with non-zero ids.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a valid W3C traceparent")]
+pub struct TraceParseError;
+
+/// The trace and span a piece of work belongs to.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TraceContext {
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    sampled: bool,
+}
+
+fn random<const N: usize>() -> [u8; N] {
+    let mut buf = [0u8; N];
+    loop {
+        // The OS random source does not fail on supported platforms; if it ever did, a
+        // zero id would be invalid, so fall back to the clock rather than emit it.
+        if getrandom::fill(&mut buf).is_err() {
+            let nanos =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(1);
+            for (i, b) in buf.iter_mut().enumerate() {
+                *b = (nanos >> ((i % 16) * 8)) as u8 ^ (i as u8).wrapping_mul(31);
+            }
+        }
+        if buf.iter().any(|&b| b != 0) {
+            return buf;
+        }
+    }
+}
+
+impl TraceContext {
+    /// A new trace, sampled.
+    pub fn new_root() -> Self {
+        Self { trace_id: random(), span_id: random(), sampled: true }
+    }
+
+    /// The same trace with a new span id, for work this process does on the trace's behalf.
+    pub fn child(&self) -> Self {
+        Self { span_id: random(), ..*self }
+    }
+
+    /// Parses a `traceparent` header value.
+    pub fn parse(header: &str) -> Result<Self, TraceParseError> {
+        let parts: Vec<&str> = header.trim().split('-').collect();
+        let [version, trace, span, flags] = parts.as_slice() else { return Err(TraceParseError) };
+        if *version != "00" || trace.len() != 32 || span.len() != 16 || flags.len() != 2 {
+            return Err(TraceParseError);
+        }
+        let lower_hex = |s: &str| s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if ![trace, span, flags].iter().all(|s| lower_hex(s)) {
+            return Err(TraceParseError);
+        }
+        let mut trace_id = [0u8; 16];
+        let mut span_id = [0u8; 8];
+        let mut flag = [0u8; 1];
+        hex::decode_to_slice(trace, &mut trace_id).map_err(|_| TraceParseError)?;
+        hex::decode_to_slice(span, &mut span_id).map_err(|_| TraceParseError)?;
+        hex::decode_to_slice(flags, &mut flag).map_err(|_| TraceParseError)?;
+        if trace_id == [0; 16] || span_id == [0; 8] {
+            return Err(TraceParseError);
+        }
+        Ok(Self { trace_id, span_id, sampled: flag[0] & 1 == 1 })
+    }
+
+    /// Parses a header when present and valid, otherwise starts a new trace.
+    pub fn from_header_or_new(header: Option<&str>) -> Self {
+        header.and_then(|h| Self::parse(h).ok()).map(|c| c.child()).unwrap_or_else(Self::new_root)
+    }
+
+    /// The `traceparent` header value.
+    pub fn to_header(&self) -> String {
+        format!("00-{}-{}-{:02x}", hex::encode(self.trace_id), hex::encode(self.span_id), u8::from(self.sampled))
+    }
+
+    /// The trace id as 32 hex digits, as logs and error bodies show it.
+    pub fn trace_id(&self) -> String {
+        hex::encode(self.trace_id)
+    }
+}
+
+impl fmt::Debug for TraceContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_header())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_the_header() {
+        let c = TraceContext::new_root();
+        assert_eq!(TraceContext::parse(&c.to_header()), Ok(c));
+    }
+
+    #[test]
+    fn parses_the_spec_example() {
+        let c = TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        assert_eq!(c.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+
+    #[test]
+    fn rejects_malformed_and_zero_ids() {
+        for bad in [
+            "",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+        ] {
+            assert!(TraceContext::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn child_keeps_the_trace_and_changes_the_span() {
+        let parent = TraceContext::new_root();
+        let child = parent.child();
+        assert_eq!(child.trace_id(), parent.trace_id());
+        assert_ne!(child.to_header(), parent.to_header());
+        let continued = TraceContext::from_header_or_new(Some(&parent.to_header()));
+        assert_eq!(continued.trace_id(), parent.trace_id());
+        assert_ne!(TraceContext::from_header_or_new(Some("junk")).trace_id(), parent.trace_id());
+    }
+}

@@ -1,0 +1,25 @@
+//! The tenancy domain of Nudge, free of I/O so both planes and the operator can share it.
+//!
+//! # Layout
+//!
+//! - [`id`]: typed, prefixed identifiers (`tnt_…`, `cell_…`) and the macro that makes them.
+//! - [`keys`]: publishable keys (public, for browsers) and secret keys (shown once, stored as
+//!   a hash), with their generation and parsing.
+//! - [`origin`]: the allowed-origin value a browser's `Origin` header is checked against.
+//! - [`name`]: a store's display name.
+//! - [`lifecycle`]: tenant states and the transitions between them.
+//! - [`tier`]: isolation tiers (shared or dedicated cell and database).
+
+pub mod id;
+pub mod keys;
+pub mod lifecycle;
+pub mod name;
+pub mod origin;
+pub mod tier;
+
+pub use id::{CellId, CellIdError, IdError, TenantId};
+pub use keys::{KeyError, PublishableKey, SecretKey, SecretKeyHash};
+pub use lifecycle::TenantState;
+pub use name::{TenantName, TenantNameError};
+pub use origin::{AllowedOrigin, OriginError};
+pub use tier::IsolationTier;

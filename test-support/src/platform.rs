@@ -1,0 +1,205 @@
+//! The platform for one test: control plane and cell in-process on port 0, against a broker,
+//! a database and a Redis key prefix of the test's own.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use nudge_contracts::{
+    control::{SignupRequest, SignupResponse},
+    push::PushMessage,
+};
+use nudge_control_plane::ControlPlaneConfig;
+use nudge_data_plane_cell::CellConfig;
+use secrecy::SecretString;
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_tungstenite::{
+    MaybeTlsStream, WebSocketStream,
+    tungstenite::{Message, client::IntoClientRequest, http::HeaderValue},
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{Broker, TestDatabase, env::TestEnv, unique_suffix};
+
+/// A running platform. Dropping it stops the services (cancel + abort).
+pub struct Platform {
+    pub broker: Broker,
+    pub db: TestDatabase,
+    /// Prefix of this test's Redis keys and channels.
+    pub redis_prefix: String,
+    pub control_plane_url: String,
+    pub cell_url: String,
+    pub cell_config: CellConfig,
+    pub http: reqwest::Client,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Platform {
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(|_, _| {}).await
+    }
+
+    /// Starts with configuration adjusted by `tweak` (after the harness has filled in
+    /// ports, database, broker and prefixes).
+    pub async fn start_with(tweak: impl FnOnce(&mut ControlPlaneConfig, &mut CellConfig)) -> anyhow::Result<Self> {
+        let env = TestEnv::load();
+        let broker = Broker::start().await?;
+        let db = TestDatabase::create().await?;
+        let redis_prefix = format!("nudge-test:{}:", unique_suffix());
+
+        let cp_listener = TcpListener::bind("127.0.0.1:0").await?;
+        let cell_listener = TcpListener::bind("127.0.0.1:0").await?;
+        let control_plane_url = format!("http://{}", cp_listener.local_addr()?);
+        let cell_url = format!("http://{}", cell_listener.local_addr()?);
+
+        let mut cp = ControlPlaneConfig::default();
+        cp.http.listen = cp_listener.local_addr()?;
+        cp.database.url = SecretString::from(db.app_url.clone());
+        cp.database.owner_url = SecretString::from(db.owner_url.clone());
+        cp.database.max_connections = 4;
+        cp.kafka.brokers = broker.bootstrap();
+        cp.outbox.poll_interval_ms = 100;
+        cp.placement.shared_cell_url = cell_url.clone();
+
+        let mut cell = CellConfig::default();
+        cell.http.listen = cell_listener.local_addr()?;
+        cell.kafka.brokers = broker.bootstrap();
+        cell.redis.url = SecretString::from(env.redis_url.clone());
+        cell.redis.prefix = redis_prefix.clone();
+        cell.inference.onnxruntime_library = env.onnxruntime.clone();
+        // One partition keeps consumer-group start-up quick on the test broker.
+        cell.kafka.partitions_override = 1;
+        cp.kafka.partitions_override = 1;
+        tweak(&mut cp, &mut cell);
+
+        let shutdown = CancellationToken::new();
+        let cell_task = tokio::spawn(nudge_data_plane_cell::run(cell.clone(), cell_listener, shutdown.clone()));
+        let cp_task = tokio::spawn(nudge_web_api::run(cp, cp_listener, shutdown.clone()));
+        let platform = Self {
+            broker,
+            db,
+            redis_prefix,
+            control_plane_url,
+            cell_url,
+            cell_config: cell,
+            http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?,
+            shutdown,
+            tasks: vec![cell_task, cp_task],
+        };
+        platform.wait_ready(&platform.cell_url).await.context("cell never became ready")?;
+        platform.wait_ready(&platform.control_plane_url).await.context("control plane never became ready")?;
+        Ok(platform)
+    }
+
+    async fn wait_ready(&self, base: &str) -> anyhow::Result<()> {
+        let mut last = String::new();
+        for _ in 0..300 {
+            if let Some(t) = self.tasks.iter().find(|t| t.is_finished()) {
+                anyhow::bail!("a service stopped during start-up (finished: {})", t.is_finished());
+            }
+            match self.http.get(format!("{base}/readyz")).send().await {
+                Ok(r) if r.status().is_success() => return Ok(()),
+                Ok(r) => last = r.text().await.unwrap_or_default(),
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::bail!("{base}/readyz never answered 200; last: {last}")
+    }
+
+    /// Stops the services and waits for them to finish.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        for t in self.tasks.drain(..) {
+            tokio::time::timeout(Duration::from_secs(10), t).await.context("service did not stop")???;
+        }
+        Ok(())
+    }
+
+    /// Signs up a store allowed on `origins`.
+    pub async fn sign_up(&self, name: &str, origins: &[&str]) -> anyhow::Result<SignupResponse> {
+        let request =
+            SignupRequest { name: name.into(), allowed_origins: origins.iter().map(|o| o.to_string()).collect() };
+        let response = self.http.post(format!("{}/v1/tenants", self.control_plane_url)).json(&request).send().await?;
+        anyhow::ensure!(response.status() == 201, "signup answered {}: {}", response.status(), response.text().await?);
+        Ok(response.json().await?)
+    }
+
+    /// Signs up a store and waits until the cell knows its key.
+    pub async fn sign_up_ready(&self, name: &str, origin: &str) -> anyhow::Result<SignupResponse> {
+        let tenant = self.sign_up(name, &[origin]).await?;
+        self.wait_for_key(&tenant.publishable_key, origin).await?;
+        Ok(tenant)
+    }
+
+    /// Waits until the cell accepts `key` from `origin` (an empty batch then answers 422).
+    pub async fn wait_for_key(&self, key: &str, origin: &str) -> anyhow::Result<()> {
+        for _ in 0..200 {
+            let r = self.post_events(key, Some(origin), &serde_json::json!({"events": []})).await?;
+            if r.status() == 422 {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        anyhow::bail!("the cell never learned key {key}")
+    }
+
+    /// `POST /v1/events` with a publishable key and an optional Origin.
+    pub async fn post_events(
+        &self,
+        key: &str,
+        origin: Option<&str>,
+        body: &serde_json::Value,
+    ) -> anyhow::Result<reqwest::Response> {
+        let mut request = self.http.post(format!("{}/v1/events", self.cell_url)).bearer_auth(key).json(body);
+        if let Some(o) = origin {
+            request = request.header("Origin", o);
+        }
+        Ok(request.send().await?)
+    }
+
+    /// Opens a shopper socket; fails with the HTTP status when the upgrade is refused.
+    pub async fn connect_shopper(&self, key: &str, origin: &str, shopper: &str) -> anyhow::Result<ShopperSocket> {
+        let url = format!("{}/v1/ws?key={key}&shopper_id={shopper}", self.cell_url.replacen("http", "ws", 1));
+        let mut request = url.into_client_request()?;
+        request.headers_mut().insert("Origin", HeaderValue::from_str(origin)?);
+        let (ws, _) = tokio_tungstenite::connect_async(request).await?;
+        let mut socket = ShopperSocket { ws };
+        match socket.next_message(Duration::from_secs(5)).await? {
+            Some(PushMessage::Ready { .. }) => Ok(socket),
+            other => anyhow::bail!("expected a ready message, got {other:?}"),
+        }
+    }
+}
+
+/// A shopper's WebSocket, as a browser holds it.
+pub struct ShopperSocket {
+    ws: WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>,
+}
+
+impl ShopperSocket {
+    /// The next message, or `None` when none arrives within `wait`.
+    pub async fn next_message(&mut self, wait: Duration) -> anyhow::Result<Option<PushMessage>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let frame = match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return Ok(None),
+                Ok(None) => anyhow::bail!("socket closed"),
+                Ok(Some(frame)) => frame?,
+            };
+            if let Message::Text(text) = frame {
+                return Ok(Some(serde_json::from_str(&text)?));
+            }
+        }
+    }
+}

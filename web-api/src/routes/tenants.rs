@@ -1,0 +1,71 @@
+//! `POST /v1/tenants`: self-service signup.
+
+use axum::{
+    Json, Router,
+    extract::{State, rejection::JsonRejection},
+    http::StatusCode,
+    routing::post,
+};
+use nudge_contracts::control::{SignupRequest, SignupResponse};
+use nudge_control_plane::signup::{MAX_ORIGINS, NewTenant, sign_up};
+use nudge_platform_http::{ApiError, current_trace};
+use nudge_tenants::{AllowedOrigin, TenantName};
+use serde_json::json;
+
+use super::error::signup_error;
+use crate::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/tenants", post(create))
+}
+
+/// Parses a signup body into domain values, collecting every field error.
+fn parse(request: SignupRequest) -> Result<NewTenant, ApiError> {
+    let mut errors = serde_json::Map::new();
+    let name = TenantName::parse(&request.name).map_err(|e| errors.insert("name".into(), json!(e.to_string())));
+    if request.allowed_origins.is_empty() || request.allowed_origins.len() > MAX_ORIGINS {
+        errors.insert("allowed_origins".into(), json!(format!("give between 1 and {MAX_ORIGINS} origins")));
+    }
+    let mut origins = Vec::new();
+    for (i, raw) in request.allowed_origins.iter().enumerate() {
+        match AllowedOrigin::parse(raw) {
+            Ok(o) if !origins.contains(&o) => origins.push(o),
+            Ok(_) => {}
+            Err(e) => {
+                errors.insert(format!("allowed_origins[{i}]"), json!(e.to_string()));
+            }
+        }
+    }
+    match name {
+        Ok(name) if errors.is_empty() => Ok(NewTenant { name, allowed_origins: origins }),
+        _ => Err(ApiError::unprocessable("invalid_fields", "some fields are invalid")
+            .with_details(json!({ "fields": errors }))),
+    }
+}
+
+#[tracing::instrument(skip_all)]
+async fn create(
+    State(state): State<AppState>,
+    body: Result<Json<SignupRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<SignupResponse>), ApiError> {
+    let Json(request) = body.map_err(|e| ApiError::bad_request("malformed_json", e.body_text()))?;
+    let new = parse(request)?;
+    let trace = current_trace().map(|t| t.to_header());
+    let created = sign_up(&state.db, &state.topics, &state.shared_cell, new, trace).await.map_err(signup_error)?;
+    state.outbox_wake.notify_one();
+    tracing::info!(tenant_id = %created.tenant_id, "signup complete");
+    Ok((
+        StatusCode::CREATED,
+        Json(SignupResponse {
+            tenant_id: created.tenant_id.to_string(),
+            name: created.name.to_string(),
+            state: created.state.as_str().to_owned(),
+            cell_id: created.cell.id.to_string(),
+            cell_url: created.cell.public_url,
+            publishable_key: created.publishable_key.to_string(),
+            secret_key: created.secret_key.expose().to_owned(),
+            allowed_origins: created.allowed_origins.iter().map(|o| o.to_string()).collect(),
+            created_at: created.created_at.to_rfc3339(),
+        }),
+    ))
+}

@@ -1,0 +1,197 @@
+/*!
+ * nudge.js: the Nudge browser snippet.
+ *
+ *   <script src="https://CELL/nudge.js"></script>
+ *   <script>
+ *     const nudge = Nudge.init({ key: "pk_…", endpoint: "https://CELL" });
+ *     nudge.track("add_to_cart", { product_id: "sku-1", price: 49.5, currency: "EUR", quantity: 1 });
+ *   </script>
+ *
+ * Batches events and sends them with retry (exponential backoff with jitter on network
+ * errors, 429 and 5xx, honouring Retry-After; 4xx other than 429 drops the batch, since
+ * resending cannot fix it). Keeps an anonymous shopper id in localStorage, detects exit
+ * intent, opens the shopper's WebSocket (reconnecting with jitter), and renders
+ * interventions in a small banner. No dependencies, no cookies.
+ */
+(function (global) {
+  "use strict";
+
+  var STORAGE_KEY = "nudge_shopper_id";
+  var MAX_BATCH = 50;
+  var FLUSH_MS = 250;
+  var MAX_QUEUE = 1000;
+
+  function uuid() {
+    if (global.crypto && global.crypto.randomUUID) return global.crypto.randomUUID();
+    var b = new Uint8Array(16);
+    global.crypto.getRandomValues(b);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    var h = Array.prototype.map.call(b, function (x) { return (x + 0x100).toString(16).slice(1); }).join("");
+    return h.slice(0, 8) + "-" + h.slice(8, 12) + "-" + h.slice(12, 16) + "-" + h.slice(16, 20) + "-" + h.slice(20);
+  }
+
+  function shopperId() {
+    try {
+      var id = global.localStorage.getItem(STORAGE_KEY);
+      if (!id) {
+        id = "shp_" + uuid();
+        global.localStorage.setItem(STORAGE_KEY, id);
+      }
+      return id;
+    } catch (e) {
+      return "shp_" + uuid(); // storage blocked: one id per page view
+    }
+  }
+
+  function backoff(attempt) {
+    var base = Math.min(30000, 500 * Math.pow(2, attempt));
+    return base / 2 + Math.random() * base / 2;
+  }
+
+  function Client(options) {
+    if (!options || !options.key || !options.endpoint) throw new Error("Nudge.init needs { key, endpoint }");
+    this.key = options.key;
+    this.endpoint = options.endpoint.replace(/\/+$/, "");
+    this.shopperId = options.shopperId || shopperId();
+    this.onIntervention = options.onIntervention || render;
+    this.onStatus = options.onStatus || function () {};
+    this.queue = [];
+    this.inFlight = false;
+    this.attempt = 0;
+    this.timer = null;
+    this.socket = null;
+    this.socketAttempt = 0;
+    this.seen = {};
+    this.exitArmed = true;
+    if (options.connect !== false) this.connect();
+    if (options.exitIntent !== false) this.watchExitIntent();
+  }
+
+  Client.prototype.track = function (type, properties) {
+    if (this.queue.length >= MAX_QUEUE) this.queue.shift(); // bounded: drop the oldest
+    this.queue.push({
+      event_id: uuid(),
+      type: type,
+      shopper_id: this.shopperId,
+      occurred_at: new Date().toISOString(),
+      properties: properties || {}
+    });
+    this.schedule(type === "exit_intent" ? 0 : FLUSH_MS);
+  };
+
+  Client.prototype.schedule = function (delay) {
+    var self = this;
+    if (this.timer !== null) {
+      if (delay > 0) return;
+      clearTimeout(this.timer);
+    }
+    this.timer = setTimeout(function () { self.timer = null; self.flush(); }, delay);
+  };
+
+  Client.prototype.flush = function () {
+    if (this.inFlight || this.queue.length === 0) return;
+    var self = this;
+    var batch = this.queue.slice(0, MAX_BATCH);
+    this.inFlight = true;
+    fetch(this.endpoint + "/v1/events", {
+      method: "POST",
+      headers: { "Content-Type": "application/json", "Authorization": "Bearer " + this.key },
+      body: JSON.stringify({ events: batch }),
+      keepalive: true,
+      mode: "cors"
+    }).then(function (response) {
+      self.inFlight = false;
+      if (response.ok) {
+        self.queue.splice(0, batch.length);
+        self.attempt = 0;
+        self.onStatus({ type: "sent", count: batch.length });
+        if (self.queue.length) self.schedule(0);
+        return;
+      }
+      if (response.status === 429 || response.status >= 500) {
+        var after = Number(response.headers.get("Retry-After"));
+        self.retry(after > 0 ? after * 1000 : backoff(self.attempt++));
+        return;
+      }
+      // Resending cannot fix a 4xx: drop the batch and say why.
+      self.queue.splice(0, batch.length);
+      response.json().then(function (body) {
+        self.onStatus({ type: "rejected", status: response.status, error: body && body.error });
+      }, function () {});
+      if (self.queue.length) self.schedule(0);
+    }, function () {
+      self.inFlight = false;
+      self.retry(backoff(self.attempt++));
+    });
+  };
+
+  Client.prototype.retry = function (delay) {
+    var self = this;
+    this.onStatus({ type: "retrying", in_ms: Math.round(delay) });
+    setTimeout(function () { self.flush(); }, delay);
+  };
+
+  Client.prototype.connect = function () {
+    var self = this;
+    var url = this.endpoint.replace(/^http/, "ws") + "/v1/ws?key=" + encodeURIComponent(this.key) +
+      "&shopper_id=" + encodeURIComponent(this.shopperId);
+    var socket = new WebSocket(url);
+    this.socket = socket;
+    socket.onopen = function () { self.socketAttempt = 0; self.onStatus({ type: "socket_open" }); };
+    socket.onmessage = function (m) {
+      var msg;
+      try { msg = JSON.parse(m.data); } catch (e) { return; }
+      if (msg.type === "intervention") {
+        if (self.seen[msg.intervention_id]) return; // delivered twice: show once
+        self.seen[msg.intervention_id] = true;
+        self.onIntervention(msg);
+      }
+    };
+    socket.onclose = function () {
+      self.onStatus({ type: "socket_closed" });
+      setTimeout(function () { self.connect(); }, backoff(self.socketAttempt++));
+    };
+  };
+
+  Client.prototype.watchExitIntent = function () {
+    var self = this;
+    // The pointer leaving through the top of the window is heading for the tab bar or the
+    // address bar: the classic desktop exit signal. Re-armed once it comes back.
+    document.addEventListener("mouseout", function (e) {
+      if (!e.relatedTarget && e.clientY <= 0 && self.exitArmed) {
+        self.exitArmed = false;
+        self.track("exit_intent", {});
+      }
+    });
+    document.addEventListener("mouseover", function () { self.exitArmed = true; });
+  };
+
+  function render(msg) {
+    var box = document.getElementById("nudge-intervention");
+    if (!box) {
+      box = document.createElement("div");
+      box.id = "nudge-intervention";
+      box.setAttribute("role", "status");
+      box.style.cssText = "position:fixed;left:50%;bottom:24px;transform:translateX(-50%);z-index:2147483647;" +
+        "max-width:420px;padding:16px 20px;border-radius:12px;background:#1f2937;color:#fff;" +
+        "font:15px/1.4 system-ui,sans-serif;box-shadow:0 10px 30px rgba(0,0,0,.3)";
+      document.body.appendChild(box);
+    }
+    box.textContent = "";
+    var title = document.createElement("strong");
+    title.textContent = msg.title;
+    var body = document.createElement("div");
+    body.textContent = msg.body;
+    var close = document.createElement("button");
+    close.textContent = "×";
+    close.setAttribute("aria-label", "Dismiss");
+    close.style.cssText = "position:absolute;top:6px;right:10px;background:none;border:0;color:#fff;font-size:18px;cursor:pointer";
+    close.onclick = function () { box.remove(); };
+    box.appendChild(title);
+    box.appendChild(body);
+    box.appendChild(close);
+  }
+
+  global.Nudge = { init: function (options) { return new Client(options); } };
+})(window);
