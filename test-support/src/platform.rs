@@ -27,6 +27,7 @@ pub struct Platform {
     pub db: TestDatabase,
     /// Prefix of this test's Redis keys and channels.
     pub redis_prefix: String,
+    pub redis_url: String,
     pub control_plane_url: String,
     pub cell_url: String,
     pub cell_config: CellConfig,
@@ -89,6 +90,7 @@ impl Platform {
             broker,
             db,
             redis_prefix,
+            redis_url: env.redis_url.clone(),
             control_plane_url,
             cell_url,
             cell_config: cell,

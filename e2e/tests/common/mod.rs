@@ -1,0 +1,49 @@
+//! Shared fixtures of the end-to-end tests.
+
+use chrono::{DateTime, Duration, Utc};
+use serde_json::{Value, json};
+
+/// The golden row the end-to-end session must reproduce.
+pub const GOLDEN_ROW: &str = "e2e_exit_with_cart";
+
+/// The Python onnxruntime output and features for a named golden row.
+pub fn golden(name: &str) -> (Vec<f32>, f64) {
+    let text = include_str!("../../../model/cart_abandonment/v1/golden.json");
+    let golden: Value = serde_json::from_str(text).expect("golden.json parses");
+    let row = golden["rows"].as_array().expect("rows").iter().find(|r| r["name"] == name).expect("row exists");
+    let features =
+        row["features"].as_array().expect("features").iter().map(|v| v.as_f64().expect("number") as f32).collect();
+    (features, row["probability"].as_f64().expect("probability"))
+}
+
+fn event(n: usize, shopper: &str, start: DateTime<Utc>, at_s: i64, kind: &str, properties: Value) -> Value {
+    json!({
+        "event_id": format!("{shopper}-e{n}"),
+        "type": kind,
+        "shopper_id": shopper,
+        "occurred_at": (start + Duration::seconds(at_s)).to_rfc3339(),
+        "properties": properties,
+    })
+}
+
+/// A realistic session: browse, add a tent (79.00) and a stove (50.00), then move to leave.
+/// Its features at the exit are exactly golden row `e2e_exit_with_cart`. The first batch is
+/// the browsing; the second is the exit intent, sent alone as the snippet does.
+pub fn abandoning_session(shopper: &str) -> (Value, Value) {
+    let start = Utc::now() - Duration::seconds(200);
+    let view = |id: &str, price: f64| json!({"product_id": id, "price": price, "currency": "EUR"});
+    let add = |id: &str, price: f64| json!({"product_id": id, "price": price, "currency": "EUR", "quantity": 1});
+    let browsing = vec![
+        event(1, shopper, start, 0, "page_view", json!({"url": "https://shop.example.com/"})),
+        event(2, shopper, start, 20, "product_view", view("tent-2p", 79.0)),
+        event(3, shopper, start, 45, "page_view", json!({"url": "https://shop.example.com/tents"})),
+        event(4, shopper, start, 60, "product_view", view("tent-2p", 79.0)),
+        event(5, shopper, start, 80, "add_to_cart", add("tent-2p", 79.0)),
+        event(6, shopper, start, 110, "page_view", json!({"url": "https://shop.example.com/stoves"})),
+        event(7, shopper, start, 125, "product_view", view("stove", 50.0)),
+        event(8, shopper, start, 135, "page_view", json!({"url": "https://shop.example.com/stoves/1"})),
+        event(9, shopper, start, 143, "add_to_cart", add("stove", 50.0)),
+    ];
+    let exit = vec![event(10, shopper, start, 185, "exit_intent", json!({}))];
+    (json!({ "events": browsing }), json!({ "events": exit }))
+}
