@@ -1,16 +1,27 @@
 //! A tansu broker process for one test.
 
-use std::{net::TcpListener as StdListener, process::Stdio, time::Duration};
+use std::{net::TcpListener as StdListener, path::PathBuf, process::Stdio, time::Duration};
 
 use anyhow::Context;
 use tokio::process::{Child, Command};
 
 use crate::env::TestEnv;
 
-/// A Kafka-protocol broker on a free loopback port, storing in memory.
+/// A Kafka-protocol broker on a free loopback port.
 pub struct Broker {
     port: u16,
+    /// Where a durable broker keeps its SQLite file; `None` stores in memory.
+    data_dir: Option<PathBuf>,
     child: Option<Child>,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.data_dir {
+            // Best effort: a leftover directory in the temp dir harms nothing.
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -18,9 +29,19 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 impl Broker {
-    /// Starts a broker and waits until it accepts connections.
+    /// Starts a broker that stores in memory (fast; a kill loses everything) and waits
+    /// until it accepts connections.
     pub async fn start() -> anyhow::Result<Self> {
-        let mut broker = Self { port: free_port()?, child: None };
+        let mut broker = Self { port: free_port()?, data_dir: None, child: None };
+        broker.restart().await?;
+        Ok(broker)
+    }
+
+    /// Starts a broker that stores in SQLite, so records survive `kill` and `restart`.
+    pub async fn start_durable() -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("nudge-broker-{}", crate::unique_suffix()));
+        std::fs::create_dir_all(&dir)?;
+        let mut broker = Self { port: free_port()?, data_dir: Some(dir), child: None };
         broker.restart().await?;
         Ok(broker)
     }
@@ -30,7 +51,7 @@ impl Broker {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// Kills the broker with SIGKILL (its in-memory records are gone with it).
+    /// Kills the broker with SIGKILL.
     pub async fn kill(&mut self) -> anyhow::Result<()> {
         if let Some(mut child) = self.child.take() {
             child.kill().await?;
@@ -43,14 +64,23 @@ impl Broker {
         self.kill().await?;
         let env = TestEnv::load();
         let url = format!("tcp://127.0.0.1:{}", self.port);
-        let child = Command::new(&env.tansu)
+        let mut command = Command::new(&env.tansu);
+        let storage = match &self.data_dir {
+            // tansu resolves the SQLite path against its working directory.
+            Some(dir) => {
+                command.current_dir(dir);
+                "sqlite://tansu.db"
+            }
+            None => "memory://tansu/",
+        };
+        let child = command
             .arg("broker")
             .arg("--listener-url")
             .arg(&url)
             .arg("--advertised-listener-url")
             .arg(&url)
             .arg("--storage-engine")
-            .arg("memory://tansu/")
+            .arg(storage)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)

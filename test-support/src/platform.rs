@@ -47,14 +47,25 @@ impl Drop for Platform {
 
 impl Platform {
     pub async fn start() -> anyhow::Result<Self> {
-        Self::start_with(|_, _| {}).await
+        Self::start_on(Broker::start().await?, |_, _| {}).await
+    }
+
+    /// Starts against a broker that keeps its records across `kill` and `restart`.
+    pub async fn start_durable() -> anyhow::Result<Self> {
+        Self::start_on(Broker::start_durable().await?, |_, _| {}).await
     }
 
     /// Starts with configuration adjusted by `tweak` (after the harness has filled in
     /// ports, database, broker and prefixes).
     pub async fn start_with(tweak: impl FnOnce(&mut ControlPlaneConfig, &mut CellConfig)) -> anyhow::Result<Self> {
+        Self::start_on(Broker::start().await?, tweak).await
+    }
+
+    async fn start_on(
+        broker: Broker,
+        tweak: impl FnOnce(&mut ControlPlaneConfig, &mut CellConfig),
+    ) -> anyhow::Result<Self> {
         let env = TestEnv::load();
-        let broker = Broker::start().await?;
         let db = TestDatabase::create().await?;
         let redis_prefix = format!("nudge-test:{}:", unique_suffix());
 

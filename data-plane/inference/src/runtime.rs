@@ -5,10 +5,7 @@
 //! `ORT_DYLIB_PATH`. ONNX Runtime allows one environment per process, so the first call
 //! wins and later calls reuse it.
 
-use std::{
-    path::{Path, PathBuf},
-    sync::OnceLock,
-};
+use std::{path::Path, sync::OnceLock};
 
 use ort::environment::Environment;
 
@@ -36,9 +33,4 @@ pub fn init_runtime(library: Option<&Path>) -> Result<&'static Environment, Runt
         })
         .as_ref()
         .map_err(Clone::clone)
-}
-
-/// Where the library was configured, for error messages.
-pub fn describe(library: Option<&Path>) -> PathBuf {
-    library.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("$ORT_DYLIB_PATH"))
 }

@@ -1,4 +1,5 @@
 //! Shared fixtures of the end-to-end tests.
+#![allow(dead_code)] // each test binary uses a different part of the fixtures
 
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{Value, json};
