@@ -1,6 +1,7 @@
 //! `nudge`: one command for every way of running the platform.
 
 mod dev;
+mod listen;
 mod storefront;
 
 use std::path::PathBuf;
@@ -34,6 +35,21 @@ enum Command {
     Cell,
     /// Create the control-plane database if needed and apply migrations as the owner role.
     Migrate,
+    /// Open a shopper's WebSocket on a cell and print what arrives (interventions).
+    Listen {
+        /// The cell's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8081")]
+        cell: String,
+        /// The store's publishable key (`pk_…`).
+        #[arg(long)]
+        key: String,
+        /// An origin the store allows (the socket is refused from any other).
+        #[arg(long, default_value = "http://127.0.0.1:8082")]
+        origin: String,
+        /// The shopper id the events are sent with.
+        #[arg(long)]
+        shopper: String,
+    },
 }
 
 #[tokio::main]
@@ -66,6 +82,10 @@ async fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("binding {}", config.http.listen))?;
             tokio::spawn(nudge_platform_http::serve::cancel_on_signal(shutdown.clone()));
             nudge_data_plane_cell::run(config, listener, shutdown).await
+        }
+        Command::Listen { cell, key, origin, shopper } => {
+            tokio::spawn(nudge_platform_http::serve::cancel_on_signal(shutdown.clone()));
+            listen::run(&cell, &key, &origin, &shopper, shutdown).await
         }
         Command::Migrate => {
             let config: ControlPlaneConfig =
