@@ -15,7 +15,9 @@ pub fn page(tenant: &SignupResponse) -> String {
 
 pub async fn serve(listener: TcpListener, tenant: SignupResponse, shutdown: CancellationToken) -> anyhow::Result<()> {
     let html = page(&tenant);
-    let router = Router::new().route("/", get(move || async move { Html(html) }));
+    let router = Router::new()
+        .route("/", get(move || async move { Html(html) }))
+        .route("/favicon.ico", get(|| async { axum::http::StatusCode::NO_CONTENT }));
     nudge_platform_http::serve(listener, router, shutdown).await?;
     Ok(())
 }

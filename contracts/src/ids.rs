@@ -78,6 +78,7 @@ nudge_tenants::prefixed_id!(
 );
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -10,8 +10,11 @@ use secrecy::ExposeSecret;
 fn example_configs_load_and_equal_the_defaults() -> anyhow::Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let none = serde_json::json!({});
-    let cp: ControlPlaneConfig =
-        nudge_platform_config::load("NUDGE_TEST_UNUSED_CP__", Some(&root.join("deploy/config/control-plane.toml")), &none)?;
+    let cp: ControlPlaneConfig = nudge_platform_config::load(
+        "NUDGE_TEST_UNUSED_CP__",
+        Some(&root.join("deploy/config/control-plane.toml")),
+        &none,
+    )?;
     let defaults = ControlPlaneConfig::default();
     // Debug output redacts secrets, so compare those explicitly.
     assert_eq!(format!("{cp:?}"), format!("{defaults:?}"));

@@ -166,6 +166,7 @@ impl<'de> Deserialize<'de> for CellId {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

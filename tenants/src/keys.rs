@@ -147,6 +147,7 @@ impl fmt::Debug for SecretKeyHash {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

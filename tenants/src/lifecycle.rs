@@ -66,6 +66,7 @@ impl TenantState {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::TenantState::*;
     use super::*;

@@ -55,6 +55,7 @@ impl fmt::Debug for TenantName {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -86,6 +86,7 @@ impl fmt::Debug for AllowedOrigin {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

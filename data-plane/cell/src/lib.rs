@@ -3,7 +3,7 @@
 //! # Layout
 //!
 //! - [`run`]: starts the cell on a listener and runs it until shutdown.
-//! - [`config`]: [`CellConfig`].
+//! - [`config`]: the cell's configuration, [`CellConfig`].
 //! - [`pipeline`]: `events.raw` → features → model → decision → intervention.
 //! - [`readiness`]: what `/readyz` checks.
 //! - [`snippet`]: serves `nudge.js`, the browser snippet.

@@ -75,6 +75,7 @@ pub fn decide(rule: &RuleConfig, event: &Event, session: &SessionState, score: f
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use nudge_contracts::proto::events::v1::{ExitIntent, PageView};
 

@@ -95,6 +95,7 @@ impl SessionState {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use nudge_contracts::proto::events::v1::{CartChange, ExitIntent, PageView, Purchase};
 

@@ -24,6 +24,7 @@ pub struct ShopperAddress {
 }
 
 type Frame = Arc<str>;
+type Sockets = HashMap<ShopperAddress, Vec<(u64, mpsc::Sender<Frame>)>>;
 
 /// What delivering to a shopper did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -36,7 +37,7 @@ pub struct Delivery {
 /// Sockets of this process. A shopper may have several (tabs).
 #[derive(Default)]
 pub struct Hub {
-    sockets: Mutex<HashMap<ShopperAddress, Vec<(u64, mpsc::Sender<Frame>)>>>,
+    sockets: Mutex<Sockets>,
     next_id: AtomicU64,
 }
 
@@ -88,6 +89,7 @@ impl Hub {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! The Rust scorer agrees with Python onnxruntime on the committed golden file, and the
 //! model takes the features in the order the feature definitions declare.
 

@@ -53,6 +53,8 @@ where
 }
 
 #[cfg(test)]
+// figment's Jail API returns its large error type by design.
+#[allow(clippy::unwrap_used, clippy::result_large_err)]
 mod tests {
     use serde::Deserialize;
 

@@ -95,6 +95,7 @@ impl fmt::Debug for TraceContext {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
