@@ -28,4 +28,5 @@ export_runtime_env() {
     lib="$(ort_dylib)" || die "ONNX Runtime not found in $NUDGE_VENV; run scripts/setup"
     export ORT_DYLIB_PATH="$lib"
     export NUDGE_TANSU_BIN="$NUDGE_TOOLS/bin/tansu"
+    export NUDGE_NODE_MODULES="$NUDGE_CACHE/node/node_modules"
 }

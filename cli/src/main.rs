@@ -1,8 +1,6 @@
 //! `nudge`: one command for every way of running the platform.
 
-mod dev;
-mod listen;
-mod storefront;
+use nudge_cli::{dev, listen};
 
 use std::path::PathBuf;
 

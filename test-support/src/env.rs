@@ -10,6 +10,9 @@ pub struct TestEnv {
     pub onnxruntime: Option<PathBuf>,
     pub postgres_owner_url: String,
     pub redis_url: String,
+    /// `node_modules` holding playwright-core, for browser tests.
+    pub node_modules: Option<PathBuf>,
+    pub chromium: PathBuf,
 }
 
 impl TestEnv {
@@ -24,6 +27,8 @@ impl TestEnv {
             postgres_owner_url: var("NUDGE_TEST_POSTGRES_URL")
                 .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432".into()),
             redis_url: var("NUDGE_TEST_REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379/".into()),
+            node_modules: var("NUDGE_NODE_MODULES").map(PathBuf::from),
+            chromium: var("NUDGE_CHROMIUM").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/bin/chromium")),
         }
     }
 }
