@@ -95,8 +95,12 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
     let pipeline = tokio::spawn(pipeline.run(shutdown.clone()));
 
     // Ingest.
-    let producer = nudge_platform_kafka::producer(&config.kafka, &format!("cell-{}-ingest", config.cell_id))?;
-    let sink = KafkaSink::new(producer, topics.name(Topic::EventsRaw), config.ingest.ack_timeout());
+    let sink = KafkaSink::new(
+        &config.kafka,
+        &format!("cell-{}-ingest", config.cell_id),
+        topics.name(Topic::EventsRaw),
+        config.ingest.ack_timeout(),
+    )?;
     let ingest = IngestState {
         directory: directory.clone(),
         sink: Arc::new(sink),

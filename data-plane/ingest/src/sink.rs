@@ -1,14 +1,19 @@
 //! Where accepted events go. Ingest answers `202` only after the sink has durably taken
 //! every event of the batch; otherwise the client is told to retry and nothing is claimed.
 
-use std::{future::Future, pin::Pin, time::Duration};
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{Arc, PoisonError, RwLock},
+    time::Duration,
+};
 
 use nudge_contracts::headers::EVENT_V1;
-use nudge_platform_kafka::headers::record_headers;
+use nudge_platform_kafka::{KafkaConfig, headers::record_headers};
 use nudge_platform_telemetry::TraceContext;
 use rdkafka::{
     error::{KafkaError, RDKafkaErrorCode},
-    producer::{FutureProducer, FutureRecord},
+    producer::{FutureProducer, FutureRecord, Producer},
 };
 
 /// One record for `events.raw`.
@@ -39,16 +44,53 @@ pub trait EventSink: Send + Sync {
 }
 
 /// Publishes to `events.raw` with an idempotent `acks=all` producer.
+///
+/// An idempotent producer can hit a fatal error (the broker lost its producer state, for
+/// instance after losing its data); from then on it refuses every record. The sink notices,
+/// answers that request with 503, and replaces the producer so the next request can succeed.
 pub struct KafkaSink {
-    producer: FutureProducer,
+    producer: RwLock<Arc<FutureProducer>>,
+    kafka: KafkaConfig,
+    client_id: String,
     topic: String,
     ack_timeout: Duration,
 }
 
 impl KafkaSink {
     /// `ack_timeout` bounds how long a request waits for the broker before answering 503.
-    pub fn new(producer: FutureProducer, topic: String, ack_timeout: Duration) -> Self {
-        Self { producer, topic, ack_timeout }
+    pub fn new(
+        kafka: &KafkaConfig,
+        client_id: &str,
+        topic: String,
+        ack_timeout: Duration,
+    ) -> nudge_platform_kafka::Result<Self> {
+        let producer = nudge_platform_kafka::producer(kafka, client_id)?;
+        Ok(Self {
+            producer: RwLock::new(Arc::new(producer)),
+            kafka: kafka.clone(),
+            client_id: client_id.to_owned(),
+            topic,
+            ack_timeout,
+        })
+    }
+
+    fn current(&self) -> Arc<FutureProducer> {
+        self.producer.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Replaces `failed` (if it is still the current producer) with a fresh one.
+    fn replace(&self, failed: &Arc<FutureProducer>, reason: &str) {
+        let mut slot = self.producer.write().unwrap_or_else(PoisonError::into_inner);
+        if !Arc::ptr_eq(&slot, failed) {
+            return;
+        }
+        match nudge_platform_kafka::producer(&self.kafka, &self.client_id) {
+            Ok(fresh) => {
+                tracing::error!(%reason, "event producer hit a fatal error; replaced it");
+                *slot = Arc::new(fresh);
+            }
+            Err(e) => tracing::error!(error = %e, %reason, "event producer failed fatally and cannot be replaced"),
+        }
     }
 }
 
@@ -72,6 +114,11 @@ fn classify(e: KafkaError) -> SinkError {
 impl EventSink for KafkaSink {
     fn publish(&self, records: Vec<EventRecord>, trace: Option<TraceContext>) -> SinkFuture<'_> {
         Box::pin(async move {
+            let producer = self.current();
+            if let Some((_, reason)) = producer.client().fatal_error() {
+                self.replace(&producer, &reason);
+                return Err(SinkError::Unavailable(format!("producer failed fatally: {reason}")));
+            }
             let mut deliveries = Vec::with_capacity(records.len());
             for record in &records {
                 let headers = record_headers(EVENT_V1, trace.as_ref());
@@ -79,7 +126,7 @@ impl EventSink for KafkaSink {
                     .key(record.key.as_slice())
                     .payload(record.value.as_slice())
                     .headers(headers);
-                let delivery = self.producer.send_result(r).map_err(|(e, _)| classify(e))?;
+                let delivery = producer.send_result(r).map_err(|(e, _)| classify(e))?;
                 deliveries.push(delivery);
             }
             let acks = tokio::time::timeout(self.ack_timeout, futures_util::future::join_all(deliveries))
@@ -90,7 +137,12 @@ impl EventSink for KafkaSink {
             for ack in acks {
                 match ack {
                     Ok(Ok(_)) => {}
-                    Ok(Err((e, _))) => return Err(classify(e)),
+                    Ok(Err((e, _))) => {
+                        if let Some((_, reason)) = producer.client().fatal_error() {
+                            self.replace(&producer, &reason);
+                        }
+                        return Err(classify(e));
+                    }
                     Err(_) => return Err(SinkError::Unavailable("producer shut down".into())),
                 }
             }
