@@ -1,9 +1,10 @@
 //! JSON bodies of the control plane's public API.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// `POST /v1/tenants`: self-service signup.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignupRequest {
     /// The store's display name.
@@ -13,7 +14,7 @@ pub struct SignupRequest {
 }
 
 /// `201 Created` answer to a signup. The secret key appears here and nowhere else, ever.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SignupResponse {
     pub tenant_id: String,
     pub name: String,

@@ -10,25 +10,30 @@
 //! [`crate::proto::events::v1::Event`] and owns every rule about what is valid.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// A batch of events from one browser or server.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventBatch {
     pub events: Vec<RawEvent>,
 }
 
 /// One event as sent, before validation.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RawEvent {
     pub event_id: String,
+    /// One of `page_view`, `product_view`, `add_to_cart`, `remove_from_cart`, `checkout_start`,
+    /// `purchase`, `exit_intent`, `identify`.
     #[serde(rename = "type")]
     pub kind: String,
     pub shopper_id: String,
     /// RFC 3339; the cell's receive time when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub occurred_at: Option<String>,
+    /// Type-specific fields, e.g. `product_id`, `price`, `currency`, `quantity` for cart changes.
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub properties: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -45,7 +50,7 @@ pub const EVENT_TYPES: [&str; 8] = [
 ];
 
 /// `202 Accepted` body: every event in the batch is durably enqueued.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BatchAccepted {
     pub accepted: usize,
 }

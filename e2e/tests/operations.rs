@@ -28,3 +28,31 @@ async fn both_services_expose_health_readiness_and_metrics() -> anyhow::Result<(
     assert!(js.text().await?.contains("Nudge"));
     platform.shutdown().await
 }
+
+/// Every public route is in the service's OpenAPI document, and everything documented exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_documents_every_route() -> anyhow::Result<()> {
+    let platform = Platform::start().await?;
+    let expected = [
+        (&platform.control_plane_url, vec!["/v1/tenants", "/healthz", "/readyz", "/metrics"]),
+        (&platform.cell_url, vec!["/v1/events", "/v1/ws", "/nudge.js", "/healthz", "/readyz", "/metrics"]),
+    ];
+    for (base, paths) in expected {
+        let doc: serde_json::Value = platform.http.get(format!("{base}/v1/openapi.json")).send().await?.json().await?;
+        assert_eq!(doc["openapi"].as_str().map(|v| v.starts_with("3.")), Some(true));
+        let documented = doc["paths"].as_object().expect("paths");
+        let mut names: Vec<&str> = documented.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        let mut want = paths.clone();
+        want.sort_unstable();
+        assert_eq!(names, want, "{base}");
+        for (path, methods) in documented {
+            for method in methods.as_object().expect("methods").keys() {
+                let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes())?;
+                let status = platform.http.request(m, format!("{base}{path}")).send().await?.status();
+                assert!(status != 404 && status != 405, "{method} {path} is documented but answers {status}");
+            }
+        }
+    }
+    platform.shutdown().await
+}

@@ -11,12 +11,13 @@ pub mod state;
 
 use std::{sync::Arc, time::Duration};
 
-use axum::{Router, middleware::from_fn_with_state};
+use axum::middleware::from_fn_with_state;
 use nudge_control_plane::{ControlPlaneConfig, Database, outbox::Relay, placement::register_shared_cell};
-use nudge_platform_http::{HttpMetrics, Readiness, ReadinessCheck, ops_router, serve, trace_layer};
+use nudge_platform_http::{HttpMetrics, Readiness, ReadinessCheck, openapi, ops_router, serve, trace_layer};
 use nudge_platform_telemetry::Metrics;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use utoipa_axum::router::OpenApiRouter;
 
 pub use state::AppState;
 
@@ -44,11 +45,12 @@ pub async fn run(config: ControlPlaneConfig, listener: TcpListener, shutdown: Ca
     let readiness = Readiness::default().with(Arc::new(DatabaseReady(db.clone())));
     let state = AppState { db, topics: config.kafka.topics(), shared_cell: cell, outbox_wake };
 
-    let router = Router::new()
-        .merge(routes::router())
-        .with_state(state)
-        .merge(ops_router(readiness, metrics))
-        .layer(from_fn_with_state(http_metrics, trace_layer));
+    let (router, _) = openapi::with_document(
+        OpenApiRouter::new().merge(routes::router()).with_state(state).merge(ops_router(readiness, metrics)),
+        "Nudge control plane",
+        "Self-service signup and the management API of Nudge.",
+    );
+    let router = router.layer(from_fn_with_state(http_metrics, trace_layer));
 
     tracing::info!(addr = %listener.local_addr()?, "control plane listening");
     let relay_task = tokio::spawn(relay.run(shutdown.clone()));

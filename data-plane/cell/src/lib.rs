@@ -19,7 +19,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use axum::{Router, middleware::from_fn_with_state};
+use axum::middleware::from_fn_with_state;
 use nudge_contracts::Topic;
 use nudge_data_plane_directory::Directory;
 use nudge_data_plane_features::store::SessionStore;
@@ -29,13 +29,14 @@ use nudge_data_plane_gateway::{
 };
 use nudge_data_plane_inference::{Model, bundled, init_runtime};
 use nudge_data_plane_ingest::{IngestState, routes::IngestMetrics, sink::KafkaSink};
-use nudge_platform_http::{HttpMetrics, Readiness, ops_router, serve, trace_layer};
+use nudge_platform_http::{HttpMetrics, Readiness, openapi, ops_router, serve, trace_layer};
 use nudge_platform_telemetry::Metrics;
 use rdkafka::consumer::Consumer;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use utoipa_axum::router::OpenApiRouter;
 
 pub use config::CellConfig;
 
@@ -114,12 +115,16 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
         .with(Arc::new(readiness::RedisReady(redis)))
         .with(Arc::new(readiness::SubscriptionReady(subscribed)));
     let http_metrics = HttpMetrics::register(&metrics);
-    let router = Router::new()
-        .merge(nudge_data_plane_ingest::router().with_state(ingest))
-        .merge(nudge_data_plane_gateway::router().with_state(gateway))
-        .merge(snippet::router())
-        .merge(ops_router(readiness, metrics))
-        .layer(from_fn_with_state(http_metrics, trace_layer));
+    let (router, _) = openapi::with_document(
+        OpenApiRouter::new()
+            .merge(nudge_data_plane_ingest::router().with_state(ingest))
+            .merge(nudge_data_plane_gateway::router().with_state(gateway))
+            .merge(snippet::router())
+            .merge(ops_router(readiness, metrics)),
+        "Nudge cell",
+        "Event intake, shopper sockets and the browser snippet of a Nudge data-plane cell.",
+    );
+    let router = router.layer(from_fn_with_state(http_metrics, trace_layer));
 
     tracing::info!(addr = %listener.local_addr()?, cell_id = %config.cell_id, "cell listening");
     serve(listener, router, shutdown.clone()).await?;

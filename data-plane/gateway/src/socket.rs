@@ -8,22 +8,21 @@
 use std::sync::Arc;
 
 use axum::{
-    Router,
     extract::{
         State, WebSocketUpgrade,
         ws::{CloseFrame, Message, WebSocket, rejection::WebSocketUpgradeRejection},
     },
     http::{HeaderMap, StatusCode, Uri, header},
     response::{IntoResponse, Response},
-    routing::get,
 };
 use nudge_contracts::{ShopperId, push::PushMessage};
 use nudge_data_plane_directory::{
     Directory,
     auth::{authorize, key_from, query_param},
 };
-use nudge_platform_http::ApiError;
+use nudge_platform_http::{ApiError, ErrorBody};
 use tokio_util::sync::CancellationToken;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::hub::{Hub, ShopperAddress};
 
@@ -39,10 +38,25 @@ pub struct GatewayState {
     pub shutdown: CancellationToken,
 }
 
-pub fn router() -> Router<GatewayState> {
-    Router::new().route("/v1/ws", get(upgrade))
+pub fn router() -> OpenApiRouter<GatewayState> {
+    OpenApiRouter::new().routes(routes!(upgrade))
 }
 
+/// Open a shopper's WebSocket. Text frames are JSON: `{"type": "ready", …}` once, then
+/// `{"type": "intervention", …}` for each intervention decided for this shopper.
+#[utoipa::path(get, path = "/v1/ws", tag = "sockets",
+    params(
+        ("key" = String, Query, description = "the store's publishable key"),
+        ("shopper_id" = String, Query, description = "the shopper the socket listens for"),
+    ),
+    responses(
+        (status = 101, description = "switching to the WebSocket protocol"),
+        (status = 400, description = "`not_a_websocket`", body = ErrorBody),
+        (status = 401, description = "`missing_key`, `invalid_key`", body = ErrorBody),
+        (status = 403, description = "`origin_required`, `origin_not_allowed`, `tenant_suspended`", body = ErrorBody),
+        (status = 422, description = "`missing_shopper_id`, `invalid_shopper_id`", body = ErrorBody),
+        (status = 503, description = "`cell_starting`", body = ErrorBody),
+    ))]
 #[tracing::instrument(skip_all, fields(tenant_id))]
 async fn upgrade(
     State(state): State<GatewayState>,

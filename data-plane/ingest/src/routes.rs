@@ -6,12 +6,11 @@
 use std::{sync::Arc, time::Duration};
 
 use axum::{
-    Json, Router,
+    Json,
     body::{Body, to_bytes},
     extract::State,
     http::{HeaderMap, HeaderValue, StatusCode, Uri, header},
     response::{IntoResponse, Response},
-    routing::post,
 };
 use chrono::Utc;
 use nudge_contracts::{
@@ -22,7 +21,7 @@ use nudge_data_plane_directory::{
     Directory,
     auth::{authorize, key_from, query_param},
 };
-use nudge_platform_http::{ApiError, current_trace};
+use nudge_platform_http::{ApiError, ErrorBody, current_trace};
 use nudge_platform_telemetry::Metrics;
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -31,6 +30,7 @@ use prometheus_client::{
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
     sink::{EventRecord, EventSink, SinkError},
@@ -93,12 +93,13 @@ pub struct IngestState {
     pub metrics: IngestMetrics,
 }
 
-pub fn router() -> Router<IngestState> {
-    Router::new().route("/v1/events", post(ingest).options(preflight))
+pub fn router() -> OpenApiRouter<IngestState> {
+    OpenApiRouter::new().routes(routes!(ingest, preflight))
 }
 
 /// CORS preflight. The key is not sent with a preflight, so the origin is checked on the
 /// real request; here the browser only learns which methods and headers it may use.
+#[utoipa::path(options, path = "/v1/events", tag = "events", responses((status = 204, description = "CORS preflight")))]
 async fn preflight(headers: HeaderMap) -> Response {
     let mut response = StatusCode::NO_CONTENT.into_response();
     let h = response.headers_mut();
@@ -115,6 +116,20 @@ async fn preflight(headers: HeaderMap) -> Response {
     response
 }
 
+/// Send a batch of shopper events. Accepted (202) only once every event is stored; a batch
+/// is accepted or refused whole. The tenant is the key's; `Origin` must be one it allows.
+#[utoipa::path(post, path = "/v1/events", tag = "events", request_body = EventBatch,
+    params(("key" = Option<String>, Query, description = "publishable key, for clients that cannot set headers")),
+    security(("publishable_key" = [])),
+    responses(
+        (status = 202, description = "every event is durably stored", body = BatchAccepted),
+        (status = 400, description = "`malformed_json`", body = ErrorBody),
+        (status = 401, description = "`missing_key`, `invalid_key`", body = ErrorBody),
+        (status = 403, description = "`origin_required`, `origin_not_allowed`, `tenant_suspended`, `tenant_inactive`", body = ErrorBody),
+        (status = 413, description = "`batch_too_large`", body = ErrorBody),
+        (status = 422, description = "`empty_batch`, or the first invalid event's code (`unknown_event_type`, `invalid_property`, …) with every invalid event in details", body = ErrorBody),
+        (status = 503, description = "`broker_unavailable`, `cell_starting`; retry after `Retry-After`", body = ErrorBody),
+    ))]
 #[tracing::instrument(skip_all, fields(tenant_id))]
 async fn ingest(State(state): State<IngestState>, uri: Uri, headers: HeaderMap, body: Body) -> Response {
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()).map(str::to_owned);

@@ -7,6 +7,7 @@ use axum::{
 };
 use http::{HeaderValue, StatusCode, header::RETRY_AFTER};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::middleware::current_trace;
 
@@ -22,16 +23,19 @@ pub struct ApiError {
 }
 
 /// The JSON body of an error answer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ErrorDetail {
+    /// Stable, machine-readable, snake_case.
     pub code: String,
+    /// For humans; may change.
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub details: Option<serde_json::Value>,
     pub trace_id: String,
 }

@@ -4,14 +4,14 @@
 use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use axum::{
-    Json, Router,
+    Json,
     extract::State,
     http::{StatusCode, header::CONTENT_TYPE},
     response::{IntoResponse, Response},
-    routing::get,
 };
 use nudge_platform_telemetry::Metrics;
 use serde_json::json;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// One thing a service needs before it can take traffic (a database, the tenant
 /// directory having caught up, …).
@@ -57,15 +57,26 @@ struct OpsState {
     metrics: Metrics,
 }
 
-/// `/healthz`, `/readyz` and `/metrics` for a service.
-pub fn ops_router<S>(readiness: Readiness, metrics: Metrics) -> Router<S> {
-    Router::new()
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
+/// `/healthz`, `/readyz` and `/metrics` for a service, documented.
+pub fn ops_router<S: Clone + Send + Sync + 'static>(readiness: Readiness, metrics: Metrics) -> OpenApiRouter<S> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics_text))
         .with_state(OpsState { readiness, metrics })
 }
 
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "alive")))]
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// The service can do its job: every readiness check passes.
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+    (status = 200, description = "ready"),
+    (status = 503, description = "not ready; the body names the failing checks"),
+))]
 async fn readyz(State(state): State<OpsState>) -> Response {
     let failed = state.readiness.failures().await;
     if failed.is_empty() {
@@ -77,6 +88,8 @@ async fn readyz(State(state): State<OpsState>) -> Response {
     }
 }
 
+/// Prometheus metrics in the text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "metrics", content_type = "application/openmetrics-text")))]
 async fn metrics_text(State(state): State<OpsState>) -> Response {
     ([(CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.encode())
         .into_response()

@@ -5,11 +5,13 @@
 //! - [`error`]: [`ApiError`], the one error shape every route answers with.
 //! - [`middleware`]: the trace layer (trace id on every response, request span, metrics).
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics`, with [`Readiness`] checks.
+//! - [`openapi`]: the `/v1/openapi.json` document built from the documented routes.
 //! - [`serve`]: runs a router on a listener until shutdown is requested.
 
 pub mod error;
 pub mod health;
 pub mod middleware;
+pub mod openapi;
 pub mod serve;
 
 pub use error::{ApiError, ErrorBody};

@@ -3,10 +3,10 @@
 pub mod error;
 pub mod tenants;
 
-use axum::Router;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new().merge(tenants::router())
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().merge(tenants::router())
 }

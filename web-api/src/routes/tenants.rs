@@ -1,22 +1,22 @@
 //! `POST /v1/tenants`: self-service signup.
 
 use axum::{
-    Json, Router,
+    Json,
     extract::{State, rejection::JsonRejection},
     http::StatusCode,
-    routing::post,
 };
 use nudge_contracts::control::{SignupRequest, SignupResponse};
 use nudge_control_plane::signup::{MAX_ORIGINS, NewTenant, sign_up};
-use nudge_platform_http::{ApiError, current_trace};
+use nudge_platform_http::{ApiError, ErrorBody, current_trace};
 use nudge_tenants::{AllowedOrigin, TenantName};
 use serde_json::json;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::error::signup_error;
 use crate::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/tenants", post(create))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(create))
 }
 
 /// Parses a signup body into domain values, collecting every field error.
@@ -43,6 +43,13 @@ fn parse(request: SignupRequest) -> Result<NewTenant, ApiError> {
     }
 }
 
+/// Sign up a store. The answer holds the secret key, which is never shown again.
+#[utoipa::path(post, path = "/v1/tenants", tag = "tenants", request_body = SignupRequest, responses(
+    (status = 201, description = "the store is signed up and placed on a cell", body = SignupResponse),
+    (status = 400, description = "`malformed_json`", body = ErrorBody),
+    (status = 422, description = "`invalid_fields`, with an error per field", body = ErrorBody),
+    (status = 503, description = "`database_unavailable`; retry after `Retry-After`", body = ErrorBody),
+))]
 #[tracing::instrument(skip_all)]
 async fn create(
     State(state): State<AppState>,
