@@ -130,11 +130,25 @@ impl Platform {
         anyhow::bail!("{base}/readyz never answered 200; last: {last}")
     }
 
-    /// Stops the services and waits for them to finish.
+    /// Stops the services, waits for them to finish, and deletes the test's Redis keys.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         self.shutdown.cancel();
         for t in self.tasks.drain(..) {
             tokio::time::timeout(Duration::from_secs(10), t).await.context("service did not stop")???;
+        }
+        let client = redis::Client::open(self.redis_url.as_str())?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let keys: Vec<String> = {
+            let mut iter: redis::AsyncIter<'_, String> =
+                redis::AsyncCommands::scan_match(&mut conn, format!("{}*", self.redis_prefix)).await?;
+            let mut keys = Vec::new();
+            while let Some(k) = futures_util::StreamExt::next(&mut iter).await {
+                keys.push(k?);
+            }
+            keys
+        };
+        if !keys.is_empty() {
+            redis::AsyncCommands::del::<_, ()>(&mut conn, keys).await?;
         }
         Ok(())
     }
