@@ -28,3 +28,43 @@ pub struct SignupResponse {
     /// RFC 3339.
     pub created_at: String,
 }
+
+/// `POST /v1/admin/tenants/{tenant_id}/transitions`: move a tenant through its lifecycle.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransitionRequest {
+    /// `active`, `suspended`, `offboarding` or `deleted`.
+    pub to: String,
+    /// Why, for the audit log.
+    pub reason: String,
+}
+
+/// The tenant's state after a transition request.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TransitionResponse {
+    pub tenant_id: String,
+    pub state: String,
+    /// Increases with every change announced to the cells.
+    pub revision: i64,
+    /// False when the tenant already was in the requested state (nothing was recorded).
+    pub changed: bool,
+}
+
+/// One lifecycle change as the audit log holds it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditEntryBody {
+    pub actor: String,
+    pub from: Option<String>,
+    pub to: String,
+    pub reason: String,
+    /// RFC 3339.
+    pub at: String,
+}
+
+/// A page of the audit log, oldest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditPage {
+    pub entries: Vec<AuditEntryBody>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}

@@ -1,6 +1,6 @@
 //! Configuration of the control plane. Every default runs on one machine with no flags.
 
-use std::{net::SocketAddr, str::FromStr};
+use std::{collections::BTreeMap, net::SocketAddr, str::FromStr};
 
 use nudge_platform_config::Validate;
 use nudge_platform_kafka::KafkaConfig;
@@ -18,7 +18,17 @@ pub struct ControlPlaneConfig {
     pub kafka: KafkaConfig,
     pub outbox: OutboxConfig,
     pub placement: PlacementConfig,
+    pub admin: AdminConfig,
     pub log: LogConfig,
+}
+
+/// The platform operators' API (`/v1/admin/…`).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct AdminConfig {
+    /// Operator name → bearer token. The name is what the audit log records. Empty (the
+    /// default) disables the admin API.
+    pub tokens: BTreeMap<String, SecretString>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -103,6 +113,11 @@ impl Validate for ControlPlaneConfig {
         self.database.owner_options()?;
         if self.database.max_connections == 0 {
             return Err("database.max_connections must be at least 1".into());
+        }
+        for (name, token) in &self.admin.tokens {
+            if token.expose_secret().len() < 32 {
+                return Err(format!("admin.tokens.{name} must be at least 32 characters"));
+            }
         }
         if self.outbox.batch_size <= 0 {
             return Err("outbox.batch_size must be positive".into());

@@ -2,21 +2,17 @@
 //!
 //! One transaction creates the tenant (acting as that tenant under row-level security), its
 //! publishable and secret keys, its allowed origins, and the outbox record that tells its
-//! cell. Either all of it happens or none; the relay publishes the record after commit.
+//! cell, with the lifecycle steps in the audit log. Either all of it happens or none; the
+//! relay publishes the record after commit.
 
 use chrono::{DateTime, Utc};
-use nudge_contracts::{
-    headers::TENANT_CONFIG_V1,
-    proto::control::v1::{TenantConfig, TenantState as WireState},
-    topics::Topic,
-};
-use nudge_tenants::{AllowedOrigin, KeyError, PublishableKey, SecretKey, TenantId, TenantName, TenantState};
-use prost::Message;
+use nudge_tenants::{Actor, AllowedOrigin, KeyError, PublishableKey, SecretKey, TenantId, TenantName, TenantState};
 use uuid::Uuid;
 
 use crate::{
+    announce::announce,
     db::{Database, DbError},
-    outbox::{self, OutboxRecord},
+    lifecycle,
     placement::Cell,
 };
 
@@ -57,18 +53,6 @@ impl From<sqlx::Error> for SignupError {
     }
 }
 
-/// Maps a lifecycle state to its wire form.
-pub fn wire_state(state: TenantState) -> WireState {
-    match state {
-        TenantState::Pending => WireState::Pending,
-        TenantState::Provisioning => WireState::Provisioning,
-        TenantState::Active => WireState::Active,
-        TenantState::Suspended => WireState::Suspended,
-        TenantState::Offboarding => WireState::Offboarding,
-        TenantState::Deleted => WireState::Deleted,
-    }
-}
-
 /// Creates a tenant on `cell`. Placement on a shared cell needs nothing provisioned, so the
 /// tenant passes `pending → provisioning → active` inside the transaction and its cell
 /// learns it as active.
@@ -84,7 +68,6 @@ pub async fn sign_up(
     let secret_key = SecretKey::generate()?;
     // Nothing to provision on a shared cell: the tenant is active once the transaction commits.
     let state = TenantState::Active;
-    let revision: i64 = 1;
 
     let mut tx = db.tenant_tx(tenant_id).await?;
     let created_at: DateTime<Utc> = sqlx::query_scalar(
@@ -95,7 +78,7 @@ pub async fn sign_up(
     .bind(new.name.as_str())
     .bind(state.as_str())
     .bind(cell.id.as_str())
-    .bind(revision)
+    .bind(1_i64)
     .fetch_one(&mut *tx)
     .await?;
 
@@ -128,26 +111,20 @@ pub async fn sign_up(
         .execute(&mut *tx)
         .await?;
 
-    let config = TenantConfig {
-        tenant_id: tenant_id.to_string(),
-        state: wire_state(state) as i32,
-        cell_id: cell.id.to_string(),
-        publishable_keys: vec![publishable_key.to_string()],
-        allowed_origins: origins,
-        revision: revision as u64,
-        updated_at_ms: created_at.timestamp_millis(),
-    };
-    outbox::enqueue(
-        &mut tx,
-        &OutboxRecord {
-            topic: topics.name(Topic::ControlTenants),
-            key: tenant_id.to_string().into_bytes(),
-            payload: Some(config.encode_to_vec()),
-            schema: TENANT_CONFIG_V1,
-            traceparent,
-        },
-    )
-    .await?;
+    let mut from = None;
+    for to in [TenantState::Pending, TenantState::Provisioning, TenantState::Active] {
+        lifecycle::record(
+            &mut tx,
+            tenant_id,
+            &Actor::System("signup"),
+            from,
+            to,
+            "self-service signup on a shared cell",
+        )
+        .await?;
+        from = Some(to);
+    }
+    announce(&mut tx, topics, tenant_id, traceparent).await?;
     tx.commit().await?;
 
     tracing::info!(tenant_id = %tenant_id, cell_id = %cell.id, "tenant signed up");

@@ -19,7 +19,7 @@ pub mod tier;
 
 pub use id::{CellId, CellIdError, IdError, TenantId};
 pub use keys::{KeyError, PublishableKey, SecretKey, SecretKeyHash};
-pub use lifecycle::TenantState;
+pub use lifecycle::{Actor, InvalidTransition, Step, TenantState};
 pub use name::{TenantName, TenantNameError};
 pub use origin::{AllowedOrigin, OriginError};
 pub use tier::IsolationTier;

@@ -65,6 +65,54 @@ impl TenantState {
     }
 }
 
+/// What a requested transition amounts to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Already in the requested state: nothing to do, nothing to record.
+    Unchanged(TenantState),
+    Move {
+        from: TenantState,
+        to: TenantState,
+    },
+}
+
+/// A transition the lifecycle does not allow from the current state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a {current} tenant cannot become {requested}", current = current.as_str(), requested = requested.as_str())]
+pub struct InvalidTransition {
+    pub current: TenantState,
+    pub requested: TenantState,
+}
+
+/// Plans `current → requested`: unchanged, a legal move, or refused.
+pub fn plan(current: TenantState, requested: TenantState) -> Result<Step, InvalidTransition> {
+    if current == requested {
+        Ok(Step::Unchanged(current))
+    } else if current.can_become(requested) {
+        Ok(Step::Move { from: current, to: requested })
+    } else {
+        Err(InvalidTransition { current, requested })
+    }
+}
+
+/// Who made a change, as the audit log records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Actor {
+    /// The platform itself (signup, billing, retention jobs), named by the job.
+    System(&'static str),
+    /// A platform operator through the admin API.
+    Operator(String),
+}
+
+impl std::fmt::Display for Actor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::System(job) => write!(f, "system:{job}"),
+            Self::Operator(name) => write!(f, "operator:{name}"),
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -90,6 +138,15 @@ mod tests {
         for s in ALL {
             assert!(s.can_become(s), "{s:?} must be idempotent");
         }
+    }
+
+    #[test]
+    fn plan_is_idempotent_and_names_the_current_state() {
+        assert_eq!(plan(Active, Active), Ok(Step::Unchanged(Active)));
+        assert_eq!(plan(Active, Suspended), Ok(Step::Move { from: Active, to: Suspended }));
+        let err = plan(Deleted, Active).unwrap_err();
+        assert_eq!(err.to_string(), "a deleted tenant cannot become active");
+        assert_eq!(Actor::Operator("ops@example.com".into()).to_string(), "operator:ops@example.com");
     }
 
     #[test]

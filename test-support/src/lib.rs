@@ -17,7 +17,18 @@ pub mod platform;
 
 pub use broker::Broker;
 pub use database::TestDatabase;
-pub use platform::{Platform, ShopperSocket};
+pub use platform::{OPERATOR_TOKEN, Platform, ShopperSocket};
+
+/// Sends the services' warnings and errors to the test's captured output, so a failing test
+/// shows why (an internal error's cause is logged, not returned). Set `NUDGE_TEST_LOG` to a
+/// filter such as `debug` for more.
+pub fn init_test_logging() {
+    let filter = std::env::var("NUDGE_TEST_LOG").unwrap_or_else(|_| "warn".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_test_writer()
+        .try_init();
+}
 
 /// A short random suffix for names (databases, prefixes).
 pub fn unique_suffix() -> String {

@@ -21,6 +21,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{Broker, TestDatabase, env::TestEnv, unique_suffix};
 
+/// The operator token every test platform accepts, as operator `ops`.
+pub const OPERATOR_TOKEN: &str = "test-operator-token-0123456789abcdef";
+
 /// A running platform. Dropping it stops the services (cancel + abort).
 pub struct Platform {
     pub broker: Broker,
@@ -65,6 +68,7 @@ impl Platform {
         broker: Broker,
         tweak: impl FnOnce(&mut ControlPlaneConfig, &mut CellConfig),
     ) -> anyhow::Result<Self> {
+        crate::init_test_logging();
         let env = TestEnv::load();
         let db = TestDatabase::create().await?;
         let redis_prefix = format!("nudge-test:{}:", unique_suffix());
@@ -82,6 +86,7 @@ impl Platform {
         cp.kafka.brokers = broker.bootstrap();
         cp.outbox.poll_interval_ms = 100;
         cp.placement.shared_cell_url = cell_url.clone();
+        cp.admin.tokens.insert("ops".into(), SecretString::from(OPERATOR_TOKEN));
 
         let mut cell = CellConfig::default();
         cell.http.listen = cell_listener.local_addr()?;
@@ -179,6 +184,17 @@ impl Platform {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         anyhow::bail!("the cell never learned key {key}")
+    }
+
+    /// `POST /v1/admin/tenants/{tenant}/transitions` as operator `ops`.
+    pub async fn transition(&self, tenant: &str, to: &str, reason: &str) -> anyhow::Result<reqwest::Response> {
+        Ok(self
+            .http
+            .post(format!("{}/v1/admin/tenants/{tenant}/transitions", self.control_plane_url))
+            .bearer_auth(OPERATOR_TOKEN)
+            .json(&serde_json::json!({"to": to, "reason": reason}))
+            .send()
+            .await?)
     }
 
     /// `POST /v1/events` with a publishable key and an optional Origin.

@@ -19,6 +19,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use utoipa_axum::router::OpenApiRouter;
 
+use secrecy::ExposeSecret;
+use sha2::{Digest, Sha256};
+use state::AdminTokens;
 pub use state::AppState;
 
 /// Runs the control plane (API + outbox relay) on `listener` until `shutdown` is cancelled.
@@ -43,7 +46,15 @@ pub async fn run(config: ControlPlaneConfig, listener: TcpListener, shutdown: Ca
     let metrics = Metrics::new("control_plane");
     let http_metrics = HttpMetrics::register(&metrics);
     let readiness = Readiness::default().with(Arc::new(DatabaseReady(db.clone())));
-    let state = AppState { db, topics: config.kafka.topics(), shared_cell: cell, outbox_wake };
+    let admin_tokens = AdminTokens(Arc::new(
+        config
+            .admin
+            .tokens
+            .iter()
+            .map(|(name, token)| (name.clone(), Sha256::digest(token.expose_secret().as_bytes()).into()))
+            .collect(),
+    ));
+    let state = AppState { db, topics: config.kafka.topics(), shared_cell: cell, outbox_wake, admin_tokens };
 
     let (router, _) = openapi::with_document(
         OpenApiRouter::new().merge(routes::router()).with_state(state).merge(ops_router(readiness, metrics)),

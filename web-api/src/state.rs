@@ -2,9 +2,14 @@
 
 use std::sync::Arc;
 
+use axum::extract::FromRef;
 use nudge_contracts::Topics;
 use nudge_control_plane::{Database, placement::Cell};
 use tokio::sync::Notify;
+
+/// SHA-256 of each operator token, by operator name.
+#[derive(Clone, Default)]
+pub struct AdminTokens(pub Arc<Vec<(String, [u8; 32])>>);
 
 #[derive(Clone)]
 pub struct AppState {
@@ -14,4 +19,11 @@ pub struct AppState {
     pub shared_cell: Cell,
     /// Wakes the outbox relay after a commit that enqueued records.
     pub outbox_wake: Arc<Notify>,
+    pub admin_tokens: AdminTokens,
+}
+
+impl FromRef<AppState> for AdminTokens {
+    fn from_ref(state: &AppState) -> Self {
+        state.admin_tokens.clone()
+    }
 }

@@ -21,6 +21,10 @@ pub fn with_document(router: OpenApiRouter, title: &str, description: &str) -> (
         "publishable_key",
         SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("pk_…").build()),
     );
+    components.add_security_scheme(
+        "operator_token",
+        SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+    );
     let served = api.clone();
     (router.route("/v1/openapi.json", get(move || async move { Json(served) })), api)
 }

@@ -1,0 +1,88 @@
+//! Announcing a tenant's configuration to the cells.
+//!
+//! After any change to what a cell needs (state, keys, origins, placement), the change's
+//! transaction calls [`announce`], which snapshots the tenant as it now stands and adds it to
+//! the outbox. Always a full snapshot, so the latest record per tenant is the whole truth;
+//! a deleted tenant is announced as a tombstone, which removes it from every cell.
+
+use chrono::{DateTime, Utc};
+use nudge_contracts::{
+    Topics,
+    headers::TENANT_CONFIG_V1,
+    proto::control::v1::{TenantConfig, TenantState as WireState},
+    topics::Topic,
+};
+use nudge_tenants::{TenantId, TenantState};
+use prost::Message;
+use sqlx::{Postgres, Row, Transaction};
+
+use crate::outbox::{self, OutboxRecord};
+
+/// Maps a lifecycle state to its wire form.
+pub fn wire_state(state: TenantState) -> WireState {
+    match state {
+        TenantState::Pending => WireState::Pending,
+        TenantState::Provisioning => WireState::Provisioning,
+        TenantState::Active => WireState::Active,
+        TenantState::Suspended => WireState::Suspended,
+        TenantState::Offboarding => WireState::Offboarding,
+        TenantState::Deleted => WireState::Deleted,
+    }
+}
+
+/// Enqueues the tenant's current configuration, inside `tx` (which must act for `tenant`).
+pub async fn announce(
+    tx: &mut Transaction<'static, Postgres>,
+    topics: &Topics,
+    tenant: TenantId,
+    traceparent: Option<String>,
+) -> Result<(), sqlx::Error> {
+    let row = sqlx::query("SELECT state, cell_id, revision, updated_at FROM tenants WHERE tenant_id = $1")
+        .bind(tenant.as_uuid())
+        .fetch_one(&mut **tx)
+        .await?;
+    let state_text: String = row.try_get("state")?;
+    let state = TenantState::parse(&state_text)
+        .ok_or_else(|| sqlx::Error::Decode(format!("unknown tenant state {state_text}").into()))?;
+    let cell_id: Option<String> = row.try_get("cell_id")?;
+    let revision: i64 = row.try_get("revision")?;
+    let updated_at: DateTime<Utc> = row.try_get("updated_at")?;
+
+    let payload = if state == TenantState::Deleted {
+        None
+    } else {
+        let publishable_keys: Vec<String> = sqlx::query_scalar(
+            "SELECT publishable_key FROM api_keys
+             WHERE tenant_id = $1 AND kind = 'publishable' AND revoked_at IS NULL ORDER BY created_at",
+        )
+        .bind(tenant.as_uuid())
+        .fetch_all(&mut **tx)
+        .await?;
+        let allowed_origins: Vec<String> =
+            sqlx::query_scalar("SELECT origin FROM tenant_origins WHERE tenant_id = $1 ORDER BY origin")
+                .bind(tenant.as_uuid())
+                .fetch_all(&mut **tx)
+                .await?;
+        let config = TenantConfig {
+            tenant_id: tenant.to_string(),
+            state: wire_state(state) as i32,
+            cell_id: cell_id.unwrap_or_default(),
+            publishable_keys,
+            allowed_origins,
+            revision: u64::try_from(revision).unwrap_or(0),
+            updated_at_ms: updated_at.timestamp_millis(),
+        };
+        Some(config.encode_to_vec())
+    };
+    outbox::enqueue(
+        tx,
+        &OutboxRecord {
+            topic: topics.name(Topic::ControlTenants),
+            key: tenant.to_string().into_bytes(),
+            payload,
+            schema: TENANT_CONFIG_V1,
+            traceparent,
+        },
+    )
+    .await
+}

@@ -1,0 +1,162 @@
+//! Tenant lifecycle transitions: checked against the state machine in `nudge-tenants`,
+//! recorded in the append-only audit log, and announced to the cells, in one transaction.
+
+use chrono::{DateTime, Utc};
+use nudge_contracts::Topics;
+use nudge_tenants::{Actor, InvalidTransition, Step, TenantId, TenantState, lifecycle::plan};
+use sqlx::{Postgres, Row, Transaction};
+
+use crate::{
+    announce::announce,
+    db::{Database, DbError},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    /// No such tenant (or not visible in this context).
+    #[error("no such tenant")]
+    NotFound,
+    #[error(transparent)]
+    Invalid(#[from] InvalidTransition),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl From<sqlx::Error> for LifecycleError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Db(DbError::Query(e))
+    }
+}
+
+/// The result of a transition request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transitioned {
+    pub tenant_id: TenantId,
+    pub state: TenantState,
+    pub revision: i64,
+    /// False when the tenant was already in the requested state (nothing recorded).
+    pub changed: bool,
+}
+
+/// One audit-log entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub seq: i64,
+    pub actor: String,
+    pub from: Option<TenantState>,
+    pub to: TenantState,
+    pub reason: String,
+    pub at: DateTime<Utc>,
+}
+
+/// Appends an audit entry inside `tx`.
+pub async fn record(
+    tx: &mut Transaction<'static, Postgres>,
+    tenant: TenantId,
+    actor: &Actor,
+    from: Option<TenantState>,
+    to: TenantState,
+    reason: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO tenant_audit (tenant_id, actor, from_state, to_state, reason) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(tenant.as_uuid())
+    .bind(actor.to_string())
+    .bind(from.map(TenantState::as_str))
+    .bind(to.as_str())
+    .bind(reason)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Moves `tenant` to `to`. Requesting the current state succeeds and changes nothing, so a
+/// retried request is harmless.
+pub async fn transition(
+    db: &Database,
+    topics: &Topics,
+    tenant: TenantId,
+    to: TenantState,
+    actor: &Actor,
+    reason: &str,
+    traceparent: Option<String>,
+) -> Result<Transitioned, LifecycleError> {
+    let mut tx = db.tenant_tx(tenant).await?;
+    // FOR UPDATE serialises concurrent transitions of one tenant.
+    let row = sqlx::query("SELECT state, revision FROM tenants WHERE tenant_id = $1 FOR UPDATE")
+        .bind(tenant.as_uuid())
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(LifecycleError::NotFound)?;
+    let current_text: String = row.try_get("state")?;
+    let current = TenantState::parse(&current_text)
+        .ok_or_else(|| sqlx::Error::Decode(format!("unknown tenant state {current_text}").into()))?;
+    let revision: i64 = row.try_get("revision")?;
+
+    match plan(current, to)? {
+        Step::Unchanged(state) => Ok(Transitioned { tenant_id: tenant, state, revision, changed: false }),
+        Step::Move { from, to } => {
+            let revision: i64 = sqlx::query_scalar(
+                "UPDATE tenants SET state = $2, revision = revision + 1, updated_at = now()
+                 WHERE tenant_id = $1 RETURNING revision",
+            )
+            .bind(tenant.as_uuid())
+            .bind(to.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+            record(&mut tx, tenant, actor, Some(from), to, reason).await?;
+            announce(&mut tx, topics, tenant, traceparent).await?;
+            tx.commit().await?;
+            tracing::info!(tenant_id = %tenant, from = from.as_str(), to = to.as_str(), %actor, "tenant transitioned");
+            Ok(Transitioned { tenant_id: tenant, state: to, revision, changed: true })
+        }
+    }
+}
+
+/// The audit log of `tenant`, oldest first, after `after_seq`, at most `limit` entries.
+pub async fn audit_log(
+    db: &Database,
+    tenant: TenantId,
+    after_seq: i64,
+    limit: i64,
+) -> Result<Vec<AuditEntry>, LifecycleError> {
+    let mut tx = db.tenant_tx(tenant).await?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants WHERE tenant_id = $1)")
+        .bind(tenant.as_uuid())
+        .fetch_one(&mut *tx)
+        .await?;
+    if !exists {
+        return Err(LifecycleError::NotFound);
+    }
+    let rows = sqlx::query(
+        "SELECT seq, actor, from_state, to_state, reason, at FROM tenant_audit
+         WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+    )
+    .bind(tenant.as_uuid())
+    .bind(after_seq)
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    rows.iter()
+        .map(|r| {
+            let state = |col: &str| -> Result<Option<TenantState>, sqlx::Error> {
+                let text: Option<String> = r.try_get(col)?;
+                text.map(|t| {
+                    TenantState::parse(&t).ok_or_else(|| sqlx::Error::Decode(format!("unknown state {t}").into()))
+                })
+                .transpose()
+            };
+            Ok(AuditEntry {
+                seq: r.try_get("seq")?,
+                actor: r.try_get("actor")?,
+                from: state("from_state")?,
+                to: state("to_state")?.ok_or_else(|| sqlx::Error::Decode("to_state is null".into()))?,
+                reason: r.try_get("reason")?,
+                at: r.try_get("at")?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(Into::into)
+}

@@ -1,0 +1,181 @@
+//! `/v1/admin/…`: what platform operators do to tenants. Authenticated with an operator
+//! token from `admin.tokens`; the operator's name goes into the audit log.
+
+use axum::{
+    Json,
+    extract::{FromRef, FromRequestParts, Path, Query, State, rejection::JsonRejection},
+    http::{StatusCode, header::AUTHORIZATION, request::Parts},
+};
+use nudge_contracts::control::{AuditEntryBody, AuditPage, TransitionRequest, TransitionResponse};
+use nudge_control_plane::lifecycle::{self, LifecycleError};
+use nudge_platform_http::{ApiError, ErrorBody, current_trace};
+use nudge_tenants::{Actor, TenantId, TenantState};
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::error::db_error;
+use crate::{AppState, state::AdminTokens};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(transition)).routes(routes!(audit))
+}
+
+/// An authenticated platform operator.
+pub struct Operator(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Operator
+where
+    AdminTokens: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let tokens = AdminTokens::from_ref(state);
+        let unauthorized =
+            || ApiError::new(StatusCode::UNAUTHORIZED, "invalid_operator_token", "an operator token is required");
+        let presented = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(unauthorized)?;
+        // Compare digests, so the comparison's timing says nothing about the token.
+        let presented = Sha256::digest(presented.as_bytes());
+        tokens
+            .0
+            .iter()
+            .find(|(_, digest)| digest.as_slice() == presented.as_slice())
+            .map(|(name, _)| Operator(name.clone()))
+            .ok_or_else(unauthorized)
+    }
+}
+
+fn parse_tenant(raw: &str) -> Result<TenantId, ApiError> {
+    // A malformed id names no tenant: the same answer as an unknown one.
+    raw.parse().map_err(|_| ApiError::not_found())
+}
+
+fn lifecycle_error(e: LifecycleError) -> ApiError {
+    match e {
+        LifecycleError::NotFound => ApiError::not_found(),
+        LifecycleError::Invalid(invalid) => {
+            ApiError::new(StatusCode::CONFLICT, "invalid_transition", invalid.to_string()).with_details(
+                json!({ "current_state": invalid.current.as_str(), "requested_state": invalid.requested.as_str() }),
+            )
+        }
+        LifecycleError::Db(db) => db_error(db),
+    }
+}
+
+/// Move a tenant through its lifecycle. Requesting the state it is in changes nothing.
+#[utoipa::path(post, path = "/v1/admin/tenants/{tenant_id}/transitions", tag = "admin",
+    params(("tenant_id" = String, Path, description = "`tnt_…`")),
+    request_body = TransitionRequest,
+    security(("operator_token" = [])),
+    responses(
+        (status = 200, description = "the tenant's state now", body = TransitionResponse),
+        (status = 401, description = "`invalid_operator_token`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`invalid_transition`, naming the current state", body = ErrorBody),
+        (status = 422, description = "`invalid_fields`", body = ErrorBody),
+    ))]
+#[tracing::instrument(skip_all, fields(tenant_id = %tenant_id))]
+async fn transition(
+    State(state): State<AppState>,
+    operator: Operator,
+    Path(tenant_id): Path<String>,
+    body: Result<Json<TransitionRequest>, JsonRejection>,
+) -> Result<Json<TransitionResponse>, ApiError> {
+    let tenant = parse_tenant(&tenant_id)?;
+    let Json(request) = body.map_err(|e| ApiError::bad_request("malformed_json", e.body_text()))?;
+    let to = TenantState::parse(&request.to).filter(|s| !matches!(s, TenantState::Pending | TenantState::Provisioning));
+    let reason = request.reason.trim();
+    if to.is_none() || reason.is_empty() || reason.len() > 1000 {
+        let mut fields = serde_json::Map::new();
+        if to.is_none() {
+            fields.insert("to".into(), json!("one of active, suspended, offboarding, deleted"));
+        }
+        if reason.is_empty() || reason.len() > 1000 {
+            fields.insert("reason".into(), json!("1-1000 characters"));
+        }
+        return Err(ApiError::unprocessable("invalid_fields", "some fields are invalid")
+            .with_details(json!({ "fields": fields })));
+    }
+    let to = to.ok_or_else(ApiError::not_found)?;
+    let trace = current_trace().map(|t| t.to_header());
+    let done = lifecycle::transition(&state.db, &state.topics, tenant, to, &Actor::Operator(operator.0), reason, trace)
+        .await
+        .map_err(lifecycle_error)?;
+    if done.changed {
+        state.outbox_wake.notify_one();
+    }
+    Ok(Json(TransitionResponse {
+        tenant_id: done.tenant_id.to_string(),
+        state: done.state.as_str().to_owned(),
+        revision: done.revision,
+        changed: done.changed,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct PageQuery {
+    cursor: Option<String>,
+    limit: Option<i64>,
+}
+
+const CURSOR_PREFIX: &str = "aud_";
+
+/// A tenant's lifecycle audit log, oldest first.
+#[utoipa::path(get, path = "/v1/admin/tenants/{tenant_id}/audit", tag = "admin",
+    params(
+        ("tenant_id" = String, Path, description = "`tnt_…`"),
+        ("cursor" = Option<String>, Query, description = "from a previous page's `next_cursor`"),
+        ("limit" = Option<i64>, Query, description = "entries per page, 1-200 (default 50)"),
+    ),
+    security(("operator_token" = [])),
+    responses(
+        (status = 200, description = "a page of entries", body = AuditPage),
+        (status = 401, description = "`invalid_operator_token`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 422, description = "`invalid_cursor`, `invalid_limit`", body = ErrorBody),
+    ))]
+#[tracing::instrument(skip_all, fields(tenant_id = %tenant_id))]
+async fn audit(
+    State(state): State<AppState>,
+    _operator: Operator,
+    Path(tenant_id): Path<String>,
+    Query(page): Query<PageQuery>,
+) -> Result<Json<AuditPage>, ApiError> {
+    let tenant = parse_tenant(&tenant_id)?;
+    let limit = page.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError::unprocessable("invalid_limit", "limit is 1-200"));
+    }
+    let after = match page.cursor.as_deref() {
+        None => 0,
+        Some(c) => c
+            .strip_prefix(CURSOR_PREFIX)
+            .and_then(|hex| i64::from_str_radix(hex, 16).ok())
+            .ok_or_else(|| ApiError::unprocessable("invalid_cursor", "the cursor is not one this API gave out"))?,
+    };
+    // One more than asked tells whether another page follows.
+    let mut entries = lifecycle::audit_log(&state.db, tenant, after, limit + 1).await.map_err(lifecycle_error)?;
+    let more = entries.len() as i64 > limit;
+    entries.truncate(limit as usize);
+    let next_cursor = more.then(|| entries.last().map(|e| format!("{CURSOR_PREFIX}{:x}", e.seq))).flatten();
+    Ok(Json(AuditPage {
+        entries: entries
+            .into_iter()
+            .map(|e| AuditEntryBody {
+                actor: e.actor,
+                from: e.from.map(|s| s.as_str().to_owned()),
+                to: e.to.as_str().to_owned(),
+                reason: e.reason,
+                at: e.at.to_rfc3339(),
+            })
+            .collect(),
+        next_cursor,
+    }))
+}
