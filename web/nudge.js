@@ -18,6 +18,8 @@
 
   var STORAGE_KEY = "nudge_shopper_id";
   var MAX_BATCH = 50;
+  // Browsers refuse keepalive requests over 64 KiB; stay under it.
+  var MAX_BATCH_BYTES = 60000;
   var FLUSH_MS = 250;
   var MAX_QUEUE = 1000;
 
@@ -60,6 +62,7 @@
     this.inFlight = false;
     this.attempt = 0;
     this.timer = null;
+    this.backoffUntil = 0;
     this.socket = null;
     this.socketAttempt = 0;
     this.seen = {};
@@ -69,7 +72,7 @@
   }
 
   Client.prototype.track = function (type, properties) {
-    if (this.queue.length >= MAX_QUEUE) this.queue.shift(); // bounded: drop the oldest
+    if (this.queue.length >= MAX_QUEUE) this.queue.splice(this.inFlight ? this.inFlight.length : 0, 1); // bounded: drop the oldest unsent
     this.queue.push({
       event_id: uuid(),
       type: type,
@@ -82,29 +85,46 @@
 
   Client.prototype.schedule = function (delay) {
     var self = this;
+    // While backing off (after a failure or a Retry-After), nothing goes out earlier.
+    delay = Math.max(delay, this.backoffUntil - Date.now());
     if (this.timer !== null) {
       if (delay > 0) return;
       clearTimeout(this.timer);
     }
-    this.timer = setTimeout(function () { self.timer = null; self.flush(); }, delay);
+    this.timer = setTimeout(function () { self.timer = null; self.flush(); }, Math.max(0, delay));
   };
+
+  function take(queue) {
+    var batch = [];
+    var bytes = 20;
+    for (var i = 0; i < queue.length && batch.length < MAX_BATCH; i++) {
+      var size = JSON.stringify(queue[i]).length + 1;
+      if (batch.length > 0 && bytes + size > MAX_BATCH_BYTES) break;
+      batch.push(queue[i]);
+      bytes += size;
+    }
+    return batch;
+  }
 
   Client.prototype.flush = function () {
     if (this.inFlight || this.queue.length === 0) return;
     var self = this;
-    var batch = this.queue.slice(0, MAX_BATCH);
-    this.inFlight = true;
+    var batch = take(this.queue);
+    var body = JSON.stringify({ events: batch });
+    this.inFlight = batch;
     fetch(this.endpoint + "/v1/events", {
       method: "POST",
       headers: { "Content-Type": "application/json", "Authorization": "Bearer " + this.key },
-      body: JSON.stringify({ events: batch }),
-      keepalive: true,
+      body: body,
+      // keepalive lets the last batch outlive the page; browsers cap it at 64 KiB.
+      keepalive: body.length < 65000,
       mode: "cors"
     }).then(function (response) {
       self.inFlight = false;
       if (response.ok) {
         self.queue.splice(0, batch.length);
         self.attempt = 0;
+        self.backoffUntil = 0;
         self.onStatus({ type: "sent", count: batch.length });
         if (self.queue.length) self.schedule(0);
         return;
@@ -127,9 +147,11 @@
   };
 
   Client.prototype.retry = function (delay) {
-    var self = this;
     this.onStatus({ type: "retrying", in_ms: Math.round(delay) });
-    setTimeout(function () { self.flush(); }, delay);
+    this.backoffUntil = Date.now() + delay;
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.timer = null;
+    this.schedule(delay);
   };
 
   Client.prototype.connect = function () {

@@ -2,8 +2,10 @@
 //!
 //! After any change to what a cell needs (state, keys, origins, placement), the change's
 //! transaction calls [`announce`], which snapshots the tenant as it now stands and adds it to
-//! the outbox. Always a full snapshot, so the latest record per tenant is the whole truth;
-//! a deleted tenant is announced as a tombstone, which removes it from every cell.
+//! the outbox. Always a full snapshot, so the latest record per tenant is the whole truth.
+//! A deleted tenant is announced twice: a `deleted` record carrying its revision (cells drop
+//! the tenant and remember the revision, so no replayed older record revives it), then a
+//! tombstone, so compaction removes the key from the topic.
 
 use chrono::{DateTime, Utc};
 use nudge_contracts::{
@@ -48,9 +50,7 @@ pub async fn announce(
     let revision: i64 = row.try_get("revision")?;
     let updated_at: DateTime<Utc> = row.try_get("updated_at")?;
 
-    let payload = if state == TenantState::Deleted {
-        None
-    } else {
+    let payload = {
         let publishable_keys: Vec<String> = sqlx::query_scalar(
             "SELECT publishable_key FROM api_keys
              WHERE tenant_id = $1 AND kind = 'publishable' AND revoked_at IS NULL ORDER BY created_at",
@@ -72,17 +72,18 @@ pub async fn announce(
             revision: u64::try_from(revision).unwrap_or(0),
             updated_at_ms: updated_at.timestamp_millis(),
         };
-        Some(config.encode_to_vec())
+        config.encode_to_vec()
     };
-    outbox::enqueue(
-        tx,
-        &OutboxRecord {
-            topic: topics.name(Topic::ControlTenants),
-            key: tenant.to_string().into_bytes(),
-            payload,
-            schema: TENANT_CONFIG_V1,
-            traceparent,
-        },
-    )
-    .await
+    let record = OutboxRecord {
+        topic: topics.name(Topic::ControlTenants),
+        key: tenant.to_string().into_bytes(),
+        payload: Some(payload),
+        schema: TENANT_CONFIG_V1,
+        traceparent,
+    };
+    outbox::enqueue(tx, &record).await?;
+    if state == TenantState::Deleted {
+        outbox::enqueue(tx, &OutboxRecord { payload: None, ..record }).await?;
+    }
+    Ok(())
 }

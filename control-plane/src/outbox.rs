@@ -10,7 +10,11 @@ use std::{sync::Arc, time::Duration};
 use nudge_contracts::headers::SchemaRef;
 use nudge_platform_kafka::{KafkaConfig, headers::record_headers};
 use nudge_platform_telemetry::TraceContext;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{
+    error::KafkaError,
+    producer::{FutureProducer, FutureRecord},
+    types::RDKafkaErrorCode,
+};
 use sqlx::{Postgres, Row, Transaction};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -123,8 +127,9 @@ impl Relay {
         let mut tx = self.db.platform_tx().await?;
         // SKIP LOCKED lets several control-plane replicas relay without blocking each other.
         let rows = sqlx::query(
-            "SELECT id, topic, record_key, payload, schema_name, schema_version, traceparent
-             FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+            "SELECT id, topic, record_key, payload, schema_name, schema_version, traceparent, attempts
+             FROM outbox WHERE published_at IS NULL AND parked_at IS NULL
+             ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
         )
         .bind(self.batch_size)
         .fetch_all(&mut *tx)
@@ -133,10 +138,10 @@ impl Relay {
             return Ok(0);
         }
 
-        let mut ids = Vec::with_capacity(rows.len());
         let mut deliveries = Vec::with_capacity(rows.len());
         for row in &rows {
             let id: i64 = row.try_get("id")?;
+            let attempts: i32 = row.try_get("attempts")?;
             let topic: String = row.try_get("topic")?;
             let key: Vec<u8> = row.try_get("record_key")?;
             let payload: Option<Vec<u8>> = row.try_get("payload")?;
@@ -155,23 +160,72 @@ impl Relay {
             }
             // Enqueue without awaiting, so the batch is in flight at once; order within a
             // partition is kept by the idempotent producer.
-            let delivery =
-                self.producer.send_result(record).map_err(|(source, _)| RelayError::Publish { id, source })?;
-            deliveries.push((id, delivery));
-            ids.push(id);
+            let delivery = self.producer.send_result(record).map_err(|(e, _)| e);
+            deliveries.push((id, attempts, delivery));
         }
-        for (id, delivery) in deliveries {
-            match delivery.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((source, _))) => return Err(RelayError::Publish { id, source }),
-                Err(_) => return Err(RelayError::Publish { id, source: rdkafka::error::KafkaError::Canceled }),
+
+        let mut published = Vec::with_capacity(deliveries.len());
+        let mut transient = None;
+        for (id, attempts, delivery) in deliveries {
+            let outcome = match delivery {
+                Err(e) => Err(e),
+                Ok(future) => match future.await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err((e, _))) => Err(e),
+                    Err(_) => Err(KafkaError::Canceled),
+                },
+            };
+            match outcome {
+                Ok(()) => published.push(id),
+                Err(e) if is_permanent(&e) || attempts + 1 >= MAX_ATTEMPTS => {
+                    tracing::error!(outbox_id = id, error = %e, "outbox row cannot be published; parked");
+                    sqlx::query(
+                        "UPDATE outbox SET attempts = attempts + 1, last_error = $2, parked_at = now() WHERE id = $1",
+                    )
+                    .bind(id)
+                    .bind(e.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                Err(e) => {
+                    sqlx::query("UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1")
+                        .bind(id)
+                        .bind(e.to_string())
+                        .execute(&mut *tx)
+                        .await?;
+                    transient.get_or_insert(RelayError::Publish { id, source: e });
+                }
             }
         }
-        sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)").bind(&ids).execute(&mut *tx).await?;
+        sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")
+            .bind(&published)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
-        tracing::debug!(rows = ids.len(), "outbox rows published");
-        Ok(ids.len())
+        tracing::debug!(rows = published.len(), "outbox rows published");
+        match transient {
+            Some(e) => Err(e),
+            None => Ok(rows.len()),
+        }
     }
+}
+
+/// Attempts before a row that keeps failing is parked (about 10 minutes of backoff).
+const MAX_ATTEMPTS: i32 = 200;
+
+/// Errors that publishing again will not fix.
+fn is_permanent(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::InvalidTopic
+        )
+    )
 }
 
 /// The static schema name matching a row's text; anything unexpected is carried as "unknown".

@@ -34,7 +34,17 @@ async fn both_services_expose_health_readiness_and_metrics() -> anyhow::Result<(
 async fn openapi_documents_every_route() -> anyhow::Result<()> {
     let platform = Platform::start().await?;
     let expected = [
-        (&platform.control_plane_url, vec!["/v1/tenants", "/healthz", "/readyz", "/metrics"]),
+        (
+            &platform.control_plane_url,
+            vec![
+                "/v1/tenants",
+                "/v1/admin/tenants/{tenant_id}/transitions",
+                "/v1/admin/tenants/{tenant_id}/audit",
+                "/healthz",
+                "/readyz",
+                "/metrics",
+            ],
+        ),
         (&platform.cell_url, vec!["/v1/events", "/v1/ws", "/nudge.js", "/healthz", "/readyz", "/metrics"]),
     ];
     for (base, paths) in expected {

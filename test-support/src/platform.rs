@@ -102,7 +102,7 @@ impl Platform {
         let shutdown = CancellationToken::new();
         let cell_task = tokio::spawn(nudge_data_plane_cell::run(cell.clone(), cell_listener, shutdown.clone()));
         let cp_task = tokio::spawn(nudge_web_api::run(cp, cp_listener, shutdown.clone()));
-        let platform = Self {
+        let mut platform = Self {
             broker,
             db,
             redis_prefix,
@@ -114,16 +114,18 @@ impl Platform {
             shutdown,
             tasks: vec![cell_task, cp_task],
         };
-        platform.wait_ready(&platform.cell_url).await.context("cell never became ready")?;
-        platform.wait_ready(&platform.control_plane_url).await.context("control plane never became ready")?;
+        let (cell_url, cp_url) = (platform.cell_url.clone(), platform.control_plane_url.clone());
+        platform.wait_ready(&cell_url).await.context("cell never became ready")?;
+        platform.wait_ready(&cp_url).await.context("control plane never became ready")?;
         Ok(platform)
     }
 
-    async fn wait_ready(&self, base: &str) -> anyhow::Result<()> {
+    async fn wait_ready(&mut self, base: &str) -> anyhow::Result<()> {
         let mut last = String::new();
         for _ in 0..300 {
-            if let Some(t) = self.tasks.iter().find(|t| t.is_finished()) {
-                anyhow::bail!("a service stopped during start-up (finished: {})", t.is_finished());
+            if let Some(i) = self.tasks.iter().position(|t| t.is_finished()) {
+                let outcome = self.tasks.remove(i).await;
+                anyhow::bail!("a service stopped during start-up: {outcome:?}");
             }
             match self.http.get(format!("{base}/readyz")).send().await {
                 Ok(r) if r.status().is_success() => return Ok(()),
@@ -184,6 +186,27 @@ impl Platform {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         anyhow::bail!("the cell never learned key {key}")
+    }
+
+    /// Waits until the cell's pipeline has processed at least `events` events in all, so a
+    /// test can assert that something did *not* happen as a result of them.
+    pub async fn wait_processed(&self, events: u64) -> anyhow::Result<()> {
+        let mut seen = 0;
+        for _ in 0..300 {
+            let text = self.http.get(format!("{}/metrics", self.cell_url)).send().await?.text().await?;
+            seen = text
+                .lines()
+                .find_map(|l| l.strip_prefix("nudge_cell_pipeline_events_processed_total "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(0.0) as u64;
+            if seen >= events {
+                // The decision for the last event may still be on its way to the socket.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        anyhow::bail!("the pipeline processed {seen} events, expected {events}")
     }
 
     /// `POST /v1/admin/tenants/{tenant}/transitions` as operator `ops`.

@@ -9,11 +9,23 @@
 pub mod routes;
 pub mod state;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use axum::middleware::from_fn_with_state;
-use nudge_control_plane::{ControlPlaneConfig, Database, outbox::Relay, placement::register_shared_cell};
-use nudge_platform_http::{HttpMetrics, Readiness, ReadinessCheck, openapi, ops_router, serve, trace_layer};
+use nudge_control_plane::{
+    ControlPlaneConfig, Database,
+    outbox::Relay,
+    placement::{Cell, register_shared_cell},
+};
+use nudge_platform_http::{
+    HttpMetrics, Readiness, ReadinessCheck, openapi, ops_router, serve, supervise::serve_supervised, trace_layer,
+};
 use nudge_platform_telemetry::Metrics;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -25,16 +37,15 @@ use state::AdminTokens;
 pub use state::AppState;
 
 /// Runs the control plane (API + outbox relay) on `listener` until `shutdown` is cancelled.
-/// The database must be migrated (see `nudge migrate`).
+/// The database must be migrated (see `nudge migrate`). The API starts at once even when
+/// PostgreSQL or the broker is down: it reports not-ready and answers 503 until its start-up
+/// work (registering the shared cell, creating the tenant topic) has succeeded.
 pub async fn run(config: ControlPlaneConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     let db = Database::connect_lazy(
         config.database.runtime_options().map_err(anyhow::Error::msg)?,
         config.database.max_connections,
         Duration::from_millis(config.database.acquire_timeout_ms),
     );
-    let cell = register_shared_cell(&db, &config.placement).await?;
-
-    nudge_platform_kafka::ensure_topics(&config.kafka, &[nudge_contracts::Topic::ControlTenants]).await?;
     let relay = Relay::new(
         db.clone(),
         &config.kafka,
@@ -43,9 +54,13 @@ pub async fn run(config: ControlPlaneConfig, listener: TcpListener, shutdown: Ca
     )?;
     let outbox_wake = relay.waker();
 
+    let started = Arc::new(AtomicBool::new(false));
+    let bootstrap = tokio::spawn(bootstrap(db.clone(), config.clone(), started.clone(), shutdown.clone()));
+
     let metrics = Metrics::new("control_plane");
     let http_metrics = HttpMetrics::register(&metrics);
-    let readiness = Readiness::default().with(Arc::new(DatabaseReady(db.clone())));
+    let readiness =
+        Readiness::default().with(Arc::new(DatabaseReady(db.clone()))).with(Arc::new(StartedReady(started.clone())));
     let admin_tokens = AdminTokens(Arc::new(
         config
             .admin
@@ -54,7 +69,9 @@ pub async fn run(config: ControlPlaneConfig, listener: TcpListener, shutdown: Ca
             .map(|(name, token)| (name.clone(), Sha256::digest(token.expose_secret().as_bytes()).into()))
             .collect(),
     ));
-    let state = AppState { db, topics: config.kafka.topics(), shared_cell: cell, outbox_wake, admin_tokens };
+    let shared_cell =
+        Cell { id: config.placement.shared_cell_id.clone(), public_url: config.placement.shared_cell_url.clone() };
+    let state = AppState { db, topics: config.kafka.topics(), shared_cell, outbox_wake, admin_tokens, started };
 
     let (router, _) = openapi::with_document(
         OpenApiRouter::new().merge(routes::router()).with_state(state).merge(ops_router(readiness, metrics)),
@@ -64,11 +81,67 @@ pub async fn run(config: ControlPlaneConfig, listener: TcpListener, shutdown: Ca
     let router = router.layer(from_fn_with_state(http_metrics, trace_layer));
 
     tracing::info!(addr = %listener.local_addr()?, "control plane listening");
-    let relay_task = tokio::spawn(relay.run(shutdown.clone()));
-    serve(listener, router, shutdown.clone()).await?;
-    shutdown.cancel();
-    relay_task.await?;
-    Ok(())
+    let run_relay = relay.run(shutdown.clone());
+    let relay = tokio::spawn(async move {
+        run_relay.await;
+        Ok(())
+    });
+    serve_supervised(
+        serve(listener, router, shutdown.clone()),
+        vec![("outbox relay", relay), ("start-up", bootstrap)],
+        shutdown,
+    )
+    .await
+}
+
+/// Registers the shared cell and creates the tenant topic, retrying until both succeed.
+async fn bootstrap(
+    db: Database,
+    config: ControlPlaneConfig,
+    started: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let attempt = async {
+            register_shared_cell(&db, &config.placement).await?;
+            nudge_platform_kafka::ensure_topics(&config.kafka, &[nudge_contracts::Topic::ControlTenants]).await?;
+            anyhow::Ok(())
+        };
+        match attempt.await {
+            Ok(()) => {
+                started.store(true, Ordering::Release);
+                tracing::info!("control plane start-up complete");
+                // Stay alive until shutdown: the supervisor treats an early end as a failure.
+                shutdown.cancelled().await;
+                return Ok(());
+            }
+            Err(e) => tracing::warn!(
+                error = format!("{e:#}"),
+                retry_in_ms = backoff.as_millis() as u64,
+                "start-up step failed"
+            ),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Start-up work is done.
+struct StartedReady(Arc<AtomicBool>);
+
+impl ReadinessCheck for StartedReady {
+    fn name(&self) -> &'static str {
+        "start_up"
+    }
+
+    fn check(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+        let done = self.0.load(Ordering::Acquire);
+        Box::pin(async move { if done { Ok(()) } else { Err("registering the shared cell and topics".into()) } })
+    }
 }
 
 struct DatabaseReady(Database);

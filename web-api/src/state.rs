@@ -1,6 +1,6 @@
 //! Application state shared by the handlers.
 
-use std::sync::Arc;
+use std::sync::{Arc, atomic::AtomicBool};
 
 use axum::extract::FromRef;
 use nudge_contracts::Topics;
@@ -20,6 +20,8 @@ pub struct AppState {
     /// Wakes the outbox relay after a commit that enqueued records.
     pub outbox_wake: Arc<Notify>,
     pub admin_tokens: AdminTokens,
+    /// Start-up work (shared cell registered, topics created) is done.
+    pub started: Arc<AtomicBool>,
 }
 
 impl FromRef<AppState> for AdminTokens {

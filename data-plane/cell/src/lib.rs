@@ -29,7 +29,9 @@ use nudge_data_plane_gateway::{
 };
 use nudge_data_plane_inference::{Model, bundled, init_runtime};
 use nudge_data_plane_ingest::{IngestState, routes::IngestMetrics, sink::KafkaSink};
-use nudge_platform_http::{HttpMetrics, Readiness, openapi, ops_router, serve, trace_layer};
+use nudge_platform_http::{
+    HttpMetrics, Readiness, openapi, ops_router, serve, supervise::serve_supervised, trace_layer,
+};
 use nudge_platform_telemetry::Metrics;
 use rdkafka::consumer::Consumer;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -53,8 +55,10 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
 
     // Tenants, from control.tenants.v1.
     let directory = Arc::new(Directory::new(config.cell_id.clone()));
-    let follow =
-        tokio::spawn(nudge_data_plane_directory::follow(directory.clone(), config.kafka.clone(), shutdown.clone()));
+    let follow = {
+        let (directory, kafka, shutdown) = (directory.clone(), config.kafka.clone(), shutdown.clone());
+        tokio::spawn(async move { Ok(nudge_data_plane_directory::follow(directory, kafka, shutdown).await?) })
+    };
 
     // Redis: sessions and the intervention channel.
     let redis_client = redis::Client::open(config.redis.url.expose_secret()).context("redis.url")?;
@@ -73,13 +77,17 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
     // The gateway: this process's sockets and its subscription to the cell's channel.
     let hub = Arc::new(Hub::default());
     let subscribed = Arc::new(AtomicBool::new(false));
-    let subscriber = tokio::spawn(nudge_data_plane_gateway::route::subscribe(
+    let subscribe = nudge_data_plane_gateway::route::subscribe(
         redis_client,
         channel.clone(),
         hub.clone(),
         subscribed.clone(),
         shutdown.clone(),
-    ));
+    );
+    let subscriber = tokio::spawn(async move {
+        subscribe.await;
+        Ok(())
+    });
 
     // The scoring pipeline.
     let consumer =
@@ -93,7 +101,11 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
         publisher: InterventionPublisher::new(redis.clone(), channel),
         metrics: pipeline::PipelineMetrics::register(&metrics),
     };
-    let pipeline = tokio::spawn(pipeline.run(shutdown.clone()));
+    let run_pipeline = pipeline.run(shutdown.clone());
+    let pipeline = tokio::spawn(async move {
+        run_pipeline.await;
+        Ok(())
+    });
 
     // Ingest.
     let sink = KafkaSink::new(
@@ -127,19 +139,12 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
     let router = router.layer(from_fn_with_state(http_metrics, trace_layer));
 
     tracing::info!(addr = %listener.local_addr()?, cell_id = %config.cell_id, "cell listening");
-    serve(listener, router, shutdown.clone()).await?;
-    shutdown.cancel();
-    for (name, task) in [("pipeline", pipeline), ("subscriber", subscriber)] {
-        if let Err(e) = task.await {
-            tracing::error!(task = name, error = %e, "task ended abnormally");
-        }
-    }
-    match follow.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!(error = %e, "tenant directory stopped"),
-        Err(e) => tracing::error!(error = %e, "tenant directory task ended abnormally"),
-    }
-    Ok(())
+    serve_supervised(
+        serve(listener, router, shutdown.clone()),
+        vec![("scoring pipeline", pipeline), ("tenant directory", follow), ("intervention subscriber", subscriber)],
+        shutdown,
+    )
+    .await
 }
 
 fn load_model(runtime: &'static ort::environment::Environment, config: &CellConfig) -> anyhow::Result<Model> {

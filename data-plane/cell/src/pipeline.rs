@@ -38,6 +38,7 @@ pub struct PipelineMetrics {
     skipped: Counter,
     interventions: Counter,
     retries: Counter,
+    failed: Counter,
     lost: Counter,
     scores: Histogram,
 }
@@ -49,6 +50,7 @@ impl PipelineMetrics {
             skipped: Counter::default(),
             interventions: Counter::default(),
             retries: Counter::default(),
+            failed: Counter::default(),
             lost: Counter::default(),
             scores: Histogram::new([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]),
         };
@@ -56,7 +58,8 @@ impl PipelineMetrics {
         r.register("pipeline_events_processed", "Events scored and decided", m.processed.clone());
         r.register("pipeline_events_skipped", "Records that could not be decoded", m.skipped.clone());
         r.register("pipeline_interventions", "Interventions published", m.interventions.clone());
-        r.register("pipeline_retries", "Transient failures retried", m.retries.clone());
+        r.register("pipeline_retries", "Failed attempts retried", m.retries.clone());
+        r.register("pipeline_events_failed", "Events skipped after failing the same way repeatedly", m.failed.clone());
         r.register("pipeline_interventions_lost", "Interventions that could not be routed", m.lost.clone());
         r.register("pipeline_scores", "Abandonment probabilities", m.scores.clone());
         m
@@ -70,6 +73,23 @@ enum StepError {
     #[error(transparent)]
     Model(#[from] ModelError),
 }
+
+impl StepError {
+    /// Whether waiting can fix it (Redis unreachable or slow). Anything else (a key of the
+    /// wrong type, a model that cannot score) fails the same way every time.
+    fn is_transient(&self) -> bool {
+        match self {
+            Self::Store(StoreError::Redis(e)) => {
+                e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
+            }
+            Self::Model(_) => false,
+        }
+    }
+}
+
+/// Attempts at a record that fails the same way every time before it is set aside, so one
+/// bad record cannot stall every tenant behind it.
+const MAX_PERMANENT_ATTEMPTS: u32 = 3;
 
 /// The pipeline's parts.
 pub struct Pipeline {
@@ -135,6 +155,7 @@ impl Pipeline {
         tracing::Span::current().record("tenant_id", tracing::field::display(tenant));
         let key = SessionKey { tenant, shopper };
         let mut backoff = Duration::from_millis(50);
+        let mut permanent_failures = 0;
         loop {
             match self.step(&key, &event, &trace).await {
                 Ok(intervention) => {
@@ -144,7 +165,16 @@ impl Pipeline {
                     }
                     return true;
                 }
+                Err(e) if !e.is_transient() && permanent_failures + 1 >= MAX_PERMANENT_ATTEMPTS => {
+                    // Set aside with its cause; the DLQ (issue 4) will keep it for replay.
+                    self.metrics.failed.inc();
+                    tracing::error!(error = %e, event_id = %event.event_id, "event failed repeatedly; skipped");
+                    return true;
+                }
                 Err(e) => {
+                    if !e.is_transient() {
+                        permanent_failures += 1;
+                    }
                     self.metrics.retries.inc();
                     tracing::warn!(error = %e, event_id = %event.event_id, "pipeline step failed; retrying");
                     tokio::select! {

@@ -59,7 +59,9 @@ pub fn decide(rule: &RuleConfig, event: &Event, session: &SessionState, score: f
     if score < rule.threshold {
         return Err(Hold::BelowThreshold);
     }
-    if session.last_intervention_ms != 0 && event.occurred_at_ms - session.last_intervention_ms < rule.cooldown_ms {
+    if session.last_intervention_ms != 0
+        && event.occurred_at_ms.saturating_sub(session.last_intervention_ms) < rule.cooldown_ms
+    {
         return Err(Hold::CoolingDown);
     }
     let items = session.cart_items;

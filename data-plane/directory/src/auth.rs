@@ -65,8 +65,22 @@ pub fn authorize(
     }
 }
 
-/// A query parameter's raw value. Keys and ids never need percent-decoding: their alphabets
-/// are URL-safe, and anything else fails their own parsing.
-pub fn query_param<'a>(uri: &'a Uri, name: &str) -> Option<&'a str> {
-    uri.query()?.split('&').find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+/// A query parameter's value, percent-decoded (`nudge.js` encodes ids with
+/// `encodeURIComponent`).
+pub fn query_param(uri: &Uri, name: &str) -> Option<String> {
+    form_urlencoded::parse(uri.query()?.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_params_are_decoded() {
+        let uri: Uri = "/v1/ws?key=pk_1&shopper_id=shp%3Aa%2Bb&empty=".parse().unwrap_or_default();
+        assert_eq!(query_param(&uri, "shopper_id").as_deref(), Some("shp:a+b"));
+        assert_eq!(query_param(&uri, "key").as_deref(), Some("pk_1"));
+        assert_eq!(query_param(&uri, "empty").as_deref(), Some(""));
+        assert_eq!(query_param(&uri, "missing"), None);
+    }
 }

@@ -55,6 +55,23 @@ pub enum Applied {
 struct Inner {
     tenants: HashMap<TenantId, Arc<TenantEntry>>,
     keys: HashMap<PublishableKey, TenantId>,
+    /// The highest revision seen per tenant, kept after a tenant is removed or moves away,
+    /// so a replayed older record cannot bring it back.
+    revisions: HashMap<TenantId, u64>,
+}
+
+impl Inner {
+    fn forget(&mut self, tenant_id: TenantId) -> bool {
+        match self.tenants.remove(&tenant_id) {
+            Some(old) => {
+                for k in &old.publishable_keys {
+                    self.keys.remove(k);
+                }
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 /// The tenants of one cell, keyed by tenant and by publishable key.
@@ -105,22 +122,22 @@ impl Directory {
         let key_text = std::str::from_utf8(key).map_err(|e| RecordError::Key(e.to_string()))?;
         let tenant_id: TenantId = key_text.parse().map_err(|e| RecordError::Key(format!("{e}")))?;
         let Some(value) = value else {
-            return Ok(if self.remove(tenant_id) { Applied::Removed } else { Applied::Stale });
+            // A tombstone follows a `deleted` record; the revision watermark stays.
+            let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+            return Ok(if inner.forget(tenant_id) { Applied::Removed } else { Applied::Stale });
         };
         let config = TenantConfig::decode(value)?;
         let entry = parse_entry(tenant_id, &config)?;
         let ours = config.cell_id == self.cell.as_str();
 
         let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
-        if let Some(existing) = inner.tenants.get(&tenant_id)
-            && existing.revision > entry.revision
-        {
+        if inner.revisions.get(&tenant_id).is_some_and(|&seen| seen > entry.revision) {
             return Ok(Applied::Stale);
         }
-        if let Some(old) = inner.tenants.remove(&tenant_id) {
-            for k in &old.publishable_keys {
-                inner.keys.remove(k);
-            }
+        inner.revisions.insert(tenant_id, entry.revision);
+        inner.forget(tenant_id);
+        if entry.state == TenantState::Deleted {
+            return Ok(Applied::Removed);
         }
         if !ours {
             // The tenant moved to another cell (or was never ours): forget it here.
@@ -131,19 +148,6 @@ impl Directory {
         }
         inner.tenants.insert(tenant_id, Arc::new(entry));
         Ok(Applied::Upserted)
-    }
-
-    fn remove(&self, tenant_id: TenantId) -> bool {
-        let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
-        match inner.tenants.remove(&tenant_id) {
-            Some(old) => {
-                for k in &old.publishable_keys {
-                    inner.keys.remove(k);
-                }
-                true
-            }
-            None => false,
-        }
     }
 }
 
@@ -237,6 +241,27 @@ mod tests {
         assert_eq!(dir.apply(&k, None).unwrap(), Applied::Removed);
         assert!(dir.by_key(&new_key).is_none());
         assert!(dir.is_empty());
+    }
+
+    #[test]
+    fn a_replayed_older_record_cannot_revive_a_deleted_or_moved_tenant() {
+        let dir = Directory::new(CellId::default_shared());
+        let t = TenantId::new();
+        let (k, v1, pk1) = record(t, "shared-1", 1, WireState::Active);
+        let (_, deleted, _) = record(t, "shared-1", 2, WireState::Deleted);
+        dir.apply(&k, Some(&v1)).unwrap();
+        assert_eq!(dir.apply(&k, Some(&deleted)).unwrap(), Applied::Removed);
+        assert_eq!(dir.apply(&k, None).unwrap(), Applied::Stale);
+        assert_eq!(dir.apply(&k, Some(&v1)).unwrap(), Applied::Stale, "replay after deletion");
+        assert!(dir.by_key(&pk1).is_none());
+
+        let u = TenantId::new();
+        let (k, v1, pk) = record(u, "shared-1", 1, WireState::Active);
+        let (_, moved, _) = record(u, "other-cell", 2, WireState::Active);
+        dir.apply(&k, Some(&v1)).unwrap();
+        dir.apply(&k, Some(&moved)).unwrap();
+        assert_eq!(dir.apply(&k, Some(&v1)).unwrap(), Applied::Stale, "replay after moving away");
+        assert!(dir.by_key(&pk).is_none());
     }
 
     #[test]

@@ -33,7 +33,7 @@ impl SessionState {
     /// Applies `event` and returns the features as of that event.
     pub fn apply(&mut self, event: &Event) -> FeatureVector {
         let at = event.occurred_at_ms;
-        if !self.is_new() && at - self.last_seen_ms > SESSION_GAP_MS {
+        if !self.is_new() && at.saturating_sub(self.last_seen_ms) > SESSION_GAP_MS {
             // A new visit: the cart persists in the store, the visit's behaviour does not.
             let (cart_value, cart_items) = (self.cart_value_minor, self.cart_items);
             let last_intervention = self.last_intervention_ms;
@@ -45,7 +45,7 @@ impl SessionState {
             };
         }
         // Late events (out of order) count, but never move the clock backwards.
-        let since_last_ms = if self.is_new() { 0 } else { (at - self.last_seen_ms).max(0) };
+        let since_last_ms = if self.is_new() { 0 } else { at.saturating_sub(self.last_seen_ms).max(0) };
         if self.is_new() {
             self.first_seen_ms = at;
             self.last_seen_ms = at;
@@ -53,17 +53,22 @@ impl SessionState {
         self.last_seen_ms = self.last_seen_ms.max(at);
 
         match &event.payload {
-            Some(Payload::PageView(_)) => self.page_views += 1,
-            Some(Payload::ProductView(_)) => self.product_views += 1,
+            // Counts and amounts come from untrusted clients: saturate, never overflow.
+            Some(Payload::PageView(_)) => self.page_views = self.page_views.saturating_add(1),
+            Some(Payload::ProductView(_)) => self.product_views = self.product_views.saturating_add(1),
             Some(Payload::AddToCart(c)) => {
-                self.cart_adds += 1;
-                self.cart_items += i64::from(c.quantity);
-                self.cart_value_minor += c.price_minor * i64::from(c.quantity);
+                self.cart_adds = self.cart_adds.saturating_add(1);
+                self.cart_items = self.cart_items.saturating_add(i64::from(c.quantity));
+                self.cart_value_minor =
+                    self.cart_value_minor.saturating_add(c.price_minor.max(0).saturating_mul(i64::from(c.quantity)));
             }
             Some(Payload::RemoveFromCart(c)) => {
-                self.cart_removes += 1;
-                self.cart_items = (self.cart_items - i64::from(c.quantity)).max(0);
-                self.cart_value_minor = (self.cart_value_minor - c.price_minor * i64::from(c.quantity)).max(0);
+                self.cart_removes = self.cart_removes.saturating_add(1);
+                self.cart_items = self.cart_items.saturating_sub(i64::from(c.quantity)).max(0);
+                self.cart_value_minor = self
+                    .cart_value_minor
+                    .saturating_sub(c.price_minor.max(0).saturating_mul(i64::from(c.quantity)))
+                    .max(0);
                 if self.cart_items == 0 {
                     self.cart_value_minor = 0;
                 }
@@ -75,7 +80,7 @@ impl SessionState {
                 self.cart_value_minor = 0;
                 self.checkout_started = false;
             }
-            Some(Payload::ExitIntent(_)) => self.exit_intents += 1,
+            Some(Payload::ExitIntent(_)) => self.exit_intents = self.exit_intents.saturating_add(1),
             Some(Payload::Identify(_)) | None => {}
         }
 
@@ -87,7 +92,7 @@ impl SessionState {
             self.cart_adds as f32,
             self.cart_removes as f32,
             f32::from(u8::from(self.checkout_started)),
-            ((at - self.first_seen_ms).max(0) / 1000) as f32,
+            (at.saturating_sub(self.first_seen_ms).max(0) / 1000) as f32,
             (since_last_ms / 1000) as f32,
             self.exit_intents as f32,
         ]
@@ -138,6 +143,20 @@ mod tests {
         let f = s.apply(&ev(1 + 31 * 60, Payload::PageView(PageView::default())));
         assert_eq!(f[0], 10.0, "cart kept");
         assert_eq!((f[2], f[4], f[7], f[8]), (1.0, 0.0, 0.0, 0.0), "visit counters restart");
+    }
+
+    #[test]
+    fn hostile_amounts_saturate_instead_of_overflowing() {
+        let mut s = SessionState::default();
+        for i in 0..20_000 {
+            s.apply(&ev(i, add(1_000_000_000_000, 1000)));
+        }
+        assert_eq!(s.cart_value_minor, i64::MAX);
+        s.apply(&ev(
+            20_001,
+            Payload::RemoveFromCart(CartChange { quantity: 1000, price_minor: i64::MAX, ..Default::default() }),
+        ));
+        assert!(s.cart_value_minor >= 0);
     }
 
     #[test]

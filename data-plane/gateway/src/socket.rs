@@ -21,6 +21,8 @@ use nudge_data_plane_directory::{
     auth::{authorize, key_from, query_param},
 };
 use nudge_platform_http::{ApiError, ErrorBody};
+use nudge_tenants::PublishableKey;
+use tokio::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -65,17 +67,19 @@ async fn upgrade(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
-    let accepted = key_from(&headers, query_param(&uri, "key"))
-        .and_then(|key| authorize(&state.directory, &key, origin))
-        .and_then(|tenant| {
-            let shopper = query_param(&uri, "shopper_id")
-                .ok_or_else(|| ApiError::unprocessable("missing_shopper_id", "give shopper_id in the query"))
-                .and_then(|s| {
-                    ShopperId::parse(s).map_err(|e| ApiError::unprocessable("invalid_shopper_id", e.to_string()))
-                })?;
-            Ok(ShopperAddress { tenant: tenant.tenant_id, shopper })
-        });
-    let address = match accepted {
+    let accepted = key_from(&headers, query_param(&uri, "key").as_deref()).and_then(|key| {
+        let tenant = authorize(&state.directory, &key, origin)?;
+        Ok((tenant, key))
+    });
+    let accepted = accepted.and_then(|(tenant, key)| {
+        let shopper = query_param(&uri, "shopper_id")
+            .ok_or_else(|| ApiError::unprocessable("missing_shopper_id", "give shopper_id in the query"))
+            .and_then(|s| {
+                ShopperId::parse(&s).map_err(|e| ApiError::unprocessable("invalid_shopper_id", e.to_string()))
+            })?;
+        Ok((ShopperAddress { tenant: tenant.tenant_id, shopper }, key))
+    });
+    let (address, key) = match accepted {
         Ok(a) => a,
         Err(e) => return e.into_response(),
     };
@@ -88,38 +92,76 @@ async fn upgrade(
     tracing::Span::current().record("tenant_id", tracing::field::display(address.tenant));
     ws.max_message_size(MAX_CLIENT_FRAME)
         .max_frame_size(MAX_CLIENT_FRAME)
-        .on_upgrade(move |socket| serve(socket, state, address))
+        .on_upgrade(move |socket| serve(socket, state, address, key))
 }
 
-async fn serve(mut socket: WebSocket, state: GatewayState, address: ShopperAddress) {
+/// How often the server pings an idle socket and re-checks that its tenant still takes
+/// traffic with the key the socket was opened with.
+const PING_EVERY: Duration = Duration::from_secs(20);
+/// A socket that has sent nothing (not even a pong) for this long is gone.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A write that takes longer belongs to a shopper who stopped reading.
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Close code when the tenant stopped taking traffic or the key was revoked.
+const CLOSE_NOT_AUTHORIZED: u16 = 4003;
+
+async fn serve(mut socket: WebSocket, state: GatewayState, address: ShopperAddress, key: PublishableKey) {
     let (registration, mut frames) = state.hub.register(address.clone());
     let ready = PushMessage::Ready { shopper_id: address.shopper.to_string() };
     // Serialising the enum cannot fail.
     let ready = serde_json::to_string(&ready).unwrap_or_default();
-    if socket.send(Message::Text(ready.into())).await.is_err() {
+    if send(&mut socket, Message::Text(ready.into())).await.is_err() {
         return;
     }
     tracing::debug!(tenant_id = %address.tenant, "shopper socket open");
-    loop {
+    let mut tick = tokio::time::interval(PING_EVERY);
+    tick.tick().await;
+    let mut last_heard = Instant::now();
+    let close = loop {
         tokio::select! {
             frame = frames.recv() => {
-                let Some(frame) = frame else { break };
-                if socket.send(Message::Text((&*frame).into())).await.is_err() {
-                    break;
+                let Some(frame) = frame else { break None };
+                if send(&mut socket, Message::Text((&*frame).into())).await.is_err() {
+                    break None;
                 }
             }
             incoming = socket.recv() => match incoming {
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                // Pings are answered by the protocol layer; acknowledgements come later.
-                Some(Ok(_)) => {}
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break None,
+                // Pongs and anything else prove the shopper is still there.
+                Some(Ok(_)) => last_heard = Instant::now(),
             },
+            _ = tick.tick() => {
+                let still_allowed = state
+                    .directory
+                    .by_key(&key)
+                    .is_some_and(|t| t.tenant_id == address.tenant && t.state.accepts_traffic());
+                if !still_allowed {
+                    break Some(CloseFrame { code: CLOSE_NOT_AUTHORIZED, reason: "the store no longer accepts this key".into() });
+                }
+                if last_heard.elapsed() > IDLE_TIMEOUT {
+                    break None;
+                }
+                if send(&mut socket, Message::Ping(Vec::new().into())).await.is_err() {
+                    break None;
+                }
+            }
             _ = state.shutdown.cancelled() => {
-                let close = CloseFrame { code: 1001, reason: "server shutting down; reconnect".into() };
-                let _ = socket.send(Message::Close(Some(close))).await;
-                break;
+                break Some(CloseFrame { code: 1001, reason: "server shutting down; reconnect".into() });
             }
         }
+    };
+    if let Some(frame) = close {
+        // The peer may already be gone; nothing more to do either way.
+        let _ = send(&mut socket, Message::Close(Some(frame))).await;
     }
     drop(registration);
     tracing::debug!(tenant_id = %address.tenant, "shopper socket closed");
+}
+
+async fn send(socket: &mut WebSocket, message: Message) -> Result<(), ()> {
+    match tokio::time::timeout(SEND_TIMEOUT, socket.send(message)).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
 }

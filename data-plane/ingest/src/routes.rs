@@ -133,26 +133,27 @@ async fn preflight(headers: HeaderMap) -> Response {
 #[tracing::instrument(skip_all, fields(tenant_id))]
 async fn ingest(State(state): State<IngestState>, uri: Uri, headers: HeaderMap, body: Body) -> Response {
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let result = accept(&state, &uri, &headers, origin.as_deref(), body).await;
-    let (mut response, allowed_origin) = match result {
-        Ok((accepted, origin_ok)) => {
+    let mut response = match accept(&state, &uri, &headers, origin.as_deref(), body).await {
+        Ok(accepted) => {
             state.metrics.accepted.inc_by(accepted as u64);
-            ((StatusCode::ACCEPTED, Json(BatchAccepted { accepted })).into_response(), origin_ok)
+            (StatusCode::ACCEPTED, Json(BatchAccepted { accepted })).into_response()
         }
-        Err((e, origin_ok)) => {
+        Err(e) => {
             state.metrics.rejected.get_or_create(&CodeLabel { code: e.code }).inc();
-            (e.into_response(), origin_ok)
+            e.into_response()
         }
     };
-    // Let the page read the answer only when its origin is one the tenant allows.
-    if allowed_origin && let Some(o) = origin.as_deref().and_then(|o| HeaderValue::from_str(o).ok()) {
-        response.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
-        response.headers_mut().insert(header::VARY, HeaderValue::from_static("Origin"));
+    // Every answer is readable by the page that asked, refusals included, so the snippet can
+    // tell "fix this" (drop the batch) from "retry later". What protects the tenant is the
+    // server-side Origin check above, not CORS.
+    if let Some(o) = origin.as_deref().and_then(|o| HeaderValue::from_str(o).ok()) {
+        let h = response.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
+        h.insert(header::VARY, HeaderValue::from_static("Origin"));
+        h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("retry-after, x-trace-id"));
     }
     response
 }
-
-type Rejection = (ApiError, bool);
 
 async fn accept(
     state: &IngestState,
@@ -160,24 +161,22 @@ async fn accept(
     headers: &HeaderMap,
     origin: Option<&str>,
     body: Body,
-) -> Result<(usize, bool), Rejection> {
-    let key = key_from(headers, query_param(uri, "key")).map_err(|e| (e, false))?;
-    let tenant = authorize(&state.directory, &key, origin).map_err(|e| (e, false))?;
+) -> Result<usize, ApiError> {
+    let key = key_from(headers, query_param(uri, "key").as_deref())?;
+    let tenant = authorize(&state.directory, &key, origin)?;
     tracing::Span::current().record("tenant_id", tracing::field::display(tenant.tenant_id));
 
     let bytes = to_bytes(body, state.config.max_body_bytes).await.map_err(|_| {
-        let e = ApiError::new(
+        ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "batch_too_large",
             format!("the body is larger than {} bytes; send smaller batches", state.config.max_body_bytes),
-        );
-        (e, true)
+        )
     })?;
-    let batch: EventBatch = serde_json::from_slice(&bytes).map_err(|e| {
-        (ApiError::bad_request("malformed_json", format!("the body is not a valid event batch: {e}")), true)
-    })?;
+    let batch: EventBatch = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request("malformed_json", format!("the body is not a valid event batch: {e}")))?;
     if batch.events.is_empty() {
-        return Err((ApiError::unprocessable("empty_batch", "the batch has no events"), true));
+        return Err(ApiError::unprocessable("empty_batch", "the batch has no events"));
     }
     if batch.events.len() > state.config.max_batch_events {
         let e = ApiError::new(
@@ -185,7 +184,7 @@ async fn accept(
             "batch_too_large",
             format!("a batch holds at most {} events", state.config.max_batch_events),
         );
-        return Err((e, true));
+        return Err(e);
     }
 
     let now = Utc::now();
@@ -207,19 +206,16 @@ async fn accept(
             format!("{} of {} events are invalid", errors.len(), batch.events.len()),
         )
         .with_details(json!({ "events": errors }));
-        return Err((e, true));
+        return Err(e);
     }
 
     let accepted = records.len();
-    state.sink.publish(records, current_trace()).await.map_err(|e| {
-        let api = match e {
-            SinkError::Unavailable(why) => {
-                tracing::warn!(reason = %why, "broker unavailable; batch refused");
-                ApiError::unavailable("broker_unavailable", "events cannot be stored right now; retry later", 1)
-            }
-            SinkError::Rejected(ref inner) => ApiError::internal(inner),
-        };
-        (api, true)
+    state.sink.publish(records, current_trace()).await.map_err(|e| match e {
+        SinkError::Unavailable(why) => {
+            tracing::warn!(reason = %why, "broker unavailable; batch refused");
+            ApiError::unavailable("broker_unavailable", "events cannot be stored right now; retry later", 1)
+        }
+        SinkError::Rejected(ref inner) => ApiError::internal(inner),
     })?;
-    Ok((accepted, true))
+    Ok(accepted)
 }

@@ -64,10 +64,16 @@ impl KafkaSink {
         topic: String,
         ack_timeout: Duration,
     ) -> nudge_platform_kafka::Result<Self> {
-        let producer = nudge_platform_kafka::producer(kafka, client_id)?;
+        // A batch refused with 503 after `ack_timeout` may still be delivered: the producer
+        // keeps retrying for `kafka.message_timeout_ms`. Cutting that short is not the cure:
+        // an idempotent producer that abandons records leaves a sequence gap that brokers
+        // without epoch bumping (KIP-360; tansu among them) refuse from then on. So clients
+        // resend with the same event ids, and consumers deduplicate by (tenant, event id).
+        let kafka = kafka.clone();
+        let producer = nudge_platform_kafka::producer(&kafka, client_id)?;
         Ok(Self {
             producer: RwLock::new(Arc::new(producer)),
-            kafka: kafka.clone(),
+            kafka,
             client_id: client_id.to_owned(),
             topic,
             ack_timeout,
@@ -105,7 +111,9 @@ fn classify(e: KafkaError) -> SinkError {
             | RDKafkaErrorCode::NotEnoughReplicas
             | RDKafkaErrorCode::NotEnoughReplicasAfterAppend
             | RDKafkaErrorCode::LeaderNotAvailable
-            | RDKafkaErrorCode::NotLeaderForPartition,
+            | RDKafkaErrorCode::NotLeaderForPartition
+            // The broker failed without saying why: its problem, maybe passing, not the request's.
+            | RDKafkaErrorCode::Unknown,
         ) => SinkError::Unavailable(e.to_string()),
         _ => SinkError::Rejected(e),
     }
@@ -140,6 +148,7 @@ impl EventSink for KafkaSink {
                     Ok(Err((e, _))) => {
                         if let Some((_, reason)) = producer.client().fatal_error() {
                             self.replace(&producer, &reason);
+                            return Err(SinkError::Unavailable(format!("producer failed fatally: {reason}")));
                         }
                         return Err(classify(e));
                     }

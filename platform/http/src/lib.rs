@@ -7,12 +7,14 @@
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics`, with [`Readiness`] checks.
 //! - [`openapi`]: the `/v1/openapi.json` document built from the documented routes.
 //! - [`serve`]: runs a router on a listener until shutdown is requested.
+//! - [`supervise`]: background tasks whose unexpected end stops the service.
 
 pub mod error;
 pub mod health;
 pub mod middleware;
 pub mod openapi;
 pub mod serve;
+pub mod supervise;
 
 pub use error::{ApiError, ErrorBody};
 pub use health::{Readiness, ReadinessCheck, ops_router};

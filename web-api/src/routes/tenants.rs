@@ -48,7 +48,7 @@ fn parse(request: SignupRequest) -> Result<NewTenant, ApiError> {
     (status = 201, description = "the store is signed up and placed on a cell", body = SignupResponse),
     (status = 400, description = "`malformed_json`", body = ErrorBody),
     (status = 422, description = "`invalid_fields`, with an error per field", body = ErrorBody),
-    (status = 503, description = "`database_unavailable`; retry after `Retry-After`", body = ErrorBody),
+    (status = 503, description = "`database_unavailable`, `starting`; retry after `Retry-After`", body = ErrorBody),
 ))]
 #[tracing::instrument(skip_all)]
 async fn create(
@@ -57,6 +57,9 @@ async fn create(
 ) -> Result<(StatusCode, Json<SignupResponse>), ApiError> {
     let Json(request) = body.map_err(|e| ApiError::bad_request("malformed_json", e.body_text()))?;
     let new = parse(request)?;
+    if !state.started.load(std::sync::atomic::Ordering::Acquire) {
+        return Err(ApiError::unavailable("starting", "the control plane is still starting", 1));
+    }
     let trace = current_trace().map(|t| t.to_header());
     let created = sign_up(&state.db, &state.topics, &state.shared_cell, new, trace).await.map_err(signup_error)?;
     state.outbox_wake.notify_one();
