@@ -34,12 +34,15 @@ async fn suspension_reaches_the_cell_and_every_step_is_audited() -> anyhow::Resu
     let tenant = platform.sign_up_ready("Acme", ORIGIN).await?;
     let (id, key) = (tenant.tenant_id.as_str(), tenant.publishable_key.as_str());
     until_status(&platform, key, 202).await?;
+    let mut open_socket = platform.connect_shopper(key, ORIGIN, "shp_open").await?;
 
     let (status, body) = json_of(platform.transition(id, "suspended", "unpaid invoice").await?).await?;
     assert_eq!((status, body["state"].as_str(), body["changed"].as_bool()), (200, Some("suspended"), Some(true)));
     let refused = until_status(&platform, key, 403).await?;
     assert_eq!(refused["error"]["code"], "tenant_suspended");
     assert!(platform.connect_shopper(key, ORIGIN, "shp_1").await.is_err(), "no new sockets while suspended");
+    let code = open_socket.closed(Duration::from_secs(10)).await?;
+    assert_eq!(code, Some(4003), "open sockets of a suspended store are closed");
 
     // Idempotent: asking again changes nothing and records nothing.
     let (status, body) = json_of(platform.transition(id, "suspended", "unpaid invoice").await?).await?;

@@ -96,6 +96,8 @@ impl Platform {
         cell.inference.onnxruntime_library = env.onnxruntime.clone();
         // One partition keeps consumer-group start-up quick on the test broker.
         cell.kafka.partitions_override = 1;
+        // Re-check sockets often, so tests see a suspension close them quickly.
+        cell.gateway.ping_interval_ms = 200;
         cp.kafka.partitions_override = 1;
         tweak(&mut cp, &mut cell);
 
@@ -254,6 +256,20 @@ pub struct ShopperSocket {
 }
 
 impl ShopperSocket {
+    /// Waits for the server to close the socket; its close code.
+    pub async fn closed(&mut self, wait: Duration) -> anyhow::Result<Option<u16>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => anyhow::bail!("the socket stayed open"),
+                Ok(None) => return Ok(None),
+                Ok(Some(Err(_))) => return Ok(None),
+                Ok(Some(Ok(Message::Close(frame)))) => return Ok(frame.map(|f| f.code.into())),
+                Ok(Some(Ok(_))) => {}
+            }
+        }
+    }
+
     /// The next message, or `None` when none arrives within `wait`.
     pub async fn next_message(&mut self, wait: Duration) -> anyhow::Result<Option<PushMessage>> {
         let deadline = tokio::time::Instant::now() + wait;

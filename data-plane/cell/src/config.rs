@@ -3,6 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 use nudge_data_plane_decide::RuleConfig;
+use nudge_data_plane_gateway::GatewayConfig;
 use nudge_data_plane_ingest::IngestConfig;
 use nudge_platform_config::Validate;
 use nudge_platform_kafka::KafkaConfig;
@@ -20,6 +21,7 @@ pub struct CellConfig {
     pub kafka: KafkaConfig,
     pub redis: RedisConfig,
     pub ingest: IngestConfig,
+    pub gateway: GatewayConfig,
     pub inference: InferenceConfig,
     pub decide: RuleConfig,
     pub log: LogConfig,
@@ -33,6 +35,7 @@ impl Default for CellConfig {
             kafka: KafkaConfig::default(),
             redis: RedisConfig::default(),
             ingest: IngestConfig::default(),
+            gateway: GatewayConfig::default(),
             inference: InferenceConfig::default(),
             decide: RuleConfig::default(),
             log: LogConfig::default(),

@@ -120,7 +120,8 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
         config: config.ingest.clone(),
         metrics: IngestMetrics::register(&metrics),
     };
-    let gateway = GatewayState { directory: directory.clone(), hub, shutdown: shutdown.clone() };
+    let gateway =
+        GatewayState { config: config.gateway.clone(), directory: directory.clone(), hub, shutdown: shutdown.clone() };
 
     let readiness = Readiness::default()
         .with(Arc::new(readiness::DirectoryReady(directory)))

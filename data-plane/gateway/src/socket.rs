@@ -22,6 +22,7 @@ use nudge_data_plane_directory::{
 };
 use nudge_platform_http::{ApiError, ErrorBody};
 use nudge_tenants::PublishableKey;
+use serde::{Deserialize, Serialize};
 use tokio::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -31,9 +32,37 @@ use crate::hub::{Hub, ShopperAddress};
 /// Largest frame a client may send; clients only send pings and acknowledgements.
 const MAX_CLIENT_FRAME: usize = 4 * 1024;
 
+/// Socket keepalive settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GatewayConfig {
+    /// How often the server pings each socket and re-checks that its tenant still takes
+    /// traffic with the key the socket was opened with.
+    pub ping_interval_ms: u64,
+    /// A socket that has sent nothing (not even a pong) for this long is dropped.
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self { ping_interval_ms: 20_000, idle_timeout_ms: 60_000 }
+    }
+}
+
+impl GatewayConfig {
+    fn ping_interval(&self) -> Duration {
+        Duration::from_millis(self.ping_interval_ms.max(10))
+    }
+
+    fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+}
+
 /// What the socket handler needs.
 #[derive(Clone)]
 pub struct GatewayState {
+    pub config: GatewayConfig,
     pub directory: Arc<Directory>,
     pub hub: Arc<Hub>,
     /// Cancelled at shutdown: sockets close with 1001 (going away).
@@ -95,11 +124,6 @@ async fn upgrade(
         .on_upgrade(move |socket| serve(socket, state, address, key))
 }
 
-/// How often the server pings an idle socket and re-checks that its tenant still takes
-/// traffic with the key the socket was opened with.
-const PING_EVERY: Duration = Duration::from_secs(20);
-/// A socket that has sent nothing (not even a pong) for this long is gone.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A write that takes longer belongs to a shopper who stopped reading.
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -115,7 +139,7 @@ async fn serve(mut socket: WebSocket, state: GatewayState, address: ShopperAddre
         return;
     }
     tracing::debug!(tenant_id = %address.tenant, "shopper socket open");
-    let mut tick = tokio::time::interval(PING_EVERY);
+    let mut tick = tokio::time::interval(state.config.ping_interval());
     tick.tick().await;
     let mut last_heard = Instant::now();
     let close = loop {
@@ -139,7 +163,7 @@ async fn serve(mut socket: WebSocket, state: GatewayState, address: ShopperAddre
                 if !still_allowed {
                     break Some(CloseFrame { code: CLOSE_NOT_AUTHORIZED, reason: "the store no longer accepts this key".into() });
                 }
-                if last_heard.elapsed() > IDLE_TIMEOUT {
+                if last_heard.elapsed() > state.config.idle_timeout() {
                     break None;
                 }
                 if send(&mut socket, Message::Ping(Vec::new().into())).await.is_err() {
