@@ -60,6 +60,7 @@ pub async fn run(config: DevConfig, shutdown: CancellationToken) -> anyhow::Resu
     let owner = config.control_plane.database.owner_options().map_err(anyhow::Error::msg)?;
     nudge_migrations::ensure_database(&owner).await.context("creating the database (is PostgreSQL running?)")?;
     nudge_migrations::migrate(&owner).await?;
+    nudge_control_plane::catalog::check(&owner).await?;
 
     let cp_listener = bind(config.control_plane.http.listen).await?;
     let cell_listener = bind(config.cell.http.listen).await?;

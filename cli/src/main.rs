@@ -92,7 +92,8 @@ async fn main() -> anyhow::Result<()> {
             let owner = config.database.owner_options().map_err(anyhow::Error::msg)?;
             nudge_migrations::ensure_database(&owner).await?;
             nudge_migrations::migrate(&owner).await?;
-            tracing::info!("migrations applied");
+            nudge_control_plane::catalog::check(&owner).await?;
+            tracing::info!("migrations applied; tenant-isolation rules hold");
             Ok(())
         }
     }

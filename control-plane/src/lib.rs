@@ -8,11 +8,13 @@
 //! - [`placement`]: which cell a new tenant goes to; registers the shared cell.
 //! - [`signup`]: self-service signup: tenant, keys, origins and the announcement to its cell,
 //!   in one transaction.
+//! - [`catalog`]: the lint that checks the database against the isolation rules.
 //! - [`lifecycle`]: state transitions with their audit log.
 //! - [`announce`]: the tenant's configuration snapshot, enqueued for the cells.
 //! - [`outbox`]: the relay that publishes committed outbox rows to Kafka.
 
 pub mod announce;
+pub mod catalog;
 pub mod config;
 pub mod db;
 pub mod lifecycle;

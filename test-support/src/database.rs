@@ -25,6 +25,7 @@ impl TestDatabase {
         let owner = PgConnectOptions::from_str(&owner_url)?;
         nudge_migrations::ensure_database(&owner).await?;
         nudge_migrations::migrate(&owner).await?;
+        nudge_control_plane::catalog::check(&owner).await?;
         let app = owner.clone().username("nudge_app");
         let app_url = format!("postgres://nudge_app@{}:{}/{name}", app.get_host(), app.get_port());
         Ok(Self { name, owner_url, app_url, admin_url: format!("{base}/postgres") })

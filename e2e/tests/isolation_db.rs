@@ -1,0 +1,244 @@
+//! Row-level security proven against the runtime role: a policy matrix over every tenant
+//! table, and a connection pool under concurrent load, errors, rollbacks and panics.
+
+use std::{collections::HashMap, str::FromStr, sync::Arc, time::Duration};
+
+use nudge_contracts::Topics;
+use nudge_control_plane::{
+    Database,
+    config::PlacementConfig,
+    placement::register_shared_cell,
+    signup::{NewTenant, sign_up},
+};
+use nudge_tenants::{AllowedOrigin, TenantId, TenantName};
+use nudge_test_support::TestDatabase;
+use sqlx::{Connection, PgConnection, Postgres, Transaction, postgres::PgConnectOptions};
+
+const RLS_VIOLATION: &str = "42501";
+
+async fn setup(tenants: usize, pool_size: u32) -> anyhow::Result<(TestDatabase, Database, Vec<TenantId>)> {
+    let test_db = TestDatabase::create().await?;
+    let db = Database::connect_lazy(PgConnectOptions::from_str(&test_db.app_url)?, pool_size, Duration::from_secs(30));
+    let cell = register_shared_cell(&db, &PlacementConfig::default()).await?;
+    let mut ids = Vec::new();
+    for i in 0..tenants {
+        let new = NewTenant {
+            name: TenantName::parse(&format!("Store {i}"))?,
+            allowed_origins: vec![AllowedOrigin::parse(&format!("https://store{i}.example.com"))?],
+        };
+        ids.push(sign_up(&db, &Topics::default(), &cell, new, None).await?.tenant_id);
+    }
+    Ok((test_db, db, ids))
+}
+
+/// Tables with a `tenant_id` column, from the catalog: a new tenant table joins the matrix
+/// without anyone editing this test.
+async fn tenant_tables(owner: &mut PgConnection) -> anyhow::Result<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = 'public' AND c.relkind = 'r'
+           AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'tenant_id')
+         ORDER BY 1",
+    )
+    .fetch_all(owner)
+    .await?)
+}
+
+/// Rows per (table, tenant), as the owner sees them.
+async fn census(owner: &mut PgConnection, tables: &[String]) -> anyhow::Result<HashMap<(String, String), i64>> {
+    let mut counts = HashMap::new();
+    for t in tables {
+        let rows: Vec<(String, i64)> = sqlx::query_as(&format!("SELECT tenant_id::text, count(*) FROM {t} GROUP BY 1"))
+            .fetch_all(&mut *owner)
+            .await?;
+        for (tenant, n) in rows {
+            counts.insert((t.clone(), tenant), n);
+        }
+    }
+    Ok(counts)
+}
+
+/// Runs `sql` in a savepoint: rows affected, or the SQLSTATE it failed with.
+async fn attempt(tx: &mut Transaction<'static, Postgres>, sql: &str, bind: Option<&str>) -> Result<u64, String> {
+    let mut sp = tx.begin().await.map_err(|e| e.to_string())?;
+    let mut q = sqlx::query(sql);
+    if let Some(b) = bind {
+        q = q.bind(b);
+    }
+    let outcome = q.execute(&mut *sp).await;
+    let _ = sp.rollback().await;
+    match outcome {
+        Ok(r) => Ok(r.rows_affected()),
+        Err(sqlx::Error::Database(e)) => Err(e.code().map(|c| c.into_owned()).unwrap_or_default()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_matrix_three_tenants_every_table_every_verb() -> anyhow::Result<()> {
+    let (test_db, db, tenants) = setup(3, 4).await?;
+    let mut owner = PgConnection::connect(&test_db.owner_url).await?;
+    let tables = tenant_tables(&mut owner).await?;
+    assert!(tables.len() >= 4, "{tables:?}");
+    let before = census(&mut owner, &tables).await?;
+
+    // One real row of each tenant per table, to forge inserts with.
+    let mut samples: HashMap<(String, TenantId), String> = HashMap::new();
+    for t in &tables {
+        for &tenant in &tenants {
+            let row: String =
+                sqlx::query_scalar(&format!("SELECT row_to_json(x)::text FROM {t} x WHERE tenant_id = $1 LIMIT 1"))
+                    .bind(tenant.as_uuid())
+                    .fetch_one(&mut owner)
+                    .await?;
+            samples.insert((t.clone(), tenant), row);
+        }
+    }
+
+    for &me in &tenants {
+        let mut tx = db.tenant_tx(me).await?;
+        let me_text = me.as_uuid().to_string();
+        for t in &tables {
+            let (foreign, total): (i64, i64) =
+                sqlx::query_as(&format!("SELECT count(*) FILTER (WHERE tenant_id <> $1::uuid), count(*) FROM {t}"))
+                    .bind(&me_text)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            assert_eq!(foreign, 0, "{t}: SELECT shows another tenant's rows");
+            assert_eq!(total, before[&(t.clone(), me_text.clone())], "{t}: SELECT shows all of my rows");
+
+            for verb in [
+                format!("UPDATE {t} SET tenant_id = tenant_id WHERE tenant_id <> $1::uuid"),
+                format!("DELETE FROM {t} WHERE tenant_id <> $1::uuid"),
+            ] {
+                match attempt(&mut tx, &verb, Some(&me_text)).await {
+                    Ok(n) => assert_eq!(n, 0, "{verb}: changed another tenant's rows"),
+                    Err(code) => assert_eq!(code, RLS_VIOLATION, "{verb}"),
+                }
+            }
+            for &other in tenants.iter().filter(|&&o| o != me) {
+                // WITH CHECK refuses a row for another tenant, whether inserted or moved there.
+                let forged = format!(
+                    "INSERT INTO {t} OVERRIDING SYSTEM VALUE SELECT * FROM json_populate_record(NULL::{t}, $1::json)"
+                );
+                assert_eq!(
+                    attempt(&mut tx, &forged, Some(&samples[&(t.clone(), other)])).await,
+                    Err(RLS_VIOLATION.into()),
+                    "{t}: INSERT of another tenant's row"
+                );
+                let moved = format!("UPDATE {t} SET tenant_id = '{}'::uuid", other.as_uuid());
+                assert_eq!(
+                    attempt(&mut tx, &moved, None).await,
+                    Err(RLS_VIOLATION.into()),
+                    "{t}: UPDATE to another tenant"
+                );
+            }
+        }
+        tx.rollback().await?;
+    }
+
+    // No context: nothing visible, nothing writable.
+    let mut tx = db.platform_tx().await?;
+    for t in &tables {
+        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {t}")).fetch_one(&mut *tx).await?;
+        assert_eq!(n, 0, "{t}: visible without a tenant context");
+        for verb in [format!("UPDATE {t} SET tenant_id = tenant_id"), format!("DELETE FROM {t}")] {
+            match attempt(&mut tx, &verb, None).await {
+                Ok(n) => assert_eq!(n, 0, "{verb} without context"),
+                Err(code) => assert_eq!(code, RLS_VIOLATION, "{verb}"),
+            }
+        }
+        let insert =
+            format!("INSERT INTO {t} OVERRIDING SYSTEM VALUE SELECT * FROM json_populate_record(NULL::{t}, $1::json)");
+        assert_eq!(
+            attempt(&mut tx, &insert, Some(&samples[&(t.clone(), tenants[0])])).await,
+            Err(RLS_VIOLATION.into())
+        );
+    }
+    tx.rollback().await?;
+
+    assert_eq!(census(&mut owner, &tables).await?, before, "nothing changed anywhere");
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Behaviour {
+    Read,
+    FailMidway,
+    RollBack,
+    Panic,
+    NoContext,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_pool_under_errors_and_panics_never_leaks_a_tenant() -> anyhow::Result<()> {
+    let (_test_db, db, tenants) = setup(10, 4).await?;
+    let tenants = Arc::new(tenants);
+    let behaviours =
+        [Behaviour::Read, Behaviour::FailMidway, Behaviour::RollBack, Behaviour::Panic, Behaviour::NoContext];
+
+    // Quiet the expected panics; the test counts them through the join handles.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let mut tasks = Vec::new();
+    for i in 0..400 {
+        let (db, tenants) = (db.clone(), tenants.clone());
+        // The first 200 mix every behaviour; the second 200 are plain reads that follow them
+        // on the same four connections.
+        let behaviour = if i < 200 { behaviours[i % behaviours.len()] } else { Behaviour::Read };
+        tasks.push(tokio::spawn(async move {
+            let me = tenants[i % tenants.len()];
+            let mut tx = match behaviour {
+                Behaviour::NoContext => db.platform_tx().await?,
+                _ => db.tenant_tx(me).await?,
+            };
+            let mut seen: Vec<uuid::Uuid> = sqlx::query_scalar(
+                "SELECT tenant_id FROM tenants UNION ALL SELECT tenant_id FROM api_keys
+                 UNION ALL SELECT tenant_id FROM tenant_origins UNION ALL SELECT tenant_id FROM tenant_audit",
+            )
+            .fetch_all(&mut *tx)
+            .await?;
+            match behaviour {
+                Behaviour::Read => tx.commit().await?,
+                Behaviour::FailMidway => {
+                    let failed = sqlx::query("SELECT 1/0").execute(&mut *tx).await;
+                    anyhow::ensure!(failed.is_err(), "division by zero must fail");
+                    // Dropped: the aborted transaction is rolled back when the connection is reused.
+                }
+                Behaviour::RollBack => tx.rollback().await?,
+                Behaviour::Panic => {
+                    tokio::task::yield_now().await;
+                    panic!("task {i} panics mid-transaction");
+                }
+                Behaviour::NoContext => {
+                    anyhow::ensure!(seen.is_empty(), "rows visible without a tenant context");
+                    seen.clear();
+                }
+            }
+            let foreign = seen.iter().filter(|t| **t != me.as_uuid()).count();
+            let own = seen.len() - foreign;
+            anyhow::Ok((foreign, own, behaviour))
+        }));
+    }
+    let mut foreign_total = 0;
+    let mut panics = 0;
+    let mut reads_with_rows = 0;
+    for t in tasks {
+        match t.await {
+            Ok(Ok((foreign, own, _))) => {
+                foreign_total += foreign;
+                if own > 0 {
+                    reads_with_rows += 1;
+                }
+            }
+            Ok(Err(e)) => anyhow::bail!("a task failed: {e:#}"),
+            Err(join) if join.is_panic() => panics += 1,
+            Err(join) => anyhow::bail!("a task was cancelled: {join}"),
+        }
+    }
+    std::panic::set_hook(hook);
+    assert_eq!(foreign_total, 0, "rows of another tenant were visible");
+    assert_eq!(panics, 40, "every planned panic happened");
+    assert!(reads_with_rows >= 280, "reads saw their own rows ({reads_with_rows})");
+    Ok(())
+}
