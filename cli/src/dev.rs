@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context;
-use nudge_contracts::control::{SignupRequest, SignupResponse};
+use nudge_contracts::control::{ApiKeyList, LoginRequest, SessionTokens, SignupRequest, SignupResponse};
 use nudge_control_plane::ControlPlaneConfig;
 use nudge_data_plane_cell::CellConfig;
 use nudge_platform_config::Validate;
@@ -12,7 +12,7 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::storefront;
+use crate::storefront::{self, DemoStore};
 
 /// Configuration of `nudge dev`: the two services' own sections, under the same
 /// environment names they read when run alone (`NUDGE_CELL__…`, `NUDGE_CONTROL_PLANE__…`).
@@ -76,7 +76,7 @@ pub async fn run(config: DevConfig, shutdown: CancellationToken) -> anyhow::Resu
     let cell = tokio::spawn(nudge_data_plane_cell::run(config.cell.clone(), cell_listener, shutdown.clone()));
 
     let store_port = config.storefront.listen.port();
-    let tenant = sign_up_demo_store(&cp_url, &store_url, store_port).await?;
+    let tenant = sign_up_demo_store(&cp_url, &cell_url, &store_url, store_port).await?;
     let store = tokio::spawn(storefront::serve(store_listener, tenant.clone(), shutdown.clone()));
 
     println!();
@@ -91,6 +91,7 @@ pub async fn run(config: DevConfig, shutdown: CancellationToken) -> anyhow::Resu
     println!();
     println!("  Demo tenant       {}", tenant.tenant_id);
     println!("  Publishable key   {}", tenant.publishable_key);
+    println!("  Owner sign-in     {DEMO_EMAIL} / {DEMO_PASSWORD}   (POST {cp_url}/v1/sessions)");
     println!();
     println!("  Ctrl-C stops everything.");
     println!();
@@ -106,17 +107,39 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| format!("binding {addr} (already in use?)"))
 }
 
-/// Signs up the demo store through the public API, as a merchant would.
-async fn sign_up_demo_store(cp_url: &str, store_url: &str, store_port: u16) -> anyhow::Result<SignupResponse> {
+/// The demo store's owner, to sign in to the API with.
+pub const DEMO_EMAIL: &str = "owner@demo-store.example";
+pub const DEMO_PASSWORD: &str = "demo store password";
+
+/// Signs up the demo store through the public API, as a merchant would; on later runs
+/// (the database keeps it) signs in as its owner and reads its publishable key instead.
+async fn sign_up_demo_store(
+    cp_url: &str,
+    cell_url: &str,
+    store_url: &str,
+    store_port: u16,
+) -> anyhow::Result<DemoStore> {
     let client = reqwest::Client::new();
     let request = SignupRequest {
         name: "Demo Outdoor Co.".into(),
         allowed_origins: vec![store_url.to_owned(), format!("http://localhost:{store_port}")],
+        email: DEMO_EMAIL.into(),
+        password: DEMO_PASSWORD.into(),
     };
     let mut last_error = None;
     for _ in 0..50 {
         match client.post(format!("{cp_url}/v1/tenants")).json(&request).send().await {
-            Ok(r) if r.status().is_success() => return Ok(r.json().await?),
+            Ok(r) if r.status().is_success() => {
+                let created: SignupResponse = r.json().await?;
+                return Ok(DemoStore {
+                    tenant_id: created.tenant_id,
+                    publishable_key: created.publishable_key,
+                    cell_url: created.cell_url,
+                });
+            }
+            Ok(r) if r.status() == reqwest::StatusCode::CONFLICT => {
+                return existing_demo_store(&client, cp_url, cell_url).await;
+            }
             Ok(r) => {
                 last_error =
                     Some(anyhow::anyhow!("signup answered {}: {}", r.status(), r.text().await.unwrap_or_default()))
@@ -126,4 +149,25 @@ async fn sign_up_demo_store(cp_url: &str, store_url: &str, store_port: u16) -> a
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     Err(last_error.unwrap_or_else(|| anyhow::anyhow!("signup failed")))
+}
+
+async fn existing_demo_store(client: &reqwest::Client, cp_url: &str, cell_url: &str) -> anyhow::Result<DemoStore> {
+    let login = LoginRequest { email: DEMO_EMAIL.into(), password: DEMO_PASSWORD.into(), tenant_id: None };
+    let r = client.post(format!("{cp_url}/v1/sessions")).json(&login).send().await?;
+    anyhow::ensure!(r.status().is_success(), "signing in to the demo store answered {}", r.status());
+    let session: SessionTokens = r.json().await?;
+    let keys: ApiKeyList = client
+        .get(format!("{cp_url}/v1/tenants/{}/api-keys", session.tenant_id))
+        .bearer_auth(&session.access_token)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let key = keys
+        .items
+        .into_iter()
+        .find(|k| k.kind == "publishable" && k.revoked_at.is_none())
+        .ok_or_else(|| anyhow::anyhow!("the demo store has no live publishable key"))?;
+    Ok(DemoStore { tenant_id: session.tenant_id, publishable_key: key.display, cell_url: cell_url.to_owned() })
 }

@@ -11,6 +11,10 @@ pub struct SignupRequest {
     pub name: String,
     /// Web origins the store's pages are served from (`https://shop.example.com`).
     pub allowed_origins: Vec<String>,
+    /// The owner's e-mail address; it signs in with it.
+    pub email: String,
+    /// At least 12 characters, not a common password.
+    pub password: String,
 }
 
 /// `201 Created` answer to a signup. The secret key appears here and nowhere else, ever.
@@ -25,6 +29,8 @@ pub struct SignupResponse {
     pub publishable_key: String,
     pub secret_key: String,
     pub allowed_origins: Vec<String>,
+    /// The owner's account.
+    pub account_id: String,
     /// RFC 3339.
     pub created_at: String,
 }
@@ -67,4 +73,119 @@ pub struct AuditPage {
     pub entries: Vec<AuditEntryBody>,
     /// Pass as `cursor` for the next page; absent on the last page.
     pub next_cursor: Option<String>,
+}
+
+/// `POST /v1/accounts`: an account without a store of its own (to be added to stores).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccountRequest {
+    pub email: String,
+    pub password: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AccountCreated {
+    pub account_id: String,
+    pub email: String,
+}
+
+/// `POST /v1/sessions`: sign in.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub email: String,
+    pub password: String,
+    /// Which store to act for; needed only when the account belongs to several.
+    #[serde(default)]
+    pub tenant_id: Option<String>,
+}
+
+/// `POST /v1/sessions/refresh` and `/v1/sessions/logout`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    pub refresh_token: String,
+}
+
+/// A signed-in session: a short-lived access token for one store, and the refresh token
+/// that replaces it (each refresh token works once).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SessionTokens {
+    /// PASETO v4.public; send as `Authorization: Bearer …`.
+    pub access_token: String,
+    pub token_type: String,
+    /// Seconds the access token lives.
+    pub expires_in: u64,
+    pub refresh_token: String,
+    pub account_id: String,
+    pub tenant_id: String,
+    pub role: String,
+}
+
+/// A store as its members see it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TenantView {
+    pub tenant_id: String,
+    pub name: String,
+    pub state: String,
+    pub cell_id: String,
+    pub allowed_origins: Vec<String>,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+/// An API key as its store's members see it (never a secret).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ApiKeyView {
+    pub key_id: String,
+    /// `publishable` or `secret`.
+    pub kind: String,
+    pub name: String,
+    /// The publishable key, or the first characters of a secret key.
+    pub display: String,
+    pub scopes: Vec<String>,
+    pub created_at: String,
+    pub revoked_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ApiKeyList {
+    pub items: Vec<ApiKeyView>,
+}
+
+/// `POST /v1/tenants/{tenant_id}/api-keys`: a secret key for the store's servers.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKeyRequest {
+    pub name: String,
+    /// From: `events:write`.
+    pub scopes: Vec<String>,
+}
+
+/// The new key; `secret_key` is shown this once.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreatedKey {
+    pub key: ApiKeyView,
+    pub secret_key: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MemberView {
+    pub account_id: String,
+    pub email: String,
+    pub role: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MemberList {
+    pub items: Vec<MemberView>,
+}
+
+/// `POST /v1/tenants/{tenant_id}/members`: add an existing account.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddMemberRequest {
+    pub email: String,
+    /// `owner`, `admin`, `analyst` or `viewer`.
+    pub role: String,
 }

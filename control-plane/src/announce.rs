@@ -11,10 +11,10 @@ use chrono::{DateTime, Utc};
 use nudge_contracts::{
     Topics,
     headers::TENANT_CONFIG_V1,
-    proto::control::v1::{TenantConfig, TenantState as WireState},
+    proto::control::v1::{ServerKey, TenantConfig, TenantState as WireState},
     topics::Topic,
 };
-use nudge_tenants::{TenantId, TenantState};
+use nudge_tenants::{KeyId, TenantId, TenantState};
 use prost::Message;
 use sqlx::{Postgres, Row, Transaction};
 
@@ -32,17 +32,21 @@ pub fn wire_state(state: TenantState) -> WireState {
     }
 }
 
-/// Enqueues the tenant's current configuration, inside `tx` (which must act for `tenant`).
+/// Bumps the tenant's revision and enqueues its current configuration, inside `tx` (which
+/// must act for `tenant`). The new revision.
 pub async fn announce(
     tx: &mut Transaction<'static, Postgres>,
     topics: &Topics,
     tenant: TenantId,
     traceparent: Option<String>,
-) -> Result<(), sqlx::Error> {
-    let row = sqlx::query("SELECT state, cell_id, revision, updated_at FROM tenants WHERE tenant_id = $1")
-        .bind(tenant.as_uuid())
-        .fetch_one(&mut **tx)
-        .await?;
+) -> Result<i64, sqlx::Error> {
+    let row = sqlx::query(
+        "UPDATE tenants SET revision = revision + 1, updated_at = now() WHERE tenant_id = $1
+         RETURNING state, cell_id, revision, updated_at",
+    )
+    .bind(tenant.as_uuid())
+    .fetch_one(&mut **tx)
+    .await?;
     let state_text: String = row.try_get("state")?;
     let state = TenantState::parse(&state_text)
         .ok_or_else(|| sqlx::Error::Decode(format!("unknown tenant state {state_text}").into()))?;
@@ -63,6 +67,22 @@ pub async fn announce(
                 .bind(tenant.as_uuid())
                 .fetch_all(&mut **tx)
                 .await?;
+        let server_keys = sqlx::query(
+            "SELECT key_id, secret_hash, scopes FROM api_keys
+             WHERE tenant_id = $1 AND kind = 'secret' AND revoked_at IS NULL ORDER BY created_at",
+        )
+        .bind(tenant.as_uuid())
+        .fetch_all(&mut **tx)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(ServerKey {
+                key_id: KeyId::from_uuid(r.try_get("key_id")?).to_string(),
+                sha256: r.try_get("secret_hash")?,
+                scopes: r.try_get("scopes")?,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
         let config = TenantConfig {
             tenant_id: tenant.to_string(),
             state: wire_state(state) as i32,
@@ -71,6 +91,7 @@ pub async fn announce(
             allowed_origins,
             revision: u64::try_from(revision).unwrap_or(0),
             updated_at_ms: updated_at.timestamp_millis(),
+            server_keys,
         };
         config.encode_to_vec()
     };
@@ -85,5 +106,5 @@ pub async fn announce(
     if state == TenantState::Deleted {
         outbox::enqueue(tx, &OutboxRecord { payload: None, ..record }).await?;
     }
-    Ok(())
+    Ok(revision)
 }

@@ -10,6 +10,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use sqlx::postgres::PgConnectOptions;
 
+use crate::auth::AuthConfig;
+
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(default)]
 pub struct ControlPlaneConfig {
@@ -19,7 +21,30 @@ pub struct ControlPlaneConfig {
     pub outbox: OutboxConfig,
     pub placement: PlacementConfig,
     pub admin: AdminConfig,
+    pub auth: AuthConfig,
+    pub redis: RedisConfig,
     pub log: LogConfig,
+}
+
+/// Redis, where refresh-token sessions live.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct RedisConfig {
+    pub url: SecretString,
+    /// Prepended to every key.
+    pub prefix: String,
+    /// How long one command may take before it counts as failed.
+    pub response_timeout_ms: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: SecretString::from("redis://127.0.0.1:6379/"),
+            prefix: "nudge:cp:".to_owned(),
+            response_timeout_ms: 1_000,
+        }
+    }
 }
 
 /// The platform operators' API (`/v1/admin/…`).
@@ -119,6 +144,7 @@ impl Validate for ControlPlaneConfig {
                 return Err(format!("admin.tokens.{name} must be at least 32 characters"));
             }
         }
+        self.auth.validate()?;
         if self.outbox.batch_size <= 0 {
             return Err("outbox.batch_size must be positive".into());
         }

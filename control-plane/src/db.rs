@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use nudge_tenants::TenantId;
+use nudge_tenants::{AccountId, TenantId};
 use sqlx::{
     PgPool, Postgres, Transaction,
     postgres::{PgConnectOptions, PgPoolOptions},
@@ -61,6 +61,17 @@ impl Database {
         let mut tx = self.pool.begin().await.map_err(DbError::from_acquire)?;
         sqlx::query("SELECT set_config('nudge.tenant_id', $1, true)")
             .bind(tenant.as_uuid().to_string())
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx)
+    }
+
+    /// A transaction acting for an authenticated account: it sees that account's
+    /// memberships (to pick a store), and no tenant's data.
+    pub async fn account_tx(&self, account: AccountId) -> Result<Transaction<'static, Postgres>, DbError> {
+        let mut tx = self.pool.begin().await.map_err(DbError::from_acquire)?;
+        sqlx::query("SELECT set_config('nudge.account_id', $1, true)")
+            .bind(account.as_uuid().to_string())
             .execute(&mut *tx)
             .await?;
         Ok(tx)

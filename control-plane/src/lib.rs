@@ -8,19 +8,27 @@
 //! - [`placement`]: which cell a new tenant goes to; registers the shared cell.
 //! - [`signup`]: self-service signup: tenant, keys, origins and the announcement to its cell,
 //!   in one transaction.
+//! - [`accounts`]: merchant accounts, login, memberships.
+//! - [`auth`]: passwords, access tokens and refresh sessions.
+//! - [`keys`]: a store's API keys.
 //! - [`catalog`]: the lint that checks the database against the isolation rules.
 //! - [`lifecycle`]: state transitions with their audit log.
 //! - [`announce`]: the tenant's configuration snapshot, enqueued for the cells.
+//! - [`store`]: a store's profile.
 //! - [`outbox`]: the relay that publishes committed outbox rows to Kafka.
 
+pub mod accounts;
 pub mod announce;
+pub mod auth;
 pub mod catalog;
 pub mod config;
 pub mod db;
+pub mod keys;
 pub mod lifecycle;
 pub mod outbox;
 pub mod placement;
 pub mod signup;
+pub mod store;
 
 pub use config::ControlPlaneConfig;
 pub use db::Database;

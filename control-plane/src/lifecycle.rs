@@ -97,16 +97,13 @@ pub async fn transition(
     match plan(current, to)? {
         Step::Unchanged(state) => Ok(Transitioned { tenant_id: tenant, state, revision, changed: false }),
         Step::Move { from, to } => {
-            let revision: i64 = sqlx::query_scalar(
-                "UPDATE tenants SET state = $2, revision = revision + 1, updated_at = now()
-                 WHERE tenant_id = $1 RETURNING revision",
-            )
-            .bind(tenant.as_uuid())
-            .bind(to.as_str())
-            .fetch_one(&mut *tx)
-            .await?;
+            sqlx::query("UPDATE tenants SET state = $2 WHERE tenant_id = $1")
+                .bind(tenant.as_uuid())
+                .bind(to.as_str())
+                .execute(&mut *tx)
+                .await?;
             record(&mut tx, tenant, actor, Some(from), to, reason).await?;
-            announce(&mut tx, topics, tenant, traceparent).await?;
+            let revision = announce(&mut tx, topics, tenant, traceparent).await?;
             tx.commit().await?;
             tracing::info!(tenant_id = %tenant, from = from.as_str(), to = to.as_str(), %actor, "tenant transitioned");
             Ok(Transitioned { tenant_id: tenant, state: to, revision, changed: true })

@@ -6,11 +6,16 @@
 //! relay publishes the record after commit.
 
 use chrono::{DateTime, Utc};
-use nudge_tenants::{Actor, AllowedOrigin, KeyError, PublishableKey, SecretKey, TenantId, TenantName, TenantState};
+use nudge_tenants::{
+    AccountId, Actor, AllowedOrigin, Email, KeyError, Password, PublishableKey, Role, SecretKey, TenantId, TenantName,
+    TenantState,
+};
 use uuid::Uuid;
 
 use crate::{
+    accounts::{self, AccountError},
     announce::announce,
+    auth::passwords::{self, PasswordHashError},
     db::{Database, DbError},
     lifecycle,
     placement::Cell,
@@ -24,6 +29,9 @@ pub const MAX_ORIGINS: usize = 20;
 pub struct NewTenant {
     pub name: TenantName,
     pub allowed_origins: Vec<AllowedOrigin>,
+    /// The store's first member, its owner.
+    pub owner_email: Email,
+    pub owner_password: Password,
 }
 
 /// What signup created. The secret key exists in clear only in this value.
@@ -36,6 +44,7 @@ pub struct SignedUp {
     pub publishable_key: PublishableKey,
     pub secret_key: SecretKey,
     pub allowed_origins: Vec<AllowedOrigin>,
+    pub owner: AccountId,
     pub created_at: DateTime<Utc>,
 }
 
@@ -45,11 +54,22 @@ pub enum SignupError {
     Db(#[from] DbError),
     #[error(transparent)]
     Keys(#[from] KeyError),
+    #[error(transparent)]
+    Account(#[from] AccountError),
 }
 
 impl From<sqlx::Error> for SignupError {
     fn from(e: sqlx::Error) -> Self {
-        Self::Db(DbError::Query(e))
+        match AccountError::from(e) {
+            AccountError::Db(db) => Self::Db(db),
+            other => Self::Account(other),
+        }
+    }
+}
+
+impl From<PasswordHashError> for SignupError {
+    fn from(e: PasswordHashError) -> Self {
+        Self::Account(AccountError::Hash(e))
     }
 }
 
@@ -69,6 +89,8 @@ pub async fn sign_up(
     // Nothing to provision on a shared cell: the tenant is active once the transaction commits.
     let state = TenantState::Active;
 
+    // Slow by design; done before the transaction holds a connection.
+    let password_hash = passwords::hash(&new.owner_password).await?;
     let mut tx = db.tenant_tx(tenant_id).await?;
     let created_at: DateTime<Utc> = sqlx::query_scalar(
         "INSERT INTO tenants (tenant_id, name, state, isolation, cell_id, revision)
@@ -94,8 +116,8 @@ pub async fn sign_up(
     .await?;
 
     sqlx::query(
-        "INSERT INTO api_keys (tenant_id, key_id, kind, secret_hash, visible_prefix)
-         VALUES ($1, $2, 'secret', $3, $4)",
+        "INSERT INTO api_keys (tenant_id, key_id, kind, secret_hash, visible_prefix, name, scopes)
+         VALUES ($1, $2, 'secret', $3, $4, 'default', ARRAY['events:write'])",
     )
     .bind(tenant_id.as_uuid())
     .bind(Uuid::now_v7())
@@ -124,6 +146,8 @@ pub async fn sign_up(
         .await?;
         from = Some(to);
     }
+    let owner = accounts::create(&mut tx, &new.owner_email, &password_hash).await?;
+    accounts::add_membership(&mut tx, tenant_id, owner, Role::Owner).await?;
     announce(&mut tx, topics, tenant_id, traceparent).await?;
     tx.commit().await?;
 
@@ -136,6 +160,7 @@ pub async fn sign_up(
         publishable_key,
         secret_key,
         allowed_origins: new.allowed_origins,
+        owner,
         created_at,
     })
 }

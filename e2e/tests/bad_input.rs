@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use nudge_contracts::push::PushMessage;
-use nudge_test_support::Platform;
+use nudge_test_support::{PASSWORD, Platform};
 use serde_json::{Value, json};
 
 use common::abandoning_session;
@@ -89,31 +89,40 @@ async fn ingest_refuses_bad_requests_with_codes_and_keeps_what_it_accepted() -> 
 async fn signup_refuses_bad_input_with_field_errors() -> anyhow::Result<()> {
     let platform = Platform::start().await?;
     let url = format!("{}/v1/tenants", platform.control_plane_url);
+    let good = |email: &str| json!({"name": "Acme", "allowed_origins": ["https://a.example"], "email": email, "password": PASSWORD});
 
     let r = platform.http.post(&url).header("Content-Type", "application/json").body("{").send().await?;
     assert_eq!(error_of(r).await?.1, "malformed_json");
 
-    let r = platform
-        .http
-        .post(&url)
-        .json(&json!({"name": " ", "allowed_origins": ["ftp://x", "https://ok.example"]}))
-        .send()
-        .await?;
-    let (status, code, body) = error_of(r).await?;
+    let bad = json!({"name": " ", "allowed_origins": ["ftp://x", "https://ok.example"], "email": "not-an-email", "password": "short"});
+    let (status, code, body) = error_of(platform.http.post(&url).json(&bad).send().await?).await?;
     assert_eq!((status, code.as_str()), (422, "invalid_fields"));
     let fields = &body["error"]["details"]["fields"];
-    assert!(fields["name"].is_string() && fields["allowed_origins[0]"].is_string(), "{body}");
+    for field in ["name", "allowed_origins[0]", "email", "password"] {
+        assert!(fields[field].is_string(), "{field} named in {body}");
+    }
     assert!(fields.get("allowed_origins[1]").is_none());
 
-    let r = platform.http.post(&url).json(&json!({"name": "x", "allowed_origins": []})).send().await?;
-    assert_eq!(error_of(r).await?.1, "invalid_fields");
-    let r = platform
-        .http
-        .post(&url)
-        .json(&json!({"name": "x", "allowed_origins": ["https://a.example"], "plan": "free"}))
-        .send()
-        .await?;
-    assert_eq!(error_of(r).await?.0, 400, "unknown fields are refused, not ignored");
+    let mut common = good("a@example.com");
+    common["password"] = json!("password1234");
+    let (_, _, body) = error_of(platform.http.post(&url).json(&common).send().await?).await?;
+    assert_eq!(body["error"]["details"]["fields"]["password"], "this password is too easy to guess");
+
+    let mut none = good("b@example.com");
+    none["allowed_origins"] = json!([]);
+    assert_eq!(error_of(platform.http.post(&url).json(&none).send().await?).await?.1, "invalid_fields");
+    let mut extra = good("c@example.com");
+    extra["plan"] = json!("free");
+    assert_eq!(
+        error_of(platform.http.post(&url).json(&extra).send().await?).await?.0,
+        400,
+        "unknown fields are refused"
+    );
+
+    // The same e-mail twice: 409, and the second store is not created.
+    assert_eq!(platform.http.post(&url).json(&good("Dup@Example.com")).send().await?.status(), 201);
+    let (status, code, _) = error_of(platform.http.post(&url).json(&good("dup@example.com")).send().await?).await?;
+    assert_eq!((status, code.as_str()), (409, "email_taken"));
 
     platform.shutdown().await
 }

@@ -21,7 +21,12 @@ async fn a_shopper_in_chromium_sees_the_reminder() -> anyhow::Result<()> {
     let store_url = format!("http://{}", store.local_addr()?);
     let tenant = platform.sign_up_ready("Demo Outdoor Co.", &store_url).await?;
     let stop_store = CancellationToken::new();
-    let serving = tokio::spawn(nudge_cli::storefront::serve(store, tenant.clone(), stop_store.clone()));
+    let demo = nudge_cli::storefront::DemoStore {
+        tenant_id: tenant.tenant_id.clone(),
+        publishable_key: tenant.publishable_key.clone(),
+        cell_url: tenant.cell_url.clone(),
+    };
+    let serving = tokio::spawn(nudge_cli::storefront::serve(store, demo, stop_store.clone()));
 
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../web/tests/demo-store.cjs");
     let run = tokio::process::Command::new("node")

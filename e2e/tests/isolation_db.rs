@@ -10,7 +10,7 @@ use nudge_control_plane::{
     placement::register_shared_cell,
     signup::{NewTenant, sign_up},
 };
-use nudge_tenants::{AllowedOrigin, TenantId, TenantName};
+use nudge_tenants::{AllowedOrigin, Email, Password, TenantId, TenantName};
 use nudge_test_support::TestDatabase;
 use sqlx::{Connection, PgConnection, Postgres, Transaction, postgres::PgConnectOptions};
 
@@ -25,6 +25,8 @@ async fn setup(tenants: usize, pool_size: u32) -> anyhow::Result<(TestDatabase, 
         let new = NewTenant {
             name: TenantName::parse(&format!("Store {i}"))?,
             allowed_origins: vec![AllowedOrigin::parse(&format!("https://store{i}.example.com"))?],
+            owner_email: Email::parse(&format!("owner{i}-{}@example.com", nudge_test_support::unique_suffix()))?,
+            owner_password: Password::parse(nudge_test_support::PASSWORD)?,
         };
         ids.push(sign_up(&db, &Topics::default(), &cell, new, None).await?.tenant_id);
     }

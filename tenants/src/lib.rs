@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //!
+//! - [`account`]: merchant accounts: ids, roles, e-mail addresses, the password policy.
 //! - [`id`]: typed, prefixed identifiers (`tnt_…`, `cell_…`) and the macro that makes them.
 //! - [`keys`]: publishable keys (public, for browsers) and secret keys (shown once, stored as
 //!   a hash), with their generation and parsing.
@@ -10,6 +11,7 @@
 //! - [`lifecycle`]: tenant states and the transitions between them.
 //! - [`tier`]: isolation tiers (shared or dedicated cell and database).
 
+pub mod account;
 pub mod id;
 pub mod keys;
 pub mod lifecycle;
@@ -17,6 +19,7 @@ pub mod name;
 pub mod origin;
 pub mod tier;
 
+pub use account::{AccountId, Email, EmailError, KeyId, Password, PasswordError, Role};
 pub use id::{CellId, CellIdError, IdError, TenantId};
 pub use keys::{KeyError, PublishableKey, SecretKey, SecretKeyHash};
 pub use lifecycle::{Actor, InvalidTransition, Step, TenantState};

@@ -17,7 +17,7 @@ pub mod platform;
 
 pub use broker::Broker;
 pub use database::TestDatabase;
-pub use platform::{OPERATOR_TOKEN, Platform, ShopperSocket};
+pub use platform::{OPERATOR_TOKEN, PASSWORD, Platform, ShopperSocket};
 
 /// Sends the services' warnings and errors to the test's captured output, so a failing test
 /// shows why (an internal error's cause is logged, not returned). Set `NUDGE_TEST_LOG` to a

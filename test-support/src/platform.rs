@@ -21,6 +21,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{Broker, TestDatabase, env::TestEnv, unique_suffix};
 
+/// The password of every account the harness creates.
+pub const PASSWORD: &str = "correct horse battery staple";
+
 /// The operator token every test platform accepts, as operator `ops`.
 pub const OPERATOR_TOKEN: &str = "test-operator-token-0123456789abcdef";
 
@@ -162,10 +165,16 @@ impl Platform {
         Ok(())
     }
 
-    /// Signs up a store allowed on `origins`.
+    /// Signs up a store allowed on `origins`, owned by a fresh account whose e-mail is
+    /// `owner-<slug>-<random>@example.com` and password [`PASSWORD`].
     pub async fn sign_up(&self, name: &str, origins: &[&str]) -> anyhow::Result<SignupResponse> {
-        let request =
-            SignupRequest { name: name.into(), allowed_origins: origins.iter().map(|o| o.to_string()).collect() };
+        let slug: String = name.chars().filter(char::is_ascii_alphanumeric).collect::<String>().to_lowercase();
+        let request = SignupRequest {
+            name: name.into(),
+            allowed_origins: origins.iter().map(|o| o.to_string()).collect(),
+            email: format!("owner-{slug}-{}@example.com", unique_suffix()),
+            password: PASSWORD.into(),
+        };
         let response = self.http.post(format!("{}/v1/tenants", self.control_plane_url)).json(&request).send().await?;
         anyhow::ensure!(response.status() == 201, "signup answered {}: {}", response.status(), response.text().await?);
         Ok(response.json().await?)

@@ -18,6 +18,7 @@ use std::{
 };
 
 use axum::middleware::from_fn_with_state;
+use nudge_control_plane::auth::{refresh::RefreshStore, tokens::TokenKeys};
 use nudge_control_plane::{
     ControlPlaneConfig, Database,
     outbox::Relay,
@@ -27,7 +28,9 @@ use nudge_platform_http::{
     HttpMetrics, Readiness, ReadinessCheck, openapi, ops_router, serve, supervise::serve_supervised, trace_layer,
 };
 use nudge_platform_telemetry::Metrics;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::net::TcpListener;
+use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 use utoipa_axum::router::OpenApiRouter;
 
@@ -54,8 +57,17 @@ pub async fn run(config: ControlPlaneConfig, listener: TcpListener, shutdown: Ca
     )?;
     let outbox_wake = relay.waker();
 
+    let tokens = Arc::new(TokenKeys::new(
+        config.auth.signing_key.as_ref().map(|k| k.expose_secret()),
+        Duration::from_secs(config.auth.access_ttl_seconds),
+    )?);
+    if config.auth.signing_key.is_none() {
+        tracing::warn!("auth.signing_key is unset: access tokens are signed with a key that dies with this process");
+    }
+    let sessions = Arc::new(OnceCell::new());
     let started = Arc::new(AtomicBool::new(false));
-    let bootstrap = tokio::spawn(bootstrap(db.clone(), config.clone(), started.clone(), shutdown.clone()));
+    let bootstrap =
+        tokio::spawn(bootstrap(db.clone(), config.clone(), started.clone(), sessions.clone(), shutdown.clone()));
 
     let metrics = Metrics::new("control_plane");
     let http_metrics = HttpMetrics::register(&metrics);
@@ -71,7 +83,16 @@ pub async fn run(config: ControlPlaneConfig, listener: TcpListener, shutdown: Ca
     ));
     let shared_cell =
         Cell { id: config.placement.shared_cell_id.clone(), public_url: config.placement.shared_cell_url.clone() };
-    let state = AppState { db, topics: config.kafka.topics(), shared_cell, outbox_wake, admin_tokens, started };
+    let state = AppState {
+        db,
+        topics: config.kafka.topics(),
+        shared_cell,
+        outbox_wake,
+        admin_tokens,
+        started,
+        tokens,
+        sessions,
+    };
 
     let (router, _) = openapi::with_document(
         OpenApiRouter::new().merge(routes::router()).with_state(state).merge(ops_router(readiness, metrics)),
@@ -94,11 +115,13 @@ pub async fn run(config: ControlPlaneConfig, listener: TcpListener, shutdown: Ca
     .await
 }
 
-/// Registers the shared cell and creates the tenant topic, retrying until both succeed.
+/// Registers the shared cell, creates the tenant topic and connects the session store,
+/// retrying until all succeed.
 async fn bootstrap(
     db: Database,
     config: ControlPlaneConfig,
     started: Arc<AtomicBool>,
+    sessions: Arc<OnceCell<RefreshStore>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut backoff = Duration::from_millis(100);
@@ -106,6 +129,25 @@ async fn bootstrap(
         let attempt = async {
             register_shared_cell(&db, &config.placement).await?;
             nudge_platform_kafka::ensure_topics(&config.kafka, &[nudge_contracts::Topic::ControlTenants]).await?;
+            if sessions.get().is_none() {
+                let timeout = Duration::from_millis(config.redis.response_timeout_ms);
+                let client = redis::Client::open(config.redis.url.expose_secret())?;
+                let redis = ConnectionManager::new_with_config(
+                    client,
+                    ConnectionManagerConfig::new()
+                        .set_response_timeout(Some(timeout))
+                        .set_connection_timeout(Some(timeout))
+                        .set_number_of_retries(1),
+                )
+                .await?;
+                let store = RefreshStore::new(
+                    redis,
+                    config.redis.prefix.clone(),
+                    Duration::from_secs(config.auth.refresh_ttl_seconds),
+                );
+                // Only this task sets it; a second set cannot happen.
+                let _ = sessions.set(store);
+            }
             anyhow::Ok(())
         };
         match attempt.await {
@@ -140,7 +182,9 @@ impl ReadinessCheck for StartedReady {
 
     fn check(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
         let done = self.0.load(Ordering::Acquire);
-        Box::pin(async move { if done { Ok(()) } else { Err("registering the shared cell and topics".into()) } })
+        Box::pin(async move {
+            if done { Ok(()) } else { Err("registering the shared cell, creating topics, reaching Redis".into()) }
+        })
     }
 }
 

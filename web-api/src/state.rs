@@ -4,8 +4,12 @@ use std::sync::{Arc, atomic::AtomicBool};
 
 use axum::extract::FromRef;
 use nudge_contracts::Topics;
-use nudge_control_plane::{Database, placement::Cell};
-use tokio::sync::Notify;
+use nudge_control_plane::{
+    Database,
+    auth::{refresh::RefreshStore, tokens::TokenKeys},
+    placement::Cell,
+};
+use tokio::sync::{Notify, OnceCell};
 
 /// SHA-256 of each operator token, by operator name.
 #[derive(Clone, Default)]
@@ -22,6 +26,16 @@ pub struct AppState {
     pub admin_tokens: AdminTokens,
     /// Start-up work (shared cell registered, topics created) is done.
     pub started: Arc<AtomicBool>,
+    /// Signs and verifies merchant access tokens.
+    pub tokens: Arc<TokenKeys>,
+    /// Refresh sessions; set once Redis has been reached at start-up.
+    pub sessions: Arc<OnceCell<RefreshStore>>,
+}
+
+impl FromRef<AppState> for Arc<TokenKeys> {
+    fn from_ref(state: &AppState) -> Self {
+        state.tokens.clone()
+    }
 }
 
 impl FromRef<AppState> for AdminTokens {

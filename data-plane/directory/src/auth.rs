@@ -1,12 +1,14 @@
-//! Which tenant a browser request acts for: the publishable key names the tenant, and the
-//! `Origin` header must be one the tenant allows. The body is never consulted.
+//! Which tenant a request acts for. From a browser: the publishable key names the tenant,
+//! and the `Origin` header must be one the tenant allows. From a store's server: a secret
+//! key (known to the cell only by its SHA-256) with the scope the route needs. The body is
+//! never consulted.
 
 use std::sync::Arc;
 
 use crate::{Directory, TenantEntry};
 use http::{HeaderMap, StatusCode, Uri, header::AUTHORIZATION};
 use nudge_platform_http::ApiError;
-use nudge_tenants::{PublishableKey, TenantState};
+use nudge_tenants::{PublishableKey, SecretKey, TenantState};
 
 /// The publishable key from `Authorization: Bearer pk_…`, or from the `key` query parameter
 /// (for `navigator.sendBeacon` and WebSocket upgrades, which cannot set headers).
@@ -56,6 +58,10 @@ pub fn authorize(
             "this origin is not in the store's allowed origins",
         ));
     }
+    takes_traffic(tenant)
+}
+
+fn takes_traffic(tenant: Arc<TenantEntry>) -> Result<Arc<TenantEntry>, ApiError> {
     match tenant.state {
         TenantState::Active => Ok(tenant),
         TenantState::Suspended => {
@@ -63,6 +69,40 @@ pub fn authorize(
         }
         _ => Err(ApiError::new(StatusCode::FORBIDDEN, "tenant_inactive", "this store does not accept events now")),
     }
+}
+
+/// A secret key, when `Authorization: Bearer sk_…` carries one (a call from a server).
+pub fn secret_key_from(headers: &HeaderMap) -> Option<Result<SecretKey, ApiError>> {
+    let raw = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)?;
+    raw.starts_with("sk_").then(|| SecretKey::parse(raw).map_err(|_| invalid_secret()))
+}
+
+fn invalid_secret() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "invalid_key",
+        "the secret key is not valid (revoked, mistyped or for another cell)",
+    )
+}
+
+/// The tenant a secret key belongs to, when the key has `scope` and the tenant takes traffic.
+pub fn authorize_server(directory: &Directory, key: &SecretKey, scope: &str) -> Result<Arc<TenantEntry>, ApiError> {
+    if !directory.is_caught_up() {
+        return Err(ApiError::unavailable("cell_starting", "the cell is still loading its tenants", 1));
+    }
+    let (tenant, entry) = directory.by_secret(key.hash().as_bytes()).ok_or_else(invalid_secret)?;
+    if !entry.scopes.iter().any(|s| s == scope) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "missing_scope",
+            format!("this key lacks the `{scope}` scope"),
+        ));
+    }
+    takes_traffic(tenant)
 }
 
 /// A query parameter's value, percent-decoded (`nudge.js` encodes ids with

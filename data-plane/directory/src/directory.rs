@@ -19,7 +19,17 @@ pub struct TenantEntry {
     pub state: TenantState,
     pub publishable_keys: Vec<PublishableKey>,
     pub allowed_origins: Vec<AllowedOrigin>,
+    /// Secret keys for server-to-server calls, as SHA-256 digests with their scopes.
+    pub server_keys: Vec<ServerKeyEntry>,
     pub revision: u64,
+}
+
+/// A secret key as a cell knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerKeyEntry {
+    pub key_id: String,
+    pub sha256: [u8; 32],
+    pub scopes: Vec<String>,
 }
 
 impl TenantEntry {
@@ -55,6 +65,7 @@ pub enum Applied {
 struct Inner {
     tenants: HashMap<TenantId, Arc<TenantEntry>>,
     keys: HashMap<PublishableKey, TenantId>,
+    secrets: HashMap<[u8; 32], TenantId>,
     /// The highest revision seen per tenant, kept after a tenant is removed or moves away,
     /// so a replayed older record cannot bring it back.
     revisions: HashMap<TenantId, u64>,
@@ -66,6 +77,9 @@ impl Inner {
             Some(old) => {
                 for k in &old.publishable_keys {
                     self.keys.remove(k);
+                }
+                for k in &old.server_keys {
+                    self.secrets.remove(&k.sha256);
                 }
                 true
             }
@@ -94,6 +108,14 @@ impl Directory {
     pub fn by_key(&self, key: &PublishableKey) -> Option<Arc<TenantEntry>> {
         let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
         inner.keys.get(key).and_then(|t| inner.tenants.get(t)).cloned()
+    }
+
+    /// The tenant and key a secret key (by its SHA-256) belongs to.
+    pub fn by_secret(&self, sha256: &[u8; 32]) -> Option<(Arc<TenantEntry>, ServerKeyEntry)> {
+        let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        let tenant = inner.tenants.get(inner.secrets.get(sha256)?)?.clone();
+        let key = tenant.server_keys.iter().find(|k| &k.sha256 == sha256)?.clone();
+        Some((tenant, key))
     }
 
     pub fn by_tenant(&self, tenant: TenantId) -> Option<Arc<TenantEntry>> {
@@ -146,6 +168,9 @@ impl Directory {
         for k in &entry.publishable_keys {
             inner.keys.insert(k.clone(), tenant_id);
         }
+        for k in &entry.server_keys {
+            inner.secrets.insert(k.sha256, tenant_id);
+        }
         inner.tenants.insert(tenant_id, Arc::new(entry));
         Ok(Applied::Upserted)
     }
@@ -178,7 +203,19 @@ fn parse_entry(tenant_id: TenantId, config: &TenantConfig) -> Result<TenantEntry
         .map(|o| AllowedOrigin::parse(o))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| RecordError::Field { field: "allowed_origins", reason: e.to_string() })?;
-    Ok(TenantEntry { tenant_id, state, publishable_keys, allowed_origins, revision: config.revision })
+    let server_keys = config
+        .server_keys
+        .iter()
+        .map(|k| {
+            let sha256: [u8; 32] = k
+                .sha256
+                .as_slice()
+                .try_into()
+                .map_err(|_| RecordError::Field { field: "server_keys", reason: "a digest is not 32 bytes".into() })?;
+            Ok(ServerKeyEntry { key_id: k.key_id.clone(), sha256, scopes: k.scopes.clone() })
+        })
+        .collect::<Result<Vec<_>, RecordError>>()?;
+    Ok(TenantEntry { tenant_id, state, publishable_keys, allowed_origins, server_keys, revision: config.revision })
 }
 
 #[cfg(test)]
@@ -196,6 +233,7 @@ mod tests {
             allowed_origins: vec!["https://shop.example.com".into()],
             revision,
             updated_at_ms: 0,
+            server_keys: vec![],
         };
         (tenant.to_string().into_bytes(), config.encode_to_vec(), key)
     }

@@ -14,5 +14,5 @@ pub mod auth;
 pub mod directory;
 pub mod follow;
 
-pub use directory::{Directory, TenantEntry};
+pub use directory::{Directory, ServerKeyEntry, TenantEntry};
 pub use follow::follow;

@@ -19,7 +19,7 @@ use nudge_contracts::{
 };
 use nudge_data_plane_directory::{
     Directory,
-    auth::{authorize, key_from, query_param},
+    auth::{authorize, authorize_server, key_from, query_param, secret_key_from},
 };
 use nudge_platform_http::{ApiError, ErrorBody, current_trace};
 use nudge_platform_telemetry::Metrics;
@@ -117,7 +117,9 @@ async fn preflight(headers: HeaderMap) -> Response {
 }
 
 /// Send a batch of shopper events. Accepted (202) only once every event is stored; a batch
-/// is accepted or refused whole. The tenant is the key's; `Origin` must be one it allows.
+/// is accepted or refused whole. The tenant is the key's: a publishable key (`pk_…`, from
+/// a browser, with an allowed `Origin`) or a secret key (`sk_…` with `events:write`, from
+/// the store's server).
 #[utoipa::path(post, path = "/v1/events", tag = "events", request_body = EventBatch,
     params(("key" = Option<String>, Query, description = "publishable key, for clients that cannot set headers")),
     security(("publishable_key" = [])),
@@ -125,7 +127,7 @@ async fn preflight(headers: HeaderMap) -> Response {
         (status = 202, description = "every event is durably stored", body = BatchAccepted),
         (status = 400, description = "`malformed_json`", body = ErrorBody),
         (status = 401, description = "`missing_key`, `invalid_key`", body = ErrorBody),
-        (status = 403, description = "`origin_required`, `origin_not_allowed`, `tenant_suspended`, `tenant_inactive`", body = ErrorBody),
+        (status = 403, description = "`origin_required`, `origin_not_allowed`, `missing_scope`, `tenant_suspended`, `tenant_inactive`", body = ErrorBody),
         (status = 413, description = "`batch_too_large`", body = ErrorBody),
         (status = 422, description = "`empty_batch`, or the first invalid event's code (`unknown_event_type`, `invalid_property`, …) with every invalid event in details", body = ErrorBody),
         (status = 503, description = "`broker_unavailable`, `cell_starting`; retry after `Retry-After`", body = ErrorBody),
@@ -162,8 +164,14 @@ async fn accept(
     origin: Option<&str>,
     body: Body,
 ) -> Result<usize, ApiError> {
-    let key = key_from(headers, query_param(uri, "key").as_deref())?;
-    let tenant = authorize(&state.directory, &key, origin)?;
+    let tenant = match secret_key_from(headers) {
+        // A store's server: no browser, no Origin; the key's scope decides.
+        Some(key) => authorize_server(&state.directory, &key?, "events:write")?,
+        None => {
+            let key = key_from(headers, query_param(uri, "key").as_deref())?;
+            authorize(&state.directory, &key, origin)?
+        }
+    };
     tracing::Span::current().record("tenant_id", tracing::field::display(tenant.tenant_id));
 
     let bytes = to_bytes(body, state.config.max_body_bytes).await.map_err(|_| {

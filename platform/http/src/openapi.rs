@@ -22,6 +22,12 @@ pub fn with_document(router: OpenApiRouter, title: &str, description: &str) -> (
         SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("pk_…").build()),
     );
     components.add_security_scheme(
+        "access_token",
+        SecurityScheme::Http(
+            HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("PASETO v4.public").build(),
+        ),
+    );
+    components.add_security_scheme(
         "operator_token",
         SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
     );

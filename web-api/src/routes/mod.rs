@@ -2,6 +2,9 @@
 
 pub mod admin;
 pub mod error;
+pub mod merchant;
+pub mod sessions;
+pub mod store;
 pub mod tenants;
 
 use utoipa_axum::router::OpenApiRouter;
@@ -9,5 +12,9 @@ use utoipa_axum::router::OpenApiRouter;
 use crate::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().merge(tenants::router()).merge(admin::router())
+    OpenApiRouter::new()
+        .merge(tenants::router())
+        .merge(sessions::router())
+        .merge(store::router())
+        .merge(admin::router())
 }

@@ -22,6 +22,11 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// Parses a signup body into domain values, collecting every field error.
 fn parse(request: SignupRequest) -> Result<NewTenant, ApiError> {
     let mut errors = serde_json::Map::new();
+    let credentials = super::sessions::credentials(&request.email, &request.password).map_err(|e| {
+        if let Some(fields) = e.details.as_ref().and_then(|d| d["fields"].as_object()) {
+            errors.extend(fields.clone());
+        }
+    });
     let name = TenantName::parse(&request.name).map_err(|e| errors.insert("name".into(), json!(e.to_string())));
     if request.allowed_origins.is_empty() || request.allowed_origins.len() > MAX_ORIGINS {
         errors.insert("allowed_origins".into(), json!(format!("give between 1 and {MAX_ORIGINS} origins")));
@@ -36,8 +41,10 @@ fn parse(request: SignupRequest) -> Result<NewTenant, ApiError> {
             }
         }
     }
-    match name {
-        Ok(name) if errors.is_empty() => Ok(NewTenant { name, allowed_origins: origins }),
+    match (name, credentials) {
+        (Ok(name), Ok((owner_email, owner_password))) if errors.is_empty() => {
+            Ok(NewTenant { name, allowed_origins: origins, owner_email, owner_password })
+        }
         _ => Err(ApiError::unprocessable("invalid_fields", "some fields are invalid")
             .with_details(json!({ "fields": errors }))),
     }
@@ -47,7 +54,8 @@ fn parse(request: SignupRequest) -> Result<NewTenant, ApiError> {
 #[utoipa::path(post, path = "/v1/tenants", tag = "tenants", request_body = SignupRequest, responses(
     (status = 201, description = "the store is signed up and placed on a cell", body = SignupResponse),
     (status = 400, description = "`malformed_json`", body = ErrorBody),
-    (status = 422, description = "`invalid_fields`, with an error per field", body = ErrorBody),
+    (status = 409, description = "`email_taken`", body = ErrorBody),
+    (status = 422, description = "`invalid_fields`, with an error per field (weak password, malformed e-mail, …)", body = ErrorBody),
     (status = 503, description = "`database_unavailable`, `starting`; retry after `Retry-After`", body = ErrorBody),
 ))]
 #[tracing::instrument(skip_all)]
@@ -75,6 +83,7 @@ async fn create(
             publishable_key: created.publishable_key.to_string(),
             secret_key: created.secret_key.expose().to_owned(),
             allowed_origins: created.allowed_origins.iter().map(|o| o.to_string()).collect(),
+            account_id: created.owner.to_string(),
             created_at: created.created_at.to_rfc3339(),
         }),
     ))

@@ -1,0 +1,195 @@
+//! Merchant accounts and their memberships in stores.
+
+use nudge_tenants::{AccountId, Email, Role, TenantId};
+use sqlx::{Postgres, Row, Transaction};
+
+use crate::{
+    auth::passwords::{self, PasswordHashError},
+    db::{Database, DbError},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    #[error("an account with this e-mail address exists")]
+    EmailTaken,
+    #[error("e-mail address or password is wrong")]
+    InvalidCredentials,
+    #[error("the account is not a member of this store")]
+    NotAMember,
+    #[error("the account belongs to several stores; say which")]
+    TenantRequired { tenants: Vec<(TenantId, Role)> },
+    #[error("no account with this e-mail address")]
+    UnknownAccount,
+    #[error("already a member of this store")]
+    AlreadyMember,
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Hash(#[from] PasswordHashError),
+}
+
+impl From<sqlx::Error> for AccountError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::Database(d) if d.constraint() == Some("accounts_email_key") => Self::EmailTaken,
+            sqlx::Error::Database(d) if d.constraint() == Some("memberships_pkey") => Self::AlreadyMember,
+            _ => Self::Db(DbError::Query(e)),
+        }
+    }
+}
+
+/// Creates an account inside the caller's transaction.
+pub async fn create(
+    tx: &mut Transaction<'static, Postgres>,
+    email: &Email,
+    password_hash: &str,
+) -> Result<AccountId, AccountError> {
+    let account = AccountId::new();
+    sqlx::query("INSERT INTO accounts (account_id, email, password_hash) VALUES ($1, $2, $3)")
+        .bind(account.as_uuid())
+        .bind(email.as_str())
+        .bind(password_hash)
+        .execute(&mut **tx)
+        .await?;
+    Ok(account)
+}
+
+/// Makes `account` a member of the tenant the transaction acts for.
+pub async fn add_membership(
+    tx: &mut Transaction<'static, Postgres>,
+    tenant: TenantId,
+    account: AccountId,
+    role: Role,
+) -> Result<(), AccountError> {
+    sqlx::query("INSERT INTO memberships (tenant_id, account_id, role) VALUES ($1, $2, $3)")
+        .bind(tenant.as_uuid())
+        .bind(account.as_uuid())
+        .bind(role.as_str())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// A store-less account (a person invited to stores later).
+pub async fn register(db: &Database, email: &Email, password_hash: &str) -> Result<AccountId, AccountError> {
+    let mut tx = db.platform_tx().await?;
+    let account = create(&mut tx, email, password_hash).await?;
+    tx.commit().await.map_err(DbError::Query)?;
+    Ok(account)
+}
+
+/// Who logged in, and as what in which store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedIn {
+    pub account: AccountId,
+    pub tenant: TenantId,
+    pub role: Role,
+}
+
+/// Checks e-mail and password, then picks the store: `tenant` when given (it must be one of
+/// the account's), else the account's only one.
+pub async fn authenticate(
+    db: &Database,
+    email: &str,
+    password: &str,
+    tenant: Option<TenantId>,
+) -> Result<LoggedIn, AccountError> {
+    let email = Email::parse(email).map(|e| e.as_str().to_owned()).unwrap_or_default();
+    let mut tx = db.platform_tx().await?;
+    let row = sqlx::query("SELECT account_id, password_hash FROM accounts WHERE email = $1")
+        .bind(&email)
+        .fetch_optional(&mut *tx)
+        .await?;
+    tx.commit().await.map_err(DbError::Query)?;
+    let (account, stored) = match row {
+        Some(r) => {
+            (Some(AccountId::from_uuid(r.try_get("account_id")?)), Some(r.try_get::<String, _>("password_hash")?))
+        }
+        None => (None, None),
+    };
+    // Verified even for an unknown e-mail (against a decoy), so timing says nothing.
+    if !passwords::verify(password, stored).await? {
+        return Err(AccountError::InvalidCredentials);
+    }
+    let account = account.ok_or(AccountError::InvalidCredentials)?;
+
+    let mut tx = db.account_tx(account).await?;
+    let rows = sqlx::query("SELECT tenant_id, role FROM memberships WHERE account_id = $1 ORDER BY created_at")
+        .bind(account.as_uuid())
+        .fetch_all(&mut *tx)
+        .await?;
+    tx.commit().await.map_err(DbError::Query)?;
+    let memberships: Vec<(TenantId, Role)> = rows
+        .iter()
+        .filter_map(|r| {
+            let tenant = TenantId::from_uuid(r.try_get("tenant_id").ok()?);
+            let role = Role::parse(&r.try_get::<String, _>("role").ok()?)?;
+            Some((tenant, role))
+        })
+        .collect();
+    let chosen = match tenant {
+        Some(t) => memberships.iter().find(|(m, _)| *m == t).copied().ok_or(AccountError::NotAMember)?,
+        None => match memberships.as_slice() {
+            [one] => *one,
+            [] => return Err(AccountError::NotAMember),
+            many => return Err(AccountError::TenantRequired { tenants: many.to_vec() }),
+        },
+    };
+    Ok(LoggedIn { account, tenant: chosen.0, role: chosen.1 })
+}
+
+/// The account's role in `tenant` now (for a token refresh); `None` when no longer a member.
+pub async fn role_in(db: &Database, tenant: TenantId, account: AccountId) -> Result<Option<Role>, DbError> {
+    let mut tx = db.tenant_tx(tenant).await?;
+    let role: Option<String> = sqlx::query_scalar("SELECT role FROM memberships WHERE account_id = $1")
+        .bind(account.as_uuid())
+        .fetch_optional(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(role.and_then(|r| Role::parse(&r)))
+}
+
+/// A member as a store's own members see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub account: AccountId,
+    pub email: String,
+    pub role: Role,
+}
+
+/// The members of `tenant`.
+pub async fn members(db: &Database, tenant: TenantId) -> Result<Vec<Member>, DbError> {
+    let mut tx = db.tenant_tx(tenant).await?;
+    let rows = sqlx::query(
+        "SELECT m.account_id, a.email, m.role FROM memberships m JOIN accounts a USING (account_id)
+         WHERE m.tenant_id = $1 ORDER BY m.created_at",
+    )
+    .bind(tenant.as_uuid())
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Member {
+                account: AccountId::from_uuid(r.try_get("account_id")?),
+                email: r.try_get("email")?,
+                role: Role::parse(&r.try_get::<String, _>("role")?)
+                    .ok_or_else(|| sqlx::Error::Decode("unknown role".into()))?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(DbError::Query)
+}
+
+/// Adds the existing account with `email` to `tenant` as `role`.
+pub async fn add_member(db: &Database, tenant: TenantId, email: &Email, role: Role) -> Result<Member, AccountError> {
+    let mut tx = db.tenant_tx(tenant).await?;
+    let account: Option<uuid::Uuid> = sqlx::query_scalar("SELECT account_id FROM accounts WHERE email = $1")
+        .bind(email.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+    let account = AccountId::from_uuid(account.ok_or(AccountError::UnknownAccount)?);
+    add_membership(&mut tx, tenant, account, role).await?;
+    tx.commit().await.map_err(DbError::Query)?;
+    Ok(Member { account, email: email.as_str().to_owned(), role })
+}

@@ -1,0 +1,41 @@
+//! A store's profile, as its own members read it.
+
+use chrono::{DateTime, Utc};
+use nudge_tenants::{TenantId, TenantState};
+use sqlx::Row;
+
+use crate::db::{Database, DbError};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Profile {
+    pub tenant: TenantId,
+    pub name: String,
+    pub state: TenantState,
+    pub cell_id: String,
+    pub allowed_origins: Vec<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The profile of `tenant`; `None` when it does not exist (or is not visible).
+pub async fn profile(db: &Database, tenant: TenantId) -> Result<Option<Profile>, DbError> {
+    let mut tx = db.tenant_tx(tenant).await?;
+    let row = sqlx::query(
+        "SELECT name, state, coalesce(cell_id, '') AS cell_id, created_at,
+                array(SELECT origin FROM tenant_origins o WHERE o.tenant_id = t.tenant_id ORDER BY origin) AS origins
+         FROM tenants t WHERE tenant_id = $1",
+    )
+    .bind(tenant.as_uuid())
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let Some(row) = row else { return Ok(None) };
+    let state: String = row.try_get("state")?;
+    Ok(Some(Profile {
+        tenant,
+        name: row.try_get("name")?,
+        state: TenantState::parse(&state).ok_or_else(|| DbError::Query(sqlx::Error::Decode("unknown state".into())))?,
+        cell_id: row.try_get("cell_id")?,
+        allowed_origins: row.try_get("origins")?,
+        created_at: row.try_get("created_at")?,
+    }))
+}

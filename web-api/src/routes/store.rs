@@ -1,0 +1,218 @@
+//! A store's own API, for its signed-in members: `/v1/tenants/{tenant_id}/…`. Another
+//! store's id answers 404, exactly as an id that does not exist.
+
+use axum::{
+    Json,
+    extract::{Path, State, rejection::JsonRejection},
+    http::StatusCode,
+};
+use nudge_contracts::control::{
+    AddMemberRequest, ApiKeyList, ApiKeyView, CreateKeyRequest, CreatedKey, MemberList, MemberView, TenantView,
+};
+use nudge_control_plane::{
+    accounts,
+    keys::{self, KeyInfo, SCOPES},
+    store,
+};
+use nudge_platform_http::{ApiError, ErrorBody, current_trace};
+use nudge_tenants::{Email, KeyId, Role};
+use serde_json::json;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::{
+    error::{account_error, db_error, key_error},
+    merchant::Merchant,
+};
+use crate::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(get_tenant))
+        .routes(routes!(list_keys, create_key))
+        .routes(routes!(revoke_key))
+        .routes(routes!(list_members, add_member))
+}
+
+fn view(k: KeyInfo) -> ApiKeyView {
+    ApiKeyView {
+        key_id: k.key_id.to_string(),
+        kind: k.kind,
+        name: k.name,
+        display: k.display,
+        scopes: k.scopes,
+        created_at: k.created_at.to_rfc3339(),
+        revoked_at: k.revoked_at.map(|t| t.to_rfc3339()),
+    }
+}
+
+/// The store.
+#[utoipa::path(get, path = "/v1/tenants/{tenant_id}", tag = "store",
+    params(("tenant_id" = String, Path)), security(("access_token" = [])),
+    responses(
+        (status = 200, body = TenantView),
+        (status = 401, description = "`missing_token`, `invalid_token`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+    ))]
+#[tracing::instrument(skip_all, fields(tenant_id))]
+async fn get_tenant(
+    State(state): State<AppState>,
+    merchant: Merchant,
+    Path(tenant_id): Path<String>,
+) -> Result<Json<TenantView>, ApiError> {
+    let tenant = merchant.tenant(&tenant_id)?;
+    let p = store::profile(&state.db, tenant).await.map_err(db_error)?.ok_or_else(ApiError::not_found)?;
+    Ok(Json(TenantView {
+        tenant_id: p.tenant.to_string(),
+        name: p.name,
+        state: p.state.as_str().to_owned(),
+        cell_id: p.cell_id,
+        allowed_origins: p.allowed_origins,
+        created_at: p.created_at.to_rfc3339(),
+    }))
+}
+
+/// The store's API keys (publishable and secret; never a secret itself).
+#[utoipa::path(get, path = "/v1/tenants/{tenant_id}/api-keys", tag = "store",
+    params(("tenant_id" = String, Path)), security(("access_token" = [])),
+    responses(
+        (status = 200, body = ApiKeyList),
+        (status = 403, description = "`forbidden`: owners and admins only", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+    ))]
+#[tracing::instrument(skip_all, fields(tenant_id))]
+async fn list_keys(
+    State(state): State<AppState>,
+    merchant: Merchant,
+    Path(tenant_id): Path<String>,
+) -> Result<Json<ApiKeyList>, ApiError> {
+    let tenant = merchant.tenant(&tenant_id)?;
+    merchant.require(merchant.role().manages_keys())?;
+    let keys = keys::list(&state.db, tenant).await.map_err(key_error)?;
+    Ok(Json(ApiKeyList { items: keys.into_iter().map(view).collect() }))
+}
+
+/// Create a secret key for the store's servers. Cells accept it within seconds.
+#[utoipa::path(post, path = "/v1/tenants/{tenant_id}/api-keys", tag = "store",
+    params(("tenant_id" = String, Path)), request_body = CreateKeyRequest, security(("access_token" = [])),
+    responses(
+        (status = 201, body = CreatedKey),
+        (status = 403, description = "`forbidden`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 422, description = "`invalid_fields`", body = ErrorBody),
+    ))]
+#[tracing::instrument(skip_all, fields(tenant_id))]
+async fn create_key(
+    State(state): State<AppState>,
+    merchant: Merchant,
+    Path(tenant_id): Path<String>,
+    body: Result<Json<CreateKeyRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
+    let tenant = merchant.tenant(&tenant_id)?;
+    merchant.require(merchant.role().manages_keys())?;
+    let Json(request) = body.map_err(|e| ApiError::bad_request("malformed_json", e.body_text()))?;
+    let name = request.name.trim();
+    let mut fields = serde_json::Map::new();
+    if name.is_empty() || name.chars().count() > 100 {
+        fields.insert("name".into(), json!("1-100 characters"));
+    }
+    if request.scopes.is_empty() || request.scopes.iter().any(|s| !SCOPES.contains(&s.as_str())) {
+        fields.insert("scopes".into(), json!(format!("one or more of {}", SCOPES.join(", "))));
+    }
+    if !fields.is_empty() {
+        return Err(ApiError::unprocessable("invalid_fields", "some fields are invalid")
+            .with_details(json!({ "fields": fields })));
+    }
+    let trace = current_trace().map(|t| t.to_header());
+    let (info, secret) =
+        keys::create_secret(&state.db, &state.topics, tenant, name, &request.scopes, merchant.0.account, trace)
+            .await
+            .map_err(key_error)?;
+    state.outbox_wake.notify_one();
+    Ok((StatusCode::CREATED, Json(CreatedKey { key: view(info), secret_key: secret.expose().to_owned() })))
+}
+
+/// Revoke a key. Cells stop accepting it within seconds. Revoking twice is harmless.
+#[utoipa::path(delete, path = "/v1/tenants/{tenant_id}/api-keys/{key_id}", tag = "store",
+    params(("tenant_id" = String, Path), ("key_id" = String, Path)), security(("access_token" = [])),
+    responses(
+        (status = 204, description = "revoked"),
+        (status = 403, description = "`forbidden`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+    ))]
+#[tracing::instrument(skip_all, fields(tenant_id))]
+async fn revoke_key(
+    State(state): State<AppState>,
+    merchant: Merchant,
+    Path((tenant_id, key_id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let tenant = merchant.tenant(&tenant_id)?;
+    merchant.require(merchant.role().manages_keys())?;
+    let key_id: KeyId = key_id.parse().map_err(|_| ApiError::not_found())?;
+    let trace = current_trace().map(|t| t.to_header());
+    keys::revoke(&state.db, &state.topics, tenant, key_id, trace).await.map_err(key_error)?;
+    state.outbox_wake.notify_one();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The store's members.
+#[utoipa::path(get, path = "/v1/tenants/{tenant_id}/members", tag = "store",
+    params(("tenant_id" = String, Path)), security(("access_token" = [])),
+    responses((status = 200, body = MemberList), (status = 404, description = "`not_found`", body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(tenant_id))]
+async fn list_members(
+    State(state): State<AppState>,
+    merchant: Merchant,
+    Path(tenant_id): Path<String>,
+) -> Result<Json<MemberList>, ApiError> {
+    let tenant = merchant.tenant(&tenant_id)?;
+    let members = accounts::members(&state.db, tenant).await.map_err(db_error)?;
+    Ok(Json(MemberList {
+        items: members
+            .into_iter()
+            .map(|m| MemberView { account_id: m.account.to_string(), email: m.email, role: m.role.as_str().to_owned() })
+            .collect(),
+    }))
+}
+
+/// Add an existing account to the store.
+#[utoipa::path(post, path = "/v1/tenants/{tenant_id}/members", tag = "store",
+    params(("tenant_id" = String, Path)), request_body = AddMemberRequest, security(("access_token" = [])),
+    responses(
+        (status = 201, body = MemberView),
+        (status = 403, description = "`forbidden`: only owners add owners; analysts and viewers add no one", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`already_member`", body = ErrorBody),
+        (status = 422, description = "`invalid_fields`, `unknown_account`", body = ErrorBody),
+    ))]
+#[tracing::instrument(skip_all, fields(tenant_id))]
+async fn add_member(
+    State(state): State<AppState>,
+    merchant: Merchant,
+    Path(tenant_id): Path<String>,
+    body: Result<Json<AddMemberRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<MemberView>), ApiError> {
+    let tenant = merchant.tenant(&tenant_id)?;
+    let Json(request) = body.map_err(|e| ApiError::bad_request("malformed_json", e.body_text()))?;
+    let (email, role) = (Email::parse(&request.email), Role::parse(&request.role));
+    let (Ok(email), Some(role)) = (email.clone(), role) else {
+        let mut fields = serde_json::Map::new();
+        if let Err(e) = email {
+            fields.insert("email".into(), json!(e.to_string()));
+        }
+        if role.is_none() {
+            fields.insert("role".into(), json!("owner, admin, analyst or viewer"));
+        }
+        return Err(ApiError::unprocessable("invalid_fields", "some fields are invalid")
+            .with_details(json!({ "fields": fields })));
+    };
+    merchant.require(merchant.role().manages_member(role))?;
+    let member = accounts::add_member(&state.db, tenant, &email, role).await.map_err(account_error)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(MemberView {
+            account_id: member.account.to_string(),
+            email: member.email,
+            role: member.role.as_str().to_owned(),
+        }),
+    ))
+}
