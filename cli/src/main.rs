@@ -33,6 +33,11 @@ enum Command {
     Cell,
     /// Create the control-plane database if needed and apply migrations as the owner role.
     Migrate,
+    /// Authentication helpers.
+    Auth {
+        #[command(subcommand)]
+        command: AuthCommand,
+    },
     /// Open a shopper's WebSocket on a cell and print what arrives (interventions).
     Listen {
         /// The cell's base URL.
@@ -48,6 +53,12 @@ enum Command {
         #[arg(long)]
         shopper: String,
     },
+}
+
+#[derive(Subcommand)]
+enum AuthCommand {
+    /// Print a new PASETO v4 secret key for `auth.signing_key` (keep it secret).
+    Keygen,
 }
 
 #[tokio::main]
@@ -80,6 +91,10 @@ async fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("binding {}", config.http.listen))?;
             tokio::spawn(nudge_platform_http::serve::cancel_on_signal(shutdown.clone()));
             nudge_data_plane_cell::run(config, listener, shutdown).await
+        }
+        Command::Auth { command: AuthCommand::Keygen } => {
+            println!("{}", nudge_control_plane::auth::tokens::TokenKeys::generate_hex()?);
+            Ok(())
         }
         Command::Listen { cell, key, origin, shopper } => {
             tokio::spawn(nudge_platform_http::serve::cancel_on_signal(shutdown.clone()));

@@ -20,6 +20,7 @@ fn example_configs_load_and_equal_the_defaults() -> anyhow::Result<()> {
     assert_eq!(format!("{cp:?}"), format!("{defaults:?}"));
     assert_eq!(cp.database.url.expose_secret(), defaults.database.url.expose_secret());
     assert_eq!(cp.database.owner_url.expose_secret(), defaults.database.owner_url.expose_secret());
+    assert_eq!(cp.redis.url.expose_secret(), defaults.redis.url.expose_secret());
 
     let cell: CellConfig =
         nudge_platform_config::load("NUDGE_TEST_UNUSED_CELL__", Some(&root.join("deploy/config/cell.toml")), &none)?;

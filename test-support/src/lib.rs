@@ -8,16 +8,19 @@
 //!   `scripts/test`).
 //! - [`broker`]: [`Broker`], a tansu process on a free port that can be killed and restarted.
 //! - [`database`]: [`TestDatabase`], created and migrated per test, dropped afterwards.
+//! - [`redis_server`]: [`RedisServer`], a private Redis a test may stop.
 //! - [`platform`]: [`Platform`], control plane + cell for one test, with client helpers.
 
 pub mod broker;
 pub mod database;
 pub mod env;
 pub mod platform;
+pub mod redis_server;
 
 pub use broker::Broker;
 pub use database::TestDatabase;
 pub use platform::{OPERATOR_TOKEN, PASSWORD, Platform, ShopperSocket};
+pub use redis_server::RedisServer;
 
 /// Sends the services' warnings and errors to the test's captured output, so a failing test
 /// shows why (an internal error's cause is logged, not returned). Set `NUDGE_TEST_LOG` to a

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use futures_util::StreamExt;
 use nudge_contracts::{
-    control::{SignupRequest, SignupResponse},
+    control::{SessionTokens, SignupRequest, SignupResponse},
     push::PushMessage,
 };
 use nudge_control_plane::ControlPlaneConfig;
@@ -90,6 +90,8 @@ impl Platform {
         cp.outbox.poll_interval_ms = 100;
         cp.placement.shared_cell_url = cell_url.clone();
         cp.admin.tokens.insert("ops".into(), SecretString::from(OPERATOR_TOKEN));
+        cp.redis.url = SecretString::from(env.redis_url.clone());
+        cp.redis.prefix = format!("{redis_prefix}cp:");
 
         let mut cell = CellConfig::default();
         cell.http.listen = cell_listener.local_addr()?;
@@ -165,14 +167,18 @@ impl Platform {
         Ok(())
     }
 
-    /// Signs up a store allowed on `origins`, owned by a fresh account whose e-mail is
-    /// `owner-<slug>-<random>@example.com` and password [`PASSWORD`].
+    /// Signs up a store allowed on `origins`, owned by a fresh account (password [`PASSWORD`]).
     pub async fn sign_up(&self, name: &str, origins: &[&str]) -> anyhow::Result<SignupResponse> {
         let slug: String = name.chars().filter(char::is_ascii_alphanumeric).collect::<String>().to_lowercase();
+        self.sign_up_as(name, origins, &format!("owner-{slug}-{}@example.com", unique_suffix())).await
+    }
+
+    /// Signs up a store owned by `email` (password [`PASSWORD`]).
+    pub async fn sign_up_as(&self, name: &str, origins: &[&str], email: &str) -> anyhow::Result<SignupResponse> {
         let request = SignupRequest {
             name: name.into(),
             allowed_origins: origins.iter().map(|o| o.to_string()).collect(),
-            email: format!("owner-{slug}-{}@example.com", unique_suffix()),
+            email: email.into(),
             password: PASSWORD.into(),
         };
         let response = self.http.post(format!("{}/v1/tenants", self.control_plane_url)).json(&request).send().await?;
@@ -197,6 +203,14 @@ impl Platform {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         anyhow::bail!("the cell never learned key {key}")
+    }
+
+    /// Signs in as `email` (with [`PASSWORD`]); the session's tokens.
+    pub async fn login(&self, email: &str, tenant: Option<&str>) -> anyhow::Result<SessionTokens> {
+        let body = serde_json::json!({"email": email, "password": PASSWORD, "tenant_id": tenant});
+        let r = self.http.post(format!("{}/v1/sessions", self.control_plane_url)).json(&body).send().await?;
+        anyhow::ensure!(r.status() == 200, "login answered {}: {}", r.status(), r.text().await?);
+        Ok(r.json().await?)
     }
 
     /// Waits until the cell's pipeline has processed at least `events` events in all, so a

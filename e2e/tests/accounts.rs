@@ -1,0 +1,211 @@
+//! Merchant accounts: sign-in, token refresh with rotation and replay detection, logout,
+//! roles, and the session store failing closed.
+
+use nudge_test_support::{PASSWORD, Platform, RedisServer, unique_suffix};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+
+const ORIGIN: &str = "https://shop.example.com";
+
+async fn call(r: reqwest::RequestBuilder) -> anyhow::Result<(u16, Value)> {
+    let r = r.send().await?;
+    let status = r.status().as_u16();
+    let text = r.text().await?;
+    Ok((status, if text.is_empty() { Value::Null } else { serde_json::from_str(&text)? }))
+}
+
+fn email(who: &str) -> String {
+    format!("{who}-{}@example.com", unique_suffix())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_rotates_and_a_replayed_token_revokes_the_family() -> anyhow::Result<()> {
+    let platform = Platform::start().await?;
+    let owner = email("owner");
+    let store = platform.sign_up_as("Acme", &[ORIGIN], &owner).await?;
+    let cp = &platform.control_plane_url;
+
+    // Wrong password and unknown e-mail look the same.
+    let wrong = json!({"email": owner, "password": "not the password at all"});
+    let unknown = json!({"email": email("nobody"), "password": PASSWORD});
+    for body in [wrong, unknown] {
+        let (status, err) = call(platform.http.post(format!("{cp}/v1/sessions")).json(&body)).await?;
+        assert_eq!((status, err["error"]["code"].as_str()), (401, Some("invalid_credentials")));
+    }
+
+    let first = platform.login(&owner, None).await?;
+    assert_eq!((first.tenant_id.as_str(), first.role.as_str()), (store.tenant_id.as_str(), "owner"));
+    assert!(first.access_token.starts_with("v4.public.") && first.expires_in <= 900);
+    let me = format!("{cp}/v1/tenants/{}", store.tenant_id);
+    let (status, view) = call(platform.http.get(&me).bearer_auth(&first.access_token)).await?;
+    assert_eq!((status, view["name"].as_str()), (200, Some("Acme")));
+    let (status, err) = call(platform.http.get(&me)).await?;
+    assert_eq!((status, err["error"]["code"].as_str()), (401, Some("missing_token")));
+    let (status, _) = call(platform.http.get(&me).bearer_auth("v4.public.forged")).await?;
+    assert_eq!(status, 401);
+
+    // Each refresh token works once and gives the next one.
+    let refresh =
+        |token: &str| platform.http.post(format!("{cp}/v1/sessions/refresh")).json(&json!({"refresh_token": token}));
+    let (status, second) = call(refresh(&first.refresh_token)).await?;
+    assert_eq!(status, 200, "{second}");
+    let second_refresh = second["refresh_token"].as_str().unwrap_or_default().to_owned();
+    assert_ne!(second_refresh, first.refresh_token);
+    assert_eq!(
+        call(platform.http.get(&me).bearer_auth(second["access_token"].as_str().unwrap_or_default())).await?.0,
+        200
+    );
+
+    // Replaying the spent first token: refused, and the whole family dies with it.
+    let (status, err) = call(refresh(&first.refresh_token)).await?;
+    assert_eq!((status, err["error"]["code"].as_str()), (401, Some("refresh_token_reused")));
+    let (status, err) = call(refresh(&second_refresh)).await?;
+    assert_eq!((status, err["error"]["code"].as_str()), (401, Some("invalid_refresh_token")), "family revoked");
+
+    // Logout ends a session.
+    let third = platform.login(&owner, None).await?;
+    let (status, _) = call(
+        platform.http.post(format!("{cp}/v1/sessions/logout")).json(&json!({"refresh_token": third.refresh_token})),
+    )
+    .await?;
+    assert_eq!(status, 204);
+    assert_eq!(call(refresh(&third.refresh_token)).await?.0, 401);
+    platform.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_session_store_down_no_refresh_succeeds() -> anyhow::Result<()> {
+    let mut sessions = RedisServer::start().await?;
+    let url = sessions.url();
+    let platform = Platform::start_with(|cp, _| cp.redis.url = SecretString::from(url)).await?;
+    let owner = email("owner");
+    platform.sign_up_as("Acme", &[ORIGIN], &owner).await?;
+    let tokens = platform.login(&owner, None).await?;
+    let cp = &platform.control_plane_url;
+
+    sessions.stop().await?;
+    let (status, err) = call(
+        platform.http.post(format!("{cp}/v1/sessions/refresh")).json(&json!({"refresh_token": tokens.refresh_token})),
+    )
+    .await?;
+    assert_eq!((status, err["error"]["code"].as_str()), (503, Some("session_store_unavailable")));
+    let (status, _) =
+        call(platform.http.post(format!("{cp}/v1/sessions")).json(&json!({"email": owner, "password": PASSWORD})))
+            .await?;
+    assert_eq!(status, 503, "no sign-in without the session store either");
+
+    // Back, but empty: the old session is gone, not resurrected.
+    sessions.restart().await?;
+    let mut status = 0;
+    for _ in 0..50 {
+        status = call(
+            platform
+                .http
+                .post(format!("{cp}/v1/sessions/refresh"))
+                .json(&json!({"refresh_token": tokens.refresh_token})),
+        )
+        .await?
+        .0;
+        if status != 503 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 401);
+    assert!(platform.login(&owner, None).await.is_ok(), "sign-in works again");
+    platform.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_have_roles_and_pick_their_store() -> anyhow::Result<()> {
+    let platform = Platform::start().await?;
+    let cp = &platform.control_plane_url;
+    let owner = email("owner");
+    let store = platform.sign_up_as("Acme", &[ORIGIN], &owner).await?;
+    let other_owner = email("other");
+    let other = platform.sign_up_as("Other", &["https://other.example.com"], &other_owner).await?;
+
+    // A store-less account, added to Acme as a viewer.
+    let viewer = email("viewer");
+    let (status, _) =
+        call(platform.http.post(format!("{cp}/v1/accounts")).json(&json!({"email": viewer, "password": PASSWORD})))
+            .await?;
+    assert_eq!(status, 201);
+    let (status, err) =
+        call(platform.http.post(format!("{cp}/v1/accounts")).json(&json!({"email": viewer, "password": PASSWORD})))
+            .await?;
+    assert_eq!((status, err["error"]["code"].as_str()), (409, Some("email_taken")));
+    let (status, err) =
+        call(platform.http.post(format!("{cp}/v1/accounts")).json(&json!({"email": "x@y", "password": "weak"})))
+            .await?;
+    assert_eq!((status, err["error"]["code"].as_str()), (422, Some("invalid_fields")));
+    assert!(
+        err["error"]["details"]["fields"]["email"].is_string()
+            && err["error"]["details"]["fields"]["password"].is_string()
+    );
+
+    let owner_tokens = platform.login(&owner, None).await?;
+    let members = format!("{cp}/v1/tenants/{}/members", store.tenant_id);
+    let (status, added) = call(
+        platform
+            .http
+            .post(&members)
+            .bearer_auth(&owner_tokens.access_token)
+            .json(&json!({"email": viewer, "role": "viewer"})),
+    )
+    .await?;
+    assert_eq!((status, added["role"].as_str()), (201, Some("viewer")));
+    let (status, err) = call(
+        platform
+            .http
+            .post(&members)
+            .bearer_auth(&owner_tokens.access_token)
+            .json(&json!({"email": viewer, "role": "admin"})),
+    )
+    .await?;
+    assert_eq!((status, err["error"]["code"].as_str()), (409, Some("already_member")));
+
+    // The viewer reads, but may not manage keys or members.
+    let viewer_tokens = platform.login(&viewer, None).await?;
+    assert_eq!(viewer_tokens.role, "viewer");
+    let (status, list) = call(platform.http.get(&members).bearer_auth(&viewer_tokens.access_token)).await?;
+    assert_eq!((status, list["items"].as_array().map(Vec::len)), (200, Some(2)));
+    let keys = format!("{cp}/v1/tenants/{}/api-keys", store.tenant_id);
+    let (status, err) = call(platform.http.get(&keys).bearer_auth(&viewer_tokens.access_token)).await?;
+    assert_eq!((status, err["error"]["code"].as_str()), (403, Some("forbidden")));
+
+    // Added to a second store, the account must say which store to act for.
+    let other_tokens = platform.login(&other_owner, None).await?;
+    let other_members = format!("{cp}/v1/tenants/{}/members", other.tenant_id);
+    assert_eq!(
+        call(
+            platform
+                .http
+                .post(&other_members)
+                .bearer_auth(&other_tokens.access_token)
+                .json(&json!({"email": viewer, "role": "analyst"}))
+        )
+        .await?
+        .0,
+        201
+    );
+    let (status, err) =
+        call(platform.http.post(format!("{cp}/v1/sessions")).json(&json!({"email": viewer, "password": PASSWORD})))
+            .await?;
+    assert_eq!((status, err["error"]["code"].as_str()), (409, Some("tenant_required")));
+    assert_eq!(err["error"]["details"]["tenants"].as_array().map(Vec::len), Some(2));
+    let in_other = platform.login(&viewer, Some(&other.tenant_id)).await?;
+    assert_eq!(in_other.role, "analyst");
+
+    // Not a member of a store: 404, as if it did not exist.
+    let third = platform.sign_up("Third", &["https://third.example.com"]).await?;
+    let (status, _) = call(
+        platform
+            .http
+            .post(format!("{cp}/v1/sessions"))
+            .json(&json!({"email": owner, "password": PASSWORD, "tenant_id": third.tenant_id})),
+    )
+    .await?;
+    assert_eq!(status, 404);
+    platform.shutdown().await
+}
