@@ -189,3 +189,38 @@ pub struct AddMemberRequest {
     /// `owner`, `admin`, `analyst` or `viewer`.
     pub role: String,
 }
+
+/// `POST /v1/admin/tenants/{tenant_id}/plan`: put a store on a plan, with negotiated
+/// exceptions to its limits.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanRequest {
+    /// `free`, `growth` or `enterprise`.
+    pub plan: String,
+    #[serde(default)]
+    pub overrides: LimitsBody,
+}
+
+/// Limits; in a request, absent fields keep the plan's value.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsBody {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events_per_second: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst_events: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_days: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seats: Option<u32>,
+}
+
+/// The store's plan and the limits now in force.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PlanResponse {
+    pub tenant_id: String,
+    pub plan: String,
+    pub limits: LimitsBody,
+}

@@ -22,6 +22,8 @@ pub enum AccountError {
     UnknownAccount,
     #[error("already a member of this store")]
     AlreadyMember,
+    #[error("the store's plan allows {seats} members")]
+    SeatLimit { seats: u32 },
     #[error(transparent)]
     Db(#[from] DbError),
     #[error(transparent)]
@@ -189,6 +191,19 @@ pub async fn add_member(db: &Database, tenant: TenantId, email: &Email, role: Ro
         .fetch_optional(&mut *tx)
         .await?;
     let account = AccountId::from_uuid(account.ok_or(AccountError::UnknownAccount)?);
+    // Serialise concurrent additions, so two cannot both take the last seat.
+    sqlx::query("SELECT 1 FROM tenants WHERE tenant_id = $1 FOR UPDATE")
+        .bind(tenant.as_uuid())
+        .execute(&mut *tx)
+        .await?;
+    let seats = crate::plans::limits_of(&mut tx, tenant).await?.seats;
+    let members: i64 = sqlx::query_scalar("SELECT count(*) FROM memberships WHERE tenant_id = $1")
+        .bind(tenant.as_uuid())
+        .fetch_one(&mut *tx)
+        .await?;
+    if members >= i64::from(seats) {
+        return Err(AccountError::SeatLimit { seats });
+    }
     add_membership(&mut tx, tenant, account, role).await?;
     tx.commit().await.map_err(DbError::Query)?;
     Ok(Member { account, email: email.as_str().to_owned(), role })

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use nudge_contracts::{
     Topics,
     headers::TENANT_CONFIG_V1,
-    proto::control::v1::{ServerKey, TenantConfig, TenantState as WireState},
+    proto::control::v1::{Limits as WireLimits, ServerKey, TenantConfig, TenantState as WireState},
     topics::Topic,
 };
 use nudge_tenants::{KeyId, TenantId, TenantState};
@@ -42,7 +42,7 @@ pub async fn announce(
 ) -> Result<i64, sqlx::Error> {
     let row = sqlx::query(
         "UPDATE tenants SET revision = revision + 1, updated_at = now() WHERE tenant_id = $1
-         RETURNING state, cell_id, revision, updated_at",
+         RETURNING state, cell_id, revision, updated_at, plan, limit_overrides",
     )
     .bind(tenant.as_uuid())
     .fetch_one(&mut **tx)
@@ -53,6 +53,7 @@ pub async fn announce(
     let cell_id: Option<String> = row.try_get("cell_id")?;
     let revision: i64 = row.try_get("revision")?;
     let updated_at: DateTime<Utc> = row.try_get("updated_at")?;
+    let (plan, limits) = crate::plans::effective(&row)?;
 
     let payload = {
         let publishable_keys: Vec<String> = sqlx::query_scalar(
@@ -92,6 +93,13 @@ pub async fn announce(
             revision: u64::try_from(revision).unwrap_or(0),
             updated_at_ms: updated_at.timestamp_millis(),
             server_keys,
+            limits: Some(WireLimits {
+                plan: plan.as_str().to_owned(),
+                events_per_second: limits.events_per_second,
+                burst_events: limits.burst_events,
+                connections: limits.connections,
+                retention_days: limits.retention_days,
+            }),
         };
         config.encode_to_vec()
     };

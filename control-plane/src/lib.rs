@@ -5,6 +5,7 @@
 //! - [`config`]: [`ControlPlaneConfig`], loaded in layers by the binaries.
 //! - [`db`]: the connection pool and [`db::Database::tenant_tx`], the one way to open a
 //!   transaction that acts for a tenant under row-level security.
+//! - [`plans`]: a store's plan and limit overrides.
 //! - [`placement`]: which cell a new tenant goes to; registers the shared cell.
 //! - [`signup`]: self-service signup: tenant, keys, origins and the announcement to its cell,
 //!   in one transaction.
@@ -27,6 +28,7 @@ pub mod keys;
 pub mod lifecycle;
 pub mod outbox;
 pub mod placement;
+pub mod plans;
 pub mod signup;
 pub mod store;
 

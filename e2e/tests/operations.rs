@@ -48,6 +48,7 @@ async fn openapi_documents_every_route() -> anyhow::Result<()> {
                 "/v1/tenants/{tenant_id}/members",
                 "/v1/admin/tenants/{tenant_id}/transitions",
                 "/v1/admin/tenants/{tenant_id}/audit",
+                "/v1/admin/tenants/{tenant_id}/plan",
                 "/healthz",
                 "/readyz",
                 "/metrics",

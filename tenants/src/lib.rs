@@ -9,6 +9,7 @@
 //! - [`origin`]: the allowed-origin value a browser's `Origin` header is checked against.
 //! - [`name`]: a store's display name.
 //! - [`lifecycle`]: tenant states and the transitions between them.
+//! - [`plan`]: plans and the limits they set (events/s, sockets, retention, seats).
 //! - [`tier`]: isolation tiers (shared or dedicated cell and database).
 
 pub mod account;
@@ -17,6 +18,7 @@ pub mod keys;
 pub mod lifecycle;
 pub mod name;
 pub mod origin;
+pub mod plan;
 pub mod tier;
 
 pub use account::{AccountId, Email, EmailError, KeyId, Password, PasswordError, Role};
@@ -25,4 +27,5 @@ pub use keys::{KeyError, PublishableKey, SecretKey, SecretKeyHash};
 pub use lifecycle::{Actor, InvalidTransition, Step, TenantState};
 pub use name::{TenantName, TenantNameError};
 pub use origin::{AllowedOrigin, OriginError};
+pub use plan::{LimitOverrides, Limits, Plan};
 pub use tier::IsolationTier;

@@ -116,6 +116,7 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
     )?;
     let ingest = IngestState {
         directory: directory.clone(),
+        limiter: Arc::new(nudge_data_plane_ingest::limits::RateLimiter::default()),
         sink: Arc::new(sink),
         config: config.ingest.clone(),
         metrics: IngestMetrics::register(&metrics),

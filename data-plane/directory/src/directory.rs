@@ -21,7 +21,23 @@ pub struct TenantEntry {
     pub allowed_origins: Vec<AllowedOrigin>,
     /// Secret keys for server-to-server calls, as SHA-256 digests with their scopes.
     pub server_keys: Vec<ServerKeyEntry>,
+    /// What the store's plan allows on this cell.
+    pub limits: TenantLimits,
     pub revision: u64,
+}
+
+/// The limits a cell enforces for a tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TenantLimits {
+    pub events_per_second: u32,
+    pub burst_events: u32,
+    pub connections: u32,
+}
+
+impl From<nudge_tenants::Limits> for TenantLimits {
+    fn from(l: nudge_tenants::Limits) -> Self {
+        Self { events_per_second: l.events_per_second, burst_events: l.burst_events, connections: l.connections }
+    }
 }
 
 /// A secret key as a cell knows it.
@@ -215,7 +231,24 @@ fn parse_entry(tenant_id: TenantId, config: &TenantConfig) -> Result<TenantEntry
             Ok(ServerKeyEntry { key_id: k.key_id.clone(), sha256, scopes: k.scopes.clone() })
         })
         .collect::<Result<Vec<_>, RecordError>>()?;
-    Ok(TenantEntry { tenant_id, state, publishable_keys, allowed_origins, server_keys, revision: config.revision })
+    // A record without limits (from before plans existed) gets the free plan's.
+    let limits = match &config.limits {
+        Some(l) => TenantLimits {
+            events_per_second: l.events_per_second,
+            burst_events: l.burst_events,
+            connections: l.connections,
+        },
+        None => nudge_tenants::Plan::Free.limits().into(),
+    };
+    Ok(TenantEntry {
+        tenant_id,
+        state,
+        publishable_keys,
+        allowed_origins,
+        server_keys,
+        limits,
+        revision: config.revision,
+    })
 }
 
 #[cfg(test)]
@@ -234,6 +267,7 @@ mod tests {
             revision,
             updated_at_ms: 0,
             server_keys: vec![],
+            limits: None,
         };
         (tenant.to_string().into_bytes(), config.encode_to_vec(), key)
     }

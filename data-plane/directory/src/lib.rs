@@ -14,5 +14,5 @@ pub mod auth;
 pub mod directory;
 pub mod follow;
 
-pub use directory::{Directory, ServerKeyEntry, TenantEntry};
+pub use directory::{Directory, ServerKeyEntry, TenantEntry, TenantLimits};
 pub use follow::follow;

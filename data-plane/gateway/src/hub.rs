@@ -37,9 +37,19 @@ pub struct Delivery {
 /// Sockets of this process. A shopper may have several (tabs).
 #[derive(Default)]
 pub struct Hub {
-    sockets: Mutex<Sockets>,
+    sockets: Mutex<Inner>,
     next_id: AtomicU64,
 }
+
+#[derive(Default)]
+struct Inner {
+    sockets: Sockets,
+    per_tenant: HashMap<TenantId, u32>,
+}
+
+/// The tenant already holds as many sockets as its plan allows here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CapReached(pub u32);
 
 /// Keeps a socket registered; dropping it unregisters.
 pub struct Registration {
@@ -50,30 +60,47 @@ pub struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        let mut sockets = self.hub.sockets.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(list) = sockets.get_mut(&self.address) {
+        let mut inner = self.hub.sockets.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(list) = inner.sockets.get_mut(&self.address) {
             list.retain(|(id, _)| *id != self.id);
             if list.is_empty() {
-                sockets.remove(&self.address);
+                inner.sockets.remove(&self.address);
+            }
+        }
+        if let Some(n) = inner.per_tenant.get_mut(&self.address.tenant) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                inner.per_tenant.remove(&self.address.tenant);
             }
         }
     }
 }
 
 impl Hub {
-    /// Registers a socket for `address`; frames for it arrive on the returned receiver.
-    pub fn register(self: &Arc<Self>, address: ShopperAddress) -> (Registration, mpsc::Receiver<Frame>) {
+    /// Registers a socket for `address` unless its tenant already holds `cap` sockets here;
+    /// frames for it arrive on the returned receiver.
+    pub fn register(
+        self: &Arc<Self>,
+        address: ShopperAddress,
+        cap: u32,
+    ) -> Result<(Registration, mpsc::Receiver<Frame>), CapReached> {
+        let mut inner = self.sockets.lock().unwrap_or_else(PoisonError::into_inner);
+        let held = inner.per_tenant.entry(address.tenant).or_insert(0);
+        if *held >= cap {
+            return Err(CapReached(cap));
+        }
+        *held += 1;
         let (tx, rx) = mpsc::channel(SEND_QUEUE);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.sockets.lock().unwrap_or_else(PoisonError::into_inner).entry(address.clone()).or_default().push((id, tx));
-        (Registration { hub: self.clone(), address, id }, rx)
+        inner.sockets.entry(address.clone()).or_default().push((id, tx));
+        Ok((Registration { hub: self.clone(), address, id }, rx))
     }
 
     /// Queues `frame` on every socket of `address` held here.
     pub fn deliver(&self, address: &ShopperAddress, frame: Frame) -> Delivery {
-        let sockets = self.sockets.lock().unwrap_or_else(PoisonError::into_inner);
+        let inner = self.sockets.lock().unwrap_or_else(PoisonError::into_inner);
         let mut outcome = Delivery::default();
-        for (_, tx) in sockets.get(address).into_iter().flatten() {
+        for (_, tx) in inner.sockets.get(address).into_iter().flatten() {
             match tx.try_send(frame.clone()) {
                 Ok(()) => outcome.delivered += 1,
                 Err(_) => outcome.dropped += 1,
@@ -84,7 +111,7 @@ impl Hub {
 
     /// Open sockets.
     pub fn connections(&self) -> usize {
-        self.sockets.lock().unwrap_or_else(PoisonError::into_inner).values().map(Vec::len).sum()
+        self.sockets.lock().unwrap_or_else(PoisonError::into_inner).sockets.values().map(Vec::len).sum()
     }
 }
 
@@ -101,8 +128,8 @@ mod tests {
     async fn delivers_only_to_the_same_tenant_and_shopper() {
         let hub = Arc::new(Hub::default());
         let (a, b) = (TenantId::new(), TenantId::new());
-        let (_ra, mut rx_a) = hub.register(addr(a, "s1"));
-        let (_rb, mut rx_b) = hub.register(addr(b, "s1"));
+        let (_ra, mut rx_a) = hub.register(addr(a, "s1"), 10).unwrap();
+        let (_rb, mut rx_b) = hub.register(addr(b, "s1"), 10).unwrap();
         assert_eq!(hub.deliver(&addr(a, "s1"), "hello".into()).delivered, 1);
         assert_eq!(&*rx_a.recv().await.unwrap(), "hello");
         assert!(rx_b.try_recv().is_err(), "same shopper id in another tenant gets nothing");
@@ -112,7 +139,7 @@ mod tests {
     async fn unregisters_on_drop_and_bounds_the_queue() {
         let hub = Arc::new(Hub::default());
         let t = TenantId::new();
-        let (reg, _rx) = hub.register(addr(t, "s"));
+        let (reg, _rx) = hub.register(addr(t, "s"), 10).unwrap();
         for _ in 0..SEND_QUEUE {
             assert_eq!(hub.deliver(&addr(t, "s"), "x".into()).delivered, 1);
         }
@@ -120,5 +147,17 @@ mod tests {
         drop(reg);
         assert_eq!(hub.connections(), 0);
         assert_eq!(hub.deliver(&addr(t, "s"), "x".into()), Delivery::default());
+    }
+
+    #[test]
+    fn caps_sockets_per_tenant_and_frees_slots() {
+        let hub = Arc::new(Hub::default());
+        let (t, other) = (TenantId::new(), TenantId::new());
+        let first = hub.register(addr(t, "a"), 2).unwrap();
+        let _second = hub.register(addr(t, "b"), 2).unwrap();
+        assert!(matches!(hub.register(addr(t, "c"), 2), Err(CapReached(2))));
+        assert!(hub.register(addr(other, "a"), 2).is_ok(), "another tenant is not affected");
+        drop(first);
+        assert!(hub.register(addr(t, "c"), 2).is_ok(), "a closed socket frees its slot");
     }
 }

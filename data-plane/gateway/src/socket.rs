@@ -23,11 +23,14 @@ use nudge_data_plane_directory::{
 use nudge_platform_http::{ApiError, ErrorBody};
 use nudge_tenants::PublishableKey;
 use serde::{Deserialize, Serialize};
-use tokio::time::{Duration, Instant};
+use tokio::{
+    sync::mpsc,
+    time::{Duration, Instant},
+};
 use tokio_util::sync::CancellationToken;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::hub::{Hub, ShopperAddress};
+use crate::hub::{CapReached, Hub, Registration, ShopperAddress};
 
 /// Largest frame a client may send; clients only send pings and acknowledgements.
 const MAX_CLIENT_FRAME: usize = 4 * 1024;
@@ -86,6 +89,7 @@ pub fn router() -> OpenApiRouter<GatewayState> {
         (status = 401, description = "`missing_key`, `invalid_key`", body = ErrorBody),
         (status = 403, description = "`origin_required`, `origin_not_allowed`, `tenant_suspended`", body = ErrorBody),
         (status = 422, description = "`missing_shopper_id`, `invalid_shopper_id`", body = ErrorBody),
+        (status = 429, description = "`connection_limit`: the store's plan allows no more open sockets", body = ErrorBody),
         (status = 503, description = "`cell_starting`", body = ErrorBody),
     ))]
 #[tracing::instrument(skip_all, fields(tenant_id))]
@@ -119,9 +123,24 @@ async fn upgrade(
         }
     };
     tracing::Span::current().record("tenant_id", tracing::field::display(address.tenant));
+    let cap = state.directory.by_tenant(address.tenant).map(|t| t.limits.connections).unwrap_or(0);
+    // The slot is taken before upgrading, so the refusal is an HTTP answer with a code; if
+    // the upgrade never completes, dropping the registration frees it.
+    let registered = match state.hub.register(address.clone(), cap) {
+        Ok(r) => r,
+        Err(CapReached(cap)) => {
+            return ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "connection_limit",
+                format!("this store's plan allows {cap} open connections"),
+            )
+            .with_retry_after(5)
+            .into_response();
+        }
+    };
     ws.max_message_size(MAX_CLIENT_FRAME)
         .max_frame_size(MAX_CLIENT_FRAME)
-        .on_upgrade(move |socket| serve(socket, state, address, key))
+        .on_upgrade(move |socket| serve(socket, state, address, key, registered))
 }
 
 /// A write that takes longer belongs to a shopper who stopped reading.
@@ -130,8 +149,13 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// Close code when the tenant stopped taking traffic or the key was revoked.
 const CLOSE_NOT_AUTHORIZED: u16 = 4003;
 
-async fn serve(mut socket: WebSocket, state: GatewayState, address: ShopperAddress, key: PublishableKey) {
-    let (registration, mut frames) = state.hub.register(address.clone());
+async fn serve(
+    mut socket: WebSocket,
+    state: GatewayState,
+    address: ShopperAddress,
+    key: PublishableKey,
+    (registration, mut frames): (Registration, mpsc::Receiver<Arc<str>>),
+) {
     let ready = PushMessage::Ready { shopper_id: address.shopper.to_string() };
     // Serialising the enum cannot fail.
     let ready = serde_json::to_string(&ready).unwrap_or_default();

@@ -33,6 +33,7 @@ use serde_json::json;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
+    limits::RateLimiter,
     sink::{EventRecord, EventSink, SinkError},
     validate::parse_event,
 };
@@ -88,6 +89,7 @@ impl IngestMetrics {
 #[derive(Clone)]
 pub struct IngestState {
     pub directory: Arc<Directory>,
+    pub limiter: Arc<RateLimiter>,
     pub sink: Arc<dyn EventSink>,
     pub config: IngestConfig,
     pub metrics: IngestMetrics,
@@ -129,6 +131,7 @@ async fn preflight(headers: HeaderMap) -> Response {
         (status = 401, description = "`missing_key`, `invalid_key`", body = ErrorBody),
         (status = 403, description = "`origin_required`, `origin_not_allowed`, `missing_scope`, `tenant_suspended`, `tenant_inactive`", body = ErrorBody),
         (status = 413, description = "`batch_too_large`", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: over the plan's events per second; retry after `Retry-After`", body = ErrorBody),
         (status = 422, description = "`empty_batch`, or the first invalid event's code (`unknown_event_type`, `invalid_property`, …) with every invalid event in details", body = ErrorBody),
         (status = 503, description = "`broker_unavailable`, `cell_starting`; retry after `Retry-After`", body = ErrorBody),
     ))]
@@ -218,6 +221,14 @@ async fn accept(
     }
 
     let accepted = records.len();
+    if let Err(retry_after) = state.limiter.take(tenant.tenant_id, accepted as u32, tenant.limits) {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("this store's plan allows {} events per second; retry later", tenant.limits.events_per_second),
+        )
+        .with_retry_after(retry_after));
+    }
     state.sink.publish(records, current_trace()).await.map_err(|e| match e {
         SinkError::Unavailable(why) => {
             tracing::warn!(reason = %why, "broker unavailable; batch refused");

@@ -6,10 +6,14 @@ use axum::{
     extract::{FromRef, FromRequestParts, Path, Query, State, rejection::JsonRejection},
     http::{StatusCode, header::AUTHORIZATION, request::Parts},
 };
-use nudge_contracts::control::{AuditEntryBody, AuditPage, TransitionRequest, TransitionResponse};
+use nudge_contracts::control::{
+    AuditEntryBody, AuditPage, LimitsBody, PlanRequest, PlanResponse, TransitionRequest, TransitionResponse,
+};
 use nudge_control_plane::lifecycle::{self, LifecycleError};
+use nudge_control_plane::plans::{self, PlanError};
 use nudge_platform_http::{ApiError, ErrorBody, current_trace};
 use nudge_tenants::{Actor, TenantId, TenantState};
+use nudge_tenants::{LimitOverrides, Plan};
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -19,7 +23,7 @@ use super::error::db_error;
 use crate::{AppState, state::AdminTokens};
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(transition)).routes(routes!(audit))
+    OpenApiRouter::new().routes(routes!(transition)).routes(routes!(audit)).routes(routes!(set_plan))
 }
 
 /// An authenticated platform operator.
@@ -177,5 +181,59 @@ async fn audit(
             })
             .collect(),
         next_cursor,
+    }))
+}
+
+/// Put a store on a plan, with negotiated exceptions to its limits. Its cell enforces the
+/// new limits within seconds.
+#[utoipa::path(post, path = "/v1/admin/tenants/{tenant_id}/plan", tag = "admin",
+    params(("tenant_id" = String, Path, description = "`tnt_…`")),
+    request_body = PlanRequest,
+    security(("operator_token" = [])),
+    responses(
+        (status = 200, description = "the plan and limits now in force", body = PlanResponse),
+        (status = 401, description = "`invalid_operator_token`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 422, description = "`invalid_fields`", body = ErrorBody),
+    ))]
+#[tracing::instrument(skip_all, fields(tenant_id = %tenant_id))]
+async fn set_plan(
+    State(state): State<AppState>,
+    operator: Operator,
+    Path(tenant_id): Path<String>,
+    body: Result<Json<PlanRequest>, JsonRejection>,
+) -> Result<Json<PlanResponse>, ApiError> {
+    let tenant = parse_tenant(&tenant_id)?;
+    let Json(request) = body.map_err(|e| ApiError::bad_request("malformed_json", e.body_text()))?;
+    let plan = Plan::parse(&request.plan).ok_or_else(|| {
+        ApiError::unprocessable("invalid_fields", "some fields are invalid")
+            .with_details(json!({ "fields": { "plan": "free, growth or enterprise" } }))
+    })?;
+    let o = &request.overrides;
+    let overrides = LimitOverrides {
+        events_per_second: o.events_per_second,
+        burst_events: o.burst_events,
+        connections: o.connections,
+        retention_days: o.retention_days,
+        seats: o.seats,
+    };
+    let trace = current_trace().map(|t| t.to_header());
+    let limits =
+        plans::set_plan(&state.db, &state.topics, tenant, plan, &overrides, trace).await.map_err(|e| match e {
+            PlanError::NotFound => ApiError::not_found(),
+            PlanError::Db(db) => db_error(db),
+        })?;
+    state.outbox_wake.notify_one();
+    tracing::info!(tenant_id = %tenant, plan = plan.as_str(), operator = %operator.0, "plan set");
+    Ok(Json(PlanResponse {
+        tenant_id: tenant.to_string(),
+        plan: plan.as_str().to_owned(),
+        limits: LimitsBody {
+            events_per_second: Some(limits.events_per_second),
+            burst_events: Some(limits.burst_events),
+            connections: Some(limits.connections),
+            retention_days: Some(limits.retention_days),
+            seats: Some(limits.seats),
+        },
     }))
 }

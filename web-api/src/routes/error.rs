@@ -47,6 +47,12 @@ pub fn account_error(e: AccountError) -> ApiError {
         AccountError::AlreadyMember => {
             ApiError::new(StatusCode::CONFLICT, "already_member", "this account is a member of the store already")
         }
+        AccountError::SeatLimit { seats } => ApiError::new(
+            StatusCode::CONFLICT,
+            "seat_limit",
+            format!("the store's plan allows {seats} members; upgrade or remove one"),
+        )
+        .with_details(json!({ "seats": seats })),
         AccountError::Db(db) => db_error(db),
         AccountError::Hash(ref h) => ApiError::internal(h),
     }

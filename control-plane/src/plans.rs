@@ -1,0 +1,72 @@
+//! A store's plan and negotiated limit overrides.
+
+use nudge_contracts::Topics;
+use nudge_tenants::{LimitOverrides, Limits, Plan, TenantId};
+use sqlx::{Row, postgres::PgRow};
+
+use crate::{
+    announce::announce,
+    db::{Database, DbError},
+};
+
+/// The plan and effective limits from a `tenants` row holding `plan` and `limit_overrides`.
+pub fn effective(row: &PgRow) -> Result<(Plan, Limits), sqlx::Error> {
+    let plan_text: String = row.try_get("plan")?;
+    let plan =
+        Plan::parse(&plan_text).ok_or_else(|| sqlx::Error::Decode(format!("unknown plan {plan_text}").into()))?;
+    let overrides: serde_json::Value = row.try_get("limit_overrides")?;
+    let overrides: LimitOverrides =
+        serde_json::from_value(overrides).map_err(|e| sqlx::Error::Decode(format!("limit_overrides: {e}").into()))?;
+    Ok((plan, plan.limits().with(&overrides)))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("no such tenant")]
+    NotFound,
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl From<sqlx::Error> for PlanError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Db(DbError::Query(e))
+    }
+}
+
+/// Puts `tenant` on `plan` with `overrides` and announces the new limits to its cell.
+pub async fn set_plan(
+    db: &Database,
+    topics: &Topics,
+    tenant: TenantId,
+    plan: Plan,
+    overrides: &LimitOverrides,
+    traceparent: Option<String>,
+) -> Result<Limits, PlanError> {
+    let mut tx = db.tenant_tx(tenant).await?;
+    let overrides_json = serde_json::to_value(overrides).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let updated = sqlx::query("UPDATE tenants SET plan = $2, limit_overrides = $3 WHERE tenant_id = $1")
+        .bind(tenant.as_uuid())
+        .bind(plan.as_str())
+        .bind(overrides_json)
+        .execute(&mut *tx)
+        .await?;
+    if updated.rows_affected() == 0 {
+        return Err(PlanError::NotFound);
+    }
+    announce(&mut tx, topics, tenant, traceparent).await?;
+    tx.commit().await?;
+    Ok(plan.limits().with(overrides))
+}
+
+/// The effective limits of `tenant`.
+pub async fn limits_of(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    tenant: TenantId,
+) -> Result<Limits, sqlx::Error> {
+    let row = sqlx::query("SELECT plan, limit_overrides FROM tenants WHERE tenant_id = $1")
+        .bind(tenant.as_uuid())
+        .fetch_one(&mut **tx)
+        .await?;
+    Ok(effective(&row)?.1)
+}
