@@ -224,3 +224,22 @@ pub struct PlanResponse {
     pub plan: String,
     pub limits: LimitsBody,
 }
+
+/// `POST /v1/admin/tenants/{tenant_id}/isolation`: move a store to a database of its own.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IsolationRequest {
+    /// `dedicated`.
+    pub isolation: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct IsolationResponse {
+    pub tenant_id: String,
+    pub isolation: String,
+    pub database: String,
+    /// False when the store already had its own database.
+    pub moved: bool,
+    /// Rows copied, by table.
+    pub rows: std::collections::BTreeMap<String, i64>,
+}

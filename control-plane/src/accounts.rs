@@ -6,6 +6,7 @@ use sqlx::{Postgres, Row, Transaction};
 use crate::{
     auth::passwords::{self, PasswordHashError},
     db::{Database, DbError},
+    routing::TenantRouter,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -183,20 +184,28 @@ pub async fn members(db: &Database, tenant: TenantId) -> Result<Vec<Member>, DbE
         .map_err(DbError::Query)
 }
 
-/// Adds the existing account with `email` to `tenant` as `role`.
-pub async fn add_member(db: &Database, tenant: TenantId, email: &Email, role: Role) -> Result<Member, AccountError> {
-    let mut tx = db.tenant_tx(tenant).await?;
+/// Adds the existing account with `email` to `tenant` as `role`, within the plan's seats.
+pub async fn add_member(
+    router: &TenantRouter,
+    tenant: TenantId,
+    email: &Email,
+    role: Role,
+) -> Result<Member, AccountError> {
+    // The plan lives with the tenant's rows; memberships live in the registry.
+    let seats = {
+        let mut tx = router.tenant_tx(tenant).await?;
+        let limits = crate::plans::limits_of(&mut tx, tenant).await?;
+        tx.commit().await.map_err(DbError::Query)?;
+        limits.seats
+    };
+    let mut tx = router.registry().tenant_tx(tenant).await?;
+    // Serialise concurrent additions, so two cannot both take the last seat.
+    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(crate::routing::lock_key(tenant)).execute(&mut *tx).await?;
     let account: Option<uuid::Uuid> = sqlx::query_scalar("SELECT account_id FROM accounts WHERE email = $1")
         .bind(email.as_str())
         .fetch_optional(&mut *tx)
         .await?;
     let account = AccountId::from_uuid(account.ok_or(AccountError::UnknownAccount)?);
-    // Serialise concurrent additions, so two cannot both take the last seat.
-    sqlx::query("SELECT 1 FROM tenants WHERE tenant_id = $1 FOR UPDATE")
-        .bind(tenant.as_uuid())
-        .execute(&mut *tx)
-        .await?;
-    let seats = crate::plans::limits_of(&mut tx, tenant).await?.seats;
     let members: i64 = sqlx::query_scalar("SELECT count(*) FROM memberships WHERE tenant_id = $1")
         .bind(tenant.as_uuid())
         .fetch_one(&mut *tx)

@@ -79,6 +79,12 @@ pub struct DatabaseConfig {
     pub max_connections: u32,
     /// How long a request waits for a pooled connection before answering 503.
     pub acquire_timeout_ms: u64,
+    /// Runtime connection to a dedicated database; `{database}` is replaced by its name.
+    pub dedicated_url_template: SecretString,
+    /// Owner connection to a dedicated database (creating, migrating, moving a tenant in).
+    pub dedicated_owner_url_template: SecretString,
+    /// Pool size per dedicated database.
+    pub dedicated_max_connections: u32,
 }
 
 impl Default for DatabaseConfig {
@@ -88,6 +94,9 @@ impl Default for DatabaseConfig {
             owner_url: SecretString::from("postgres://postgres@127.0.0.1:5432/nudge"),
             max_connections: 10,
             acquire_timeout_ms: 2_000,
+            dedicated_url_template: SecretString::from("postgres://nudge_app@127.0.0.1:5432/{database}"),
+            dedicated_owner_url_template: SecretString::from("postgres://postgres@127.0.0.1:5432/{database}"),
+            dedicated_max_connections: 4,
         }
     }
 }
@@ -99,6 +108,18 @@ impl DatabaseConfig {
 
     pub fn owner_options(&self) -> Result<PgConnectOptions, String> {
         PgConnectOptions::from_str(self.owner_url.expose_secret()).map_err(|e| format!("database.owner_url: {e}"))
+    }
+
+    /// Runtime options for the dedicated database `name`.
+    pub fn dedicated_options(&self, name: &str) -> Result<PgConnectOptions, String> {
+        let url = self.dedicated_url_template.expose_secret().replace("{database}", name);
+        PgConnectOptions::from_str(&url).map_err(|e| format!("database.dedicated_url_template: {e}"))
+    }
+
+    /// Owner options for the dedicated database `name`.
+    pub fn dedicated_owner_options(&self, name: &str) -> Result<PgConnectOptions, String> {
+        let url = self.dedicated_owner_url_template.expose_secret().replace("{database}", name);
+        PgConnectOptions::from_str(&url).map_err(|e| format!("database.dedicated_owner_url_template: {e}"))
     }
 }
 
@@ -136,6 +157,13 @@ impl Validate for ControlPlaneConfig {
     fn validate(&self) -> Result<(), String> {
         self.database.runtime_options()?;
         self.database.owner_options()?;
+        for template in [&self.database.dedicated_url_template, &self.database.dedicated_owner_url_template] {
+            if !template.expose_secret().contains("{database}") {
+                return Err("database.dedicated_*_url_template must contain {database}".into());
+            }
+        }
+        self.database.dedicated_options("nudge_t_00000000000000000000000000000000")?;
+        self.database.dedicated_owner_options("nudge_t_00000000000000000000000000000000")?;
         if self.database.max_connections == 0 {
             return Err("database.max_connections must be at least 1".into());
         }

@@ -22,6 +22,9 @@ pub enum DbError {
     Unavailable(#[source] sqlx::Error),
     #[error("database error: {0}")]
     Query(#[from] sqlx::Error),
+    /// The tenant is being moved to another database; retry in a moment.
+    #[error("the tenant is moving to another database")]
+    TenantMoving,
 }
 
 impl DbError {

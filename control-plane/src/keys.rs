@@ -6,10 +6,7 @@ use nudge_contracts::Topics;
 use nudge_tenants::{AccountId, KeyError, KeyId, SecretKey, TenantId};
 use sqlx::Row;
 
-use crate::{
-    announce::announce,
-    db::{Database, DbError},
-};
+use crate::{announce::announce, db::DbError, routing::TenantRouter};
 
 /// What a secret key may do.
 pub const SCOPES: [&str; 1] = [
@@ -49,7 +46,7 @@ pub struct KeyInfo {
 
 /// Creates a secret key; the key in clear is in the answer and nowhere else.
 pub async fn create_secret(
-    db: &Database,
+    db: &TenantRouter,
     topics: &Topics,
     tenant: TenantId,
     name: &str,
@@ -88,7 +85,7 @@ pub async fn create_secret(
 }
 
 /// Every key of the store, newest first.
-pub async fn list(db: &Database, tenant: TenantId) -> Result<Vec<KeyInfo>, ApiKeyError> {
+pub async fn list(db: &TenantRouter, tenant: TenantId) -> Result<Vec<KeyInfo>, ApiKeyError> {
     let mut tx = db.tenant_tx(tenant).await?;
     let rows = sqlx::query(
         "SELECT key_id, kind, name, coalesce(publishable_key, visible_prefix) AS display, scopes, created_at, revoked_at
@@ -116,7 +113,7 @@ pub async fn list(db: &Database, tenant: TenantId) -> Result<Vec<KeyInfo>, ApiKe
 
 /// Revokes a key of the store (idempotent). Another store's key id is `NotFound`.
 pub async fn revoke(
-    db: &Database,
+    db: &TenantRouter,
     topics: &Topics,
     tenant: TenantId,
     key_id: KeyId,

@@ -6,6 +6,8 @@
 //! - [`db`]: the connection pool and [`db::Database::tenant_tx`], the one way to open a
 //!   transaction that acts for a tenant under row-level security.
 //! - [`plans`]: a store's plan and limit overrides.
+//! - [`routing`]: [`routing::TenantRouter`], which sends a tenant's transactions to its database.
+//! - [`dedicated`]: moving a tenant to a dedicated database, writes fenced during the flip.
 //! - [`placement`]: which cell a new tenant goes to; registers the shared cell.
 //! - [`signup`]: self-service signup: tenant, keys, origins and the announcement to its cell,
 //!   in one transaction.
@@ -24,11 +26,13 @@ pub mod auth;
 pub mod catalog;
 pub mod config;
 pub mod db;
+pub mod dedicated;
 pub mod keys;
 pub mod lifecycle;
 pub mod outbox;
 pub mod placement;
 pub mod plans;
+pub mod routing;
 pub mod signup;
 pub mod store;
 

@@ -6,10 +6,7 @@ use nudge_contracts::Topics;
 use nudge_tenants::{Actor, InvalidTransition, Step, TenantId, TenantState, lifecycle::plan};
 use sqlx::{Postgres, Row, Transaction};
 
-use crate::{
-    announce::announce,
-    db::{Database, DbError},
-};
+use crate::{announce::announce, db::DbError, routing::TenantRouter};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
@@ -74,7 +71,7 @@ pub async fn record(
 /// Moves `tenant` to `to`. Requesting the current state succeeds and changes nothing, so a
 /// retried request is harmless.
 pub async fn transition(
-    db: &Database,
+    db: &TenantRouter,
     topics: &Topics,
     tenant: TenantId,
     to: TenantState,
@@ -113,7 +110,7 @@ pub async fn transition(
 
 /// The audit log of `tenant`, oldest first, after `after_seq`, at most `limit` entries.
 pub async fn audit_log(
-    db: &Database,
+    db: &TenantRouter,
     tenant: TenantId,
     after_seq: i64,
     limit: i64,

@@ -93,6 +93,12 @@ impl Relay {
         self.wake.clone()
     }
 
+    /// Shares another relay's wake-up signal (one signal wakes the relays of every database).
+    pub fn woken_by(mut self, wake: Arc<Notify>) -> Self {
+        self.wake = wake;
+        self
+    }
+
     /// Publishes until `shutdown`. Failures are logged and retried with backoff; rows stay
     /// in the outbox until published.
     pub async fn run(self, shutdown: CancellationToken) {

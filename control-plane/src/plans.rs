@@ -4,10 +4,7 @@ use nudge_contracts::Topics;
 use nudge_tenants::{LimitOverrides, Limits, Plan, TenantId};
 use sqlx::{Row, postgres::PgRow};
 
-use crate::{
-    announce::announce,
-    db::{Database, DbError},
-};
+use crate::{announce::announce, db::DbError, routing::TenantRouter};
 
 /// The plan and effective limits from a `tenants` row holding `plan` and `limit_overrides`.
 pub fn effective(row: &PgRow) -> Result<(Plan, Limits), sqlx::Error> {
@@ -36,7 +33,7 @@ impl From<sqlx::Error> for PlanError {
 
 /// Puts `tenant` on `plan` with `overrides` and announces the new limits to its cell.
 pub async fn set_plan(
-    db: &Database,
+    db: &TenantRouter,
     topics: &Topics,
     tenant: TenantId,
     plan: Plan,

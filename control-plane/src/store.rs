@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use nudge_tenants::{TenantId, TenantState};
 use sqlx::Row;
 
-use crate::db::{Database, DbError};
+use crate::{db::DbError, routing::TenantRouter};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Profile {
@@ -17,7 +17,7 @@ pub struct Profile {
 }
 
 /// The profile of `tenant`; `None` when it does not exist (or is not visible).
-pub async fn profile(db: &Database, tenant: TenantId) -> Result<Option<Profile>, DbError> {
+pub async fn profile(db: &TenantRouter, tenant: TenantId) -> Result<Option<Profile>, DbError> {
     let mut tx = db.tenant_tx(tenant).await?;
     let row = sqlx::query(
         "SELECT name, state, coalesce(cell_id, '') AS cell_id, created_at,

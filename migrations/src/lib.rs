@@ -48,7 +48,9 @@ pub async fn ensure_database(options: &PgConnectOptions) -> Result<(), Error> {
 /// Applies every pending migration as the owner role.
 pub async fn migrate(owner: &PgConnectOptions) -> Result<(), Error> {
     let mut conn = PgConnection::connect_with(owner).await.map_err(Error::Connect)?;
-    MIGRATOR.run(&mut conn).await?;
+    // `run_direct` takes the connection itself; `run` goes through `Acquire`, whose future
+    // is not provably `Send` inside generic callers (an API handler moving a tenant).
+    MIGRATOR.run_direct(&mut conn).await?;
     conn.close().await.map_err(Error::Connect)?;
     Ok(())
 }

@@ -18,11 +18,14 @@ use std::{
 };
 
 use axum::middleware::from_fn_with_state;
-use nudge_control_plane::auth::{refresh::RefreshStore, tokens::TokenKeys};
 use nudge_control_plane::{
     ControlPlaneConfig, Database,
     outbox::Relay,
     placement::{Cell, register_shared_cell},
+};
+use nudge_control_plane::{
+    auth::{refresh::RefreshStore, tokens::TokenKeys},
+    routing::TenantRouter,
 };
 use nudge_platform_http::{
     HttpMetrics, Readiness, ReadinessCheck, openapi, ops_router, serve, supervise::serve_supervised, trace_layer,
@@ -30,7 +33,7 @@ use nudge_platform_http::{
 use nudge_platform_telemetry::Metrics;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::net::TcpListener;
-use tokio::sync::OnceCell;
+use tokio::sync::{Notify, OnceCell};
 use tokio_util::sync::CancellationToken;
 use utoipa_axum::router::OpenApiRouter;
 
@@ -49,6 +52,7 @@ pub async fn run(config: ControlPlaneConfig, listener: TcpListener, shutdown: Ca
         config.database.max_connections,
         Duration::from_millis(config.database.acquire_timeout_ms),
     );
+    let router = Arc::new(TenantRouter::new(db.clone(), config.database.clone()));
     let relay = Relay::new(
         db.clone(),
         &config.kafka,
@@ -85,21 +89,22 @@ pub async fn run(config: ControlPlaneConfig, listener: TcpListener, shutdown: Ca
         Cell { id: config.placement.shared_cell_id.clone(), public_url: config.placement.shared_cell_url.clone() };
     let state = AppState {
         db,
+        router: router.clone(),
         topics: config.kafka.topics(),
         shared_cell,
-        outbox_wake,
+        outbox_wake: outbox_wake.clone(),
         admin_tokens,
         started,
         tokens,
         sessions,
     };
 
-    let (router, _) = openapi::with_document(
+    let (http, _) = openapi::with_document(
         OpenApiRouter::new().merge(routes::router()).with_state(state).merge(ops_router(readiness, metrics)),
         "Nudge control plane",
         "Self-service signup and the management API of Nudge.",
     );
-    let router = router.layer(from_fn_with_state(http_metrics, trace_layer));
+    let http = http.layer(from_fn_with_state(http_metrics, trace_layer));
 
     tracing::info!(addr = %listener.local_addr()?, "control plane listening");
     let run_relay = relay.run(shutdown.clone());
@@ -107,9 +112,10 @@ pub async fn run(config: ControlPlaneConfig, listener: TcpListener, shutdown: Ca
         run_relay.await;
         Ok(())
     });
+    let dedicated_relays = tokio::spawn(relay_dedicated(router, config.clone(), outbox_wake, shutdown.clone()));
     serve_supervised(
-        serve(listener, router, shutdown.clone()),
-        vec![("outbox relay", relay), ("start-up", bootstrap)],
+        serve(listener, http, shutdown.clone()),
+        vec![("outbox relay", relay), ("start-up", bootstrap), ("dedicated outbox relays", dedicated_relays)],
         shutdown,
     )
     .await
@@ -170,6 +176,48 @@ async fn bootstrap(
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
+}
+
+/// Runs an outbox relay for every dedicated database, starting one for each database the
+/// registry gains.
+async fn relay_dedicated(
+    router: Arc<TenantRouter>,
+    config: ControlPlaneConfig,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut running = std::collections::HashSet::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        match router.dedicated_databases().await {
+            Ok(names) => {
+                for name in names {
+                    if running.contains(&name) {
+                        continue;
+                    }
+                    let db = router.pool_for(&name)?;
+                    let relay = Relay::new(
+                        db,
+                        &config.kafka,
+                        config.outbox.batch_size,
+                        Duration::from_millis(config.outbox.poll_interval_ms),
+                    )?
+                    .woken_by(wake.clone());
+                    tracing::info!(database = %name, "outbox relay started for a dedicated database");
+                    tasks.spawn(relay.run(shutdown.clone()));
+                    running.insert(name);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "listing dedicated databases"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+    Ok(())
 }
 
 /// Start-up work is done.

@@ -8,6 +8,7 @@ use nudge_control_plane::{
     Database,
     auth::{refresh::RefreshStore, tokens::TokenKeys},
     placement::Cell,
+    routing::TenantRouter,
 };
 use tokio::sync::{Notify, OnceCell};
 
@@ -17,7 +18,10 @@ pub struct AdminTokens(pub Arc<Vec<(String, [u8; 32])>>);
 
 #[derive(Clone)]
 pub struct AppState {
+    /// The main database, also the registry (accounts, memberships, routes).
     pub db: Database,
+    /// Routes a tenant's transactions to its database (main or dedicated).
+    pub router: Arc<TenantRouter>,
     pub topics: Topics,
     /// The cell self-service tenants are placed on.
     pub shared_cell: Cell,
@@ -30,6 +34,15 @@ pub struct AppState {
     pub tokens: Arc<TokenKeys>,
     /// Refresh sessions; set once Redis has been reached at start-up.
     pub sessions: Arc<OnceCell<RefreshStore>>,
+}
+
+impl AppState {
+    /// Wakes the outbox relays after a commit that enqueued records (every relay waiting,
+    /// or the next to wait).
+    pub fn wake_outbox(&self) {
+        self.outbox_wake.notify_waiters();
+        self.outbox_wake.notify_one();
+    }
 }
 
 impl FromRef<AppState> for Arc<TokenKeys> {

@@ -7,10 +7,14 @@ use axum::{
     http::{StatusCode, header::AUTHORIZATION, request::Parts},
 };
 use nudge_contracts::control::{
-    AuditEntryBody, AuditPage, LimitsBody, PlanRequest, PlanResponse, TransitionRequest, TransitionResponse,
+    AuditEntryBody, AuditPage, IsolationRequest, IsolationResponse, LimitsBody, PlanRequest, PlanResponse,
+    TransitionRequest, TransitionResponse,
 };
 use nudge_control_plane::lifecycle::{self, LifecycleError};
-use nudge_control_plane::plans::{self, PlanError};
+use nudge_control_plane::{
+    dedicated::{self, MoveError},
+    plans::{self, PlanError},
+};
 use nudge_platform_http::{ApiError, ErrorBody, current_trace};
 use nudge_tenants::{Actor, TenantId, TenantState};
 use nudge_tenants::{LimitOverrides, Plan};
@@ -23,7 +27,11 @@ use super::error::db_error;
 use crate::{AppState, state::AdminTokens};
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(transition)).routes(routes!(audit)).routes(routes!(set_plan))
+    OpenApiRouter::new()
+        .routes(routes!(transition))
+        .routes(routes!(audit))
+        .routes(routes!(set_plan))
+        .routes(routes!(set_isolation))
 }
 
 /// An authenticated platform operator.
@@ -109,11 +117,12 @@ async fn transition(
     }
     let to = to.ok_or_else(ApiError::not_found)?;
     let trace = current_trace().map(|t| t.to_header());
-    let done = lifecycle::transition(&state.db, &state.topics, tenant, to, &Actor::Operator(operator.0), reason, trace)
-        .await
-        .map_err(lifecycle_error)?;
+    let done =
+        lifecycle::transition(&state.router, &state.topics, tenant, to, &Actor::Operator(operator.0), reason, trace)
+            .await
+            .map_err(lifecycle_error)?;
     if done.changed {
-        state.outbox_wake.notify_one();
+        state.wake_outbox();
     }
     Ok(Json(TransitionResponse {
         tenant_id: done.tenant_id.to_string(),
@@ -165,7 +174,7 @@ async fn audit(
             .ok_or_else(|| ApiError::unprocessable("invalid_cursor", "the cursor is not one this API gave out"))?,
     };
     // One more than asked tells whether another page follows.
-    let mut entries = lifecycle::audit_log(&state.db, tenant, after, limit + 1).await.map_err(lifecycle_error)?;
+    let mut entries = lifecycle::audit_log(&state.router, tenant, after, limit + 1).await.map_err(lifecycle_error)?;
     let more = entries.len() as i64 > limit;
     entries.truncate(limit as usize);
     let next_cursor = more.then(|| entries.last().map(|e| format!("{CURSOR_PREFIX}{:x}", e.seq))).flatten();
@@ -219,11 +228,11 @@ async fn set_plan(
     };
     let trace = current_trace().map(|t| t.to_header());
     let limits =
-        plans::set_plan(&state.db, &state.topics, tenant, plan, &overrides, trace).await.map_err(|e| match e {
+        plans::set_plan(&state.router, &state.topics, tenant, plan, &overrides, trace).await.map_err(|e| match e {
             PlanError::NotFound => ApiError::not_found(),
             PlanError::Db(db) => db_error(db),
         })?;
-    state.outbox_wake.notify_one();
+    state.wake_outbox();
     tracing::info!(tenant_id = %tenant, plan = plan.as_str(), operator = %operator.0, "plan set");
     Ok(Json(PlanResponse {
         tenant_id: tenant.to_string(),
@@ -235,5 +244,46 @@ async fn set_plan(
             retention_days: Some(limits.retention_days),
             seats: Some(limits.seats),
         },
+    }))
+}
+
+/// Move a store to a database of its own. Its writes are refused (503 `tenant_moving`) for
+/// the moment of the copy; nothing is lost or duplicated. Moving back is not offered.
+#[utoipa::path(post, path = "/v1/admin/tenants/{tenant_id}/isolation", tag = "admin",
+    params(("tenant_id" = String, Path, description = "`tnt_…`")),
+    request_body = IsolationRequest,
+    security(("operator_token" = [])),
+    responses(
+        (status = 200, description = "the store lives in its own database", body = IsolationResponse),
+        (status = 401, description = "`invalid_operator_token`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 422, description = "`invalid_fields`", body = ErrorBody),
+    ))]
+#[tracing::instrument(skip_all, fields(tenant_id = %tenant_id))]
+async fn set_isolation(
+    State(state): State<AppState>,
+    operator: Operator,
+    Path(tenant_id): Path<String>,
+    body: Result<Json<IsolationRequest>, JsonRejection>,
+) -> Result<Json<IsolationResponse>, ApiError> {
+    let tenant = parse_tenant(&tenant_id)?;
+    let Json(request) = body.map_err(|e| ApiError::bad_request("malformed_json", e.body_text()))?;
+    if request.isolation != "dedicated" {
+        return Err(ApiError::unprocessable("invalid_fields", "some fields are invalid")
+            .with_details(json!({ "fields": { "isolation": "dedicated (moving back to shared is not offered)" } })));
+    }
+    let moved = dedicated::move_to_dedicated(&state.router, tenant).await.map_err(|e| match e {
+        MoveError::NotFound => ApiError::not_found(),
+        MoveError::Router(db) => db_error(db),
+        other => ApiError::internal(&other),
+    })?;
+    state.wake_outbox();
+    tracing::info!(tenant_id = %tenant, database = %moved.database, moved = moved.moved, operator = %operator.0, "isolation set");
+    Ok(Json(IsolationResponse {
+        tenant_id: tenant.to_string(),
+        isolation: "dedicated".into(),
+        database: moved.database,
+        moved: moved.moved,
+        rows: moved.rows.into_iter().collect(),
     }))
 }

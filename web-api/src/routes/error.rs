@@ -11,6 +11,9 @@ pub fn db_error(e: DbError) -> ApiError {
     match e {
         DbError::Unavailable(_) => ApiError::unavailable("database_unavailable", "the database is unavailable", 2),
         DbError::Query(ref inner) => ApiError::internal(inner),
+        DbError::TenantMoving => {
+            ApiError::unavailable("tenant_moving", "this store is moving to its own database; retry in a moment", 1)
+        }
     }
 }
 

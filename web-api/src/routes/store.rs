@@ -60,7 +60,7 @@ async fn get_tenant(
     Path(tenant_id): Path<String>,
 ) -> Result<Json<TenantView>, ApiError> {
     let tenant = merchant.tenant(&tenant_id)?;
-    let p = store::profile(&state.db, tenant).await.map_err(db_error)?.ok_or_else(ApiError::not_found)?;
+    let p = store::profile(&state.router, tenant).await.map_err(db_error)?.ok_or_else(ApiError::not_found)?;
     Ok(Json(TenantView {
         tenant_id: p.tenant.to_string(),
         name: p.name,
@@ -87,7 +87,7 @@ async fn list_keys(
 ) -> Result<Json<ApiKeyList>, ApiError> {
     let tenant = merchant.tenant(&tenant_id)?;
     merchant.require(merchant.role().manages_keys())?;
-    let keys = keys::list(&state.db, tenant).await.map_err(key_error)?;
+    let keys = keys::list(&state.router, tenant).await.map_err(key_error)?;
     Ok(Json(ApiKeyList { items: keys.into_iter().map(view).collect() }))
 }
 
@@ -124,10 +124,10 @@ async fn create_key(
     }
     let trace = current_trace().map(|t| t.to_header());
     let (info, secret) =
-        keys::create_secret(&state.db, &state.topics, tenant, name, &request.scopes, merchant.0.account, trace)
+        keys::create_secret(&state.router, &state.topics, tenant, name, &request.scopes, merchant.0.account, trace)
             .await
             .map_err(key_error)?;
-    state.outbox_wake.notify_one();
+    state.wake_outbox();
     Ok((StatusCode::CREATED, Json(CreatedKey { key: view(info), secret_key: secret.expose().to_owned() })))
 }
 
@@ -149,8 +149,8 @@ async fn revoke_key(
     merchant.require(merchant.role().manages_keys())?;
     let key_id: KeyId = key_id.parse().map_err(|_| ApiError::not_found())?;
     let trace = current_trace().map(|t| t.to_header());
-    keys::revoke(&state.db, &state.topics, tenant, key_id, trace).await.map_err(key_error)?;
-    state.outbox_wake.notify_one();
+    keys::revoke(&state.router, &state.topics, tenant, key_id, trace).await.map_err(key_error)?;
+    state.wake_outbox();
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -206,7 +206,7 @@ async fn add_member(
             .with_details(json!({ "fields": fields })));
     };
     merchant.require(merchant.role().manages_member(role))?;
-    let member = accounts::add_member(&state.db, tenant, &email, role).await.map_err(account_error)?;
+    let member = accounts::add_member(&state.router, tenant, &email, role).await.map_err(account_error)?;
     Ok((
         StatusCode::CREATED,
         Json(MemberView {

@@ -70,7 +70,7 @@ async fn create(
     }
     let trace = current_trace().map(|t| t.to_header());
     let created = sign_up(&state.db, &state.topics, &state.shared_cell, new, trace).await.map_err(signup_error)?;
-    state.outbox_wake.notify_one();
+    state.wake_outbox();
     tracing::info!(tenant_id = %created.tenant_id, "signup complete");
     Ok((
         StatusCode::CREATED,

@@ -1,0 +1,251 @@
+//! Moving a tenant from the main database to a dedicated one.
+//!
+//! The cutover, in order:
+//! 1. **Prepare**: create the dedicated database, migrate it, run the catalog lint on it,
+//!    and record it in the registry (`databases`), so its outbox relay starts.
+//! 2. **Fence**: in the source database, take the tenant's advisory lock exclusively (this
+//!    waits for every in-flight transaction of the tenant, which all hold it shared) and
+//!    write a `tenant_fences` row. From the commit on, any transaction of the tenant that
+//!    reaches the source sees the fence and goes back to the router; writes are refused with
+//!    `tenant_moving` (503, retry in a second) until the flip.
+//! 3. **Copy** every row of the tenant, table by table in foreign-key order, from a single
+//!    snapshot of the (now frozen) source into the target, and check the counts match.
+//! 4. **Flip**: record the route in the registry. Writers retrying after the fence now land
+//!    in the dedicated database.
+//! 5. **Purge** the tenant's rows from the source, keeping only the fence (so a replica with
+//!    a stale cached route is sent on, never served stale data).
+//!
+//! No write is lost (nothing commits in the source after the fence; everything before it is
+//! copied) and none is duplicated (the copy runs once, from one snapshot, into an empty
+//! target; a write refused during the move was not committed anywhere). Records already in
+//! the source's outbox are still published by its relay; new ones come from the target's.
+
+use nudge_tenants::TenantId;
+use sqlx::{Connection, Executor, PgConnection, Row, postgres::PgConnectOptions};
+
+use crate::{
+    catalog,
+    db::DbError,
+    routing::{TenantRouter, dedicated_name, lock_key},
+};
+
+/// Tables with a `tenant_id` that belong to the registry and never move.
+const REGISTRY_TABLES: [&str; 3] = ["memberships", "tenant_routes", "tenant_fences"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum MoveError {
+    #[error("no such tenant")]
+    NotFound,
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Router(#[from] DbError),
+    #[error(transparent)]
+    Migrate(#[from] nudge_migrations::Error),
+    #[error(transparent)]
+    Lint(#[from] catalog::CheckError),
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("copy of {table} does not match: {source_rows} rows in the source, {target_rows} in the target")]
+    Mismatch { table: String, source_rows: i64, target_rows: i64 },
+}
+
+/// What a move did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Moved {
+    pub database: String,
+    /// Rows copied, by table.
+    pub rows: Vec<(String, i64)>,
+    /// False when the tenant already lived in its dedicated database.
+    pub moved: bool,
+}
+
+async fn owner_conn(options: &PgConnectOptions, tenant: TenantId) -> Result<PgConnection, MoveError> {
+    let mut conn = PgConnection::connect_with(options).await?;
+    // Session-level context: the owner may be subject to FORCE'd row-level security.
+    sqlx::query("SELECT set_config('nudge.tenant_id', $1, false)")
+        .bind(tenant.as_uuid().to_string())
+        .execute(&mut conn)
+        .await?;
+    Ok(conn)
+}
+
+/// The tenant tables to copy, parents before children.
+async fn tables_in_order(conn: &mut PgConnection) -> Result<Vec<String>, sqlx::Error> {
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = 'public' AND c.relkind = 'r'
+           AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'tenant_id')
+         ORDER BY 1",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let tables: Vec<String> = tables.into_iter().filter(|t| !REGISTRY_TABLES.contains(&t.as_str())).collect();
+    // `tenants` first: every other tenant table references it.
+    let (mut first, rest): (Vec<String>, Vec<String>) = tables.into_iter().partition(|t| t == "tenants");
+    first.extend(rest);
+    Ok(first)
+}
+
+/// Moves `tenant` to its dedicated database; a tenant already there is left as it is.
+pub async fn move_to_dedicated(router: &TenantRouter, tenant: TenantId) -> Result<Moved, MoveError> {
+    let name = dedicated_name(tenant);
+    let config = router.config();
+    let source_opts = config.owner_options().map_err(MoveError::Config)?;
+    let target_opts = config.dedicated_owner_options(&name).map_err(MoveError::Config)?;
+    if router.database_of(tenant).await?.is_some() {
+        // Already moved; finish a purge an earlier attempt may have left undone.
+        let mut source = owner_conn(&source_opts, tenant).await?;
+        purge(&mut source, tenant).await?;
+        source.close().await?;
+        return Ok(Moved { database: name, rows: vec![], moved: false });
+    }
+
+    // 1. Prepare.
+    let mut source = owner_conn(&source_opts, tenant).await?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants WHERE tenant_id = $1)")
+        .bind(tenant.as_uuid())
+        .fetch_one(&mut source)
+        .await?;
+    if !exists {
+        return Err(MoveError::NotFound);
+    }
+    nudge_migrations::ensure_database(&target_opts).await?;
+    nudge_migrations::migrate(&target_opts).await?;
+    catalog::check(&target_opts).await?;
+    source.execute(sqlx::query("INSERT INTO databases (name) VALUES ($1) ON CONFLICT DO NOTHING").bind(&name)).await?;
+    tracing::info!(tenant_id = %tenant, database = %name, "dedicated database ready");
+
+    // 2. Fence.
+    let mut fence = Connection::begin(&mut source).await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(lock_key(tenant)).execute(&mut *fence).await?;
+    sqlx::query("INSERT INTO tenant_fences (tenant_id, moved_to) VALUES ($1, $2)")
+        .bind(tenant.as_uuid())
+        .bind(&name)
+        .execute(&mut *fence)
+        .await?;
+    fence.commit().await?;
+    tracing::info!(tenant_id = %tenant, "writes fenced in the main database");
+
+    // 3 and 4. Copy and flip; if either fails the fence is lifted again, so the tenant keeps
+    // working where it was (the target's uncommitted copy is rolled back with it).
+    let copied = match copy_and_flip(router, tenant, &name, &mut source, &target_opts).await {
+        Ok(copied) => copied,
+        Err(e) => {
+            tracing::error!(tenant_id = %tenant, error = %e, "move failed; lifting the fence");
+            sqlx::query("DELETE FROM tenant_fences WHERE tenant_id = $1")
+                .bind(tenant.as_uuid())
+                .execute(&mut source)
+                .await?;
+            return Err(e);
+        }
+    };
+
+    // 5. Purge the source, children first; the fence stays.
+    purge(&mut source, tenant).await?;
+    source.close().await?;
+    tracing::info!(tenant_id = %tenant, database = %name, "tenant rows purged from the main database");
+    Ok(Moved { database: name, rows: copied, moved: true })
+}
+
+/// Copies the tenant's rows from one snapshot of the (fenced) source into the target, then
+/// records the route.
+async fn copy_and_flip(
+    router: &TenantRouter,
+    tenant: TenantId,
+    name: &str,
+    source: &mut PgConnection,
+    target_opts: &PgConnectOptions,
+) -> Result<Vec<(String, i64)>, MoveError> {
+    let mut target = owner_conn(target_opts, tenant).await?;
+    let tables = tables_in_order(&mut *source).await?;
+    let mut read = Connection::begin(&mut *source).await?;
+    read.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").await?;
+    let mut write = Connection::begin(&mut target).await?;
+
+    // The platform rows the tenant's rows refer to (its cell).
+    let cells: Vec<String> = sqlx::query_scalar(
+        "SELECT row_to_json(c)::text FROM cells c WHERE cell_id = (SELECT cell_id FROM tenants WHERE tenant_id = $1)",
+    )
+    .bind(tenant.as_uuid())
+    .fetch_all(&mut *read)
+    .await?;
+    for cell in &cells {
+        sqlx::query(
+            "INSERT INTO cells SELECT * FROM json_populate_record(NULL::cells, $1::json) ON CONFLICT DO NOTHING",
+        )
+        .bind(cell)
+        .execute(&mut *write)
+        .await?;
+    }
+
+    let mut copied = Vec::new();
+    for table in &tables {
+        let rows: Vec<String> =
+            sqlx::query_scalar(&format!("SELECT row_to_json(t)::text FROM {table} t WHERE tenant_id = $1"))
+                .bind(tenant.as_uuid())
+                .fetch_all(&mut *read)
+                .await?;
+        for row in &rows {
+            sqlx::query(&format!(
+                "INSERT INTO {table} OVERRIDING SYSTEM VALUE SELECT * FROM json_populate_record(NULL::{table}, $1::json)"
+            ))
+            .bind(row)
+            .execute(&mut *write)
+            .await?;
+        }
+        let target_rows: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table} WHERE tenant_id = $1"))
+            .bind(tenant.as_uuid())
+            .fetch_one(&mut *write)
+            .await?;
+        if target_rows != rows.len() as i64 {
+            return Err(MoveError::Mismatch { table: table.clone(), source_rows: rows.len() as i64, target_rows });
+        }
+        copied.push((table.clone(), target_rows));
+    }
+
+    // Identity columns continue after the copied values.
+    let identities = sqlx::query(
+        "SELECT c.relname AS tbl, a.attname AS col FROM pg_attribute a
+         JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = 'public' AND a.attidentity <> '' AND NOT a.attisdropped",
+    )
+    .fetch_all(&mut *write)
+    .await?;
+    for identity in identities {
+        let (tbl, col): (String, String) = (identity.try_get("tbl")?, identity.try_get("col")?);
+        sqlx::query(&format!(
+            "SELECT setval(pg_get_serial_sequence('{tbl}', '{col}'), greatest((SELECT max({col}) FROM {tbl}), 1))"
+        ))
+        .execute(&mut *write)
+        .await?;
+    }
+    write.commit().await?;
+    read.commit().await?;
+    target.close().await?;
+
+    // 4. Flip.
+    sqlx::query("INSERT INTO tenant_routes (tenant_id, database) VALUES ($1, $2)")
+        .bind(tenant.as_uuid())
+        .bind(name)
+        .execute(&mut *source)
+        .await?;
+    router.forget(tenant);
+    tracing::info!(tenant_id = %tenant, database = %name, "route flipped to the dedicated database");
+    Ok(copied)
+}
+
+/// Deletes a moved tenant's rows from the main database, children first; the fence stays.
+async fn purge(source: &mut PgConnection, tenant: TenantId) -> Result<(), MoveError> {
+    let tables = tables_in_order(&mut *source).await?;
+    let mut purge = Connection::begin(&mut *source).await?;
+    purge.execute("SET LOCAL nudge.purge_moved_tenant = 'on'").await?;
+    for table in tables.iter().rev() {
+        sqlx::query(&format!("DELETE FROM {table} WHERE tenant_id = $1"))
+            .bind(tenant.as_uuid())
+            .execute(&mut *purge)
+            .await?;
+    }
+    purge.commit().await?;
+    Ok(())
+}

@@ -1,0 +1,145 @@
+//! The per-tenant connection router: the same repository code reaches a tenant's rows
+//! whether they live in the main database or in a dedicated one.
+//!
+//! [`TenantRouter::tenant_tx`] finds the tenant's database (the main one unless the
+//! registry's `tenant_routes` says otherwise), opens a transaction there with the tenant
+//! context set, and takes the tenant's advisory lock in shared mode. A tenant being moved out
+//! of a database is *fenced* there (see `dedicated`): the mover takes the same lock
+//! exclusively, so it waits for in-flight transactions and none starts meanwhile; a
+//! transaction that then finds the fence drops its cached route and goes where the tenant
+//! now lives, or answers [`DbError::TenantMoving`] while the copy is still running.
+
+use std::{
+    collections::HashMap,
+    sync::{PoisonError, RwLock},
+    time::Duration,
+};
+
+use nudge_tenants::TenantId;
+use sqlx::{Postgres, Transaction};
+
+use crate::{
+    config::DatabaseConfig,
+    db::{Database, DbError},
+};
+
+/// The advisory-lock key of a tenant: the random half of its UUIDv7.
+pub fn lock_key(tenant: TenantId) -> i64 {
+    let bytes = tenant.as_uuid().into_bytes();
+    let mut half = [0u8; 8];
+    half.copy_from_slice(&bytes[8..]);
+    i64::from_be_bytes(half)
+}
+
+/// The name of a tenant's dedicated database.
+pub fn dedicated_name(tenant: TenantId) -> String {
+    format!("nudge_t_{}", tenant.as_uuid().simple())
+}
+
+/// Routes tenant transactions to the tenant's database.
+pub struct TenantRouter {
+    main: Database,
+    config: DatabaseConfig,
+    /// Tenant → dedicated database name (`None`: the main database).
+    routes: RwLock<HashMap<TenantId, Option<String>>>,
+    pools: RwLock<HashMap<String, Database>>,
+}
+
+impl std::fmt::Debug for TenantRouter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantRouter").finish_non_exhaustive()
+    }
+}
+
+impl TenantRouter {
+    pub fn new(main: Database, config: DatabaseConfig) -> Self {
+        Self { main, config, routes: RwLock::default(), pools: RwLock::default() }
+    }
+
+    /// The main database, which is also the registry (accounts, memberships, routes).
+    pub fn registry(&self) -> &Database {
+        &self.main
+    }
+
+    pub fn config(&self) -> &DatabaseConfig {
+        &self.config
+    }
+
+    /// The runtime pool of dedicated database `name` (connecting lazily).
+    pub fn pool_for(&self, name: &str) -> Result<Database, DbError> {
+        if let Some(db) = self.pools.read().unwrap_or_else(PoisonError::into_inner).get(name) {
+            return Ok(db.clone());
+        }
+        let options =
+            self.config.dedicated_options(name).map_err(|e| DbError::Query(sqlx::Error::Configuration(e.into())))?;
+        let db = Database::connect_lazy(
+            options,
+            self.config.dedicated_max_connections,
+            Duration::from_millis(self.config.acquire_timeout_ms),
+        );
+        let mut pools = self.pools.write().unwrap_or_else(PoisonError::into_inner);
+        Ok(pools.entry(name.to_owned()).or_insert(db).clone())
+    }
+
+    /// Where `tenant` lives now, from the cache or the registry.
+    async fn route(&self, tenant: TenantId) -> Result<Database, DbError> {
+        let cached = self.routes.read().unwrap_or_else(PoisonError::into_inner).get(&tenant).cloned();
+        let name = match cached {
+            Some(name) => name,
+            None => {
+                let mut tx = self.main.tenant_tx(tenant).await?;
+                let name: Option<String> =
+                    sqlx::query_scalar("SELECT database FROM tenant_routes WHERE tenant_id = $1")
+                        .bind(tenant.as_uuid())
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                tx.commit().await?;
+                self.routes.write().unwrap_or_else(PoisonError::into_inner).insert(tenant, name.clone());
+                name
+            }
+        };
+        match name {
+            None => Ok(self.main.clone()),
+            Some(name) => self.pool_for(&name),
+        }
+    }
+
+    /// Drops the cached route of `tenant` (it moved).
+    pub fn forget(&self, tenant: TenantId) {
+        self.routes.write().unwrap_or_else(PoisonError::into_inner).remove(&tenant);
+    }
+
+    /// The name of the database `tenant` lives in (`None`: the main one).
+    pub async fn database_of(&self, tenant: TenantId) -> Result<Option<String>, DbError> {
+        self.route(tenant).await?;
+        Ok(self.routes.read().unwrap_or_else(PoisonError::into_inner).get(&tenant).cloned().flatten())
+    }
+
+    /// A transaction acting for `tenant`, in the database it lives in.
+    pub async fn tenant_tx(&self, tenant: TenantId) -> Result<Transaction<'static, Postgres>, DbError> {
+        for _ in 0..2 {
+            let db = self.route(tenant).await?;
+            let mut tx = db.tenant_tx(tenant).await?;
+            sqlx::query("SELECT pg_advisory_xact_lock_shared($1)").bind(lock_key(tenant)).execute(&mut *tx).await?;
+            let fenced: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenant_fences WHERE tenant_id = $1)")
+                .bind(tenant.as_uuid())
+                .fetch_one(&mut *tx)
+                .await?;
+            if !fenced {
+                return Ok(tx);
+            }
+            // Moved away (or moving): ask the registry again.
+            drop(tx);
+            self.forget(tenant);
+        }
+        Err(DbError::TenantMoving)
+    }
+
+    /// Every dedicated database the registry knows, for the outbox relays.
+    pub async fn dedicated_databases(&self) -> Result<Vec<String>, DbError> {
+        let mut tx = self.main.platform_tx().await?;
+        let names = sqlx::query_scalar("SELECT name FROM databases ORDER BY name").fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(names)
+    }
+}

@@ -1,0 +1,176 @@
+//! Moving a store to a dedicated database while its members keep writing: every
+//! acknowledged write is there exactly once, nothing of it is left in the shared database,
+//! other stores are untouched, and the cells keep serving it (its outbox now relayed from
+//! the new database).
+
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
+
+use nudge_test_support::{OPERATOR_TOKEN, Platform, unique_suffix};
+use serde_json::{Value, json};
+use sqlx::{Connection, Executor, PgConnection};
+
+const ORIGIN: &str = "https://big.example.com";
+const WRITERS: usize = 4;
+const KEYS_PER_WRITER: usize = 25;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_moves_to_its_own_database_under_concurrent_writes() -> anyhow::Result<()> {
+    let platform = Arc::new(Platform::start().await?);
+    let owner = format!("owner-{}@example.com", unique_suffix());
+    let big = platform.sign_up_as("Big Store", &[ORIGIN], &owner).await?;
+    let other = platform.sign_up_ready("Small Store", "https://small.example.com").await?;
+    platform.wait_for_key(&big.publishable_key, ORIGIN).await?;
+    let tokens = platform.login(&owner, None).await?;
+    let keys_url = format!("{}/v1/tenants/{}/api-keys", platform.control_plane_url, big.tenant_id);
+
+    // Writers create keys and keep the names of those acknowledged; a refusal while the
+    // store moves (503 tenant_moving) is retried, as a client would.
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let (platform, url, token) = (platform.clone(), keys_url.clone(), tokens.access_token.clone());
+        writers.push(tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            let mut refusals = 0;
+            for k in 0..KEYS_PER_WRITER {
+                let name = format!("w{w}-k{k}");
+                loop {
+                    let r = platform
+                        .http
+                        .post(&url)
+                        .bearer_auth(&token)
+                        .json(&json!({"name": name, "scopes": ["events:write"]}))
+                        .send()
+                        .await?;
+                    match r.status().as_u16() {
+                        201 => {
+                            acknowledged.push(name.clone());
+                            break;
+                        }
+                        503 => {
+                            let body: Value = r.json().await?;
+                            anyhow::ensure!(body["error"]["code"] == "tenant_moving", "{body}");
+                            refusals += 1;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        other => anyhow::bail!("writer {w} got {other}: {}", r.text().await?),
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            anyhow::Ok((acknowledged, refusals))
+        }));
+    }
+
+    // Move once the writers are under way.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let moved: Value = platform
+        .http
+        .post(format!("{}/v1/admin/tenants/{}/isolation", platform.control_plane_url, big.tenant_id))
+        .bearer_auth(OPERATOR_TOKEN)
+        .json(&json!({"isolation": "dedicated"}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(moved["moved"], true, "{moved}");
+    let database = moved["database"].as_str().unwrap_or_default().to_owned();
+    assert!(database.starts_with("nudge_t_"));
+
+    let mut acknowledged = BTreeSet::new();
+    let mut refusals = 0;
+    for w in writers {
+        let (names, refused) = w.await??;
+        refusals += refused;
+        for n in names {
+            assert!(acknowledged.insert(n), "a name acknowledged twice");
+        }
+    }
+    assert_eq!(acknowledged.len(), WRITERS * KEYS_PER_WRITER);
+    println!("writes refused while moving: {refusals}; rows copied: {}", moved["rows"]);
+
+    // Through the API (now served from the dedicated database): every acknowledged key, once.
+    let listed: Value = platform.http.get(&keys_url).bearer_auth(&tokens.access_token).send().await?.json().await?;
+    let names: Vec<String> = listed["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|k| k["kind"] == "secret" && k["name"] != "default")
+        .map(|k| k["name"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    let unique: BTreeSet<String> = names.iter().cloned().collect();
+    assert_eq!(names.len(), unique.len(), "no key twice");
+    assert_eq!(unique, acknowledged, "no acknowledged key lost, none invented");
+
+    // In the databases themselves: the dedicated one holds the store; the shared one keeps
+    // only the fence, and still holds the other store.
+    let owner_url =
+        |db: &str| platform.db.owner_url.rsplit_once('/').map(|(base, _)| format!("{base}/{db}")).unwrap_or_default();
+    let mut dedicated = PgConnection::connect(&owner_url(&database)).await?;
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM api_keys WHERE kind = 'secret' AND name <> 'default'")
+        .fetch_one(&mut dedicated)
+        .await?;
+    assert_eq!(rows as usize, acknowledged.len());
+    let mut shared = PgConnection::connect(&platform.db.owner_url).await?;
+    let big_uuid = big.tenant_id.trim_start_matches("tnt_").to_owned();
+    for table in ["tenants", "api_keys", "tenant_origins", "tenant_audit"] {
+        let left: i64 =
+            sqlx::query_scalar(&format!("SELECT count(*) FROM {table} WHERE replace(tenant_id::text, '-', '') = $1"))
+                .bind(&big_uuid)
+                .fetch_one(&mut shared)
+                .await?;
+        assert_eq!(left, 0, "{table} still holds the moved store's rows");
+    }
+    let other_uuid = other.tenant_id.trim_start_matches("tnt_").to_owned();
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM api_keys WHERE replace(tenant_id::text, '-', '') = $1")
+        .bind(&other_uuid)
+        .fetch_one(&mut shared)
+        .await?;
+    assert_eq!(kept, 2, "the other store is untouched");
+    assert!(nudge_control_plane::catalog::lint(&mut dedicated, "nudge_app").await?.is_empty());
+
+    // The cells still serve the store, and learn of changes made in its new database.
+    let batch = json!({"events": [{"event_id": "after-move", "type": "page_view", "shopper_id": "shp_1"}]});
+    assert_eq!(platform.post_events(&big.publishable_key, Some(ORIGIN), &batch).await?.status(), 202);
+    let audit = platform.transition(&big.tenant_id, "suspended", "checking the move").await?;
+    assert_eq!(audit.status(), 200);
+    let mut suspended = false;
+    for _ in 0..100 {
+        if platform.post_events(&big.publishable_key, Some(ORIGIN), &batch).await?.status() == 403 {
+            suspended = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(suspended, "a change made in the dedicated database reaches the cell");
+    let log: Value = platform
+        .http
+        .get(format!("{}/v1/admin/tenants/{}/audit", platform.control_plane_url, big.tenant_id))
+        .bearer_auth(OPERATOR_TOKEN)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(log["entries"].as_array().map(Vec::len), Some(4), "the audit log moved with the store: {log}");
+
+    // Moving again changes nothing.
+    let again: Value = platform
+        .http
+        .post(format!("{}/v1/admin/tenants/{}/isolation", platform.control_plane_url, big.tenant_id))
+        .bearer_auth(OPERATOR_TOKEN)
+        .json(&json!({"isolation": "dedicated"}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(again["moved"], false);
+
+    drop(dedicated);
+    drop(shared);
+    let platform = Arc::into_inner(platform).ok_or_else(|| anyhow::anyhow!("writers still hold the platform"))?;
+    let admin_url =
+        platform.db.owner_url.rsplit_once('/').map(|(base, _)| format!("{base}/postgres")).unwrap_or_default();
+    platform.shutdown().await?;
+    let mut admin = PgConnection::connect(&admin_url).await?;
+    admin.execute(format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)").as_str()).await?;
+    Ok(())
+}
