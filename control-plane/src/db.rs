@@ -1,10 +1,11 @@
 //! The connection pool and the tenant context.
 //!
 //! Row-level security policies compare each row's `tenant_id` with `nudge_current_tenant()`,
-//! which reads the transaction-local setting `nudge.tenant_id`. [`Database::tenant_tx`] is
-//! the only place that setting is made, always with `is_local = true`, so it ends with the
-//! transaction and a pooled connection never carries one tenant's context into the next
-//! request.
+//! which reads the transaction-local setting `nudge.tenant_id`. That setting is made in one
+//! place, the SQL function `nudge_enter_tenant` that [`ENTER_TENANT`] calls at the start of
+//! every tenant transaction, whether sqlx ([`Database::enter`]) or sea-orm
+//! ([`Database::enter_orm`]) opened it. It is transaction-local, so it ends with the
+//! transaction and a pooled connection never carries one tenant's context into the next.
 
 use std::time::Duration;
 
@@ -37,6 +38,29 @@ impl DbError {
     }
 }
 
+/// The statement every tenant transaction starts with, from sqlx and sea-orm alike: it sets
+/// the transaction-local tenant context, holds the tenant's advisory lock shared, and says
+/// whether the tenant is fenced out of this database (migration `enter_tenant`).
+pub const ENTER_TENANT: &str = "SELECT nudge_enter_tenant($1, $2)";
+
+/// The advisory-lock key of a tenant: the random half of its UUIDv7.
+pub fn lock_key(tenant: TenantId) -> i64 {
+    let bytes = tenant.as_uuid().into_bytes();
+    let mut half = [0u8; 8];
+    half.copy_from_slice(&bytes[8..]);
+    i64::from_be_bytes(half)
+}
+
+/// Maps a sea-orm failure to the same errors sqlx failures map to.
+pub fn orm_error(e: sea_orm::DbErr) -> DbError {
+    match e {
+        sea_orm::DbErr::ConnectionAcquire(_) | sea_orm::DbErr::Conn(_) => {
+            DbError::Unavailable(sqlx::Error::Protocol(e.to_string()))
+        }
+        other => DbError::Query(sqlx::Error::Protocol(other.to_string())),
+    }
+}
+
 /// The control plane's pool, connected as the runtime role.
 #[derive(Clone, Debug)]
 pub struct Database {
@@ -59,14 +83,40 @@ impl Database {
     }
 
     /// A transaction acting for `tenant`: every statement in it sees and writes only that
-    /// tenant's rows.
+    /// tenant's rows. For registry tables (memberships), which never move; a tenant's own
+    /// rows are reached through [`crate::routing::TenantRouter::tenant_tx`].
     pub async fn tenant_tx(&self, tenant: TenantId) -> Result<Transaction<'static, Postgres>, DbError> {
+        Ok(self.enter(tenant).await?.0)
+    }
+
+    /// Opens a sqlx transaction and enters `tenant` with [`ENTER_TENANT`]; whether the
+    /// tenant is fenced out of this database.
+    pub async fn enter(&self, tenant: TenantId) -> Result<(Transaction<'static, Postgres>, bool), DbError> {
         let mut tx = self.pool.begin().await.map_err(DbError::from_acquire)?;
-        sqlx::query("SELECT set_config('nudge.tenant_id', $1, true)")
-            .bind(tenant.as_uuid().to_string())
-            .execute(&mut *tx)
-            .await?;
-        Ok(tx)
+        let fenced: bool =
+            sqlx::query_scalar(ENTER_TENANT).bind(tenant.as_uuid()).bind(lock_key(tenant)).fetch_one(&mut *tx).await?;
+        Ok((tx, fenced))
+    }
+
+    /// Opens a sea-orm transaction over the same pool and enters `tenant` with the same
+    /// statement; whether the tenant is fenced out of this database.
+    pub async fn enter_orm(&self, tenant: TenantId) -> Result<(sea_orm::DatabaseTransaction, bool), DbError> {
+        use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
+        let orm = sea_orm::SqlxPostgresConnector::from_sqlx_postgres_pool(self.pool.clone());
+        let txn = orm.begin().await.map_err(orm_error)?;
+        let row = txn
+            .query_one(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                ENTER_TENANT,
+                [tenant.as_uuid().into(), lock_key(tenant).into()],
+            ))
+            .await
+            .map_err(orm_error)?;
+        let fenced = match row {
+            Some(r) => r.try_get_by_index::<bool>(0).map_err(orm_error)?,
+            None => return Err(DbError::Query(sqlx::Error::RowNotFound)),
+        };
+        Ok((txn, fenced))
     }
 
     /// A transaction acting for an authenticated account: it sees that account's

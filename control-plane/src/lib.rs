@@ -17,6 +17,7 @@
 //! - [`catalog`]: the lint that checks the database against the isolation rules.
 //! - [`lifecycle`]: state transitions with their audit log.
 //! - [`announce`]: the tenant's configuration snapshot, enqueued for the cells.
+//! - [`entities`], [`origins`]: sea-orm entities and the repositories that use them.
 //! - [`store`]: a store's profile.
 //! - [`outbox`]: the relay that publishes committed outbox rows to Kafka.
 
@@ -27,8 +28,10 @@ pub mod catalog;
 pub mod config;
 pub mod db;
 pub mod dedicated;
+pub mod entities;
 pub mod keys;
 pub mod lifecycle;
+pub mod origins;
 pub mod outbox;
 pub mod placement;
 pub mod plans;

@@ -23,13 +23,7 @@ use crate::{
     db::{Database, DbError},
 };
 
-/// The advisory-lock key of a tenant: the random half of its UUIDv7.
-pub fn lock_key(tenant: TenantId) -> i64 {
-    let bytes = tenant.as_uuid().into_bytes();
-    let mut half = [0u8; 8];
-    half.copy_from_slice(&bytes[8..]);
-    i64::from_be_bytes(half)
-}
+pub use crate::db::lock_key;
 
 /// The name of a tenant's dedicated database.
 pub fn dedicated_name(tenant: TenantId) -> String {
@@ -115,21 +109,29 @@ impl TenantRouter {
         Ok(self.routes.read().unwrap_or_else(PoisonError::into_inner).get(&tenant).cloned().flatten())
     }
 
-    /// A transaction acting for `tenant`, in the database it lives in.
+    /// A sqlx transaction acting for `tenant`, in the database it lives in.
     pub async fn tenant_tx(&self, tenant: TenantId) -> Result<Transaction<'static, Postgres>, DbError> {
         for _ in 0..2 {
-            let db = self.route(tenant).await?;
-            let mut tx = db.tenant_tx(tenant).await?;
-            sqlx::query("SELECT pg_advisory_xact_lock_shared($1)").bind(lock_key(tenant)).execute(&mut *tx).await?;
-            let fenced: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenant_fences WHERE tenant_id = $1)")
-                .bind(tenant.as_uuid())
-                .fetch_one(&mut *tx)
-                .await?;
+            let (tx, fenced) = self.route(tenant).await?.enter(tenant).await?;
             if !fenced {
                 return Ok(tx);
             }
             // Moved away (or moving): ask the registry again.
             drop(tx);
+            self.forget(tenant);
+        }
+        Err(DbError::TenantMoving)
+    }
+
+    /// A sea-orm transaction acting for `tenant`, in the database it lives in: the same
+    /// routing, the same entry statement, the same fence.
+    pub async fn tenant_orm_tx(&self, tenant: TenantId) -> Result<sea_orm::DatabaseTransaction, DbError> {
+        for _ in 0..2 {
+            let (txn, fenced) = self.route(tenant).await?.enter_orm(tenant).await?;
+            if !fenced {
+                return Ok(txn);
+            }
+            drop(txn);
             self.forget(tenant);
         }
         Err(DbError::TenantMoving)

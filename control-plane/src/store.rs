@@ -20,9 +20,7 @@ pub struct Profile {
 pub async fn profile(db: &TenantRouter, tenant: TenantId) -> Result<Option<Profile>, DbError> {
     let mut tx = db.tenant_tx(tenant).await?;
     let row = sqlx::query(
-        "SELECT name, state, coalesce(cell_id, '') AS cell_id, created_at,
-                array(SELECT origin FROM tenant_origins o WHERE o.tenant_id = t.tenant_id ORDER BY origin) AS origins
-         FROM tenants t WHERE tenant_id = $1",
+        "SELECT name, state, coalesce(cell_id, '') AS cell_id, created_at FROM tenants WHERE tenant_id = $1",
     )
     .bind(tenant.as_uuid())
     .fetch_optional(&mut *tx)
@@ -35,7 +33,7 @@ pub async fn profile(db: &TenantRouter, tenant: TenantId) -> Result<Option<Profi
         name: row.try_get("name")?,
         state: TenantState::parse(&state).ok_or_else(|| DbError::Query(sqlx::Error::Decode("unknown state".into())))?,
         cell_id: row.try_get("cell_id")?,
-        allowed_origins: row.try_get("origins")?,
+        allowed_origins: crate::origins::list(db, tenant).await?,
         created_at: row.try_get("created_at")?,
     }))
 }

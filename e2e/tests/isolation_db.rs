@@ -146,6 +146,14 @@ async fn policy_matrix_three_tenants_every_table_every_verb() -> anyhow::Result<
         tx.rollback().await?;
     }
 
+    // The sea-orm path (same pool, same entry statement): only the tenant's own rows.
+    let router = nudge_control_plane::routing::TenantRouter::new(db.clone(), Default::default());
+    for &me in &tenants {
+        let seen = nudge_control_plane::origins::visible(&router, me).await?;
+        assert!(!seen.is_empty(), "the ORM path sees the tenant's own origins");
+        assert!(seen.iter().all(|(t, _)| *t == me.as_uuid()), "the ORM path shows another tenant's rows: {seen:?}");
+    }
+
     // No context: nothing visible, nothing writable.
     let mut tx = db.platform_tx().await?;
     for t in &tables {
