@@ -3,6 +3,9 @@ fn main() -> std::io::Result<()> {
         "proto/nudge/events/v1/event.proto",
         "proto/nudge/control/v1/tenant.proto",
         "proto/nudge/interventions/v1/intervention.proto",
+        "proto/nudge/features/v1/features.proto",
+        "proto/nudge/predictions/v1/prediction.proto",
+        "proto/nudge/usage/v1/usage.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

@@ -29,4 +29,5 @@ export_runtime_env() {
     export ORT_DYLIB_PATH="$lib"
     export NUDGE_TANSU_BIN="$NUDGE_TOOLS/bin/tansu"
     export NUDGE_NODE_MODULES="$NUDGE_CACHE/node/node_modules"
+    export NUDGE_BUF_BIN="$NUDGE_CACHE/node/node_modules/.bin/buf"
 }

@@ -33,6 +33,11 @@ enum Command {
     Cell,
     /// Create the control-plane database if needed and apply migrations as the owner role.
     Migrate,
+    /// The Kafka topic catalogue (deploy/kafka/topics.toml).
+    Topics {
+        #[command(subcommand)]
+        command: TopicsCommand,
+    },
     /// Authentication helpers.
     Auth {
         #[command(subcommand)]
@@ -53,6 +58,12 @@ enum Command {
         #[arg(long)]
         shopper: String,
     },
+}
+
+#[derive(Subcommand)]
+enum TopicsCommand {
+    /// Print docs/topics.md as rendered from the catalogue.
+    Render,
 }
 
 #[derive(Subcommand)]
@@ -91,6 +102,10 @@ async fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("binding {}", config.http.listen))?;
             tokio::spawn(nudge_platform_http::serve::cancel_on_signal(shutdown.clone()));
             nudge_data_plane_cell::run(config, listener, shutdown).await
+        }
+        Command::Topics { command: TopicsCommand::Render } => {
+            print!("{}", nudge_contracts::topics::render_markdown());
+            Ok(())
         }
         Command::Auth { command: AuthCommand::Keygen } => {
             println!("{}", nudge_control_plane::auth::tokens::TokenKeys::generate_hex()?);

@@ -16,3 +16,18 @@ pub struct SchemaRef {
 
 pub const EVENT_V1: SchemaRef = SchemaRef { name: "nudge.events.v1.Event", version: 1 };
 pub const TENANT_CONFIG_V1: SchemaRef = SchemaRef { name: "nudge.control.v1.TenantConfig", version: 1 };
+pub const FEATURES_V1: SchemaRef = SchemaRef { name: "nudge.features.v1.FeatureSnapshot", version: 1 };
+pub const PREDICTION_V1: SchemaRef = SchemaRef { name: "nudge.predictions.v1.Prediction", version: 1 };
+pub const INTERVENTION_V1: SchemaRef = SchemaRef { name: "nudge.interventions.v1.Intervention", version: 1 };
+pub const USAGE_V1: SchemaRef = SchemaRef { name: "nudge.usage.v1.UsageReport", version: 1 };
+
+/// Headers a DLQ record carries, naming where it came from and why it failed.
+pub mod dlq {
+    pub const ORIGINAL_TOPIC: &str = "nudge-dlq-original-topic";
+    pub const ORIGINAL_PARTITION: &str = "nudge-dlq-original-partition";
+    pub const ORIGINAL_OFFSET: &str = "nudge-dlq-original-offset";
+    pub const ERROR: &str = "nudge-dlq-error";
+    pub const ATTEMPTS: &str = "nudge-dlq-attempts";
+    /// Which stage set it aside (`validator`, `pipeline`).
+    pub const STAGE: &str = "nudge-dlq-stage";
+}

@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //!
-//! - [`proto`]: Protobuf records generated from `proto/` (events, tenant config, interventions).
+//! - [`proto`]: Protobuf records generated from `proto/`, one package per topic family.
 //! - [`topics`]: the Kafka topics and how their names are formed.
 //! - [`headers`]: record header names (schema, version, trace context).
 //! - [`ids`]: shopper, event and intervention ids chosen at the edge.
@@ -32,6 +32,21 @@ pub mod proto {
     pub mod interventions {
         pub mod v1 {
             include!(concat!(env!("OUT_DIR"), "/nudge.interventions.v1.rs"));
+        }
+    }
+    pub mod features {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/nudge.features.v1.rs"));
+        }
+    }
+    pub mod predictions {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/nudge.predictions.v1.rs"));
+        }
+    }
+    pub mod usage {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/nudge.usage.v1.rs"));
         }
     }
 }

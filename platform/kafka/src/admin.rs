@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use nudge_contracts::topics::{Cleanup, Topic};
+use nudge_contracts::topics::Topic;
 use rdkafka::{
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
     client::DefaultClientContext,
@@ -11,30 +11,34 @@ use rdkafka::{
 
 use crate::{Error, KafkaConfig, Result};
 
-/// Creates each topic that does not exist yet, with its catalogue partitions and cleanup
-/// policy. Existing topics are left as they are, so this runs at every start.
+/// Creates each topic that does not exist yet, as the catalogue describes it (partitions,
+/// cleanup policy, retention). Existing topics are left as they are, so this runs at every
+/// start.
 pub async fn ensure_topics(config: &KafkaConfig, topics: &[Topic]) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &config.brokers)
         .set("socket.timeout.ms", config.request_timeout_ms.to_string())
         .create()?;
     let names = config.topics();
-    let specs: Vec<(String, Topic)> = topics.iter().map(|&t| (names.name(t), t)).collect();
-    let configs: Vec<Vec<(&str, String)>> = specs
-        .iter()
-        .map(|(_, t)| match t.cleanup() {
-            Cleanup::Compact => vec![("cleanup.policy", "compact".to_owned())],
-            Cleanup::Delete { retention_ms } => {
-                vec![("cleanup.policy", "delete".to_owned()), ("retention.ms", retention_ms.to_string())]
-            }
-        })
-        .collect();
+    let mut specs = Vec::with_capacity(topics.len());
+    for &t in topics {
+        let spec = t.spec().ok_or_else(|| Error::CreateTopic {
+            topic: t.base_name().to_owned(),
+            reason: "not in the topic catalogue (deploy/kafka/topics.toml)".into(),
+        })?;
+        let partitions = if config.partitions_override > 0 { config.partitions_override } else { spec.partitions };
+        let settings = vec![
+            ("cleanup.policy", spec.cleanup.as_str().to_owned()),
+            ("retention.ms", spec.retention_ms().to_string()),
+        ];
+        specs.push((names.name(t), partitions, settings));
+    }
     let new_topics: Vec<NewTopic<'_>> = specs
         .iter()
-        .zip(&configs)
-        .map(|((name, t), cfg)| {
-            let partitions = if config.partitions_override > 0 { config.partitions_override } else { t.partitions() };
-            cfg.iter().fold(NewTopic::new(name, partitions, TopicReplication::Fixed(1)), |nt, (k, v)| nt.set(k, v))
+        .map(|(name, partitions, settings)| {
+            settings
+                .iter()
+                .fold(NewTopic::new(name, *partitions, TopicReplication::Fixed(1)), |nt, (k, v)| nt.set(k, v))
         })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
