@@ -184,6 +184,9 @@ pub async fn members(db: &Database, tenant: TenantId) -> Result<Vec<Member>, DbE
         .map_err(DbError::Query)
 }
 
+/// The first key of the two-key advisory locks that serialise seat counting per tenant.
+const SEAT_LOCK_SPACE: i32 = 7_001;
+
 /// Adds the existing account with `email` to `tenant` as `role`, within the plan's seats.
 pub async fn add_member(
     router: &TenantRouter,
@@ -200,7 +203,13 @@ pub async fn add_member(
     };
     let mut tx = router.registry().tenant_tx(tenant).await?;
     // Serialise concurrent additions, so two cannot both take the last seat.
-    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(crate::routing::lock_key(tenant)).execute(&mut *tx).await?;
+    // (A lock of its own: the two-key space never meets the tenant's one-key lock, which this
+    // transaction already holds shared.)
+    sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+        .bind(SEAT_LOCK_SPACE)
+        .bind(crate::routing::lock_key(tenant) as i32)
+        .execute(&mut *tx)
+        .await?;
     let account: Option<uuid::Uuid> = sqlx::query_scalar("SELECT account_id FROM accounts WHERE email = $1")
         .bind(email.as_str())
         .fetch_optional(&mut *tx)

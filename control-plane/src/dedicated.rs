@@ -116,10 +116,10 @@ pub async fn move_to_dedicated(router: &TenantRouter, tenant: TenantId) -> Resul
     source.execute(sqlx::query("INSERT INTO databases (name) VALUES ($1) ON CONFLICT DO NOTHING").bind(&name)).await?;
     tracing::info!(tenant_id = %tenant, database = %name, "dedicated database ready");
 
-    // 2. Fence.
+    // 2. Fence. A fence left by an interrupted earlier attempt is kept: this run resumes it.
     let mut fence = Connection::begin(&mut source).await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(lock_key(tenant)).execute(&mut *fence).await?;
-    sqlx::query("INSERT INTO tenant_fences (tenant_id, moved_to) VALUES ($1, $2)")
+    sqlx::query("INSERT INTO tenant_fences (tenant_id, moved_to) VALUES ($1, $2) ON CONFLICT (tenant_id) DO NOTHING")
         .bind(tenant.as_uuid())
         .bind(&name)
         .execute(&mut *fence)
@@ -127,16 +127,24 @@ pub async fn move_to_dedicated(router: &TenantRouter, tenant: TenantId) -> Resul
     fence.commit().await?;
     tracing::info!(tenant_id = %tenant, "writes fenced in the main database");
 
-    // 3 and 4. Copy and flip; if either fails the fence is lifted again, so the tenant keeps
-    // working where it was (the target's uncommitted copy is rolled back with it).
-    let copied = match copy_and_flip(router, tenant, &name, &mut source, &target_opts).await {
+    // 3 and 4. Drain, copy and flip. If any of it fails the fence is lifted again, so the
+    // tenant keeps working where it was; a later attempt starts the copy afresh.
+    let copied = match drain_copy_and_flip(router, tenant, &name, &mut source, &target_opts).await {
         Ok(copied) => copied,
         Err(e) => {
             tracing::error!(tenant_id = %tenant, error = %e, "move failed; lifting the fence");
-            sqlx::query("DELETE FROM tenant_fences WHERE tenant_id = $1")
-                .bind(tenant.as_uuid())
-                .execute(&mut source)
-                .await?;
+            // A fresh connection: the one the failure happened on may be unusable.
+            let lifted = async {
+                let mut conn = owner_conn(&source_opts, tenant).await?;
+                sqlx::query("DELETE FROM tenant_fences WHERE tenant_id = $1")
+                    .bind(tenant.as_uuid())
+                    .execute(&mut conn)
+                    .await?;
+                Ok::<_, MoveError>(())
+            };
+            if let Err(lift) = lifted.await {
+                tracing::error!(tenant_id = %tenant, error = %lift, "lifting the fence failed; retry the move to finish or lift it");
+            }
             return Err(e);
         }
     };
@@ -148,20 +156,55 @@ pub async fn move_to_dedicated(router: &TenantRouter, tenant: TenantId) -> Resul
     Ok(Moved { database: name, rows: copied, moved: true })
 }
 
-/// Copies the tenant's rows from one snapshot of the (fenced) source into the target, then
-/// records the route.
-async fn copy_and_flip(
+/// How long the move waits for the source's outbox to publish the tenant's pending records.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Waits until the source's outbox has published every record about the tenant, so records
+/// from the two databases' relays can never interleave out of order on a compacted topic.
+async fn drain_outbox(source: &mut PgConnection, tenant: TenantId) -> Result<(), MoveError> {
+    let key = tenant.to_string().into_bytes();
+    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+    loop {
+        let pending: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM outbox WHERE record_key = $1 AND published_at IS NULL AND parked_at IS NULL",
+        )
+        .bind(&key)
+        .fetch_one(&mut *source)
+        .await?;
+        if pending == 0 {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(MoveError::Config(format!("{pending} outbox records of the tenant are still unpublished")));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Drains the tenant's outbox, copies its rows from one snapshot of the (fenced) source into
+/// the target (emptied first, in case an earlier attempt committed a copy), then records the
+/// route.
+async fn drain_copy_and_flip(
     router: &TenantRouter,
     tenant: TenantId,
     name: &str,
     source: &mut PgConnection,
     target_opts: &PgConnectOptions,
 ) -> Result<Vec<(String, i64)>, MoveError> {
+    drain_outbox(&mut *source, tenant).await?;
     let mut target = owner_conn(target_opts, tenant).await?;
     let tables = tables_in_order(&mut *source).await?;
     let mut read = Connection::begin(&mut *source).await?;
     read.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").await?;
     let mut write = Connection::begin(&mut target).await?;
+    // An earlier attempt may have committed a copy and failed before the flip: start clean.
+    write.execute("SET LOCAL nudge.purge_moved_tenant = 'on'").await?;
+    for table in tables.iter().rev() {
+        sqlx::query(&format!("DELETE FROM {table} WHERE tenant_id = $1"))
+            .bind(tenant.as_uuid())
+            .execute(&mut *write)
+            .await?;
+    }
 
     // The platform rows the tenant's rows refer to (its cell).
     let cells: Vec<String> = sqlx::query_scalar(

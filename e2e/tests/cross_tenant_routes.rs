@@ -50,6 +50,16 @@ async fn another_stores_ids_answer_404_on_every_route() -> anyhow::Result<()> {
     }
     assert!(checked >= 6, "only {checked} routes checked");
 
+    // A's own path with B's key id: here the tenant filter and row-level security are what
+    // protect B.
+    let r = platform
+        .http
+        .delete(format!("{cp}/v1/tenants/{}/api-keys/{b_key_id}", a.tenant_id))
+        .bearer_auth(&a_tokens.access_token)
+        .send()
+        .await?;
+    assert_eq!(r.status(), 404);
+
     // Nothing of B changed: its key still exists, its members are its own.
     let members: Value = platform
         .http
@@ -69,6 +79,5 @@ async fn another_stores_ids_answer_404_on_every_route() -> anyhow::Result<()> {
         .text()
         .await?;
     assert!(keys.contains(&b_key_id) && !keys.contains("\"revoked_at\":\"20"), "{keys}");
-    let _ = a;
     platform.shutdown().await
 }

@@ -11,7 +11,8 @@ use sqlx::{Connection, Executor, PgConnection};
 
 const ORIGIN: &str = "https://big.example.com";
 const WRITERS: usize = 4;
-const KEYS_PER_WRITER: usize = 25;
+/// Writes each writer makes after the move has finished.
+const AFTER_MOVE: usize = 5;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_moves_to_its_own_database_under_concurrent_writes() -> anyhow::Result<()> {
@@ -25,13 +26,23 @@ async fn a_store_moves_to_its_own_database_under_concurrent_writes() -> anyhow::
 
     // Writers create keys and keep the names of those acknowledged; a refusal while the
     // store moves (503 tenant_moving) is retried, as a client would.
+    let moved_flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut writers = Vec::new();
     for w in 0..WRITERS {
         let (platform, url, token) = (platform.clone(), keys_url.clone(), tokens.access_token.clone());
+        let moved_flag = moved_flag.clone();
         writers.push(tokio::spawn(async move {
             let mut acknowledged = Vec::new();
             let mut refusals = 0;
-            for k in 0..KEYS_PER_WRITER {
+            let mut after = 0;
+            // Write until the move is over, then a few more.
+            for k in 0.. {
+                if moved_flag.load(std::sync::atomic::Ordering::Acquire) {
+                    after += 1;
+                    if after > AFTER_MOVE {
+                        break;
+                    }
+                }
                 let name = format!("w{w}-k{k}");
                 loop {
                     let r = platform
@@ -55,7 +66,7 @@ async fn a_store_moves_to_its_own_database_under_concurrent_writes() -> anyhow::
                         other => anyhow::bail!("writer {w} got {other}: {}", r.text().await?),
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                tokio::time::sleep(Duration::from_millis(2)).await;
             }
             anyhow::Ok((acknowledged, refusals))
         }));
@@ -72,6 +83,7 @@ async fn a_store_moves_to_its_own_database_under_concurrent_writes() -> anyhow::
         .await?
         .json()
         .await?;
+    moved_flag.store(true, std::sync::atomic::Ordering::Release);
     assert_eq!(moved["moved"], true, "{moved}");
     let database = moved["database"].as_str().unwrap_or_default().to_owned();
     assert!(database.starts_with("nudge_t_"));
@@ -85,7 +97,7 @@ async fn a_store_moves_to_its_own_database_under_concurrent_writes() -> anyhow::
             assert!(acknowledged.insert(n), "a name acknowledged twice");
         }
     }
-    assert_eq!(acknowledged.len(), WRITERS * KEYS_PER_WRITER);
+    assert!(acknowledged.len() > WRITERS * AFTER_MOVE);
     println!("writes refused while moving: {refusals}; rows copied: {}", moved["rows"]);
 
     // Through the API (now served from the dedicated database): every acknowledged key, once.
@@ -110,6 +122,23 @@ async fn a_store_moves_to_its_own_database_under_concurrent_writes() -> anyhow::
         .fetch_one(&mut dedicated)
         .await?;
     assert_eq!(rows as usize, acknowledged.len());
+    // The writes straddle the move: some committed in the shared database before the fence,
+    // some in the dedicated one after the flip.
+    let mut shared_for_fence = PgConnection::connect(&platform.db.owner_url).await?;
+    let fenced_at: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT fenced_at FROM tenant_fences WHERE replace(tenant_id::text, '-', '') = $1")
+            .bind(big.tenant_id.trim_start_matches("tnt_"))
+            .fetch_one(&mut shared_for_fence)
+            .await?;
+    let (before, after): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE created_at < $1), count(*) FILTER (WHERE created_at > $1)
+         FROM api_keys WHERE kind = 'secret' AND name <> 'default'",
+    )
+    .bind(fenced_at)
+    .fetch_one(&mut dedicated)
+    .await?;
+    assert!(before > 0 && after > 0, "writes before the fence ({before}) and after the flip ({after})");
+    drop(shared_for_fence);
     let mut shared = PgConnection::connect(&platform.db.owner_url).await?;
     let big_uuid = big.tenant_id.trim_start_matches("tnt_").to_owned();
     for table in ["tenants", "api_keys", "tenant_origins", "tenant_audit"] {

@@ -15,6 +15,8 @@ use nudge_test_support::TestDatabase;
 use sqlx::{Connection, PgConnection, Postgres, Transaction, postgres::PgConnectOptions};
 
 const RLS_VIOLATION: &str = "42501";
+/// Refused for want of a grant (also SQLSTATE 42501; told apart by [`attempt`]).
+const NO_GRANT: &str = "no-grant";
 
 async fn setup(tenants: usize, pool_size: u32) -> anyhow::Result<(TestDatabase, Database, Vec<TenantId>)> {
     let test_db = TestDatabase::create().await?;
@@ -60,7 +62,9 @@ async fn census(owner: &mut PgConnection, tables: &[String]) -> anyhow::Result<H
     Ok(counts)
 }
 
-/// Runs `sql` in a savepoint: rows affected, or the SQLSTATE it failed with.
+/// Runs `sql` in a savepoint: rows affected, or the SQLSTATE it failed with. A refusal by a
+/// row-level security policy and a refusal for want of a grant share SQLSTATE 42501; the
+/// code returned for the first is [`RLS_VIOLATION`], for the second [`NO_GRANT`].
 async fn attempt(tx: &mut Transaction<'static, Postgres>, sql: &str, bind: Option<&str>) -> Result<u64, String> {
     let mut sp = tx.begin().await.map_err(|e| e.to_string())?;
     let mut q = sqlx::query(sql);
@@ -71,7 +75,14 @@ async fn attempt(tx: &mut Transaction<'static, Postgres>, sql: &str, bind: Optio
     let _ = sp.rollback().await;
     match outcome {
         Ok(r) => Ok(r.rows_affected()),
-        Err(sqlx::Error::Database(e)) => Err(e.code().map(|c| c.into_owned()).unwrap_or_default()),
+        Err(sqlx::Error::Database(e)) => {
+            let code = e.code().map(|c| c.into_owned()).unwrap_or_default();
+            if code == RLS_VIOLATION && e.message().contains("permission denied") {
+                Err(NO_GRANT.into())
+            } else {
+                Err(code)
+            }
+        }
         Err(e) => Err(e.to_string()),
     }
 }
@@ -82,7 +93,48 @@ async fn policy_matrix_three_tenants_every_table_every_verb() -> anyhow::Result<
     let mut owner = PgConnection::connect(&test_db.owner_url).await?;
     let tables = tenant_tables(&mut owner).await?;
     assert!(tables.len() >= 4, "{tables:?}");
+
+    // The sea-orm path (same pool, same entry statement): only the tenant's own rows.
+    let router = nudge_control_plane::routing::TenantRouter::new(db.clone(), Default::default());
+    for &me in &tenants {
+        let seen = nudge_control_plane::origins::visible(&router, me).await?;
+        assert!(!seen.is_empty(), "the ORM path sees the tenant's own origins");
+        assert!(seen.iter().all(|(t, _)| *t == me.as_uuid()), "the ORM path shows another tenant's rows: {seen:?}");
+    }
+
+    // Registry tables get rows of every tenant too, so their SELECT checks can fail.
+    sqlx::query("INSERT INTO databases (name) VALUES ('nudge_t_00000000000000000000000000000000')")
+        .execute(&mut owner)
+        .await?;
+    for &t in &tenants {
+        sqlx::query(
+            "INSERT INTO tenant_routes (tenant_id, database) VALUES ($1, 'nudge_t_00000000000000000000000000000000')",
+        )
+        .bind(t.as_uuid())
+        .execute(&mut owner)
+        .await?;
+        sqlx::query(
+            "INSERT INTO tenant_fences (tenant_id, moved_to) VALUES ($1, 'nudge_t_00000000000000000000000000000000')",
+        )
+        .bind(t.as_uuid())
+        .execute(&mut owner)
+        .await?;
+    }
     let before = census(&mut owner, &tables).await?;
+    // Which verbs the runtime role is granted per table: where it is, the refusal must come
+    // from the policy (the matrix proves RLS, not just the grants).
+    let mut granted = HashMap::new();
+    for t in &tables {
+        for privilege in ["INSERT", "UPDATE"] {
+            let has: bool = sqlx::query_scalar("SELECT has_table_privilege('nudge_app', $1, $2)")
+                .bind(t)
+                .bind(privilege)
+                .fetch_one(&mut owner)
+                .await?;
+            granted.insert((t.clone(), privilege), has);
+        }
+    }
+    assert!(granted.values().filter(|g| **g).count() >= 6, "most tenant tables are writable, so RLS is what refuses");
 
     // One real row of each tenant per table, to forge inserts with.
     let mut samples: HashMap<(String, TenantId), String> = HashMap::new();
@@ -121,8 +173,9 @@ async fn policy_matrix_three_tenants_every_table_every_verb() -> anyhow::Result<
                 format!("DELETE FROM {t} WHERE tenant_id <> $1::uuid"),
             ] {
                 match attempt(&mut tx, &verb, Some(&me_text)).await {
+                    // The policy hides the foreign rows: nothing to change.
                     Ok(n) => assert_eq!(n, 0, "{verb}: changed another tenant's rows"),
-                    Err(code) => assert_eq!(code, RLS_VIOLATION, "{verb}"),
+                    Err(code) => assert_eq!(code, NO_GRANT, "{verb}: only a missing grant may refuse it"),
                 }
             }
             for &other in tenants.iter().filter(|&&o| o != me) {
@@ -132,26 +185,18 @@ async fn policy_matrix_three_tenants_every_table_every_verb() -> anyhow::Result<
                 );
                 assert_eq!(
                     attempt(&mut tx, &forged, Some(&samples[&(t.clone(), other)])).await,
-                    Err(RLS_VIOLATION.into()),
+                    Err(refusal(&granted, t, "INSERT").into()),
                     "{t}: INSERT of another tenant's row"
                 );
                 let moved = format!("UPDATE {t} SET tenant_id = '{}'::uuid", other.as_uuid());
                 assert_eq!(
                     attempt(&mut tx, &moved, None).await,
-                    Err(RLS_VIOLATION.into()),
+                    Err(refusal(&granted, t, "UPDATE").into()),
                     "{t}: UPDATE to another tenant"
                 );
             }
         }
         tx.rollback().await?;
-    }
-
-    // The sea-orm path (same pool, same entry statement): only the tenant's own rows.
-    let router = nudge_control_plane::routing::TenantRouter::new(db.clone(), Default::default());
-    for &me in &tenants {
-        let seen = nudge_control_plane::origins::visible(&router, me).await?;
-        assert!(!seen.is_empty(), "the ORM path sees the tenant's own origins");
-        assert!(seen.iter().all(|(t, _)| *t == me.as_uuid()), "the ORM path shows another tenant's rows: {seen:?}");
     }
 
     // No context: nothing visible, nothing writable.
@@ -162,20 +207,27 @@ async fn policy_matrix_three_tenants_every_table_every_verb() -> anyhow::Result<
         for verb in [format!("UPDATE {t} SET tenant_id = tenant_id"), format!("DELETE FROM {t}")] {
             match attempt(&mut tx, &verb, None).await {
                 Ok(n) => assert_eq!(n, 0, "{verb} without context"),
-                Err(code) => assert_eq!(code, RLS_VIOLATION, "{verb}"),
+                Err(code) => assert_eq!(code, NO_GRANT, "{verb}: only a missing grant may refuse it"),
             }
         }
         let insert =
             format!("INSERT INTO {t} OVERRIDING SYSTEM VALUE SELECT * FROM json_populate_record(NULL::{t}, $1::json)");
         assert_eq!(
             attempt(&mut tx, &insert, Some(&samples[&(t.clone(), tenants[0])])).await,
-            Err(RLS_VIOLATION.into())
+            Err(refusal(&granted, t, "INSERT").into()),
+            "{t}: INSERT without context"
         );
     }
     tx.rollback().await?;
 
     assert_eq!(census(&mut owner, &tables).await?, before, "nothing changed anywhere");
     Ok(())
+}
+
+/// The refusal expected for `privilege` on `table`: the policy's where the role has the
+/// grant, the grant's where it does not.
+fn refusal(granted: &HashMap<(String, &str), bool>, table: &str, privilege: &'static str) -> &'static str {
+    if granted.get(&(table.to_owned(), privilege)).copied().unwrap_or(false) { RLS_VIOLATION } else { NO_GRANT }
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -109,5 +109,40 @@ async fn the_cell_enforces_the_plan_and_other_stores_are_untouched() -> anyhow::
             assert_eq!(body["error"]["code"], "seat_limit");
         }
     }
+
+    // Concurrent additions for the last seats: exactly as many succeed as there are seats,
+    // the rest are told why, and none fails.
+    let raise = json!({"plan": "free", "overrides": {"seats": 4}});
+    let r = platform
+        .http
+        .post(format!("{}/v1/admin/tenants/{}/plan", platform.control_plane_url, noisy.tenant_id))
+        .bearer_auth(OPERATOR_TOKEN)
+        .json(&raise)
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    let mut adds = Vec::new();
+    for i in 0..4 {
+        let email = format!("race{i}-{}@example.com", unique_suffix());
+        let r = platform
+            .http
+            .post(format!("{}/v1/accounts", platform.control_plane_url))
+            .json(&json!({"email": email, "password": PASSWORD}))
+            .send()
+            .await?;
+        assert_eq!(r.status(), 201);
+        let request = platform
+            .http
+            .post(&members)
+            .bearer_auth(&tokens.access_token)
+            .json(&json!({"email": email, "role": "viewer"}));
+        adds.push(tokio::spawn(async move { anyhow::Ok(request.send().await?.status().as_u16()) }));
+    }
+    let mut statuses = Vec::new();
+    for add in adds {
+        statuses.push(add.await??);
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, vec![201, 201, 409, 409], "two seats were left");
     platform.shutdown().await
 }

@@ -65,7 +65,7 @@ end
 redis.call('HSET', KEYS[1], 'state', 'spent')
 redis.call('HSET', KEYS[2], 'family', t[1], 'state', 'live', 'account', t[3], 'tenant', t[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
-return {'ok', t[3], t[4]}
+return {'ok', t[3], t[4], t[1]}
 "#;
 
 /// Revokes the family of a token, whatever the token's state.
@@ -143,22 +143,32 @@ impl RefreshStore {
             .invoke_async(&mut conn)
             .await?;
         match reply.first().map(String::as_str) {
-            Some("ok") if reply.len() == 3 => {
+            Some("ok") if reply.len() == 4 => {
                 let account = reply[1].parse().map_err(|_| RefreshError::Invalid)?;
                 let tenant = reply[2].parse().map_err(|_| RefreshError::Invalid)?;
-                let family = self.family_of(&next).await?;
-                Ok((Issued { token: next, family }, Session { account, tenant }))
+                Ok((Issued { token: next, family: reply[3].clone() }, Session { account, tenant }))
             }
             Some("reused") => Err(RefreshError::Reused),
             _ => Err(RefreshError::Invalid),
         }
     }
 
-    async fn family_of(&self, token: &str) -> Result<String, RefreshError> {
+    /// Whom `token` speaks for, without spending it (so checks that may fail can run
+    /// before the token is used up).
+    pub async fn peek(&self, token: &str) -> Result<Session, RefreshError> {
+        if !token.starts_with("rt_") || token.len() != 67 {
+            return Err(RefreshError::Invalid);
+        }
         let mut conn = self.redis.clone();
-        let family: Option<String> =
-            redis::cmd("HGET").arg(self.token_key(token)).arg("family").query_async(&mut conn).await?;
-        family.ok_or(RefreshError::Invalid)
+        let fields: Vec<Option<String>> =
+            redis::cmd("HMGET").arg(self.token_key(token)).arg(&["account", "tenant"]).query_async(&mut conn).await?;
+        match fields.as_slice() {
+            [Some(account), Some(tenant)] => Ok(Session {
+                account: account.parse().map_err(|_| RefreshError::Invalid)?,
+                tenant: tenant.parse().map_err(|_| RefreshError::Invalid)?,
+            }),
+            _ => Err(RefreshError::Invalid),
+        }
     }
 
     /// Ends the session `token` belongs to (logout). Unknown tokens are ignored.

@@ -136,13 +136,16 @@ async fn refresh(
 ) -> Result<Json<SessionTokens>, ApiError> {
     let request = json_body(body)?;
     let store = sessions(&state)?;
-    let (issued, session) = store.rotate(&request.refresh_token).await.map_err(refresh_error)?;
+    // Everything that may fail runs before the token is spent, so a passing outage never
+    // burns a token the client would then retry (and be taken for a thief).
+    let session = store.peek(&request.refresh_token).await.map_err(refresh_error)?;
     // The role is read again: it may have changed, or the membership ended.
     let role = accounts::role_in(&state.db, session.tenant, session.account).await.map_err(db_error)?;
     let Some(role) = role else {
-        store.revoke_family(&issued.family).await.map_err(refresh_error)?;
+        store.revoke(&request.refresh_token).await.map_err(refresh_error)?;
         return Err(refresh_error(RefreshError::Invalid));
     };
+    let (issued, session) = store.rotate(&request.refresh_token).await.map_err(refresh_error)?;
     let claims = AccessClaims { account: session.account, tenant: session.tenant, role };
     Ok(Json(tokens_for(&state, &claims, issued.token)?))
 }
