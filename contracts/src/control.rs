@@ -243,3 +243,39 @@ pub struct IsolationResponse {
     /// Rows copied, by table.
     pub rows: std::collections::BTreeMap<String, i64>,
 }
+
+/// `POST /v1/tenants/{tenant_id}/suppressions`: stop acting on a shopper's events.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SuppressionRequest {
+    pub shopper_id: String,
+    /// `opt_out` or `merchant` (`erasure` is set by erasure requests); default `merchant`.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SuppressionView {
+    pub shopper_id: String,
+    pub reason: String,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SuppressionList {
+    pub items: Vec<SuppressionView>,
+}
+
+/// What happened to a store's events over a period.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UsageView {
+    pub tenant_id: String,
+    /// RFC 3339, inclusive.
+    pub from: String,
+    /// RFC 3339, exclusive.
+    pub to: String,
+    pub accepted: i64,
+    /// Events not accepted or not acted on, by reason: `rate`, `quota`, `schema`,
+    /// `suppressed`, `duplicate`.
+    pub dropped: std::collections::BTreeMap<String, i64>,
+}

@@ -49,8 +49,12 @@ pub const EVENT_TYPES: [&str; 8] = [
     "identify",
 ];
 
-/// `202 Accepted` body: every event in the batch is durably enqueued.
+/// `202 Accepted` body: every new event of the batch is durably enqueued.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BatchAccepted {
+    /// Events taken (new ones stored, plus any the store does not act on).
     pub accepted: usize,
+    /// Events sent before (same event id within a day), not stored again.
+    #[serde(default)]
+    pub duplicates: usize,
 }

@@ -84,6 +84,11 @@ pub async fn announce(
             })
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let suppressed_shoppers: Vec<String> =
+            sqlx::query_scalar("SELECT shopper_id FROM suppressions WHERE tenant_id = $1 ORDER BY shopper_id")
+                .bind(tenant.as_uuid())
+                .fetch_all(&mut **tx)
+                .await?;
         let config = TenantConfig {
             tenant_id: tenant.to_string(),
             state: wire_state(state) as i32,
@@ -93,6 +98,7 @@ pub async fn announce(
             revision: u64::try_from(revision).unwrap_or(0),
             updated_at_ms: updated_at.timestamp_millis(),
             server_keys,
+            suppressed_shoppers,
             limits: Some(WireLimits {
                 plan: plan.as_str().to_owned(),
                 events_per_second: limits.events_per_second,

@@ -18,6 +18,8 @@
 //! - [`lifecycle`]: state transitions with their audit log.
 //! - [`announce`]: the tenant's configuration snapshot, enqueued for the cells.
 //! - [`entities`], [`origins`]: sea-orm entities and the repositories that use them.
+//! - [`suppressions`]: shoppers whose events the cells drop.
+//! - [`usage`]: usage reports from the cells, and the merchant's totals.
 //! - [`store`]: a store's profile.
 //! - [`outbox`]: the relay that publishes committed outbox rows to Kafka.
 
@@ -38,6 +40,8 @@ pub mod plans;
 pub mod routing;
 pub mod signup;
 pub mod store;
+pub mod suppressions;
+pub mod usage;
 
 pub use config::ControlPlaneConfig;
 pub use db::Database;

@@ -37,8 +37,17 @@ async fn a_revoked_server_key_stops_working_at_the_cell_within_seconds() -> anyh
     // From a server: no Origin, the secret key decides.
     let batch = json!({"events": [{"event_id": "srv-1", "type": "purchase", "shopper_id": "shp_1",
         "properties": {"order_id": "o-1", "value": 129.0, "currency": "EUR"}}]});
-    let post =
-        |key: &str| platform.http.post(format!("{}/v1/events", platform.cell_url)).bearer_auth(key).json(&batch).send();
+    // Servers must name each request: a fresh Idempotency-Key per try here, since each try
+    // is meant to run.
+    let post = |key: &str| {
+        platform
+            .http
+            .post(format!("{}/v1/events", platform.cell_url))
+            .bearer_auth(key)
+            .header("Idempotency-Key", unique_suffix())
+            .json(&batch)
+            .send()
+    };
     let mut status = 0;
     for _ in 0..100 {
         status = post(&secret).await?.status().as_u16();

@@ -12,13 +12,15 @@ const ORIGIN: &str = "https://shop.example.com";
 async fn ingest_answers_503_with_retry_after_while_the_broker_is_down() -> anyhow::Result<()> {
     let mut platform = Platform::start_durable().await?;
     let tenant = platform.sign_up_ready("Acme", ORIGIN).await?;
-    let batch = json!({"events": [{"event_id": "e1", "type": "page_view", "shopper_id": "shp_1"}]});
-    assert_eq!(platform.post_events(&tenant.publishable_key, Some(ORIGIN), &batch).await?.status(), 202);
+    // Each attempt is a new event: a resent id would be answered 202 as a duplicate.
+    let batch =
+        |n: usize| json!({"events": [{"event_id": format!("e{n}"), "type": "page_view", "shopper_id": "shp_1"}]});
+    assert_eq!(platform.post_events(&tenant.publishable_key, Some(ORIGIN), &batch(0)).await?.status(), 202);
 
     platform.broker.kill().await?;
     for i in 0..3 {
         let started = Instant::now();
-        let r = platform.post_events(&tenant.publishable_key, Some(ORIGIN), &batch).await?;
+        let r = platform.post_events(&tenant.publishable_key, Some(ORIGIN), &batch(1 + i)).await?;
         let elapsed = started.elapsed();
         assert_eq!(r.status(), 503, "attempt {i}");
         assert_eq!(r.headers()["retry-after"], "1");
@@ -31,8 +33,8 @@ async fn ingest_answers_503_with_retry_after_while_the_broker_is_down() -> anyho
     // The broker returns with its records; ingest accepts again.
     platform.broker.restart().await?;
     let mut accepted = false;
-    for _ in 0..100 {
-        let r = platform.post_events(&tenant.publishable_key, Some(ORIGIN), &batch).await?;
+    for n in 10..110 {
+        let r = platform.post_events(&tenant.publishable_key, Some(ORIGIN), &batch(n)).await?;
         if r.status() == 202 {
             accepted = true;
             break;

@@ -37,7 +37,8 @@ impl Drop for TestDatabase {
         let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
         // Drop runs outside async context; a short-lived runtime on its own thread does the
         // cleanup. A failure only leaves a stray test database behind.
-        let cleanup = std::thread::spawn(move || {
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
             rt.block_on(async move {
                 if let Ok(mut conn) = PgConnection::connect(&admin_url).await {
@@ -45,7 +46,9 @@ impl Drop for TestDatabase {
                     let _ = conn.close().await;
                 }
             });
+            let _ = done.send(());
         });
-        let _ = cleanup.join();
+        // Bounded: a stuck cleanup must not hang the test run (a stray database is harmless).
+        let _ = finished.recv_timeout(std::time::Duration::from_secs(15));
     }
 }

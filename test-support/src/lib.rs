@@ -26,7 +26,8 @@ pub use redis_server::RedisServer;
 /// shows why (an internal error's cause is logged, not returned). Set `NUDGE_TEST_LOG` to a
 /// filter such as `debug` for more.
 pub fn init_test_logging() {
-    let filter = std::env::var("NUDGE_TEST_LOG").unwrap_or_else(|_| "warn".into());
+    // librdkafka reports every refused connection at error level; tests kill brokers on purpose.
+    let filter = std::env::var("NUDGE_TEST_LOG").unwrap_or_else(|_| "warn,librdkafka=off,rdkafka=off".into());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_test_writer()

@@ -26,11 +26,14 @@ use nudge_control_plane::{
 use nudge_control_plane::{
     auth::{refresh::RefreshStore, tokens::TokenKeys},
     routing::TenantRouter,
+    usage::UsageSink,
 };
 use nudge_platform_http::{
     HttpMetrics, Readiness, ReadinessCheck, openapi, ops_router, serve, supervise::serve_supervised, trace_layer,
 };
+use nudge_platform_kafka::stage::{DeadLetters, StageMetrics, StagePolicy, run_stage};
 use nudge_platform_telemetry::Metrics;
+use rdkafka::consumer::Consumer;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, OnceCell};
@@ -75,6 +78,7 @@ pub async fn run(config: ControlPlaneConfig, listener: TcpListener, shutdown: Ca
 
     let metrics = Metrics::new("control_plane");
     let http_metrics = HttpMetrics::register(&metrics);
+    let stage_metrics = StageMetrics::register(&metrics);
     let readiness =
         Readiness::default().with(Arc::new(DatabaseReady(db.clone()))).with(Arc::new(StartedReady(started.clone())));
     let admin_tokens = AdminTokens(Arc::new(
@@ -112,10 +116,38 @@ pub async fn run(config: ControlPlaneConfig, listener: TcpListener, shutdown: Ca
         run_relay.await;
         Ok(())
     });
+    // Usage reports from the cells, each stored once.
+    let usage_consumer = nudge_platform_kafka::group_consumer(&config.kafka, "control-plane-usage", "usage")?;
+    usage_consumer.subscribe(&[config.kafka.topics().name(nudge_contracts::Topic::Usage).as_str()])?;
+    let usage_stage = run_stage(
+        usage_consumer,
+        Arc::new(UsageSink { router: router.clone() }),
+        DeadLetters::new(
+            nudge_platform_kafka::producer(&config.kafka, "control-plane-usage-dlq")?,
+            config.kafka.topics().name(nudge_contracts::Topic::EventsDlq),
+        ),
+        StagePolicy {
+            name: "usage",
+            max_attempts: 5,
+            retry_backoff: Duration::from_millis(200),
+            max_unavailable_backoff: Duration::from_secs(2),
+        },
+        stage_metrics,
+        shutdown.clone(),
+    );
+    let usage = tokio::spawn(async move {
+        usage_stage.await;
+        Ok(())
+    });
     let dedicated_relays = tokio::spawn(relay_dedicated(router, config.clone(), outbox_wake, shutdown.clone()));
     serve_supervised(
         serve(listener, http, shutdown.clone()),
-        vec![("outbox relay", relay), ("start-up", bootstrap), ("dedicated outbox relays", dedicated_relays)],
+        vec![
+            ("outbox relay", relay),
+            ("start-up", bootstrap),
+            ("dedicated outbox relays", dedicated_relays),
+            ("usage consumer", usage),
+        ],
         shutdown,
     )
     .await
@@ -134,7 +166,15 @@ async fn bootstrap(
     loop {
         let attempt = async {
             register_shared_cell(&db, &config.placement).await?;
-            nudge_platform_kafka::ensure_topics(&config.kafka, &[nudge_contracts::Topic::ControlTenants]).await?;
+            nudge_platform_kafka::ensure_topics(
+                &config.kafka,
+                &[
+                    nudge_contracts::Topic::ControlTenants,
+                    nudge_contracts::Topic::Usage,
+                    nudge_contracts::Topic::EventsDlq,
+                ],
+            )
+            .await?;
             if sessions.get().is_none() {
                 let timeout = Duration::from_millis(config.redis.response_timeout_ms);
                 let client = redis::Client::open(config.redis.url.expose_secret())?;

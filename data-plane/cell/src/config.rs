@@ -21,6 +21,8 @@ pub struct CellConfig {
     pub kafka: KafkaConfig,
     pub redis: RedisConfig,
     pub ingest: IngestConfig,
+    pub stages: StagesConfig,
+    pub usage: UsageConfig,
     pub gateway: GatewayConfig,
     pub inference: InferenceConfig,
     pub decide: RuleConfig,
@@ -35,11 +37,46 @@ impl Default for CellConfig {
             kafka: KafkaConfig::default(),
             redis: RedisConfig::default(),
             ingest: IngestConfig::default(),
+            stages: StagesConfig::default(),
+            usage: UsageConfig::default(),
             gateway: GatewayConfig::default(),
             inference: InferenceConfig::default(),
             decide: RuleConfig::default(),
             log: LogConfig::default(),
         }
+    }
+}
+
+/// The processing stages (validator, pipeline).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct StagesConfig {
+    /// Consumers of `events.raw` in this process (group `validator`).
+    pub validator_consumers: usize,
+    /// Consumers of `events.validated` in this process (group `pipeline`).
+    pub pipeline_consumers: usize,
+    /// Tries of a failing record before it goes to `events.dlq`.
+    pub max_attempts: u32,
+    /// Pause between tries of a failing record.
+    pub retry_backoff_ms: u64,
+}
+
+impl Default for StagesConfig {
+    fn default() -> Self {
+        Self { validator_consumers: 1, pipeline_consumers: 1, max_attempts: 5, retry_backoff_ms: 200 }
+    }
+}
+
+/// Usage reports to `usage.v1`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct UsageConfig {
+    pub interval_ms: u64,
+}
+
+impl Default for UsageConfig {
+    fn default() -> Self {
+        Self { interval_ms: 10_000 }
     }
 }
 
@@ -97,6 +134,13 @@ impl Validate for CellConfig {
         }
         if self.ingest.max_batch_events == 0 || self.ingest.max_body_bytes == 0 {
             return Err("ingest limits must be positive".into());
+        }
+        if self.stages.validator_consumers == 0 || self.stages.pipeline_consumers == 0 || self.stages.max_attempts == 0
+        {
+            return Err("stages: consumers and max_attempts must be at least 1".into());
+        }
+        if self.usage.interval_ms == 0 {
+            return Err("usage.interval_ms must be positive".into());
         }
         if !(0.0..=1.0).contains(&self.decide.threshold) {
             return Err("decide.threshold must be within [0, 1]".into());

@@ -4,7 +4,10 @@
 //!
 //! - [`run`]: starts the cell on a listener and runs it until shutdown.
 //! - [`config`]: the cell's configuration, [`CellConfig`].
-//! - [`pipeline`]: `events.raw` → features → model → decision → intervention.
+//! - [`validator`]: the stage `events.raw` → `events.validated` (poison to `events.dlq`).
+//! - [`pipeline`]: the stage `events.validated` → features → model → decision → intervention,
+//!   each effect once per (tenant, event id).
+//! - [`usage`]: per-tenant counts to `usage.v1`.
 //! - [`readiness`]: what `/readyz` checks.
 //! - [`snippet`]: serves `nudge.js`, the browser snippet.
 
@@ -12,6 +15,8 @@ pub mod config;
 pub mod pipeline;
 pub mod readiness;
 pub mod snippet;
+pub mod usage;
+pub mod validator;
 
 use std::{
     sync::{Arc, atomic::AtomicBool},
@@ -28,10 +33,15 @@ use nudge_data_plane_gateway::{
     route::{InterventionPublisher, channel},
 };
 use nudge_data_plane_inference::{Model, bundled, init_runtime};
-use nudge_data_plane_ingest::{IngestState, routes::IngestMetrics, sink::KafkaSink};
-use nudge_platform_http::{
-    HttpMetrics, Readiness, openapi, ops_router, serve, supervise::serve_supervised, trace_layer,
+use nudge_data_plane_ingest::{
+    IngestState, dedup::RedisDedup, routes::IngestMetrics, sink::KafkaSink, usage::UsageCounters,
 };
+use nudge_platform_http::{
+    HttpMetrics, Readiness, openapi, ops_router, serve,
+    supervise::{Task, serve_supervised},
+    trace_layer,
+};
+use nudge_platform_kafka::stage::{DeadLetters, Handler, StageMetrics, StagePolicy, run_stage};
 use nudge_platform_telemetry::Metrics;
 use rdkafka::consumer::Consumer;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -89,23 +99,76 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
         Ok(())
     });
 
-    // The scoring pipeline.
-    let consumer =
-        nudge_platform_kafka::group_consumer(&config.kafka, &format!("cell-{}", config.cell_id), "pipeline")?;
-    consumer.subscribe(&[topics.name(Topic::EventsRaw).as_str()])?;
-    let pipeline = pipeline::Pipeline {
-        consumer,
+    // The stages: validator (events.raw → events.validated) and pipeline (→ effects).
+    let usage = Arc::new(UsageCounters::default());
+    let stage_producer = nudge_platform_kafka::producer(&config.kafka, &format!("cell-{}-stages", config.cell_id))?;
+    let dead_letters = DeadLetters::new(stage_producer.clone(), topics.name(Topic::EventsDlq));
+    let stage_metrics = StageMetrics::register(&metrics);
+    let policy = |name| StagePolicy {
+        name,
+        max_attempts: config.stages.max_attempts,
+        retry_backoff: Duration::from_millis(config.stages.retry_backoff_ms),
+        max_unavailable_backoff: Duration::from_secs(2),
+    };
+    let validator: Arc<dyn Handler> = Arc::new(validator::Validator {
+        directory: directory.clone(),
+        producer: stage_producer.clone(),
+        validated_topic: topics.name(Topic::EventsValidated),
+    });
+    let scorer: Arc<dyn Handler> = Arc::new(pipeline::Pipeline {
         sessions: SessionStore::new(redis.clone(), config.redis.prefix.clone()),
         model,
         rule: config.decide.clone(),
         publisher: InterventionPublisher::new(redis.clone(), channel),
+        producer: stage_producer.clone(),
+        topics: pipeline::OutputTopics {
+            features: topics.name(Topic::Features),
+            predictions: topics.name(Topic::Predictions),
+            interventions: topics.name(Topic::InterventionCommands),
+        },
+        usage: usage.clone(),
         metrics: pipeline::PipelineMetrics::register(&metrics),
-    };
-    let run_pipeline = pipeline.run(shutdown.clone());
-    let pipeline = tokio::spawn(async move {
-        run_pipeline.await;
-        Ok(())
     });
+    let mut tasks: Vec<Task> = Vec::new();
+    for (stage, handler, source, count) in [
+        ("validator", validator, Topic::EventsRaw, config.stages.validator_consumers),
+        ("pipeline", scorer, Topic::EventsValidated, config.stages.pipeline_consumers),
+    ] {
+        for i in 0..count {
+            let consumer = nudge_platform_kafka::group_consumer(
+                &config.kafka,
+                &format!("cell-{}-{stage}-{i}", config.cell_id),
+                stage,
+            )?;
+            consumer.subscribe(&[topics.name(source).as_str()])?;
+            let run = run_stage(
+                consumer,
+                handler.clone(),
+                dead_letters.clone(),
+                policy(stage),
+                stage_metrics.clone(),
+                shutdown.clone(),
+            );
+            tasks.push((
+                stage,
+                tokio::spawn(async move {
+                    run.await;
+                    Ok(())
+                }),
+            ));
+        }
+    }
+    tasks.push((
+        "usage reporter",
+        tokio::spawn(usage::report(
+            usage.clone(),
+            stage_producer,
+            topics.name(Topic::Usage),
+            config.cell_id.clone(),
+            Duration::from_millis(config.usage.interval_ms),
+            shutdown.clone(),
+        )),
+    ));
 
     // Ingest.
     let sink = KafkaSink::new(
@@ -117,6 +180,8 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
     let ingest = IngestState {
         directory: directory.clone(),
         limiter: Arc::new(nudge_data_plane_ingest::limits::RateLimiter::default()),
+        dedup: Arc::new(RedisDedup::new(redis.clone(), config.redis.prefix.clone())),
+        usage,
         sink: Arc::new(sink),
         config: config.ingest.clone(),
         metrics: IngestMetrics::register(&metrics),
@@ -143,7 +208,11 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
     tracing::info!(addr = %listener.local_addr()?, cell_id = %config.cell_id, "cell listening");
     serve_supervised(
         serve(listener, router, shutdown.clone()),
-        vec![("scoring pipeline", pipeline), ("tenant directory", follow), ("intervention subscriber", subscriber)],
+        {
+            tasks.push(("tenant directory", follow));
+            tasks.push(("intervention subscriber", subscriber));
+            tasks
+        },
         shutdown,
     )
     .await

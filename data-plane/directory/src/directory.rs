@@ -23,6 +23,8 @@ pub struct TenantEntry {
     pub server_keys: Vec<ServerKeyEntry>,
     /// What the store's plan allows on this cell.
     pub limits: TenantLimits,
+    /// Shoppers whose events are dropped at ingest.
+    pub suppressed: std::collections::HashSet<String>,
     pub revision: u64,
 }
 
@@ -247,6 +249,7 @@ fn parse_entry(tenant_id: TenantId, config: &TenantConfig) -> Result<TenantEntry
         allowed_origins,
         server_keys,
         limits,
+        suppressed: config.suppressed_shoppers.iter().cloned().collect(),
         revision: config.revision,
     })
 }
@@ -268,6 +271,7 @@ mod tests {
             updated_at_ms: 0,
             server_keys: vec![],
             limits: None,
+            suppressed_shoppers: vec![],
         };
         (tenant.to_string().into_bytes(), config.encode_to_vec(), key)
     }

@@ -3,7 +3,7 @@
 
 use nudge_contracts::ShopperId;
 use nudge_tenants::TenantId;
-use redis::aio::ConnectionManager;
+use redis::{Script, aio::ConnectionManager};
 
 use crate::SessionState;
 
@@ -22,6 +22,11 @@ impl SessionKey {
     /// found (and erased) by pattern.
     pub fn redis_key(&self, prefix: &str) -> String {
         format!("{prefix}t:{}:session:{}", self.tenant, self.shopper)
+    }
+
+    /// The marker that an event's effects were applied to this session.
+    pub fn applied_key(&self, prefix: &str, event_id: &str) -> String {
+        format!("{prefix}t:{}:applied:{event_id}", self.tenant)
     }
 }
 
@@ -80,9 +85,19 @@ impl SessionStore {
         })
     }
 
-    /// Writes the whole session and renews its expiry, atomically.
-    pub async fn save(&self, key: &SessionKey, s: &SessionState) -> Result<(), StoreError> {
-        let redis_key = key.redis_key(&self.prefix);
+    /// Whether the effects of `event_id` were already applied (a replayed record).
+    pub async fn already_applied(&self, key: &SessionKey, event_id: &str) -> Result<bool, StoreError> {
+        let mut conn = self.redis.clone();
+        let exists: bool =
+            redis::cmd("EXISTS").arg(key.applied_key(&self.prefix, event_id)).query_async(&mut conn).await?;
+        Ok(exists)
+    }
+
+    /// Applies event `event_id`'s effect on the session exactly once: in one script, marks the
+    /// event applied (for [`APPLIED_TTL_SECONDS`]), writes the whole session, renews its
+    /// expiry and counts the event for the tenant. False (and nothing written) when the event
+    /// was applied already.
+    pub async fn commit(&self, key: &SessionKey, event_id: &str, s: &SessionState) -> Result<bool, StoreError> {
         let values: [i64; 12] = [
             s.first_seen_ms,
             s.last_seen_ms,
@@ -97,16 +112,42 @@ impl SessionStore {
             i64::from(s.purchased),
             s.last_intervention_ms,
         ];
-        let pairs: Vec<(&str, i64)> = FIELDS.iter().copied().zip(values).collect();
+        let mut script = Script::new(COMMIT);
+        let mut invocation = script.key(key.applied_key(&self.prefix, event_id));
+        invocation
+            .key(key.redis_key(&self.prefix))
+            .key(effects_key(&self.prefix, key))
+            .arg(APPLIED_TTL_SECONDS)
+            .arg(SESSION_TTL_SECONDS);
+        for (field, value) in FIELDS.iter().zip(values) {
+            invocation.arg(*field).arg(value);
+        }
         let mut conn = self.redis.clone();
-        redis::pipe()
-            .atomic()
-            .hset_multiple(&redis_key, &pairs)
-            .ignore()
-            .expire(&redis_key, SESSION_TTL_SECONDS)
-            .ignore()
-            .query_async::<()>(&mut conn)
-            .await?;
-        Ok(())
+        let applied: i64 = invocation.invoke_async(&mut conn).await?;
+        script = Script::new(COMMIT);
+        drop(script);
+        Ok(applied == 1)
     }
+}
+
+/// How long an event id is remembered as applied: replays and client retries come well
+/// within a day.
+pub const APPLIED_TTL_SECONDS: i64 = 24 * 3600;
+
+/// Marks, writes and counts in one step (see [`SessionStore::commit`]).
+const COMMIT: &str = r#"
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) == false then
+  return 0
+end
+for i = 3, #ARGV, 2 do
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+end
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('HINCRBY', KEYS[3], 'events', 1)
+return 1
+"#;
+
+/// The per-tenant count of events whose effects were applied (hash field `events`).
+pub fn effects_key(prefix: &str, key: &SessionKey) -> String {
+    format!("{prefix}t:{}:effects", key.tenant)
 }

@@ -6,7 +6,6 @@
 use std::{sync::Arc, time::Duration};
 
 use axum::{
-    Json,
     body::{Body, to_bytes},
     extract::State,
     http::{HeaderMap, HeaderValue, StatusCode, Uri, header},
@@ -23,6 +22,7 @@ use nudge_data_plane_directory::{
 };
 use nudge_platform_http::{ApiError, ErrorBody, current_trace};
 use nudge_platform_telemetry::Metrics;
+use nudge_tenants::TenantId;
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family},
@@ -30,11 +30,14 @@ use prometheus_client::{
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use sha2::{Digest, Sha256};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
+    dedup::{Dedup, DedupUnavailable, KeyState},
     limits::RateLimiter,
     sink::{EventRecord, EventSink, SinkError},
+    usage::{Drop, UsageCounters},
     validate::parse_event,
 };
 
@@ -90,6 +93,8 @@ impl IngestMetrics {
 pub struct IngestState {
     pub directory: Arc<Directory>,
     pub limiter: Arc<RateLimiter>,
+    pub dedup: Arc<dyn Dedup>,
+    pub usage: Arc<UsageCounters>,
     pub sink: Arc<dyn EventSink>,
     pub config: IngestConfig,
     pub metrics: IngestMetrics,
@@ -123,31 +128,65 @@ async fn preflight(headers: HeaderMap) -> Response {
 /// a browser, with an allowed `Origin`) or a secret key (`sk_…` with `events:write`, from
 /// the store's server).
 #[utoipa::path(post, path = "/v1/events", tag = "events", request_body = EventBatch,
-    params(("key" = Option<String>, Query, description = "publishable key, for clients that cannot set headers")),
+    params(
+        ("key" = Option<String>, Query, description = "publishable key, for clients that cannot set headers"),
+        ("Idempotency-Key" = Option<String>, Header, description = "replays the first answer for the same key and body (required with a secret key)"),
+    ),
     security(("publishable_key" = [])),
     responses(
-        (status = 202, description = "every event is durably stored", body = BatchAccepted),
-        (status = 400, description = "`malformed_json`", body = ErrorBody),
+        (status = 202, description = "every new event is durably stored (resent ones are counted as duplicates)", body = BatchAccepted),
+        (status = 400, description = "`malformed_json`, `invalid_idempotency_key`, `idempotency_key_required` (secret keys)", body = ErrorBody),
+        (status = 409, description = "`idempotency_key_in_use`: a request with this key is still running", body = ErrorBody),
         (status = 401, description = "`missing_key`, `invalid_key`", body = ErrorBody),
         (status = 403, description = "`origin_required`, `origin_not_allowed`, `missing_scope`, `tenant_suspended`, `tenant_inactive`", body = ErrorBody),
         (status = 413, description = "`batch_too_large`", body = ErrorBody),
         (status = 429, description = "`rate_limited`: over the plan's events per second; retry after `Retry-After`", body = ErrorBody),
-        (status = 422, description = "`empty_batch`, or the first invalid event's code (`unknown_event_type`, `invalid_property`, …) with every invalid event in details", body = ErrorBody),
-        (status = 503, description = "`broker_unavailable`, `cell_starting`; retry after `Retry-After`", body = ErrorBody),
+        (status = 422, description = "`idempotency_key_reused` (same key, different body), `empty_batch`, or the first invalid event's code (`unknown_event_type`, `invalid_property`, …) with every invalid event in details", body = ErrorBody),
+        (status = 503, description = "`broker_unavailable`, `idempotency_unavailable`, `cell_starting`; retry after `Retry-After`", body = ErrorBody),
     ))]
 #[tracing::instrument(skip_all, fields(tenant_id))]
 async fn ingest(State(state): State<IngestState>, uri: Uri, headers: HeaderMap, body: Body) -> Response {
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let mut response = match accept(&state, &uri, &headers, origin.as_deref(), body).await {
-        Ok(accepted) => {
-            state.metrics.accepted.inc_by(accepted as u64);
-            (StatusCode::ACCEPTED, Json(BatchAccepted { accepted })).into_response()
+    let (outcome, claim) = accept(&state, &uri, &headers, origin.as_deref(), body).await;
+    let mut retry_after = None;
+    let (status, body) = match outcome {
+        Ok(Answer::Accepted(accepted)) => {
+            state.metrics.accepted.inc_by(accepted.accepted as u64);
+            (StatusCode::ACCEPTED, serde_json::to_vec(&accepted).unwrap_or_default())
         }
+        Ok(Answer::Replay { status, body }) => (StatusCode::from_u16(status).unwrap_or(StatusCode::OK), body),
         Err(e) => {
             state.metrics.rejected.get_or_create(&CodeLabel { code: e.code }).inc();
-            e.into_response()
+            retry_after = e.retry_after;
+            let response = e.into_response();
+            let status = response.status();
+            let body = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap_or_default().to_vec();
+            (status, body)
         }
     };
+    // The answer of a request with an idempotency key is kept for replays, unless it asks for
+    // a retry (429, 5xx): then the key is let go so the retry can run.
+    let mut replayed = false;
+    if let Some(claim) = claim {
+        replayed = claim.replayed;
+        if !claim.replayed {
+            let kept = if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+                state.dedup.abandon(claim.tenant, &claim.key).await
+            } else {
+                state.dedup.finish(claim.tenant, &claim.key, status.as_u16(), &body).await
+            };
+            if let Err(e) = kept {
+                tracing::warn!(error = %e, "could not record the idempotency key's answer");
+            }
+        }
+    }
+    let mut response = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+    if replayed {
+        response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    if let Some(seconds) = retry_after {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
     // Every answer is readable by the page that asked, refusals included, so the snippet can
     // tell "fix this" (drop the batch) from "retry later". What protects the tenant is the
     // server-side Origin check above, not CORS.
@@ -155,9 +194,41 @@ async fn ingest(State(state): State<IngestState>, uri: Uri, headers: HeaderMap, 
         let h = response.headers_mut();
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
         h.insert(header::VARY, HeaderValue::from_static("Origin"));
-        h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("retry-after, x-trace-id"));
+        h.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("retry-after, x-trace-id, idempotent-replayed"),
+        );
     }
     response
+}
+
+/// What a successful request answers.
+enum Answer {
+    Accepted(BatchAccepted),
+    /// The stored answer of an earlier request with the same idempotency key.
+    Replay {
+        status: u16,
+        body: Vec<u8>,
+    },
+}
+
+/// An idempotency key this request holds (or replays).
+struct Claim {
+    tenant: TenantId,
+    key: String,
+    replayed: bool,
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(raw) = headers.get("idempotency-key") else { return Ok(None) };
+    let key = raw
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()));
+    key.map(|k| Some(k.to_owned())).ok_or_else(|| {
+        ApiError::bad_request("invalid_idempotency_key", "an Idempotency-Key is 1-255 printable ASCII characters")
+    })
 }
 
 async fn accept(
@@ -166,8 +237,23 @@ async fn accept(
     headers: &HeaderMap,
     origin: Option<&str>,
     body: Body,
-) -> Result<usize, ApiError> {
-    let tenant = match secret_key_from(headers) {
+) -> (Result<Answer, ApiError>, Option<Claim>) {
+    let mut claim = None;
+    let outcome = accept_inner(state, uri, headers, origin, body, &mut claim).await;
+    (outcome, claim)
+}
+
+async fn accept_inner(
+    state: &IngestState,
+    uri: &Uri,
+    headers: &HeaderMap,
+    origin: Option<&str>,
+    body: Body,
+    claim: &mut Option<Claim>,
+) -> Result<Answer, ApiError> {
+    let server = secret_key_from(headers);
+    let from_server = server.is_some();
+    let tenant = match server {
         // A store's server: no browser, no Origin; the key's scope decides.
         Some(key) => authorize_server(&state.directory, &key?, "events:write")?,
         None => {
@@ -175,7 +261,8 @@ async fn accept(
             authorize(&state.directory, &key, origin)?
         }
     };
-    tracing::Span::current().record("tenant_id", tracing::field::display(tenant.tenant_id));
+    let tenant_id = tenant.tenant_id;
+    tracing::Span::current().record("tenant_id", tracing::field::display(tenant_id));
 
     let bytes = to_bytes(body, state.config.max_body_bytes).await.map_err(|_| {
         ApiError::new(
@@ -184,44 +271,82 @@ async fn accept(
             format!("the body is larger than {} bytes; send smaller batches", state.config.max_body_bytes),
         )
     })?;
+
+    // Servers retry on their own schedule: they must say which request is which.
+    let key = idempotency_key(headers)?;
+    if from_server && key.is_none() {
+        return Err(ApiError::bad_request(
+            "idempotency_key_required",
+            "requests with a secret key must carry an Idempotency-Key header",
+        ));
+    }
+    if let Some(key) = key {
+        let body_sha256 = hex::encode(Sha256::digest(&bytes));
+        let state_of_key = state.dedup.begin(tenant_id, &key, &body_sha256).await.map_err(dedup_unavailable)?;
+        match state_of_key {
+            KeyState::Fresh => *claim = Some(Claim { tenant: tenant_id, key, replayed: false }),
+            KeyState::Replay { status, body } => {
+                *claim = Some(Claim { tenant: tenant_id, key, replayed: true });
+                return Ok(Answer::Replay { status, body });
+            }
+            KeyState::InProgress => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "idempotency_key_in_use",
+                    "a request with this Idempotency-Key is still running; retry when it has finished",
+                )
+                .with_retry_after(1));
+            }
+            KeyState::Mismatch => {
+                return Err(ApiError::unprocessable(
+                    "idempotency_key_reused",
+                    "this Idempotency-Key was used with a different body",
+                ));
+            }
+        }
+    }
+
     let batch: EventBatch = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request("malformed_json", format!("the body is not a valid event batch: {e}")))?;
     if batch.events.is_empty() {
         return Err(ApiError::unprocessable("empty_batch", "the batch has no events"));
     }
     if batch.events.len() > state.config.max_batch_events {
-        let e = ApiError::new(
+        return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "batch_too_large",
             format!("a batch holds at most {} events", state.config.max_batch_events),
-        );
-        return Err(e);
+        ));
     }
 
     let now = Utc::now();
-    let mut records = Vec::with_capacity(batch.events.len());
+    let mut events = Vec::with_capacity(batch.events.len());
     let mut errors = Vec::new();
     for (i, raw) in batch.events.iter().enumerate() {
-        match parse_event(i, raw, tenant.tenant_id, now) {
-            Ok(event) => {
-                let key = ShopperKey { tenant_id: event.tenant_id.clone(), shopper_id: event.shopper_id.clone() };
-                records.push(EventRecord { key: key.encode_to_vec(), value: event.encode_to_vec() });
-            }
+        match parse_event(i, raw, tenant_id, now) {
+            Ok(event) => events.push(event),
             Err(e) => errors.push(e),
         }
     }
     if let Some(first) = errors.first() {
         // The batch is refused as a whole; the top-level code is the first event's.
-        let e = ApiError::unprocessable(
+        state.usage.dropped(tenant_id, Drop::Schema, batch.events.len() as u64);
+        return Err(ApiError::unprocessable(
             first.code,
             format!("{} of {} events are invalid", errors.len(), batch.events.len()),
         )
-        .with_details(json!({ "events": errors }));
-        return Err(e);
+        .with_details(json!({ "events": errors })));
     }
 
-    let accepted = records.len();
-    if let Err(retry_after) = state.limiter.take(tenant.tenant_id, accepted as u32, tenant.limits) {
+    // Suppressed shoppers (erased, or opted out): dropped, counted, and not told apart from
+    // accepted ones, so the answer reveals nothing about who is suppressed.
+    let before = events.len();
+    events.retain(|e| !tenant.suppressed.contains(&e.shopper_id));
+    let suppressed = before - events.len();
+    state.usage.dropped(tenant_id, Drop::Suppressed, suppressed as u64);
+
+    if let Err(retry_after) = state.limiter.take(tenant_id, events.len() as u32, tenant.limits) {
+        state.usage.dropped(tenant_id, Drop::Rate, events.len() as u64);
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
@@ -229,12 +354,50 @@ async fn accept(
         )
         .with_retry_after(retry_after));
     }
-    state.sink.publish(records, current_trace()).await.map_err(|e| match e {
-        SinkError::Unavailable(why) => {
-            tracing::warn!(reason = %why, "broker unavailable; batch refused");
-            ApiError::unavailable("broker_unavailable", "events cannot be stored right now; retry later", 1)
+
+    // Resent events (same id within a day) are dropped here; if the store is unreachable the
+    // batch goes through and the pipeline's own deduplication keeps effects single.
+    let ids: Vec<String> = events.iter().map(|e| e.event_id.clone()).collect();
+    let fresh = match state.dedup.claim(tenant_id, &ids).await {
+        Ok(fresh) => fresh,
+        Err(e) => {
+            tracing::warn!(error = %e, "event-id dedup unavailable; relying on the pipeline's");
+            vec![true; ids.len()]
         }
-        SinkError::Rejected(ref inner) => ApiError::internal(inner),
-    })?;
-    Ok(accepted)
+    };
+    let mut claimed = Vec::new();
+    let mut records = Vec::with_capacity(events.len());
+    for (event, fresh) in events.into_iter().zip(fresh) {
+        if fresh {
+            claimed.push(event.event_id.clone());
+            let key = ShopperKey { tenant_id: event.tenant_id.clone(), shopper_id: event.shopper_id.clone() };
+            records.push(EventRecord { key: key.encode_to_vec(), value: event.encode_to_vec() });
+        }
+    }
+    let duplicates = ids.len() - records.len();
+    state.usage.dropped(tenant_id, Drop::Duplicate, duplicates as u64);
+
+    let accepted = records.len();
+    if !records.is_empty()
+        && let Err(e) = state.sink.publish(records, current_trace()).await
+    {
+        // Not stored: let the ids go, so the client's retry is not taken for a duplicate.
+        if let Err(release) = state.dedup.release(tenant_id, &claimed).await {
+            tracing::warn!(error = %release, "releasing event-id claims");
+        }
+        return Err(match e {
+            SinkError::Unavailable(why) => {
+                tracing::warn!(reason = %why, "broker unavailable; batch refused");
+                ApiError::unavailable("broker_unavailable", "events cannot be stored right now; retry later", 1)
+            }
+            SinkError::Rejected(ref inner) => ApiError::internal(inner),
+        });
+    }
+    state.usage.accepted(tenant_id, accepted as u64);
+    Ok(Answer::Accepted(BatchAccepted { accepted: accepted + suppressed, duplicates }))
+}
+
+fn dedup_unavailable(e: DedupUnavailable) -> ApiError {
+    tracing::warn!(error = %e, "idempotency store unavailable");
+    ApiError::unavailable("idempotency_unavailable", "idempotency keys cannot be checked right now; retry later", 1)
 }

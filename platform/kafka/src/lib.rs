@@ -6,12 +6,14 @@
 //! - [`client`]: producers (`acks=all`, idempotent) and consumers (offsets stored only after
 //!   the effect, committed in the background).
 //! - [`admin`]: creating the platform's topics at start, idempotently.
+//! - [`stage`]: at-least-once processing stages with retries and a dead-letter queue.
 //! - [`headers`]: writing and reading schema and trace headers.
 
 pub mod admin;
 pub mod client;
 pub mod config;
 pub mod headers;
+pub mod stage;
 
 pub use admin::ensure_topics;
 pub use client::{group_consumer, producer, reader_consumer};

@@ -6,13 +6,17 @@ use axum::{
     extract::{Path, State, rejection::JsonRejection},
     http::StatusCode,
 };
-use nudge_contracts::control::{
-    AddMemberRequest, ApiKeyList, ApiKeyView, CreateKeyRequest, CreatedKey, MemberList, MemberView, TenantView,
+use nudge_contracts::{
+    ShopperId,
+    control::{
+        AddMemberRequest, ApiKeyList, ApiKeyView, CreateKeyRequest, CreatedKey, MemberList, MemberView,
+        SuppressionList, SuppressionRequest, SuppressionView, TenantView, UsageView,
+    },
 };
 use nudge_control_plane::{
     accounts,
     keys::{self, KeyInfo, SCOPES},
-    store,
+    store, suppressions, usage,
 };
 use nudge_platform_http::{ApiError, ErrorBody, current_trace};
 use nudge_tenants::{Email, KeyId, Role};
@@ -31,6 +35,9 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_keys, create_key))
         .routes(routes!(revoke_key))
         .routes(routes!(list_members, add_member))
+        .routes(routes!(list_suppressions, add_suppression))
+        .routes(routes!(remove_suppression))
+        .routes(routes!(get_usage))
 }
 
 fn view(k: KeyInfo) -> ApiKeyView {
@@ -215,4 +222,149 @@ async fn add_member(
             role: member.role.as_str().to_owned(),
         }),
     ))
+}
+
+fn shopper_of(raw: &str) -> Result<ShopperId, ApiError> {
+    ShopperId::parse(raw).map_err(|e| {
+        ApiError::unprocessable("invalid_fields", "some fields are invalid")
+            .with_details(json!({ "fields": { "shopper_id": e.to_string() } }))
+    })
+}
+
+/// The store's suppressed shoppers.
+#[utoipa::path(get, path = "/v1/tenants/{tenant_id}/suppressions", tag = "store",
+    params(("tenant_id" = String, Path)), security(("access_token" = [])),
+    responses((status = 200, body = SuppressionList), (status = 404, description = "`not_found`", body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(tenant_id))]
+async fn list_suppressions(
+    State(state): State<AppState>,
+    merchant: Merchant,
+    Path(tenant_id): Path<String>,
+) -> Result<Json<SuppressionList>, ApiError> {
+    let tenant = merchant.tenant(&tenant_id)?;
+    let items = suppressions::list(&state.router, tenant).await.map_err(db_error)?;
+    Ok(Json(SuppressionList {
+        items: items
+            .into_iter()
+            .map(|s| SuppressionView {
+                shopper_id: s.shopper_id,
+                reason: s.reason,
+                created_at: s.created_at.to_rfc3339(),
+            })
+            .collect(),
+    }))
+}
+
+/// Stop acting on a shopper's events: the cell drops them at ingest (and counts them)
+/// within seconds. Suppressing twice is harmless.
+#[utoipa::path(post, path = "/v1/tenants/{tenant_id}/suppressions", tag = "store",
+    params(("tenant_id" = String, Path)), request_body = SuppressionRequest, security(("access_token" = [])),
+    responses(
+        (status = 201, description = "suppressed", body = SuppressionView),
+        (status = 403, description = "`forbidden`: owners and admins only", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 422, description = "`invalid_fields`", body = ErrorBody),
+    ))]
+#[tracing::instrument(skip_all, fields(tenant_id))]
+async fn add_suppression(
+    State(state): State<AppState>,
+    merchant: Merchant,
+    Path(tenant_id): Path<String>,
+    body: Result<Json<SuppressionRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<SuppressionView>), ApiError> {
+    let tenant = merchant.tenant(&tenant_id)?;
+    merchant.require(merchant.role().manages_keys())?;
+    let Json(request) = body.map_err(|e| ApiError::bad_request("malformed_json", e.body_text()))?;
+    let shopper = shopper_of(&request.shopper_id)?;
+    let reason = request.reason.unwrap_or_else(|| "merchant".to_owned());
+    if !["opt_out", "merchant"].contains(&reason.as_str()) {
+        return Err(ApiError::unprocessable("invalid_fields", "some fields are invalid")
+            .with_details(json!({ "fields": { "reason": "opt_out or merchant" } })));
+    }
+    let trace = current_trace().map(|t| t.to_header());
+    suppressions::add(&state.router, &state.topics, tenant, &shopper, &reason, trace).await.map_err(db_error)?;
+    state.wake_outbox();
+    Ok((
+        StatusCode::CREATED,
+        Json(SuppressionView { shopper_id: shopper.to_string(), reason, created_at: chrono::Utc::now().to_rfc3339() }),
+    ))
+}
+
+/// Lift a shopper's suppression.
+#[utoipa::path(delete, path = "/v1/tenants/{tenant_id}/suppressions/{shopper_id}", tag = "store",
+    params(("tenant_id" = String, Path), ("shopper_id" = String, Path)), security(("access_token" = [])),
+    responses(
+        (status = 204, description = "lifted"),
+        (status = 403, description = "`forbidden`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+    ))]
+#[tracing::instrument(skip_all, fields(tenant_id))]
+async fn remove_suppression(
+    State(state): State<AppState>,
+    merchant: Merchant,
+    Path((tenant_id, shopper_id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let tenant = merchant.tenant(&tenant_id)?;
+    merchant.require(merchant.role().manages_keys())?;
+    let shopper = ShopperId::parse(&shopper_id).map_err(|_| ApiError::not_found())?;
+    let trace = current_trace().map(|t| t.to_header());
+    let removed =
+        suppressions::remove(&state.router, &state.topics, tenant, &shopper, trace).await.map_err(db_error)?;
+    if !removed {
+        return Err(ApiError::not_found());
+    }
+    state.wake_outbox();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct Period {
+    from: Option<String>,
+    to: Option<String>,
+}
+
+/// What happened to the store's events: accepted, and dropped by reason. Reported by its
+/// cells every few seconds.
+#[utoipa::path(get, path = "/v1/tenants/{tenant_id}/usage", tag = "store",
+    params(
+        ("tenant_id" = String, Path),
+        ("from" = Option<String>, Query, description = "RFC 3339; default 24 hours ago"),
+        ("to" = Option<String>, Query, description = "RFC 3339; default now"),
+    ),
+    security(("access_token" = [])),
+    responses(
+        (status = 200, body = UsageView),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 422, description = "`invalid_period`", body = ErrorBody),
+    ))]
+#[tracing::instrument(skip_all, fields(tenant_id))]
+async fn get_usage(
+    State(state): State<AppState>,
+    merchant: Merchant,
+    Path(tenant_id): Path<String>,
+    axum::extract::Query(period): axum::extract::Query<Period>,
+) -> Result<Json<UsageView>, ApiError> {
+    let tenant = merchant.tenant(&tenant_id)?;
+    let parse = |v: Option<&str>, default: chrono::DateTime<chrono::Utc>| -> Result<_, ApiError> {
+        match v {
+            None => Ok(default),
+            Some(t) => chrono::DateTime::parse_from_rfc3339(t)
+                .map(|t| t.with_timezone(&chrono::Utc))
+                .map_err(|_| ApiError::unprocessable("invalid_period", "from and to are RFC 3339 timestamps")),
+        }
+    };
+    let now = chrono::Utc::now();
+    let (from, to) =
+        (parse(period.from.as_deref(), now - chrono::Duration::hours(24))?, parse(period.to.as_deref(), now)?);
+    if from >= to {
+        return Err(ApiError::unprocessable("invalid_period", "from must be before to"));
+    }
+    let totals = usage::totals(&state.router, tenant, from, to).await.map_err(db_error)?;
+    Ok(Json(UsageView {
+        tenant_id: tenant.to_string(),
+        from: from.to_rfc3339(),
+        to: to.to_rfc3339(),
+        accepted: totals.accepted,
+        dropped: totals.dropped,
+    }))
 }
