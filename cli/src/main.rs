@@ -33,6 +33,11 @@ enum Command {
     Cell,
     /// Create the control-plane database if needed and apply migrations as the owner role.
     Migrate,
+    /// The dead-letter queue (events.dlq).
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// The Kafka topic catalogue (deploy/kafka/topics.toml).
     Topics {
         #[command(subcommand)]
@@ -58,6 +63,13 @@ enum Command {
         #[arg(long)]
         shopper: String,
     },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Send every record not replayed before back to the topic it came from, after the
+    /// cause was fixed; then exit. Uses the cell's configuration (NUDGE_CELL__KAFKA__…).
+    Replay,
 }
 
 #[derive(Subcommand)]
@@ -102,6 +114,16 @@ async fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("binding {}", config.http.listen))?;
             tokio::spawn(nudge_platform_http::serve::cancel_on_signal(shutdown.clone()));
             nudge_data_plane_cell::run(config, listener, shutdown).await
+        }
+        Command::Dlq { command: DlqCommand::Replay } => {
+            let config: CellConfig = nudge_platform_config::load("NUDGE_CELL__", cli.config.as_deref(), &no_flags)?;
+            nudge_platform_telemetry::init(&config.log);
+            let report = nudge_platform_kafka::dlq::replay(&config.kafka).await?;
+            for (topic, n) in &report.replayed {
+                println!("replayed {n} records to {topic}");
+            }
+            println!("skipped {} records without a known original topic", report.skipped);
+            Ok(())
         }
         Command::Topics { command: TopicsCommand::Render } => {
             print!("{}", nudge_contracts::topics::render_markdown());

@@ -135,10 +135,12 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
         ("pipeline", scorer, Topic::EventsValidated, config.stages.pipeline_consumers),
     ] {
         for i in 0..count {
-            let consumer = nudge_platform_kafka::group_consumer(
+            let instance = config.kafka.group_instance.as_ref().map(|name| format!("{name}-{stage}-{i}"));
+            let consumer = nudge_platform_kafka::static_group_consumer(
                 &config.kafka,
                 &format!("cell-{}-{stage}-{i}", config.cell_id),
                 stage,
+                instance.as_deref(),
             )?;
             consumer.subscribe(&[topics.name(source).as_str()])?;
             let run = run_stage(

@@ -18,6 +18,13 @@ pub struct KafkaConfig {
     pub request_timeout_ms: u32,
     /// Partitions for topics created at start, overriding the catalogue (0 = catalogue).
     pub partitions_override: i32,
+    /// This process's stable name in consumer groups (a pod name in a StatefulSet). When set,
+    /// consumers use static membership: a restarted process takes its partitions back
+    /// without a rebalance of the whole group. When unset, membership is dynamic.
+    pub group_instance: Option<String>,
+    /// Further librdkafka properties for every client, e.g. security settings for a real
+    /// cluster (`security.protocol`, `sasl.mechanisms`, …) or `debug`.
+    pub librdkafka: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for KafkaConfig {
@@ -29,6 +36,8 @@ impl Default for KafkaConfig {
             linger_ms: 2,
             request_timeout_ms: 5_000,
             partitions_override: 0,
+            group_instance: None,
+            librdkafka: Default::default(),
         }
     }
 }

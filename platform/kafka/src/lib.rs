@@ -7,16 +7,18 @@
 //!   the effect, committed in the background).
 //! - [`admin`]: creating the platform's topics at start, idempotently.
 //! - [`stage`]: at-least-once processing stages with retries and a dead-letter queue.
+//! - [`dlq`]: replaying dead-lettered records to where they came from.
 //! - [`headers`]: writing and reading schema and trace headers.
 
 pub mod admin;
 pub mod client;
 pub mod config;
+pub mod dlq;
 pub mod headers;
 pub mod stage;
 
 pub use admin::ensure_topics;
-pub use client::{group_consumer, producer, reader_consumer};
+pub use client::{group_consumer, producer, reader_consumer, static_group_consumer};
 pub use config::KafkaConfig;
 
 /// A Kafka operation that failed.
@@ -26,6 +28,8 @@ pub enum Error {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("creating topic {topic}: {reason}")]
     CreateTopic { topic: String, reason: String },
+    #[error("replaying the DLQ: {0}")]
+    Replay(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
