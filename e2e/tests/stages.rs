@@ -96,8 +96,10 @@ fn stage(
     let consumer: StreamConsumer =
         nudge_platform_kafka::static_group_consumer(config, client, "test-stage", Some(instance))?;
     consumer.subscribe(&[input])?;
-    let dead =
-        DeadLetters::new(nudge_platform_kafka::producer(config, "test-dlq")?, config.topics().name(Topic::EventsDlq));
+    let dead = DeadLetters::new(
+        nudge_platform_kafka::SharedProducer::new(config, "test-dlq")?,
+        config.topics().name(Topic::EventsDlq),
+    );
     let policy = StagePolicy {
         name: "test",
         max_attempts: MAX_ATTEMPTS,

@@ -24,6 +24,14 @@ impl Drop for Broker {
     }
 }
 
+/// Where the broker's output goes: the file `NUDGE_BROKER_LOG` names, for diagnosing a test.
+fn log() -> anyhow::Result<Stdio> {
+    Ok(match std::env::var_os("NUDGE_BROKER_LOG") {
+        Some(path) => Stdio::from(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
+        None => Stdio::null(),
+    })
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -81,8 +89,8 @@ impl Broker {
             .arg(&url)
             .arg("--storage-engine")
             .arg(storage)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(log()?)
+            .stderr(log()?)
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {} (run scripts/setup)", env.tansu.display()))?;

@@ -61,6 +61,13 @@ impl Platform {
         Self::start_on(Broker::start_durable().await?, |_, _| {}).await
     }
 
+    /// [`Platform::start_durable`] with configuration adjusted by `tweak`.
+    pub async fn start_durable_with(
+        tweak: impl FnOnce(&mut ControlPlaneConfig, &mut CellConfig),
+    ) -> anyhow::Result<Self> {
+        Self::start_on(Broker::start_durable().await?, tweak).await
+    }
+
     /// Starts with configuration adjusted by `tweak` (after the harness has filled in
     /// ports, database, broker and prefixes).
     pub async fn start_with(tweak: impl FnOnce(&mut ControlPlaneConfig, &mut CellConfig)) -> anyhow::Result<Self> {

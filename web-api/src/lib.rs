@@ -123,7 +123,7 @@ pub async fn run(config: ControlPlaneConfig, listener: TcpListener, shutdown: Ca
         usage_consumer,
         Arc::new(UsageSink { router: router.clone() }),
         DeadLetters::new(
-            nudge_platform_kafka::producer(&config.kafka, "control-plane-usage-dlq")?,
+            nudge_platform_kafka::SharedProducer::new(&config.kafka, "control-plane-usage-dlq")?,
             config.kafka.topics().name(nudge_contracts::Topic::EventsDlq),
         ),
         StagePolicy {

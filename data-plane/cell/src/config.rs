@@ -132,7 +132,7 @@ impl Validate for CellConfig {
         {
             return Err("inference.model_path needs inference.model_sha256 and inference.model_version".into());
         }
-        if self.ingest.max_batch_events == 0 || self.ingest.max_body_bytes == 0 {
+        if self.ingest.max_batch_events == 0 || self.ingest.max_body_bytes == 0 || self.ingest.max_queued_records == 0 {
             return Err("ingest limits must be positive".into());
         }
         if self.stages.validator_consumers == 0 || self.stages.pipeline_consumers == 0 || self.stages.max_attempts == 0

@@ -41,7 +41,10 @@ use nudge_platform_http::{
     supervise::{Task, serve_supervised},
     trace_layer,
 };
-use nudge_platform_kafka::stage::{DeadLetters, Handler, StageMetrics, StagePolicy, run_stage};
+use nudge_platform_kafka::{
+    SharedProducer,
+    stage::{DeadLetters, Handler, StageMetrics, StagePolicy, run_stage},
+};
 use nudge_platform_telemetry::Metrics;
 use rdkafka::consumer::Consumer;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -101,7 +104,7 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
 
     // The stages: validator (events.raw → events.validated) and pipeline (→ effects).
     let usage = Arc::new(UsageCounters::default());
-    let stage_producer = nudge_platform_kafka::producer(&config.kafka, &format!("cell-{}-stages", config.cell_id))?;
+    let stage_producer = SharedProducer::new(&config.kafka, &format!("cell-{}-stages", config.cell_id))?;
     let dead_letters = DeadLetters::new(stage_producer.clone(), topics.name(Topic::EventsDlq));
     let stage_metrics = StageMetrics::register(&metrics);
     let policy = |name| StagePolicy {
@@ -178,6 +181,7 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
         &format!("cell-{}-ingest", config.cell_id),
         topics.name(Topic::EventsRaw),
         config.ingest.ack_timeout(),
+        config.ingest.max_queued_records,
     )?;
     let ingest = IngestState {
         directory: directory.clone(),

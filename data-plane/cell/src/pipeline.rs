@@ -36,14 +36,15 @@ use nudge_data_plane_gateway::route::InterventionPublisher;
 use nudge_data_plane_inference::Model;
 use nudge_data_plane_ingest::usage::{Drop, UsageCounters};
 use nudge_platform_kafka::{
+    SharedProducer,
     headers::record_headers,
-    stage::{Failure, Handler, HandlerFuture, Record},
+    stage::{Failure, Handler, HandlerFuture, OUTPUT_ACK_TIMEOUT, Record},
 };
 use nudge_platform_telemetry::{Metrics, TraceContext};
 use nudge_tenants::TenantId;
 use prometheus_client::metrics::{counter::Counter, histogram::Histogram};
 use prost::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use uuid::Uuid;
 
 /// Pipeline counters.
@@ -89,7 +90,7 @@ pub struct Pipeline {
     pub model: Arc<Model>,
     pub rule: RuleConfig,
     pub publisher: InterventionPublisher,
-    pub producer: FutureProducer,
+    pub producer: SharedProducer,
     pub topics: OutputTopics,
     pub usage: Arc<UsageCounters>,
     pub metrics: PipelineMetrics,
@@ -212,22 +213,13 @@ impl Pipeline {
         outputs: Vec<(&String, Vec<u8>, SchemaRef)>,
         trace: &TraceContext,
     ) -> Result<(), Failure> {
-        let mut deliveries = Vec::with_capacity(outputs.len());
-        for (topic, value, schema) in &outputs {
-            let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
+        let records = outputs.iter().map(|(topic, value, schema)| {
+            FutureRecord::<'_, [u8], [u8]>::to(topic)
                 .key(key)
                 .payload(value.as_slice())
-                .headers(record_headers(*schema, Some(trace)));
-            deliveries.push(self.producer.send_result(record).map_err(|(e, _)| Failure::Unavailable(e.to_string()))?);
-        }
-        for delivery in deliveries {
-            match delivery.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => return Err(Failure::Unavailable(format!("producing outputs: {e}"))),
-                Err(_) => return Err(Failure::Unavailable("the producer shut down".into())),
-            }
-        }
-        Ok(())
+                .headers(record_headers(*schema, Some(trace)))
+        });
+        Ok(self.producer.send_all(records, OUTPUT_ACK_TIMEOUT).await?)
     }
 
     /// Routes to the shopper's socket, with a few quick retries. An on-site message is worth

@@ -9,16 +9,17 @@ use chrono::Utc;
 use nudge_contracts::{headers::USAGE_V1, proto::usage::v1::UsageReport};
 use nudge_data_plane_ingest::usage::UsageCounters;
 use nudge_platform_kafka::headers::record_headers;
+use nudge_platform_kafka::{SharedProducer, stage::OUTPUT_ACK_TIMEOUT};
 use nudge_tenants::CellId;
 use prost::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// Sends the counts every `interval` until `shutdown`, then once more.
 pub async fn report(
     counters: Arc<UsageCounters>,
-    producer: FutureProducer,
+    producer: SharedProducer,
     topic: String,
     cell: CellId,
     interval: Duration,
@@ -49,11 +50,8 @@ pub async fn report(
                 .key(key.as_str())
                 .payload(value.as_slice())
                 .headers(record_headers(USAGE_V1, None));
-            let sent = match producer.send_result(record) {
-                Ok(delivery) => matches!(delivery.await, Ok(Ok(_))),
-                Err(_) => false,
-            };
-            if !sent {
+            if let Err(e) = producer.send_all([record], OUTPUT_ACK_TIMEOUT).await {
+                tracing::debug!(%tenant, error = %e, "usage report not sent");
                 unsent.insert(tenant, c);
             }
         }

@@ -10,18 +10,21 @@ use std::sync::Arc;
 
 use nudge_contracts::proto::events::v1::Event;
 use nudge_data_plane_directory::Directory;
-use nudge_platform_kafka::stage::{Failure, Handler, HandlerFuture, Record};
+use nudge_platform_kafka::{
+    SharedProducer,
+    stage::{Failure, Handler, HandlerFuture, OUTPUT_ACK_TIMEOUT, Record},
+};
 use nudge_tenants::TenantId;
 use prost::Message;
 use rdkafka::{
     message::{Header, OwnedHeaders},
-    producer::{FutureProducer, FutureRecord},
+    producer::FutureRecord,
 };
 
 /// Forwards valid records to `events.validated`.
 pub struct Validator {
     pub directory: Arc<Directory>,
-    pub producer: FutureProducer,
+    pub producer: SharedProducer,
     pub validated_topic: String,
 }
 
@@ -53,12 +56,7 @@ impl Handler for Validator {
             if let Some(k) = record.key {
                 out = out.key(k);
             }
-            let delivery = self.producer.send_result(out).map_err(|(e, _)| Failure::Unavailable(e.to_string()))?;
-            match delivery.await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err((e, _))) => Err(Failure::Unavailable(format!("forwarding: {e}"))),
-                Err(_) => Err(Failure::Unavailable("the producer shut down".into())),
-            }
+            Ok(self.producer.send_all([out], OUTPUT_ACK_TIMEOUT).await?)
         })
     }
 }

@@ -51,11 +51,14 @@ pub struct IngestConfig {
     pub max_body_bytes: usize,
     /// How long a request waits for the broker's acknowledgement before answering 503.
     pub ack_timeout_ms: u64,
+    /// Most records waiting for the broker's acknowledgement at once. Beyond it, requests
+    /// are answered 503 at once instead of queueing behind a broker that is not keeping up.
+    pub max_queued_records: usize,
 }
 
 impl Default for IngestConfig {
     fn default() -> Self {
-        Self { max_batch_events: 500, max_body_bytes: 512 * 1024, ack_timeout_ms: 800 }
+        Self { max_batch_events: 500, max_body_bytes: 512 * 1024, ack_timeout_ms: 800, max_queued_records: 50_000 }
     }
 }
 

@@ -1,6 +1,8 @@
 //! Producer and consumer construction.
 
-use rdkafka::{ClientConfig, consumer::StreamConsumer, producer::FutureProducer};
+use rdkafka::{
+    ClientConfig, ClientContext, client::DefaultClientContext, consumer::StreamConsumer, producer::FutureProducer,
+};
 
 use crate::{KafkaConfig, Result};
 
@@ -20,14 +22,26 @@ fn base(config: &KafkaConfig, client_id: &str) -> ClientConfig {
 
 /// A producer whose acknowledged records are on every in-sync replica and never duplicated
 /// by its own retries (`acks=all`, `enable.idempotence=true`).
+///
+/// Long-lived services use [`crate::SharedProducer`], which also survives a broker that lost
+/// the producer's state.
 pub fn producer(config: &KafkaConfig, client_id: &str) -> Result<FutureProducer> {
+    producer_with(config, client_id, DefaultClientContext)
+}
+
+/// [`producer`] with a client context of the caller's.
+pub fn producer_with<C: ClientContext + 'static>(
+    config: &KafkaConfig,
+    client_id: &str,
+    context: C,
+) -> Result<FutureProducer<C>> {
     let producer = base(config, client_id)
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .set("linger.ms", config.linger_ms.to_string())
         .set("message.timeout.ms", config.message_timeout_ms.to_string())
         .set("request.timeout.ms", config.request_timeout_ms.to_string())
-        .create()?;
+        .create_with_context(context)?;
     Ok(producer)
 }
 

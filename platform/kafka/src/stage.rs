@@ -24,12 +24,25 @@ use rdkafka::{
     Message,
     consumer::{CommitMode, Consumer, StreamConsumer},
     message::{BorrowedMessage, Header, Headers, OwnedHeaders},
-    producer::{FutureProducer, FutureRecord},
+    producer::FutureRecord,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::headers::trace_of;
+use crate::{SendError, SharedProducer, headers::trace_of};
+
+/// How long a stage waits for the broker to acknowledge what it produced before it treats
+/// the broker as unavailable and tries the record again.
+pub const OUTPUT_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl From<SendError> for Failure {
+    fn from(e: SendError) -> Self {
+        match e {
+            SendError::Unavailable(why) => Failure::Unavailable(why),
+            SendError::Rejected(e) => Failure::Failed(format!("the broker rejected an output: {e}")),
+        }
+    }
+}
 
 /// Why a record could not be handled.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,12 +119,12 @@ impl StageMetrics {
 /// Writes records that failed for good to the DLQ topic.
 #[derive(Clone)]
 pub struct DeadLetters {
-    producer: FutureProducer,
+    producer: SharedProducer,
     topic: String,
 }
 
 impl DeadLetters {
-    pub fn new(producer: FutureProducer, topic: String) -> Self {
+    pub fn new(producer: SharedProducer, topic: String) -> Self {
         Self { producer, topic }
     }
 
@@ -141,12 +154,11 @@ impl DeadLetters {
         if let Some(p) = record.payload {
             out = out.payload(p);
         }
-        let delivery = self.producer.send_result(out).map_err(|(e, _)| Failure::Unavailable(e.to_string()))?;
-        match delivery.await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err((e, _))) => Err(Failure::Unavailable(format!("writing to the DLQ: {e}"))),
-            Err(_) => Err(Failure::Unavailable("the DLQ producer shut down".into())),
-        }
+        // Even a rejection is retried: a record must not be skipped without a DLQ copy.
+        self.producer
+            .send_all([out], OUTPUT_ACK_TIMEOUT)
+            .await
+            .map_err(|e| Failure::Unavailable(format!("writing to the DLQ: {e}")))
     }
 }
 

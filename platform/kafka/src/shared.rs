@@ -1,0 +1,264 @@
+//! A producer that replaces itself when it can no longer be trusted to deliver.
+//!
+//! An idempotent producer carries state the broker must agree with (a producer id and a
+//! sequence number per partition). After a broker crash that agreement can be gone for good:
+//! brokers without epoch bumping (KIP-360; tansu among them) answer a producer they knew
+//! before with errors, or not at all, and one of them (tansu 0.6) can even wedge on it. A
+//! fresh producer starts a fresh id and sequence, and costs one `InitProducerId` round trip.
+//!
+//! So [`SharedProducer`] replaces its producer when
+//! - every broker connection was lost (the broker may come back without the producer's state),
+//! - the producer reports a fatal error (the client refuses to produce from then on), or
+//! - sends have gone unacknowledged for [`STALL_LIMIT`] although the broker is reachable.
+//!
+//! Replacing purges what the old producer still held: those records were never acknowledged,
+//! so their senders retry them (ingest's clients resend; stages retry the record), and the
+//! consumers downstream deduplicate by (tenant, event id). On a real Kafka cluster the same
+//! rules hold and cost little: a replacement happens only after an outage.
+
+use std::{
+    sync::{
+        Arc, Mutex, PoisonError, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use rdkafka::{
+    ClientContext,
+    error::{KafkaError, RDKafkaErrorCode},
+    producer::{FutureProducer, FutureRecord, Producer, PurgeConfig},
+    util::Timeout,
+};
+
+use crate::{KafkaConfig, Result};
+
+/// How long sends may go unacknowledged before the producer is presumed stuck.
+pub const STALL_LIMIT: Duration = Duration::from_secs(5);
+
+/// The least time between two replacements, so an outage costs a few producers, not one per send.
+const MIN_REPLACEMENT_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Watches the client's global errors for the loss of every broker connection.
+#[derive(Default, Clone)]
+pub struct Watch {
+    brokers_lost: Arc<AtomicBool>,
+}
+
+impl ClientContext for Watch {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.brokers_lost.store(true, Ordering::Relaxed);
+        }
+        tracing::warn!(error = %error, %reason, "kafka producer");
+    }
+}
+
+/// One producer and what its watch saw.
+struct Inner {
+    producer: FutureProducer<Watch>,
+    watch: Watch,
+}
+
+impl Inner {
+    fn new(kafka: &KafkaConfig, client_id: &str) -> Result<Self> {
+        let watch = Watch::default();
+        Ok(Self { producer: crate::client::producer_with(kafka, client_id, watch.clone())?, watch })
+    }
+}
+
+/// Why records were not delivered.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The broker is down, slow or lost this producer; sending again later is right.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// The broker refused a record for a reason sending again will not fix.
+    #[error("broker rejected a record: {0}")]
+    Rejected(#[source] KafkaError),
+}
+
+/// An idempotent `acks=all` producer, shared by clones, that replaces itself as the module
+/// documentation describes.
+#[derive(Clone)]
+pub struct SharedProducer {
+    state: Arc<State>,
+}
+
+struct State {
+    kafka: KafkaConfig,
+    client_id: String,
+    current: RwLock<Arc<Inner>>,
+    /// When the current run of unacknowledged sends began.
+    stalled_since: Mutex<Option<Instant>>,
+    last_replaced: Mutex<Instant>,
+}
+
+impl State {
+    /// The broker acknowledged something: the producer is not stuck.
+    fn progressed(&self) {
+        *self.stalled_since.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+}
+
+impl SharedProducer {
+    pub fn new(kafka: &KafkaConfig, client_id: &str) -> Result<Self> {
+        let producer = Inner::new(kafka, client_id)?;
+        Ok(Self {
+            state: Arc::new(State {
+                kafka: kafka.clone(),
+                client_id: client_id.to_owned(),
+                current: RwLock::new(Arc::new(producer)),
+                stalled_since: Mutex::new(None),
+                last_replaced: Mutex::new(Instant::now()),
+            }),
+        })
+    }
+
+    /// The producer to send with, replaced first if it has lost its brokers or failed fatally.
+    /// While the brokers stay unreachable (the replacement lost them too), sending fails at
+    /// once rather than after the acknowledgement timeout.
+    fn producer(&self) -> Result<Arc<Inner>, SendError> {
+        let current = self.state.current.read().unwrap_or_else(PoisonError::into_inner).clone();
+        if let Some((_, reason)) = current.producer.client().fatal_error() {
+            self.replace(&current, &format!("fatal error: {reason}"), true);
+        } else if current.watch.brokers_lost.load(Ordering::Relaxed) {
+            self.replace(&current, "every broker connection was lost", false);
+        } else {
+            return Ok(current);
+        }
+        let current = self.state.current.read().unwrap_or_else(PoisonError::into_inner).clone();
+        if current.watch.brokers_lost.load(Ordering::Relaxed) {
+            return Err(SendError::Unavailable("no broker is reachable".into()));
+        }
+        Ok(current)
+    }
+
+    /// Replaces `failed` if it is still the current producer (and, unless `now`, if the last
+    /// replacement is not too recent).
+    fn replace(&self, failed: &Arc<Inner>, reason: &str, now: bool) {
+        let mut last = self.state.last_replaced.lock().unwrap_or_else(PoisonError::into_inner);
+        if !now && last.elapsed() < MIN_REPLACEMENT_INTERVAL {
+            return;
+        }
+        let mut slot = self.state.current.write().unwrap_or_else(PoisonError::into_inner);
+        if !Arc::ptr_eq(&slot, failed) {
+            return;
+        }
+        match Inner::new(&self.state.kafka, &self.state.client_id) {
+            Ok(fresh) => {
+                tracing::warn!(client = %self.state.client_id, %reason, "producer replaced");
+                let old = std::mem::replace(&mut *slot, Arc::new(fresh));
+                *last = Instant::now();
+                *self.state.stalled_since.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                // What it still holds fails now, so its senders retry with the new one.
+                old.producer.purge(PurgeConfig::default().queue().inflight());
+                // Dropping a producer waits for its queue; not on an async worker.
+                match tokio::runtime::Handle::try_current() {
+                    Ok(runtime) => drop(runtime.spawn_blocking(move || drop(old))),
+                    Err(_) => drop(old),
+                }
+            }
+            Err(e) => {
+                tracing::error!(client = %self.state.client_id, error = %e, %reason, "producer cannot be replaced")
+            }
+        }
+    }
+
+    /// Sends `records` and waits until the broker has acknowledged every one, at most
+    /// `ack_timeout`. Records are enqueued in order, so records with one key keep their order.
+    pub async fn send_all<'a, K, P>(
+        &self,
+        records: impl IntoIterator<Item = FutureRecord<'a, K, P>>,
+        ack_timeout: Duration,
+    ) -> Result<(), SendError>
+    where
+        K: rdkafka::message::ToBytes + ?Sized + 'a,
+        P: rdkafka::message::ToBytes + ?Sized + 'a,
+    {
+        let producer = self.producer()?;
+        let mut deliveries = Vec::new();
+        for record in records {
+            deliveries.push(producer.producer.send_result(record).map_err(|(e, _)| classify(e))?);
+        }
+        let mut all = futures_util::future::join_all(deliveries);
+        let acks = tokio::select! {
+            acks = &mut all => acks,
+            _ = tokio::time::sleep(ack_timeout) => {
+                // The records may still be delivered; if any is, the broker is making progress.
+                let state = self.state.clone();
+                tokio::spawn(async move {
+                    if all.await.iter().any(|ack| matches!(ack, Ok(Ok(_)))) {
+                        state.progressed();
+                    }
+                });
+                self.unacknowledged(&producer);
+                return Err(SendError::Unavailable(format!("no acknowledgement within {} ms", ack_timeout.as_millis())));
+            }
+        };
+        for ack in acks {
+            match ack {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => {
+                    if let Some((_, reason)) = producer.producer.client().fatal_error() {
+                        self.replace(&producer, &format!("fatal error: {reason}"), true);
+                        return Err(SendError::Unavailable(format!("the producer failed fatally: {reason}")));
+                    }
+                    return Err(classify(e));
+                }
+                Err(_) => return Err(SendError::Unavailable("the producer was replaced".into())),
+            }
+        }
+        self.state.progressed();
+        Ok(())
+    }
+
+    /// Notes a send that got no acknowledgement in time; replaces a producer that has gone
+    /// [`STALL_LIMIT`] without acknowledgement of anything.
+    fn unacknowledged(&self, producer: &Arc<Inner>) {
+        let stalled_for = {
+            let mut since = self.state.stalled_since.lock().unwrap_or_else(PoisonError::into_inner);
+            since.get_or_insert_with(Instant::now).elapsed()
+        };
+        if stalled_for >= STALL_LIMIT {
+            self.replace(producer, "no acknowledgement for several seconds", false);
+        }
+    }
+
+    /// Records (and requests) waiting for the broker.
+    pub fn queued(&self) -> usize {
+        let producer = self.state.current.read().unwrap_or_else(PoisonError::into_inner).clone();
+        usize::try_from(producer.producer.in_flight_count()).unwrap_or(0)
+    }
+
+    /// Waits up to `timeout` for queued records to be delivered (before shutting down).
+    pub fn flush(&self, timeout: Duration) -> Result<()> {
+        let producer = self.state.current.read().unwrap_or_else(PoisonError::into_inner).clone();
+        producer.producer.flush(Timeout::After(timeout))?;
+        Ok(())
+    }
+}
+
+/// Whether a failed send is worth repeating.
+pub fn classify(e: KafkaError) -> SendError {
+    match e.rdkafka_error_code() {
+        Some(
+            RDKafkaErrorCode::QueueFull
+            | RDKafkaErrorCode::MessageTimedOut
+            | RDKafkaErrorCode::AllBrokersDown
+            | RDKafkaErrorCode::BrokerTransportFailure
+            | RDKafkaErrorCode::RequestTimedOut
+            | RDKafkaErrorCode::NotEnoughReplicas
+            | RDKafkaErrorCode::NotEnoughReplicasAfterAppend
+            | RDKafkaErrorCode::LeaderNotAvailable
+            | RDKafkaErrorCode::NotLeaderForPartition
+            | RDKafkaErrorCode::PurgeQueue
+            | RDKafkaErrorCode::PurgeInflight
+            | RDKafkaErrorCode::OutOfOrderSequenceNumber
+            | RDKafkaErrorCode::UnknownProducerId
+            // The broker failed without saying why: its problem, maybe passing, not the record's.
+            | RDKafkaErrorCode::Unknown,
+        ) => SendError::Unavailable(e.to_string()),
+        _ => SendError::Rejected(e),
+    }
+}
