@@ -38,7 +38,10 @@ async fn no_acknowledged_event_is_lost_or_applied_twice_when_the_broker_dies() -
         // The local broker stores in SQLite and takes a few thousand records a second: give
         // it time to acknowledge, and keep no more waiting than it can take in a few seconds.
         cell.ingest.ack_timeout_ms = 3_000;
-        cell.ingest.max_queued_records = 5_000;
+        cell.ingest.max_queued_records = 2_000;
+        // A slow produce request is waited for, not abandoned and sent again.
+        cell.kafka.request_timeout_ms = 30_000;
+        cell.kafka.message_timeout_ms = 60_000;
     })
     .await?;
     let mut stores = Vec::new();

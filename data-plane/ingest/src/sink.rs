@@ -64,25 +64,26 @@ impl KafkaSink {
     }
 }
 
+fn sink_error(e: SendError) -> SinkError {
+    match e {
+        SendError::Unavailable(why) => SinkError::Unavailable(why),
+        SendError::Rejected(e) => SinkError::Rejected(e),
+    }
+}
+
 impl EventSink for KafkaSink {
     fn publish(&self, records: Vec<EventRecord>, trace: Option<TraceContext>) -> SinkFuture<'_> {
         Box::pin(async move {
             // Bounded: a broker that is behind gets no more work from requests that would
             // only time out, and their retries would add to the backlog.
-            let queued = self.producer.queued();
-            if queued + records.len() > self.max_queued {
-                return Err(SinkError::Unavailable(format!("the broker is behind ({queued} records waiting)")));
-            }
+            self.producer.ensure_room(records.len(), self.max_queued).map_err(sink_error)?;
             let out = records.iter().map(|record| {
                 FutureRecord::<'_, [u8], [u8]>::to(&self.topic)
                     .key(record.key.as_slice())
                     .payload(record.value.as_slice())
                     .headers(record_headers(EVENT_V1, trace.as_ref()))
             });
-            self.producer.send_all(out, self.ack_timeout).await.map_err(|e| match e {
-                SendError::Unavailable(why) => SinkError::Unavailable(why),
-                SendError::Rejected(e) => SinkError::Rejected(e),
-            })
+            self.producer.send_all(out, self.ack_timeout).await.map_err(sink_error)
         })
     }
 }

@@ -91,6 +91,8 @@ struct State {
     current: RwLock<Arc<Inner>>,
     /// When the current run of unacknowledged sends began.
     stalled_since: Mutex<Option<Instant>>,
+    /// Records waiting when last looked at; a shrinking backlog is progress.
+    last_backlog: Mutex<usize>,
     last_replaced: Mutex<Instant>,
 }
 
@@ -110,6 +112,7 @@ impl SharedProducer {
                 client_id: client_id.to_owned(),
                 current: RwLock::new(Arc::new(producer)),
                 stalled_since: Mutex::new(None),
+                last_backlog: Mutex::new(0),
                 last_replaced: Mutex::new(Instant::now()),
             }),
         })
@@ -225,10 +228,25 @@ impl SharedProducer {
         }
     }
 
-    /// Records (and requests) waiting for the broker.
-    pub fn queued(&self) -> usize {
+    /// Refuses `incoming` more records while `max` or more would be waiting for the broker:
+    /// a broker that is behind gets no more work from requests that would only time out.
+    /// A backlog that does not move for [`STALL_LIMIT`] counts as a stall.
+    pub fn ensure_room(&self, incoming: usize, max: usize) -> Result<(), SendError> {
         let producer = self.state.current.read().unwrap_or_else(PoisonError::into_inner).clone();
-        usize::try_from(producer.producer.in_flight_count()).unwrap_or(0)
+        let queued = usize::try_from(producer.producer.in_flight_count()).unwrap_or(0);
+        let shrinking = {
+            let mut last = self.state.last_backlog.lock().unwrap_or_else(PoisonError::into_inner);
+            std::mem::replace(&mut *last, queued) > queued
+        };
+        if queued + incoming <= max {
+            return Ok(());
+        }
+        if shrinking {
+            self.state.progressed();
+        } else {
+            self.unacknowledged(&producer);
+        }
+        Err(SendError::Unavailable(format!("the broker is behind ({queued} records waiting)")))
     }
 
     /// Waits up to `timeout` for queued records to be delivered (before shutting down).
