@@ -20,8 +20,12 @@ const BATCH: usize = 250;
 /// An answer slower than this is a hang (the acknowledgement timeout is 3 s).
 const HANG: Duration = Duration::from_secs(20);
 
+/// Events in the stream: `NUDGE_FAULT_EVENTS`, 10,000 by default. The local broker keeps
+/// its log in SQLite and slows down as it grows (a few hundred records a second past
+/// ~20,000 on two cores), so the default is what it carries through a crash in about a
+/// minute; against a faster broker, raise it.
 fn events_total() -> usize {
-    std::env::var("NUDGE_FAULT_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000)
+    std::env::var("NUDGE_FAULT_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000)
 }
 
 fn origin(t: usize) -> String {

@@ -146,3 +146,107 @@ async fn the_cell_enforces_the_plan_and_other_stores_are_untouched() -> anyhow::
     assert_eq!(statuses, vec![201, 201, 409, 409], "two seats were left");
     platform.shutdown().await
 }
+
+/// Sends `batches_per_second` batches of ten for `seconds`; answers (accepted, refused with
+/// 429, anything else).
+async fn stream(
+    platform: &Platform,
+    key: &str,
+    origin: &str,
+    tag: &str,
+    batches_per_second: u64,
+    seconds: u64,
+) -> anyhow::Result<(u64, u64, u64)> {
+    let mut tick = tokio::time::interval(Duration::from_millis(1000 / batches_per_second));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut ok, mut limited, mut other) = (0, 0, 0);
+    for i in 0..batches_per_second * seconds {
+        tick.tick().await;
+        let r = platform.post_events(key, Some(origin), &batch(10, &format!("{tag}-{i}"))).await?;
+        match r.status().as_u16() {
+            202 => ok += 1,
+            429 => {
+                anyhow::ensure!(r.headers().contains_key("retry-after"), "429 without Retry-After");
+                limited += 1;
+            }
+            s => {
+                println!("{tag}: unexpected {s}: {}", r.text().await?);
+                other += 1;
+            }
+        }
+    }
+    Ok((ok, limited, other))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_at_ten_times_its_limit_is_refused_while_its_neighbours_carry_on() -> anyhow::Result<()> {
+    let platform = Platform::start().await?;
+    let noisy = platform.sign_up_ready("Noisy", ORIGIN).await?;
+    let neighbours = [
+        platform.sign_up_ready("Quiet 1", "https://quiet1.example.com").await?,
+        platform.sign_up_ready("Quiet 2", "https://quiet2.example.com").await?,
+        platform.sign_up_ready("Quiet 3", "https://quiet3.example.com").await?,
+    ];
+    // Every store may send 100 events a second (bursts of 100).
+    for store in std::iter::once(&noisy).chain(&neighbours) {
+        let plan = json!({"plan": "free", "overrides": {"events_per_second": 100, "burst_events": 100}});
+        let r = platform
+            .http
+            .post(format!("{}/v1/admin/tenants/{}/plan", platform.control_plane_url, store.tenant_id))
+            .bearer_auth(OPERATOR_TOKEN)
+            .json(&plan)
+            .send()
+            .await?;
+        assert_eq!(r.status(), 200);
+    }
+    // Wait until the cell enforces the noisy store's limit.
+    let mut applied = false;
+    for attempt in 0..100 {
+        let r =
+            platform.post_events(&noisy.publishable_key, Some(ORIGIN), &batch(100, &format!("warm{attempt}"))).await?;
+        if r.status() == 429 {
+            applied = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(applied, "the cell never applied the limit");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // The noisy store sends 1,000 events a second (ten times its limit) for 6 s; each
+    // neighbour sends 50 a second, half its limit.
+    let seconds = 6;
+    // Four senders of 25 batches a second, so slow answers cannot thin the noisy stream.
+    let noisy_run = futures_util::future::join_all((0..4).map(|s| {
+        let tag = format!("noisy{s}");
+        let key = noisy.publishable_key.clone();
+        let platform = &platform;
+        async move { stream(platform, &key, ORIGIN, &tag, 25, seconds).await }
+    }));
+    let quiet_runs = futures_util::future::join_all(neighbours.iter().enumerate().map(|(i, store)| {
+        let origin = format!("https://quiet{}.example.com", i + 1);
+        let tag = format!("quiet{i}");
+        let platform = &platform;
+        async move { stream(platform, &store.publishable_key, &origin, &tag, 5, seconds).await }
+    }));
+    let (noisy_result, quiet_results) = tokio::join!(noisy_run, quiet_runs);
+    let (mut ok, mut limited, mut other) = (0, 0, 0);
+    for result in noisy_result {
+        let (o, l, x) = result?;
+        (ok, limited, other) = (ok + o, limited + l, other + x);
+    }
+    println!("noisy store: {ok} accepted, {limited} refused with 429, {other} other");
+    assert!(limited > 0, "the noisy store was refused");
+    assert_eq!(other, 0, "the noisy store got only 202 or 429");
+    // It gets its limit's worth (one burst and 100 events a second), never more.
+    let allowed_events = 100 + 100 * seconds;
+    assert!(ok * 10 <= allowed_events + 10, "the noisy store got {ok} batches of 10 through");
+    for (i, result) in quiet_results.into_iter().enumerate() {
+        let (ok, limited, other) = result?;
+        let total = ok + limited + other;
+        println!("neighbour {i}: {ok} of {total} accepted");
+        // At least 99.9 %: with 30 requests each, that is every one.
+        assert!(ok * 1000 >= total * 999, "neighbour {i}: {ok} of {total} accepted");
+    }
+    platform.shutdown().await
+}

@@ -16,6 +16,20 @@ use serde_json::{Map, Value};
 pub const MAX_FUTURE: Duration = Duration::minutes(10);
 /// How old an event may be when it arrives.
 pub const MAX_AGE: Duration = Duration::days(7);
+/// The most an event's `properties` may weigh, as JSON text. Every property Nudge reads is
+/// far smaller; the bound keeps one event from carrying a payload nobody asked for.
+pub const MAX_PROPERTIES_BYTES: usize = 16 * 1024;
+
+/// About how many bytes `value` takes as JSON text (strings unescaped), without writing it.
+fn json_weight(value: &Value) -> usize {
+    match value {
+        Value::Null | Value::Bool(_) => 5,
+        Value::Number(_) => 24,
+        Value::String(s) => s.len() + 2,
+        Value::Array(items) => 2 + items.iter().map(|v| json_weight(v) + 1).sum::<usize>(),
+        Value::Object(map) => 2 + map.iter().map(|(k, v)| k.len() + 4 + json_weight(v)).sum::<usize>(),
+    }
+}
 
 /// One invalid event in a batch: where, a stable code, and what to fix.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -44,6 +58,13 @@ pub fn parse_event(index: usize, raw: &RawEvent, tenant: TenantId, now: DateTime
     }
     if occurred_at < now - MAX_AGE {
         return Err(err(index, "timestamp_too_old", "occurred_at is more than 7 days in the past"));
+    }
+    if 2 + raw.properties.iter().map(|(k, v)| k.len() + 4 + json_weight(v)).sum::<usize>() > MAX_PROPERTIES_BYTES {
+        return Err(err(
+            index,
+            "event_too_large",
+            format!("properties take more than {MAX_PROPERTIES_BYTES} bytes; send only what the event needs"),
+        ));
     }
     let props = Props { index, map: &raw.properties };
     let payload = match raw.kind.as_str() {
@@ -219,6 +240,10 @@ mod tests {
             (
                 json!({"event_id": "e", "type": "purchase", "shopper_id": "s", "properties": {"order_id": "o", "value": 1, "currency": "euro"}}),
                 "invalid_property",
+            ),
+            (
+                json!({"event_id": "e", "type": "exit_intent", "shopper_id": "s", "properties": {"notes": "x".repeat(20_000)}}),
+                "event_too_large",
             ),
         ];
         for (i, (body, code)) in cases.into_iter().enumerate() {
