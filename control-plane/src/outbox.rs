@@ -8,13 +8,9 @@
 use std::{sync::Arc, time::Duration};
 
 use nudge_contracts::headers::SchemaRef;
-use nudge_platform_kafka::{KafkaConfig, headers::record_headers};
+use nudge_platform_kafka::{KafkaConfig, SendError, SharedProducer, headers::record_headers};
 use nudge_platform_telemetry::TraceContext;
-use rdkafka::{
-    error::KafkaError,
-    producer::{FutureProducer, FutureRecord},
-    types::RDKafkaErrorCode,
-};
+use rdkafka::{producer::FutureRecord, types::RDKafkaErrorCode};
 use sqlx::{Postgres, Row, Transaction};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -54,7 +50,7 @@ pub enum RelayError {
     #[error(transparent)]
     Db(#[from] DbError),
     #[error("publishing outbox row {id}: {source}")]
-    Publish { id: i64, source: rdkafka::error::KafkaError },
+    Publish { id: i64, source: SendError },
 }
 
 impl From<sqlx::Error> for RelayError {
@@ -66,7 +62,7 @@ impl From<sqlx::Error> for RelayError {
 /// Publishes outbox rows to Kafka.
 pub struct Relay {
     db: Database,
-    producer: FutureProducer,
+    producer: SharedProducer,
     batch_size: i64,
     poll_interval: Duration,
     wake: Arc<Notify>,
@@ -81,7 +77,7 @@ impl Relay {
     ) -> Result<Self, nudge_platform_kafka::Error> {
         Ok(Self {
             db,
-            producer: nudge_platform_kafka::producer(kafka, "nudge-control-plane-outbox")?,
+            producer: SharedProducer::new(kafka, "nudge-control-plane-outbox")?,
             batch_size,
             poll_interval,
             wake: Arc::new(Notify::new()),
@@ -144,43 +140,48 @@ impl Relay {
             return Ok(0);
         }
 
-        let mut deliveries = Vec::with_capacity(rows.len());
+        struct Pending {
+            id: i64,
+            attempts: i32,
+            topic: String,
+            key: Vec<u8>,
+            payload: Option<Vec<u8>>,
+            headers: rdkafka::message::OwnedHeaders,
+        }
+        let mut pending = Vec::with_capacity(rows.len());
         for row in &rows {
-            let id: i64 = row.try_get("id")?;
-            let attempts: i32 = row.try_get("attempts")?;
-            let topic: String = row.try_get("topic")?;
-            let key: Vec<u8> = row.try_get("record_key")?;
-            let payload: Option<Vec<u8>> = row.try_get("payload")?;
             let schema_name: String = row.try_get("schema_name")?;
             let schema_version: i32 = row.try_get("schema_version")?;
             let traceparent: Option<String> = row.try_get("traceparent")?;
             let trace = traceparent.as_deref().and_then(|t| TraceContext::parse(t).ok());
-            let headers = record_headers(
-                SchemaRef { name: known_schema(&schema_name), version: schema_version as u32 },
-                trace.as_ref(),
-            );
-            let mut record: FutureRecord<'_, [u8], [u8]> =
-                FutureRecord::to(&topic).key(key.as_slice()).headers(headers);
-            if let Some(p) = payload.as_deref() {
-                record = record.payload(p);
-            }
-            // Enqueue without awaiting, so the batch is in flight at once; order within a
-            // partition is kept by the idempotent producer.
-            let delivery = self.producer.send_result(record).map_err(|(e, _)| e);
-            deliveries.push((id, attempts, delivery));
+            pending.push(Pending {
+                id: row.try_get("id")?,
+                attempts: row.try_get("attempts")?,
+                topic: row.try_get("topic")?,
+                key: row.try_get("record_key")?,
+                payload: row.try_get("payload")?,
+                headers: record_headers(
+                    SchemaRef { name: known_schema(&schema_name), version: schema_version as u32 },
+                    trace.as_ref(),
+                ),
+            });
         }
+        // The batch is in flight at once; order within a partition is kept by the
+        // idempotent producer.
+        let records = pending.iter().map(|p| {
+            let record: FutureRecord<'_, [u8], [u8]> =
+                FutureRecord::to(&p.topic).key(p.key.as_slice()).headers(p.headers.clone());
+            match p.payload.as_deref() {
+                Some(payload) => record.payload(payload),
+                None => record,
+            }
+        });
+        let outcomes = self.producer.send_each(records, ACK_TIMEOUT).await;
 
-        let mut published = Vec::with_capacity(deliveries.len());
+        let mut published = Vec::with_capacity(pending.len());
         let mut transient = None;
-        for (id, attempts, delivery) in deliveries {
-            let outcome = match delivery {
-                Err(e) => Err(e),
-                Ok(future) => match future.await {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err((e, _))) => Err(e),
-                    Err(_) => Err(KafkaError::Canceled),
-                },
-            };
+        for (p, outcome) in pending.iter().zip(outcomes) {
+            let (id, attempts) = (p.id, p.attempts);
             match outcome {
                 Ok(()) => published.push(id),
                 Err(e) if is_permanent(&e) || attempts + 1 >= MAX_ATTEMPTS => {
@@ -216,11 +217,15 @@ impl Relay {
     }
 }
 
+/// How long a batch waits for the broker's acknowledgements before its rows are retried.
+const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Attempts before a row that keeps failing is parked (about 10 minutes of backoff).
 const MAX_ATTEMPTS: i32 = 200;
 
 /// Errors that publishing again will not fix.
-fn is_permanent(e: &KafkaError) -> bool {
+fn is_permanent(e: &SendError) -> bool {
+    let SendError::Rejected(e) = e else { return false };
     matches!(
         e.rdkafka_error_code(),
         Some(

@@ -216,6 +216,55 @@ impl SharedProducer {
         Ok(())
     }
 
+    /// Sends `records` and answers each one's outcome, waiting at most `ack_timeout` for
+    /// all of them (a record not acknowledged by then is [`SendError::Unavailable`]). For
+    /// callers that settle records one by one, such as an outbox.
+    pub async fn send_each<'a, K, P>(
+        &self,
+        records: impl IntoIterator<Item = FutureRecord<'a, K, P>>,
+        ack_timeout: Duration,
+    ) -> Vec<Result<(), SendError>>
+    where
+        K: rdkafka::message::ToBytes + ?Sized + 'a,
+        P: rdkafka::message::ToBytes + ?Sized + 'a,
+    {
+        let producer = match self.producer() {
+            Ok(p) => p,
+            Err(e) => return records.into_iter().map(|_| Err(SendError::Unavailable(e.to_string()))).collect(),
+        };
+        let deliveries: Vec<_> = records.into_iter().map(|r| producer.producer.send_result(r)).collect();
+        let deadline = tokio::time::Instant::now() + ack_timeout;
+        let mut outcomes = Vec::with_capacity(deliveries.len());
+        let (mut acknowledged, mut timed_out) = (false, false);
+        for delivery in deliveries {
+            let outcome = match delivery {
+                Err((e, _)) => Err(classify(e)),
+                Ok(future) => match tokio::time::timeout_at(deadline, future).await {
+                    Ok(Ok(Ok(_))) => {
+                        acknowledged = true;
+                        Ok(())
+                    }
+                    Ok(Ok(Err((e, _)))) => Err(classify(e)),
+                    Ok(Err(_)) => Err(SendError::Unavailable("the producer was replaced".into())),
+                    Err(_) => {
+                        timed_out = true;
+                        Err(SendError::Unavailable(format!("no acknowledgement within {} ms", ack_timeout.as_millis())))
+                    }
+                },
+            };
+            outcomes.push(outcome);
+        }
+        if acknowledged {
+            self.state.progressed();
+        } else if timed_out {
+            self.unacknowledged(&producer);
+        }
+        if let Some((_, reason)) = producer.producer.client().fatal_error() {
+            self.replace(&producer, &format!("fatal error: {reason}"), true);
+        }
+        outcomes
+    }
+
     /// Notes a send that got no acknowledgement in time; replaces a producer that has gone
     /// [`STALL_LIMIT`] without acknowledgement of anything.
     fn unacknowledged(&self, producer: &Arc<Inner>) {
