@@ -84,10 +84,10 @@ async fn no_acknowledged_event_is_lost_or_applied_twice_when_the_broker_dies() -
                 let batch = json!({ "events": events });
                 // About 5 % of batches are sent twice, as a client does after a lost answer.
                 let mut sends = vec![&batch];
-                if b % 20 == 7 {
-                    if let Some(p) = previous.as_ref() {
-                        sends.push(p);
-                    }
+                if b % 20 == 7
+                    && let Some(p) = previous.as_ref()
+                {
+                    sends.push(p);
                 }
                 for body in sends {
                     loop {

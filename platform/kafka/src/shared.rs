@@ -232,13 +232,14 @@ impl SharedProducer {
             Ok(p) => p,
             Err(e) => return records.into_iter().map(|_| Err(SendError::Unavailable(e.to_string()))).collect(),
         };
-        let deliveries: Vec<_> = records.into_iter().map(|r| producer.producer.send_result(r)).collect();
+        let deliveries: Vec<_> =
+            records.into_iter().map(|r| producer.producer.send_result(r).map_err(|(e, _)| classify(e))).collect();
         let deadline = tokio::time::Instant::now() + ack_timeout;
         let mut outcomes = Vec::with_capacity(deliveries.len());
         let (mut acknowledged, mut timed_out) = (false, false);
         for delivery in deliveries {
             let outcome = match delivery {
-                Err((e, _)) => Err(classify(e)),
+                Err(e) => Err(e),
                 Ok(future) => match tokio::time::timeout_at(deadline, future).await {
                     Ok(Ok(Ok(_))) => {
                         acknowledged = true;

@@ -1,0 +1,232 @@
+//! What the load is sent to: the cell's ingest route (with the broker out of the loop, or
+//! with the real Kafka sink), a trivial axum handler, and a bare rdkafka producer.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use axum::{Router, http::StatusCode, middleware::from_fn_with_state, routing::post};
+use bytes::Bytes;
+use nudge_contracts::{
+    Topic,
+    headers::EVENT_V1,
+    proto::{
+        control::v1::{Limits, TenantConfig, TenantState},
+        events::v1::{Event, PageView, ShopperKey, event::Payload},
+    },
+};
+use nudge_data_plane_directory::Directory;
+use nudge_data_plane_ingest::{
+    IngestConfig, IngestState,
+    dedup::RedisDedup,
+    limits::RateLimiter,
+    routes::IngestMetrics,
+    sink::{EventSink, SinkFuture},
+    usage::UsageCounters,
+};
+use nudge_platform_http::middleware::{HttpMetrics, trace_layer};
+use nudge_platform_kafka::{KafkaConfig, headers::record_headers};
+use nudge_platform_telemetry::{Metrics, TraceContext};
+use nudge_tenants::{CellId, PublishableKey, TenantId};
+use prost::Message;
+use rdkafka::producer::FutureRecord;
+use tokio::process::{Child, Command};
+
+use crate::load::Outcome;
+
+pub const ORIGIN: &str = "https://bench.example.com";
+
+/// Takes every batch at once: the ingest path without the broker.
+pub struct NullSink;
+
+impl EventSink for NullSink {
+    fn publish(
+        &self,
+        _records: Vec<nudge_data_plane_ingest::sink::EventRecord>,
+        _: Option<TraceContext>,
+    ) -> SinkFuture<'_> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// A store on the benchmark's cell, with limits no load here reaches.
+pub struct Store {
+    pub tenant: TenantId,
+    pub key: PublishableKey,
+}
+
+fn directory() -> anyhow::Result<(Arc<Directory>, Store)> {
+    let cell = CellId::default_shared();
+    let directory = Directory::new(cell.clone());
+    let store = Store { tenant: TenantId::new(), key: PublishableKey::generate()? };
+    let config = TenantConfig {
+        tenant_id: store.tenant.to_string(),
+        state: TenantState::Active as i32,
+        cell_id: cell.to_string(),
+        publishable_keys: vec![store.key.to_string()],
+        allowed_origins: vec![ORIGIN.into()],
+        revision: 1,
+        updated_at_ms: 0,
+        server_keys: vec![],
+        limits: Some(Limits {
+            plan: "enterprise".into(),
+            events_per_second: u32::MAX,
+            burst_events: u32::MAX,
+            connections: 1000,
+            retention_days: 30,
+        }),
+        suppressed_shoppers: vec![],
+    };
+    directory.apply(store.tenant.to_string().as_bytes(), Some(&config.encode_to_vec()))?;
+    Ok((Arc::new(directory), store))
+}
+
+async fn serve(router: Router) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    Ok(addr)
+}
+
+/// The cell's ingest route as the cell mounts it (with its tracing and metrics layer):
+/// authorisation, validation, rate limit, event-id dedup in Redis, then `sink`.
+pub async fn ingest(
+    sink: Arc<dyn EventSink>,
+    redis: redis::aio::ConnectionManager,
+    prefix: &str,
+) -> anyhow::Result<(SocketAddr, Store)> {
+    let (directory, store) = directory()?;
+    let metrics = Metrics::new("bench");
+    let state = IngestState {
+        directory,
+        limiter: Arc::new(RateLimiter::default()),
+        dedup: Arc::new(RedisDedup::new(redis, prefix.to_owned())),
+        usage: Arc::new(UsageCounters::default()),
+        sink,
+        config: IngestConfig { max_batch_events: 1000, ..IngestConfig::default() },
+        metrics: IngestMetrics::register(&metrics),
+    };
+    let (router, _) = nudge_data_plane_ingest::router().with_state(state).split_for_parts();
+    let router = router.layer(from_fn_with_state(HttpMetrics::register(&metrics), trace_layer));
+    Ok((serve(router).await?, store))
+}
+
+/// A handler that reads the body and answers 202: the floor any ingest path stands on.
+pub async fn trivial() -> anyhow::Result<SocketAddr> {
+    async fn accept(_body: Bytes) -> (StatusCode, &'static str) {
+        (StatusCode::ACCEPTED, r#"{"accepted":true}"#)
+    }
+    serve(Router::new().route("/v1/events", post(accept))).await
+}
+
+/// A tansu broker in memory on a free port, stopped when dropped.
+pub struct Broker {
+    pub bootstrap: String,
+    _child: Child,
+}
+
+impl Broker {
+    pub async fn start() -> anyhow::Result<Self> {
+        let bin = std::env::var_os("NUDGE_TANSU_BIN")
+            .map(PathBuf::from)
+            .context("NUDGE_TANSU_BIN is not set (run scripts/bench)")?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(&bin)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                return Ok(Self { bootstrap: format!("127.0.0.1:{port}"), _child: child });
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        anyhow::bail!("tansu did not start")
+    }
+}
+
+/// The records ingest would write for request `seq` of `worker`: the same keys, values and
+/// headers, built without HTTP.
+fn records(tenant: TenantId, worker: usize, seq: u64, batch: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let now = chrono::Utc::now().timestamp_millis();
+    (0..batch)
+        .map(|i| {
+            let shopper = crate::shopper(worker, seq, i);
+            let key = ShopperKey { tenant_id: tenant.to_string(), shopper_id: shopper.clone() };
+            let event = Event {
+                tenant_id: tenant.to_string(),
+                event_id: crate::event_id("bare", worker, seq, i),
+                shopper_id: shopper,
+                occurred_at_ms: now,
+                received_at_ms: now,
+                payload: Some(Payload::PageView(PageView::default())),
+            };
+            (key.encode_to_vec(), event.encode_to_vec())
+        })
+        .collect()
+}
+
+/// A bare rdkafka producer (the platform's producer settings) writing what ingest would
+/// write, `batch` records at a time from `workers` tasks, each waiting for its
+/// acknowledgements like an ingest request does.
+pub async fn bare_producer(
+    kafka: &KafkaConfig,
+    workers: usize,
+    batch: usize,
+    duration: Duration,
+) -> anyhow::Result<Outcome> {
+    let producer = nudge_platform_kafka::producer(kafka, "bench-bare")?;
+    let topic = kafka.topics().name(Topic::EventsRaw);
+    let tenant = TenantId::new();
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = Vec::new();
+    for worker in 0..workers {
+        let (producer, topic) = (producer.clone(), topic.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut out = Outcome::default();
+            let mut seq = 0;
+            while Instant::now() < deadline {
+                let sent = Instant::now();
+                let batch_records = records(tenant, worker, seq, batch);
+                seq += 1;
+                let mut deliveries = Vec::with_capacity(batch);
+                for (key, value) in &batch_records {
+                    let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic)
+                        .key(key.as_slice())
+                        .payload(value.as_slice())
+                        .headers(record_headers(EVENT_V1, None));
+                    deliveries.push(producer.send_result(record).map_err(|(e, _)| e)?);
+                }
+                let acks = futures_util::future::join_all(deliveries).await;
+                out.requests += 1;
+                if acks.iter().all(|a| matches!(a, Ok(Ok(_)))) {
+                    out.events += batch as u64;
+                } else {
+                    out.failures += 1;
+                }
+                out.latencies_us.push(u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX));
+            }
+            anyhow::Ok(out)
+        }));
+    }
+    let mut total = Outcome::default();
+    for t in tasks {
+        let o = t.await??;
+        total.requests += o.requests;
+        total.events += o.events;
+        total.failures += o.failures;
+        total.latencies_us.extend(o.latencies_us);
+    }
+    total.seconds = started.elapsed().as_secs_f64();
+    Ok(total)
+}
