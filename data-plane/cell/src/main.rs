@@ -14,6 +14,10 @@ struct Args {
     config: Option<PathBuf>,
 }
 
+/// The same allocator the ingest benchmark measured.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
