@@ -65,6 +65,25 @@ pub struct Target {
     pub expect: StatusCode,
 }
 
+/// Sends one request and fails with the answer unless it is the expected one, so a
+/// misconfigured run stops before it measures anything.
+pub async fn check(target: &Target) -> anyhow::Result<()> {
+    let stream = tokio::net::TcpStream::connect(target.addr).await?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let mut request = Request::post(target.path)
+        .header(hyper::header::HOST, "bench")
+        .header(hyper::header::CONTENT_TYPE, "application/json");
+    for (name, value) in &target.headers {
+        request = request.header(*name, value.clone());
+    }
+    let response = sender.send_request(request.body(Full::new((target.body)(usize::MAX, 0)))?).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    anyhow::ensure!(status == target.expect, "{} answered {status}: {}", target.addr, String::from_utf8_lossy(&body));
+    Ok(())
+}
+
 /// Sends requests to `target` from `connections` workers for `duration`.
 pub async fn run(target: &Target, connections: usize, duration: Duration) -> anyhow::Result<Outcome> {
     let started = Instant::now();

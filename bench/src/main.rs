@@ -128,6 +128,10 @@ fn ratio(a: &Series, b: &Series) -> String {
     format!("{:.0} % ({:.0}–{:.0} %)", median(&r) * 100.0, min(&r) * 100.0, max(&r) * 100.0)
 }
 
+/// The cell binary's allocator, so the ingest path is measured as it runs.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -163,6 +167,12 @@ async fn main() -> anyhow::Result<()> {
         )?;
         let (addr, e2e_store) = targets::ingest(Arc::new(sink), redis.clone(), &format!("{prefix}e2e:")).await?;
         e2e_target = Some((addr, headers(&e2e_store)?));
+    }
+
+    load::check(&target(ingest_addr, &auth, "check-i".into(), args.batch)).await?;
+    load::check(&target(trivial_addr, &auth, "check-t".into(), args.batch)).await?;
+    if let Some((addr, h)) = &e2e_target {
+        load::check(&target(*addr, h, "check-e".into(), args.batch)).await?;
     }
 
     // A short warm-up, not reported.
@@ -223,6 +233,15 @@ async fn main() -> anyhow::Result<()> {
     println!("- ingest path / trivial handler, single events: {}", ratio(&ingest_single, &trivial_single));
     if broker.is_some() {
         println!("- ingest end to end / bare producer: {}", ratio(&e2e, &bare));
+    }
+    forget(redis, &prefix).await
+}
+
+/// Deletes the run's dedup keys, so benchmarks do not fill Redis for a day.
+async fn forget(mut redis: redis::aio::ConnectionManager, prefix: &str) -> anyhow::Result<()> {
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut redis).await?;
+    if !keys.is_empty() {
+        redis::cmd("UNLINK").arg(keys).query_async::<()>(&mut redis).await?;
     }
     Ok(())
 }

@@ -82,6 +82,7 @@ fn directory() -> anyhow::Result<(Arc<Directory>, Store)> {
         suppressed_shoppers: vec![],
     };
     directory.apply(store.tenant.to_string().as_bytes(), Some(&config.encode_to_vec()))?;
+    directory.mark_caught_up();
     Ok((Arc::new(directory), store))
 }
 

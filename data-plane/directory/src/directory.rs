@@ -153,7 +153,10 @@ impl Directory {
         self.caught_up.load(Ordering::Acquire)
     }
 
-    pub(crate) fn mark_caught_up(&self) {
+    /// Declares the directory complete. The follower calls it once it has read the topic to
+    /// where it ended at start; a process that fills the directory itself (a benchmark, a
+    /// test) calls it when it is done.
+    pub fn mark_caught_up(&self) {
         self.caught_up.store(true, Ordering::Release);
     }
 
