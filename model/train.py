@@ -1,15 +1,18 @@
-"""Trains the cart-abandonment model and writes its artifacts.
+"""Trains the cart-abandonment models and writes their artifacts.
 
-Synthetic sessions are drawn from a fixed seed, a scikit-learn pipeline (standard scaling +
-logistic regression) is fitted, converted to ONNX with skl2onnx, and scored back with
-Python onnxruntime to produce the golden file the Rust tests compare against.
+Synthetic sessions are drawn from a fixed seed; two scikit-learn models are fitted on the
+same data — standard scaling + logistic regression, and a gradient-boosted tree ensemble
+(100 trees of depth 3) — converted to ONNX with skl2onnx, and scored back with Python
+onnxruntime to produce the golden files the Rust tests compare against. The same data and
+seed give byte-identical artifacts (scripts/check-model checks it).
 
     scripts/train-model            # or: $NUDGE_VENV/bin/python model/train.py
 
-Outputs, under model/cart_abandonment/v1/:
-    model.onnx     the artifact the cells load (also embedded in the cell binary)
+Outputs, under model/cart_abandonment/v1/ (logistic regression) and
+model/cart_abandonment_gbdt/v1/ (gradient-boosted trees):
+    model.onnx     the artifact (the logistic regression is also embedded in the cell binary)
     golden.json    inputs and Python onnxruntime outputs, including named demo sessions
-    MODEL_CARD.md  features and their order, data hash, metrics, versions
+    MODEL_CARD.md  features and their order, data hash, parameters, metrics, versions
 """
 
 import hashlib
@@ -23,6 +26,7 @@ import skl2onnx
 import sklearn
 from skl2onnx import to_onnx
 from skl2onnx.common.data_types import FloatTensorType
+from sklearn.ensemble import GradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
 from sklearn.pipeline import Pipeline
@@ -30,8 +34,7 @@ from sklearn.preprocessing import StandardScaler
 
 SEED = 20261127
 N_SESSIONS = 40_000
-VERSION = "cart_abandonment@1"
-OUT = pathlib.Path(__file__).resolve().parent / "cart_abandonment" / "v1"
+ROOT = pathlib.Path(__file__).resolve().parent
 
 # Model input order. data-plane/features/src/definitions.rs holds the same list; a Rust
 # test fails if they drift apart.
@@ -107,29 +110,59 @@ def synthesize(rng: np.random.Generator, n: int):
     return X, abandoned.astype(np.int64)
 
 
+def models():
+    """Each model: its version, output directory, a description of the estimator, and the
+    unfitted estimator."""
+    return [
+        (
+            "cart_abandonment@1",
+            ROOT / "cart_abandonment" / "v1",
+            "`StandardScaler` → `LogisticRegression(C=1.0, max_iter=2000)`",
+            Pipeline(
+                [
+                    ("scale", StandardScaler()),
+                    ("classify", LogisticRegression(C=1.0, max_iter=2000, random_state=SEED)),
+                ]
+            ),
+        ),
+        (
+            "cart_abandonment_gbdt@1",
+            ROOT / "cart_abandonment_gbdt" / "v1",
+            "`GradientBoostingClassifier(n_estimators=100, max_depth=3, learning_rate=0.1, subsample=1.0)`",
+            GradientBoostingClassifier(
+                n_estimators=100, max_depth=3, learning_rate=0.1, subsample=1.0, random_state=SEED
+            ),
+        ),
+    ]
+
+
 def main() -> int:
     rng = np.random.default_rng(SEED)
     X, y = synthesize(rng, N_SESSIONS)
     data_hash = hashlib.sha256(X.tobytes() + y.tobytes()).hexdigest()
-
     split = int(0.8 * N_SESSIONS)
-    X_train, y_train, X_test, y_test = X[:split], y[:split], X[split:], y[split:]
+    summary = []
+    for version, out, described, estimator in models():
+        summary.append(train(version, out, described, estimator, X, y, split, data_hash))
+    print(json.dumps(summary))
+    return 0
 
-    pipeline = Pipeline(
-        [("scale", StandardScaler()), ("classify", LogisticRegression(C=1.0, max_iter=2000, random_state=SEED))]
-    )
-    pipeline.fit(X_train, y_train)
+
+def train(version, out, described, estimator, X, y, split, data_hash):
+    X_train, y_train, X_test, y_test = X[:split], y[:split], X[split:], y[split:]
+    estimator.fit(X_train, y_train)
+    classifier = estimator.named_steps["classify"] if isinstance(estimator, Pipeline) else estimator
 
     onnx_model = to_onnx(
-        pipeline,
+        estimator,
         initial_types=[("features", FloatTensorType([None, len(FEATURES)]))],
-        options={id(pipeline.named_steps["classify"]): {"zipmap": False}},
+        options={id(classifier): {"zipmap": False}},
         target_opset={"": 17, "ai.onnx.ml": 3},
     )
-    onnx_model.doc_string = f"{VERSION}: cart abandonment probability from session features"
-    OUT.mkdir(parents=True, exist_ok=True)
+    onnx_model.doc_string = f"{version}: cart abandonment probability from session features"
+    out.mkdir(parents=True, exist_ok=True)
     model_bytes = onnx_model.SerializeToString()
-    (OUT / "model.onnx").write_bytes(model_bytes)
+    (out / "model.onnx").write_bytes(model_bytes)
 
     session = onnxruntime.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
@@ -155,7 +188,7 @@ def main() -> int:
     for i, (feats, p) in enumerate(zip(sample, score(sample))):
         golden_rows.append({"name": f"test_{i}", "features": [float(v) for v in feats], "probability": float(p)})
     golden = {
-        "model_version": VERSION,
+        "model_version": version,
         "features": FEATURES,
         "output": "probabilities[:, 1]",
         "onnxruntime": onnxruntime.__version__,
@@ -166,10 +199,10 @@ def main() -> int:
     lines = ",\n".join("  " + json.dumps(r) for r in golden_rows)
     text = json.dumps(head, indent=1)[:-2] + ',\n "rows": [\n' + lines + "\n ]\n}\n"
     json.loads(text)
-    (OUT / "golden.json").write_text(text)
+    (out / "golden.json").write_text(text)
 
     model_sha = hashlib.sha256(model_bytes).hexdigest()
-    card = f"""# Model card: {VERSION}
+    card = f"""# Model card: {version}
 
 Cart-abandonment probability for a shopper at the moment of an event, from the session
 features the cell keeps in Redis. Generated by `model/train.py`; do not edit by hand.
@@ -191,7 +224,7 @@ One float32 tensor `features` of shape `[N, {len(FEATURES)}]`, in this order:
 
 - Data: {N_SESSIONS} synthetic sessions from `numpy.random.default_rng({SEED})`; 80 % train,
   20 % test, in generation order. Data hash (SHA-256 of features and labels): `{data_hash}`
-- Pipeline: `StandardScaler` → `LogisticRegression(C=1.0, max_iter=2000)`
+- Estimator: {described}, `random_state={SEED}`
 - Versions: Python {sys.version.split()[0]}, numpy {np.__version__}, scikit-learn {sklearn.__version__},
   skl2onnx {skl2onnx.__version__}, onnxruntime {onnxruntime.__version__}
 - Artifact SHA-256: `{model_sha}`
@@ -207,9 +240,8 @@ One float32 tensor `features` of shape `[N, {len(FEATURES)}]`, in this order:
 Synthetic data: the model demonstrates the pipeline end to end and orders shoppers by a
 plausible risk; it has not been validated on any store's real traffic.
 """
-    (OUT / "MODEL_CARD.md").write_text(card)
-    print(json.dumps({"model": str(OUT / "model.onnx"), "sha256": model_sha, "metrics": metrics}))
-    return 0
+    (out / "MODEL_CARD.md").write_text(card)
+    return {"model": str(out / "model.onnx"), "sha256": model_sha, "metrics": metrics}
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used)]
-//! The Rust scorer agrees with Python onnxruntime on the committed golden file, and the
-//! model takes the features in the order the feature definitions declare.
+//! The Rust scorer agrees with Python onnxruntime on the committed golden files of both model
+//! types (logistic regression, gradient-boosted trees), and each model takes the features in
+//! the order the feature definitions declare.
 
 use nudge_data_plane_features::{FEATURE_NAMES, FeatureVector, N_FEATURES};
 use nudge_data_plane_inference::{Model, ModelError, bundled, init_runtime};
@@ -20,31 +21,84 @@ struct Row {
     probability: f64,
 }
 
-fn golden() -> Golden {
-    serde_json::from_str(include_str!("../../../model/cart_abandonment/v1/golden.json")).expect("golden.json parses")
+/// A committed model directory: artifact, golden file and model card.
+struct Artifacts {
+    onnx: &'static [u8],
+    golden: &'static str,
+    card: &'static str,
 }
 
-fn model() -> Model {
-    let env = init_runtime(None).expect("ONNX Runtime loads (scripts/test sets ORT_DYLIB_PATH)");
-    Model::load(env, bundled::MODEL_VERSION, bundled::MODEL_ONNX, bundled::MODEL_SHA256).expect("bundled model loads")
-}
+const LOGISTIC: Artifacts = Artifacts {
+    onnx: include_bytes!("../../../model/cart_abandonment/v1/model.onnx"),
+    golden: include_str!("../../../model/cart_abandonment/v1/golden.json"),
+    card: include_str!("../../../model/cart_abandonment/v1/MODEL_CARD.md"),
+};
 
-#[test]
-fn feature_order_matches_the_model_card() {
-    let g = golden();
-    assert_eq!(g.features, FEATURE_NAMES);
-    assert_eq!(g.model_version, bundled::MODEL_VERSION);
-    let card = include_str!("../../../model/cart_abandonment/v1/MODEL_CARD.md");
-    for (i, name) in FEATURE_NAMES.iter().enumerate() {
-        assert!(card.contains(&format!("| {i} | `{name}` |")), "model card lists {name} at {i}");
+const GBDT: Artifacts = Artifacts {
+    onnx: include_bytes!("../../../model/cart_abandonment_gbdt/v1/model.onnx"),
+    golden: include_str!("../../../model/cart_abandonment_gbdt/v1/golden.json"),
+    card: include_str!("../../../model/cart_abandonment_gbdt/v1/MODEL_CARD.md"),
+};
+
+impl Artifacts {
+    fn golden(&self) -> Golden {
+        serde_json::from_str(self.golden).expect("golden.json parses")
+    }
+
+    /// The artifact's SHA-256 as its model card records it.
+    fn card_sha256(&self) -> &'static str {
+        let line = self
+            .card
+            .lines()
+            .find(|l| l.starts_with("- Artifact SHA-256: `"))
+            .expect("the card names the artifact's hash");
+        line.trim_start_matches("- Artifact SHA-256: `").trim_end_matches('`')
+    }
+
+    /// Loads the artifact against the checksum its card records.
+    fn model(&self) -> Model {
+        let env = init_runtime(None).expect("ONNX Runtime loads (scripts/test sets ORT_DYLIB_PATH)");
+        Model::load(env, &self.golden().model_version, self.onnx, self.card_sha256()).expect("the artifact loads")
     }
 }
 
 #[test]
-fn scores_equal_python_onnxruntime_to_1e_5() {
-    let g = golden();
+fn the_bundled_model_is_the_committed_logistic_regression() {
+    assert_eq!(bundled::MODEL_ONNX, LOGISTIC.onnx);
+    assert_eq!(bundled::MODEL_SHA256, LOGISTIC.card_sha256());
+    assert_eq!(bundled::MODEL_VERSION, LOGISTIC.golden().model_version);
+    assert_eq!(GBDT.golden().model_version, "cart_abandonment_gbdt@1");
+}
+
+#[test]
+fn feature_order_matches_the_model_cards() {
+    for artifacts in [LOGISTIC, GBDT] {
+        let g = artifacts.golden();
+        assert_eq!(g.features, FEATURE_NAMES, "{}", g.model_version);
+        for (i, name) in FEATURE_NAMES.iter().enumerate() {
+            assert!(
+                artifacts.card.contains(&format!("| {i} | `{name}` |")),
+                "{}: card lists {name} at {i}",
+                g.model_version
+            );
+        }
+    }
+}
+
+#[test]
+fn logistic_regression_scores_equal_python_onnxruntime_to_1e_5() {
+    scores_equal_python_onnxruntime(&LOGISTIC);
+}
+
+#[test]
+fn gradient_boosted_trees_score_equal_python_onnxruntime_to_1e_5() {
+    scores_equal_python_onnxruntime(&GBDT);
+}
+
+fn scores_equal_python_onnxruntime(artifacts: &Artifacts) {
+    let g = artifacts.golden();
     assert!(g.rows.len() >= 1000);
-    let model = model();
+    let model = artifacts.model();
     let rows: Vec<FeatureVector> = g
         .rows
         .iter()
@@ -58,8 +112,14 @@ fn scores_equal_python_onnxruntime_to_1e_5() {
     let batched = model.score(&rows).expect("scores");
     for ((row, features), score) in g.rows.iter().zip(&rows).zip(&batched) {
         let single = model.score(std::slice::from_ref(features)).expect("scores")[0];
-        assert!((f64::from(*score) - row.probability).abs() <= 1e-5, "{}: {score} vs {}", row.name, row.probability);
-        assert!((single - score).abs() <= 1e-6, "{}: single {single} vs batched {score}", row.name);
+        let v = &g.model_version;
+        assert!(
+            (f64::from(*score) - row.probability).abs() <= 1e-5,
+            "{v} {}: {score} vs {}",
+            row.name,
+            row.probability
+        );
+        assert!((single - score).abs() <= 1e-6, "{v} {}: single {single} vs batched {score}", row.name);
     }
 }
 
