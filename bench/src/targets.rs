@@ -161,11 +161,11 @@ fn records(tenant: TenantId, worker: usize, seq: u64, batch: usize) -> Vec<(Vec<
     let now = chrono::Utc::now().timestamp_millis();
     (0..batch)
         .map(|i| {
-            let shopper = crate::shopper(worker, seq, i);
+            let shopper = crate::ingest::shopper(worker, seq, i);
             let key = ShopperKey { tenant_id: tenant.to_string(), shopper_id: shopper.clone() };
             let event = Event {
                 tenant_id: tenant.to_string(),
-                event_id: crate::event_id("bare", worker, seq, i),
+                event_id: crate::ingest::event_id("bare", worker, seq, i),
                 shopper_id: shopper,
                 occurred_at_ms: now,
                 received_at_ms: now,
