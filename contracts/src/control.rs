@@ -158,7 +158,7 @@ pub struct ApiKeyList {
 #[serde(deny_unknown_fields)]
 pub struct CreateKeyRequest {
     pub name: String,
-    /// From: `events:write`.
+    /// From: `events:write`, `features:read`.
     pub scopes: Vec<String>,
 }
 

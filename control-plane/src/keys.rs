@@ -9,9 +9,11 @@ use sqlx::Row;
 use crate::{announce::announce, db::DbError, routing::TenantRouter};
 
 /// What a secret key may do.
-pub const SCOPES: [&str; 1] = [
+pub const SCOPES: [&str; 2] = [
     // Send events from a server (no browser, no Origin).
     "events:write",
+    // Read shoppers' current features at the cell.
+    "features:read",
 ];
 
 #[derive(Debug, thiserror::Error)]

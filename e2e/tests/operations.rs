@@ -58,7 +58,19 @@ async fn openapi_documents_every_route() -> anyhow::Result<()> {
                 "/metrics",
             ],
         ),
-        (&platform.cell_url, vec!["/v1/events", "/v1/ws", "/nudge.js", "/healthz", "/readyz", "/metrics"]),
+        (
+            &platform.cell_url,
+            vec![
+                "/v1/events",
+                "/v1/ws",
+                "/v1/shoppers/{shopper_id}/features",
+                "/v1/shoppers/features",
+                "/nudge.js",
+                "/healthz",
+                "/readyz",
+                "/metrics",
+            ],
+        ),
     ];
     for (base, paths) in expected {
         let doc: serde_json::Value = platform.http.get(format!("{base}/v1/openapi.json")).send().await?.json().await?;

@@ -194,6 +194,10 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
     };
     let gateway =
         GatewayState { config: config.gateway.clone(), directory: directory.clone(), hub, shutdown: shutdown.clone() };
+    let features = nudge_data_plane_features::api::FeaturesState {
+        directory: directory.clone(),
+        store: SessionStore::new(redis.clone(), config.redis.prefix.clone()),
+    };
 
     let readiness = Readiness::default()
         .with(Arc::new(readiness::DirectoryReady(directory)))
@@ -204,10 +208,11 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
         OpenApiRouter::new()
             .merge(nudge_data_plane_ingest::router().with_state(ingest))
             .merge(nudge_data_plane_gateway::router().with_state(gateway))
+            .merge(nudge_data_plane_features::api::router().with_state(features))
             .merge(snippet::router())
             .merge(ops_router(readiness, metrics)),
         "Nudge cell",
-        "Event intake, shopper sockets and the browser snippet of a Nudge data-plane cell.",
+        "Event intake, shopper sockets, the feature read API and the browser snippet of a Nudge data-plane cell.",
     );
     let router = router.layer(from_fn_with_state(http_metrics, trace_layer));
 

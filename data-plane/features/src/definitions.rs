@@ -1,5 +1,9 @@
 //! Feature definitions, in model input order.
 
+/// The feature set's name and version: what the read API labels values with. Bump the
+/// version when a feature's meaning or the order changes.
+pub const FEATURE_SET_VERSION: &str = "cart_session@1";
+
 /// How many features the model takes.
 pub const N_FEATURES: usize = 10;
 

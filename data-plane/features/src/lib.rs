@@ -7,10 +7,13 @@
 //! - [`session`]: [`SessionState`], a shopper's running session, and how each event updates
 //!   it and yields the feature vector at that moment. Pure, so it is unit-tested here.
 //! - [`store`]: [`store::SessionStore`], the Redis online store, keyed by tenant and shopper.
+//! - [`api`]: the read API (`GET /v1/shoppers/{id}/features`, `POST /v1/shoppers/features`)
+//!   for a store's servers, with a `features:read` secret key.
 
+pub mod api;
 pub mod definitions;
 pub mod session;
 pub mod store;
 
-pub use definitions::{FEATURE_NAMES, FeatureVector, N_FEATURES};
+pub use definitions::{FEATURE_NAMES, FEATURE_SET_VERSION, FeatureVector, N_FEATURES};
 pub use session::SessionState;

@@ -84,6 +84,18 @@ impl SessionState {
             Some(Payload::Identify(_)) | None => {}
         }
 
+        self.vector(at, since_last_ms)
+    }
+
+    /// The features as they stand at `now_ms`, with no new event: the clock-based ones
+    /// (`session_seconds`, `seconds_since_last_activity`) run on to `now_ms`. What the read
+    /// API answers.
+    pub fn features_at(&self, now_ms: i64) -> FeatureVector {
+        let now = now_ms.max(self.last_seen_ms);
+        self.vector(now, now.saturating_sub(self.last_seen_ms))
+    }
+
+    fn vector(&self, at: i64, since_last_ms: i64) -> FeatureVector {
         [
             self.cart_value_minor as f32 / 100.0,
             self.cart_items as f32,
@@ -93,7 +105,7 @@ impl SessionState {
             self.cart_removes as f32,
             f32::from(u8::from(self.checkout_started)),
             (at.saturating_sub(self.first_seen_ms).max(0) / 1000) as f32,
-            (since_last_ms / 1000) as f32,
+            (since_last_ms.max(0) / 1000) as f32,
             self.exit_intents as f32,
         ]
     }
@@ -121,6 +133,19 @@ mod tests {
         s.apply(&ev(10, add(2500, 2)));
         let f = s.apply(&ev(70, Payload::ExitIntent(ExitIntent {})));
         assert_eq!(f, [50.0, 2.0, 1.0, 0.0, 1.0, 0.0, 0.0, 70.0, 60.0, 1.0]);
+    }
+
+    #[test]
+    fn features_at_a_later_moment_run_the_clocks_on() {
+        let mut s = SessionState::default();
+        s.apply(&ev(0, Payload::PageView(PageView::default())));
+        let f = s.apply(&ev(10, add(2500, 2)));
+        let later = s.features_at(1_800_000_000_000 + 100 * 1000);
+        assert_eq!(later[..7], f[..7], "counts do not change without events");
+        assert_eq!((later[7], later[8]), (100.0, 90.0));
+        // A clock behind the last event does not run backwards: as of the last event.
+        let stale = s.features_at(0);
+        assert_eq!((&stale[..8], stale[8]), (&f[..8], 0.0));
     }
 
     #[test]
