@@ -8,7 +8,7 @@ use redis::{Script, aio::ConnectionManager};
 use crate::SessionState;
 
 /// Sessions are forgotten this long after the last write.
-pub const SESSION_TTL_SECONDS: i64 = 24 * 3600;
+pub const SESSION_TTL_SECONDS: i64 = crate::definitions::CART_SESSION.ttl_seconds;
 
 /// Identifies one shopper's session.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -41,6 +41,7 @@ pub enum StoreError {
 pub struct SessionStore {
     redis: ConnectionManager,
     prefix: String,
+    commit: Script,
 }
 
 const FIELDS: [&str; 12] = [
@@ -60,7 +61,7 @@ const FIELDS: [&str; 12] = [
 
 impl SessionStore {
     pub fn new(redis: ConnectionManager, prefix: impl Into<String>) -> Self {
-        Self { redis, prefix: prefix.into() }
+        Self { redis, prefix: prefix.into(), commit: Script::new(COMMIT) }
     }
 
     /// The stored session; a fresh one when there is none.
@@ -112,8 +113,7 @@ impl SessionStore {
             i64::from(s.purchased),
             s.last_intervention_ms,
         ];
-        let mut script = Script::new(COMMIT);
-        let mut invocation = script.key(key.applied_key(&self.prefix, event_id));
+        let mut invocation = self.commit.key(key.applied_key(&self.prefix, event_id));
         invocation
             .key(key.redis_key(&self.prefix))
             .key(effects_key(&self.prefix, key))
@@ -124,8 +124,6 @@ impl SessionStore {
         }
         let mut conn = self.redis.clone();
         let applied: i64 = invocation.invoke_async(&mut conn).await?;
-        script = Script::new(COMMIT);
-        drop(script);
         Ok(applied == 1)
     }
 }

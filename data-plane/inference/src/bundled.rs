@@ -8,4 +8,4 @@ pub const MODEL_ONNX: &[u8] = include_bytes!("../../../model/cart_abandonment/v1
 pub const MODEL_VERSION: &str = "cart_abandonment@1";
 
 /// SHA-256 of [`MODEL_ONNX`], as the model card records it.
-pub const MODEL_SHA256: &str = "98b155b798ead6fd09516bb1babae5570bbf51f0e689eb4944cbf4c9369998a8";
+pub const MODEL_SHA256: &str = "33706d5fa8a78d9f811ba77312f190be08278ca2114dd0c765ea3c49c7cdcd76";

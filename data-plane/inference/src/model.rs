@@ -2,7 +2,7 @@
 
 use std::sync::{Mutex, PoisonError};
 
-use nudge_data_plane_features::{FeatureVector, N_FEATURES};
+use nudge_data_plane_features::{FEATURE_SET_VERSION, FeatureVector, N_FEATURES, definitions::check_input_schema};
 use ort::{
     environment::Environment,
     session::{Session, builder::GraphOptimizationLevel},
@@ -12,6 +12,9 @@ use sha2::{Digest, Sha256};
 
 const INPUT: &str = "features";
 const OUTPUT: &str = "probabilities";
+/// Metadata keys `model/train.py` writes into every artifact.
+const META_FEATURE_SET: &str = "nudge.feature_set";
+const META_FEATURE_NAMES: &str = "nudge.feature_names";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -70,6 +73,21 @@ impl Model {
         if !session.outputs().iter().any(|o| o.name() == OUTPUT) {
             return Err(ModelError::Schema(format!("no output named `{OUTPUT}`")));
         }
+        // The artifact names the feature set and its features; both must be the cells'.
+        let metadata = session.metadata()?;
+        let set = metadata.custom(META_FEATURE_SET).ok_or_else(|| {
+            ModelError::Schema(format!("the artifact does not name its feature set (metadata `{META_FEATURE_SET}`)"))
+        })?;
+        if set != FEATURE_SET_VERSION {
+            return Err(ModelError::Schema(format!(
+                "the artifact was trained on feature set `{set}`, the cells compute `{FEATURE_SET_VERSION}`"
+            )));
+        }
+        let names = metadata.custom(META_FEATURE_NAMES).ok_or_else(|| {
+            ModelError::Schema(format!("the artifact does not name its features (metadata `{META_FEATURE_NAMES}`)"))
+        })?;
+        check_input_schema(&names.split(',').collect::<Vec<_>>()).map_err(ModelError::Schema)?;
+        drop(metadata);
         Ok(Self { version: version.to_owned(), session: Mutex::new(session) })
     }
 

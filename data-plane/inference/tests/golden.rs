@@ -135,6 +135,29 @@ fn a_tampered_artifact_is_refused() {
     assert!(matches!(err, ModelError::Ort(_)), "{err}");
 }
 
+#[test]
+fn an_artifact_naming_other_features_is_refused() {
+    let env = init_runtime(None).expect("runtime");
+    for artifacts in [LOGISTIC, GBDT] {
+        // Swap two names of equal length in the artifact's metadata: still a valid model,
+        // trained (it says) on inputs in another order.
+        let names = "cart_value,cart_items,page_views";
+        let swapped = "page_views,cart_items,cart_value";
+        let at = artifacts
+            .onnx
+            .windows(names.len())
+            .position(|w| w == names.as_bytes())
+            .expect("the names are in the metadata");
+        let mut bytes = artifacts.onnx.to_vec();
+        bytes[at..at + names.len()].copy_from_slice(swapped.as_bytes());
+        let err = Model::load(env, "x", &bytes, &sha256(&bytes)).unwrap_err();
+        assert!(
+            matches!(&err, ModelError::Schema(m) if m == "input 0 is `page_views`, the feature set has `cart_value` there"),
+            "{err}"
+        );
+    }
+}
+
 fn sha256(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
