@@ -12,6 +12,8 @@ use nudge_tenants::CellId;
 use secrecy::SecretString;
 use serde::Deserialize;
 
+use crate::idle::IdleCartsConfig;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct CellConfig {
@@ -26,6 +28,7 @@ pub struct CellConfig {
     pub gateway: GatewayConfig,
     pub inference: InferenceConfig,
     pub decide: RuleConfig,
+    pub idle_carts: IdleCartsConfig,
     pub log: LogConfig,
 }
 
@@ -42,6 +45,7 @@ impl Default for CellConfig {
             gateway: GatewayConfig::default(),
             inference: InferenceConfig::default(),
             decide: RuleConfig::default(),
+            idle_carts: IdleCartsConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -141,6 +145,9 @@ impl Validate for CellConfig {
         }
         if self.usage.interval_ms == 0 {
             return Err("usage.interval_ms must be positive".into());
+        }
+        if self.idle_carts.after_ms == 0 || self.idle_carts.scan_interval_ms == 0 || self.idle_carts.batch == 0 {
+            return Err("idle_carts: after_ms, scan_interval_ms and batch must be positive".into());
         }
         if !(0.0..=1.0).contains(&self.decide.threshold) {
             return Err("decide.threshold must be within [0, 1]".into());

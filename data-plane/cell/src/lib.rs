@@ -7,11 +7,13 @@
 //! - [`validator`]: the stage `events.raw` → `events.validated` (poison to `events.dlq`).
 //! - [`pipeline`]: the stage `events.validated` → features → model → decision → intervention,
 //!   each effect once per (tenant, event id).
+//! - [`idle`]: server-side abandonment detection, `cart_idle` events for carts gone quiet.
 //! - [`usage`]: per-tenant counts to `usage.v1`.
 //! - [`readiness`]: what `/readyz` checks.
 //! - [`snippet`]: serves `nudge.js`, the browser snippet.
 
 pub mod config;
+pub mod idle;
 pub mod pipeline;
 pub mod readiness;
 pub mod snippet;
@@ -163,6 +165,16 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
             ));
         }
     }
+    tasks.push((
+        "idle-cart scanner",
+        tokio::spawn(idle::scan(
+            SessionStore::new(redis.clone(), config.redis.prefix.clone()),
+            stage_producer.clone(),
+            topics.name(Topic::EventsValidated),
+            config.idle_carts.clone(),
+            shutdown.clone(),
+        )),
+    ));
     tasks.push((
         "usage reporter",
         tokio::spawn(usage::report(

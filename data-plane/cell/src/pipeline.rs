@@ -11,7 +11,8 @@
 //! 2. compute the new session, the score and the decision;
 //! 3. produce the output records and wait for the broker (a replay may produce them again:
 //!    they carry the event id, and the intervention id is derived from it);
-//! 4. in one Redis script, mark the event applied, write the session and count it;
+//! 4. in one Redis script, mark the event applied, write the session, count it and set or
+//!    clear the shopper's idle-cart timer (see `idle.rs`);
 //! 5. route the intervention to the shopper's socket.
 
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use nudge_contracts::{
     InterventionId, ShopperId,
     headers::{FEATURES_V1, INTERVENTION_V1, PREDICTION_V1, SchemaRef},
     proto::{
-        events::v1::{Event, ShopperKey},
+        events::v1::{Event, ShopperKey, event::Payload},
         features::v1::FeatureSnapshot,
         interventions::v1::Intervention,
         predictions::v1::Prediction,
@@ -30,7 +31,7 @@ use nudge_contracts::{
 use nudge_data_plane_decide::{RuleConfig, decide};
 use nudge_data_plane_features::{
     FEATURE_NAMES,
-    store::{SessionKey, SessionStore, StoreError},
+    store::{IdleTimer, SessionKey, SessionStore, StoreError},
 };
 use nudge_data_plane_gateway::route::InterventionPublisher;
 use nudge_data_plane_inference::Model;
@@ -54,6 +55,8 @@ pub struct PipelineMetrics {
     duplicates: Counter,
     interventions: Counter,
     lost: Counter,
+    idle_carts: Counter,
+    idle_stale: Counter,
     scores: Histogram,
 }
 
@@ -64,6 +67,8 @@ impl PipelineMetrics {
             duplicates: Counter::default(),
             interventions: Counter::default(),
             lost: Counter::default(),
+            idle_carts: Counter::default(),
+            idle_stale: Counter::default(),
             scores: Histogram::new([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]),
         };
         let mut r = metrics.registry();
@@ -71,6 +76,12 @@ impl PipelineMetrics {
         r.register("pipeline_events_duplicate", "Replayed events skipped (already applied)", m.duplicates.clone());
         r.register("pipeline_interventions", "Interventions routed to sockets", m.interventions.clone());
         r.register("pipeline_interventions_lost", "Interventions that could not be routed", m.lost.clone());
+        r.register("pipeline_carts_idle", "Carts found idle (server-side abandonment detection)", m.idle_carts.clone());
+        r.register(
+            "pipeline_carts_idle_stale",
+            "Idle-cart events dropped because the shopper was active after the timer fired",
+            m.idle_stale.clone(),
+        );
         r.register("pipeline_scores", "Abandonment probabilities", m.scores.clone());
         m
     }
@@ -133,6 +144,14 @@ impl Pipeline {
             return Ok(());
         }
         let mut session = self.sessions.load(&key).await.map_err(store_failure)?;
+        if let Some(Payload::CartIdle(idle)) = &event.payload
+            && (session.last_seen_ms != idle.last_activity_ms || !session.has_open_cart())
+        {
+            // The scanner saw a timer this shopper has since moved on from (an event it had
+            // not yet applied): not abandonment.
+            self.metrics.idle_stale.inc();
+            return Ok(());
+        }
         let features = session.apply(event);
         let score = self
             .model
@@ -195,12 +214,24 @@ impl Pipeline {
         }
         self.produce(&shopper_key, outputs, trace).await?;
 
-        // The effect, once.
-        if !self.sessions.commit(&key, &event.event_id, &session).await.map_err(store_failure)? {
+        // The effect, once. An idle-cart event is not activity: the timer it came from is
+        // settled by the scanner; any other event restarts the timer or, with an empty
+        // cart, clears it.
+        let idle = matches!(event.payload, Some(Payload::CartIdle(_)));
+        let timer = match (idle, session.has_open_cart()) {
+            (true, _) => IdleTimer::Keep,
+            (false, true) => IdleTimer::Set { last_activity_ms: session.last_seen_ms },
+            (false, false) => IdleTimer::Clear,
+        };
+        if !self.sessions.commit(&key, &event.event_id, &session, timer).await.map_err(store_failure)? {
             self.metrics.duplicates.inc();
             return Ok(());
         }
         self.metrics.processed.inc();
+        if idle {
+            self.metrics.idle_carts.inc();
+            tracing::info!(tenant_id = %key.tenant, score, event_id = %event.event_id, "cart found idle");
+        }
         if let Some(iv) = intervention {
             self.route(&iv).await;
         }

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use nudge_contracts::proto::events::v1::Event;
+use nudge_contracts::proto::events::v1::{Event, event::Payload};
 use nudge_data_plane_directory::Directory;
 use nudge_platform_kafka::{
     SharedProducer,
@@ -37,6 +37,10 @@ impl Handler for Validator {
                 event.tenant_id.parse().map_err(|_| Failure::Failed("the event has no valid tenant id".into()))?;
             if event.event_id.is_empty() || event.shopper_id.is_empty() || event.payload.is_none() {
                 return Err(Failure::Failed("the event lacks an id, a shopper or a payload".into()));
+            }
+            if matches!(event.payload, Some(Payload::CartIdle(_))) {
+                // Abandonment is detected by the cell, never reported by a sender.
+                return Err(Failure::Failed("cart_idle comes only from the cell's idle-cart scanner".into()));
             }
             if self.directory.by_tenant(tenant).is_none() && self.directory.is_caught_up() {
                 return Err(Failure::Failed(format!("tenant {tenant} is not served by this cell")));

@@ -33,6 +33,11 @@ impl SessionState {
     /// Applies `event` and returns the features as of that event.
     pub fn apply(&mut self, event: &Event) -> FeatureVector {
         let at = event.occurred_at_ms;
+        if let Some(Payload::CartIdle(_)) = event.payload {
+            // Silence is not activity: the session stays as it is, and the features are
+            // read at the moment the cart was found idle.
+            return self.features_at(at);
+        }
         if !self.is_new() && at.saturating_sub(self.last_seen_ms) > SESSION_GAP_MS {
             // A new visit: the cart persists in the store, the visit's behaviour does not.
             let (cart_value, cart_items) = (self.cart_value_minor, self.cart_items);
@@ -81,10 +86,16 @@ impl SessionState {
                 self.checkout_started = false;
             }
             Some(Payload::ExitIntent(_)) => self.exit_intents = self.exit_intents.saturating_add(1),
-            Some(Payload::Identify(_)) | None => {}
+            Some(Payload::Identify(_) | Payload::CartIdle(_)) | None => {}
         }
 
         self.vector(at, since_last_ms)
+    }
+
+    /// Whether the cart holds something (a purchase empties it): what the idle timer
+    /// watches.
+    pub fn has_open_cart(&self) -> bool {
+        self.cart_items > 0
     }
 
     /// The features as they stand at `now_ms`, with no new event: the clock-based ones
@@ -146,6 +157,33 @@ mod tests {
         // A clock behind the last event does not run backwards: as of the last event.
         let stale = s.features_at(0);
         assert_eq!((&stale[..8], stale[8]), (&f[..8], 0.0));
+    }
+
+    #[test]
+    fn an_idle_cart_event_reads_the_session_without_touching_it() {
+        use nudge_contracts::proto::events::v1::CartIdle;
+        let mut s = SessionState::default();
+        s.apply(&ev(0, add(2500, 2)));
+        let before = s.clone();
+        let f = s.apply(&ev(1800, Payload::CartIdle(CartIdle { last_activity_ms: before.last_seen_ms })));
+        assert_eq!(s, before, "an idle event is not activity");
+        assert_eq!((f[0], f[1], f[7], f[8]), (50.0, 2.0, 1800.0, 1800.0));
+    }
+
+    #[test]
+    fn only_a_live_cart_waits_for_the_idle_timer() {
+        let mut s = SessionState::default();
+        s.apply(&ev(0, Payload::PageView(PageView::default())));
+        assert!(!s.has_open_cart());
+        s.apply(&ev(1, add(1000, 1)));
+        assert!(s.has_open_cart());
+        s.apply(&ev(
+            2,
+            Payload::Purchase(Purchase { order_id: "o".into(), value_minor: 1000, currency: "EUR".into() }),
+        ));
+        assert!(!s.has_open_cart());
+        s.apply(&ev(3, add(500, 1)));
+        assert!(s.has_open_cart(), "a cart filled again after a purchase is watched again");
     }
 
     #[test]

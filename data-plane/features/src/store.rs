@@ -96,9 +96,15 @@ impl SessionStore {
 
     /// Applies event `event_id`'s effect on the session exactly once: in one script, marks the
     /// event applied (for [`APPLIED_TTL_SECONDS`]), writes the whole session, renews its
-    /// expiry and counts the event for the tenant. False (and nothing written) when the event
-    /// was applied already.
-    pub async fn commit(&self, key: &SessionKey, event_id: &str, s: &SessionState) -> Result<bool, StoreError> {
+    /// expiry, counts the event for the tenant and sets or clears the shopper's idle-cart
+    /// timer. False (and nothing written) when the event was applied already.
+    pub async fn commit(
+        &self,
+        key: &SessionKey,
+        event_id: &str,
+        s: &SessionState,
+        timer: IdleTimer,
+    ) -> Result<bool, StoreError> {
         let values: [i64; 12] = [
             s.first_seen_ms,
             s.last_seen_ms,
@@ -117,8 +123,15 @@ impl SessionStore {
         invocation
             .key(key.redis_key(&self.prefix))
             .key(effects_key(&self.prefix, key))
+            .key(self.idle_key())
             .arg(APPLIED_TTL_SECONDS)
             .arg(SESSION_TTL_SECONDS);
+        match timer {
+            IdleTimer::Set { last_activity_ms } => invocation.arg("set").arg(last_activity_ms),
+            IdleTimer::Clear => invocation.arg("clear").arg(0),
+            IdleTimer::Keep => invocation.arg("keep").arg(0),
+        };
+        invocation.arg(idle_member(key));
         for (field, value) in FIELDS.iter().zip(values) {
             invocation.arg(*field).arg(value);
         }
@@ -132,18 +145,109 @@ impl SessionStore {
 /// within a day.
 pub const APPLIED_TTL_SECONDS: i64 = 24 * 3600;
 
-/// Marks, writes and counts in one step (see [`SessionStore::commit`]).
+/// Marks, writes, counts and sets the timer in one step (see [`SessionStore::commit`]).
+/// KEYS: applied marker, session hash, tenant's effects hash, idle-cart schedule. ARGV:
+/// marker TTL, session TTL, timer action (`set`, `clear`, `keep`), last activity, schedule
+/// member, then field/value pairs.
 const COMMIT: &str = r#"
 if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) == false then
   return 0
 end
-for i = 3, #ARGV, 2 do
+for i = 6, #ARGV, 2 do
   redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
 end
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 redis.call('HINCRBY', KEYS[3], 'events', 1)
+if ARGV[3] == 'set' then
+  redis.call('ZADD', KEYS[4], ARGV[4], ARGV[5])
+elseif ARGV[3] == 'clear' then
+  redis.call('ZREM', KEYS[4], ARGV[5])
+end
 return 1
 "#;
+
+/// What a committed event does to the shopper's idle-cart timer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdleTimer {
+    /// The cart holds something: watch for silence after this activity.
+    Set { last_activity_ms: i64 },
+    /// The cart is empty (or bought): nothing to watch.
+    Clear,
+    /// Leave the timer as it is (the event was not activity).
+    Keep,
+}
+
+/// A cart found idle: whose, and their last activity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdleCart {
+    pub key: SessionKey,
+    pub last_activity_ms: i64,
+}
+
+/// The schedule member of a shopper: tenant id, `/`, shopper id (tenant ids hold no `/`).
+fn idle_member(key: &SessionKey) -> String {
+    format!("{}/{}", key.tenant, key.shopper)
+}
+
+/// Removes a member only if its score is still the one the scanner saw: a shopper who came
+/// back meanwhile keeps the newer timer.
+const SETTLE: &str = r#"
+if tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1])) == tonumber(ARGV[2]) then
+  return redis.call('ZREM', KEYS[1], ARGV[1])
+end
+return 0
+"#;
+
+impl SessionStore {
+    /// The cell's idle-cart schedule: one sorted set, members `tenant/shopper`, scored by
+    /// the shopper's last activity (Unix ms).
+    fn idle_key(&self) -> String {
+        format!("{}idle-carts", self.prefix)
+    }
+
+    /// Carts whose last activity is at or before `silent_since_ms`, oldest first, at most
+    /// `limit`. A member that does not parse is removed and logged.
+    pub async fn idle_carts(&self, silent_since_ms: i64, limit: usize) -> Result<Vec<IdleCart>, StoreError> {
+        let mut conn = self.redis.clone();
+        let due: Vec<(String, i64)> = redis::cmd("ZRANGE")
+            .arg(self.idle_key())
+            .arg("-inf")
+            .arg(silent_since_ms)
+            .arg("BYSCORE")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .arg("WITHSCORES")
+            .query_async(&mut conn)
+            .await?;
+        let mut carts = Vec::with_capacity(due.len());
+        for (member, last_activity_ms) in due {
+            let parsed = member.split_once('/').and_then(|(t, s)| Some((t.parse().ok()?, ShopperId::parse(s).ok()?)));
+            match parsed {
+                Some((tenant, shopper)) => {
+                    carts.push(IdleCart { key: SessionKey { tenant, shopper }, last_activity_ms })
+                }
+                None => {
+                    tracing::error!(member_len = member.len(), "unreadable idle-cart timer removed");
+                    redis::cmd("ZREM").arg(self.idle_key()).arg(&member).query_async::<()>(&mut conn).await?;
+                }
+            }
+        }
+        Ok(carts)
+    }
+
+    /// Ends the timer the scanner acted on, unless the shopper has been active since.
+    pub async fn settle_idle(&self, cart: &IdleCart) -> Result<(), StoreError> {
+        let mut conn = self.redis.clone();
+        Script::new(SETTLE)
+            .key(self.idle_key())
+            .arg(idle_member(&cart.key))
+            .arg(cart.last_activity_ms)
+            .invoke_async::<i64>(&mut conn)
+            .await?;
+        Ok(())
+    }
+}
 
 /// The per-tenant count of events whose effects were applied (hash field `events`).
 pub fn effects_key(prefix: &str, key: &SessionKey) -> String {
