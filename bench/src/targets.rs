@@ -80,6 +80,7 @@ fn directory() -> anyhow::Result<(Arc<Directory>, Store)> {
             retention_days: 30,
         }),
         suppressed_shoppers: vec![],
+        model_version: String::new(),
     };
     directory.apply(store.tenant.to_string().as_bytes(), Some(&config.encode_to_vec()))?;
     directory.mark_caught_up();

@@ -201,6 +201,25 @@ pub struct PlanRequest {
     pub overrides: LimitsBody,
 }
 
+/// `POST /v1/admin/tenants/{tenant_id}/model`: the model a store's events are scored with.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelRequest {
+    /// A version the cells ship (`cart_abandonment@1`, `cart_abandonment_gbdt@1`); `null`
+    /// for the cells' default.
+    pub model_version: Option<String>,
+}
+
+/// The model now assigned.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ModelResponse {
+    pub tenant_id: String,
+    /// The assigned version; `null` when the store follows the cells' default.
+    pub model_version: Option<String>,
+    /// What the store is scored with.
+    pub effective_model_version: String,
+}
+
 /// Limits; in a request, absent fields keep the plan's value.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

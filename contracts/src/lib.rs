@@ -8,12 +8,14 @@
 //! - [`ids`]: shopper, event and intervention ids chosen at the edge.
 //! - [`ingest`]: the JSON batch a browser posts to `/v1/events`.
 //! - [`push`]: the JSON messages a shopper's socket receives.
+//! - [`models`]: the model versions the cells ship, and the default.
 //! - [`control`]: the JSON bodies of the control plane's public API.
 
 pub mod control;
 pub mod headers;
 pub mod ids;
 pub mod ingest;
+pub mod models;
 pub mod push;
 pub mod topics;
 

@@ -42,7 +42,7 @@ pub async fn announce(
 ) -> Result<i64, sqlx::Error> {
     let row = sqlx::query(
         "UPDATE tenants SET revision = revision + 1, updated_at = now() WHERE tenant_id = $1
-         RETURNING state, cell_id, revision, updated_at, plan, limit_overrides",
+         RETURNING state, cell_id, revision, updated_at, plan, limit_overrides, model_version",
     )
     .bind(tenant.as_uuid())
     .fetch_one(&mut **tx)
@@ -54,6 +54,7 @@ pub async fn announce(
     let revision: i64 = row.try_get("revision")?;
     let updated_at: DateTime<Utc> = row.try_get("updated_at")?;
     let (plan, limits) = crate::plans::effective(&row)?;
+    let model_version: Option<String> = row.try_get("model_version")?;
 
     let payload = {
         let publishable_keys: Vec<String> = sqlx::query_scalar(
@@ -99,6 +100,7 @@ pub async fn announce(
             updated_at_ms: updated_at.timestamp_millis(),
             server_keys,
             suppressed_shoppers,
+            model_version: model_version.unwrap_or_default(),
             limits: Some(WireLimits {
                 plan: plan.as_str().to_owned(),
                 events_per_second: limits.events_per_second,

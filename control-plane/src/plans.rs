@@ -1,4 +1,4 @@
-//! A store's plan and negotiated limit overrides.
+//! A store's plan and negotiated limit overrides, and the model its events are scored with.
 
 use nudge_contracts::Topics;
 use nudge_tenants::{LimitOverrides, Limits, Plan, TenantId};
@@ -66,4 +66,48 @@ pub async fn limits_of(
         .fetch_one(&mut **tx)
         .await?;
     Ok(effective(&row)?.1)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("no such tenant")]
+    NotFound,
+    #[error("no cell ships model {0}")]
+    UnknownModel(String),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl From<sqlx::Error> for ModelError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Db(DbError::Query(e))
+    }
+}
+
+/// Scores `tenant`'s events with `model` (a version the cells ship), or with the cells'
+/// default when `None`, and announces it to the tenant's cell.
+pub async fn set_model(
+    db: &TenantRouter,
+    topics: &Topics,
+    tenant: TenantId,
+    model: Option<&str>,
+    traceparent: Option<String>,
+) -> Result<(), ModelError> {
+    if let Some(m) = model
+        && !nudge_contracts::models::BUNDLED_MODELS.contains(&m)
+    {
+        return Err(ModelError::UnknownModel(m.to_owned()));
+    }
+    let mut tx = db.tenant_tx(tenant).await?;
+    let updated = sqlx::query("UPDATE tenants SET model_version = $2 WHERE tenant_id = $1")
+        .bind(tenant.as_uuid())
+        .bind(model)
+        .execute(&mut *tx)
+        .await?;
+    if updated.rows_affected() == 0 {
+        return Err(ModelError::NotFound);
+    }
+    announce(&mut tx, topics, tenant, traceparent).await?;
+    tx.commit().await?;
+    Ok(())
 }

@@ -52,6 +52,7 @@ async fn openapi_documents_every_route() -> anyhow::Result<()> {
                 "/v1/admin/tenants/{tenant_id}/transitions",
                 "/v1/admin/tenants/{tenant_id}/audit",
                 "/v1/admin/tenants/{tenant_id}/plan",
+                "/v1/admin/tenants/{tenant_id}/model",
                 "/v1/admin/tenants/{tenant_id}/isolation",
                 "/healthz",
                 "/readyz",

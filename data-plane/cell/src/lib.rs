@@ -34,7 +34,7 @@ use nudge_data_plane_gateway::{
     GatewayState, Hub,
     route::{InterventionPublisher, channel},
 };
-use nudge_data_plane_inference::{Model, bundled, init_runtime};
+use nudge_data_plane_inference::{Model, ModelSet, bundled, init_runtime};
 use nudge_data_plane_ingest::{
     IngestState, dedup::RedisDedup, routes::IngestMetrics, sink::KafkaSink, usage::UsageCounters,
 };
@@ -65,8 +65,8 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
 
     // The model first: a cell that cannot score should fail at start, not per event.
     let runtime = init_runtime(config.inference.onnxruntime_library.as_deref())?;
-    let model = Arc::new(load_model(runtime, &config)?);
-    tracing::info!(model_version = model.version(), "model loaded");
+    let models = Arc::new(ModelSet::with_bundled(runtime, load_model(runtime, &config)?)?);
+    tracing::info!(default = models.default_model().version(), models = ?models.versions(), "models loaded");
 
     // Tenants, from control.tenants.v1.
     let directory = Arc::new(Directory::new(config.cell_id.clone()));
@@ -122,7 +122,8 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
     });
     let scorer: Arc<dyn Handler> = Arc::new(pipeline::Pipeline {
         sessions: SessionStore::new(redis.clone(), config.redis.prefix.clone()),
-        model,
+        models,
+        directory: directory.clone(),
         rule: config.decide.clone(),
         publisher: InterventionPublisher::new(redis.clone(), channel),
         producer: stage_producer.clone(),

@@ -29,12 +29,13 @@ use nudge_contracts::{
     },
 };
 use nudge_data_plane_decide::{RuleConfig, decide};
+use nudge_data_plane_directory::Directory;
 use nudge_data_plane_features::{
     FEATURE_NAMES,
     store::{IdleTimer, SessionKey, SessionStore, StoreError},
 };
 use nudge_data_plane_gateway::route::InterventionPublisher;
-use nudge_data_plane_inference::Model;
+use nudge_data_plane_inference::ModelSet;
 use nudge_data_plane_ingest::usage::{Drop, UsageCounters};
 use nudge_platform_kafka::{
     SharedProducer,
@@ -57,6 +58,7 @@ pub struct PipelineMetrics {
     lost: Counter,
     idle_carts: Counter,
     idle_stale: Counter,
+    model_fallbacks: Counter,
     scores: Histogram,
 }
 
@@ -69,6 +71,7 @@ impl PipelineMetrics {
             lost: Counter::default(),
             idle_carts: Counter::default(),
             idle_stale: Counter::default(),
+            model_fallbacks: Counter::default(),
             scores: Histogram::new([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]),
         };
         let mut r = metrics.registry();
@@ -81,6 +84,11 @@ impl PipelineMetrics {
             "pipeline_carts_idle_stale",
             "Idle-cart events dropped because the shopper was active after the timer fired",
             m.idle_stale.clone(),
+        );
+        r.register(
+            "pipeline_model_fallbacks",
+            "Events of tenants assigned a model this cell does not hold, scored with the default",
+            m.model_fallbacks.clone(),
         );
         r.register("pipeline_scores", "Abandonment probabilities", m.scores.clone());
         m
@@ -98,7 +106,9 @@ pub struct OutputTopics {
 /// The scoring stage's parts.
 pub struct Pipeline {
     pub sessions: SessionStore,
-    pub model: Arc<Model>,
+    /// The models by version; each tenant is scored with the one its record names.
+    pub models: Arc<ModelSet>,
+    pub directory: Arc<Directory>,
     pub rule: RuleConfig,
     pub publisher: InterventionPublisher,
     pub producer: SharedProducer,
@@ -153,8 +163,14 @@ impl Pipeline {
             return Ok(());
         }
         let features = session.apply(event);
-        let score = self
-            .model
+        let assigned = self.directory.by_tenant(key.tenant).and_then(|t| t.model_version.clone());
+        let chosen = self.models.choose(assigned.as_deref());
+        if chosen.fell_back {
+            self.metrics.model_fallbacks.inc();
+            tracing::warn!(tenant_id = %key.tenant, assigned = ?assigned, "assigned model not held here; scoring with the default");
+        }
+        let model = &chosen.model;
+        let score = model
             .score(&[features])
             .map_err(|e| Failure::Failed(format!("scoring: {e}")))?
             .first()
@@ -173,7 +189,7 @@ impl Pipeline {
                     title: action.title,
                     body: action.body,
                     score: f64::from(score),
-                    model_version: self.model.version().to_owned(),
+                    model_version: model.version().to_owned(),
                     cause_event_id: event.event_id.clone(),
                     decided_at_ms: Utc::now().timestamp_millis(),
                     traceparent: trace.to_header(),
@@ -202,7 +218,7 @@ impl Pipeline {
             shopper_id: key.shopper.to_string(),
             event_id: event.event_id.clone(),
             score: f64::from(score),
-            model_version: self.model.version().to_owned(),
+            model_version: model.version().to_owned(),
             scored_at_ms: now,
         };
         let mut outputs = vec![

@@ -25,6 +25,8 @@ pub struct TenantEntry {
     pub limits: TenantLimits,
     /// Shoppers whose events are dropped at ingest.
     pub suppressed: std::collections::HashSet<String>,
+    /// The model version this tenant is scored with; `None`: the cell's default.
+    pub model_version: Option<String>,
     pub revision: u64,
 }
 
@@ -253,6 +255,7 @@ fn parse_entry(tenant_id: TenantId, config: &TenantConfig) -> Result<TenantEntry
         server_keys,
         limits,
         suppressed: config.suppressed_shoppers.iter().cloned().collect(),
+        model_version: Some(config.model_version.clone()).filter(|m| !m.is_empty()),
         revision: config.revision,
     })
 }
@@ -275,6 +278,7 @@ mod tests {
             server_keys: vec![],
             limits: None,
             suppressed_shoppers: vec![],
+            model_version: String::new(),
         };
         (tenant.to_string().into_bytes(), config.encode_to_vec(), key)
     }

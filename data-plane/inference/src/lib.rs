@@ -3,13 +3,17 @@
 //! # Layout
 //!
 //! - [`runtime`]: loads the ONNX Runtime shared library once per process.
-//! - [`model`]: [`Model`], one loaded model version: checks its input shape against the
-//!   feature definitions and turns feature vectors into abandonment probabilities.
-//! - [`bundled`]: the model artifact compiled into the binary, so a cell runs with no files.
+//! - [`model`]: [`Model`], one loaded model version: checks its input shape and declared
+//!   features against the feature set and turns feature vectors into abandonment
+//!   probabilities.
+//! - [`bundled`]: the model artifacts compiled into the binary, so a cell runs with no files.
+//! - [`set`]: [`ModelSet`], the models a cell holds by version, and the choice per tenant.
 
 pub mod bundled;
 pub mod model;
 pub mod runtime;
+pub mod set;
 
 pub use model::{Model, ModelError};
 pub use runtime::{RuntimeError, init_runtime};
+pub use set::{Chosen, ModelSet};

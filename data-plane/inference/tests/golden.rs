@@ -4,7 +4,7 @@
 //! the order the feature definitions declare.
 
 use nudge_data_plane_features::{FEATURE_NAMES, FeatureVector, N_FEATURES};
-use nudge_data_plane_inference::{Model, ModelError, bundled, init_runtime};
+use nudge_data_plane_inference::{Model, ModelError, ModelSet, bundled, init_runtime};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -68,6 +68,31 @@ fn the_bundled_model_is_the_committed_logistic_regression() {
     assert_eq!(bundled::MODEL_SHA256, LOGISTIC.card_sha256());
     assert_eq!(bundled::MODEL_VERSION, LOGISTIC.golden().model_version);
     assert_eq!(GBDT.golden().model_version, "cart_abandonment_gbdt@1");
+}
+
+#[test]
+fn the_binary_carries_every_committed_model_and_the_set_chooses_among_them() {
+    let versions: Vec<&str> = bundled::MODELS.iter().map(|m| m.version).collect();
+    assert_eq!(versions, nudge_contracts::models::BUNDLED_MODELS);
+    assert_eq!(versions[0], nudge_contracts::models::DEFAULT_MODEL);
+    for (b, artifacts) in bundled::MODELS.iter().zip([LOGISTIC, GBDT]) {
+        assert_eq!(b.onnx, artifacts.onnx, "{}", b.version);
+        assert_eq!(b.sha256, artifacts.card_sha256(), "{}", b.version);
+        assert_eq!(b.version, artifacts.golden().model_version);
+    }
+
+    let set = ModelSet::with_bundled(init_runtime(None).unwrap(), LOGISTIC.model()).unwrap();
+    assert_eq!(set.versions(), ["cart_abandonment@1", "cart_abandonment_gbdt@1"]);
+    let chosen = set.choose(None);
+    assert_eq!((chosen.model.version(), chosen.fell_back), ("cart_abandonment@1", false));
+    let chosen = set.choose(Some("cart_abandonment_gbdt@1"));
+    assert_eq!((chosen.model.version(), chosen.fell_back), ("cart_abandonment_gbdt@1", false));
+    let chosen = set.choose(Some("cart_abandonment@9"));
+    assert_eq!(
+        (chosen.model.version(), chosen.fell_back),
+        ("cart_abandonment@1", true),
+        "unknown: the default, flagged"
+    );
 }
 
 #[test]

@@ -7,9 +7,17 @@ use serde_json::{Value, json};
 /// The golden row the end-to-end session must reproduce.
 pub const GOLDEN_ROW: &str = "e2e_exit_with_cart";
 
-/// The Python onnxruntime output and features for a named golden row.
+/// The Python onnxruntime output and features for a named golden row of the default model.
 pub fn golden(name: &str) -> (Vec<f32>, f64) {
-    let text = include_str!("../../../model/cart_abandonment/v1/golden.json");
+    golden_in(include_str!("../../../model/cart_abandonment/v1/golden.json"), name)
+}
+
+/// The same for the gradient-boosted trees.
+pub fn golden_gbdt(name: &str) -> (Vec<f32>, f64) {
+    golden_in(include_str!("../../../model/cart_abandonment_gbdt/v1/golden.json"), name)
+}
+
+fn golden_in(text: &str, name: &str) -> (Vec<f32>, f64) {
     let golden: Value = serde_json::from_str(text).expect("golden.json parses");
     let row = golden["rows"].as_array().expect("rows").iter().find(|r| r["name"] == name).expect("row exists");
     let features =

@@ -7,13 +7,13 @@ use axum::{
     http::{StatusCode, header::AUTHORIZATION, request::Parts},
 };
 use nudge_contracts::control::{
-    AuditEntryBody, AuditPage, IsolationRequest, IsolationResponse, LimitsBody, PlanRequest, PlanResponse,
-    TransitionRequest, TransitionResponse,
+    AuditEntryBody, AuditPage, IsolationRequest, IsolationResponse, LimitsBody, ModelRequest, ModelResponse,
+    PlanRequest, PlanResponse, TransitionRequest, TransitionResponse,
 };
 use nudge_control_plane::lifecycle::{self, LifecycleError};
 use nudge_control_plane::{
     dedicated::{self, MoveError},
-    plans::{self, PlanError},
+    plans::{self, ModelError, PlanError},
 };
 use nudge_platform_http::{ApiError, ErrorBody, current_trace};
 use nudge_tenants::{Actor, TenantId, TenantState};
@@ -31,6 +31,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(transition))
         .routes(routes!(audit))
         .routes(routes!(set_plan))
+        .routes(routes!(set_model))
         .routes(routes!(set_isolation))
 }
 
@@ -244,6 +245,45 @@ async fn set_plan(
             retention_days: Some(limits.retention_days),
             seats: Some(limits.seats),
         },
+    }))
+}
+
+/// Choose the model a store's events are scored with: a version the cells ship, or `null`
+/// for the cells' default. Its cell scores with it within seconds; predictions name it.
+#[utoipa::path(post, path = "/v1/admin/tenants/{tenant_id}/model", tag = "admin",
+    params(("tenant_id" = String, Path, description = "`tnt_…`")),
+    request_body = ModelRequest,
+    security(("operator_token" = [])),
+    responses(
+        (status = 200, description = "the model now assigned", body = ModelResponse),
+        (status = 400, description = "`malformed_json`", body = ErrorBody),
+        (status = 401, description = "`invalid_operator_token`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 422, description = "`unknown_model`: no cell ships that version (details list those that do)", body = ErrorBody),
+    ))]
+#[tracing::instrument(skip_all, fields(tenant_id = %tenant_id))]
+async fn set_model(
+    State(state): State<AppState>,
+    operator: Operator,
+    Path(tenant_id): Path<String>,
+    body: Result<Json<ModelRequest>, JsonRejection>,
+) -> Result<Json<ModelResponse>, ApiError> {
+    let tenant = parse_tenant(&tenant_id)?;
+    let Json(request) = body.map_err(|e| ApiError::bad_request("malformed_json", e.body_text()))?;
+    let model = request.model_version.as_deref();
+    let trace = current_trace().map(|t| t.to_header());
+    plans::set_model(&state.router, &state.topics, tenant, model, trace).await.map_err(|e| match e {
+        ModelError::NotFound => ApiError::not_found(),
+        ModelError::UnknownModel(m) => ApiError::unprocessable("unknown_model", format!("no cell ships model `{m}`"))
+            .with_details(json!({ "models": nudge_contracts::models::BUNDLED_MODELS })),
+        ModelError::Db(db) => db_error(db),
+    })?;
+    state.wake_outbox();
+    tracing::info!(tenant_id = %tenant, model = model.unwrap_or("default"), operator = %operator.0, "model assigned");
+    Ok(Json(ModelResponse {
+        tenant_id: tenant.to_string(),
+        model_version: request.model_version.clone(),
+        effective_model_version: model.unwrap_or(nudge_contracts::models::DEFAULT_MODEL).to_owned(),
     }))
 }
 
