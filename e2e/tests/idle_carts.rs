@@ -98,7 +98,8 @@ async fn a_cart_left_alone_is_found_idle_once_and_only_it() -> anyhow::Result<()
 
     // Every timer is settled.
     let mut redis = redis::Client::open(platform.redis_url.as_str())?.get_multiplexed_async_connection().await?;
-    let waiting: u64 = redis.zcard(format!("{}idle-carts", platform.redis_prefix)).await?;
+    let schedule = format!("{}idle-carts:{}", platform.redis_prefix, platform.cell_config.cell_id);
+    let waiting: u64 = redis.zcard(schedule).await?;
     assert_eq!(waiting, 0);
 
     platform.shutdown().await

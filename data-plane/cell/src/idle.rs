@@ -14,13 +14,14 @@
 //! activity), which the pipeline recognises as applied. A shopper active again before the
 //! settle keeps the newer timer.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
 use nudge_contracts::{
     headers::EVENT_V1,
     proto::events::v1::{CartIdle, Event, ShopperKey, event::Payload},
 };
+use nudge_data_plane_directory::Directory;
 use nudge_data_plane_features::store::{IdleCart, SessionStore};
 use nudge_platform_kafka::{SharedProducer, headers::record_headers, stage::OUTPUT_ACK_TIMEOUT};
 use nudge_platform_telemetry::TraceContext;
@@ -59,6 +60,7 @@ fn idle_event_id(cart: &IdleCart) -> String {
 /// next interval; timers stay in place until their event is acknowledged.
 pub async fn scan(
     sessions: SessionStore,
+    directory: Arc<Directory>,
     producer: SharedProducer,
     validated_topic: String,
     config: IdleCartsConfig,
@@ -70,7 +72,7 @@ pub async fn scan(
             _ = shutdown.cancelled() => return Ok(()),
             _ = tokio::time::sleep(interval) => {}
         }
-        match scan_once(&sessions, &producer, &validated_topic, &config).await {
+        match scan_once(&sessions, &directory, &producer, &validated_topic, &config).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(carts = n, "idle carts emitted"),
             Err(e) => tracing::warn!(error = %e, "idle-cart scan failed; retrying at the next interval"),
@@ -78,17 +80,31 @@ pub async fn scan(
     }
 }
 
-/// One scan: emits an event per cart silent since `after_ms` ago, settles each timer once
-/// the broker has it. Returns how many were emitted.
+/// One scan: emits an event per cart silent since `after_ms` ago of a tenant this cell
+/// serves, settles each timer once the broker has it. Returns how many were emitted.
+/// The schedule is the cell's own; a timer of a tenant the cell no longer serves (moved to
+/// another cell, or deleted) is dropped.
 pub async fn scan_once(
     sessions: &SessionStore,
+    directory: &Directory,
     producer: &SharedProducer,
     validated_topic: &str,
     config: &IdleCartsConfig,
 ) -> anyhow::Result<usize> {
     let now = Utc::now().timestamp_millis();
     let silent_since = now.saturating_sub(i64::try_from(config.after_ms).unwrap_or(i64::MAX));
-    let carts = sessions.idle_carts(silent_since, config.batch).await?;
+    if !directory.is_caught_up() {
+        return Ok(0);
+    }
+    let mut carts = Vec::new();
+    for cart in sessions.idle_carts(silent_since, config.batch).await? {
+        if directory.by_tenant(cart.key.tenant).is_some() {
+            carts.push(cart);
+        } else {
+            tracing::debug!(tenant_id = %cart.key.tenant, "idle-cart timer of a tenant not served here dropped");
+            sessions.settle_idle(&cart).await?;
+        }
+    }
     if carts.is_empty() {
         return Ok(0);
     }

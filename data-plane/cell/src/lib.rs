@@ -121,7 +121,7 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
         validated_topic: topics.name(Topic::EventsValidated),
     });
     let scorer: Arc<dyn Handler> = Arc::new(pipeline::Pipeline {
-        sessions: SessionStore::new(redis.clone(), config.redis.prefix.clone()),
+        sessions: SessionStore::new(redis.clone(), config.redis.prefix.clone()).for_cell(&config.cell_id),
         models,
         directory: directory.clone(),
         rule: config.decide.clone(),
@@ -169,7 +169,8 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
     tasks.push((
         "idle-cart scanner",
         tokio::spawn(idle::scan(
-            SessionStore::new(redis.clone(), config.redis.prefix.clone()),
+            SessionStore::new(redis.clone(), config.redis.prefix.clone()).for_cell(&config.cell_id),
+            directory.clone(),
             stage_producer.clone(),
             topics.name(Topic::EventsValidated),
             config.idle_carts.clone(),
@@ -209,7 +210,7 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
         GatewayState { config: config.gateway.clone(), directory: directory.clone(), hub, shutdown: shutdown.clone() };
     let features = nudge_data_plane_features::api::FeaturesState {
         directory: directory.clone(),
-        store: SessionStore::new(redis.clone(), config.redis.prefix.clone()),
+        store: SessionStore::new(redis.clone(), config.redis.prefix.clone()).for_cell(&config.cell_id),
     };
 
     let readiness = Readiness::default()

@@ -125,9 +125,11 @@ async fn read_many(
     }
     let shoppers: Vec<ShopperId> = request.shopper_ids.iter().map(|s| parse_shopper(s)).collect::<Result<_, _>>()?;
     let now = now_ms();
-    let mut response = FeaturesResponse { shoppers: Vec::with_capacity(shoppers.len()), not_found: Vec::new() };
-    for (raw, shopper) in request.shopper_ids.into_iter().zip(shoppers) {
-        match read(&state, tenant, shopper, now).await? {
+    let keys: Vec<SessionKey> = shoppers.into_iter().map(|shopper| SessionKey { tenant, shopper }).collect();
+    let sessions = state.store.load_many(&keys).await.map_err(store_unavailable)?;
+    let mut response = FeaturesResponse { shoppers: Vec::with_capacity(keys.len()), not_found: Vec::new() };
+    for ((raw, key), session) in request.shopper_ids.into_iter().zip(&keys).zip(&sessions) {
+        match features_of(key, session, now) {
             Some(features) => response.shoppers.push(features),
             None => response.not_found.push(raw),
         }
@@ -161,22 +163,29 @@ async fn read(
     shopper: ShopperId,
     now: i64,
 ) -> Result<Option<ShopperFeatures>, ApiError> {
-    let shopper_id = shopper.to_string();
-    let session = state.store.load(&SessionKey { tenant, shopper }).await.map_err(|e| {
-        tracing::warn!(error = %e, "feature store unavailable");
-        ApiError::unavailable("feature_store_unavailable", "the feature store cannot be reached", 1)
-    })?;
+    let key = SessionKey { tenant, shopper };
+    let session = state.store.load(&key).await.map_err(store_unavailable)?;
+    Ok(features_of(&key, &session, now))
+}
+
+fn store_unavailable(e: crate::store::StoreError) -> ApiError {
+    tracing::warn!(error = %e, "feature store unavailable");
+    ApiError::unavailable("feature_store_unavailable", "the feature store cannot be reached", 1)
+}
+
+/// The answer for one shopper; `None` without a session.
+fn features_of(key: &SessionKey, session: &crate::SessionState, now: i64) -> Option<ShopperFeatures> {
     if session.is_new() {
-        return Ok(None);
+        return None;
     }
     let values = session.features_at(now);
-    Ok(Some(ShopperFeatures {
-        shopper_id,
+    Some(ShopperFeatures {
+        shopper_id: key.shopper.to_string(),
         feature_set: FEATURE_SET_VERSION.to_owned(),
         as_of_ms: now.max(session.last_seen_ms),
         last_event_ms: session.last_seen_ms,
         features: FEATURE_NAMES.iter().map(|n| (*n).to_owned()).zip(values).collect(),
-    }))
+    })
 }
 
 fn now_ms() -> i64 {

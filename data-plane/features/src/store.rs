@@ -2,7 +2,7 @@
 //! the shopper's last event.
 
 use nudge_contracts::ShopperId;
-use nudge_tenants::TenantId;
+use nudge_tenants::{CellId, TenantId};
 use redis::{Script, aio::ConnectionManager};
 
 use crate::SessionState;
@@ -41,6 +41,7 @@ pub enum StoreError {
 pub struct SessionStore {
     redis: ConnectionManager,
     prefix: String,
+    idle_key: String,
     commit: Script,
 }
 
@@ -61,7 +62,15 @@ const FIELDS: [&str; 12] = [
 
 impl SessionStore {
     pub fn new(redis: ConnectionManager, prefix: impl Into<String>) -> Self {
-        Self { redis, prefix: prefix.into(), commit: Script::new(COMMIT) }
+        let prefix = prefix.into();
+        Self { redis, idle_key: format!("{prefix}idle-carts"), prefix, commit: Script::new(COMMIT) }
+    }
+
+    /// Keeps idle-cart timers in `cell`'s own schedule (`{prefix}idle-carts:{cell}`), so
+    /// cells sharing a Redis and a prefix never scan each other's carts.
+    pub fn for_cell(mut self, cell: &CellId) -> Self {
+        self.idle_key = format!("{}idle-carts:{cell}", self.prefix);
+        self
     }
 
     /// The stored session; a fresh one when there is none.
@@ -69,21 +78,21 @@ impl SessionStore {
         let mut conn = self.redis.clone();
         let values: Vec<Option<i64>> =
             redis::cmd("HMGET").arg(key.redis_key(&self.prefix)).arg(&FIELDS[..]).query_async(&mut conn).await?;
-        let v = |i: usize| values.get(i).copied().flatten().unwrap_or(0);
-        Ok(SessionState {
-            first_seen_ms: v(0),
-            last_seen_ms: v(1),
-            cart_value_minor: v(2),
-            cart_items: v(3),
-            page_views: v(4),
-            product_views: v(5),
-            cart_adds: v(6),
-            cart_removes: v(7),
-            checkout_started: v(8) != 0,
-            exit_intents: v(9),
-            purchased: v(10) != 0,
-            last_intervention_ms: v(11),
-        })
+        Ok(session_from(&values))
+    }
+
+    /// The stored sessions of `keys`, in order, in one round trip.
+    pub async fn load_many(&self, keys: &[SessionKey]) -> Result<Vec<SessionState>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.cmd("HMGET").arg(key.redis_key(&self.prefix)).arg(&FIELDS[..]);
+        }
+        let mut conn = self.redis.clone();
+        let rows: Vec<Vec<Option<i64>>> = pipe.query_async(&mut conn).await?;
+        Ok(rows.iter().map(|values| session_from(values)).collect())
     }
 
     /// Whether the effects of `event_id` were already applied (a replayed record).
@@ -138,6 +147,25 @@ impl SessionStore {
         let mut conn = self.redis.clone();
         let applied: i64 = invocation.invoke_async(&mut conn).await?;
         Ok(applied == 1)
+    }
+}
+
+/// A session from its `HMGET` of [`FIELDS`]; absent fields are zero (a new session).
+fn session_from(values: &[Option<i64>]) -> SessionState {
+    let v = |i: usize| values.get(i).copied().flatten().unwrap_or(0);
+    SessionState {
+        first_seen_ms: v(0),
+        last_seen_ms: v(1),
+        cart_value_minor: v(2),
+        cart_items: v(3),
+        page_views: v(4),
+        product_views: v(5),
+        cart_adds: v(6),
+        cart_removes: v(7),
+        checkout_started: v(8) != 0,
+        exit_intents: v(9),
+        purchased: v(10) != 0,
+        last_intervention_ms: v(11),
     }
 }
 
@@ -201,8 +229,8 @@ return 0
 impl SessionStore {
     /// The cell's idle-cart schedule: one sorted set, members `tenant/shopper`, scored by
     /// the shopper's last activity (Unix ms).
-    fn idle_key(&self) -> String {
-        format!("{}idle-carts", self.prefix)
+    fn idle_key(&self) -> &str {
+        &self.idle_key
     }
 
     /// Carts whose last activity is at or before `silent_since_ms`, oldest first, at most
