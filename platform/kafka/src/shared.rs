@@ -9,7 +9,9 @@
 //! So [`SharedProducer`] replaces its producer when
 //! - every broker connection was lost (the broker may come back without the producer's state),
 //! - the producer reports a fatal error (the client refuses to produce from then on), or
-//! - sends have gone unacknowledged for [`STALL_LIMIT`] although the broker is reachable.
+//! - sends have gone unacknowledged for [`STALL_LIMIT`] although the broker is reachable
+//!   (twice as long after each such replacement, up to [`MAX_STALL_LIMIT`], until the broker
+//!   acknowledges something: a broker that is slow rather than wedged gets time to catch up).
 //!
 //! Replacing purges what the old producer still held: those records were never acknowledged,
 //! so their senders retry them (ingest's clients resend; stages retry the record), and the
@@ -35,6 +37,11 @@ use crate::{KafkaConfig, Result};
 
 /// How long sends may go unacknowledged before the producer is presumed stuck.
 pub const STALL_LIMIT: Duration = Duration::from_secs(5);
+
+/// The longest the stall limit grows to: each replacement for a stall doubles it until the
+/// broker acknowledges something, so a broker that is only slow is not made slower by a
+/// new producer (and its `InitProducerId`) every few seconds.
+pub const MAX_STALL_LIMIT: Duration = Duration::from_secs(60);
 
 /// The least time between two replacements, so an outage costs a few producers, not one per send.
 const MIN_REPLACEMENT_INTERVAL: Duration = Duration::from_secs(2);
@@ -91,6 +98,9 @@ struct State {
     current: RwLock<Arc<Inner>>,
     /// When the current run of unacknowledged sends began.
     stalled_since: Mutex<Option<Instant>>,
+    /// How long a run of unacknowledged sends may last: [`STALL_LIMIT`], doubled by each
+    /// replacement for a stall, back to [`STALL_LIMIT`] on progress.
+    stall_limit: Mutex<Duration>,
     /// Records waiting when last looked at; a shrinking backlog is progress.
     last_backlog: Mutex<usize>,
     last_replaced: Mutex<Instant>,
@@ -100,6 +110,7 @@ impl State {
     /// The broker acknowledged something: the producer is not stuck.
     fn progressed(&self) {
         *self.stalled_since.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        *self.stall_limit.lock().unwrap_or_else(PoisonError::into_inner) = STALL_LIMIT;
     }
 }
 
@@ -112,6 +123,7 @@ impl SharedProducer {
                 client_id: client_id.to_owned(),
                 current: RwLock::new(Arc::new(producer)),
                 stalled_since: Mutex::new(None),
+                stall_limit: Mutex::new(STALL_LIMIT),
                 last_backlog: Mutex::new(0),
                 last_replaced: Mutex::new(Instant::now()),
             }),
@@ -138,15 +150,15 @@ impl SharedProducer {
     }
 
     /// Replaces `failed` if it is still the current producer (and, unless `now`, if the last
-    /// replacement is not too recent).
-    fn replace(&self, failed: &Arc<Inner>, reason: &str, now: bool) {
+    /// replacement is not too recent). True if it was replaced.
+    fn replace(&self, failed: &Arc<Inner>, reason: &str, now: bool) -> bool {
         let mut last = self.state.last_replaced.lock().unwrap_or_else(PoisonError::into_inner);
         if !now && last.elapsed() < MIN_REPLACEMENT_INTERVAL {
-            return;
+            return false;
         }
         let mut slot = self.state.current.write().unwrap_or_else(PoisonError::into_inner);
         if !Arc::ptr_eq(&slot, failed) {
-            return;
+            return false;
         }
         match Inner::new(&self.state.kafka, &self.state.client_id) {
             Ok(fresh) => {
@@ -161,9 +173,11 @@ impl SharedProducer {
                     Ok(runtime) => drop(runtime.spawn_blocking(move || drop(old))),
                     Err(_) => drop(old),
                 }
+                true
             }
             Err(e) => {
-                tracing::error!(client = %self.state.client_id, error = %e, %reason, "producer cannot be replaced")
+                tracing::error!(client = %self.state.client_id, error = %e, %reason, "producer cannot be replaced");
+                false
             }
         }
     }
@@ -267,20 +281,22 @@ impl SharedProducer {
     }
 
     /// Notes a send that got no acknowledgement in time; replaces a producer that has gone
-    /// [`STALL_LIMIT`] without acknowledgement of anything.
+    /// the stall limit without acknowledgement of anything, and doubles the limit.
     fn unacknowledged(&self, producer: &Arc<Inner>) {
         let stalled_for = {
             let mut since = self.state.stalled_since.lock().unwrap_or_else(PoisonError::into_inner);
             since.get_or_insert_with(Instant::now).elapsed()
         };
-        if stalled_for >= STALL_LIMIT {
-            self.replace(producer, "no acknowledgement for several seconds", false);
+        let limit = *self.state.stall_limit.lock().unwrap_or_else(PoisonError::into_inner);
+        if stalled_for >= limit && self.replace(producer, "no acknowledgement for several seconds", false) {
+            let mut limit = self.state.stall_limit.lock().unwrap_or_else(PoisonError::into_inner);
+            *limit = (*limit * 2).min(MAX_STALL_LIMIT);
         }
     }
 
     /// Refuses `incoming` more records while `max` or more would be waiting for the broker:
     /// a broker that is behind gets no more work from requests that would only time out.
-    /// A backlog that does not move for [`STALL_LIMIT`] counts as a stall.
+    /// A backlog that does not move for the stall limit counts as a stall.
     pub fn ensure_room(&self, incoming: usize, max: usize) -> Result<(), SendError> {
         let producer = self.state.current.read().unwrap_or_else(PoisonError::into_inner).clone();
         let queued = usize::try_from(producer.producer.in_flight_count()).unwrap_or(0);
