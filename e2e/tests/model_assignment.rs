@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use nudge_contracts::push::PushMessage;
+use nudge_contracts::{Topic, push::PushMessage};
 use nudge_test_support::{OPERATOR_TOKEN, Platform, unique_suffix};
 use serde_json::{Value, json};
 
@@ -89,6 +89,122 @@ async fn a_store_is_scored_with_the_model_it_is_assigned() -> anyhow::Result<()>
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(back, "the store returns to the default model");
+
+    platform.shutdown().await
+}
+
+/// Scores every golden-session event of `shoppers` shoppers, a few at a time.
+async fn stream_sessions(platform: &Platform, key: &str, tag: &str, shoppers: usize) -> anyhow::Result<usize> {
+    let mut sent = 0;
+    for i in 0..shoppers {
+        let (browsing, exit) = abandoning_session(&format!("shp_{tag}_{i}"));
+        for batch in [&browsing, &exit] {
+            let r = platform.post_events(key, Some(ORIGIN), batch).await?;
+            anyhow::ensure!(r.status() == 202, "{}", r.text().await?);
+            sent += batch["events"].as_array().map_or(0, Vec::len);
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    Ok(sent)
+}
+
+/// Every record of `topic` so far, decoded.
+async fn read_all<M: prost::Message + Default>(
+    platform: &Platform,
+    topic: Topic,
+    want: usize,
+) -> anyhow::Result<Vec<M>> {
+    use rdkafka::{Message as _, consumer::Consumer as _};
+    let config = &platform.cell_config.kafka;
+    let reader: rdkafka::consumer::StreamConsumer =
+        nudge_platform_kafka::reader_consumer(config, &format!("test-{}", unique_suffix()))?;
+    reader.subscribe(&[config.topics().name(topic).as_str()])?;
+    let mut out = Vec::new();
+    while out.len() < want {
+        let m = tokio::time::timeout(Duration::from_secs(30), reader.recv()).await??;
+        out.push(M::decode(m.payload().unwrap_or_default())?);
+    }
+    Ok(out)
+}
+
+async fn metric(platform: &Platform, name: &str) -> anyhow::Result<f64> {
+    let text = platform.http.get(format!("{}/metrics", platform.cell_url)).send().await?.text().await?;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapping_a_stores_model_under_continuous_scoring_fails_nothing() -> anyhow::Result<()> {
+    use nudge_contracts::proto::{features::v1::FeatureSnapshot, predictions::v1::Prediction};
+    use nudge_data_plane_inference::{ModelSet, bundled, init_runtime};
+
+    let platform = Platform::start().await?;
+    let store = platform.sign_up_ready("Swapping", ORIGIN).await?;
+
+    // Shoppers stream in while an operator flips the store between the two models.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let flipper = {
+        let (stop, http, url, tenant) =
+            (stop.clone(), platform.http.clone(), platform.control_plane_url.clone(), store.tenant_id.clone());
+        tokio::spawn(async move {
+            let mut flips = 0u32;
+            while !stop.is_cancelled() {
+                let model = if flips.is_multiple_of(2) { json!(GBDT) } else { Value::Null };
+                let r = http
+                    .post(format!("{url}/v1/admin/tenants/{tenant}/model"))
+                    .bearer_auth(OPERATOR_TOKEN)
+                    .json(&json!({ "model_version": model }))
+                    .send()
+                    .await?;
+                anyhow::ensure!(r.status() == 200, "{}", r.text().await?);
+                flips += 1;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Ok(flips)
+        })
+    };
+    let sent = stream_sessions(&platform, &store.publishable_key, &unique_suffix(), 60).await?;
+    stop.cancel();
+    let flips = flipper.await??;
+    assert!(flips >= 4, "the model changed several times while scoring ({flips})");
+    platform.wait_processed(sent as u64).await?;
+
+    // Every event was scored, by one of the two models, and the prediction names the model
+    // whose score it carries.
+    let predictions: Vec<Prediction> = read_all(&platform, Topic::Predictions, sent).await?;
+    let snapshots: Vec<FeatureSnapshot> = read_all(&platform, Topic::Features, sent).await?;
+    let features: std::collections::HashMap<&str, &[f32]> =
+        snapshots.iter().map(|s| (s.event_id.as_str(), s.values.as_slice())).collect();
+    let env = init_runtime(None)?;
+    let default = nudge_data_plane_inference::Model::load(
+        env,
+        bundled::MODEL_VERSION,
+        bundled::MODEL_ONNX,
+        bundled::MODEL_SHA256,
+    )?;
+    let models = ModelSet::with_bundled(env, default)?;
+    let mut by_version = std::collections::HashMap::<String, usize>::new();
+    for p in &predictions {
+        let chosen = models.choose(Some(&p.model_version));
+        assert!(!chosen.fell_back, "unknown model {}", p.model_version);
+        let row: [f32; nudge_data_plane_features::N_FEATURES] = features[p.event_id.as_str()].try_into()?;
+        let expected = chosen.model.score(&[row])?[0];
+        assert!(
+            (p.score - f64::from(expected)).abs() <= 1e-6,
+            "{}: {} by {} vs {expected}",
+            p.event_id,
+            p.score,
+            p.model_version
+        );
+        *by_version.entry(p.model_version.clone()).or_default() += 1;
+    }
+    assert_eq!(predictions.len(), sent, "one prediction per event");
+    assert!(by_version.len() == 2, "both models scored some events: {by_version:?}");
+    assert_eq!(metric(&platform, "nudge_cell_stage_records_dead_lettered_total").await?, 0.0);
+    assert_eq!(metric(&platform, "nudge_cell_pipeline_model_fallbacks_total").await?, 0.0);
 
     platform.shutdown().await
 }
