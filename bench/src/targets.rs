@@ -81,6 +81,7 @@ fn directory() -> anyhow::Result<(Arc<Directory>, Store)> {
         }),
         suppressed_shoppers: vec![],
         model_version: String::new(),
+        rollout: None,
     };
     directory.apply(store.tenant.to_string().as_bytes(), Some(&config.encode_to_vec()))?;
     directory.mark_caught_up();

@@ -220,6 +220,29 @@ pub struct ModelResponse {
     pub effective_model_version: String,
 }
 
+/// `POST /v1/admin/tenants/{tenant_id}/rollout`: a candidate model beside the store's own.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutRequest {
+    /// A version the cells ship.
+    pub candidate_model_version: String,
+    /// `canary` (scores and acts for a share of shoppers, sticky by shopper) or `shadow`
+    /// (scores every event beside production, never acts).
+    pub mode: String,
+    /// Canary share of shoppers, 0–100 (hundredths count); required for `canary`.
+    #[serde(default)]
+    pub canary_percent: Option<f64>,
+}
+
+/// The rollout now in force.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RolloutResponse {
+    pub tenant_id: String,
+    pub candidate_model_version: String,
+    pub mode: String,
+    pub canary_percent: f64,
+}
+
 /// Limits; in a request, absent fields keep the plan's value.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

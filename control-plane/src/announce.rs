@@ -11,10 +11,13 @@ use chrono::{DateTime, Utc};
 use nudge_contracts::{
     Topics,
     headers::TENANT_CONFIG_V1,
-    proto::control::v1::{Limits as WireLimits, ServerKey, TenantConfig, TenantState as WireState},
+    proto::control::v1::{
+        Limits as WireLimits, Rollout as WireRollout, ServerKey, TenantConfig, TenantState as WireState,
+        rollout::Mode as WireRolloutMode,
+    },
     topics::Topic,
 };
-use nudge_tenants::{KeyId, TenantId, TenantState};
+use nudge_tenants::{KeyId, RolloutMode, TenantId, TenantState};
 use prost::Message;
 use sqlx::{Postgres, Row, Transaction};
 
@@ -42,7 +45,7 @@ pub async fn announce(
 ) -> Result<i64, sqlx::Error> {
     let row = sqlx::query(
         "UPDATE tenants SET revision = revision + 1, updated_at = now() WHERE tenant_id = $1
-         RETURNING state, cell_id, revision, updated_at, plan, limit_overrides, model_version",
+         RETURNING state, cell_id, revision, updated_at, plan, limit_overrides, model_version, model_rollout",
     )
     .bind(tenant.as_uuid())
     .fetch_one(&mut **tx)
@@ -55,6 +58,14 @@ pub async fn announce(
     let updated_at: DateTime<Utc> = row.try_get("updated_at")?;
     let (plan, limits) = crate::plans::effective(&row)?;
     let model_version: Option<String> = row.try_get("model_version")?;
+    let rollout = crate::plans::rollout_of(&row)?.map(|r| WireRollout {
+        candidate_model_version: r.candidate,
+        mode: match r.mode {
+            RolloutMode::Canary => WireRolloutMode::Canary,
+            RolloutMode::Shadow => WireRolloutMode::Shadow,
+        } as i32,
+        canary_basis_points: r.canary_basis_points,
+    });
 
     let payload = {
         let publishable_keys: Vec<String> = sqlx::query_scalar(
@@ -101,6 +112,7 @@ pub async fn announce(
             server_keys,
             suppressed_shoppers,
             model_version: model_version.unwrap_or_default(),
+            rollout,
             limits: Some(WireLimits {
                 plan: plan.as_str().to_owned(),
                 events_per_second: limits.events_per_second,

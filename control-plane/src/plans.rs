@@ -1,7 +1,7 @@
 //! A store's plan and negotiated limit overrides, and the model its events are scored with.
 
 use nudge_contracts::Topics;
-use nudge_tenants::{LimitOverrides, Limits, Plan, TenantId};
+use nudge_tenants::{LimitOverrides, Limits, ModelRollout, Plan, TenantId, rollout::ALL_BASIS_POINTS};
 use sqlx::{Row, postgres::PgRow};
 
 use crate::{announce::announce, db::DbError, routing::TenantRouter};
@@ -110,4 +110,87 @@ pub async fn set_model(
     announce(&mut tx, topics, tenant, traceparent).await?;
     tx.commit().await?;
     Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutError {
+    #[error("no such tenant")]
+    NotFound,
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the store has no rollout")]
+    NoRollout,
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl From<sqlx::Error> for RolloutError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Db(DbError::Query(e))
+    }
+}
+
+/// Starts (or replaces) a rollout of a candidate model for `tenant`, or ends it (`None`:
+/// the rollback), and announces it to the tenant's cell.
+pub async fn set_rollout(
+    db: &TenantRouter,
+    topics: &Topics,
+    tenant: TenantId,
+    rollout: Option<&ModelRollout>,
+    traceparent: Option<String>,
+) -> Result<(), RolloutError> {
+    if let Some(r) = rollout {
+        if !nudge_contracts::models::BUNDLED_MODELS.contains(&r.candidate.as_str()) {
+            return Err(RolloutError::Invalid(format!("no cell ships model `{}`", r.candidate)));
+        }
+        if r.canary_basis_points > ALL_BASIS_POINTS {
+            return Err(RolloutError::Invalid(format!("a canary share is at most {ALL_BASIS_POINTS} basis points")));
+        }
+    }
+    let mut tx = db.tenant_tx(tenant).await?;
+    let json = rollout.map(serde_json::to_value).transpose().map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let updated = sqlx::query("UPDATE tenants SET model_rollout = $2 WHERE tenant_id = $1")
+        .bind(tenant.as_uuid())
+        .bind(json)
+        .execute(&mut *tx)
+        .await?;
+    if updated.rows_affected() == 0 {
+        return Err(RolloutError::NotFound);
+    }
+    announce(&mut tx, topics, tenant, traceparent).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Makes the rollout's candidate the store's model and ends the rollout, in one step.
+/// Returns the promoted version.
+pub async fn promote_rollout(
+    db: &TenantRouter,
+    topics: &Topics,
+    tenant: TenantId,
+    traceparent: Option<String>,
+) -> Result<String, RolloutError> {
+    let mut tx = db.tenant_tx(tenant).await?;
+    let row = sqlx::query("SELECT model_rollout FROM tenants WHERE tenant_id = $1 FOR UPDATE")
+        .bind(tenant.as_uuid())
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(RolloutError::NotFound)?;
+    let current: Option<serde_json::Value> = row.try_get("model_rollout")?;
+    let rollout: ModelRollout = serde_json::from_value(current.ok_or(RolloutError::NoRollout)?)
+        .map_err(|e| sqlx::Error::Decode(format!("model_rollout: {e}").into()))?;
+    sqlx::query("UPDATE tenants SET model_version = $2, model_rollout = NULL WHERE tenant_id = $1")
+        .bind(tenant.as_uuid())
+        .bind(&rollout.candidate)
+        .execute(&mut *tx)
+        .await?;
+    announce(&mut tx, topics, tenant, traceparent).await?;
+    tx.commit().await?;
+    Ok(rollout.candidate)
+}
+
+/// A tenant row's rollout (`model_rollout`).
+pub fn rollout_of(row: &PgRow) -> Result<Option<ModelRollout>, sqlx::Error> {
+    let value: Option<serde_json::Value> = row.try_get("model_rollout")?;
+    value.map(serde_json::from_value).transpose().map_err(|e| sqlx::Error::Decode(format!("model_rollout: {e}").into()))
 }

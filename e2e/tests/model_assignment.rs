@@ -208,3 +208,107 @@ async fn swapping_a_stores_model_under_continuous_scoring_fails_nothing() -> any
 
     platform.shutdown().await
 }
+
+async fn rollout(platform: &Platform, tenant: &str, body: Option<Value>) -> anyhow::Result<(u16, Value)> {
+    let url = format!("{}/v1/admin/tenants/{tenant}/rollout", platform.control_plane_url);
+    let request = match body {
+        Some(b) => platform.http.post(url).json(&b),
+        None => platform.http.delete(url),
+    };
+    let r = request.bearer_auth(OPERATOR_TOKEN).send().await?;
+    Ok((r.status().as_u16(), r.json().await.unwrap_or(Value::Null)))
+}
+
+/// Plays sessions until the reminder comes from `model` (the cell has followed a change).
+async fn until_reminded_by(platform: &Platform, key: &str, model: &str) -> anyhow::Result<()> {
+    for _ in 0..25 {
+        if reminder(platform, key).await?.0 == model {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    anyhow::bail!("reminders never came from {model}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_canary_rollback_and_promotion_through_the_api() -> anyhow::Result<()> {
+    use nudge_contracts::proto::predictions::v1::Prediction;
+
+    let platform = Platform::start().await?;
+    let store = platform.sign_up_ready("Rolling", ORIGIN).await?;
+    let (tenant, key) = (store.tenant_id.as_str(), store.publishable_key.as_str());
+    let promote = format!("{}/v1/admin/tenants/{tenant}/rollout/promote", platform.control_plane_url);
+
+    // Bad input.
+    for (body, what) in [
+        (json!({"candidate_model_version": "cart_abandonment@9", "mode": "shadow"}), "unknown model"),
+        (json!({"candidate_model_version": GBDT, "mode": "blue"}), "unknown mode"),
+        (json!({"candidate_model_version": GBDT, "mode": "canary"}), "canary without a share"),
+        (json!({"candidate_model_version": GBDT, "mode": "canary", "canary_percent": 101}), "share over 100"),
+    ] {
+        let (status, body) = rollout(&platform, tenant, Some(body)).await?;
+        assert_eq!((status, body["error"]["code"].as_str()), (422, Some("invalid_rollout")), "{what}: {body}");
+    }
+    let r = platform.http.post(&promote).bearer_auth(OPERATOR_TOKEN).send().await?;
+    assert_eq!(r.status(), 409, "nothing to promote");
+
+    // Shadow: the candidate scores every event beside production and never acts.
+    let (status, body) =
+        rollout(&platform, tenant, Some(json!({"candidate_model_version": GBDT, "mode": "shadow"}))).await?;
+    assert_eq!(status, 200, "{body}");
+    let mut shadowed = false;
+    for _ in 0..25 {
+        let (model, _) = reminder(&platform, key).await?;
+        assert_eq!(model, "cart_abandonment@1", "in shadow, production acts");
+        if metric(&platform, "nudge_cell_pipeline_shadow_scores_total").await? > 0.0 {
+            shadowed = true;
+            break;
+        }
+    }
+    assert!(shadowed, "the shadow model never scored");
+    let shopper = format!("shp_shadow_{}", unique_suffix());
+    let (browsing, exit) = abandoning_session(&shopper);
+    for batch in [&browsing, &exit] {
+        assert_eq!(platform.post_events(key, Some(ORIGIN), batch).await?.status(), 202);
+    }
+    let processed = metric(&platform, "nudge_cell_pipeline_events_processed_total").await? as u64;
+    platform.wait_processed(processed.max(1) + 10).await?;
+    let total = metric(&platform, "nudge_cell_pipeline_events_processed_total").await?
+        + metric(&platform, "nudge_cell_pipeline_shadow_scores_total").await?;
+    let predictions: Vec<Prediction> = read_all(&platform, Topic::Predictions, total as usize).await?;
+    let mine: Vec<&Prediction> = predictions.iter().filter(|p| p.shopper_id == shopper).collect();
+    assert_eq!(mine.len(), 20, "each of the 10 events scored twice");
+    for p in &mine {
+        let expected = if p.shadow { GBDT } else { "cart_abandonment@1" };
+        assert_eq!(p.model_version, expected, "{p:?}");
+    }
+    let exit_scores: Vec<(bool, f64)> =
+        mine.iter().filter(|p| p.event_id.ends_with("-e10")).map(|p| (p.shadow, p.score)).collect();
+    let (_, lr) = golden(GOLDEN_ROW);
+    let (_, trees) = golden_gbdt(GOLDEN_ROW);
+    for (shadow, score) in exit_scores {
+        let want = if shadow { trees } else { lr };
+        assert!((score - want).abs() <= 1e-5, "shadow {shadow}: {score} vs {want}");
+    }
+
+    // Canary at 100 %: the candidate acts for every shopper.
+    let canary = json!({"candidate_model_version": GBDT, "mode": "canary", "canary_percent": 100});
+    let (status, body) = rollout(&platform, tenant, Some(canary)).await?;
+    assert_eq!((status, body["canary_percent"].as_f64()), (200, Some(100.0)), "{body}");
+    until_reminded_by(&platform, key, GBDT).await?;
+
+    // Rollback: production again.
+    assert_eq!(rollout(&platform, tenant, None).await?.0, 204);
+    until_reminded_by(&platform, key, "cart_abandonment@1").await?;
+
+    // Promotion makes the candidate the store's model and ends the rollout.
+    let canary = json!({"candidate_model_version": GBDT, "mode": "canary", "canary_percent": 0});
+    assert_eq!(rollout(&platform, tenant, Some(canary)).await?.0, 200);
+    let r: Value = platform.http.post(&promote).bearer_auth(OPERATOR_TOKEN).send().await?.json().await?;
+    assert_eq!(r["model_version"], GBDT, "{r}");
+    until_reminded_by(&platform, key, GBDT).await?;
+    let r = platform.http.post(&promote).bearer_auth(OPERATOR_TOKEN).send().await?;
+    assert_eq!(r.status(), 409, "the rollout ended with the promotion");
+
+    platform.shutdown().await
+}

@@ -53,6 +53,8 @@ async fn openapi_documents_every_route() -> anyhow::Result<()> {
                 "/v1/admin/tenants/{tenant_id}/audit",
                 "/v1/admin/tenants/{tenant_id}/plan",
                 "/v1/admin/tenants/{tenant_id}/model",
+                "/v1/admin/tenants/{tenant_id}/rollout",
+                "/v1/admin/tenants/{tenant_id}/rollout/promote",
                 "/v1/admin/tenants/{tenant_id}/isolation",
                 "/healthz",
                 "/readyz",

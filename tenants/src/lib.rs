@@ -11,6 +11,8 @@
 //! - [`lifecycle`]: tenant states and the transitions between them.
 //! - [`plan`]: plans and the limits they set (events/s, sockets, retention, seats).
 //! - [`tier`]: isolation tiers (shared or dedicated cell and database).
+//! - [`rollout`]: a candidate model beside production (canary or shadow) and the sticky
+//!   choice of canary shoppers.
 
 pub mod account;
 pub mod id;
@@ -19,6 +21,7 @@ pub mod lifecycle;
 pub mod name;
 pub mod origin;
 pub mod plan;
+pub mod rollout;
 pub mod tier;
 
 pub use account::{AccountId, Email, EmailError, KeyId, Password, PasswordError, Role};
@@ -28,4 +31,5 @@ pub use lifecycle::{Actor, InvalidTransition, Step, TenantState};
 pub use name::{TenantName, TenantNameError};
 pub use origin::{AllowedOrigin, OriginError};
 pub use plan::{LimitOverrides, Limits, Plan};
+pub use rollout::{ModelRollout, RolloutMode, in_canary};
 pub use tier::IsolationTier;

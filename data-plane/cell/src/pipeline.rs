@@ -59,6 +59,7 @@ pub struct PipelineMetrics {
     idle_carts: Counter,
     idle_stale: Counter,
     model_fallbacks: Counter,
+    shadow_scores: Counter,
     scores: Histogram,
 }
 
@@ -72,6 +73,7 @@ impl PipelineMetrics {
             idle_carts: Counter::default(),
             idle_stale: Counter::default(),
             model_fallbacks: Counter::default(),
+            shadow_scores: Counter::default(),
             scores: Histogram::new([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]),
         };
         let mut r = metrics.registry();
@@ -89,6 +91,11 @@ impl PipelineMetrics {
             "pipeline_model_fallbacks",
             "Events of tenants assigned a model this cell does not hold, scored with the default",
             m.model_fallbacks.clone(),
+        );
+        r.register(
+            "pipeline_shadow_scores",
+            "Scores by a shadow model, logged and not acted on",
+            m.shadow_scores.clone(),
         );
         r.register("pipeline_scores", "Abandonment probabilities", m.scores.clone());
         m
@@ -163,19 +170,27 @@ impl Pipeline {
             return Ok(());
         }
         let features = session.apply(event);
-        let assigned = self.directory.by_tenant(key.tenant).and_then(|t| t.model_version.clone());
-        let chosen = self.models.choose(assigned.as_deref());
-        if chosen.fell_back {
+        let tenant = self.directory.by_tenant(key.tenant);
+        let assigned = tenant.as_ref().and_then(|t| t.model_version.as_deref());
+        let rollout = tenant.as_ref().and_then(|t| t.rollout.as_ref());
+        let routing = self.models.route(key.tenant, key.shopper.as_str(), assigned, rollout);
+        if routing.fell_back {
             self.metrics.model_fallbacks.inc();
-            tracing::warn!(tenant_id = %key.tenant, assigned = ?assigned, "assigned model not held here; scoring with the default");
+            tracing::warn!(tenant_id = %key.tenant, ?assigned, "a model the tenant names is not held here; scoring without it");
         }
-        let model = &chosen.model;
-        let score = model
-            .score(&[features])
-            .map_err(|e| Failure::Failed(format!("scoring: {e}")))?
-            .first()
-            .copied()
-            .unwrap_or(0.0);
+        let model = &routing.acting;
+        let score_with = |m: &nudge_data_plane_inference::Model| -> Result<f32, Failure> {
+            Ok(m.score(&[features])
+                .map_err(|e| Failure::Failed(format!("scoring: {e}")))?
+                .first()
+                .copied()
+                .unwrap_or(0.0))
+        };
+        let score = score_with(model)?;
+        let shadow = match &routing.shadow {
+            Some(m) => Some((m.version().to_owned(), score_with(m)?)),
+            None => None,
+        };
         self.metrics.scores.observe(f64::from(score));
         let decision = decide(&self.rule, event, &session, score);
         let intervention = match decision {
@@ -220,11 +235,17 @@ impl Pipeline {
             score: f64::from(score),
             model_version: model.version().to_owned(),
             scored_at_ms: now,
+            shadow: false,
         };
         let mut outputs = vec![
             (&self.topics.features, snapshot.encode_to_vec(), FEATURES_V1),
             (&self.topics.predictions, prediction.encode_to_vec(), PREDICTION_V1),
         ];
+        if let Some((version, shadow_score)) = shadow {
+            let logged =
+                Prediction { score: f64::from(shadow_score), model_version: version, shadow: true, ..prediction };
+            outputs.push((&self.topics.predictions, logged.encode_to_vec(), PREDICTION_V1));
+        }
         if let Some(iv) = &intervention {
             outputs.push((&self.topics.interventions, iv.encode_to_vec(), INTERVENTION_V1));
         }
@@ -244,6 +265,9 @@ impl Pipeline {
             return Ok(());
         }
         self.metrics.processed.inc();
+        if routing.shadow.is_some() {
+            self.metrics.shadow_scores.inc();
+        }
         if idle {
             self.metrics.idle_carts.inc();
             tracing::info!(tenant_id = %key.tenant, score, event_id = %event.event_id, "cart found idle");

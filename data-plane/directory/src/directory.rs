@@ -8,7 +8,7 @@ use std::{
     },
 };
 
-use nudge_contracts::proto::control::v1::{TenantConfig, TenantState as WireState};
+use nudge_contracts::proto::control::v1::{TenantConfig, TenantState as WireState, rollout::Mode as WireRolloutMode};
 use nudge_tenants::{AllowedOrigin, CellId, PublishableKey, TenantId, TenantState};
 use prost::Message;
 
@@ -27,6 +27,8 @@ pub struct TenantEntry {
     pub suppressed: std::collections::HashSet<String>,
     /// The model version this tenant is scored with; `None`: the cell's default.
     pub model_version: Option<String>,
+    /// A candidate model being rolled out beside it.
+    pub rollout: Option<nudge_tenants::ModelRollout>,
     pub revision: u64,
 }
 
@@ -256,6 +258,20 @@ fn parse_entry(tenant_id: TenantId, config: &TenantConfig) -> Result<TenantEntry
         limits,
         suppressed: config.suppressed_shoppers.iter().cloned().collect(),
         model_version: Some(config.model_version.clone()).filter(|m| !m.is_empty()),
+        rollout: config.rollout.as_ref().and_then(|r| {
+            let mode = match r.mode() {
+                WireRolloutMode::Canary => nudge_tenants::RolloutMode::Canary,
+                WireRolloutMode::Shadow => nudge_tenants::RolloutMode::Shadow,
+                // A record from a newer control plane with a mode this cell does not know:
+                // no rollout, production only.
+                WireRolloutMode::Unspecified => return None,
+            };
+            Some(nudge_tenants::ModelRollout {
+                candidate: r.candidate_model_version.clone(),
+                mode,
+                canary_basis_points: r.canary_basis_points,
+            })
+        }),
         revision: config.revision,
     })
 }
@@ -279,6 +295,7 @@ mod tests {
             limits: None,
             suppressed_shoppers: vec![],
             model_version: String::new(),
+            rollout: None,
         };
         (tenant.to_string().into_bytes(), config.encode_to_vec(), key)
     }

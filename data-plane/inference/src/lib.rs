@@ -16,4 +16,4 @@ pub mod set;
 
 pub use model::{Model, ModelError};
 pub use runtime::{RuntimeError, init_runtime};
-pub use set::{Chosen, ModelSet};
+pub use set::{Chosen, ModelSet, Routing};

@@ -2,6 +2,7 @@
 
 use std::{collections::HashMap, sync::Arc};
 
+use nudge_tenants::{ModelRollout, RolloutMode, TenantId, in_canary};
 use ort::environment::Environment;
 
 use crate::{Model, ModelError, bundled};
@@ -11,6 +12,18 @@ use crate::{Model, ModelError, bundled};
 pub struct ModelSet {
     default: Arc<Model>,
     by_version: HashMap<String, Arc<Model>>,
+}
+
+/// The models an event is scored with.
+#[derive(Debug, Clone)]
+pub struct Routing {
+    /// Scores and acts.
+    pub acting: Arc<Model>,
+    /// Scores beside it, logged, never acts (a shadow rollout).
+    pub shadow: Option<Arc<Model>>,
+    /// A version the tenant's record names (its model, or a rollout's candidate) is not
+    /// held here; the default or production stood in.
+    pub fell_back: bool,
 }
 
 /// The model chosen for a tenant.
@@ -58,5 +71,37 @@ impl ModelSet {
                 None => Chosen { model: self.default.clone(), fell_back: true },
             },
         }
+    }
+
+    /// The models for `shopper`'s event: the tenant's own model (`assigned`, else the
+    /// default), or under a canary the candidate for the canary's share of shoppers (sticky
+    /// by shopper), plus under a shadow rollout the candidate as shadow.
+    pub fn route(
+        &self,
+        tenant: TenantId,
+        shopper: &str,
+        assigned: Option<&str>,
+        rollout: Option<&ModelRollout>,
+    ) -> Routing {
+        let production = self.choose(assigned);
+        let mut routing = Routing { acting: production.model, shadow: None, fell_back: production.fell_back };
+        let Some(rollout) = rollout else { return routing };
+        let Some(candidate) = self.by_version.get(&rollout.candidate) else {
+            routing.fell_back = true;
+            return routing;
+        };
+        match rollout.mode {
+            RolloutMode::Canary => {
+                if in_canary(tenant, shopper, rollout.canary_basis_points) {
+                    routing.acting = candidate.clone();
+                }
+            }
+            RolloutMode::Shadow => {
+                if !Arc::ptr_eq(candidate, &routing.acting) {
+                    routing.shadow = Some(candidate.clone());
+                }
+            }
+        }
+        routing
     }
 }

@@ -96,6 +96,34 @@ fn the_binary_carries_every_committed_model_and_the_set_chooses_among_them() {
 }
 
 #[test]
+fn routing_follows_the_rollout() {
+    use nudge_tenants::{ModelRollout, RolloutMode, TenantId};
+
+    let set = ModelSet::with_bundled(init_runtime(None).unwrap(), LOGISTIC.model()).unwrap();
+    let tenant = TenantId::new();
+    let rollout = |mode, canary_basis_points| ModelRollout {
+        candidate: "cart_abandonment_gbdt@1".into(),
+        mode,
+        canary_basis_points,
+    };
+    let route = |r: Option<&ModelRollout>| {
+        let routing = set.route(tenant, "shp_1", None, r);
+        (routing.acting.version().to_owned(), routing.shadow.map(|m| m.version().to_owned()), routing.fell_back)
+    };
+    let production = ("cart_abandonment@1".to_owned(), None, false);
+    assert_eq!(route(None), production);
+    assert_eq!(route(Some(&rollout(RolloutMode::Canary, 0))), production);
+    assert_eq!(route(Some(&rollout(RolloutMode::Canary, 10_000))), ("cart_abandonment_gbdt@1".to_owned(), None, false));
+    assert_eq!(
+        route(Some(&rollout(RolloutMode::Shadow, 0))),
+        ("cart_abandonment@1".to_owned(), Some("cart_abandonment_gbdt@1".to_owned()), false)
+    );
+    let unknown =
+        ModelRollout { candidate: "cart_abandonment@9".into(), mode: RolloutMode::Shadow, canary_basis_points: 0 };
+    assert_eq!(route(Some(&unknown)), ("cart_abandonment@1".to_owned(), None, true));
+}
+
+#[test]
 fn feature_order_matches_the_model_cards() {
     for artifacts in [LOGISTIC, GBDT] {
         let g = artifacts.golden();

@@ -8,16 +8,16 @@ use axum::{
 };
 use nudge_contracts::control::{
     AuditEntryBody, AuditPage, IsolationRequest, IsolationResponse, LimitsBody, ModelRequest, ModelResponse,
-    PlanRequest, PlanResponse, TransitionRequest, TransitionResponse,
+    PlanRequest, PlanResponse, RolloutRequest, RolloutResponse, TransitionRequest, TransitionResponse,
 };
 use nudge_control_plane::lifecycle::{self, LifecycleError};
 use nudge_control_plane::{
     dedicated::{self, MoveError},
-    plans::{self, ModelError, PlanError},
+    plans::{self, ModelError, PlanError, RolloutError},
 };
 use nudge_platform_http::{ApiError, ErrorBody, current_trace};
 use nudge_tenants::{Actor, TenantId, TenantState};
-use nudge_tenants::{LimitOverrides, Plan};
+use nudge_tenants::{LimitOverrides, ModelRollout, Plan, RolloutMode};
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -32,6 +32,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(audit))
         .routes(routes!(set_plan))
         .routes(routes!(set_model))
+        .routes(routes!(start_rollout, end_rollout))
+        .routes(routes!(promote_rollout))
         .routes(routes!(set_isolation))
 }
 
@@ -284,6 +286,117 @@ async fn set_model(
         tenant_id: tenant.to_string(),
         model_version: request.model_version.clone(),
         effective_model_version: model.unwrap_or(nudge_contracts::models::DEFAULT_MODEL).to_owned(),
+    }))
+}
+
+fn rollout_error(e: RolloutError) -> ApiError {
+    match e {
+        RolloutError::NotFound => ApiError::not_found(),
+        RolloutError::Invalid(m) => ApiError::unprocessable("invalid_rollout", m)
+            .with_details(json!({ "models": nudge_contracts::models::BUNDLED_MODELS })),
+        RolloutError::NoRollout => {
+            ApiError::new(StatusCode::CONFLICT, "no_rollout", "the store has no rollout to promote")
+        }
+        RolloutError::Db(db) => db_error(db),
+    }
+}
+
+/// Roll a candidate model out beside a store's own: as a canary (it scores and acts for a
+/// share of shoppers, each shopper always on the same side) or in shadow (it scores every
+/// event beside production, logged to `predictions.v1` with `shadow`, and never acts).
+/// Replaces any rollout in progress; the cell follows within seconds.
+#[utoipa::path(post, path = "/v1/admin/tenants/{tenant_id}/rollout", tag = "admin",
+    params(("tenant_id" = String, Path, description = "`tnt_…`")),
+    request_body = RolloutRequest,
+    security(("operator_token" = [])),
+    responses(
+        (status = 200, description = "the rollout now in force", body = RolloutResponse),
+        (status = 400, description = "`malformed_json`", body = ErrorBody),
+        (status = 401, description = "`invalid_operator_token`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 422, description = "`invalid_rollout`: an unknown model, mode or share", body = ErrorBody),
+    ))]
+#[tracing::instrument(skip_all, fields(tenant_id = %tenant_id))]
+async fn start_rollout(
+    State(state): State<AppState>,
+    operator: Operator,
+    Path(tenant_id): Path<String>,
+    body: Result<Json<RolloutRequest>, JsonRejection>,
+) -> Result<Json<RolloutResponse>, ApiError> {
+    let tenant = parse_tenant(&tenant_id)?;
+    let Json(request) = body.map_err(|e| ApiError::bad_request("malformed_json", e.body_text()))?;
+    let invalid = |m: &str| ApiError::unprocessable("invalid_rollout", m.to_owned());
+    let (mode, basis_points) = match (request.mode.as_str(), request.canary_percent) {
+        ("canary", Some(p)) if (0.0..=100.0).contains(&p) => (RolloutMode::Canary, (p * 100.0).round() as u32),
+        ("canary", _) => return Err(invalid("a canary needs canary_percent between 0 and 100")),
+        ("shadow", None) => (RolloutMode::Shadow, 0),
+        ("shadow", Some(_)) => return Err(invalid("a shadow rollout takes no canary_percent")),
+        _ => return Err(invalid("mode is canary or shadow")),
+    };
+    let rollout =
+        ModelRollout { candidate: request.candidate_model_version.clone(), mode, canary_basis_points: basis_points };
+    let trace = current_trace().map(|t| t.to_header());
+    plans::set_rollout(&state.router, &state.topics, tenant, Some(&rollout), trace).await.map_err(rollout_error)?;
+    state.wake_outbox();
+    tracing::info!(tenant_id = %tenant, candidate = %rollout.candidate, mode = %request.mode, basis_points, operator = %operator.0, "rollout started");
+    Ok(Json(RolloutResponse {
+        tenant_id: tenant.to_string(),
+        candidate_model_version: rollout.candidate,
+        mode: request.mode,
+        canary_percent: f64::from(basis_points) / 100.0,
+    }))
+}
+
+/// Roll back: end the store's rollout; every shopper is scored by the store's own model
+/// again within seconds.
+#[utoipa::path(delete, path = "/v1/admin/tenants/{tenant_id}/rollout", tag = "admin",
+    params(("tenant_id" = String, Path, description = "`tnt_…`")),
+    security(("operator_token" = [])),
+    responses(
+        (status = 204, description = "no rollout any more"),
+        (status = 401, description = "`invalid_operator_token`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+    ))]
+#[tracing::instrument(skip_all, fields(tenant_id = %tenant_id))]
+async fn end_rollout(
+    State(state): State<AppState>,
+    operator: Operator,
+    Path(tenant_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let tenant = parse_tenant(&tenant_id)?;
+    let trace = current_trace().map(|t| t.to_header());
+    plans::set_rollout(&state.router, &state.topics, tenant, None, trace).await.map_err(rollout_error)?;
+    state.wake_outbox();
+    tracing::info!(tenant_id = %tenant, operator = %operator.0, "rollout ended");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Promote: the rollout's candidate becomes the store's model and the rollout ends, in one
+/// step.
+#[utoipa::path(post, path = "/v1/admin/tenants/{tenant_id}/rollout/promote", tag = "admin",
+    params(("tenant_id" = String, Path, description = "`tnt_…`")),
+    security(("operator_token" = [])),
+    responses(
+        (status = 200, description = "the store's model now", body = ModelResponse),
+        (status = 401, description = "`invalid_operator_token`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`no_rollout`", body = ErrorBody),
+    ))]
+#[tracing::instrument(skip_all, fields(tenant_id = %tenant_id))]
+async fn promote_rollout(
+    State(state): State<AppState>,
+    operator: Operator,
+    Path(tenant_id): Path<String>,
+) -> Result<Json<ModelResponse>, ApiError> {
+    let tenant = parse_tenant(&tenant_id)?;
+    let trace = current_trace().map(|t| t.to_header());
+    let promoted = plans::promote_rollout(&state.router, &state.topics, tenant, trace).await.map_err(rollout_error)?;
+    state.wake_outbox();
+    tracing::info!(tenant_id = %tenant, model = %promoted, operator = %operator.0, "rollout promoted");
+    Ok(Json(ModelResponse {
+        tenant_id: tenant.to_string(),
+        model_version: Some(promoted.clone()),
+        effective_model_version: promoted,
     }))
 }
 
