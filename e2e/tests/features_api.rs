@@ -16,18 +16,7 @@ async fn store_with_key(platform: &Platform, name: &str, scopes: &[&str]) -> any
     let owner = format!("owner-{}@example.com", unique_suffix());
     let store = platform.sign_up_as(name, &[ORIGIN], &owner).await?;
     platform.wait_for_key(&store.publishable_key, ORIGIN).await?;
-    let tokens = platform.login(&owner, None).await?;
-    let created: Value = platform
-        .http
-        .post(format!("{}/v1/tenants/{}/api-keys", platform.control_plane_url, store.tenant_id))
-        .bearer_auth(&tokens.access_token)
-        .json(&json!({"name": "reader", "scopes": scopes}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let secret = created["secret_key"].as_str().unwrap_or_default().to_owned();
-    anyhow::ensure!(secret.starts_with("sk_"), "{created}");
+    let secret = platform.create_secret_key(&owner, &store.tenant_id, scopes).await?;
     // The cell knows the key once it answers anything but 401.
     for _ in 0..200 {
         if get(platform, &secret, "shp_probe").await?.0 != 401 {

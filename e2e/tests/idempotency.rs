@@ -16,18 +16,7 @@ async fn store_with_secret(platform: &Platform, name: &str, origin: &str) -> any
     let owner = format!("owner-{}@example.com", unique_suffix());
     let store = platform.sign_up_as(name, &[origin], &owner).await?;
     platform.wait_for_key(&store.publishable_key, origin).await?;
-    let tokens = platform.login(&owner, None).await?;
-    let created: Value = platform
-        .http
-        .post(format!("{}/v1/tenants/{}/api-keys", platform.control_plane_url, store.tenant_id))
-        .bearer_auth(&tokens.access_token)
-        .json(&json!({"name": "server", "scopes": ["events:write"]}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let secret = created["secret_key"].as_str().unwrap_or_default().to_owned();
-    anyhow::ensure!(secret.starts_with("sk_"), "{created}");
+    let secret = platform.create_secret_key(&owner, &store.tenant_id, &["events:write"]).await?;
     // Wait until the cell knows the key: a batch without events is then refused as empty.
     for _ in 0..200 {
         let r = post(platform, &secret, Some(&unique_suffix()), &json!({"events": []})).await?;

@@ -220,6 +220,24 @@ impl Platform {
         Ok(r.json().await?)
     }
 
+    /// Creates a secret key with `scopes` for `tenant` as its owner `owner_email`; the key
+    /// (the cell learns of it within moments: the caller waits in its own way).
+    pub async fn create_secret_key(&self, owner_email: &str, tenant: &str, scopes: &[&str]) -> anyhow::Result<String> {
+        let tokens = self.login(owner_email, None).await?;
+        let created: serde_json::Value = self
+            .http
+            .post(format!("{}/v1/tenants/{tenant}/api-keys", self.control_plane_url))
+            .bearer_auth(&tokens.access_token)
+            .json(&serde_json::json!({"name": "server", "scopes": scopes}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let secret = created["secret_key"].as_str().unwrap_or_default().to_owned();
+        anyhow::ensure!(secret.starts_with("sk_"), "no secret key in {created}");
+        Ok(secret)
+    }
+
     /// Waits until the cell's pipeline has processed at least `events` events in all, so a
     /// test can assert that something did *not* happen as a result of them.
     pub async fn wait_processed(&self, events: u64) -> anyhow::Result<()> {
