@@ -157,7 +157,10 @@ impl Pipeline {
     async fn step(&self, event: &Event, key: SessionKey, trace: &TraceContext) -> Result<(), Failure> {
         if self.sessions.already_applied(&key, &event.event_id).await.map_err(store_failure)? {
             self.metrics.duplicates.inc();
-            self.usage.dropped(key.tenant, Drop::Duplicate, 1);
+            // The store's duplicate count is of what it sent; a cart_idle is the cell's own.
+            if !matches!(event.payload, Some(Payload::CartIdle(_))) {
+                self.usage.dropped(key.tenant, Drop::Duplicate, 1);
+            }
             return Ok(());
         }
         let mut session = self.sessions.load(&key).await.map_err(store_failure)?;
