@@ -12,6 +12,8 @@ use nudge_tenants::CellId;
 use secrecy::SecretString;
 use serde::Deserialize;
 
+use nudge_data_plane_inference::BatchConfig;
+
 use crate::idle::IdleCartsConfig;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -126,6 +128,8 @@ pub struct InferenceConfig {
     pub model_path: Option<PathBuf>,
     pub model_sha256: Option<String>,
     pub model_version: Option<String>,
+    /// Micro-batching of concurrent scores.
+    pub batching: BatchConfig,
 }
 
 impl Validate for CellConfig {
@@ -145,6 +149,9 @@ impl Validate for CellConfig {
         }
         if self.usage.interval_ms == 0 {
             return Err("usage.interval_ms must be positive".into());
+        }
+        if self.inference.batching.max_rows == 0 {
+            return Err("inference.batching.max_rows must be at least 1".into());
         }
         if self.idle_carts.after_ms == 0 || self.idle_carts.scan_interval_ms == 0 || self.idle_carts.batch == 0 {
             return Err("idle_carts: after_ms, scan_interval_ms and batch must be positive".into());

@@ -34,7 +34,7 @@ use nudge_data_plane_gateway::{
     GatewayState, Hub,
     route::{InterventionPublisher, channel},
 };
-use nudge_data_plane_inference::{Model, ModelSet, bundled, init_runtime};
+use nudge_data_plane_inference::{Model, ModelSet, Scorers, bundled, init_runtime};
 use nudge_data_plane_ingest::{
     IngestState, dedup::RedisDedup, routes::IngestMetrics, sink::KafkaSink, usage::UsageCounters,
 };
@@ -67,6 +67,7 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
     let runtime = init_runtime(config.inference.onnxruntime_library.as_deref())?;
     let models = Arc::new(ModelSet::with_bundled(runtime, load_model(runtime, &config)?)?);
     tracing::info!(default = models.default_model().version(), models = ?models.versions(), "models loaded");
+    let scorers = Arc::new(Scorers::spawn(&models, &config.inference.batching));
 
     // Tenants, from control.tenants.v1.
     let directory = Arc::new(Directory::new(config.cell_id.clone()));
@@ -123,6 +124,7 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
     let scorer: Arc<dyn Handler> = Arc::new(pipeline::Pipeline {
         sessions: SessionStore::new(redis.clone(), config.redis.prefix.clone()).for_cell(&config.cell_id),
         models,
+        scorers,
         directory: directory.clone(),
         rule: config.decide.clone(),
         publisher: InterventionPublisher::new(redis.clone(), channel),

@@ -35,7 +35,7 @@ use nudge_data_plane_features::{
     store::{IdleTimer, SessionKey, SessionStore, StoreError},
 };
 use nudge_data_plane_gateway::route::InterventionPublisher;
-use nudge_data_plane_inference::ModelSet;
+use nudge_data_plane_inference::{ModelSet, Scorers};
 use nudge_data_plane_ingest::usage::{Drop, UsageCounters};
 use nudge_platform_kafka::{
     SharedProducer,
@@ -115,6 +115,8 @@ pub struct Pipeline {
     pub sessions: SessionStore,
     /// The models by version; each tenant is scored with the one its record names.
     pub models: Arc<ModelSet>,
+    /// A micro-batching worker per model: concurrent steps share scoring calls.
+    pub scorers: Arc<Scorers>,
     pub directory: Arc<Directory>,
     pub rule: RuleConfig,
     pub publisher: InterventionPublisher,
@@ -182,16 +184,10 @@ impl Pipeline {
             tracing::warn!(tenant_id = %key.tenant, ?assigned, "a model the tenant names is not held here; scoring without it");
         }
         let model = &routing.acting;
-        let score_with = |m: &nudge_data_plane_inference::Model| -> Result<f32, Failure> {
-            Ok(m.score(&[features])
-                .map_err(|e| Failure::Failed(format!("scoring: {e}")))?
-                .first()
-                .copied()
-                .unwrap_or(0.0))
-        };
-        let score = score_with(model)?;
+        let scoring = |e: nudge_data_plane_inference::ModelError| Failure::Failed(format!("scoring: {e}"));
+        let score = self.scorers.score(model, features).await.map_err(scoring)?;
         let shadow = match &routing.shadow {
-            Some(m) => Some((m.version().to_owned(), score_with(m)?)),
+            Some(m) => Some((m.version().to_owned(), self.scorers.score(m, features).await.map_err(scoring)?)),
             None => None,
         };
         self.metrics.scores.observe(f64::from(score));

@@ -8,12 +8,15 @@
 //!   probabilities.
 //! - [`bundled`]: the model artifacts compiled into the binary, so a cell runs with no files.
 //! - [`set`]: [`ModelSet`], the models a cell holds by version, and the choice per tenant.
+//! - [`batch`]: micro-batching of concurrent single-row scores, a worker per model.
 
+pub mod batch;
 pub mod bundled;
 pub mod model;
 pub mod runtime;
 pub mod set;
 
+pub use batch::{BatchConfig, BatchScorer, Scorers};
 pub use model::{Model, ModelError};
 pub use runtime::{RuntimeError, init_runtime};
 pub use set::{Chosen, ModelSet, Routing};

@@ -16,7 +16,7 @@ const OUTPUT: &str = "probabilities";
 const META_FEATURE_SET: &str = "nudge.feature_set";
 const META_FEATURE_NAMES: &str = "nudge.feature_names";
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ModelError {
     #[error("model artifact checksum is {actual}, expected {expected}")]
     Checksum { expected: String, actual: String },
