@@ -62,12 +62,13 @@ struct GoldenRow {
 /// What the Python peer prints.
 #[derive(Deserialize)]
 struct Peer {
-    single_p50_us: f64,
-    single_p99_us: f64,
-    batched_rows_per_s: Vec<f64>,
+    #[serde(flatten)]
+    measured: Measured,
     onnxruntime: String,
 }
 
+/// One scorer's figures for one model.
+#[derive(Deserialize)]
 struct Measured {
     single_p50_us: f64,
     single_p99_us: f64,
@@ -96,25 +97,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let sha = hex::encode(sha2::Sha256::digest(&bytes));
         let model = Model::load(env, &golden.model_version, &bytes, &sha)?;
         let ours = measure(&model, &rows, &args)?;
-        let peer = python_peer(&python, &args, &dir).await?;
-        peer_version = peer.onnxruntime.clone();
+        let Peer { measured: peer, onnxruntime } = python_peer(&python, &args, &dir).await?;
+        peer_version = onnxruntime;
         let v = &golden.model_version;
-        lines.push(format!(
-            "| {v} | nudge (Rust, ort) | {:.1} | {:.1} | {:.0} ({:.0}–{:.0}) |",
-            ours.single_p50_us,
-            ours.single_p99_us,
-            median(&ours.batched_rows_per_s),
-            min(&ours.batched_rows_per_s),
-            max(&ours.batched_rows_per_s)
-        ));
-        lines.push(format!(
-            "| {v} | Python onnxruntime | {:.1} | {:.1} | {:.0} ({:.0}–{:.0}) |",
-            peer.single_p50_us,
-            peer.single_p99_us,
-            median(&peer.batched_rows_per_s),
-            min(&peer.batched_rows_per_s),
-            max(&peer.batched_rows_per_s)
-        ));
+        lines.push(table_row(v, "nudge (Rust, ort)", &ours));
+        lines.push(table_row(v, "Python onnxruntime", &peer));
         ratios.push(format!(
             "- {v}: batched rows/s Rust / Python {:.0} %, single-row p50 Python / Rust {:.0} %",
             median(&ours.batched_rows_per_s) / median(&peer.batched_rows_per_s) * 100.0,
@@ -143,6 +130,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     println!("| SessionStore::load (HMGET of the session's fields) | {:.0} | {:.0} |", reads.0, reads.1);
     println!("| redis-benchmark HGETALL, same hash | {:.0} | {:.0} |", reads.2, reads.3);
     Ok(())
+}
+
+fn table_row(version: &str, scorer: &str, m: &Measured) -> String {
+    let rates = &m.batched_rows_per_s;
+    format!(
+        "| {version} | {scorer} | {:.1} | {:.1} | {:.0} ({:.0}–{:.0}) |",
+        m.single_p50_us,
+        m.single_p99_us,
+        median(rates),
+        min(rates),
+        max(rates)
+    )
 }
 
 fn measure(model: &Model, rows: &[FeatureVector], args: &Args) -> anyhow::Result<Measured> {

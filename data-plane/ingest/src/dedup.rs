@@ -118,7 +118,7 @@ impl RedisDedup {
         // requests with the same id never both find it new. Redis does a few hash lookups
         // per id; a script would convert every id to Lua and back, and a key per id would
         // cost a command per event.
-        let (today_key, yesterday_key) = (self.seen_key(tenant, day), self.seen_key(tenant, day - 1));
+        let (today_key, yesterday_key) = (self.seen_key(tenant, day), self.seen_key(tenant, day.saturating_sub(1)));
         let (yesterday, now): (Vec<i64>, Vec<i64>) = redis::pipe()
             .atomic()
             .cmd("SMISMEMBER")
@@ -179,7 +179,7 @@ impl Dedup for RedisDedup {
             let day = today();
             let mut pipe = redis::pipe();
             pipe.cmd("SREM").arg(self.seen_key(tenant, day)).arg(event_ids).ignore();
-            pipe.cmd("SREM").arg(self.seen_key(tenant, day - 1)).arg(event_ids).ignore();
+            pipe.cmd("SREM").arg(self.seen_key(tenant, day.saturating_sub(1))).arg(event_ids).ignore();
             let mut conn = self.redis.clone();
             pipe.query_async::<()>(&mut conn).await?;
             Ok(())
