@@ -13,24 +13,37 @@ model/cart_abandonment_gbdt/v1/ (gradient-boosted trees):
     model.onnx     the artifact (the logistic regression is also embedded in the cell binary)
     golden.json    inputs and Python onnxruntime outputs, including named demo sessions
     MODEL_CARD.md  features and their order, data hash, parameters, metrics, versions
+    manifest.json  what the model registry takes with the artifact (name, SHA-256, metrics,
+                   lineage), for `POST /v1/admin/models`
 """
 
 import hashlib
 import json
+import os
 import pathlib
+import platform
 import sys
 
-import numpy as np
-import onnxruntime
-import skl2onnx
-import sklearn
-from skl2onnx import to_onnx
-from skl2onnx.common.data_types import FloatTensorType
-from sklearn.ensemble import GradientBoostingClassifier
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
+# The logistic regression's solver sums through OpenBLAS, whose kernels are chosen by CPU:
+# the same data and seed gave coefficients differing in the 7th digit on two machines with
+# different CPUs. One kernel every x86-64 CPU since 2008 runs, on one thread, makes the bytes
+# the same on any of them. (Other architectures pick their own kernel; the bytes
+# may differ there, the model does not in any digit that matters.)
+if platform.machine() in ("x86_64", "AMD64"):
+    os.environ["OPENBLAS_CORETYPE"] = "Nehalem"
+os.environ["OPENBLAS_NUM_THREADS"] = "1"
+
+import numpy as np  # noqa: E402 (after the BLAS settings, which are read at import)
+import onnxruntime  # noqa: E402
+import skl2onnx  # noqa: E402
+import sklearn  # noqa: E402
+from skl2onnx import to_onnx  # noqa: E402
+from skl2onnx.common.data_types import FloatTensorType  # noqa: E402
+from sklearn.ensemble import GradientBoostingClassifier  # noqa: E402
+from sklearn.linear_model import LogisticRegression  # noqa: E402
+from sklearn.metrics import accuracy_score, log_loss, roc_auc_score  # noqa: E402
+from sklearn.pipeline import Pipeline  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
 
 SEED = 20261127
 N_SESSIONS = 40_000
@@ -112,13 +125,14 @@ def synthesize(rng: np.random.Generator, n: int):
 
 
 def models():
-    """Each model: its version, output directory, a description of the estimator, and the
-    unfitted estimator."""
+    """Each model: its version, output directory, a description of the estimator, its
+    parameters as the registry records them, and the unfitted estimator."""
     return [
         (
             "cart_abandonment@1",
             ROOT / "cart_abandonment" / "v1",
             "`StandardScaler` → `LogisticRegression(C=1.0, max_iter=2000)`",
+            {"estimator": "StandardScaler+LogisticRegression", "C": 1.0, "max_iter": 2000},
             Pipeline(
                 [
                     ("scale", StandardScaler()),
@@ -130,6 +144,13 @@ def models():
             "cart_abandonment_gbdt@1",
             ROOT / "cart_abandonment_gbdt" / "v1",
             "`GradientBoostingClassifier(n_estimators=100, max_depth=3, learning_rate=0.1, subsample=1.0)`",
+            {
+                "estimator": "GradientBoostingClassifier",
+                "n_estimators": 100,
+                "max_depth": 3,
+                "learning_rate": 0.1,
+                "subsample": 1.0,
+            },
             GradientBoostingClassifier(
                 n_estimators=100, max_depth=3, learning_rate=0.1, subsample=1.0, random_state=SEED
             ),
@@ -143,13 +164,13 @@ def main() -> int:
     data_hash = hashlib.sha256(X.tobytes() + y.tobytes()).hexdigest()
     split = int(0.8 * N_SESSIONS)
     summary = []
-    for version, out, described, estimator in models():
-        summary.append(train(version, out, described, estimator, X, y, split, data_hash))
+    for version, out, described, parameters, estimator in models():
+        summary.append(train(version, out, described, parameters, estimator, X, y, split, data_hash))
     print(json.dumps(summary))
     return 0
 
 
-def train(version, out, described, estimator, X, y, split, data_hash):
+def train(version, out, described, parameters, estimator, X, y, split, data_hash):
     X_train, y_train, X_test, y_test = X[:split], y[:split], X[split:], y[split:]
     estimator.fit(X_train, y_train)
     classifier = estimator.named_steps["classify"] if isinstance(estimator, Pipeline) else estimator
@@ -253,6 +274,21 @@ Synthetic data: the model demonstrates the pipeline end to end and orders shoppe
 plausible risk; it has not been validated on any store's real traffic.
 """
     (out / "MODEL_CARD.md").write_text(card)
+
+    # What the registry takes beside the artifact. The commit is the uploader's to add: the
+    # training code is identified here by its own hash, which a retraining reproduces.
+    manifest = {
+        "name": version.split("@")[0],
+        "sha256": model_sha,
+        "metrics": metrics,
+        "lineage": {
+            "training_data_sha256": data_hash,
+            "code_sha256": hashlib.sha256(pathlib.Path(__file__).read_bytes()).hexdigest(),
+            "parameters": {**parameters, "sessions": N_SESSIONS, "train_fraction": 0.8},
+            "seed": SEED,
+        },
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return {"model": str(out / "model.onnx"), "sha256": model_sha, "metrics": metrics}
 
 
