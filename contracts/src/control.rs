@@ -205,8 +205,9 @@ pub struct PlanRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ModelRequest {
-    /// A version the cells ship (`cart_abandonment@1`, `cart_abandonment_gbdt@1`); `null`
-    /// for the cells' default.
+    /// A registered version in stage `production` (`cart_abandonment@1`,
+    /// `cart_abandonment_gbdt@1`, or any uploaded and promoted); `null` for the registry's
+    /// default.
     pub model_version: Option<String>,
 }
 
@@ -214,7 +215,7 @@ pub struct ModelRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ModelResponse {
     pub tenant_id: String,
-    /// The assigned version; `null` when the store follows the cells' default.
+    /// The assigned version; `null` when the store follows the registry's default.
     pub model_version: Option<String>,
     /// What the store is scored with.
     pub effective_model_version: String,
@@ -224,7 +225,7 @@ pub struct ModelResponse {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RolloutRequest {
-    /// A version the cells ship.
+    /// A registered version that is not archived.
     pub candidate_model_version: String,
     /// `canary` (scores and acts for a share of shoppers, sticky by shopper) or `shadow`
     /// (scores every event beside production, never acts).
@@ -320,4 +321,124 @@ pub struct UsageView {
     /// Events not accepted or not acted on, by reason: `rate`, `quota`, `schema`,
     /// `suppressed`, `duplicate`.
     pub dropped: std::collections::BTreeMap<String, i64>,
+}
+
+/// Where a model came from: enough to train it again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelLineage {
+    /// SHA-256 (hex) of the training data (features and labels).
+    pub training_data_sha256: String,
+    /// SHA-256 (hex) of the training code as it ran (`model/train.py`).
+    pub code_sha256: String,
+    /// The commit the training code was at, when the uploader knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_commit: Option<String>,
+    /// The estimator's parameters.
+    #[schema(value_type = Object)]
+    pub parameters: serde_json::Map<String, serde_json::Value>,
+    /// The random seed of data generation, split and estimator.
+    pub seed: u64,
+}
+
+/// The `manifest` part of `POST /v1/admin/models` (`model/train.py` writes it as
+/// `manifest.json` beside each artifact).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelManifest {
+    /// Lowercase letters, digits and `_`, starting with a letter; the registry numbers the
+    /// versions of a name (`name@1`, `name@2`, …).
+    pub name: String,
+    /// SHA-256 (hex) of the `artifact` part; an upload whose bytes differ is refused.
+    pub sha256: String,
+    /// Evaluation metrics (name → finite number).
+    pub metrics: std::collections::BTreeMap<String, f64>,
+    pub lineage: ModelLineage,
+}
+
+/// The input a model takes, as its artifact declares it and the registry checked it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ModelInputSchema {
+    /// `cart_session@1`.
+    pub feature_set: String,
+    /// In input order.
+    pub feature_names: Vec<String>,
+    /// `float32[N, 10]`.
+    pub tensor: String,
+}
+
+/// A model version in the registry.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ModelView {
+    /// `name@number`, as predictions report it.
+    pub version: String,
+    pub name: String,
+    pub number: i32,
+    /// The artifact's content address: SHA-256 of its bytes.
+    pub sha256: String,
+    pub size_bytes: i32,
+    /// `candidate`, `canary`, `production` or `archived`.
+    pub stage: String,
+    /// Whether stores without an assignment are scored with it.
+    pub default: bool,
+    pub input: ModelInputSchema,
+    pub metrics: std::collections::BTreeMap<String, f64>,
+    pub lineage: ModelLineage,
+    pub created_by: String,
+    pub created_at: String,
+    pub stage_changed_at: String,
+}
+
+/// `201 Created` (a new version) or `200 OK` (these bytes were already registered under
+/// this name: the existing version).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ModelUploadResponse {
+    pub created: bool,
+    pub model: ModelView,
+}
+
+/// `GET /v1/admin/models`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ModelList {
+    pub models: Vec<ModelView>,
+}
+
+/// `POST /v1/admin/models/{version}/stage`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelStageRequest {
+    /// `candidate`, `canary`, `production` or `archived`.
+    pub stage: String,
+    /// Why, for the stage history (1–1000 characters).
+    pub reason: String,
+}
+
+/// One entry of a version's stage history.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ModelStageEvent {
+    pub from_stage: Option<String>,
+    pub to_stage: String,
+    pub actor: String,
+    pub reason: String,
+    pub at: String,
+}
+
+/// `GET /v1/admin/models/{version}/stages`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ModelStageHistory {
+    pub version: String,
+    pub events: Vec<ModelStageEvent>,
+}
+
+/// `PUT /v1/admin/models/default`: the model stores without an assignment are scored with.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DefaultModelRequest {
+    /// A version in stage `production`.
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DefaultModelResponse {
+    pub version: String,
 }

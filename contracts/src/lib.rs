@@ -8,7 +8,7 @@
 //! - [`ids`]: shopper, event and intervention ids chosen at the edge.
 //! - [`ingest`]: the JSON batch a browser posts to `/v1/events`.
 //! - [`push`]: the JSON messages a shopper's socket receives.
-//! - [`models`]: the model versions the cells ship, and the default.
+//! - [`models`]: the model versions compiled into the cells, and the first default.
 //! - [`control`]: the JSON bodies of the control plane's public API.
 
 pub mod control;

@@ -1,6 +1,7 @@
-//! The model versions every cell ships with. A store is scored with one of them, chosen by
-//! an operator, or with the cell's default; the artifacts are in `model/`, embedded in the
-//! cell binary (`nudge_data_plane_inference::bundled`), which checks it carries each.
+//! The model versions every cell ships with, compiled in (`nudge_data_plane_inference::bundled`,
+//! which checks it carries each; artifacts in `model/`). The control plane registers them in
+//! the model registry at start, beside any version uploaded later, and makes
+//! [`DEFAULT_MODEL`] the default until an operator chooses another.
 
 /// What a store without an assignment is scored with.
 pub const DEFAULT_MODEL: &str = "cart_abandonment@1";

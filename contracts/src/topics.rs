@@ -19,6 +19,7 @@ pub enum Topic {
     Predictions,
     InterventionCommands,
     ControlTenants,
+    ControlModels,
     Usage,
 }
 
@@ -54,6 +55,10 @@ pub struct TopicSpec {
     pub retention_hours: i64,
     pub producers: Vec<String>,
     pub consumers: Vec<String>,
+    /// The largest record the topic takes (`max.message.bytes`), where the broker's
+    /// default (1 MB) is too small.
+    #[serde(default)]
+    pub max_message_bytes: Option<i64>,
 }
 
 impl TopicSpec {
@@ -76,7 +81,7 @@ pub fn catalogue() -> &'static [TopicSpec] {
 }
 
 impl Topic {
-    pub const ALL: [Topic; 8] = [
+    pub const ALL: [Topic; 9] = [
         Topic::EventsRaw,
         Topic::EventsValidated,
         Topic::EventsDlq,
@@ -84,6 +89,7 @@ impl Topic {
         Topic::Predictions,
         Topic::InterventionCommands,
         Topic::ControlTenants,
+        Topic::ControlModels,
         Topic::Usage,
     ];
 
@@ -97,6 +103,7 @@ impl Topic {
             Self::Predictions => "predictions.v1",
             Self::InterventionCommands => "interventions.commands",
             Self::ControlTenants => "control.tenants.v1",
+            Self::ControlModels => "control.models.v1",
             Self::Usage => "usage.v1",
         }
     }

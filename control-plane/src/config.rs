@@ -23,7 +23,17 @@ pub struct ControlPlaneConfig {
     pub admin: AdminConfig,
     pub auth: AuthConfig,
     pub redis: RedisConfig,
+    pub models: ModelsConfig,
     pub log: LogConfig,
+}
+
+/// The model registry.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct ModelsConfig {
+    /// `libonnxruntime.so`, which checks uploaded artifacts; `ORT_DYLIB_PATH` when unset.
+    /// Without it uploads answer 503 and everything else works.
+    pub onnxruntime_library: Option<std::path::PathBuf>,
 }
 
 /// Redis, where refresh-token sessions live.

@@ -5,7 +5,9 @@
 //! - [`config`]: [`ControlPlaneConfig`], loaded in layers by the binaries.
 //! - [`db`]: the connection pool and [`db::Database::tenant_tx`], the one way to open a
 //!   transaction that acts for a tenant under row-level security.
-//! - [`plans`]: a store's plan and limit overrides.
+//! - [`plans`]: a store's plan and limit overrides, and the model its events are scored with.
+//! - [`registry`]: the model registry: versions, content-addressed artifacts, stages, the
+//!   default model, announced to the cells on `control.models.v1`.
 //! - [`routing`]: [`routing::TenantRouter`], which sends a tenant's transactions to its database.
 //! - [`dedicated`]: moving a tenant to a dedicated database, writes fenced during the flip.
 //! - [`placement`]: which cell a new tenant goes to; registers the shared cell.
@@ -37,6 +39,7 @@ pub mod origins;
 pub mod outbox;
 pub mod placement;
 pub mod plans;
+pub mod registry;
 pub mod routing;
 pub mod signup;
 pub mod store;

@@ -4,7 +4,12 @@ use nudge_contracts::Topics;
 use nudge_tenants::{LimitOverrides, Limits, ModelRollout, Plan, TenantId, rollout::ALL_BASIS_POINTS};
 use sqlx::{Row, postgres::PgRow};
 
-use crate::{announce::announce, db::DbError, routing::TenantRouter};
+use crate::{
+    announce::announce,
+    db::DbError,
+    registry::{self, Stage, StageError},
+    routing::TenantRouter,
+};
 
 /// The plan and effective limits from a `tenants` row holding `plan` and `limit_overrides`.
 pub fn effective(row: &PgRow) -> Result<(Plan, Limits), sqlx::Error> {
@@ -72,8 +77,10 @@ pub async fn limits_of(
 pub enum ModelError {
     #[error("no such tenant")]
     NotFound,
-    #[error("no cell ships model {0}")]
+    #[error("the registry has no model {0}")]
     UnknownModel(String),
+    #[error("model {version} is {stage}; only a production model can be assigned", stage = stage.as_str())]
+    NotProduction { version: String, stage: Stage },
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -84,8 +91,8 @@ impl From<sqlx::Error> for ModelError {
     }
 }
 
-/// Scores `tenant`'s events with `model` (a version the cells ship), or with the cells'
-/// default when `None`, and announces it to the tenant's cell.
+/// Scores `tenant`'s events with `model` (a registered version in stage `production`), or
+/// with the registry's default when `None`, and announces it to the tenant's cell.
 pub async fn set_model(
     db: &TenantRouter,
     topics: &Topics,
@@ -93,10 +100,12 @@ pub async fn set_model(
     model: Option<&str>,
     traceparent: Option<String>,
 ) -> Result<(), ModelError> {
-    if let Some(m) = model
-        && !nudge_contracts::models::BUNDLED_MODELS.contains(&m)
-    {
-        return Err(ModelError::UnknownModel(m.to_owned()));
+    if let Some(m) = model {
+        match registry::stage_of(db.registry(), m).await? {
+            None => return Err(ModelError::UnknownModel(m.to_owned())),
+            Some(Stage::Production) => {}
+            Some(stage) => return Err(ModelError::NotProduction { version: m.to_owned(), stage }),
+        }
     }
     let mut tx = db.tenant_tx(tenant).await?;
     let updated = sqlx::query("UPDATE tenants SET model_version = $2 WHERE tenant_id = $1")
@@ -131,20 +140,38 @@ impl From<sqlx::Error> for RolloutError {
 }
 
 /// Starts (or replaces) a rollout of a candidate model for `tenant`, or ends it (`None`:
-/// the rollback), and announces it to the tenant's cell.
+/// the rollback), and announces it to the tenant's cell. The candidate must be registered
+/// and not archived; a canary rollout moves a `candidate` version to `canary`.
 pub async fn set_rollout(
     db: &TenantRouter,
     topics: &Topics,
     tenant: TenantId,
     rollout: Option<&ModelRollout>,
+    actor: &str,
     traceparent: Option<String>,
 ) -> Result<(), RolloutError> {
     if let Some(r) = rollout {
-        if !nudge_contracts::models::BUNDLED_MODELS.contains(&r.candidate.as_str()) {
-            return Err(RolloutError::Invalid(format!("no cell ships model `{}`", r.candidate)));
-        }
         if r.canary_basis_points > ALL_BASIS_POINTS {
             return Err(RolloutError::Invalid(format!("a canary share is at most {ALL_BASIS_POINTS} basis points")));
+        }
+        match registry::stage_of(db.registry(), &r.candidate).await? {
+            None => return Err(RolloutError::Invalid(format!("the registry has no model `{}`", r.candidate))),
+            Some(Stage::Archived) => {
+                return Err(RolloutError::Invalid(format!("model `{}` is archived", r.candidate)));
+            }
+            Some(Stage::Candidate) if r.mode == nudge_tenants::RolloutMode::Canary => {
+                registry::set_stage(
+                    db,
+                    topics,
+                    &r.candidate,
+                    Stage::Canary,
+                    actor,
+                    &format!("canary rollout for {tenant}"),
+                )
+                .await
+                .map_err(stage_error)?;
+            }
+            Some(_) => {}
         }
     }
     let mut tx = db.tenant_tx(tenant).await?;
@@ -162,14 +189,29 @@ pub async fn set_rollout(
     Ok(())
 }
 
-/// Makes the rollout's candidate the store's model and ends the rollout, in one step.
-/// Returns the promoted version.
+/// Makes the rollout's candidate the store's model and ends the rollout, in one step; the
+/// candidate's registry stage becomes `production`. Returns the promoted version.
 pub async fn promote_rollout(
     db: &TenantRouter,
     topics: &Topics,
     tenant: TenantId,
+    actor: &str,
     traceparent: Option<String>,
 ) -> Result<String, RolloutError> {
+    let candidate = {
+        let mut tx = db.tenant_tx(tenant).await?;
+        let row = sqlx::query("SELECT model_rollout FROM tenants WHERE tenant_id = $1")
+            .bind(tenant.as_uuid())
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(RolloutError::NotFound)?;
+        tx.commit().await?;
+        rollout_of(&row)?.ok_or(RolloutError::NoRollout)?.candidate
+    };
+    // The stage first: a store never runs a version the registry does not call production.
+    registry::set_stage(db, topics, &candidate, Stage::Production, actor, &format!("promoted for {tenant}"))
+        .await
+        .map_err(stage_error)?;
     let mut tx = db.tenant_tx(tenant).await?;
     let row = sqlx::query("SELECT model_rollout FROM tenants WHERE tenant_id = $1 FOR UPDATE")
         .bind(tenant.as_uuid())
@@ -179,6 +221,9 @@ pub async fn promote_rollout(
     let current: Option<serde_json::Value> = row.try_get("model_rollout")?;
     let rollout: ModelRollout = serde_json::from_value(current.ok_or(RolloutError::NoRollout)?)
         .map_err(|e| sqlx::Error::Decode(format!("model_rollout: {e}").into()))?;
+    if rollout.candidate != candidate {
+        return Err(RolloutError::Invalid("the rollout changed while it was being promoted; try again".into()));
+    }
     sqlx::query("UPDATE tenants SET model_version = $2, model_rollout = NULL WHERE tenant_id = $1")
         .bind(tenant.as_uuid())
         .bind(&rollout.candidate)
@@ -187,6 +232,13 @@ pub async fn promote_rollout(
     announce(&mut tx, topics, tenant, traceparent).await?;
     tx.commit().await?;
     Ok(rollout.candidate)
+}
+
+fn stage_error(e: StageError) -> RolloutError {
+    match e {
+        StageError::Db(db) => RolloutError::Db(db),
+        other => RolloutError::Invalid(other.to_string()),
+    }
 }
 
 /// A tenant row's rollout (`model_rollout`).

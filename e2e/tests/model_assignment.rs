@@ -49,7 +49,6 @@ async fn a_store_is_scored_with_the_model_it_is_assigned() -> anyhow::Result<()>
     // Bad input first: nothing changes.
     let (status, body) = assign(&platform, &trees.tenant_id, json!("cart_abandonment@9")).await?;
     assert_eq!((status, body["error"]["code"].as_str()), (422, Some("unknown_model")), "{body}");
-    assert_eq!(body["error"]["details"]["models"], json!(["cart_abandonment@1", GBDT]));
     let (status, _) = assign(&platform, &nudge_tenants::TenantId::new().to_string(), json!(GBDT)).await?;
     assert_eq!(status, 404);
 

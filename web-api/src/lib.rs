@@ -101,6 +101,7 @@ pub async fn run(config: ControlPlaneConfig, listener: TcpListener, shutdown: Ca
         started,
         tokens,
         sessions,
+        onnxruntime_library: config.models.onnxruntime_library.clone().map(Arc::new),
     };
 
     let (http, _) = openapi::with_document(
@@ -153,8 +154,8 @@ pub async fn run(config: ControlPlaneConfig, listener: TcpListener, shutdown: Ca
     .await
 }
 
-/// Registers the shared cell, creates the tenant topic and connects the session store,
-/// retrying until all succeed.
+/// Registers the shared cell and the bundled models, creates the control topics and
+/// connects the session store, retrying until all succeed.
 async fn bootstrap(
     db: Database,
     config: ControlPlaneConfig,
@@ -166,10 +167,12 @@ async fn bootstrap(
     loop {
         let attempt = async {
             register_shared_cell(&db, &config.placement).await?;
+            nudge_control_plane::registry::register_bundled(&db, &config.kafka.topics()).await?;
             nudge_platform_kafka::ensure_topics(
                 &config.kafka,
                 &[
                     nudge_contracts::Topic::ControlTenants,
+                    nudge_contracts::Topic::ControlModels,
                     nudge_contracts::Topic::Usage,
                     nudge_contracts::Topic::EventsDlq,
                 ],

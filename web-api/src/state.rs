@@ -34,6 +34,8 @@ pub struct AppState {
     pub tokens: Arc<TokenKeys>,
     /// Refresh sessions; set once Redis has been reached at start-up.
     pub sessions: Arc<OnceCell<RefreshStore>>,
+    /// `libonnxruntime.so` for checking uploaded models (`ORT_DYLIB_PATH` when `None`).
+    pub onnxruntime_library: Option<Arc<std::path::PathBuf>>,
 }
 
 impl AppState {

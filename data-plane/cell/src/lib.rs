@@ -8,12 +8,14 @@
 //! - [`pipeline`]: the stage `events.validated` → features → model → decision → intervention,
 //!   each effect once per (tenant, event id).
 //! - [`idle`]: server-side abandonment detection, `cart_idle` events for carts gone quiet.
+//! - [`models`]: following the model registry: models loaded, swapped and dropped live.
 //! - [`usage`]: per-tenant counts to `usage.v1`.
 //! - [`readiness`]: what `/readyz` checks.
 //! - [`snippet`]: serves `nudge.js`, the browser snippet.
 
 pub mod config;
 pub mod idle;
+pub mod models;
 pub mod pipeline;
 pub mod readiness;
 pub mod snippet;
@@ -68,6 +70,26 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
     let models = Arc::new(ModelSet::with_bundled(runtime, load_model(runtime, &config)?)?);
     tracing::info!(default = models.default_model().version(), models = ?models.versions(), "models loaded");
     let scorers = Arc::new(Scorers::spawn(&models, &config.inference.batching));
+    let models_caught_up = Arc::new(AtomicBool::new(false));
+    let registry = {
+        let refused = prometheus_client::metrics::counter::Counter::default();
+        metrics.registry().register(
+            "models_registry_refused",
+            "Model registry records refused (an artifact failing its checks, an undecodable record)",
+            refused.clone(),
+        );
+        let follower = Arc::new(models::Registry {
+            models: models.clone(),
+            scorers: scorers.clone(),
+            caught_up: models_caught_up.clone(),
+            refused,
+        });
+        let (kafka, shutdown, topic) = (config.kafka.clone(), shutdown.clone(), topics.name(Topic::ControlModels));
+        let client_id = format!("models-{}", config.cell_id);
+        tokio::spawn(async move {
+            Ok(nudge_platform_kafka::follow::follow(follower, &kafka, topic, &client_id, shutdown).await?)
+        })
+    };
 
     // Tenants, from control.tenants.v1.
     let directory = Arc::new(Directory::new(config.cell_id.clone()));
@@ -217,6 +239,7 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
 
     let readiness = Readiness::default()
         .with(Arc::new(readiness::DirectoryReady(directory)))
+        .with(Arc::new(readiness::ModelsReady(models_caught_up)))
         .with(Arc::new(readiness::RedisReady(redis)))
         .with(Arc::new(readiness::SubscriptionReady(subscribed)));
     let http_metrics = HttpMetrics::register(&metrics);
@@ -237,6 +260,7 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
         serve(listener, router, shutdown.clone()),
         {
             tasks.push(("tenant directory", follow));
+            tasks.push(("model registry", registry));
             tasks.push(("intervention subscriber", subscriber));
             tasks
         },

@@ -29,6 +29,20 @@ impl ReadinessCheck for DirectoryReady {
     }
 }
 
+/// The model registry has been read up to where it stood when the cell started.
+pub struct ModelsReady(pub Arc<AtomicBool>);
+
+impl ReadinessCheck for ModelsReady {
+    fn name(&self) -> &'static str {
+        "model_registry"
+    }
+
+    fn check(&self) -> CheckFuture<'_> {
+        let ok = self.0.load(Ordering::Acquire);
+        Box::pin(async move { if ok { Ok(()) } else { Err("still reading control.models.v1".into()) } })
+    }
+}
+
 /// Redis answers.
 pub struct RedisReady(pub ConnectionManager);
 

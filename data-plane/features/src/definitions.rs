@@ -156,6 +156,17 @@ pub const FEATURE_NAMES: [&str; N_FEATURES] = {
     names
 };
 
+/// Every feature at its declared default: what a model gets for a shopper with no state.
+pub const DEFAULT_VECTOR: FeatureVector = {
+    let mut values = [0.0; N_FEATURES];
+    let mut i = 0;
+    while i < N_FEATURES {
+        values[i] = CART_SESSION.features[i].default;
+        i += 1;
+    }
+    values
+};
+
 /// `name@version` of the feature set, as the read API and snapshots label values.
 pub const FEATURE_SET_VERSION: &str = "cart_session@1";
 

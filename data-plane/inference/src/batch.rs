@@ -9,7 +9,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        Arc,
+        Arc, PoisonError, RwLock,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
@@ -129,30 +129,43 @@ async fn work(
     }
 }
 
-/// A batching worker for every model of a [`ModelSet`].
+/// A batching worker for every model of a [`ModelSet`], kept in step with it by
+/// [`Scorers::sync`] as the registry adds and drops models.
 pub struct Scorers {
-    by_version: HashMap<String, BatchScorer>,
+    config: BatchConfig,
+    by_version: RwLock<HashMap<String, (Arc<Model>, BatchScorer)>>,
 }
 
 impl Scorers {
     /// Starts a worker per model; call within the Tokio runtime.
     pub fn spawn(models: &ModelSet, config: &BatchConfig) -> Self {
-        let by_version = models
-            .versions()
-            .into_iter()
-            .map(|v| {
-                let model = models.choose(Some(v)).model;
-                (v.to_owned(), BatchScorer::spawn(model, config))
-            })
-            .collect();
-        Self { by_version }
+        let scorers = Self { config: config.clone(), by_version: RwLock::default() };
+        scorers.sync(models);
+        scorers
+    }
+
+    /// Starts a worker for each model the set gained and stops those of models it dropped;
+    /// call within the Tokio runtime.
+    pub fn sync(&self, models: &ModelSet) {
+        let held = models.models();
+        let mut by_version = self.by_version.write().unwrap_or_else(PoisonError::into_inner);
+        by_version.retain(|v, (m, _)| held.iter().any(|h| h.version() == v && Arc::ptr_eq(h, m)));
+        for model in held {
+            by_version
+                .entry(model.version().to_owned())
+                .or_insert_with(|| (model.clone(), BatchScorer::spawn(model.clone(), &self.config)));
+        }
     }
 
     /// `row`'s score by `model` (batched with other callers of the same model).
-    pub async fn score(&self, model: &Model, row: FeatureVector) -> Result<f32, ModelError> {
-        match self.by_version.get(model.version()) {
+    pub async fn score(&self, model: &Arc<Model>, row: FeatureVector) -> Result<f32, ModelError> {
+        let scorer = {
+            let by_version = self.by_version.read().unwrap_or_else(PoisonError::into_inner);
+            by_version.get(model.version()).filter(|(m, _)| Arc::ptr_eq(m, model)).map(|(_, s)| s.clone())
+        };
+        match scorer {
             Some(scorer) => scorer.score(row).await,
-            // Not one of the set's models: score it alone.
+            // A model without a worker (just swapped in or out): score it alone.
             None => model.score(&[row])?.first().copied().ok_or_else(|| ModelError::Schema("no score".into())),
         }
     }

@@ -1,17 +1,46 @@
 //! The models a cell scores with, by version, and which one a tenant gets.
+//!
+//! A cell starts with the models compiled into it and learns the rest from the model
+//! registry (`control.models.v1`, see [`crate::registry`]): new versions are loaded and
+//! swapped in, archived ones dropped, the default follows the registry's. Readers take a
+//! snapshot ([`Arc`]) per event, so a swap never disturbs a score in flight: an event is
+//! scored entirely by the models of the snapshot it took.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    sync::{Arc, PoisonError, RwLock},
+};
 
 use nudge_tenants::{ModelRollout, RolloutMode, TenantId, in_canary};
 use ort::environment::Environment;
 
 use crate::{Model, ModelError, bundled};
 
-/// Every model a cell holds: the default, and each bundled model by version.
+/// One model held, with what the registry last said of it.
+#[derive(Debug, Clone)]
+struct Held {
+    model: Arc<Model>,
+    sha256: String,
+    /// The registry record's revision (0: compiled in or configured, not yet announced).
+    revision: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Snapshot {
+    default: Arc<Model>,
+    by_version: HashMap<String, Held>,
+    /// Revision of the registry's default record applied (0: none yet).
+    default_revision: u64,
+    /// The registry's default when this cell does not hold it yet: it becomes the default
+    /// as soon as it loads.
+    pending_default: Option<String>,
+}
+
+/// Every model a cell holds: the default, and each model by version.
 #[derive(Debug)]
 pub struct ModelSet {
-    default: Arc<Model>,
-    by_version: HashMap<String, Arc<Model>>,
+    env: &'static Environment,
+    current: RwLock<Arc<Snapshot>>,
 }
 
 /// The models an event is scored with.
@@ -34,9 +63,39 @@ pub struct Chosen {
     pub fell_back: bool,
 }
 
+/// What a registry record did to the set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A version was loaded (and is the default, when the registry says so).
+    Loaded { version: String, default: bool },
+    /// A version held already: only its stage or revision changed.
+    Unchanged,
+    /// An archived version was dropped.
+    Dropped { version: String },
+    /// The default is now this version.
+    Default { version: String },
+    /// The registry's default is a version not held yet; it becomes the default once loaded.
+    DefaultPending { version: String },
+    /// Older than what the set holds.
+    Stale,
+}
+
+/// A registry record the set refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The artifact failed its checksum, its schema check or ONNX Runtime: the version is
+    /// not held, and stores naming it keep falling back (counted).
+    #[error("model {version} not loaded: {source}")]
+    Load { version: String, source: ModelError },
+    /// The registry archived the version this cell uses as its default; it stays until
+    /// the registry names another default.
+    #[error("model {0} is archived but is this cell's default; keeping it until the default changes")]
+    ArchivedDefault(String),
+}
+
 impl ModelSet {
     /// `default`, and every bundled model (each checked at load like any artifact).
-    pub fn with_bundled(env: &Environment, default: Model) -> Result<Self, ModelError> {
+    pub fn with_bundled(env: &'static Environment, default: Model) -> Result<Self, ModelError> {
         let default = Arc::new(default);
         let mut by_version = HashMap::new();
         for b in bundled::MODELS {
@@ -45,32 +104,44 @@ impl ModelSet {
             } else {
                 Arc::new(Model::load(env, b.version, b.onnx, b.sha256)?)
             };
-            by_version.insert(b.version.to_owned(), model);
+            by_version.insert(b.version.to_owned(), Held { model, sha256: b.sha256.to_owned(), revision: 0 });
         }
-        by_version.insert(default.version().to_owned(), default.clone());
-        Ok(Self { default, by_version })
+        by_version.entry(default.version().to_owned()).or_insert_with(|| Held {
+            model: default.clone(),
+            sha256: String::new(),
+            revision: 0,
+        });
+        let snapshot = Snapshot { default, by_version, default_revision: 0, pending_default: None };
+        Ok(Self { env, current: RwLock::new(Arc::new(snapshot)) })
     }
 
-    pub fn default_model(&self) -> &Arc<Model> {
-        &self.default
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn replace(&self, next: Snapshot) {
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
+    }
+
+    pub fn default_model(&self) -> Arc<Model> {
+        self.snapshot().default.clone()
     }
 
     /// The versions held, sorted.
-    pub fn versions(&self) -> Vec<&str> {
-        let mut v: Vec<&str> = self.by_version.keys().map(String::as_str).collect();
+    pub fn versions(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.snapshot().by_version.keys().cloned().collect();
         v.sort_unstable();
         v
     }
 
+    /// Every model held.
+    pub fn models(&self) -> Vec<Arc<Model>> {
+        self.snapshot().by_version.values().map(|h| h.model.clone()).collect()
+    }
+
     /// The model for a tenant that names `version` (`None`: the default).
     pub fn choose(&self, version: Option<&str>) -> Chosen {
-        match version {
-            None => Chosen { model: self.default.clone(), fell_back: false },
-            Some(v) => match self.by_version.get(v) {
-                Some(model) => Chosen { model: model.clone(), fell_back: false },
-                None => Chosen { model: self.default.clone(), fell_back: true },
-            },
-        }
+        choose(&self.snapshot(), version)
     }
 
     /// The models for `shopper`'s event: the tenant's own model (`assigned`, else the
@@ -83,10 +154,11 @@ impl ModelSet {
         assigned: Option<&str>,
         rollout: Option<&ModelRollout>,
     ) -> Routing {
-        let production = self.choose(assigned);
+        let snapshot = self.snapshot();
+        let production = choose(&snapshot, assigned);
         let mut routing = Routing { acting: production.model, shadow: None, fell_back: production.fell_back };
         let Some(rollout) = rollout else { return routing };
-        let Some(candidate) = self.by_version.get(&rollout.candidate) else {
+        let Some(candidate) = snapshot.by_version.get(&rollout.candidate).map(|h| &h.model) else {
             routing.fell_back = true;
             return routing;
         };
@@ -103,5 +175,93 @@ impl ModelSet {
             }
         }
         routing
+    }
+
+    /// Applies a registry record for `version`: `artifact` `None` (archived) drops it,
+    /// otherwise a version not held is loaded (checksum, schema and all, as at start). Loading
+    /// builds an ONNX Runtime session: call from a blocking context.
+    pub fn apply_version(
+        &self,
+        version: &str,
+        sha256: &str,
+        artifact: Option<&[u8]>,
+        revision: u64,
+    ) -> Result<Change, ApplyError> {
+        let snapshot = self.snapshot();
+        if let Some(held) = snapshot.by_version.get(version)
+            && held.revision >= revision
+            && held.revision > 0
+        {
+            return Ok(Change::Stale);
+        }
+        let Some(artifact) = artifact else {
+            if !snapshot.by_version.contains_key(version) {
+                return Ok(Change::Unchanged);
+            }
+            if snapshot.default.version() == version {
+                return Err(ApplyError::ArchivedDefault(version.to_owned()));
+            }
+            let mut next = (*snapshot).clone();
+            next.by_version.remove(version);
+            self.replace(next);
+            return Ok(Change::Dropped { version: version.to_owned() });
+        };
+        if let Some(held) = snapshot.by_version.get(version)
+            && held.sha256 == sha256
+        {
+            let mut next = (*snapshot).clone();
+            if let Some(h) = next.by_version.get_mut(version) {
+                h.revision = revision;
+            }
+            self.replace(next);
+            return Ok(Change::Unchanged);
+        }
+        // Load outside the lock: a session takes milliseconds to build.
+        let model = Model::load(self.env, version, artifact, sha256)
+            .map_err(|source| ApplyError::Load { version: version.to_owned(), source })?;
+        let mut guard = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        let mut next = (**guard).clone();
+        let model = Arc::new(model);
+        next.by_version.insert(version.to_owned(), Held { model: model.clone(), sha256: sha256.to_owned(), revision });
+        let default = next.pending_default.as_deref() == Some(version);
+        if default {
+            next.default = model;
+            next.pending_default = None;
+        }
+        *guard = Arc::new(next);
+        Ok(Change::Loaded { version: version.to_owned(), default })
+    }
+
+    /// Applies the registry's default-model record.
+    pub fn apply_default(&self, version: &str, revision: u64) -> Change {
+        let mut guard = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        if revision <= guard.default_revision {
+            return Change::Stale;
+        }
+        let mut next = (**guard).clone();
+        next.default_revision = revision;
+        let change = match next.by_version.get(version) {
+            Some(held) => {
+                next.default = held.model.clone();
+                next.pending_default = None;
+                Change::Default { version: version.to_owned() }
+            }
+            None => {
+                next.pending_default = Some(version.to_owned());
+                Change::DefaultPending { version: version.to_owned() }
+            }
+        };
+        *guard = Arc::new(next);
+        change
+    }
+}
+
+fn choose(snapshot: &Snapshot, version: Option<&str>) -> Chosen {
+    match version {
+        None => Chosen { model: snapshot.default.clone(), fell_back: false },
+        Some(v) => match snapshot.by_version.get(v) {
+            Some(held) => Chosen { model: held.model.clone(), fell_back: false },
+            None => Chosen { model: snapshot.default.clone(), fell_back: true },
+        },
     }
 }

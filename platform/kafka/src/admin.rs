@@ -27,10 +27,13 @@ pub async fn ensure_topics(config: &KafkaConfig, topics: &[Topic]) -> Result<()>
             reason: "not in the topic catalogue (deploy/kafka/topics.toml)".into(),
         })?;
         let partitions = if config.partitions_override > 0 { config.partitions_override } else { spec.partitions };
-        let settings = vec![
+        let mut settings = vec![
             ("cleanup.policy", spec.cleanup.as_str().to_owned()),
             ("retention.ms", spec.retention_ms().to_string()),
         ];
+        if let Some(max) = spec.max_message_bytes {
+            settings.push(("max.message.bytes", max.to_string()));
+        }
         specs.push((names.name(t), partitions, settings));
     }
     let new_topics: Vec<NewTopic<'_>> = specs

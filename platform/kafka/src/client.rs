@@ -41,6 +41,8 @@ pub fn producer_with<C: ClientContext + 'static>(
         .set("linger.ms", config.linger_ms.to_string())
         .set("message.timeout.ms", config.message_timeout_ms.to_string())
         .set("request.timeout.ms", config.request_timeout_ms.to_string())
+        // Model artifacts travel in `control.models.v1` records (the topic takes 9 MiB).
+        .set("message.max.bytes", "10485760")
         .create_with_context(context)?;
     Ok(producer)
 }

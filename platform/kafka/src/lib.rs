@@ -10,12 +10,14 @@
 //! - [`admin`]: creating the platform's topics at start, idempotently.
 //! - [`stage`]: at-least-once processing stages with retries and a dead-letter queue.
 //! - [`dlq`]: replaying dead-lettered records to where they came from.
+//! - [`follow`]: reading a compacted topic from its beginning and following it.
 //! - [`headers`]: writing and reading schema and trace headers.
 
 pub mod admin;
 pub mod client;
 pub mod config;
 pub mod dlq;
+pub mod follow;
 pub mod headers;
 pub mod shared;
 pub mod stage;

@@ -14,6 +14,7 @@ use nudge_control_plane::lifecycle::{self, LifecycleError};
 use nudge_control_plane::{
     dedicated::{self, MoveError},
     plans::{self, ModelError, PlanError, RolloutError},
+    registry,
 };
 use nudge_platform_http::{ApiError, ErrorBody, current_trace};
 use nudge_tenants::{Actor, TenantId, TenantState};
@@ -250,8 +251,9 @@ async fn set_plan(
     }))
 }
 
-/// Choose the model a store's events are scored with: a version the cells ship, or `null`
-/// for the cells' default. Its cell scores with it within seconds; predictions name it.
+/// Choose the model a store's events are scored with: a registered version in stage
+/// `production`, or `null` for the registry's default. Its cell scores with it within
+/// seconds; predictions name it.
 #[utoipa::path(post, path = "/v1/admin/tenants/{tenant_id}/model", tag = "admin",
     params(("tenant_id" = String, Path, description = "`tnt_…`")),
     request_body = ModelRequest,
@@ -261,7 +263,7 @@ async fn set_plan(
         (status = 400, description = "`malformed_json`", body = ErrorBody),
         (status = 401, description = "`invalid_operator_token`", body = ErrorBody),
         (status = 404, description = "`not_found`", body = ErrorBody),
-        (status = 422, description = "`unknown_model`: no cell ships that version (details list those that do)", body = ErrorBody),
+        (status = 422, description = "`unknown_model`: the registry has no such version; `model_not_production`: it is not in stage production", body = ErrorBody),
     ))]
 #[tracing::instrument(skip_all, fields(tenant_id = %tenant_id))]
 async fn set_model(
@@ -276,24 +278,27 @@ async fn set_model(
     let trace = current_trace().map(|t| t.to_header());
     plans::set_model(&state.router, &state.topics, tenant, model, trace).await.map_err(|e| match e {
         ModelError::NotFound => ApiError::not_found(),
-        ModelError::UnknownModel(m) => ApiError::unprocessable("unknown_model", format!("no cell ships model `{m}`"))
-            .with_details(json!({ "models": nudge_contracts::models::BUNDLED_MODELS })),
+        e @ ModelError::UnknownModel(_) => ApiError::unprocessable("unknown_model", e.to_string()),
+        e @ ModelError::NotProduction { .. } => ApiError::unprocessable("model_not_production", e.to_string()),
         ModelError::Db(db) => db_error(db),
     })?;
     state.wake_outbox();
     tracing::info!(tenant_id = %tenant, model = model.unwrap_or("default"), operator = %operator.0, "model assigned");
+    let effective = match model {
+        Some(m) => m.to_owned(),
+        None => registry::default_version(state.router.registry()).await.map_err(db_error)?,
+    };
     Ok(Json(ModelResponse {
         tenant_id: tenant.to_string(),
         model_version: request.model_version.clone(),
-        effective_model_version: model.unwrap_or(nudge_contracts::models::DEFAULT_MODEL).to_owned(),
+        effective_model_version: effective,
     }))
 }
 
 fn rollout_error(e: RolloutError) -> ApiError {
     match e {
         RolloutError::NotFound => ApiError::not_found(),
-        RolloutError::Invalid(m) => ApiError::unprocessable("invalid_rollout", m)
-            .with_details(json!({ "models": nudge_contracts::models::BUNDLED_MODELS })),
+        RolloutError::Invalid(m) => ApiError::unprocessable("invalid_rollout", m),
         RolloutError::NoRollout => {
             ApiError::new(StatusCode::CONFLICT, "no_rollout", "the store has no rollout to promote")
         }
@@ -336,7 +341,10 @@ async fn start_rollout(
     let rollout =
         ModelRollout { candidate: request.candidate_model_version.clone(), mode, canary_basis_points: basis_points };
     let trace = current_trace().map(|t| t.to_header());
-    plans::set_rollout(&state.router, &state.topics, tenant, Some(&rollout), trace).await.map_err(rollout_error)?;
+    let actor = Actor::Operator(operator.0.clone()).to_string();
+    plans::set_rollout(&state.router, &state.topics, tenant, Some(&rollout), &actor, trace)
+        .await
+        .map_err(rollout_error)?;
     state.wake_outbox();
     tracing::info!(tenant_id = %tenant, candidate = %rollout.candidate, mode = %request.mode, basis_points, operator = %operator.0, "rollout started");
     Ok(Json(RolloutResponse {
@@ -365,7 +373,8 @@ async fn end_rollout(
 ) -> Result<StatusCode, ApiError> {
     let tenant = parse_tenant(&tenant_id)?;
     let trace = current_trace().map(|t| t.to_header());
-    plans::set_rollout(&state.router, &state.topics, tenant, None, trace).await.map_err(rollout_error)?;
+    let actor = Actor::Operator(operator.0.clone()).to_string();
+    plans::set_rollout(&state.router, &state.topics, tenant, None, &actor, trace).await.map_err(rollout_error)?;
     state.wake_outbox();
     tracing::info!(tenant_id = %tenant, operator = %operator.0, "rollout ended");
     Ok(StatusCode::NO_CONTENT)
@@ -390,7 +399,9 @@ async fn promote_rollout(
 ) -> Result<Json<ModelResponse>, ApiError> {
     let tenant = parse_tenant(&tenant_id)?;
     let trace = current_trace().map(|t| t.to_header());
-    let promoted = plans::promote_rollout(&state.router, &state.topics, tenant, trace).await.map_err(rollout_error)?;
+    let actor = Actor::Operator(operator.0.clone()).to_string();
+    let promoted =
+        plans::promote_rollout(&state.router, &state.topics, tenant, &actor, trace).await.map_err(rollout_error)?;
     state.wake_outbox();
     tracing::info!(tenant_id = %tenant, model = %promoted, operator = %operator.0, "rollout promoted");
     Ok(Json(ModelResponse {

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod error;
 pub mod merchant;
+pub mod models;
 pub mod sessions;
 pub mod store;
 pub mod tenants;
@@ -17,4 +18,5 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(sessions::router())
         .merge(store::router())
         .merge(admin::router())
+        .merge(models::router())
 }
