@@ -123,3 +123,55 @@ async fn a_store_reads_its_shoppers_features_and_nobody_elses() -> anyhow::Resul
 
     platform.shutdown().await
 }
+
+async fn metric(platform: &Platform, name: &str) -> anyhow::Result<f64> {
+    let text = platform.http.get(format!("{}/metrics", platform.cell_url)).send().await?.text().await?;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0))
+}
+
+#[tokio::test]
+async fn a_feature_whose_stored_field_is_missing_takes_its_default_and_is_counted() -> anyhow::Result<()> {
+    let platform = Platform::start().await?;
+    let owner = format!("owner-{}@example.com", unique_suffix());
+    let store = platform.sign_up_as("Missing", &[ORIGIN], &owner).await?;
+    platform.wait_for_key(&store.publishable_key, ORIGIN).await?;
+    let reader = platform.create_secret_key(&owner, &store.tenant_id, &["features:read"]).await?;
+
+    let shopper = format!("shp_{}", unique_suffix());
+    let (browsing, exit) = common::abandoning_session(&shopper);
+    let r = platform.post_events(&store.publishable_key, Some(ORIGIN), &browsing).await?;
+    anyhow::ensure!(r.status() == 202, "{}", r.text().await?);
+    let browsed = browsing["events"].as_array().map_or(0, Vec::len) as u64;
+    platform.wait_processed(browsed).await?;
+    assert_eq!(metric(&platform, "nudge_cell_pipeline_features_defaulted_total").await?, 0.0);
+
+    // The stored session loses a field (as a session written by an older layout would).
+    let mut redis = redis::Client::open(platform.redis_url.as_str())?.get_multiplexed_async_connection().await?;
+    let key = format!("{}t:{}:session:{shopper}", platform.redis_prefix, store.tenant_id);
+    let removed: i64 = redis::cmd("HDEL").arg(&key).arg("cart_value_minor").query_async(&mut redis).await?;
+    assert_eq!(removed, 1, "the session is stored under {key}");
+
+    // Read: the declared default, not a guess.
+    let mut value = None;
+    for _ in 0..100 {
+        let (status, body) = get(&platform, &reader, &shopper).await?;
+        if status == 200 {
+            value = body["features"]["cart_value"].as_f64();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(value, Some(0.0), "cart_value takes its declared default");
+
+    // Scoring the next events counts each defaulted feature once per event.
+    let r = platform.post_events(&store.publishable_key, Some(ORIGIN), &exit).await?;
+    anyhow::ensure!(r.status() == 202, "{}", r.text().await?);
+    platform.wait_processed(browsed + exit["events"].as_array().map_or(0, Vec::len) as u64).await?;
+    assert!(metric(&platform, "nudge_cell_pipeline_features_defaulted_total").await? >= 1.0);
+
+    platform.shutdown().await
+}

@@ -59,6 +59,7 @@ pub struct PipelineMetrics {
     idle_carts: Counter,
     idle_stale: Counter,
     model_fallbacks: Counter,
+    features_defaulted: Counter,
     shadow_scores: Counter,
     scores: Histogram,
 }
@@ -73,6 +74,7 @@ impl PipelineMetrics {
             idle_carts: Counter::default(),
             idle_stale: Counter::default(),
             model_fallbacks: Counter::default(),
+            features_defaulted: Counter::default(),
             shadow_scores: Counter::default(),
             scores: Histogram::new([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]),
         };
@@ -91,6 +93,11 @@ impl PipelineMetrics {
             "pipeline_model_fallbacks",
             "Events of tenants assigned a model this cell does not hold, scored with the default",
             m.model_fallbacks.clone(),
+        );
+        r.register(
+            "pipeline_features_defaulted",
+            "Features scored at their declared default because the stored session lacked a field they come from",
+            m.features_defaulted.clone(),
         );
         r.register(
             "pipeline_shadow_scores",
@@ -175,6 +182,11 @@ impl Pipeline {
             return Ok(());
         }
         let features = session.apply(event);
+        let defaulted = session.defaulted();
+        if defaulted > 0 {
+            self.metrics.features_defaulted.inc_by(defaulted as u64);
+            tracing::warn!(tenant_id = %key.tenant, defaulted, "a stored session lacked fields; their features took their declared defaults");
+        }
         let tenant = self.directory.by_tenant(key.tenant);
         let assigned = tenant.as_ref().and_then(|t| t.model_version.as_deref());
         let rollout = tenant.as_ref().and_then(|t| t.rollout.as_ref());

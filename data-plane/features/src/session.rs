@@ -2,7 +2,7 @@
 
 use nudge_contracts::proto::events::v1::{Event, event::Payload};
 
-use crate::FeatureVector;
+use crate::{FeatureVector, N_FEATURES, definitions::CART_SESSION};
 
 /// Inactivity after which the next event starts a new session.
 pub const SESSION_GAP_MS: i64 = 30 * 60 * 1000;
@@ -23,7 +23,40 @@ pub struct SessionState {
     pub purchased: bool,
     /// When the last intervention was sent to this shopper (0 = never).
     pub last_intervention_ms: i64,
+    /// Stored fields that were absent from a stored session ([`stored`] bits): the features
+    /// computed from them take their declared defaults instead.
+    pub missing: u16,
 }
+
+/// The fields of a stored session, as bits of [`SessionState::missing`].
+pub mod stored {
+    pub const FIRST_SEEN: u16 = 1 << 0;
+    pub const LAST_SEEN: u16 = 1 << 1;
+    pub const CART_VALUE: u16 = 1 << 2;
+    pub const CART_ITEMS: u16 = 1 << 3;
+    pub const PAGE_VIEWS: u16 = 1 << 4;
+    pub const PRODUCT_VIEWS: u16 = 1 << 5;
+    pub const CART_ADDS: u16 = 1 << 6;
+    pub const CART_REMOVES: u16 = 1 << 7;
+    pub const CHECKOUT_STARTED: u16 = 1 << 8;
+    pub const EXIT_INTENTS: u16 = 1 << 9;
+    pub const PURCHASED: u16 = 1 << 10;
+    pub const LAST_INTERVENTION: u16 = 1 << 11;
+}
+
+/// The stored fields each feature (in input order) is computed from.
+const SOURCES: [u16; N_FEATURES] = [
+    stored::CART_VALUE,
+    stored::CART_ITEMS,
+    stored::PAGE_VIEWS,
+    stored::PRODUCT_VIEWS,
+    stored::CART_ADDS,
+    stored::CART_REMOVES,
+    stored::CHECKOUT_STARTED,
+    stored::FIRST_SEEN | stored::LAST_SEEN,
+    stored::LAST_SEEN,
+    stored::EXIT_INTENTS,
+];
 
 impl SessionState {
     pub fn is_new(&self) -> bool {
@@ -42,10 +75,13 @@ impl SessionState {
             // A new visit: the cart persists in the store, the visit's behaviour does not.
             let (cart_value, cart_items) = (self.cart_value_minor, self.cart_items);
             let last_intervention = self.last_intervention_ms;
+            // What is still unknown is what carried over; the visit's counts start at zero.
+            let missing = self.missing & (stored::CART_VALUE | stored::CART_ITEMS | stored::LAST_INTERVENTION);
             *self = Self {
                 cart_value_minor: cart_value,
                 cart_items,
                 last_intervention_ms: last_intervention,
+                missing,
                 ..Self::default()
             };
         }
@@ -106,7 +142,25 @@ impl SessionState {
         self.vector(now, now.saturating_sub(self.last_seen_ms))
     }
 
+    /// How many features take their declared default because a stored field they come
+    /// from was absent.
+    pub fn defaulted(&self) -> usize {
+        SOURCES.iter().filter(|&&fields| self.missing & fields != 0).count()
+    }
+
     fn vector(&self, at: i64, since_last_ms: i64) -> FeatureVector {
+        let mut v = self.computed(at, since_last_ms);
+        if self.missing != 0 {
+            for (i, &fields) in SOURCES.iter().enumerate() {
+                if self.missing & fields != 0 {
+                    v[i] = CART_SESSION.features[i].default;
+                }
+            }
+        }
+        v
+    }
+
+    fn computed(&self, at: i64, since_last_ms: i64) -> FeatureVector {
         [
             self.cart_value_minor as f32 / 100.0,
             self.cart_items as f32,
@@ -128,6 +182,28 @@ mod tests {
     use nudge_contracts::proto::events::v1::{CartChange, ExitIntent, PageView, Purchase};
 
     use super::*;
+
+    #[test]
+    fn features_from_missing_fields_take_their_declared_defaults() {
+        let mut s = SessionState::default();
+        s.apply(&ev(0, Payload::PageView(PageView::default())));
+        s.apply(&ev(5, Payload::AddToCart(CartChange { quantity: 2, price_minor: 1000, ..Default::default() })));
+        assert_eq!(s.defaulted(), 0);
+        let whole = s.features_at(10_000);
+
+        s.missing = stored::CART_VALUE | stored::FIRST_SEEN;
+        assert_eq!(s.defaulted(), 2, "cart_value and session_seconds");
+        let f = s.features_at(10_000);
+        for (i, def) in CART_SESSION.features.iter().enumerate() {
+            let expected =
+                if def.name == "cart_value" || def.name == "session_seconds" { def.default } else { whole[i] };
+            assert_eq!(f[i], expected, "{}", def.name);
+        }
+        // A new visit starts the visit's counts afresh; what carried over stays unknown.
+        let f = s.apply(&ev(5 + 31 * 60, Payload::PageView(PageView::default())));
+        assert_eq!(s.missing, stored::CART_VALUE);
+        assert_eq!((f[0], f[2]), (CART_SESSION.features[0].default, 1.0));
+    }
 
     fn ev(at_s: i64, payload: Payload) -> Event {
         Event { occurred_at_ms: 1_800_000_000_000 + at_s * 1000, payload: Some(payload), ..Default::default() }

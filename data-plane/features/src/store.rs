@@ -45,6 +45,7 @@ pub struct SessionStore {
     commit: Script,
 }
 
+/// The stored fields, in the order of [`crate::session::stored`]'s bits.
 const FIELDS: [&str; 12] = [
     "first_seen_ms",
     "last_seen_ms",
@@ -153,7 +154,16 @@ impl SessionStore {
 /// A session from its `HMGET` of [`FIELDS`]; absent fields are zero (a new session).
 fn session_from(values: &[Option<i64>]) -> SessionState {
     let v = |i: usize| values.get(i).copied().flatten().unwrap_or(0);
+    // No field at all is a shopper without a session; some fields absent is a session
+    // written by something else (an older layout, a hand edit): those fields are unknown.
+    let exists = values.iter().any(Option::is_some);
+    let missing = if exists {
+        (0..FIELDS.len()).filter(|&i| values.get(i).copied().flatten().is_none()).fold(0u16, |m, i| m | (1 << i))
+    } else {
+        0
+    };
     SessionState {
+        missing,
         first_seen_ms: v(0),
         last_seen_ms: v(1),
         cart_value_minor: v(2),
@@ -280,4 +290,44 @@ impl SessionStore {
 /// The per-tenant count of events whose effects were applied (hash field `events`).
 pub fn effects_key(prefix: &str, key: &SessionKey) -> String {
     format!("{prefix}t:{}:effects", key.tenant)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::stored;
+
+    #[test]
+    fn absent_fields_of_a_stored_session_are_marked_missing() {
+        assert_eq!(session_from(&[None; 12]), SessionState::default(), "no session at all is a fresh one");
+        let mut values = [Some(7i64); 12];
+        assert_eq!(session_from(&values).missing, 0);
+        values[2] = None;
+        values[9] = None;
+        let s = session_from(&values);
+        assert_eq!(s.missing, stored::CART_VALUE | stored::EXIT_INTENTS);
+        assert_eq!((s.cart_value_minor, s.exit_intents, s.page_views), (0, 0, 7));
+        // Each bit names its field.
+        for (i, bit) in [
+            stored::FIRST_SEEN,
+            stored::LAST_SEEN,
+            stored::CART_VALUE,
+            stored::CART_ITEMS,
+            stored::PAGE_VIEWS,
+            stored::PRODUCT_VIEWS,
+            stored::CART_ADDS,
+            stored::CART_REMOVES,
+            stored::CHECKOUT_STARTED,
+            stored::EXIT_INTENTS,
+            stored::PURCHASED,
+            stored::LAST_INTERVENTION,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut values = [Some(1i64); 12];
+            values[i] = None;
+            assert_eq!(session_from(&values).missing, bit, "{}", FIELDS[i]);
+        }
+    }
 }
