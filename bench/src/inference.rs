@@ -100,7 +100,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let Peer { measured: peer, onnxruntime } = python_peer(&python, &args, &dir).await?;
         peer_version = onnxruntime;
         let v = &golden.model_version;
-        lines.push(table_row(v, "nudge (Rust, ort)", &ours));
+        lines.push(table_row(v, &format!("nudge (Rust, {})", model.engine()), &ours));
+        if model.engine() != "onnxruntime" {
+            // What the cells' model replaces, for the same artifact.
+            let session = Model::load_onnxruntime(env, v, &bytes, &sha)?;
+            lines.push(table_row(v, "nudge (Rust, onnxruntime session)", &measure(&session, &rows, &args)?));
+        }
         lines.push(table_row(v, "Python onnxruntime", &peer));
         ratios.push(format!(
             "- {v}: batched rows/s Rust / Python {:.0} %, single-row p50 Python / Rust {:.0} %",

@@ -215,3 +215,45 @@ fn sha256(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
 }
+
+#[test]
+fn the_trees_are_compiled_and_score_as_onnx_runtime_does() {
+    use nudge_data_plane_inference::trees::CompiledTrees;
+
+    let env = init_runtime(None).expect("runtime");
+    let trees = CompiledTrees::compile(GBDT.onnx).expect("the trees compile");
+    assert_eq!(trees.trees(), 100);
+    let err = CompiledTrees::compile(LOGISTIC.onnx).unwrap_err();
+    assert!(err.contains("the first node is Scaler"), "{err}");
+    assert!(CompiledTrees::compile(b"not a model").is_err());
+
+    let compiled = GBDT.model();
+    assert_eq!(compiled.engine(), "compiled trees");
+    assert_eq!(LOGISTIC.model().engine(), "onnxruntime");
+    let reference =
+        Model::load_onnxruntime(env, "cart_abandonment_gbdt@1", GBDT.onnx, GBDT.card_sha256()).expect("loads");
+    assert_eq!(reference.engine(), "onnxruntime");
+    let rows: Vec<FeatureVector> = GBDT
+        .golden()
+        .rows
+        .iter()
+        .map(|r| {
+            let mut v = [0f32; N_FEATURES];
+            v.copy_from_slice(&r.features);
+            v
+        })
+        .collect();
+    // NaN and infinities in any feature go where ONNX Runtime sends them.
+    let mut rows = rows;
+    for i in 0..N_FEATURES {
+        for odd in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut row = rows[i];
+            row[i] = odd;
+            rows.push(row);
+        }
+    }
+    let (a, b) = (compiled.score(&rows).unwrap(), reference.score(&rows).unwrap());
+    for ((x, y), row) in a.iter().zip(&b).zip(&rows) {
+        assert!((x - y).abs() <= 1e-6, "{row:?}: compiled {x} vs onnxruntime {y}");
+    }
+}
