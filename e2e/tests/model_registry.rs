@@ -10,6 +10,7 @@ use std::{collections::HashMap, time::Duration};
 use nudge_contracts::{
     Topic,
     proto::{features::v1::FeatureSnapshot, predictions::v1::Prediction},
+    push::PushMessage,
 };
 use nudge_data_plane_inference::{Model, bundled, init_runtime};
 use nudge_test_support::{OPERATOR_TOKEN, Platform, unique_suffix};
@@ -187,6 +188,20 @@ async fn read_all<M: prost::Message + Default>(
     Ok(out)
 }
 
+/// Plays the golden session for a new shopper and returns the model its intervention names.
+async fn reminder(platform: &Platform, key: &str) -> anyhow::Result<String> {
+    let shopper = format!("shp_{}", unique_suffix());
+    let mut socket = platform.connect_shopper(key, ORIGIN, &shopper).await?;
+    let (browsing, exit) = abandoning_session(&shopper);
+    for batch in [&browsing, &exit] {
+        let r = platform.post_events(key, Some(ORIGIN), batch).await?;
+        anyhow::ensure!(r.status() == 202, "{}", r.text().await?);
+    }
+    let message = socket.next_message(Duration::from_secs(30)).await?.expect("an intervention arrives");
+    let PushMessage::Intervention(iv) = message else { anyhow::bail!("expected an intervention, got {message:?}") };
+    Ok(iv.model_version)
+}
+
 async fn metric(platform: &Platform, name: &str) -> anyhow::Result<f64> {
     let text = platform.http.get(format!("{}/metrics", platform.cell_url)).send().await?.text().await?;
     Ok(text
@@ -241,19 +256,28 @@ async fn an_uploaded_model_is_promoted_and_swapped_in_under_continuous_scoring()
     };
     let (status, body) = assign(json!(version)).await?;
     assert_eq!((status, error_code(&body)), (422, Some("model_not_production")), "{body}");
-    let (status, body) = stage(&platform, &version, "production").await?;
-    assert_eq!((status, body["stage"].as_str()), (200, Some("production")), "{body}");
-    let (status, body) = stage(&platform, &version, "canary").await?;
-    assert_eq!((status, error_code(&body)), (409, Some("invalid_stage_change")), "{body}");
 
-    // Shoppers stream in while the store moves to the uploaded model.
+    // A canary rollout (at 0 %: production still acts for everyone) makes it a canary.
+    let rollout_url = format!("{}/v1/admin/tenants/{tenant}/rollout", platform.control_plane_url);
+    let canary = json!({"candidate_model_version": version, "mode": "canary", "canary_percent": 0});
+    let r = platform.http.post(&rollout_url).bearer_auth(OPERATOR_TOKEN).json(&canary).send().await?;
+    assert_eq!(r.status(), 200, "{}", r.text().await?);
+    let (_, model) = admin(&platform, reqwest::Method::GET, &format!("/v1/admin/models/{version}"), None).await?;
+    assert_eq!(model["stage"], "canary", "{model}");
+
+    // Shoppers stream in while the rollout is promoted: the uploaded model becomes the
+    // store's model, and production in the registry.
     let stop = tokio_util::sync::CancellationToken::new();
     let switcher = {
-        let (stop, version) = (stop.clone(), version.clone());
+        let (stop, http, promote) = (
+            stop.clone(),
+            platform.http.clone(),
+            format!("{}/v1/admin/tenants/{tenant}/rollout/promote", platform.control_plane_url),
+        );
         async move {
             tokio::time::sleep(Duration::from_millis(800)).await;
-            let (status, body) = assign(json!(version)).await?;
-            anyhow::ensure!(status == 200, "{body}");
+            let r = http.post(&promote).bearer_auth(OPERATOR_TOKEN).send().await?;
+            anyhow::ensure!(r.status() == 200, "{}", r.text().await?);
             stop.cancelled().await;
             anyhow::Ok(())
         }
@@ -267,6 +291,10 @@ async fn an_uploaded_model_is_promoted_and_swapped_in_under_continuous_scoring()
     let sent = sent?;
     switched?;
     platform.wait_processed(sent as u64).await?;
+    let (_, model) = admin(&platform, reqwest::Method::GET, &format!("/v1/admin/models/{version}"), None).await?;
+    assert_eq!(model["stage"], "production", "{model}");
+    let (status, body) = stage(&platform, &version, "canary").await?;
+    assert_eq!((status, error_code(&body)), (409, Some("invalid_stage_change")), "{body}");
 
     // Every event scored, none failed; each prediction names the model whose score it
     // carries, and the uploaded one took over.
@@ -302,12 +330,22 @@ async fn an_uploaded_model_is_promoted_and_swapped_in_under_continuous_scoring()
     let (status, body) = stage(&platform, LR, "archived").await?;
     assert_eq!((status, error_code(&body)), (409, Some("model_is_default")), "{body}");
 
-    // The default follows the registry: the uploaded model becomes every store's default.
+    // The default follows the registry: the uploaded model becomes every store's default,
+    // and a store without a model of its own is scored with it.
     let (status, body) =
         admin(&platform, reqwest::Method::PUT, "/v1/admin/models/default", Some(json!({ "version": version }))).await?;
     assert_eq!(status, 200, "{body}");
     let (status, body) = assign(Value::Null).await?;
     assert_eq!((status, body["effective_model_version"].as_str()), (200, Some(version.as_str())), "{body}");
+    let mut by_default = false;
+    for _ in 0..25 {
+        if reminder(&platform, &store.publishable_key).await? == version {
+            by_default = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(by_default, "the cell follows the registry's default");
     let (status, body) =
         admin(&platform, reqwest::Method::PUT, "/v1/admin/models/default", Some(json!({ "version": LR }))).await?;
     assert_eq!(status, 200, "{body}");
@@ -322,7 +360,7 @@ async fn an_uploaded_model_is_promoted_and_swapped_in_under_continuous_scoring()
     assert_eq!(status, 200);
     let stages: Vec<&str> =
         history["events"].as_array().unwrap().iter().filter_map(|e| e["to_stage"].as_str()).collect();
-    assert_eq!(stages, ["candidate", "production", "archived"], "{history}");
+    assert_eq!(stages, ["candidate", "canary", "production", "archived"], "{history}");
     assert!(history["events"][1]["actor"].as_str().unwrap_or_default().starts_with("operator:"), "{history}");
     let (status, _) = admin(&platform, reqwest::Method::GET, "/v1/admin/models/nothing@1", None).await?;
     assert_eq!(status, 404);

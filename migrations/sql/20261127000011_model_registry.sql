@@ -60,12 +60,20 @@ GRANT SELECT, INSERT, UPDATE ON model_default TO nudge_app;
 
 -- How many stores (not deleted) in this database are scored with a version or roll it
 -- out, so the registry refuses to archive a model in use. Reads across tenants, so it runs
--- with its owner's rights and answers only a count.
+-- with its owner's rights and answers only a count. `tenants` forces row-level security,
+-- which binds its owner too unless the owner bypasses it: an owner that cannot see every
+-- row would count zero and let a model in use be archived, so the function refuses to
+-- answer then.
 CREATE FUNCTION nudge_model_users(v text) RETURNS bigint
-    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public
+    LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = public, pg_temp
     AS $$
-        SELECT count(*) FROM tenants
-        WHERE state <> 'deleted' AND (model_version = v OR model_rollout ->> 'candidate' = v)
-    $$;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = current_user AND (rolsuper OR rolbypassrls)) THEN
+        RAISE EXCEPTION 'nudge_model_users: its owner % does not bypass row-level security', current_user;
+    END IF;
+    RETURN (SELECT count(*) FROM tenants
+            WHERE state <> 'deleted' AND (model_version = v OR model_rollout ->> 'candidate' = v));
+END
+$$;
 REVOKE ALL ON FUNCTION nudge_model_users(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION nudge_model_users(text) TO nudge_app;

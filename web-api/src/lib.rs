@@ -167,7 +167,8 @@ async fn bootstrap(
     loop {
         let attempt = async {
             register_shared_cell(&db, &config.placement).await?;
-            nudge_control_plane::registry::register_bundled(&db, &config.kafka.topics()).await?;
+            // Topics first: a record published to a topic that does not exist yet would
+            // create it with the broker's defaults (not compacted, small records).
             nudge_platform_kafka::ensure_topics(
                 &config.kafka,
                 &[
@@ -178,6 +179,7 @@ async fn bootstrap(
                 ],
             )
             .await?;
+            nudge_control_plane::registry::register_bundled(&db, &config.kafka.topics()).await?;
             if sessions.get().is_none() {
                 let timeout = Duration::from_millis(config.redis.response_timeout_ms);
                 let client = redis::Client::open(config.redis.url.expose_secret())?;

@@ -164,7 +164,9 @@ fn session_from(values: &[Option<i64>]) -> SessionState {
     };
     SessionState {
         missing,
-        first_seen_ms: v(0),
+        // A visit without its start still began by its last event: the session is not new
+        // (its clock and the new-visit gap still work); `session_seconds` takes its default.
+        first_seen_ms: if values.first().copied().flatten().is_none() { v(1) } else { v(0) },
         last_seen_ms: v(1),
         cart_value_minor: v(2),
         cart_items: v(3),

@@ -119,10 +119,6 @@ impl ModelSet {
         self.current.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
-    fn replace(&self, next: Snapshot) {
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
-    }
-
     pub fn default_model(&self) -> Arc<Model> {
         self.snapshot().default.clone()
     }
@@ -187,49 +183,56 @@ impl ModelSet {
         artifact: Option<&[u8]>,
         revision: u64,
     ) -> Result<Change, ApplyError> {
-        let snapshot = self.snapshot();
-        if let Some(held) = snapshot.by_version.get(version)
-            && held.revision >= revision
-            && held.revision > 0
+        // Load outside the lock (a session takes milliseconds to build), only when the
+        // version is new or its bytes changed; everything else is decided under the lock.
+        let needs_load = artifact.is_some()
+            && self.snapshot().by_version.get(version).is_none_or(|h| h.sha256 != sha256 && !stale(h, revision));
+        let loaded = match (needs_load, artifact) {
+            (true, Some(bytes)) => Some(Arc::new(
+                Model::load(self.env, version, bytes, sha256)
+                    .map_err(|source| ApplyError::Load { version: version.to_owned(), source })?,
+            )),
+            _ => None,
+        };
+        let mut guard = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(held) = guard.by_version.get(version)
+            && stale(held, revision)
         {
             return Ok(Change::Stale);
         }
-        let Some(artifact) = artifact else {
-            if !snapshot.by_version.contains_key(version) {
-                return Ok(Change::Unchanged);
-            }
-            if snapshot.default.version() == version {
-                return Err(ApplyError::ArchivedDefault(version.to_owned()));
-            }
-            let mut next = (*snapshot).clone();
-            next.by_version.remove(version);
-            self.replace(next);
-            return Ok(Change::Dropped { version: version.to_owned() });
-        };
-        if let Some(held) = snapshot.by_version.get(version)
-            && held.sha256 == sha256
-        {
-            let mut next = (*snapshot).clone();
-            if let Some(h) = next.by_version.get_mut(version) {
-                h.revision = revision;
-            }
-            self.replace(next);
-            return Ok(Change::Unchanged);
-        }
-        // Load outside the lock: a session takes milliseconds to build.
-        let model = Model::load(self.env, version, artifact, sha256)
-            .map_err(|source| ApplyError::Load { version: version.to_owned(), source })?;
-        let mut guard = self.current.write().unwrap_or_else(PoisonError::into_inner);
         let mut next = (**guard).clone();
-        let model = Arc::new(model);
-        next.by_version.insert(version.to_owned(), Held { model: model.clone(), sha256: sha256.to_owned(), revision });
-        let default = next.pending_default.as_deref() == Some(version);
-        if default {
-            next.default = model;
-            next.pending_default = None;
-        }
+        let change = match (artifact, loaded) {
+            (None, _) => {
+                if !next.by_version.contains_key(version) {
+                    return Ok(Change::Unchanged);
+                }
+                if next.default.version() == version {
+                    return Err(ApplyError::ArchivedDefault(version.to_owned()));
+                }
+                next.by_version.remove(version);
+                Change::Dropped { version: version.to_owned() }
+            }
+            (Some(_), Some(model)) => {
+                next.by_version
+                    .insert(version.to_owned(), Held { model: model.clone(), sha256: sha256.to_owned(), revision });
+                let default = next.pending_default.as_deref() == Some(version) || next.default.version() == version;
+                if default {
+                    next.default = model;
+                    next.pending_default = None;
+                }
+                Change::Loaded { version: version.to_owned(), default }
+            }
+            (Some(_), None) => match next.by_version.get_mut(version) {
+                Some(held) if held.sha256 == sha256 => {
+                    held.revision = revision;
+                    Change::Unchanged
+                }
+                // Changed under us between the look and the lock: the next record settles it.
+                _ => return Ok(Change::Stale),
+            },
+        };
         *guard = Arc::new(next);
-        Ok(Change::Loaded { version: version.to_owned(), default })
+        Ok(change)
     }
 
     /// Applies the registry's default-model record.
@@ -254,6 +257,12 @@ impl ModelSet {
         *guard = Arc::new(next);
         change
     }
+}
+
+/// A record no newer than what is held (bundled and configured models have revision 0, so
+/// any registry record is newer).
+fn stale(held: &Held, revision: u64) -> bool {
+    held.revision > 0 && held.revision >= revision
 }
 
 fn choose(snapshot: &Snapshot, version: Option<&str>) -> Chosen {

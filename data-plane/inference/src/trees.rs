@@ -201,11 +201,15 @@ impl CompiledTrees {
         // Index every node by (tree, node id).
         let mut index = HashMap::with_capacity(n);
         let mut trees: Vec<i64> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for i in 0..n {
             if index.insert((tree_ids[i], node_ids[i]), i).is_some() {
                 return Err(format!("node {} of tree {} twice", node_ids[i], tree_ids[i]));
             }
-            if !trees.contains(&tree_ids[i]) {
+            if !values[i].is_finite() {
+                return Err(format!("node {} of tree {} has threshold {}", node_ids[i], tree_ids[i], values[i]));
+            }
+            if seen.insert(tree_ids[i]) {
                 trees.push(tree_ids[i]);
             }
         }
@@ -228,6 +232,12 @@ impl CompiledTrees {
         let depth = roots.iter().map(|&r| depth_of(&splits, r)).max().unwrap_or(0);
         if depth > MAX_DEPTH {
             return Err(format!("trees of depth {depth}; at most {MAX_DEPTH} are compiled"));
+        }
+        // Laid out complete, a few deep trees among many shallow ones would take far more
+        // room than the graph: such an ensemble stays with ONNX Runtime.
+        let slots = roots.len().saturating_mul(1usize << depth);
+        if slots > 4 * n + 4096 {
+            return Err(format!("{} trees of depth {depth} would need {slots} slots for {n} nodes", roots.len()));
         }
         let (inner, outer) = ((1usize << depth) - 1, 1usize << depth);
         let mut compiled = Self {

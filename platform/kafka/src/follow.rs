@@ -13,11 +13,12 @@ use tokio_util::sync::CancellationToken;
 use crate::KafkaConfig;
 
 /// What a follower does with each record.
-pub trait Follower: Send + Sync {
+pub trait Follower: Send + Sync + 'static {
     /// What the logs call the topic's contents ("tenant", "model").
     fn what(&self) -> &'static str;
-    /// Applies one record (`payload` `None`: a tombstone). An error is logged and the record
-    /// skipped: one record a cell cannot use must not stop it from using the others.
+    /// Applies one record (`payload` `None`: a tombstone), on a blocking thread (records are
+    /// applied one at a time, in order). An error is logged and the record skipped: one
+    /// record a cell cannot use must not stop it from using the others.
     fn apply(&self, key: &[u8], payload: Option<&[u8]>) -> Result<String, String>;
     /// Every record that was in the topic when following began has been applied.
     fn caught_up(&self);
@@ -80,9 +81,14 @@ pub async fn follow(
                 continue;
             }
         };
-        match follower.apply(message.key().unwrap_or_default(), message.payload()) {
-            Ok(applied) => tracing::debug!(applied, offset = message.offset(), "{what} record applied"),
-            Err(e) => tracing::error!(error = %e, offset = message.offset(), "{what} record skipped"),
+        // Applying may be slow (a model is loaded): off the async workers, one at a time.
+        let (f, key, payload) =
+            (follower.clone(), message.key().unwrap_or_default().to_vec(), message.payload().map(<[u8]>::to_vec));
+        let applied = tokio::task::spawn_blocking(move || f.apply(&key, payload.as_deref())).await;
+        match applied {
+            Ok(Ok(applied)) => tracing::debug!(applied, offset = message.offset(), "{what} record applied"),
+            Ok(Err(e)) => tracing::error!(error = %e, offset = message.offset(), "{what} record skipped"),
+            Err(join) => tracing::error!(error = %join, offset = message.offset(), "{what} record panicked; skipped"),
         }
         if !pending.is_empty() {
             let partition = message.partition();
