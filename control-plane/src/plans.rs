@@ -159,18 +159,6 @@ pub async fn set_rollout(
             Some(Stage::Archived) => {
                 return Err(RolloutError::Invalid(format!("model `{}` is archived", r.candidate)));
             }
-            Some(Stage::Candidate) if r.mode == nudge_tenants::RolloutMode::Canary => {
-                registry::set_stage(
-                    db,
-                    topics,
-                    &r.candidate,
-                    Stage::Canary,
-                    actor,
-                    &format!("canary rollout for {tenant}"),
-                )
-                .await
-                .map_err(stage_error)?;
-            }
             Some(_) => {}
         }
     }
@@ -186,6 +174,16 @@ pub async fn set_rollout(
     }
     announce(&mut tx, topics, tenant, traceparent).await?;
     tx.commit().await?;
+    // The store rolls the candidate out now; the registry records it as a canary. Done
+    // after the store's change, so a refused rollout never moves a stage.
+    if let Some(r) = rollout
+        && r.mode == nudge_tenants::RolloutMode::Canary
+        && registry::stage_of(db.registry(), &r.candidate).await? == Some(Stage::Candidate)
+    {
+        registry::set_stage(db, topics, &r.candidate, Stage::Canary, actor, &format!("canary rollout for {tenant}"))
+            .await
+            .map_err(stage_error)?;
+    }
     Ok(())
 }
 
