@@ -124,15 +124,6 @@ async fn a_store_reads_its_shoppers_features_and_nobody_elses() -> anyhow::Resul
     platform.shutdown().await
 }
 
-async fn metric(platform: &Platform, name: &str) -> anyhow::Result<f64> {
-    let text = platform.http.get(format!("{}/metrics", platform.cell_url)).send().await?.text().await?;
-    Ok(text
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0))
-}
-
 #[tokio::test]
 async fn a_feature_whose_stored_field_is_missing_takes_its_default_and_is_counted() -> anyhow::Result<()> {
     let platform = Platform::start().await?;
@@ -147,7 +138,7 @@ async fn a_feature_whose_stored_field_is_missing_takes_its_default_and_is_counte
     anyhow::ensure!(r.status() == 202, "{}", r.text().await?);
     let browsed = browsing["events"].as_array().map_or(0, Vec::len) as u64;
     platform.wait_processed(browsed).await?;
-    assert_eq!(metric(&platform, "nudge_cell_pipeline_features_defaulted_total").await?, 0.0);
+    assert_eq!(common::cell_metric(&platform, "nudge_cell_pipeline_features_defaulted_total").await?, 0.0);
 
     // The stored session loses a field (as a session written by an older layout would).
     let mut redis = redis::Client::open(platform.redis_url.as_str())?.get_multiplexed_async_connection().await?;
@@ -171,7 +162,7 @@ async fn a_feature_whose_stored_field_is_missing_takes_its_default_and_is_counte
     let r = platform.post_events(&store.publishable_key, Some(ORIGIN), &exit).await?;
     anyhow::ensure!(r.status() == 202, "{}", r.text().await?);
     platform.wait_processed(browsed + exit["events"].as_array().map_or(0, Vec::len) as u64).await?;
-    assert!(metric(&platform, "nudge_cell_pipeline_features_defaulted_total").await? >= 1.0);
+    assert!(common::cell_metric(&platform, "nudge_cell_pipeline_features_defaulted_total").await? >= 1.0);
 
     platform.shutdown().await
 }

@@ -6,13 +6,14 @@ mod common;
 
 use std::time::Duration;
 
-use nudge_contracts::{Topic, push::PushMessage};
+use nudge_contracts::Topic;
 use nudge_test_support::{OPERATOR_TOKEN, Platform, unique_suffix};
 use serde_json::{Value, json};
 
-use common::{GOLDEN_ROW, abandoning_session, golden, golden_gbdt};
+use common::{
+    GOLDEN_ROW, ORIGIN, abandoning_session, cell_metric, golden, golden_gbdt, read_all, reminder, stream_sessions,
+};
 
-const ORIGIN: &str = "https://shop.example.com";
 const GBDT: &str = "cart_abandonment_gbdt@1";
 
 async fn assign(platform: &Platform, tenant: &str, model: Value) -> anyhow::Result<(u16, Value)> {
@@ -24,20 +25,6 @@ async fn assign(platform: &Platform, tenant: &str, model: Value) -> anyhow::Resu
         .send()
         .await?;
     Ok((r.status().as_u16(), r.json().await.unwrap_or(Value::Null)))
-}
-
-/// Plays the golden session for a new shopper and returns the intervention's model and score.
-async fn reminder(platform: &Platform, key: &str) -> anyhow::Result<(String, f64)> {
-    let shopper = format!("shp_{}", unique_suffix());
-    let mut socket = platform.connect_shopper(key, ORIGIN, &shopper).await?;
-    let (browsing, exit) = abandoning_session(&shopper);
-    for batch in [&browsing, &exit] {
-        let r = platform.post_events(key, Some(ORIGIN), batch).await?;
-        anyhow::ensure!(r.status() == 202, "{}", r.text().await?);
-    }
-    let message = socket.next_message(Duration::from_secs(30)).await?.expect("an intervention arrives");
-    let PushMessage::Intervention(iv) = message else { anyhow::bail!("expected an intervention, got {message:?}") };
-    Ok((iv.model_version, iv.score))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,49 +77,6 @@ async fn a_store_is_scored_with_the_model_it_is_assigned() -> anyhow::Result<()>
     assert!(back, "the store returns to the default model");
 
     platform.shutdown().await
-}
-
-/// Scores every golden-session event of `shoppers` shoppers, a few at a time.
-async fn stream_sessions(platform: &Platform, key: &str, tag: &str, shoppers: usize) -> anyhow::Result<usize> {
-    let mut sent = 0;
-    for i in 0..shoppers {
-        let (browsing, exit) = abandoning_session(&format!("shp_{tag}_{i}"));
-        for batch in [&browsing, &exit] {
-            let r = platform.post_events(key, Some(ORIGIN), batch).await?;
-            anyhow::ensure!(r.status() == 202, "{}", r.text().await?);
-            sent += batch["events"].as_array().map_or(0, Vec::len);
-        }
-        tokio::time::sleep(Duration::from_millis(40)).await;
-    }
-    Ok(sent)
-}
-
-/// Every record of `topic` so far, decoded.
-async fn read_all<M: prost::Message + Default>(
-    platform: &Platform,
-    topic: Topic,
-    want: usize,
-) -> anyhow::Result<Vec<M>> {
-    use rdkafka::{Message as _, consumer::Consumer as _};
-    let config = &platform.cell_config.kafka;
-    let reader: rdkafka::consumer::StreamConsumer =
-        nudge_platform_kafka::reader_consumer(config, &format!("test-{}", unique_suffix()))?;
-    reader.subscribe(&[config.topics().name(topic).as_str()])?;
-    let mut out = Vec::new();
-    while out.len() < want {
-        let m = tokio::time::timeout(Duration::from_secs(30), reader.recv()).await??;
-        out.push(M::decode(m.payload().unwrap_or_default())?);
-    }
-    Ok(out)
-}
-
-async fn metric(platform: &Platform, name: &str) -> anyhow::Result<f64> {
-    let text = platform.http.get(format!("{}/metrics", platform.cell_url)).send().await?.text().await?;
-    Ok(text
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,8 +146,8 @@ async fn swapping_a_stores_model_under_continuous_scoring_fails_nothing() -> any
     }
     assert_eq!(predictions.len(), sent, "one prediction per event");
     assert!(by_version.len() == 2, "both models scored some events: {by_version:?}");
-    assert_eq!(metric(&platform, "nudge_cell_stage_records_dead_lettered_total").await?, 0.0);
-    assert_eq!(metric(&platform, "nudge_cell_pipeline_model_fallbacks_total").await?, 0.0);
+    assert_eq!(cell_metric(&platform, "nudge_cell_stage_records_dead_lettered_total").await?, 0.0);
+    assert_eq!(cell_metric(&platform, "nudge_cell_pipeline_model_fallbacks_total").await?, 0.0);
 
     platform.shutdown().await
 }
@@ -259,7 +203,7 @@ async fn shadow_canary_rollback_and_promotion_through_the_api() -> anyhow::Resul
     for _ in 0..25 {
         let (model, _) = reminder(&platform, key).await?;
         assert_eq!(model, "cart_abandonment@1", "in shadow, production acts");
-        if metric(&platform, "nudge_cell_pipeline_shadow_scores_total").await? > 0.0 {
+        if cell_metric(&platform, "nudge_cell_pipeline_shadow_scores_total").await? > 0.0 {
             shadowed = true;
             break;
         }
@@ -270,10 +214,10 @@ async fn shadow_canary_rollback_and_promotion_through_the_api() -> anyhow::Resul
     for batch in [&browsing, &exit] {
         assert_eq!(platform.post_events(key, Some(ORIGIN), batch).await?.status(), 202);
     }
-    let processed = metric(&platform, "nudge_cell_pipeline_events_processed_total").await? as u64;
+    let processed = cell_metric(&platform, "nudge_cell_pipeline_events_processed_total").await? as u64;
     platform.wait_processed(processed.max(1) + 10).await?;
-    let total = metric(&platform, "nudge_cell_pipeline_events_processed_total").await?
-        + metric(&platform, "nudge_cell_pipeline_shadow_scores_total").await?;
+    let total = cell_metric(&platform, "nudge_cell_pipeline_events_processed_total").await?
+        + cell_metric(&platform, "nudge_cell_pipeline_shadow_scores_total").await?;
     let predictions: Vec<Prediction> = read_all(&platform, Topic::Predictions, total as usize).await?;
     let mine: Vec<&Prediction> = predictions.iter().filter(|p| p.shopper_id == shopper).collect();
     assert_eq!(mine.len(), 20, "each of the 10 events scored twice");

@@ -10,7 +10,6 @@ use std::{collections::HashMap, time::Duration};
 use nudge_contracts::{
     Topic,
     proto::{features::v1::FeatureSnapshot, predictions::v1::Prediction},
-    push::PushMessage,
 };
 use nudge_data_plane_inference::{Model, bundled, init_runtime};
 use nudge_test_support::{OPERATOR_TOKEN, Platform, unique_suffix};
@@ -18,9 +17,8 @@ use reqwest::multipart::{Form, Part};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use common::abandoning_session;
+use common::{ORIGIN, cell_metric, read_all, reminder, stream_sessions};
 
-const ORIGIN: &str = "https://shop.example.com";
 const LR: &str = "cart_abandonment@1";
 
 fn sha256(bytes: &[u8]) -> String {
@@ -154,63 +152,6 @@ async fn a_bad_artifact_is_refused_at_upload_and_never_registered() -> anyhow::R
     platform.shutdown().await
 }
 
-/// Scores every golden-session event of `shoppers` shoppers, a few at a time.
-async fn stream_sessions(platform: &Platform, key: &str, tag: &str, shoppers: usize) -> anyhow::Result<usize> {
-    let mut sent = 0;
-    for i in 0..shoppers {
-        let (browsing, exit) = abandoning_session(&format!("shp_{tag}_{i}"));
-        for batch in [&browsing, &exit] {
-            let r = platform.post_events(key, Some(ORIGIN), batch).await?;
-            anyhow::ensure!(r.status() == 202, "{}", r.text().await?);
-            sent += batch["events"].as_array().map_or(0, Vec::len);
-        }
-        tokio::time::sleep(Duration::from_millis(40)).await;
-    }
-    Ok(sent)
-}
-
-/// Every record of `topic` so far, decoded.
-async fn read_all<M: prost::Message + Default>(
-    platform: &Platform,
-    topic: Topic,
-    want: usize,
-) -> anyhow::Result<Vec<M>> {
-    use rdkafka::{Message as _, consumer::Consumer as _};
-    let config = &platform.cell_config.kafka;
-    let reader: rdkafka::consumer::StreamConsumer =
-        nudge_platform_kafka::reader_consumer(config, &format!("test-{}", unique_suffix()))?;
-    reader.subscribe(&[config.topics().name(topic).as_str()])?;
-    let mut out = Vec::new();
-    while out.len() < want {
-        let m = tokio::time::timeout(Duration::from_secs(30), reader.recv()).await??;
-        out.push(M::decode(m.payload().unwrap_or_default())?);
-    }
-    Ok(out)
-}
-
-/// Plays the golden session for a new shopper and returns the model its intervention names.
-async fn reminder(platform: &Platform, key: &str) -> anyhow::Result<String> {
-    let shopper = format!("shp_{}", unique_suffix());
-    let mut socket = platform.connect_shopper(key, ORIGIN, &shopper).await?;
-    let (browsing, exit) = abandoning_session(&shopper);
-    for batch in [&browsing, &exit] {
-        let r = platform.post_events(key, Some(ORIGIN), batch).await?;
-        anyhow::ensure!(r.status() == 202, "{}", r.text().await?);
-    }
-    let message = socket.next_message(Duration::from_secs(30)).await?.expect("an intervention arrives");
-    let PushMessage::Intervention(iv) = message else { anyhow::bail!("expected an intervention, got {message:?}") };
-    Ok(iv.model_version)
-}
-
-async fn metric(platform: &Platform, name: &str) -> anyhow::Result<f64> {
-    let text = platform.http.get(format!("{}/metrics", platform.cell_url)).send().await?.text().await?;
-    Ok(text
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_uploaded_model_is_promoted_and_swapped_in_under_continuous_scoring() -> anyhow::Result<()> {
     let platform = Platform::start().await?;
@@ -319,9 +260,9 @@ async fn an_uploaded_model_is_promoted_and_swapped_in_under_continuous_scoring()
     }
     assert_eq!(predictions.len(), sent, "one prediction per event");
     assert!(by_version.get(&version).copied().unwrap_or(0) > 0, "the uploaded model scored: {by_version:?}");
-    assert_eq!(metric(&platform, "nudge_cell_stage_records_dead_lettered_total").await?, 0.0);
-    assert_eq!(metric(&platform, "nudge_cell_pipeline_model_fallbacks_total").await?, 0.0);
-    assert_eq!(metric(&platform, "nudge_cell_models_registry_refused_total").await?, 0.0);
+    assert_eq!(cell_metric(&platform, "nudge_cell_stage_records_dead_lettered_total").await?, 0.0);
+    assert_eq!(cell_metric(&platform, "nudge_cell_pipeline_model_fallbacks_total").await?, 0.0);
+    assert_eq!(cell_metric(&platform, "nudge_cell_models_registry_refused_total").await?, 0.0);
 
     // In use: cannot be archived. The default cannot be archived either, nor replaced by a
     // model that is not in production.
@@ -339,7 +280,7 @@ async fn an_uploaded_model_is_promoted_and_swapped_in_under_continuous_scoring()
     assert_eq!((status, body["effective_model_version"].as_str()), (200, Some(version.as_str())), "{body}");
     let mut by_default = false;
     for _ in 0..25 {
-        if reminder(&platform, &store.publishable_key).await? == version {
+        if reminder(&platform, &store.publishable_key).await?.0 == version {
             by_default = true;
             break;
         }

@@ -40,6 +40,20 @@ const GBDT: Artifacts = Artifacts {
     card: include_str!("../../../model/cart_abandonment_gbdt/v1/MODEL_CARD.md"),
 };
 
+impl Golden {
+    /// The rows' features as the model takes them.
+    fn feature_rows(&self) -> Vec<FeatureVector> {
+        self.rows
+            .iter()
+            .map(|r| {
+                let mut v = [0f32; N_FEATURES];
+                v.copy_from_slice(&r.features);
+                v
+            })
+            .collect()
+    }
+}
+
 impl Artifacts {
     fn golden(&self) -> Golden {
         serde_json::from_str(self.golden).expect("golden.json parses")
@@ -152,15 +166,7 @@ fn scores_equal_python_onnxruntime(artifacts: &Artifacts) {
     let g = artifacts.golden();
     assert!(g.rows.len() >= 1000);
     let model = artifacts.model();
-    let rows: Vec<FeatureVector> = g
-        .rows
-        .iter()
-        .map(|r| {
-            let mut v = [0f32; N_FEATURES];
-            v.copy_from_slice(&r.features);
-            v
-        })
-        .collect();
+    let rows = g.feature_rows();
     // Batched and one by one agree (to float rounding: kernels vectorise differently).
     let batched = model.score(&rows).expect("scores");
     for ((row, features), score) in g.rows.iter().zip(&rows).zip(&batched) {
@@ -233,16 +239,7 @@ fn the_trees_are_compiled_and_score_as_onnx_runtime_does() {
     let reference =
         Model::load_onnxruntime(env, "cart_abandonment_gbdt@1", GBDT.onnx, GBDT.card_sha256()).expect("loads");
     assert_eq!(reference.engine(), "onnxruntime");
-    let rows: Vec<FeatureVector> = GBDT
-        .golden()
-        .rows
-        .iter()
-        .map(|r| {
-            let mut v = [0f32; N_FEATURES];
-            v.copy_from_slice(&r.features);
-            v
-        })
-        .collect();
+    let rows = GBDT.golden().feature_rows();
     // NaN and infinities in any feature go where ONNX Runtime sends them.
     let mut rows = rows;
     for i in 0..N_FEATURES {

@@ -56,3 +56,72 @@ pub fn abandoning_session(shopper: &str) -> (Value, Value) {
     let exit = vec![event(10, shopper, start, 185, "exit_intent", json!({}))];
     (json!({ "events": browsing }), json!({ "events": exit }))
 }
+
+/// The storefront origin the helpers below send from.
+pub const ORIGIN: &str = "https://shop.example.com";
+
+/// Plays the golden session for `shoppers` shoppers (`shp_{tag}_{i}`), a few at a time;
+/// the number of events sent.
+pub async fn stream_sessions(
+    platform: &nudge_test_support::Platform,
+    key: &str,
+    tag: &str,
+    shoppers: usize,
+) -> anyhow::Result<usize> {
+    let mut sent = 0;
+    for i in 0..shoppers {
+        let (browsing, exit) = abandoning_session(&format!("shp_{tag}_{i}"));
+        for batch in [&browsing, &exit] {
+            let r = platform.post_events(key, Some(ORIGIN), batch).await?;
+            anyhow::ensure!(r.status() == 202, "{}", r.text().await?);
+            sent += batch["events"].as_array().map_or(0, Vec::len);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+    }
+    Ok(sent)
+}
+
+/// The first `want` records of `topic`, decoded.
+pub async fn read_all<M: prost::Message + Default>(
+    platform: &nudge_test_support::Platform,
+    topic: nudge_contracts::Topic,
+    want: usize,
+) -> anyhow::Result<Vec<M>> {
+    use rdkafka::{Message as _, consumer::Consumer as _};
+    let config = &platform.cell_config.kafka;
+    let reader: rdkafka::consumer::StreamConsumer =
+        nudge_platform_kafka::reader_consumer(config, &format!("test-{}", nudge_test_support::unique_suffix()))?;
+    reader.subscribe(&[config.topics().name(topic).as_str()])?;
+    let mut out = Vec::new();
+    while out.len() < want {
+        let m = tokio::time::timeout(std::time::Duration::from_secs(30), reader.recv()).await??;
+        out.push(M::decode(m.payload().unwrap_or_default())?);
+    }
+    Ok(out)
+}
+
+/// A counter or gauge of the cell's `/metrics` (0 when absent).
+pub async fn cell_metric(platform: &nudge_test_support::Platform, name: &str) -> anyhow::Result<f64> {
+    let text = platform.http.get(format!("{}/metrics", platform.cell_url)).send().await?.text().await?;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0))
+}
+
+/// Plays the golden session for a new shopper and returns the model and score of the
+/// intervention it gets.
+pub async fn reminder(platform: &nudge_test_support::Platform, key: &str) -> anyhow::Result<(String, f64)> {
+    use nudge_contracts::push::PushMessage;
+    let shopper = format!("shp_{}", nudge_test_support::unique_suffix());
+    let mut socket = platform.connect_shopper(key, ORIGIN, &shopper).await?;
+    let (browsing, exit) = abandoning_session(&shopper);
+    for batch in [&browsing, &exit] {
+        let r = platform.post_events(key, Some(ORIGIN), batch).await?;
+        anyhow::ensure!(r.status() == 202, "{}", r.text().await?);
+    }
+    let message = socket.next_message(std::time::Duration::from_secs(30)).await?.expect("an intervention arrives");
+    let PushMessage::Intervention(iv) = message else { anyhow::bail!("expected an intervention, got {message:?}") };
+    Ok((iv.model_version, iv.score))
+}
