@@ -13,8 +13,13 @@ use nudge_tenants::TenantId;
 use tokio::sync::mpsc;
 
 /// Frames waiting for one socket. Bounded: a shopper whose browser stops reading cannot
-/// make the process hold an unbounded backlog.
+/// make the process hold an unbounded backlog; a socket whose queue is full when a frame
+/// arrives is evicted (its socket closes with [`CLOSE_SLOW_CONSUMER`]) rather than left
+/// to miss that frame silently.
 pub const SEND_QUEUE: usize = 32;
+
+/// Close code of a socket evicted because it did not keep up with its frames.
+pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 
 /// A shopper within a tenant: the address an intervention is delivered to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -30,8 +35,9 @@ type Sockets = HashMap<ShopperAddress, Vec<(u64, mpsc::Sender<Frame>)>>;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Delivery {
     pub delivered: usize,
-    /// Sockets whose queue was full; the frame was dropped for them.
-    pub dropped: usize,
+    /// Sockets whose queue was full: evicted (closed as slow consumers), the frame not
+    /// queued for them.
+    pub evicted: usize,
 }
 
 /// Sockets of this process. A shopper may have several (tabs).
@@ -96,15 +102,25 @@ impl Hub {
         Ok((Registration { hub: self.clone(), address, id }, rx))
     }
 
-    /// Queues `frame` on every socket of `address` held here.
+    /// Queues `frame` on every socket of `address` held here. A socket whose queue is full
+    /// loses its sender: its task sees the queue end and closes the socket as a slow
+    /// consumer (the slot stays taken until it has).
     pub fn deliver(&self, address: &ShopperAddress, frame: Frame) -> Delivery {
-        let inner = self.sockets.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut inner = self.sockets.lock().unwrap_or_else(PoisonError::into_inner);
         let mut outcome = Delivery::default();
-        for (_, tx) in inner.sockets.get(address).into_iter().flatten() {
-            match tx.try_send(frame.clone()) {
-                Ok(()) => outcome.delivered += 1,
-                Err(_) => outcome.dropped += 1,
+        let Some(list) = inner.sockets.get_mut(address) else { return outcome };
+        list.retain(|(_, tx)| match tx.try_send(frame.clone()) {
+            Ok(()) => {
+                outcome.delivered += 1;
+                true
             }
+            Err(_) => {
+                outcome.evicted += 1;
+                false
+            }
+        });
+        if list.is_empty() {
+            inner.sockets.remove(address);
         }
         outcome
     }
@@ -136,17 +152,25 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn unregisters_on_drop_and_bounds_the_queue() {
+    async fn unregisters_on_drop_and_evicts_a_socket_that_does_not_keep_up() {
         let hub = Arc::new(Hub::default());
         let t = TenantId::new();
-        let (reg, _rx) = hub.register(addr(t, "s"), 10).unwrap();
+        let (reg, mut rx) = hub.register(addr(t, "s"), 10).unwrap();
+        let (_keeps_up, mut other_rx) = hub.register(addr(t, "s"), 10).unwrap();
         for _ in 0..SEND_QUEUE {
-            assert_eq!(hub.deliver(&addr(t, "s"), "x".into()).delivered, 1);
+            assert_eq!(hub.deliver(&addr(t, "s"), "x".into()).delivered, 2);
+            other_rx.recv().await.unwrap();
         }
-        assert_eq!(hub.deliver(&addr(t, "s"), "x".into()).dropped, 1);
+        // The first socket read nothing: the next frame evicts it, the other gets it.
+        assert_eq!(hub.deliver(&addr(t, "s"), "y".into()), Delivery { delivered: 1, evicted: 1 });
+        assert_eq!(&*other_rx.recv().await.unwrap(), "y");
+        for _ in 0..SEND_QUEUE {
+            assert_eq!(&*rx.recv().await.unwrap(), "x", "what was queued before is still there");
+        }
+        assert!(rx.recv().await.is_none(), "then the queue ends: the socket task closes it");
+        assert_eq!(hub.connections(), 1);
         drop(reg);
-        assert_eq!(hub.connections(), 0);
-        assert_eq!(hub.deliver(&addr(t, "s"), "x".into()), Delivery::default());
+        assert_eq!(hub.deliver(&addr(t, "s"), "z".into()), Delivery { delivered: 1, evicted: 0 });
     }
 
     #[test]

@@ -92,10 +92,10 @@ pub fn deliver_payload(hub: &Hub, payload: &[u8]) {
     let outcome = hub.deliver(&ShopperAddress { tenant, shopper }, push_frame(&iv).into());
     tracing::debug!(
         tenant_id = %tenant, intervention_id = %iv.intervention_id, %trace_id,
-        delivered = outcome.delivered, dropped = outcome.dropped, "intervention routed"
+        delivered = outcome.delivered, evicted = outcome.evicted, "intervention routed"
     );
-    if outcome.dropped > 0 {
-        tracing::warn!(tenant_id = %tenant, dropped = outcome.dropped, "socket queue full; intervention dropped");
+    if outcome.evicted > 0 {
+        tracing::warn!(tenant_id = %tenant, evicted = outcome.evicted, "socket queue full; slow socket closed");
     }
 }
 

@@ -30,10 +30,18 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::hub::{CapReached, Hub, Registration, ShopperAddress};
+use crate::hub::{CLOSE_SLOW_CONSUMER, CapReached, Hub, Registration, ShopperAddress};
 
 /// Largest frame a client may send; clients only send pings and acknowledgements.
 const MAX_CLIENT_FRAME: usize = 4 * 1024;
+
+/// Per-socket buffers. tungstenite's defaults (128 KiB to read, 128 KiB to gather writes)
+/// would cost far more than the socket: frames both ways are small, so small buffers.
+const READ_BUFFER: usize = 4 * 1024;
+const WRITE_BUFFER: usize = 4 * 1024;
+/// A write buffer grows past `WRITE_BUFFER` only while writes fail; beyond this the socket
+/// errors out instead of holding more.
+const MAX_WRITE_BUFFER: usize = 64 * 1024;
 
 /// Socket keepalive settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -140,6 +148,9 @@ async fn upgrade(
     };
     ws.max_message_size(MAX_CLIENT_FRAME)
         .max_frame_size(MAX_CLIENT_FRAME)
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
         .on_upgrade(move |socket| serve(socket, state, address, key, registered))
 }
 
@@ -169,7 +180,10 @@ async fn serve(
     let close = loop {
         tokio::select! {
             frame = frames.recv() => {
-                let Some(frame) = frame else { break None };
+                // The hub ends the queue only when it evicts this socket for falling behind.
+                let Some(frame) = frame else {
+                    break Some(CloseFrame { code: CLOSE_SLOW_CONSUMER, reason: "too slow to keep up; reconnect".into() });
+                };
                 if send(&mut socket, Message::Text((&*frame).into())).await.is_err() {
                     break None;
                 }
