@@ -140,11 +140,13 @@ pub struct OutboxConfig {
     pub poll_interval_ms: u64,
     /// Rows published per round trip.
     pub batch_size: i64,
+    /// How long published rows stay in the table before the relay deletes them.
+    pub keep_published_hours: u64,
 }
 
 impl Default for OutboxConfig {
     fn default() -> Self {
-        Self { poll_interval_ms: 500, batch_size: 200 }
+        Self { poll_interval_ms: 500, batch_size: 200, keep_published_hours: 24 }
     }
 }
 

@@ -66,7 +66,11 @@ pub struct Relay {
     batch_size: i64,
     poll_interval: Duration,
     wake: Arc<Notify>,
+    keep_published: Duration,
 }
+
+/// How often the relay deletes published rows past [`Relay::keeping_published`].
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 impl Relay {
     pub fn new(
@@ -81,7 +85,24 @@ impl Relay {
             batch_size,
             poll_interval,
             wake: Arc::new(Notify::new()),
+            keep_published: Duration::from_secs(24 * 3600),
         })
+    }
+
+    /// How long published rows stay (for inspection) before the relay deletes them; they
+    /// can be large (model artifacts travel through the outbox).
+    pub fn keeping_published(mut self, keep: Duration) -> Self {
+        self.keep_published = keep;
+        self
+    }
+
+    /// Deletes rows published longer ago than the relay keeps them; how many.
+    pub async fn prune_published(&self) -> Result<u64, RelayError> {
+        let deleted = sqlx::query("DELETE FROM outbox WHERE published_at < now() - make_interval(secs => $1)")
+            .bind(self.keep_published.as_secs_f64())
+            .execute(self.db.pool())
+            .await?;
+        Ok(deleted.rows_affected())
     }
 
     /// Wakes the relay early; signal it after committing an outbox row.
@@ -99,7 +120,16 @@ impl Relay {
     /// in the outbox until published.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
+        let mut next_prune = tokio::time::Instant::now();
         loop {
+            if tokio::time::Instant::now() >= next_prune {
+                next_prune += PRUNE_EVERY;
+                match self.prune_published().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(rows = n, "published outbox rows pruned"),
+                    Err(e) => tracing::warn!(error = %e, "pruning published outbox rows failed"),
+                }
+            }
             let wait = match self.publish_batch().await {
                 Ok(n) if n as i64 == self.batch_size => Duration::ZERO,
                 Ok(_) => {
@@ -241,6 +271,19 @@ fn is_permanent(e: &SendError) -> bool {
 
 /// The static schema name matching a row's text; anything unexpected is carried as "unknown".
 fn known_schema(name: &str) -> &'static str {
-    use nudge_contracts::headers::{EVENT_V1, TENANT_CONFIG_V1};
-    [TENANT_CONFIG_V1.name, EVENT_V1.name].into_iter().find(|n| *n == name).unwrap_or("unknown")
+    use nudge_contracts::headers::{EVENT_V1, MODEL_REGISTRY_V1, TENANT_CONFIG_V1};
+    [TENANT_CONFIG_V1.name, MODEL_REGISTRY_V1.name, EVENT_V1.name].into_iter().find(|n| *n == name).unwrap_or("unknown")
+}
+
+#[cfg(test)]
+mod tests {
+    use nudge_contracts::headers::{MODEL_REGISTRY_V1, TENANT_CONFIG_V1};
+
+    #[test]
+    fn every_schema_the_control_plane_enqueues_keeps_its_name() {
+        for schema in [TENANT_CONFIG_V1, MODEL_REGISTRY_V1] {
+            assert_eq!(super::known_schema(schema.name), schema.name);
+        }
+        assert_eq!(super::known_schema("something.Else"), "unknown");
+    }
 }

@@ -61,7 +61,8 @@ pub async fn run(config: ControlPlaneConfig, listener: TcpListener, shutdown: Ca
         &config.kafka,
         config.outbox.batch_size,
         Duration::from_millis(config.outbox.poll_interval_ms),
-    )?;
+    )?
+    .keeping_published(Duration::from_secs(config.outbox.keep_published_hours * 3600));
     let outbox_wake = relay.waker();
 
     let tokens = Arc::new(TokenKeys::new(
@@ -247,6 +248,7 @@ async fn relay_dedicated(
                         config.outbox.batch_size,
                         Duration::from_millis(config.outbox.poll_interval_ms),
                     )?
+                    .keeping_published(Duration::from_secs(config.outbox.keep_published_hours * 3600))
                     .woken_by(wake.clone());
                     tracing::info!(database = %name, "outbox relay started for a dedicated database");
                     tasks.spawn(relay.run(shutdown.clone()));
