@@ -298,7 +298,7 @@ impl CompiledTrees {
         let mut out = Vec::with_capacity(rows.len());
         let mut blocks = rows.chunks_exact(BLOCK);
         for block in &mut blocks {
-            out.extend(self.score_block(block.try_into().unwrap_or(&[[0.0; N_FEATURES]; BLOCK])));
+            out.extend(self.score_block(block));
         }
         out.extend(blocks.remainder().iter().map(|row| self.score_row(row)));
         out
@@ -306,7 +306,7 @@ impl CompiledTrees {
 
     /// [`BLOCK`] rows walked through each tree together: their walks do not depend on one
     /// another, so the processor overlaps them instead of waiting on each load in turn.
-    fn score_block(&self, rows: &[FeatureVector; BLOCK]) -> [f32; BLOCK] {
+    fn score_block(&self, rows: &[FeatureVector]) -> [f32; BLOCK] {
         let (inner, outer) = ((1usize << self.depth) - 1, 1usize << self.depth);
         let mut sums = [0f32; BLOCK];
         for t in 0..self.trees {

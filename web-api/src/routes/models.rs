@@ -3,7 +3,7 @@
 
 use axum::{
     Json,
-    extract::{DefaultBodyLimit, Multipart, Path, State, rejection::JsonRejection},
+    extract::{DefaultBodyLimit, Multipart, Path, State, multipart::MultipartError, rejection::JsonRejection},
     http::StatusCode,
 };
 use nudge_contracts::control::{
@@ -70,33 +70,25 @@ fn stage_error(e: StageError) -> ApiError {
     }
 }
 
+/// A multipart body that could not be read: too large, or not multipart.
+fn multipart_error(e: MultipartError) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "artifact_too_large",
+            format!("the upload is larger than {MAX_UPLOAD_BYTES} bytes"),
+        )
+    } else {
+        ApiError::bad_request("malformed_upload", e.body_text())
+    }
+}
+
 /// Reads the `manifest` (JSON) and `artifact` (bytes) parts.
 async fn read_parts(mut multipart: Multipart) -> Result<(ModelManifest, Vec<u8>), ApiError> {
-    let malformed = |m: String| ApiError::bad_request("malformed_upload", m);
     let (mut manifest, mut artifact) = (None, None);
-    while let Some(field) = multipart.next_field().await.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "artifact_too_large",
-                format!("the upload is larger than {MAX_UPLOAD_BYTES} bytes"),
-            )
-        } else {
-            malformed(e.body_text())
-        }
-    })? {
+    while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
         let name = field.name().unwrap_or_default().to_owned();
-        let bytes = field.bytes().await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "artifact_too_large",
-                    format!("the upload is larger than {MAX_UPLOAD_BYTES} bytes"),
-                )
-            } else {
-                malformed(e.body_text())
-            }
-        })?;
+        let bytes = field.bytes().await.map_err(multipart_error)?;
         match name.as_str() {
             "manifest" => {
                 let parsed: ModelManifest = serde_json::from_slice(&bytes).map_err(|e| {
@@ -105,7 +97,12 @@ async fn read_parts(mut multipart: Multipart) -> Result<(ModelManifest, Vec<u8>)
                 manifest = Some(parsed);
             }
             "artifact" => artifact = Some(bytes.to_vec()),
-            other => return Err(malformed(format!("unexpected part `{other}`; send `manifest` and `artifact`"))),
+            other => {
+                return Err(ApiError::bad_request(
+                    "malformed_upload",
+                    format!("unexpected part `{other}`; send `manifest` and `artifact`"),
+                ));
+            }
         }
     }
     match (manifest, artifact) {
