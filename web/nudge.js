@@ -10,8 +10,10 @@
  * Batches events and sends them with retry (exponential backoff with jitter on network
  * errors, 429 and 5xx, honouring Retry-After; 4xx other than 429 drops the batch, since
  * resending cannot fix it). Keeps an anonymous shopper id in localStorage, detects exit
- * intent, opens the shopper's WebSocket (reconnecting with jitter), and renders
- * interventions in a small banner. No dependencies, no cookies.
+ * intent, gets a session token for the shopper and opens its WebSocket (reconnecting with
+ * backoff, or within the server's jitter hint when it restarts, resuming after the last
+ * intervention received), acknowledges every intervention and shows each once (ids kept in
+ * sessionStorage), rendering them in a small banner. No dependencies, no cookies.
  */
 (function (global) {
   "use strict";
@@ -22,6 +24,8 @@
   var MAX_BATCH_BYTES = 60000;
   var FLUSH_MS = 250;
   var MAX_QUEUE = 1000;
+  var SEEN_KEY = "nudge_seen_interventions";
+  var MAX_SEEN = 50;
 
   function uuid() {
     if (global.crypto && global.crypto.randomUUID) return global.crypto.randomUUID();
@@ -65,7 +69,10 @@
     this.backoffUntil = 0;
     this.socket = null;
     this.socketAttempt = 0;
-    this.seen = {};
+    this.seen = loadSeen();
+    this.lastId = this.seen.length ? this.seen[this.seen.length - 1] : null;
+    this.token = null;
+    this.tokenExpires = 0;
     this.exitArmed = true;
     if (options.connect !== false) this.connect();
     if (options.exitIntent !== false) this.watchExitIntent();
@@ -154,10 +161,72 @@
     this.schedule(delay);
   };
 
+  // Socket close codes (see the gateway's documentation): what each asks the client to do.
+  var CLOSE_STOP = { 1008: "invalid_message", 1009: "message_too_big", 4003: "not_authorized", 4006: "session_token_foreign" };
+  var CLOSE_NEW_TOKEN = { 4001: true, 4002: true, 4005: true };
+
+  // Intervention ids already shown in this tab's session (bounded), and the last one
+  // received: a reconnect resumes after it and anything replayed twice is shown once.
+  function loadSeen() {
+    try {
+      var raw = global.sessionStorage.getItem(SEEN_KEY);
+      var list = raw ? JSON.parse(raw) : [];
+      return Array.isArray(list) ? list : [];
+    } catch (e) {
+      return [];
+    }
+  }
+
+  Client.prototype.remember = function (id) {
+    this.seen.push(id);
+    if (this.seen.length > MAX_SEEN) this.seen.splice(0, this.seen.length - MAX_SEEN);
+    this.lastId = id;
+    try { global.sessionStorage.setItem(SEEN_KEY, JSON.stringify(this.seen)); } catch (e) { /* storage blocked: memory only */ }
+  };
+
+  // A session token names this shopper to the socket; ingest signs it for this store.
+  Client.prototype.session = function () {
+    var self = this;
+    if (this.token && this.tokenExpires - Date.now() > 30000) return Promise.resolve(this.token);
+    return fetch(this.endpoint + "/v1/sessions", {
+      method: "POST",
+      headers: { "Content-Type": "application/json", "Authorization": "Bearer " + this.key },
+      body: JSON.stringify({ shopper_id: this.shopperId }),
+      mode: "cors"
+    }).then(function (response) {
+      if (response.status === 201) {
+        return response.json().then(function (body) {
+          self.token = body.token;
+          self.tokenExpires = Date.parse(body.expires_at) || 0;
+          return self.token;
+        });
+      }
+      var error = new Error("session refused: " + response.status);
+      // A 4xx other than 429 will not change by asking again.
+      error.permanent = response.status >= 400 && response.status < 500 && response.status !== 429;
+      throw error;
+    });
+  };
+
   Client.prototype.connect = function () {
     var self = this;
+    this.session().then(function (token) {
+      self.open(token);
+    }, function (error) {
+      self.onStatus({ type: "socket_refused", reason: error.message });
+      if (!error.permanent) self.reconnect(backoff(self.socketAttempt++));
+    });
+  };
+
+  Client.prototype.reconnect = function (delay) {
+    var self = this;
+    setTimeout(function () { self.connect(); }, delay);
+  };
+
+  Client.prototype.open = function (token) {
+    var self = this;
     var url = this.endpoint.replace(/^http/, "ws") + "/v1/ws?key=" + encodeURIComponent(this.key) +
-      "&shopper_id=" + encodeURIComponent(this.shopperId);
+      "&token=" + encodeURIComponent(token) + (this.lastId ? "&last_id=" + encodeURIComponent(this.lastId) : "");
     var socket = new WebSocket(url);
     this.socket = socket;
     socket.onopen = function () { self.socketAttempt = 0; self.onStatus({ type: "socket_open" }); };
@@ -165,14 +234,25 @@
       var msg;
       try { msg = JSON.parse(m.data); } catch (e) { return; }
       if (msg.type === "intervention") {
-        if (self.seen[msg.intervention_id]) return; // delivered twice: show once
-        self.seen[msg.intervention_id] = true;
+        // Acknowledged every time, shown once: delivery is at least once.
+        socket.send(JSON.stringify({ type: "ack", intervention_id: msg.intervention_id }));
+        if (self.seen.indexOf(msg.intervention_id) !== -1) return;
+        self.remember(msg.intervention_id);
         self.onIntervention(msg);
       }
     };
-    socket.onclose = function () {
-      self.onStatus({ type: "socket_closed" });
-      setTimeout(function () { self.connect(); }, backoff(self.socketAttempt++));
+    socket.onclose = function (e) {
+      self.onStatus({ type: "socket_closed", code: e.code, reason: e.reason });
+      if (CLOSE_STOP[e.code]) return;
+      if (CLOSE_NEW_TOKEN[e.code]) self.token = null;
+      if (e.code === 1012) {
+        // The server is restarting: come back soon, spread out, to another replica.
+        var hint = /reconnect_jitter_ms=(\d+)/.exec(e.reason || "");
+        var jitter = hint ? Number(hint[1]) : 5000;
+        self.reconnect(Math.random() * jitter);
+        return;
+      }
+      self.reconnect(backoff(self.socketAttempt++));
     };
   };
 

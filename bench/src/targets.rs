@@ -19,7 +19,10 @@ use nudge_contracts::{
         events::v1::{Event, PageView, ShopperKey, event::Payload},
     },
 };
-use nudge_data_plane_directory::Directory;
+use nudge_data_plane_directory::{
+    Directory,
+    session::{SessionConfig, SessionSigner},
+};
 use nudge_data_plane_ingest::{
     IngestConfig, IngestState,
     dedup::RedisDedup,
@@ -95,6 +98,9 @@ async fn serve(router: Router) -> anyhow::Result<SocketAddr> {
     Ok(addr)
 }
 
+/// Signs session tokens in benchmarks (nothing outside the run trusts them).
+pub const BENCH_SESSION_SECRET: &str = "bench-session-secret-0123456789abcdef0123";
+
 /// The cell's ingest route as the cell mounts it (with its tracing and metrics layer):
 /// authorisation, validation, rate limit, event-id dedup in Redis, then `sink`.
 pub async fn ingest(
@@ -112,6 +118,10 @@ pub async fn ingest(
         sink,
         config: IngestConfig { max_batch_events: 1000, ..IngestConfig::default() },
         metrics: IngestMetrics::register(&metrics),
+        sessions: Arc::new(SessionSigner::new(&SessionConfig {
+            secrets: vec![BENCH_SESSION_SECRET.into()],
+            ..SessionConfig::default()
+        })?),
     };
     let (router, _) = nudge_data_plane_ingest::router().with_state(state).split_for_parts();
     let router = router.layer(from_fn_with_state(HttpMetrics::register(&metrics), trace_layer));

@@ -8,6 +8,7 @@ use nudge_control_plane::ControlPlaneConfig;
 use nudge_data_plane_cell::CellConfig;
 use nudge_platform_config::Validate;
 use nudge_platform_telemetry::{LogConfig, LogFormat};
+use secrecy::SecretString;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -73,7 +74,16 @@ pub async fn run(config: DevConfig, shutdown: CancellationToken) -> anyhow::Resu
     control_plane.placement.shared_cell_url = cell_url.clone();
     control_plane.placement.shared_cell_id = config.cell.cell_id.clone();
     let cp = tokio::spawn(nudge_web_api::run(control_plane, cp_listener, shutdown.clone()));
-    let cell = tokio::spawn(nudge_data_plane_cell::run(config.cell.clone(), cell_listener, shutdown.clone()));
+    let mut cell = config.cell.clone();
+    if cell.sessions.secrets.is_empty() {
+        // One process holds every socket here, so a secret of its own is enough; a real
+        // deployment shares one across the cell's replicas (sessions.secrets).
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no randomness for the session secret: {e}"))?;
+        cell.sessions.secrets = vec![SecretString::from(hex::encode(secret))];
+        tracing::info!("sessions.secrets unset: this run signs shopper session tokens with a random secret");
+    }
+    let cell = tokio::spawn(nudge_data_plane_cell::run(cell, cell_listener, shutdown.clone()));
 
     let store_port = config.storefront.listen.port();
     let tenant = sign_up_demo_store(&cp_url, &cell_url, &store_url, store_port).await?;

@@ -58,3 +58,20 @@ pub struct BatchAccepted {
     #[serde(default)]
     pub duplicates: usize,
 }
+
+/// `POST /v1/sessions` body: the shopper a browser wants a socket for.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionRequest {
+    pub shopper_id: String,
+}
+
+/// `201 Created` body of `POST /v1/sessions`: a signed token that opens this shopper's
+/// socket (`/v1/ws?key=…&token=…`) until it expires.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SessionIssued {
+    pub token: String,
+    pub shopper_id: String,
+    /// RFC 3339.
+    pub expires_at: String,
+}

@@ -1,4 +1,5 @@
-//! JSON messages a shopper's WebSocket receives from the cell.
+//! JSON messages on a shopper's WebSocket: [`PushMessage`] from the cell, [`ClientMessage`]
+//! from the browser.
 
 use serde::{Deserialize, Serialize};
 
@@ -6,8 +7,14 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum PushMessage {
-    /// Sent once when the socket is registered.
-    Ready { shopper_id: String },
+    /// Sent once when the socket is registered, before anything replayed.
+    Ready {
+        shopper_id: String,
+        /// Interventions about to be replayed from the shopper's history (sent while the
+        /// shopper was not connected here).
+        #[serde(default)]
+        replaying: usize,
+    },
     /// Something to show the shopper.
     Intervention(InterventionMessage),
 }
@@ -29,4 +36,13 @@ pub struct InterventionMessage {
     pub decided_at: String,
     /// Trace id of the request that carried the cause event.
     pub trace_id: String,
+}
+
+/// One text frame a shopper's browser sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMessage {
+    /// The intervention was received (and shown); a reconnect without `last_id` resumes after
+    /// the last one acknowledged.
+    Ack { intervention_id: String },
 }

@@ -76,11 +76,11 @@ async fn ingest_refuses_bad_requests_with_codes_and_keeps_what_it_accepted() -> 
     let message = socket.next_message(Duration::from_secs(30)).await?;
     assert!(matches!(message, Some(PushMessage::Intervention(_))), "got {message:?}");
 
-    // Sockets: bad origin, bad key and a missing shopper id are refused at the upgrade.
+    // Sockets: bad origin and bad key are refused at the upgrade; a plain GET is not a socket.
     assert!(platform.connect_shopper(key, "https://evil.example.com", shopper).await.is_err());
     assert!(platform.connect_shopper("pk_00000000000000000000000000000000", ORIGIN, shopper).await.is_err());
     let r = platform.http.get(format!("{}/v1/ws?key={key}", platform.cell_url)).header("Origin", ORIGIN).send().await?;
-    assert_eq!(error_of(r).await?.1, "missing_shopper_id");
+    assert_eq!(error_of(r).await?.1, "not_a_websocket");
 
     platform.shutdown().await
 }

@@ -59,9 +59,10 @@ async fn the_cell_enforces_the_plan_and_other_stores_are_untouched() -> anyhow::
     // Two sockets at most.
     let first = platform.connect_shopper(&noisy.publishable_key, ORIGIN, "shp_a").await?;
     let _second = platform.connect_shopper(&noisy.publishable_key, ORIGIN, "shp_b").await?;
+    let token = platform.session_token(&noisy.publishable_key, ORIGIN, "shp_c").await?;
     let third = platform
         .http
-        .get(format!("{}/v1/ws?key={}&shopper_id=shp_c", platform.cell_url, noisy.publishable_key))
+        .get(format!("{}/v1/ws?key={}&token={token}", platform.cell_url, noisy.publishable_key))
         .header("Origin", ORIGIN)
         .header("Connection", "Upgrade")
         .header("Upgrade", "websocket")

@@ -70,6 +70,7 @@ async fn openapi_documents_every_route() -> anyhow::Result<()> {
             &platform.cell_url,
             vec![
                 "/v1/events",
+                "/v1/sessions",
                 "/v1/ws",
                 "/v1/shoppers/{shopper_id}/features",
                 "/v1/shoppers/features",

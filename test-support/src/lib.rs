@@ -19,7 +19,7 @@ pub mod redis_server;
 
 pub use broker::Broker;
 pub use database::TestDatabase;
-pub use platform::{OPERATOR_TOKEN, PASSWORD, Platform, ShopperSocket};
+pub use platform::{CellProcess, OPERATOR_TOKEN, PASSWORD, Platform, ShopperSocket};
 pub use redis_server::RedisServer;
 
 /// Sends the services' warnings and errors to the test's captured output, so a failing test

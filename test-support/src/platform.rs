@@ -4,13 +4,15 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use nudge_contracts::{
     control::{SessionTokens, SignupRequest, SignupResponse},
-    push::PushMessage,
+    ingest::SessionIssued,
+    push::{ClientMessage, PushMessage},
 };
 use nudge_control_plane::ControlPlaneConfig;
 use nudge_data_plane_cell::CellConfig;
+use nudge_data_plane_gateway::route::{InterventionPublisher, Naming};
 use secrecy::SecretString;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_tungstenite::{
@@ -110,6 +112,10 @@ impl Platform {
         cell.kafka.partitions_override = 1;
         // Re-check sockets often, so tests see a suspension close them quickly.
         cell.gateway.ping_interval_ms = 200;
+        cell.sessions.secrets =
+            vec![SecretString::from(format!("test-session-secret-{}-0123456789abcdef", unique_suffix()))];
+        // Tests stop platforms often; a drain needs no time for load balancers here.
+        cell.drain.grace_ms = 50;
         cp.kafka.partitions_override = 1;
         tweak(&mut cp, &mut cell);
 
@@ -132,6 +138,44 @@ impl Platform {
         platform.wait_ready(&cell_url).await.context("cell never became ready")?;
         platform.wait_ready(&cp_url).await.context("control plane never became ready")?;
         Ok(platform)
+    }
+
+    /// Starts another process of this platform's cell (same cell id, topics, Redis prefix
+    /// and session secrets) on its own port, configured by `tweak` (e.g. its roles), and
+    /// waits until it is ready.
+    pub async fn start_cell_process(&self, tweak: impl FnOnce(&mut CellConfig)) -> anyhow::Result<CellProcess> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let mut config = self.cell_config.clone();
+        config.http.listen = listener.local_addr()?;
+        tweak(&mut config);
+        let url = format!("http://{}", listener.local_addr()?);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(nudge_data_plane_cell::run(config, listener, shutdown.clone()));
+        let mut last = String::new();
+        for _ in 0..300 {
+            anyhow::ensure!(!task.is_finished(), "the cell process stopped during start-up: {:?}", task.await);
+            match self.http.get(format!("{url}/readyz")).send().await {
+                Ok(r) if r.status().is_success() => return Ok(CellProcess { url, shutdown, task: Some(task) }),
+                Ok(r) => last = r.text().await.unwrap_or_default(),
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::bail!("{url}/readyz never answered 200; last: {last}")
+    }
+
+    /// Publishes interventions as the cell's pipeline does.
+    pub async fn intervention_publisher(&self) -> anyhow::Result<InterventionPublisher> {
+        // Generous timeouts: tests share two cores with everything else they start.
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(Duration::from_secs(10)))
+            .set_connection_timeout(Some(Duration::from_secs(10)));
+        let redis = redis::Client::open(self.redis_url.as_str())?.get_connection_manager_with_config(config).await?;
+        Ok(InterventionPublisher::new(
+            redis,
+            Naming::new(&self.redis_prefix, &self.cell_config.cell_id),
+            self.cell_config.gateway.history.clone(),
+        ))
     }
 
     async fn wait_ready(&mut self, base: &str) -> anyhow::Result<()> {
@@ -284,26 +328,142 @@ impl Platform {
         Ok(request.send().await?)
     }
 
-    /// Opens a shopper socket; fails with the HTTP status when the upgrade is refused.
+    /// A session token for `shopper`, as the snippet gets one (`POST /v1/sessions`).
+    pub async fn session_token(&self, key: &str, origin: &str, shopper: &str) -> anyhow::Result<String> {
+        let response = self
+            .http
+            .post(format!("{}/v1/sessions", self.cell_url))
+            .bearer_auth(key)
+            .header("Origin", origin)
+            .json(&serde_json::json!({ "shopper_id": shopper }))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            response.status() == 201,
+            "POST /v1/sessions: {} {}",
+            response.status(),
+            response.text().await?
+        );
+        Ok(response.json::<SessionIssued>().await?.token)
+    }
+
+    /// Opens a shopper socket with a fresh session token; fails with the HTTP status when
+    /// the upgrade is refused.
     pub async fn connect_shopper(&self, key: &str, origin: &str, shopper: &str) -> anyhow::Result<ShopperSocket> {
-        let url = format!("{}/v1/ws?key={key}&shopper_id={shopper}", self.cell_url.replacen("http", "ws", 1));
-        let mut request = url.into_client_request()?;
-        request.headers_mut().insert("Origin", HeaderValue::from_str(origin)?);
-        let (ws, _) = tokio_tungstenite::connect_async(request).await?;
-        let mut socket = ShopperSocket { ws };
-        match socket.next_message(Duration::from_secs(5)).await? {
-            Some(PushMessage::Ready { .. }) => Ok(socket),
-            other => anyhow::bail!("expected a ready message, got {other:?}"),
+        Ok(self.connect_shopper_at(&self.cell_url, key, origin, shopper, None).await?.0)
+    }
+
+    /// Opens a shopper socket on the gateway at `base` with a fresh session token (from this
+    /// platform's cell), resuming after `last_id`; with the number of interventions replayed.
+    pub async fn connect_shopper_at(
+        &self,
+        base: &str,
+        key: &str,
+        origin: &str,
+        shopper: &str,
+        last_id: Option<&str>,
+    ) -> anyhow::Result<(ShopperSocket, usize)> {
+        let token = self.session_token(key, origin, shopper).await?;
+        let resume = last_id.map(|id| format!("&last_id={id}")).unwrap_or_default();
+        let query = format!("key={key}&token={token}{resume}");
+        // Another process of the cell may not have read the tenant's key yet: 401 for a
+        // moment, as for a browser on a just-created store.
+        let mut attempts = 0;
+        let mut socket = loop {
+            match ShopperSocket::open(base, &query, origin).await {
+                Err(e) if attempts < 100 && e.to_string().contains("401") => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => break other?,
+            }
+        };
+        let replaying = socket.ready().await?;
+        Ok((socket, replaying))
+    }
+}
+
+/// Another process of the platform's cell. Dropping it stops it at once.
+pub struct CellProcess {
+    pub url: String,
+    /// Cancelling it is what SIGTERM does to a cell: drain, then stop.
+    pub shutdown: CancellationToken,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl CellProcess {
+    /// Drains and stops the process, as on SIGTERM; its outcome.
+    pub async fn terminate(mut self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        match self.task.take() {
+            Some(task) => {
+                tokio::time::timeout(Duration::from_secs(30), task).await.context("the cell did not stop")??
+            }
+            None => Ok(()),
         }
     }
 }
 
-/// A shopper's WebSocket, as a browser holds it.
+impl Drop for CellProcess {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(t) = &self.task {
+            t.abort();
+        }
+    }
+}
+
+/// A shopper's WebSocket, as a browser holds it./// A shopper's WebSocket, as a browser holds it.
 pub struct ShopperSocket {
     ws: WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>,
 }
 
 impl ShopperSocket {
+    /// Opens `/v1/ws?{query}` on `base` from `origin`, reading nothing yet.
+    pub async fn open(base: &str, query: &str, origin: &str) -> anyhow::Result<Self> {
+        let url = format!("{}/v1/ws?{query}", base.replacen("http", "ws", 1));
+        let mut request = url.into_client_request()?;
+        request.headers_mut().insert("Origin", HeaderValue::from_str(origin)?);
+        let (ws, _) = tokio_tungstenite::connect_async(request).await?;
+        Ok(Self { ws })
+    }
+
+    /// Reads the `ready` message; how many interventions are about to be replayed.
+    pub async fn ready(&mut self) -> anyhow::Result<usize> {
+        match self.next_message(Duration::from_secs(5)).await? {
+            Some(PushMessage::Ready { replaying, .. }) => Ok(replaying),
+            other => anyhow::bail!("expected a ready message, got {other:?}"),
+        }
+    }
+
+    /// Acknowledges an intervention, as the snippet does once it is shown.
+    pub async fn ack(&mut self, intervention_id: &str) -> anyhow::Result<()> {
+        let ack = serde_json::to_string(&ClientMessage::Ack { intervention_id: intervention_id.to_owned() })?;
+        self.ws.send(Message::Text(ack.into())).await?;
+        Ok(())
+    }
+
+    /// Sends a raw frame.
+    pub async fn send(&mut self, message: Message) -> anyhow::Result<()> {
+        self.ws.send(message).await?;
+        Ok(())
+    }
+
+    /// The close code and reason the server closes with, within `wait`.
+    pub async fn close_frame(&mut self, wait: Duration) -> anyhow::Result<Option<(u16, String)>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => anyhow::bail!("the socket stayed open"),
+                Ok(None) | Ok(Some(Err(_))) => return Ok(None),
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    return Ok(frame.map(|f| (f.code.into(), f.reason.to_string())));
+                }
+                Ok(Some(Ok(_))) => {}
+            }
+        }
+    }
+
     /// Waits for the server to close the socket; its close code.
     pub async fn closed(&mut self, wait: Duration) -> anyhow::Result<Option<u16>> {
         let deadline = tokio::time::Instant::now() + wait;

@@ -3,6 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 use nudge_data_plane_decide::RuleConfig;
+use nudge_data_plane_directory::session::SessionConfig;
 use nudge_data_plane_gateway::GatewayConfig;
 use nudge_data_plane_ingest::IngestConfig;
 use nudge_platform_config::Validate;
@@ -21,6 +22,8 @@ use crate::idle::IdleCartsConfig;
 pub struct CellConfig {
     /// This cell's id; tenant records for other cells are ignored.
     pub cell_id: CellId,
+    /// What this process does; every role by default.
+    pub roles: Roles,
     pub http: HttpConfig,
     pub kafka: KafkaConfig,
     pub redis: RedisConfig,
@@ -28,6 +31,9 @@ pub struct CellConfig {
     pub stages: StagesConfig,
     pub usage: UsageConfig,
     pub gateway: GatewayConfig,
+    /// Shopper session tokens (issued by ingest, required by sockets).
+    pub sessions: SessionConfig,
+    pub drain: DrainConfig,
     pub inference: InferenceConfig,
     pub decide: RuleConfig,
     pub idle_carts: IdleCartsConfig,
@@ -38,6 +44,7 @@ impl Default for CellConfig {
     fn default() -> Self {
         Self {
             cell_id: CellId::default_shared(),
+            roles: Roles::default(),
             http: HttpConfig::default(),
             kafka: KafkaConfig::default(),
             redis: RedisConfig::default(),
@@ -45,6 +52,8 @@ impl Default for CellConfig {
             stages: StagesConfig::default(),
             usage: UsageConfig::default(),
             gateway: GatewayConfig::default(),
+            sessions: SessionConfig::default(),
+            drain: DrainConfig::default(),
             inference: InferenceConfig::default(),
             decide: RuleConfig::default(),
             idle_carts: IdleCartsConfig::default(),
@@ -70,6 +79,40 @@ pub struct StagesConfig {
 impl Default for StagesConfig {
     fn default() -> Self {
         Self { validator_consumers: 1, pipeline_consumers: 1, max_attempts: 5, retry_backoff_ms: 200 }
+    }
+}
+
+/// The roles of one cell process; a cell may run them in separate deployments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct Roles {
+    /// `POST /v1/events`, `POST /v1/sessions`, the feature read API and `/nudge.js`.
+    pub ingest: bool,
+    /// The stages (validator, pipeline: features, scoring, decisions), idle carts, models.
+    pub pipeline: bool,
+    /// Shopper sockets (`/v1/ws`).
+    pub gateway: bool,
+}
+
+impl Default for Roles {
+    fn default() -> Self {
+        Self { ingest: true, pipeline: true, gateway: true }
+    }
+}
+
+/// What happens between SIGTERM and exit.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct DrainConfig {
+    /// After SIGTERM the cell reports not ready, closes every socket with 1012 and refuses
+    /// new ones, yet keeps serving requests this long (for load balancers to notice) before
+    /// it stops; the stages then commit what they have done.
+    pub grace_ms: u64,
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        Self { grace_ms: 5_000 }
     }
 }
 
@@ -155,6 +198,12 @@ impl Validate for CellConfig {
         }
         if self.idle_carts.after_ms == 0 || self.idle_carts.scan_interval_ms == 0 || self.idle_carts.batch == 0 {
             return Err("idle_carts: after_ms, scan_interval_ms and batch must be positive".into());
+        }
+        if !(self.roles.ingest || self.roles.pipeline || self.roles.gateway) {
+            return Err("roles: enable at least one of ingest, pipeline, gateway".into());
+        }
+        if self.gateway.history.max_per_shopper == 0 || self.gateway.history.ttl_ms == 0 {
+            return Err("gateway.history: max_per_shopper and ttl_ms must be positive".into());
         }
         if !(0.0..=1.0).contains(&self.decide.threshold) {
             return Err("decide.threshold must be within [0, 1]".into());

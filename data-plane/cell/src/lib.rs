@@ -31,10 +31,13 @@ use anyhow::Context as _;
 use axum::middleware::from_fn_with_state;
 use nudge_contracts::Topic;
 use nudge_data_plane_directory::Directory;
+use nudge_data_plane_directory::session::SessionSigner;
 use nudge_data_plane_features::store::SessionStore;
 use nudge_data_plane_gateway::{
-    GatewayState, Hub,
-    route::{InterventionPublisher, channel},
+    GatewayMetrics, GatewayState, Hub,
+    hub::heartbeat,
+    route::{History, InterventionPublisher, Naming},
+    socket::CLOSE_SERVICE_RESTART,
 };
 use nudge_data_plane_inference::{Model, ModelSet, Scorers, bundled, init_runtime};
 use nudge_data_plane_ingest::{
@@ -59,19 +62,185 @@ use utoipa_axum::router::OpenApiRouter;
 
 pub use config::CellConfig;
 
-/// Runs a cell on `listener` until `shutdown` is cancelled.
+/// Runs a cell on `listener` until `shutdown` is cancelled, then drains: readiness turns
+/// false, every socket is closed with 1012 (reconnect elsewhere) and new ones are refused,
+/// requests are still served for `drain.grace_ms`, and then everything stops.
+///
+/// `roles` decides what this process does: `ingest` (events, session tokens, the feature
+/// read API, the snippet), `pipeline` (the stages, idle carts, models), `gateway` (sockets).
+/// One process may do all three; the processes of a cell share its topics, Redis prefix
+/// and session secrets, so an intervention decided by any pipeline reaches the socket on
+/// whichever gateway holds it.
 pub async fn run(config: CellConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let roles = config.roles;
+    let draining = Arc::new(AtomicBool::new(false));
+    let requested = shutdown;
+    // What actually stops the server and the tasks, once the drain is over.
+    let shutdown = CancellationToken::new();
     let metrics = Metrics::new("cell");
+    let sessions = Arc::new(SessionSigner::new(&config.sessions).context("sessions")?);
     let topics = config.kafka.topics();
     nudge_platform_kafka::ensure_topics(&config.kafka, &Topic::ALL).await.context("creating topics")?;
+    let mut tasks: Vec<Task> = Vec::new();
+    let mut router = OpenApiRouter::new();
 
+    // Tenants, from control.tenants.v1.
+    let directory = Arc::new(Directory::new(config.cell_id.clone()));
+    tasks.push(("tenant directory", {
+        let (directory, kafka, shutdown) = (directory.clone(), config.kafka.clone(), shutdown.clone());
+        tokio::spawn(async move { Ok(nudge_data_plane_directory::follow(directory, kafka, shutdown).await?) })
+    }));
+
+    // Redis: sessions, histories and the intervention channels.
+    let redis_client = redis::Client::open(config.redis.url.expose_secret()).context("redis.url")?;
+    let redis_timeout = Duration::from_millis(config.redis.response_timeout_ms);
+    let redis = ConnectionManager::new_with_config(
+        redis_client.clone(),
+        ConnectionManagerConfig::new()
+            .set_response_timeout(Some(redis_timeout))
+            .set_connection_timeout(Some(redis_timeout))
+            .set_number_of_retries(2),
+    )
+    .await
+    .context("connecting to redis")?;
+    let naming = Naming::new(&config.redis.prefix, &config.cell_id);
+    let mut readiness = Readiness::default()
+        .with(Arc::new(readiness::NotDraining(draining.clone())))
+        .with(Arc::new(readiness::DirectoryReady(directory.clone())))
+        .with(Arc::new(readiness::RedisReady(redis.clone())));
+
+    let usage = Arc::new(UsageCounters::default());
+    let producer = SharedProducer::new(&config.kafka, &format!("cell-{}-stages", config.cell_id))?;
+    if roles.pipeline {
+        readiness =
+            pipeline_role(&config, &metrics, &directory, &redis, &naming, &usage, &producer, &shutdown, &mut tasks)?
+                .into_iter()
+                .fold(readiness, |r, check| r.with(check));
+    }
+    if roles.ingest || roles.pipeline {
+        tasks.push((
+            "usage reporter",
+            tokio::spawn(usage::report(
+                usage.clone(),
+                producer,
+                topics.name(Topic::Usage),
+                config.cell_id.clone(),
+                Duration::from_millis(config.usage.interval_ms),
+                shutdown.clone(),
+            )),
+        ));
+    }
+
+    let hub = Arc::new(Hub::default());
+    if roles.gateway {
+        // This process's sockets, its subscriptions to the channels of the tenants it holds
+        // sockets for, and one keepalive task for all of them.
+        let subscribed = Arc::new(AtomicBool::new(false));
+        let subscribe = nudge_data_plane_gateway::route::subscribe(
+            redis_client,
+            naming.clone(),
+            hub.clone(),
+            subscribed.clone(),
+            shutdown.clone(),
+        );
+        tasks.push((
+            "intervention subscriber",
+            tokio::spawn(async move {
+                subscribe.await;
+                Ok(())
+            }),
+        ));
+        let beat = heartbeat(
+            hub.clone(),
+            directory.clone(),
+            config.gateway.ping_interval(),
+            config.gateway.idle_timeout(),
+            shutdown.clone(),
+        );
+        tasks.push((
+            "socket keepalive",
+            tokio::spawn(async move {
+                beat.await;
+                Ok(())
+            }),
+        ));
+        let gateway = GatewayState {
+            config: config.gateway.clone(),
+            directory: directory.clone(),
+            hub: hub.clone(),
+            sessions: sessions.clone(),
+            history: History::new(redis.clone(), naming, config.gateway.history.clone()),
+            metrics: GatewayMetrics::register(&metrics),
+            draining: draining.clone(),
+        };
+        router = router.merge(nudge_data_plane_gateway::router().with_state(gateway));
+        readiness = readiness.with(Arc::new(readiness::SubscriptionReady(subscribed)));
+    }
+
+    if roles.ingest {
+        let sink = KafkaSink::new(
+            &config.kafka,
+            &format!("cell-{}-ingest", config.cell_id),
+            topics.name(Topic::EventsRaw),
+            config.ingest.ack_timeout(),
+            config.ingest.max_queued_records,
+        )?;
+        let ingest = IngestState {
+            directory: directory.clone(),
+            limiter: Arc::new(nudge_data_plane_ingest::limits::RateLimiter::default()),
+            dedup: Arc::new(RedisDedup::new(redis.clone(), config.redis.prefix.clone())),
+            usage,
+            sink: Arc::new(sink),
+            config: config.ingest.clone(),
+            metrics: IngestMetrics::register(&metrics),
+            sessions,
+        };
+        let features = nudge_data_plane_features::api::FeaturesState {
+            directory: directory.clone(),
+            store: SessionStore::new(redis.clone(), config.redis.prefix.clone()).for_cell(&config.cell_id),
+        };
+        router = router
+            .merge(nudge_data_plane_ingest::router().with_state(ingest))
+            .merge(nudge_data_plane_features::api::router().with_state(features))
+            .merge(snippet::router());
+    }
+
+    let http_metrics = HttpMetrics::register(&metrics);
+    let (router, _) = openapi::with_document(
+        router.merge(ops_router(readiness, metrics)),
+        "Nudge cell",
+        "Event intake, shopper sockets, the feature read API and the browser snippet of a Nudge data-plane cell.",
+    );
+    let router = router.layer(from_fn_with_state(http_metrics, trace_layer));
+
+    tokio::spawn(drain(requested, draining, hub, config.clone(), shutdown.clone()));
+
+    tracing::info!(addr = %listener.local_addr()?, cell_id = %config.cell_id, ?roles, "cell listening");
+    serve_supervised(serve(listener, router, shutdown.clone()), tasks, shutdown).await
+}
+
+/// The stages (validator, pipeline), the idle-cart scanner and the models they score with;
+/// the readiness checks they add.
+#[allow(clippy::too_many_arguments)]
+fn pipeline_role(
+    config: &CellConfig,
+    metrics: &Metrics,
+    directory: &Arc<Directory>,
+    redis: &ConnectionManager,
+    naming: &Naming,
+    usage: &Arc<UsageCounters>,
+    producer: &SharedProducer,
+    shutdown: &CancellationToken,
+    tasks: &mut Vec<Task>,
+) -> anyhow::Result<Vec<Arc<dyn nudge_platform_http::ReadinessCheck>>> {
+    let topics = config.kafka.topics();
     // The model first: a cell that cannot score should fail at start, not per event.
     let runtime = init_runtime(config.inference.onnxruntime_library.as_deref())?;
-    let models = Arc::new(ModelSet::with_bundled(runtime, load_model(runtime, &config)?)?);
+    let models = Arc::new(ModelSet::with_bundled(runtime, load_model(runtime, config)?)?);
     tracing::info!(default = models.default_model().version(), models = ?models.versions(), "models loaded");
     let scorers = Arc::new(Scorers::spawn(&models, &config.inference.batching));
     let models_caught_up = Arc::new(AtomicBool::new(false));
-    let registry = {
+    tasks.push(("model registry", {
         let refused = prometheus_client::metrics::counter::Counter::default();
         metrics.registry().register(
             "models_registry_refused",
@@ -89,49 +258,10 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
         tokio::spawn(async move {
             Ok(nudge_platform_kafka::follow::follow(follower, &kafka, topic, &client_id, shutdown).await?)
         })
-    };
+    }));
 
-    // Tenants, from control.tenants.v1.
-    let directory = Arc::new(Directory::new(config.cell_id.clone()));
-    let follow = {
-        let (directory, kafka, shutdown) = (directory.clone(), config.kafka.clone(), shutdown.clone());
-        tokio::spawn(async move { Ok(nudge_data_plane_directory::follow(directory, kafka, shutdown).await?) })
-    };
-
-    // Redis: sessions and the intervention channel.
-    let redis_client = redis::Client::open(config.redis.url.expose_secret()).context("redis.url")?;
-    let redis_timeout = Duration::from_millis(config.redis.response_timeout_ms);
-    let redis = ConnectionManager::new_with_config(
-        redis_client.clone(),
-        ConnectionManagerConfig::new()
-            .set_response_timeout(Some(redis_timeout))
-            .set_connection_timeout(Some(redis_timeout))
-            .set_number_of_retries(2),
-    )
-    .await
-    .context("connecting to redis")?;
-    let channel = channel(&config.redis.prefix, &config.cell_id);
-
-    // The gateway: this process's sockets and its subscription to the cell's channel.
-    let hub = Arc::new(Hub::default());
-    let subscribed = Arc::new(AtomicBool::new(false));
-    let subscribe = nudge_data_plane_gateway::route::subscribe(
-        redis_client,
-        channel.clone(),
-        hub.clone(),
-        subscribed.clone(),
-        shutdown.clone(),
-    );
-    let subscriber = tokio::spawn(async move {
-        subscribe.await;
-        Ok(())
-    });
-
-    // The stages: validator (events.raw → events.validated) and pipeline (→ effects).
-    let usage = Arc::new(UsageCounters::default());
-    let stage_producer = SharedProducer::new(&config.kafka, &format!("cell-{}-stages", config.cell_id))?;
-    let dead_letters = DeadLetters::new(stage_producer.clone(), topics.name(Topic::EventsDlq));
-    let stage_metrics = StageMetrics::register(&metrics);
+    let dead_letters = DeadLetters::new(producer.clone(), topics.name(Topic::EventsDlq));
+    let stage_metrics = StageMetrics::register(metrics);
     let policy = |name| StagePolicy {
         name,
         max_attempts: config.stages.max_attempts,
@@ -140,7 +270,7 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
     };
     let validator: Arc<dyn Handler> = Arc::new(validator::Validator {
         directory: directory.clone(),
-        producer: stage_producer.clone(),
+        producer: producer.clone(),
         validated_topic: topics.name(Topic::EventsValidated),
     });
     let scorer: Arc<dyn Handler> = Arc::new(pipeline::Pipeline {
@@ -149,17 +279,16 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
         scorers,
         directory: directory.clone(),
         rule: config.decide.clone(),
-        publisher: InterventionPublisher::new(redis.clone(), channel),
-        producer: stage_producer.clone(),
+        publisher: InterventionPublisher::new(redis.clone(), naming.clone(), config.gateway.history.clone()),
+        producer: producer.clone(),
         topics: pipeline::OutputTopics {
             features: topics.name(Topic::Features),
             predictions: topics.name(Topic::Predictions),
             interventions: topics.name(Topic::InterventionCommands),
         },
         usage: usage.clone(),
-        metrics: pipeline::PipelineMetrics::register(&metrics),
+        metrics: pipeline::PipelineMetrics::register(metrics),
     });
-    let mut tasks: Vec<Task> = Vec::new();
     for (stage, handler, source, count) in [
         ("validator", validator, Topic::EventsRaw, config.stages.validator_consumers),
         ("pipeline", scorer, Topic::EventsValidated, config.stages.pipeline_consumers),
@@ -195,78 +324,38 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
         tokio::spawn(idle::scan(
             SessionStore::new(redis.clone(), config.redis.prefix.clone()).for_cell(&config.cell_id),
             directory.clone(),
-            stage_producer.clone(),
+            producer.clone(),
             topics.name(Topic::EventsValidated),
             config.idle_carts.clone(),
             shutdown.clone(),
         )),
     ));
-    tasks.push((
-        "usage reporter",
-        tokio::spawn(usage::report(
-            usage.clone(),
-            stage_producer,
-            topics.name(Topic::Usage),
-            config.cell_id.clone(),
-            Duration::from_millis(config.usage.interval_ms),
-            shutdown.clone(),
-        )),
-    ));
+    Ok(vec![Arc::new(readiness::ModelsReady(models_caught_up))])
+}
 
-    // Ingest.
-    let sink = KafkaSink::new(
-        &config.kafka,
-        &format!("cell-{}-ingest", config.cell_id),
-        topics.name(Topic::EventsRaw),
-        config.ingest.ack_timeout(),
-        config.ingest.max_queued_records,
-    )?;
-    let ingest = IngestState {
-        directory: directory.clone(),
-        limiter: Arc::new(nudge_data_plane_ingest::limits::RateLimiter::default()),
-        dedup: Arc::new(RedisDedup::new(redis.clone(), config.redis.prefix.clone())),
-        usage,
-        sink: Arc::new(sink),
-        config: config.ingest.clone(),
-        metrics: IngestMetrics::register(&metrics),
-    };
-    let gateway =
-        GatewayState { config: config.gateway.clone(), directory: directory.clone(), hub, shutdown: shutdown.clone() };
-    let features = nudge_data_plane_features::api::FeaturesState {
-        directory: directory.clone(),
-        store: SessionStore::new(redis.clone(), config.redis.prefix.clone()).for_cell(&config.cell_id),
-    };
-
-    let readiness = Readiness::default()
-        .with(Arc::new(readiness::DirectoryReady(directory)))
-        .with(Arc::new(readiness::ModelsReady(models_caught_up)))
-        .with(Arc::new(readiness::RedisReady(redis)))
-        .with(Arc::new(readiness::SubscriptionReady(subscribed)));
-    let http_metrics = HttpMetrics::register(&metrics);
-    let (router, _) = openapi::with_document(
-        OpenApiRouter::new()
-            .merge(nudge_data_plane_ingest::router().with_state(ingest))
-            .merge(nudge_data_plane_gateway::router().with_state(gateway))
-            .merge(nudge_data_plane_features::api::router().with_state(features))
-            .merge(snippet::router())
-            .merge(ops_router(readiness, metrics)),
-        "Nudge cell",
-        "Event intake, shopper sockets, the feature read API and the browser snippet of a Nudge data-plane cell.",
-    );
-    let router = router.layer(from_fn_with_state(http_metrics, trace_layer));
-
-    tracing::info!(addr = %listener.local_addr()?, cell_id = %config.cell_id, "cell listening");
-    serve_supervised(
-        serve(listener, router, shutdown.clone()),
-        {
-            tasks.push(("tenant directory", follow));
-            tasks.push(("model registry", registry));
-            tasks.push(("intervention subscriber", subscriber));
-            tasks
-        },
-        shutdown,
-    )
-    .await
+/// Once `requested` is cancelled: not ready, sockets closed with 1012 and a reconnect hint,
+/// new sockets refused; after the grace period, `shutdown`.
+async fn drain(
+    requested: CancellationToken,
+    draining: Arc<AtomicBool>,
+    hub: Arc<Hub>,
+    config: CellConfig,
+    shutdown: CancellationToken,
+) {
+    tokio::select! {
+        _ = requested.cancelled() => {}
+        // Stopped for another reason (a task failed): nothing to drain.
+        _ = shutdown.cancelled() => return,
+    }
+    draining.store(true, std::sync::atomic::Ordering::Release);
+    let reason = format!("service_restart reconnect_jitter_ms={}", config.gateway.reconnect_jitter_ms);
+    let closed = hub.close_all(CLOSE_SERVICE_RESTART, &reason);
+    tracing::info!(closed, grace_ms = config.drain.grace_ms, "draining: not ready, sockets closed with 1012");
+    tokio::select! {
+        _ = tokio::time::sleep(Duration::from_millis(config.drain.grace_ms)) => {}
+        _ = shutdown.cancelled() => {}
+    }
+    shutdown.cancel();
 }
 
 fn load_model(runtime: &'static ort::environment::Environment, config: &CellConfig) -> anyhow::Result<Model> {

@@ -34,7 +34,7 @@ use nudge_data_plane_features::{
     FEATURE_NAMES,
     store::{IdleTimer, SessionKey, SessionStore, StoreError},
 };
-use nudge_data_plane_gateway::route::InterventionPublisher;
+use nudge_data_plane_gateway::{hub::ShopperAddress, route::InterventionPublisher};
 use nudge_data_plane_inference::{ModelSet, Scorers};
 use nudge_data_plane_ingest::usage::{Drop, UsageCounters};
 use nudge_platform_kafka::{
@@ -284,7 +284,7 @@ impl Pipeline {
             tracing::info!(tenant_id = %key.tenant, score, event_id = %event.event_id, "cart found idle");
         }
         if let Some(iv) = intervention {
-            self.route(&iv).await;
+            self.route(&ShopperAddress { tenant: key.tenant, shopper: key.shopper.clone() }, &iv).await;
         }
         Ok(())
     }
@@ -307,9 +307,9 @@ impl Pipeline {
     /// Routes to the shopper's socket, with a few quick retries. An on-site message is worth
     /// sending only while the shopper is on the page; after that it is counted as lost (it
     /// is on `interventions.commands` for the record).
-    async fn route(&self, iv: &Intervention) {
+    async fn route(&self, to: &ShopperAddress, iv: &Intervention) {
         for attempt in 1..=3u64 {
-            match self.publisher.publish(iv).await {
+            match self.publisher.publish(to, iv).await {
                 Ok(receivers) => {
                     self.metrics.interventions.inc();
                     tracing::info!(

@@ -15,6 +15,20 @@ use redis::aio::ConnectionManager;
 
 type CheckFuture<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
 
+/// The process is not draining (SIGTERM received).
+pub struct NotDraining(pub Arc<AtomicBool>);
+
+impl ReadinessCheck for NotDraining {
+    fn name(&self) -> &'static str {
+        "draining"
+    }
+
+    fn check(&self) -> CheckFuture<'_> {
+        let draining = self.0.load(Ordering::Acquire);
+        Box::pin(async move { if draining { Err("shutting down; sockets moved elsewhere".into()) } else { Ok(()) } })
+    }
+}
+
 /// The tenant directory has read everything published before the cell started.
 pub struct DirectoryReady(pub Arc<Directory>);
 

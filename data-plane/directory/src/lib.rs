@@ -7,12 +7,15 @@
 //!   request, and how a `TenantConfig` record updates it.
 //! - [`auth`]: the publishable key and `Origin` check that decides which tenant a browser
 //!   request acts for (never the body); ingest and the gateway share it.
+//! - [`session`]: [`session::SessionSigner`], the signed short-lived tokens ingest issues
+//!   for a shopper and the gateway requires to open that shopper's socket.
 //! - [`follow`]: [`follow`], the task that reads `control.tenants.v1` from the beginning at
 //!   start, reports when it has caught up, and keeps following.
 
 pub mod auth;
 pub mod directory;
 pub mod follow;
+pub mod session;
 
 pub use directory::{Directory, ServerKeyEntry, TenantEntry, TenantLimits};
 pub use follow::follow;

@@ -1,25 +1,44 @@
 //! The sockets held by this process.
+//!
+//! Each socket is a slot in one of [`SHARDS`] maps keyed by (tenant, shopper): its bounded
+//! queue, when it last heard from the browser, and the key it was opened with. The hub
+//! also keeps which tenants have sockets here, so the process subscribes to those tenants'
+//! channels only ([`crate::route`]), and does the keepalive work of every socket in one
+//! task ([`heartbeat`]) instead of a timer per socket.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
+    hash::{BuildHasher, Hash},
     sync::{
         Arc, Mutex, PoisonError,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU32, AtomicU64, Ordering},
     },
+    time::Duration,
 };
 
 use nudge_contracts::ShopperId;
-use nudge_tenants::TenantId;
-use tokio::sync::mpsc;
+use nudge_data_plane_directory::Directory;
+use nudge_tenants::{PublishableKey, TenantId};
+use tokio::{
+    sync::{Notify, mpsc},
+    time::Instant,
+};
+use tokio_util::sync::CancellationToken;
 
-/// Frames waiting for one socket. Bounded: a shopper whose browser stops reading cannot
-/// make the process hold an unbounded backlog; a socket whose queue is full when a frame
-/// arrives is evicted (its socket closes with [`CLOSE_SLOW_CONSUMER`]) rather than left
-/// to miss that frame silently.
+/// Messages waiting for one socket. Bounded: a shopper whose browser stops reading cannot
+/// make the process hold an unbounded backlog; a socket whose queue is full when something
+/// arrives is evicted (closed with [`CLOSE_SLOW_CONSUMER`]) rather than left to miss it.
 pub const SEND_QUEUE: usize = 32;
 
-/// Close code of a socket evicted because it did not keep up with its frames.
+/// Close code of a socket evicted because it did not keep up with its messages.
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
+/// Close code when the store stopped taking traffic or the key was revoked.
+pub const CLOSE_NOT_AUTHORIZED: u16 = 4003;
+/// Close code of a socket that stayed silent (not even a pong) past the idle timeout.
+pub const CLOSE_IDLE: u16 = 4000;
+
+/// Independent locks over the sockets: delivery and keepalive sweeps contend per shard.
+const SHARDS: usize = 16;
 
 /// A shopper within a tenant: the address an intervention is delivered to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -28,29 +47,65 @@ pub struct ShopperAddress {
     pub shopper: ShopperId,
 }
 
-type Frame = Arc<str>;
-type Sockets = HashMap<ShopperAddress, Vec<(u64, mpsc::Sender<Frame>)>>;
+/// An intervention rendered once, shared by every socket it goes to.
+#[derive(Debug)]
+pub struct Pushed {
+    pub intervention_id: Box<str>,
+    pub text: Box<str>,
+}
+
+/// What a socket's task is asked to do.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    Push(Arc<Pushed>),
+    Ping,
+    /// Read the shopper's history again: this process may have missed messages while its
+    /// subscription was down.
+    Resync,
+    Close(u16, Arc<str>),
+}
+
+struct Slot {
+    id: u64,
+    tx: mpsc::Sender<Outbound>,
+    /// Seconds since the hub's epoch when the browser last sent anything.
+    heard: Arc<AtomicU32>,
+    key: PublishableKey,
+}
+
+type Shard = HashMap<ShopperAddress, Vec<Slot>>;
 
 /// What delivering to a shopper did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Delivery {
     pub delivered: usize,
-    /// Sockets whose queue was full: evicted (closed as slow consumers), the frame not
-    /// queued for them.
+    /// Sockets whose queue was full: evicted (closed as slow consumers), the message not
+    /// queued for them. They resume from the shopper's history when they reconnect.
     pub evicted: usize,
 }
 
 /// Sockets of this process. A shopper may have several (tabs).
-#[derive(Default)]
 pub struct Hub {
-    sockets: Mutex<Inner>,
+    shards: Box<[Mutex<Shard>]>,
+    hasher: std::collections::hash_map::RandomState,
+    tenants: Mutex<HashMap<TenantId, u32>>,
     next_id: AtomicU64,
+    epoch: Instant,
+    /// Signalled when a tenant gains its first socket here or loses its last.
+    tenants_changed: Notify,
 }
 
-#[derive(Default)]
-struct Inner {
-    sockets: Sockets,
-    per_tenant: HashMap<TenantId, u32>,
+impl Default for Hub {
+    fn default() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::new())).collect(),
+            hasher: Default::default(),
+            tenants: Mutex::default(),
+            next_id: AtomicU64::new(0),
+            epoch: Instant::now(),
+            tenants_changed: Notify::new(),
+        }
+    }
 }
 
 /// The tenant already holds as many sockets as its plan allows here.
@@ -62,72 +117,244 @@ pub struct Registration {
     hub: Arc<Hub>,
     address: ShopperAddress,
     id: u64,
+    heard: Arc<AtomicU32>,
+}
+
+impl Registration {
+    /// Records that the browser sent something (a pong, an acknowledgement).
+    pub fn heard(&self) {
+        self.heard.store(self.hub.now_secs(), Ordering::Relaxed);
+    }
+
+    pub fn address(&self) -> &ShopperAddress {
+        &self.address
+    }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        let mut inner = self.hub.sockets.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(list) = inner.sockets.get_mut(&self.address) {
-            list.retain(|(id, _)| *id != self.id);
-            if list.is_empty() {
-                inner.sockets.remove(&self.address);
+        {
+            let mut shard = self.hub.shard(&self.address);
+            if let Some(list) = shard.get_mut(&self.address) {
+                list.retain(|s| s.id != self.id);
+                if list.is_empty() {
+                    shard.remove(&self.address);
+                }
             }
         }
-        if let Some(n) = inner.per_tenant.get_mut(&self.address.tenant) {
+        let mut tenants = self.hub.tenants.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = tenants.get_mut(&self.address.tenant) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                inner.per_tenant.remove(&self.address.tenant);
+                tenants.remove(&self.address.tenant);
+                self.hub.tenants_changed.notify_one();
             }
         }
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl Hub {
-    /// Registers a socket for `address` unless its tenant already holds `cap` sockets here;
-    /// frames for it arrive on the returned receiver.
+    fn shard(&self, address: &ShopperAddress) -> std::sync::MutexGuard<'_, Shard> {
+        let i = (self.hasher.hash_one(address) as usize) % self.shards.len();
+        lock(&self.shards[i])
+    }
+
+    fn now_secs(&self) -> u32 {
+        u32::try_from(self.epoch.elapsed().as_secs()).unwrap_or(u32::MAX)
+    }
+
+    /// Registers a socket for `address`, opened with `key`, unless its tenant already holds
+    /// `cap` sockets here; what the socket must do arrives on the returned receiver.
     pub fn register(
         self: &Arc<Self>,
         address: ShopperAddress,
+        key: PublishableKey,
         cap: u32,
-    ) -> Result<(Registration, mpsc::Receiver<Frame>), CapReached> {
-        let mut inner = self.sockets.lock().unwrap_or_else(PoisonError::into_inner);
-        let held = inner.per_tenant.entry(address.tenant).or_insert(0);
+    ) -> Result<(Registration, mpsc::Receiver<Outbound>), CapReached> {
+        let mut tenants = lock(&self.tenants);
+        let held = tenants.entry(address.tenant).or_insert(0);
         if *held >= cap {
+            if *held == 0 {
+                tenants.remove(&address.tenant);
+            }
             return Err(CapReached(cap));
         }
         *held += 1;
+        if *held == 1 {
+            self.tenants_changed.notify_one();
+        }
         let (tx, rx) = mpsc::channel(SEND_QUEUE);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        inner.sockets.entry(address.clone()).or_default().push((id, tx));
-        Ok((Registration { hub: self.clone(), address, id }, rx))
+        let heard = Arc::new(AtomicU32::new(self.now_secs()));
+        self.shard(&address).entry(address.clone()).or_default().push(Slot { id, tx, heard: heard.clone(), key });
+        drop(tenants);
+        Ok((Registration { hub: self.clone(), address, id, heard }, rx))
     }
 
-    /// Queues `frame` on every socket of `address` held here. A socket whose queue is full
+    /// Queues `message` on every socket of `address` held here. A socket whose queue is full
     /// loses its sender: its task sees the queue end and closes the socket as a slow
     /// consumer (the slot stays taken until it has).
-    pub fn deliver(&self, address: &ShopperAddress, frame: Frame) -> Delivery {
-        let mut inner = self.sockets.lock().unwrap_or_else(PoisonError::into_inner);
+    pub fn deliver(&self, address: &ShopperAddress, message: Arc<Pushed>) -> Delivery {
+        let mut shard = self.shard(address);
         let mut outcome = Delivery::default();
-        let Some(list) = inner.sockets.get_mut(address) else { return outcome };
-        list.retain(|(_, tx)| match tx.try_send(frame.clone()) {
+        let Some(list) = shard.get_mut(address) else { return outcome };
+        list.retain(|slot| match slot.tx.try_send(Outbound::Push(message.clone())) {
             Ok(()) => {
                 outcome.delivered += 1;
                 true
             }
-            Err(_) => {
+            Err(mpsc::error::TrySendError::Full(_)) => {
                 outcome.evicted += 1;
                 false
             }
+            // The task has ended; its registration is about to go.
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
         });
         if list.is_empty() {
-            inner.sockets.remove(address);
+            shard.remove(address);
         }
         outcome
     }
 
+    /// Sends `what(slot)` to every socket for which it gives something, evicting a socket
+    /// whose queue is full. The number of sockets evicted.
+    fn for_each(&self, mut what: impl FnMut(&ShopperAddress, &Slot) -> Option<Outbound>) -> usize {
+        let mut evicted = 0;
+        for shard in self.shards.iter() {
+            let mut shard = lock(shard);
+            shard.retain(|address, list| {
+                list.retain(|slot| match what(address, slot) {
+                    None => true,
+                    Some(message) => match slot.tx.try_send(message) {
+                        Ok(()) => true,
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            evicted += 1;
+                            false
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => false,
+                    },
+                });
+                !list.is_empty()
+            });
+        }
+        evicted
+    }
+
+    /// Asks every socket to re-read its shopper's history. Used after this process's
+    /// subscription was re-established: messages published meanwhile are only there.
+    pub fn resync_all(&self) -> usize {
+        self.for_each(|_, _| Some(Outbound::Resync))
+    }
+
+    /// Asks the sockets of `tenants` to re-read their shoppers' history: this process has
+    /// just subscribed to those tenants, and a socket that read its history before then may
+    /// have missed what was published in between.
+    pub fn resync_tenants(&self, tenants: &HashSet<TenantId>) -> usize {
+        self.for_each(|address, _| tenants.contains(&address.tenant).then_some(Outbound::Resync))
+    }
+
+    /// Closes every socket with `code` (drain).
+    pub fn close_all(&self, code: u16, reason: &str) -> usize {
+        let reason: Arc<str> = reason.into();
+        self.for_each(|_, _| Some(Outbound::Close(code, reason.clone())))
+    }
+
+    /// One keepalive pass over the sockets of `slice` (of `slices`): a socket whose key no
+    /// longer opens its tenant is closed with [`CLOSE_NOT_AUTHORIZED`], one silent for
+    /// longer than `idle` with [`CLOSE_IDLE`], and every other one is pinged.
+    pub fn sweep(
+        &self,
+        slice: u64,
+        slices: u64,
+        idle: Duration,
+        allowed: impl Fn(&TenantId, &PublishableKey) -> bool,
+    ) -> Sweep {
+        self.sweep_at(self.now_secs(), slice, slices, idle, allowed)
+    }
+
+    fn sweep_at(
+        &self,
+        now: u32,
+        slice: u64,
+        slices: u64,
+        idle: Duration,
+        allowed: impl Fn(&TenantId, &PublishableKey) -> bool,
+    ) -> Sweep {
+        let idle = u32::try_from(idle.as_secs()).unwrap_or(u32::MAX);
+        let mut sweep = Sweep::default();
+        sweep.evicted = self.for_each(|address, slot| {
+            if slot.id % slices != slice {
+                return None;
+            }
+            if !allowed(&address.tenant, &slot.key) {
+                sweep.unauthorized += 1;
+                return Some(Outbound::Close(CLOSE_NOT_AUTHORIZED, "not_authorized".into()));
+            }
+            if now.saturating_sub(slot.heard.load(Ordering::Relaxed)) > idle {
+                sweep.idle += 1;
+                return Some(Outbound::Close(CLOSE_IDLE, "idle".into()));
+            }
+            sweep.pinged += 1;
+            Some(Outbound::Ping)
+        });
+        sweep
+    }
+
     /// Open sockets.
     pub fn connections(&self) -> usize {
-        self.sockets.lock().unwrap_or_else(PoisonError::into_inner).sockets.values().map(Vec::len).sum()
+        self.shards.iter().map(|s| lock(s).values().map(Vec::len).sum::<usize>()).sum()
+    }
+
+    /// Tenants with at least one socket here.
+    pub fn tenants(&self) -> HashSet<TenantId> {
+        lock(&self.tenants).keys().copied().collect()
+    }
+
+    /// Resolves when the set of [`Hub::tenants`] may have changed since the last call.
+    pub async fn tenants_changed(&self) {
+        self.tenants_changed.notified().await;
+    }
+}
+
+/// What one keepalive pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sweep {
+    pub pinged: usize,
+    pub idle: usize,
+    pub unauthorized: usize,
+    pub evicted: usize,
+}
+
+/// Keepalive for every socket of the hub: every `ping_interval / slices` one slice of the
+/// sockets is swept, so each socket is pinged (and its key and silence checked) once per
+/// `ping_interval` by a single task.
+pub async fn heartbeat(
+    hub: Arc<Hub>,
+    directory: Arc<Directory>,
+    ping_interval: Duration,
+    idle_timeout: Duration,
+    shutdown: CancellationToken,
+) {
+    const SLICES: u64 = 10;
+    let mut tick = tokio::time::interval((ping_interval / SLICES as u32).max(Duration::from_millis(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut slice = 0;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let sweep = hub.sweep(slice, SLICES, idle_timeout, |tenant, key| {
+            directory.by_key(key).is_some_and(|t| t.tenant_id == *tenant && t.state.accepts_traffic())
+        });
+        if sweep.unauthorized + sweep.idle + sweep.evicted > 0 {
+            tracing::debug!(?sweep, "keepalive closed sockets");
+        }
+        slice = (slice + 1) % SLICES;
     }
 }
 
@@ -140,14 +367,29 @@ mod tests {
         ShopperAddress { tenant, shopper: ShopperId::parse(shopper).unwrap() }
     }
 
+    fn key() -> PublishableKey {
+        PublishableKey::generate().unwrap()
+    }
+
+    fn pushed(id: &str) -> Arc<Pushed> {
+        Arc::new(Pushed { intervention_id: id.into(), text: format!("{{\"id\":\"{id}\"}}").into() })
+    }
+
+    fn id_of(o: Option<Outbound>) -> String {
+        match o {
+            Some(Outbound::Push(p)) => p.intervention_id.to_string(),
+            other => panic!("expected a push, got {other:?}"),
+        }
+    }
+
     #[tokio::test]
     async fn delivers_only_to_the_same_tenant_and_shopper() {
         let hub = Arc::new(Hub::default());
         let (a, b) = (TenantId::new(), TenantId::new());
-        let (_ra, mut rx_a) = hub.register(addr(a, "s1"), 10).unwrap();
-        let (_rb, mut rx_b) = hub.register(addr(b, "s1"), 10).unwrap();
-        assert_eq!(hub.deliver(&addr(a, "s1"), "hello".into()).delivered, 1);
-        assert_eq!(&*rx_a.recv().await.unwrap(), "hello");
+        let (_ra, mut rx_a) = hub.register(addr(a, "s1"), key(), 10).unwrap();
+        let (_rb, mut rx_b) = hub.register(addr(b, "s1"), key(), 10).unwrap();
+        assert_eq!(hub.deliver(&addr(a, "s1"), pushed("hello")).delivered, 1);
+        assert_eq!(id_of(rx_a.recv().await), "hello");
         assert!(rx_b.try_recv().is_err(), "same shopper id in another tenant gets nothing");
     }
 
@@ -155,33 +397,74 @@ mod tests {
     async fn unregisters_on_drop_and_evicts_a_socket_that_does_not_keep_up() {
         let hub = Arc::new(Hub::default());
         let t = TenantId::new();
-        let (reg, mut rx) = hub.register(addr(t, "s"), 10).unwrap();
-        let (_keeps_up, mut other_rx) = hub.register(addr(t, "s"), 10).unwrap();
+        let (reg, mut rx) = hub.register(addr(t, "s"), key(), 10).unwrap();
+        let (_keeps_up, mut other_rx) = hub.register(addr(t, "s"), key(), 10).unwrap();
         for _ in 0..SEND_QUEUE {
-            assert_eq!(hub.deliver(&addr(t, "s"), "x".into()).delivered, 2);
+            assert_eq!(hub.deliver(&addr(t, "s"), pushed("x")).delivered, 2);
             other_rx.recv().await.unwrap();
         }
-        // The first socket read nothing: the next frame evicts it, the other gets it.
-        assert_eq!(hub.deliver(&addr(t, "s"), "y".into()), Delivery { delivered: 1, evicted: 1 });
-        assert_eq!(&*other_rx.recv().await.unwrap(), "y");
+        // The first socket read nothing: the next message evicts it, the other gets it.
+        assert_eq!(hub.deliver(&addr(t, "s"), pushed("y")), Delivery { delivered: 1, evicted: 1 });
+        assert_eq!(id_of(other_rx.recv().await), "y");
         for _ in 0..SEND_QUEUE {
-            assert_eq!(&*rx.recv().await.unwrap(), "x", "what was queued before is still there");
+            assert_eq!(id_of(rx.recv().await), "x", "what was queued before is still there");
         }
         assert!(rx.recv().await.is_none(), "then the queue ends: the socket task closes it");
         assert_eq!(hub.connections(), 1);
         drop(reg);
-        assert_eq!(hub.deliver(&addr(t, "s"), "z".into()), Delivery { delivered: 1, evicted: 0 });
+        assert_eq!(hub.deliver(&addr(t, "s"), pushed("z")), Delivery { delivered: 1, evicted: 0 });
     }
 
     #[test]
     fn caps_sockets_per_tenant_and_frees_slots() {
         let hub = Arc::new(Hub::default());
         let (t, other) = (TenantId::new(), TenantId::new());
-        let first = hub.register(addr(t, "a"), 2).unwrap();
-        let _second = hub.register(addr(t, "b"), 2).unwrap();
-        assert!(matches!(hub.register(addr(t, "c"), 2), Err(CapReached(2))));
-        assert!(hub.register(addr(other, "a"), 2).is_ok(), "another tenant is not affected");
+        let first = hub.register(addr(t, "a"), key(), 2).unwrap();
+        let _second = hub.register(addr(t, "b"), key(), 2).unwrap();
+        assert!(matches!(hub.register(addr(t, "c"), key(), 2), Err(CapReached(2))));
+        assert!(hub.register(addr(other, "a"), key(), 2).is_ok(), "another tenant is not affected");
         drop(first);
-        assert!(hub.register(addr(t, "c"), 2).is_ok(), "a closed socket frees its slot");
+        assert!(hub.register(addr(t, "c"), key(), 2).is_ok(), "a closed socket frees its slot");
+        assert!(matches!(hub.register(addr(TenantId::new(), "a"), key(), 0), Err(CapReached(0))));
+    }
+
+    #[tokio::test]
+    async fn tracks_the_tenants_it_holds_sockets_for() {
+        let hub = Arc::new(Hub::default());
+        let (a, b) = (TenantId::new(), TenantId::new());
+        let ra = hub.register(addr(a, "s"), key(), 10).unwrap();
+        let ra2 = hub.register(addr(a, "t"), key(), 10).unwrap();
+        hub.tenants_changed().await;
+        let (_rb, mut rx_b) = hub.register(addr(b, "s"), key(), 10).unwrap();
+        assert_eq!(hub.tenants(), HashSet::from([a, b]));
+        drop(ra);
+        assert_eq!(hub.tenants(), HashSet::from([a, b]), "a still has a socket");
+        drop(ra2);
+        hub.tenants_changed().await;
+        assert_eq!(hub.tenants(), HashSet::from([b]));
+
+        let (_rc, mut rx_c) = hub.register(addr(TenantId::new(), "s"), key(), 10).unwrap();
+        assert_eq!(hub.resync_tenants(&HashSet::from([b])), 0);
+        assert!(matches!(rx_b.try_recv(), Ok(Outbound::Resync)));
+        assert!(rx_c.try_recv().is_err(), "only the named tenants' sockets resync");
+    }
+
+    #[tokio::test]
+    async fn a_sweep_pings_live_sockets_and_closes_idle_and_unauthorized_ones() {
+        let hub = Arc::new(Hub::default());
+        let t = TenantId::new();
+        let (revoked, kept) = (key(), key());
+        let (_r1, mut rx_revoked) = hub.register(addr(t, "a"), revoked.clone(), 10).unwrap();
+        let (live, mut rx_live) = hub.register(addr(t, "b"), kept.clone(), 10).unwrap();
+        let (_r3, mut rx_silent) = hub.register(addr(t, "c"), kept.clone(), 10).unwrap();
+        live.heard.store(30, Ordering::Relaxed);
+        let sweep = hub.sweep_at(30, 0, 1, Duration::from_secs(20), |_, k| *k != revoked);
+        assert_eq!(sweep, Sweep { pinged: 1, idle: 1, unauthorized: 1, evicted: 0 });
+        assert!(matches!(rx_revoked.recv().await, Some(Outbound::Close(CLOSE_NOT_AUTHORIZED, _))));
+        assert!(matches!(rx_live.recv().await, Some(Outbound::Ping)));
+        assert!(matches!(rx_silent.recv().await, Some(Outbound::Close(CLOSE_IDLE, _))));
+        // Slices: each socket belongs to exactly one.
+        let pinged: usize = (0..4).map(|s| hub.sweep_at(30, s, 4, Duration::from_secs(60), |_, _| true).pinged).sum();
+        assert_eq!(pinged, 3);
     }
 }

@@ -14,4 +14,4 @@ pub mod route;
 pub mod socket;
 
 pub use hub::Hub;
-pub use socket::{GatewayConfig, GatewayState, router};
+pub use socket::{GatewayConfig, GatewayMetrics, GatewayState, router};

@@ -1,10 +1,16 @@
-//! Routing interventions to whichever process holds the shopper's socket.
+//! Routing interventions to whichever process holds the shopper's socket, and the bounded
+//! per-shopper history a reconnecting socket resumes from.
 //!
-//! Every gateway process of a cell subscribes once to the cell's channel; a decision made
-//! anywhere is published there and each process delivers to the sockets it holds. The
-//! message is the `Intervention` Protobuf record.
+//! Each tenant of a cell has a Redis pub/sub channel. A gateway process subscribes to the
+//! channels of the tenants it holds sockets for — once per tenant, not per shopper — and
+//! unsubscribes when their last socket closes. Publishing appends the rendered message to
+//! the shopper's history (a capped list with a TTL) and publishes on the tenant's channel
+//! in one script, so the two never disagree on order: a message is in the history a
+//! socket reads, or arrives on the channel after it, or both (then the socket drops the
+//! repeat by id). The channel carries the `Intervention` Protobuf record.
 
 use std::{
+    collections::HashSet,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -22,32 +28,159 @@ use nudge_contracts::{
 use nudge_platform_telemetry::TraceContext;
 use nudge_tenants::{CellId, TenantId};
 use prost::Message;
-use redis::{AsyncCommands, aio::ConnectionManager};
+use redis::{Script, aio::ConnectionManager};
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::{Hub, ShopperAddress};
+use crate::hub::{Hub, Pushed, ShopperAddress};
 
-/// The pub/sub channel of a cell's interventions.
-pub fn channel(prefix: &str, cell: &CellId) -> String {
-    format!("{prefix}cell:{cell}:interventions")
+/// Names of a cell's intervention channels and history keys.
+#[derive(Debug, Clone)]
+pub struct Naming {
+    prefix: String,
+    cell: CellId,
 }
 
-/// Sends interventions to the cell's gateways.
+impl Naming {
+    pub fn new(prefix: &str, cell: &CellId) -> Self {
+        Self { prefix: prefix.to_owned(), cell: cell.clone() }
+    }
+
+    /// The pub/sub channel of a tenant's interventions.
+    pub fn channel(&self, tenant: &TenantId) -> String {
+        format!("{}cell:{}:t:{tenant}:interventions", self.prefix, self.cell)
+    }
+
+    /// The tenant a channel name is for.
+    fn tenant_of(&self, channel: &str) -> Option<TenantId> {
+        let rest = channel.strip_prefix(&self.prefix)?.strip_prefix("cell:")?;
+        let rest = rest.strip_prefix(self.cell.as_str())?.strip_prefix(":t:")?;
+        rest.strip_suffix(":interventions")?.parse().ok()
+    }
+
+    fn history(&self, a: &ShopperAddress) -> String {
+        format!("{}cell:{}:t:{}:s:{}:history", self.prefix, self.cell, a.tenant, a.shopper)
+    }
+
+    fn acked(&self, a: &ShopperAddress) -> String {
+        format!("{}cell:{}:t:{}:s:{}:acked", self.prefix, self.cell, a.tenant, a.shopper)
+    }
+}
+
+/// How much of each shopper's interventions is kept for resuming.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HistoryConfig {
+    /// Most recent interventions kept per shopper.
+    pub max_per_shopper: u32,
+    /// How long a shopper's history (and last acknowledgement) outlives its last message.
+    pub ttl_ms: u64,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self { max_per_shopper: 20, ttl_ms: 600_000 }
+    }
+}
+
+/// KEYS[1] the shopper's history; ARGV: entry, cap, TTL (ms), channel, payload.
+const PUBLISH: &str = r"
+redis.call('RPUSH', KEYS[1], ARGV[1])
+redis.call('LTRIM', KEYS[1], -tonumber(ARGV[2]), -1)
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return redis.call('PUBLISH', ARGV[4], ARGV[5])
+";
+
+/// Sends interventions to the gateways holding the shopper's tenant, keeping them in the
+/// shopper's history.
 #[derive(Clone)]
 pub struct InterventionPublisher {
     redis: ConnectionManager,
-    channel: String,
+    naming: Naming,
+    history: HistoryConfig,
+    script: Arc<Script>,
 }
 
 impl InterventionPublisher {
-    pub fn new(redis: ConnectionManager, channel: String) -> Self {
-        Self { redis, channel }
+    pub fn new(redis: ConnectionManager, naming: Naming, history: HistoryConfig) -> Self {
+        Self { redis, naming, history, script: Arc::new(Script::new(PUBLISH)) }
     }
 
-    /// Publishes; the number of gateway processes that received it.
-    pub async fn publish(&self, intervention: &Intervention) -> Result<usize, redis::RedisError> {
+    /// Publishes `iv` for `to`; the number of gateway processes that received it live.
+    pub async fn publish(&self, to: &ShopperAddress, iv: &Intervention) -> Result<usize, redis::RedisError> {
+        let entry = format!("{}|{}", iv.intervention_id, push_frame(iv));
         let mut conn = self.redis.clone();
-        conn.publish(&self.channel, intervention.encode_to_vec()).await
+        self.script
+            .key(self.naming.history(to))
+            .arg(entry)
+            .arg(self.history.max_per_shopper.max(1))
+            .arg(self.history.ttl_ms.max(1))
+            .arg(self.naming.channel(&to.tenant))
+            .arg(iv.encode_to_vec())
+            .invoke_async(&mut conn)
+            .await
+    }
+}
+
+/// A shopper's history as a socket reads it.
+#[derive(Clone)]
+pub struct History {
+    redis: ConnectionManager,
+    naming: Naming,
+    config: HistoryConfig,
+}
+
+/// What a shopper's history holds.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Oldest first.
+    pub entries: Vec<Arc<Pushed>>,
+    /// The last intervention a socket of this shopper acknowledged.
+    pub acked: Option<String>,
+}
+
+impl Snapshot {
+    /// The entries after `cursor`: all of them when `cursor` is not among them (never
+    /// acknowledged, or trimmed away), since at least once beats not at all.
+    pub fn after(&self, cursor: Option<&str>) -> &[Arc<Pushed>] {
+        let start =
+            cursor.and_then(|c| self.entries.iter().rposition(|e| &*e.intervention_id == c)).map_or(0, |i| i + 1);
+        &self.entries[start..]
+    }
+}
+
+impl History {
+    pub fn new(redis: ConnectionManager, naming: Naming, config: HistoryConfig) -> Self {
+        Self { redis, naming, config }
+    }
+
+    pub async fn read(&self, of: &ShopperAddress) -> Result<Snapshot, redis::RedisError> {
+        let mut conn = self.redis.clone();
+        let (raw, acked): (Vec<String>, Option<String>) = redis::pipe()
+            .lrange(self.naming.history(of), 0, -1)
+            .get(self.naming.acked(of))
+            .query_async(&mut conn)
+            .await?;
+        let entries = raw
+            .into_iter()
+            .filter_map(|e| {
+                let (id, text) = e.split_once('|')?;
+                Some(Arc::new(Pushed { intervention_id: id.into(), text: text.into() }))
+            })
+            .collect();
+        Ok(Snapshot { entries, acked })
+    }
+
+    /// Records that a socket of `of` acknowledged `intervention_id`.
+    pub async fn ack(&self, of: &ShopperAddress, intervention_id: &str) -> Result<(), redis::RedisError> {
+        let mut conn = self.redis.clone();
+        redis::cmd("SET")
+            .arg(self.naming.acked(of))
+            .arg(intervention_id)
+            .arg("PX")
+            .arg(self.config.ttl_ms.max(1))
+            .query_async(&mut conn)
+            .await
     }
 }
 
@@ -74,22 +207,28 @@ pub fn push_frame(iv: &Intervention) -> String {
     serde_json::to_string(&message).unwrap_or_default()
 }
 
-/// Delivers one pub/sub payload to the hub. Malformed payloads are logged and dropped: they
-/// cannot be delivered anywhere.
-pub fn deliver_payload(hub: &Hub, payload: &[u8]) {
+/// Delivers one pub/sub payload from `tenant`'s channel to the hub. Malformed payloads, and
+/// payloads naming another tenant than their channel's, are logged and dropped.
+pub fn deliver_payload(hub: &Hub, tenant: TenantId, payload: &[u8]) {
     let iv = match Intervention::decode(payload) {
         Ok(iv) => iv,
         Err(e) => {
-            tracing::error!(error = %e, "undecodable intervention on the pub/sub channel");
+            tracing::error!(tenant_id = %tenant, error = %e, "undecodable intervention on the pub/sub channel");
             return;
         }
     };
-    let (Ok(tenant), Ok(shopper)) = (iv.tenant_id.parse::<TenantId>(), ShopperId::parse(&iv.shopper_id)) else {
-        tracing::error!(intervention_id = %iv.intervention_id, "intervention with invalid tenant or shopper id");
+    let (Ok(named), Ok(shopper)) = (iv.tenant_id.parse::<TenantId>(), ShopperId::parse(&iv.shopper_id)) else {
+        tracing::error!(tenant_id = %tenant, intervention_id = %iv.intervention_id, "intervention with invalid tenant or shopper id");
         return;
     };
+    if named != tenant {
+        tracing::error!(tenant_id = %tenant, intervention_id = %iv.intervention_id, "intervention on another tenant's channel; dropped");
+        return;
+    }
     let trace_id = TraceContext::parse(&iv.traceparent).map(|t| t.trace_id()).unwrap_or_default();
-    let outcome = hub.deliver(&ShopperAddress { tenant, shopper }, push_frame(&iv).into());
+    let message =
+        Arc::new(Pushed { intervention_id: iv.intervention_id.as_str().into(), text: push_frame(&iv).into() });
+    let outcome = hub.deliver(&ShopperAddress { tenant, shopper }, message);
     tracing::debug!(
         tenant_id = %tenant, intervention_id = %iv.intervention_id, %trace_id,
         delivered = outcome.delivered, evicted = outcome.evicted, "intervention routed"
@@ -99,51 +238,108 @@ pub fn deliver_payload(hub: &Hub, payload: &[u8]) {
     }
 }
 
-/// Subscribes to `channel` and delivers to `hub` until `shutdown`, reconnecting when Redis
-/// goes away. `subscribed` is true while the subscription is live.
+/// How long one SUBSCRIBE or UNSUBSCRIBE may take before the connection counts as lost.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Keeps this process subscribed to the channels of exactly the tenants `hub` holds sockets
+/// for, and delivers what arrives, until `shutdown`. Reconnects when Redis goes away; after
+/// a reconnect every socket re-reads its history, since messages published meanwhile
+/// reached no one here. `subscribed` is true while the connection is live.
 pub async fn subscribe(
     client: redis::Client,
-    channel: String,
+    naming: Naming,
     hub: Arc<Hub>,
     subscribed: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        let connected = async {
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
-            Ok::<_, redis::RedisError>(pubsub)
-        };
-        let pubsub = tokio::select! {
+        let connected = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = tokio::time::timeout(Duration::from_secs(5), connected) => r,
+            r = tokio::time::timeout(SUBSCRIBE_TIMEOUT, client.get_async_pubsub()) => r,
         };
-        match pubsub {
+        match connected {
             Ok(Ok(pubsub)) => {
-                tracing::info!(%channel, "subscribed to interventions");
+                tracing::info!("intervention subscriber connected");
                 subscribed.store(true, Ordering::Release);
                 backoff = Duration::from_millis(100);
-                let mut messages = pubsub.into_on_message();
-                loop {
+                let (mut sink, mut stream) = pubsub.split();
+                let mut current: HashSet<TenantId> = HashSet::new();
+                let mut dirty = true;
+                let lost = loop {
+                    if dirty {
+                        dirty = false;
+                        let desired = hub.tenants();
+                        let added: HashSet<TenantId> = desired.difference(&current).copied().collect();
+                        let removed: Vec<String> = current.difference(&desired).map(|t| naming.channel(t)).collect();
+                        if !added.is_empty() {
+                            let channels: Vec<String> = added.iter().map(|t| naming.channel(t)).collect();
+                            match tokio::time::timeout(SUBSCRIBE_TIMEOUT, sink.subscribe(&channels)).await {
+                                Ok(Ok(())) => {}
+                                Ok(Err(e)) => break e.to_string(),
+                                Err(_) => break "SUBSCRIBE timed out".to_owned(),
+                            }
+                        }
+                        if !removed.is_empty() {
+                            match tokio::time::timeout(SUBSCRIBE_TIMEOUT, sink.unsubscribe(&removed)).await {
+                                Ok(Ok(())) => {}
+                                Ok(Err(e)) => break e.to_string(),
+                                Err(_) => break "UNSUBSCRIBE timed out".to_owned(),
+                            }
+                        }
+                        current = desired;
+                        if !added.is_empty() {
+                            hub.resync_tenants(&added);
+                        }
+                    }
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
-                        m = messages.next() => match m {
-                            Some(msg) => deliver_payload(&hub, msg.get_payload_bytes()),
-                            None => break,
+                        _ = hub.tenants_changed() => dirty = true,
+                        m = stream.next() => match m {
+                            Some(msg) => match naming.tenant_of(msg.get_channel_name()) {
+                                Some(tenant) => deliver_payload(&hub, tenant, msg.get_payload_bytes()),
+                                None => tracing::error!(channel = msg.get_channel_name(), "message on an unknown channel"),
+                            },
+                            None => break "connection closed".to_owned(),
                         },
                     }
-                }
+                };
                 subscribed.store(false, Ordering::Release);
-                tracing::warn!(%channel, "intervention subscription lost; reconnecting");
+                tracing::warn!(error = %lost, "intervention subscription lost; reconnecting");
             }
-            Ok(Err(e)) => tracing::warn!(error = %e, "subscribing to interventions failed"),
-            Err(_) => tracing::warn!("subscribing to interventions timed out"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "connecting the intervention subscriber failed"),
+            Err(_) => tracing::warn!("connecting the intervention subscriber timed out"),
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channels_name_their_tenant() {
+        let naming = Naming::new("p:", &"shared-1".parse::<CellId>().unwrap());
+        let t = TenantId::new();
+        assert_eq!(naming.tenant_of(&naming.channel(&t)), Some(t));
+        assert_eq!(naming.tenant_of(&Naming::new("q:", &"shared-1".parse::<CellId>().unwrap()).channel(&t)), None);
+        assert_eq!(naming.tenant_of("p:cell:shared-1:t:nonsense:interventions"), None);
+    }
+
+    #[test]
+    fn resumes_after_the_cursor_or_from_the_start() {
+        let entry = |id: &str| Arc::new(Pushed { intervention_id: id.into(), text: id.into() });
+        let s = Snapshot { entries: vec![entry("a"), entry("b"), entry("c")], acked: None };
+        let ids = |v: &[Arc<Pushed>]| v.iter().map(|p| p.intervention_id.to_string()).collect::<Vec<_>>();
+        assert_eq!(ids(s.after(Some("b"))), ["c"]);
+        assert_eq!(ids(s.after(Some("c"))), Vec::<String>::new());
+        assert_eq!(ids(s.after(Some("gone"))), ["a", "b", "c"]);
+        assert_eq!(ids(s.after(None)), ["a", "b", "c"]);
     }
 }

@@ -1,11 +1,34 @@
-//! `GET /v1/ws?key=pk_…&shopper_id=…`: one shopper's socket.
+//! `GET /v1/ws?key=pk_…&token=…[&last_id=itv_…]`: one shopper's socket.
 //!
-//! The tenant comes from the publishable key and the upgrade's `Origin` must be one the
-//! tenant allows, so another store's key can never open a socket on this tenant's
-//! shoppers: sockets are registered under the key's tenant, and interventions are
-//! delivered by (tenant, shopper).
+//! The tenant comes from the publishable key, and the upgrade's `Origin` must be one the
+//! tenant allows; the shopper comes from the session token ingest signed for that tenant
+//! (`POST /v1/sessions`). Nothing the client names decides whose messages it receives.
+//!
+//! On open the socket replays, from the shopper's history, what came after `last_id` (or
+//! after the last acknowledged intervention), then forwards what arrives; the browser
+//! acknowledges each intervention by id and drops repeats, so delivery is at least once and
+//! shown once.
+//!
+//! # Close codes
+//!
+//! | code | reason | the client should |
+//! |---|---|---|
+//! | 1008 | `invalid_message`: a frame that is not a known JSON message | fix the client |
+//! | 1009 | `message_too_big`: a frame over 4 KiB | fix the client |
+//! | 1012 | `service_restart reconnect_jitter_ms=N`: this replica is draining | reconnect within a random 0–N ms |
+//! | 1013 | `try_again_later`: the shopper's history could not be read | reconnect with backoff |
+//! | 4000 | `idle`: nothing heard (not even a pong) for the idle timeout | reconnect when active |
+//! | 4001 | `session_token_missing` | get a token, reconnect |
+//! | 4002 | `session_token_invalid` | get a token, reconnect |
+//! | 4003 | the store no longer accepts this key (suspended, key revoked) | stop |
+//! | 4005 | `session_token_expired` | get a token, reconnect |
+//! | 4006 | `session_token_foreign`: the token is another store's | stop |
+//! | 4008 | `slow_consumer`: messages arrived faster than the socket read them | reconnect (it resumes) |
 
-use std::sync::Arc;
+use std::{
+    collections::VecDeque,
+    sync::{Arc, atomic::AtomicBool},
+};
 
 use axum::{
     extract::{
@@ -15,24 +38,28 @@ use axum::{
     http::{HeaderMap, StatusCode, Uri, header},
     response::{IntoResponse, Response},
 };
-use nudge_contracts::{ShopperId, push::PushMessage};
+use nudge_contracts::push::{ClientMessage, PushMessage};
 use nudge_data_plane_directory::{
     Directory,
     auth::{authorize, key_from, query_param},
+    session::{SessionSigner, TokenError},
 };
 use nudge_platform_http::{ApiError, ErrorBody};
-use nudge_tenants::PublishableKey;
-use serde::{Deserialize, Serialize};
-use tokio::{
-    sync::mpsc,
-    time::{Duration, Instant},
+use nudge_platform_telemetry::Metrics;
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
 };
-use tokio_util::sync::CancellationToken;
+use serde::{Deserialize, Serialize};
+use tokio::{sync::mpsc, time::Duration};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::hub::{CLOSE_SLOW_CONSUMER, CapReached, Hub, Registration, ShopperAddress};
+use crate::{
+    hub::{CLOSE_SLOW_CONSUMER, CapReached, Hub, Outbound, Pushed, Registration, ShopperAddress},
+    route::{History, HistoryConfig},
+};
 
-/// Largest frame a client may send; clients only send pings and acknowledgements.
+/// Largest frame a client may send; clients only send acknowledgements and pongs.
 const MAX_CLIENT_FRAME: usize = 4 * 1024;
 
 /// Per-socket buffers. tungstenite's defaults (128 KiB to read, 128 KiB to gather writes)
@@ -43,30 +70,90 @@ const WRITE_BUFFER: usize = 4 * 1024;
 /// errors out instead of holding more.
 const MAX_WRITE_BUFFER: usize = 64 * 1024;
 
-/// Socket keepalive settings.
+/// A write that takes longer belongs to a shopper who stopped reading.
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait for the shopper's history before the socket is closed with 1013.
+const HISTORY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Ids of the interventions a socket sent recently, to drop the same one arriving both
+/// from the history and live.
+const RECENT_IDS: usize = 64;
+
+pub const CLOSE_INVALID_MESSAGE: u16 = 1008;
+pub const CLOSE_MESSAGE_TOO_BIG: u16 = 1009;
+pub const CLOSE_SERVICE_RESTART: u16 = 1012;
+pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
+
+/// Socket keepalive, history and drain settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct GatewayConfig {
-    /// How often the server pings each socket and re-checks that its tenant still takes
-    /// traffic with the key the socket was opened with.
+    /// Every socket is pinged, and its tenant and key re-checked, once per interval (by one
+    /// task for all sockets, a tenth of them at a time).
     pub ping_interval_ms: u64,
-    /// A socket that has sent nothing (not even a pong) for this long is dropped.
+    /// A socket that has sent nothing (not even a pong) for this long is closed (4000).
     pub idle_timeout_ms: u64,
+    /// What a reconnecting socket can resume from.
+    pub history: HistoryConfig,
+    /// Sockets closed by a drain are told to reconnect within a random delay up to this.
+    pub reconnect_jitter_ms: u64,
 }
 
 impl Default for GatewayConfig {
     fn default() -> Self {
-        Self { ping_interval_ms: 20_000, idle_timeout_ms: 60_000 }
+        Self {
+            ping_interval_ms: 20_000,
+            idle_timeout_ms: 60_000,
+            history: HistoryConfig::default(),
+            reconnect_jitter_ms: 5_000,
+        }
     }
 }
 
 impl GatewayConfig {
-    fn ping_interval(&self) -> Duration {
+    pub fn ping_interval(&self) -> Duration {
         Duration::from_millis(self.ping_interval_ms.max(10))
     }
 
-    fn idle_timeout(&self) -> Duration {
+    pub fn idle_timeout(&self) -> Duration {
         Duration::from_millis(self.idle_timeout_ms)
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabel {
+    code: &'static str,
+}
+
+/// Socket counters.
+#[derive(Clone)]
+pub struct GatewayMetrics {
+    open: Gauge,
+    refused: Family<CodeLabel, Counter>,
+    replayed: Counter,
+    acknowledged: Counter,
+    ack_failures: Counter,
+}
+
+impl GatewayMetrics {
+    pub fn register(metrics: &Metrics) -> Self {
+        let this = Self {
+            open: Gauge::default(),
+            refused: Family::default(),
+            replayed: Counter::default(),
+            acknowledged: Counter::default(),
+            ack_failures: Counter::default(),
+        };
+        let mut r = metrics.registry();
+        r.register("gateway_sockets_open", "Shopper sockets open in this process", this.open.clone());
+        r.register("gateway_sockets_refused", "Sockets refused or closed by the server, by code", this.refused.clone());
+        r.register("gateway_replayed", "Interventions replayed from shopper histories", this.replayed.clone());
+        r.register("gateway_acknowledged", "Interventions acknowledged by browsers", this.acknowledged.clone());
+        r.register("gateway_ack_failures", "Acknowledgements that could not be recorded", this.ack_failures.clone());
+        this
+    }
+
+    fn refused(&self, code: &'static str) {
+        self.refused.get_or_create(&CodeLabel { code }).inc();
     }
 }
 
@@ -76,8 +163,11 @@ pub struct GatewayState {
     pub config: GatewayConfig,
     pub directory: Arc<Directory>,
     pub hub: Arc<Hub>,
-    /// Cancelled at shutdown: sockets close with 1001 (going away).
-    pub shutdown: CancellationToken,
+    pub sessions: Arc<SessionSigner>,
+    pub history: History,
+    pub metrics: GatewayMetrics,
+    /// True once the process drains: new sockets are refused so clients go elsewhere.
+    pub draining: Arc<AtomicBool>,
 }
 
 pub fn router() -> OpenApiRouter<GatewayState> {
@@ -85,20 +175,23 @@ pub fn router() -> OpenApiRouter<GatewayState> {
 }
 
 /// Open a shopper's WebSocket. Text frames are JSON: `{"type": "ready", …}` once, then
-/// `{"type": "intervention", …}` for each intervention decided for this shopper.
+/// `{"type": "intervention", …}` for each intervention (replayed ones first); the browser
+/// answers each with `{"type": "ack", "intervention_id": "…"}`. A refused token closes the
+/// socket with a 4xxx code (see the gateway's close codes).
 #[utoipa::path(get, path = "/v1/ws", tag = "sockets",
     params(
         ("key" = String, Query, description = "the store's publishable key"),
-        ("shopper_id" = String, Query, description = "the shopper the socket listens for"),
+        ("token" = String, Query, description = "a session token from `POST /v1/sessions`"),
+        ("last_id" = Option<String>, Query, description = "the last intervention this browser received: replay what came after it"),
     ),
     responses(
         (status = 101, description = "switching to the WebSocket protocol"),
         (status = 400, description = "`not_a_websocket`", body = ErrorBody),
         (status = 401, description = "`missing_key`, `invalid_key`", body = ErrorBody),
-        (status = 403, description = "`origin_required`, `origin_not_allowed`, `tenant_suspended`", body = ErrorBody),
-        (status = 422, description = "`missing_shopper_id`, `invalid_shopper_id`", body = ErrorBody),
+        (status = 403, description = "`origin_required`, `origin_not_allowed`, `tenant_suspended`, `tenant_inactive`", body = ErrorBody),
+        (status = 422, description = "`invalid_last_id`", body = ErrorBody),
         (status = 429, description = "`connection_limit`: the store's plan allows no more open sockets", body = ErrorBody),
-        (status = 503, description = "`cell_starting`", body = ErrorBody),
+        (status = 503, description = "`cell_starting`, `draining`: connect again (elsewhere) after `Retry-After`", body = ErrorBody),
     ))]
 #[tracing::instrument(skip_all, fields(tenant_id))]
 async fn upgrade(
@@ -107,118 +200,246 @@ async fn upgrade(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    match accept(&state, &uri, &headers, ws) {
+        Ok(response) => response,
+        Err(e) => {
+            state.metrics.refused(e.code);
+            e.into_response()
+        }
+    }
+}
+
+fn accept(
+    state: &GatewayState,
+    uri: &Uri,
+    headers: &HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    if state.draining.load(std::sync::atomic::Ordering::Acquire) {
+        return Err(ApiError::unavailable("draining", "this server is restarting; connect again", 1));
+    }
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
-    let accepted = key_from(&headers, query_param(&uri, "key").as_deref()).and_then(|key| {
-        let tenant = authorize(&state.directory, &key, origin)?;
-        Ok((tenant, key))
-    });
-    let accepted = accepted.and_then(|(tenant, key)| {
-        let shopper = query_param(&uri, "shopper_id")
-            .ok_or_else(|| ApiError::unprocessable("missing_shopper_id", "give shopper_id in the query"))
-            .and_then(|s| {
-                ShopperId::parse(&s).map_err(|e| ApiError::unprocessable("invalid_shopper_id", e.to_string()))
-            })?;
-        Ok((ShopperAddress { tenant: tenant.tenant_id, shopper }, key))
-    });
-    let (address, key) = match accepted {
-        Ok(a) => a,
-        Err(e) => return e.into_response(),
-    };
-    let ws = match ws {
-        Ok(ws) => ws,
-        Err(rejection) => {
-            return ApiError::new(StatusCode::BAD_REQUEST, "not_a_websocket", rejection.body_text()).into_response();
-        }
-    };
-    tracing::Span::current().record("tenant_id", tracing::field::display(address.tenant));
-    let cap = state.directory.by_tenant(address.tenant).map(|t| t.limits.connections).unwrap_or(0);
-    // The slot is taken before upgrading, so the refusal is an HTTP answer with a code; if
-    // the upgrade never completes, dropping the registration frees it.
-    let registered = match state.hub.register(address.clone(), cap) {
-        Ok(r) => r,
-        Err(CapReached(cap)) => {
-            return ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "connection_limit",
-                format!("this store's plan allows {cap} open connections"),
-            )
-            .with_retry_after(5)
-            .into_response();
-        }
-    };
-    ws.max_message_size(MAX_CLIENT_FRAME)
+    let key = key_from(headers, query_param(uri, "key").as_deref())?;
+    let tenant = authorize(&state.directory, &key, origin)?;
+    tracing::Span::current().record("tenant_id", tracing::field::display(tenant.tenant_id));
+    let ws =
+        ws.map_err(|rejection| ApiError::new(StatusCode::BAD_REQUEST, "not_a_websocket", rejection.body_text()))?;
+    let resume = query_param(uri, "last_id");
+    if resume
+        .as_deref()
+        .is_some_and(|id| id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_graphic() && b != b'|'))
+    {
+        return Err(ApiError::unprocessable("invalid_last_id", "last_id is the intervention_id of a message received"));
+    }
+    let ws = ws
+        .max_message_size(MAX_CLIENT_FRAME)
         .max_frame_size(MAX_CLIENT_FRAME)
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
-        .max_write_buffer_size(MAX_WRITE_BUFFER)
-        .on_upgrade(move |socket| serve(socket, state, address, key, registered))
+        .max_write_buffer_size(MAX_WRITE_BUFFER);
+    // A refused token is answered on the socket, where a browser can read the reason (an
+    // HTTP status on a failed upgrade is invisible to page scripts).
+    let claims = match query_param(uri, "token") {
+        None => Err(TokenError::Missing),
+        Some(token) => state.sessions.verify(&token, tenant.tenant_id),
+    };
+    let claims = match claims {
+        Ok(claims) => claims,
+        Err(e) => {
+            state.metrics.refused(e.code());
+            tracing::debug!(tenant_id = %tenant.tenant_id, code = e.code(), "socket token refused");
+            return Ok(ws.on_upgrade(move |socket| refuse(socket, e.close_code(), e.code())));
+        }
+    };
+    let address = ShopperAddress { tenant: claims.tenant, shopper: claims.shopper };
+    // The slot is taken before upgrading, so the refusal is an HTTP answer with a code; if
+    // the upgrade never completes, dropping the registration frees it.
+    let registered = state.hub.register(address, key, tenant.limits.connections).map_err(|CapReached(cap)| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "connection_limit",
+            format!("this store's plan allows {cap} open connections"),
+        )
+        .with_retry_after(5)
+    })?;
+    let state = state.clone();
+    Ok(ws.on_upgrade(move |socket| serve(socket, state, registered, resume)))
 }
 
-/// A write that takes longer belongs to a shopper who stopped reading.
-const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+async fn refuse(mut socket: WebSocket, code: u16, reason: &'static str) {
+    // The peer may already be gone; nothing more to do either way.
+    let _ = send(&mut socket, Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+}
 
-/// Close code when the tenant stopped taking traffic or the key was revoked.
-const CLOSE_NOT_AUTHORIZED: u16 = 4003;
+/// What a socket has sent, to resume and to drop repeats.
+#[derive(Default)]
+struct Sent {
+    /// The last intervention the browser has (sent here, or named when it reconnected).
+    cursor: Option<String>,
+    recent: VecDeque<Box<str>>,
+}
+
+impl Sent {
+    fn contains(&self, id: &str) -> bool {
+        self.recent.iter().any(|r| &**r == id)
+    }
+
+    fn record(&mut self, id: &str) {
+        if self.recent.len() == RECENT_IDS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(id.into());
+        self.cursor = Some(id.to_owned());
+    }
+}
+
+enum Ending {
+    Close(u16, String),
+    Gone,
+}
 
 async fn serve(
     mut socket: WebSocket,
     state: GatewayState,
-    address: ShopperAddress,
-    key: PublishableKey,
-    (registration, mut frames): (Registration, mpsc::Receiver<Arc<str>>),
+    (registration, mut queue): (Registration, mpsc::Receiver<Outbound>),
+    resume: Option<String>,
 ) {
-    let ready = PushMessage::Ready { shopper_id: address.shopper.to_string() };
-    // Serialising the enum cannot fail.
-    let ready = serde_json::to_string(&ready).unwrap_or_default();
-    if send(&mut socket, Message::Text(ready.into())).await.is_err() {
-        return;
+    state.metrics.open.inc();
+    let ending = run(&mut socket, &state, &registration, &mut queue, resume).await;
+    if let Ending::Close(code, reason) = ending {
+        if code >= 4000 || code == CLOSE_MESSAGE_TOO_BIG || code == CLOSE_INVALID_MESSAGE {
+            state.metrics.refused(close_label(code));
+        }
+        let _ = send(&mut socket, Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
     }
-    tracing::debug!(tenant_id = %address.tenant, "shopper socket open");
-    let mut tick = tokio::time::interval(state.config.ping_interval());
-    tick.tick().await;
-    let mut last_heard = Instant::now();
-    let close = loop {
-        tokio::select! {
-            frame = frames.recv() => {
-                // The hub ends the queue only when it evicts this socket for falling behind.
-                let Some(frame) = frame else {
-                    break Some(CloseFrame { code: CLOSE_SLOW_CONSUMER, reason: "too slow to keep up; reconnect".into() });
-                };
-                if send(&mut socket, Message::Text((&*frame).into())).await.is_err() {
-                    break None;
-                }
-            }
-            incoming = socket.recv() => match incoming {
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break None,
-                // Pongs and anything else prove the shopper is still there.
-                Some(Ok(_)) => last_heard = Instant::now(),
-            },
-            _ = tick.tick() => {
-                let still_allowed = state
-                    .directory
-                    .by_key(&key)
-                    .is_some_and(|t| t.tenant_id == address.tenant && t.state.accepts_traffic());
-                if !still_allowed {
-                    break Some(CloseFrame { code: CLOSE_NOT_AUTHORIZED, reason: "the store no longer accepts this key".into() });
-                }
-                if last_heard.elapsed() > state.config.idle_timeout() {
-                    break None;
-                }
-                if send(&mut socket, Message::Ping(Vec::new().into())).await.is_err() {
-                    break None;
-                }
-            }
-            _ = state.shutdown.cancelled() => {
-                break Some(CloseFrame { code: 1001, reason: "server shutting down; reconnect".into() });
-            }
+    state.metrics.open.dec();
+    drop(registration);
+}
+
+fn close_label(code: u16) -> &'static str {
+    match code {
+        CLOSE_INVALID_MESSAGE => "invalid_message",
+        CLOSE_MESSAGE_TOO_BIG => "message_too_big",
+        crate::hub::CLOSE_IDLE => "idle",
+        crate::hub::CLOSE_NOT_AUTHORIZED => "not_authorized",
+        CLOSE_SLOW_CONSUMER => "slow_consumer",
+        _ => "other",
+    }
+}
+
+async fn run(
+    socket: &mut WebSocket,
+    state: &GatewayState,
+    registration: &Registration,
+    queue: &mut mpsc::Receiver<Outbound>,
+    resume: Option<String>,
+) -> Ending {
+    let address = registration.address().clone();
+    // Registered first, read second: whatever is published from here on is queued too,
+    // and a repeat is dropped by id.
+    let snapshot = match tokio::time::timeout(HISTORY_TIMEOUT, state.history.read(&address)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::warn!(tenant_id = %address.tenant, error = %e, "reading a shopper's history failed");
+            return Ending::Close(CLOSE_TRY_AGAIN_LATER, "try_again_later".into());
+        }
+        Err(_) => {
+            tracing::warn!(tenant_id = %address.tenant, "reading a shopper's history timed out");
+            return Ending::Close(CLOSE_TRY_AGAIN_LATER, "try_again_later".into());
         }
     };
-    if let Some(frame) = close {
-        // The peer may already be gone; nothing more to do either way.
-        let _ = send(&mut socket, Message::Close(Some(frame))).await;
+    let mut sent = Sent { cursor: resume.or(snapshot.acked.clone()), recent: VecDeque::new() };
+    let replay = snapshot.after(sent.cursor.as_deref());
+    let ready = PushMessage::Ready { shopper_id: address.shopper.to_string(), replaying: replay.len() };
+    // Serialising the enum cannot fail.
+    let ready = serde_json::to_string(&ready).unwrap_or_default();
+    if send(socket, Message::Text(ready.into())).await.is_err() {
+        return Ending::Gone;
     }
-    drop(registration);
-    tracing::debug!(tenant_id = %address.tenant, "shopper socket closed");
+    state.metrics.replayed.inc_by(replay.len() as u64);
+    for p in replay {
+        if push(socket, &mut sent, p).await.is_err() {
+            return Ending::Gone;
+        }
+    }
+    tracing::debug!(tenant_id = %address.tenant, replayed = replay.len(), "shopper socket open");
+    loop {
+        tokio::select! {
+            out = queue.recv() => match out {
+                // The hub ends the queue only when it evicts this socket for falling behind.
+                None => return Ending::Close(CLOSE_SLOW_CONSUMER, "slow_consumer".into()),
+                Some(Outbound::Push(p)) => {
+                    if !sent.contains(&p.intervention_id) && push(socket, &mut sent, &p).await.is_err() {
+                        return Ending::Gone;
+                    }
+                }
+                Some(Outbound::Ping) => {
+                    if send(socket, Message::Ping(Vec::new().into())).await.is_err() {
+                        return Ending::Gone;
+                    }
+                }
+                Some(Outbound::Resync) => {
+                    let Ok(Ok(snapshot)) = tokio::time::timeout(HISTORY_TIMEOUT, state.history.read(&address)).await else {
+                        // Missed messages cannot be recovered here; a reconnect resumes them.
+                        return Ending::Close(CLOSE_TRY_AGAIN_LATER, "try_again_later".into());
+                    };
+                    for p in snapshot.after(sent.cursor.as_deref()) {
+                        if !sent.contains(&p.intervention_id) && push(socket, &mut sent, p).await.is_err() {
+                            return Ending::Gone;
+                        }
+                    }
+                }
+                Some(Outbound::Close(code, reason)) => return Ending::Close(code, reason.to_string()),
+            },
+            incoming = socket.recv() => {
+                registration.heard();
+                match incoming {
+                    Some(Ok(Message::Text(text))) => match serde_json::from_str::<ClientMessage>(&text) {
+                        Ok(ClientMessage::Ack { intervention_id }) => acknowledge(state, &address, &intervention_id).await,
+                        Err(_) => return Ending::Close(CLOSE_INVALID_MESSAGE, "invalid_message".into()),
+                    },
+                    Some(Ok(Message::Binary(_))) => return Ending::Close(CLOSE_INVALID_MESSAGE, "invalid_message".into()),
+                    Some(Ok(Message::Close(_))) | None => return Ending::Gone,
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return if too_big(e) {
+                        Ending::Close(CLOSE_MESSAGE_TOO_BIG, "message_too_big".into())
+                    } else {
+                        Ending::Gone
+                    },
+                }
+            }
+        }
+    }
+}
+
+async fn push(socket: &mut WebSocket, sent: &mut Sent, p: &Pushed) -> Result<(), ()> {
+    send(socket, Message::Text((&*p.text).into())).await?;
+    sent.record(&p.intervention_id);
+    Ok(())
+}
+
+async fn acknowledge(state: &GatewayState, address: &ShopperAddress, intervention_id: &str) {
+    if intervention_id.is_empty() || intervention_id.len() > 64 || intervention_id.contains('|') {
+        state.metrics.ack_failures.inc();
+        return;
+    }
+    state.metrics.acknowledged.inc();
+    match tokio::time::timeout(HISTORY_TIMEOUT, state.history.ack(address, intervention_id)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            state.metrics.ack_failures.inc();
+            tracing::warn!(tenant_id = %address.tenant, error = %e, "recording an acknowledgement failed");
+        }
+        Err(_) => {
+            state.metrics.ack_failures.inc();
+            tracing::warn!(tenant_id = %address.tenant, "recording an acknowledgement timed out");
+        }
+    }
+}
+
+/// Whether a read failed because the client sent a frame over the limit.
+fn too_big(e: axum::Error) -> bool {
+    e.into_inner().downcast::<tungstenite::Error>().is_ok_and(|e| matches!(*e, tungstenite::Error::Capacity(_)))
 }
 
 async fn send(socket: &mut WebSocket, message: Message) -> Result<(), ()> {

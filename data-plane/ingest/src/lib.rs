@@ -10,10 +10,12 @@
 //!   implementation that answers only once the broker has acknowledged every record.
 //! - [`usage`]: per-tenant counts of accepted and dropped events, by reason.
 //! - [`routes`]: `POST /v1/events` and its CORS preflight.
+//! - [`session`]: `POST /v1/sessions`, the signed token a shopper's socket opens with.
 
 pub mod dedup;
 pub mod limits;
 pub mod routes;
+pub mod session;
 pub mod sink;
 pub mod usage;
 pub mod validate;

@@ -19,6 +19,7 @@ use nudge_contracts::{
 use nudge_data_plane_directory::{
     Directory,
     auth::{authorize, authorize_server, key_from, query_param, secret_key_from},
+    session::SessionSigner,
 };
 use nudge_platform_http::{ApiError, ErrorBody, current_trace};
 use nudge_platform_telemetry::Metrics;
@@ -101,16 +102,25 @@ pub struct IngestState {
     pub sink: Arc<dyn EventSink>,
     pub config: IngestConfig,
     pub metrics: IngestMetrics,
+    /// Signs the session tokens shopper sockets open with.
+    pub sessions: Arc<SessionSigner>,
 }
 
 pub fn router() -> OpenApiRouter<IngestState> {
-    OpenApiRouter::new().routes(routes!(ingest, preflight))
+    OpenApiRouter::new()
+        .routes(routes!(ingest, preflight))
+        .routes(routes!(crate::session::issue, crate::session::preflight))
 }
 
 /// CORS preflight. The key is not sent with a preflight, so the origin is checked on the
 /// real request; here the browser only learns which methods and headers it may use.
 #[utoipa::path(options, path = "/v1/events", tag = "events", responses((status = 204, description = "CORS preflight")))]
 async fn preflight(headers: HeaderMap) -> Response {
+    cors_preflight(&headers)
+}
+
+/// A CORS preflight answer for a browser `POST` with the key in `Authorization`.
+pub(crate) fn cors_preflight(headers: &HeaderMap) -> Response {
     let mut response = StatusCode::NO_CONTENT.into_response();
     let h = response.headers_mut();
     if let Some(origin) = headers.get(header::ORIGIN) {
@@ -124,6 +134,21 @@ async fn preflight(headers: HeaderMap) -> Response {
     h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
     h.insert(header::VARY, HeaderValue::from_static("Origin"));
     response
+}
+
+/// Makes `response` readable by the page at `origin`, refusals included, so the snippet can
+/// tell "fix this" from "retry later". What protects the tenant is the server-side Origin
+/// check, not CORS.
+pub(crate) fn allow_origin(response: &mut Response, origin: Option<&str>) {
+    if let Some(o) = origin.and_then(|o| HeaderValue::from_str(o).ok()) {
+        let h = response.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
+        h.insert(header::VARY, HeaderValue::from_static("Origin"));
+        h.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("retry-after, x-trace-id, idempotent-replayed"),
+        );
+    }
 }
 
 /// Send a batch of shopper events. Accepted (202) only once every event is stored; a batch
@@ -190,18 +215,7 @@ async fn ingest(State(state): State<IngestState>, uri: Uri, headers: HeaderMap, 
     if let Some(seconds) = retry_after {
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
-    // Every answer is readable by the page that asked, refusals included, so the snippet can
-    // tell "fix this" (drop the batch) from "retry later". What protects the tenant is the
-    // server-side Origin check above, not CORS.
-    if let Some(o) = origin.as_deref().and_then(|o| HeaderValue::from_str(o).ok()) {
-        let h = response.headers_mut();
-        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
-        h.insert(header::VARY, HeaderValue::from_static("Origin"));
-        h.insert(
-            header::ACCESS_CONTROL_EXPOSE_HEADERS,
-            HeaderValue::from_static("retry-after, x-trace-id, idempotent-replayed"),
-        );
-    }
+    allow_origin(&mut response, origin.as_deref());
     response
 }
 
