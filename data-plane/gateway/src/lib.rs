@@ -2,12 +2,17 @@
 //!
 //! # Layout
 //!
-//! - [`hub`]: [`Hub`], the sockets this process holds, keyed by (tenant, shopper).
-//! - [`socket`]: `GET /v1/ws`: authenticates with the publishable key and `Origin`, then
-//!   serves one shopper's socket.
+//! - [`hub`]: [`Hub`], the sockets this process holds, keyed by (tenant, shopper), with
+//!   bounded queues; the tenants it holds sockets for; [`hub::heartbeat`], one keepalive
+//!   task for every socket.
+//! - [`socket`]: `GET /v1/ws`: the publishable key and `Origin` name the tenant, a session
+//!   token the shopper; replays the shopper's history, forwards, takes acknowledgements;
+//!   the close codes.
 //! - [`route`]: interventions travel between processes over a Redis pub/sub channel per
-//!   cell: [`route::InterventionPublisher`] sends, [`route::subscribe`] delivers to the hub.
-//!   The process that decided need not hold the socket.
+//!   tenant, and into a capped per-shopper history, in one script:
+//!   [`route::InterventionPublisher`] sends, [`route::subscribe`] keeps this process
+//!   subscribed to its tenants and delivers to the hub, [`route::History`] is what a
+//!   socket resumes from. The process that decided need not hold the socket.
 
 pub mod hub;
 pub mod route;
