@@ -173,7 +173,7 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
             metrics: GatewayMetrics::register(&metrics),
             draining: draining.clone(),
         };
-        router = router.merge(nudge_data_plane_gateway::router().with_state(gateway));
+        router = router.merge(nudge_data_plane_gateway::router().with_state(Arc::new(gateway)));
         readiness = readiness.with(Arc::new(readiness::SubscriptionReady(subscribed)));
     }
 

@@ -19,10 +19,7 @@ use std::{
 use nudge_contracts::ShopperId;
 use nudge_data_plane_directory::Directory;
 use nudge_tenants::{PublishableKey, TenantId};
-use tokio::{
-    sync::{Notify, mpsc},
-    time::Instant,
-};
+use tokio::{sync::Notify, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 /// Messages waiting for one socket. Bounded: a shopper whose browser stops reading cannot
@@ -65,9 +62,77 @@ pub enum Outbound {
     Close(u16, Arc<str>),
 }
 
+/// Why a message was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    Full,
+    Closed,
+}
+
+/// One socket's bounded queue. Unlike a channel it allocates nothing until something is
+/// queued, so an idle socket costs only this struct.
+#[derive(Default)]
+pub struct Queue {
+    state: Mutex<QueueState>,
+    ready: Notify,
+}
+
+#[derive(Default)]
+struct QueueState {
+    items: std::collections::VecDeque<Outbound>,
+    closed: bool,
+}
+
+impl Queue {
+    fn push(&self, message: Outbound) -> Result<(), Refused> {
+        let mut state = lock(&self.state);
+        if state.closed {
+            return Err(Refused::Closed);
+        }
+        if state.items.len() >= SEND_QUEUE {
+            return Err(Refused::Full);
+        }
+        state.items.push_back(message);
+        drop(state);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// Ends the queue: what is queued is still received, then `None`.
+    fn close(&self) {
+        lock(&self.state).closed = true;
+        self.ready.notify_one();
+    }
+
+    /// The next message; `None` once the queue is closed and drained. Cancel-safe.
+    pub async fn recv(&self) -> Option<Outbound> {
+        loop {
+            if let Some(message) = self.try_recv() {
+                return Some(message);
+            }
+            if lock(&self.state).closed {
+                return None;
+            }
+            // A notification given while no one waits is kept, so a push between the check
+            // above and this wait is not missed.
+            self.ready.notified().await;
+        }
+    }
+
+    pub fn try_recv(&self) -> Option<Outbound> {
+        let mut state = lock(&self.state);
+        let message = state.items.pop_front();
+        if state.items.is_empty() && state.items.capacity() > 0 {
+            // A burst is over: give the memory back, idle sockets hold none.
+            state.items = std::collections::VecDeque::new();
+        }
+        message
+    }
+}
+
 struct Slot {
     id: u64,
-    tx: mpsc::Sender<Outbound>,
+    queue: Arc<Queue>,
     /// Seconds since the hub's epoch when the browser last sent anything.
     heard: Arc<AtomicU32>,
     key: PublishableKey,
@@ -174,7 +239,7 @@ impl Hub {
         address: ShopperAddress,
         key: PublishableKey,
         cap: u32,
-    ) -> Result<(Registration, mpsc::Receiver<Outbound>), CapReached> {
+    ) -> Result<(Registration, Arc<Queue>), CapReached> {
         let mut tenants = lock(&self.tenants);
         let held = tenants.entry(address.tenant).or_insert(0);
         if *held >= cap {
@@ -187,32 +252,37 @@ impl Hub {
         if *held == 1 {
             self.tenants_changed.notify_one();
         }
-        let (tx, rx) = mpsc::channel(SEND_QUEUE);
+        let queue = Arc::new(Queue::default());
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let heard = Arc::new(AtomicU32::new(self.now_secs()));
-        self.shard(&address).entry(address.clone()).or_default().push(Slot { id, tx, heard: heard.clone(), key });
+        self.shard(&address).entry(address.clone()).or_default().push(Slot {
+            id,
+            queue: queue.clone(),
+            heard: heard.clone(),
+            key,
+        });
         drop(tenants);
-        Ok((Registration { hub: self.clone(), address, id, heard }, rx))
+        Ok((Registration { hub: self.clone(), address, id, heard }, queue))
     }
 
     /// Queues `message` on every socket of `address` held here. A socket whose queue is full
-    /// loses its sender: its task sees the queue end and closes the socket as a slow
-    /// consumer (the slot stays taken until it has).
+    /// has its queue closed and leaves the map: its task sees the queue end and closes the
+    /// socket as a slow consumer (the slot stays taken until it has).
     pub fn deliver(&self, address: &ShopperAddress, message: Arc<Pushed>) -> Delivery {
         let mut shard = self.shard(address);
         let mut outcome = Delivery::default();
         let Some(list) = shard.get_mut(address) else { return outcome };
-        list.retain(|slot| match slot.tx.try_send(Outbound::Push(message.clone())) {
+        list.retain(|slot| match slot.queue.push(Outbound::Push(message.clone())) {
             Ok(()) => {
                 outcome.delivered += 1;
                 true
             }
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(Refused::Full) => {
+                slot.queue.close();
                 outcome.evicted += 1;
                 false
             }
-            // The task has ended; its registration is about to go.
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(Refused::Closed) => false,
         });
         if list.is_empty() {
             shard.remove(address);
@@ -229,13 +299,14 @@ impl Hub {
             shard.retain(|address, list| {
                 list.retain(|slot| match what(address, slot) {
                     None => true,
-                    Some(message) => match slot.tx.try_send(message) {
+                    Some(message) => match slot.queue.push(message) {
                         Ok(()) => true,
-                        Err(mpsc::error::TrySendError::Full(_)) => {
+                        Err(Refused::Full) => {
+                            slot.queue.close();
                             evicted += 1;
                             false
                         }
-                        Err(mpsc::error::TrySendError::Closed(_)) => false,
+                        Err(Refused::Closed) => false,
                     },
                 });
                 !list.is_empty()
@@ -386,19 +457,19 @@ mod tests {
     async fn delivers_only_to_the_same_tenant_and_shopper() {
         let hub = Arc::new(Hub::default());
         let (a, b) = (TenantId::new(), TenantId::new());
-        let (_ra, mut rx_a) = hub.register(addr(a, "s1"), key(), 10).unwrap();
-        let (_rb, mut rx_b) = hub.register(addr(b, "s1"), key(), 10).unwrap();
+        let (_ra, rx_a) = hub.register(addr(a, "s1"), key(), 10).unwrap();
+        let (_rb, rx_b) = hub.register(addr(b, "s1"), key(), 10).unwrap();
         assert_eq!(hub.deliver(&addr(a, "s1"), pushed("hello")).delivered, 1);
         assert_eq!(id_of(rx_a.recv().await), "hello");
-        assert!(rx_b.try_recv().is_err(), "same shopper id in another tenant gets nothing");
+        assert!(rx_b.try_recv().is_none(), "same shopper id in another tenant gets nothing");
     }
 
     #[tokio::test]
     async fn unregisters_on_drop_and_evicts_a_socket_that_does_not_keep_up() {
         let hub = Arc::new(Hub::default());
         let t = TenantId::new();
-        let (reg, mut rx) = hub.register(addr(t, "s"), key(), 10).unwrap();
-        let (_keeps_up, mut other_rx) = hub.register(addr(t, "s"), key(), 10).unwrap();
+        let (reg, rx) = hub.register(addr(t, "s"), key(), 10).unwrap();
+        let (_keeps_up, other_rx) = hub.register(addr(t, "s"), key(), 10).unwrap();
         for _ in 0..SEND_QUEUE {
             assert_eq!(hub.deliver(&addr(t, "s"), pushed("x")).delivered, 2);
             other_rx.recv().await.unwrap();
@@ -435,7 +506,7 @@ mod tests {
         let ra = hub.register(addr(a, "s"), key(), 10).unwrap();
         let ra2 = hub.register(addr(a, "t"), key(), 10).unwrap();
         hub.tenants_changed().await;
-        let (_rb, mut rx_b) = hub.register(addr(b, "s"), key(), 10).unwrap();
+        let (_rb, rx_b) = hub.register(addr(b, "s"), key(), 10).unwrap();
         assert_eq!(hub.tenants(), HashSet::from([a, b]));
         drop(ra);
         assert_eq!(hub.tenants(), HashSet::from([a, b]), "a still has a socket");
@@ -443,10 +514,10 @@ mod tests {
         hub.tenants_changed().await;
         assert_eq!(hub.tenants(), HashSet::from([b]));
 
-        let (_rc, mut rx_c) = hub.register(addr(TenantId::new(), "s"), key(), 10).unwrap();
+        let (_rc, rx_c) = hub.register(addr(TenantId::new(), "s"), key(), 10).unwrap();
         assert_eq!(hub.resync_tenants(&HashSet::from([b])), 0);
-        assert!(matches!(rx_b.try_recv(), Ok(Outbound::Resync)));
-        assert!(rx_c.try_recv().is_err(), "only the named tenants' sockets resync");
+        assert!(matches!(rx_b.try_recv(), Some(Outbound::Resync)));
+        assert!(rx_c.try_recv().is_none(), "only the named tenants' sockets resync");
     }
 
     #[tokio::test]
@@ -454,9 +525,9 @@ mod tests {
         let hub = Arc::new(Hub::default());
         let t = TenantId::new();
         let (revoked, kept) = (key(), key());
-        let (_r1, mut rx_revoked) = hub.register(addr(t, "a"), revoked.clone(), 10).unwrap();
-        let (live, mut rx_live) = hub.register(addr(t, "b"), kept.clone(), 10).unwrap();
-        let (_r3, mut rx_silent) = hub.register(addr(t, "c"), kept.clone(), 10).unwrap();
+        let (_r1, rx_revoked) = hub.register(addr(t, "a"), revoked.clone(), 10).unwrap();
+        let (live, rx_live) = hub.register(addr(t, "b"), kept.clone(), 10).unwrap();
+        let (_r3, rx_silent) = hub.register(addr(t, "c"), kept.clone(), 10).unwrap();
         live.heard.store(30, Ordering::Relaxed);
         let sweep = hub.sweep_at(30, 0, 1, Duration::from_secs(20), |_, k| *k != revoked);
         assert_eq!(sweep, Sweep { pinged: 1, idle: 1, unauthorized: 1, evicted: 0 });

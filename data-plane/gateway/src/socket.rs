@@ -51,11 +51,11 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge},
 };
 use serde::{Deserialize, Serialize};
-use tokio::{sync::mpsc, time::Duration};
+use tokio::time::Duration;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    hub::{CLOSE_SLOW_CONSUMER, CapReached, Hub, Outbound, Pushed, Registration, ShopperAddress},
+    hub::{CLOSE_SLOW_CONSUMER, CapReached, Hub, Outbound, Pushed, Queue, Registration, ShopperAddress},
     route::{History, HistoryConfig},
 };
 
@@ -63,8 +63,10 @@ use crate::{
 const MAX_CLIENT_FRAME: usize = 4 * 1024;
 
 /// Per-socket buffers. tungstenite's defaults (128 KiB to read, 128 KiB to gather writes)
-/// would cost far more than the socket: frames both ways are small, so small buffers.
-const READ_BUFFER: usize = 4 * 1024;
+/// would cost far more than the socket. Browsers send acknowledgements of ~70 bytes: the
+/// read buffer is allocated at this size and grows only for a larger frame (up to the 4 KiB
+/// limit); writes are gathered up to 4 KiB.
+const READ_BUFFER: usize = 256;
 const WRITE_BUFFER: usize = 4 * 1024;
 /// A write buffer grows past `WRITE_BUFFER` only while writes fail; beyond this the socket
 /// errors out instead of holding more.
@@ -170,7 +172,7 @@ pub struct GatewayState {
     pub draining: Arc<AtomicBool>,
 }
 
-pub fn router() -> OpenApiRouter<GatewayState> {
+pub fn router() -> OpenApiRouter<Arc<GatewayState>> {
     OpenApiRouter::new().routes(routes!(upgrade))
 }
 
@@ -195,7 +197,7 @@ pub fn router() -> OpenApiRouter<GatewayState> {
     ))]
 #[tracing::instrument(skip_all, fields(tenant_id))]
 async fn upgrade(
-    State(state): State<GatewayState>,
+    State(state): State<Arc<GatewayState>>,
     uri: Uri,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -210,7 +212,7 @@ async fn upgrade(
 }
 
 fn accept(
-    state: &GatewayState,
+    state: &Arc<GatewayState>,
     uri: &Uri,
     headers: &HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -300,12 +302,12 @@ enum Ending {
 
 async fn serve(
     mut socket: WebSocket,
-    state: GatewayState,
-    (registration, mut queue): (Registration, mpsc::Receiver<Outbound>),
+    state: Arc<GatewayState>,
+    (registration, queue): (Registration, Arc<Queue>),
     resume: Option<String>,
 ) {
     state.metrics.open.inc();
-    let ending = run(&mut socket, &state, &registration, &mut queue, resume).await;
+    let ending = run(&mut socket, &state, &registration, &queue, resume).await;
     if let Ending::Close(code, reason) = ending {
         if code >= 4000 || code == CLOSE_MESSAGE_TOO_BIG || code == CLOSE_INVALID_MESSAGE {
             state.metrics.refused(close_label(code));
@@ -331,38 +333,15 @@ async fn run(
     socket: &mut WebSocket,
     state: &GatewayState,
     registration: &Registration,
-    queue: &mut mpsc::Receiver<Outbound>,
+    queue: &Queue,
     resume: Option<String>,
 ) -> Ending {
-    let address = registration.address().clone();
-    // Registered first, read second: whatever is published from here on is queued too,
-    // and a repeat is dropped by id.
-    let snapshot = match tokio::time::timeout(HISTORY_TIMEOUT, state.history.read(&address)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::warn!(tenant_id = %address.tenant, error = %e, "reading a shopper's history failed");
-            return Ending::Close(CLOSE_TRY_AGAIN_LATER, "try_again_later".into());
-        }
-        Err(_) => {
-            tracing::warn!(tenant_id = %address.tenant, "reading a shopper's history timed out");
-            return Ending::Close(CLOSE_TRY_AGAIN_LATER, "try_again_later".into());
-        }
+    let address = registration.address();
+    // What runs once or rarely is boxed, so an idle socket's task holds only the loop.
+    let mut sent = match Box::pin(open(socket, state, address, resume)).await {
+        Ok(sent) => sent,
+        Err(ending) => return ending,
     };
-    let mut sent = Sent { cursor: resume.or(snapshot.acked.clone()), recent: VecDeque::new() };
-    let replay = snapshot.after(sent.cursor.as_deref());
-    let ready = PushMessage::Ready { shopper_id: address.shopper.to_string(), replaying: replay.len() };
-    // Serialising the enum cannot fail.
-    let ready = serde_json::to_string(&ready).unwrap_or_default();
-    if send(socket, Message::Text(ready.into())).await.is_err() {
-        return Ending::Gone;
-    }
-    state.metrics.replayed.inc_by(replay.len() as u64);
-    for p in replay {
-        if push(socket, &mut sent, p).await.is_err() {
-            return Ending::Gone;
-        }
-    }
-    tracing::debug!(tenant_id = %address.tenant, replayed = replay.len(), "shopper socket open");
     loop {
         tokio::select! {
             out = queue.recv() => match out {
@@ -379,14 +358,8 @@ async fn run(
                     }
                 }
                 Some(Outbound::Resync) => {
-                    let Ok(Ok(snapshot)) = tokio::time::timeout(HISTORY_TIMEOUT, state.history.read(&address)).await else {
-                        // Missed messages cannot be recovered here; a reconnect resumes them.
-                        return Ending::Close(CLOSE_TRY_AGAIN_LATER, "try_again_later".into());
-                    };
-                    for p in snapshot.after(sent.cursor.as_deref()) {
-                        if !sent.contains(&p.intervention_id) && push(socket, &mut sent, p).await.is_err() {
-                            return Ending::Gone;
-                        }
+                    if let Err(ending) = Box::pin(resync(socket, state, address, &mut sent)).await {
+                        return ending;
                     }
                 }
                 Some(Outbound::Close(code, reason)) => return Ending::Close(code, reason.to_string()),
@@ -395,7 +368,9 @@ async fn run(
                 registration.heard();
                 match incoming {
                     Some(Ok(Message::Text(text))) => match serde_json::from_str::<ClientMessage>(&text) {
-                        Ok(ClientMessage::Ack { intervention_id }) => acknowledge(state, &address, &intervention_id).await,
+                        Ok(ClientMessage::Ack { intervention_id }) => {
+                            Box::pin(acknowledge(state, address, &intervention_id)).await;
+                        }
                         Err(_) => return Ending::Close(CLOSE_INVALID_MESSAGE, "invalid_message".into()),
                     },
                     Some(Ok(Message::Binary(_))) => return Ending::Close(CLOSE_INVALID_MESSAGE, "invalid_message".into()),
@@ -410,6 +385,60 @@ async fn run(
             }
         }
     }
+}
+
+/// Reads the shopper's history, sends `ready` and replays what came after `resume` (or the
+/// last acknowledged id).
+async fn open(
+    socket: &mut WebSocket,
+    state: &GatewayState,
+    address: &ShopperAddress,
+    resume: Option<String>,
+) -> Result<Sent, Ending> {
+    // Registered first, read second: whatever is published from here on is queued too,
+    // and a repeat is dropped by id.
+    let snapshot = match tokio::time::timeout(HISTORY_TIMEOUT, state.history.read(address)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::warn!(tenant_id = %address.tenant, error = %e, "reading a shopper's history failed");
+            return Err(Ending::Close(CLOSE_TRY_AGAIN_LATER, "try_again_later".into()));
+        }
+        Err(_) => {
+            tracing::warn!(tenant_id = %address.tenant, "reading a shopper's history timed out");
+            return Err(Ending::Close(CLOSE_TRY_AGAIN_LATER, "try_again_later".into()));
+        }
+    };
+    let mut sent = Sent { cursor: resume.or(snapshot.acked.clone()), recent: VecDeque::new() };
+    let replay = snapshot.after(sent.cursor.as_deref());
+    let ready = PushMessage::Ready { shopper_id: address.shopper.to_string(), replaying: replay.len() };
+    // Serialising the enum cannot fail.
+    let ready = serde_json::to_string(&ready).unwrap_or_default();
+    send(socket, Message::Text(ready.into())).await.map_err(|()| Ending::Gone)?;
+    state.metrics.replayed.inc_by(replay.len() as u64);
+    for p in replay {
+        push(socket, &mut sent, p).await.map_err(|()| Ending::Gone)?;
+    }
+    tracing::debug!(tenant_id = %address.tenant, replayed = replay.len(), "shopper socket open");
+    Ok(sent)
+}
+
+/// Sends what the history holds after the last message sent and was not sent yet.
+async fn resync(
+    socket: &mut WebSocket,
+    state: &GatewayState,
+    address: &ShopperAddress,
+    sent: &mut Sent,
+) -> Result<(), Ending> {
+    let Ok(Ok(snapshot)) = tokio::time::timeout(HISTORY_TIMEOUT, state.history.read(address)).await else {
+        // Missed messages cannot be recovered here; a reconnect resumes them.
+        return Err(Ending::Close(CLOSE_TRY_AGAIN_LATER, "try_again_later".into()));
+    };
+    for p in snapshot.after(sent.cursor.as_deref()) {
+        if !sent.contains(&p.intervention_id) {
+            push(socket, sent, p).await.map_err(|()| Ending::Gone)?;
+        }
+    }
+    Ok(())
 }
 
 async fn push(socket: &mut WebSocket, sent: &mut Sent, p: &Pushed) -> Result<(), ()> {
