@@ -1,11 +1,13 @@
 //! `nudge-bench`: measurements that print figures, each beside a peer measured in the same
 //! run — `ingest` (the ingest path, ingest into the broker) and `inference` (ONNX scoring
-//! beside Python onnxruntime, feature reads beside redis-benchmark). Run it with
+//! beside Python onnxruntime, feature reads beside redis-benchmark) and `sockets` (the
+//! gateway's memory per connection and routing beside Node `ws`). Run it with
 //! `scripts/bench` (release build, Redis and the broker set up).
 
 mod inference;
 mod ingest;
 mod load;
+mod sockets;
 mod stats;
 mod targets;
 
@@ -24,6 +26,11 @@ enum Bench {
     Ingest(ingest::Args),
     /// Scoring both model types against Python onnxruntime; feature reads against redis-benchmark.
     Inference(inference::Args),
+    /// Idle memory per connection and routed deliveries with churn: the gateway against a Node `ws` server.
+    Sockets(sockets::Args),
+    /// The gateway as a cell mounts it, for `sockets` to measure in its own process.
+    #[command(hide = true)]
+    SocketServer(sockets::ServerArgs),
 }
 
 /// The cell binary's allocator, so the ingest path is measured as it runs.
@@ -35,5 +42,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().bench {
         Bench::Ingest(args) => ingest::run(args).await,
         Bench::Inference(args) => inference::run(args).await,
+        Bench::Sockets(args) => sockets::run(args).await,
+        Bench::SocketServer(args) => sockets::serve(args).await,
     }
 }

@@ -62,7 +62,8 @@ pub struct Store {
     pub key: PublishableKey,
 }
 
-fn directory() -> anyhow::Result<(Arc<Directory>, Store)> {
+/// A directory holding one active store allowed `connections` open sockets.
+pub fn directory(connections: u32) -> anyhow::Result<(Arc<Directory>, Store)> {
     let cell = CellId::default_shared();
     let directory = Directory::new(cell.clone());
     let store = Store { tenant: TenantId::new(), key: PublishableKey::generate()? };
@@ -79,7 +80,7 @@ fn directory() -> anyhow::Result<(Arc<Directory>, Store)> {
             plan: "enterprise".into(),
             events_per_second: u32::MAX,
             burst_events: u32::MAX,
-            connections: 1000,
+            connections,
             retention_days: 30,
         }),
         suppressed_shoppers: vec![],
@@ -108,7 +109,7 @@ pub async fn ingest(
     redis: redis::aio::ConnectionManager,
     prefix: &str,
 ) -> anyhow::Result<(SocketAddr, Store)> {
-    let (directory, store) = directory()?;
+    let (directory, store) = directory(1000)?;
     let metrics = Metrics::new("bench");
     let state = IngestState {
         directory,
