@@ -31,6 +31,9 @@ enum Bench {
     /// The gateway as a cell mounts it, for `sockets` to measure in its own process.
     #[command(hide = true)]
     SocketServer(sockets::ServerArgs),
+    /// Shopper connections of one server, driven by `sockets` over stdin.
+    #[command(hide = true)]
+    SocketClients(sockets::ClientArgs),
 }
 
 /// The cell binary's allocator, so the ingest path is measured as it runs.
@@ -44,5 +47,6 @@ async fn main() -> anyhow::Result<()> {
         Bench::Inference(args) => inference::run(args).await,
         Bench::Sockets(args) => sockets::run(args).await,
         Bench::SocketServer(args) => sockets::serve(args).await,
+        Bench::SocketClients(args) => sockets::clients(args).await,
     }
 }

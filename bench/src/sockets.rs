@@ -1,11 +1,14 @@
 //! `nudge-bench sockets`: the gateway under many shopper connections, beside a Node `ws`
 //! server (`bench/peers/ws-server.js`) in the same run.
 //!
-//! Each server runs in its own process, so its resident memory is its own. The load
-//! generator (this process) opens connections from several source addresses (127.0.0.2…,
-//! each with its own ~28k ephemeral ports), then measures:
+//! A process here may hold 20,000 open files, so both sides scale out: the connections are
+//! spread over server processes of at most `--per-process` sockets each (the gateway is
+//! stateless, so this is how it scales anyway; the peer gets the same number of
+//! processes), and over client worker processes (`socket-clients`, one per server) that
+//! open them from their own source addresses (127.0.0.x, each with ~28k ephemeral ports).
+//! Measured:
 //!
-//! - **idle memory**: the server's resident set growth per open connection, at each
+//! - **idle memory**: the servers' resident set growth per open connection, at each
 //!   connection count;
 //! - **routing**: messages addressed to one shopper each, as fast as the publishers go, for
 //!   a few seconds with every connection open while some connections churn (close and
@@ -13,16 +16,16 @@
 //!
 //! The gateway is driven exactly as a cell runs it: session tokens, the real Redis (the
 //! publish script that appends to the shopper's history and publishes on the tenant's
-//! channel, the per-tenant subscription), the keepalive sweep, acknowledgements from every
-//! client. The peer routes from an in-memory map with no Redis and no history: it is the
-//! floor a bare socket server stands on.
+//! channel, per-tenant subscriptions), the keepalive sweep, an acknowledgement from the
+//! client for every delivery. The peer routes from an in-memory map, with no Redis, no
+//! history and no acknowledgements: the floor a bare socket server stands on.
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     process::Stdio,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -39,11 +42,11 @@ use nudge_data_plane_gateway::{
 };
 use nudge_platform_http::middleware::{HttpMetrics, trace_layer};
 use nudge_platform_telemetry::Metrics;
-use nudge_tenants::{CellId, TenantId};
+use nudge_tenants::{CellId, PublishableKey, TenantId};
 use tokio::{
-    io::{AsyncBufReadExt, BufReader},
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines},
     net::TcpSocket,
-    process::{Child, Command},
+    process::{Child, ChildStdin, ChildStdout, Command},
     sync::{Notify, Semaphore},
 };
 use tokio_tungstenite::tungstenite::{
@@ -53,7 +56,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     stats::quantile,
-    targets::{BENCH_SESSION_SECRET, ORIGIN, directory},
+    targets::{BENCH_SESSION_SECRET, ORIGIN, Store, directory_for},
 };
 
 #[derive(clap::Args, Debug)]
@@ -62,16 +65,23 @@ pub struct Args {
     /// to reach each one).
     #[arg(long, value_delimiter = ',', default_value = "10000,50000,100000")]
     connections: Vec<usize>,
-    /// Source addresses (127.0.0.2 onwards) the connections are spread over.
-    #[arg(long, default_value_t = 8)]
+    /// Most sockets one server process (and one client worker) holds.
+    #[arg(long, default_value_t = 17_000)]
+    per_process: usize,
+    /// Source addresses each client worker spreads its connections over.
+    #[arg(long, default_value_t = 2)]
     addresses: u8,
     /// Seconds of routed messages with every connection open.
     #[arg(long, default_value_t = 5)]
     seconds: u64,
-    /// Concurrent publishers (gateway) or driver sockets (peer).
+    /// Concurrent publishers (gateway) or driver sockets per server (peer).
     #[arg(long, default_value_t = 32)]
     publishers: usize,
-    /// Connections closed and reopened per second while messages are routed.
+    /// Messages per second (in all) while the delivery latency is measured; throughput is
+    /// measured unpaced.
+    #[arg(long, default_value_t = 5_000)]
+    rate: u64,
+    /// Connections closed and reopened per second while messages are routed (in all).
     #[arg(long, default_value_t = 200)]
     churn: usize,
     /// Only the gateway.
@@ -86,6 +96,30 @@ pub struct ServerArgs {
     redis: String,
     #[arg(long)]
     prefix: String,
+    #[arg(long)]
+    tenant: String,
+    #[arg(long)]
+    key: String,
+}
+
+/// `nudge-bench socket-clients`: shoppers `first..first+count` of one server, commanded
+/// over stdin (`open N`, `record`, `churn PER_SECOND SECONDS`, `report PATH`).
+#[derive(clap::Args, Debug)]
+pub struct ClientArgs {
+    #[arg(long)]
+    server: SocketAddr,
+    /// The store, for the gateway (session tokens); the peer when absent.
+    #[arg(long)]
+    tenant: Option<String>,
+    #[arg(long)]
+    key: Option<String>,
+    #[arg(long)]
+    first: usize,
+    /// Source addresses 127.0.0.<source>… of this worker.
+    #[arg(long)]
+    source: u8,
+    #[arg(long)]
+    addresses: u8,
 }
 
 fn now_us() -> u64 {
@@ -96,9 +130,10 @@ fn signer() -> anyhow::Result<SessionSigner> {
     Ok(SessionSigner::new(&SessionConfig { secrets: vec![BENCH_SESSION_SECRET.into()], ttl_secs: 3600 })?)
 }
 
-/// Runs the gateway on 127.0.0.1 until killed; prints `listening ADDR TENANT KEY`.
+/// Runs the gateway on 127.0.0.1 until killed; prints `listening ADDR`.
 pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
-    let (directory, store) = directory(u32::MAX)?;
+    let store = Store { tenant: args.tenant.parse()?, key: PublishableKey::parse(&args.key)? };
+    let (directory, _) = directory_for(store, u32::MAX)?;
     let client = redis::Client::open(args.redis.as_str())?;
     let redis = client.get_connection_manager().await?;
     let naming = Naming::new(&args.prefix, &CellId::default_shared());
@@ -132,46 +167,47 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let (router, _) = nudge_data_plane_gateway::router().with_state(Arc::new(state)).split_for_parts();
     let router = router.layer(from_fn_with_state(HttpMetrics::register(&metrics), trace_layer));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    println!("listening {} {} {}", listener.local_addr()?, store.tenant, store.key);
+    println!("listening {}", listener.local_addr()?);
     axum::serve(listener, router).await?;
     Ok(())
 }
 
-/// A server under test, in its own process.
-struct Server {
-    name: &'static str,
+/// A child process this benchmark talks to over its stdin and stdout.
+struct Process {
     child: Child,
-    addr: SocketAddr,
-    /// Gateway: the store's tenant and key.
-    store: Option<(TenantId, String)>,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
 }
 
-impl Server {
-    async fn spawn(name: &'static str, mut command: Command) -> anyhow::Result<Self> {
+impl Process {
+    fn spawn(what: &str, mut command: Command) -> anyhow::Result<Self> {
         let mut child = command
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("starting {name}"))?;
-        let stdout = child.stdout.take().context("no stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .with_context(|| format!("{name} did not start"))??
-            .with_context(|| format!("{name} exited"))?;
-        let mut words = line.split_whitespace().skip(1);
-        let addr = words.next().context("no address")?.parse()?;
-        let store = match (words.next(), words.next()) {
-            (Some(tenant), Some(key)) => Some((tenant.parse()?, key.to_owned())),
-            _ => None,
-        };
-        Ok(Self { name, child, addr, store })
+            .with_context(|| format!("starting {what}"))?;
+        let stdin = child.stdin.take().context("no stdin")?;
+        let lines = BufReader::new(child.stdout.take().context("no stdout")?).lines();
+        Ok(Self { child, stdin, lines })
     }
 
-    /// Resident set of the server process, bytes.
+    async fn line(&mut self, wait: Duration) -> anyhow::Result<String> {
+        tokio::time::timeout(wait, self.lines.next_line())
+            .await
+            .context("no answer in time")??
+            .context("the process exited")
+    }
+
+    async fn say(&mut self, line: &str) -> anyhow::Result<()> {
+        self.stdin.write_all(format!("{line}\n").as_bytes()).await?;
+        Ok(self.stdin.flush().await?)
+    }
+
+    /// Resident set, bytes.
     fn rss(&self) -> anyhow::Result<u64> {
-        let pid = self.child.id().context("the server exited")?;
+        let pid = self.child.id().context("the process exited")?;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
         let kb: u64 = status
             .lines()
@@ -181,20 +217,311 @@ impl Server {
             .context("no VmRSS")?;
         Ok(kb * 1024)
     }
+}
 
-    fn shopper_url(&self, signer: &SessionSigner, shopper: usize) -> anyhow::Result<String> {
-        let id = format!("shp_{shopper}");
-        Ok(match &self.store {
-            Some((tenant, key)) => {
-                let (token, _) = signer.issue(*tenant, &ShopperId::parse(&id)?);
-                format!("ws://{}/v1/ws?key={key}&token={token}", self.addr)
-            }
-            None => format!("ws://{}/?shopper={id}", self.addr),
-        })
+/// Server processes of one kind, each with its client worker.
+struct Fleet {
+    name: &'static str,
+    servers: Vec<(Process, SocketAddr)>,
+    workers: Vec<Process>,
+}
+
+impl Fleet {
+    fn rss(&self) -> anyhow::Result<u64> {
+        self.servers.iter().map(|(p, _)| p.rss()).sum()
+    }
+
+    async fn all(&mut self, command: &str, wait: Duration) -> anyhow::Result<Vec<String>> {
+        for w in &mut self.workers {
+            w.say(command).await?;
+        }
+        let mut answers = Vec::new();
+        for w in &mut self.workers {
+            let answer = w.line(wait).await.with_context(|| format!("{}: `{command}`", self.name))?;
+            anyhow::ensure!(!answer.starts_with("failed"), "{}: `{command}`: {answer}", self.name);
+            answers.push(answer);
+        }
+        Ok(answers)
     }
 }
 
-/// What the clients share.
+/// Figures for one server kind.
+struct Report {
+    name: &'static str,
+    processes: usize,
+    /// (connections, resident bytes per connection, total resident bytes).
+    memory: Vec<(usize, f64, u64)>,
+    deliveries_per_s: f64,
+    latency_us: (f64, f64, f64),
+    reconnects: usize,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let max = args.connections.iter().copied().max().unwrap_or(0);
+    let processes = max.div_ceil(args.per_process).max(1);
+    anyhow::ensure!(
+        usize::from(args.addresses) * processes * 2 + 2 < 250,
+        "too many source addresses: lower --addresses or raise --per-process"
+    );
+    let redis_url = std::env::var("NUDGE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
+    let prefix = format!("nudge-bench:{}:{}:", std::process::id(), now_us());
+    let exe = std::env::current_exe()?;
+    let store = Store { tenant: TenantId::new(), key: PublishableKey::generate()? };
+
+    let mut reports = Vec::new();
+    let mut gateway = Vec::new();
+    for _ in 0..processes {
+        let mut command = Command::new(&exe);
+        command.args(["socket-server", "--redis", &redis_url, "--prefix", &prefix]);
+        command.args(["--tenant", &store.tenant.to_string(), "--key", store.key.as_str()]);
+        gateway.push(command);
+    }
+    let publisher = {
+        let redis = redis::Client::open(redis_url.as_str())?.get_connection_manager().await?;
+        InterventionPublisher::new(
+            redis,
+            Naming::new(&prefix, &CellId::default_shared()),
+            GatewayConfig::default().history,
+        )
+    };
+    let fleet = start("gateway", gateway, Some(&store), 2, &args).await?;
+    reports.push(measure(fleet, &args, Driver::Gateway(publisher, store.tenant)).await?);
+
+    if !args.no_peer {
+        let root = std::env::var("NUDGE_ROOT").unwrap_or_else(|_| ".".into());
+        let mut node = Vec::new();
+        for _ in 0..processes {
+            let mut command = Command::new("node");
+            command.arg(format!("{root}/bench/peers/ws-server.js"));
+            if let Ok(modules) = std::env::var("NUDGE_NODE_MODULES") {
+                command.env("NODE_PATH", modules);
+            }
+            node.push(command);
+        }
+        let first_source = 2 + args.addresses * processes as u8;
+        let fleet = start("node ws", node, None, first_source, &args).await?;
+        reports.push(measure(fleet, &args, Driver::Peer).await?);
+    }
+    print(&args, &reports);
+    clean_up(&redis_url, &prefix).await
+}
+
+/// Starts the servers and one client worker per server.
+async fn start(
+    name: &'static str,
+    servers: Vec<Command>,
+    store: Option<&Store>,
+    first_source: u8,
+    args: &Args,
+) -> anyhow::Result<Fleet> {
+    let exe = std::env::current_exe()?;
+    let mut fleet = Fleet { name, servers: Vec::new(), workers: Vec::new() };
+    for (k, command) in servers.into_iter().enumerate() {
+        let mut server = Process::spawn(name, command)?;
+        let line = server.line(Duration::from_secs(30)).await.with_context(|| format!("{name} did not start"))?;
+        let addr: SocketAddr = line.split_whitespace().nth(1).context("no address")?.parse()?;
+        let mut worker = Command::new(&exe);
+        worker.args(["socket-clients", "--server", &addr.to_string(), "--first", &(k * args.per_process).to_string()]);
+        worker.args(["--source", &(first_source + args.addresses * k as u8).to_string()]);
+        worker.args(["--addresses", &args.addresses.to_string()]);
+        if let Some(store) = store {
+            worker.args(["--tenant", &store.tenant.to_string(), "--key", store.key.as_str()]);
+        }
+        fleet.workers.push(Process::spawn("socket-clients", worker)?);
+        fleet.servers.push((server, addr));
+    }
+    Ok(fleet)
+}
+
+enum Driver {
+    Gateway(InterventionPublisher, TenantId),
+    Peer,
+}
+
+async fn measure(mut fleet: Fleet, args: &Args, driver: Driver) -> anyhow::Result<Report> {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let baseline = fleet.rss()?;
+    let mut memory = Vec::new();
+    for &target in &args.connections {
+        for (k, w) in fleet.workers.iter_mut().enumerate() {
+            let n = target.saturating_sub(k * args.per_process).min(args.per_process);
+            w.say(&format!("open {n}")).await?;
+        }
+        for w in &mut fleet.workers {
+            let answer = w.line(Duration::from_secs(300)).await?;
+            anyhow::ensure!(answer.starts_with("ready"), "{}: {answer}", fleet.name);
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let rss = fleet.rss()?;
+        memory.push((target, rss.saturating_sub(baseline) as f64 / target as f64, rss));
+        eprintln!("{}: {target} connections, {:.0} bytes each", fleet.name, memory.last().map_or(0.0, |m| m.1));
+    }
+
+    // Routing, with churn, every connection open: as fast as it goes, then at a steady rate
+    // below that, for the latency.
+    let (deliveries_per_s, _, reconnects) = route(&mut fleet, args, &driver, 0).await?;
+    let (_, latencies, _) = route(&mut fleet, args, &driver, args.rate).await?;
+    Ok(Report {
+        name: fleet.name,
+        processes: fleet.servers.len(),
+        memory,
+        deliveries_per_s,
+        latency_us: (
+            quantile(&latencies, 0.5),
+            quantile(&latencies, 0.99),
+            latencies.last().copied().unwrap_or(f64::NAN),
+        ),
+        reconnects,
+    })
+}
+
+/// Publishes one message per shopper for `args.seconds`, at `rate` per second in all (0:
+/// as fast as the publishers go), while connections churn; deliveries per second, the
+/// sorted latencies (µs) and the reconnects so far.
+async fn route(fleet: &mut Fleet, args: &Args, driver: &Driver, rate: u64) -> anyhow::Result<(f64, Vec<f64>, usize)> {
+    let n = args.connections.iter().copied().max().unwrap_or(0);
+    // Whatever an earlier phase left queued is delivered before this one records.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    fleet.all("record", Duration::from_secs(10)).await?;
+    let churn = format!("churn {} {}", args.churn.div_ceil(fleet.workers.len()), args.seconds);
+    fleet.all(&churn, Duration::from_secs(10)).await?;
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let started = Instant::now();
+    let sent = Arc::new(AtomicU64::new(0));
+    let servers: Vec<SocketAddr> = fleet.servers.iter().map(|(_, a)| *a).collect();
+    let per_process = args.per_process;
+    let publishers: Vec<_> = (0..args.publishers)
+        .map(|p| {
+            let (sent, servers, publishers) = (sent.clone(), servers.clone(), args.publishers);
+            let gateway = match driver {
+                Driver::Gateway(publisher, tenant) => Some((publisher.clone(), *tenant)),
+                Driver::Peer => None,
+            };
+            tokio::spawn(async move {
+                let mut drivers = Vec::new();
+                if gateway.is_none() {
+                    for addr in &servers {
+                        drivers.push(connect(*addr, Ipv4Addr::LOCALHOST, &format!("ws://{addr}/driver")).await?);
+                    }
+                }
+                let mut pace =
+                    (rate > 0).then(|| tokio::time::interval(Duration::from_secs_f64(publishers as f64 / rate as f64)));
+                let mut k = p;
+                while Instant::now() < deadline {
+                    if let Some(pace) = &mut pace {
+                        pace.tick().await;
+                    }
+                    let i = (k * 104_729) % n;
+                    let shopper = format!("shp_{i}");
+                    let mut iv = Intervention {
+                        intervention_id: format!("itv_b{rate}_{k}"),
+                        shopper_id: shopper.clone(),
+                        kind: "cart_reminder".into(),
+                        title: "Still thinking it over?".into(),
+                        body: now_us().to_string(),
+                        ..Default::default()
+                    };
+                    match &gateway {
+                        Some((publisher, tenant)) => {
+                            iv.tenant_id = tenant.to_string();
+                            let to = ShopperAddress { tenant: *tenant, shopper: ShopperId::parse(&shopper)? };
+                            publisher.publish(&to, &iv).await?;
+                        }
+                        None => {
+                            let frame = format!("{shopper}|{}", push_frame(&iv));
+                            drivers[i / per_process].send(Message::Text(frame.into())).await?;
+                        }
+                    }
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    k += publishers;
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for p in publishers {
+        p.await??;
+    }
+    // Deliveries in flight when the publishers stop still count, for a moment.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let dir = std::env::temp_dir();
+    let mut delivered = 0u64;
+    let mut reconnects = 0usize;
+    let mut latencies: Vec<f64> = Vec::new();
+    for (k, w) in fleet.workers.iter_mut().enumerate() {
+        let path = dir.join(format!("nudge-bench-latencies-{}-{k}", std::process::id()));
+        w.say(&format!("report {}", path.display())).await?;
+        let answer = w.line(Duration::from_secs(60)).await?;
+        let mut words = answer.split_whitespace().skip(1);
+        delivered += words.next().and_then(|v| v.parse::<u64>().ok()).context("no delivered count")?;
+        reconnects += words.next().and_then(|v| v.parse::<usize>().ok()).context("no reconnect count")?;
+        let bytes = std::fs::read(&path)?;
+        std::fs::remove_file(&path)?;
+        latencies.extend(bytes.chunks_exact(4).map(|c| f64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]]))));
+    }
+    latencies.sort_by(f64::total_cmp);
+    let rate = if rate == 0 { "unpaced".to_owned() } else { format!("{rate}/s") };
+    eprintln!("{} ({rate}): sent {}, delivered {delivered}", fleet.name, sent.load(Ordering::Relaxed));
+    Ok((delivered as f64 / elapsed, latencies, reconnects))
+}
+
+fn print(args: &Args, reports: &[Report]) {
+    println!("\n### Idle memory per connection (servers' resident set growth ÷ connections)\n");
+    print!("| connections |");
+    for r in reports {
+        print!(" {} ({} processes of ≤ {}) |", r.name, r.processes, args.per_process);
+    }
+    println!();
+    println!("|---|{}", "---|".repeat(reports.len()));
+    for (i, &n) in args.connections.iter().enumerate() {
+        print!("| {n} |");
+        for r in reports {
+            match r.memory.get(i) {
+                Some((_, per, total)) => {
+                    print!(" {:.2} KiB ({:.0} MiB in all) |", per / 1024.0, *total as f64 / 1048576.0)
+                }
+                None => print!(" — |"),
+            }
+        }
+        println!();
+    }
+    println!(
+        "\n### Routing one message per shopper: {} connections, {} publishers, {} reconnects/s; {} s unpaced for deliveries/s, {} s at {}/s for latency\n",
+        args.connections.iter().max().unwrap_or(&0),
+        args.publishers,
+        args.churn,
+        args.seconds,
+        args.seconds,
+        args.rate
+    );
+    println!("| server | deliveries/s | latency p50 | p99 | max | reconnects |");
+    println!("|---|---|---|---|---|---|");
+    for r in reports {
+        println!(
+            "| {} | {:.0} | {:.2} ms | {:.2} ms | {:.1} ms | {} |",
+            r.name,
+            r.deliveries_per_s,
+            r.latency_us.0 / 1000.0,
+            r.latency_us.1 / 1000.0,
+            r.latency_us.2 / 1000.0,
+            r.reconnects
+        );
+    }
+}
+
+async fn clean_up(redis_url: &str, prefix: &str) -> anyhow::Result<()> {
+    let mut conn = redis::Client::open(redis_url)?.get_multiplexed_async_connection().await?;
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut conn).await?;
+    for chunk in keys.chunks(1000) {
+        redis::cmd("DEL").arg(chunk).query_async::<()>(&mut conn).await?;
+    }
+    Ok(())
+}
+
+// The client worker.
+
+/// What a worker's shoppers share.
 #[derive(Default)]
 struct Tally {
     ready: AtomicUsize,
@@ -203,11 +530,11 @@ struct Tally {
     reconnected: AtomicUsize,
     /// Latencies (µs) of deliveries while `recording`.
     latencies: Mutex<Vec<u32>>,
-    recording: std::sync::atomic::AtomicBool,
+    recording: AtomicBool,
 }
 
 fn client_config() -> WebSocketConfig {
-    // The client side is not what is measured; small buffers let 100k of them fit.
+    // The client side is not what is measured; small buffers let many of them fit.
     WebSocketConfig::default().read_buffer_size(1024).write_buffer_size(0)
 }
 
@@ -224,6 +551,12 @@ async fn connect(
     request.headers_mut().insert("Origin", HeaderValue::from_static(ORIGIN));
     let (ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(client_config())).await?;
     Ok(ws)
+}
+
+#[derive(serde::Deserialize)]
+struct Delivered {
+    intervention_id: String,
+    body: String,
 }
 
 /// One shopper's browser: connects (at most `gate` handshakes at a time), counts
@@ -301,274 +634,100 @@ async fn shopper(
     }
 }
 
-#[derive(serde::Deserialize)]
-struct Delivered {
-    intervention_id: String,
-    body: String,
-}
-
-/// Figures for one server.
-struct Report {
-    name: &'static str,
-    /// (connections, bytes of resident memory per connection, total resident bytes).
-    memory: Vec<(usize, f64, u64)>,
-    deliveries_per_s: f64,
-    latency_us: (f64, f64, f64),
-    churned: usize,
-    failed: usize,
-}
-
-pub async fn run(args: Args) -> anyhow::Result<()> {
-    let max = args.connections.iter().copied().max().unwrap_or(0);
-    check_fd_limit(max)?;
-    let redis_url = std::env::var("NUDGE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
-    let prefix = format!("nudge-bench:{}:{}:", std::process::id(), now_us());
-    let exe = std::env::current_exe()?;
-
-    let mut reports = Vec::new();
-    let mut gateway = Command::new(&exe);
-    gateway.args(["socket-server", "--redis", &redis_url, "--prefix", &prefix]);
-    let server = Server::spawn("gateway", gateway).await?;
-    let publisher = {
-        let redis = redis::Client::open(redis_url.as_str())?.get_connection_manager().await?;
-        InterventionPublisher::new(
-            redis,
-            Naming::new(&prefix, &CellId::default_shared()),
-            GatewayConfig::default().history,
-        )
-    };
-    reports.push(measure(&server, &args, 2, Driver::Gateway(publisher)).await?);
-    drop(server);
-
-    if !args.no_peer {
-        let root = std::env::var("NUDGE_ROOT").unwrap_or_else(|_| ".".into());
-        let mut node = Command::new("node");
-        node.arg(format!("{root}/bench/peers/ws-server.js"));
-        if let Ok(modules) = std::env::var("NUDGE_NODE_MODULES") {
-            node.env("NODE_PATH", modules);
-        }
-        let server = Server::spawn("node ws", node).await?;
-        reports.push(measure(&server, &args, 2 + args.addresses, Driver::Peer).await?);
-    }
-    print(&args, &reports);
-    clean_up(&redis_url, &prefix).await
-}
-
-enum Driver {
-    Gateway(InterventionPublisher),
-    Peer,
-}
-
-async fn measure(server: &Server, args: &Args, first_source: u8, driver: Driver) -> anyhow::Result<Report> {
+/// `socket-clients`: follows the commands on stdin, answering each with one line.
+pub async fn clients(args: ClientArgs) -> anyhow::Result<()> {
     let signer = signer()?;
+    let store = match (&args.tenant, &args.key) {
+        (Some(tenant), Some(key)) => Some((tenant.parse::<TenantId>()?, key.clone())),
+        _ => None,
+    };
     let tally = Arc::new(Tally::default());
     let stop = CancellationToken::new();
-    let ack = matches!(driver, Driver::Gateway(_));
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let baseline = server.rss()?;
-    let mut memory = Vec::new();
-    let mut churns: Vec<Arc<Notify>> = Vec::new();
-    let mut tasks = Vec::new();
     // Handshakes at a time: the accept queue stays short, so no SYN is dropped and retried.
-    let gate = Arc::new(Semaphore::new(256));
-    for &target in &args.connections {
-        let start = churns.len();
-        let urls: Vec<String> =
-            (start..target).map(|i| server.shopper_url(&signer, i)).collect::<anyhow::Result<_>>()?;
-        for (n, url) in urls.into_iter().enumerate() {
-            let i = start + n;
-            let source = Ipv4Addr::new(127, 0, 0, first_source + (i % usize::from(args.addresses)) as u8);
-            let churn = Arc::new(Notify::new());
-            let (tally, gate, stop) = (tally.clone(), gate.clone(), stop.clone());
-            tasks.push(tokio::spawn(shopper(server.addr, source, url, ack, tally, gate, churn.clone(), stop)));
-            churns.push(churn);
-        }
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while tally.ready.load(Ordering::Relaxed) < target {
-            anyhow::ensure!(
-                Instant::now() < deadline && tally.failed.load(Ordering::Relaxed) == 0,
-                "{}: {} of {target} connections ready, {} failed",
-                server.name,
-                tally.ready.load(Ordering::Relaxed),
-                tally.failed.load(Ordering::Relaxed)
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let rss = server.rss()?;
-        memory.push((target, rss.saturating_sub(baseline) as f64 / target as f64, rss));
-        eprintln!("{}: {target} connections, {:.0} bytes each", server.name, memory.last().map_or(0.0, |m| m.1));
-    }
-
-    // Routing, with churn, every connection open.
-    let n = churns.len();
-    let deadline = Instant::now() + Duration::from_secs(args.seconds);
-    let sent = Arc::new(AtomicU64::new(0));
-    tally.recording.store(true, Ordering::Relaxed);
-    let before = tally.delivered.load(Ordering::Relaxed);
-    let started = Instant::now();
-    let churner = {
-        let churns = churns.clone();
-        let per_second = args.churn;
-        tokio::spawn(async move {
-            let mut i = 0usize;
-            let mut tick = tokio::time::interval(Duration::from_secs(1) / per_second.max(1) as u32);
-            while Instant::now() < deadline {
-                tick.tick().await;
-                if per_second > 0 {
-                    churns[(i * 7919) % churns.len()].notify_one();
-                    i += 1;
-                }
+    let gate = Arc::new(Semaphore::new(128));
+    let mut churns: Vec<Arc<Notify>> = Vec::new();
+    // Commands arrive on stdin, read by a thread of its own (blocking reads).
+    let (commands, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            if commands.send(line).is_err() {
+                break;
             }
-            i
-        })
-    };
-    let publishers: Vec<_> = (0..args.publishers)
-        .map(|p| {
-            let sent = sent.clone();
-            let store = server.store.clone();
-            let (addr, publishers) = (server.addr, args.publishers);
-            let publisher = match &driver {
-                Driver::Gateway(publisher) => Some(publisher.clone()),
-                Driver::Peer => None,
-            };
-            tokio::spawn(async move {
-                let mut peer = match publisher {
-                    Some(_) => None,
-                    None => Some(connect(addr, Ipv4Addr::LOCALHOST, &format!("ws://{addr}/driver")).await?),
-                };
-                let mut k = p;
-                while Instant::now() < deadline {
-                    let shopper = format!("shp_{}", (k * 104_729) % n);
-                    let iv = Intervention {
-                        intervention_id: format!("itv_b{k}"),
-                        tenant_id: store.as_ref().map(|s| s.0.to_string()).unwrap_or_default(),
-                        shopper_id: shopper.clone(),
-                        kind: "cart_reminder".into(),
-                        title: "Still thinking it over?".into(),
-                        body: now_us().to_string(),
-                        ..Default::default()
+        }
+    });
+    let mut before = 0;
+    while let Some(line) = lines.recv().await {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let answer = match words.as_slice() {
+            ["open", n] => {
+                let target: usize = n.parse()?;
+                for i in churns.len()..target {
+                    let id = format!("shp_{}", args.first + i);
+                    let url = match &store {
+                        Some((tenant, key)) => {
+                            let (token, _) = signer.issue(*tenant, &ShopperId::parse(&id)?);
+                            format!("ws://{}/v1/ws?key={key}&token={token}", args.server)
+                        }
+                        None => format!("ws://{}/?shopper={id}", args.server),
                     };
-                    match (&publisher, &mut peer) {
-                        (Some(publisher), _) => {
-                            let to =
-                                ShopperAddress { tenant: iv.tenant_id.parse()?, shopper: ShopperId::parse(&shopper)? };
-                            publisher.publish(&to, &iv).await?;
-                        }
-                        (None, Some(driver)) => {
-                            driver.send(Message::Text(format!("{shopper}|{}", push_frame(&iv)).into())).await?;
-                        }
-                        (None, None) => anyhow::bail!("no driver"),
+                    let source = Ipv4Addr::new(127, 0, 0, args.source + (i % usize::from(args.addresses)) as u8);
+                    let churn = Arc::new(Notify::new());
+                    let (tally, gate, stop) = (tally.clone(), gate.clone(), stop.clone());
+                    tokio::spawn(shopper(args.server, source, url, store.is_some(), tally, gate, churn.clone(), stop));
+                    churns.push(churn);
+                }
+                let deadline = Instant::now() + Duration::from_secs(240);
+                loop {
+                    let (ready, failed) = (tally.ready.load(Ordering::Relaxed), tally.failed.load(Ordering::Relaxed));
+                    if failed > 0 {
+                        break format!("failed {failed} connections ({ready} ready)");
                     }
-                    sent.fetch_add(1, Ordering::Relaxed);
-                    k += publishers;
+                    if ready >= target {
+                        break format!("ready {ready}");
+                    }
+                    if Instant::now() > deadline {
+                        break format!("failed: {ready} of {target} ready in time");
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                anyhow::Ok(())
-            })
-        })
-        .collect();
-    for p in publishers {
-        p.await??;
-    }
-    let churned = churner.await?;
-    // Deliveries in flight when the publishers stop still count, for a moment.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let elapsed = started.elapsed().as_secs_f64();
-    tally.recording.store(false, Ordering::Relaxed);
-    let delivered = tally.delivered.load(Ordering::Relaxed) - before;
-    let mut latencies: Vec<f64> = tally
-        .latencies
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .iter()
-        .map(|&us| f64::from(us))
-        .collect();
-    latencies.sort_by(f64::total_cmp);
-    eprintln!("{}: sent {}, delivered {delivered}", server.name, sent.load(Ordering::Relaxed));
-    stop.cancel();
-    for t in tasks {
-        let _ = t.await;
-    }
-    Ok(Report {
-        name: server.name,
-        memory,
-        deliveries_per_s: delivered as f64 / elapsed,
-        latency_us: (
-            quantile(&latencies, 0.5),
-            quantile(&latencies, 0.99),
-            latencies.last().copied().unwrap_or(f64::NAN),
-        ),
-        churned,
-        failed: tally.failed.load(Ordering::Relaxed),
-    })
-}
-
-fn print(args: &Args, reports: &[Report]) {
-    println!("\n### Idle memory per connection (server resident set growth ÷ connections)\n");
-    print!("| connections |");
-    for r in reports {
-        print!(" {} |", r.name);
-    }
-    println!();
-    println!("|---|{}", "---|".repeat(reports.len()));
-    for (i, &n) in args.connections.iter().enumerate() {
-        print!("| {n} |");
-        for r in reports {
-            match r.memory.get(i) {
-                Some((_, per, total)) => {
-                    print!(" {:.2} KiB ({:.0} MiB in all) |", per / 1024.0, *total as f64 / 1048576.0)
-                }
-                None => print!(" — |"),
             }
-        }
-        println!();
+            ["record"] => {
+                before = tally.delivered.load(Ordering::Relaxed);
+                tally.recording.store(true, Ordering::Relaxed);
+                "recording".to_owned()
+            }
+            ["churn", per_second, seconds] => {
+                let (per_second, seconds): (u64, u64) = (per_second.parse()?, seconds.parse()?);
+                let churns = churns.clone();
+                tokio::spawn(async move {
+                    if per_second == 0 || churns.is_empty() {
+                        return;
+                    }
+                    let deadline = Instant::now() + Duration::from_secs(seconds);
+                    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / per_second));
+                    let mut i = 0usize;
+                    while Instant::now() < deadline {
+                        tick.tick().await;
+                        churns[(i * 7919) % churns.len()].notify_one();
+                        i += 1;
+                    }
+                });
+                "churning".to_owned()
+            }
+            ["report", path] => {
+                tally.recording.store(false, Ordering::Relaxed);
+                let latencies =
+                    std::mem::take(&mut *tally.latencies.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+                let bytes: Vec<u8> = latencies.iter().flat_map(|l| l.to_le_bytes()).collect();
+                std::fs::write(path, bytes)?;
+                let delivered = tally.delivered.load(Ordering::Relaxed) - before;
+                format!("report {delivered} {}", tally.reconnected.load(Ordering::Relaxed))
+            }
+            _ => format!("failed: unknown command {line:?}"),
+        };
+        println!("{answer}");
     }
-    println!(
-        "\n### Routing one message per shopper, {} s, {} publishers, {} connections, {} reconnects/s\n",
-        args.seconds,
-        args.publishers,
-        args.connections.iter().max().unwrap_or(&0),
-        args.churn
-    );
-    println!("| server | deliveries/s | latency p50 | p99 | max | reconnects | failed |");
-    println!("|---|---|---|---|---|---|---|");
-    for r in reports {
-        println!(
-            "| {} | {:.0} | {:.2} ms | {:.2} ms | {:.1} ms | {} | {} |",
-            r.name,
-            r.deliveries_per_s,
-            r.latency_us.0 / 1000.0,
-            r.latency_us.1 / 1000.0,
-            r.latency_us.2 / 1000.0,
-            r.churned,
-            r.failed
-        );
-    }
-}
-
-/// Both ends of every connection live on this machine: the limit on open files must hold
-/// them (`scripts/bench` raises it).
-fn check_fd_limit(connections: usize) -> anyhow::Result<()> {
-    let limits = std::fs::read_to_string("/proc/self/limits")?;
-    let soft: usize = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .and_then(|l| l.split_whitespace().nth(3))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    anyhow::ensure!(
-        soft >= connections + 1024,
-        "open-file limit {soft} is below {connections} connections; run through scripts/bench or `ulimit -n {}`",
-        connections * 2 + 4096
-    );
-    Ok(())
-}
-
-async fn clean_up(redis_url: &str, prefix: &str) -> anyhow::Result<()> {
-    let mut conn = redis::Client::open(redis_url)?.get_multiplexed_async_connection().await?;
-    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut conn).await?;
-    for chunk in keys.chunks(1000) {
-        redis::cmd("DEL").arg(chunk).query_async::<()>(&mut conn).await?;
-    }
+    stop.cancel();
     Ok(())
 }

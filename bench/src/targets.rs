@@ -62,11 +62,15 @@ pub struct Store {
     pub key: PublishableKey,
 }
 
-/// A directory holding one active store allowed `connections` open sockets.
+/// A directory holding one new active store allowed `connections` open sockets.
 pub fn directory(connections: u32) -> anyhow::Result<(Arc<Directory>, Store)> {
+    directory_for(Store { tenant: TenantId::new(), key: PublishableKey::generate()? }, connections)
+}
+
+/// A directory holding `store`, active, allowed `connections` open sockets.
+pub fn directory_for(store: Store, connections: u32) -> anyhow::Result<(Arc<Directory>, Store)> {
     let cell = CellId::default_shared();
     let directory = Directory::new(cell.clone());
-    let store = Store { tenant: TenantId::new(), key: PublishableKey::generate()? };
     let config = TenantConfig {
         tenant_id: store.tenant.to_string(),
         state: TenantState::Active as i32,
