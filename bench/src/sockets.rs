@@ -510,13 +510,29 @@ fn print(args: &Args, reports: &[Report]) {
     }
 }
 
+/// Deletes the run's keys (histories, acknowledgements), a batch at a time.
 async fn clean_up(redis_url: &str, prefix: &str) -> anyhow::Result<()> {
-    let mut conn = redis::Client::open(redis_url)?.get_multiplexed_async_connection().await?;
-    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut conn).await?;
-    for chunk in keys.chunks(1000) {
-        redis::cmd("DEL").arg(chunk).query_async::<()>(&mut conn).await?;
+    let client = redis::Client::open(redis_url)?;
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
+    let mut conn = client.get_multiplexed_async_connection_with_config(&config).await?;
+    let mut cursor = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(10_000)
+            .query_async(&mut conn)
+            .await?;
+        if !keys.is_empty() {
+            redis::cmd("UNLINK").arg(&keys).query_async::<()>(&mut conn).await?;
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
     }
-    Ok(())
 }
 
 // The client worker.
