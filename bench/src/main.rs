@@ -7,6 +7,7 @@
 mod inference;
 mod ingest;
 mod load;
+mod pubsub;
 mod sockets;
 mod stats;
 mod targets;
@@ -26,6 +27,8 @@ enum Bench {
     Ingest(ingest::Args),
     /// Scoring both model types against Python onnxruntime; feature reads against redis-benchmark.
     Inference(inference::Args),
+    /// The interventions' backbone: Redis pub/sub against NATS, at the gateway's message size.
+    Pubsub(pubsub::Args),
     /// Idle memory per connection and routed deliveries with churn: the gateway against a Node `ws` server.
     Sockets(sockets::Args),
     /// The gateway as a cell mounts it, for `sockets` to measure in its own process.
@@ -46,6 +49,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::Ingest(args) => ingest::run(args).await,
         Bench::Inference(args) => inference::run(args).await,
         Bench::Sockets(args) => sockets::run(args).await,
+        Bench::Pubsub(args) => pubsub::run(args).await,
         Bench::SocketServer(args) => sockets::serve(args).await,
         Bench::SocketClients(args) => sockets::clients(args).await,
     }
