@@ -229,10 +229,13 @@
       "&token=" + encodeURIComponent(token) + (this.lastId ? "&last_id=" + encodeURIComponent(this.lastId) : "");
     var socket = new WebSocket(url);
     this.socket = socket;
-    socket.onopen = function () { self.socketAttempt = 0; self.onStatus({ type: "socket_open" }); };
+    socket.onopen = function () { self.onStatus({ type: "socket_open" }); };
     socket.onmessage = function (m) {
       var msg;
       try { msg = JSON.parse(m.data); } catch (e) { return; }
+      // Backoff resets only once the server has accepted the socket: a socket opened and
+      // then refused (1013, 4002) keeps backing off instead of hammering the server.
+      if (msg.type === "ready") self.socketAttempt = 0;
       if (msg.type === "intervention") {
         // Acknowledged every time, shown once: delivery is at least once.
         socket.send(JSON.stringify({ type: "ack", intervention_id: msg.intervention_id }));

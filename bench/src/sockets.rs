@@ -38,7 +38,7 @@ use nudge_data_plane_directory::session::{SessionConfig, SessionSigner};
 use nudge_data_plane_gateway::{
     GatewayConfig, GatewayMetrics, GatewayState, Hub,
     hub::{ShopperAddress, heartbeat},
-    route::{History, InterventionPublisher, Naming, push_frame},
+    route::{AckWriter, History, InterventionPublisher, Naming, push_frame},
 };
 use nudge_platform_http::middleware::{HttpMetrics, trace_layer};
 use nudge_platform_telemetry::Metrics;
@@ -155,13 +155,18 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         config.idle_timeout(),
         shutdown.clone(),
     ));
+    let gateway_metrics = GatewayMetrics::register(&metrics);
+    let history = History::new(redis, naming, config.history.clone());
+    let (acks, write_acks) = AckWriter::new(history.clone(), gateway_metrics.ack_failures(), shutdown.clone());
+    tokio::spawn(write_acks);
     let state = GatewayState {
-        history: History::new(redis, naming, config.history.clone()),
+        history,
+        acks,
         config,
         directory,
         hub,
         sessions: Arc::new(signer()?),
-        metrics: GatewayMetrics::register(&metrics),
+        metrics: gateway_metrics,
         draining: Arc::default(),
     };
     let (router, _) = nudge_data_plane_gateway::router().with_state(Arc::new(state)).split_for_parts();

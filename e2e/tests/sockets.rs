@@ -116,6 +116,26 @@ async fn refused_tokens_frames_and_origins_get_their_codes() -> anyhow::Result<(
         .await?;
     assert_eq!(r.status(), 422);
 
+    // One shopper id holds at most 8 sockets per process, whatever the store's cap.
+    let mut tabs = Vec::new();
+    for _ in 0..8 {
+        tabs.push(platform.connect_shopper(key, ORIGIN, "shp_tabs").await?);
+    }
+    let token = platform.session_token(key, ORIGIN, "shp_tabs").await?;
+    let r = platform
+        .http
+        .get(format!("{base}/v1/ws?key={key}&token={token}"))
+        .header("Origin", ORIGIN)
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "websocket")
+        .header("Sec-WebSocket-Version", "13")
+        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await?;
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.json::<serde_json::Value>().await?["error"]["code"], "shopper_connection_limit");
+    drop(tabs);
+
     // Frames: over 4 KiB → 1009; not a known message → 1008.
     let mut s = platform.connect_shopper(key, ORIGIN, "shp_1").await?;
     s.send(Message::Text("x".repeat(5000).into())).await?;

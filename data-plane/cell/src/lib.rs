@@ -36,7 +36,7 @@ use nudge_data_plane_features::store::SessionStore;
 use nudge_data_plane_gateway::{
     GatewayMetrics, GatewayState, Hub,
     hub::heartbeat,
-    route::{History, InterventionPublisher, Naming},
+    route::{AckWriter, History, InterventionPublisher, Naming},
     socket::CLOSE_SERVICE_RESTART,
 };
 use nudge_data_plane_inference::{Model, ModelSet, Scorers, bundled, init_runtime};
@@ -164,13 +164,24 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
                 Ok(())
             }),
         ));
+        let gateway_metrics = GatewayMetrics::register(&metrics);
+        let history = History::new(redis.clone(), naming, config.gateway.history.clone());
+        let (acks, write_acks) = AckWriter::new(history.clone(), gateway_metrics.ack_failures(), shutdown.clone());
+        tasks.push((
+            "acknowledgement writer",
+            tokio::spawn(async move {
+                write_acks.await;
+                Ok(())
+            }),
+        ));
         let gateway = GatewayState {
             config: config.gateway.clone(),
             directory: directory.clone(),
             hub: hub.clone(),
             sessions: sessions.clone(),
-            history: History::new(redis.clone(), naming, config.gateway.history.clone()),
-            metrics: GatewayMetrics::register(&metrics),
+            history,
+            acks,
+            metrics: gateway_metrics,
             draining: draining.clone(),
         };
         router = router.merge(nudge_data_plane_gateway::router().with_state(Arc::new(gateway)));

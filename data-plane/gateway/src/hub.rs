@@ -34,6 +34,10 @@ pub const CLOSE_NOT_AUTHORIZED: u16 = 4003;
 /// Close code of a socket that stayed silent (not even a pong) past the idle timeout.
 pub const CLOSE_IDLE: u16 = 4000;
 
+/// Sockets one shopper may hold in one process (tabs). Tokens are issued for any shopper id
+/// with the public key, so without this one client could take a store's whole cap.
+pub const MAX_PER_SHOPPER: usize = 8;
+
 /// Independent locks over the sockets: delivery and keepalive sweeps contend per shard.
 const SHARDS: usize = 16;
 
@@ -98,20 +102,31 @@ impl Queue {
         Ok(())
     }
 
-    /// Ends the queue: what is queued is still received, then `None`.
-    fn close(&self) {
-        lock(&self.state).closed = true;
+    /// Ends the queue of a socket evicted for falling behind: what is queued is dropped (the
+    /// browser resumes it from the history when it reconnects), so the socket closes now.
+    fn evict(&self) {
+        let mut state = lock(&self.state);
+        state.closed = true;
+        state.items = std::collections::VecDeque::new();
+        drop(state);
         self.ready.notify_one();
     }
 
     /// The next message; `None` once the queue is closed and drained. Cancel-safe.
     pub async fn recv(&self) -> Option<Outbound> {
         loop {
-            if let Some(message) = self.try_recv() {
-                return Some(message);
-            }
-            if lock(&self.state).closed {
-                return None;
+            {
+                let mut state = lock(&self.state);
+                if let Some(message) = state.items.pop_front() {
+                    if state.items.is_empty() {
+                        // A burst is over: give the memory back, idle sockets hold none.
+                        state.items = std::collections::VecDeque::new();
+                    }
+                    return Some(message);
+                }
+                if state.closed {
+                    return None;
+                }
             }
             // A notification given while no one waits is kept, so a push between the check
             // above and this wait is not missed.
@@ -158,6 +173,8 @@ pub struct Hub {
     epoch: Instant,
     /// Signalled when a tenant gains its first socket here or loses its last.
     tenants_changed: Notify,
+    /// Set by [`Hub::close_all`]: no socket registers any more.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Hub {
@@ -169,13 +186,21 @@ impl Default for Hub {
             next_id: AtomicU64::new(0),
             epoch: Instant::now(),
             tenants_changed: Notify::new(),
+            closing: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
 
-/// The tenant already holds as many sockets as its plan allows here.
+/// Why a socket was not registered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CapReached(pub u32);
+pub enum Refusal {
+    /// The tenant already holds as many sockets as its plan allows here.
+    TenantCap(u32),
+    /// The shopper already holds [`MAX_PER_SHOPPER`] sockets here.
+    ShopperCap,
+    /// The process is draining.
+    Closing,
+}
 
 /// Keeps a socket registered; dropping it unregisters.
 pub struct Registration {
@@ -239,14 +264,22 @@ impl Hub {
         address: ShopperAddress,
         key: PublishableKey,
         cap: u32,
-    ) -> Result<(Registration, Arc<Queue>), CapReached> {
+    ) -> Result<(Registration, Arc<Queue>), Refusal> {
         let mut tenants = lock(&self.tenants);
+        // Checked under the tenants lock, which `close_all` takes to set it: a socket either
+        // registers before the drain walks the sockets or is refused.
+        if self.closing.load(Ordering::Acquire) {
+            return Err(Refusal::Closing);
+        }
+        if self.shard(&address).get(&address).is_some_and(|list| list.len() >= MAX_PER_SHOPPER) {
+            return Err(Refusal::ShopperCap);
+        }
         let held = tenants.entry(address.tenant).or_insert(0);
         if *held >= cap {
             if *held == 0 {
                 tenants.remove(&address.tenant);
             }
-            return Err(CapReached(cap));
+            return Err(Refusal::TenantCap(cap));
         }
         *held += 1;
         if *held == 1 {
@@ -278,7 +311,7 @@ impl Hub {
                 true
             }
             Err(Refused::Full) => {
-                slot.queue.close();
+                slot.queue.evict();
                 outcome.evicted += 1;
                 false
             }
@@ -302,7 +335,7 @@ impl Hub {
                     Some(message) => match slot.queue.push(message) {
                         Ok(()) => true,
                         Err(Refused::Full) => {
-                            slot.queue.close();
+                            slot.queue.evict();
                             evicted += 1;
                             false
                         }
@@ -328,8 +361,12 @@ impl Hub {
         self.for_each(|address, _| tenants.contains(&address.tenant).then_some(Outbound::Resync))
     }
 
-    /// Closes every socket with `code` (drain).
+    /// Closes every socket with `code` and refuses new ones from now on (drain).
     pub fn close_all(&self, code: u16, reason: &str) -> usize {
+        {
+            let _tenants = lock(&self.tenants);
+            self.closing.store(true, Ordering::Release);
+        }
         let reason: Arc<str> = reason.into();
         self.for_each(|_, _| Some(Outbound::Close(code, reason.clone())))
     }
@@ -373,6 +410,11 @@ impl Hub {
             Some(Outbound::Ping)
         });
         sweep
+    }
+
+    /// Whether a socket of `address` is held here.
+    pub fn holds(&self, address: &ShopperAddress) -> bool {
+        self.shard(address).contains_key(address)
     }
 
     /// Open sockets.
@@ -477,10 +519,7 @@ mod tests {
         // The first socket read nothing: the next message evicts it, the other gets it.
         assert_eq!(hub.deliver(&addr(t, "s"), pushed("y")), Delivery { delivered: 1, evicted: 1 });
         assert_eq!(id_of(other_rx.recv().await), "y");
-        for _ in 0..SEND_QUEUE {
-            assert_eq!(id_of(rx.recv().await), "x", "what was queued before is still there");
-        }
-        assert!(rx.recv().await.is_none(), "then the queue ends: the socket task closes it");
+        assert!(rx.recv().await.is_none(), "the queue ends at once (the backlog resumes from history)");
         assert_eq!(hub.connections(), 1);
         drop(reg);
         assert_eq!(hub.deliver(&addr(t, "s"), pushed("z")), Delivery { delivered: 1, evicted: 0 });
@@ -492,11 +531,20 @@ mod tests {
         let (t, other) = (TenantId::new(), TenantId::new());
         let first = hub.register(addr(t, "a"), key(), 2).unwrap();
         let _second = hub.register(addr(t, "b"), key(), 2).unwrap();
-        assert!(matches!(hub.register(addr(t, "c"), key(), 2), Err(CapReached(2))));
+        assert!(matches!(hub.register(addr(t, "c"), key(), 2), Err(Refusal::TenantCap(2))));
         assert!(hub.register(addr(other, "a"), key(), 2).is_ok(), "another tenant is not affected");
         drop(first);
         assert!(hub.register(addr(t, "c"), key(), 2).is_ok(), "a closed socket frees its slot");
-        assert!(matches!(hub.register(addr(TenantId::new(), "a"), key(), 0), Err(CapReached(0))));
+        assert!(matches!(hub.register(addr(TenantId::new(), "a"), key(), 0), Err(Refusal::TenantCap(0))));
+        let tabs: Vec<_> =
+            (0..MAX_PER_SHOPPER).map(|_| hub.register(addr(other, "tabs"), key(), 100).unwrap()).collect();
+        assert!(matches!(hub.register(addr(other, "tabs"), key(), 100), Err(Refusal::ShopperCap)));
+        drop(tabs);
+        hub.close_all(1012, "draining");
+        assert!(
+            matches!(hub.register(addr(other, "late"), key(), 100), Err(Refusal::Closing)),
+            "a drain refuses newcomers"
+        );
     }
 
     #[tokio::test]

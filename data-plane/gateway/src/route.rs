@@ -128,7 +128,15 @@ pub struct History {
     redis: ConnectionManager,
     naming: Naming,
     config: HistoryConfig,
+    /// Reads at once: after a lost subscription every socket re-reads its history, and
+    /// thousands of simultaneous reads would time out together.
+    reads: Arc<tokio::sync::Semaphore>,
 }
+
+/// History reads in flight at once, per process.
+const CONCURRENT_READS: usize = 64;
+/// Longest a history read may take once its turn has come.
+const READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What a shopper's history holds.
 #[derive(Debug, Default)]
@@ -151,16 +159,20 @@ impl Snapshot {
 
 impl History {
     pub fn new(redis: ConnectionManager, naming: Naming, config: HistoryConfig) -> Self {
-        Self { redis, naming, config }
+        Self { redis, naming, config, reads: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_READS)) }
     }
 
+    /// The shopper's history, read when one of the process's read slots is free and given
+    /// two seconds from then.
     pub async fn read(&self, of: &ShopperAddress) -> Result<Snapshot, redis::RedisError> {
+        let _turn = self.reads.acquire().await.map_err(|_| std::io::Error::other("history reads closed"))?;
         let mut conn = self.redis.clone();
-        let (raw, acked): (Vec<String>, Option<String>) = redis::pipe()
-            .lrange(self.naming.history(of), 0, -1)
-            .get(self.naming.acked(of))
-            .query_async(&mut conn)
-            .await?;
+        let mut pipe = redis::pipe();
+        pipe.lrange(self.naming.history(of), 0, -1).get(self.naming.acked(of));
+        let read = pipe.query_async(&mut conn);
+        let (raw, acked): (Vec<String>, Option<String>) = tokio::time::timeout(READ_TIMEOUT, read)
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "reading the history timed out"))??;
         let entries = raw
             .into_iter()
             .filter_map(|e| {
@@ -170,18 +182,99 @@ impl History {
             .collect();
         Ok(Snapshot { entries, acked })
     }
+}
 
-    /// Records that a socket of `of` acknowledged `intervention_id`.
-    pub async fn ack(&self, of: &ShopperAddress, intervention_id: &str) -> Result<(), redis::RedisError> {
-        let mut conn = self.redis.clone();
-        redis::cmd("SET")
-            .arg(self.naming.acked(of))
-            .arg(intervention_id)
-            .arg("PX")
-            .arg(self.config.ttl_ms.max(1))
-            .query_async(&mut conn)
-            .await
+/// Acknowledgements waiting to be written, at most; beyond it they are dropped (counted):
+/// a later reconnect then replays more, never less.
+const ACK_BACKLOG: usize = 65_536;
+/// Acknowledgements written per Redis round trip, at most.
+const ACK_BATCH: usize = 1_024;
+/// Longest wait for one batch's round trip.
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Records acknowledgements off the sockets' tasks: a socket hands its acknowledgement over
+/// and goes on; one task writes the latest per shopper, up to [`ACK_BATCH`] per round trip.
+#[derive(Clone)]
+pub struct AckWriter {
+    tx: tokio::sync::mpsc::Sender<(ShopperAddress, Box<str>)>,
+}
+
+impl AckWriter {
+    /// The writer, and the task that writes until `shutdown` (then flushes what is queued).
+    /// Batches that cannot be written are logged and counted in `failures`.
+    pub fn new(
+        history: History,
+        failures: prometheus_client::metrics::counter::Counter,
+        shutdown: CancellationToken,
+    ) -> (Self, impl std::future::Future<Output = ()> + Send) {
+        let (tx, rx) = tokio::sync::mpsc::channel(ACK_BACKLOG);
+        (Self { tx }, write_acks(history, rx, failures, shutdown))
     }
+
+    /// Hands over that a socket of `of` acknowledged `intervention_id`; false when the
+    /// backlog is full and it was dropped.
+    pub fn record(&self, of: &ShopperAddress, intervention_id: &str) -> bool {
+        self.tx.try_send((of.clone(), intervention_id.into())).is_ok()
+    }
+}
+
+async fn write_acks(
+    history: History,
+    mut rx: tokio::sync::mpsc::Receiver<(ShopperAddress, Box<str>)>,
+    failures: prometheus_client::metrics::counter::Counter,
+    shutdown: CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(ACK_BATCH);
+    loop {
+        let received = tokio::select! {
+            n = rx.recv_many(&mut batch, ACK_BATCH) => n,
+            _ = shutdown.cancelled() => {
+                while let Ok(ack) = rx.try_recv() {
+                    batch.push(ack);
+                }
+                write_batch(&history, &batch, &failures).await;
+                return;
+            }
+        };
+        if received == 0 {
+            return;
+        }
+        write_batch(&history, &batch, &failures).await;
+        batch.clear();
+    }
+}
+
+async fn write_batch(
+    history: &History,
+    batch: &[(ShopperAddress, Box<str>)],
+    failures: &prometheus_client::metrics::counter::Counter,
+) {
+    if batch.is_empty() {
+        return;
+    }
+    // In arrival order, so the latest acknowledgement of a shopper is the one kept.
+    let mut latest: std::collections::HashMap<&ShopperAddress, &str> = std::collections::HashMap::new();
+    for (address, id) in batch {
+        latest.insert(address, id);
+    }
+    let mut pipe = redis::pipe();
+    for (address, id) in &latest {
+        pipe.cmd("SET")
+            .arg(history.naming.acked(address))
+            .arg(*id)
+            .arg("PX")
+            .arg(history.config.ttl_ms.max(1))
+            .ignore();
+    }
+    let mut conn = history.redis.clone();
+    let outcome = tokio::time::timeout(ACK_TIMEOUT, pipe.query_async::<()>(&mut conn)).await;
+    let error = match outcome {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "timed out".to_owned(),
+    };
+    failures.inc_by(batch.len() as u64);
+    tracing::warn!(error = %error, acknowledgements = batch.len(), "recording acknowledgements failed");
 }
 
 /// The JSON frame a shopper's socket receives for `iv`.
@@ -225,10 +318,16 @@ pub fn deliver_payload(hub: &Hub, tenant: TenantId, payload: &[u8]) {
         tracing::error!(tenant_id = %tenant, intervention_id = %iv.intervention_id, "intervention on another tenant's channel; dropped");
         return;
     }
+    let address = ShopperAddress { tenant, shopper };
+    // Every gateway holding the tenant receives its messages; only one holding the shopper
+    // renders.
+    if !hub.holds(&address) {
+        return;
+    }
     let trace_id = TraceContext::parse(&iv.traceparent).map(|t| t.trace_id()).unwrap_or_default();
     let message =
         Arc::new(Pushed { intervention_id: iv.intervention_id.as_str().into(), text: push_frame(&iv).into() });
-    let outcome = hub.deliver(&ShopperAddress { tenant, shopper }, message);
+    let outcome = hub.deliver(&address, message);
     tracing::debug!(
         tenant_id = %tenant, intervention_id = %iv.intervention_id, %trace_id,
         delivered = outcome.delivered, evicted = outcome.evicted, "intervention routed"
@@ -238,13 +337,16 @@ pub fn deliver_payload(hub: &Hub, tenant: TenantId, payload: &[u8]) {
     }
 }
 
-/// How long one SUBSCRIBE or UNSUBSCRIBE may take before the connection counts as lost.
+/// How long one SUBSCRIBE, UNSUBSCRIBE or PING may take before the connection counts as lost.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the subscriber's connection is pinged.
+const KEEPALIVE: Duration = Duration::from_secs(10);
 
 /// Keeps this process subscribed to the channels of exactly the tenants `hub` holds sockets
 /// for, and delivers what arrives, until `shutdown`. Reconnects when Redis goes away; after
 /// a reconnect every socket re-reads its history, since messages published meanwhile
-/// reached no one here. `subscribed` is true while the connection is live.
+/// reached no one here. `subscribed` is true while the connection is live and subscribed to
+/// what the hub needs; the connection is pinged every 10 s.
 pub async fn subscribe(
     client: redis::Client,
     naming: Naming,
@@ -261,11 +363,15 @@ pub async fn subscribe(
         match connected {
             Ok(Ok(pubsub)) => {
                 tracing::info!("intervention subscriber connected");
-                subscribed.store(true, Ordering::Release);
                 backoff = Duration::from_millis(100);
                 let (mut sink, mut stream) = pubsub.split();
                 let mut current: HashSet<TenantId> = HashSet::new();
                 let mut dirty = true;
+                // A connection that died without a reset (a dropped NAT entry, a vanished
+                // host) would otherwise wait for messages forever: ping it.
+                let mut keepalive = tokio::time::interval(KEEPALIVE);
+                keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                keepalive.tick().await;
                 let lost = loop {
                     if dirty {
                         dirty = false;
@@ -288,6 +394,7 @@ pub async fn subscribe(
                             }
                         }
                         current = desired;
+                        subscribed.store(true, Ordering::Release);
                         if !added.is_empty() {
                             hub.resync_tenants(&added);
                         }
@@ -295,6 +402,13 @@ pub async fn subscribe(
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
                         _ = hub.tenants_changed() => dirty = true,
+                        _ = keepalive.tick() => {
+                            match tokio::time::timeout(SUBSCRIBE_TIMEOUT, sink.ping::<redis::Value>()).await {
+                                Ok(Ok(_)) => {}
+                                Ok(Err(e)) => break e.to_string(),
+                                Err(_) => break "PING timed out".to_owned(),
+                            }
+                        }
                         m = stream.next() => match m {
                             Some(msg) => match naming.tenant_of(msg.get_channel_name()) {
                                 Some(tenant) => deliver_payload(&hub, tenant, msg.get_payload_bytes()),

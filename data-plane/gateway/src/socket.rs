@@ -55,8 +55,8 @@ use tokio::time::Duration;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    hub::{CLOSE_SLOW_CONSUMER, CapReached, Hub, Outbound, Pushed, Queue, Registration, ShopperAddress},
-    route::{History, HistoryConfig},
+    hub::{CLOSE_SLOW_CONSUMER, Hub, MAX_PER_SHOPPER, Outbound, Pushed, Queue, Refusal, Registration, ShopperAddress},
+    route::{AckWriter, History, HistoryConfig},
 };
 
 /// Largest frame a client may send; clients only send acknowledgements and pongs.
@@ -74,8 +74,8 @@ const MAX_WRITE_BUFFER: usize = 64 * 1024;
 
 /// A write that takes longer belongs to a shopper who stopped reading.
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest wait for the shopper's history before the socket is closed with 1013.
-const HISTORY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Tries of a history re-read (after a lost subscription) before the socket is closed.
+const RESYNC_ATTEMPTS: u32 = 3;
 /// Ids of the interventions a socket sent recently, to drop the same one arriving both
 /// from the history and live.
 const RECENT_IDS: usize = 64;
@@ -154,6 +154,11 @@ impl GatewayMetrics {
         this
     }
 
+    /// Acknowledgements that could not be recorded (for the [`AckWriter`]).
+    pub fn ack_failures(&self) -> Counter {
+        self.ack_failures.clone()
+    }
+
     fn refused(&self, code: &'static str) {
         self.refused.get_or_create(&CodeLabel { code }).inc();
     }
@@ -167,6 +172,7 @@ pub struct GatewayState {
     pub hub: Arc<Hub>,
     pub sessions: Arc<SessionSigner>,
     pub history: History,
+    pub acks: AckWriter,
     pub metrics: GatewayMetrics,
     /// True once the process drains: new sockets are refused so clients go elsewhere.
     pub draining: Arc<AtomicBool>,
@@ -192,7 +198,7 @@ pub fn router() -> OpenApiRouter<Arc<GatewayState>> {
         (status = 401, description = "`missing_key`, `invalid_key`", body = ErrorBody),
         (status = 403, description = "`origin_required`, `origin_not_allowed`, `tenant_suspended`, `tenant_inactive`", body = ErrorBody),
         (status = 422, description = "`invalid_last_id`", body = ErrorBody),
-        (status = 429, description = "`connection_limit`: the store's plan allows no more open sockets", body = ErrorBody),
+        (status = 429, description = "`connection_limit`: the store's plan allows no more open sockets; `shopper_connection_limit`: this shopper holds 8 already", body = ErrorBody),
         (status = 503, description = "`cell_starting`, `draining`: connect again (elsewhere) after `Retry-After`", body = ErrorBody),
     ))]
 #[tracing::instrument(skip_all, fields(tenant_id))]
@@ -256,13 +262,20 @@ fn accept(
     let address = ShopperAddress { tenant: claims.tenant, shopper: claims.shopper };
     // The slot is taken before upgrading, so the refusal is an HTTP answer with a code; if
     // the upgrade never completes, dropping the registration frees it.
-    let registered = state.hub.register(address, key, tenant.limits.connections).map_err(|CapReached(cap)| {
-        ApiError::new(
+    let registered = state.hub.register(address, key, tenant.limits.connections).map_err(|refusal| match refusal {
+        Refusal::TenantCap(cap) => ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "connection_limit",
             format!("this store's plan allows {cap} open connections"),
         )
-        .with_retry_after(5)
+        .with_retry_after(5),
+        Refusal::ShopperCap => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "shopper_connection_limit",
+            format!("a shopper may hold {MAX_PER_SHOPPER} sockets at once"),
+        )
+        .with_retry_after(5),
+        Refusal::Closing => ApiError::unavailable("draining", "this server is restarting; connect again", 1),
     })?;
     let state = state.clone();
     Ok(ws.on_upgrade(move |socket| serve(socket, state, registered, resume)))
@@ -368,9 +381,7 @@ async fn run(
                 registration.heard();
                 match incoming {
                     Some(Ok(Message::Text(text))) => match serde_json::from_str::<ClientMessage>(&text) {
-                        Ok(ClientMessage::Ack { intervention_id }) => {
-                            Box::pin(acknowledge(state, address, &intervention_id)).await;
-                        }
+                        Ok(ClientMessage::Ack { intervention_id }) => acknowledge(state, address, &intervention_id),
                         Err(_) => return Ending::Close(CLOSE_INVALID_MESSAGE, "invalid_message".into()),
                     },
                     Some(Ok(Message::Binary(_))) => return Ending::Close(CLOSE_INVALID_MESSAGE, "invalid_message".into()),
@@ -397,14 +408,10 @@ async fn open(
 ) -> Result<Sent, Ending> {
     // Registered first, read second: whatever is published from here on is queued too,
     // and a repeat is dropped by id.
-    let snapshot = match tokio::time::timeout(HISTORY_TIMEOUT, state.history.read(address)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
+    let snapshot = match state.history.read(address).await {
+        Ok(s) => s,
+        Err(e) => {
             tracing::warn!(tenant_id = %address.tenant, error = %e, "reading a shopper's history failed");
-            return Err(Ending::Close(CLOSE_TRY_AGAIN_LATER, "try_again_later".into()));
-        }
-        Err(_) => {
-            tracing::warn!(tenant_id = %address.tenant, "reading a shopper's history timed out");
             return Err(Ending::Close(CLOSE_TRY_AGAIN_LATER, "try_again_later".into()));
         }
     };
@@ -429,9 +436,22 @@ async fn resync(
     address: &ShopperAddress,
     sent: &mut Sent,
 ) -> Result<(), Ending> {
-    let Ok(Ok(snapshot)) = tokio::time::timeout(HISTORY_TIMEOUT, state.history.read(address)).await else {
-        // Missed messages cannot be recovered here; a reconnect resumes them.
-        return Err(Ending::Close(CLOSE_TRY_AGAIN_LATER, "try_again_later".into()));
+    // A failed read is retried a few times before the socket is closed (a reconnect resumes
+    // what was missed); closing at once would turn a Redis hiccup into a reconnect storm.
+    let mut attempt = 0;
+    let snapshot = loop {
+        match state.history.read(address).await {
+            Ok(snapshot) => break snapshot,
+            Err(e) if attempt < RESYNC_ATTEMPTS => {
+                attempt += 1;
+                tracing::debug!(tenant_id = %address.tenant, error = %e, attempt, "resync read failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500) * attempt).await;
+            }
+            Err(e) => {
+                tracing::warn!(tenant_id = %address.tenant, error = %e, "resync failed");
+                return Err(Ending::Close(CLOSE_TRY_AGAIN_LATER, "try_again_later".into()));
+            }
+        }
     };
     for p in snapshot.after(sent.cursor.as_deref()) {
         if !sent.contains(&p.intervention_id) {
@@ -447,22 +467,15 @@ async fn push(socket: &mut WebSocket, sent: &mut Sent, p: &Pushed) -> Result<(),
     Ok(())
 }
 
-async fn acknowledge(state: &GatewayState, address: &ShopperAddress, intervention_id: &str) {
+fn acknowledge(state: &GatewayState, address: &ShopperAddress, intervention_id: &str) {
     if intervention_id.is_empty() || intervention_id.len() > 64 || intervention_id.contains('|') {
         state.metrics.ack_failures.inc();
         return;
     }
     state.metrics.acknowledged.inc();
-    match tokio::time::timeout(HISTORY_TIMEOUT, state.history.ack(address, intervention_id)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            state.metrics.ack_failures.inc();
-            tracing::warn!(tenant_id = %address.tenant, error = %e, "recording an acknowledgement failed");
-        }
-        Err(_) => {
-            state.metrics.ack_failures.inc();
-            tracing::warn!(tenant_id = %address.tenant, "recording an acknowledgement timed out");
-        }
+    // Written in batches by the acknowledgement writer; this task never waits on Redis.
+    if !state.acks.record(address, intervention_id) {
+        state.metrics.ack_failures.inc();
     }
 }
 
