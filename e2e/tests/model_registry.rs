@@ -53,6 +53,10 @@ async fn upload(
         .multipart(form)
         .send()
         .await?;
+    if r.status() == 413 {
+        // The body was not read to its end: the connection must not carry another request.
+        anyhow::ensure!(r.headers().get("connection").is_some_and(|v| v == "close"), "413 without Connection: close");
+    }
     Ok((r.status().as_u16(), r.json().await.unwrap_or(Value::Null)))
 }
 

@@ -215,6 +215,11 @@ async fn ingest(State(state): State<IngestState>, uri: Uri, headers: HeaderMap, 
     if let Some(seconds) = retry_after {
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        // The body was not read to its end, so the connection cannot carry another request:
+        // tell the client not to reuse it.
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     allow_origin(&mut response, origin.as_deref());
     response
 }

@@ -23,7 +23,10 @@ use crate::AppState;
 const MAX_UPLOAD_BYTES: usize = MAX_ARTIFACT_BYTES + 256 * 1024;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    let upload = OpenApiRouter::new().routes(routes!(upload)).layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES));
+    let upload = OpenApiRouter::new()
+        .routes(routes!(upload))
+        .layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES))
+        .layer(axum::middleware::map_response(close_after_too_large));
     OpenApiRouter::new()
         .merge(upload)
         .routes(routes!(list))
@@ -31,6 +34,16 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_model))
         .routes(routes!(history))
         .routes(routes!(set_stage))
+}
+
+/// An upload refused for its size was not read to its end, so its connection cannot carry
+/// another request: the client is told not to reuse it (otherwise a pooled client may send
+/// its next request on a connection the server is closing).
+async fn close_after_too_large(mut response: axum::response::Response) -> axum::response::Response {
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        response.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+    }
+    response
 }
 
 fn upload_error(e: UploadError) -> ApiError {
