@@ -43,7 +43,12 @@ impl Default for DevConfig {
     fn default() -> Self {
         Self {
             control_plane: ControlPlaneConfig::default(),
-            cell: CellConfig::default(),
+            cell: CellConfig {
+                // One process on a developer's machine: no load balancer needs time to notice
+                // a drain, so Ctrl-C stops at once.
+                drain: nudge_data_plane_cell::config::DrainConfig { grace_ms: 0 },
+                ..CellConfig::default()
+            },
             storefront: StorefrontConfig::default(),
             log: LogConfig { format: LogFormat::Pretty, filter: "info".into() },
         }
