@@ -1,0 +1,244 @@
+//! The custom resources platform operators work with: `Cell` (a data-plane cell and its
+//! roles) and `Tenant` (a store, its plan and where it runs).
+//!
+//! Both are namespaced, in the `nudge` category (`kubectl get nudge`), with a status of
+//! `conditions` (`Ready`, `Progressing`, `Degraded`) and `observedGeneration`, and printer
+//! columns for what an operator looks at first. The YAML in `deploy/crds/` is generated
+//! from these types ([`crate::render`]); a test fails when the two drift apart.
+
+use k8s_openapi::{api::core::v1::ResourceRequirements, apimachinery::pkg::apis::meta::v1::Condition};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The API group of Nudge's resources.
+pub const GROUP: &str = "nudge.dev";
+
+/// A data-plane cell: ingest, pipeline and gateway deployments for a set of tenants, with
+/// the data stores they use.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "nudge.dev",
+    version = "v1alpha1",
+    kind = "Cell",
+    namespaced,
+    shortname = "cell",
+    category = "nudge",
+    status = "CellStatus",
+    printcolumn = r#"{"name": "Tier", "type": "string", "jsonPath": ".spec.tier"}"#,
+    printcolumn = r#"{"name": "Region", "type": "string", "jsonPath": ".spec.region"}"#,
+    printcolumn = r#"{"name": "Tenants", "type": "integer", "jsonPath": ".status.tenants"}"#,
+    printcolumn = r#"{"name": "Phase", "type": "string", "jsonPath": ".status.phase"}"#,
+    printcolumn = r#"{"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct CellSpec {
+    /// `shared` (self-service tenants are placed on it while it has capacity) or `dedicated`
+    /// (one tenant's).
+    pub tier: Tier,
+    /// Where the cell runs, as placement constraints name it (`eu-west-1`).
+    pub region: String,
+    /// The Nudge release the cell's images run (an image tag).
+    pub version: String,
+    /// Replicas and resources per role.
+    #[serde(default)]
+    pub roles: Roles,
+    /// Kafka: a topic prefix on the platform's cluster, or a cluster of the cell's own.
+    pub kafka: KafkaRef,
+    /// The cell's Redis (sessions, histories, pub/sub).
+    pub redis: SecretRef,
+    /// The database of the cell's tenants: the platform's shared one, or a dedicated one.
+    pub postgres: SecretRef,
+    /// How much the cell takes before placement stops choosing it.
+    pub capacity: Capacity,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Tier {
+    Shared,
+    Dedicated,
+}
+
+/// A cell's roles, each its own Deployment.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Roles {
+    #[serde(default)]
+    pub ingest: Role,
+    #[serde(default)]
+    pub pipeline: Role,
+    #[serde(default)]
+    pub gateway: Role,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Role {
+    /// Replicas when no autoscaler is set, and the autoscaler's floor.
+    #[serde(default = "one")]
+    pub replicas: i32,
+    /// The autoscaler's ceiling; none for a fixed count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_replicas: Option<i32>,
+    /// Requests and limits of each pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+fn one() -> i32 {
+    1
+}
+
+impl Default for Role {
+    fn default() -> Self {
+        Self { replicas: 1, max_replicas: None, resources: None }
+    }
+}
+
+/// Where a cell's topics live.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaRef {
+    /// Prepended to every topic of the cell on the platform's cluster (`cell-acme.`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic_prefix: Option<String>,
+    /// A Strimzi `Kafka` of the cell's own, by name, instead of the platform's cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+}
+
+/// A connection string kept in a Secret.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretRef {
+    /// The Secret's name, in the cell's namespace.
+    pub secret: String,
+    /// The key holding the URL.
+    #[serde(default = "url_key")]
+    pub key: String,
+}
+
+fn url_key() -> String {
+    "url".to_owned()
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Capacity {
+    /// Most tenants placed on the cell.
+    pub tenants: u32,
+    /// Most shopper sockets across the cell's gateways.
+    pub connections: u64,
+}
+
+/// What the operator last did with a cell.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CellStatus {
+    /// `Ready`, `Progressing` and `Degraded`, each with the reason and a message naming
+    /// what it waits for or what is wrong.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` these conditions describe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Provisioning`, `Running`, `Degraded`, `Deleting`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// Tenants placed on the cell.
+    #[serde(default)]
+    pub tenants: u32,
+}
+
+/// A store on the platform: its plan, its isolation and the cell it runs on.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "nudge.dev",
+    version = "v1alpha1",
+    kind = "Tenant",
+    namespaced,
+    shortname = "tn",
+    category = "nudge",
+    status = "TenantStatus",
+    printcolumn = r#"{"name": "Cell", "type": "string", "jsonPath": ".status.cell"}"#,
+    printcolumn = r#"{"name": "Plan", "type": "string", "jsonPath": ".spec.plan"}"#,
+    printcolumn = r#"{"name": "Phase", "type": "string", "jsonPath": ".status.phase"}"#,
+    printcolumn = r#"{"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantSpec {
+    /// The control plane's id of the store (`tnt_…`).
+    pub tenant_id: String,
+    pub plan: PlanName,
+    /// `shared` (placed on a shared cell with capacity) or `dedicated` (a cell of its own).
+    #[serde(default = "shared")]
+    pub isolation: Tier,
+    /// A cell to run on, by name; when absent, placement chooses one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cell_ref: Option<String>,
+    /// Constraints placement honours when choosing a cell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Placement>,
+    /// Overrides of the plan's limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LimitOverrides>,
+    /// Days shopper data is kept; the plan's when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_days: Option<u32>,
+    /// A suspended store's traffic is refused at its cell.
+    #[serde(default)]
+    pub suspended: bool,
+}
+
+fn shared() -> Tier {
+    Tier::Shared
+}
+
+/// The plans, by the names the control plane uses.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PlanName {
+    Free,
+    Growth,
+    Enterprise,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Placement {
+    /// Only cells in this region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LimitOverrides {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events_per_second: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst_events: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seats: Option<u32>,
+}
+
+/// What the operator last did with a tenant.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantStatus {
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Placing`, `Active`, `Suspended`, `Deleting`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// The cell the tenant runs on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cell: Option<String>,
+}
