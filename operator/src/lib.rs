@@ -3,10 +3,13 @@
 //! # Layout
 //!
 //! - [`crd`]: the `Cell` and `Tenant` custom resources.
+//! - [`build`]: `validate` and `build` of a Cell's reconcile, pure: the children a cell
+//!   needs, each owned by it.
 //! - [`render`]: their CustomResourceDefinitions as the YAML committed in `deploy/crds/`.
 //!
-//! The reconcilers (dereference → validate → build → apply → update status) come next.
+//! The rest of the reconcile (dereference, apply, update status) comes next.
 
+pub mod build;
 pub mod crd;
 
 use kube::CustomResourceExt;
