@@ -60,16 +60,8 @@ async fn the_cell_enforces_the_plan_and_other_stores_are_untouched() -> anyhow::
     let first = platform.connect_shopper(&noisy.publishable_key, ORIGIN, "shp_a").await?;
     let _second = platform.connect_shopper(&noisy.publishable_key, ORIGIN, "shp_b").await?;
     let token = platform.session_token(&noisy.publishable_key, ORIGIN, "shp_c").await?;
-    let third = platform
-        .http
-        .get(format!("{}/v1/ws?key={}&token={token}", platform.cell_url, noisy.publishable_key))
-        .header("Origin", ORIGIN)
-        .header("Connection", "Upgrade")
-        .header("Upgrade", "websocket")
-        .header("Sec-WebSocket-Version", "13")
-        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
-        .send()
-        .await?;
+    let query = format!("key={}&token={token}", noisy.publishable_key);
+    let third = platform.upgrade_request(&platform.cell_url, &query, ORIGIN).await?;
     assert_eq!(third.status(), 429);
     let body: Value = third.json().await?;
     assert_eq!(body["error"]["code"], "connection_limit");

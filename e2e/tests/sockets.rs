@@ -84,16 +84,7 @@ async fn refused_tokens_frames_and_origins_get_their_codes() -> anyhow::Result<(
 
     // A bad Origin is refused at the upgrade, before any token is looked at.
     let token = platform.session_token(key, ORIGIN, "shp_1").await?;
-    let r = platform
-        .http
-        .get(format!("{base}/v1/ws?key={key}&token={token}"))
-        .header("Origin", "https://evil.example.com")
-        .header("Connection", "Upgrade")
-        .header("Upgrade", "websocket")
-        .header("Sec-WebSocket-Version", "13")
-        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
-        .send()
-        .await?;
+    let r = platform.upgrade_request(base, &format!("key={key}&token={token}"), "https://evil.example.com").await?;
     assert_eq!(r.status(), 403);
     assert_eq!(r.json::<serde_json::Value>().await?["error"]["code"], "origin_not_allowed");
     // Session tokens are issued only with an allowed Origin too.
@@ -122,16 +113,7 @@ async fn refused_tokens_frames_and_origins_get_their_codes() -> anyhow::Result<(
         tabs.push(platform.connect_shopper(key, ORIGIN, "shp_tabs").await?);
     }
     let token = platform.session_token(key, ORIGIN, "shp_tabs").await?;
-    let r = platform
-        .http
-        .get(format!("{base}/v1/ws?key={key}&token={token}"))
-        .header("Origin", ORIGIN)
-        .header("Connection", "Upgrade")
-        .header("Upgrade", "websocket")
-        .header("Sec-WebSocket-Version", "13")
-        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
-        .send()
-        .await?;
+    let r = platform.upgrade_request(base, &format!("key={key}&token={token}"), ORIGIN).await?;
     assert_eq!(r.status(), 429);
     assert_eq!(r.json::<serde_json::Value>().await?["error"]["code"], "shopper_connection_limit");
     drop(tabs);

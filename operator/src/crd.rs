@@ -242,3 +242,27 @@ pub struct TenantStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cell: Option<String>,
 }
+
+impl From<PlanName> for nudge_tenants::Plan {
+    fn from(plan: PlanName) -> Self {
+        match plan {
+            PlanName::Free => Self::Free,
+            PlanName::Growth => Self::Growth,
+            PlanName::Enterprise => Self::Enterprise,
+        }
+    }
+}
+
+impl TenantSpec {
+    /// The spec's limits as the control plane records them (retention is its own field here).
+    pub fn limit_overrides(&self) -> nudge_tenants::LimitOverrides {
+        let limits = self.limits.clone().unwrap_or_default();
+        nudge_tenants::LimitOverrides {
+            events_per_second: limits.events_per_second,
+            burst_events: limits.burst_events,
+            connections: limits.connections,
+            retention_days: self.retention_days,
+            seats: limits.seats,
+        }
+    }
+}

@@ -63,11 +63,17 @@ mod tests {
     }
 
     #[test]
-    fn plan_names_are_the_control_planes() {
+    fn plans_and_limits_map_to_the_control_planes() {
         for plan in nudge_tenants::Plan::ALL {
             let named: crd::PlanName = serde_json::from_value(serde_json::json!(plan.as_str())).unwrap();
-            assert_eq!(serde_json::to_value(named).unwrap(), plan.as_str());
+            assert_eq!(nudge_tenants::Plan::from(named), plan);
         }
+        let spec: crd::TenantSpec = serde_yaml::from_str(
+            "tenantId: tnt_1\nplan: enterprise\nretentionDays: 90\nlimits: { connections: 50000 }\n",
+        )
+        .unwrap();
+        let overrides = spec.limit_overrides();
+        assert_eq!((overrides.connections, overrides.retention_days, overrides.seats), (Some(50_000), Some(90), None));
     }
 
     #[test]

@@ -347,6 +347,21 @@ impl Platform {
         Ok(response.json::<SessionIssued>().await?.token)
     }
 
+    /// A WebSocket upgrade request to `{base}/v1/ws?{query}` from `origin`, sent as plain HTTP,
+    /// so a refusal's status and error body can be read.
+    pub async fn upgrade_request(&self, base: &str, query: &str, origin: &str) -> anyhow::Result<reqwest::Response> {
+        Ok(self
+            .http
+            .get(format!("{base}/v1/ws?{query}"))
+            .header("Origin", origin)
+            .header("Connection", "Upgrade")
+            .header("Upgrade", "websocket")
+            .header("Sec-WebSocket-Version", "13")
+            .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .send()
+            .await?)
+    }
+
     /// Opens a shopper socket with a fresh session token; fails with the HTTP status when
     /// the upgrade is refused.
     pub async fn connect_shopper(&self, key: &str, origin: &str, shopper: &str) -> anyhow::Result<ShopperSocket> {
