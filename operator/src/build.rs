@@ -1,13 +1,18 @@
-//! `validate` and `build` of a Cell's reconcile: pure functions from the resource to the
-//! objects that should exist, so they are tested from fixtures without an API server.
+//! `validate` and `build` of a Cell's reconcile: pure functions from the resource (and the
+//! operator's configuration) to the objects that should exist, so they are tested from
+//! fixtures without an API server.
 //!
-//! Built so far: a ConfigMap with the cell's configuration, a ServiceAccount, and per role a
-//! Deployment, a PodDisruptionBudget and (when `maxReplicas` is set) a HorizontalPodAutoscaler,
-//! plus Services for the roles that take traffic (ingest, gateway). Every child carries a
-//! controller ownerReference to the Cell and the cell's labels. The pods read the Redis URL
-//! from the Secret the cell names and the session secrets (a list, e.g. `["…"]`) from the
-//! `secrets` key of the Secret `<cell>-sessions`. Not built yet: the broker address (operator
-//! configuration), NetworkPolicy, RBAC rules, Strimzi `KafkaTopic`s, the ServiceMonitor.
+//! A cell gets: a ConfigMap with its `cell.toml`; a ServiceAccount that mounts no API token
+//! (cell processes never talk to Kubernetes, so they get no RBAC rules at all); per role a
+//! Deployment, a Service (the pipeline's is headless, for metrics only) and a
+//! PodDisruptionBudget, and a HorizontalPodAutoscaler when `maxReplicas` is set; one
+//! NetworkPolicy (ingest and gateway take traffic only from the ingress controller's
+//! namespace, metrics only from monitoring's, and the pods reach only DNS, their Kafka
+//! cluster and their own Redis and Postgres); a Strimzi `KafkaTopic` per catalogue topic
+//! under the cell's prefix; a ServiceMonitor. Every child carries a controller
+//! ownerReference to the Cell and the cell's labels. The pods read the Redis URL from the
+//! Secret the cell names and the session secrets (a list, e.g. `["…"]`) from the `secrets`
+//! key of the Secret `<cell>-sessions`.
 
 use std::collections::BTreeMap;
 
@@ -22,14 +27,22 @@ use k8s_openapi::{
             ConfigMap, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, PodSpec, PodTemplateSpec, Probe,
             SecretKeySelector, Service, ServiceAccount, ServicePort, ServiceSpec,
         },
+        networking::v1::{
+            IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
+            NetworkPolicyPort, NetworkPolicySpec,
+        },
         policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec},
     },
     apimachinery::pkg::{
-        apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference},
+        apis::meta::v1::{LabelSelector, LabelSelectorRequirement, ObjectMeta, OwnerReference},
         util::intstr::IntOrString,
     },
 };
-use kube::Resource;
+use kube::{
+    Resource,
+    api::{ApiResource, DynamicObject, GroupVersionKind},
+};
+use serde::Deserialize;
 
 use crate::crd::{Cell, Role, Tier};
 
@@ -37,6 +50,46 @@ use crate::crd::{Cell, Role, Tier};
 pub const HTTP_PORT: i32 = 8081;
 /// Seconds a pod gets after SIGTERM: the cell's drain grace (5 s) and the stages' commit.
 const TERMINATION_GRACE_SECONDS: i64 = 30;
+/// Kafka's plain listener on a Strimzi cluster.
+const KAFKA_PORT: i32 = 9092;
+
+/// What the operator's configuration says about the platform every cell runs on.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct Platform {
+    /// The cell image's repository; a cell's `version` is the tag.
+    pub image: String,
+    /// The platform's Strimzi `Kafka` (cells with a topic prefix use it).
+    pub kafka_cluster: String,
+    /// The namespace it runs in.
+    pub kafka_namespace: String,
+    /// Replicas of each topic.
+    pub kafka_replicas: i32,
+    /// The namespace of the ingress controller: the only source of shopper and merchant
+    /// traffic to ingest and gateway pods.
+    pub ingress_namespace: String,
+    /// The namespace Prometheus scrapes from.
+    pub monitoring_namespace: String,
+    /// Whether the cluster has Strimzi's `KafkaTopic` (topics are rendered as resources) and
+    /// the Prometheus operator's `ServiceMonitor`.
+    pub strimzi: bool,
+    pub service_monitors: bool,
+}
+
+impl Default for Platform {
+    fn default() -> Self {
+        Self {
+            image: "ghcr.io/nudge/nudge-cell".to_owned(),
+            kafka_cluster: "platform".to_owned(),
+            kafka_namespace: "kafka".to_owned(),
+            kafka_replicas: 3,
+            ingress_namespace: "ingress-nginx".to_owned(),
+            monitoring_namespace: "monitoring".to_owned(),
+            strimzi: true,
+            service_monitors: true,
+        }
+    }
+}
 
 /// A spec that cannot be built, naming the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -46,7 +99,7 @@ pub struct Invalid {
     pub problem: String,
 }
 
-fn invalid(field: &str, problem: &str) -> Invalid {
+pub(crate) fn invalid(field: &str, problem: &str) -> Invalid {
     Invalid { field: field.to_owned(), problem: problem.to_owned() }
 }
 
@@ -61,16 +114,17 @@ fn role<'a>(cell: &'a Cell, name: &str) -> &'a Role {
     }
 }
 
+/// Whether `name` is a cell name: what the control plane accepts as a cell id (an RFC 1123
+/// label of at most 40 characters, leaving room for the suffixes of child names).
+pub fn is_cell_name(name: &str) -> bool {
+    name.parse::<nudge_tenants::CellId>().is_ok()
+}
+
 /// Checks what the API server's schema cannot: names the cell id rules accept, replica
 /// bounds, capacity, references.
 pub fn validate(cell: &Cell) -> Result<(), Invalid> {
     let name = cell.metadata.name.as_deref().unwrap_or_default();
-    let label_ok = !name.is_empty()
-        && name.len() <= 40
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if !label_ok {
+    if !is_cell_name(name) {
         return Err(invalid("metadata.name", "a cell name is 1-40 lowercase letters, digits or '-'"));
     }
     if cell.metadata.uid.is_none() {
@@ -93,6 +147,9 @@ pub fn validate(cell: &Cell) -> Result<(), Invalid> {
         {
             return Err(invalid(&format!("spec.roles.{name}.maxReplicas"), "must be at least replicas (and 1)"));
         }
+        if let Some(resources) = &r.resources {
+            check_resources(&format!("spec.roles.{name}.resources"), resources)?;
+        }
     }
     if spec.capacity.tenants == 0 || spec.capacity.connections == 0 {
         return Err(invalid("spec.capacity", "tenants and connections must be positive"));
@@ -100,15 +157,94 @@ pub fn validate(cell: &Cell) -> Result<(), Invalid> {
     if spec.tier == Tier::Dedicated && spec.capacity.tenants != 1 {
         return Err(invalid("spec.capacity.tenants", "a dedicated cell holds exactly one tenant"));
     }
-    if spec.kafka.topic_prefix.is_some() && spec.kafka.cluster.is_some() {
-        return Err(invalid("spec.kafka", "give topicPrefix or cluster, not both"));
+    match (&spec.kafka.topic_prefix, &spec.kafka.cluster) {
+        (Some(_), Some(_)) => return Err(invalid("spec.kafka", "give topicPrefix or cluster, not both")),
+        (None, None) => return Err(invalid("spec.kafka", "give topicPrefix or cluster")),
+        (Some(prefix), None) if !valid_topic_prefix(prefix) => {
+            return Err(invalid("spec.kafka.topicPrefix", "lowercase letters, digits, '-' and '.', ending in '.'"));
+        }
+        (None, Some(cluster)) if !is_cell_name(cluster) => {
+            return Err(invalid("spec.kafka.cluster", "name a Strimzi Kafka in the cell's namespace"));
+        }
+        _ => {}
     }
-    for (field, r) in [("spec.redis.secret", &spec.redis), ("spec.postgres.secret", &spec.postgres)] {
+    for (field, r) in [("spec.redis", &spec.redis), ("spec.postgres", &spec.postgres)] {
         if r.secret.trim().is_empty() || r.key.trim().is_empty() {
-            return Err(invalid(field, "name a Secret and its key"));
+            return Err(invalid(&format!("{field}.secret"), "name a Secret and its key"));
+        }
+        if !valid_cidr(&r.cidr) {
+            return Err(invalid(&format!("{field}.cidr"), "an IPv4 or IPv6 range such as 10.0.3.0/24"));
+        }
+        if !(1..=65535).contains(&r.port) {
+            return Err(invalid(&format!("{field}.port"), "a TCP port, 1-65535"));
         }
     }
     Ok(())
+}
+
+fn valid_topic_prefix(prefix: &str) -> bool {
+    !prefix.is_empty()
+        && prefix.len() <= 48
+        && prefix.ends_with('.')
+        && prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+}
+
+fn valid_cidr(cidr: &str) -> bool {
+    let Some((address, bits)) = cidr.split_once('/') else { return false };
+    let Ok(bits) = bits.parse::<u8>() else { return false };
+    match address.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(_)) => bits <= 32,
+        Ok(std::net::IpAddr::V6(_)) => bits <= 128,
+        Err(_) => false,
+    }
+}
+
+/// Requests no larger than limits, and quantities Kubernetes can parse.
+fn check_resources(field: &str, resources: &k8s_openapi::api::core::v1::ResourceRequirements) -> Result<(), Invalid> {
+    for (kind, quantities) in [("requests", &resources.requests), ("limits", &resources.limits)] {
+        for (name, q) in quantities.iter().flatten() {
+            if parse_quantity(&q.0).is_none() {
+                return Err(invalid(&format!("{field}.{kind}.{name}"), &format!("`{}` is not a quantity", q.0)));
+            }
+        }
+    }
+    for (name, request) in resources.requests.iter().flatten() {
+        let limit = resources.limits.as_ref().and_then(|l| l.get(name));
+        if let (Some(request), Some(limit)) = (parse_quantity(&request.0), limit.and_then(|l| parse_quantity(&l.0)))
+            && request > limit
+        {
+            return Err(invalid(&format!("{field}.requests.{name}"), "must not exceed the limit"));
+        }
+        if parse_quantity(&request.0).is_some_and(|v| v <= 0.0) {
+            return Err(invalid(&format!("{field}.requests.{name}"), "must be positive"));
+        }
+    }
+    Ok(())
+}
+
+/// A Kubernetes quantity (`250m`, `1.5`, `512Mi`, `2G`) as a number, or none.
+pub fn parse_quantity(q: &str) -> Option<f64> {
+    const SUFFIXES: [(&str, f64); 14] = [
+        ("Ki", 1024.0),
+        ("Mi", 1_048_576.0),
+        ("Gi", 1_073_741_824.0),
+        ("Ti", 1_099_511_627_776.0),
+        ("Pi", 1_125_899_906_842_624.0),
+        ("Ei", 1_152_921_504_606_846_976.0),
+        ("n", 1e-9),
+        ("u", 1e-6),
+        ("m", 1e-3),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+        ("P", 1e15),
+    ];
+    let (number, factor) = SUFFIXES.iter().find_map(|(s, f)| q.strip_suffix(s).map(|n| (n, *f))).unwrap_or((q, 1.0));
+    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b'-' || b == b'+') {
+        return None;
+    }
+    number.parse::<f64>().ok().filter(|n| n.is_finite()).map(|n| n * factor)
 }
 
 /// What should exist for a cell.
@@ -120,21 +256,103 @@ pub struct Children {
     pub services: Vec<Service>,
     pub disruption_budgets: Vec<PodDisruptionBudget>,
     pub autoscalers: Vec<HorizontalPodAutoscaler>,
+    pub network_policy: NetworkPolicy,
+    /// Strimzi `KafkaTopic`s (kafka.strimzi.io/v1beta2), one per catalogue topic.
+    pub kafka_topics: Vec<DynamicObject>,
+    /// A Prometheus operator `ServiceMonitor` (monitoring.coreos.com/v1).
+    pub service_monitor: Option<DynamicObject>,
+}
+
+/// A child ready to apply: its kind and the object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Child {
+    pub resource: ApiResource,
+    pub object: DynamicObject,
+}
+
+impl Child {
+    pub fn name(&self) -> &str {
+        self.object.metadata.name.as_deref().unwrap_or_default()
+    }
+}
+
+/// The kinds a cell's children come in, in the order a cell's deletion removes them:
+/// Deployments first (gateway, ingest, pipeline: sockets drain before the events behind
+/// them stop flowing), topics last.
+pub fn child_kinds(platform: &Platform) -> Vec<ApiResource> {
+    let mut kinds = vec![
+        ApiResource::erase::<Deployment>(&()),
+        ApiResource::erase::<HorizontalPodAutoscaler>(&()),
+        ApiResource::erase::<PodDisruptionBudget>(&()),
+        ApiResource::erase::<Service>(&()),
+        ApiResource::erase::<NetworkPolicy>(&()),
+        ApiResource::erase::<ConfigMap>(&()),
+        ApiResource::erase::<ServiceAccount>(&()),
+    ];
+    if platform.service_monitors {
+        kinds.push(service_monitor_resource());
+    }
+    if platform.strimzi {
+        kinds.push(kafka_topic_resource());
+    }
+    kinds
+}
+
+pub fn kafka_topic_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("kafka.strimzi.io", "v1beta2", "KafkaTopic"),
+        "kafkatopics",
+    )
+}
+
+pub fn service_monitor_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("monitoring.coreos.com", "v1", "ServiceMonitor"),
+        "servicemonitors",
+    )
+}
+
+fn erase<K: Resource<DynamicType = ()> + serde::Serialize>(object: &K) -> Child {
+    let value = serde_json::to_value(object).unwrap_or_default();
+    let object: DynamicObject = serde_json::from_value(value).unwrap_or_else(|_| DynamicObject {
+        types: None,
+        metadata: object.meta().clone(),
+        data: serde_json::Value::Null,
+    });
+    Child { resource: ApiResource::erase::<K>(&()), object }
 }
 
 impl Children {
     /// Every child's metadata, for checks that hold for all of them.
     pub fn metadata(&self) -> Vec<&ObjectMeta> {
-        let mut all = vec![&self.config_map.metadata, &self.service_account.metadata];
+        let mut all = vec![&self.config_map.metadata, &self.service_account.metadata, &self.network_policy.metadata];
         all.extend(self.deployments.iter().map(|d| &d.metadata));
         all.extend(self.services.iter().map(|s| &s.metadata));
         all.extend(self.disruption_budgets.iter().map(|p| &p.metadata));
         all.extend(self.autoscalers.iter().map(|h| &h.metadata));
+        all.extend(self.kafka_topics.iter().map(|t| &t.metadata));
+        all.extend(self.service_monitor.iter().map(|m| &m.metadata));
+        all
+    }
+
+    /// All children as objects to apply.
+    pub fn objects(&self) -> Vec<Child> {
+        let mut all = vec![erase(&self.config_map), erase(&self.service_account)];
+        all.extend(self.deployments.iter().map(erase));
+        all.extend(self.services.iter().map(erase));
+        all.extend(self.disruption_budgets.iter().map(erase));
+        all.extend(self.autoscalers.iter().map(erase));
+        all.push(erase(&self.network_policy));
+        all.extend(self.kafka_topics.iter().map(|t| Child { resource: kafka_topic_resource(), object: t.clone() }));
+        all.extend(
+            self.service_monitor.iter().map(|m| Child { resource: service_monitor_resource(), object: m.clone() }),
+        );
         all
     }
 }
 
-fn labels(cell: &str, role: Option<&str>) -> BTreeMap<String, String> {
+/// The labels of a cell's children; `app.kubernetes.io/instance` selects them all.
+pub fn labels(cell: &str, role: Option<&str>) -> BTreeMap<String, String> {
     let mut l = BTreeMap::from([
         ("app.kubernetes.io/name".to_owned(), "nudge-cell".to_owned()),
         ("app.kubernetes.io/instance".to_owned(), cell.to_owned()),
@@ -146,17 +364,34 @@ fn labels(cell: &str, role: Option<&str>) -> BTreeMap<String, String> {
     l
 }
 
+/// The label selector that finds every child of a cell.
+pub fn children_selector(cell: &str) -> String {
+    format!("app.kubernetes.io/instance={cell},app.kubernetes.io/managed-by=nudge-operator")
+}
+
+/// The broker bootstrap address of the cell's Kafka (Strimzi's `<cluster>-kafka-bootstrap`
+/// Service) and the Strimzi cluster its topics belong to.
+fn kafka_of(cell: &Cell, platform: &Platform) -> (String, String, Option<String>) {
+    match &cell.spec.kafka.cluster {
+        Some(own) => (format!("{own}-kafka-bootstrap:{KAFKA_PORT}"), own.clone(), cell.metadata.namespace.clone()),
+        None => (
+            format!("{}-kafka-bootstrap.{}.svc:{KAFKA_PORT}", platform.kafka_cluster, platform.kafka_namespace),
+            platform.kafka_cluster.clone(),
+            Some(platform.kafka_namespace.clone()),
+        ),
+    }
+}
+
 /// The cell's configuration file, as `nudge cell --config` reads it.
-fn cell_toml(cell: &Cell, name: &str) -> String {
+fn cell_toml(cell: &Cell, name: &str, brokers: &str) -> String {
     let prefix = cell.spec.kafka.topic_prefix.clone().unwrap_or_default();
     format!(
-        "# Written by nudge-operator from Cell {name}; edits are overwritten.\ncell_id = \"{name}\"\n\n[http]\nlisten = \"0.0.0.0:{HTTP_PORT}\"\n\n[kafka]\nprefix = \"{prefix}\"\n\n[log]\nformat = \"json\"\n"
+        "# Written by nudge-operator from Cell {name}; edits are overwritten.\ncell_id = \"{name}\"\n\n[http]\nlisten = \"0.0.0.0:{HTTP_PORT}\"\n\n[kafka]\nbrokers = \"{brokers}\"\nprefix = \"{prefix}\"\n\n[log]\nformat = \"json\"\n"
     )
 }
 
-/// The objects a valid cell needs, each owned by it. `image` is the repository of the cell
-/// image (`ghcr.io/…/nudge-cell`); the tag is the cell's version.
-pub fn cell_children(cell: &Cell, image: &str) -> Result<Children, Invalid> {
+/// The objects a valid cell needs, each owned by it.
+pub fn cell_children(cell: &Cell, platform: &Platform) -> Result<Children, Invalid> {
     validate(cell)?;
     let name = cell.metadata.name.clone().unwrap_or_default();
     let namespace = cell.metadata.namespace.clone();
@@ -171,6 +406,7 @@ pub fn cell_children(cell: &Cell, image: &str) -> Result<Children, Invalid> {
     };
     let config_name = format!("{name}-config");
     let account = format!("{name}-cell");
+    let (brokers, kafka_cluster, kafka_namespace) = kafka_of(cell, platform);
 
     let mut deployments = Vec::new();
     let mut services = Vec::new();
@@ -201,7 +437,7 @@ pub fn cell_children(cell: &Cell, image: &str) -> Result<Children, Invalid> {
         };
         let container = Container {
             name: "cell".to_owned(),
-            image: Some(format!("{image}:{}", cell.spec.version)),
+            image: Some(format!("{}:{}", platform.image, cell.spec.version)),
             args: Some(vec!["--config".to_owned(), "/etc/nudge/cell.toml".to_owned()]),
             env: Some(env),
             ports: Some(vec![ContainerPort {
@@ -227,6 +463,7 @@ pub fn cell_children(cell: &Cell, image: &str) -> Result<Children, Invalid> {
                     spec: Some(PodSpec {
                         containers: vec![container],
                         service_account_name: Some(account.clone()),
+                        automount_service_account_token: Some(false),
                         termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
                         ..PodSpec::default()
                     }),
@@ -235,22 +472,22 @@ pub fn cell_children(cell: &Cell, image: &str) -> Result<Children, Invalid> {
             }),
             ..Deployment::default()
         });
-        if role_name != "pipeline" {
-            services.push(Service {
-                metadata: meta(object.clone(), Some(role_name)),
-                spec: Some(ServiceSpec {
-                    selector: Some(labels(&name, Some(role_name))),
-                    ports: Some(vec![ServicePort {
-                        name: Some("http".to_owned()),
-                        port: 80,
-                        target_port: Some(IntOrString::String("http".to_owned())),
-                        ..ServicePort::default()
-                    }]),
-                    ..ServiceSpec::default()
-                }),
-                ..Service::default()
-            });
-        }
+        services.push(Service {
+            metadata: meta(object.clone(), Some(role_name)),
+            spec: Some(ServiceSpec {
+                selector: Some(labels(&name, Some(role_name))),
+                // The pipeline takes no traffic: its Service only lets Prometheus find it.
+                cluster_ip: (role_name == "pipeline").then(|| "None".to_owned()),
+                ports: Some(vec![ServicePort {
+                    name: Some("http".to_owned()),
+                    port: if role_name == "pipeline" { HTTP_PORT } else { 80 },
+                    target_port: Some(IntOrString::String("http".to_owned())),
+                    ..ServicePort::default()
+                }]),
+                ..ServiceSpec::default()
+            }),
+            ..Service::default()
+        });
         disruption_budgets.push(PodDisruptionBudget {
             metadata: meta(object.clone(), Some(role_name)),
             spec: Some(PodDisruptionBudgetSpec {
@@ -289,18 +526,178 @@ pub fn cell_children(cell: &Cell, image: &str) -> Result<Children, Invalid> {
             });
         }
     }
+    let network_policy = NetworkPolicy {
+        metadata: meta(name.clone(), None),
+        spec: Some(network_policy_spec(cell, &name, platform, &kafka_cluster, kafka_namespace.as_deref())),
+    };
+    let kafka_topics =
+        if platform.strimzi { kafka_topics(cell, &name, platform, &kafka_cluster, &meta) } else { Vec::new() };
+    let service_monitor = platform.service_monitors.then(|| DynamicObject {
+        types: Some(kube::api::TypeMeta {
+            api_version: "monitoring.coreos.com/v1".into(),
+            kind: "ServiceMonitor".into(),
+        }),
+        metadata: meta(name.clone(), None),
+        data: serde_json::json!({
+            "spec": {
+                "selector": { "matchLabels": labels(&name, None) },
+                "endpoints": [{ "port": "http", "path": "/metrics", "interval": "15s" }],
+            }
+        }),
+    });
     Ok(Children {
         config_map: ConfigMap {
             metadata: meta(config_name, None),
-            data: Some(BTreeMap::from([("cell.toml".to_owned(), cell_toml(cell, &name))])),
+            data: Some(BTreeMap::from([("cell.toml".to_owned(), cell_toml(cell, &name, &brokers))])),
             ..ConfigMap::default()
         },
-        service_account: ServiceAccount { metadata: meta(account, None), ..ServiceAccount::default() },
+        service_account: ServiceAccount {
+            metadata: meta(account, None),
+            automount_service_account_token: Some(false),
+            ..ServiceAccount::default()
+        },
         deployments,
         services,
         disruption_budgets,
         autoscalers,
+        network_policy,
+        kafka_topics,
+        service_monitor,
     })
+}
+
+fn namespace_peer(namespace: &str, pods: Option<BTreeMap<String, String>>) -> NetworkPolicyPeer {
+    NetworkPolicyPeer {
+        namespace_selector: Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([("kubernetes.io/metadata.name".to_owned(), namespace.to_owned())])),
+            ..LabelSelector::default()
+        }),
+        pod_selector: pods.map(|labels| LabelSelector { match_labels: Some(labels), ..LabelSelector::default() }),
+        ..NetworkPolicyPeer::default()
+    }
+}
+
+fn tcp(port: IntOrString) -> NetworkPolicyPort {
+    NetworkPolicyPort { protocol: Some("TCP".to_owned()), port: Some(port), ..NetworkPolicyPort::default() }
+}
+
+/// One policy over all the cell's pods: shopper and merchant traffic reaches ingest and
+/// gateway only through the ingress controller; Prometheus may scrape every role; the pods
+/// reach DNS, their own Kafka cluster, Redis and Postgres, and nothing else.
+fn network_policy_spec(
+    cell: &Cell,
+    name: &str,
+    platform: &Platform,
+    kafka_cluster: &str,
+    kafka_namespace: Option<&str>,
+) -> NetworkPolicySpec {
+    let http = || tcp(IntOrString::String("http".to_owned()));
+    let traffic_roles = LabelSelector {
+        match_labels: Some(BTreeMap::from([("app.kubernetes.io/instance".to_owned(), name.to_owned())])),
+        match_expressions: Some(vec![LabelSelectorRequirement {
+            key: "nudge.dev/role".to_owned(),
+            operator: "In".to_owned(),
+            values: Some(vec!["ingest".to_owned(), "gateway".to_owned()]),
+        }]),
+    };
+    let store = |r: &crate::crd::DataStoreRef| NetworkPolicyEgressRule {
+        to: Some(vec![NetworkPolicyPeer {
+            ip_block: Some(IPBlock { cidr: r.cidr.clone(), except: None }),
+            ..NetworkPolicyPeer::default()
+        }]),
+        ports: Some(vec![tcp(IntOrString::Int(r.port))]),
+    };
+    let kafka_pods = BTreeMap::from([("strimzi.io/cluster".to_owned(), kafka_cluster.to_owned())]);
+    let kafka_peer = match kafka_namespace {
+        Some(ns) => namespace_peer(ns, Some(kafka_pods)),
+        None => NetworkPolicyPeer {
+            pod_selector: Some(LabelSelector { match_labels: Some(kafka_pods), ..LabelSelector::default() }),
+            ..NetworkPolicyPeer::default()
+        },
+    };
+    NetworkPolicySpec {
+        pod_selector: Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([("app.kubernetes.io/instance".to_owned(), name.to_owned())])),
+            ..LabelSelector::default()
+        }),
+        policy_types: Some(vec!["Ingress".to_owned(), "Egress".to_owned()]),
+        ingress: Some(vec![
+            NetworkPolicyIngressRule {
+                from: Some(vec![NetworkPolicyPeer {
+                    pod_selector: Some(traffic_roles),
+                    ..namespace_peer(&platform.ingress_namespace, None)
+                }]),
+                ports: Some(vec![http()]),
+            },
+            NetworkPolicyIngressRule {
+                from: Some(vec![namespace_peer(&platform.monitoring_namespace, None)]),
+                ports: Some(vec![http()]),
+            },
+        ]),
+        egress: Some(vec![
+            NetworkPolicyEgressRule {
+                to: Some(vec![namespace_peer(
+                    "kube-system",
+                    Some(BTreeMap::from([("k8s-app".to_owned(), "kube-dns".to_owned())])),
+                )]),
+                ports: Some(vec![
+                    NetworkPolicyPort {
+                        protocol: Some("UDP".to_owned()),
+                        port: Some(IntOrString::Int(53)),
+                        end_port: None,
+                    },
+                    tcp(IntOrString::Int(53)),
+                ]),
+            },
+            NetworkPolicyEgressRule {
+                to: Some(vec![kafka_peer]),
+                ports: Some(vec![tcp(IntOrString::Int(KAFKA_PORT))]),
+            },
+            store(&cell.spec.redis),
+            store(&cell.spec.postgres),
+        ]),
+    }
+}
+
+/// A `KafkaTopic` per catalogue topic, under the cell's prefix (or plain names on a cell's
+/// own cluster), with the catalogue's partitions, cleanup policy and retention.
+fn kafka_topics(
+    cell: &Cell,
+    _name: &str,
+    platform: &Platform,
+    kafka_cluster: &str,
+    meta: &dyn Fn(String, Option<&str>) -> ObjectMeta,
+) -> Vec<DynamicObject> {
+    let prefix = cell.spec.kafka.topic_prefix.clone().unwrap_or_default();
+    nudge_contracts::topics::catalogue()
+        .iter()
+        .map(|topic| {
+            let topic_name = format!("{prefix}{}", topic.name);
+            let mut metadata = meta(topic_name.replace('_', "-"), None);
+            metadata.labels.get_or_insert_default().insert("strimzi.io/cluster".to_owned(), kafka_cluster.to_owned());
+            let mut config = serde_json::Map::new();
+            config.insert("cleanup.policy".into(), topic.cleanup.as_str().into());
+            config.insert("retention.ms".into(), topic.retention_ms().to_string().into());
+            if let Some(max) = topic.max_message_bytes {
+                config.insert("max.message.bytes".into(), max.to_string().into());
+            }
+            DynamicObject {
+                types: Some(kube::api::TypeMeta {
+                    api_version: "kafka.strimzi.io/v1beta2".into(),
+                    kind: "KafkaTopic".into(),
+                }),
+                metadata,
+                data: serde_json::json!({
+                    "spec": {
+                        "topicName": topic_name,
+                        "partitions": topic.partitions,
+                        "replicas": platform.kafka_replicas,
+                        "config": config,
+                    }
+                }),
+            }
+        })
+        .collect()
 }
 
 fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
@@ -320,10 +717,10 @@ fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const FIXTURE: &str = r#"
+    pub(crate) const FIXTURE: &str = r#"
 apiVersion: nudge.dev/v1alpha1
 kind: Cell
 metadata:
@@ -339,24 +736,34 @@ spec:
     pipeline: { replicas: 1 }
     gateway: { replicas: 3 }
   kafka: { topicPrefix: "shared-1." }
-  redis: { secret: shared-1-redis }
-  postgres: { secret: platform-postgres }
+  redis: { secret: shared-1-redis, cidr: 10.0.3.0/24, port: 6379 }
+  postgres: { secret: platform-postgres, cidr: 10.0.4.10/32, port: 5432 }
   capacity: { tenants: 500, connections: 200000 }
 "#;
 
-    fn fixture() -> Cell {
+    pub(crate) fn fixture() -> Cell {
         serde_yaml::from_str(FIXTURE).unwrap()
+    }
+
+    fn platform() -> Platform {
+        Platform { image: "registry.example/nudge-cell".into(), ..Platform::default() }
     }
 
     #[test]
     fn a_cell_gets_a_deployment_per_role_and_every_child_is_owned() {
         let cell = fixture();
-        let children = cell_children(&cell, "registry.example/nudge-cell").unwrap();
+        let children = cell_children(&cell, &platform()).unwrap();
         let names: Vec<_> = children.deployments.iter().map(|d| d.metadata.name.clone().unwrap()).collect();
         assert_eq!(names, ["shared-1-ingest", "shared-1-pipeline", "shared-1-gateway"]);
         let replicas: Vec<_> = children.deployments.iter().map(|d| d.spec.as_ref().unwrap().replicas).collect();
         assert_eq!(replicas, [Some(2), Some(1), Some(3)]);
-        assert_eq!(children.services.len(), 2, "ingest and gateway take traffic; the pipeline does not");
+        assert_eq!(children.services.len(), 3);
+        let pipeline = children.services[1].spec.as_ref().unwrap();
+        assert_eq!(
+            pipeline.cluster_ip.as_deref(),
+            Some("None"),
+            "the pipeline takes no traffic: headless, for metrics"
+        );
         assert_eq!(children.autoscalers.len(), 1, "only ingest has maxReplicas");
         assert_eq!(children.disruption_budgets.len(), 3);
         for meta in children.metadata() {
@@ -375,18 +782,80 @@ spec:
         assert!(env.contains(&("NUDGE_CELL__ROLES__INGEST".into(), Some("false".into()))));
         let toml = &children.config_map.data.as_ref().unwrap()["cell.toml"];
         assert!(toml.contains("cell_id = \"shared-1\"") && toml.contains("prefix = \"shared-1.\""));
+        assert!(toml.contains("brokers = \"platform-kafka-bootstrap.kafka.svc:9092\""), "{toml}");
+        // Cell pods never call the Kubernetes API: no token is mounted.
+        assert_eq!(children.service_account.automount_service_account_token, Some(false));
+    }
+
+    #[test]
+    fn topics_come_from_the_catalogue_under_the_cells_prefix() {
+        let children = cell_children(&fixture(), &platform()).unwrap();
+        let catalogue = nudge_contracts::topics::catalogue();
+        assert_eq!(children.kafka_topics.len(), catalogue.len());
+        for (topic, spec) in children.kafka_topics.iter().zip(catalogue) {
+            assert_eq!(topic.data["spec"]["topicName"], format!("shared-1.{}", spec.name));
+            assert_eq!(topic.data["spec"]["partitions"], spec.partitions);
+            assert_eq!(topic.data["spec"]["config"]["cleanup.policy"], spec.cleanup.as_str());
+            assert_eq!(topic.metadata.labels.as_ref().unwrap()["strimzi.io/cluster"], "platform");
+        }
+        let mut own = fixture();
+        own.spec.kafka = crate::crd::KafkaRef { topic_prefix: None, cluster: Some("acme-kafka".into()) };
+        let children = cell_children(&own, &platform()).unwrap();
+        assert_eq!(children.kafka_topics[0].data["spec"]["topicName"], catalogue[0].name);
+        let toml = &children.config_map.data.as_ref().unwrap()["cell.toml"];
+        assert!(toml.contains("brokers = \"acme-kafka-kafka-bootstrap:9092\""), "{toml}");
+    }
+
+    #[test]
+    fn the_network_policy_admits_ingress_and_monitoring_and_reaches_only_the_cells_stores() {
+        let children = cell_children(&fixture(), &platform()).unwrap();
+        let spec = children.network_policy.spec.unwrap();
+        assert_eq!(spec.policy_types.as_deref(), Some(&["Ingress".to_owned(), "Egress".to_owned()][..]));
+        let ingress = spec.ingress.unwrap();
+        let from = ingress[0].from.as_ref().unwrap();
+        let namespace = from[0].namespace_selector.as_ref().unwrap().match_labels.as_ref().unwrap();
+        assert_eq!(namespace["kubernetes.io/metadata.name"], "ingress-nginx");
+        let roles = from[0].pod_selector.as_ref().unwrap().match_expressions.as_ref().unwrap();
+        assert_eq!(roles[0].values.as_deref(), Some(&["ingest".to_owned(), "gateway".to_owned()][..]));
+        let egress = spec.egress.unwrap();
+        let cidrs: Vec<&str> = egress
+            .iter()
+            .flat_map(|rule| rule.to.iter().flatten())
+            .filter_map(|peer| peer.ip_block.as_ref().map(|b| b.cidr.as_str()))
+            .collect();
+        assert_eq!(cidrs, ["10.0.3.0/24", "10.0.4.10/32"], "its own Redis and Postgres, nothing else by address");
+        assert_eq!(egress.len(), 4, "DNS, Kafka, Redis, Postgres");
+    }
+
+    fn resources(name: &str, request: &str, limit: &str) -> k8s_openapi::api::core::v1::ResourceRequirements {
+        use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+        k8s_openapi::api::core::v1::ResourceRequirements {
+            requests: Some(BTreeMap::from([(name.to_owned(), Quantity(request.to_owned()))])),
+            limits: Some(BTreeMap::from([(name.to_owned(), Quantity(limit.to_owned()))])),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn quantities_parse_as_kubernetes_writes_them() {
+        assert_eq!(parse_quantity("250m"), Some(0.25));
+        assert_eq!(parse_quantity("512Mi"), Some(536_870_912.0));
+        assert_eq!(parse_quantity("2"), Some(2.0));
+        assert_eq!(parse_quantity("1.5G"), Some(1.5e9));
+        assert_eq!(parse_quantity("lots"), None);
+        assert_eq!(parse_quantity("Mi"), None);
     }
 
     #[test]
     fn building_twice_gives_the_same_children() {
         let cell = fixture();
-        assert_eq!(cell_children(&cell, "img").unwrap(), cell_children(&cell, "img").unwrap());
+        assert_eq!(cell_children(&cell, &platform()).unwrap(), cell_children(&cell, &platform()).unwrap());
     }
 
     #[test]
     fn an_invalid_spec_names_its_field_and_builds_nothing() {
         type Break = fn(&mut Cell);
-        let cases: [(&str, Break); 7] = [
+        let cases: [(&str, Break); 12] = [
             ("metadata.name", |c| c.metadata.name = Some("Shared_1".into())),
             ("spec.version", |c| c.spec.version = " ".into()),
             ("spec.roles.gateway.replicas", |c| c.spec.roles.gateway.replicas = -1),
@@ -394,11 +863,20 @@ spec:
             ("spec.capacity", |c| c.spec.capacity.connections = 0),
             ("spec.capacity.tenants", |c| c.spec.tier = Tier::Dedicated),
             ("spec.kafka", |c| c.spec.kafka.cluster = Some("own".into())),
+            ("spec.kafka.topicPrefix", |c| c.spec.kafka.topic_prefix = Some("Shared".into())),
+            ("spec.redis.cidr", |c| c.spec.redis.cidr = "10.0.3.0".into()),
+            ("spec.postgres.port", |c| c.spec.postgres.port = 0),
+            ("spec.roles.pipeline.resources.requests.cpu", |c| {
+                c.spec.roles.pipeline.resources = Some(resources("cpu", "4", "2"));
+            }),
+            ("spec.roles.gateway.resources.limits.memory", |c| {
+                c.spec.roles.gateway.resources = Some(resources("memory", "1Gi", "lots"));
+            }),
         ];
         for (field, break_it) in cases {
             let mut cell = fixture();
             break_it(&mut cell);
-            let error = cell_children(&cell, "img").unwrap_err();
+            let error = cell_children(&cell, &platform()).unwrap_err();
             assert_eq!(error.field, field, "{error}");
         }
     }

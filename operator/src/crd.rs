@@ -13,6 +13,11 @@ use serde::{Deserialize, Serialize};
 
 /// The API group of Nudge's resources.
 pub const GROUP: &str = "nudge.dev";
+/// On a Cell or Tenant, `"true"` stops the operator from writing anything for it (children,
+/// status, finalizers) until it is removed.
+pub const PAUSE_ANNOTATION: &str = "nudge.dev/paused";
+/// The finalizer that holds a Cell or Tenant until its ordered cleanup is done.
+pub const FINALIZER: &str = "nudge.dev/cleanup";
 
 /// A data-plane cell: ingest, pipeline and gateway deployments for a set of tenants, with
 /// the data stores they use.
@@ -47,9 +52,9 @@ pub struct CellSpec {
     /// Kafka: a topic prefix on the platform's cluster, or a cluster of the cell's own.
     pub kafka: KafkaRef,
     /// The cell's Redis (sessions, histories, pub/sub).
-    pub redis: SecretRef,
+    pub redis: DataStoreRef,
     /// The database of the cell's tenants: the platform's shared one, or a dedicated one.
-    pub postgres: SecretRef,
+    pub postgres: DataStoreRef,
     /// How much the cell takes before placement stops choosing it.
     pub capacity: Capacity,
 }
@@ -109,15 +114,20 @@ pub struct KafkaRef {
     pub cluster: Option<String>,
 }
 
-/// A connection string kept in a Secret.
+/// A data store of the cell: where its URL is kept, and where it is on the network (the
+/// cell's NetworkPolicy lets its pods reach this and nothing else).
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct SecretRef {
-    /// The Secret's name, in the cell's namespace.
+pub struct DataStoreRef {
+    /// The Secret holding the URL, in the cell's namespace.
     pub secret: String,
     /// The key holding the URL.
     #[serde(default = "url_key")]
     pub key: String,
+    /// The address range the store is reached at (`10.0.3.0/24`, or a single `/32`).
+    pub cidr: String,
+    /// Its port.
+    pub port: i32,
 }
 
 fn url_key() -> String {
@@ -172,7 +182,9 @@ pub struct CellStatus {
 pub struct TenantSpec {
     /// The control plane's id of the store (`tnt_…`).
     pub tenant_id: String,
-    pub plan: PlanName,
+    /// `free`, `growth` or `enterprise`. Checked by the operator against the control plane's
+    /// plans (an unknown one is refused with a `Degraded` condition naming `spec.plan`).
+    pub plan: String,
     /// `shared` (placed on a shared cell with capacity) or `dedicated` (a cell of its own).
     #[serde(default = "shared")]
     pub isolation: Tier,
@@ -195,15 +207,6 @@ pub struct TenantSpec {
 
 fn shared() -> Tier {
     Tier::Shared
-}
-
-/// The plans, by the names the control plane uses.
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum PlanName {
-    Free,
-    Growth,
-    Enterprise,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
@@ -243,17 +246,12 @@ pub struct TenantStatus {
     pub cell: Option<String>,
 }
 
-impl From<PlanName> for nudge_tenants::Plan {
-    fn from(plan: PlanName) -> Self {
-        match plan {
-            PlanName::Free => Self::Free,
-            PlanName::Growth => Self::Growth,
-            PlanName::Enterprise => Self::Enterprise,
-        }
-    }
-}
-
 impl TenantSpec {
+    /// The plan, when it is one the control plane knows.
+    pub fn plan(&self) -> Option<nudge_tenants::Plan> {
+        nudge_tenants::Plan::parse(&self.plan)
+    }
+
     /// The spec's limits as the control plane records them (retention is its own field here).
     pub fn limit_overrides(&self) -> nudge_tenants::LimitOverrides {
         let limits = self.limits.clone().unwrap_or_default();

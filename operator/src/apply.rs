@@ -1,0 +1,131 @@
+//! `apply` of a reconcile: make an owner's children exactly the built set, writing only what
+//! differs.
+//!
+//! Per kind, one LIST by the owner's label selector reads what exists. A built child that is
+//! missing, or whose fields differ from what is there, is written with server-side apply
+//! (field manager `nudge-operator`, forced: the operator owns these fields); a child that
+//! exists but is no longer built (an autoscaler whose `maxReplicas` was removed) is deleted.
+//! A child already as built is not written at all, so a reconcile of an unchanged resource
+//! sends reads only.
+//!
+//! "As built" means every field the operator sets has that value on the server; fields the
+//! server adds (defaults, status, other managers' fields) are ignored. A value the server
+//! normalises (a quantity of `1000m` read back as `1`) reads as different and is re-applied
+//! on every reconcile — harmless (server-side apply of the same intent is a no-op there) but
+//! a reason to write quantities in their canonical form.
+
+use kube::{
+    Api, Client,
+    api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams},
+};
+use serde_json::Value;
+
+use crate::build::Child;
+
+/// The field manager of every write the operator makes.
+pub const FIELD_MANAGER: &str = "nudge-operator";
+
+/// What a sync wrote.
+#[derive(Debug, Clone, Default)]
+pub struct Applied {
+    /// `Kind/name` of each child written.
+    pub patched: Vec<String>,
+    /// `Kind/name` of each child deleted.
+    pub deleted: Vec<String>,
+    /// The children as they are on the server after the sync (for status).
+    pub current: Vec<DynamicObject>,
+}
+
+/// Whether every field of `want` has the same value in `have`: objects key by key, arrays
+/// element by element (same length), everything else equal.
+pub fn contains(have: &Value, want: &Value) -> bool {
+    match (have, want) {
+        (Value::Object(have), Value::Object(want)) => {
+            want.iter().all(|(k, w)| have.get(k).is_some_and(|h| contains(h, w)))
+        }
+        (Value::Array(have), Value::Array(want)) => {
+            have.len() == want.len() && have.iter().zip(want).all(|(h, w)| contains(h, w))
+        }
+        (have, want) => have == want,
+    }
+}
+
+/// Makes the children of the owner selected by `selector` in `namespace` exactly `desired`,
+/// over `kinds`.
+pub async fn sync_children(
+    client: &Client,
+    namespace: &str,
+    selector: &str,
+    kinds: &[ApiResource],
+    desired: &[Child],
+) -> Result<Applied, kube::Error> {
+    let mut applied = Applied::default();
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    for kind in kinds {
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, kind);
+        let existing = api.list(&ListParams::default().labels(selector)).await?.items;
+        for child in desired.iter().filter(|c| &c.resource == kind) {
+            let want = serde_json::to_value(&child.object).unwrap_or_default();
+            let have = existing.iter().find(|e| e.metadata.name.as_deref() == Some(child.name()));
+            match have {
+                Some(have) if contains(&serde_json::to_value(have).unwrap_or_default(), &want) => {
+                    applied.current.push(have.clone());
+                }
+                _ => {
+                    let written = api.patch(child.name(), &params, &Patch::Apply(&child.object)).await?;
+                    applied.patched.push(format!("{}/{}", kind.kind, child.name()));
+                    applied.current.push(written);
+                }
+            }
+        }
+        for stale in existing
+            .iter()
+            .filter(|e| !desired.iter().any(|c| &c.resource == kind && Some(c.name()) == e.metadata.name.as_deref()))
+        {
+            let name = stale.metadata.name.clone().unwrap_or_default();
+            if stale.metadata.deletion_timestamp.is_none() {
+                api.delete(&name, &DeleteParams::background()).await?;
+                applied.deleted.push(format!("{}/{}", kind.kind, name));
+            }
+        }
+    }
+    Ok(applied)
+}
+
+/// Deletes every child of the owner of one kind (optionally only those named); returns how
+/// many still exist (deleting, or just asked to).
+pub async fn delete_children(
+    client: &Client,
+    namespace: &str,
+    selector: &str,
+    kind: &ApiResource,
+    only: Option<&str>,
+) -> Result<usize, kube::Error> {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, kind);
+    let existing = api.list(&ListParams::default().labels(selector)).await?.items;
+    let mut remaining = 0;
+    for object in existing.iter().filter(|o| only.is_none_or(|n| o.metadata.name.as_deref() == Some(n))) {
+        remaining += 1;
+        if object.metadata.deletion_timestamp.is_none() {
+            let name = object.metadata.name.clone().unwrap_or_default();
+            api.delete(&name, &DeleteParams::background()).await?;
+        }
+    }
+    Ok(remaining)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn contains_ignores_what_the_server_adds_and_sees_what_changed() {
+        let have = json!({"metadata": {"name": "a", "uid": "u", "labels": {"x": "1"}}, "spec": {"replicas": 2, "paused": false}, "status": {}});
+        assert!(contains(&have, &json!({"metadata": {"name": "a", "labels": {"x": "1"}}, "spec": {"replicas": 2}})));
+        assert!(!contains(&have, &json!({"spec": {"replicas": 3}})));
+        assert!(!contains(&have, &json!({"metadata": {"labels": {"y": "1"}}})));
+        assert!(!contains(&json!({"a": [1, 2]}), &json!({"a": [1]})), "a list is the whole list");
+    }
+}

@@ -1,0 +1,78 @@
+//! The operator's configuration: `--config operator.toml`, then `NUDGE_OPERATOR__…`
+//! variables (`NUDGE_OPERATOR__PLATFORM__IMAGE=…`).
+
+use nudge_platform_config::Validate;
+use nudge_platform_telemetry::{LogConfig, LogFormat};
+use serde::Deserialize;
+
+use crate::{build::Platform, tenant::DedicatedTemplate};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct OperatorConfig {
+    /// The namespace whose Cells and Tenants the operator manages; all namespaces when unset.
+    pub namespace: Option<String>,
+    pub platform: Platform,
+    pub dedicated: DedicatedTemplate,
+    pub leader: LeaderConfig,
+    pub log: LogConfig,
+}
+
+impl Default for OperatorConfig {
+    fn default() -> Self {
+        Self {
+            namespace: None,
+            platform: Platform::default(),
+            dedicated: DedicatedTemplate::default(),
+            leader: LeaderConfig::default(),
+            log: LogConfig { format: LogFormat::Json, filter: "info".into() },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct LeaderConfig {
+    /// The Lease replicas compete for.
+    pub lease: String,
+    /// Its namespace (the operator's own).
+    pub namespace: String,
+    /// How long a Lease lasts without renewal.
+    pub duration_secs: u64,
+    /// This replica's name in the Lease; the pod name (`POD_NAME`) or the host name when unset.
+    pub identity: Option<String>,
+}
+
+impl Default for LeaderConfig {
+    fn default() -> Self {
+        Self { lease: "nudge-operator".into(), namespace: "nudge-system".into(), duration_secs: 15, identity: None }
+    }
+}
+
+impl LeaderConfig {
+    pub fn identity(&self) -> String {
+        self.identity
+            .clone()
+            .or_else(|| std::env::var("POD_NAME").ok())
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| format!("nudge-operator-{}", std::process::id()))
+    }
+}
+
+impl Validate for OperatorConfig {
+    fn validate(&self) -> Result<(), String> {
+        if self.platform.image.trim().is_empty() {
+            return Err("platform.image must name the cell image's repository".into());
+        }
+        if self.platform.kafka_replicas < 1 {
+            return Err("platform.kafka_replicas must be at least 1".into());
+        }
+        if self.leader.duration_secs < 3 {
+            return Err("leader.duration_secs must be at least 3".into());
+        }
+        if self.dedicated.version.trim().is_empty() {
+            return Err("dedicated.version must name the release dedicated cells run".into());
+        }
+        Ok(())
+    }
+}
