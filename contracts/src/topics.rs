@@ -42,11 +42,34 @@ impl Cleanup {
     }
 }
 
+/// Whether each cell has its own copy of a topic or the platform has one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// Under the cell's prefix: events, features, predictions, commands, a cell's DLQ.
+    #[default]
+    Cell,
+    /// One for the platform, under the platform's prefix: the control plane's announcements
+    /// to every cell and the usage every cell reports.
+    Platform,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cell => "cell",
+            Self::Platform => "platform",
+        }
+    }
+}
+
 /// One topic as the catalogue describes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TopicSpec {
     pub name: String,
+    #[serde(default)]
+    pub scope: Scope,
     pub description: String,
     pub key: String,
     pub value: String,
@@ -113,27 +136,45 @@ impl Topic {
         catalogue().iter().find(|t| t.name == self.base_name())
     }
 
+    /// Whether the platform has one of this topic rather than each cell its own.
+    pub fn is_platform(self) -> bool {
+        self.spec().is_some_and(|s| s.scope == Scope::Platform)
+    }
+
     /// The topic a (prefixed) name refers to.
     pub fn from_name(topics: &Topics, name: &str) -> Option<Topic> {
-        let base = name.strip_prefix(&topics.prefix)?;
-        Self::ALL.into_iter().find(|t| t.base_name() == base)
+        Self::ALL.into_iter().find(|&t| topics.name(t) == name)
     }
 }
 
-/// Topic names for one environment.
+/// Topic names for one environment (or one cell of it).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Topics {
-    /// Prepended to every topic name; empty in a normal deployment.
+    /// Prepended to every topic name; empty in a normal deployment, the cell's own prefix
+    /// on a cell with topics of its own.
     pub prefix: String,
+    /// Prepended to the platform-wide topics instead, where it differs from `prefix`.
+    #[serde(default)]
+    pub platform_prefix: Option<String>,
 }
 
 impl Topics {
     pub fn new(prefix: impl Into<String>) -> Self {
-        Self { prefix: prefix.into() }
+        Self { prefix: prefix.into(), platform_prefix: None }
+    }
+
+    /// Names the platform-wide topics under `platform_prefix` (when given).
+    pub fn with_platform_prefix(mut self, platform_prefix: Option<String>) -> Self {
+        self.platform_prefix = platform_prefix;
+        self
     }
 
     pub fn name(&self, topic: Topic) -> String {
-        format!("{}{}", self.prefix, topic.base_name())
+        let prefix = match &self.platform_prefix {
+            Some(platform) if topic.is_platform() => platform,
+            _ => &self.prefix,
+        };
+        format!("{prefix}{}", topic.base_name())
     }
 }
 
@@ -146,8 +187,11 @@ pub fn render_markdown() -> String {
          catalogue at start, idempotently. Names take `kafka.prefix` in front. Every record carries the\n\
          headers `nudge-schema` (the Protobuf message of the value) and `nudge-schema-version`, and,\n\
          when produced on behalf of a request, `traceparent`.\n\n\
-         | topic | key | value | partitions | cleanup | retention | producers | consumers |\n\
-         |---|---|---|---|---|---|---|---|\n",
+         Scope `cell`: each cell has its own, under its prefix (a cell on the platform's cluster gets\n\
+         one from its `Cell` resource, such as `shared-1.`). Scope `platform`: one for the whole\n\
+         platform, under the platform's prefix (a cell's `kafka.platform_prefix`).\n\n\
+         | topic | scope | key | value | partitions | cleanup | retention | producers | consumers |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
     );
     for t in catalogue() {
         let retention = if t.retention_hours % 24 == 0 {
@@ -157,8 +201,9 @@ pub fn render_markdown() -> String {
         };
         let list = |v: &[String]| if v.is_empty() { "—".to_owned() } else { v.join("; ") };
         out.push_str(&format!(
-            "| `{}` | `{}` | `{}` | {} | {} | {} | {} | {} |\n",
+            "| `{}` | {} | `{}` | `{}` | {} | {} | {} | {} | {} |\n",
             t.name,
+            t.scope.as_str(),
             t.key,
             t.value,
             t.partitions,
@@ -208,6 +253,18 @@ mod tests {
         let topics = Topics::new("t1.");
         assert_eq!(Topic::from_name(&topics, "t1.events.dlq"), Some(Topic::EventsDlq));
         assert_eq!(Topic::from_name(&topics, "events.dlq"), None);
+    }
+
+    #[test]
+    fn a_cell_with_its_own_prefix_shares_the_platform_topics() {
+        let topics = Topics::new("shared-1.").with_platform_prefix(Some(String::new()));
+        assert_eq!(topics.name(Topic::EventsRaw), "shared-1.events.raw");
+        assert_eq!(topics.name(Topic::ControlTenants), "control.tenants.v1");
+        assert_eq!(topics.name(Topic::Usage), "usage.v1");
+        assert_eq!(Topic::from_name(&topics, "control.models.v1"), Some(Topic::ControlModels));
+        assert_eq!(Topic::from_name(&topics, "shared-1.control.models.v1"), None);
+        let platform: Vec<Topic> = Topic::ALL.into_iter().filter(|t| t.is_platform()).collect();
+        assert_eq!(platform, [Topic::ControlTenants, Topic::ControlModels, Topic::Usage]);
     }
 
     #[test]

@@ -63,6 +63,8 @@ pub struct Platform {
     pub kafka_cluster: String,
     /// The namespace it runs in.
     pub kafka_namespace: String,
+    /// The prefix of the platform-wide topics (`control.*`, `usage.v1`) on that cluster.
+    pub topic_prefix: String,
     /// Replicas of each topic.
     pub kafka_replicas: i32,
     /// The namespace of the ingress controller: the only source of shopper and merchant
@@ -82,6 +84,7 @@ impl Default for Platform {
             image: "ghcr.io/nudge/nudge-cell".to_owned(),
             kafka_cluster: "platform".to_owned(),
             kafka_namespace: "kafka".to_owned(),
+            topic_prefix: String::new(),
             kafka_replicas: 3,
             ingress_namespace: "ingress-nginx".to_owned(),
             monitoring_namespace: "monitoring".to_owned(),
@@ -257,7 +260,7 @@ pub struct Children {
     pub disruption_budgets: Vec<PodDisruptionBudget>,
     pub autoscalers: Vec<HorizontalPodAutoscaler>,
     pub network_policy: NetworkPolicy,
-    /// Strimzi `KafkaTopic`s (kafka.strimzi.io/v1beta2), one per catalogue topic.
+    /// Strimzi `KafkaTopic`s (kafka.strimzi.io/v1beta2), one per cell-scope catalogue topic.
     pub kafka_topics: Vec<DynamicObject>,
     /// A Prometheus operator `ServiceMonitor` (monitoring.coreos.com/v1).
     pub service_monitor: Option<DynamicObject>,
@@ -382,11 +385,16 @@ fn kafka_of(cell: &Cell, platform: &Platform) -> (String, String, Option<String>
     }
 }
 
-/// The cell's configuration file, as `nudge cell --config` reads it.
-fn cell_toml(cell: &Cell, name: &str, brokers: &str) -> String {
-    let prefix = cell.spec.kafka.topic_prefix.clone().unwrap_or_default();
+/// The cell's configuration file, as `nudge cell --config` reads it. A cell with a topic
+/// prefix reads the platform-wide topics under the platform's prefix; a cell on a cluster
+/// of its own finds them there (mirrored in by the platform, see docs/operations.md).
+fn cell_toml(cell: &Cell, name: &str, brokers: &str, platform: &Platform) -> String {
+    let (prefix, platform_prefix) = match &cell.spec.kafka.topic_prefix {
+        Some(prefix) => (prefix.clone(), format!("platform_prefix = \"{}\"\n", platform.topic_prefix)),
+        None => (String::new(), String::new()),
+    };
     format!(
-        "# Written by nudge-operator from Cell {name}; edits are overwritten.\ncell_id = \"{name}\"\n\n[http]\nlisten = \"0.0.0.0:{HTTP_PORT}\"\n\n[kafka]\nbrokers = \"{brokers}\"\nprefix = \"{prefix}\"\n\n[log]\nformat = \"json\"\n"
+        "# Written by nudge-operator from Cell {name}; edits are overwritten.\ncell_id = \"{name}\"\n\n[http]\nlisten = \"0.0.0.0:{HTTP_PORT}\"\n\n[kafka]\nbrokers = \"{brokers}\"\nprefix = \"{prefix}\"\n{platform_prefix}\n[log]\nformat = \"json\"\n"
     )
 }
 
@@ -548,7 +556,7 @@ pub fn cell_children(cell: &Cell, platform: &Platform) -> Result<Children, Inval
     Ok(Children {
         config_map: ConfigMap {
             metadata: meta(config_name, None),
-            data: Some(BTreeMap::from([("cell.toml".to_owned(), cell_toml(cell, &name, &brokers))])),
+            data: Some(BTreeMap::from([("cell.toml".to_owned(), cell_toml(cell, &name, &brokers, platform))])),
             ..ConfigMap::default()
         },
         service_account: ServiceAccount {
@@ -659,8 +667,9 @@ fn network_policy_spec(
     }
 }
 
-/// A `KafkaTopic` per catalogue topic, under the cell's prefix (or plain names on a cell's
-/// own cluster), with the catalogue's partitions, cleanup policy and retention.
+/// A `KafkaTopic` per cell-scope catalogue topic, under the cell's prefix (or plain names on
+/// a cell's own cluster), with the catalogue's partitions, cleanup policy and retention. The
+/// platform-wide topics are the platform's (deploy/k8s), not any cell's.
 fn kafka_topics(
     cell: &Cell,
     _name: &str,
@@ -671,6 +680,7 @@ fn kafka_topics(
     let prefix = cell.spec.kafka.topic_prefix.clone().unwrap_or_default();
     nudge_contracts::topics::catalogue()
         .iter()
+        .filter(|topic| topic.scope == nudge_contracts::topics::Scope::Cell)
         .map(|topic| {
             let topic_name = format!("{prefix}{}", topic.name);
             let mut metadata = meta(topic_name.replace('_', "-"), None);
@@ -783,16 +793,33 @@ spec:
         let toml = &children.config_map.data.as_ref().unwrap()["cell.toml"];
         assert!(toml.contains("cell_id = \"shared-1\"") && toml.contains("prefix = \"shared-1.\""));
         assert!(toml.contains("brokers = \"platform-kafka-bootstrap.kafka.svc:9092\""), "{toml}");
+        assert!(toml.contains("platform_prefix = \"\""), "control topics under the platform's prefix: {toml}");
         // Cell pods never call the Kubernetes API: no token is mounted.
         assert_eq!(children.service_account.automount_service_account_token, Some(false));
     }
 
     #[test]
+    fn the_config_map_is_a_configuration_the_cell_reads() {
+        let children = cell_children(&fixture(), &platform()).unwrap();
+        let toml = &children.config_map.data.as_ref().unwrap()["cell.toml"];
+        let config: nudge_data_plane_cell::CellConfig = ::toml::from_str(toml).unwrap();
+        assert_eq!(config.cell_id.as_str(), "shared-1");
+        assert_eq!(config.http.listen.port(), u16::try_from(HTTP_PORT).unwrap());
+        let topics = config.kafka.topics();
+        assert_eq!(topics.name(nudge_contracts::Topic::EventsRaw), "shared-1.events.raw");
+        assert_eq!(topics.name(nudge_contracts::Topic::ControlTenants), "control.tenants.v1");
+    }
+
+    #[test]
     fn topics_come_from_the_catalogue_under_the_cells_prefix() {
         let children = cell_children(&fixture(), &platform()).unwrap();
-        let catalogue = nudge_contracts::topics::catalogue();
+        let catalogue: Vec<_> = nudge_contracts::topics::catalogue()
+            .iter()
+            .filter(|t| t.scope == nudge_contracts::topics::Scope::Cell)
+            .collect();
         assert_eq!(children.kafka_topics.len(), catalogue.len());
-        for (topic, spec) in children.kafka_topics.iter().zip(catalogue) {
+        assert!(!catalogue.iter().any(|t| t.name.starts_with("control.")), "the platform's, not a cell's");
+        for (topic, spec) in children.kafka_topics.iter().zip(&catalogue) {
             assert_eq!(topic.data["spec"]["topicName"], format!("shared-1.{}", spec.name));
             assert_eq!(topic.data["spec"]["partitions"], spec.partitions);
             assert_eq!(topic.data["spec"]["config"]["cleanup.policy"], spec.cleanup.as_str());

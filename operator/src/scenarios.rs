@@ -382,7 +382,8 @@ async fn a_dedicated_tenant_gets_a_cell_of_its_own_which_goes_with_it() {
     // The cell reconciles like any other: its children, under its own topic prefix.
     reconcile_cell(cell.clone(), ctx.clone()).await.unwrap();
     let topics = stored_children(&fake, cell_name).into_iter().filter(|(p, _)| p.contains("/kafkatopics/")).count();
-    assert_eq!(topics, nudge_contracts::topics::catalogue().len());
+    let cell_scope = nudge_contracts::topics::catalogue().iter().filter(|t| t.scope == nudge_contracts::topics::Scope::Cell);
+    assert_eq!(topics, cell_scope.count());
     assert!(
         fake.names(&format!("/apis/kafka.strimzi.io/v1beta2/namespaces/{NS}/kafkatopics"))
             .iter()

@@ -10,6 +10,10 @@ pub struct KafkaConfig {
     pub brokers: String,
     /// Prepended to every topic and consumer-group name (isolates environments and tests).
     pub prefix: String,
+    /// Prepended to the platform-wide topics (`control.tenants.v1`, `control.models.v1`,
+    /// `usage.v1`) instead of `prefix`: set on a cell whose own topics have a prefix of their
+    /// own, to the platform's prefix. Unset, `prefix` names every topic.
+    pub platform_prefix: Option<String>,
     /// How long a producer keeps retrying a record before reporting it failed.
     pub message_timeout_ms: u32,
     /// How long a producer waits to fill a batch.
@@ -32,6 +36,7 @@ impl Default for KafkaConfig {
         Self {
             brokers: "127.0.0.1:9092".to_owned(),
             prefix: String::new(),
+            platform_prefix: None,
             message_timeout_ms: 30_000,
             linger_ms: 2,
             request_timeout_ms: 5_000,
@@ -44,7 +49,7 @@ impl Default for KafkaConfig {
 
 impl KafkaConfig {
     pub fn topics(&self) -> Topics {
-        Topics::new(self.prefix.clone())
+        Topics::new(self.prefix.clone()).with_platform_prefix(self.platform_prefix.clone())
     }
 
     /// A consumer-group id scoped by the prefix.
