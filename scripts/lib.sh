@@ -30,4 +30,6 @@ export_runtime_env() {
     export NUDGE_TANSU_BIN="$NUDGE_TOOLS/bin/tansu"
     export NUDGE_NODE_MODULES="$NUDGE_CACHE/node/node_modules"
     export NUDGE_BUF_BIN="$NUDGE_CACHE/node/node_modules/.bin/buf"
+    # The cell binary the local provisioner starts dedicated cells with (built by scripts/test).
+    export NUDGE_CELL_BIN="$CARGO_TARGET_DIR/debug/nudge-cell"
 }

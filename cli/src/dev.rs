@@ -78,6 +78,12 @@ pub async fn run(config: DevConfig, shutdown: CancellationToken) -> anyhow::Resu
     let mut control_plane = config.control_plane.clone();
     control_plane.placement.shared_cell_url = cell_url.clone();
     control_plane.placement.shared_cell_id = config.cell.cell_id.clone();
+    if control_plane.placement.local.cell_program.is_none() {
+        // Dedicated cells (POST /v1/admin/tenants/{id}/isolation) run as `nudge cell`
+        // processes of this very binary.
+        control_plane.placement.local.cell_program = std::env::current_exe().ok();
+        control_plane.placement.local.cell_args = vec!["cell".to_owned()];
+    }
     let cp = tokio::spawn(nudge_web_api::run(control_plane, cp_listener, shutdown.clone()));
     let mut cell = config.cell.clone();
     if cell.sessions.secrets.is_empty() {

@@ -285,6 +285,10 @@ pub struct IsolationResponse {
     pub moved: bool,
     /// Rows copied, by table.
     pub rows: std::collections::BTreeMap<String, i64>,
+    /// The store's own cell, which now serves it.
+    pub cell_id: String,
+    /// Base URL of that cell: where the store's snippet and events go from now on.
+    pub cell_url: String,
 }
 
 /// `POST /v1/tenants/{tenant_id}/suppressions`: stop acting on a shopper's events.

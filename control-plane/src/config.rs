@@ -153,15 +153,70 @@ impl Default for OutboxConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct PlacementConfig {
-    /// The shared cell self-service tenants are placed on.
+    /// Where cells come from: `local` (processes on this machine) or `kubernetes` (Tenant
+    /// and Cell resources the operator provisions).
+    pub provisioner: ProvisionerKind,
+    /// Local: the shared cell self-service tenants are placed on.
     pub shared_cell_id: CellId,
-    /// Base URL browsers use to reach that cell.
+    /// Local: base URL browsers use to reach that cell.
     pub shared_cell_url: String,
+    pub local: LocalProvisionerConfig,
+    pub kubernetes: KubernetesProvisionerConfig,
 }
 
 impl Default for PlacementConfig {
     fn default() -> Self {
-        Self { shared_cell_id: CellId::default_shared(), shared_cell_url: "http://127.0.0.1:8081".to_owned() }
+        Self {
+            provisioner: ProvisionerKind::Local,
+            shared_cell_id: CellId::default_shared(),
+            shared_cell_url: "http://127.0.0.1:8081".to_owned(),
+            local: LocalProvisionerConfig::default(),
+            kubernetes: KubernetesProvisionerConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProvisionerKind {
+    Local,
+    Kubernetes,
+}
+
+/// Dedicated cells as processes on this machine.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct LocalProvisionerConfig {
+    /// The program that runs a cell (`nudge-cell`, or `nudge` with `cell_args = ["cell"]`);
+    /// without one, dedicated cells cannot be started here (503 `provisioning_unavailable`).
+    pub cell_program: Option<std::path::PathBuf>,
+    pub cell_args: Vec<String>,
+    /// How long a new cell process may take to answer `/readyz`.
+    pub ready_timeout_secs: u64,
+}
+
+impl Default for LocalProvisionerConfig {
+    fn default() -> Self {
+        Self { cell_program: None, cell_args: Vec::new(), ready_timeout_secs: 60 }
+    }
+}
+
+/// Tenants and dedicated cells as resources for the operator.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct KubernetesProvisionerConfig {
+    /// The namespace of the Tenant and Cell resources.
+    pub namespace: String,
+    /// How long signup waits for the operator to place a new tenant.
+    pub placement_timeout_secs: u64,
+    /// How long a move to a dedicated cell waits for the cell to be ready before answering
+    /// 503 `cell_provisioning` (the request can be repeated; it picks up where it was).
+    pub dedicated_timeout_secs: u64,
+}
+
+impl Default for KubernetesProvisionerConfig {
+    fn default() -> Self {
+        Self { namespace: "nudge".to_owned(), placement_timeout_secs: 20, dedicated_timeout_secs: 120 }
     }
 }
 
@@ -190,6 +245,9 @@ impl Validate for ControlPlaneConfig {
         }
         if !self.placement.shared_cell_url.starts_with("http") {
             return Err("placement.shared_cell_url must be an http(s) URL".into());
+        }
+        if self.placement.kubernetes.namespace.trim().is_empty() {
+            return Err("placement.kubernetes.namespace must name the namespace of the Tenant resources".into());
         }
         self.kafka.validate()
     }

@@ -10,7 +10,9 @@
 //!   default model, announced to the cells on `control.models.v1`.
 //! - [`routing`]: [`routing::TenantRouter`], which sends a tenant's transactions to its database.
 //! - [`dedicated`]: moving a tenant to a dedicated database, writes fenced during the flip.
-//! - [`placement`]: which cell a new tenant goes to; registers the shared cell.
+//! - [`placement`]: the cells and each tenant's route (its cell), as recorded here.
+//! - [`provision`]: where cells come from — the `Provisioner`, local processes or
+//!   Kubernetes resources for the operator.
 //! - [`signup`]: self-service signup: tenant, keys, origins and the announcement to its cell,
 //!   in one transaction.
 //! - [`accounts`]: merchant accounts, login, memberships.
@@ -39,6 +41,7 @@ pub mod origins;
 pub mod outbox;
 pub mod placement;
 pub mod plans;
+pub mod provision;
 pub mod registry;
 pub mod routing;
 pub mod signup;

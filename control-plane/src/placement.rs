@@ -1,11 +1,15 @@
-//! Placement: which cell serves a tenant. Self-service tenants share one cell; dedicated
-//! cells come with the operator.
+//! Placement: which cell serves a tenant, as the control plane records it. The cells
+//! themselves come from the [`crate::provision::Provisioner`]; this module keeps the `cells`
+//! rows and each tenant's `cell_id` (its route, announced to the cells).
 
-use nudge_tenants::CellId;
+use nudge_contracts::Topics;
+use nudge_tenants::{CellId, Plan, TenantId};
 
 use crate::{
+    announce::announce,
     config::PlacementConfig,
     db::{Database, DbError},
+    routing::TenantRouter,
 };
 
 /// A cell as the control plane knows it.
@@ -29,4 +33,82 @@ pub async fn register_shared_cell(db: &Database, config: &PlacementConfig) -> Re
     .await?;
     tx.commit().await?;
     Ok(Cell { id: config.shared_cell_id.clone(), public_url: config.shared_cell_url.clone() })
+}
+
+/// Records `cell` (idempotent; a changed URL is updated). Reads first, so the signups that
+/// find their cell already recorded take no lock on its row.
+pub async fn record_cell(db: &Database, cell: &Cell, tier: &str) -> Result<(), DbError> {
+    let mut tx = db.platform_tx().await?;
+    let known: Option<String> = sqlx::query_scalar("SELECT public_url FROM cells WHERE cell_id = $1")
+        .bind(cell.id.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+    if known.as_deref() != Some(cell.public_url.as_str()) {
+        sqlx::query(
+            "INSERT INTO cells (cell_id, tier, public_url) VALUES ($1, $2, $3)
+             ON CONFLICT (cell_id) DO UPDATE SET public_url = EXCLUDED.public_url",
+        )
+        .bind(cell.id.as_str())
+        .bind(tier)
+        .bind(&cell.public_url)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The plan `tenant` is on, or `None` when there is no such tenant.
+pub async fn plan_of(router: &TenantRouter, tenant: TenantId) -> Result<Option<Plan>, DbError> {
+    let mut tx = router.tenant_tx(tenant).await?;
+    let plan: Option<String> = sqlx::query_scalar("SELECT plan FROM tenants WHERE tenant_id = $1")
+        .bind(tenant.as_uuid())
+        .fetch_optional(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(plan.as_deref().and_then(Plan::parse))
+}
+
+/// Routes `tenant` to `cell` (recorded in the tenant's database, which may be a dedicated
+/// one) and announces it, in one transaction: the old cell forgets the tenant and the new one
+/// takes it from the same record. False when there is no such tenant.
+pub async fn route_to(
+    router: &TenantRouter,
+    topics: &Topics,
+    tenant: TenantId,
+    cell: &Cell,
+    isolation: &str,
+    traceparent: Option<String>,
+) -> Result<bool, DbError> {
+    let mut tx = router.tenant_tx(tenant).await?;
+    sqlx::query(
+        "INSERT INTO cells (cell_id, tier, public_url) VALUES ($1, $2, $3)
+         ON CONFLICT (cell_id) DO UPDATE SET public_url = EXCLUDED.public_url",
+    )
+    .bind(cell.id.as_str())
+    .bind(isolation)
+    .bind(&cell.public_url)
+    .execute(&mut *tx)
+    .await?;
+    let updated = sqlx::query(
+        "UPDATE tenants SET cell_id = $2, isolation = $3
+         WHERE tenant_id = $1 AND (cell_id IS DISTINCT FROM $2 OR isolation <> $3)",
+    )
+    .bind(tenant.as_uuid())
+    .bind(cell.id.as_str())
+    .bind(isolation)
+    .execute(&mut *tx)
+    .await?;
+    if updated.rows_affected() > 0 {
+        announce(&mut tx, topics, tenant, traceparent).await?;
+        tx.commit().await?;
+        tracing::info!(tenant_id = %tenant, cell_id = %cell.id, isolation, "tenant routed to its cell");
+        return Ok(true);
+    }
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants WHERE tenant_id = $1)")
+        .bind(tenant.as_uuid())
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(exists)
 }

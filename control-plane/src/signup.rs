@@ -73,17 +73,17 @@ impl From<PasswordHashError> for SignupError {
     }
 }
 
-/// Creates a tenant on `cell`. Placement on a shared cell needs nothing provisioned, so the
-/// tenant passes `pending → provisioning → active` inside the transaction and its cell
-/// learns it as active.
+/// Creates the tenant `tenant_id` (a fresh id the provisioner has placed) on `cell`.
+/// Placement on a shared cell needs nothing provisioned, so the tenant passes
+/// `pending → provisioning → active` inside the transaction and its cell learns it as active.
 pub async fn sign_up(
     db: &Database,
     topics: &nudge_contracts::Topics,
+    tenant_id: TenantId,
     cell: &Cell,
     new: NewTenant,
     traceparent: Option<String>,
 ) -> Result<SignedUp, SignupError> {
-    let tenant_id = TenantId::new();
     let publishable_key = PublishableKey::generate()?;
     let secret_key = SecretKey::generate()?;
     // Nothing to provision on a shared cell: the tenant is active once the transaction commits.

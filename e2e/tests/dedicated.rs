@@ -1,7 +1,8 @@
 //! Moving a store to a dedicated database while its members keep writing: every
 //! acknowledged write is there exactly once, nothing of it is left in the shared database,
-//! other stores are untouched, and the cells keep serving it (its outbox now relayed from
-//! the new database).
+//! other stores are untouched, and the store is served by a cell of its own, started by the
+//! local provisioner as a process of the real cell binary (its outbox now relayed from the
+//! new database, its announcements moving it off the shared cell).
 
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
@@ -87,6 +88,10 @@ async fn a_store_moves_to_its_own_database_under_concurrent_writes() -> anyhow::
     assert_eq!(moved["moved"], true, "{moved}");
     let database = moved["database"].as_str().unwrap_or_default().to_owned();
     assert!(database.starts_with("nudge_t_"));
+    let big_uuid = big.tenant_id.trim_start_matches("tnt_").to_owned();
+    assert_eq!(moved["cell_id"], format!("ded-{big_uuid}"), "{moved}");
+    let dedicated_cell = moved["cell_url"].as_str().unwrap_or_default().to_owned();
+    assert_ne!(dedicated_cell, platform.cell_url);
 
     let mut acknowledged = BTreeSet::new();
     let mut refusals = 0;
@@ -140,7 +145,6 @@ async fn a_store_moves_to_its_own_database_under_concurrent_writes() -> anyhow::
     assert!(before > 0 && after > 0, "writes before the fence ({before}) and after the flip ({after})");
     drop(shared_for_fence);
     let mut shared = PgConnection::connect(&platform.db.owner_url).await?;
-    let big_uuid = big.tenant_id.trim_start_matches("tnt_").to_owned();
     for table in ["tenants", "api_keys", "tenant_origins", "tenant_audit"] {
         let left: i64 =
             sqlx::query_scalar(&format!("SELECT count(*) FROM {table} WHERE replace(tenant_id::text, '-', '') = $1"))
@@ -157,14 +161,36 @@ async fn a_store_moves_to_its_own_database_under_concurrent_writes() -> anyhow::
     assert_eq!(kept, 2, "the other store is untouched");
     assert!(nudge_control_plane::catalog::lint(&mut dedicated, "nudge_app").await?.is_empty());
 
-    // The cells still serve the store, and learn of changes made in its new database.
+    // The store's own cell serves it (once it has heard the announcement), the shared cell
+    // no longer does but still serves the other store, and changes made in the new database
+    // reach the store's cell.
     let batch = json!({"events": [{"event_id": "after-move", "type": "page_view", "shopper_id": "shp_1"}]});
-    assert_eq!(platform.post_events(&big.publishable_key, Some(ORIGIN), &batch).await?.status(), 202);
+    let mut served = false;
+    for _ in 0..200 {
+        if platform.post_events_to(&dedicated_cell, &big.publishable_key, Some(ORIGIN), &batch).await?.status() == 202 {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(served, "the dedicated cell at {dedicated_cell} serves the store");
+    let mut forgotten = false;
+    for _ in 0..100 {
+        if platform.post_events(&big.publishable_key, Some(ORIGIN), &batch).await?.status() == 401 {
+            forgotten = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(forgotten, "the shared cell forgets a store routed elsewhere");
+    let small = json!({"events": [{"event_id": "small-1", "type": "page_view", "shopper_id": "shp_2"}]});
+    let small_origin = "https://small.example.com";
+    assert_eq!(platform.post_events(&other.publishable_key, Some(small_origin), &small).await?.status(), 202);
     let audit = platform.transition(&big.tenant_id, "suspended", "checking the move").await?;
     assert_eq!(audit.status(), 200);
     let mut suspended = false;
     for _ in 0..100 {
-        if platform.post_events(&big.publishable_key, Some(ORIGIN), &batch).await?.status() == 403 {
+        if platform.post_events_to(&dedicated_cell, &big.publishable_key, Some(ORIGIN), &batch).await?.status() == 403 {
             suspended = true;
             break;
         }
@@ -192,6 +218,7 @@ async fn a_store_moves_to_its_own_database_under_concurrent_writes() -> anyhow::
         .json()
         .await?;
     assert_eq!(again["moved"], false);
+    assert_eq!(again["cell_url"], dedicated_cell, "the same cell, still running");
 
     drop(dedicated);
     drop(shared);

@@ -30,7 +30,7 @@ async fn setup(tenants: usize, pool_size: u32) -> anyhow::Result<(TestDatabase, 
             owner_email: Email::parse(&format!("owner{i}-{}@example.com", nudge_test_support::unique_suffix()))?,
             owner_password: Password::parse(nudge_test_support::PASSWORD)?,
         };
-        ids.push(sign_up(&db, &Topics::default(), &cell, new, None).await?.tenant_id);
+        ids.push(sign_up(&db, &Topics::default(), TenantId::new(), &cell, new, None).await?.tenant_id);
     }
     Ok((test_db, db, ids))
 }

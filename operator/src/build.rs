@@ -8,7 +8,7 @@
 //! PodDisruptionBudget, and a HorizontalPodAutoscaler when `maxReplicas` is set; one
 //! NetworkPolicy (ingest and gateway take traffic only from the ingress controller's
 //! namespace, metrics only from monitoring's, and the pods reach only DNS, their Kafka
-//! cluster and their own Redis and Postgres); a Strimzi `KafkaTopic` per catalogue topic
+//! cluster and their own Redis); a Strimzi `KafkaTopic` per catalogue topic
 //! under the cell's prefix; a ServiceMonitor. Every child carries a controller
 //! ownerReference to the Cell and the cell's labels. The pods read the Redis URL from the
 //! Secret the cell names and the session secrets (a list, e.g. `["…"]`) from the `secrets`
@@ -139,6 +139,10 @@ pub fn validate(cell: &Cell) -> Result<(), Invalid> {
     }
     if spec.region.trim().is_empty() {
         return Err(invalid("spec.region", "name the region the cell runs in"));
+    }
+    let url_ok = spec.public_url.strip_prefix("https://").or_else(|| spec.public_url.strip_prefix("http://"));
+    if !url_ok.is_some_and(|host| !host.is_empty() && !host.contains(char::is_whitespace)) {
+        return Err(invalid("spec.publicUrl", "the http(s) base URL browsers reach the cell at"));
     }
     for name in ROLES {
         let r = role(cell, name);
@@ -591,7 +595,8 @@ fn tcp(port: IntOrString) -> NetworkPolicyPort {
 
 /// One policy over all the cell's pods: shopper and merchant traffic reaches ingest and
 /// gateway only through the ingress controller; Prometheus may scrape every role; the pods
-/// reach DNS, their own Kafka cluster, Redis and Postgres, and nothing else.
+/// reach DNS, their own Kafka cluster and their own Redis, and nothing else (not even the
+/// tenants' Postgres, which cell processes never connect to).
 fn network_policy_spec(
     cell: &Cell,
     name: &str,
@@ -662,7 +667,6 @@ fn network_policy_spec(
                 ports: Some(vec![tcp(IntOrString::Int(KAFKA_PORT))]),
             },
             store(&cell.spec.redis),
-            store(&cell.spec.postgres),
         ]),
     }
 }
@@ -741,6 +745,7 @@ spec:
   tier: shared
   region: eu-west-1
   version: "0.1.0"
+  publicUrl: https://shared-1.cells.nudge.example
   roles:
     ingest: { replicas: 2, maxReplicas: 6 }
     pipeline: { replicas: 1 }
@@ -850,8 +855,8 @@ spec:
             .flat_map(|rule| rule.to.iter().flatten())
             .filter_map(|peer| peer.ip_block.as_ref().map(|b| b.cidr.as_str()))
             .collect();
-        assert_eq!(cidrs, ["10.0.3.0/24", "10.0.4.10/32"], "its own Redis and Postgres, nothing else by address");
-        assert_eq!(egress.len(), 4, "DNS, Kafka, Redis, Postgres");
+        assert_eq!(cidrs, ["10.0.3.0/24"], "its own Redis, nothing else by address");
+        assert_eq!(egress.len(), 3, "DNS, Kafka, Redis");
     }
 
     fn resources(name: &str, request: &str, limit: &str) -> k8s_openapi::api::core::v1::ResourceRequirements {
@@ -882,7 +887,8 @@ spec:
     #[test]
     fn an_invalid_spec_names_its_field_and_builds_nothing() {
         type Break = fn(&mut Cell);
-        let cases: [(&str, Break); 12] = [
+        let cases: [(&str, Break); 13] = [
+            ("spec.publicUrl", |c| c.spec.public_url = "shared-1.example".into()),
             ("metadata.name", |c| c.metadata.name = Some("Shared_1".into())),
             ("spec.version", |c| c.spec.version = " ".into()),
             ("spec.roles.gateway.replicas", |c| c.spec.roles.gateway.replicas = -1),

@@ -46,6 +46,9 @@ pub struct CellSpec {
     pub region: String,
     /// The Nudge release the cell's images run (an image tag).
     pub version: String,
+    /// The base URL browsers reach the cell's ingest and gateway at (the ingress routes it);
+    /// the control plane hands it to the cell's tenants as their route.
+    pub public_url: String,
     /// Replicas and resources per role.
     #[serde(default)]
     pub roles: Roles,
@@ -54,6 +57,8 @@ pub struct CellSpec {
     /// The cell's Redis (sessions, histories, pub/sub).
     pub redis: DataStoreRef,
     /// The database of the cell's tenants: the platform's shared one, or a dedicated one.
+    /// Recorded for placement and offboarding; cell processes do not connect to it (they
+    /// hear everything they need on Kafka), so the NetworkPolicy opens no way to it.
     pub postgres: DataStoreRef,
     /// How much the cell takes before placement stops choosing it.
     pub capacity: Capacity,

@@ -66,6 +66,13 @@ fn split(path: &str) -> (String, Option<String>, Option<String>) {
     (collection, parts.get(plural + 1).map(|s| (*s).to_owned()), parts.get(plural + 2).map(|s| (*s).to_owned()))
 }
 
+/// The namespace a namespaced path names.
+fn namespace_of(path: &str) -> Option<String> {
+    let mut parts = path.split('/');
+    parts.by_ref().find(|p| *p == "namespaces")?;
+    parts.next().map(str::to_owned)
+}
+
 fn merge(target: &mut Value, patch: &Value) {
     match (target, patch) {
         (Value::Object(t), Value::Object(p)) => {
@@ -221,6 +228,7 @@ impl FakeApi {
                 }
                 let mut object = body;
                 object["metadata"]["uid"] = json!(format!("uid-{version}"));
+                object["metadata"]["namespace"] = json!(namespace_of(&path));
                 object["metadata"]["resourceVersion"] = json!(version.to_string());
                 state.objects.insert(key, object.clone());
                 respond(201, &object)
@@ -240,7 +248,9 @@ impl FakeApi {
                 let existing = state.objects.get(&key).cloned();
                 let mut object = match (existing, apply) {
                     (Some(existing), _) => existing,
-                    (None, true) => json!({"metadata": {"uid": format!("uid-{version}"), "generation": 1}}),
+                    (None, true) => json!({"metadata": {
+                        "uid": format!("uid-{version}"), "generation": 1, "namespace": namespace_of(&path),
+                    }}),
                     (None, false) => return status(404, "NotFound"),
                 };
                 if let Some(want) = body["metadata"]["resourceVersion"].as_str()

@@ -26,8 +26,8 @@ pub mod lease;
 pub mod status;
 pub mod tenant;
 
-#[cfg(test)]
-mod fake_api;
+#[cfg(any(test, feature = "fake-api"))]
+pub mod fake_api;
 #[cfg(test)]
 mod scenarios;
 

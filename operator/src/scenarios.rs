@@ -370,6 +370,7 @@ async fn a_dedicated_tenant_gets_a_cell_of_its_own_which_goes_with_it() {
     assert_eq!(cell.spec.capacity.tenants, 1);
     assert_eq!(cell.spec.kafka.topic_prefix.as_deref(), Some("ded-0123456789abcdef0123456789abcdef."));
     assert_eq!(cell.spec.postgres.secret, format!("{cell_name}-postgres"), "its own database");
+    assert_eq!(cell.spec.public_url, format!("https://{cell_name}.cells.nudge.example"));
     let owner = &cell.metadata.owner_references.as_ref().unwrap()[0];
     assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("Tenant", "acme"));
     let status = fake.get(&tenant_path("acme")).unwrap()["status"].clone();
@@ -382,7 +383,8 @@ async fn a_dedicated_tenant_gets_a_cell_of_its_own_which_goes_with_it() {
     // The cell reconciles like any other: its children, under its own topic prefix.
     reconcile_cell(cell.clone(), ctx.clone()).await.unwrap();
     let topics = stored_children(&fake, cell_name).into_iter().filter(|(p, _)| p.contains("/kafkatopics/")).count();
-    let cell_scope = nudge_contracts::topics::catalogue().iter().filter(|t| t.scope == nudge_contracts::topics::Scope::Cell);
+    let cell_scope =
+        nudge_contracts::topics::catalogue().iter().filter(|t| t.scope == nudge_contracts::topics::Scope::Cell);
     assert_eq!(topics, cell_scope.count());
     assert!(
         fake.names(&format!("/apis/kafka.strimzi.io/v1beta2/namespaces/{NS}/kafkatopics"))

@@ -43,6 +43,8 @@ pub struct DedicatedTemplate {
     pub postgres_port: i32,
     /// Socket capacity of a dedicated cell.
     pub connections: u64,
+    /// The base URL browsers reach a dedicated cell at; `{cell}` is replaced by its name.
+    pub public_url: String,
 }
 
 impl Default for DedicatedTemplate {
@@ -60,13 +62,14 @@ impl Default for DedicatedTemplate {
             postgres_cidr: "10.0.0.0/8".to_owned(),
             postgres_port: 5432,
             connections: 100_000,
+            public_url: "https://{cell}.cells.nudge.example".to_owned(),
         }
     }
 }
 
 /// The cell a dedicated tenant gets: `ded-` and the tenant's uuid in hex (36 characters).
 pub fn dedicated_cell_name(tenant: TenantId) -> String {
-    format!("ded-{}", tenant.as_uuid().simple())
+    nudge_tenants::CellId::dedicated_for(tenant).as_str().to_owned()
 }
 
 /// Checks what the schema cannot; the error names the field.
@@ -109,6 +112,7 @@ pub fn dedicated_cell(tenant: &Tenant, id: TenantId, template: &DedicatedTemplat
         CellSpec {
             tier: Tier::Dedicated,
             region,
+            public_url: template.public_url.replace("{cell}", &name),
             version: template.version.clone(),
             roles: template.roles.clone(),
             kafka: KafkaRef { topic_prefix: Some(format!("{name}.")), cluster: None },

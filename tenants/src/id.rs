@@ -115,6 +115,12 @@ impl CellId {
         Self("shared-1".to_owned())
     }
 
+    /// The cell of a tenant with a cell of its own: `ded-` and the tenant's uuid in hex
+    /// (36 characters), the same wherever it is provisioned.
+    pub fn dedicated_for(tenant: TenantId) -> Self {
+        Self(format!("ded-{}", tenant.as_uuid().simple()))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -203,5 +209,7 @@ mod tests {
         assert!("-a".parse::<CellId>().is_err());
         assert!("".parse::<CellId>().is_err());
         assert!("a".repeat(41).parse::<CellId>().is_err());
+        let dedicated = CellId::dedicated_for(TenantId::new());
+        assert_eq!(dedicated.as_str().parse::<CellId>().ok(), Some(dedicated.clone()));
     }
 }

@@ -13,6 +13,9 @@ pub struct TestEnv {
     /// `node_modules` holding playwright-core, for browser tests.
     pub node_modules: Option<PathBuf>,
     pub chromium: PathBuf,
+    /// The `nudge-cell` binary, for cells the control plane starts as processes (dedicated
+    /// cells through the local provisioner). `scripts/test` builds it.
+    pub cell_bin: Option<PathBuf>,
 }
 
 impl TestEnv {
@@ -29,6 +32,7 @@ impl TestEnv {
             redis_url: var("NUDGE_TEST_REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379/".into()),
             node_modules: var("NUDGE_NODE_MODULES").map(PathBuf::from),
             chromium: var("NUDGE_CHROMIUM").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/bin/chromium")),
+            cell_bin: var("NUDGE_CELL_BIN").map(PathBuf::from),
         }
     }
 }

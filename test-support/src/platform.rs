@@ -101,6 +101,8 @@ impl Platform {
         cp.admin.tokens.insert("ops".into(), SecretString::from(OPERATOR_TOKEN));
         cp.redis.url = SecretString::from(env.redis_url.clone());
         cp.redis.prefix = format!("{redis_prefix}cp:");
+        // Dedicated cells start as processes of the real cell binary.
+        cp.placement.local.cell_program = env.cell_bin.clone();
 
         let mut cell = CellConfig::default();
         cell.http.listen = cell_listener.local_addr()?;
@@ -321,7 +323,18 @@ impl Platform {
         origin: Option<&str>,
         body: &serde_json::Value,
     ) -> anyhow::Result<reqwest::Response> {
-        let mut request = self.http.post(format!("{}/v1/events", self.cell_url)).bearer_auth(key).json(body);
+        self.post_events_to(&self.cell_url, key, origin, body).await
+    }
+
+    /// [`Platform::post_events`] to the cell at `cell_url` (a store's dedicated cell).
+    pub async fn post_events_to(
+        &self,
+        cell_url: &str,
+        key: &str,
+        origin: Option<&str>,
+        body: &serde_json::Value,
+    ) -> anyhow::Result<reqwest::Response> {
+        let mut request = self.http.post(format!("{cell_url}/v1/events")).bearer_auth(key).json(body);
         if let Some(o) = origin {
             request = request.header("Origin", o);
         }

@@ -20,8 +20,10 @@ use std::{
 use axum::middleware::from_fn_with_state;
 use nudge_control_plane::{
     ControlPlaneConfig, Database,
+    config::ProvisionerKind,
     outbox::Relay,
     placement::{Cell, register_shared_cell},
+    provision::{KubernetesProvisioner, LocalProvisioner, Provisioner},
 };
 use nudge_control_plane::{
     auth::{refresh::RefreshStore, tokens::TokenKeys},
@@ -90,13 +92,13 @@ pub async fn run(config: ControlPlaneConfig, listener: TcpListener, shutdown: Ca
             .map(|(name, token)| (name.clone(), Sha256::digest(token.expose_secret().as_bytes()).into()))
             .collect(),
     ));
-    let shared_cell =
-        Cell { id: config.placement.shared_cell_id.clone(), public_url: config.placement.shared_cell_url.clone() };
+    let provisioner = provisioner(&config).await?;
+    tracing::info!(provisioner = provisioner.kind(), "cells come from this provisioner");
     let state = AppState {
         db,
         router: router.clone(),
         topics: config.kafka.topics(),
-        shared_cell,
+        provisioner,
         outbox_wake: outbox_wake.clone(),
         admin_tokens,
         started,
@@ -167,7 +169,9 @@ async fn bootstrap(
     let mut backoff = Duration::from_millis(100);
     loop {
         let attempt = async {
-            register_shared_cell(&db, &config.placement).await?;
+            if config.placement.provisioner == ProvisionerKind::Local {
+                register_shared_cell(&db, &config.placement).await?;
+            }
             // Topics first: a record published to a topic that does not exist yet would
             // create it with the broker's defaults (not compacted, small records).
             nudge_platform_kafka::ensure_topics(
@@ -293,4 +297,37 @@ impl ReadinessCheck for DatabaseReady {
     fn check(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
         Box::pin(async move { self.0.ping().await.map_err(|e| e.to_string()) })
     }
+}
+
+/// The provisioner `placement.provisioner` names. Cells a local provisioner starts use the
+/// control plane's broker and Redis, under prefixes of their own.
+async fn provisioner(config: &ControlPlaneConfig) -> anyhow::Result<Arc<dyn Provisioner>> {
+    let placement = &config.placement;
+    Ok(match placement.provisioner {
+        ProvisionerKind::Local => {
+            let shared = Cell { id: placement.shared_cell_id.clone(), public_url: placement.shared_cell_url.clone() };
+            let mut env = vec![
+                ("NUDGE_CELL__KAFKA__BROKERS".to_owned(), config.kafka.brokers.clone()),
+                ("NUDGE_CELL__REDIS__URL".to_owned(), config.redis.url.expose_secret().to_owned()),
+                ("NUDGE_CELL__REDIS__PREFIX".to_owned(), format!("{}cells:", config.redis.prefix)),
+            ];
+            if config.kafka.partitions_override > 0 {
+                env.push((
+                    "NUDGE_CELL__KAFKA__PARTITIONS_OVERRIDE".to_owned(),
+                    config.kafka.partitions_override.to_string(),
+                ));
+            }
+            Arc::new(LocalProvisioner::new(shared, placement.local.clone(), config.kafka.prefix.clone(), env))
+        }
+        ProvisionerKind::Kubernetes => {
+            let client = kube::Client::try_default()
+                .await
+                .map_err(|e| anyhow::anyhow!("placement.provisioner is kubernetes but no cluster is reachable: {e}"))?;
+            Arc::new(KubernetesProvisioner::new(
+                client,
+                placement.kubernetes.clone(),
+                config.database.dedicated_url_template.clone(),
+            ))
+        }
+    })
 }

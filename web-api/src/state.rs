@@ -7,7 +7,7 @@ use nudge_contracts::Topics;
 use nudge_control_plane::{
     Database,
     auth::{refresh::RefreshStore, tokens::TokenKeys},
-    placement::Cell,
+    provision::Provisioner,
     routing::TenantRouter,
 };
 use tokio::sync::{Notify, OnceCell};
@@ -23,8 +23,8 @@ pub struct AppState {
     /// Routes a tenant's transactions to its database (main or dedicated).
     pub router: Arc<TenantRouter>,
     pub topics: Topics,
-    /// The cell self-service tenants are placed on.
-    pub shared_cell: Cell,
+    /// Places tenants on cells and brings dedicated cells up (`placement.provisioner`).
+    pub provisioner: Arc<dyn Provisioner>,
     /// Wakes the outbox relay after a commit that enqueued records.
     pub outbox_wake: Arc<Notify>,
     pub admin_tokens: AdminTokens,

@@ -13,7 +13,9 @@ use nudge_contracts::control::{
 use nudge_control_plane::lifecycle::{self, LifecycleError};
 use nudge_control_plane::{
     dedicated::{self, MoveError},
+    placement,
     plans::{self, ModelError, PlanError, RolloutError},
+    provision::TenantRequest,
     registry,
 };
 use nudge_platform_http::{ApiError, ErrorBody, current_trace};
@@ -24,7 +26,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::error::db_error;
+use super::error::{db_error, provision_error};
 use crate::{AppState, state::AdminTokens};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -411,8 +413,11 @@ async fn promote_rollout(
     }))
 }
 
-/// Move a store to a database of its own. Its writes are refused (503 `tenant_moving`) for
-/// the moment of the copy; nothing is lost or duplicated. Moving back is not offered.
+/// Move a store to a database and a cell of its own. Its writes are refused (503
+/// `tenant_moving`) for the moment of the copy; nothing is lost or duplicated. Then the
+/// provisioner brings the store's cell up and the store is routed to it (the shared cell
+/// forgets it from the same announcement). Repeating the call finishes what an earlier one
+/// left (a cell still starting answers 503 `cell_provisioning`). Moving back is not offered.
 #[utoipa::path(post, path = "/v1/admin/tenants/{tenant_id}/isolation", tag = "admin",
     params(("tenant_id" = String, Path, description = "`tnt_…`")),
     request_body = IsolationRequest,
@@ -422,6 +427,7 @@ async fn promote_rollout(
         (status = 401, description = "`invalid_operator_token`", body = ErrorBody),
         (status = 404, description = "`not_found`", body = ErrorBody),
         (status = 422, description = "`invalid_fields`", body = ErrorBody),
+        (status = 503, description = "`cell_provisioning` (the store's cell is still starting; repeat the call), `provisioning_unavailable`, `provisioner_unavailable`", body = ErrorBody),
     ))]
 #[tracing::instrument(skip_all, fields(tenant_id = %tenant_id))]
 async fn set_isolation(
@@ -442,12 +448,26 @@ async fn set_isolation(
         other => ApiError::internal(&other),
     })?;
     state.wake_outbox();
-    tracing::info!(tenant_id = %tenant, database = %moved.database, moved = moved.moved, operator = %operator.0, "isolation set");
+    tracing::info!(tenant_id = %tenant, database = %moved.database, moved = moved.moved, operator = %operator.0, "database isolated");
+    let plan = placement::plan_of(&state.router, tenant).await.map_err(db_error)?.ok_or_else(ApiError::not_found)?;
+    let cell = state
+        .provisioner
+        .dedicated_cell(&TenantRequest { tenant, plan }, &moved.database)
+        .await
+        .map_err(provision_error)?;
+    let trace = current_trace().map(|t| t.to_header());
+    if !placement::route_to(&state.router, &state.topics, tenant, &cell, "dedicated", trace).await.map_err(db_error)? {
+        return Err(ApiError::not_found());
+    }
+    state.wake_outbox();
+    tracing::info!(tenant_id = %tenant, cell_id = %cell.id, operator = %operator.0, "isolation set");
     Ok(Json(IsolationResponse {
         tenant_id: tenant.to_string(),
         isolation: "dedicated".into(),
         database: moved.database,
         moved: moved.moved,
         rows: moved.rows.into_iter().collect(),
+        cell_id: cell.id.to_string(),
+        cell_url: cell.public_url,
     }))
 }

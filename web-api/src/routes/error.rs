@@ -1,6 +1,7 @@
 //! Mapping control-plane errors to API errors, in one place.
 
 use axum::http::StatusCode;
+use nudge_control_plane::provision::ProvisionError;
 use nudge_control_plane::{
     accounts::AccountError, auth::refresh::RefreshError, db::DbError, keys::ApiKeyError, signup::SignupError,
 };
@@ -13,6 +14,19 @@ pub fn db_error(e: DbError) -> ApiError {
         DbError::Query(ref inner) => ApiError::internal(inner),
         DbError::TenantMoving => {
             ApiError::unavailable("tenant_moving", "this store is moving to its own database; retry in a moment", 1)
+        }
+    }
+}
+
+/// A provisioner that cannot place or start a cell now: 503 with when to try again.
+pub fn provision_error(e: ProvisionError) -> ApiError {
+    match e {
+        ProvisionError::Pending(message) => ApiError::unavailable("cell_provisioning", message, 10),
+        ProvisionError::NoCapacity(message) => ApiError::unavailable("no_capacity", message, 60),
+        ProvisionError::Unavailable(message) => ApiError::unavailable("provisioning_unavailable", message, 60),
+        ProvisionError::Failed(message) => {
+            tracing::error!(error = %message, "provisioning failed");
+            ApiError::unavailable("provisioner_unavailable", "the provisioner could not be reached; retry", 5)
         }
     }
 }

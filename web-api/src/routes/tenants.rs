@@ -6,13 +6,17 @@ use axum::{
     http::StatusCode,
 };
 use nudge_contracts::control::{SignupRequest, SignupResponse};
-use nudge_control_plane::signup::{MAX_ORIGINS, NewTenant, sign_up};
+use nudge_control_plane::{
+    placement::record_cell,
+    provision::TenantRequest,
+    signup::{MAX_ORIGINS, NewTenant, sign_up},
+};
 use nudge_platform_http::{ApiError, ErrorBody, current_trace};
-use nudge_tenants::{AllowedOrigin, TenantName};
+use nudge_tenants::{AllowedOrigin, Plan, TenantId, TenantName};
 use serde_json::json;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::error::signup_error;
+use super::error::{db_error, provision_error, signup_error};
 use crate::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -56,7 +60,7 @@ fn parse(request: SignupRequest) -> Result<NewTenant, ApiError> {
     (status = 400, description = "`malformed_json`", body = ErrorBody),
     (status = 409, description = "`email_taken`", body = ErrorBody),
     (status = 422, description = "`invalid_fields`, with an error per field (weak password, malformed e-mail, …)", body = ErrorBody),
-    (status = 503, description = "`database_unavailable`, `starting`; retry after `Retry-After`", body = ErrorBody),
+    (status = 503, description = "`database_unavailable`, `starting`, `no_capacity` (no shared cell has room), `cell_provisioning`, `provisioner_unavailable`; retry after `Retry-After`", body = ErrorBody),
 ))]
 #[tracing::instrument(skip_all)]
 async fn create(
@@ -69,7 +73,27 @@ async fn create(
         return Err(ApiError::unavailable("starting", "the control plane is still starting", 1));
     }
     let trace = current_trace().map(|t| t.to_header());
-    let created = sign_up(&state.db, &state.topics, &state.shared_cell, new, trace).await.map_err(signup_error)?;
+    let tenant_id = TenantId::new();
+    let cell = state
+        .provisioner
+        .shared_cell(&TenantRequest { tenant: tenant_id, plan: Plan::Free })
+        .await
+        .map_err(provision_error)?;
+    let created = async {
+        record_cell(&state.db, &cell, "shared").await.map_err(db_error)?;
+        sign_up(&state.db, &state.topics, tenant_id, &cell, new, trace).await.map_err(signup_error)
+    }
+    .await;
+    let created = match created {
+        Ok(created) => created,
+        Err(e) => {
+            // Nothing of the store was committed: take back what placement wrote for it.
+            if let Err(release) = state.provisioner.release(tenant_id).await {
+                tracing::error!(tenant_id = %tenant_id, error = %release, "releasing a failed signup's placement failed");
+            }
+            return Err(e);
+        }
+    };
     state.wake_outbox();
     tracing::info!(tenant_id = %created.tenant_id, "signup complete");
     Ok((
