@@ -542,8 +542,7 @@ pub fn cell_children(cell: &Cell, platform: &Platform) -> Result<Children, Inval
         metadata: meta(name.clone(), None),
         spec: Some(network_policy_spec(cell, &name, platform, &kafka_cluster, kafka_namespace.as_deref())),
     };
-    let kafka_topics =
-        if platform.strimzi { kafka_topics(cell, &name, platform, &kafka_cluster, &meta) } else { Vec::new() };
+    let kafka_topics = if platform.strimzi { kafka_topics(cell, platform, &kafka_cluster, &meta) } else { Vec::new() };
     let service_monitor = platform.service_monitors.then(|| DynamicObject {
         types: Some(kube::api::TypeMeta {
             api_version: "monitoring.coreos.com/v1".into(),
@@ -673,10 +672,9 @@ fn network_policy_spec(
 
 /// A `KafkaTopic` per cell-scope catalogue topic, under the cell's prefix (or plain names on
 /// a cell's own cluster), with the catalogue's partitions, cleanup policy and retention. The
-/// platform-wide topics are the platform's (deploy/k8s), not any cell's.
+/// platform-wide topics are the platform's ([`platform_topics`]), not any cell's.
 fn kafka_topics(
     cell: &Cell,
-    _name: &str,
     platform: &Platform,
     kafka_cluster: &str,
     meta: &dyn Fn(String, Option<&str>) -> ObjectMeta,
@@ -686,32 +684,60 @@ fn kafka_topics(
         .iter()
         .filter(|topic| topic.scope == nudge_contracts::topics::Scope::Cell)
         .map(|topic| {
-            let topic_name = format!("{prefix}{}", topic.name);
-            let mut metadata = meta(topic_name.replace('_', "-"), None);
-            metadata.labels.get_or_insert_default().insert("strimzi.io/cluster".to_owned(), kafka_cluster.to_owned());
-            let mut config = serde_json::Map::new();
-            config.insert("cleanup.policy".into(), topic.cleanup.as_str().into());
-            config.insert("retention.ms".into(), topic.retention_ms().to_string().into());
-            if let Some(max) = topic.max_message_bytes {
-                config.insert("max.message.bytes".into(), max.to_string().into());
-            }
-            DynamicObject {
-                types: Some(kube::api::TypeMeta {
-                    api_version: "kafka.strimzi.io/v1beta2".into(),
-                    kind: "KafkaTopic".into(),
-                }),
-                metadata,
-                data: serde_json::json!({
-                    "spec": {
-                        "topicName": topic_name,
-                        "partitions": topic.partitions,
-                        "replicas": platform.kafka_replicas,
-                        "config": config,
-                    }
-                }),
-            }
+            let name = format!("{prefix}{}", topic.name);
+            kafka_topic(topic, &name, kafka_cluster, platform.kafka_replicas, meta(name.replace('_', "-"), None))
         })
         .collect()
+}
+
+/// The platform-wide topics (scope `platform`: the control plane's announcements, usage) as
+/// `KafkaTopic`s on the platform's cluster, for `deploy/k8s/platform-topics.yaml`.
+pub fn platform_topics(platform: &Platform) -> Vec<DynamicObject> {
+    nudge_contracts::topics::catalogue()
+        .iter()
+        .filter(|topic| topic.scope == nudge_contracts::topics::Scope::Platform)
+        .map(|topic| {
+            let name = format!("{}{}", platform.topic_prefix, topic.name);
+            let metadata = ObjectMeta {
+                name: Some(name.replace('_', "-")),
+                namespace: Some(platform.kafka_namespace.clone()),
+                labels: Some(BTreeMap::from([
+                    ("app.kubernetes.io/part-of".to_owned(), "nudge".to_owned()),
+                    ("nudge.dev/topic-scope".to_owned(), "platform".to_owned()),
+                ])),
+                ..ObjectMeta::default()
+            };
+            kafka_topic(topic, &name, &platform.kafka_cluster, platform.kafka_replicas, metadata)
+        })
+        .collect()
+}
+
+fn kafka_topic(
+    topic: &nudge_contracts::topics::TopicSpec,
+    name: &str,
+    cluster: &str,
+    replicas: i32,
+    mut metadata: ObjectMeta,
+) -> DynamicObject {
+    metadata.labels.get_or_insert_default().insert("strimzi.io/cluster".to_owned(), cluster.to_owned());
+    let mut config = serde_json::Map::new();
+    config.insert("cleanup.policy".into(), topic.cleanup.as_str().into());
+    config.insert("retention.ms".into(), topic.retention_ms().to_string().into());
+    if let Some(max) = topic.max_message_bytes {
+        config.insert("max.message.bytes".into(), max.to_string().into());
+    }
+    DynamicObject {
+        types: Some(kube::api::TypeMeta { api_version: "kafka.strimzi.io/v1beta2".into(), kind: "KafkaTopic".into() }),
+        metadata,
+        data: serde_json::json!({
+            "spec": {
+                "topicName": name,
+                "partitions": topic.partitions,
+                "replicas": replicas,
+                "config": config,
+            }
+        }),
+    }
 }
 
 fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {

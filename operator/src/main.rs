@@ -2,6 +2,7 @@
 //! replica holds the operator lease.
 //! `nudge-operator crds`: writes the CustomResourceDefinitions into `deploy/crds/`
 //! (`crds --stdout` prints them instead, for `kubectl apply -f -`).
+//! `nudge-operator platform-topics`: writes `deploy/k8s/platform-topics.yaml`.
 
 use std::path::{Path, PathBuf};
 
@@ -27,9 +28,17 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        ["platform-topics"] => {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/k8s/platform-topics.yaml");
+            std::fs::write(&path, nudge_operator::render_platform_topics()?)?;
+            println!("wrote deploy/k8s/platform-topics.yaml");
+            Ok(())
+        }
         ["run"] => run(None).await,
         ["run", "--config", path] => run(Some(PathBuf::from(path))).await,
-        _ => anyhow::bail!("usage: nudge-operator run [--config operator.toml] | nudge-operator crds [--stdout]"),
+        _ => anyhow::bail!(
+            "usage: nudge-operator run [--config operator.toml] | nudge-operator crds [--stdout] | nudge-operator platform-topics"
+        ),
     }
 }
 
