@@ -81,6 +81,25 @@ pub async fn route_to(
     traceparent: Option<String>,
 ) -> Result<bool, DbError> {
     let mut tx = router.tenant_tx(tenant).await?;
+    // Reads only when nothing changed: a periodic sync calls this for every tenant.
+    let current: Option<(Option<String>, String, Option<String>)> = sqlx::query_as(
+        "SELECT t.cell_id, t.isolation, c.public_url FROM tenants t LEFT JOIN cells c USING (cell_id)
+         WHERE t.tenant_id = $1",
+    )
+    .bind(tenant.as_uuid())
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((cell_id, current_isolation, url)) = current else {
+        tx.commit().await?;
+        return Ok(false);
+    };
+    if cell_id.as_deref() == Some(cell.id.as_str())
+        && current_isolation == isolation
+        && url.as_deref() == Some(cell.public_url.as_str())
+    {
+        tx.commit().await?;
+        return Ok(true);
+    }
     sqlx::query(
         "INSERT INTO cells (cell_id, tier, public_url) VALUES ($1, $2, $3)
          ON CONFLICT (cell_id) DO UPDATE SET public_url = EXCLUDED.public_url",
@@ -90,25 +109,14 @@ pub async fn route_to(
     .bind(&cell.public_url)
     .execute(&mut *tx)
     .await?;
-    let updated = sqlx::query(
-        "UPDATE tenants SET cell_id = $2, isolation = $3
-         WHERE tenant_id = $1 AND (cell_id IS DISTINCT FROM $2 OR isolation <> $3)",
-    )
-    .bind(tenant.as_uuid())
-    .bind(cell.id.as_str())
-    .bind(isolation)
-    .execute(&mut *tx)
-    .await?;
-    if updated.rows_affected() > 0 {
-        announce(&mut tx, topics, tenant, traceparent).await?;
-        tx.commit().await?;
-        tracing::info!(tenant_id = %tenant, cell_id = %cell.id, isolation, "tenant routed to its cell");
-        return Ok(true);
-    }
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants WHERE tenant_id = $1)")
+    sqlx::query("UPDATE tenants SET cell_id = $2, isolation = $3 WHERE tenant_id = $1")
         .bind(tenant.as_uuid())
-        .fetch_one(&mut *tx)
+        .bind(cell.id.as_str())
+        .bind(isolation)
+        .execute(&mut *tx)
         .await?;
+    announce(&mut tx, topics, tenant, traceparent).await?;
     tx.commit().await?;
-    Ok(exists)
+    tracing::info!(tenant_id = %tenant, cell_id = %cell.id, isolation, "tenant routed to its cell");
+    Ok(true)
 }

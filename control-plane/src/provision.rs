@@ -291,6 +291,79 @@ impl KubernetesProvisioner {
     }
 }
 
+/// A tenant's placement as the operator reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placed {
+    pub tenant: TenantId,
+    pub cell: Cell,
+    pub isolation: &'static str,
+}
+
+impl KubernetesProvisioner {
+    /// Every Ready Tenant with the cell it is on (one LIST of Tenants, one of Cells).
+    pub async fn placements(&self) -> Result<Vec<Placed>, ProvisionError> {
+        let cells = self.cells.list(&Default::default()).await.map_err(kube_error)?.items;
+        let tenants = self.tenants.list(&Default::default()).await.map_err(kube_error)?.items;
+        let mut placed = Vec::new();
+        for tenant in tenants {
+            let status = tenant.status.unwrap_or_default();
+            let ready = status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+            let (Some(cell), true, Ok(id)) = (status.cell, ready, tenant.spec.tenant_id.parse::<TenantId>()) else {
+                continue;
+            };
+            let Some(resource) = cells.iter().find(|c| c.metadata.name.as_deref() == Some(cell.as_str())) else {
+                continue;
+            };
+            let Ok(cell_id) = cell.parse::<CellId>() else { continue };
+            let isolation = if tenant.spec.isolation == Tier::Dedicated { "dedicated" } else { "shared" };
+            placed.push(Placed {
+                tenant: id,
+                cell: Cell { id: cell_id, public_url: resource.spec.public_url.clone() },
+                isolation,
+            });
+        }
+        Ok(placed)
+    }
+
+    /// Keeps the control plane's routes equal to where the operator placed each tenant (a
+    /// Tenant given another `cellRef`, a cell's changed URL): every `every`, the placements
+    /// that changed since the last look are recorded and announced. The first look compares
+    /// every tenant with the database (reads only where nothing changed).
+    pub async fn follow_routes(
+        &self,
+        router: &crate::routing::TenantRouter,
+        topics: &nudge_contracts::Topics,
+        every: Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        let mut seen: HashMap<TenantId, Placed> = HashMap::new();
+        loop {
+            match self.placements().await {
+                Ok(placed) => {
+                    for p in placed {
+                        if seen.get(&p.tenant) == Some(&p) {
+                            continue;
+                        }
+                        match crate::placement::route_to(router, topics, p.tenant, &p.cell, p.isolation, None).await {
+                            Ok(_) => {
+                                seen.insert(p.tenant, p);
+                            }
+                            Err(e) => {
+                                tracing::warn!(tenant_id = %p.tenant, error = %e, "recording a route failed; retrying")
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "reading placements from Kubernetes failed; retrying"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+}
+
 impl Provisioner for KubernetesProvisioner {
     fn kind(&self) -> &'static str {
         "kubernetes"
@@ -452,6 +525,36 @@ mod tests {
         let resource = fake.get(&cells_path(cell.id.as_str())).unwrap();
         assert_eq!(resource["spec"]["tier"], "dedicated");
         assert_eq!(resource["status"]["phase"], "Running");
+        operator.abort();
+    }
+
+    #[tokio::test]
+    async fn placements_are_the_ready_tenants_and_their_cells_urls() {
+        let fake = FakeApi::new();
+        fake.seed(&cells_path("shared-eu"), shared_cell("shared-eu"));
+        let operator = operator(&fake);
+        let provisioner = provisioner(&fake, 10);
+        let first = TenantId::new();
+        provisioner.shared_cell(&TenantRequest { tenant: first, plan: Plan::Free }).await.unwrap();
+        let placed = provisioner.placements().await.unwrap();
+        assert_eq!(placed.len(), 1);
+        assert_eq!((placed[0].tenant, placed[0].cell.id.as_str(), placed[0].isolation), (first, "shared-eu", "shared"));
+        // A Tenant pinned elsewhere by an operator shows up on its new cell.
+        fake.seed(&cells_path("shared-eu-2"), shared_cell("shared-eu-2"));
+        let path = tenants_path(&tenant_resource_name(first));
+        let mut tenant = fake.get(&path).unwrap();
+        tenant["spec"]["cellRef"] = json!("shared-eu-2");
+        fake.seed(&path, tenant);
+        let mut moved = false;
+        for _ in 0..200 {
+            let placed = provisioner.placements().await.unwrap();
+            if placed.first().is_some_and(|p| p.cell.public_url == "https://shared-eu-2.cells.example") {
+                moved = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(moved, "the new placement is reported");
         operator.abort();
     }
 

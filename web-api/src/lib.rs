@@ -92,7 +92,7 @@ pub async fn run(config: ControlPlaneConfig, listener: TcpListener, shutdown: Ca
             .map(|(name, token)| (name.clone(), Sha256::digest(token.expose_secret().as_bytes()).into()))
             .collect(),
     ));
-    let provisioner = provisioner(&config).await?;
+    let (provisioner, kubernetes) = provisioner(&config).await?;
     tracing::info!(provisioner = provisioner.kind(), "cells come from this provisioner");
     let state = AppState {
         db,
@@ -143,18 +143,30 @@ pub async fn run(config: ControlPlaneConfig, listener: TcpListener, shutdown: Ca
         usage_stage.await;
         Ok(())
     });
+    // With the operator placing tenants, routes follow its placements (a Tenant moved by
+    // `cellRef`, a cell's new URL).
+    let routes = match kubernetes {
+        Some(kubernetes) => {
+            // The announcements it enqueues go out with the relay's next poll.
+            let (router, topics, stop) = (router.clone(), config.kafka.topics(), shutdown.clone());
+            Some(tokio::spawn(async move {
+                kubernetes.follow_routes(&router, &topics, Duration::from_secs(15), stop).await;
+                anyhow::Ok(())
+            }))
+        }
+        None => None,
+    };
     let dedicated_relays = tokio::spawn(relay_dedicated(router, config.clone(), outbox_wake, shutdown.clone()));
-    serve_supervised(
-        serve(listener, http, shutdown.clone()),
-        vec![
-            ("outbox relay", relay),
-            ("start-up", bootstrap),
-            ("dedicated outbox relays", dedicated_relays),
-            ("usage consumer", usage),
-        ],
-        shutdown,
-    )
-    .await
+    let mut tasks = vec![
+        ("outbox relay", relay),
+        ("start-up", bootstrap),
+        ("dedicated outbox relays", dedicated_relays),
+        ("usage consumer", usage),
+    ];
+    if let Some(routes) = routes {
+        tasks.push(("route follower", routes));
+    }
+    serve_supervised(serve(listener, http, shutdown.clone()), tasks, shutdown).await
 }
 
 /// Registers the shared cell and the bundled models, creates the control topics and
@@ -299,9 +311,12 @@ impl ReadinessCheck for DatabaseReady {
     }
 }
 
-/// The provisioner `placement.provisioner` names. Cells a local provisioner starts use the
+/// The provisioner `placement.provisioner` names (and, when it is Kubernetes, the same
+/// provisioner typed, for the route follower). Cells a local provisioner starts use the
 /// control plane's broker and Redis, under prefixes of their own.
-async fn provisioner(config: &ControlPlaneConfig) -> anyhow::Result<Arc<dyn Provisioner>> {
+async fn provisioner(
+    config: &ControlPlaneConfig,
+) -> anyhow::Result<(Arc<dyn Provisioner>, Option<Arc<KubernetesProvisioner>>)> {
     let placement = &config.placement;
     Ok(match placement.provisioner {
         ProvisionerKind::Local => {
@@ -317,17 +332,18 @@ async fn provisioner(config: &ControlPlaneConfig) -> anyhow::Result<Arc<dyn Prov
                     config.kafka.partitions_override.to_string(),
                 ));
             }
-            Arc::new(LocalProvisioner::new(shared, placement.local.clone(), config.kafka.prefix.clone(), env))
+            (Arc::new(LocalProvisioner::new(shared, placement.local.clone(), config.kafka.prefix.clone(), env)), None)
         }
         ProvisionerKind::Kubernetes => {
             let client = kube::Client::try_default()
                 .await
                 .map_err(|e| anyhow::anyhow!("placement.provisioner is kubernetes but no cluster is reachable: {e}"))?;
-            Arc::new(KubernetesProvisioner::new(
+            let kubernetes = Arc::new(KubernetesProvisioner::new(
                 client,
                 placement.kubernetes.clone(),
                 config.database.dedicated_url_template.clone(),
-            ))
+            ));
+            (kubernetes.clone(), Some(kubernetes))
         }
     })
 }
