@@ -55,10 +55,41 @@
     return base / 2 + Math.random() * base / 2;
   }
 
+  // A store moved to another cell: the old cell answers 421 `tenant_moved` with the new
+  // cell's URL, which is kept for a day so later pages go there directly.
+  var MOVED_TTL_MS = 24 * 3600 * 1000;
+
+  function movedEndpoint(key) {
+    try {
+      var raw = global.localStorage.getItem("nudge:cell:" + key);
+      var saved = raw ? JSON.parse(raw) : null;
+      if (saved && /^https?:\/\//.test(saved.url) && Date.now() - saved.at < MOVED_TTL_MS) return saved.url;
+    } catch (e) { /* storage blocked: the configured endpoint */ }
+    return null;
+  }
+
+  // Whether `response` says the store moved; if so the client now talks to the new cell.
+  function followMove(client, response) {
+    if (response.status !== 421) return Promise.resolve(false);
+    return response.json().then(function (body) {
+      var url = body && body.error && body.error.code === "tenant_moved" && body.error.details && body.error.details.cell_url;
+      // Never bounce between cells: a few moves per page at most.
+      if (!url || !/^https?:\/\//.test(url) || client.moves >= 3) return false;
+      client.moves += 1;
+      client.endpoint = url.replace(/\/+$/, "");
+      try {
+        global.localStorage.setItem("nudge:cell:" + client.key, JSON.stringify({ url: client.endpoint, at: Date.now() }));
+      } catch (e) { /* memory only */ }
+      client.onStatus({ type: "moved", endpoint: client.endpoint });
+      return true;
+    }, function () { return false; });
+  }
+
   function Client(options) {
     if (!options || !options.key || !options.endpoint) throw new Error("Nudge.init needs { key, endpoint }");
     this.key = options.key;
-    this.endpoint = options.endpoint.replace(/\/+$/, "");
+    this.endpoint = movedEndpoint(options.key) || options.endpoint.replace(/\/+$/, "");
+    this.moves = 0;
     this.shopperId = options.shopperId || shopperId();
     this.onIntervention = options.onIntervention || render;
     this.onStatus = options.onStatus || function () {};
@@ -141,6 +172,14 @@
         self.retry(after > 0 ? after * 1000 : backoff(self.attempt++));
         return;
       }
+      if (response.status === 421) {
+        // Moved: the same batch (same event ids) goes to the store's new cell.
+        followMove(self, response).then(function (moved) {
+          if (moved) self.schedule(0);
+          else self.retry(backoff(self.attempt++));
+        });
+        return;
+      }
       // Resending cannot fix a 4xx: drop the batch and say why.
       self.queue.splice(0, batch.length);
       response.json().then(function (body) {
@@ -199,6 +238,13 @@
           self.token = body.token;
           self.tokenExpires = Date.parse(body.expires_at) || 0;
           return self.token;
+        });
+      }
+      if (response.status === 421) {
+        return followMove(self, response).then(function (moved) {
+          if (moved) return self.session();
+          var error = new Error("session refused: 421");
+          throw error;
         });
       }
       var error = new Error("session refused: " + response.status);

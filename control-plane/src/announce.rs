@@ -96,6 +96,10 @@ pub async fn announce(
             })
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let cell_url: Option<String> = sqlx::query_scalar("SELECT public_url FROM cells WHERE cell_id = $1")
+            .bind(cell_id.as_deref())
+            .fetch_optional(&mut **tx)
+            .await?;
         let suppressed_shoppers: Vec<String> =
             sqlx::query_scalar("SELECT shopper_id FROM suppressions WHERE tenant_id = $1 ORDER BY shopper_id")
                 .bind(tenant.as_uuid())
@@ -113,6 +117,7 @@ pub async fn announce(
             suppressed_shoppers,
             model_version: model_version.unwrap_or_default(),
             rollout,
+            cell_url: cell_url.unwrap_or_default(),
             limits: Some(WireLimits {
                 plan: plan.as_str().to_owned(),
                 events_per_second: limits.events_per_second,

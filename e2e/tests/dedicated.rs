@@ -174,15 +174,20 @@ async fn a_store_moves_to_its_own_database_under_concurrent_writes() -> anyhow::
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(served, "the dedicated cell at {dedicated_cell} serves the store");
-    let mut forgotten = false;
+    // The shared cell forgets the store and points its requests (an old snippet URL) to
+    // the store's cell.
+    let mut pointed = Value::Null;
     for _ in 0..100 {
-        if platform.post_events(&big.publishable_key, Some(ORIGIN), &batch).await?.status() == 401 {
-            forgotten = true;
+        let response = platform.post_events(&big.publishable_key, Some(ORIGIN), &batch).await?;
+        if response.status() == 421 {
+            assert_eq!(response.headers()["access-control-allow-origin"], ORIGIN, "readable by the page");
+            pointed = response.json().await?;
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(forgotten, "the shared cell forgets a store routed elsewhere");
+    assert_eq!(pointed["error"]["code"], "tenant_moved", "{pointed}");
+    assert_eq!(pointed["error"]["details"]["cell_url"], dedicated_cell.as_str());
     let small = json!({"events": [{"event_id": "small-1", "type": "page_view", "shopper_id": "shp_2"}]});
     let small_origin = "https://small.example.com";
     assert_eq!(platform.post_events(&other.publishable_key, Some(small_origin), &small).await?.status(), 202);

@@ -43,7 +43,17 @@ pub fn authorize(
     if !directory.is_caught_up() {
         return Err(ApiError::unavailable("cell_starting", "the cell is still loading its tenants", 1));
     }
-    let tenant = directory.by_key(key).ok_or_else(invalid_key)?;
+    let Some(tenant) = directory.by_key(key) else {
+        return Err(match directory.elsewhere(key) {
+            Some(url) => ApiError::new(
+                StatusCode::MISDIRECTED_REQUEST,
+                "tenant_moved",
+                "this store is served by another cell now: send its requests to details.cell_url",
+            )
+            .with_details(serde_json::json!({ "cell_url": url.as_ref() })),
+            None => invalid_key(),
+        });
+    };
     let origin = origin.ok_or_else(|| {
         ApiError::new(
             StatusCode::FORBIDDEN,

@@ -91,10 +91,18 @@ struct Inner {
     /// The highest revision seen per tenant, kept after a tenant is removed or moves away,
     /// so a replayed older record cannot bring it back.
     revisions: HashMap<TenantId, u64>,
+    /// Publishable keys of tenants on other cells, with the URL of their cell, so a request
+    /// that reaches this cell (an old snippet URL) is pointed there.
+    elsewhere: HashMap<PublishableKey, Arc<str>>,
+    /// Those keys by tenant, to drop them when its next record arrives.
+    elsewhere_keys: HashMap<TenantId, Vec<PublishableKey>>,
 }
 
 impl Inner {
     fn forget(&mut self, tenant_id: TenantId) -> bool {
+        for k in self.elsewhere_keys.remove(&tenant_id).into_iter().flatten() {
+            self.elsewhere.remove(&k);
+        }
         match self.tenants.remove(&tenant_id) {
             Some(old) => {
                 for k in &old.publishable_keys {
@@ -130,6 +138,12 @@ impl Directory {
     pub fn by_key(&self, key: &PublishableKey) -> Option<Arc<TenantEntry>> {
         let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
         inner.keys.get(key).and_then(|t| inner.tenants.get(t)).cloned()
+    }
+
+    /// The URL of the cell a publishable key's tenant is on, when that is another cell.
+    pub fn elsewhere(&self, key: &PublishableKey) -> Option<Arc<str>> {
+        let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        inner.elsewhere.get(key).cloned()
     }
 
     /// The tenant and key a secret key (by its SHA-256) belongs to.
@@ -187,7 +201,15 @@ impl Directory {
             return Ok(Applied::Removed);
         }
         if !ours {
-            // The tenant moved to another cell (or was never ours): forget it here.
+            // The tenant moved to another cell (or was never ours): forget it here, but
+            // remember where its keys go now.
+            if !config.cell_url.is_empty() {
+                let url: Arc<str> = Arc::from(config.cell_url.as_str());
+                for k in &entry.publishable_keys {
+                    inner.elsewhere.insert(k.clone(), url.clone());
+                }
+                inner.elsewhere_keys.insert(tenant_id, entry.publishable_keys.clone());
+            }
             return Ok(Applied::NotOurs);
         }
         for k in &entry.publishable_keys {
@@ -296,6 +318,7 @@ mod tests {
             suppressed_shoppers: vec![],
             model_version: String::new(),
             rollout: None,
+            cell_url: format!("https://{cell}.cells.example"),
         };
         (tenant.to_string().into_bytes(), config.encode_to_vec(), key)
     }
@@ -323,9 +346,17 @@ mod tests {
         assert!(dir.by_key(&pk2).is_some());
         assert!(dir.by_key(&pk1).is_none());
 
-        let (k3, v3, _) = record(t, "other-cell", 3, WireState::Active);
+        let (k3, v3, pk3) = record(t, "other-cell", 3, WireState::Active);
         assert_eq!(dir.apply(&k3, Some(&v3)).unwrap(), Applied::NotOurs);
         assert!(dir.by_key(&pk2).is_none(), "a tenant moved away is forgotten");
+        assert_eq!(dir.elsewhere(&pk3).as_deref(), Some("https://other-cell.cells.example"), "and where it went");
+        assert!(dir.elsewhere(&pk2).is_none());
+
+        // Back on this cell: served here, pointed nowhere else.
+        let (k4, v4, pk4) = record(t, "shared-1", 4, WireState::Active);
+        assert_eq!(dir.apply(&k4, Some(&v4)).unwrap(), Applied::Upserted);
+        assert!(dir.by_key(&pk4).is_some());
+        assert!(dir.elsewhere(&pk3).is_none(), "the old redirect is dropped");
     }
 
     #[test]

@@ -196,6 +196,7 @@ pub fn router() -> OpenApiRouter<Arc<GatewayState>> {
         (status = 101, description = "switching to the WebSocket protocol"),
         (status = 400, description = "`not_a_websocket`", body = ErrorBody),
         (status = 401, description = "`missing_key`, `invalid_key`", body = ErrorBody),
+        (status = 421, description = "`tenant_moved`: the store is on another cell now, `details.cell_url`", body = ErrorBody),
         (status = 403, description = "`origin_required`, `origin_not_allowed`, `tenant_suspended`, `tenant_inactive`", body = ErrorBody),
         (status = 422, description = "`invalid_last_id`", body = ErrorBody),
         (status = 429, description = "`connection_limit`: the store's plan allows no more open sockets; `shopper_connection_limit`: this shopper holds 8 already", body = ErrorBody),

@@ -166,6 +166,7 @@ pub(crate) fn allow_origin(response: &mut Response, origin: Option<&str>) {
         (status = 400, description = "`malformed_json`, `invalid_idempotency_key`, `idempotency_key_required` (secret keys)", body = ErrorBody),
         (status = 409, description = "`idempotency_key_in_use`: a request with this key is still running", body = ErrorBody),
         (status = 401, description = "`missing_key`, `invalid_key`", body = ErrorBody),
+        (status = 421, description = "`tenant_moved`: the store is on another cell now, `details.cell_url`", body = ErrorBody),
         (status = 403, description = "`origin_required`, `origin_not_allowed`, `missing_scope`, `tenant_suspended`, `tenant_inactive`", body = ErrorBody),
         (status = 413, description = "`batch_too_large`", body = ErrorBody),
         (status = 429, description = "`rate_limited`: over the plan's events per second; retry after `Retry-After`", body = ErrorBody),

@@ -39,6 +39,7 @@ pub(crate) async fn preflight(headers: HeaderMap) -> Response {
         (status = 201, description = "a token for this shopper of this store", body = SessionIssued),
         (status = 400, description = "`malformed_json`", body = ErrorBody),
         (status = 401, description = "`missing_key`, `invalid_key`", body = ErrorBody),
+        (status = 421, description = "`tenant_moved`: the store is on another cell now, `details.cell_url`", body = ErrorBody),
         (status = 403, description = "`origin_required`, `origin_not_allowed`, `tenant_suspended`, `tenant_inactive`", body = ErrorBody),
         (status = 413, description = "`body_too_large`", body = ErrorBody),
         (status = 422, description = "`invalid_shopper_id`", body = ErrorBody),
