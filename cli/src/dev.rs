@@ -86,6 +86,11 @@ pub async fn run(config: DevConfig, shutdown: CancellationToken) -> anyhow::Resu
     }
     let cp = tokio::spawn(nudge_web_api::run(control_plane, cp_listener, shutdown.clone()));
     let mut cell = config.cell.clone();
+    if std::env::var_os("NUDGE_CELL__DRAIN__GRACE_MS").is_none() {
+        // The default above is lost when any NUDGE_CELL__ variable is set (scripts/dev sets
+        // the broker): the section is then read whole, with the cell's own defaults.
+        cell.drain.grace_ms = 0;
+    }
     if cell.sessions.secrets.is_empty() {
         // One process holds every socket here, so a secret of its own is enough; a real
         // deployment shares one across the cell's replicas (sessions.secrets).
