@@ -322,15 +322,30 @@ async fn serve(
 ) {
     state.metrics.open.inc();
     let ending = run(&mut socket, &state, &registration, &queue, resume).await;
+    state.metrics.open.dec();
+    drop(registration);
     if let Ending::Close(code, reason) = ending {
         if code >= 4000 || code == CLOSE_MESSAGE_TOO_BIG || code == CLOSE_INVALID_MESSAGE {
             state.metrics.refused(close_label(code));
         }
-        let _ = send(&mut socket, Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+        if send(&mut socket, Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await.is_ok() {
+            // The closing handshake: wait (briefly) for the client's Close before the
+            // connection goes, so a client still answering a ping reads the code instead of
+            // a reset.
+            let answered = async {
+                while let Some(Ok(message)) = socket.recv().await {
+                    if matches!(message, Message::Close(_)) {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(CLOSE_HANDSHAKE, answered).await;
+        }
     }
-    state.metrics.open.dec();
-    drop(registration);
 }
+
+/// How long a socket the gateway closes waits for the client's Close frame.
+const CLOSE_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn close_label(code: u16) -> &'static str {
     match code {
