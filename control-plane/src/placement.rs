@@ -4,6 +4,7 @@
 
 use nudge_contracts::Topics;
 use nudge_tenants::{CellId, Plan, TenantId};
+use sqlx::{Postgres, Transaction};
 
 use crate::{
     announce::announce,
@@ -22,17 +23,25 @@ pub struct Cell {
 
 /// Records the configured shared cell (idempotent; updates its URL when it changed).
 pub async fn register_shared_cell(db: &Database, config: &PlacementConfig) -> Result<Cell, DbError> {
+    let cell = Cell { id: config.shared_cell_id.clone(), public_url: config.shared_cell_url.clone() };
     let mut tx = db.platform_tx().await?;
+    upsert_cell(&mut tx, &cell, "shared").await?;
+    tx.commit().await?;
+    Ok(cell)
+}
+
+/// Inserts the `cells` row of `cell`, or updates its URL.
+async fn upsert_cell(tx: &mut Transaction<'static, Postgres>, cell: &Cell, tier: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO cells (cell_id, tier, public_url) VALUES ($1, 'shared', $2)
+        "INSERT INTO cells (cell_id, tier, public_url) VALUES ($1, $2, $3)
          ON CONFLICT (cell_id) DO UPDATE SET public_url = EXCLUDED.public_url",
     )
-    .bind(config.shared_cell_id.as_str())
-    .bind(&config.shared_cell_url)
-    .execute(&mut *tx)
+    .bind(cell.id.as_str())
+    .bind(tier)
+    .bind(&cell.public_url)
+    .execute(&mut **tx)
     .await?;
-    tx.commit().await?;
-    Ok(Cell { id: config.shared_cell_id.clone(), public_url: config.shared_cell_url.clone() })
+    Ok(())
 }
 
 /// Records `cell` (idempotent; a changed URL is updated). Reads first, so the signups that
@@ -44,15 +53,7 @@ pub async fn record_cell(db: &Database, cell: &Cell, tier: &str) -> Result<(), D
         .fetch_optional(&mut *tx)
         .await?;
     if known.as_deref() != Some(cell.public_url.as_str()) {
-        sqlx::query(
-            "INSERT INTO cells (cell_id, tier, public_url) VALUES ($1, $2, $3)
-             ON CONFLICT (cell_id) DO UPDATE SET public_url = EXCLUDED.public_url",
-        )
-        .bind(cell.id.as_str())
-        .bind(tier)
-        .bind(&cell.public_url)
-        .execute(&mut *tx)
-        .await?;
+        upsert_cell(&mut tx, cell, tier).await?;
     }
     tx.commit().await?;
     Ok(())
@@ -100,15 +101,7 @@ pub async fn route_to(
         tx.commit().await?;
         return Ok(true);
     }
-    sqlx::query(
-        "INSERT INTO cells (cell_id, tier, public_url) VALUES ($1, $2, $3)
-         ON CONFLICT (cell_id) DO UPDATE SET public_url = EXCLUDED.public_url",
-    )
-    .bind(cell.id.as_str())
-    .bind(isolation)
-    .bind(&cell.public_url)
-    .execute(&mut *tx)
-    .await?;
+    upsert_cell(&mut tx, cell, isolation).await?;
     sqlx::query("UPDATE tenants SET cell_id = $2, isolation = $3 WHERE tenant_id = $1")
         .bind(tenant.as_uuid())
         .bind(cell.id.as_str())
