@@ -263,7 +263,7 @@ pub struct Children {
     pub services: Vec<Service>,
     pub disruption_budgets: Vec<PodDisruptionBudget>,
     pub autoscalers: Vec<HorizontalPodAutoscaler>,
-    pub network_policy: NetworkPolicy,
+    pub network_policies: Vec<NetworkPolicy>,
     /// Strimzi `KafkaTopic`s (kafka.strimzi.io/v1beta2), one per cell-scope catalogue topic.
     pub kafka_topics: Vec<DynamicObject>,
     /// A Prometheus operator `ServiceMonitor` (monitoring.coreos.com/v1).
@@ -332,7 +332,8 @@ fn erase<K: Resource<DynamicType = ()> + serde::Serialize>(object: &K) -> Child 
 impl Children {
     /// Every child's metadata, for checks that hold for all of them.
     pub fn metadata(&self) -> Vec<&ObjectMeta> {
-        let mut all = vec![&self.config_map.metadata, &self.service_account.metadata, &self.network_policy.metadata];
+        let mut all = vec![&self.config_map.metadata, &self.service_account.metadata];
+        all.extend(self.network_policies.iter().map(|p| &p.metadata));
         all.extend(self.deployments.iter().map(|d| &d.metadata));
         all.extend(self.services.iter().map(|s| &s.metadata));
         all.extend(self.disruption_budgets.iter().map(|p| &p.metadata));
@@ -349,7 +350,7 @@ impl Children {
         all.extend(self.services.iter().map(erase));
         all.extend(self.disruption_budgets.iter().map(erase));
         all.extend(self.autoscalers.iter().map(erase));
-        all.push(erase(&self.network_policy));
+        all.extend(self.network_policies.iter().map(erase));
         all.extend(self.kafka_topics.iter().map(|t| Child { resource: kafka_topic_resource(), object: t.clone() }));
         all.extend(
             self.service_monitor.iter().map(|m| Child { resource: service_monitor_resource(), object: m.clone() }),
@@ -465,7 +466,9 @@ pub fn cell_children(cell: &Cell, platform: &Platform) -> Result<Children, Inval
         deployments.push(Deployment {
             metadata: meta(object.clone(), Some(role_name)),
             spec: Some(DeploymentSpec {
-                replicas: Some(role.replicas),
+                // With an autoscaler the count is the autoscaler's: writing it here would
+                // undo every scale-up at the next reconcile.
+                replicas: role.max_replicas.is_none().then_some(role.replicas),
                 selector: selector.clone(),
                 template: PodTemplateSpec {
                     metadata: Some(ObjectMeta {
@@ -538,10 +541,7 @@ pub fn cell_children(cell: &Cell, platform: &Platform) -> Result<Children, Inval
             });
         }
     }
-    let network_policy = NetworkPolicy {
-        metadata: meta(name.clone(), None),
-        spec: Some(network_policy_spec(cell, &name, platform, &kafka_cluster, kafka_namespace.as_deref())),
-    };
+    let network_policies = network_policies(cell, &name, platform, &kafka_cluster, kafka_namespace.as_deref(), &meta);
     let kafka_topics = if platform.strimzi { kafka_topics(cell, platform, &kafka_cluster, &meta) } else { Vec::new() };
     let service_monitor = platform.service_monitors.then(|| DynamicObject {
         types: Some(kube::api::TypeMeta {
@@ -571,7 +571,7 @@ pub fn cell_children(cell: &Cell, platform: &Platform) -> Result<Children, Inval
         services,
         disruption_budgets,
         autoscalers,
-        network_policy,
+        network_policies,
         kafka_topics,
         service_monitor,
     })
@@ -592,26 +592,20 @@ fn tcp(port: IntOrString) -> NetworkPolicyPort {
     NetworkPolicyPort { protocol: Some("TCP".to_owned()), port: Some(port), ..NetworkPolicyPort::default() }
 }
 
-/// One policy over all the cell's pods: shopper and merchant traffic reaches ingest and
-/// gateway only through the ingress controller; Prometheus may scrape every role; the pods
-/// reach DNS, their own Kafka cluster and their own Redis, and nothing else (not even the
-/// tenants' Postgres, which cell processes never connect to).
-fn network_policy_spec(
+/// Two policies (NetworkPolicies add up). `<cell>`, over all the cell's pods: Prometheus may
+/// scrape every role, and the pods reach DNS, their own Kafka cluster and their own Redis,
+/// and nothing else (not even the tenants' Postgres, which cell processes never connect to).
+/// `<cell>-traffic`, over the ingest and gateway pods: shopper and merchant traffic reaches
+/// them only from the ingress controller's namespace.
+fn network_policies(
     cell: &Cell,
     name: &str,
     platform: &Platform,
     kafka_cluster: &str,
     kafka_namespace: Option<&str>,
-) -> NetworkPolicySpec {
+    meta: &dyn Fn(String, Option<&str>) -> ObjectMeta,
+) -> Vec<NetworkPolicy> {
     let http = || tcp(IntOrString::String("http".to_owned()));
-    let traffic_roles = LabelSelector {
-        match_labels: Some(BTreeMap::from([("app.kubernetes.io/instance".to_owned(), name.to_owned())])),
-        match_expressions: Some(vec![LabelSelectorRequirement {
-            key: "nudge.dev/role".to_owned(),
-            operator: "In".to_owned(),
-            values: Some(vec!["ingest".to_owned(), "gateway".to_owned()]),
-        }]),
-    };
     let store = |r: &crate::crd::DataStoreRef| NetworkPolicyEgressRule {
         to: Some(vec![NetworkPolicyPeer {
             ip_block: Some(IPBlock { cidr: r.cidr.clone(), except: None }),
@@ -627,25 +621,14 @@ fn network_policy_spec(
             ..NetworkPolicyPeer::default()
         },
     };
-    NetworkPolicySpec {
-        pod_selector: Some(LabelSelector {
-            match_labels: Some(BTreeMap::from([("app.kubernetes.io/instance".to_owned(), name.to_owned())])),
-            ..LabelSelector::default()
-        }),
+    let cell_pods = BTreeMap::from([("app.kubernetes.io/instance".to_owned(), name.to_owned())]);
+    let all = NetworkPolicySpec {
+        pod_selector: Some(LabelSelector { match_labels: Some(cell_pods.clone()), ..LabelSelector::default() }),
         policy_types: Some(vec!["Ingress".to_owned(), "Egress".to_owned()]),
-        ingress: Some(vec![
-            NetworkPolicyIngressRule {
-                from: Some(vec![NetworkPolicyPeer {
-                    pod_selector: Some(traffic_roles),
-                    ..namespace_peer(&platform.ingress_namespace, None)
-                }]),
-                ports: Some(vec![http()]),
-            },
-            NetworkPolicyIngressRule {
-                from: Some(vec![namespace_peer(&platform.monitoring_namespace, None)]),
-                ports: Some(vec![http()]),
-            },
-        ]),
+        ingress: Some(vec![NetworkPolicyIngressRule {
+            from: Some(vec![namespace_peer(&platform.monitoring_namespace, None)]),
+            ports: Some(vec![http()]),
+        }]),
         egress: Some(vec![
             NetworkPolicyEgressRule {
                 to: Some(vec![namespace_peer(
@@ -667,7 +650,27 @@ fn network_policy_spec(
             },
             store(&cell.spec.redis),
         ]),
-    }
+    };
+    let traffic = NetworkPolicySpec {
+        pod_selector: Some(LabelSelector {
+            match_labels: Some(cell_pods),
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "nudge.dev/role".to_owned(),
+                operator: "In".to_owned(),
+                values: Some(vec!["ingest".to_owned(), "gateway".to_owned()]),
+            }]),
+        }),
+        policy_types: Some(vec!["Ingress".to_owned()]),
+        ingress: Some(vec![NetworkPolicyIngressRule {
+            from: Some(vec![namespace_peer(&platform.ingress_namespace, None)]),
+            ports: Some(vec![http()]),
+        }]),
+        egress: None,
+    };
+    vec![
+        NetworkPolicy { metadata: meta(name.to_owned(), None), spec: Some(all) },
+        NetworkPolicy { metadata: meta(format!("{name}-traffic"), None), spec: Some(traffic) },
+    ]
 }
 
 /// A `KafkaTopic` per cell-scope catalogue topic, under the cell's prefix (or plain names on
@@ -797,7 +800,7 @@ spec:
         let names: Vec<_> = children.deployments.iter().map(|d| d.metadata.name.clone().unwrap()).collect();
         assert_eq!(names, ["shared-1-ingest", "shared-1-pipeline", "shared-1-gateway"]);
         let replicas: Vec<_> = children.deployments.iter().map(|d| d.spec.as_ref().unwrap().replicas).collect();
-        assert_eq!(replicas, [Some(2), Some(1), Some(3)]);
+        assert_eq!(replicas, [None, Some(1), Some(3)], "ingest's count is its autoscaler's");
         assert_eq!(children.services.len(), 3);
         let pipeline = children.services[1].spec.as_ref().unwrap();
         assert_eq!(
@@ -865,17 +868,25 @@ spec:
     }
 
     #[test]
-    fn the_network_policy_admits_ingress_and_monitoring_and_reaches_only_the_cells_stores() {
+    fn the_network_policies_admit_ingress_and_monitoring_and_reach_only_the_cells_stores() {
         let children = cell_children(&fixture(), &platform()).unwrap();
-        let spec = children.network_policy.spec.unwrap();
-        assert_eq!(spec.policy_types.as_deref(), Some(&["Ingress".to_owned(), "Egress".to_owned()][..]));
-        let ingress = spec.ingress.unwrap();
-        let from = ingress[0].from.as_ref().unwrap();
-        let namespace = from[0].namespace_selector.as_ref().unwrap().match_labels.as_ref().unwrap();
-        assert_eq!(namespace["kubernetes.io/metadata.name"], "ingress-nginx");
-        let roles = from[0].pod_selector.as_ref().unwrap().match_expressions.as_ref().unwrap();
+        let [all, traffic] = &children.network_policies[..] else { panic!("two policies") };
+        // Traffic: only ingest and gateway pods, only from the ingress controller's namespace
+        // (a namespace selector alone: the ingress controller's pods, whatever their labels).
+        let traffic = traffic.spec.as_ref().unwrap();
+        let roles = traffic.pod_selector.as_ref().unwrap().match_expressions.as_ref().unwrap();
         assert_eq!(roles[0].values.as_deref(), Some(&["ingest".to_owned(), "gateway".to_owned()][..]));
-        let egress = spec.egress.unwrap();
+        let from = &traffic.ingress.as_ref().unwrap()[0].from.as_ref().unwrap()[0];
+        assert!(
+            from.pod_selector.is_none(),
+            "a pod selector here would mean pods of the ingress namespace with cell labels"
+        );
+        let namespace = from.namespace_selector.as_ref().unwrap().match_labels.as_ref().unwrap();
+        assert_eq!(namespace["kubernetes.io/metadata.name"], "ingress-nginx");
+        // Every pod: scraped from monitoring; reaches DNS, Kafka and its own Redis only.
+        let all = all.spec.as_ref().unwrap();
+        assert_eq!(all.policy_types.as_deref(), Some(&["Ingress".to_owned(), "Egress".to_owned()][..]));
+        let egress = all.egress.as_ref().unwrap();
         let cidrs: Vec<&str> = egress
             .iter()
             .flat_map(|rule| rule.to.iter().flatten())
