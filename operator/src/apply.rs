@@ -8,11 +8,14 @@
 //! A child already as built is not written at all, so a reconcile of an unchanged resource
 //! sends reads only.
 //!
-//! "As built" means every field the operator sets has that value on the server; fields the
-//! server adds (defaults, status, other managers' fields) are ignored. A value the server
-//! normalises (a quantity of `1000m` read back as `1`) reads as different and is re-applied
-//! on every reconcile — harmless (server-side apply of the same intent is a no-op there) but
-//! a reason to write quantities in their canonical form.
+//! "As built" means every field the operator sets has that value on the server, and the
+//! annotation `nudge.dev/applied-hash` (a digest of the built object) matches: fields the
+//! server adds (defaults, status, other managers' fields) are ignored, and a field the
+//! operator stopped setting changes the digest, so the child is applied again and server-side
+//! apply removes the field. A value the server normalises (a quantity of `1000m` read back
+//! as `1`) reads as different and is re-applied on every reconcile — harmless (server-side
+//! apply of the same intent is a no-op there) but a reason to write quantities in their
+//! canonical form.
 
 use kube::{
     Api, Client,
@@ -24,6 +27,23 @@ use crate::build::Child;
 
 /// The field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "nudge-operator";
+/// The annotation carrying the digest of what was applied.
+pub const APPLIED_HASH: &str = "nudge.dev/applied-hash";
+
+/// `object` with [`APPLIED_HASH`] set to the SHA-256 of the object without it.
+pub fn with_applied_hash(object: &DynamicObject) -> DynamicObject {
+    use sha2::Digest;
+    let mut object = object.clone();
+    if let Some(annotations) = object.metadata.annotations.as_mut() {
+        annotations.remove(APPLIED_HASH);
+        if annotations.is_empty() {
+            object.metadata.annotations = None;
+        }
+    }
+    let digest = sha2::Sha256::digest(serde_json::to_vec(&object).unwrap_or_default());
+    object.metadata.annotations.get_or_insert_default().insert(APPLIED_HASH.to_owned(), hex::encode(&digest[..16]));
+    object
+}
 
 /// What a sync wrote.
 #[derive(Debug, Clone, Default)]
@@ -65,14 +85,15 @@ pub async fn sync_children(
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, kind);
         let existing = api.list(&ListParams::default().labels(selector)).await?.items;
         for child in desired.iter().filter(|c| &c.resource == kind) {
-            let want = serde_json::to_value(&child.object).unwrap_or_default();
+            let object = with_applied_hash(&child.object);
+            let want = serde_json::to_value(&object).unwrap_or_default();
             let have = existing.iter().find(|e| e.metadata.name.as_deref() == Some(child.name()));
             match have {
                 Some(have) if contains(&serde_json::to_value(have).unwrap_or_default(), &want) => {
                     applied.current.push(have.clone());
                 }
                 _ => {
-                    let written = api.patch(child.name(), &params, &Patch::Apply(&child.object)).await?;
+                    let written = api.patch(child.name(), &params, &Patch::Apply(&object)).await?;
                     applied.patched.push(format!("{}/{}", kind.kind, child.name()));
                     applied.current.push(written);
                 }
@@ -84,7 +105,7 @@ pub async fn sync_children(
         {
             let name = stale.metadata.name.clone().unwrap_or_default();
             if stale.metadata.deletion_timestamp.is_none() {
-                api.delete(&name, &DeleteParams::background()).await?;
+                api.delete(&name, &DeleteParams::foreground()).await?;
                 applied.deleted.push(format!("{}/{}", kind.kind, name));
             }
         }
@@ -93,7 +114,8 @@ pub async fn sync_children(
 }
 
 /// Deletes every child of the owner of one kind (optionally only those named); returns how
-/// many still exist (deleting, or just asked to).
+/// many still exist (deleting, or just asked to). Deletion is in the foreground: a
+/// Deployment stays until its pods are gone, so each cleanup step waits for the last.
 pub async fn delete_children(
     client: &Client,
     namespace: &str,
@@ -108,7 +130,7 @@ pub async fn delete_children(
         remaining += 1;
         if object.metadata.deletion_timestamp.is_none() {
             let name = object.metadata.name.clone().unwrap_or_default();
-            api.delete(&name, &DeleteParams::background()).await?;
+            api.delete(&name, &DeleteParams::foreground()).await?;
         }
     }
     Ok(remaining)
@@ -127,5 +149,24 @@ mod tests {
         assert!(!contains(&have, &json!({"spec": {"replicas": 3}})));
         assert!(!contains(&have, &json!({"metadata": {"labels": {"y": "1"}}})));
         assert!(!contains(&json!({"a": [1, 2]}), &json!({"a": [1]})), "a list is the whole list");
+    }
+
+    #[test]
+    fn a_field_no_longer_built_changes_the_digest() {
+        let object = |labels: serde_json::Value| -> DynamicObject {
+            serde_json::from_value(
+                json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "labels": labels}}),
+            )
+            .unwrap()
+        };
+        let before = with_applied_hash(&object(json!({"x": "1", "y": "2"})));
+        let after = with_applied_hash(&object(json!({"x": "1"})));
+        let hash = |o: &DynamicObject| o.metadata.annotations.as_ref().unwrap()[APPLIED_HASH].clone();
+        assert_ne!(hash(&before), hash(&after));
+        // What the server holds after the first apply still has `y` and contains everything
+        // of the second build except its digest: the child is applied again.
+        let server = serde_json::to_value(&before).unwrap();
+        assert!(!contains(&server, &serde_json::to_value(&after).unwrap()));
+        assert_eq!(hash(&with_applied_hash(&before)), hash(&before), "idempotent");
     }
 }

@@ -45,6 +45,8 @@ struct Fault {
 #[derive(Default)]
 struct State {
     objects: BTreeMap<String, Value>,
+    /// The last server-side-applied configuration per object (one field manager here).
+    applied: BTreeMap<String, Value>,
     sent: Vec<Sent>,
     faults: Vec<Fault>,
     version: u64,
@@ -71,6 +73,25 @@ fn namespace_of(path: &str) -> Option<String> {
     let mut parts = path.split('/');
     parts.by_ref().find(|p| *p == "namespaces")?;
     parts.next().map(str::to_owned)
+}
+
+/// Server-side apply's removal: fields the previous applied configuration set and the new
+/// one does not are removed from the object.
+fn prune(target: &mut Value, previous: &Value, next: &Value) {
+    if let (Value::Object(t), Value::Object(p)) = (target, previous) {
+        for (k, old) in p {
+            match next.get(k) {
+                None => {
+                    t.remove(k);
+                }
+                Some(new) => {
+                    if let Some(field) = t.get_mut(k) {
+                        prune(field, old, new);
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn merge(target: &mut Value, patch: &Value) {
@@ -265,6 +286,12 @@ impl FakeApi {
                     meta.remove("resourceVersion");
                 }
                 let spec_before = object["spec"].clone();
+                if apply {
+                    if let Some(previous) = state.applied.get(&key) {
+                        prune(&mut object, previous, &patch);
+                    }
+                    state.applied.insert(key.clone(), patch.clone());
+                }
                 merge(&mut object, &patch);
                 if object["spec"] != spec_before && !spec_before.is_null() {
                     let generation = object["metadata"]["generation"].as_i64().unwrap_or(1);
@@ -274,6 +301,7 @@ impl FakeApi {
                 let finalizers_gone = object["metadata"]["finalizers"].as_array().is_none_or(Vec::is_empty);
                 if !object["metadata"]["deletionTimestamp"].is_null() && finalizers_gone {
                     state.objects.remove(&key);
+                    state.applied.remove(&key);
                 } else {
                     state.objects.insert(key, object.clone());
                 }
@@ -287,6 +315,7 @@ impl FakeApi {
                     state.objects.insert(key, object.clone());
                 } else {
                     state.objects.remove(&key);
+                    state.applied.remove(&key);
                 }
                 respond(200, &object)
             }
