@@ -120,7 +120,8 @@ pub async fn reconcile(cell: Arc<Cell>, ctx: Arc<Context>) -> Result<Action, Err
     Ok(Action::requeue(if waiting.is_empty() { RESYNC } else { ROLLOUT }))
 }
 
-/// Roles whose Deployment does not have its replicas available yet, as `gateway (1/3)`.
+/// Roles whose Deployment has not rolled out yet — its controller has not seen the latest
+/// spec, or fewer replicas than wanted are updated and available — as `gateway (1/3 available)`.
 fn rollout_waits(applied: &Applied) -> Vec<String> {
     applied
         .current
@@ -129,9 +130,11 @@ fn rollout_waits(applied: &Applied) -> Vec<String> {
         .filter_map(|o| {
             let deployment: Deployment = serde_json::from_value(serde_json::to_value(o).ok()?).ok()?;
             let want = deployment.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-            let have = deployment.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0);
+            let status = deployment.status.unwrap_or_default();
+            let seen = status.observed_generation >= deployment.metadata.generation;
+            let have = status.available_replicas.unwrap_or(0).min(status.updated_replicas.unwrap_or(0));
             let role = deployment.metadata.labels.as_ref()?.get("nudge.dev/role")?.clone();
-            (have < want).then(|| format!("{role} ({have}/{want} available)"))
+            (!seen || have < want).then(|| format!("{role} ({have}/{want} available)"))
         })
         .collect()
 }
