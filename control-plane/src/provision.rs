@@ -15,7 +15,7 @@ use std::{collections::HashMap, future::Future, pin::Pin, process::Stdio, time::
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
-    Api,
+    Api, Resource,
     api::{Patch, PatchParams},
 };
 use nudge_operator::crd::{Cell as CellResource, Tenant, TenantSpec, Tier};
@@ -239,7 +239,7 @@ impl KubernetesProvisioner {
         self
     }
 
-    async fn apply_tenant(&self, request: &TenantRequest, isolation: Tier) -> Result<String, ProvisionError> {
+    async fn apply_tenant(&self, request: &TenantRequest, isolation: Tier) -> Result<Tenant, ProvisionError> {
         let name = tenant_resource_name(request.tenant);
         let tenant = Tenant::new(
             &name,
@@ -257,19 +257,30 @@ impl KubernetesProvisioner {
         self.tenants
             .patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&tenant))
             .await
-            .map_err(kube_error)?;
-        Ok(name)
+            .map_err(kube_error)
     }
 
-    /// Waits until the Tenant's status has a cell (and, with `ready`, is Ready); then the cell.
-    async fn wait(&self, name: &str, ready: bool, timeout: Duration) -> Result<Cell, ProvisionError> {
+    /// Waits until the operator has reconciled the Tenant as written (its `observedGeneration`
+    /// at least `generation`) and placed it — on `expect` when given, Ready when `ready`;
+    /// then the cell.
+    async fn wait(
+        &self,
+        name: &str,
+        generation: Option<i64>,
+        expect: Option<&str>,
+        ready: bool,
+        timeout: Duration,
+    ) -> Result<Cell, ProvisionError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let tenant = self.tenants.get(name).await.map_err(kube_error)?;
             let status = tenant.status.unwrap_or_default();
             let condition = |type_: &str| status.conditions.iter().find(|c| c.type_ == type_).cloned();
             let is_ready = condition("Ready").is_some_and(|c| c.status == "True");
+            let current = status.observed_generation >= generation;
             if let Some(cell) = &status.cell
+                && current
+                && expect.is_none_or(|e| e == cell)
                 && (!ready || is_ready)
             {
                 let resource = self.cells.get(cell).await.map_err(kube_error)?;
@@ -371,8 +382,10 @@ impl Provisioner for KubernetesProvisioner {
 
     fn shared_cell<'a>(&'a self, tenant: &'a TenantRequest) -> BoxFuture<'a, Result<Cell, ProvisionError>> {
         Box::pin(async move {
-            let name = self.apply_tenant(tenant, Tier::Shared).await?;
-            self.wait(&name, false, Duration::from_secs(self.config.placement_timeout_secs)).await
+            let written = self.apply_tenant(tenant, Tier::Shared).await?;
+            let name = tenant_resource_name(tenant.tenant);
+            let timeout = Duration::from_secs(self.config.placement_timeout_secs);
+            self.wait(&name, written.metadata.generation, None, false, timeout).await
         })
     }
 
@@ -383,12 +396,18 @@ impl Provisioner for KubernetesProvisioner {
     ) -> BoxFuture<'a, Result<Cell, ProvisionError>> {
         Box::pin(async move {
             let cell = CellId::dedicated_for(tenant.tenant);
+            let written = self.apply_tenant(tenant, Tier::Dedicated).await?;
+            // The database's URL, owned by the Tenant: it goes when the store does.
+            let owner = written
+                .controller_owner_ref(&())
+                .ok_or_else(|| ProvisionError::Failed("the Tenant came back without a uid".into()))?;
             let secret = serde_json::json!({
                 "apiVersion": "v1",
                 "kind": "Secret",
                 "metadata": {
                     "name": format!("{cell}-postgres"),
                     "labels": { "app.kubernetes.io/managed-by": FIELD_MANAGER, "nudge.dev/tenant": tenant_resource_name(tenant.tenant) },
+                    "ownerReferences": [owner],
                 },
                 "stringData": {
                     "url": self.database_url_template.expose_secret().replace("{database}", database),
@@ -399,8 +418,9 @@ impl Provisioner for KubernetesProvisioner {
                 .patch(&format!("{cell}-postgres"), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&secret))
                 .await
                 .map_err(kube_error)?;
-            let name = self.apply_tenant(tenant, Tier::Dedicated).await?;
-            self.wait(&name, true, Duration::from_secs(self.config.dedicated_timeout_secs)).await
+            let name = tenant_resource_name(tenant.tenant);
+            let timeout = Duration::from_secs(self.config.dedicated_timeout_secs);
+            self.wait(&name, written.metadata.generation, Some(cell.as_str()), true, timeout).await
         })
     }
 
@@ -468,7 +488,12 @@ mod tests {
                 // Pods come up: every Deployment has its replicas.
                 for (path, mut object) in fake.all() {
                     if path.contains("/deployments/") && object["status"].is_null() {
-                        object["status"] = json!({"availableReplicas": object["spec"]["replicas"]});
+                        let replicas = object["spec"]["replicas"].as_i64().unwrap_or(1);
+                        object["status"] = json!({
+                            "availableReplicas": replicas,
+                            "updatedReplicas": replicas,
+                            "observedGeneration": object["metadata"]["generation"],
+                        });
                         fake.seed(&path, object);
                     }
                 }
@@ -522,6 +547,7 @@ mod tests {
         assert_eq!(cell.public_url, format!("https://{}.cells.nudge.example", cell.id));
         let secret = fake.get(&format!("/api/v1/namespaces/{NS}/secrets/{}-postgres", cell.id)).unwrap();
         assert_eq!(secret["stringData"]["url"], "postgres://cell@db/nudge_t_abc");
+        assert_eq!(secret["metadata"]["ownerReferences"][0]["kind"], "Tenant", "goes with the store");
         let resource = fake.get(&cells_path(cell.id.as_str())).unwrap();
         assert_eq!(resource["spec"]["tier"], "dedicated");
         assert_eq!(resource["status"]["phase"], "Running");
@@ -555,6 +581,19 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(moved, "the new placement is reported");
+        operator.abort();
+    }
+
+    #[tokio::test]
+    async fn a_shared_store_moved_to_dedicated_gets_its_own_cell_not_its_old_one() {
+        let fake = FakeApi::new();
+        fake.seed(&cells_path("shared-eu"), shared_cell("shared-eu"));
+        let operator = operator(&fake);
+        let provisioner = provisioner(&fake, 10);
+        let request = TenantRequest { tenant: TenantId::new(), plan: Plan::Enterprise };
+        assert_eq!(provisioner.shared_cell(&request).await.unwrap().id.as_str(), "shared-eu");
+        let cell = provisioner.dedicated_cell(&request, "nudge_t_abc").await.unwrap();
+        assert_eq!(cell.id, CellId::dedicated_for(request.tenant));
         operator.abort();
     }
 

@@ -1,8 +1,8 @@
 //! The manifests in `deploy/` as CI sees them: every object `kubectl apply -k deploy/`
 //! would send parses into its type with no field lost (a misspelt or misplaced field fails),
 //! the example Cells and Tenants validate against the generated CRD schemas and the
-//! operator's own checks, the operator's ClusterRole covers every kind it writes, and its
-//! configuration file loads.
+//! operator's own checks, the operator's and the control plane's Roles cover every write
+//! they make (and a few they must not), and the operator's configuration file loads.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -226,26 +226,46 @@ fn the_schema_check_catches_what_the_api_server_would_refuse() {
     assert!(round_trips::<Deployment>(&deployment).is_err(), "a misspelt field of a built-in kind");
 }
 
-#[test]
-fn the_operators_cluster_role_covers_every_kind_it_writes() {
-    let role = documents(&deploy().join("k8s/operator.yaml")).into_iter().find(|d| d["kind"] == "ClusterRole").unwrap();
-    let role: ClusterRole = serde_json::from_value(role).unwrap();
-    let allows = |group: &str, resource: &str, verb: &str| {
+/// Whether a rule of `role` (a Role in `deploy/k8s/<file>`) allows `verb` on `resource`.
+fn role_allows(file: &str, name: &str) -> impl Fn(&str, &str, &str) -> bool {
+    let role = documents(&deploy().join("k8s").join(file))
+        .into_iter()
+        .find(|d| d["kind"] == "Role" && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no Role {name} in {file}"));
+    assert_eq!(role["metadata"]["namespace"], "nudge", "rights in the cells' namespace only");
+    let role: Role = serde_json::from_value(role).unwrap();
+    move |group: &str, resource: &str, verb: &str| {
         role.rules.iter().flatten().any(|rule| {
             rule.api_groups.iter().flatten().any(|g| g == group)
                 && rule.resources.iter().flatten().any(|r| r == resource)
                 && rule.verbs.iter().any(|v| v == verb)
         })
-    };
+    }
+}
+
+#[test]
+fn the_roles_cover_every_write_and_no_more_than_that() {
+    let allows = role_allows("operator.yaml", "nudge-operator");
+    // Server-side apply of a new object is checked as `create`.
     for kind in build::child_kinds(&build::Platform::default()) {
-        for verb in ["get", "list", "watch", "patch", "delete"] {
+        for verb in ["get", "list", "watch", "create", "patch", "delete"] {
             assert!(allows(&kind.group, &kind.plural, verb), "{verb} {}/{}", kind.group, kind.plural);
         }
     }
     for resource in ["cells", "tenants", "cells/status", "tenants/status"] {
         assert!(allows(crd::GROUP, resource, "patch"), "patch {resource}");
     }
+    assert!(allows(crd::GROUP, "cells", "create"), "a dedicated tenant's cell is created");
     assert!(allows(crd::GROUP, "cells", "delete"), "a deleted dedicated tenant deletes its cell");
+    assert!(!allows(crd::GROUP, "tenants", "delete"), "tenants are the control plane's to delete");
+
+    let control_plane = role_allows("control-plane.yaml", "nudge-control-plane");
+    for verb in ["create", "patch", "get", "delete"] {
+        assert!(control_plane(crd::GROUP, "tenants", verb), "{verb} tenants");
+    }
+    assert!(control_plane("", "secrets", "create") && control_plane("", "secrets", "patch"));
+    assert!(!control_plane("", "secrets", "get"), "the control plane never reads the cells' secrets");
+    assert!(!control_plane(crd::GROUP, "cells", "patch"), "cells are the operator's");
 }
 
 #[test]

@@ -74,12 +74,12 @@ async fn create(
     }
     let trace = current_trace().map(|t| t.to_header());
     let tenant_id = TenantId::new();
-    let cell = state
-        .provisioner
-        .shared_cell(&TenantRequest { tenant: tenant_id, plan: Plan::Free })
-        .await
-        .map_err(provision_error)?;
     let created = async {
+        let cell = state
+            .provisioner
+            .shared_cell(&TenantRequest { tenant: tenant_id, plan: Plan::Free })
+            .await
+            .map_err(provision_error)?;
         record_cell(&state.db, &cell, "shared").await.map_err(db_error)?;
         sign_up(&state.db, &state.topics, tenant_id, &cell, new, trace).await.map_err(signup_error)
     }
@@ -87,7 +87,8 @@ async fn create(
     let created = match created {
         Ok(created) => created,
         Err(e) => {
-            // Nothing of the store was committed: take back what placement wrote for it.
+            // Nothing of the store was committed (and a retry gets a new id): take back what
+            // placement wrote for this one, even when placement itself did not finish.
             if let Err(release) = state.provisioner.release(tenant_id).await {
                 tracing::error!(tenant_id = %tenant_id, error = %release, "releasing a failed signup's placement failed");
             }
