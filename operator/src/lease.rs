@@ -2,11 +2,13 @@
 //! both reconcile.
 //!
 //! A replica becomes leader by creating the Lease, or by taking it over when its holder has
-//! not renewed it within `leaseDurationSeconds`; every write carries the resourceVersion it
-//! read, so of two replicas racing for an expired Lease exactly one wins (the other gets 409).
-//! The leader renews every third of the duration; a leader that cannot renew before the
-//! Lease would expire stops reconciling at once (the process exits and is restarted as a
-//! follower) rather than risk a second leader.
+//! not renewed it for `leaseDurationSeconds` — measured on this replica's own clock from when
+//! it last saw the Lease change (as client-go does), so clocks that disagree cannot shorten
+//! a leader's term. Every write carries the resourceVersion it read, so of two replicas
+//! racing for an expired Lease exactly one wins (the other gets 409). The leader renews
+//! every third of the duration, each attempt bounded in time; a leader that cannot renew
+//! within two thirds of the duration stops reconciling at once (the process exits and is
+//! restarted as a follower) rather than risk a second leader.
 
 use std::time::Duration;
 
@@ -26,6 +28,8 @@ pub struct LeaderElection {
     name: String,
     identity: String,
     duration: Duration,
+    /// The Lease as last seen held by another replica, and when this replica first saw it so.
+    observed: std::sync::Mutex<Option<(String, Timestamp)>>,
 }
 
 fn conflict(e: &kube::Error) -> bool {
@@ -34,7 +38,7 @@ fn conflict(e: &kube::Error) -> bool {
 
 impl LeaderElection {
     pub fn new(api: Api<Lease>, name: impl Into<String>, identity: impl Into<String>, duration: Duration) -> Self {
-        Self { api, name: name.into(), identity: identity.into(), duration }
+        Self { api, name: name.into(), identity: identity.into(), duration, observed: std::sync::Mutex::new(None) }
     }
 
     pub fn identity(&self) -> &str {
@@ -69,9 +73,26 @@ impl LeaderElection {
         let spec = lease.spec.clone().unwrap_or_default();
         let mine = spec.holder_identity.as_deref() == Some(self.identity.as_str());
         let held_for = SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(seconds)));
-        let expired = spec.renew_time.as_ref().is_none_or(|t| t.0 + held_for < now);
-        if !(mine || spec.holder_identity.is_none() || expired) {
-            return Ok(false);
+        if !mine && spec.holder_identity.is_some() {
+            // Another replica holds it: expired only once it has not changed for a whole
+            // term, as this replica's clock measures.
+            let record = format!(
+                "{:?}/{:?}/{:?}",
+                spec.holder_identity,
+                spec.renew_time.as_ref().map(|t| t.0),
+                lease.metadata.resource_version
+            );
+            let mut observed = self.observed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let since = match observed.as_ref() {
+                Some((seen, at)) if *seen == record => *at,
+                _ => {
+                    *observed = Some((record, now));
+                    now
+                }
+            };
+            if since + held_for >= now {
+                return Ok(false);
+            }
         }
         let next = Lease {
             metadata: lease.metadata.clone(),
@@ -126,18 +147,21 @@ impl LeaderElection {
     /// caller stops reconciling).
     pub async fn hold(&self) {
         let mut last_renewed = tokio::time::Instant::now();
+        let deadline = self.duration * 2 / 3;
         loop {
             tokio::time::sleep(self.duration / 3).await;
-            match self.try_acquire(Timestamp::now()).await {
-                Ok(true) => last_renewed = tokio::time::Instant::now(),
-                Ok(false) => {
+            let budget = deadline.saturating_sub(last_renewed.elapsed()).max(Duration::from_millis(100));
+            match tokio::time::timeout(budget, self.try_acquire(Timestamp::now())).await {
+                Ok(Ok(true)) => last_renewed = tokio::time::Instant::now(),
+                Ok(Ok(false)) => {
                     tracing::error!(identity = %self.identity, "the operator lease was taken over");
                     return;
                 }
-                Err(e) => tracing::warn!(error = %e, "renewing the operator lease failed"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "renewing the operator lease failed"),
+                Err(_) => tracing::warn!("renewing the operator lease timed out"),
             }
             // Give up before the Lease can expire, so a follower never leads alongside us.
-            if last_renewed.elapsed() >= self.duration * 2 / 3 {
+            if last_renewed.elapsed() >= deadline {
                 tracing::error!(identity = %self.identity, "could not renew the operator lease in time");
                 return;
             }

@@ -475,12 +475,16 @@ async fn one_replica_leads_until_its_lease_expires() {
     let a = LeaderElection::new(api(), "nudge-operator", "operator-a", Duration::from_secs(15));
     let b = LeaderElection::new(api(), "nudge-operator", "operator-b", Duration::from_secs(15));
     let t0 = Timestamp::now();
+    let at = |s: i64| t0 + SignedDuration::from_secs(s);
     assert!(a.try_acquire(t0).await.unwrap(), "the first to create the lease leads");
     assert!(!b.try_acquire(t0).await.unwrap());
-    assert!(a.try_acquire(t0 + SignedDuration::from_secs(5)).await.unwrap(), "the leader renews");
-    assert!(!b.try_acquire(t0 + SignedDuration::from_secs(19)).await.unwrap(), "not expired: renewed at +5 s");
-    assert!(b.try_acquire(t0 + SignedDuration::from_secs(21)).await.unwrap(), "expired: taken over");
-    assert!(!a.try_acquire(t0 + SignedDuration::from_secs(22)).await.unwrap(), "the old leader is out");
+    assert!(a.try_acquire(at(5)).await.unwrap(), "the leader renews");
+    // B measures a term from when it saw the Lease change, on its own clock: the renewal at
+    // +5 is first seen at +10, so the Lease is A's until +25 whatever A's clock said.
+    assert!(!b.try_acquire(at(10)).await.unwrap());
+    assert!(!b.try_acquire(at(24)).await.unwrap(), "not expired: unchanged for 14 s only");
+    assert!(b.try_acquire(at(26)).await.unwrap(), "expired: taken over");
+    assert!(!a.try_acquire(at(27)).await.unwrap(), "the old leader is out");
     let lease = fake.get("/apis/coordination.k8s.io/v1/namespaces/nudge-system/leases/nudge-operator").unwrap();
     assert_eq!(
         (lease["spec"]["holderIdentity"].as_str(), lease["spec"]["leaseTransitions"].as_i64()),
@@ -489,10 +493,10 @@ async fn one_replica_leads_until_its_lease_expires() {
     // Of two replicas racing for an expired lease, the second write carries a stale
     // resourceVersion and loses.
     fake.fail("PUT", "/leases/nudge-operator", 409, 1);
-    assert!(!a.try_acquire(t0 + SignedDuration::from_secs(60)).await.unwrap());
+    assert!(!a.try_acquire(at(60)).await.unwrap());
     // Release hands it over at once.
     b.release().await.unwrap();
-    assert!(a.try_acquire(t0 + SignedDuration::from_secs(23)).await.unwrap());
+    assert!(a.try_acquire(at(61)).await.unwrap());
 }
 
 mod property {
