@@ -68,6 +68,12 @@
     return null;
   }
 
+  function forgetMove(client) {
+    try { global.localStorage.removeItem("nudge:cell:" + client.key); } catch (e) { /* nothing kept */ }
+    client.endpoint = client.configured;
+    client.token = null;
+  }
+
   // Whether `response` says the store moved; if so the client now talks to the new cell.
   function followMove(client, response) {
     if (response.status !== 421) return Promise.resolve(false);
@@ -77,6 +83,8 @@
       if (!url || !/^https?:\/\//.test(url) || client.moves >= 3) return false;
       client.moves += 1;
       client.endpoint = url.replace(/\/+$/, "");
+      // A token is the old cell's: the new cell issues its own.
+      client.token = null;
       try {
         global.localStorage.setItem("nudge:cell:" + client.key, JSON.stringify({ url: client.endpoint, at: Date.now() }));
       } catch (e) { /* memory only */ }
@@ -88,7 +96,8 @@
   function Client(options) {
     if (!options || !options.key || !options.endpoint) throw new Error("Nudge.init needs { key, endpoint }");
     this.key = options.key;
-    this.endpoint = movedEndpoint(options.key) || options.endpoint.replace(/\/+$/, "");
+    this.configured = options.endpoint.replace(/\/+$/, "");
+    this.endpoint = movedEndpoint(options.key) || this.configured;
     this.moves = 0;
     this.shopperId = options.shopperId || shopperId();
     this.onIntervention = options.onIntervention || render;
@@ -158,6 +167,21 @@
       keepalive: body.length < 65000,
       mode: "cors"
     }).then(function (response) {
+      if (response.status === 421) {
+        // Moved: the same batch (same event ids) goes to the store's new cell; the batch
+        // stays in flight until then, so nothing sends it twice meanwhile.
+        followMove(self, response).then(function (moved) {
+          self.inFlight = false;
+          if (moved) {
+            self.schedule(0);
+            return;
+          }
+          self.queue.splice(0, batch.length);
+          self.onStatus({ type: "rejected", status: 421, error: { code: "tenant_moved" } });
+          if (self.queue.length) self.schedule(0);
+        });
+        return;
+      }
       self.inFlight = false;
       if (response.ok) {
         self.queue.splice(0, batch.length);
@@ -172,14 +196,6 @@
         self.retry(after > 0 ? after * 1000 : backoff(self.attempt++));
         return;
       }
-      if (response.status === 421) {
-        // Moved: the same batch (same event ids) goes to the store's new cell.
-        followMove(self, response).then(function (moved) {
-          if (moved) self.schedule(0);
-          else self.retry(backoff(self.attempt++));
-        });
-        return;
-      }
       // Resending cannot fix a 4xx: drop the batch and say why.
       self.queue.splice(0, batch.length);
       response.json().then(function (body) {
@@ -188,6 +204,8 @@
       if (self.queue.length) self.schedule(0);
     }, function () {
       self.inFlight = false;
+      // A remembered cell that no longer answers: back to the configured one.
+      if (self.endpoint !== self.configured && self.attempt >= 3) forgetMove(self);
       self.retry(backoff(self.attempt++));
     });
   };
@@ -294,6 +312,13 @@
       self.onStatus({ type: "socket_closed", code: e.code, reason: e.reason });
       if (CLOSE_STOP[e.code]) return;
       if (CLOSE_NEW_TOKEN[e.code]) self.token = null;
+      if (e.code === 4009) {
+        // The store moved to another cell: a new session (refused with the new cell's
+        // address) takes the socket there.
+        self.token = null;
+        self.reconnect(0);
+        return;
+      }
       if (e.code === 1012) {
         // The server is restarting: come back soon, spread out, to another replica.
         var hint = /reconnect_jitter_ms=(\d+)/.exec(e.reason || "");

@@ -22,6 +22,8 @@ async fn a_store_moves_to_its_own_database_under_concurrent_writes() -> anyhow::
     let big = platform.sign_up_as("Big Store", &[ORIGIN], &owner).await?;
     let other = platform.sign_up_ready("Small Store", "https://small.example.com").await?;
     platform.wait_for_key(&big.publishable_key, ORIGIN).await?;
+    // A shopper on the store's page, socket open on the shared cell through the move.
+    let mut shopper = platform.connect_shopper(&big.publishable_key, ORIGIN, "shp_on_page").await?;
     let tokens = platform.login(&owner, None).await?;
     let keys_url = format!("{}/v1/tenants/{}/api-keys", platform.control_plane_url, big.tenant_id);
 
@@ -188,6 +190,8 @@ async fn a_store_moves_to_its_own_database_under_concurrent_writes() -> anyhow::
     }
     assert_eq!(pointed["error"]["code"], "tenant_moved", "{pointed}");
     assert_eq!(pointed["error"]["details"]["cell_url"], dedicated_cell.as_str());
+    // The open socket is told to go (4009) rather than refused for good (4003).
+    assert_eq!(shopper.closed(Duration::from_secs(10)).await?, Some(4009));
     let small = json!({"events": [{"event_id": "small-1", "type": "page_view", "shopper_id": "shp_2"}]});
     let small_origin = "https://small.example.com";
     assert_eq!(platform.post_events(&other.publishable_key, Some(small_origin), &small).await?.status(), 202);

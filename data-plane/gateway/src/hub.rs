@@ -31,6 +31,9 @@ pub const SEND_QUEUE: usize = 32;
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 /// Close code when the store stopped taking traffic or the key was revoked.
 pub const CLOSE_NOT_AUTHORIZED: u16 = 4003;
+/// Close code of a socket whose store moved to another cell: its snippet asks for a new
+/// session, which tells it where the store is now (421 `tenant_moved`).
+pub const CLOSE_TENANT_MOVED: u16 = 4009;
 /// Close code of a socket that stayed silent (not even a pong) past the idle timeout.
 pub const CLOSE_IDLE: u16 = 4000;
 
@@ -375,9 +378,9 @@ impl Hub {
         slice: u64,
         slices: u64,
         idle: Duration,
-        allowed: impl Fn(&TenantId, &PublishableKey) -> bool,
+        refusal: impl Fn(&TenantId, &PublishableKey) -> Option<(u16, &'static str)>,
     ) -> Sweep {
-        self.sweep_at(self.now_secs(), slice, slices, idle, allowed)
+        self.sweep_at(self.now_secs(), slice, slices, idle, refusal)
     }
 
     fn sweep_at(
@@ -386,7 +389,7 @@ impl Hub {
         slice: u64,
         slices: u64,
         idle: Duration,
-        allowed: impl Fn(&TenantId, &PublishableKey) -> bool,
+        refusal: impl Fn(&TenantId, &PublishableKey) -> Option<(u16, &'static str)>,
     ) -> Sweep {
         let idle = u32::try_from(idle.as_secs()).unwrap_or(u32::MAX);
         let mut sweep = Sweep::default();
@@ -394,9 +397,9 @@ impl Hub {
             if slot.id % slices != slice {
                 return None;
             }
-            if !allowed(&address.tenant, &slot.key) {
+            if let Some((code, reason)) = refusal(&address.tenant, &slot.key) {
                 sweep.unauthorized += 1;
-                return Some(Outbound::Close(CLOSE_NOT_AUTHORIZED, "not_authorized".into()));
+                return Some(Outbound::Close(code, reason.into()));
             }
             if now.saturating_sub(slot.heard.load(Ordering::Relaxed)) > idle {
                 sweep.idle += 1;
@@ -458,7 +461,13 @@ pub async fn heartbeat(
             _ = tick.tick() => {}
         }
         let sweep = hub.sweep(slice, SLICES, idle_timeout, |tenant, key| {
-            directory.by_key(key).is_some_and(|t| t.tenant_id == *tenant && t.state.accepts_traffic())
+            if directory.by_key(key).is_some_and(|t| t.tenant_id == *tenant && t.state.accepts_traffic()) {
+                None
+            } else if directory.elsewhere(key).is_some() {
+                Some((CLOSE_TENANT_MOVED, "tenant_moved"))
+            } else {
+                Some((CLOSE_NOT_AUTHORIZED, "not_authorized"))
+            }
         });
         if sweep.unauthorized + sweep.idle + sweep.evicted > 0 {
             tracing::debug!(?sweep, "keepalive closed sockets");
@@ -573,13 +582,15 @@ mod tests {
         let (live, rx_live) = hub.register(addr(t, "b"), kept.clone(), 10).unwrap();
         let (_r3, rx_silent) = hub.register(addr(t, "c"), kept.clone(), 10).unwrap();
         live.heard.store(30, Ordering::Relaxed);
-        let sweep = hub.sweep_at(30, 0, 1, Duration::from_secs(20), |_, k| *k != revoked);
+        let sweep = hub.sweep_at(30, 0, 1, Duration::from_secs(20), |_, k| {
+            (*k == revoked).then_some((CLOSE_NOT_AUTHORIZED, "not_authorized"))
+        });
         assert_eq!(sweep, Sweep { pinged: 1, idle: 1, unauthorized: 1, evicted: 0 });
         assert!(matches!(rx_revoked.recv().await, Some(Outbound::Close(CLOSE_NOT_AUTHORIZED, _))));
         assert!(matches!(rx_live.recv().await, Some(Outbound::Ping)));
         assert!(matches!(rx_silent.recv().await, Some(Outbound::Close(CLOSE_IDLE, _))));
         // Slices: each socket belongs to exactly one.
-        let pinged: usize = (0..4).map(|s| hub.sweep_at(30, s, 4, Duration::from_secs(60), |_, _| true).pinged).sum();
+        let pinged: usize = (0..4).map(|s| hub.sweep_at(30, s, 4, Duration::from_secs(60), |_, _| None).pinged).sum();
         assert_eq!(pinged, 3);
     }
 }

@@ -353,6 +353,7 @@ fn close_label(code: u16) -> &'static str {
         CLOSE_MESSAGE_TOO_BIG => "message_too_big",
         crate::hub::CLOSE_IDLE => "idle",
         crate::hub::CLOSE_NOT_AUTHORIZED => "not_authorized",
+        crate::hub::CLOSE_TENANT_MOVED => "tenant_moved",
         CLOSE_SLOW_CONSUMER => "slow_consumer",
         _ => "other",
     }
