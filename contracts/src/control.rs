@@ -129,6 +129,8 @@ pub struct TenantView {
     pub name: String,
     pub state: String,
     pub cell_id: String,
+    /// The store's route: where its snippet and events go (the cell's base URL).
+    pub cell_url: String,
     pub allowed_origins: Vec<String>,
     /// RFC 3339.
     pub created_at: String,

@@ -12,6 +12,8 @@ pub struct Profile {
     pub name: String,
     pub state: TenantState,
     pub cell_id: String,
+    /// Where the store's snippet and events go: its cell's base URL.
+    pub cell_url: String,
     pub allowed_origins: Vec<String>,
     pub created_at: DateTime<Utc>,
 }
@@ -20,7 +22,8 @@ pub struct Profile {
 pub async fn profile(db: &TenantRouter, tenant: TenantId) -> Result<Option<Profile>, DbError> {
     let mut tx = db.tenant_tx(tenant).await?;
     let row = sqlx::query(
-        "SELECT name, state, coalesce(cell_id, '') AS cell_id, created_at FROM tenants WHERE tenant_id = $1",
+        "SELECT t.name, t.state, coalesce(t.cell_id, '') AS cell_id, coalesce(c.public_url, '') AS cell_url, t.created_at
+         FROM tenants t LEFT JOIN cells c USING (cell_id) WHERE t.tenant_id = $1",
     )
     .bind(tenant.as_uuid())
     .fetch_optional(&mut *tx)
@@ -33,6 +36,7 @@ pub async fn profile(db: &TenantRouter, tenant: TenantId) -> Result<Option<Profi
         name: row.try_get("name")?,
         state: TenantState::parse(&state).ok_or_else(|| DbError::Query(sqlx::Error::Decode("unknown state".into())))?,
         cell_id: row.try_get("cell_id")?,
+        cell_url: row.try_get("cell_url")?,
         allowed_origins: crate::origins::list(db, tenant).await?,
         created_at: row.try_get("created_at")?,
     }))

@@ -192,6 +192,19 @@ async fn a_store_moves_to_its_own_database_under_concurrent_writes() -> anyhow::
     assert_eq!(pointed["error"]["details"]["cell_url"], dedicated_cell.as_str());
     // The open socket is told to go (4009) rather than refused for good (4003).
     assert_eq!(shopper.closed(Duration::from_secs(10)).await?, Some(4009));
+    // The control plane serves the new route to the store's members.
+    let profile: Value = platform
+        .http
+        .get(format!("{}/v1/tenants/{}", platform.control_plane_url, big.tenant_id))
+        .bearer_auth(&tokens.access_token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(
+        (profile["cell_id"].as_str(), profile["cell_url"].as_str()),
+        (moved["cell_id"].as_str(), Some(dedicated_cell.as_str()))
+    );
     let small = json!({"events": [{"event_id": "small-1", "type": "page_view", "shopper_id": "shp_2"}]});
     let small_origin = "https://small.example.com";
     assert_eq!(platform.post_events(&other.publishable_key, Some(small_origin), &small).await?.status(), 202);

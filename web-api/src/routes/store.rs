@@ -73,6 +73,7 @@ async fn get_tenant(
         name: p.name,
         state: p.state.as_str().to_owned(),
         cell_id: p.cell_id,
+        cell_url: p.cell_url,
         allowed_origins: p.allowed_origins,
         created_at: p.created_at.to_rfc3339(),
     }))
