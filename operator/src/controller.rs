@@ -130,7 +130,11 @@ pub async fn run(client: Client, config: OperatorConfig, shutdown: CancellationT
         // A tenant placed on (or leaving) a cell changes the cell's count and blockers.
         .watches(api::<Tenant>(&client, namespace.as_deref()), watcher::Config::default(), |t: Tenant| {
             let ns = t.namespace().unwrap_or_default();
-            t.status.and_then(|s| s.cell).map(|c| ObjectRef::<Cell>::new(&c).within(&ns))
+            // The cell it is on and the cell it is pinned to (a move in progress).
+            let cells = [t.status.and_then(|s| s.cell), t.spec.cell_ref];
+            let mut cells: Vec<String> = cells.into_iter().flatten().collect();
+            cells.dedup();
+            cells.into_iter().map(move |c| ObjectRef::<Cell>::new(&c).within(&ns)).collect::<Vec<_>>()
         })
         .graceful_shutdown_on(stop.clone().cancelled_owned())
         .run(reconcile_cell, error_policy::<Cell>("Cell"), ctx.clone())
