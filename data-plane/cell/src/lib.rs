@@ -14,6 +14,7 @@
 //! - [`snippet`]: serves `nudge.js`, the browser snippet.
 
 pub mod config;
+pub mod erase;
 pub mod idle;
 pub mod models;
 pub mod pipeline;
@@ -116,6 +117,19 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
             pipeline_role(&config, &metrics, &directory, &redis, &naming, &usage, &producer, &shutdown, &mut tasks)?
                 .into_iter()
                 .fold(readiness, |r, check| r.with(check));
+    }
+    if roles.pipeline {
+        // Suppress first (ingest drops the shopper's events), then erase what is kept here.
+        tasks.push((
+            "erasure",
+            tokio::spawn(erase::run(
+                directory.clone(),
+                redis.clone(),
+                config.redis.prefix.clone(),
+                Naming::new(&config.redis.prefix, &config.cell_id),
+                shutdown.clone(),
+            )),
+        ));
     }
     if roles.ingest || roles.pipeline {
         tasks.push((

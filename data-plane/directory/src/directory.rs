@@ -123,11 +123,20 @@ pub struct Directory {
     cell: CellId,
     inner: RwLock<Inner>,
     caught_up: AtomicBool,
+    /// Shoppers newly on a tenant's suppression list, whose data the cell must erase.
+    erasures: std::sync::Mutex<Vec<(TenantId, String)>>,
+    erasure_wake: tokio::sync::Notify,
 }
 
 impl Directory {
     pub fn new(cell: CellId) -> Self {
-        Self { cell, inner: RwLock::new(Inner::default()), caught_up: AtomicBool::new(false) }
+        Self {
+            cell,
+            inner: RwLock::new(Inner::default()),
+            caught_up: AtomicBool::new(false),
+            erasures: std::sync::Mutex::new(Vec::new()),
+            erasure_wake: tokio::sync::Notify::new(),
+        }
     }
 
     pub fn cell(&self) -> &CellId {
@@ -138,6 +147,21 @@ impl Directory {
     pub fn by_key(&self, key: &PublishableKey) -> Option<Arc<TenantEntry>> {
         let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
         inner.keys.get(key).and_then(|t| inner.tenants.get(t)).cloned()
+    }
+
+    /// Takes the shoppers whose data is to be erased (each newly suppressed by its tenant).
+    pub fn take_erasures(&self) -> Vec<(TenantId, String)> {
+        std::mem::take(&mut *self.erasures.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Puts back erasures that could not be done yet.
+    pub fn retry_erasures(&self, failed: Vec<(TenantId, String)>) {
+        self.erasures.lock().unwrap_or_else(PoisonError::into_inner).extend(failed);
+    }
+
+    /// Resolves when there are erasures to take (at once if some arrived meanwhile).
+    pub async fn erasures_arrived(&self) {
+        self.erasure_wake.notified().await;
     }
 
     /// The URL of the cell a publishable key's tenant is on, when that is another cell.
@@ -196,6 +220,7 @@ impl Directory {
             return Ok(Applied::Stale);
         }
         inner.revisions.insert(tenant_id, entry.revision);
+        let suppressed_before = inner.tenants.get(&tenant_id).map(|t| t.suppressed.clone());
         inner.forget(tenant_id);
         if entry.state == TenantState::Deleted {
             return Ok(Applied::Removed);
@@ -218,7 +243,20 @@ impl Directory {
         for k in &entry.server_keys {
             inner.secrets.insert(k.sha256, tenant_id);
         }
+        // Suppressed first, erased next: every shopper new on the list (all of them when the
+        // cell reads the topic from the start; erasing again is harmless).
+        let newly: Vec<(TenantId, String)> = entry
+            .suppressed
+            .iter()
+            .filter(|s| suppressed_before.as_ref().is_none_or(|before| !before.contains(*s)))
+            .map(|s| (tenant_id, s.clone()))
+            .collect();
         inner.tenants.insert(tenant_id, Arc::new(entry));
+        drop(inner);
+        if !newly.is_empty() {
+            self.erasures.lock().unwrap_or_else(PoisonError::into_inner).extend(newly);
+            self.erasure_wake.notify_one();
+        }
         Ok(Applied::Upserted)
     }
 }
@@ -357,6 +395,30 @@ mod tests {
         assert_eq!(dir.apply(&k4, Some(&v4)).unwrap(), Applied::Upserted);
         assert!(dir.by_key(&pk4).is_some());
         assert!(dir.elsewhere(&pk3).is_none(), "the old redirect is dropped");
+    }
+
+    #[test]
+    fn a_shopper_new_on_the_suppression_list_is_queued_for_erasure_once() {
+        let dir = Directory::new(CellId::default_shared());
+        let t = TenantId::new();
+        let with = |revision: u64, suppressed: &[&str]| {
+            let (k, _, _) = record(t, "shared-1", revision, WireState::Active);
+            let (_, v, _) = record(t, "shared-1", revision, WireState::Active);
+            let mut config = TenantConfig::decode(v.as_slice()).unwrap();
+            config.suppressed_shoppers = suppressed.iter().map(|s| (*s).to_owned()).collect();
+            (k, config.encode_to_vec())
+        };
+        let (k, v) = with(1, &["shp_a"]);
+        dir.apply(&k, Some(&v)).unwrap();
+        assert_eq!(dir.take_erasures(), [(t, "shp_a".to_owned())]);
+        let (k, v) = with(2, &["shp_a", "shp_b"]);
+        dir.apply(&k, Some(&v)).unwrap();
+        assert_eq!(dir.take_erasures(), [(t, "shp_b".to_owned())], "only the new one");
+        let (k, v) = with(3, &["shp_a", "shp_b"]);
+        dir.apply(&k, Some(&v)).unwrap();
+        assert!(dir.take_erasures().is_empty());
+        dir.retry_erasures(vec![(t, "shp_b".to_owned())]);
+        assert_eq!(dir.take_erasures().len(), 1);
     }
 
     #[test]

@@ -58,11 +58,13 @@ impl Naming {
         rest.strip_suffix(":interventions")?.parse().ok()
     }
 
-    fn history(&self, a: &ShopperAddress) -> String {
+    /// A shopper's intervention history (for resume).
+    pub fn history(&self, a: &ShopperAddress) -> String {
         format!("{}cell:{}:t:{}:s:{}:history", self.prefix, self.cell, a.tenant, a.shopper)
     }
 
-    fn acked(&self, a: &ShopperAddress) -> String {
+    /// A shopper's acknowledged intervention ids.
+    pub fn acked(&self, a: &ShopperAddress) -> String {
         format!("{}cell:{}:t:{}:s:{}:acked", self.prefix, self.cell, a.tenant, a.shopper)
     }
 }
