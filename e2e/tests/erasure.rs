@@ -1,14 +1,16 @@
 //! Suppress first, then erase: a shopper put on the store's suppression list has their
-//! events dropped at ingest and what the cell keeps about them in Redis — the feature
-//! session, the intervention history and acknowledged ids — deleted within seconds; another
-//! shopper of the same store keeps theirs.
+//! events dropped and what the cell keeps about them in Redis — the feature session, the
+//! idle-cart timer, the intervention history and acknowledged ids — deleted within seconds;
+//! another shopper of the same store keeps theirs.
 
 mod common;
 
 use std::time::Duration;
 
 use common::{ORIGIN, abandoning_session};
-use nudge_contracts::{ShopperId, proto::interventions::v1::Intervention};
+use nudge_contracts::{ShopperId, proto::interventions::v1::Intervention, push::PushMessage};
+use nudge_data_plane_cell::erase::Places;
+use nudge_data_plane_features::store::{SessionKey, SessionStore, idle_member};
 use nudge_data_plane_gateway::{hub::ShopperAddress, route::Naming};
 use nudge_test_support::{Platform, unique_suffix};
 use redis::AsyncCommands;
@@ -22,17 +24,22 @@ async fn a_suppressed_shoppers_data_is_erased_from_the_cell() -> anyhow::Result<
     let tokens = platform.login(&owner, None).await?;
     let tenant: nudge_tenants::TenantId = store.tenant_id.parse()?;
 
-    let mut redis = redis::Client::open(platform.redis_url.as_str())?.get_multiplexed_async_connection().await?;
-    let naming = Naming::new(&platform.redis_prefix, &platform.cell_config.cell_id);
-    let publisher = platform.intervention_publisher().await?;
-    let keys = |shopper: &str| {
-        nudge_data_plane_cell::erase::keys_of(
-            &platform.redis_prefix,
-            &naming,
-            tenant,
-            ShopperId::parse(shopper).unwrap(),
-        )
+    let client = redis::Client::open(platform.redis_url.as_str())?;
+    let mut redis = client.get_multiplexed_async_connection().await?;
+    let cell = &platform.cell_config.cell_id;
+    let places = Places {
+        prefix: platform.redis_prefix.clone(),
+        naming: Naming::new(&platform.redis_prefix, cell),
+        idle_schedule: SessionStore::new(client.get_connection_manager().await?, platform.redis_prefix.clone())
+            .for_cell(cell)
+            .idle_schedule()
+            .to_owned(),
     };
+    let publisher = platform.intervention_publisher().await?;
+    let keys = |shopper: &str| places.keys_of(tenant, &ShopperId::parse(shopper).unwrap());
+    let idle = |shopper: &str| idle_member(&SessionKey { tenant, shopper: ShopperId::parse(shopper).unwrap() });
+    // The shopper to be erased has the page open: the intervention arrives and is acknowledged.
+    let mut socket = platform.connect_shopper(&store.publishable_key, ORIGIN, "shp_gone").await?;
     for shopper in ["shp_gone", "shp_kept"] {
         let (browsing, _) = abandoning_session(shopper);
         assert_eq!(platform.post_events(&store.publishable_key, Some(ORIGIN), &browsing).await?.status(), 202);
@@ -58,8 +65,29 @@ async fn a_suppressed_shoppers_data_is_erased_from_the_cell() -> anyhow::Result<
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     anyhow::ensure!(stored, "the shoppers' sessions never reached Redis");
-    let [_, history, _] = keys("shp_gone");
-    assert!(redis.exists::<_, bool>(&history).await?, "a history to erase");
+    loop {
+        match socket.next_message(Duration::from_secs(10)).await? {
+            Some(PushMessage::Intervention(iv)) => {
+                socket.ack(&iv.intervention_id).await?;
+                break;
+            }
+            Some(_) => {}
+            None => anyhow::bail!("the intervention never arrived"),
+        }
+    }
+    let [_, history, acked] = keys("shp_gone");
+    let mut seeded = false;
+    for _ in 0..100 {
+        if redis.exists::<_, bool>(&history).await?
+            && redis.exists::<_, bool>(&acked).await?
+            && redis.zscore::<_, _, Option<f64>>(&places.idle_schedule, idle("shp_gone")).await?.is_some()
+        {
+            seeded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::ensure!(seeded, "a history, an acknowledgement and an idle-cart timer to erase");
 
     let response = platform
         .http
@@ -76,23 +104,38 @@ async fn a_suppressed_shoppers_data_is_erased_from_the_cell() -> anyhow::Result<
         for key in keys("shp_gone") {
             left += usize::from(redis.exists::<_, bool>(&key).await?);
         }
+        left +=
+            usize::from(redis.zscore::<_, _, Option<f64>>(&places.idle_schedule, idle("shp_gone")).await?.is_some());
         if left == 0 {
             erased = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(erased, "the suppressed shopper's session, history and acks are gone");
+    assert!(erased, "the suppressed shopper's session, idle-cart timer, history and acknowledgement are gone");
     let [kept_session, kept_history, _] = keys("shp_kept");
     assert!(
         redis.exists::<_, bool>(&kept_session).await? && redis.exists::<_, bool>(&kept_history).await?,
         "the other shopper keeps theirs"
     );
 
-    // Their new events are dropped at ingest, so nothing comes back.
-    let again = serde_json::json!({"events": [{"event_id": "after", "type": "page_view", "shopper_id": "shp_gone"}]});
+    // Their new events are dropped, so nothing comes back: a batch with a new shopper's
+    // event shows the pipeline has worked past theirs.
+    let again = serde_json::json!({"events": [
+        {"event_id": "after", "type": "page_view", "shopper_id": "shp_gone"},
+        {"event_id": "marker", "type": "page_view", "shopper_id": "shp_new"},
+    ]});
     assert_eq!(platform.post_events(&store.publishable_key, Some(ORIGIN), &again).await?.status(), 202);
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let [new_session, _, _] = keys("shp_new");
+    let mut worked_past = false;
+    for _ in 0..200 {
+        if redis.exists::<_, bool>(&new_session).await? {
+            worked_past = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::ensure!(worked_past, "the marker event was never applied");
     let [gone_session, _, _] = keys("shp_gone");
     assert!(!redis.exists::<_, bool>(&gone_session).await?, "no new session for a suppressed shopper");
     platform.shutdown().await

@@ -98,10 +98,11 @@ pub async fn scan_once(
     }
     let mut carts = Vec::new();
     for cart in sessions.idle_carts(silent_since, config.batch).await? {
-        if directory.by_tenant(cart.key.tenant).is_some() {
+        let tenant = directory.by_tenant(cart.key.tenant);
+        if tenant.as_ref().is_some_and(|t| !t.suppressed.contains(cart.key.shopper.as_str())) {
             carts.push(cart);
         } else {
-            tracing::debug!(tenant_id = %cart.key.tenant, "idle-cart timer of a tenant not served here dropped");
+            tracing::debug!(tenant_id = %cart.key.tenant, "idle-cart timer of a tenant not served here, or of a suppressed shopper, dropped");
             sessions.settle_idle(&cart).await?;
         }
     }

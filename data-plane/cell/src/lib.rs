@@ -87,6 +87,10 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
 
     // Tenants, from control.tenants.v1.
     let directory = Arc::new(Directory::new(config.cell_id.clone()));
+    if roles.pipeline {
+        // Before the topic is read: a shopper suppressed before this start is erased again.
+        directory.enable_erasures();
+    }
     tasks.push(("tenant directory", {
         let (directory, kafka, shutdown) = (directory.clone(), config.kafka.clone(), shutdown.clone());
         tokio::spawn(async move { Ok(nudge_data_plane_directory::follow(directory, kafka, shutdown).await?) })
@@ -125,8 +129,14 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
             tokio::spawn(erase::run(
                 directory.clone(),
                 redis.clone(),
-                config.redis.prefix.clone(),
-                Naming::new(&config.redis.prefix, &config.cell_id),
+                erase::Places {
+                    prefix: config.redis.prefix.clone(),
+                    naming: Naming::new(&config.redis.prefix, &config.cell_id),
+                    idle_schedule: SessionStore::new(redis.clone(), config.redis.prefix.clone())
+                        .for_cell(&config.cell_id)
+                        .idle_schedule()
+                        .to_owned(),
+                },
                 shutdown.clone(),
             )),
         ));

@@ -164,6 +164,14 @@ impl Handler for Pipeline {
 
 impl Pipeline {
     async fn step(&self, event: &Event, key: SessionKey, trace: &TraceContext) -> Result<(), Failure> {
+        if self.directory.by_tenant(key.tenant).is_some_and(|t| t.suppressed.contains(key.shopper.as_str())) {
+            // Suppressed after ingest accepted the event: nothing of it is stored or acted on
+            // (the cell is erasing what it held).
+            if !matches!(event.payload, Some(Payload::CartIdle(_))) {
+                self.usage.dropped(key.tenant, Drop::Suppressed, 1);
+            }
+            return Ok(());
+        }
         if self.sessions.already_applied(&key, &event.event_id).await.map_err(store_failure)? {
             self.metrics.duplicates.inc();
             // The store's duplicate count is of what it sent; a cart_idle is the cell's own.

@@ -126,6 +126,8 @@ pub struct Directory {
     /// Shoppers newly on a tenant's suppression list, whose data the cell must erase.
     erasures: std::sync::Mutex<Vec<(TenantId, String)>>,
     erasure_wake: tokio::sync::Notify,
+    /// Whether a process role erases (the pipeline's): others keep no queue.
+    erasing: AtomicBool,
 }
 
 impl Directory {
@@ -136,6 +138,7 @@ impl Directory {
             caught_up: AtomicBool::new(false),
             erasures: std::sync::Mutex::new(Vec::new()),
             erasure_wake: tokio::sync::Notify::new(),
+            erasing: AtomicBool::new(false),
         }
     }
 
@@ -147,6 +150,12 @@ impl Directory {
     pub fn by_key(&self, key: &PublishableKey) -> Option<Arc<TenantEntry>> {
         let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
         inner.keys.get(key).and_then(|t| inner.tenants.get(t)).cloned()
+    }
+
+    /// Queues newly suppressed shoppers for erasure from now on (the process that erases
+    /// calls it before it follows the topic).
+    pub fn enable_erasures(&self) {
+        self.erasing.store(true, Ordering::Release);
     }
 
     /// Takes the shoppers whose data is to be erased (each newly suppressed by its tenant).
@@ -253,7 +262,7 @@ impl Directory {
             .collect();
         inner.tenants.insert(tenant_id, Arc::new(entry));
         drop(inner);
-        if !newly.is_empty() {
+        if !newly.is_empty() && self.erasing.load(Ordering::Acquire) {
             self.erasures.lock().unwrap_or_else(PoisonError::into_inner).extend(newly);
             self.erasure_wake.notify_one();
         }
@@ -400,6 +409,7 @@ mod tests {
     #[test]
     fn a_shopper_new_on_the_suppression_list_is_queued_for_erasure_once() {
         let dir = Directory::new(CellId::default_shared());
+        dir.enable_erasures();
         let t = TenantId::new();
         let with = |revision: u64, suppressed: &[&str]| {
             let (k, _, _) = record(t, "shared-1", revision, WireState::Active);

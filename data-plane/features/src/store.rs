@@ -225,7 +225,8 @@ pub struct IdleCart {
 }
 
 /// The schedule member of a shopper: tenant id, `/`, shopper id (tenant ids hold no `/`).
-fn idle_member(key: &SessionKey) -> String {
+/// The member of a shopper's idle-cart timer in the cell's schedule.
+pub fn idle_member(key: &SessionKey) -> String {
     format!("{}/{}", key.tenant, key.shopper)
 }
 
@@ -242,6 +243,11 @@ impl SessionStore {
     /// The cell's idle-cart schedule: one sorted set, members `tenant/shopper`, scored by
     /// the shopper's last activity (Unix ms).
     fn idle_key(&self) -> &str {
+        &self.idle_key
+    }
+
+    /// The sorted set of this store's idle-cart timers.
+    pub fn idle_schedule(&self) -> &str {
         &self.idle_key
     }
 
