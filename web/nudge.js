@@ -79,9 +79,15 @@
     if (response.status !== 421) return Promise.resolve(false);
     return response.json().then(function (body) {
       var url = body && body.error && body.error.code === "tenant_moved" && body.error.details && body.error.details.cell_url;
-      // Never bounce between cells: a few moves per page at most.
-      if (!url || !/^https?:\/\//.test(url) || client.moves >= 3) return false;
-      client.moves += 1;
+      if (!url || !/^https?:\/\//.test(url)) return false;
+      // Never bounce between cells: a few different cells in a row at most (the count
+      // resets once a batch goes through).
+      url = url.replace(/\/+$/, "");
+      if (url !== client.lastMove) {
+        if (client.moves >= 3) return false;
+        client.moves += 1;
+        client.lastMove = url;
+      }
       client.endpoint = url.replace(/\/+$/, "");
       // A token is the old cell's: the new cell issues its own.
       client.token = null;
@@ -99,6 +105,7 @@
     this.configured = options.endpoint.replace(/\/+$/, "");
     this.endpoint = movedEndpoint(options.key) || this.configured;
     this.moves = 0;
+    this.lastMove = null;
     this.shopperId = options.shopperId || shopperId();
     this.onIntervention = options.onIntervention || render;
     this.onStatus = options.onStatus || function () {};
@@ -186,6 +193,7 @@
       if (response.ok) {
         self.queue.splice(0, batch.length);
         self.attempt = 0;
+        self.moves = 0;
         self.backoffUntil = 0;
         self.onStatus({ type: "sent", count: batch.length });
         if (self.queue.length) self.schedule(0);
@@ -292,8 +300,9 @@
     var url = this.endpoint.replace(/^http/, "ws") + "/v1/ws?key=" + encodeURIComponent(this.key) +
       "&token=" + encodeURIComponent(token) + (this.lastId ? "&last_id=" + encodeURIComponent(this.lastId) : "");
     var socket = new WebSocket(url);
+    var opened = false;
     this.socket = socket;
-    socket.onopen = function () { self.onStatus({ type: "socket_open" }); };
+    socket.onopen = function () { opened = true; self.onStatus({ type: "socket_open" }); };
     socket.onmessage = function (m) {
       var msg;
       try { msg = JSON.parse(m.data); } catch (e) { return; }
@@ -311,12 +320,14 @@
     socket.onclose = function (e) {
       self.onStatus({ type: "socket_closed", code: e.code, reason: e.reason });
       if (CLOSE_STOP[e.code]) return;
-      if (CLOSE_NEW_TOKEN[e.code]) self.token = null;
+      // A refused upgrade cannot be read by a page (only 1006 arrives): the next attempt asks
+      // for a new session, whose answer says why (a store that moved: where it is now).
+      if (CLOSE_NEW_TOKEN[e.code] || !opened) self.token = null;
       if (e.code === 4009) {
         // The store moved to another cell: a new session (refused with the new cell's
-        // address) takes the socket there.
+        // address) takes the socket there, spread out as a whole store's sockets go at once.
         self.token = null;
-        self.reconnect(0);
+        self.reconnect(Math.random() * 1000);
         return;
       }
       if (e.code === 1012) {

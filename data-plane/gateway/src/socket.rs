@@ -24,6 +24,7 @@
 //! | 4005 | `session_token_expired` | get a token, reconnect |
 //! | 4006 | `session_token_foreign`: the token is another store's | stop |
 //! | 4008 | `slow_consumer`: messages arrived faster than the socket read them | reconnect (it resumes) |
+//! | 4009 | `tenant_moved`: the store is on another cell now | new session at once (it says where) |
 
 use std::{
     collections::VecDeque,
