@@ -490,6 +490,7 @@ mod tests {
                     if path.contains("/deployments/") && object["status"].is_null() {
                         let replicas = object["spec"]["replicas"].as_i64().unwrap_or(1);
                         object["status"] = json!({
+                            "replicas": replicas,
                             "availableReplicas": replicas,
                             "updatedReplicas": replicas,
                             "observedGeneration": object["metadata"]["generation"],

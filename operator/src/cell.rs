@@ -120,8 +120,7 @@ pub async fn reconcile(cell: Arc<Cell>, ctx: Arc<Context>) -> Result<Action, Err
     Ok(Action::requeue(if waiting.is_empty() { RESYNC } else { ROLLOUT }))
 }
 
-/// Roles whose Deployment has not rolled out yet — its controller has not seen the latest
-/// spec, or fewer replicas than wanted are updated and available — as `gateway (1/3 available)`.
+/// Roles whose Deployment has not rolled out yet, as `gateway (1/3 available)`.
 fn rollout_waits(applied: &Applied) -> Vec<String> {
     applied
         .current
@@ -131,10 +130,14 @@ fn rollout_waits(applied: &Applied) -> Vec<String> {
             let deployment: Deployment = serde_json::from_value(serde_json::to_value(o).ok()?).ok()?;
             let want = deployment.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
             let status = deployment.status.unwrap_or_default();
+            // As `kubectl rollout status` decides: the controller has seen the spec, every
+            // wanted replica is updated and available, and no old replica is left.
             let seen = status.observed_generation >= deployment.metadata.generation;
-            let have = status.available_replicas.unwrap_or(0).min(status.updated_replicas.unwrap_or(0));
+            let updated = status.updated_replicas.unwrap_or(0);
+            let available = status.available_replicas.unwrap_or(0);
+            let done = seen && updated >= want && available >= want && status.replicas.unwrap_or(0) <= updated;
             let role = deployment.metadata.labels.as_ref()?.get("nudge.dev/role")?.clone();
-            (!seen || have < want).then(|| format!("{role} ({have}/{want} available)"))
+            (!done).then(|| format!("{role} ({}/{want} available)", available.min(updated)))
         })
         .collect()
 }

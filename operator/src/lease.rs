@@ -150,9 +150,11 @@ impl LeaderElection {
         let deadline = self.duration * 2 / 3;
         loop {
             tokio::time::sleep(self.duration / 3).await;
-            let budget = deadline.saturating_sub(last_renewed.elapsed()).max(Duration::from_millis(100));
+            let budget = deadline.saturating_sub(last_renewed.elapsed());
+            // The renewal counts from when it was sent, not when its answer arrived.
+            let sent = tokio::time::Instant::now();
             match tokio::time::timeout(budget, self.try_acquire(Timestamp::now())).await {
-                Ok(Ok(true)) => last_renewed = tokio::time::Instant::now(),
+                Ok(Ok(true)) => last_renewed = sent,
                 Ok(Ok(false)) => {
                     tracing::error!(identity = %self.identity, "the operator lease was taken over");
                     return;

@@ -82,7 +82,7 @@ fn stored_children(fake: &FakeApi, cell: &str) -> Vec<(String, Value)> {
 /// A Deployment's status once its controller has rolled it out.
 pub(crate) fn rolled_out(deployment: &Value) -> Value {
     let replicas = deployment["spec"]["replicas"].as_i64().unwrap_or(1);
-    json!({"availableReplicas": replicas, "updatedReplicas": replicas, "observedGeneration": deployment["metadata"]["generation"]})
+    json!({"replicas": replicas, "availableReplicas": replicas, "updatedReplicas": replicas, "observedGeneration": deployment["metadata"]["generation"]})
 }
 
 fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {

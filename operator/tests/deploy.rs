@@ -258,12 +258,16 @@ fn the_roles_cover_every_write_and_no_more_than_that() {
     assert!(allows(crd::GROUP, "cells", "create"), "a dedicated tenant's cell is created");
     assert!(allows(crd::GROUP, "cells", "delete"), "a deleted dedicated tenant deletes its cell");
     assert!(!allows(crd::GROUP, "tenants", "delete"), "tenants are the control plane's to delete");
+    for owner in ["cells/finalizers", "tenants/finalizers"] {
+        assert!(allows(crd::GROUP, owner, "update"), "blockOwnerDeletion on children of {owner}");
+    }
 
     let control_plane = role_allows("control-plane.yaml", "nudge-control-plane");
     for verb in ["create", "patch", "get", "delete"] {
         assert!(control_plane(crd::GROUP, "tenants", verb), "{verb} tenants");
     }
     assert!(control_plane("", "secrets", "create") && control_plane("", "secrets", "patch"));
+    assert!(control_plane(crd::GROUP, "tenants/finalizers", "update"), "the Secret's owner blocks deletion");
     assert!(!control_plane("", "secrets", "get"), "the control plane never reads the cells' secrets");
     assert!(!control_plane(crd::GROUP, "cells", "patch"), "cells are the operator's");
 }
