@@ -56,7 +56,8 @@ async fn routes_follow_where_the_operator_placed_each_store() -> anyhow::Result<
                 "reason": "Placed", "message": "", "lastTransitionTime": "2026-11-27T00:00:00Z"}]}}),
     );
     let config = KubernetesProvisionerConfig { namespace: NS.into(), ..KubernetesProvisionerConfig::default() };
-    let provisioner = KubernetesProvisioner::new(fake.client(), config, SecretString::from("postgres://x/{database}"));
+    let provisioner =
+        KubernetesProvisioner::new(fake.client(), config.clone(), SecretString::from("postgres://x/{database}"));
 
     let stop = CancellationToken::new();
     let follow = {
@@ -96,5 +97,25 @@ async fn routes_follow_where_the_operator_placed_each_store() -> anyhow::Result<
     assert_eq!(route(&mut owner, tenant).await?.2, revision);
     stop.cancel();
     follow.await?;
+
+    // A restarted control plane compares every placement with the database once: an
+    // unchanged route is read, not written or announced again.
+    let restarted = KubernetesProvisioner::new(fake.client(), config, SecretString::from("postgres://x/{database}"));
+    let stop = CancellationToken::new();
+    let follow = {
+        let (router, stop) = (router.clone(), stop.clone());
+        tokio::spawn(async move {
+            restarted.follow_routes(&router, &Topics::default(), Duration::from_millis(50), stop).await;
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.cancel();
+    follow.await?;
+    assert_eq!(route(&mut owner, tenant).await?.2, revision, "no new revision");
+    let announced: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE record_key = $1")
+        .bind(tenant.to_string().into_bytes())
+        .fetch_one(&mut owner)
+        .await?;
+    assert_eq!(announced, 2, "nothing announced again");
     Ok(())
 }
