@@ -5,11 +5,12 @@
 //! A cell gets: a ConfigMap with its `cell.toml`; a ServiceAccount that mounts no API token
 //! (cell processes never talk to Kubernetes, so they get no RBAC rules at all); per role a
 //! Deployment, a Service (the pipeline's is headless, for metrics only) and a
-//! PodDisruptionBudget, and a HorizontalPodAutoscaler when `maxReplicas` is set; one
-//! NetworkPolicy (ingest and gateway take traffic only from the ingress controller's
-//! namespace, metrics only from monitoring's, and the pods reach only DNS, their Kafka
-//! cluster and their own Redis); a Strimzi `KafkaTopic` per catalogue topic
-//! under the cell's prefix; a ServiceMonitor. Every child carries a controller
+//! PodDisruptionBudget, and a HorizontalPodAutoscaler when `maxReplicas` is set (the
+//! Deployment's replica count is then the autoscaler's); two NetworkPolicies (ingest and
+//! gateway take traffic only from the ingress controller's namespace, metrics only from
+//! monitoring's, and the pods reach only DNS, their Kafka cluster and their own Redis); a
+//! Strimzi `KafkaTopic` per cell-scope catalogue topic under the cell's prefix; a
+//! ServiceMonitor. Every child carries a controller
 //! ownerReference to the Cell and the cell's labels. The pods read the Redis URL from the
 //! Secret the cell names and the session secrets (a list, e.g. `["…"]`) from the `secrets`
 //! key of the Secret `<cell>-sessions`.
