@@ -27,6 +27,20 @@ use crate::build::Child;
 
 /// The field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "nudge-operator";
+/// The field manager that keeps a Deployment's replica count while its autoscaler takes it
+/// over: server-side apply removes a field its only manager stops applying (the API server
+/// would then reset the count to 1); a second owner keeps it, as the Kubernetes
+/// documentation's "transferring ownership" describes.
+pub const HANDOVER_MANAGER: &str = "nudge-operator-handover";
+
+/// Whether `manager` owns `spec.replicas` of `object`.
+fn owns_replicas(object: &DynamicObject, manager: &str) -> bool {
+    object.metadata.managed_fields.iter().flatten().any(|m| {
+        m.manager.as_deref() == Some(manager)
+            && m.fields_v1.as_ref().is_some_and(|f| f.0["f:spec"]["f:replicas"].is_object())
+    })
+}
+
 /// The annotation carrying the digest of what was applied.
 pub const APPLIED_HASH: &str = "nudge.dev/applied-hash";
 
@@ -93,6 +107,13 @@ pub async fn sync_children(
                     applied.current.push(have.clone());
                 }
                 _ => {
+                    if let Some(have) = have
+                        && kind.kind == "Deployment"
+                        && want["spec"].get("replicas").is_none()
+                        && owns_replicas(have, FIELD_MANAGER)
+                    {
+                        hand_over_replicas(&api, have).await?;
+                    }
                     let written = api.patch(child.name(), &params, &Patch::Apply(&object)).await?;
                     applied.patched.push(format!("{}/{}", kind.kind, child.name()));
                     applied.current.push(written);
@@ -111,6 +132,28 @@ pub async fn sync_children(
         }
     }
     Ok(applied)
+}
+
+/// Makes [`HANDOVER_MANAGER`] a co-owner of the Deployment's current replica count, so the
+/// operator can stop applying it without the count being reset. A conflict means another
+/// manager (the autoscaler) owns it already, which is as good.
+async fn hand_over_replicas(api: &Api<DynamicObject>, have: &DynamicObject) -> Result<(), kube::Error> {
+    let name = have.metadata.name.clone().unwrap_or_default();
+    let replicas = &have.data["spec"]["replicas"];
+    if replicas.is_null() {
+        return Ok(());
+    }
+    let handover = serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": { "name": name },
+        "spec": { "replicas": replicas },
+    });
+    match api.patch(&name, &PatchParams::apply(HANDOVER_MANAGER), &Patch::Apply(&handover)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Deletes every child of the owner of one kind (optionally only those named); returns how

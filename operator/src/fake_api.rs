@@ -45,8 +45,8 @@ struct Fault {
 #[derive(Default)]
 struct State {
     objects: BTreeMap<String, Value>,
-    /// The last server-side-applied configuration per object (one field manager here).
-    applied: BTreeMap<String, Value>,
+    /// The last server-side-applied configuration per object and field manager.
+    applied: BTreeMap<(String, String), Value>,
     sent: Vec<Sent>,
     faults: Vec<Fault>,
     version: u64,
@@ -75,22 +75,32 @@ fn namespace_of(path: &str) -> Option<String> {
     parts.next().map(str::to_owned)
 }
 
-/// Server-side apply's removal: fields the previous applied configuration set and the new
-/// one does not are removed from the object.
-fn prune(target: &mut Value, previous: &Value, next: &Value) {
+/// Server-side apply's removal: fields the manager's previous applied configuration set and
+/// its new one does not are removed from the object, unless another manager applied them.
+fn prune(target: &mut Value, previous: &Value, next: &Value, others: &[&Value]) {
     if let (Value::Object(t), Value::Object(p)) = (target, previous) {
         for (k, old) in p {
+            let owned_elsewhere: Vec<&Value> = others.iter().filter_map(|o| o.get(k)).collect();
             match next.get(k) {
-                None => {
+                None if owned_elsewhere.is_empty() => {
                     t.remove(k);
                 }
+                None => {}
                 Some(new) => {
                     if let Some(field) = t.get_mut(k) {
-                        prune(field, old, new);
+                        prune(field, old, new, &owned_elsewhere);
                     }
                 }
             }
         }
+    }
+}
+
+/// The `fieldsV1` of an applied configuration: every object key as `f:<key>`.
+fn field_set(config: &Value) -> Value {
+    match config {
+        Value::Object(map) => Value::Object(map.iter().map(|(k, v)| (format!("f:{k}"), field_set(v))).collect()),
+        _ => json!({}),
     }
 }
 
@@ -287,12 +297,26 @@ impl FakeApi {
                 }
                 let spec_before = object["spec"].clone();
                 if apply {
-                    if let Some(previous) = state.applied.get(&key) {
-                        prune(&mut object, previous, &patch);
+                    let manager = query_param(&query, "fieldManager").unwrap_or_default();
+                    let others: Vec<&Value> =
+                        state.applied.iter().filter(|((k, m), _)| *k == key && *m != manager).map(|(_, v)| v).collect();
+                    if let Some(previous) = state.applied.get(&(key.clone(), manager.clone())) {
+                        prune(&mut object, previous, &patch, &others);
                     }
-                    state.applied.insert(key.clone(), patch.clone());
+                    state.applied.insert((key.clone(), manager), patch.clone());
                 }
                 merge(&mut object, &patch);
+                if apply {
+                    let managed: Vec<Value> = state
+                        .applied
+                        .iter()
+                        .filter(|((k, _), _)| *k == key)
+                        .map(|((_, manager), config)| {
+                            json!({"manager": manager, "operation": "Apply", "fieldsType": "FieldsV1", "fieldsV1": field_set(config)})
+                        })
+                        .collect();
+                    object["metadata"]["managedFields"] = Value::Array(managed);
+                }
                 if object["spec"] != spec_before && !spec_before.is_null() {
                     let generation = object["metadata"]["generation"].as_i64().unwrap_or(1);
                     object["metadata"]["generation"] = json!(generation + 1);
@@ -301,7 +325,7 @@ impl FakeApi {
                 let finalizers_gone = object["metadata"]["finalizers"].as_array().is_none_or(Vec::is_empty);
                 if !object["metadata"]["deletionTimestamp"].is_null() && finalizers_gone {
                     state.objects.remove(&key);
-                    state.applied.remove(&key);
+                    state.applied.retain(|(k, _), _| *k != key);
                 } else {
                     state.objects.insert(key, object.clone());
                 }
@@ -315,7 +339,7 @@ impl FakeApi {
                     state.objects.insert(key, object.clone());
                 } else {
                     state.objects.remove(&key);
-                    state.applied.remove(&key);
+                    state.applied.retain(|(k, _), _| *k != key);
                 }
                 respond(200, &object)
             }
