@@ -9,11 +9,13 @@ use sqlx::Row;
 use crate::{announce::announce, db::DbError, routing::TenantRouter};
 
 /// What a secret key may do.
-pub const SCOPES: [&str; 2] = [
+pub const SCOPES: [&str; 3] = [
     // Send events from a server (no browser, no Origin).
     "events:write",
     // Read shoppers' current features at the cell.
     "features:read",
+    // Export everything the cell keeps about a shopper (access and portability requests).
+    "shoppers:export",
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -140,3 +140,108 @@ async fn a_suppressed_shoppers_data_is_erased_from_the_cell() -> anyhow::Result<
     assert!(!redis.exists::<_, bool>(&gone_session).await?, "no new session for a suppressed shopper");
     platform.shutdown().await
 }
+
+/// An export key of `store` (`shoppers:export`), once the cell knows it.
+async fn export_key(platform: &Platform, tenant_id: &str, access_token: &str) -> anyhow::Result<String> {
+    let created: serde_json::Value = platform
+        .http
+        .post(format!("{}/v1/tenants/{tenant_id}/api-keys", platform.control_plane_url))
+        .bearer_auth(access_token)
+        .json(&serde_json::json!({"name": "privacy requests", "scopes": ["shoppers:export"]}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let secret = created["secret_key"].as_str().ok_or_else(|| anyhow::anyhow!("no key in {created}"))?.to_owned();
+    for _ in 0..200 {
+        if export(platform, &secret, "shp_probe").await?.0 != 401 {
+            return Ok(secret);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("the cell never learned the export key")
+}
+
+async fn export(platform: &Platform, key: &str, shopper: &str) -> anyhow::Result<(u16, serde_json::Value)> {
+    let response = platform
+        .http
+        .get(format!("{}/v1/shoppers/{shopper}/export", platform.cell_url))
+        .bearer_auth(key)
+        .send()
+        .await?;
+    Ok((response.status().as_u16(), response.json().await?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shoppers_data_exports_as_json_to_their_store_only() -> anyhow::Result<()> {
+    let platform = Platform::start().await?;
+    let (owner_a, owner_b) =
+        (format!("a-{}@example.com", unique_suffix()), format!("b-{}@example.com", unique_suffix()));
+    let a = platform.sign_up_as("Store A", &[ORIGIN], &owner_a).await?;
+    let b = platform.sign_up_as("Store B", &["https://b.example.com"], &owner_b).await?;
+    platform.wait_for_key(&a.publishable_key, ORIGIN).await?;
+    let tokens_a = platform.login(&owner_a, None).await?;
+    let tokens_b = platform.login(&owner_b, None).await?;
+    let key_a = export_key(&platform, &a.tenant_id, &tokens_a.access_token).await?;
+    let key_b = export_key(&platform, &b.tenant_id, &tokens_b.access_token).await?;
+
+    let (browsing, _) = abandoning_session("shp_x");
+    assert_eq!(platform.post_events(&a.publishable_key, Some(ORIGIN), &browsing).await?.status(), 202);
+    let publisher = platform.intervention_publisher().await?;
+    let tenant: nudge_tenants::TenantId = a.tenant_id.parse()?;
+    let iv = Intervention {
+        intervention_id: "itv_export".into(),
+        tenant_id: a.tenant_id.clone(),
+        shopper_id: "shp_x".into(),
+        kind: "cart_reminder".into(),
+        ..Default::default()
+    };
+    publisher.publish(&ShopperAddress { tenant, shopper: ShopperId::parse("shp_x")? }, &iv).await?;
+
+    let mut exported = serde_json::Value::Null;
+    for _ in 0..200 {
+        let (status, body) = export(&platform, &key_a, "shp_x").await?;
+        if status == 200 && body["session"].is_object() {
+            exported = body;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(exported["tenant_id"], a.tenant_id.as_str(), "{exported}");
+    assert_eq!(exported["suppressed"], false);
+    assert!(exported["session"].as_object().is_some_and(|s| !s.is_empty()), "the stored fields: {exported}");
+    assert_eq!(exported["interventions"][0]["intervention_id"], "itv_export", "{exported}");
+    assert!(exported["not_included"].as_array().is_some_and(|n| !n.is_empty()));
+
+    // Another store asking for the same shopper id gets its own (none): never A's data.
+    let (status, body) = export(&platform, &key_b, "shp_x").await?;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("shopper_not_found")));
+    // A key without the scope is refused.
+    let (status, body) = export(&platform, &a.secret_key, "shp_x").await?;
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("missing_scope")));
+
+    // After suppression the export says so, and holds nothing else.
+    let response = platform
+        .http
+        .post(format!("{}/v1/tenants/{}/suppressions", platform.control_plane_url, a.tenant_id))
+        .bearer_auth(&tokens_a.access_token)
+        .json(&serde_json::json!({"shopper_id": "shp_x", "reason": "opt_out"}))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 201);
+    let mut emptied = serde_json::Value::Null;
+    for _ in 0..200 {
+        let (status, body) = export(&platform, &key_a, "shp_x").await?;
+        if status == 200
+            && body["suppressed"] == true
+            && body["session"].is_null()
+            && body["interventions"] == serde_json::json!([])
+        {
+            emptied = body;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(emptied["suppressed"], true, "the export after erasure: {emptied}");
+    platform.shutdown().await
+}

@@ -73,6 +73,7 @@ async fn openapi_documents_every_route() -> anyhow::Result<()> {
                 "/v1/sessions",
                 "/v1/ws",
                 "/v1/shoppers/{shopper_id}/features",
+                "/v1/shoppers/{shopper_id}/export",
                 "/v1/shoppers/features",
                 "/nudge.js",
                 "/healthz",

@@ -15,6 +15,7 @@
 
 pub mod config;
 pub mod erase;
+pub mod export;
 pub mod idle;
 pub mod models;
 pub mod pipeline;
@@ -234,9 +235,22 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
             directory: directory.clone(),
             store: SessionStore::new(redis.clone(), config.redis.prefix.clone()).for_cell(&config.cell_id),
         };
+        let export = export::ExportState {
+            directory: directory.clone(),
+            redis: redis.clone(),
+            places: Arc::new(erase::Places {
+                prefix: config.redis.prefix.clone(),
+                naming: Naming::new(&config.redis.prefix, &config.cell_id),
+                idle_schedule: SessionStore::new(redis.clone(), config.redis.prefix.clone())
+                    .for_cell(&config.cell_id)
+                    .idle_schedule()
+                    .to_owned(),
+            }),
+        };
         router = router
             .merge(nudge_data_plane_ingest::router().with_state(ingest))
             .merge(nudge_data_plane_features::api::router().with_state(features))
+            .merge(export::router().with_state(export))
             .merge(snippet::router());
     }
 

@@ -1,0 +1,135 @@
+//! `GET /v1/shoppers/{shopper_id}/export`: everything this cell keeps about one of a store's
+//! shoppers, as JSON, for the store's servers (a secret key with `shoppers:export`) to answer
+//! a shopper's access or portability request: whether they are suppressed, their stored
+//! feature session (every stored field, as stored), their idle-cart timer, the interventions
+//! kept for resuming and the last one acknowledged. What the cell does not keep per shopper
+//! — events in Kafka, kept for the topic's retention and not indexed by shopper — is named in
+//! `not_included`.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use axum::{
+    Json,
+    extract::{Path, State},
+    http::{HeaderMap, StatusCode},
+};
+use nudge_contracts::ShopperId;
+use nudge_data_plane_directory::{Directory, auth};
+use nudge_data_plane_features::store::{SessionKey, idle_member};
+use nudge_platform_http::{ApiError, ErrorBody};
+use redis::aio::ConnectionManager;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::erase::Places;
+
+/// The scope a secret key needs.
+pub const SCOPE: &str = "shoppers:export";
+
+#[derive(Clone)]
+pub struct ExportState {
+    pub directory: Arc<Directory>,
+    pub redis: ConnectionManager,
+    pub places: Arc<Places>,
+}
+
+pub fn router() -> OpenApiRouter<ExportState> {
+    OpenApiRouter::new().routes(routes!(export))
+}
+
+/// One shopper's data at this cell.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ShopperExport {
+    pub tenant_id: String,
+    pub shopper_id: String,
+    /// RFC 3339.
+    pub exported_at: String,
+    /// On the store's suppression list: their events are dropped and their data erased.
+    pub suppressed: bool,
+    /// The feature session's stored fields, as stored; absent when there is none.
+    pub session: Option<BTreeMap<String, String>>,
+    /// When the shopper's cart went quiet (ms since the epoch), while a timer is set.
+    pub idle_cart_since_ms: Option<i64>,
+    /// The interventions kept for resuming, oldest first, as they were pushed.
+    #[schema(value_type = Vec<Object>)]
+    pub interventions: Vec<serde_json::Value>,
+    /// The last intervention the shopper's browser acknowledged.
+    pub last_acknowledged: Option<String>,
+    /// What is stored elsewhere and not in this export.
+    pub not_included: Vec<String>,
+}
+
+fn unavailable(e: &redis::RedisError) -> ApiError {
+    tracing::warn!(error = %e, "export: the cell's Redis is unavailable");
+    ApiError::unavailable("feature_store_unavailable", "the cell's store is unavailable; retry", 1)
+}
+
+/// Everything this cell keeps about one of the store's shoppers. 404 when it keeps nothing
+/// (never seen, expired, or erased).
+#[utoipa::path(get, path = "/v1/shoppers/{shopper_id}/export", tag = "privacy",
+    params(("shopper_id" = String, Path, description = "the store's shopper id")),
+    security(("secret_key" = [])),
+    responses(
+        (status = 200, description = "what the cell keeps about the shopper", body = ShopperExport),
+        (status = 401, description = "`missing_key`, `invalid_key`", body = ErrorBody),
+        (status = 403, description = "`missing_scope` (needs `shoppers:export`), `tenant_suspended`, `tenant_inactive`", body = ErrorBody),
+        (status = 404, description = "`shopper_not_found`: nothing kept here", body = ErrorBody),
+        (status = 422, description = "`invalid_shopper_id`", body = ErrorBody),
+        (status = 503, description = "`feature_store_unavailable`, `cell_starting`; retry after `Retry-After`", body = ErrorBody),
+    ))]
+#[tracing::instrument(skip_all, fields(tenant_id))]
+async fn export(
+    State(state): State<ExportState>,
+    headers: HeaderMap,
+    Path(shopper_id): Path<String>,
+) -> Result<Json<ShopperExport>, ApiError> {
+    let key = auth::secret_key_from(&headers).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing_key",
+            "send a secret key with `shoppers:export` as `Authorization: Bearer sk_…`",
+        )
+    })??;
+    let tenant = auth::authorize_server(&state.directory, &key, SCOPE)?;
+    tracing::Span::current().record("tenant_id", tracing::field::display(tenant.tenant_id));
+    let shopper = ShopperId::parse(&shopper_id)
+        .map_err(|_| ApiError::unprocessable("invalid_shopper_id", "not a shopper id this store could have sent"))?;
+    let [session_key, history_key, acked_key] = state.places.keys_of(tenant.tenant_id, &shopper);
+    let member = idle_member(&SessionKey { tenant: tenant.tenant_id, shopper: shopper.clone() });
+    let mut pipe = redis::pipe();
+    pipe.hgetall(&session_key).zscore(&state.places.idle_schedule, &member).lrange(&history_key, 0, -1).get(&acked_key);
+    let mut conn = state.redis.clone();
+    let (session, idle, history, acked): (BTreeMap<String, String>, Option<f64>, Vec<String>, Option<String>) =
+        pipe.query_async(&mut conn).await.map_err(|e| unavailable(&e))?;
+    let interventions: Vec<serde_json::Value> = history
+        .iter()
+        .filter_map(|entry| entry.split_once('|'))
+        .filter_map(|(_, frame)| serde_json::from_str(frame).ok())
+        .collect();
+    let suppressed = tenant.suppressed.contains(shopper.as_str());
+    if session.is_empty() && idle.is_none() && interventions.is_empty() && acked.is_none() && !suppressed {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "shopper_not_found",
+            "this cell keeps nothing about that shopper",
+        ));
+    }
+    Ok(Json(ShopperExport {
+        tenant_id: tenant.tenant_id.to_string(),
+        shopper_id: shopper.to_string(),
+        exported_at: chrono::Utc::now().to_rfc3339(),
+        suppressed,
+        session: (!session.is_empty()).then_some(session),
+        // Scores are whole milliseconds, well inside f64's exact range.
+        idle_cart_since_ms: idle.map(|score| score.round() as i64),
+        interventions,
+        last_acknowledged: acked,
+        not_included: vec![
+            "events in Kafka (events.raw, events.validated): kept for the topics' retention (7 days), not indexed by shopper"
+                .to_owned(),
+            "predictions and intervention decisions in Kafka (predictions.v1, interventions.commands): same retention"
+                .to_owned(),
+        ],
+    }))
+}
