@@ -135,12 +135,13 @@ pub async fn sync_children(
 }
 
 /// Makes [`HANDOVER_MANAGER`] a co-owner of the Deployment's current replica count, so the
-/// operator can stop applying it without the count being reset. A conflict means another
-/// manager (the autoscaler) owns it already, which is as good.
+/// operator can stop applying it without the count being reset.
 async fn hand_over_replicas(api: &Api<DynamicObject>, have: &DynamicObject) -> Result<(), kube::Error> {
     let name = have.metadata.name.clone().unwrap_or_default();
     let replicas = &have.data["spec"]["replicas"];
-    if replicas.is_null() {
+    // Nothing to keep, or a count of 0, which an autoscaler never scales up from: let the
+    // field go (the API server's default, 1, is a start the autoscaler works from).
+    if replicas.as_i64().is_none_or(|n| n < 1) {
         return Ok(());
     }
     let handover = serde_json::json!({
@@ -149,11 +150,9 @@ async fn hand_over_replicas(api: &Api<DynamicObject>, have: &DynamicObject) -> R
         "metadata": { "name": name },
         "spec": { "replicas": replicas },
     });
-    match api.patch(&name, &PatchParams::apply(HANDOVER_MANAGER), &Patch::Apply(&handover)).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
-        Err(e) => Err(e),
-    }
+    // A conflict means the count changed since it was read: the reconcile fails and is
+    // retried with a fresh read rather than dropping a count someone else now holds.
+    api.patch(&name, &PatchParams::apply(HANDOVER_MANAGER), &Patch::Apply(&handover)).await.map(|_| ())
 }
 
 /// Deletes every child of the owner of one kind (optionally only those named); returns how
