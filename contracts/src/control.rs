@@ -160,7 +160,7 @@ pub struct ApiKeyList {
 #[serde(deny_unknown_fields)]
 pub struct CreateKeyRequest {
     pub name: String,
-    /// From: `events:write`, `features:read`.
+    /// From: `events:write`, `features:read`, `shoppers:export`.
     pub scopes: Vec<String>,
 }
 

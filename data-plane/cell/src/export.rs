@@ -2,9 +2,9 @@
 //! shoppers, as JSON, for the store's servers (a secret key with `shoppers:export`) to answer
 //! a shopper's access or portability request: whether they are suppressed, their stored
 //! feature session (every stored field, as stored), their idle-cart timer, the interventions
-//! kept for resuming and the last one acknowledged. What the cell does not keep per shopper
-//! — events in Kafka, kept for the topic's retention and not indexed by shopper — is named in
-//! `not_included`.
+//! kept for resuming and the last one acknowledged. What it does not read — the cell's Kafka
+//! topics (events, features snapshots, predictions, decisions, dead letters), each with its
+//! retention from the topic catalogue — is named in `not_included`.
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -58,6 +58,22 @@ pub struct ShopperExport {
     pub last_acknowledged: Option<String>,
     /// What is stored elsewhere and not in this export.
     pub not_included: Vec<String>,
+}
+
+/// The cell's Kafka topics, which hold shopper records this export does not read: each with
+/// how long it keeps them (from the topic catalogue).
+fn not_included() -> Vec<String> {
+    use nudge_contracts::topics::{Cleanup, Scope, catalogue};
+    catalogue()
+        .iter()
+        .filter(|t| t.scope == Scope::Cell)
+        .map(|t| match t.cleanup {
+            Cleanup::Compact => {
+                format!("Kafka {}: the latest record per shopper, kept until a tombstone removes it", t.name)
+            }
+            Cleanup::Delete => format!("Kafka {}: kept {} hours, not indexed by shopper", t.name, t.retention_hours),
+        })
+        .collect()
 }
 
 fn unavailable(e: &redis::RedisError) -> ApiError {
@@ -125,11 +141,6 @@ async fn export(
         idle_cart_since_ms: idle.map(|score| score.round() as i64),
         interventions,
         last_acknowledged: acked,
-        not_included: vec![
-            "events in Kafka (events.raw, events.validated): kept for the topics' retention (7 days), not indexed by shopper"
-                .to_owned(),
-            "predictions and intervention decisions in Kafka (predictions.v1, interventions.commands): same retention"
-                .to_owned(),
-        ],
+        not_included: not_included(),
     }))
 }
