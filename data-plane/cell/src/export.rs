@@ -100,14 +100,7 @@ async fn export(
     headers: HeaderMap,
     Path(shopper_id): Path<String>,
 ) -> Result<Json<ShopperExport>, ApiError> {
-    let key = auth::secret_key_from(&headers).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "missing_key",
-            "send a secret key with `shoppers:export` as `Authorization: Bearer sk_…`",
-        )
-    })??;
-    let tenant = auth::authorize_server(&state.directory, &key, SCOPE)?;
+    let tenant = auth::authorize_server_request(&state.directory, &headers, SCOPE)?;
     tracing::Span::current().record("tenant_id", tracing::field::display(tenant.tenant_id));
     let shopper = ShopperId::parse(&shopper_id)
         .map_err(|_| ApiError::unprocessable("invalid_shopper_id", "not a shopper id this store could have sent"))?;

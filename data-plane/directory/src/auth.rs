@@ -99,6 +99,23 @@ fn invalid_secret() -> ApiError {
     )
 }
 
+/// The tenant of a server request: the secret key in `Authorization` must be there, valid,
+/// have `scope`, and its tenant take traffic.
+pub fn authorize_server_request(
+    directory: &Directory,
+    headers: &HeaderMap,
+    scope: &str,
+) -> Result<Arc<TenantEntry>, ApiError> {
+    let key = secret_key_from(headers).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing_key",
+            format!("send a secret key with `{scope}` as `Authorization: Bearer sk_…`"),
+        )
+    })??;
+    authorize_server(directory, &key, scope)
+}
+
 /// The tenant a secret key belongs to, when the key has `scope` and the tenant takes traffic.
 pub fn authorize_server(directory: &Directory, key: &SecretKey, scope: &str) -> Result<Arc<TenantEntry>, ApiError> {
     if !directory.is_caught_up() {

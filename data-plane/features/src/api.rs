@@ -11,10 +11,7 @@ use axum::{
     http::{HeaderMap, StatusCode},
 };
 use nudge_contracts::ShopperId;
-use nudge_data_plane_directory::{
-    Directory,
-    auth::{authorize_server, secret_key_from},
-};
+use nudge_data_plane_directory::{Directory, auth::authorize_server_request};
 use nudge_platform_http::{ApiError, ErrorBody};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -138,14 +135,7 @@ async fn read_many(
 }
 
 fn authorize(state: &FeaturesState, headers: &HeaderMap) -> Result<nudge_tenants::TenantId, ApiError> {
-    let key = secret_key_from(headers).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "missing_key",
-            "send a secret key with `features:read` as `Authorization: Bearer sk_…`",
-        )
-    })??;
-    let tenant = authorize_server(&state.directory, &key, SCOPE)?;
+    let tenant = authorize_server_request(&state.directory, headers, SCOPE)?;
     tracing::Span::current().record("tenant_id", tracing::field::display(tenant.tenant_id));
     Ok(tenant.tenant_id)
 }
