@@ -28,14 +28,11 @@ use k8s_openapi::{
             ConfigMap, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, PodSpec, PodTemplateSpec, Probe,
             SecretKeySelector, Service, ServiceAccount, ServicePort, ServiceSpec,
         },
-        networking::v1::{
-            IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
-            NetworkPolicyPort, NetworkPolicySpec,
-        },
+        networking::v1::NetworkPolicy,
         policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec},
     },
     apimachinery::pkg::{
-        apis::meta::v1::{LabelSelector, LabelSelectorRequirement, ObjectMeta, OwnerReference},
+        apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference},
         util::intstr::IntOrString,
     },
 };
@@ -46,6 +43,11 @@ use kube::{
 use serde::Deserialize;
 
 use crate::crd::{Cell, Role, Tier};
+
+mod network;
+mod topics;
+
+pub use topics::platform_topics;
 
 /// The port every cell process listens on (`http.listen`).
 pub const HTTP_PORT: i32 = 8081;
@@ -542,8 +544,10 @@ pub fn cell_children(cell: &Cell, platform: &Platform) -> Result<Children, Inval
             });
         }
     }
-    let network_policies = network_policies(cell, &name, platform, &kafka_cluster, kafka_namespace.as_deref(), &meta);
-    let kafka_topics = if platform.strimzi { kafka_topics(cell, platform, &kafka_cluster, &meta) } else { Vec::new() };
+    let network_policies =
+        network::network_policies(cell, &name, platform, &kafka_cluster, kafka_namespace.as_deref(), &meta);
+    let kafka_topics =
+        if platform.strimzi { topics::kafka_topics(cell, platform, &kafka_cluster, &meta) } else { Vec::new() };
     let service_monitor = platform.service_monitors.then(|| DynamicObject {
         types: Some(kube::api::TypeMeta {
             api_version: "monitoring.coreos.com/v1".into(),
@@ -576,172 +580,6 @@ pub fn cell_children(cell: &Cell, platform: &Platform) -> Result<Children, Inval
         kafka_topics,
         service_monitor,
     })
-}
-
-fn namespace_peer(namespace: &str, pods: Option<BTreeMap<String, String>>) -> NetworkPolicyPeer {
-    NetworkPolicyPeer {
-        namespace_selector: Some(LabelSelector {
-            match_labels: Some(BTreeMap::from([("kubernetes.io/metadata.name".to_owned(), namespace.to_owned())])),
-            ..LabelSelector::default()
-        }),
-        pod_selector: pods.map(|labels| LabelSelector { match_labels: Some(labels), ..LabelSelector::default() }),
-        ..NetworkPolicyPeer::default()
-    }
-}
-
-fn tcp(port: IntOrString) -> NetworkPolicyPort {
-    NetworkPolicyPort { protocol: Some("TCP".to_owned()), port: Some(port), ..NetworkPolicyPort::default() }
-}
-
-/// Two policies (NetworkPolicies add up). `<cell>`, over all the cell's pods: Prometheus may
-/// scrape every role, and the pods reach DNS, their own Kafka cluster and their own Redis,
-/// and nothing else (not even the tenants' Postgres, which cell processes never connect to).
-/// `<cell>-traffic`, over the ingest and gateway pods: shopper and merchant traffic reaches
-/// them only from the ingress controller's namespace.
-fn network_policies(
-    cell: &Cell,
-    name: &str,
-    platform: &Platform,
-    kafka_cluster: &str,
-    kafka_namespace: Option<&str>,
-    meta: &dyn Fn(String, Option<&str>) -> ObjectMeta,
-) -> Vec<NetworkPolicy> {
-    let http = || tcp(IntOrString::String("http".to_owned()));
-    let store = |r: &crate::crd::DataStoreRef| NetworkPolicyEgressRule {
-        to: Some(vec![NetworkPolicyPeer {
-            ip_block: Some(IPBlock { cidr: r.cidr.clone(), except: None }),
-            ..NetworkPolicyPeer::default()
-        }]),
-        ports: Some(vec![tcp(IntOrString::Int(r.port))]),
-    };
-    let kafka_pods = BTreeMap::from([("strimzi.io/cluster".to_owned(), kafka_cluster.to_owned())]);
-    let kafka_peer = match kafka_namespace {
-        Some(ns) => namespace_peer(ns, Some(kafka_pods)),
-        None => NetworkPolicyPeer {
-            pod_selector: Some(LabelSelector { match_labels: Some(kafka_pods), ..LabelSelector::default() }),
-            ..NetworkPolicyPeer::default()
-        },
-    };
-    let cell_pods = BTreeMap::from([("app.kubernetes.io/instance".to_owned(), name.to_owned())]);
-    let all = NetworkPolicySpec {
-        pod_selector: Some(LabelSelector { match_labels: Some(cell_pods.clone()), ..LabelSelector::default() }),
-        policy_types: Some(vec!["Ingress".to_owned(), "Egress".to_owned()]),
-        ingress: Some(vec![NetworkPolicyIngressRule {
-            from: Some(vec![namespace_peer(&platform.monitoring_namespace, None)]),
-            ports: Some(vec![http()]),
-        }]),
-        egress: Some(vec![
-            NetworkPolicyEgressRule {
-                to: Some(vec![namespace_peer(
-                    "kube-system",
-                    Some(BTreeMap::from([("k8s-app".to_owned(), "kube-dns".to_owned())])),
-                )]),
-                ports: Some(vec![
-                    NetworkPolicyPort {
-                        protocol: Some("UDP".to_owned()),
-                        port: Some(IntOrString::Int(53)),
-                        end_port: None,
-                    },
-                    tcp(IntOrString::Int(53)),
-                ]),
-            },
-            NetworkPolicyEgressRule {
-                to: Some(vec![kafka_peer]),
-                ports: Some(vec![tcp(IntOrString::Int(KAFKA_PORT))]),
-            },
-            store(&cell.spec.redis),
-        ]),
-    };
-    let traffic = NetworkPolicySpec {
-        pod_selector: Some(LabelSelector {
-            match_labels: Some(cell_pods),
-            match_expressions: Some(vec![LabelSelectorRequirement {
-                key: "nudge.dev/role".to_owned(),
-                operator: "In".to_owned(),
-                values: Some(vec!["ingest".to_owned(), "gateway".to_owned()]),
-            }]),
-        }),
-        policy_types: Some(vec!["Ingress".to_owned()]),
-        ingress: Some(vec![NetworkPolicyIngressRule {
-            from: Some(vec![namespace_peer(&platform.ingress_namespace, None)]),
-            ports: Some(vec![http()]),
-        }]),
-        egress: None,
-    };
-    vec![
-        NetworkPolicy { metadata: meta(name.to_owned(), None), spec: Some(all) },
-        NetworkPolicy { metadata: meta(format!("{name}-traffic"), None), spec: Some(traffic) },
-    ]
-}
-
-/// A `KafkaTopic` per cell-scope catalogue topic, under the cell's prefix (or plain names on
-/// a cell's own cluster), with the catalogue's partitions, cleanup policy and retention. The
-/// platform-wide topics are the platform's ([`platform_topics`]), not any cell's.
-fn kafka_topics(
-    cell: &Cell,
-    platform: &Platform,
-    kafka_cluster: &str,
-    meta: &dyn Fn(String, Option<&str>) -> ObjectMeta,
-) -> Vec<DynamicObject> {
-    let prefix = cell.spec.kafka.topic_prefix.clone().unwrap_or_default();
-    nudge_contracts::topics::catalogue()
-        .iter()
-        .filter(|topic| topic.scope == nudge_contracts::topics::Scope::Cell)
-        .map(|topic| {
-            let name = format!("{prefix}{}", topic.name);
-            kafka_topic(topic, &name, kafka_cluster, platform.kafka_replicas, meta(name.replace('_', "-"), None))
-        })
-        .collect()
-}
-
-/// The platform-wide topics (scope `platform`: the control plane's announcements, usage) as
-/// `KafkaTopic`s on the platform's cluster, for `deploy/k8s/platform-topics.yaml`.
-pub fn platform_topics(platform: &Platform) -> Vec<DynamicObject> {
-    nudge_contracts::topics::catalogue()
-        .iter()
-        .filter(|topic| topic.scope == nudge_contracts::topics::Scope::Platform)
-        .map(|topic| {
-            let name = format!("{}{}", platform.topic_prefix, topic.name);
-            let metadata = ObjectMeta {
-                name: Some(name.replace('_', "-")),
-                namespace: Some(platform.kafka_namespace.clone()),
-                labels: Some(BTreeMap::from([
-                    ("app.kubernetes.io/part-of".to_owned(), "nudge".to_owned()),
-                    ("nudge.dev/topic-scope".to_owned(), "platform".to_owned()),
-                ])),
-                ..ObjectMeta::default()
-            };
-            kafka_topic(topic, &name, &platform.kafka_cluster, platform.kafka_replicas, metadata)
-        })
-        .collect()
-}
-
-fn kafka_topic(
-    topic: &nudge_contracts::topics::TopicSpec,
-    name: &str,
-    cluster: &str,
-    replicas: i32,
-    mut metadata: ObjectMeta,
-) -> DynamicObject {
-    metadata.labels.get_or_insert_default().insert("strimzi.io/cluster".to_owned(), cluster.to_owned());
-    let mut config = serde_json::Map::new();
-    config.insert("cleanup.policy".into(), topic.cleanup.as_str().into());
-    config.insert("retention.ms".into(), topic.retention_ms().to_string().into());
-    if let Some(max) = topic.max_message_bytes {
-        config.insert("max.message.bytes".into(), max.to_string().into());
-    }
-    DynamicObject {
-        types: Some(kube::api::TypeMeta { api_version: "kafka.strimzi.io/v1beta2".into(), kind: "KafkaTopic".into() }),
-        metadata,
-        data: serde_json::json!({
-            "spec": {
-                "topicName": name,
-                "partitions": topic.partitions,
-                "replicas": replicas,
-                "config": config,
-            }
-        }),
-    }
 }
 
 fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
