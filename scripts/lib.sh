@@ -10,6 +10,7 @@ export NUDGE_ROOT NUDGE_CACHE
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$NUDGE_CACHE/target}"
 export NUDGE_TOOLS="$NUDGE_CACHE/tools"
 export NUDGE_VENV="$NUDGE_CACHE/venv"
+export NUDGE_TOOLS_VENV="$NUDGE_CACHE/tools-venv"
 export PATH="$NUDGE_TOOLS/bin:$HOME/.cargo/bin:$PATH"
 
 log() { printf '\033[1m[nudge]\033[0m %s\n' "$*" >&2; }
@@ -32,4 +33,5 @@ export_runtime_env() {
     export NUDGE_BUF_BIN="$NUDGE_CACHE/node/node_modules/.bin/buf"
     # The cell binary the local provisioner starts dedicated cells with (built by scripts/test).
     export NUDGE_CELL_BIN="$CARGO_TARGET_DIR/debug/nudge-cell"
+    export NUDGE_BAO_BIN="$NUDGE_TOOLS_VENV/bin/bao"
 }

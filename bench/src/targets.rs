@@ -87,10 +87,7 @@ pub fn directory_for(store: Store, connections: u32) -> anyhow::Result<(Arc<Dire
             connections,
             retention_days: 30,
         }),
-        suppressed_shoppers: vec![],
-        model_version: String::new(),
-        rollout: None,
-        cell_url: String::new(),
+        ..TenantConfig::default()
     };
     directory.apply(store.tenant.to_string().as_bytes(), Some(&config.encode_to_vec()))?;
     directory.mark_caught_up();

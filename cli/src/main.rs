@@ -48,6 +48,11 @@ enum Command {
         #[command(subcommand)]
         command: AuthCommand,
     },
+    /// GDPR erasure helpers.
+    Erasure {
+        #[command(subcommand)]
+        command: ErasureCommand,
+    },
     /// Open a shopper's WebSocket on a cell and print what arrives (interventions).
     Listen {
         /// The cell's base URL.
@@ -76,6 +81,18 @@ enum DlqCommand {
 enum TopicsCommand {
     /// Print docs/topics.md as rendered from the catalogue.
     Render,
+}
+
+#[derive(Subcommand)]
+enum ErasureCommand {
+    /// Print a shopper's subject digest within a tenant: what an `ErasureRequest` resource or
+    /// the admin API takes instead of the shopper id, so the id is written nowhere.
+    Digest {
+        #[arg(long)]
+        tenant: nudge_tenants::TenantId,
+        #[arg(long)]
+        shopper: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -131,6 +148,11 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Auth { command: AuthCommand::Keygen } => {
             println!("{}", nudge_control_plane::auth::tokens::TokenKeys::generate_hex()?);
+            Ok(())
+        }
+        Command::Erasure { command: ErasureCommand::Digest { tenant, shopper } } => {
+            let shopper = nudge_contracts::ShopperId::parse(&shopper)?;
+            println!("{}", nudge_contracts::subject_digest(tenant.as_uuid(), &shopper));
             Ok(())
         }
         Command::Listen { cell, key, origin, shopper } => {

@@ -305,9 +305,130 @@ pub struct SuppressionRequest {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SuppressionView {
-    pub shopper_id: String,
+    /// The shopper's subject digest: how the cells know the suppression.
+    pub subject_digest: String,
+    /// Absent for an erased shopper (reason `erasure`): their id is not kept.
+    pub shopper_id: Option<String>,
+    /// `erasure`, `opt_out` or `merchant`.
     pub reason: String,
     pub created_at: String,
+}
+
+/// `POST /v1/tenants/{tenant_id}/erasures`: forget one of the store's shoppers.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ErasureRequestBody {
+    /// The store's id for the shopper (as its snippet or server sent it).
+    pub shopper_id: String,
+}
+
+/// `POST /v1/admin/tenants/{tenant_id}/erasures`: an operator files an erasure request (for
+/// example from an `ErasureRequest` resource). Exactly one of the two names the subject.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdminErasureRequest {
+    #[serde(default)]
+    pub shopper_id: Option<String>,
+    /// The subject digest (`nudge erasure digest` prints it), so the shopper id need not be
+    /// written anywhere, a Kubernetes resource included.
+    #[serde(default)]
+    pub subject_digest: Option<String>,
+}
+
+/// An erasure request and how far it has got.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErasureView {
+    pub request_id: String,
+    /// `shopper`.
+    pub scope: String,
+    /// The subject's digest; the request never holds the shopper id.
+    pub subject_digest: String,
+    /// `account:<id>` or `operator:<name>`.
+    pub requested_by: String,
+    pub requested_at: String,
+    /// The legal limit: one month after the request.
+    pub deadline_at: String,
+    /// `in_progress` or `completed`.
+    pub status: String,
+    pub completed_at: Option<String>,
+    /// Every store the request erases from (empty in lists).
+    pub steps: Vec<ErasureStepView>,
+    /// Who did what, in order (empty in lists).
+    pub audit: Vec<ErasureAuditView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErasureStepView {
+    /// `postgres`, `cell:<cell id>`.
+    pub store: String,
+    /// `pending`, `erased` or `nothing_found`.
+    pub status: String,
+    /// Place → keys, rows, members or records removed there.
+    pub removed: std::collections::BTreeMap<String, u64>,
+    pub finished_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErasureAuditView {
+    pub at: String,
+    pub actor: String,
+    pub action: String,
+    #[schema(value_type = Object)]
+    pub detail: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErasureList {
+    pub items: Vec<ErasureView>,
+}
+
+/// A completed request's deletion receipt, signed by the platform's Transit key (ed25519).
+/// To check it: the signature (after `vault:v<n>:`, base64) is an ed25519 signature of the
+/// bytes of `receipt` by public key version `key_version` of `GET /v1/erasure-receipts/keys`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErasureReceiptView {
+    /// The receipt, exactly as signed (JSON text).
+    pub receipt: String,
+    pub signature: String,
+    pub signing_key: String,
+    pub key_version: u64,
+}
+
+/// The public keys that check erasure receipts.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ReceiptKeysView {
+    pub signing_key: String,
+    /// `ed25519`.
+    pub algorithm: String,
+    /// Key version → public key (base64 of the 32 raw bytes).
+    pub public_keys: std::collections::BTreeMap<String, String>,
+}
+
+/// `POST /v1/tenants/{tenant_id}/legal-holds`: stop erasure of a shopper, or of the store.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LegalHoldRequest {
+    /// What the hold is for (a case or matter name); named when it refuses an erasure.
+    pub name: String,
+    /// The shopper it covers; absent: the whole store.
+    #[serde(default)]
+    pub shopper_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LegalHoldView {
+    pub hold_id: String,
+    pub name: String,
+    /// The covered shopper's subject digest; absent: the whole store.
+    pub subject_digest: Option<String>,
+    pub placed_by: String,
+    pub placed_at: String,
+    pub released_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LegalHoldList {
+    pub items: Vec<LegalHoldView>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

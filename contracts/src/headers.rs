@@ -21,6 +21,7 @@ pub const FEATURES_V1: SchemaRef = SchemaRef { name: "nudge.features.v1.FeatureS
 pub const PREDICTION_V1: SchemaRef = SchemaRef { name: "nudge.predictions.v1.Prediction", version: 1 };
 pub const INTERVENTION_V1: SchemaRef = SchemaRef { name: "nudge.interventions.v1.Intervention", version: 1 };
 pub const USAGE_V1: SchemaRef = SchemaRef { name: "nudge.usage.v1.UsageReport", version: 1 };
+pub const ERASURE_REPORT_V1: SchemaRef = SchemaRef { name: "nudge.control.v1.ErasureReport", version: 1 };
 
 /// Headers a DLQ record carries, naming where it came from and why it failed.
 pub mod dlq {

@@ -77,6 +77,27 @@ nudge_tenants::prefixed_id!(
     "itv"
 );
 
+/// A shopper's subject digest within a tenant: the hex SHA-256 of
+/// `nudge.subject.v1:<tenant uuid>:<shopper id>`. Suppressions, erasure requests and their
+/// receipts name a shopper by it, so they never hold the shopper's id; a store cannot match
+/// another store's digest (the tenant is in it). PostgreSQL computes the same with
+/// `encode(sha256(convert_to('nudge.subject.v1:' || tenant_id || ':' || shopper_id, 'UTF8')), 'hex')`.
+pub fn subject_digest(tenant: uuid::Uuid, shopper: &ShopperId) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(b"nudge.subject.v1:")
+        .chain_update(tenant.hyphenated().to_string().as_bytes())
+        .chain_update(b":")
+        .chain_update(shopper.as_str().as_bytes())
+        .finalize();
+    let mut hex = String::with_capacity(64);
+    for b in digest {
+        use std::fmt::Write;
+        let _ = write!(hex, "{b:02x}");
+    }
+    hex
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -90,5 +111,17 @@ mod tests {
         assert!(ShopperId::parse("a b").is_err());
         assert!(ShopperId::parse(&"x".repeat(65)).is_err());
         assert!(EventId::parse("ok/../x").is_err());
+    }
+
+    #[test]
+    fn a_subject_digest_is_the_one_postgres_computes_and_differs_per_tenant() {
+        let tenant: uuid::Uuid = "0190f3c2-8a1b-7c3d-9e4f-5a6b7c8d9e0f".parse().unwrap();
+        let shopper = ShopperId::parse("shp_1").unwrap();
+        // `SELECT encode(sha256(convert_to('nudge.subject.v1:' || '0190f3c2-…'::uuid::text || ':' || 'shp_1', 'UTF8')), 'hex')`
+        assert_eq!(
+            subject_digest(tenant, &shopper),
+            "a499a566738176bb839c33faae96b8dd6079cef156540b63a3d9b9139b0c459e"
+        );
+        assert_ne!(subject_digest(uuid::Uuid::nil(), &shopper), subject_digest(tenant, &shopper));
     }
 }

@@ -53,5 +53,5 @@ pub mod proto {
     }
 }
 
-pub use ids::{EventId, InterventionId, ShopperId};
+pub use ids::{EventId, InterventionId, ShopperId, subject_digest};
 pub use topics::{Topic, Topics};

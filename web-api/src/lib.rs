@@ -17,6 +17,7 @@ use std::{
     time::Duration,
 };
 
+use anyhow::Context;
 use axum::middleware::from_fn_with_state;
 use nudge_control_plane::{
     ControlPlaneConfig, Database,
@@ -27,6 +28,7 @@ use nudge_control_plane::{
 };
 use nudge_control_plane::{
     auth::{refresh::RefreshStore, tokens::TokenKeys},
+    erasure::{ReceiptSigner, ReportSink},
     routing::TenantRouter,
     usage::UsageSink,
 };
@@ -92,6 +94,10 @@ pub async fn run(config: ControlPlaneConfig, listener: TcpListener, shutdown: Ca
             .map(|(name, token)| (name.clone(), Sha256::digest(token.expose_secret().as_bytes()).into()))
             .collect(),
     ));
+    let receipts = ReceiptSigner::new(
+        nudge_platform_vault::Vault::new(&config.vault).context("vault")?,
+        config.erasure.receipt_key.clone(),
+    );
     let (provisioner, kubernetes) = provisioner(&config).await?;
     tracing::info!(provisioner = provisioner.kind(), "cells come from this provisioner");
     let state = AppState {
@@ -104,6 +110,7 @@ pub async fn run(config: ControlPlaneConfig, listener: TcpListener, shutdown: Ca
         started,
         tokens,
         sessions,
+        receipts: receipts.clone(),
         onnxruntime_library: config.models.onnxruntime_library.clone().map(Arc::new),
     };
 
@@ -121,28 +128,28 @@ pub async fn run(config: ControlPlaneConfig, listener: TcpListener, shutdown: Ca
         Ok(())
     });
     // Usage reports from the cells, each stored once.
-    let usage_consumer = nudge_platform_kafka::group_consumer(&config.kafka, "control-plane-usage", "usage")?;
-    usage_consumer.subscribe(&[config.kafka.topics().name(nudge_contracts::Topic::Usage).as_str()])?;
-    let usage_stage = run_stage(
-        usage_consumer,
+    let usage = consume(
+        &config,
+        "usage",
+        nudge_contracts::Topic::Usage,
         Arc::new(UsageSink { router: router.clone() }),
-        DeadLetters::new(
-            nudge_platform_kafka::SharedProducer::new(&config.kafka, "control-plane-usage-dlq")?,
-            config.kafka.topics().name(nudge_contracts::Topic::EventsDlq),
-        ),
-        StagePolicy {
-            name: "usage",
-            max_attempts: 5,
-            retry_backoff: Duration::from_millis(200),
-            max_unavailable_backoff: Duration::from_secs(2),
-        },
+        stage_metrics.clone(),
+        shutdown.clone(),
+    )?;
+    // The cells' erasure reports, which finish erasure requests.
+    let erasures = consume(
+        &config,
+        "erasures",
+        nudge_contracts::Topic::ErasureReports,
+        Arc::new(ReportSink {
+            router: router.clone(),
+            topics: config.kafka.topics(),
+            signer: receipts,
+            outbox_wake: outbox_wake.clone(),
+        }),
         stage_metrics,
         shutdown.clone(),
-    );
-    let usage = tokio::spawn(async move {
-        usage_stage.await;
-        Ok(())
-    });
+    )?;
     // With the operator placing tenants, routes follow its placements (a Tenant moved by
     // `cellRef`, a cell's new URL).
     let routes = match kubernetes {
@@ -162,11 +169,46 @@ pub async fn run(config: ControlPlaneConfig, listener: TcpListener, shutdown: Ca
         ("start-up", bootstrap),
         ("dedicated outbox relays", dedicated_relays),
         ("usage consumer", usage),
+        ("erasure report consumer", erasures),
     ];
     if let Some(routes) = routes {
         tasks.push(("route follower", routes));
     }
     serve_supervised(serve(listener, http, shutdown.clone()), tasks, shutdown).await
+}
+
+/// Runs a stage that consumes `topic` as consumer group `group` with `handler`; records that
+/// keep failing go to the dead-letter topic.
+fn consume(
+    config: &ControlPlaneConfig,
+    group: &'static str,
+    topic: nudge_contracts::Topic,
+    handler: Arc<dyn nudge_platform_kafka::stage::Handler>,
+    metrics: StageMetrics,
+    shutdown: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
+    let consumer = nudge_platform_kafka::group_consumer(&config.kafka, &format!("control-plane-{group}"), group)?;
+    consumer.subscribe(&[config.kafka.topics().name(topic).as_str()])?;
+    let stage = run_stage(
+        consumer,
+        handler,
+        DeadLetters::new(
+            nudge_platform_kafka::SharedProducer::new(&config.kafka, &format!("control-plane-{group}-dlq"))?,
+            config.kafka.topics().name(nudge_contracts::Topic::EventsDlq),
+        ),
+        StagePolicy {
+            name: group,
+            max_attempts: 5,
+            retry_backoff: Duration::from_millis(200),
+            max_unavailable_backoff: Duration::from_secs(2),
+        },
+        metrics,
+        shutdown,
+    );
+    Ok(tokio::spawn(async move {
+        stage.await;
+        Ok(())
+    }))
 }
 
 /// Registers the shared cell and the bundled models, creates the control topics and
@@ -192,6 +234,7 @@ async fn bootstrap(
                     nudge_contracts::Topic::ControlTenants,
                     nudge_contracts::Topic::ControlModels,
                     nudge_contracts::Topic::Usage,
+                    nudge_contracts::Topic::ErasureReports,
                     nudge_contracts::Topic::EventsDlq,
                 ],
             )

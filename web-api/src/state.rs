@@ -34,6 +34,8 @@ pub struct AppState {
     pub tokens: Arc<TokenKeys>,
     /// Refresh sessions; set once Redis has been reached at start-up.
     pub sessions: Arc<OnceCell<RefreshStore>>,
+    /// Signs erasure receipts (the vault's Transit key).
+    pub receipts: nudge_control_plane::erasure::ReceiptSigner,
     /// `libonnxruntime.so` for checking uploaded models (`ORT_DYLIB_PATH` when `None`).
     pub onnxruntime_library: Option<Arc<std::path::PathBuf>>,
 }

@@ -37,6 +37,7 @@ pub struct CellConfig {
     pub inference: InferenceConfig,
     pub decide: RuleConfig,
     pub idle_carts: IdleCartsConfig,
+    pub erasure: ErasureConfig,
     pub log: LogConfig,
 }
 
@@ -57,6 +58,7 @@ impl Default for CellConfig {
             inference: InferenceConfig::default(),
             decide: RuleConfig::default(),
             idle_carts: IdleCartsConfig::default(),
+            erasure: ErasureConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -97,6 +99,22 @@ pub struct Roles {
 impl Default for Roles {
     fn default() -> Self {
         Self { ingest: true, pipeline: true, gateway: true }
+    }
+}
+
+/// Erasing suppressed shoppers' data.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ErasureConfig {
+    /// Redis is erased twice this far apart, so an event the pipeline was applying when the
+    /// suppression arrived (its outputs wait for the broker up to 5 s) leaves nothing
+    /// behind; the tombstone and the report follow the second pass.
+    pub settle_ms: u64,
+}
+
+impl Default for ErasureConfig {
+    fn default() -> Self {
+        Self { settle_ms: 15_000 }
     }
 }
 

@@ -1,22 +1,44 @@
 //! Suppress first, then erase: when a shopper is newly on its store's suppression list (the
 //! store asked for it, or an erasure request did), ingest drops their events at once (the
 //! directory's list), the pipeline and the idle-cart scanner skip them, and this task deletes
-//! what the cell keeps about them in Redis — their feature session, their idle-cart timer,
-//! their intervention history and acknowledged ids. Failures are retried; nothing about the
+//! what the cell keeps about them — their feature session, their idle-cart timer, their
+//! intervention history and acknowledged ids in Redis, their entry in the subject index, and
+//! their latest feature snapshot on the compacted `features.v1` (a tombstone). An erasure
+//! request's order is then reported on `erasure.reports.v1` with what was removed where.
+//!
+//! Shoppers are named by subject digest only; the subject index (written with each session)
+//! leads from the digest to the shopper's keys, and `features.v1` is keyed by digest. Redis
+//! is erased twice, `settle` apart, so an event the pipeline was applying when the
+//! suppression arrived cannot leave anything behind; the tombstone follows the second pass.
+//! Failures are retried with what was already erased kept for the report; nothing about a
 //! shopper is logged but counts.
 
 use std::{sync::Arc, time::Duration};
 
-use nudge_contracts::ShopperId;
-use nudge_data_plane_directory::Directory;
+use chrono::Utc;
+use nudge_contracts::{
+    ShopperId,
+    headers::{ERASURE_REPORT_V1, FEATURES_V1},
+    proto::{
+        control::v1::{ErasedPlace, ErasureReport},
+        features::v1::SubjectKey,
+    },
+};
+use nudge_data_plane_directory::{Directory, Erasure};
 use nudge_data_plane_features::store::{SessionKey, idle_member};
 use nudge_data_plane_gateway::{hub::ShopperAddress, route::Naming};
-use nudge_tenants::TenantId;
+use nudge_platform_kafka::{SharedProducer, headers::record_headers};
+use nudge_tenants::{CellId, TenantId};
+use prost::Message;
+use rdkafka::producer::FutureRecord;
 use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 
 /// Shoppers erased per round trip (a restart erases every suppressed shopper again).
 const CHUNK: usize = 200;
+
+/// How long the broker has to acknowledge tombstones and reports.
+const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where the cell keeps shopper data.
 pub struct Places {
@@ -28,60 +50,182 @@ pub struct Places {
 
 impl Places {
     /// The Redis keys holding what the cell keeps about `shopper` of `tenant` (besides the
-    /// idle-cart timer, a member of [`Places::idle_schedule`]).
+    /// idle-cart timer, a member of [`Places::idle_schedule`], and the subject index entry).
     pub fn keys_of(&self, tenant: TenantId, shopper: &ShopperId) -> [String; 3] {
         let session = SessionKey { tenant, shopper: shopper.clone() }.redis_key(&self.prefix);
         let address = ShopperAddress { tenant, shopper: shopper.clone() };
         [session, self.naming.history(&address), self.naming.acked(&address)]
     }
-}
 
-/// Deletes everything `places` keeps about each shopper of `batch`.
-async fn erase(redis: &mut ConnectionManager, places: &Places, batch: &[(TenantId, String)]) -> redis::RedisResult<()> {
-    let mut pipe = redis::pipe();
-    for (tenant, shopper) in batch {
-        // A suppressed id that is not a shopper id was never stored.
-        let Ok(shopper) = ShopperId::parse(shopper) else { continue };
-        pipe.cmd("UNLINK").arg(&places.keys_of(*tenant, &shopper)[..]).ignore();
-        pipe.cmd("ZREM").arg(&places.idle_schedule).arg(idle_member(&SessionKey { tenant: *tenant, shopper })).ignore();
+    /// The subject index entry of a digest (see [`SessionKey::subject_key`]).
+    pub fn subject_key(&self, tenant: TenantId, digest: &str) -> String {
+        format!("{}t:{tenant}:subject:{digest}", self.prefix)
     }
-    pipe.query_async::<()>(redis).await
 }
 
-/// Erases the data of every newly suppressed shopper until `shutdown`.
+/// The places of a report, in the order [`erase`] counts them; the last is the tombstone
+/// written for every subject (its count says nothing about what was found).
+pub const PLACES: [&str; 6] = [
+    "redis.session",
+    "redis.history",
+    "redis.acked",
+    "redis.idle_cart",
+    "redis.subject_index",
+    "kafka.features.v1.tombstones",
+];
+
+/// Where the erase task writes tombstones and reports, and how it paces itself.
+pub struct Outputs {
+    pub producer: SharedProducer,
+    pub features_topic: String,
+    pub reports_topic: String,
+    pub cell: CellId,
+    /// The pause between the two passes over Redis.
+    pub settle: Duration,
+}
+
+/// One subject being erased, with what has been removed so far.
+struct Job {
+    erasure: Erasure,
+    removed: [u64; 6],
+    /// Passes over Redis done (two before the tombstone and report).
+    passes: u8,
+}
+
+/// One pass over Redis for each job of `batch`: deletes what the cell keeps about the
+/// subject and adds what it removed to the job.
+async fn erase(redis: &mut ConnectionManager, places: &Places, batch: &mut [Job]) -> redis::RedisResult<()> {
+    let mut lookup = redis::pipe();
+    for job in batch.iter() {
+        lookup.get(places.subject_key(job.erasure.tenant, &job.erasure.subject_digest));
+    }
+    let found: Vec<Option<String>> = lookup.query_async(redis).await?;
+    let shoppers: Vec<Option<ShopperId>> =
+        found.into_iter().map(|s| s.and_then(|s| ShopperId::parse(&s).ok())).collect();
+    let mut pipe = redis::pipe();
+    let mut any = false;
+    for (job, shopper) in batch.iter().zip(&shoppers) {
+        let Some(shopper) = shopper else { continue };
+        let tenant = job.erasure.tenant;
+        for key in places.keys_of(tenant, shopper) {
+            pipe.cmd("UNLINK").arg(key);
+        }
+        pipe.cmd("ZREM").arg(&places.idle_schedule).arg(idle_member(&SessionKey { tenant, shopper: shopper.clone() }));
+        pipe.cmd("UNLINK").arg(places.subject_key(tenant, &job.erasure.subject_digest));
+        any = true;
+    }
+    let counts: Vec<u64> = if any { pipe.query_async(redis).await? } else { Vec::new() };
+    let mut counts = counts.into_iter();
+    for (job, shopper) in batch.iter_mut().zip(&shoppers) {
+        if shopper.is_some() {
+            for slot in job.removed.iter_mut().take(5) {
+                *slot += counts.next().unwrap_or(0);
+            }
+        }
+        job.passes += 1;
+    }
+    Ok(())
+}
+
+/// Writes the `features.v1` tombstone of every job, then the report of every request, and
+/// waits for the broker to acknowledge them all.
+async fn publish(outputs: &Outputs, batch: &mut [Job]) -> anyhow::Result<()> {
+    let keys: Vec<Vec<u8>> = batch
+        .iter()
+        .map(|job| {
+            SubjectKey { tenant_id: job.erasure.tenant.to_string(), subject_digest: job.erasure.subject_digest.clone() }
+                .encode_to_vec()
+        })
+        .collect();
+    let tombstones = keys.iter().map(|key| {
+        FutureRecord::<[u8], [u8]>::to(&outputs.features_topic)
+            .key(key.as_slice())
+            .headers(record_headers(FEATURES_V1, None))
+    });
+    outputs.producer.send_all(tombstones, ACK_TIMEOUT).await?;
+    for job in batch.iter_mut() {
+        job.removed[5] = 1;
+    }
+    let now = Utc::now().timestamp_millis();
+    let reports: Vec<(String, Vec<u8>)> = batch
+        .iter()
+        .filter_map(|job| {
+            let request_id = job.erasure.request_id.clone()?;
+            let report = ErasureReport {
+                tenant_id: job.erasure.tenant.to_string(),
+                request_id: request_id.clone(),
+                cell_id: outputs.cell.to_string(),
+                places: PLACES
+                    .iter()
+                    .zip(job.removed)
+                    .map(|(place, n)| ErasedPlace { place: (*place).to_owned(), removed: n })
+                    .collect(),
+                completed_at_ms: now,
+            };
+            Some((request_id, report.encode_to_vec()))
+        })
+        .collect();
+    let records = reports.iter().map(|(key, value)| {
+        FutureRecord::<str, [u8]>::to(&outputs.reports_topic)
+            .key(key.as_str())
+            .payload(value.as_slice())
+            .headers(record_headers(ERASURE_REPORT_V1, None))
+    });
+    outputs.producer.send_all(records, ACK_TIMEOUT).await?;
+    Ok(())
+}
+
+/// Erases the data of every newly suppressed shopper, and carries out every erasure order,
+/// until `shutdown`.
 pub async fn run(
     directory: Arc<Directory>,
     mut redis: ConnectionManager,
     places: Places,
+    outputs: Outputs,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // Jobs a failure left unfinished, kept with what they erased so far.
+    let mut carried: Vec<Job> = Vec::new();
     loop {
-        let pending = directory.take_erasures();
-        if pending.is_empty() {
+        let mut jobs = std::mem::take(&mut carried);
+        jobs.extend(directory.take_erasures().into_iter().map(|erasure| Job { erasure, removed: [0; 6], passes: 0 }));
+        if jobs.is_empty() {
             tokio::select! {
                 () = directory.erasures_arrived() => continue,
                 () = shutdown.cancelled() => return Ok(()),
             }
         }
-        let mut erased = 0;
-        let mut chunks = pending.chunks(CHUNK);
-        while let Some(chunk) = chunks.next() {
-            match erase(&mut redis, &places, chunk).await {
-                Ok(()) => erased += chunk.len(),
-                Err(e) => {
-                    let left: Vec<(TenantId, String)> = chunk.iter().chain(chunks.flatten()).cloned().collect();
-                    tracing::warn!(shoppers = left.len(), error = %e, "erasing suppressed shoppers' data failed; retrying");
-                    directory.retry_erasures(left);
-                    tokio::select! {
-                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        () = shutdown.cancelled() => return Ok(()),
-                    }
-                    break;
+        let outcome = async {
+            for chunk in jobs.chunks_mut(CHUNK).filter(|c| c.iter().any(|j| j.passes == 0)) {
+                erase(&mut redis, &places, chunk).await?;
+            }
+            // Events the pipeline was applying when the suppression arrived are done by now.
+            tokio::select! {
+                () = tokio::time::sleep(outputs.settle) => {}
+                () = shutdown.cancelled() => return Ok(false),
+            }
+            for chunk in jobs.chunks_mut(CHUNK) {
+                if chunk.iter().any(|j| j.passes < 2) {
+                    erase(&mut redis, &places, chunk).await?;
+                }
+                publish(&outputs, chunk).await?;
+            }
+            anyhow::Ok(true)
+        };
+        match outcome.await {
+            Ok(false) => return Ok(()),
+            Ok(true) => {
+                let found = jobs.iter().filter(|j| j.removed[..5].iter().any(|n| *n > 0)).count();
+                tracing::info!(subjects = jobs.len(), found, "suppressed shoppers' data erased");
+            }
+            Err(e) => {
+                tracing::warn!(subjects = jobs.len(), error = %e, "erasing suppressed shoppers' data failed; retrying");
+                carried = jobs;
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = shutdown.cancelled() => return Ok(()),
                 }
             }
-        }
-        if erased > 0 {
-            tracing::info!(shoppers = erased, "suppressed shoppers' data erased");
         }
     }
 }

@@ -116,7 +116,7 @@ async fn export(
         .filter_map(|entry| entry.split_once('|'))
         .filter_map(|(_, frame)| serde_json::from_str(frame).ok())
         .collect();
-    let suppressed = tenant.suppressed.contains(shopper.as_str());
+    let suppressed = tenant.is_suppressed(shopper.as_str());
     if session.is_empty() && idle.is_none() && interventions.is_empty() && acked.is_none() && !suppressed {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

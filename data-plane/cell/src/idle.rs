@@ -99,7 +99,7 @@ pub async fn scan_once(
     let mut carts = Vec::new();
     for cart in sessions.idle_carts(silent_since, config.batch).await? {
         let tenant = directory.by_tenant(cart.key.tenant);
-        if tenant.as_ref().is_some_and(|t| !t.suppressed.contains(cart.key.shopper.as_str())) {
+        if tenant.as_ref().is_some_and(|t| !t.is_suppressed(cart.key.shopper.as_str())) {
             carts.push(cart);
         } else {
             tracing::debug!(tenant_id = %cart.key.tenant, "idle-cart timer of a tenant not served here, or of a suppressed shopper, dropped");

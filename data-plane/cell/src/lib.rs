@@ -138,6 +138,13 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
                         .idle_schedule()
                         .to_owned(),
                 },
+                erase::Outputs {
+                    producer: producer.clone(),
+                    features_topic: topics.name(Topic::Features),
+                    reports_topic: topics.name(Topic::ErasureReports),
+                    cell: config.cell_id.clone(),
+                    settle: Duration::from_millis(config.erasure.settle_ms),
+                },
                 shutdown.clone(),
             )),
         ));

@@ -23,10 +23,11 @@ use nudge_contracts::{
     headers::{FEATURES_V1, INTERVENTION_V1, PREDICTION_V1, SchemaRef},
     proto::{
         events::v1::{Event, ShopperKey, event::Payload},
-        features::v1::FeatureSnapshot,
+        features::v1::{FeatureSnapshot, SubjectKey},
         interventions::v1::Intervention,
         predictions::v1::Prediction,
     },
+    subject_digest,
 };
 use nudge_data_plane_decide::{RuleConfig, decide};
 use nudge_data_plane_directory::Directory;
@@ -164,7 +165,7 @@ impl Handler for Pipeline {
 
 impl Pipeline {
     async fn step(&self, event: &Event, key: SessionKey, trace: &TraceContext) -> Result<(), Failure> {
-        if self.directory.by_tenant(key.tenant).is_some_and(|t| t.suppressed.contains(key.shopper.as_str())) {
+        if self.directory.by_tenant(key.tenant).is_some_and(|t| t.is_suppressed(key.shopper.as_str())) {
             // Suppressed after ingest accepted the event: nothing of it is stored or acted on
             // (the cell is erasing what it held).
             if !matches!(event.payload, Some(Payload::CartIdle(_))) {
@@ -230,7 +231,7 @@ impl Pipeline {
                 })
             }
             Err(hold) => {
-                tracing::debug!(?hold, score, event_id = %event.event_id, "no intervention");
+                tracing::debug!(?hold, score, "no intervention");
                 None
             }
         };
@@ -256,19 +257,24 @@ impl Pipeline {
             scored_at_ms: now,
             shadow: false,
         };
+        let subject_key = SubjectKey {
+            tenant_id: key.tenant.to_string(),
+            subject_digest: subject_digest(key.tenant.as_uuid(), &key.shopper),
+        }
+        .encode_to_vec();
         let mut outputs = vec![
-            (&self.topics.features, snapshot.encode_to_vec(), FEATURES_V1),
-            (&self.topics.predictions, prediction.encode_to_vec(), PREDICTION_V1),
+            (&self.topics.features, &subject_key, snapshot.encode_to_vec(), FEATURES_V1),
+            (&self.topics.predictions, &shopper_key, prediction.encode_to_vec(), PREDICTION_V1),
         ];
         if let Some((version, shadow_score)) = shadow {
             let logged =
                 Prediction { score: f64::from(shadow_score), model_version: version, shadow: true, ..prediction };
-            outputs.push((&self.topics.predictions, logged.encode_to_vec(), PREDICTION_V1));
+            outputs.push((&self.topics.predictions, &shopper_key, logged.encode_to_vec(), PREDICTION_V1));
         }
         if let Some(iv) = &intervention {
-            outputs.push((&self.topics.interventions, iv.encode_to_vec(), INTERVENTION_V1));
+            outputs.push((&self.topics.interventions, &shopper_key, iv.encode_to_vec(), INTERVENTION_V1));
         }
-        self.produce(&shopper_key, outputs, trace).await?;
+        self.produce(outputs, trace).await?;
 
         // The effect, once. An idle-cart event is not activity: the timer it came from is
         // settled by the scanner; any other event restarts the timer or, with an empty
@@ -289,7 +295,7 @@ impl Pipeline {
         }
         if idle {
             self.metrics.idle_carts.inc();
-            tracing::info!(tenant_id = %key.tenant, score, event_id = %event.event_id, "cart found idle");
+            tracing::info!(tenant_id = %key.tenant, score, "cart found idle");
         }
         if let Some(iv) = intervention {
             self.route(&ShopperAddress { tenant: key.tenant, shopper: key.shopper.clone() }, &iv).await;
@@ -297,15 +303,15 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Sends each (topic, key, value, schema) and waits for the broker's acknowledgements.
     async fn produce(
         &self,
-        key: &[u8],
-        outputs: Vec<(&String, Vec<u8>, SchemaRef)>,
+        outputs: Vec<(&String, &Vec<u8>, Vec<u8>, SchemaRef)>,
         trace: &TraceContext,
     ) -> Result<(), Failure> {
-        let records = outputs.iter().map(|(topic, value, schema)| {
+        let records = outputs.iter().map(|(topic, key, value, schema)| {
             FutureRecord::<'_, [u8], [u8]>::to(topic)
-                .key(key)
+                .key(key.as_slice())
                 .payload(value.as_slice())
                 .headers(record_headers(*schema, Some(trace)))
         });
@@ -321,8 +327,7 @@ impl Pipeline {
                 Ok(receivers) => {
                     self.metrics.interventions.inc();
                     tracing::info!(
-                        intervention_id = %iv.intervention_id, score = iv.score, receivers,
-                        event_id = %iv.cause_event_id, "intervention decided"
+                        intervention_id = %iv.intervention_id, score = iv.score, receivers, "intervention decided"
                     );
                     return;
                 }

@@ -8,7 +8,11 @@ use std::{
     },
 };
 
-use nudge_contracts::proto::control::v1::{TenantConfig, TenantState as WireState, rollout::Mode as WireRolloutMode};
+use nudge_contracts::{
+    ShopperId,
+    proto::control::v1::{TenantConfig, TenantState as WireState, rollout::Mode as WireRolloutMode},
+    subject_digest,
+};
 use nudge_tenants::{AllowedOrigin, CellId, PublishableKey, TenantId, TenantState};
 use prost::Message;
 
@@ -23,8 +27,11 @@ pub struct TenantEntry {
     pub server_keys: Vec<ServerKeyEntry>,
     /// What the store's plan allows on this cell.
     pub limits: TenantLimits,
-    /// Shoppers whose events are dropped at ingest.
+    /// Subject digests ([`nudge_contracts::subject_digest`]) of the shoppers whose events
+    /// are dropped at ingest.
     pub suppressed: std::collections::HashSet<String>,
+    /// Erasure requests (id, subject digest) this tenant's cell is to carry out and report.
+    pub erasure_orders: Vec<(String, String)>,
     /// The model version this tenant is scored with; `None`: the cell's default.
     pub model_version: Option<String>,
     /// A candidate model being rolled out beside it.
@@ -55,6 +62,15 @@ pub struct ServerKeyEntry {
 }
 
 impl TenantEntry {
+    /// Whether `shopper`'s events are dropped (by subject digest; no hashing while the
+    /// store suppresses nobody).
+    pub fn is_suppressed(&self, shopper: &str) -> bool {
+        if self.suppressed.is_empty() {
+            return false;
+        }
+        ShopperId::parse(shopper).is_ok_and(|s| self.suppressed.contains(&subject_digest(self.tenant_id.as_uuid(), &s)))
+    }
+
     /// Whether a browser's `Origin` header is one this tenant allows.
     pub fn allows_origin(&self, origin: &str) -> bool {
         self.allowed_origins.iter().any(|o| o.matches(origin))
@@ -118,13 +134,26 @@ impl Inner {
     }
 }
 
+/// A shopper whose data the cell is to erase, by subject digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Erasure {
+    pub tenant: TenantId,
+    pub subject_digest: String,
+    /// The erasure request to report on, when one asked for it (a plain suppression does not).
+    pub request_id: Option<String>,
+}
+
 /// The tenants of one cell, keyed by tenant and by publishable key.
 pub struct Directory {
     cell: CellId,
     inner: RwLock<Inner>,
     caught_up: AtomicBool,
-    /// Shoppers newly on a tenant's suppression list, whose data the cell must erase.
-    erasures: std::sync::Mutex<Vec<(TenantId, String)>>,
+    /// Shoppers newly on a tenant's suppression list, or named by a new erasure order, whose
+    /// data the cell must erase.
+    erasures: std::sync::Mutex<Vec<Erasure>>,
+    /// Erasure orders already queued by this process (each is carried out and reported
+    /// once per process; a restart does them again, harmlessly).
+    ordered: std::sync::Mutex<std::collections::HashSet<String>>,
     erasure_wake: tokio::sync::Notify,
     /// Whether a process role erases (the pipeline's): others keep no queue.
     erasing: AtomicBool,
@@ -137,6 +166,7 @@ impl Directory {
             inner: RwLock::new(Inner::default()),
             caught_up: AtomicBool::new(false),
             erasures: std::sync::Mutex::new(Vec::new()),
+            ordered: std::sync::Mutex::new(std::collections::HashSet::new()),
             erasure_wake: tokio::sync::Notify::new(),
             erasing: AtomicBool::new(false),
         }
@@ -159,13 +189,8 @@ impl Directory {
     }
 
     /// Takes the shoppers whose data is to be erased (each newly suppressed by its tenant).
-    pub fn take_erasures(&self) -> Vec<(TenantId, String)> {
+    pub fn take_erasures(&self) -> Vec<Erasure> {
         std::mem::take(&mut *self.erasures.lock().unwrap_or_else(PoisonError::into_inner))
-    }
-
-    /// Puts back erasures that could not be done yet.
-    pub fn retry_erasures(&self, failed: Vec<(TenantId, String)>) {
-        self.erasures.lock().unwrap_or_else(PoisonError::into_inner).extend(failed);
     }
 
     /// Resolves when there are erasures to take (at once if some arrived meanwhile).
@@ -252,17 +277,31 @@ impl Directory {
         for k in &entry.server_keys {
             inner.secrets.insert(k.sha256, tenant_id);
         }
-        // Suppressed first, erased next: every shopper new on the list (all of them when the
-        // cell reads the topic from the start; erasing again is harmless).
-        let newly: Vec<(TenantId, String)> = entry
-            .suppressed
-            .iter()
-            .filter(|s| suppressed_before.as_ref().is_none_or(|before| !before.contains(*s)))
-            .map(|s| (tenant_id, s.clone()))
-            .collect();
+        // Suppressed first, erased next: every erasure order not yet queued, and every
+        // shopper new on the list (all of them when the cell reads the topic from the start;
+        // erasing again is harmless).
+        let mut newly = Vec::new();
+        if self.erasing.load(Ordering::Acquire) {
+            let mut ordered = self.ordered.lock().unwrap_or_else(PoisonError::into_inner);
+            for (request_id, digest) in &entry.erasure_orders {
+                if ordered.insert(request_id.clone()) {
+                    newly.push(Erasure {
+                        tenant: tenant_id,
+                        subject_digest: digest.clone(),
+                        request_id: Some(request_id.clone()),
+                    });
+                }
+            }
+            for digest in &entry.suppressed {
+                let is_new = suppressed_before.as_ref().is_none_or(|before| !before.contains(digest));
+                if is_new && !newly.iter().any(|e| &e.subject_digest == digest) {
+                    newly.push(Erasure { tenant: tenant_id, subject_digest: digest.clone(), request_id: None });
+                }
+            }
+        }
         inner.tenants.insert(tenant_id, Arc::new(entry));
         drop(inner);
-        if !newly.is_empty() && self.erasing.load(Ordering::Acquire) {
+        if !newly.is_empty() {
             self.erasures.lock().unwrap_or_else(PoisonError::into_inner).extend(newly);
             self.erasure_wake.notify_one();
         }
@@ -325,7 +364,18 @@ fn parse_entry(tenant_id: TenantId, config: &TenantConfig) -> Result<TenantEntry
         allowed_origins,
         server_keys,
         limits,
-        suppressed: config.suppressed_shoppers.iter().cloned().collect(),
+        suppressed: if config.suppressed_subjects.is_empty() {
+            // A record written before suppressions travelled as digests.
+            config
+                .suppressed_shoppers
+                .iter()
+                .filter_map(|s| ShopperId::parse(s).ok())
+                .map(|s| subject_digest(tenant_id.as_uuid(), &s))
+                .collect()
+        } else {
+            config.suppressed_subjects.iter().cloned().collect()
+        },
+        erasure_orders: config.erasures.iter().map(|o| (o.request_id.clone(), o.subject_digest.clone())).collect(),
         model_version: Some(config.model_version.clone()).filter(|m| !m.is_empty()),
         rollout: config.rollout.as_ref().and_then(|r| {
             let mode = match r.mode() {
@@ -348,6 +398,8 @@ fn parse_entry(tenant_id: TenantId, config: &TenantConfig) -> Result<TenantEntry
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use nudge_contracts::proto::control::v1::ErasureOrder;
+
     use super::*;
 
     fn record(tenant: TenantId, cell: &str, revision: u64, state: WireState) -> (Vec<u8>, Vec<u8>, PublishableKey) {
@@ -362,10 +414,10 @@ mod tests {
             updated_at_ms: 0,
             server_keys: vec![],
             limits: None,
-            suppressed_shoppers: vec![],
             model_version: String::new(),
             rollout: None,
             cell_url: format!("https://{cell}.cells.example"),
+            ..Default::default()
         };
         (tenant.to_string().into_bytes(), config.encode_to_vec(), key)
     }
@@ -411,24 +463,58 @@ mod tests {
         let dir = Directory::new(CellId::default_shared());
         dir.enable_erasures();
         let t = TenantId::new();
-        let with = |revision: u64, suppressed: &[&str]| {
+        let with = |revision: u64, suppressed: &[&str], orders: &[(&str, &str)]| {
             let (k, _, _) = record(t, "shared-1", revision, WireState::Active);
             let (_, v, _) = record(t, "shared-1", revision, WireState::Active);
             let mut config = TenantConfig::decode(v.as_slice()).unwrap();
-            config.suppressed_shoppers = suppressed.iter().map(|s| (*s).to_owned()).collect();
+            config.suppressed_subjects = suppressed.iter().map(|s| (*s).to_owned()).collect();
+            config.erasures = orders
+                .iter()
+                .map(|(r, d)| ErasureOrder { request_id: (*r).to_owned(), subject_digest: (*d).to_owned() })
+                .collect();
             (k, config.encode_to_vec())
         };
-        let (k, v) = with(1, &["shp_a"]);
+        let plain = |d: &str| Erasure { tenant: t, subject_digest: d.to_owned(), request_id: None };
+        let (k, v) = with(1, &["a"], &[]);
         dir.apply(&k, Some(&v)).unwrap();
-        assert_eq!(dir.take_erasures(), [(t, "shp_a".to_owned())]);
-        let (k, v) = with(2, &["shp_a", "shp_b"]);
+        assert_eq!(dir.take_erasures(), [plain("a")]);
+        let (k, v) = with(2, &["a", "b"], &[]);
         dir.apply(&k, Some(&v)).unwrap();
-        assert_eq!(dir.take_erasures(), [(t, "shp_b".to_owned())], "only the new one");
-        let (k, v) = with(3, &["shp_a", "shp_b"]);
+        assert_eq!(dir.take_erasures(), [plain("b")], "only the new one");
+        let (k, v) = with(3, &["a", "b"], &[]);
         dir.apply(&k, Some(&v)).unwrap();
         assert!(dir.take_erasures().is_empty());
-        dir.retry_erasures(vec![(t, "shp_b".to_owned())]);
-        assert_eq!(dir.take_erasures().len(), 1);
+
+        // An order comes with its suppression; it is queued once, with its request.
+        let (k, v) = with(4, &["a", "b", "c"], &[("req-1", "c")]);
+        dir.apply(&k, Some(&v)).unwrap();
+        let ordered = Erasure { request_id: Some("req-1".into()), ..plain("c") };
+        assert_eq!(dir.take_erasures(), [ordered]);
+        let (k, v) = with(5, &["a", "b", "c"], &[("req-1", "c")]);
+        dir.apply(&k, Some(&v)).unwrap();
+        assert!(dir.take_erasures().is_empty(), "an order already queued is not queued again");
+    }
+
+    #[test]
+    fn suppression_is_by_subject_digest() {
+        let dir = Directory::new(CellId::default_shared());
+        let t = TenantId::new();
+        let (k, v, _) = record(t, "shared-1", 1, WireState::Active);
+        let mut config = TenantConfig::decode(v.as_slice()).unwrap();
+        config.suppressed_subjects = vec![subject_digest(t.as_uuid(), &ShopperId::parse("shp_gone").unwrap())];
+        dir.apply(&k, Some(&config.encode_to_vec())).unwrap();
+        let entry = dir.by_tenant(t).unwrap();
+        assert!(entry.is_suppressed("shp_gone"));
+        assert!(!entry.is_suppressed("shp_kept"));
+        assert!(!entry.is_suppressed("not a shopper id"));
+
+        // A record from before digests: its shopper ids still suppress.
+        let mut legacy = config.clone();
+        legacy.revision = 2;
+        legacy.suppressed_subjects.clear();
+        legacy.suppressed_shoppers = vec!["shp_old".into()];
+        dir.apply(&k, Some(&legacy.encode_to_vec())).unwrap();
+        assert!(dir.by_tenant(t).unwrap().is_suppressed("shp_old"));
     }
 
     #[test]

@@ -24,6 +24,17 @@ impl SessionKey {
         format!("{prefix}t:{}:session:{}", self.tenant, self.shopper)
     }
 
+    /// The shopper's entry in the tenant's subject index: their id under their subject
+    /// digest, so an erasure that names only the digest finds their keys. Written with the
+    /// session, expiring with it.
+    pub fn subject_key(&self, prefix: &str) -> String {
+        format!(
+            "{prefix}t:{}:subject:{}",
+            self.tenant,
+            nudge_contracts::subject_digest(self.tenant.as_uuid(), &self.shopper)
+        )
+    }
+
     /// The marker that an event's effects were applied to this session.
     pub fn applied_key(&self, prefix: &str, event_id: &str) -> String {
         format!("{prefix}t:{}:applied:{event_id}", self.tenant)
@@ -134,6 +145,7 @@ impl SessionStore {
             .key(key.redis_key(&self.prefix))
             .key(effects_key(&self.prefix, key))
             .key(self.idle_key())
+            .key(key.subject_key(&self.prefix))
             .arg(APPLIED_TTL_SECONDS)
             .arg(SESSION_TTL_SECONDS);
         match timer {
@@ -141,7 +153,7 @@ impl SessionStore {
             IdleTimer::Clear => invocation.arg("clear").arg(0),
             IdleTimer::Keep => invocation.arg("keep").arg(0),
         };
-        invocation.arg(idle_member(key));
+        invocation.arg(idle_member(key)).arg(key.shopper.as_str());
         for (field, value) in FIELDS.iter().zip(values) {
             invocation.arg(*field).arg(value);
         }
@@ -186,17 +198,18 @@ fn session_from(values: &[Option<i64>]) -> SessionState {
 pub const APPLIED_TTL_SECONDS: i64 = 24 * 3600;
 
 /// Marks, writes, counts and sets the timer in one step (see [`SessionStore::commit`]).
-/// KEYS: applied marker, session hash, tenant's effects hash, idle-cart schedule. ARGV:
-/// marker TTL, session TTL, timer action (`set`, `clear`, `keep`), last activity, schedule
-/// member, then field/value pairs.
+/// KEYS: applied marker, session hash, tenant's effects hash, idle-cart schedule, subject
+/// index entry. ARGV: marker TTL, session TTL, timer action (`set`, `clear`, `keep`), last
+/// activity, schedule member, shopper id, then field/value pairs.
 const COMMIT: &str = r#"
 if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) == false then
   return 0
 end
-for i = 6, #ARGV, 2 do
+for i = 7, #ARGV, 2 do
   redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
 end
 redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('SET', KEYS[5], ARGV[6], 'EX', ARGV[2])
 redis.call('HINCRBY', KEYS[3], 'events', 1)
 if ARGV[3] == 'set' then
   redis.call('ZADD', KEYS[4], ARGV[4], ARGV[5])

@@ -364,7 +364,7 @@ async fn accept_inner(
     // Suppressed shoppers (erased, or opted out): dropped, counted, and not told apart from
     // accepted ones, so the answer reveals nothing about who is suppressed.
     let before = events.len();
-    events.retain(|e| !tenant.suppressed.contains(&e.shopper_id));
+    events.retain(|e| !tenant.is_suppressed(&e.shopper_id));
     let suppressed = before - events.len();
     state.usage.dropped(tenant_id, Drop::Suppressed, suppressed as u64);
 

@@ -7,8 +7,9 @@ use axum::{
     http::{StatusCode, header::AUTHORIZATION, request::Parts},
 };
 use nudge_contracts::control::{
-    AuditEntryBody, AuditPage, IsolationRequest, IsolationResponse, LimitsBody, ModelRequest, ModelResponse,
-    PlanRequest, PlanResponse, RolloutRequest, RolloutResponse, TransitionRequest, TransitionResponse,
+    AdminErasureRequest, AuditEntryBody, AuditPage, ErasureView, IsolationRequest, IsolationResponse, LimitsBody,
+    ModelRequest, ModelResponse, PlanRequest, PlanResponse, RolloutRequest, RolloutResponse, TransitionRequest,
+    TransitionResponse,
 };
 use nudge_control_plane::lifecycle::{self, LifecycleError};
 use nudge_control_plane::{
@@ -38,6 +39,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(start_rollout, end_rollout))
         .routes(routes!(promote_rollout))
         .routes(routes!(set_isolation))
+        .routes(routes!(file_erasure))
+        .routes(routes!(get_erasure))
 }
 
 /// An authenticated platform operator.
@@ -470,4 +473,78 @@ async fn set_isolation(
         cell_id: cell.id.to_string(),
         cell_url: cell.public_url,
     }))
+}
+
+/// File an erasure request for one of a tenant's shoppers, by shopper id or subject digest.
+/// Filing it again answers the same request (200).
+#[utoipa::path(post, path = "/v1/admin/tenants/{tenant_id}/erasures", tag = "admin",
+    params(("tenant_id" = String, Path)), request_body = AdminErasureRequest, security(("operator_token" = [])),
+    responses(
+        (status = 202, description = "filed; in progress", body = ErasureView),
+        (status = 200, description = "filed before: the same request", body = ErasureView),
+        (status = 401, description = "`invalid_operator_token`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`legal_hold`", body = ErrorBody),
+        (status = 422, description = "`invalid_fields`", body = ErrorBody),
+    ))]
+#[tracing::instrument(skip_all, fields(tenant_id))]
+async fn file_erasure(
+    State(state): State<AppState>,
+    operator: Operator,
+    Path(tenant_id): Path<String>,
+    body: Result<Json<AdminErasureRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<ErasureView>), ApiError> {
+    let tenant = parse_tenant(&tenant_id)?;
+    let Json(body) = body.map_err(|e| ApiError::bad_request("malformed_json", e.body_text()))?;
+    let invalid = |field: &str, why: &str| {
+        ApiError::unprocessable("invalid_fields", "some fields are invalid")
+            .with_details(json!({ "fields": { field: why } }))
+    };
+    let digest = match (body.shopper_id, body.subject_digest) {
+        (Some(shopper), None) => {
+            let shopper =
+                nudge_contracts::ShopperId::parse(&shopper).map_err(|e| invalid("shopper_id", &e.to_string()))?;
+            nudge_contracts::subject_digest(tenant.as_uuid(), &shopper)
+        }
+        (None, Some(digest)) if nudge_control_plane::erasure::is_digest(&digest) => digest,
+        (None, Some(_)) => return Err(invalid("subject_digest", "64 lowercase hex digits")),
+        _ => return Err(invalid("subject", "give exactly one of shopper_id and subject_digest")),
+    };
+    let actor = format!("operator:{}", operator.0);
+    let trace = current_trace().map(|t| t.to_header());
+    let (request, new) = nudge_control_plane::erasure::request(
+        &state.router,
+        &state.topics,
+        &state.receipts,
+        tenant,
+        &digest,
+        &actor,
+        trace,
+    )
+    .await
+    .map_err(super::erasures::erasure_error)?;
+    state.wake_outbox();
+    Ok((if new { StatusCode::ACCEPTED } else { StatusCode::OK }, Json(super::erasures::view(request))))
+}
+
+/// One of a tenant's erasure requests, with its steps and audit trail.
+#[utoipa::path(get, path = "/v1/admin/tenants/{tenant_id}/erasures/{request_id}", tag = "admin",
+    params(("tenant_id" = String, Path), ("request_id" = String, Path)), security(("operator_token" = [])),
+    responses(
+        (status = 200, body = ErasureView),
+        (status = 401, description = "`invalid_operator_token`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+    ))]
+#[tracing::instrument(skip_all, fields(tenant_id))]
+async fn get_erasure(
+    State(state): State<AppState>,
+    _operator: Operator,
+    Path((tenant_id, request_id)): Path<(String, String)>,
+) -> Result<Json<ErasureView>, ApiError> {
+    let tenant = parse_tenant(&tenant_id)?;
+    let request_id = request_id.parse().map_err(|_| ApiError::not_found())?;
+    let request = nudge_control_plane::erasure::get(&state.router, tenant, request_id)
+        .await
+        .map_err(super::erasures::erasure_error)?;
+    Ok(Json(super::erasures::view(request)))
 }

@@ -1,6 +1,7 @@
 //! Routes of the public API, one module per resource.
 
 pub mod admin;
+pub mod erasures;
 pub mod error;
 pub mod merchant;
 pub mod models;
@@ -17,6 +18,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(tenants::router())
         .merge(sessions::router())
         .merge(store::router())
+        .merge(erasures::router())
         .merge(admin::router())
         .merge(models::router())
 }

@@ -248,6 +248,7 @@ async fn list_suppressions(
         items: items
             .into_iter()
             .map(|s| SuppressionView {
+                subject_digest: s.subject_digest,
                 shopper_id: s.shopper_id,
                 reason: s.reason,
                 created_at: s.created_at.to_rfc3339(),
@@ -287,7 +288,12 @@ async fn add_suppression(
     state.wake_outbox();
     Ok((
         StatusCode::CREATED,
-        Json(SuppressionView { shopper_id: shopper.to_string(), reason, created_at: chrono::Utc::now().to_rfc3339() }),
+        Json(SuppressionView {
+            subject_digest: nudge_contracts::subject_digest(tenant.as_uuid(), &shopper),
+            shopper_id: Some(shopper.to_string()),
+            reason,
+            created_at: chrono::Utc::now().to_rfc3339(),
+        }),
     ))
 }
 

@@ -1,0 +1,366 @@
+//! Erasure requests end to end: a store files one for a shopper; the shopper is suppressed
+//! at once, erased from PostgreSQL, the cell's Redis and the compacted `features.v1`
+//! (a tombstone), and the request completes with a receipt signed by OpenBao's Transit key
+//! that checks against the published public key. Filing it again answers the same receipt;
+//! another store sees nothing of it; a legal hold refuses it, naming the hold; an unknown
+//! shopper gets a receipt that says nothing was found.
+
+mod common;
+
+use std::time::Duration;
+
+use base64::{Engine, engine::general_purpose::STANDARD};
+use common::ORIGIN;
+use nudge_contracts::{ShopperId, Topic, proto::features::v1::SubjectKey};
+use nudge_data_plane_features::store::SessionKey;
+use nudge_test_support::{Platform, unique_suffix};
+use prost::Message as _;
+use rdkafka::{Message as _, consumer::Consumer as _};
+use redis::AsyncCommands;
+use serde_json::{Value, json};
+use sqlx::{Connection, Row};
+
+/// A browsing session whose event ids do not contain the shopper id.
+fn browsing(shopper: &str) -> Value {
+    let now = chrono::Utc::now();
+    let events: Vec<Value> = (0..3)
+        .map(|i| {
+            json!({
+                "event_id": uuid::Uuid::new_v4().to_string(),
+                "type": if i == 2 { "add_to_cart" } else { "product_view" },
+                "shopper_id": shopper,
+                "occurred_at": (now - chrono::Duration::seconds(30 - i)).to_rfc3339(),
+                "properties": {"product_id": "tent-2p", "price": 79.0, "currency": "EUR", "quantity": 1},
+            })
+        })
+        .collect();
+    json!({ "events": events })
+}
+
+async fn file(platform: &Platform, tenant: &str, token: &str, shopper: &str) -> anyhow::Result<(u16, Value)> {
+    let response = platform
+        .http
+        .post(format!("{}/v1/tenants/{tenant}/erasures", platform.control_plane_url))
+        .bearer_auth(token)
+        .json(&json!({ "shopper_id": shopper }))
+        .send()
+        .await?;
+    Ok((response.status().as_u16(), response.json().await?))
+}
+
+async fn get(platform: &Platform, path: &str, token: &str) -> anyhow::Result<(u16, Value)> {
+    let response = platform.http.get(format!("{}{path}", platform.control_plane_url)).bearer_auth(token).send().await?;
+    Ok((response.status().as_u16(), response.json().await?))
+}
+
+/// Waits (at most the acceptance's 60 s) for a request to complete; the completed request.
+async fn completed(platform: &Platform, tenant: &str, token: &str, request_id: &str) -> anyhow::Result<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, request) = get(platform, &format!("/v1/tenants/{tenant}/erasures/{request_id}"), token).await?;
+        anyhow::ensure!(status == 200, "{request}");
+        if request["status"] == "completed" {
+            return Ok(request);
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "not completed within 60 s: {request}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Checks the receipt's signature against the published public key of its version.
+async fn verify_receipt(platform: &Platform, receipt: &Value) -> anyhow::Result<()> {
+    let keys: Value = platform
+        .http
+        .get(format!("{}/v1/erasure-receipts/keys", platform.control_plane_url))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(keys["algorithm"], "ed25519");
+    let version = receipt["key_version"].as_u64().expect("a key version").to_string();
+    let public = STANDARD.decode(keys["public_keys"][&version].as_str().expect("the version's public key"))?;
+    let signature = nudge_platform_vault::signature_bytes(receipt["signature"].as_str().expect("a signature"))
+        .expect("a vault signature");
+    let text = receipt["receipt"].as_str().expect("the receipt text");
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &public)
+        .verify(text.as_bytes(), &signature)
+        .map_err(|_| anyhow::anyhow!("the receipt's signature does not verify"))?;
+    let mut tampered = text.replace("\"erased\"", "\"nothing_found\"");
+    tampered.push(' ');
+    assert!(
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &public)
+            .verify(tampered.as_bytes(), &signature)
+            .is_err(),
+        "an altered receipt does not verify"
+    );
+    Ok(())
+}
+
+/// Every Redis key under the test's prefix, and every value, that mentions `needle`.
+async fn redis_hits(platform: &Platform, needle: &str) -> anyhow::Result<Vec<String>> {
+    let client = redis::Client::open(platform.redis_url.as_str())?;
+    let mut redis = client.get_multiplexed_async_connection().await?;
+    // KEYS is fine for one test's few keys under its own prefix.
+    let keys: Vec<String> =
+        redis::cmd("KEYS").arg(format!("{}*", platform.redis_prefix)).query_async(&mut redis).await?;
+    let mut hits = Vec::new();
+    for key in keys {
+        if key.contains(needle) {
+            hits.push(key);
+            continue;
+        }
+        let kind: String = redis::cmd("TYPE").arg(&key).query_async(&mut redis).await?;
+        let values: Vec<String> = match kind.as_str() {
+            "string" => vec![redis.get::<_, Option<String>>(&key).await?.unwrap_or_default()],
+            "hash" => {
+                redis.hgetall::<_, Vec<(String, String)>>(&key).await?.into_iter().flat_map(|(f, v)| [f, v]).collect()
+            }
+            "list" => redis.lrange(&key, 0, -1).await?,
+            "set" => redis.smembers(&key).await?,
+            "zset" => redis.zrange(&key, 0, -1).await?,
+            _ => Vec::new(),
+        };
+        if values.iter().any(|v| v.contains(needle)) {
+            hits.push(key);
+        }
+    }
+    Ok(hits)
+}
+
+/// Every row of every table of the test's database whose text mentions `needle`.
+async fn postgres_hits(platform: &Platform, needle: &str) -> anyhow::Result<Vec<String>> {
+    let mut conn = sqlx::PgConnection::connect(&platform.db.owner_url).await?;
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT quote_ident(table_name) FROM information_schema.tables
+         WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
+    )
+    .fetch_all(&mut conn)
+    .await?;
+    let mut hits = Vec::new();
+    for table in tables {
+        // A row's text shows binary columns as hex: the outbox's payloads are searched below.
+        let row = sqlx::query(&format!("SELECT count(*) AS n FROM {table} t WHERE t::text LIKE '%' || $1 || '%'"))
+            .bind(needle)
+            .fetch_one(&mut conn)
+            .await?;
+        if row.try_get::<i64, _>("n")? > 0 {
+            hits.push(table);
+        }
+    }
+    let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE position($1 IN payload) > 0")
+        .bind(needle.as_bytes())
+        .fetch_one(&mut conn)
+        .await?;
+    if outbox > 0 {
+        hits.push("outbox payloads".into());
+    }
+    Ok(hits)
+}
+
+/// The latest `features.v1` record of `key`: `Some(None)` for a tombstone.
+async fn latest_snapshot(platform: &Platform, key: &[u8]) -> anyhow::Result<Option<Option<Vec<u8>>>> {
+    let config = &platform.cell_config.kafka;
+    let reader: rdkafka::consumer::StreamConsumer =
+        nudge_platform_kafka::reader_consumer(config, &format!("test-{}", unique_suffix()))?;
+    reader.subscribe(&[config.topics().name(Topic::Features).as_str()])?;
+    let mut latest = None;
+    // Read until the topic has been quiet for a while.
+    while let Ok(message) = tokio::time::timeout(Duration::from_secs(3), reader.recv()).await {
+        let message = message?;
+        if message.key() == Some(key) {
+            latest = Some(message.payload().map(<[u8]>::to_vec));
+        }
+    }
+    Ok(latest)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erasure_request_erases_everywhere_and_answers_a_signed_receipt() -> anyhow::Result<()> {
+    let platform = Platform::start().await?;
+    let owner = format!("owner-{}@example.com", unique_suffix());
+    let store = platform.sign_up_as("Forgetting Store", &[ORIGIN], &owner).await?;
+    platform.wait_for_key(&store.publishable_key, ORIGIN).await?;
+    let token = platform.login(&owner, None).await?.access_token;
+    let tenant: nudge_tenants::TenantId = store.tenant_id.parse()?;
+    let shopper = format!("shp_forget_{}", unique_suffix());
+
+    // The shopper browses; the pipeline keeps their session and snapshots their features.
+    assert_eq!(platform.post_events(&store.publishable_key, Some(ORIGIN), &browsing(&shopper)).await?.status(), 202);
+    let client = redis::Client::open(platform.redis_url.as_str())?;
+    let mut redis = client.get_multiplexed_async_connection().await?;
+    let session = SessionKey { tenant, shopper: ShopperId::parse(&shopper)? };
+    let mut stored = false;
+    for _ in 0..300 {
+        if redis.exists::<_, bool>(session.redis_key(&platform.redis_prefix)).await? {
+            stored = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::ensure!(stored, "the shopper's session never reached Redis");
+    assert!(!redis_hits(&platform, &shopper).await?.is_empty(), "the scan finds what is there");
+
+    let (status, request) = file(&platform, &store.tenant_id, &token, &shopper).await?;
+    assert_eq!(status, 202, "{request}");
+    assert_eq!(request["status"], "in_progress");
+    let request_id = request["request_id"].as_str().expect("a request id").to_owned();
+    assert!(request["deadline_at"].as_str().is_some_and(|d| d > request["requested_at"].as_str().unwrap_or("")));
+
+    let done = completed(&platform, &store.tenant_id, &token, &request_id).await?;
+    let steps = done["steps"].as_array().expect("steps");
+    let cell_step = steps.iter().find(|s| s["store"] == "cell:shared-1").expect("the cell's step");
+    assert_eq!(cell_step["status"], "erased", "{done}");
+    assert_eq!(cell_step["removed"]["redis.session"], 1, "{done}");
+    assert_eq!(cell_step["removed"]["redis.subject_index"], 1, "{done}");
+    assert_eq!(cell_step["removed"]["kafka.features.v1.tombstones"], 1, "{done}");
+    assert!(steps.iter().any(|s| s["store"] == "postgres"), "{done}");
+    let actions: Vec<&str> =
+        done["audit"].as_array().expect("audit").iter().filter_map(|a| a["action"].as_str()).collect();
+    assert_eq!(actions, ["requested", "store_finished", "completed"], "{done}");
+
+    // Nowhere a trace of the shopper: Redis, PostgreSQL, and the latest features snapshot
+    // is a tombstone.
+    assert_eq!(redis_hits(&platform, &shopper).await?, Vec::<String>::new());
+    assert_eq!(postgres_hits(&platform, &shopper).await?, Vec::<String>::new());
+    let digest = nudge_contracts::subject_digest(tenant.as_uuid(), &ShopperId::parse(&shopper)?);
+    assert_eq!(done["subject_digest"], digest.as_str());
+    let key = SubjectKey { tenant_id: store.tenant_id.clone(), subject_digest: digest }.encode_to_vec();
+    assert_eq!(latest_snapshot(&platform, &key).await?, Some(None), "a tombstone is the shopper's latest snapshot");
+
+    // The receipt: every store with its status, signed; it checks against the public key.
+    let receipt_path = format!("/v1/tenants/{}/erasures/{request_id}/receipt", store.tenant_id);
+    let (status, receipt) = get(&platform, &receipt_path, &token).await?;
+    assert_eq!(status, 200, "{receipt}");
+    verify_receipt(&platform, &receipt).await?;
+    let body: Value = serde_json::from_str(receipt["receipt"].as_str().expect("text"))?;
+    assert_eq!(body["outcome"], "erased");
+    assert_eq!(body["request_id"], request_id.as_str());
+    let stores: Vec<&str> =
+        body["stores"].as_array().expect("stores").iter().filter_map(|s| s["store"].as_str()).collect();
+    assert_eq!(stores, ["cell:shared-1", "postgres", "kafka event streams"], "{body}");
+    assert!(!receipt["receipt"].as_str().unwrap_or_default().contains(&shopper), "the receipt names no shopper id");
+
+    // Filing it again: the same request and the same receipt.
+    let (status, again) = file(&platform, &store.tenant_id, &token, &shopper).await?;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["request_id"], request_id.as_str());
+    assert_eq!(get(&platform, &receipt_path, &token).await?.1, receipt);
+
+    // New events for them are dropped: a later shopper's event is applied, theirs is not.
+    assert_eq!(platform.post_events(&store.publishable_key, Some(ORIGIN), &browsing(&shopper)).await?.status(), 202);
+    let marker = SessionKey { tenant, shopper: ShopperId::parse("shp_marker")? };
+    assert_eq!(
+        platform.post_events(&store.publishable_key, Some(ORIGIN), &browsing("shp_marker")).await?.status(),
+        202
+    );
+    let mut worked_past = false;
+    for _ in 0..300 {
+        if redis.exists::<_, bool>(marker.redis_key(&platform.redis_prefix)).await? {
+            worked_past = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::ensure!(worked_past, "the marker's events were never applied");
+    assert_eq!(redis_hits(&platform, &shopper).await?, Vec::<String>::new(), "nothing new for an erased shopper");
+    platform.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasure_requests_are_the_stores_own_and_legal_holds_refuse_them() -> anyhow::Result<()> {
+    let platform = Platform::start().await?;
+    let (owner_a, owner_b) =
+        (format!("a-{}@example.com", unique_suffix()), format!("b-{}@example.com", unique_suffix()));
+    let a = platform.sign_up_as("Store A", &[ORIGIN], &owner_a).await?;
+    let b = platform.sign_up_as("Store B", &["https://b.example.com"], &owner_b).await?;
+    platform.wait_for_key(&a.publishable_key, ORIGIN).await?;
+    let token_a = platform.login(&owner_a, None).await?.access_token;
+    let token_b = platform.login(&owner_b, None).await?.access_token;
+
+    // A shopper store A never saw: the receipt says nothing was found.
+    let (status, request) = file(&platform, &a.tenant_id, &token_a, "shp_unknown").await?;
+    assert_eq!(status, 202, "{request}");
+    let request_id = request["request_id"].as_str().expect("id").to_owned();
+    let done = completed(&platform, &a.tenant_id, &token_a, &request_id).await?;
+    assert!(done["steps"].as_array().expect("steps").iter().all(|s| s["status"] == "nothing_found"), "{done}");
+    let (_, receipt) =
+        get(&platform, &format!("/v1/tenants/{}/erasures/{request_id}/receipt", a.tenant_id), &token_a).await?;
+    let body: Value = serde_json::from_str(receipt["receipt"].as_str().expect("text"))?;
+    assert_eq!(body["outcome"], "nothing_found");
+    verify_receipt(&platform, &receipt).await?;
+
+    // Store B: A's request is not there, under A's id or its own.
+    for path in [
+        format!("/v1/tenants/{}/erasures/{request_id}", a.tenant_id),
+        format!("/v1/tenants/{}/erasures/{request_id}", b.tenant_id),
+        format!("/v1/tenants/{}/erasures/{request_id}/receipt", b.tenant_id),
+    ] {
+        let (status, body) = get(&platform, &path, &token_b).await?;
+        assert_eq!(status, 404, "{path}: {body}");
+    }
+    let (status, _) = file(&platform, &a.tenant_id, &token_b, "shp_unknown").await?;
+    assert_eq!(status, 404, "B cannot file for A");
+    let (_, list) = get(&platform, &format!("/v1/tenants/{}/erasures", b.tenant_id), &token_b).await?;
+    assert_eq!(list["items"], json!([]));
+
+    // A legal hold on a shopper refuses their erasure, naming it; released, it goes ahead.
+    let hold: Value = platform
+        .http
+        .post(format!("{}/v1/tenants/{}/legal-holds", platform.control_plane_url, a.tenant_id))
+        .bearer_auth(&token_a)
+        .json(&json!({ "name": "Case 2026-114 chargeback dispute", "shopper_id": "shp_held" }))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let hold_id = hold["hold_id"].as_str().expect("a hold id").to_owned();
+    let (status, refused) = file(&platform, &a.tenant_id, &token_a, "shp_held").await?;
+    assert_eq!(status, 409, "{refused}");
+    assert_eq!(refused["error"]["code"], "legal_hold");
+    assert_eq!(refused["error"]["details"]["name"], "Case 2026-114 chargeback dispute");
+    assert_eq!(refused["error"]["details"]["hold_id"], hold_id.as_str());
+    let (status, _) = file(&platform, &a.tenant_id, &token_a, "shp_other").await?;
+    assert_eq!(status, 202, "the hold covers its shopper only");
+    let released = platform
+        .http
+        .delete(format!("{}/v1/tenants/{}/legal-holds/{hold_id}", platform.control_plane_url, a.tenant_id))
+        .bearer_auth(&token_a)
+        .send()
+        .await?;
+    assert_eq!(released.status(), 204);
+    let (status, request) = file(&platform, &a.tenant_id, &token_a, "shp_held").await?;
+    assert_eq!(status, 202, "{request}");
+    // Store B cannot see or release A's holds.
+    let (status, _) = get(&platform, &format!("/v1/tenants/{}/legal-holds", a.tenant_id), &token_b).await?;
+    assert_eq!(status, 404);
+    let foreign = platform
+        .http
+        .delete(format!("{}/v1/tenants/{}/legal-holds/{hold_id}", platform.control_plane_url, b.tenant_id))
+        .bearer_auth(&token_b)
+        .send()
+        .await?;
+    assert_eq!(foreign.status(), 404, "another store's hold is not found");
+
+    // A shopper who had opted out: the suppression list held their id; the erasure removes it
+    // and keeps only the digest.
+    let opted = platform
+        .http
+        .post(format!("{}/v1/tenants/{}/suppressions", platform.control_plane_url, a.tenant_id))
+        .bearer_auth(&token_a)
+        .json(&json!({ "shopper_id": "shp_opted_out", "reason": "opt_out" }))
+        .send()
+        .await?;
+    assert_eq!(opted.status(), 201);
+    assert_eq!(postgres_hits(&platform, "shp_opted_out").await?, ["suppressions"]);
+    let (status, request) = file(&platform, &a.tenant_id, &token_a, "shp_opted_out").await?;
+    assert_eq!(status, 202, "{request}");
+    let postgres = request["steps"].as_array().expect("steps").iter().find(|s| s["store"] == "postgres").cloned();
+    let postgres = postgres.expect("the postgres step");
+    assert_eq!(postgres["status"], "erased", "{request}");
+    assert_eq!(postgres["removed"]["suppressions.shopper_id"], 1, "{request}");
+    assert_eq!(postgres_hits(&platform, "shp_opted_out").await?, Vec::<String>::new());
+    let (_, list) = get(&platform, &format!("/v1/tenants/{}/suppressions", a.tenant_id), &token_a).await?;
+    let erased = list["items"].as_array().expect("items").iter().find(|i| i["reason"] == "erasure").cloned();
+    assert_eq!(erased.expect("the erased shopper's suppression")["shopper_id"], Value::Null);
+    platform.shutdown().await
+}

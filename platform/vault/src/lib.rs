@@ -1,0 +1,160 @@
+//! OpenBao (the Vault API) for the platform, through its Transit engine: keys that never
+//! leave the vault, used by name. Today: the signing key of erasure receipts (ed25519), whose
+//! public halves anyone can fetch to check a receipt without the vault.
+//!
+//! Constructing a [`Vault`] does no I/O; every call is bounded by the configured timeout
+//! and fails as [`VaultError::Unavailable`] when the vault cannot be reached or answers
+//! with a server error, so callers retry or answer 503.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use base64::{Engine, engine::general_purpose::STANDARD};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use vaultrs::{
+    api::transit::{KeyType, requests::CreateKeyRequest, responses::ReadKeyData},
+    client::{VaultClient, VaultClientSettingsBuilder},
+    error::ClientError,
+    transit,
+};
+
+/// Where the vault is and how to use it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VaultConfig {
+    /// Base URL (`http://127.0.0.1:8200`).
+    pub address: String,
+    /// A token allowed to use the Transit mount (set from `NUDGE_…__VAULT__TOKEN`).
+    pub token: SecretString,
+    /// Where the Transit engine is mounted.
+    pub transit_mount: String,
+    /// The longest any call may take.
+    pub timeout_ms: u64,
+}
+
+impl VaultConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.address.starts_with("http://") && !self.address.starts_with("https://") {
+            return Err("vault.address must be an http(s) URL".into());
+        }
+        if self.transit_mount.trim().is_empty() {
+            return Err("vault.transit_mount must name the Transit mount".into());
+        }
+        if self.timeout_ms == 0 {
+            return Err("vault.timeout_ms must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+impl Default for VaultConfig {
+    fn default() -> Self {
+        Self {
+            address: "http://127.0.0.1:8200".into(),
+            token: SecretString::from(""),
+            transit_mount: "transit".into(),
+            timeout_ms: 3000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    /// The vault cannot be reached, is sealed, or failed: retry later.
+    #[error("the vault is unavailable: {0}")]
+    Unavailable(String),
+    /// The vault refused the request (permissions, a key of the wrong type, bad input).
+    #[error("the vault refused the request: {0}")]
+    Refused(String),
+    #[error("the vault is misconfigured: {0}")]
+    Config(String),
+}
+
+fn classify(e: ClientError) -> VaultError {
+    match e {
+        ClientError::APIError { code, errors } if (400..500).contains(&code) && code != 429 => {
+            VaultError::Refused(format!("{code}: {}", errors.join("; ")))
+        }
+        other => VaultError::Unavailable(other.to_string()),
+    }
+}
+
+/// A signature made by a Transit key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signature {
+    /// As the vault writes it: `vault:v<version>:<base64 signature>`.
+    pub signature: String,
+    /// The key that signed.
+    pub key: String,
+    /// The version of the key that signed.
+    pub key_version: u64,
+}
+
+/// A Transit engine.
+#[derive(Clone)]
+pub struct Vault {
+    client: std::sync::Arc<VaultClient>,
+    mount: String,
+}
+
+impl Vault {
+    pub fn new(config: &VaultConfig) -> Result<Self, VaultError> {
+        // The HTTP client's TLS needs a process-wide provider; another component may have
+        // installed one already, which is as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let settings = VaultClientSettingsBuilder::default()
+            .address(&config.address)
+            .token(config.token.expose_secret())
+            .timeout(Some(Duration::from_millis(config.timeout_ms)))
+            .build()
+            .map_err(|e| VaultError::Config(e.to_string()))?;
+        let client = VaultClient::new(settings).map_err(|e| VaultError::Config(e.to_string()))?;
+        Ok(Self { client: std::sync::Arc::new(client), mount: config.transit_mount.clone() })
+    }
+
+    /// Creates the ed25519 signing key `name` unless it exists (the vault leaves an
+    /// existing key as it is).
+    pub async fn ensure_signing_key(&self, name: &str) -> Result<(), VaultError> {
+        transit::key::create(
+            self.client.as_ref(),
+            &self.mount,
+            name,
+            Some(CreateKeyRequest::builder().key_type(KeyType::Ed25519)),
+        )
+        .await
+        .map_err(classify)
+    }
+
+    /// Signs `data` with the latest version of key `name`.
+    pub async fn sign(&self, name: &str, data: &[u8]) -> Result<Signature, VaultError> {
+        let signed = transit::data::sign(self.client.as_ref(), &self.mount, name, &STANDARD.encode(data), None)
+            .await
+            .map_err(classify)?;
+        let key_version = signed
+            .signature
+            .strip_prefix("vault:v")
+            .and_then(|rest| rest.split_once(':'))
+            .and_then(|(v, _)| v.parse().ok())
+            .ok_or_else(|| VaultError::Refused("the vault answered a signature in an unknown form".into()))?;
+        Ok(Signature { signature: signed.signature, key: name.to_owned(), key_version })
+    }
+
+    /// The public keys of signing key `name` by version, base64 as the vault gives them
+    /// (32 raw bytes for ed25519).
+    pub async fn public_keys(&self, name: &str) -> Result<BTreeMap<u64, String>, VaultError> {
+        let key = transit::key::read(self.client.as_ref(), &self.mount, name).await.map_err(classify)?;
+        match key.keys {
+            ReadKeyData::Asymmetric(versions) => Ok(versions
+                .into_iter()
+                .filter_map(|(version, entry)| Some((version.parse().ok()?, entry.public_key)))
+                .collect()),
+            ReadKeyData::Symmetric(_) => Err(VaultError::Refused(format!("{name} is not a signing key"))),
+        }
+    }
+}
+
+/// The raw signature bytes of a vault signature (`vault:v<n>:<base64>`).
+pub fn signature_bytes(signature: &str) -> Option<Vec<u8>> {
+    let encoded = signature.strip_prefix("vault:v")?.split_once(':')?.1;
+    STANDARD.decode(encoded).ok()
+}

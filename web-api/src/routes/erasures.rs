@@ -1,0 +1,302 @@
+//! Erasure requests and legal holds: `/v1/tenants/{tenant_id}/erasures…`,
+//! `/v1/tenants/{tenant_id}/legal-holds…`, for a store's owners and admins; and the public
+//! keys that check receipts, `/v1/erasure-receipts/keys`. Another store's request or hold
+//! answers 404, exactly as one that does not exist.
+
+use axum::{
+    Json,
+    extract::{Path, State, rejection::JsonRejection},
+    http::StatusCode,
+};
+use nudge_contracts::{
+    ShopperId,
+    control::{
+        ErasureAuditView, ErasureList, ErasureReceiptView, ErasureRequestBody, ErasureStepView, ErasureView,
+        LegalHoldList, LegalHoldRequest, LegalHoldView, ReceiptKeysView,
+    },
+};
+use nudge_control_plane::erasure::{self, ErasureError, ErasureRequest, LegalHold};
+use nudge_platform_http::{ApiError, ErrorBody, current_trace};
+use nudge_platform_vault::VaultError;
+use serde_json::json;
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+
+use super::{error::db_error, merchant::Merchant};
+use crate::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_erasures, request_erasure))
+        .routes(routes!(get_erasure))
+        .routes(routes!(get_receipt))
+        .routes(routes!(list_holds, place_hold))
+        .routes(routes!(release_hold))
+        .routes(routes!(receipt_keys))
+}
+
+fn time(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+pub(super) fn view(r: ErasureRequest) -> ErasureView {
+    ErasureView {
+        request_id: r.request_id.to_string(),
+        scope: r.scope,
+        subject_digest: r.subject_digest,
+        requested_by: r.requested_by,
+        requested_at: time(r.requested_at),
+        deadline_at: time(r.deadline_at),
+        status: r.status,
+        completed_at: r.completed_at.map(time),
+        steps: r
+            .steps
+            .into_iter()
+            .map(|s| ErasureStepView {
+                store: s.store,
+                status: s.status,
+                removed: s.removed,
+                finished_at: s.finished_at.map(time),
+            })
+            .collect(),
+        audit: r
+            .audit
+            .into_iter()
+            .map(|a| ErasureAuditView { at: time(a.at), actor: a.actor, action: a.action, detail: a.detail })
+            .collect(),
+    }
+}
+
+fn hold_view(h: LegalHold) -> LegalHoldView {
+    LegalHoldView {
+        hold_id: h.hold_id.to_string(),
+        name: h.name,
+        subject_digest: h.subject_digest,
+        placed_by: h.placed_by,
+        placed_at: time(h.placed_at),
+        released_at: h.released_at.map(time),
+    }
+}
+
+pub(super) fn vault_error(e: VaultError) -> ApiError {
+    match e {
+        VaultError::Unavailable(_) => {
+            ApiError::unavailable("vault_unavailable", "the key vault is unavailable; retry in a moment", 5)
+        }
+        other => {
+            tracing::error!(error = %other, "the vault refused a request");
+            ApiError::unavailable("vault_unavailable", "the key vault refused the request; an operator must look", 60)
+        }
+    }
+}
+
+pub(super) fn erasure_error(e: ErasureError) -> ApiError {
+    match e {
+        ErasureError::Db(db) => db_error(db),
+        ErasureError::NotFound => ApiError::not_found(),
+        ErasureError::Vault(v) => vault_error(v),
+        ErasureError::LegalHold { hold_id, name } => ApiError::new(
+            StatusCode::CONFLICT,
+            "legal_hold",
+            format!("legal hold \"{name}\" prevents erasure; release it first"),
+        )
+        .with_details(json!({ "hold_id": hold_id.to_string(), "name": name })),
+    }
+}
+
+fn shopper_of(raw: &str) -> Result<ShopperId, ApiError> {
+    ShopperId::parse(raw).map_err(|e| {
+        ApiError::unprocessable("invalid_fields", "some fields are invalid")
+            .with_details(json!({ "fields": { "shopper_id": e.to_string() } }))
+    })
+}
+
+fn id_of(raw: &str) -> Result<Uuid, ApiError> {
+    raw.parse().map_err(|_| ApiError::not_found())
+}
+
+/// Forget one of the store's shoppers. They are suppressed at once (their events are
+/// dropped, counted), then erased from every store Nudge wrote them to; the request
+/// completes with a signed receipt. Filing it again answers the same request (200).
+#[utoipa::path(post, path = "/v1/tenants/{tenant_id}/erasures", tag = "privacy",
+    params(("tenant_id" = String, Path)), request_body = ErasureRequestBody, security(("access_token" = [])),
+    responses(
+        (status = 202, description = "filed; in progress", body = ErasureView),
+        (status = 200, description = "filed before: the same request", body = ErasureView),
+        (status = 403, description = "`forbidden`: owners and admins only", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`legal_hold`: a hold (named in details) prevents it", body = ErrorBody),
+        (status = 422, description = "`invalid_fields`, `malformed_json`", body = ErrorBody),
+        (status = 503, description = "`database_unavailable`, `vault_unavailable`", body = ErrorBody),
+    ))]
+#[tracing::instrument(skip_all, fields(tenant_id))]
+async fn request_erasure(
+    State(state): State<AppState>,
+    merchant: Merchant,
+    Path(tenant_id): Path<String>,
+    body: Result<Json<ErasureRequestBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<ErasureView>), ApiError> {
+    let tenant = merchant.tenant(&tenant_id)?;
+    merchant.require(merchant.role().manages_keys())?;
+    let Json(body) = body.map_err(|e| ApiError::bad_request("malformed_json", e.body_text()))?;
+    let shopper = shopper_of(&body.shopper_id)?;
+    let actor = format!("account:{}", merchant.0.account);
+    let trace = current_trace().map(|t| t.to_header());
+    let digest = nudge_contracts::subject_digest(tenant.as_uuid(), &shopper);
+    let (request, new) =
+        erasure::request(&state.router, &state.topics, &state.receipts, tenant, &digest, &actor, trace)
+            .await
+            .map_err(erasure_error)?;
+    state.wake_outbox();
+    tracing::info!(request_id = %request.request_id, new, "erasure requested");
+    Ok((if new { StatusCode::ACCEPTED } else { StatusCode::OK }, Json(view(request))))
+}
+
+/// The store's erasure requests, newest first.
+#[utoipa::path(get, path = "/v1/tenants/{tenant_id}/erasures", tag = "privacy",
+    params(("tenant_id" = String, Path)), security(("access_token" = [])),
+    responses((status = 200, body = ErasureList), (status = 404, description = "`not_found`", body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(tenant_id))]
+async fn list_erasures(
+    State(state): State<AppState>,
+    merchant: Merchant,
+    Path(tenant_id): Path<String>,
+) -> Result<Json<ErasureList>, ApiError> {
+    let tenant = merchant.tenant(&tenant_id)?;
+    merchant.require(merchant.role().manages_keys())?;
+    let items = erasure::list(&state.router, tenant).await.map_err(erasure_error)?;
+    Ok(Json(ErasureList { items: items.into_iter().map(view).collect() }))
+}
+
+/// One erasure request: its status in every store, deadline and audit trail.
+#[utoipa::path(get, path = "/v1/tenants/{tenant_id}/erasures/{request_id}", tag = "privacy",
+    params(("tenant_id" = String, Path), ("request_id" = String, Path)), security(("access_token" = [])),
+    responses((status = 200, body = ErasureView), (status = 404, description = "`not_found`", body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(tenant_id))]
+async fn get_erasure(
+    State(state): State<AppState>,
+    merchant: Merchant,
+    Path((tenant_id, request_id)): Path<(String, String)>,
+) -> Result<Json<ErasureView>, ApiError> {
+    let tenant = merchant.tenant(&tenant_id)?;
+    merchant.require(merchant.role().manages_keys())?;
+    let request = erasure::get(&state.router, tenant, id_of(&request_id)?).await.map_err(erasure_error)?;
+    Ok(Json(view(request)))
+}
+
+/// The signed deletion receipt of a completed request.
+#[utoipa::path(get, path = "/v1/tenants/{tenant_id}/erasures/{request_id}/receipt", tag = "privacy",
+    params(("tenant_id" = String, Path), ("request_id" = String, Path)), security(("access_token" = [])),
+    responses(
+        (status = 200, body = ErasureReceiptView),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`erasure_in_progress`: no receipt yet", body = ErrorBody),
+    ))]
+#[tracing::instrument(skip_all, fields(tenant_id))]
+async fn get_receipt(
+    State(state): State<AppState>,
+    merchant: Merchant,
+    Path((tenant_id, request_id)): Path<(String, String)>,
+) -> Result<Json<ErasureReceiptView>, ApiError> {
+    let tenant = merchant.tenant(&tenant_id)?;
+    merchant.require(merchant.role().manages_keys())?;
+    let receipt = erasure::receipt(&state.router, tenant, id_of(&request_id)?).await.map_err(erasure_error)?;
+    let Some(r) = receipt else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "erasure_in_progress",
+            "the request is still in progress; its receipt is signed when every store has finished",
+        ));
+    };
+    Ok(Json(ErasureReceiptView {
+        receipt: r.receipt,
+        signature: r.signature,
+        signing_key: r.signing_key,
+        key_version: r.key_version,
+    }))
+}
+
+/// The store's legal holds, active first.
+#[utoipa::path(get, path = "/v1/tenants/{tenant_id}/legal-holds", tag = "privacy",
+    params(("tenant_id" = String, Path)), security(("access_token" = [])),
+    responses((status = 200, body = LegalHoldList), (status = 404, description = "`not_found`", body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(tenant_id))]
+async fn list_holds(
+    State(state): State<AppState>,
+    merchant: Merchant,
+    Path(tenant_id): Path<String>,
+) -> Result<Json<LegalHoldList>, ApiError> {
+    let tenant = merchant.tenant(&tenant_id)?;
+    merchant.require(merchant.role().manages_keys())?;
+    let items = erasure::holds(&state.router, tenant).await.map_err(erasure_error)?;
+    Ok(Json(LegalHoldList { items: items.into_iter().map(hold_view).collect() }))
+}
+
+/// Place a legal hold on one shopper, or on the whole store: erasure requests it covers are
+/// refused, naming it, until it is released.
+#[utoipa::path(post, path = "/v1/tenants/{tenant_id}/legal-holds", tag = "privacy",
+    params(("tenant_id" = String, Path)), request_body = LegalHoldRequest, security(("access_token" = [])),
+    responses(
+        (status = 201, body = LegalHoldView),
+        (status = 403, description = "`forbidden`: owners and admins only", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 422, description = "`invalid_fields`", body = ErrorBody),
+    ))]
+#[tracing::instrument(skip_all, fields(tenant_id))]
+async fn place_hold(
+    State(state): State<AppState>,
+    merchant: Merchant,
+    Path(tenant_id): Path<String>,
+    body: Result<Json<LegalHoldRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<LegalHoldView>), ApiError> {
+    let tenant = merchant.tenant(&tenant_id)?;
+    merchant.require(merchant.role().manages_keys())?;
+    let Json(body) = body.map_err(|e| ApiError::bad_request("malformed_json", e.body_text()))?;
+    let name = body.name.trim();
+    if name.is_empty() || name.chars().count() > 200 {
+        return Err(ApiError::unprocessable("invalid_fields", "some fields are invalid")
+            .with_details(json!({ "fields": { "name": "1 to 200 characters" } })));
+    }
+    let shopper = body.shopper_id.as_deref().map(shopper_of).transpose()?;
+    let actor = format!("account:{}", merchant.0.account);
+    let hold =
+        erasure::place_hold(&state.router, tenant, name, shopper.as_ref(), &actor).await.map_err(erasure_error)?;
+    Ok((StatusCode::CREATED, Json(hold_view(hold))))
+}
+
+/// Release a legal hold.
+#[utoipa::path(delete, path = "/v1/tenants/{tenant_id}/legal-holds/{hold_id}", tag = "privacy",
+    params(("tenant_id" = String, Path), ("hold_id" = String, Path)), security(("access_token" = [])),
+    responses(
+        (status = 204, description = "released"),
+        (status = 403, description = "`forbidden`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no active hold by that id", body = ErrorBody),
+    ))]
+#[tracing::instrument(skip_all, fields(tenant_id))]
+async fn release_hold(
+    State(state): State<AppState>,
+    merchant: Merchant,
+    Path((tenant_id, hold_id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let tenant = merchant.tenant(&tenant_id)?;
+    merchant.require(merchant.role().manages_keys())?;
+    let actor = format!("account:{}", merchant.0.account);
+    erasure::release_hold(&state.router, tenant, id_of(&hold_id)?, &actor).await.map_err(erasure_error)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The public keys that check erasure receipts, by version. Public by design.
+#[utoipa::path(get, path = "/v1/erasure-receipts/keys", tag = "privacy",
+    responses(
+        (status = 200, body = ReceiptKeysView),
+        (status = 503, description = "`vault_unavailable`", body = ErrorBody),
+    ))]
+#[tracing::instrument(skip_all)]
+async fn receipt_keys(State(state): State<AppState>) -> Result<Json<ReceiptKeysView>, ApiError> {
+    let keys = state.receipts.public_keys().await.map_err(vault_error)?;
+    Ok(Json(ReceiptKeysView {
+        signing_key: state.receipts.key().to_owned(),
+        algorithm: "ed25519".into(),
+        public_keys: keys.into_iter().map(|(v, k)| (v.to_string(), k)).collect(),
+    }))
+}
