@@ -10,32 +10,14 @@ mod common;
 use std::time::Duration;
 
 use base64::{Engine, engine::general_purpose::STANDARD};
-use common::ORIGIN;
-use nudge_contracts::{ShopperId, Topic, proto::features::v1::SubjectKey};
+use common::{ORIGIN, browsing, latest_snapshot};
+use nudge_contracts::{ShopperId, proto::features::v1::SubjectKey};
 use nudge_data_plane_features::store::SessionKey;
 use nudge_test_support::{Platform, unique_suffix};
 use prost::Message as _;
-use rdkafka::{Message as _, consumer::Consumer as _};
 use redis::AsyncCommands;
 use serde_json::{Value, json};
 use sqlx::{Connection, Row};
-
-/// A browsing session whose event ids do not contain the shopper id.
-fn browsing(shopper: &str) -> Value {
-    let now = chrono::Utc::now();
-    let events: Vec<Value> = (0..3)
-        .map(|i| {
-            json!({
-                "event_id": uuid::Uuid::new_v4().to_string(),
-                "type": if i == 2 { "add_to_cart" } else { "product_view" },
-                "shopper_id": shopper,
-                "occurred_at": (now - chrono::Duration::seconds(30 - i)).to_rfc3339(),
-                "properties": {"product_id": "tent-2p", "price": 79.0, "currency": "EUR", "quantity": 1},
-            })
-        })
-        .collect();
-    json!({ "events": events })
-}
 
 async fn file(platform: &Platform, tenant: &str, token: &str, shopper: &str) -> anyhow::Result<(u16, Value)> {
     let response = platform
@@ -155,23 +137,6 @@ async fn postgres_hits(platform: &Platform, needle: &str) -> anyhow::Result<Vec<
         hits.push("outbox payloads".into());
     }
     Ok(hits)
-}
-
-/// The latest `features.v1` record of `key`: `Some(None)` for a tombstone.
-async fn latest_snapshot(platform: &Platform, key: &[u8]) -> anyhow::Result<Option<Option<Vec<u8>>>> {
-    let config = &platform.cell_config.kafka;
-    let reader: rdkafka::consumer::StreamConsumer =
-        nudge_platform_kafka::reader_consumer(config, &format!("test-{}", unique_suffix()))?;
-    reader.subscribe(&[config.topics().name(Topic::Features).as_str()])?;
-    let mut latest = None;
-    // Read until the topic has been quiet for a while.
-    while let Ok(message) = tokio::time::timeout(Duration::from_secs(3), reader.recv()).await {
-        let message = message?;
-        if message.key() == Some(key) {
-            latest = Some(message.payload().map(<[u8]>::to_vec));
-        }
-    }
-    Ok(latest)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

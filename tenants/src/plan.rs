@@ -31,6 +31,9 @@ pub struct Limits {
     pub seats: u32,
 }
 
+/// The shortest retention a store can have: the event topics keep a week of records.
+pub const MIN_RETENTION_DAYS: u32 = 7;
+
 /// Negotiated exceptions to a plan's limits; `None` keeps the plan's value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]

@@ -38,6 +38,7 @@ pub struct CellConfig {
     pub decide: RuleConfig,
     pub idle_carts: IdleCartsConfig,
     pub erasure: ErasureConfig,
+    pub retention: RetentionConfig,
     pub log: LogConfig,
 }
 
@@ -59,6 +60,7 @@ impl Default for CellConfig {
             decide: RuleConfig::default(),
             idle_carts: IdleCartsConfig::default(),
             erasure: ErasureConfig::default(),
+            retention: RetentionConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -115,6 +117,22 @@ pub struct ErasureConfig {
 impl Default for ErasureConfig {
     fn default() -> Self {
         Self { settle_ms: 15_000 }
+    }
+}
+
+/// Expiring shoppers past their store's retention (their `features.v1` snapshot).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct RetentionConfig {
+    /// How often the pipeline process sweeps.
+    pub interval_ms: u64,
+    /// Shoppers expired per round trip.
+    pub batch: usize,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self { interval_ms: 3_600_000, batch: 500 }
     }
 }
 

@@ -25,7 +25,7 @@ use nudge_contracts::{
     },
 };
 use nudge_data_plane_directory::{Directory, Erasure};
-use nudge_data_plane_features::store::{SessionKey, idle_member};
+use nudge_data_plane_features::store::{SessionKey, idle_member, last_seen_key};
 use nudge_data_plane_gateway::{hub::ShopperAddress, route::Naming};
 use nudge_platform_kafka::{SharedProducer, headers::record_headers};
 use nudge_tenants::{CellId, TenantId};
@@ -103,18 +103,18 @@ async fn erase(redis: &mut ConnectionManager, places: &Places, batch: &mut [Job]
     let shoppers: Vec<Option<ShopperId>> =
         found.into_iter().map(|s| s.and_then(|s| ShopperId::parse(&s).ok())).collect();
     let mut pipe = redis::pipe();
-    let mut any = false;
     for (job, shopper) in batch.iter().zip(&shoppers) {
-        let Some(shopper) = shopper else { continue };
         let tenant = job.erasure.tenant;
+        // Retention has nothing left to expire for them (the tombstone follows).
+        pipe.cmd("ZREM").arg(last_seen_key(&places.prefix, tenant)).arg(&job.erasure.subject_digest).ignore();
+        let Some(shopper) = shopper else { continue };
         for key in places.keys_of(tenant, shopper) {
             pipe.cmd("UNLINK").arg(key);
         }
         pipe.cmd("ZREM").arg(&places.idle_schedule).arg(idle_member(&SessionKey { tenant, shopper: shopper.clone() }));
         pipe.cmd("UNLINK").arg(places.subject_key(tenant, &job.erasure.subject_digest));
-        any = true;
     }
-    let counts: Vec<u64> = if any { pipe.query_async(redis).await? } else { Vec::new() };
+    let counts: Vec<u64> = pipe.query_async(redis).await?;
     let mut counts = counts.into_iter();
     for (job, shopper) in batch.iter_mut().zip(&shoppers) {
         if shopper.is_some() {

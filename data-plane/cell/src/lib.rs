@@ -20,6 +20,7 @@ pub mod idle;
 pub mod models;
 pub mod pipeline;
 pub mod readiness;
+pub mod retention;
 pub mod snippet;
 pub mod usage;
 pub mod validator;
@@ -147,6 +148,21 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
                 },
                 shutdown.clone(),
             )),
+        ));
+    }
+    if roles.pipeline {
+        // Nothing derived from a shopper outlives their store's retention.
+        let retention = retention::Retention {
+            redis: redis.clone(),
+            prefix: config.redis.prefix.clone(),
+            producer: producer.clone(),
+            features_topic: topics.name(Topic::Features),
+            batch: config.retention.batch.max(1),
+        };
+        let interval = Duration::from_millis(config.retention.interval_ms.max(1000));
+        tasks.push((
+            "retention",
+            tokio::spawn(retention::run(retention, directory.clone(), interval, shutdown.clone())),
         ));
     }
     if roles.ingest || roles.pipeline {

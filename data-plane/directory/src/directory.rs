@@ -45,11 +45,18 @@ pub struct TenantLimits {
     pub events_per_second: u32,
     pub burst_events: u32,
     pub connections: u32,
+    /// Days the cell keeps what it derived from a shopper's events after their last one.
+    pub retention_days: u32,
 }
 
 impl From<nudge_tenants::Limits> for TenantLimits {
     fn from(l: nudge_tenants::Limits) -> Self {
-        Self { events_per_second: l.events_per_second, burst_events: l.burst_events, connections: l.connections }
+        Self {
+            events_per_second: l.events_per_second,
+            burst_events: l.burst_events,
+            connections: l.connections,
+            retention_days: l.retention_days,
+        }
     }
 }
 
@@ -216,6 +223,12 @@ impl Directory {
         self.inner.read().unwrap_or_else(PoisonError::into_inner).tenants.get(&tenant).cloned()
     }
 
+    /// Every tenant served here with its retention in days.
+    pub fn retention(&self) -> Vec<(TenantId, u32)> {
+        let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        inner.tenants.values().map(|t| (t.tenant_id, t.limits.retention_days)).collect()
+    }
+
     pub fn len(&self) -> usize {
         self.inner.read().unwrap_or_else(PoisonError::into_inner).tenants.len()
     }
@@ -349,13 +362,16 @@ fn parse_entry(tenant_id: TenantId, config: &TenantConfig) -> Result<TenantEntry
         })
         .collect::<Result<Vec<_>, RecordError>>()?;
     // A record without limits (from before plans existed) gets the free plan's.
+    let free: TenantLimits = nudge_tenants::Plan::Free.limits().into();
     let limits = match &config.limits {
         Some(l) => TenantLimits {
             events_per_second: l.events_per_second,
             burst_events: l.burst_events,
             connections: l.connections,
+            // Never zero: a record without it keeps the free plan's.
+            retention_days: if l.retention_days == 0 { free.retention_days } else { l.retention_days },
         },
-        None => nudge_tenants::Plan::Free.limits().into(),
+        None => free,
     };
     Ok(TenantEntry {
         tenant_id,

@@ -35,6 +35,11 @@ impl SessionKey {
         )
     }
 
+    /// This shopper's member of the tenant's [`last_seen_key`] set: their subject digest.
+    pub fn digest(&self) -> String {
+        nudge_contracts::subject_digest(self.tenant.as_uuid(), &self.shopper)
+    }
+
     /// The marker that an event's effects were applied to this session.
     pub fn applied_key(&self, prefix: &str, event_id: &str) -> String {
         format!("{prefix}t:{}:applied:{event_id}", self.tenant)
@@ -146,6 +151,7 @@ impl SessionStore {
             .key(effects_key(&self.prefix, key))
             .key(self.idle_key())
             .key(key.subject_key(&self.prefix))
+            .key(last_seen_key(&self.prefix, key.tenant))
             .arg(APPLIED_TTL_SECONDS)
             .arg(SESSION_TTL_SECONDS);
         match timer {
@@ -153,7 +159,11 @@ impl SessionStore {
             IdleTimer::Clear => invocation.arg("clear").arg(0),
             IdleTimer::Keep => invocation.arg("keep").arg(0),
         };
-        invocation.arg(idle_member(key)).arg(key.shopper.as_str());
+        invocation
+            .arg(idle_member(key))
+            .arg(key.shopper.as_str())
+            .arg(key.digest())
+            .arg(chrono::Utc::now().timestamp_millis());
         for (field, value) in FIELDS.iter().zip(values) {
             invocation.arg(*field).arg(value);
         }
@@ -199,17 +209,19 @@ pub const APPLIED_TTL_SECONDS: i64 = 24 * 3600;
 
 /// Marks, writes, counts and sets the timer in one step (see [`SessionStore::commit`]).
 /// KEYS: applied marker, session hash, tenant's effects hash, idle-cart schedule, subject
-/// index entry. ARGV: marker TTL, session TTL, timer action (`set`, `clear`, `keep`), last
-/// activity, schedule member, shopper id, then field/value pairs.
+/// index entry, tenant's last-seen set. ARGV: marker TTL, session TTL, timer action (`set`,
+/// `clear`, `keep`), last activity, schedule member, shopper id, subject digest, now (ms),
+/// then field/value pairs.
 const COMMIT: &str = r#"
 if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) == false then
   return 0
 end
-for i = 7, #ARGV, 2 do
+for i = 9, #ARGV, 2 do
   redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
 end
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 redis.call('SET', KEYS[5], ARGV[6], 'EX', ARGV[2])
+redis.call('ZADD', KEYS[6], ARGV[8], ARGV[7])
 redis.call('HINCRBY', KEYS[3], 'events', 1)
 if ARGV[3] == 'set' then
   redis.call('ZADD', KEYS[4], ARGV[4], ARGV[5])
@@ -306,6 +318,12 @@ impl SessionStore {
             .await?;
         Ok(())
     }
+}
+
+/// A tenant's shoppers by when the cell last applied an event of theirs (a sorted set of
+/// subject digests, scored in ms): what retention expires (their `features.v1` snapshot).
+pub fn last_seen_key(prefix: &str, tenant: TenantId) -> String {
+    format!("{prefix}t:{tenant}:last-seen")
 }
 
 /// The per-tenant count of events whose effects were applied (hash field `events`).

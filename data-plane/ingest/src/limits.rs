@@ -59,7 +59,8 @@ mod tests {
 
     use super::*;
 
-    const LIMITS: TenantLimits = TenantLimits { events_per_second: 10, burst_events: 20, connections: 1 };
+    const LIMITS: TenantLimits =
+        TenantLimits { events_per_second: 10, burst_events: 20, connections: 1, retention_days: 30 };
 
     #[test]
     fn bursts_then_refills_at_the_rate() {

@@ -125,3 +125,41 @@ pub async fn reminder(platform: &nudge_test_support::Platform, key: &str) -> any
     let PushMessage::Intervention(iv) = message else { anyhow::bail!("expected an intervention, got {message:?}") };
     Ok((iv.model_version, iv.score))
 }
+
+/// A browsing session whose event ids do not contain the shopper id.
+pub fn browsing(shopper: &str) -> serde_json::Value {
+    let now = chrono::Utc::now();
+    let events: Vec<serde_json::Value> = (0..3)
+        .map(|i| {
+            json!({
+                "event_id": uuid::Uuid::new_v4().to_string(),
+                "type": if i == 2 { "add_to_cart" } else { "product_view" },
+                "shopper_id": shopper,
+                "occurred_at": (now - chrono::Duration::seconds(30 - i)).to_rfc3339(),
+                "properties": {"product_id": "tent-2p", "price": 79.0, "currency": "EUR", "quantity": 1},
+            })
+        })
+        .collect();
+    json!({ "events": events })
+}
+
+/// The latest `features.v1` record of `key`: `Some(None)` for a tombstone.
+pub async fn latest_snapshot(
+    platform: &nudge_test_support::Platform,
+    key: &[u8],
+) -> anyhow::Result<Option<Option<Vec<u8>>>> {
+    let config = &platform.cell_config.kafka;
+    use rdkafka::{Message as _, consumer::Consumer as _};
+    let reader: rdkafka::consumer::StreamConsumer =
+        nudge_platform_kafka::reader_consumer(config, &format!("test-{}", nudge_test_support::unique_suffix()))?;
+    reader.subscribe(&[config.topics().name(nudge_contracts::Topic::Features).as_str()])?;
+    let mut latest = None;
+    // Read until the topic has been quiet for a while.
+    while let Ok(message) = tokio::time::timeout(std::time::Duration::from_secs(3), reader.recv()).await {
+        let message = message?;
+        if message.key() == Some(key) {
+            latest = Some(message.payload().map(<[u8]>::to_vec));
+        }
+    }
+    Ok(latest)
+}

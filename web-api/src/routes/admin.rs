@@ -228,6 +228,13 @@ async fn set_plan(
             .with_details(json!({ "fields": { "plan": "free, growth or enterprise" } }))
     })?;
     let o = &request.overrides;
+    if o.retention_days.is_some_and(|d| d < nudge_tenants::MIN_RETENTION_DAYS) {
+        return Err(ApiError::unprocessable("invalid_fields", "some fields are invalid").with_details(json!({
+            "fields": { "overrides.retention_days": format!(
+                "at least {} days: the event topics keep a week of records", nudge_tenants::MIN_RETENTION_DAYS
+            ) }
+        })));
+    }
     let overrides = LimitOverrides {
         events_per_second: o.events_per_second,
         burst_events: o.burst_events,
