@@ -268,6 +268,7 @@ impl Directory {
         }
         inner.revisions.insert(tenant_id, entry.revision);
         let suppressed_before = inner.tenants.get(&tenant_id).map(|t| t.suppressed.clone());
+        let orders_before = inner.tenants.get(&tenant_id).map(|t| t.erasure_orders.clone()).unwrap_or_default();
         inner.forget(tenant_id);
         if entry.state == TenantState::Deleted {
             return Ok(Applied::Removed);
@@ -296,6 +297,12 @@ impl Directory {
         let mut newly = Vec::new();
         if self.erasing.load(Ordering::Acquire) {
             let mut ordered = self.ordered.lock().unwrap_or_else(PoisonError::into_inner);
+            // An order gone from the record is complete: forget it.
+            for (request_id, _) in &orders_before {
+                if !entry.erasure_orders.iter().any(|(id, _)| id == request_id) {
+                    ordered.remove(request_id);
+                }
+            }
             for (request_id, digest) in &entry.erasure_orders {
                 if ordered.insert(request_id.clone()) {
                     newly.push(Erasure {
@@ -509,6 +516,9 @@ mod tests {
         let (k, v) = with(5, &["a", "b", "c"], &[("req-1", "c")]);
         dir.apply(&k, Some(&v)).unwrap();
         assert!(dir.take_erasures().is_empty(), "an order already queued is not queued again");
+        let (k, v) = with(6, &["a", "b", "c"], &[]);
+        dir.apply(&k, Some(&v)).unwrap();
+        assert!(dir.ordered.lock().unwrap().is_empty(), "a completed order is forgotten");
     }
 
     #[test]
