@@ -98,6 +98,20 @@ pub fn subject_digest(tenant: uuid::Uuid, shopper: &ShopperId) -> String {
     hex
 }
 
+/// How Nudge keeps a client-chosen id (an event id, an idempotency key) where it only needs
+/// to recognise it again: the first 16 bytes of its SHA-256, in hex. A store's server may
+/// build its ids from anything, personal data included; a digest keeps none of it.
+pub fn id_digest(id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(id.as_bytes());
+    let mut hex = String::with_capacity(32);
+    for b in &digest[..16] {
+        use std::fmt::Write;
+        let _ = write!(hex, "{b:02x}");
+    }
+    hex
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

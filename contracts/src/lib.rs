@@ -53,5 +53,5 @@ pub mod proto {
     }
 }
 
-pub use ids::{EventId, InterventionId, ShopperId, subject_digest};
+pub use ids::{EventId, InterventionId, ShopperId, id_digest, subject_digest};
 pub use topics::{Topic, Topics};

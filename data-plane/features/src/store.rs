@@ -40,9 +40,10 @@ impl SessionKey {
         nudge_contracts::subject_digest(self.tenant.as_uuid(), &self.shopper)
     }
 
-    /// The marker that an event's effects were applied to this session.
+    /// The marker that an event's effects were applied to this session (named by the
+    /// event id's digest: the id is the client's and may say anything).
     pub fn applied_key(&self, prefix: &str, event_id: &str) -> String {
-        format!("{prefix}t:{}:applied:{event_id}", self.tenant)
+        format!("{prefix}t:{}:applied:{}", self.tenant, nudge_contracts::id_digest(event_id))
     }
 }
 

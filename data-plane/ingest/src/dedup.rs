@@ -13,6 +13,7 @@
 
 use std::{collections::HashMap, future::Future, pin::Pin};
 
+use nudge_contracts::id_digest;
 use nudge_tenants::TenantId;
 use redis::{Script, aio::ConnectionManager};
 
@@ -114,6 +115,8 @@ impl RedisDedup {
         if distinct.is_empty() {
             return Ok(Vec::new());
         }
+        // Redis keeps digests of the ids, never the ids.
+        let members: Vec<String> = distinct.iter().map(|id| id_digest(id)).collect();
         // One transaction: each id's lookups run after any earlier claim's SADD, so two
         // requests with the same id never both find it new. Redis does a few hash lookups
         // per id; a script would convert every id to Lua and back, and a key per id would
@@ -123,13 +126,13 @@ impl RedisDedup {
             .atomic()
             .cmd("SMISMEMBER")
             .arg(&yesterday_key)
-            .arg(&distinct)
+            .arg(&members)
             .cmd("SMISMEMBER")
             .arg(&today_key)
-            .arg(&distinct)
+            .arg(&members)
             .cmd("SADD")
             .arg(&today_key)
-            .arg(&distinct)
+            .arg(&members)
             .ignore()
             .cmd("EXPIREAT")
             .arg(&today_key)
@@ -160,7 +163,7 @@ impl RedisDedup {
     }
 
     fn idem_key(&self, tenant: TenantId, key: &str) -> String {
-        format!("{}t:{tenant}:idem:{key}", self.prefix)
+        format!("{}t:{tenant}:idem:{}", self.prefix, id_digest(key))
     }
 }
 
@@ -177,9 +180,10 @@ impl Dedup for RedisDedup {
             // The claim may have been made yesterday; an id a claim found new is in no other
             // request's set, so removing it from both days only undoes this claim.
             let day = today();
+            let members: Vec<String> = event_ids.iter().map(|id| id_digest(id)).collect();
             let mut pipe = redis::pipe();
-            pipe.cmd("SREM").arg(self.seen_key(tenant, day)).arg(event_ids).ignore();
-            pipe.cmd("SREM").arg(self.seen_key(tenant, day.saturating_sub(1))).arg(event_ids).ignore();
+            pipe.cmd("SREM").arg(self.seen_key(tenant, day)).arg(&members).ignore();
+            pipe.cmd("SREM").arg(self.seen_key(tenant, day.saturating_sub(1))).arg(&members).ignore();
             let mut conn = self.redis.clone();
             pipe.query_async::<()>(&mut conn).await?;
             Ok(())
