@@ -25,7 +25,7 @@ use nudge_contracts::{
     },
 };
 use nudge_data_plane_directory::{Directory, Erasure};
-use nudge_data_plane_features::store::{SessionKey, idle_member, last_seen_key};
+use nudge_data_plane_features::store::{SessionKey, idle_member, last_seen_key, subject_key};
 use nudge_data_plane_gateway::{hub::ShopperAddress, route::Naming};
 use nudge_platform_kafka::{SharedProducer, headers::record_headers};
 use nudge_tenants::{CellId, TenantId};
@@ -50,16 +50,12 @@ pub struct Places {
 
 impl Places {
     /// The Redis keys holding what the cell keeps about `shopper` of `tenant` (besides the
-    /// idle-cart timer, a member of [`Places::idle_schedule`], and the subject index entry).
+    /// idle-cart timer, a member of [`Places::idle_schedule`], and the subject index entry,
+    /// [`subject_key`]).
     pub fn keys_of(&self, tenant: TenantId, shopper: &ShopperId) -> [String; 3] {
         let session = SessionKey { tenant, shopper: shopper.clone() }.redis_key(&self.prefix);
         let address = ShopperAddress { tenant, shopper: shopper.clone() };
         [session, self.naming.history(&address), self.naming.acked(&address)]
-    }
-
-    /// The subject index entry of a digest (see [`SessionKey::subject_key`]).
-    pub fn subject_key(&self, tenant: TenantId, digest: &str) -> String {
-        format!("{}t:{tenant}:subject:{digest}", self.prefix)
     }
 }
 
@@ -97,7 +93,7 @@ struct Job {
 async fn erase(redis: &mut ConnectionManager, places: &Places, batch: &mut [Job]) -> redis::RedisResult<()> {
     let mut lookup = redis::pipe();
     for job in batch.iter() {
-        lookup.get(places.subject_key(job.erasure.tenant, &job.erasure.subject_digest));
+        lookup.get(subject_key(&places.prefix, job.erasure.tenant, &job.erasure.subject_digest));
     }
     let found: Vec<Option<String>> = lookup.query_async(redis).await?;
     let shoppers: Vec<Option<ShopperId>> =
@@ -112,7 +108,7 @@ async fn erase(redis: &mut ConnectionManager, places: &Places, batch: &mut [Job]
             pipe.cmd("UNLINK").arg(key);
         }
         pipe.cmd("ZREM").arg(&places.idle_schedule).arg(idle_member(&SessionKey { tenant, shopper: shopper.clone() }));
-        pipe.cmd("UNLINK").arg(places.subject_key(tenant, &job.erasure.subject_digest));
+        pipe.cmd("UNLINK").arg(subject_key(&places.prefix, tenant, &job.erasure.subject_digest));
     }
     let counts: Vec<u64> = pipe.query_async(redis).await?;
     let mut counts = counts.into_iter();

@@ -24,18 +24,8 @@ impl SessionKey {
         format!("{prefix}t:{}:session:{}", self.tenant, self.shopper)
     }
 
-    /// The shopper's entry in the tenant's subject index: their id under their subject
-    /// digest, so an erasure that names only the digest finds their keys. Written with the
-    /// session, expiring with it.
-    pub fn subject_key(&self, prefix: &str) -> String {
-        format!(
-            "{prefix}t:{}:subject:{}",
-            self.tenant,
-            nudge_contracts::subject_digest(self.tenant.as_uuid(), &self.shopper)
-        )
-    }
-
-    /// This shopper's member of the tenant's [`last_seen_key`] set: their subject digest.
+    /// This shopper's subject digest: their name in the subject index ([`subject_key`]) and
+    /// in the tenant's [`last_seen_key`] set.
     pub fn digest(&self) -> String {
         nudge_contracts::subject_digest(self.tenant.as_uuid(), &self.shopper)
     }
@@ -146,12 +136,13 @@ impl SessionStore {
             i64::from(s.purchased),
             s.last_intervention_ms,
         ];
+        let digest = key.digest();
         let mut invocation = self.commit.key(key.applied_key(&self.prefix, event_id));
         invocation
             .key(key.redis_key(&self.prefix))
             .key(effects_key(&self.prefix, key))
             .key(self.idle_key())
-            .key(key.subject_key(&self.prefix))
+            .key(subject_key(&self.prefix, key.tenant, &digest))
             .key(last_seen_key(&self.prefix, key.tenant))
             .arg(APPLIED_TTL_SECONDS)
             .arg(SESSION_TTL_SECONDS);
@@ -163,7 +154,7 @@ impl SessionStore {
         invocation
             .arg(idle_member(key))
             .arg(key.shopper.as_str())
-            .arg(key.digest())
+            .arg(&digest)
             .arg(chrono::Utc::now().timestamp_millis());
         for (field, value) in FIELDS.iter().zip(values) {
             invocation.arg(*field).arg(value);
@@ -319,6 +310,13 @@ impl SessionStore {
             .await?;
         Ok(())
     }
+}
+
+/// A shopper's entry in the tenant's subject index: their id under their subject digest, so
+/// an erasure that names only the digest finds their keys. Written with the session,
+/// expiring with it.
+pub fn subject_key(prefix: &str, tenant: TenantId, digest: &str) -> String {
+    format!("{prefix}t:{tenant}:subject:{digest}")
 }
 
 /// A tenant's shoppers by when the cell last applied an event of theirs (a sorted set of

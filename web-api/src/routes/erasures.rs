@@ -8,12 +8,9 @@ use axum::{
     extract::{Path, State, rejection::JsonRejection},
     http::StatusCode,
 };
-use nudge_contracts::{
-    ShopperId,
-    control::{
-        ErasureAuditView, ErasureList, ErasureReceiptView, ErasureRequestBody, ErasureStepView, ErasureView,
-        LegalHoldList, LegalHoldRequest, LegalHoldView, ReceiptKeysView,
-    },
+use nudge_contracts::control::{
+    ErasureAuditView, ErasureList, ErasureReceiptView, ErasureRequestBody, ErasureStepView, ErasureView, LegalHoldList,
+    LegalHoldRequest, LegalHoldView, ReceiptKeysView,
 };
 use nudge_control_plane::erasure::{self, ErasureError, ErasureRequest, LegalHold};
 use nudge_platform_http::{ApiError, ErrorBody, current_trace};
@@ -22,7 +19,7 @@ use serde_json::json;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-use super::{error::db_error, merchant::Merchant};
+use super::{error::db_error, merchant::Merchant, store::shopper_of};
 use crate::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -102,13 +99,6 @@ pub(super) fn erasure_error(e: ErasureError) -> ApiError {
         )
         .with_details(json!({ "hold_id": hold_id.to_string(), "name": name })),
     }
-}
-
-fn shopper_of(raw: &str) -> Result<ShopperId, ApiError> {
-    ShopperId::parse(raw).map_err(|e| {
-        ApiError::unprocessable("invalid_fields", "some fields are invalid")
-            .with_details(json!({ "fields": { "shopper_id": e.to_string() } }))
-    })
 }
 
 fn id_of(raw: &str) -> Result<Uuid, ApiError> {

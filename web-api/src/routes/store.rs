@@ -225,7 +225,7 @@ async fn add_member(
     ))
 }
 
-fn shopper_of(raw: &str) -> Result<ShopperId, ApiError> {
+pub(super) fn shopper_of(raw: &str) -> Result<ShopperId, ApiError> {
     ShopperId::parse(raw).map_err(|e| {
         ApiError::unprocessable("invalid_fields", "some fields are invalid")
             .with_details(json!({ "fields": { "shopper_id": e.to_string() } }))
