@@ -1,6 +1,9 @@
 //! OpenBao (the Vault API) for the platform, through its Transit engine: keys that never
-//! leave the vault, used by name. Today: the signing key of erasure receipts (ed25519), whose
-//! public halves anyone can fetch to check a receipt without the vault.
+//! leave the vault, used by name. Two uses: the signing key of erasure receipts (ed25519),
+//! whose public halves anyone can fetch to check a receipt without the vault; and the key
+//! encryption keys of the cells (AES-256-GCM, one per tenant) that wrap the shoppers' data
+//! keys (`nudge_data_plane_keyring`), rotated and rewrapped without the data keys ever
+//! leaving the process that uses them.
 //!
 //! Constructing a [`Vault`] does no I/O; every call is bounded by the configured timeout
 //! and fails as [`VaultError::Unavailable`] when the vault cannot be reached or answers
@@ -12,7 +15,11 @@ use base64::{Engine, engine::general_purpose::STANDARD};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use vaultrs::{
-    api::transit::{KeyType, requests::CreateKeyRequest, responses::ReadKeyData},
+    api::transit::{
+        KeyType,
+        requests::{CreateKeyRequest, UpdateKeyConfigurationRequest},
+        responses::ReadKeyData,
+    },
     client::{VaultClient, VaultClientSettingsBuilder},
     error::ClientError,
     transit,
@@ -150,6 +157,100 @@ impl Vault {
                 .collect()),
             ReadKeyData::Symmetric(_) => Err(VaultError::Refused(format!("{name} is not a signing key"))),
         }
+    }
+}
+
+/// The versions of an encryption key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyVersions {
+    /// The version new ciphertexts are made with.
+    pub latest: u64,
+    /// Ciphertexts of older versions no longer decrypt.
+    pub min_decryption: u64,
+    /// When the latest version was made (Unix seconds).
+    pub latest_created_unix_s: i64,
+}
+
+/// The key version a Transit ciphertext (`vault:v<n>:…`) was made with.
+pub fn ciphertext_version(ciphertext: &str) -> Option<u64> {
+    ciphertext.strip_prefix("vault:v")?.split_once(':')?.0.parse().ok()
+}
+
+impl Vault {
+    /// Creates the AES-256-GCM encryption key `name` unless it exists, rotated by the
+    /// vault every `rotate_every` (a duration such as `720h`) when given.
+    pub async fn ensure_encryption_key(&self, name: &str, rotate_every: Option<&str>) -> Result<(), VaultError> {
+        let mut request = CreateKeyRequest::builder();
+        request.key_type(KeyType::Aes256Gcm96);
+        if let Some(period) = rotate_every {
+            request.auto_rotate_period(period);
+        }
+        transit::key::create(self.client.as_ref(), &self.mount, name, Some(&mut request)).await.map_err(classify)
+    }
+
+    /// Encrypts `plaintext` (a data key) with the latest version of key `name`; the
+    /// ciphertext (`vault:v<n>:…`) names the version.
+    pub async fn wrap(&self, name: &str, plaintext: &[u8]) -> Result<String, VaultError> {
+        let wrapped =
+            transit::data::encrypt(self.client.as_ref(), &self.mount, name, &STANDARD.encode(plaintext), None)
+                .await
+                .map_err(classify)?;
+        Ok(wrapped.ciphertext)
+    }
+
+    /// Decrypts what [`Vault::wrap`] made. Refused when the key is gone or the ciphertext's
+    /// version is below the key's minimum decryption version.
+    pub async fn unwrap(&self, name: &str, ciphertext: &str) -> Result<Vec<u8>, VaultError> {
+        let plain = transit::data::decrypt(self.client.as_ref(), &self.mount, name, ciphertext, None)
+            .await
+            .map_err(classify)?;
+        STANDARD
+            .decode(plain.plaintext)
+            .map_err(|_| VaultError::Refused("the vault answered a plaintext that is not base64".into()))
+    }
+
+    /// Re-encrypts a ciphertext of key `name` with its latest version, inside the vault.
+    pub async fn rewrap(&self, name: &str, ciphertext: &str) -> Result<String, VaultError> {
+        let rewrapped =
+            transit::data::rewrap(self.client.as_ref(), &self.mount, name, ciphertext, None).await.map_err(classify)?;
+        Ok(rewrapped.ciphertext)
+    }
+
+    /// Adds a new version to key `name`; new ciphertexts use it.
+    pub async fn rotate(&self, name: &str) -> Result<(), VaultError> {
+        transit::key::rotate(self.client.as_ref(), &self.mount, name).await.map_err(classify)
+    }
+
+    /// The latest and minimum decryption versions of encryption key `name`.
+    pub async fn key_versions(&self, name: &str) -> Result<KeyVersions, VaultError> {
+        let key = transit::key::read(self.client.as_ref(), &self.mount, name).await.map_err(classify)?;
+        let latest = match key.keys {
+            ReadKeyData::Symmetric(versions) => versions
+                .into_iter()
+                .filter_map(|(version, created)| Some((version.parse::<u64>().ok()?, created)))
+                .max_by_key(|(version, _)| *version),
+            ReadKeyData::Asymmetric(_) => None,
+        };
+        let (latest, created) =
+            latest.ok_or_else(|| VaultError::Refused(format!("{name} is not an encryption key")))?;
+        Ok(KeyVersions {
+            latest,
+            min_decryption: key.min_decryption_version,
+            latest_created_unix_s: i64::try_from(created).unwrap_or(i64::MAX),
+        })
+    }
+
+    /// Ciphertexts of key `name` older than `version` stop decrypting (after a rewrap,
+    /// so that copies of old wrapped keys left anywhere are useless).
+    pub async fn set_min_decryption_version(&self, name: &str, version: u64) -> Result<(), VaultError> {
+        transit::key::update(
+            self.client.as_ref(),
+            &self.mount,
+            name,
+            Some(UpdateKeyConfigurationRequest::builder().min_decryption_version(Some(version))),
+        )
+        .await
+        .map_err(classify)
     }
 }
 
