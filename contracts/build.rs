@@ -8,6 +8,7 @@ fn main() -> std::io::Result<()> {
         "proto/nudge/features/v1/features.proto",
         "proto/nudge/predictions/v1/prediction.proto",
         "proto/nudge/usage/v1/usage.proto",
+        "proto/nudge/sealed/v1/sealed.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

@@ -21,6 +21,9 @@ pub const FEATURES_V1: SchemaRef = SchemaRef { name: "nudge.features.v1.FeatureS
 pub const PREDICTION_V1: SchemaRef = SchemaRef { name: "nudge.predictions.v1.Prediction", version: 1 };
 pub const INTERVENTION_V1: SchemaRef = SchemaRef { name: "nudge.interventions.v1.Intervention", version: 1 };
 pub const USAGE_V1: SchemaRef = SchemaRef { name: "nudge.usage.v1.UsageReport", version: 1 };
+/// The envelope of every record that names a shopper; the message inside is one of the
+/// schemas above (see `nudge_data_plane_keyring`).
+pub const SEALED_V1: SchemaRef = SchemaRef { name: "nudge.sealed.v1.Sealed", version: 1 };
 pub const ERASURE_REPORT_V1: SchemaRef = SchemaRef { name: "nudge.control.v1.ErasureReport", version: 1 };
 
 /// Headers a DLQ record carries, naming where it came from and why it failed.

@@ -51,6 +51,11 @@ pub mod proto {
             include!(concat!(env!("OUT_DIR"), "/nudge.usage.v1.rs"));
         }
     }
+    pub mod sealed {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/nudge.sealed.v1.rs"));
+        }
+    }
 }
 
 pub use ids::{EventId, InterventionId, ShopperId, id_digest, subject_digest};

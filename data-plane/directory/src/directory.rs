@@ -78,6 +78,11 @@ impl TenantEntry {
         ShopperId::parse(shopper).is_ok_and(|s| self.suppressed.contains(&subject_digest(self.tenant_id.as_uuid(), &s)))
     }
 
+    /// Whether the shopper with this subject digest is suppressed.
+    pub fn is_suppressed_subject(&self, subject_digest: &str) -> bool {
+        self.suppressed.contains(subject_digest)
+    }
+
     /// Whether a browser's `Origin` header is one this tenant allows.
     pub fn allows_origin(&self, origin: &str) -> bool {
         self.allowed_origins.iter().any(|o| o.matches(origin))

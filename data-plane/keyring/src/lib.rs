@@ -1,0 +1,570 @@
+//! Crypto-shredding: every record a cell writes about a shopper to a Kafka topic is sealed
+//! with that shopper's own data key, so erasing the key makes every copy of those records
+//! unreadable for good — in the topics' retained segments, in the DLQ, in a broker's
+//! backups — where deleting the records themselves is not possible.
+//!
+//! # Keys
+//!
+//! - A **data key** per (tenant, subject digest): 32 random bytes, AES-256-GCM, made by the
+//!   first process that seals a record for the shopper. It is stored only wrapped, in the
+//!   cell's Redis under [`data_key`], and lives past its last use for the tenant's retention
+//!   (at most [`KeyringConfig::key_ttl_hours`], longer than any sealed topic keeps records).
+//!   Erasure and the retention sweep delete it sooner.
+//! - A **key encryption key** per tenant: the OpenBao Transit key
+//!   `{transit_key_prefix}{tenant id}`, which never leaves the vault. The vault rotates it
+//!   on its own schedule ([`KeyringConfig::rotate_every_hours`]); [`Keyring::rewrap`]
+//!   re-encrypts stored data keys with the latest version and then retires the older
+//!   versions, so a wrapped data key copied anywhere before the rotation is useless.
+//!
+//! Processes keep unwrapped data keys in memory for [`KeyringConfig::cache_ttl_ms`], so the
+//! vault sees one call per shopper per process per few minutes, not one per record.
+//!
+//! # Records
+//!
+//! A sealed record's value is a `nudge.sealed.v1.Sealed`: tenant, subject digest, the name
+//! of the message inside, a random nonce and the ciphertext. The associated data binds the
+//! ciphertext to the tenant, the subject and the schema, so a sealed record moved to
+//! another tenant, shopper or topic does not open.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use futures_util::{StreamExt, stream};
+use nudge_contracts::proto::sealed::v1::Sealed;
+use nudge_data_plane_directory::Directory;
+use nudge_platform_telemetry::Metrics;
+use nudge_platform_vault::{Vault, VaultError, ciphertext_version};
+use nudge_tenants::TenantId;
+use prometheus_client::metrics::counter::Counter;
+use redis::aio::ConnectionManager;
+use ring::{
+    aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey},
+    rand::{SecureRandom, SystemRandom},
+};
+use serde::Deserialize;
+
+/// How data keys are kept and rotated.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeyringConfig {
+    /// A tenant's Transit key is this followed by the tenant id.
+    pub transit_key_prefix: String,
+    /// How long a process keeps an unwrapped data key in memory.
+    pub cache_ttl_ms: u64,
+    /// The most data keys a process keeps in memory.
+    pub cache_capacity: usize,
+    /// A data key expires this long after its last use, or after its tenant's retention when
+    /// that is shorter; longer than any sealed topic (or the DLQ) keeps records.
+    pub key_ttl_hours: u64,
+    /// The vault rotates a tenant's Transit key this often (0: only when asked to).
+    pub rotate_every_hours: u64,
+    /// How often the pipeline process rewraps stored data keys with the latest version of
+    /// their tenant's Transit key.
+    pub rewrap_interval_ms: u64,
+    /// Older Transit key versions are retired (stop decrypting) once no stored data key
+    /// uses them and the latest version is at least this old, so a process that wrapped a
+    /// key just before the rotation has long stored it.
+    pub retire_after_ms: u64,
+}
+
+impl Default for KeyringConfig {
+    fn default() -> Self {
+        Self {
+            transit_key_prefix: "nudge-tenant-".into(),
+            cache_ttl_ms: 300_000,
+            cache_capacity: 200_000,
+            key_ttl_hours: 35 * 24,
+            rotate_every_hours: 30 * 24,
+            rewrap_interval_ms: 3_600_000,
+            retire_after_ms: 3_600_000,
+        }
+    }
+}
+
+impl KeyringConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.transit_key_prefix.is_empty()
+            || !self.transit_key_prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err("keys.transit_key_prefix must be letters, digits, '-' or '_'".into());
+        }
+        if self.cache_capacity == 0 || self.key_ttl_hours == 0 || self.rewrap_interval_ms == 0 {
+            return Err("keys: cache_capacity, key_ttl_hours and rewrap_interval_ms must be positive".into());
+        }
+        if self.rotate_every_hours != 0 && self.rotate_every_hours < 1 {
+            return Err("keys.rotate_every_hours must be 0 or at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The subject's data key is gone (erased, or expired with the rest of the shopper's
+    /// data): what it sealed cannot be read, by design.
+    #[error("the subject's data key is gone")]
+    Shredded,
+    /// The record or its wrapped key does not open: damaged, not sealed for this tenant,
+    /// subject and schema, or wrapped with a retired key version.
+    #[error("unreadable: {0}")]
+    Unreadable(String),
+    /// The vault or Redis cannot be reached: retry later.
+    #[error("data keys are unavailable: {0}")]
+    Unavailable(String),
+}
+
+fn vault_error(e: VaultError) -> KeyError {
+    match e {
+        VaultError::Unavailable(why) => KeyError::Unavailable(why),
+        VaultError::Refused(why) | VaultError::Config(why) => KeyError::Unreadable(why),
+    }
+}
+
+fn redis_error(e: redis::RedisError) -> KeyError {
+    KeyError::Unavailable(format!("redis: {e}"))
+}
+
+/// The Redis key of a subject's wrapped data key.
+pub fn data_key(prefix: &str, tenant: TenantId, subject_digest: &str) -> String {
+    format!("{prefix}t:{tenant}:dek:{subject_digest}")
+}
+
+/// The associated data of a sealed record.
+fn associated_data(tenant: &str, subject_digest: &str, schema: &str) -> Vec<u8> {
+    format!("nudge.sealed.v1:{tenant}:{subject_digest}:{schema}").into_bytes()
+}
+
+/// A subject digest is 64 lowercase hex characters.
+fn is_digest(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Keyring counters.
+#[derive(Clone, Default)]
+struct KeyringMetrics {
+    created: Counter,
+    unwrapped: Counter,
+    shredded: Counter,
+    unreadable: Counter,
+    rewrapped: Counter,
+}
+
+impl KeyringMetrics {
+    fn register(metrics: &Metrics) -> Self {
+        let m = Self::default();
+        let mut r = metrics.registry();
+        r.register("keyring_data_keys_created", "Shopper data keys made (and wrapped by the vault)", m.created.clone());
+        r.register(
+            "keyring_data_keys_unwrapped",
+            "Data keys unwrapped by the vault (cache misses)",
+            m.unwrapped.clone(),
+        );
+        r.register(
+            "keyring_records_shredded",
+            "Sealed records whose data key was gone (erased or expired): unreadable by design",
+            m.shredded.clone(),
+        );
+        r.register(
+            "keyring_decrypt_errors",
+            "Sealed records or wrapped data keys that failed to decrypt although their key exists",
+            m.unreadable.clone(),
+        );
+        r.register(
+            "keyring_data_keys_rewrapped",
+            "Data keys rewrapped with a newer Transit key version",
+            m.rewrapped.clone(),
+        );
+        m
+    }
+}
+
+struct Cached {
+    key: Arc<LessSafeKey>,
+    at: Instant,
+}
+
+/// What one [`Keyring::rewrap`] of a tenant did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rewrapped {
+    /// Stored data keys of the tenant.
+    pub keys: u64,
+    /// Of them, rewrapped with the latest Transit key version.
+    pub rewrapped: u64,
+    /// The Transit key version below which nothing decrypts any more, when this round
+    /// retired older versions.
+    pub retired_below: Option<u64>,
+}
+
+/// Sealing and opening records with per-subject data keys. Cheap to share.
+pub struct Keyring {
+    vault: Vault,
+    /// The tenants' retention, which bounds how long an unused data key is kept.
+    directory: Arc<Directory>,
+    redis: ConnectionManager,
+    prefix: String,
+    config: KeyringConfig,
+    cache: Mutex<HashMap<(TenantId, String), Cached>>,
+    /// Tenants whose Transit key this process has made sure of.
+    ensured: Mutex<HashSet<TenantId>>,
+    rng: SystemRandom,
+    metrics: KeyringMetrics,
+}
+
+/// Sets a stored wrapped key to its rewrapped form only if nobody changed it meanwhile
+/// (an erasure deleted it, or another process rewrapped it).
+const SWAP_IF_UNCHANGED: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+  return 1
+end
+return 0
+";
+
+impl Keyring {
+    /// `prefix` is the cell's Redis prefix. No I/O here.
+    pub fn new(
+        vault: Vault,
+        directory: Arc<Directory>,
+        redis: ConnectionManager,
+        prefix: impl Into<String>,
+        config: KeyringConfig,
+        metrics: &Metrics,
+    ) -> Self {
+        Self {
+            vault,
+            directory,
+            redis,
+            prefix: prefix.into(),
+            config,
+            cache: Mutex::new(HashMap::new()),
+            ensured: Mutex::new(HashSet::new()),
+            rng: SystemRandom::new(),
+            metrics: KeyringMetrics::register(metrics),
+        }
+    }
+
+    /// The Transit key wrapping `tenant`'s data keys.
+    pub fn transit_key(&self, tenant: TenantId) -> String {
+        format!("{}{tenant}", self.config.transit_key_prefix)
+    }
+
+    /// The Redis key of a subject's wrapped data key.
+    pub fn data_key(&self, tenant: TenantId, subject_digest: &str) -> String {
+        data_key(&self.prefix, tenant, subject_digest)
+    }
+
+    /// Seals `plaintext` (an encoded `schema` message) for the subject, making its data key
+    /// if it has none.
+    pub async fn seal(
+        &self,
+        tenant: TenantId,
+        subject_digest: &str,
+        schema: &str,
+        plaintext: &[u8],
+    ) -> Result<Sealed, KeyError> {
+        let key = self.key_of(tenant, subject_digest, true).await?;
+        self.seal_with(&key, tenant, subject_digest, schema, plaintext)
+    }
+
+    /// Seals many records of one tenant (`(subject digest, plaintext)`), fetching or making
+    /// the data keys of distinct subjects a few at a time.
+    pub async fn seal_many(
+        &self,
+        tenant: TenantId,
+        schema: &str,
+        records: &[(String, Vec<u8>)],
+    ) -> Result<Vec<Sealed>, KeyError> {
+        let subjects: Vec<String> =
+            records.iter().map(|(s, _)| s.clone()).collect::<HashSet<_>>().into_iter().collect();
+        let keys: Vec<(String, Result<Arc<LessSafeKey>, KeyError>)> = stream::iter(subjects)
+            .map(|s| async move {
+                let key = self.key_of(tenant, &s, true).await;
+                (s, key)
+            })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        let mut by_subject = HashMap::with_capacity(keys.len());
+        for (subject, key) in keys {
+            by_subject.insert(subject, key?);
+        }
+        records
+            .iter()
+            .map(|(subject, plaintext)| {
+                let key = by_subject.get(subject).ok_or_else(|| KeyError::Unavailable("no key".into()))?;
+                self.seal_with(key, tenant, subject, schema, plaintext)
+            })
+            .collect()
+    }
+
+    fn seal_with(
+        &self,
+        key: &LessSafeKey,
+        tenant: TenantId,
+        subject_digest: &str,
+        schema: &str,
+        plaintext: &[u8],
+    ) -> Result<Sealed, KeyError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        self.rng.fill(&mut nonce).map_err(|_| KeyError::Unavailable("no random numbers".into()))?;
+        let tenant_id = tenant.to_string();
+        let mut ciphertext = plaintext.to_vec();
+        key.seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(associated_data(&tenant_id, subject_digest, schema)),
+            &mut ciphertext,
+        )
+        .map_err(|_| KeyError::Unreadable("sealing failed".into()))?;
+        Ok(Sealed {
+            tenant_id,
+            subject_digest: subject_digest.to_owned(),
+            schema: schema.to_owned(),
+            nonce: nonce.to_vec(),
+            ciphertext,
+        })
+    }
+
+    /// Opens a sealed record holding a `schema` message: its plaintext bytes.
+    pub async fn open(&self, sealed: &Sealed, schema: &str) -> Result<Vec<u8>, KeyError> {
+        let unreadable = |why: &str| {
+            self.metrics.unreadable.inc();
+            KeyError::Unreadable(why.to_owned())
+        };
+        if sealed.schema != schema {
+            return Err(unreadable(&format!("sealed {} where {schema} was expected", sealed.schema)));
+        }
+        let tenant: TenantId = sealed.tenant_id.parse().map_err(|_| unreadable("the sealed record names no tenant"))?;
+        if !is_digest(&sealed.subject_digest) {
+            return Err(unreadable("the sealed record names no subject"));
+        }
+        let nonce: [u8; NONCE_LEN] =
+            sealed.nonce.as_slice().try_into().map_err(|_| unreadable("the sealed record's nonce is malformed"))?;
+        let key = match self.key_of(tenant, &sealed.subject_digest, false).await {
+            Ok(key) => key,
+            Err(KeyError::Shredded) => {
+                self.metrics.shredded.inc();
+                return Err(KeyError::Shredded);
+            }
+            Err(e) => return Err(e),
+        };
+        let mut buffer = sealed.ciphertext.clone();
+        let plain = key
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(associated_data(&sealed.tenant_id, &sealed.subject_digest, schema)),
+                &mut buffer,
+            )
+            .map_err(|_| unreadable("the sealed record does not authenticate"))?;
+        let len = plain.len();
+        buffer.truncate(len);
+        Ok(buffer)
+    }
+
+    /// Opens a sealed record and decodes the `schema` message inside.
+    pub async fn open_message<M: prost::Message + Default>(
+        &self,
+        sealed: &Sealed,
+        schema: &str,
+    ) -> Result<M, KeyError> {
+        let plain = self.open(sealed, schema).await?;
+        M::decode(plain.as_slice()).map_err(|e| {
+            self.metrics.unreadable.inc();
+            KeyError::Unreadable(format!("the sealed {schema} does not decode: {e}"))
+        })
+    }
+
+    /// Drops a subject's data key from this process's memory (its stored copy is deleted
+    /// by the caller, with the rest of the subject's data).
+    pub fn forget(&self, tenant: TenantId, subject_digest: &str) {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).remove(&(tenant, subject_digest.to_owned()));
+    }
+
+    /// The subject's data key: from memory, else unwrapped from Redis, else — when `create`
+    /// (sealing) — newly made, wrapped and stored. Sealing refreshes the stored key's expiry.
+    async fn key_of(&self, tenant: TenantId, subject: &str, create: bool) -> Result<Arc<LessSafeKey>, KeyError> {
+        let ttl = Duration::from_millis(self.config.cache_ttl_ms);
+        let cache_key = (tenant, subject.to_owned());
+        if let Some(hit) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(&cache_key)
+            && hit.at.elapsed() < ttl
+        {
+            return Ok(hit.key.clone());
+        }
+        let stored_key = self.data_key(tenant, subject);
+        let mut expiry = self.config.key_ttl_hours.saturating_mul(3600);
+        if let Some(days) = self.directory.by_tenant(tenant).map(|t| t.limits.retention_days).filter(|d| *d > 0) {
+            expiry = expiry.min(u64::from(days).saturating_mul(24 * 3600));
+        }
+        let mut redis = self.redis.clone();
+        // Sealing is use: it keeps the key from expiring. Opening (replays, readers) is not.
+        let mut read = if create { redis::cmd("GETEX") } else { redis::cmd("GET") };
+        read.arg(&stored_key);
+        if create {
+            read.arg("EX").arg(expiry);
+        }
+        let stored: Option<String> = read.query_async(&mut redis).await.map_err(redis_error)?;
+        let raw = match stored {
+            Some(wrapped) => self.unwrap(tenant, &wrapped).await?,
+            None if !create => return Err(KeyError::Shredded),
+            None => {
+                self.ensure_transit_key(tenant).await?;
+                let mut raw = vec![0u8; 32];
+                self.rng.fill(&mut raw).map_err(|_| KeyError::Unavailable("no random numbers".into()))?;
+                let wrapped = self.vault.wrap(&self.transit_key(tenant), &raw).await.map_err(vault_error)?;
+                // Another process may have made one meanwhile: then theirs is the key.
+                let existing: Option<String> = redis::cmd("SET")
+                    .arg(&stored_key)
+                    .arg(&wrapped)
+                    .arg("NX")
+                    .arg("GET")
+                    .arg("EX")
+                    .arg(expiry)
+                    .query_async(&mut redis)
+                    .await
+                    .map_err(redis_error)?;
+                match existing {
+                    None => {
+                        self.metrics.created.inc();
+                        raw
+                    }
+                    Some(theirs) => self.unwrap(tenant, &theirs).await?,
+                }
+            }
+        };
+        let key = UnboundKey::new(&AES_256_GCM, &raw)
+            .map(|k| Arc::new(LessSafeKey::new(k)))
+            .map_err(|_| KeyError::Unreadable("a stored data key has the wrong length".into()))?;
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= self.config.cache_capacity {
+            cache.retain(|_, c| c.at.elapsed() < ttl);
+            if cache.len() >= self.config.cache_capacity {
+                // Still full of live keys: start over rather than grow; they come back on use.
+                cache.clear();
+            }
+        }
+        cache.insert(cache_key, Cached { key: key.clone(), at: Instant::now() });
+        Ok(key)
+    }
+
+    async fn unwrap(&self, tenant: TenantId, wrapped: &str) -> Result<Vec<u8>, KeyError> {
+        match self.vault.unwrap(&self.transit_key(tenant), wrapped).await {
+            Ok(raw) => {
+                self.metrics.unwrapped.inc();
+                Ok(raw)
+            }
+            Err(VaultError::Unavailable(why)) => Err(KeyError::Unavailable(why)),
+            Err(e) => {
+                self.metrics.unreadable.inc();
+                Err(KeyError::Unreadable(format!("a stored data key does not unwrap: {e}")))
+            }
+        }
+    }
+
+    async fn ensure_transit_key(&self, tenant: TenantId) -> Result<(), KeyError> {
+        if self.ensured.lock().unwrap_or_else(|e| e.into_inner()).contains(&tenant) {
+            return Ok(());
+        }
+        let rotate = (self.config.rotate_every_hours > 0).then(|| format!("{}h", self.config.rotate_every_hours));
+        self.vault.ensure_encryption_key(&self.transit_key(tenant), rotate.as_deref()).await.map_err(vault_error)?;
+        self.ensured.lock().unwrap_or_else(|e| e.into_inner()).insert(tenant);
+        Ok(())
+    }
+
+    /// Rewraps every stored data key of `tenant` made with an older version of its Transit
+    /// key, then — when none is left behind and the latest version is older than
+    /// [`KeyringConfig::retire_after_ms`] — retires the older versions. Processes sealing
+    /// and opening records meanwhile are not disturbed: a rewrapped key holds the same
+    /// data key, and a key changed meanwhile (erased, or made anew) is left as it is.
+    pub async fn rewrap(&self, tenant: TenantId, now_unix_ms: i64) -> Result<Rewrapped, KeyError> {
+        let name = self.transit_key(tenant);
+        let versions = match self.vault.key_versions(&name).await {
+            Ok(v) => v,
+            // No Transit key: no data key was ever made for the tenant.
+            Err(VaultError::Refused(_)) => return Ok(Rewrapped::default()),
+            Err(e) => return Err(vault_error(e)),
+        };
+        let retire = versions.min_decryption < versions.latest
+            && now_unix_ms.saturating_sub(versions.latest_created_unix_s.saturating_mul(1000))
+                >= i64::try_from(self.config.retire_after_ms).unwrap_or(i64::MAX);
+        let mut redis = self.redis.clone();
+        let pattern = format!("{}t:{tenant}:dek:*", self.prefix);
+        let mut cursor: u64 = 0;
+        let mut outcome = Rewrapped::default();
+        let mut behind = 0u64;
+        let swap = redis::Script::new(SWAP_IF_UNCHANGED);
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut redis)
+                .await
+                .map_err(redis_error)?;
+            if !keys.is_empty() {
+                let values: Vec<Option<String>> =
+                    redis::cmd("MGET").arg(&keys).query_async(&mut redis).await.map_err(redis_error)?;
+                for (key, wrapped) in keys.iter().zip(values) {
+                    let Some(wrapped) = wrapped else { continue };
+                    outcome.keys += 1;
+                    if ciphertext_version(&wrapped).is_some_and(|v| v >= versions.latest) {
+                        continue;
+                    }
+                    let fresh = match self.vault.rewrap(&name, &wrapped).await {
+                        Ok(fresh) => fresh,
+                        Err(VaultError::Unavailable(why)) => return Err(KeyError::Unavailable(why)),
+                        Err(e) => {
+                            // Left as it is (and counted): older versions are not retired.
+                            self.metrics.unreadable.inc();
+                            tracing::warn!(tenant_id = %tenant, error = %e, "a stored data key does not rewrap");
+                            behind += 1;
+                            continue;
+                        }
+                    };
+                    let swapped: i64 =
+                        swap.key(key).arg(&wrapped).arg(&fresh).invoke_async(&mut redis).await.map_err(redis_error)?;
+                    if swapped == 1 {
+                        outcome.rewrapped += 1;
+                        self.metrics.rewrapped.inc();
+                    } else {
+                        // Changed meanwhile: the next round looks at it again before
+                        // anything is retired.
+                        behind += 1;
+                    }
+                }
+            }
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        if retire && behind == 0 {
+            self.vault.set_min_decryption_version(&name, versions.latest).await.map_err(vault_error)?;
+            outcome.retired_below = Some(versions.latest);
+        }
+        Ok(outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn associated_data_names_tenant_subject_and_schema() {
+        let a = associated_data("t", "d", "nudge.events.v1.Event");
+        assert_eq!(a, b"nudge.sealed.v1:t:d:nudge.events.v1.Event".to_vec());
+        assert_ne!(a, associated_data("t", "d", "nudge.predictions.v1.Prediction"));
+    }
+
+    #[test]
+    fn digests_are_64_lowercase_hex() {
+        assert!(is_digest(&"a".repeat(64)));
+        assert!(!is_digest(&"A".repeat(64)));
+        assert!(!is_digest(&"a".repeat(63)));
+        assert!(!is_digest("shp_someone"));
+    }
+}
