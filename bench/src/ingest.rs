@@ -118,7 +118,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let prefix = format!("nudge-bench:{}:", std::process::id());
 
     // The broker out of the loop.
-    let (ingest_addr, store) = targets::ingest(Arc::new(targets::NullSink), redis.clone(), &prefix).await?;
+    // The vault whose keys wrap the data keys ingest seals events with.
+    let vault = targets::Vault::start().await?;
+    let (ingest_addr, store) = targets::ingest(Arc::new(targets::NullSink), redis.clone(), &vault, &prefix).await?;
     let trivial_addr = targets::trivial().await?;
     let auth = headers(&store)?;
 
@@ -143,7 +145,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             Duration::from_secs(5),
             1_000_000,
         )?;
-        let (addr, e2e_store) = targets::ingest(Arc::new(sink), redis.clone(), &format!("{prefix}e2e:")).await?;
+        let (addr, e2e_store) =
+            targets::ingest(Arc::new(sink), redis.clone(), &vault, &format!("{prefix}e2e:")).await?;
         e2e_target = Some((addr, headers(&e2e_store)?));
     }
 

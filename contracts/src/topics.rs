@@ -224,7 +224,11 @@ pub fn render_markdown() -> String {
         "\nThe local broker (tansu) accepts `cleanup.policy=compact` but its compaction is not relied on:\n\
          consumers of compacted topics keep the highest revision per key, which is correct with or\n\
          without compaction, and deletions are written as tombstones (a null value) for a real Kafka\n\
-         cluster to compact away.\n",
+         cluster to compact away.\n\n\
+         Sealed values (`nudge.sealed.v1.Sealed (…)`) are the named message encrypted with the\n\
+         shopper's own data key (AES-256-GCM; the key is wrapped by the tenant's OpenBao Transit key).\n\
+         Erasing a shopper deletes their data key, so every record of theirs still retained, in the\n\
+         DLQ too, can no longer be read (crypto-shredding); see GDPR.md.\n",
     );
     out
 }

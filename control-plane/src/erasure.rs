@@ -20,7 +20,7 @@ use nudge_contracts::{
     ShopperId, Topics,
     proto::control::v1::ErasureReport,
     subject_digest,
-    topics::{Cleanup, Scope, catalogue},
+    topics::{Scope, catalogue},
 };
 use nudge_platform_kafka::stage::{Failure, Handler, HandlerFuture, Record};
 use nudge_platform_vault::{Vault, VaultError};
@@ -163,21 +163,30 @@ struct ReceiptStore {
     note: Option<String>,
 }
 
-/// What the receipt says of the event streams, which are not erased record by record: they
-/// expire with their topics' retention.
-fn event_streams() -> ReceiptStore {
+/// What the receipt says of the event streams, which are not erased record by record: every
+/// record naming a shopper is sealed with the shopper's data key, so the cells' deleting
+/// that key (`redis.data_key` in their steps) shreds them all; the unreadable records are
+/// then deleted when their topic's retention ends.
+fn event_streams(shredded: bool) -> ReceiptStore {
     let topics: Vec<String> = catalogue()
         .iter()
-        .filter(|t| t.scope == Scope::Cell && t.cleanup == Cleanup::Delete)
+        // The sealed topics, and the DLQ, which keeps sealed records as they were.
+        .filter(|t| t.scope == Scope::Cell && (t.value.starts_with("nudge.sealed.v1.Sealed") || t.name == "events.dlq"))
         .map(|t| format!("{} ({} days)", t.name, t.retention_hours / 24))
         .collect();
     ReceiptStore {
         store: "kafka event streams".into(),
-        status: "expires_with_retention".into(),
+        status: if shredded { "crypto_shredded" } else { "nothing_found" }.into(),
         removed: BTreeMap::new(),
         finished_at: None,
         note: Some(format!(
-            "records are not indexed by shopper; they are deleted when their topic's retention ends: {}",
+            "records naming the shopper are sealed with the shopper's own data key; {}; the unreadable records are \
+             deleted when their topic's retention ends: {}",
+            if shredded {
+                "the key was deleted, so none of them can be read any more"
+            } else {
+                "no cell held a key for them, so the topics hold nothing of them"
+            },
             topics.join(", ")
         )),
     }
@@ -436,7 +445,8 @@ async fn complete_if_done(
         })
         .collect();
     let found = steps.iter().any(|s| s.status == "erased");
-    stores.push(event_streams());
+    let shredded = steps.iter().any(|s| s.removed.get("redis.data_key").is_some_and(|n| *n > 0));
+    stores.push(event_streams(shredded));
     let receipt = Receipt {
         receipt_version: 1,
         request_id: request_id.to_string(),

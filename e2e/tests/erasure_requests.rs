@@ -1,6 +1,7 @@
 //! Erasure requests end to end: a store files one for a shopper; the shopper is suppressed
 //! at once, erased from PostgreSQL, the cell's Redis and the compacted `features.v1`
-//! (a tombstone), and the request completes with a receipt signed by OpenBao's Transit key
+//! (a tombstone); their records on every topic, sealed with their data key, no longer
+//! open once the key is erased, and no record names them in clear; the request completes with a receipt signed by OpenBao's Transit key
 //! that checks against the published public key. Filing it again answers the same receipt;
 //! another store sees nothing of it; a legal hold refuses it, naming the hold; an unknown
 //! shopper gets a receipt that says nothing was found.
@@ -11,8 +12,12 @@ use std::time::Duration;
 
 use base64::{Engine, engine::general_purpose::STANDARD};
 use common::{ORIGIN, browsing, latest_snapshot};
-use nudge_contracts::{ShopperId, proto::features::v1::SubjectKey};
+use nudge_contracts::{
+    ShopperId, Topic,
+    proto::{features::v1::SubjectKey, sealed::v1::Sealed},
+};
 use nudge_data_plane_features::store::SessionKey;
+use nudge_data_plane_keyring::KeyError;
 use nudge_test_support::{Platform, unique_suffix};
 use prost::Message as _;
 use redis::AsyncCommands;
@@ -78,6 +83,15 @@ async fn verify_receipt(platform: &Platform, receipt: &Value) -> anyhow::Result<
     Ok(())
 }
 
+/// A record read back: its topic, key and value (none for a tombstone).
+type TopicRecord = (String, Vec<u8>, Option<Vec<u8>>);
+
+/// Whether any record's key or value contains `needle`.
+fn contains(records: &[TopicRecord], needle: &[u8]) -> bool {
+    let has = |hay: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+    records.iter().any(|(_, k, v)| has(k) || v.as_deref().is_some_and(has))
+}
+
 /// Every Redis key under the test's prefix, and every value, that mentions `needle`.
 async fn redis_hits(platform: &Platform, needle: &str) -> anyhow::Result<Vec<String>> {
     let client = redis::Client::open(platform.redis_url.as_str())?;
@@ -139,6 +153,61 @@ async fn postgres_hits(platform: &Platform, needle: &str) -> anyhow::Result<Vec<
     Ok(hits)
 }
 
+/// Every record (topic, key, value) on the cell's topics that hold shopper records, read
+/// until the topics have been quiet for a while.
+async fn stream_records(platform: &Platform) -> anyhow::Result<Vec<TopicRecord>> {
+    use rdkafka::{Message as _, consumer::Consumer as _};
+    let config = &platform.cell_config.kafka;
+    let topics: Vec<String> = [
+        Topic::EventsRaw,
+        Topic::EventsValidated,
+        Topic::EventsDlq,
+        Topic::Features,
+        Topic::Predictions,
+        Topic::InterventionCommands,
+    ]
+    .into_iter()
+    .map(|t| config.topics().name(t))
+    .collect();
+    let reader: rdkafka::consumer::StreamConsumer =
+        nudge_platform_kafka::reader_consumer(config, &format!("test-{}", unique_suffix()))?;
+    reader.subscribe(&topics.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let mut records = Vec::new();
+    while let Ok(message) = tokio::time::timeout(Duration::from_secs(4), reader.recv()).await {
+        let message = message?;
+        records.push((
+            message.topic().to_owned(),
+            message.key().unwrap_or_default().to_vec(),
+            message.payload().map(<[u8]>::to_vec),
+        ));
+    }
+    Ok(records)
+}
+
+/// Opens every sealed record of the subject with `key`: how many opened, and how many
+/// were shredded (their data key gone).
+async fn open_subjects_records(
+    platform: &Platform,
+    records: &[TopicRecord],
+    key: &[u8],
+) -> anyhow::Result<(usize, usize)> {
+    let keyring = platform.keyring().await?;
+    let (mut opened, mut shredded) = (0, 0);
+    for (topic, k, value) in records {
+        let Some(value) = value else { continue };
+        if k.as_slice() != key || topic.ends_with("events.dlq") {
+            continue;
+        }
+        let sealed = Sealed::decode(value.as_slice())?;
+        match keyring.open(&sealed, &sealed.schema).await {
+            Ok(_) => opened += 1,
+            Err(KeyError::Shredded) => shredded += 1,
+            Err(e) => anyhow::bail!("a record on {topic} did not open: {e}"),
+        }
+    }
+    Ok((opened, shredded))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_erasure_request_erases_everywhere_and_answers_a_signed_receipt() -> anyhow::Result<()> {
     let platform = Platform::start().await?;
@@ -168,6 +237,15 @@ async fn an_erasure_request_erases_everywhere_and_answers_a_signed_receipt() -> 
     anyhow::ensure!(stored, "the shopper's session never reached Redis");
     assert!(!redis_hits(&platform, &shopper).await?.is_empty(), "the scan finds what is there");
 
+    // Their records on the topics are sealed: keyed by subject digest, no shopper id in
+    // clear, and they open with the shopper's data key.
+    let digest = nudge_contracts::subject_digest(tenant.as_uuid(), &ShopperId::parse(&shopper)?);
+    let key = SubjectKey { tenant_id: store.tenant_id.clone(), subject_digest: digest.clone() }.encode_to_vec();
+    let before = stream_records(&platform).await?;
+    assert!(!contains(&before, shopper.as_bytes()), "no record names the shopper in clear");
+    let (opened, shredded) = open_subjects_records(&platform, &before, &key).await?;
+    assert!(opened >= 4 && shredded == 0, "the shopper's records open before the erasure: {opened}, {shredded}");
+
     let (status, request) = file(&platform, &store.tenant_id, &token, &shopper).await?;
     assert_eq!(status, 202, "{request}");
     assert_eq!(request["status"], "in_progress");
@@ -180,6 +258,7 @@ async fn an_erasure_request_erases_everywhere_and_answers_a_signed_receipt() -> 
     assert_eq!(cell_step["status"], "erased", "{done}");
     assert_eq!(cell_step["removed"]["redis.session"], 1, "{done}");
     assert_eq!(cell_step["removed"]["redis.subject_index"], 1, "{done}");
+    assert_eq!(cell_step["removed"]["redis.data_key"], 1, "{done}");
     assert_eq!(cell_step["removed"]["kafka.features.v1.tombstones"], 1, "{done}");
     assert!(steps.iter().any(|s| s["store"] == "postgres"), "{done}");
     let actions: Vec<&str> =
@@ -190,10 +269,15 @@ async fn an_erasure_request_erases_everywhere_and_answers_a_signed_receipt() -> 
     // is a tombstone.
     assert_eq!(redis_hits(&platform, &shopper).await?, Vec::<String>::new());
     assert_eq!(postgres_hits(&platform, &shopper).await?, Vec::<String>::new());
-    let digest = nudge_contracts::subject_digest(tenant.as_uuid(), &ShopperId::parse(&shopper)?);
     assert_eq!(done["subject_digest"], digest.as_str());
-    let key = SubjectKey { tenant_id: store.tenant_id.clone(), subject_digest: digest }.encode_to_vec();
     assert_eq!(latest_snapshot(&platform, &key).await?, Some(None), "a tombstone is the shopper's latest snapshot");
+    // The event streams still hold their records (a topic is not erased record by record),
+    // but none of them opens any more: crypto-shredded.
+    let after = stream_records(&platform).await?;
+    assert!(!contains(&after, shopper.as_bytes()), "no record names the shopper in clear");
+    let (opened, shredded) = open_subjects_records(&platform, &after, &key).await?;
+    assert_eq!(opened, 0, "no record of the shopper opens after the erasure");
+    assert!(shredded >= 4, "their records are still there, unreadable: {shredded}");
 
     // The receipt: every store with its status, signed; it checks against the public key.
     let receipt_path = format!("/v1/tenants/{}/erasures/{request_id}/receipt", store.tenant_id);
@@ -206,6 +290,7 @@ async fn an_erasure_request_erases_everywhere_and_answers_a_signed_receipt() -> 
     let stores: Vec<&str> =
         body["stores"].as_array().expect("stores").iter().filter_map(|s| s["store"].as_str()).collect();
     assert_eq!(stores, ["cell:shared-1", "postgres", "kafka event streams"], "{body}");
+    assert_eq!(body["stores"][2]["status"], "crypto_shredded", "{body}");
     assert!(!receipt["receipt"].as_str().unwrap_or_default().contains(&shopper), "the receipt names no shopper id");
 
     // Filing it again: the same request and the same receipt.

@@ -1,7 +1,7 @@
 //! Retention under a controlled clock: the cell's sweep, run with a time a month and a year
 //! ahead, expires each store's silent shoppers on that store's own retention (free: 30
 //! days; enterprise: 365) — a tombstone on `features.v1` and nothing left in the last-seen
-//! set — and leaves the other store's alone; every Redis key of a store expires within its
+//! set, and their data keys deleted — and leaves the other store's alone; every Redis key of a store expires within its
 //! retention by itself.
 
 mod common;
@@ -83,6 +83,7 @@ async fn retention_expires_each_stores_shoppers_on_its_own_policy() -> anyhow::R
 
     let retention = Retention {
         redis: client.get_connection_manager().await?,
+        keyring: platform.keyring().await?,
         prefix: platform.redis_prefix.clone(),
         producer: nudge_platform_kafka::SharedProducer::new(&kafka, "test-retention")?,
         features_topic: kafka.topics().name(Topic::Features),
@@ -93,11 +94,22 @@ async fn retention_expires_each_stores_shoppers_on_its_own_policy() -> anyhow::R
     assert!(retention.sweep(&directory, now).await?.expired.is_empty(), "nothing is past retention today");
     assert!(retention.sweep(&directory, now + 29 * DAY_MS).await?.expired.is_empty());
 
-    // A month on: the free store's shoppers expire, the enterprise store's stay.
+    // Each shopper has a data key their records on the topics are sealed with.
+    let keys_conn = redis.clone();
+    let data_keys = |tenant: nudge_tenants::TenantId| {
+        let pattern = format!("{}t:{tenant}:dek:*", platform.redis_prefix);
+        let mut redis = keys_conn.clone();
+        async move { redis::cmd("KEYS").arg(pattern).query_async::<Vec<String>>(&mut redis).await }
+    };
+    assert_eq!((data_keys(a).await?.len(), data_keys(b).await?.len()), (2, 1));
+
+    // A month on: the free store's shoppers expire, the enterprise store's stay; the expired
+    // shoppers' data keys go with them, so what the topics still hold of them is unreadable.
     let swept = retention.sweep(&directory, now + 31 * DAY_MS).await?;
     assert_eq!(swept.expired, [(a, 2)]);
     assert_eq!(redis.zcard::<_, u64>(&seen_a).await?, 0);
     assert_eq!(redis.zcard::<_, u64>(&seen_b).await?, 1);
+    assert_eq!((data_keys(a).await?.len(), data_keys(b).await?.len()), (0, 1));
     let key_of = |tenant: nudge_tenants::TenantId, shopper: &str| {
         SubjectKey {
             tenant_id: tenant.to_string(),
@@ -130,6 +142,7 @@ async fn retention_expires_each_stores_shoppers_on_its_own_policy() -> anyhow::R
     // A year on, the enterprise store's too.
     let swept = retention.sweep(&directory, now + 366 * DAY_MS).await?;
     assert_eq!(swept.expired, [(b, 1)]);
+    assert!(data_keys(b).await?.is_empty());
     assert!(matches!(latest_snapshot(&platform, &key_of(b, kept)).await?, Some(None)));
     stop.cancel();
     follower.await??;

@@ -79,6 +79,13 @@ pub struct Platform {
     /// the Prometheus operator's `ServiceMonitor`.
     pub strimzi: bool,
     pub service_monitors: bool,
+    /// The platform's OpenBao (Vault API), whose Transit keys wrap the shoppers' data keys,
+    /// its namespace and port (the cell pods' egress to it).
+    pub vault_address: String,
+    pub vault_namespace: String,
+    pub vault_port: i32,
+    /// The Secret, in each cell's namespace, holding the cells' vault token under `token`.
+    pub vault_token_secret: String,
 }
 
 impl Default for Platform {
@@ -93,6 +100,10 @@ impl Default for Platform {
             monitoring_namespace: "monitoring".to_owned(),
             strimzi: true,
             service_monitors: true,
+            vault_address: "http://openbao.openbao.svc:8200".to_owned(),
+            vault_namespace: "openbao".to_owned(),
+            vault_port: 8200,
+            vault_token_secret: "nudge-cell-vault".to_owned(),
         }
     }
 }
@@ -442,6 +453,12 @@ pub fn cell_children(cell: &Cell, platform: &Platform) -> Result<Children, Inval
             .collect();
         env.push(secret_env("NUDGE_CELL__REDIS__URL", &cell.spec.redis.secret, &cell.spec.redis.key));
         env.push(secret_env("NUDGE_CELL__SESSIONS__SECRETS", &format!("{name}-sessions"), "secrets"));
+        env.push(EnvVar {
+            name: "NUDGE_CELL__VAULT__ADDRESS".to_owned(),
+            value: Some(platform.vault_address.clone()),
+            ..EnvVar::default()
+        });
+        env.push(secret_env("NUDGE_CELL__VAULT__TOKEN", &platform.vault_token_secret, "token"));
         let probe = |path: &str| Probe {
             http_get: Some(HTTPGetAction {
                 path: Some(path.to_owned()),
@@ -722,7 +739,7 @@ spec:
         );
         let namespace = from.namespace_selector.as_ref().unwrap().match_labels.as_ref().unwrap();
         assert_eq!(namespace["kubernetes.io/metadata.name"], "ingress-nginx");
-        // Every pod: scraped from monitoring; reaches DNS, Kafka and its own Redis only.
+        // Every pod: scraped from monitoring; reaches DNS, Kafka, its own Redis and OpenBao only.
         let all = all.spec.as_ref().unwrap();
         assert_eq!(all.policy_types.as_deref(), Some(&["Ingress".to_owned(), "Egress".to_owned()][..]));
         let egress = all.egress.as_ref().unwrap();
@@ -732,7 +749,7 @@ spec:
             .filter_map(|peer| peer.ip_block.as_ref().map(|b| b.cidr.as_str()))
             .collect();
         assert_eq!(cidrs, ["10.0.3.0/24"], "its own Redis, nothing else by address");
-        assert_eq!(egress.len(), 3, "DNS, Kafka, Redis");
+        assert_eq!(egress.len(), 4, "DNS, Kafka, Redis, OpenBao");
     }
 
     fn resources(name: &str, request: &str, limit: &str) -> k8s_openapi::api::core::v1::ResourceRequirements {

@@ -33,7 +33,8 @@ pub const OPERATOR_TOKEN: &str = "test-operator-token-0123456789abcdef";
 pub struct Platform {
     pub broker: Broker,
     pub db: TestDatabase,
-    /// The control plane's vault (erasure receipts are signed by its Transit key).
+    /// The platform's vault: the control plane signs erasure receipts with a Transit key,
+    /// the cell wraps shoppers' data keys with the tenants' Transit keys.
     pub vault: VaultServer,
     /// Prefix of this test's Redis keys and channels.
     pub redis_prefix: String,
@@ -113,6 +114,8 @@ impl Platform {
         cell.kafka.brokers = broker.bootstrap();
         cell.redis.url = SecretString::from(env.redis_url.clone());
         cell.redis.prefix = redis_prefix.clone();
+        cell.vault.address = vault.address();
+        cell.vault.token = SecretString::from(vault.token.clone());
         cell.inference.onnxruntime_library = env.onnxruntime.clone();
         // One partition keeps consumer-group start-up quick on the test broker.
         cell.kafka.partitions_override = 1;
@@ -171,6 +174,23 @@ impl Platform {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         anyhow::bail!("{url}/readyz never answered 200; last: {last}")
+    }
+
+    /// A keyring over this platform's vault and the cell's Redis prefix, as the cell's, for
+    /// reading what the cell sealed. Opening does not refresh a data key's expiry.
+    pub async fn keyring(&self) -> anyhow::Result<std::sync::Arc<nudge_data_plane_keyring::Keyring>> {
+        let redis = redis::Client::open(self.redis_url.as_str())?.get_connection_manager().await?;
+        let vault = nudge_platform_vault::Vault::new(&self.cell_config.vault)?;
+        let directory =
+            std::sync::Arc::new(nudge_data_plane_directory::Directory::new(self.cell_config.cell_id.clone()));
+        Ok(std::sync::Arc::new(nudge_data_plane_keyring::Keyring::new(
+            vault,
+            directory,
+            redis,
+            self.redis_prefix.clone(),
+            self.cell_config.keys.clone(),
+            &nudge_platform_telemetry::Metrics::new("test"),
+        )))
     }
 
     /// Publishes interventions as the cell's pipeline does.

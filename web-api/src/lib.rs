@@ -368,6 +368,10 @@ async fn provisioner(
                 ("NUDGE_CELL__KAFKA__BROKERS".to_owned(), config.kafka.brokers.clone()),
                 ("NUDGE_CELL__REDIS__URL".to_owned(), config.redis.url.expose_secret().to_owned()),
                 ("NUDGE_CELL__REDIS__PREFIX".to_owned(), format!("{}cells:", config.redis.prefix)),
+                // The platform's vault wraps the dedicated cell's shopper data keys too.
+                ("NUDGE_CELL__VAULT__ADDRESS".to_owned(), config.vault.address.clone()),
+                ("NUDGE_CELL__VAULT__TOKEN".to_owned(), config.vault.token.expose_secret().to_owned()),
+                ("NUDGE_CELL__VAULT__TRANSIT_MOUNT".to_owned(), config.vault.transit_mount.clone()),
             ];
             if config.kafka.partitions_override > 0 {
                 env.push((

@@ -6,9 +6,11 @@ use nudge_data_plane_decide::RuleConfig;
 use nudge_data_plane_directory::session::SessionConfig;
 use nudge_data_plane_gateway::GatewayConfig;
 use nudge_data_plane_ingest::IngestConfig;
+use nudge_data_plane_keyring::KeyringConfig;
 use nudge_platform_config::Validate;
 use nudge_platform_kafka::KafkaConfig;
 use nudge_platform_telemetry::LogConfig;
+use nudge_platform_vault::VaultConfig;
 use nudge_tenants::CellId;
 use secrecy::SecretString;
 use serde::Deserialize;
@@ -39,6 +41,10 @@ pub struct CellConfig {
     pub idle_carts: IdleCartsConfig,
     pub erasure: ErasureConfig,
     pub retention: RetentionConfig,
+    /// The vault whose Transit keys wrap the shoppers' data keys.
+    pub vault: VaultConfig,
+    /// Shopper data keys (crypto-shredding of the records that name a shopper).
+    pub keys: KeyringConfig,
     pub log: LogConfig,
 }
 
@@ -61,6 +67,8 @@ impl Default for CellConfig {
             idle_carts: IdleCartsConfig::default(),
             erasure: ErasureConfig::default(),
             retention: RetentionConfig::default(),
+            vault: VaultConfig::default(),
+            keys: KeyringConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -214,6 +222,8 @@ pub struct InferenceConfig {
 impl Validate for CellConfig {
     fn validate(&self) -> Result<(), String> {
         self.kafka.validate()?;
+        self.vault.validate()?;
+        self.keys.validate()?;
         if self.inference.model_path.is_some()
             && (self.inference.model_sha256.is_none() || self.inference.model_version.is_none())
         {

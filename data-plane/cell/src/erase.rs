@@ -3,8 +3,10 @@
 //! directory's list), the pipeline and the idle-cart scanner skip them, and this task deletes
 //! what the cell keeps about them — their feature session, their idle-cart timer, their
 //! intervention history and acknowledged ids in Redis, their entry in the subject index, and
-//! their latest feature snapshot on the compacted `features.v1` (a tombstone). An erasure
-//! request's order is then reported on `erasure.reports.v1` with what was removed where.
+//! their latest feature snapshot on the compacted `features.v1` (a tombstone) — and their
+//! data key, so every record the cell's topics still hold of them (sealed with it, see
+//! `crate::sealing`) can no longer be read. An erasure request's order is then reported on
+//! `erasure.reports.v1` with what was removed where.
 //!
 //! Shoppers are named by subject digest only; the subject index (written with each session)
 //! leads from the digest to the shopper's keys, and `features.v1` is keyed by digest. Redis
@@ -27,6 +29,7 @@ use nudge_contracts::{
 use nudge_data_plane_directory::{Directory, Erasure};
 use nudge_data_plane_features::store::{SessionKey, idle_member, last_seen_key, subject_key};
 use nudge_data_plane_gateway::{hub::ShopperAddress, route::Naming};
+use nudge_data_plane_keyring::Keyring;
 use nudge_platform_kafka::{SharedProducer, headers::record_headers};
 use nudge_tenants::{CellId, TenantId};
 use prost::Message;
@@ -60,15 +63,21 @@ impl Places {
 }
 
 /// The places of a report, in the order [`erase`] counts them; the last is the tombstone
-/// written for every subject (its count says nothing about what was found).
-pub const PLACES: [&str; 6] = [
+/// written for every subject (its count says nothing about what was found). Deleting the
+/// data key (`redis.data_key`) is what shreds the sealed records on the event streams.
+pub const PLACES: [&str; 7] = [
     "redis.session",
     "redis.history",
     "redis.acked",
     "redis.idle_cart",
     "redis.subject_index",
+    "redis.data_key",
     "kafka.features.v1.tombstones",
 ];
+
+/// Where in [`PLACES`] the data key and the tombstone are.
+const DATA_KEY: usize = 5;
+const TOMBSTONE: usize = 6;
 
 /// Where the erase task writes tombstones and reports, and how it paces itself.
 pub struct Outputs {
@@ -83,14 +92,19 @@ pub struct Outputs {
 /// One subject being erased, with what has been removed so far.
 struct Job {
     erasure: Erasure,
-    removed: [u64; 6],
+    removed: [u64; 7],
     /// Passes over Redis done (two before the tombstone and report).
     passes: u8,
 }
 
 /// One pass over Redis for each job of `batch`: deletes what the cell keeps about the
 /// subject and adds what it removed to the job.
-async fn erase(redis: &mut ConnectionManager, places: &Places, batch: &mut [Job]) -> redis::RedisResult<()> {
+async fn erase(
+    redis: &mut ConnectionManager,
+    keyring: &Keyring,
+    places: &Places,
+    batch: &mut [Job],
+) -> redis::RedisResult<()> {
     let mut lookup = redis::pipe();
     for job in batch.iter() {
         lookup.get(subject_key(&places.prefix, job.erasure.tenant, &job.erasure.subject_digest));
@@ -103,12 +117,18 @@ async fn erase(redis: &mut ConnectionManager, places: &Places, batch: &mut [Job]
         let tenant = job.erasure.tenant;
         // Retention has nothing left to expire for them (the tombstone follows).
         pipe.cmd("ZREM").arg(last_seen_key(&places.prefix, tenant)).arg(&job.erasure.subject_digest).ignore();
-        let Some(shopper) = shopper else { continue };
-        for key in places.keys_of(tenant, shopper) {
-            pipe.cmd("UNLINK").arg(key);
+        if let Some(shopper) = shopper {
+            for key in places.keys_of(tenant, shopper) {
+                pipe.cmd("UNLINK").arg(key);
+            }
+            pipe.cmd("ZREM")
+                .arg(&places.idle_schedule)
+                .arg(idle_member(&SessionKey { tenant, shopper: shopper.clone() }));
+            pipe.cmd("UNLINK").arg(subject_key(&places.prefix, tenant, &job.erasure.subject_digest));
         }
-        pipe.cmd("ZREM").arg(&places.idle_schedule).arg(idle_member(&SessionKey { tenant, shopper: shopper.clone() }));
-        pipe.cmd("UNLINK").arg(subject_key(&places.prefix, tenant, &job.erasure.subject_digest));
+        // The data key needs no shopper id: sealed records of a shopper whose session has
+        // long expired are shredded too.
+        pipe.cmd("UNLINK").arg(keyring.data_key(tenant, &job.erasure.subject_digest));
     }
     let counts: Vec<u64> = pipe.query_async(redis).await?;
     let mut counts = counts.into_iter();
@@ -118,6 +138,8 @@ async fn erase(redis: &mut ConnectionManager, places: &Places, batch: &mut [Job]
                 *slot += counts.next().unwrap_or(0);
             }
         }
+        job.removed[DATA_KEY] += counts.next().unwrap_or(0);
+        keyring.forget(job.erasure.tenant, &job.erasure.subject_digest);
         job.passes += 1;
     }
     Ok(())
@@ -140,7 +162,7 @@ async fn publish(outputs: &Outputs, batch: &mut [Job]) -> anyhow::Result<()> {
     });
     outputs.producer.send_all(tombstones, ACK_TIMEOUT).await?;
     for job in batch.iter_mut() {
-        job.removed[5] = 1;
+        job.removed[TOMBSTONE] = 1;
     }
     let now = Utc::now().timestamp_millis();
     let reports: Vec<(String, Vec<u8>)> = batch
@@ -176,6 +198,7 @@ async fn publish(outputs: &Outputs, batch: &mut [Job]) -> anyhow::Result<()> {
 pub async fn run(
     directory: Arc<Directory>,
     mut redis: ConnectionManager,
+    keyring: Arc<Keyring>,
     places: Places,
     outputs: Outputs,
     shutdown: CancellationToken,
@@ -184,7 +207,7 @@ pub async fn run(
     let mut carried: Vec<Job> = Vec::new();
     loop {
         let mut jobs = std::mem::take(&mut carried);
-        jobs.extend(directory.take_erasures().into_iter().map(|erasure| Job { erasure, removed: [0; 6], passes: 0 }));
+        jobs.extend(directory.take_erasures().into_iter().map(|erasure| Job { erasure, removed: [0; 7], passes: 0 }));
         if jobs.is_empty() {
             tokio::select! {
                 () = directory.erasures_arrived() => continue,
@@ -193,7 +216,7 @@ pub async fn run(
         }
         let outcome = async {
             for chunk in jobs.chunks_mut(CHUNK).filter(|c| c.iter().any(|j| j.passes == 0)) {
-                erase(&mut redis, &places, chunk).await?;
+                erase(&mut redis, &keyring, &places, chunk).await?;
             }
             // Events the pipeline was applying when the suppression arrived are done by now.
             tokio::select! {
@@ -202,7 +225,7 @@ pub async fn run(
             }
             for chunk in jobs.chunks_mut(CHUNK) {
                 if chunk.iter().any(|j| j.passes < 2) {
-                    erase(&mut redis, &places, chunk).await?;
+                    erase(&mut redis, &keyring, &places, chunk).await?;
                 }
                 publish(&outputs, chunk).await?;
             }
@@ -211,7 +234,7 @@ pub async fn run(
         match outcome.await {
             Ok(false) => return Ok(()),
             Ok(true) => {
-                let found = jobs.iter().filter(|j| j.removed[..5].iter().any(|n| *n > 0)).count();
+                let found = jobs.iter().filter(|j| j.removed[..TOMBSTONE].iter().any(|n| *n > 0)).count();
                 tracing::info!(subjects = jobs.len(), found, "suppressed shoppers' data erased");
             }
             Err(e) => {

@@ -18,11 +18,13 @@ use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
 use nudge_contracts::{
-    headers::EVENT_V1,
-    proto::events::v1::{CartIdle, Event, ShopperKey, event::Payload},
+    headers::{EVENT_V1, SEALED_V1},
+    proto::events::v1::{CartIdle, Event, event::Payload},
+    subject_digest,
 };
 use nudge_data_plane_directory::Directory;
 use nudge_data_plane_features::store::{IdleCart, SessionStore};
+use nudge_data_plane_keyring::Keyring;
 use nudge_platform_kafka::{SharedProducer, headers::record_headers, stage::OUTPUT_ACK_TIMEOUT};
 use nudge_platform_telemetry::TraceContext;
 use prost::Message;
@@ -61,6 +63,7 @@ fn idle_event_id(cart: &IdleCart) -> String {
 pub async fn scan(
     sessions: SessionStore,
     directory: Arc<Directory>,
+    keyring: Arc<Keyring>,
     producer: SharedProducer,
     validated_topic: String,
     config: IdleCartsConfig,
@@ -72,7 +75,7 @@ pub async fn scan(
             _ = shutdown.cancelled() => return Ok(()),
             _ = tokio::time::sleep(interval) => {}
         }
-        match scan_once(&sessions, &directory, &producer, &validated_topic, &config).await {
+        match scan_once(&sessions, &directory, &keyring, &producer, &validated_topic, &config).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(carts = n, "idle carts emitted"),
             Err(e) => tracing::warn!(error = %e, "idle-cart scan failed; retrying at the next interval"),
@@ -87,6 +90,7 @@ pub async fn scan(
 pub async fn scan_once(
     sessions: &SessionStore,
     directory: &Directory,
+    keyring: &Keyring,
     producer: &SharedProducer,
     validated_topic: &str,
     config: &IdleCartsConfig,
@@ -109,27 +113,29 @@ pub async fn scan_once(
     if carts.is_empty() {
         return Ok(0);
     }
-    let encoded: Vec<(Vec<u8>, Vec<u8>)> = carts
-        .iter()
-        .map(|cart| {
-            let event = Event {
-                tenant_id: cart.key.tenant.to_string(),
-                event_id: idle_event_id(cart),
-                shopper_id: cart.key.shopper.to_string(),
-                occurred_at_ms: cart.last_activity_ms.saturating_add(i64::try_from(config.after_ms).unwrap_or(0)),
-                received_at_ms: now,
-                payload: Some(Payload::CartIdle(CartIdle { last_activity_ms: cart.last_activity_ms })),
-            };
-            let key = ShopperKey { tenant_id: event.tenant_id.clone(), shopper_id: event.shopper_id.clone() };
-            (key.encode_to_vec(), event.encode_to_vec())
-        })
-        .collect();
+    let mut encoded: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(carts.len());
+    for cart in &carts {
+        let event = Event {
+            tenant_id: cart.key.tenant.to_string(),
+            event_id: idle_event_id(cart),
+            shopper_id: cart.key.shopper.to_string(),
+            occurred_at_ms: cart.last_activity_ms.saturating_add(i64::try_from(config.after_ms).unwrap_or(0)),
+            received_at_ms: now,
+            payload: Some(Payload::CartIdle(CartIdle { last_activity_ms: cart.last_activity_ms })),
+        };
+        let subject = subject_digest(cart.key.tenant.as_uuid(), &cart.key.shopper);
+        let sealed = keyring
+            .seal(cart.key.tenant, &subject, EVENT_V1.name, &event.encode_to_vec())
+            .await
+            .map_err(|e| anyhow::anyhow!("sealing an idle-cart event: {e}"))?;
+        encoded.push((crate::sealing::record_key(cart.key.tenant, &subject), sealed.encode_to_vec()));
+    }
     let trace = TraceContext::new_root();
     let records = encoded.iter().map(|(key, value)| {
         FutureRecord::<'_, [u8], [u8]>::to(validated_topic)
             .key(key.as_slice())
             .payload(value.as_slice())
-            .headers(record_headers(EVENT_V1, Some(&trace)))
+            .headers(record_headers(SEALED_V1, Some(&trace)))
     });
     producer.send_all(records, OUTPUT_ACK_TIMEOUT).await?;
     for cart in &carts {

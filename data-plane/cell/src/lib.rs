@@ -8,6 +8,9 @@
 //! - [`pipeline`]: the stage `events.validated` → features → model → decision → intervention,
 //!   each effect once per (tenant, event id).
 //! - [`idle`]: server-side abandonment detection, `cart_idle` events for carts gone quiet.
+//! - [`sealing`]: records naming a shopper travel sealed with the shopper's data key.
+//! - [`keys`]: rewrapping the data keys after the vault rotates a tenant's key.
+//! - [`erase`], [`retention`], [`export`]: GDPR erasure, retention and access.
 //! - [`models`]: following the model registry: models loaded, swapped and dropped live.
 //! - [`usage`]: per-tenant counts to `usage.v1`.
 //! - [`readiness`]: what `/readyz` checks.
@@ -17,10 +20,12 @@ pub mod config;
 pub mod erase;
 pub mod export;
 pub mod idle;
+pub mod keys;
 pub mod models;
 pub mod pipeline;
 pub mod readiness;
 pub mod retention;
+pub mod sealing;
 pub mod snippet;
 pub mod usage;
 pub mod validator;
@@ -46,6 +51,7 @@ use nudge_data_plane_inference::{Model, ModelSet, Scorers, bundled, init_runtime
 use nudge_data_plane_ingest::{
     IngestState, dedup::RedisDedup, routes::IngestMetrics, sink::KafkaSink, usage::UsageCounters,
 };
+use nudge_data_plane_keyring::Keyring;
 use nudge_platform_http::{
     HttpMetrics, Readiness, openapi, ops_router, serve,
     supervise::{Task, serve_supervised},
@@ -111,6 +117,16 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
     .await
     .context("connecting to redis")?;
     let naming = Naming::new(&config.redis.prefix, &config.cell_id);
+    // Shopper data keys (crypto-shredding), wrapped by their tenant's Transit key.
+    let vault = nudge_platform_vault::Vault::new(&config.vault).context("vault")?;
+    let keyring = Arc::new(Keyring::new(
+        vault,
+        directory.clone(),
+        redis.clone(),
+        config.redis.prefix.clone(),
+        config.keys.clone(),
+        &metrics,
+    ));
     let mut readiness = Readiness::default()
         .with(Arc::new(readiness::NotDraining(draining.clone())))
         .with(Arc::new(readiness::DirectoryReady(directory.clone())))
@@ -119,10 +135,11 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
     let usage = Arc::new(UsageCounters::default());
     let producer = SharedProducer::new(&config.kafka, &format!("cell-{}-stages", config.cell_id))?;
     if roles.pipeline {
-        readiness =
-            pipeline_role(&config, &metrics, &directory, &redis, &naming, &usage, &producer, &shutdown, &mut tasks)?
-                .into_iter()
-                .fold(readiness, |r, check| r.with(check));
+        readiness = pipeline_role(
+            &config, &metrics, &directory, &redis, &keyring, &naming, &usage, &producer, &shutdown, &mut tasks,
+        )?
+        .into_iter()
+        .fold(readiness, |r, check| r.with(check));
     }
     if roles.pipeline {
         // Suppress first (ingest drops the shopper's events), then erase what is kept here.
@@ -131,6 +148,7 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
             tokio::spawn(erase::run(
                 directory.clone(),
                 redis.clone(),
+                keyring.clone(),
                 erase::Places {
                     prefix: config.redis.prefix.clone(),
                     naming: Naming::new(&config.redis.prefix, &config.cell_id),
@@ -154,6 +172,7 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
         // Nothing derived from a shopper outlives their store's retention.
         let retention = retention::Retention {
             redis: redis.clone(),
+            keyring: keyring.clone(),
             prefix: config.redis.prefix.clone(),
             producer: producer.clone(),
             features_topic: topics.name(Topic::Features),
@@ -163,6 +182,17 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
         tasks.push((
             "retention",
             tokio::spawn(retention::run(retention, directory.clone(), interval, shutdown.clone())),
+        ));
+        // After the vault rotates a tenant's key, stored data keys move to the new version
+        // and the old versions are retired.
+        tasks.push((
+            "data key rewrap",
+            tokio::spawn(keys::run(
+                keyring.clone(),
+                directory.clone(),
+                Duration::from_millis(config.keys.rewrap_interval_ms),
+                shutdown.clone(),
+            )),
         ));
     }
     if roles.ingest || roles.pipeline {
@@ -250,6 +280,7 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
             dedup: Arc::new(RedisDedup::new(redis.clone(), config.redis.prefix.clone())),
             usage,
             sink: Arc::new(sink),
+            keyring: keyring.clone(),
             config: config.ingest.clone(),
             metrics: IngestMetrics::register(&metrics),
             sessions,
@@ -299,6 +330,7 @@ fn pipeline_role(
     metrics: &Metrics,
     directory: &Arc<Directory>,
     redis: &ConnectionManager,
+    keyring: &Arc<Keyring>,
     naming: &Naming,
     usage: &Arc<UsageCounters>,
     producer: &SharedProducer,
@@ -342,6 +374,8 @@ fn pipeline_role(
     };
     let validator: Arc<dyn Handler> = Arc::new(validator::Validator {
         directory: directory.clone(),
+        keyring: keyring.clone(),
+        usage: usage.clone(),
         producer: producer.clone(),
         validated_topic: topics.name(Topic::EventsValidated),
     });
@@ -350,6 +384,7 @@ fn pipeline_role(
         models,
         scorers,
         directory: directory.clone(),
+        keyring: keyring.clone(),
         rule: config.decide.clone(),
         publisher: InterventionPublisher::new(redis.clone(), naming.clone(), config.gateway.history.clone()),
         producer: producer.clone(),
@@ -396,6 +431,7 @@ fn pipeline_role(
         tokio::spawn(idle::scan(
             SessionStore::new(redis.clone(), config.redis.prefix.clone()).for_cell(&config.cell_id),
             directory.clone(),
+            keyring.clone(),
             producer.clone(),
             topics.name(Topic::EventsValidated),
             config.idle_carts.clone(),

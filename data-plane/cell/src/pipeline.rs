@@ -2,6 +2,9 @@
 //! intervention routed to the shopper's socket, with `features.v1`, `predictions.v1` and
 //! `interventions.commands` records along the way.
 //!
+//! Records arrive sealed with the shopper's data key and leave sealed (`crate::sealing`);
+//! a record whose key is gone (the shopper was erased meanwhile) is skipped and counted.
+//!
 //! Effects happen once per (tenant, event id). Records of one shopper share a partition and
 //! are handled in order; a replayed record (after a crash or rebalance) is recognised by its
 //! applied marker and skipped. The order of a step is chosen so a crash at any point neither
@@ -20,14 +23,14 @@ use std::sync::Arc;
 use chrono::Utc;
 use nudge_contracts::{
     InterventionId, ShopperId,
-    headers::{FEATURES_V1, INTERVENTION_V1, PREDICTION_V1, SchemaRef},
+    headers::EVENT_V1,
+    headers::{FEATURES_V1, INTERVENTION_V1, PREDICTION_V1, SEALED_V1},
     proto::{
-        events::v1::{Event, ShopperKey, event::Payload},
-        features::v1::{FeatureSnapshot, SubjectKey},
+        events::v1::{Event, event::Payload},
+        features::v1::FeatureSnapshot,
         interventions::v1::Intervention,
         predictions::v1::Prediction,
     },
-    subject_digest,
 };
 use nudge_data_plane_decide::{RuleConfig, decide};
 use nudge_data_plane_directory::Directory;
@@ -38,6 +41,9 @@ use nudge_data_plane_features::{
 use nudge_data_plane_gateway::{hub::ShopperAddress, route::InterventionPublisher};
 use nudge_data_plane_inference::{ModelSet, Scorers};
 use nudge_data_plane_ingest::usage::{Drop, UsageCounters};
+use nudge_data_plane_keyring::Keyring;
+
+use crate::sealing::seal;
 use nudge_platform_kafka::{
     SharedProducer,
     headers::record_headers,
@@ -46,7 +52,6 @@ use nudge_platform_kafka::{
 use nudge_platform_telemetry::{Metrics, TraceContext};
 use nudge_tenants::TenantId;
 use prometheus_client::metrics::{counter::Counter, histogram::Histogram};
-use prost::Message;
 use rdkafka::producer::FutureRecord;
 use uuid::Uuid;
 
@@ -126,6 +131,8 @@ pub struct Pipeline {
     /// A micro-batching worker per model: concurrent steps share scoring calls.
     pub scorers: Arc<Scorers>,
     pub directory: Arc<Directory>,
+    /// Opens the events and seals the outputs.
+    pub keyring: Arc<Keyring>,
     pub rule: RuleConfig,
     pub publisher: InterventionPublisher,
     pub producer: SharedProducer,
@@ -153,26 +160,32 @@ impl Handler for Pipeline {
     fn handle<'a>(&'a self, record: &'a Record<'a>) -> HandlerFuture<'a> {
         Box::pin(async move {
             let payload = record.payload.ok_or_else(|| Failure::Failed("the record has no value".into()))?;
-            let event = Event::decode(payload).map_err(|e| Failure::Failed(format!("undecodable event: {e}")))?;
-            let (Ok(tenant), Ok(shopper)) = (event.tenant_id.parse::<TenantId>(), ShopperId::parse(&event.shopper_id))
-            else {
-                return Err(Failure::Failed("invalid tenant or shopper id".into()));
+            let (tenant, sealed) = crate::sealing::envelope(payload)?;
+            if self.directory.by_tenant(tenant).is_some_and(|t| t.is_suppressed_subject(&sealed.subject_digest)) {
+                // Suppressed after ingest accepted the event: nothing of it is stored or acted
+                // on (the cell is erasing what it held). Not even opened.
+                self.usage.dropped(tenant, Drop::Suppressed, 1);
+                return Ok(());
+            }
+            let Some(opened) = crate::sealing::open::<Event>(&self.keyring, tenant, &sealed, EVENT_V1).await? else {
+                // The shopper's data key was erased: the event is unreadable, by design.
+                self.usage.dropped(tenant, Drop::Suppressed, 1);
+                return Ok(());
             };
-            self.step(&event, SessionKey { tenant, shopper }, &record.trace).await
+            let event = opened.message;
+            let Ok(shopper) = ShopperId::parse(&event.shopper_id) else {
+                return Err(Failure::Failed("invalid shopper id".into()));
+            };
+            if event.tenant_id != sealed.tenant_id {
+                return Err(Failure::Failed("the event is not the tenant's its envelope names".into()));
+            }
+            self.step(&event, SessionKey { tenant, shopper }, &opened.subject_digest, &record.trace).await
         })
     }
 }
 
 impl Pipeline {
-    async fn step(&self, event: &Event, key: SessionKey, trace: &TraceContext) -> Result<(), Failure> {
-        if self.directory.by_tenant(key.tenant).is_some_and(|t| t.is_suppressed(key.shopper.as_str())) {
-            // Suppressed after ingest accepted the event: nothing of it is stored or acted on
-            // (the cell is erasing what it held).
-            if !matches!(event.payload, Some(Payload::CartIdle(_))) {
-                self.usage.dropped(key.tenant, Drop::Suppressed, 1);
-            }
-            return Ok(());
-        }
+    async fn step(&self, event: &Event, key: SessionKey, subject: &str, trace: &TraceContext) -> Result<(), Failure> {
         if self.sessions.already_applied(&key, &event.event_id).await.map_err(store_failure)? {
             self.metrics.duplicates.inc();
             // The store's duplicate count is of what it sent; a cart_idle is the cell's own.
@@ -237,8 +250,7 @@ impl Pipeline {
         };
 
         // Outputs first: a crash after them replays the step, never skips them.
-        let shopper_key =
-            ShopperKey { tenant_id: key.tenant.to_string(), shopper_id: key.shopper.to_string() }.encode_to_vec();
+        let subject_key = crate::sealing::record_key(key.tenant, subject);
         let now = Utc::now().timestamp_millis();
         let snapshot = FeatureSnapshot {
             tenant_id: key.tenant.to_string(),
@@ -257,24 +269,20 @@ impl Pipeline {
             scored_at_ms: now,
             shadow: false,
         };
-        let subject_key = SubjectKey {
-            tenant_id: key.tenant.to_string(),
-            subject_digest: subject_digest(key.tenant.as_uuid(), &key.shopper),
-        }
-        .encode_to_vec();
+        let keyring = &self.keyring;
         let mut outputs = vec![
-            (&self.topics.features, &subject_key, snapshot.encode_to_vec(), FEATURES_V1),
-            (&self.topics.predictions, &shopper_key, prediction.encode_to_vec(), PREDICTION_V1),
+            (&self.topics.features, seal(keyring, key.tenant, subject, FEATURES_V1, &snapshot).await?),
+            (&self.topics.predictions, seal(keyring, key.tenant, subject, PREDICTION_V1, &prediction).await?),
         ];
         if let Some((version, shadow_score)) = shadow {
             let logged =
                 Prediction { score: f64::from(shadow_score), model_version: version, shadow: true, ..prediction };
-            outputs.push((&self.topics.predictions, &shopper_key, logged.encode_to_vec(), PREDICTION_V1));
+            outputs.push((&self.topics.predictions, seal(keyring, key.tenant, subject, PREDICTION_V1, &logged).await?));
         }
         if let Some(iv) = &intervention {
-            outputs.push((&self.topics.interventions, &shopper_key, iv.encode_to_vec(), INTERVENTION_V1));
+            outputs.push((&self.topics.interventions, seal(keyring, key.tenant, subject, INTERVENTION_V1, iv).await?));
         }
-        self.produce(outputs, trace).await?;
+        self.produce(&subject_key, outputs, trace).await?;
 
         // The effect, once. An idle-cart event is not activity: the timer it came from is
         // settled by the scanner; any other event restarts the timer or, with an empty
@@ -303,17 +311,14 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Sends each (topic, key, value, schema) and waits for the broker's acknowledgements.
-    async fn produce(
-        &self,
-        outputs: Vec<(&String, &Vec<u8>, Vec<u8>, SchemaRef)>,
-        trace: &TraceContext,
-    ) -> Result<(), Failure> {
-        let records = outputs.iter().map(|(topic, key, value, schema)| {
+    /// Sends each (topic, sealed value) under the subject's key and waits for the broker's
+    /// acknowledgements.
+    async fn produce(&self, key: &[u8], outputs: Vec<(&String, Vec<u8>)>, trace: &TraceContext) -> Result<(), Failure> {
+        let records = outputs.iter().map(|(topic, value)| {
             FutureRecord::<'_, [u8], [u8]>::to(topic)
-                .key(key.as_slice())
+                .key(key)
                 .payload(value.as_slice())
-                .headers(record_headers(*schema, Some(trace)))
+                .headers(record_headers(SEALED_V1, Some(trace)))
         });
         Ok(self.producer.send_all(records, OUTPUT_ACK_TIMEOUT).await?)
     }

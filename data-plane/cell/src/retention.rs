@@ -3,7 +3,9 @@
 //! most two days (every key expires); the compacted `features.v1` keeps their latest snapshot
 //! until a tombstone. The pipeline notes when it last applied an event of each shopper (a
 //! per-tenant sorted set of subject digests); this job writes a tombstone for every shopper
-//! silent for longer than their store's retention and forgets them.
+//! silent for longer than their store's retention, deletes their data key — so whatever the
+//! topics still hold of them (sealed, see `crate::sealing`) can no longer be read — and
+//! forgets them.
 //!
 //! [`Retention::sweep`] takes the time as an argument, so tests run it under a controlled
 //! clock; [`run`] calls it with the wall clock on an interval.
@@ -13,6 +15,7 @@ use std::{sync::Arc, time::Duration};
 use nudge_contracts::{headers::FEATURES_V1, proto::features::v1::SubjectKey};
 use nudge_data_plane_directory::Directory;
 use nudge_data_plane_features::store::last_seen_key;
+use nudge_data_plane_keyring::Keyring;
 use nudge_platform_kafka::{SharedProducer, headers::record_headers};
 use nudge_tenants::TenantId;
 use prost::Message;
@@ -25,14 +28,16 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 
 const DAY_MS: i64 = 24 * 3600 * 1000;
 
-/// Removes each member (ARGV 2…) from the set (KEYS 1) only if its score is still at or
-/// below the cutoff (ARGV 1): a shopper seen again meanwhile stays.
+/// Removes each member (ARGV 2…) from the set (KEYS 1), and deletes its data key (KEYS 2…,
+/// in the same order), only if its score is still at or below the cutoff (ARGV 1): a
+/// shopper seen again meanwhile stays.
 const FORGET_IF_SILENT: &str = r"
 local removed = 0
 for i = 2, #ARGV do
   local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
   if score and tonumber(score) <= tonumber(ARGV[1]) then
     removed = removed + redis.call('ZREM', KEYS[1], ARGV[i])
+    redis.call('UNLINK', KEYS[i])
   end
 end
 return removed
@@ -41,6 +46,8 @@ return removed
 /// Expires shoppers past their store's retention.
 pub struct Retention {
     pub redis: ConnectionManager,
+    /// Whose data keys expire with the shoppers.
+    pub keyring: Arc<Keyring>,
     pub prefix: String,
     pub producer: SharedProducer,
     pub features_topic: String,
@@ -94,9 +101,12 @@ impl Retention {
                 let mut invocation = forget.key(&key);
                 invocation.arg(cutoff);
                 for digest in &silent {
-                    invocation.arg(digest);
+                    invocation.key(self.keyring.data_key(tenant, digest)).arg(digest);
                 }
                 let removed: u64 = invocation.invoke_async(&mut redis).await?;
+                for digest in &silent {
+                    self.keyring.forget(tenant, digest);
+                }
                 expired += removed;
                 if silent.len() < self.batch {
                     break;

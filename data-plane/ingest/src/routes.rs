@@ -13,14 +13,18 @@ use axum::{
 };
 use chrono::Utc;
 use nudge_contracts::{
+    ShopperId,
+    headers::EVENT_V1,
     ingest::{BatchAccepted, EventBatch},
-    proto::events::v1::ShopperKey,
+    proto::features::v1::SubjectKey,
+    subject_digest,
 };
 use nudge_data_plane_directory::{
     Directory,
     auth::{authorize, authorize_server, key_from, query_param, secret_key_from},
     session::SessionSigner,
 };
+use nudge_data_plane_keyring::{KeyError, Keyring};
 use nudge_platform_http::{ApiError, ErrorBody, current_trace};
 use nudge_platform_telemetry::Metrics;
 use nudge_tenants::TenantId;
@@ -100,6 +104,8 @@ pub struct IngestState {
     pub dedup: Arc<dyn Dedup>,
     pub usage: Arc<UsageCounters>,
     pub sink: Arc<dyn EventSink>,
+    /// Seals each event with its shopper's data key before it is stored.
+    pub keyring: Arc<Keyring>,
     pub config: IngestConfig,
     pub metrics: IngestMetrics,
     /// Signs the session tokens shopper sockets open with.
@@ -171,7 +177,7 @@ pub(crate) fn allow_origin(response: &mut Response, origin: Option<&str>) {
         (status = 413, description = "`batch_too_large`", body = ErrorBody),
         (status = 429, description = "`rate_limited`: over the plan's events per second; retry after `Retry-After`", body = ErrorBody),
         (status = 422, description = "`idempotency_key_reused` (same key, different body), `empty_batch`, or the first invalid event's code (`unknown_event_type`, `invalid_property`, …) with every invalid event in details", body = ErrorBody),
-        (status = 503, description = "`broker_unavailable`, `idempotency_unavailable`, `cell_starting`; retry after `Retry-After`", body = ErrorBody),
+        (status = 503, description = "`broker_unavailable`, `idempotency_unavailable`, `keys_unavailable` (the vault wrapping the shoppers' data keys), `cell_starting`; retry after `Retry-After`", body = ErrorBody),
     ))]
 #[tracing::instrument(skip_all, fields(tenant_id))]
 async fn ingest(State(state): State<IngestState>, uri: Uri, headers: HeaderMap, body: Body) -> Response {
@@ -381,6 +387,12 @@ async fn accept_inner(
     // Resent events (same id within a day) are dropped here; if the store is unreachable the
     // batch goes through and the pipeline's own deduplication keeps effects single.
     let ids: Vec<String> = events.iter().map(|e| e.event_id.clone()).collect();
+    // Each shopper's subject digest names their data key and their records' key.
+    let subjects = events
+        .iter()
+        .map(|e| ShopperId::parse(&e.shopper_id).map(|s| subject_digest(tenant_id.as_uuid(), &s)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| ApiError::unprocessable("invalid_shopper_id", "a shopper id is invalid"))?;
     let fresh = match state.dedup.claim(tenant_id, &ids).await {
         Ok(fresh) => fresh,
         Err(e) => {
@@ -389,16 +401,40 @@ async fn accept_inner(
         }
     };
     let mut claimed = Vec::new();
-    let mut records = Vec::with_capacity(events.len());
-    for (event, fresh) in events.into_iter().zip(fresh) {
+    let mut plain = Vec::with_capacity(events.len());
+    for ((event, subject), fresh) in events.into_iter().zip(subjects).zip(fresh) {
         if fresh {
             claimed.push(event.event_id.clone());
-            let key = ShopperKey { tenant_id: event.tenant_id.clone(), shopper_id: event.shopper_id.clone() };
-            records.push(EventRecord { key: key.encode_to_vec(), value: event.encode_to_vec() });
+            plain.push((subject, event.encode_to_vec()));
         }
     }
-    let duplicates = ids.len() - records.len();
+    let duplicates = ids.len() - plain.len();
     state.usage.dropped(tenant_id, Drop::Duplicate, duplicates as u64);
+
+    // Each event sealed with its shopper's data key: erasing the key later makes every
+    // stored copy unreadable.
+    let records = match state.keyring.seal_many(tenant_id, EVENT_V1.name, &plain).await {
+        Ok(sealed) => sealed
+            .into_iter()
+            .map(|sealed| EventRecord {
+                key: SubjectKey { tenant_id: sealed.tenant_id.clone(), subject_digest: sealed.subject_digest.clone() }
+                    .encode_to_vec(),
+                value: sealed.encode_to_vec(),
+            })
+            .collect::<Vec<_>>(),
+        Err(e) => {
+            if let Err(release) = state.dedup.release(tenant_id, &claimed).await {
+                tracing::warn!(error = %release, "releasing event-id claims");
+            }
+            return Err(match e {
+                KeyError::Unavailable(why) => {
+                    tracing::warn!(reason = %why, "data keys unavailable; batch refused");
+                    ApiError::unavailable("keys_unavailable", "events cannot be stored right now; retry later", 1)
+                }
+                other => ApiError::internal(&other),
+            });
+        }
+    };
 
     let accepted = records.len();
     if !records.is_empty()

@@ -3,7 +3,7 @@
 
 use std::{future::Future, pin::Pin, time::Duration};
 
-use nudge_contracts::headers::EVENT_V1;
+use nudge_contracts::headers::SEALED_V1;
 use nudge_platform_kafka::{KafkaConfig, SendError, SharedProducer, headers::record_headers};
 use nudge_platform_telemetry::TraceContext;
 use rdkafka::{error::KafkaError, producer::FutureRecord};
@@ -11,9 +11,9 @@ use rdkafka::{error::KafkaError, producer::FutureRecord};
 /// One record for `events.raw`.
 #[derive(Debug, Clone)]
 pub struct EventRecord {
-    /// Encoded `ShopperKey`.
+    /// Encoded `SubjectKey` (tenant and subject digest).
     pub key: Vec<u8>,
-    /// Encoded `Event`.
+    /// Encoded `Sealed` holding an `Event`.
     pub value: Vec<u8>,
 }
 
@@ -81,7 +81,7 @@ impl EventSink for KafkaSink {
                 FutureRecord::<'_, [u8], [u8]>::to(&self.topic)
                     .key(record.key.as_slice())
                     .payload(record.value.as_slice())
-                    .headers(record_headers(EVENT_V1, trace.as_ref()))
+                    .headers(record_headers(SEALED_V1, trace.as_ref()))
             });
             self.producer.send_all(out, self.ack_timeout).await.map_err(sink_error)
         })

@@ -92,10 +92,20 @@ pub async fn read_all<M: prost::Message + Default>(
     let reader: rdkafka::consumer::StreamConsumer =
         nudge_platform_kafka::reader_consumer(config, &format!("test-{}", nudge_test_support::unique_suffix()))?;
     reader.subscribe(&[config.topics().name(topic).as_str()])?;
+    // Every record naming a shopper is sealed with their data key.
+    use prost::Message as _;
+    let keyring = platform.keyring().await?;
+    let schema = match topic {
+        nudge_contracts::Topic::Predictions => nudge_contracts::headers::PREDICTION_V1,
+        nudge_contracts::Topic::Features => nudge_contracts::headers::FEATURES_V1,
+        nudge_contracts::Topic::InterventionCommands => nudge_contracts::headers::INTERVENTION_V1,
+        _ => nudge_contracts::headers::EVENT_V1,
+    };
     let mut out = Vec::new();
     while out.len() < want {
         let m = tokio::time::timeout(std::time::Duration::from_secs(30), reader.recv()).await??;
-        out.push(M::decode(m.payload().unwrap_or_default())?);
+        let sealed = nudge_contracts::proto::sealed::v1::Sealed::decode(m.payload().unwrap_or_default())?;
+        out.push(keyring.open_message::<M>(&sealed, schema.name).await?);
     }
     Ok(out)
 }

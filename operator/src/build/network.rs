@@ -32,8 +32,8 @@ fn tcp(port: IntOrString) -> NetworkPolicyPort {
 }
 
 /// Two policies (NetworkPolicies add up). `<cell>`, over all the cell's pods: Prometheus may
-/// scrape every role, and the pods reach DNS, their own Kafka cluster and their own Redis,
-/// and nothing else (not even the tenants' Postgres, which cell processes never connect to).
+/// scrape every role, and the pods reach DNS, their own Kafka cluster, their own Redis and
+/// the platform's OpenBao (the shoppers' data keys), and nothing else (not even the tenants' Postgres, which cell processes never connect to).
 /// `<cell>-traffic`, over the ingest and gateway pods: shopper and merchant traffic reaches
 /// them only from the ingress controller's namespace.
 pub(super) fn network_policies(
@@ -88,6 +88,10 @@ pub(super) fn network_policies(
                 ports: Some(vec![tcp(IntOrString::Int(KAFKA_PORT))]),
             },
             store(&cell.spec.redis),
+            NetworkPolicyEgressRule {
+                to: Some(vec![namespace_peer(&platform.vault_namespace, None)]),
+                ports: Some(vec![tcp(IntOrString::Int(platform.vault_port))]),
+            },
         ]),
     };
     let traffic = NetworkPolicySpec {
