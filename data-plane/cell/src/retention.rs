@@ -1,6 +1,7 @@
 //! Retention: nothing the cell derived from a shopper's events outlives their store's
 //! retention (`limits.retention_days`, from its plan). Redis keeps a shopper's data for at
-//! most two days (every key expires); the compacted `features.v1` keeps their latest snapshot
+//! most two days (every key expires; their data key lasts the store's retention after its
+//! last use, at most 35 days); the compacted `features.v1` keeps their latest snapshot
 //! until a tombstone. The pipeline notes when it last applied an event of each shopper (a
 //! per-tenant sorted set of subject digests); this job writes a tombstone for every shopper
 //! silent for longer than their store's retention, deletes their data key — so whatever the
