@@ -185,7 +185,7 @@ fn event_streams(shredded: bool) -> ReceiptStore {
             if shredded {
                 "the key was deleted, so none of them can be read any more"
             } else {
-                "no cell held a key for them, so the topics hold nothing of them"
+                "no cell held a data key for them (none was ever made, or it had expired with the rest of their data), so nothing on the topics can be read as theirs"
             },
             topics.join(", ")
         )),

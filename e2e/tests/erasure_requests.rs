@@ -11,7 +11,7 @@ mod common;
 use std::time::Duration;
 
 use base64::{Engine, engine::general_purpose::STANDARD};
-use common::{ORIGIN, browsing, latest_snapshot};
+use common::{ORIGIN, TopicRecord, browsing, latest_snapshot, read_to_end};
 use nudge_contracts::{
     ShopperId, Topic,
     proto::{features::v1::SubjectKey, sealed::v1::Sealed},
@@ -83,9 +83,6 @@ async fn verify_receipt(platform: &Platform, receipt: &Value) -> anyhow::Result<
     Ok(())
 }
 
-/// A record read back: its topic, key and value (none for a tombstone).
-type TopicRecord = (String, Vec<u8>, Option<Vec<u8>>);
-
 /// Whether any record's key or value contains `needle`.
 fn contains(records: &[TopicRecord], needle: &[u8]) -> bool {
     let has = |hay: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
@@ -153,35 +150,20 @@ async fn postgres_hits(platform: &Platform, needle: &str) -> anyhow::Result<Vec<
     Ok(hits)
 }
 
-/// Every record (topic, key, value) on the cell's topics that hold shopper records, read
-/// until the topics have been quiet for a while.
+/// Every record on the cell's topics that hold shopper records, as of now.
 async fn stream_records(platform: &Platform) -> anyhow::Result<Vec<TopicRecord>> {
-    use rdkafka::{Message as _, consumer::Consumer as _};
-    let config = &platform.cell_config.kafka;
-    let topics: Vec<String> = [
-        Topic::EventsRaw,
-        Topic::EventsValidated,
-        Topic::EventsDlq,
-        Topic::Features,
-        Topic::Predictions,
-        Topic::InterventionCommands,
-    ]
-    .into_iter()
-    .map(|t| config.topics().name(t))
-    .collect();
-    let reader: rdkafka::consumer::StreamConsumer =
-        nudge_platform_kafka::reader_consumer(config, &format!("test-{}", unique_suffix()))?;
-    reader.subscribe(&topics.iter().map(String::as_str).collect::<Vec<_>>())?;
-    let mut records = Vec::new();
-    while let Ok(message) = tokio::time::timeout(Duration::from_secs(4), reader.recv()).await {
-        let message = message?;
-        records.push((
-            message.topic().to_owned(),
-            message.key().unwrap_or_default().to_vec(),
-            message.payload().map(<[u8]>::to_vec),
-        ));
-    }
-    Ok(records)
+    read_to_end(
+        platform,
+        &[
+            Topic::EventsRaw,
+            Topic::EventsValidated,
+            Topic::EventsDlq,
+            Topic::Features,
+            Topic::Predictions,
+            Topic::InterventionCommands,
+        ],
+    )
+    .await
 }
 
 /// Opens every sealed record of the subject with `key`: how many opened, and how many
@@ -278,6 +260,10 @@ async fn an_erasure_request_erases_everywhere_and_answers_a_signed_receipt() -> 
     let (opened, shredded) = open_subjects_records(&platform, &after, &key).await?;
     assert_eq!(opened, 0, "no record of the shopper opens after the erasure");
     assert!(shredded >= 4, "their records are still there, unreadable: {shredded}");
+    // A process that has not heard of the erasure (this keyring's directory is empty)
+    // cannot make the shopper a new key: the erased key's marker stands in its way.
+    let late = platform.keyring().await?.seal(tenant, &digest, "nudge.events.v1.Event", b"late").await;
+    assert!(matches!(late, Err(KeyError::Shredded)), "no new key for an erased shopper: {late:?}");
 
     // The receipt: every store with its status, signed; it checks against the public key.
     let receipt_path = format!("/v1/tenants/{}/erasures/{request_id}/receipt", store.tenant_id);

@@ -224,6 +224,11 @@ impl Validate for CellConfig {
         self.kafka.validate()?;
         self.vault.validate()?;
         self.keys.validate()?;
+        // A process that wrapped a data key just before a rotation stores it within a vault
+        // and a Redis call; older versions are retired only well after that.
+        if self.keys.retire_after_ms < self.vault.timeout_ms + self.redis.response_timeout_ms + 1000 {
+            return Err("keys.retire_after_ms must exceed vault.timeout_ms + redis.response_timeout_ms by 1 s".into());
+        }
         if self.inference.model_path.is_some()
             && (self.inference.model_sha256.is_none() || self.inference.model_version.is_none())
         {

@@ -104,7 +104,7 @@ async fn erase(
     keyring: &Keyring,
     places: &Places,
     batch: &mut [Job],
-) -> redis::RedisResult<()> {
+) -> anyhow::Result<()> {
     let mut lookup = redis::pipe();
     for job in batch.iter() {
         lookup.get(subject_key(&places.prefix, job.erasure.tenant, &job.erasure.subject_digest));
@@ -126,9 +126,6 @@ async fn erase(
                 .arg(idle_member(&SessionKey { tenant, shopper: shopper.clone() }));
             pipe.cmd("UNLINK").arg(subject_key(&places.prefix, tenant, &job.erasure.subject_digest));
         }
-        // The data key needs no shopper id: sealed records of a shopper whose session has
-        // long expired are shredded too.
-        pipe.cmd("UNLINK").arg(keyring.data_key(tenant, &job.erasure.subject_digest));
     }
     let counts: Vec<u64> = pipe.query_async(redis).await?;
     let mut counts = counts.into_iter();
@@ -138,8 +135,13 @@ async fn erase(
                 *slot += counts.next().unwrap_or(0);
             }
         }
-        job.removed[DATA_KEY] += counts.next().unwrap_or(0);
-        keyring.forget(job.erasure.tenant, &job.erasure.subject_digest);
+    }
+    for job in batch.iter_mut() {
+        // The data key needs no shopper id: sealed records of a shopper whose session has
+        // long expired are shredded too. It is replaced by a marker, so no process can make
+        // the subject a new one.
+        let found = keyring.erase(job.erasure.tenant, std::slice::from_ref(&job.erasure.subject_digest)).await?;
+        job.removed[DATA_KEY] += found.iter().filter(|f| **f).count() as u64;
         job.passes += 1;
     }
     Ok(())

@@ -24,7 +24,7 @@ use nudge_contracts::{
 };
 use nudge_data_plane_directory::Directory;
 use nudge_data_plane_features::store::{IdleCart, SessionStore};
-use nudge_data_plane_keyring::Keyring;
+use nudge_data_plane_keyring::{KeyError, Keyring};
 use nudge_platform_kafka::{SharedProducer, headers::record_headers, stage::OUTPUT_ACK_TIMEOUT};
 use nudge_platform_telemetry::TraceContext;
 use prost::Message;
@@ -114,6 +114,7 @@ pub async fn scan_once(
         return Ok(0);
     }
     let mut encoded: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(carts.len());
+    let mut sealed_carts = Vec::with_capacity(carts.len());
     for cart in &carts {
         let event = Event {
             tenant_id: cart.key.tenant.to_string(),
@@ -124,11 +125,20 @@ pub async fn scan_once(
             payload: Some(Payload::CartIdle(CartIdle { last_activity_ms: cart.last_activity_ms })),
         };
         let subject = subject_digest(cart.key.tenant.as_uuid(), &cart.key.shopper);
-        let sealed = keyring
-            .seal(cart.key.tenant, &subject, EVENT_V1.name, &event.encode_to_vec())
-            .await
-            .map_err(|e| anyhow::anyhow!("sealing an idle-cart event: {e}"))?;
-        encoded.push((crate::sealing::record_key(cart.key.tenant, &subject), sealed.encode_to_vec()));
+        match keyring.seal(cart.key.tenant, &subject, EVENT_V1.name, &event.encode_to_vec()).await {
+            Ok(sealed) => {
+                encoded.push((crate::sealing::record_key(cart.key.tenant, &subject), sealed.encode_to_vec()));
+                sealed_carts.push(cart);
+            }
+            // Suppressed or erased meanwhile: the timer goes, nothing is emitted.
+            Err(KeyError::Shredded) => sessions.settle_idle(cart).await?,
+            Err(KeyError::Unavailable(why)) => anyhow::bail!("sealing an idle-cart event: {why}"),
+            // A key that does not unwrap stops this cart only; it is counted and logged by
+            // the keyring, and the timer stays for the next scan.
+            Err(e) => {
+                tracing::warn!(tenant_id = %cart.key.tenant, error = %e, "an idle-cart event could not be sealed")
+            }
+        }
     }
     let trace = TraceContext::new_root();
     let records = encoded.iter().map(|(key, value)| {
@@ -138,8 +148,8 @@ pub async fn scan_once(
             .headers(record_headers(SEALED_V1, Some(&trace)))
     });
     producer.send_all(records, OUTPUT_ACK_TIMEOUT).await?;
-    for cart in &carts {
+    for cart in &sealed_carts {
         sessions.settle_idle(cart).await?;
     }
-    Ok(carts.len())
+    Ok(sealed_carts.len())
 }

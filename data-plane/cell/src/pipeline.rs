@@ -24,7 +24,7 @@ use chrono::Utc;
 use nudge_contracts::{
     InterventionId, ShopperId,
     headers::EVENT_V1,
-    headers::{FEATURES_V1, INTERVENTION_V1, PREDICTION_V1, SEALED_V1},
+    headers::{FEATURES_V1, INTERVENTION_V1, PREDICTION_V1, SEALED_V1, SchemaRef},
     proto::{
         events::v1::{Event, event::Payload},
         features::v1::FeatureSnapshot,
@@ -41,9 +41,7 @@ use nudge_data_plane_features::{
 use nudge_data_plane_gateway::{hub::ShopperAddress, route::InterventionPublisher};
 use nudge_data_plane_inference::{ModelSet, Scorers};
 use nudge_data_plane_ingest::usage::{Drop, UsageCounters};
-use nudge_data_plane_keyring::Keyring;
-
-use crate::sealing::seal;
+use nudge_data_plane_keyring::{KeyError, Keyring};
 use nudge_platform_kafka::{
     SharedProducer,
     headers::record_headers,
@@ -52,6 +50,7 @@ use nudge_platform_kafka::{
 use nudge_platform_telemetry::{Metrics, TraceContext};
 use nudge_tenants::TenantId;
 use prometheus_client::metrics::{counter::Counter, histogram::Histogram};
+use prost::Message;
 use rdkafka::producer::FutureRecord;
 use uuid::Uuid;
 
@@ -270,17 +269,30 @@ impl Pipeline {
             shadow: false,
         };
         let keyring = &self.keyring;
-        let mut outputs = vec![
-            (&self.topics.features, seal(keyring, key.tenant, subject, FEATURES_V1, &snapshot).await?),
-            (&self.topics.predictions, seal(keyring, key.tenant, subject, PREDICTION_V1, &prediction).await?),
+        let mut plain: Vec<(&String, SchemaRef, Vec<u8>)> = vec![
+            (&self.topics.features, FEATURES_V1, snapshot.encode_to_vec()),
+            (&self.topics.predictions, PREDICTION_V1, prediction.encode_to_vec()),
         ];
         if let Some((version, shadow_score)) = shadow {
             let logged =
                 Prediction { score: f64::from(shadow_score), model_version: version, shadow: true, ..prediction };
-            outputs.push((&self.topics.predictions, seal(keyring, key.tenant, subject, PREDICTION_V1, &logged).await?));
+            plain.push((&self.topics.predictions, PREDICTION_V1, logged.encode_to_vec()));
         }
         if let Some(iv) = &intervention {
-            outputs.push((&self.topics.interventions, seal(keyring, key.tenant, subject, INTERVENTION_V1, iv).await?));
+            plain.push((&self.topics.interventions, INTERVENTION_V1, iv.encode_to_vec()));
+        }
+        let mut outputs = Vec::with_capacity(plain.len());
+        for (topic, schema, bytes) in plain {
+            match keyring.seal(key.tenant, subject, schema.name, &bytes).await {
+                Ok(sealed) => outputs.push((topic, sealed.encode_to_vec())),
+                Err(KeyError::Shredded) => {
+                    // Suppressed or erased while this event was being scored: nothing of it
+                    // is written or acted on.
+                    self.usage.dropped(key.tenant, Drop::Suppressed, 1);
+                    return Ok(());
+                }
+                Err(e) => return Err(crate::sealing::failure(e)),
+            }
         }
         self.produce(&subject_key, outputs, trace).await?;
 

@@ -27,18 +27,6 @@ pub fn failure(e: KeyError) -> Failure {
     }
 }
 
-/// Seals `message` for the subject: the record value.
-pub async fn seal(
-    keyring: &Keyring,
-    tenant: TenantId,
-    subject_digest: &str,
-    schema: SchemaRef,
-    message: &impl Message,
-) -> Result<Vec<u8>, Failure> {
-    let sealed = keyring.seal(tenant, subject_digest, schema.name, &message.encode_to_vec()).await.map_err(failure)?;
-    Ok(sealed.encode_to_vec())
-}
-
 /// A sealed record value, opened.
 pub struct Opened<M> {
     pub tenant: TenantId,

@@ -413,15 +413,8 @@ async fn accept_inner(
 
     // Each event sealed with its shopper's data key: erasing the key later makes every
     // stored copy unreadable.
-    let records = match state.keyring.seal_many(tenant_id, EVENT_V1.name, &plain).await {
-        Ok(sealed) => sealed
-            .into_iter()
-            .map(|sealed| EventRecord {
-                key: SubjectKey { tenant_id: sealed.tenant_id.clone(), subject_digest: sealed.subject_digest.clone() }
-                    .encode_to_vec(),
-                value: sealed.encode_to_vec(),
-            })
-            .collect::<Vec<_>>(),
+    let sealed = match state.keyring.seal_many(tenant_id, EVENT_V1.name, &plain).await {
+        Ok(sealed) => sealed,
         Err(e) => {
             if let Err(release) = state.dedup.release(tenant_id, &claimed).await {
                 tracing::warn!(error = %release, "releasing event-id claims");
@@ -435,6 +428,20 @@ async fn accept_inner(
             });
         }
     };
+    // A shopper suppressed (or erased) while the batch was on its way has no key: dropped
+    // and counted like the suppressed ones above.
+    let records: Vec<EventRecord> = sealed
+        .into_iter()
+        .flatten()
+        .map(|sealed| EventRecord {
+            key: SubjectKey { tenant_id: sealed.tenant_id.clone(), subject_digest: sealed.subject_digest.clone() }
+                .encode_to_vec(),
+            value: sealed.encode_to_vec(),
+        })
+        .collect();
+    let late = plain.len() - records.len();
+    state.usage.dropped(tenant_id, Drop::Suppressed, late as u64);
+    let suppressed = suppressed + late;
 
     let accepted = records.len();
     if !records.is_empty()

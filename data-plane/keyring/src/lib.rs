@@ -23,8 +23,14 @@
 //!
 //! A sealed record's value is a `nudge.sealed.v1.Sealed`: tenant, subject digest, the name
 //! of the message inside, a random nonce and the ciphertext. The associated data binds the
-//! ciphertext to the tenant, the subject and the schema, so a sealed record moved to
-//! another tenant, shopper or topic does not open.
+//! ciphertext to the tenant, the subject and the schema, so a sealed record passed off as
+//! another tenant's, another shopper's or another kind of record does not open.
+//!
+//! # Erasure
+//!
+//! [`Keyring::erase`] replaces a data key with a marker that lasts as long as a key would:
+//! a process that has not yet heard of the erasure cannot make the subject a new key (for
+//! ten minutes, whatever it believes; after that only while the subject is suppressed).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -35,6 +41,7 @@ use std::{
 use futures_util::{StreamExt, stream};
 use nudge_contracts::proto::sealed::v1::Sealed;
 use nudge_data_plane_directory::Directory;
+use nudge_data_plane_features::store::last_seen_key;
 use nudge_platform_telemetry::Metrics;
 use nudge_platform_vault::{Vault, VaultError, ciphertext_version};
 use nudge_tenants::TenantId;
@@ -57,7 +64,8 @@ pub struct KeyringConfig {
     /// The most data keys a process keeps in memory.
     pub cache_capacity: usize,
     /// A data key expires this long after its last use, or after its tenant's retention when
-    /// that is shorter; longer than any sealed topic (or the DLQ) keeps records.
+    /// that is shorter; longer than the event topics keep records (an older `features.v1`
+    /// snapshot or DLQ record becomes unreadable).
     pub key_ttl_hours: u64,
     /// The vault rotates a tenant's Transit key this often (0: only when asked to).
     pub rotate_every_hours: u64,
@@ -94,9 +102,6 @@ impl KeyringConfig {
         if self.cache_capacity == 0 || self.key_ttl_hours == 0 || self.rewrap_interval_ms == 0 {
             return Err("keys: cache_capacity, key_ttl_hours and rewrap_interval_ms must be positive".into());
         }
-        if self.rotate_every_hours != 0 && self.rotate_every_hours < 1 {
-            return Err("keys.rotate_every_hours must be 0 or at least 1".into());
-        }
         Ok(())
     }
 }
@@ -119,7 +124,7 @@ pub enum KeyError {
 fn vault_error(e: VaultError) -> KeyError {
     match e {
         VaultError::Unavailable(why) => KeyError::Unavailable(why),
-        VaultError::Refused(why) | VaultError::Config(why) => KeyError::Unreadable(why),
+        VaultError::Refused(why) | VaultError::NotFound(why) | VaultError::Config(why) => KeyError::Unreadable(why),
     }
 }
 
@@ -186,6 +191,63 @@ struct Cached {
     at: Instant,
 }
 
+/// Unwrapped data keys by tenant and subject (looked up without allocating), each for the
+/// cache's time to live, at most `capacity` in all.
+/// Expired keys are dropped (their bytes freed) at least once per time to live whenever the
+/// cache is used.
+struct KeyCache {
+    by_tenant: HashMap<TenantId, HashMap<String, Cached>>,
+    len: usize,
+    purged: Instant,
+}
+
+impl Default for KeyCache {
+    fn default() -> Self {
+        Self { by_tenant: HashMap::new(), len: 0, purged: Instant::now() }
+    }
+}
+
+impl KeyCache {
+    fn get(&mut self, tenant: TenantId, subject: &str, ttl: Duration) -> Option<Arc<LessSafeKey>> {
+        if self.purged.elapsed() >= ttl {
+            self.purge(ttl);
+        }
+        let hit = self.by_tenant.get(&tenant)?.get(subject)?;
+        (hit.at.elapsed() < ttl).then(|| hit.key.clone())
+    }
+
+    fn purge(&mut self, ttl: Duration) {
+        for keys in self.by_tenant.values_mut() {
+            keys.retain(|_, c| c.at.elapsed() < ttl);
+        }
+        self.by_tenant.retain(|_, keys| !keys.is_empty());
+        self.len = self.by_tenant.values().map(HashMap::len).sum();
+        self.purged = Instant::now();
+    }
+
+    fn insert(&mut self, tenant: TenantId, subject: &str, key: Arc<LessSafeKey>, ttl: Duration, capacity: usize) {
+        if self.len >= capacity || self.purged.elapsed() >= ttl {
+            self.purge(ttl);
+            if self.len >= capacity {
+                // Still full of live keys: start over rather than grow; they come back on use.
+                self.by_tenant.clear();
+                self.len = 0;
+            }
+        }
+        let previous =
+            self.by_tenant.entry(tenant).or_default().insert(subject.to_owned(), Cached { key, at: Instant::now() });
+        if previous.is_none() {
+            self.len += 1;
+        }
+    }
+
+    fn remove(&mut self, tenant: TenantId, subject: &str) {
+        if self.by_tenant.get_mut(&tenant).and_then(|keys| keys.remove(subject)).is_some() {
+            self.len -= 1;
+        }
+    }
+}
+
 /// What one [`Keyring::rewrap`] of a tenant did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Rewrapped {
@@ -206,12 +268,76 @@ pub struct Keyring {
     redis: ConnectionManager,
     prefix: String,
     config: KeyringConfig,
-    cache: Mutex<HashMap<(TenantId, String), Cached>>,
+    cache: Mutex<KeyCache>,
     /// Tenants whose Transit key this process has made sure of.
     ensured: Mutex<HashSet<TenantId>>,
     rng: SystemRandom,
     metrics: KeyringMetrics,
 }
+
+/// What an erased subject's data key is replaced with (followed by `:<unix ms>`).
+const ERASED: &str = "erased";
+
+/// For this long after an erasure no new key is made for the subject, whatever a process's
+/// directory says (it may not have heard of the suppression yet); after it, a subject no
+/// longer suppressed (an opt-out lifted) gets a new key.
+const ERASED_GUARD_MS: i64 = 10 * 60 * 1000;
+
+/// When the erasure marker `value` was written, if it is one.
+fn erased_at(value: &str) -> Option<i64> {
+    value.strip_prefix(ERASED)?.strip_prefix(':').and_then(|ms| ms.parse().ok()).or(Some(0))
+}
+
+/// How long sealing a batch may take to fetch or make its keys.
+const SEAL_DEADLINE: Duration = Duration::from_secs(5);
+
+fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The stored key (KEYS 1) for sealing: its expiry refreshed (ARGV 2 seconds) and the
+/// subject (ARGV 4) noted as seen at ARGV 3 in the tenant's last-seen set (KEYS 2), unless
+/// it is the erasure marker (ARGV 1). Atomic with the retention sweep's own script.
+const TOUCH: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v and string.sub(v, 1, string.len(ARGV[1])) ~= ARGV[1] then
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  redis.call('ZADD', KEYS[2], 'GT', ARGV[3], ARGV[4])
+end
+return v
+";
+
+/// Stores a new wrapped key (ARGV 1, for ARGV 2 seconds) unless one is there, which is
+/// returned instead, or an erasure marker other than the expected one (ARGV 5; the marker
+/// this process decided to replace, or empty), which is returned too; notes the subject
+/// as seen.
+const STORE_NEW: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v and v ~= ARGV[5] then
+  return v
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('ZADD', KEYS[2], 'GT', ARGV[3], ARGV[4])
+return false
+";
+
+/// Replaces a data key (KEYS 1) with the erasure marker (ARGV 1 followed by `:` and ARGV 3,
+/// the time) for ARGV 2 seconds; 1 when a key was there. A marker already there keeps its
+/// time.
+const ERASE: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v and string.sub(v, 1, string.len(ARGV[1])) == ARGV[1] then
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1] .. ':' .. ARGV[3], 'EX', ARGV[2])
+if v then
+  return 1
+end
+return 0
+";
 
 /// Sets a stored wrapped key to its rewrapped form only if nobody changed it meanwhile
 /// (an erasure deleted it, or another process rewrapped it).
@@ -239,7 +365,7 @@ impl Keyring {
             redis,
             prefix: prefix.into(),
             config,
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(KeyCache::default()),
             ensured: Mutex::new(HashSet::new()),
             rng: SystemRandom::new(),
             metrics: KeyringMetrics::register(metrics),
@@ -266,36 +392,70 @@ impl Keyring {
         plaintext: &[u8],
     ) -> Result<Sealed, KeyError> {
         let key = self.key_of(tenant, subject_digest, true).await?;
-        self.seal_with(&key, tenant, subject_digest, schema, plaintext)
+        self.seal_with(&key, &tenant.to_string(), subject_digest, schema, plaintext)
     }
 
     /// Seals many records of one tenant (`(subject digest, plaintext)`), fetching or making
-    /// the data keys of distinct subjects a few at a time.
+    /// the data keys of distinct subjects a few at a time. `None` for a record whose subject
+    /// has no key to have (suppressed or erased meanwhile): it must not be stored.
     pub async fn seal_many(
         &self,
         tenant: TenantId,
         schema: &str,
         records: &[(String, Vec<u8>)],
-    ) -> Result<Vec<Sealed>, KeyError> {
-        let subjects: Vec<String> =
-            records.iter().map(|(s, _)| s.clone()).collect::<HashSet<_>>().into_iter().collect();
-        let keys: Vec<(String, Result<Arc<LessSafeKey>, KeyError>)> = stream::iter(subjects)
+    ) -> Result<Vec<Option<Sealed>>, KeyError> {
+        // Known shoppers' keys from memory under one lock; the others fetched or made a few
+        // at a time, within a deadline (the caller holds claims meanwhile).
+        let ttl = Duration::from_millis(self.config.cache_ttl_ms);
+        let mut keys: HashMap<&str, Arc<LessSafeKey>> = HashMap::with_capacity(records.len());
+        let mut missing: HashSet<String> = HashSet::new();
+        {
+            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            for (subject, _) in records {
+                if keys.contains_key(subject.as_str()) || missing.contains(subject) {
+                    continue;
+                }
+                match cache.get(tenant, subject, ttl) {
+                    Some(key) => {
+                        keys.insert(subject, key);
+                    }
+                    None => {
+                        missing.insert(subject.clone());
+                    }
+                }
+            }
+        }
+        let fetch = stream::iter(missing)
             .map(|s| async move {
                 let key = self.key_of(tenant, &s, true).await;
                 (s, key)
             })
             .buffer_unordered(8)
-            .collect()
-            .await;
-        let mut by_subject = HashMap::with_capacity(keys.len());
-        for (subject, key) in keys {
-            by_subject.insert(subject, key?);
+            .collect::<Vec<(String, Result<Arc<LessSafeKey>, KeyError>)>>();
+        let fetched = tokio::time::timeout(SEAL_DEADLINE, fetch)
+            .await
+            .map_err(|_| KeyError::Unavailable("making or fetching data keys took too long".into()))?;
+        let mut made = HashMap::with_capacity(fetched.len());
+        for (subject, key) in fetched {
+            match key {
+                Ok(key) => made.insert(subject, Some(key)),
+                Err(KeyError::Shredded) => made.insert(subject, None),
+                Err(e) => return Err(e),
+            };
         }
+        let tenant_id = tenant.to_string();
         records
             .iter()
             .map(|(subject, plaintext)| {
-                let key = by_subject.get(subject).ok_or_else(|| KeyError::Unavailable("no key".into()))?;
-                self.seal_with(key, tenant, subject, schema, plaintext)
+                let key = match keys.get(subject.as_str()) {
+                    Some(key) => key,
+                    None => match made.get(subject) {
+                        Some(Some(key)) => key,
+                        Some(None) => return Ok(None),
+                        None => return Err(KeyError::Unavailable("no key".into())),
+                    },
+                };
+                self.seal_with(key, &tenant_id, subject, schema, plaintext).map(Some)
             })
             .collect()
     }
@@ -303,23 +463,23 @@ impl Keyring {
     fn seal_with(
         &self,
         key: &LessSafeKey,
-        tenant: TenantId,
+        tenant_id: &str,
         subject_digest: &str,
         schema: &str,
         plaintext: &[u8],
     ) -> Result<Sealed, KeyError> {
         let mut nonce = [0u8; NONCE_LEN];
         self.rng.fill(&mut nonce).map_err(|_| KeyError::Unavailable("no random numbers".into()))?;
-        let tenant_id = tenant.to_string();
-        let mut ciphertext = plaintext.to_vec();
+        let mut ciphertext = Vec::with_capacity(plaintext.len() + AES_256_GCM.tag_len());
+        ciphertext.extend_from_slice(plaintext);
         key.seal_in_place_append_tag(
             Nonce::assume_unique_for_key(nonce),
-            Aad::from(associated_data(&tenant_id, subject_digest, schema)),
+            Aad::from(associated_data(tenant_id, subject_digest, schema)),
             &mut ciphertext,
         )
         .map_err(|_| KeyError::Unreadable("sealing failed".into()))?;
         Ok(Sealed {
-            tenant_id,
+            tenant_id: tenant_id.to_owned(),
             subject_digest: subject_digest.to_owned(),
             schema: schema.to_owned(),
             nonce: nonce.to_vec(),
@@ -379,32 +539,55 @@ impl Keyring {
     /// Drops a subject's data key from this process's memory (its stored copy is deleted
     /// by the caller, with the rest of the subject's data).
     pub fn forget(&self, tenant: TenantId, subject_digest: &str) {
-        self.cache.lock().unwrap_or_else(|e| e.into_inner()).remove(&(tenant, subject_digest.to_owned()));
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).remove(tenant, subject_digest);
     }
 
     /// The subject's data key: from memory, else unwrapped from Redis, else — when `create`
-    /// (sealing) — newly made, wrapped and stored. Sealing refreshes the stored key's expiry.
+    /// (sealing) — newly made, wrapped and stored. Sealing refreshes the stored key's expiry
+    /// and notes the shopper as seen (so the retention sweep does not take the key of a
+    /// shopper who is back). A suppressed subject, or one whose key was erased, has none.
     async fn key_of(&self, tenant: TenantId, subject: &str, create: bool) -> Result<Arc<LessSafeKey>, KeyError> {
+        if self.directory.by_tenant(tenant).is_some_and(|t| t.is_suppressed_subject(subject)) {
+            self.forget(tenant, subject);
+            return Err(KeyError::Shredded);
+        }
         let ttl = Duration::from_millis(self.config.cache_ttl_ms);
-        let cache_key = (tenant, subject.to_owned());
-        if let Some(hit) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(&cache_key)
-            && hit.at.elapsed() < ttl
-        {
-            return Ok(hit.key.clone());
+        if let Some(hit) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(tenant, subject, ttl) {
+            return Ok(hit);
         }
         let stored_key = self.data_key(tenant, subject);
+        let seen_key = last_seen_key(&self.prefix, tenant);
         let mut expiry = self.config.key_ttl_hours.saturating_mul(3600);
         if let Some(days) = self.directory.by_tenant(tenant).map(|t| t.limits.retention_days).filter(|d| *d > 0) {
             expiry = expiry.min(u64::from(days).saturating_mul(24 * 3600));
         }
+        let now_ms = now_unix_ms();
         let mut redis = self.redis.clone();
-        // Sealing is use: it keeps the key from expiring. Opening (replays, readers) is not.
-        let mut read = if create { redis::cmd("GETEX") } else { redis::cmd("GET") };
-        read.arg(&stored_key);
-        if create {
-            read.arg("EX").arg(expiry);
-        }
-        let stored: Option<String> = read.query_async(&mut redis).await.map_err(redis_error)?;
+        let stored: Option<String> = if create {
+            redis::Script::new(TOUCH)
+                .key(&stored_key)
+                .key(&seen_key)
+                .arg(ERASED)
+                .arg(expiry)
+                .arg(now_ms)
+                .arg(subject)
+                .invoke_async(&mut redis)
+                .await
+                .map_err(redis_error)?
+        } else {
+            redis::cmd("GET").arg(&stored_key).query_async(&mut redis).await.map_err(redis_error)?
+        };
+        // An erasure marker: no key, unless it is old and the subject is not suppressed (the
+        // caller checked) and this is sealing: then a new key replaces it.
+        let (stored, replacing) = match stored {
+            Some(marker) if let Some(at) = erased_at(&marker) => {
+                if !create || now_ms.saturating_sub(at) < ERASED_GUARD_MS {
+                    return Err(KeyError::Shredded);
+                }
+                (None, marker)
+            }
+            other => (other, String::new()),
+        };
         let raw = match stored {
             Some(wrapped) => self.unwrap(tenant, &wrapped).await?,
             None if !create => return Err(KeyError::Shredded),
@@ -413,15 +596,17 @@ impl Keyring {
                 let mut raw = vec![0u8; 32];
                 self.rng.fill(&mut raw).map_err(|_| KeyError::Unavailable("no random numbers".into()))?;
                 let wrapped = self.vault.wrap(&self.transit_key(tenant), &raw).await.map_err(vault_error)?;
-                // Another process may have made one meanwhile: then theirs is the key.
-                let existing: Option<String> = redis::cmd("SET")
-                    .arg(&stored_key)
+                // Another process may have made one meanwhile (then theirs is the key), or
+                // the subject may have been erased meanwhile (then there is none).
+                let existing: Option<String> = redis::Script::new(STORE_NEW)
+                    .key(&stored_key)
+                    .key(&seen_key)
                     .arg(&wrapped)
-                    .arg("NX")
-                    .arg("GET")
-                    .arg("EX")
                     .arg(expiry)
-                    .query_async(&mut redis)
+                    .arg(now_ms)
+                    .arg(subject)
+                    .arg(&replacing)
+                    .invoke_async(&mut redis)
                     .await
                     .map_err(redis_error)?;
                 match existing {
@@ -429,6 +614,7 @@ impl Keyring {
                         self.metrics.created.inc();
                         raw
                     }
+                    Some(marker) if erased_at(&marker).is_some() => return Err(KeyError::Shredded),
                     Some(theirs) => self.unwrap(tenant, &theirs).await?,
                 }
             }
@@ -436,16 +622,38 @@ impl Keyring {
         let key = UnboundKey::new(&AES_256_GCM, &raw)
             .map(|k| Arc::new(LessSafeKey::new(k)))
             .map_err(|_| KeyError::Unreadable("a stored data key has the wrong length".into()))?;
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.len() >= self.config.cache_capacity {
-            cache.retain(|_, c| c.at.elapsed() < ttl);
-            if cache.len() >= self.config.cache_capacity {
-                // Still full of live keys: start over rather than grow; they come back on use.
-                cache.clear();
-            }
-        }
-        cache.insert(cache_key, Cached { key: key.clone(), at: Instant::now() });
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            tenant,
+            subject,
+            key.clone(),
+            ttl,
+            self.config.cache_capacity,
+        );
         Ok(key)
+    }
+
+    /// Erases subjects' data keys for good: each is replaced by a marker that lasts as long
+    /// as a key would, so a process that has not yet heard of the erasure cannot make a new
+    /// key for the subject. Returns, per subject, whether a key was there.
+    pub async fn erase(&self, tenant: TenantId, subjects: &[String]) -> Result<Vec<bool>, KeyError> {
+        let erase = redis::Script::new(ERASE);
+        let mut redis = self.redis.clone();
+        let mut found = Vec::with_capacity(subjects.len());
+        for subject in subjects {
+            let was: i64 = erase
+                .key(self.data_key(tenant, subject))
+                .arg(ERASED)
+                .arg(self.config.key_ttl_hours.saturating_mul(3600))
+                .arg(now_unix_ms())
+                .invoke_async(&mut redis)
+                .await
+                .map_err(redis_error)?;
+            found.push(was == 1);
+        }
+        for subject in subjects {
+            self.forget(tenant, subject);
+        }
+        Ok(found)
     }
 
     async fn unwrap(&self, tenant: TenantId, wrapped: &str) -> Result<Vec<u8>, KeyError> {
@@ -482,12 +690,14 @@ impl Keyring {
         let versions = match self.vault.key_versions(&name).await {
             Ok(v) => v,
             // No Transit key: no data key was ever made for the tenant.
-            Err(VaultError::Refused(_)) => return Ok(Rewrapped::default()),
+            Err(VaultError::NotFound(_)) => return Ok(Rewrapped::default()),
             Err(e) => return Err(vault_error(e)),
         };
+        // The vault gives the creation time in whole seconds: counted from the end of that
+        // second, so the wait is never shorter than configured.
+        let created_ms = versions.latest_created_unix_s.saturating_add(1).saturating_mul(1000);
         let retire = versions.min_decryption < versions.latest
-            && now_unix_ms.saturating_sub(versions.latest_created_unix_s.saturating_mul(1000))
-                >= i64::try_from(self.config.retire_after_ms).unwrap_or(i64::MAX);
+            && now_unix_ms.saturating_sub(created_ms) >= i64::try_from(self.config.retire_after_ms).unwrap_or(i64::MAX);
         let mut redis = self.redis.clone();
         let pattern = format!("{}t:{tenant}:dek:*", self.prefix);
         let mut cursor: u64 = 0;
@@ -508,7 +718,7 @@ impl Keyring {
                 let values: Vec<Option<String>> =
                     redis::cmd("MGET").arg(&keys).query_async(&mut redis).await.map_err(redis_error)?;
                 for (key, wrapped) in keys.iter().zip(values) {
-                    let Some(wrapped) = wrapped else { continue };
+                    let Some(wrapped) = wrapped.filter(|w| erased_at(w).is_none()) else { continue };
                     outcome.keys += 1;
                     if ciphertext_version(&wrapped).is_some_and(|v| v >= versions.latest) {
                         continue;
@@ -558,6 +768,13 @@ mod tests {
         let a = associated_data("t", "d", "nudge.events.v1.Event");
         assert_eq!(a, b"nudge.sealed.v1:t:d:nudge.events.v1.Event".to_vec());
         assert_ne!(a, associated_data("t", "d", "nudge.predictions.v1.Prediction"));
+    }
+
+    #[test]
+    fn erasure_markers_are_told_from_wrapped_keys() {
+        assert_eq!(erased_at("erased:1700000000000"), Some(1_700_000_000_000));
+        assert_eq!(erased_at("erased"), Some(0));
+        assert_eq!(erased_at("vault:v1:abc"), None);
     }
 
     #[test]

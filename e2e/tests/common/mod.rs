@@ -173,3 +173,62 @@ pub async fn latest_snapshot(
     }
     Ok(latest)
 }
+
+/// A record read back from a topic: its topic, key and value (none for a tombstone).
+#[allow(dead_code)]
+pub type TopicRecord = (String, Vec<u8>, Option<Vec<u8>>);
+
+/// Every record of the cell's `topics` as of now: each partition read up to the high
+/// watermark it had when this was called (at most a minute in all), then on until the
+/// topics are quiet for a moment (the local broker reports a batch's first offset as the
+/// high watermark, so the rest of the last batch follows).
+#[allow(dead_code)]
+pub async fn read_to_end(
+    platform: &nudge_test_support::Platform,
+    topics: &[nudge_contracts::Topic],
+) -> anyhow::Result<Vec<TopicRecord>> {
+    use rdkafka::{Message as _, consumer::Consumer as _};
+    let config = &platform.cell_config.kafka;
+    let reader: rdkafka::consumer::StreamConsumer =
+        nudge_platform_kafka::reader_consumer(config, &format!("test-{}", nudge_test_support::unique_suffix()))?;
+    let names: Vec<String> = topics.iter().map(|t| config.topics().name(*t)).collect();
+    let timeout = std::time::Duration::from_secs(10);
+    let mut open = std::collections::HashMap::new();
+    for name in &names {
+        let metadata = reader.fetch_metadata(Some(name), timeout)?;
+        for topic in metadata.topics() {
+            for partition in topic.partitions() {
+                let (low, high) = reader.fetch_watermarks(name, partition.id(), timeout)?;
+                if high > low {
+                    open.insert((name.clone(), partition.id()), high);
+                }
+            }
+        }
+    }
+    reader.subscribe(&names.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut records = Vec::new();
+    while !open.is_empty() {
+        let message = tokio::time::timeout_at(deadline, reader.recv())
+            .await
+            .map_err(|_| anyhow::anyhow!("topics not read to their end within a minute: {open:?} left"))??;
+        let at = (message.topic().to_owned(), message.partition());
+        if open.get(&at).is_some_and(|high| message.offset() + 1 >= *high) {
+            open.remove(&at);
+        }
+        records.push((
+            message.topic().to_owned(),
+            message.key().unwrap_or_default().to_vec(),
+            message.payload().map(<[u8]>::to_vec),
+        ));
+    }
+    while let Ok(message) = tokio::time::timeout(std::time::Duration::from_millis(1500), reader.recv()).await {
+        let message = message?;
+        records.push((
+            message.topic().to_owned(),
+            message.key().unwrap_or_default().to_vec(),
+            message.payload().map(<[u8]>::to_vec),
+        ));
+    }
+    Ok(records)
+}

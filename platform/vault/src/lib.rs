@@ -70,15 +70,25 @@ pub enum VaultError {
     /// The vault cannot be reached, is sealed, or failed: retry later.
     #[error("the vault is unavailable: {0}")]
     Unavailable(String),
-    /// The vault refused the request (permissions, a key of the wrong type, bad input).
+    /// The vault refused the request (a key of the wrong type, a ciphertext of a retired
+    /// version, bad input). A token the vault refuses counts as unavailable: it is fixed by
+    /// an operator, and retrying is right meanwhile.
     #[error("the vault refused the request: {0}")]
     Refused(String),
+    /// No such key.
+    #[error("no such key in the vault: {0}")]
+    NotFound(String),
     #[error("the vault is misconfigured: {0}")]
     Config(String),
 }
 
 fn classify(e: ClientError) -> VaultError {
     match e {
+        // A token that expired or lacks a policy: an operator fixes it, callers retry.
+        ClientError::APIError { code: code @ (401 | 403), errors } => {
+            VaultError::Unavailable(format!("the vault refused the token ({code}): {}", errors.join("; ")))
+        }
+        ClientError::APIError { code: 404, errors } => VaultError::NotFound(errors.join("; ")),
         ClientError::APIError { code, errors } if (400..500).contains(&code) && code != 429 => {
             VaultError::Refused(format!("{code}: {}", errors.join("; ")))
         }
