@@ -4,6 +4,7 @@
 //! the latest version and retires the older versions; every event is processed, nothing
 //! fails to decrypt, and afterwards a process with nothing in memory opens every record the
 //! cell sealed — which needs every data key to unwrap under the latest version alone.
+//! Another store on the same cell keeps its key and versions as they were.
 
 mod common;
 
@@ -45,6 +46,14 @@ async fn rotating_a_stores_key_under_load_loses_nothing_and_fails_no_decryption(
     let store = platform.sign_up_ready("Rotating Store", ORIGIN).await?;
     let transit_key = format!("{}{}", platform.cell_config.keys.transit_key_prefix, store.tenant_id);
     let vault = Vault::new(&platform.cell_config.vault)?;
+    // Another store on the same cell, whose key is not rotated: its shopper's data key is
+    // left as it is.
+    let other = platform.sign_up_ready("Steady Store", "https://steady.example.com").await?;
+    let other_shopper = format!("shp_steady_{}", unique_suffix());
+    let steady = platform
+        .post_events(&other.publishable_key, Some("https://steady.example.com"), &browsing(&other_shopper))
+        .await?;
+    assert_eq!(steady.status(), 202);
 
     // The load: a batch every 100 ms (under the free plan's rate), every third from a new
     // shopper, the rest from a pool of returning ones.
@@ -113,7 +122,8 @@ async fn rotating_a_stores_key_under_load_loses_nothing_and_fails_no_decryption(
 
     // Every accepted event was processed, and nothing failed to decrypt or went to the DLQ.
     let sent = accepted.load(Ordering::Acquire);
-    platform.wait_processed(sent).await?;
+    // With the other store's three events.
+    platform.wait_processed(sent + 3).await?;
     assert_eq!(cell_metric(&platform, "nudge_cell_keyring_decrypt_errors_total").await?, 0.0);
     assert!(cell_metric(&platform, "nudge_cell_keyring_data_keys_rewrapped_total").await? > 0.0);
 
@@ -127,6 +137,15 @@ async fn rotating_a_stores_key_under_load_loses_nothing_and_fails_no_decryption(
     assert!(keys.len() > 10, "new shoppers got data keys during the load: {}", keys.len());
     let wrapped: Vec<String> = redis::cmd("MGET").arg(&keys).query_async(&mut redis).await?;
     assert!(wrapped.iter().all(|w| ciphertext_version(w) == Some(3)), "every data key is on version 3");
+    let other_keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}t:{}:dek:*", platform.redis_prefix, other.tenant_id))
+        .query_async(&mut redis)
+        .await?;
+    let other_wrapped: Vec<String> = redis::cmd("MGET").arg(&other_keys).query_async(&mut redis).await?;
+    assert_eq!(other_wrapped.len(), 1);
+    assert!(other_wrapped.iter().all(|w| ciphertext_version(w) == Some(1)), "the other store's key is untouched");
+    let other_key = format!("{}{}", platform.cell_config.keys.transit_key_prefix, other.tenant_id);
+    assert_eq!(vault.key_versions(&other_key).await?.min_decryption, 1);
 
     // A process with an empty cache opens every record the cell sealed: each of its data
     // keys unwraps under version 3 alone.
@@ -153,7 +172,7 @@ async fn rotating_a_stores_key_under_load_loses_nothing_and_fails_no_decryption(
     for (topic, _, _) in &records {
         *per_topic.entry(topic.clone()).or_insert(0u64) += 1;
     }
-    assert!(opened >= 4 * sent, "opened {opened} records for {sent} events: {per_topic:?}");
+    assert!(opened >= 4 * (sent + 3), "opened {opened} records for {sent} events: {per_topic:?}");
     platform.shutdown().await
 }
 

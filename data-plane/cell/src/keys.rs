@@ -13,8 +13,8 @@ use nudge_data_plane_directory::Directory;
 use nudge_data_plane_keyring::Keyring;
 use tokio_util::sync::CancellationToken;
 
-/// Rewraps every `interval` until `shutdown`, tenant by tenant; a failure is logged and the
-/// tenant tried again at the next round.
+/// Rewraps every `interval` until `shutdown`, every tenant served here in one pass over
+/// Redis; a failure is logged and tried again at the next round.
 pub async fn run(
     keyring: Arc<Keyring>,
     directory: Arc<Directory>,
@@ -29,23 +29,22 @@ pub async fn run(
         if !directory.is_caught_up() {
             continue;
         }
-        for (tenant, _) in directory.retention() {
-            if shutdown.is_cancelled() {
-                return Ok(());
-            }
-            match keyring.rewrap(tenant, chrono::Utc::now().timestamp_millis()).await {
-                Ok(done) if done.rewrapped > 0 || done.retired_below.is_some() => tracing::info!(
-                    tenant_id = %tenant,
-                    keys = done.keys,
-                    rewrapped = done.rewrapped,
-                    retired_below = ?done.retired_below,
-                    "data keys rewrapped"
-                ),
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(tenant_id = %tenant, error = %e, "rewrapping data keys failed; retrying next round")
+        let tenants: Vec<_> = directory.retention().into_iter().map(|(tenant, _)| tenant).collect();
+        match keyring.rewrap(&tenants, chrono::Utc::now().timestamp_millis()).await {
+            Ok(done) => {
+                for (tenant, done) in done {
+                    if done.rewrapped > 0 || done.retired_below.is_some() {
+                        tracing::info!(
+                            tenant_id = %tenant,
+                            keys = done.keys,
+                            rewrapped = done.rewrapped,
+                            retired_below = ?done.retired_below,
+                            "data keys rewrapped"
+                        );
+                    }
                 }
             }
+            Err(e) => tracing::warn!(error = %e, "rewrapping data keys failed; retrying next round"),
         }
     }
 }

@@ -680,37 +680,63 @@ impl Keyring {
         Ok(())
     }
 
-    /// Rewraps every stored data key of `tenant` made with an older version of its Transit
-    /// key, then — when none is left behind and the latest version is older than
-    /// [`KeyringConfig::retire_after_ms`] — retires the older versions. Processes sealing
-    /// and opening records meanwhile are not disturbed: a rewrapped key holds the same
-    /// data key, and a key changed meanwhile (erased, or made anew) is left as it is.
-    pub async fn rewrap(&self, tenant: TenantId, now_unix_ms: i64) -> Result<Rewrapped, KeyError> {
-        let name = self.transit_key(tenant);
-        let versions = match self.vault.key_versions(&name).await {
-            Ok(v) => v,
-            // No Transit key: no data key was ever made for the tenant.
-            Err(VaultError::NotFound(_)) => return Ok(Rewrapped::default()),
-            Err(e) => return Err(vault_error(e)),
-        };
-        // The vault gives the creation time in whole seconds: counted from the end of that
-        // second, so the wait is never shorter than configured.
-        let created_ms = versions.latest_created_unix_s.saturating_add(1).saturating_mul(1000);
-        let retire = versions.min_decryption < versions.latest
-            && now_unix_ms.saturating_sub(created_ms) >= i64::try_from(self.config.retire_after_ms).unwrap_or(i64::MAX);
+    /// Rewraps every stored data key of `tenants` made with an older version of its tenant's
+    /// Transit key, in one pass over the cell's Redis, then — for each tenant with none left
+    /// behind whose latest version is older than [`KeyringConfig::retire_after_ms`] —
+    /// retires the older versions. Processes sealing and opening records meanwhile are not
+    /// disturbed: a rewrapped key holds the same data key, and a key changed meanwhile
+    /// (erased, or made anew) is left as it is. A tenant the vault has no key for has no
+    /// data keys; one whose key cannot be read is skipped this round, logged.
+    pub async fn rewrap(
+        &self,
+        tenants: &[TenantId],
+        now_unix_ms: i64,
+    ) -> Result<HashMap<TenantId, Rewrapped>, KeyError> {
+        struct Round {
+            name: String,
+            latest: u64,
+            retire: bool,
+            behind: u64,
+            outcome: Rewrapped,
+        }
+        let mut rounds: HashMap<TenantId, Round> = HashMap::new();
+        for &tenant in tenants {
+            let name = self.transit_key(tenant);
+            let versions = match self.vault.key_versions(&name).await {
+                Ok(v) => v,
+                Err(VaultError::NotFound(_)) => continue,
+                Err(VaultError::Unavailable(why)) => return Err(KeyError::Unavailable(why)),
+                Err(e) => {
+                    tracing::warn!(tenant_id = %tenant, error = %e, "the tenant's Transit key cannot be read");
+                    continue;
+                }
+            };
+            // The vault gives the creation time in whole seconds: counted from the end of
+            // that second, so the wait is never shorter than configured.
+            let created_ms = versions.latest_created_unix_s.saturating_add(1).saturating_mul(1000);
+            let retire = versions.min_decryption < versions.latest
+                && now_unix_ms.saturating_sub(created_ms)
+                    >= i64::try_from(self.config.retire_after_ms).unwrap_or(i64::MAX);
+            rounds.insert(
+                tenant,
+                Round { name, latest: versions.latest, retire, behind: 0, outcome: Rewrapped::default() },
+            );
+        }
+        if rounds.is_empty() {
+            return Ok(HashMap::new());
+        }
         let mut redis = self.redis.clone();
-        let pattern = format!("{}t:{tenant}:dek:*", self.prefix);
-        let mut cursor: u64 = 0;
-        let mut outcome = Rewrapped::default();
-        let mut behind = 0u64;
+        let tenant_part = format!("{}t:", self.prefix);
+        let pattern = format!("{tenant_part}*:dek:*");
         let swap = redis::Script::new(SWAP_IF_UNCHANGED);
+        let mut cursor: u64 = 0;
         loop {
             let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
                 .arg(cursor)
                 .arg("MATCH")
                 .arg(&pattern)
                 .arg("COUNT")
-                .arg(500)
+                .arg(1000)
                 .query_async(&mut redis)
                 .await
                 .map_err(redis_error)?;
@@ -718,31 +744,38 @@ impl Keyring {
                 let values: Vec<Option<String>> =
                     redis::cmd("MGET").arg(&keys).query_async(&mut redis).await.map_err(redis_error)?;
                 for (key, wrapped) in keys.iter().zip(values) {
+                    let tenant = key
+                        .strip_prefix(&tenant_part)
+                        .and_then(|rest| rest.split_once(":dek:"))
+                        .and_then(|(tenant, _)| tenant.parse::<TenantId>().ok());
+                    let Some((tenant, round)) = tenant.and_then(|t| Some(t).zip(rounds.get_mut(&t))) else {
+                        continue;
+                    };
                     let Some(wrapped) = wrapped.filter(|w| erased_at(w).is_none()) else { continue };
-                    outcome.keys += 1;
-                    if ciphertext_version(&wrapped).is_some_and(|v| v >= versions.latest) {
+                    round.outcome.keys += 1;
+                    if ciphertext_version(&wrapped).is_some_and(|v| v >= round.latest) {
                         continue;
                     }
-                    let fresh = match self.vault.rewrap(&name, &wrapped).await {
+                    let fresh = match self.vault.rewrap(&round.name, &wrapped).await {
                         Ok(fresh) => fresh,
                         Err(VaultError::Unavailable(why)) => return Err(KeyError::Unavailable(why)),
                         Err(e) => {
                             // Left as it is (and counted): older versions are not retired.
                             self.metrics.unreadable.inc();
                             tracing::warn!(tenant_id = %tenant, error = %e, "a stored data key does not rewrap");
-                            behind += 1;
+                            round.behind += 1;
                             continue;
                         }
                     };
                     let swapped: i64 =
                         swap.key(key).arg(&wrapped).arg(&fresh).invoke_async(&mut redis).await.map_err(redis_error)?;
                     if swapped == 1 {
-                        outcome.rewrapped += 1;
+                        round.outcome.rewrapped += 1;
                         self.metrics.rewrapped.inc();
                     } else {
                         // Changed meanwhile: the next round looks at it again before
                         // anything is retired.
-                        behind += 1;
+                        round.behind += 1;
                     }
                 }
             }
@@ -751,11 +784,15 @@ impl Keyring {
                 break;
             }
         }
-        if retire && behind == 0 {
-            self.vault.set_min_decryption_version(&name, versions.latest).await.map_err(vault_error)?;
-            outcome.retired_below = Some(versions.latest);
+        let mut done = HashMap::with_capacity(rounds.len());
+        for (tenant, mut round) in rounds {
+            if round.retire && round.behind == 0 {
+                self.vault.set_min_decryption_version(&round.name, round.latest).await.map_err(vault_error)?;
+                round.outcome.retired_below = Some(round.latest);
+            }
+            done.insert(tenant, round.outcome);
         }
-        Ok(outcome)
+        Ok(done)
     }
 }
 
