@@ -133,10 +133,11 @@ pub async fn scan_once(
             // Suppressed or erased meanwhile: the timer goes, nothing is emitted.
             Err(KeyError::Shredded) => sessions.settle_idle(cart).await?,
             Err(KeyError::Unavailable(why)) => anyhow::bail!("sealing an idle-cart event: {why}"),
-            // A key that does not unwrap stops this cart only; it is counted and logged by
-            // the keyring, and the timer stays for the next scan.
+            // A key that does not unwrap will not unwrap later either: the cart is given up
+            // (logged, and counted by the keyring) so it cannot hold up the others.
             Err(e) => {
-                tracing::warn!(tenant_id = %cart.key.tenant, error = %e, "an idle-cart event could not be sealed")
+                tracing::warn!(tenant_id = %cart.key.tenant, error = %e, "an idle-cart event could not be sealed; cart given up");
+                sessions.settle_idle(cart).await?;
             }
         }
     }

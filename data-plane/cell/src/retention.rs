@@ -38,7 +38,10 @@ for i = 2, #ARGV do
   local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
   if score and tonumber(score) <= tonumber(ARGV[1]) then
     removed = removed + redis.call('ZREM', KEYS[1], ARGV[i])
-    redis.call('UNLINK', KEYS[i])
+    local key = redis.call('GET', KEYS[i])
+    if key and string.sub(key, 1, 7) ~= 'erased:' then
+      redis.call('UNLINK', KEYS[i])
+    end
   end
 end
 return removed

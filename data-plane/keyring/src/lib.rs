@@ -99,6 +99,10 @@ impl KeyringConfig {
         {
             return Err("keys.transit_key_prefix must be letters, digits, '-' or '_'".into());
         }
+        if self.cache_ttl_ms == 0 || u64::try_from(ERASED_GUARD_MS).is_ok_and(|guard| self.cache_ttl_ms >= guard) {
+            // A key held longer than an erasure marker guards could outlive its replacement.
+            return Err("keys.cache_ttl_ms must be positive and under 10 minutes".into());
+        }
         if self.cache_capacity == 0 || self.key_ttl_hours == 0 || self.rewrap_interval_ms == 0 {
             return Err("keys: cache_capacity, key_ttl_hours and rewrap_interval_ms must be positive".into());
         }
@@ -311,29 +315,35 @@ return v
 
 /// Stores a new wrapped key (ARGV 1, for ARGV 2 seconds) unless one is there, which is
 /// returned instead, or an erasure marker other than the expected one (ARGV 5; the marker
-/// this process decided to replace, or empty), which is returned too; notes the subject
-/// as seen.
+/// this process decided to replace, or empty) or younger than ARGV 6 ms by Redis's clock,
+/// which is returned too; notes the subject as seen.
 const STORE_NEW: &str = r"
 local v = redis.call('GET', KEYS[1])
 if v and v ~= ARGV[5] then
   return v
+end
+if v then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local at = tonumber(string.match(v, ':(%d+)$')) or 0
+  if now - at < tonumber(ARGV[6]) then
+    return v
+  end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 redis.call('ZADD', KEYS[2], 'GT', ARGV[3], ARGV[4])
 return false
 ";
 
-/// Replaces a data key (KEYS 1) with the erasure marker (ARGV 1 followed by `:` and ARGV 3,
-/// the time) for ARGV 2 seconds; 1 when a key was there. A marker already there keeps its
-/// time.
+/// Replaces a data key (KEYS 1) with a fresh erasure marker (ARGV 1, `:` and the time by
+/// Redis's clock) for ARGV 2 seconds, a marker already there included (so a process about
+/// to replace an old marker finds another); 1 when a key was there.
 const ERASE: &str = r"
 local v = redis.call('GET', KEYS[1])
-if v and string.sub(v, 1, string.len(ARGV[1])) == ARGV[1] then
-  redis.call('EXPIRE', KEYS[1], ARGV[2])
-  return 0
-end
-redis.call('SET', KEYS[1], ARGV[1] .. ':' .. ARGV[3], 'EX', ARGV[2])
-if v then
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('SET', KEYS[1], ARGV[1] .. ':' .. now, 'EX', ARGV[2])
+if v and string.sub(v, 1, string.len(ARGV[1])) ~= ARGV[1] then
   return 1
 end
 return 0
@@ -409,13 +419,20 @@ impl Keyring {
         let ttl = Duration::from_millis(self.config.cache_ttl_ms);
         let mut keys: HashMap<&str, Arc<LessSafeKey>> = HashMap::with_capacity(records.len());
         let mut missing: HashSet<String> = HashSet::new();
+        let entry = self.directory.by_tenant(tenant);
         {
             let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             for (subject, _) in records {
                 if keys.contains_key(subject.as_str()) || missing.contains(subject) {
                     continue;
                 }
-                match cache.get(tenant, subject, ttl) {
+                // A suppressed subject goes the slow way, which refuses it a key.
+                let cached = if entry.as_ref().is_some_and(|t| t.is_suppressed_subject(subject)) {
+                    None
+                } else {
+                    cache.get(tenant, subject, ttl)
+                };
+                match cached {
                     Some(key) => {
                         keys.insert(subject, key);
                     }
@@ -606,6 +623,7 @@ impl Keyring {
                     .arg(now_ms)
                     .arg(subject)
                     .arg(&replacing)
+                    .arg(ERASED_GUARD_MS)
                     .invoke_async(&mut redis)
                     .await
                     .map_err(redis_error)?;
@@ -644,7 +662,6 @@ impl Keyring {
                 .key(self.data_key(tenant, subject))
                 .arg(ERASED)
                 .arg(self.config.key_ttl_hours.saturating_mul(3600))
-                .arg(now_unix_ms())
                 .invoke_async(&mut redis)
                 .await
                 .map_err(redis_error)?;
@@ -697,6 +714,8 @@ impl Keyring {
             latest: u64,
             retire: bool,
             behind: u64,
+            /// The vault failed for this tenant: no more calls for it this round.
+            failed: bool,
             outcome: Rewrapped,
         }
         let mut rounds: HashMap<TenantId, Round> = HashMap::new();
@@ -705,7 +724,7 @@ impl Keyring {
             let versions = match self.vault.key_versions(&name).await {
                 Ok(v) => v,
                 Err(VaultError::NotFound(_)) => continue,
-                Err(VaultError::Unavailable(why)) => return Err(KeyError::Unavailable(why)),
+                // One store's trouble (a policy missing for its key, say) holds up no other.
                 Err(e) => {
                     tracing::warn!(tenant_id = %tenant, error = %e, "the tenant's Transit key cannot be read");
                     continue;
@@ -719,7 +738,14 @@ impl Keyring {
                     >= i64::try_from(self.config.retire_after_ms).unwrap_or(i64::MAX);
             rounds.insert(
                 tenant,
-                Round { name, latest: versions.latest, retire, behind: 0, outcome: Rewrapped::default() },
+                Round {
+                    name,
+                    latest: versions.latest,
+                    retire,
+                    behind: 0,
+                    failed: false,
+                    outcome: Rewrapped::default(),
+                },
             );
         }
         if rounds.is_empty() {
@@ -756,9 +782,18 @@ impl Keyring {
                     if ciphertext_version(&wrapped).is_some_and(|v| v >= round.latest) {
                         continue;
                     }
+                    if round.failed {
+                        round.behind += 1;
+                        continue;
+                    }
                     let fresh = match self.vault.rewrap(&round.name, &wrapped).await {
                         Ok(fresh) => fresh,
-                        Err(VaultError::Unavailable(why)) => return Err(KeyError::Unavailable(why)),
+                        Err(e @ VaultError::Unavailable(_)) => {
+                            tracing::warn!(tenant_id = %tenant, error = %e, "rewrapping stopped for this round");
+                            round.failed = true;
+                            round.behind += 1;
+                            continue;
+                        }
                         Err(e) => {
                             // Left as it is (and counted): older versions are not retired.
                             self.metrics.unreadable.inc();
@@ -787,8 +822,10 @@ impl Keyring {
         let mut done = HashMap::with_capacity(rounds.len());
         for (tenant, mut round) in rounds {
             if round.retire && round.behind == 0 {
-                self.vault.set_min_decryption_version(&round.name, round.latest).await.map_err(vault_error)?;
-                round.outcome.retired_below = Some(round.latest);
+                match self.vault.set_min_decryption_version(&round.name, round.latest).await {
+                    Ok(()) => round.outcome.retired_below = Some(round.latest),
+                    Err(e) => tracing::warn!(tenant_id = %tenant, error = %e, "retiring older key versions failed"),
+                }
             }
             done.insert(tenant, round.outcome);
         }
