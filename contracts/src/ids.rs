@@ -84,16 +84,23 @@ nudge_tenants::prefixed_id!(
 /// `encode(sha256(convert_to('nudge.subject.v1:' || tenant_id || ':' || shopper_id, 'UTF8')), 'hex')`.
 pub fn subject_digest(tenant: uuid::Uuid, shopper: &ShopperId) -> String {
     use sha2::{Digest, Sha256};
+    let mut uuid = uuid::Uuid::encode_buffer();
     let digest = Sha256::new()
         .chain_update(b"nudge.subject.v1:")
-        .chain_update(tenant.hyphenated().to_string().as_bytes())
+        .chain_update(tenant.hyphenated().encode_lower(&mut uuid).as_bytes())
         .chain_update(b":")
         .chain_update(shopper.as_str().as_bytes())
         .finalize();
-    let mut hex = String::with_capacity(64);
-    for b in digest {
-        use std::fmt::Write;
-        let _ = write!(hex, "{b:02x}");
+    lower_hex(&digest)
+}
+
+/// Lowercase hex of `bytes` (on every event's path: no formatting machinery).
+fn lower_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut hex = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        hex.push(char::from(DIGITS[usize::from(b >> 4)]));
+        hex.push(char::from(DIGITS[usize::from(b & 0x0f)]));
     }
     hex
 }
@@ -104,12 +111,7 @@ pub fn subject_digest(tenant: uuid::Uuid, shopper: &ShopperId) -> String {
 pub fn id_digest(id: &str) -> String {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(id.as_bytes());
-    let mut hex = String::with_capacity(32);
-    for b in &digest[..16] {
-        use std::fmt::Write;
-        let _ = write!(hex, "{b:02x}");
-    }
-    hex
+    lower_hex(&digest[..16])
 }
 
 #[cfg(test)]
@@ -125,6 +127,11 @@ mod tests {
         assert!(ShopperId::parse("a b").is_err());
         assert!(ShopperId::parse(&"x".repeat(65)).is_err());
         assert!(EventId::parse("ok/../x").is_err());
+    }
+
+    #[test]
+    fn an_id_digest_is_the_first_half_of_its_sha256_in_lowercase_hex() {
+        assert_eq!(id_digest("abc"), "ba7816bf8f01cfea414140de5dae2223");
     }
 
     #[test]
