@@ -166,7 +166,7 @@ impl Handler for Pipeline {
                 self.usage.dropped(tenant, Drop::Suppressed, 1);
                 return Ok(());
             }
-            let Some(opened) = crate::sealing::open::<Event>(&self.keyring, tenant, &sealed, EVENT_V1).await? else {
+            let Some(opened) = crate::sealing::open::<Event>(&self.keyring, &sealed, EVENT_V1).await? else {
                 // The shopper's data key was erased: the event is unreadable, by design.
                 self.usage.dropped(tenant, Drop::Suppressed, 1);
                 return Ok(());

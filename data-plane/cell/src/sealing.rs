@@ -29,7 +29,6 @@ pub fn failure(e: KeyError) -> Failure {
 
 /// A sealed record value, opened.
 pub struct Opened<M> {
-    pub tenant: TenantId,
     pub subject_digest: String,
     pub message: M,
 }
@@ -45,12 +44,11 @@ pub fn envelope(payload: &[u8]) -> Result<(TenantId, Sealed), Failure> {
 /// expired with the rest of their data), so the record is unreadable by design.
 pub async fn open<M: Message + Default>(
     keyring: &Keyring,
-    tenant: TenantId,
     sealed: &Sealed,
     schema: SchemaRef,
 ) -> Result<Option<Opened<M>>, Failure> {
     match keyring.open_message::<M>(sealed, schema.name).await {
-        Ok(message) => Ok(Some(Opened { tenant, subject_digest: sealed.subject_digest.clone(), message })),
+        Ok(message) => Ok(Some(Opened { subject_digest: sealed.subject_digest.clone(), message })),
         Err(KeyError::Shredded) => Ok(None),
         Err(e) => Err(failure(e)),
     }

@@ -7,7 +7,7 @@
 //!
 //! - A **data key** per (tenant, subject digest): 32 random bytes, AES-256-GCM, made by the
 //!   first process that seals a record for the shopper. It is stored only wrapped, in the
-//!   cell's Redis under [`data_key`], and lives past its last use for the tenant's retention
+//!   cell's Redis under [`Keyring::data_key`], and lives past its last use for the tenant's retention
 //!   (at most [`KeyringConfig::key_ttl_hours`], longer than any sealed topic keeps records).
 //!   Erasure and the retention sweep delete it sooner.
 //! - A **key encryption key** per tenant: the OpenBao Transit key
@@ -134,11 +134,6 @@ fn vault_error(e: VaultError) -> KeyError {
 
 fn redis_error(e: redis::RedisError) -> KeyError {
     KeyError::Unavailable(format!("redis: {e}"))
-}
-
-/// The Redis key of a subject's wrapped data key.
-pub fn data_key(prefix: &str, tenant: TenantId, subject_digest: &str) -> String {
-    format!("{prefix}t:{tenant}:dek:{subject_digest}")
 }
 
 /// The associated data of a sealed record.
@@ -389,7 +384,7 @@ impl Keyring {
 
     /// The Redis key of a subject's wrapped data key.
     pub fn data_key(&self, tenant: TenantId, subject_digest: &str) -> String {
-        data_key(&self.prefix, tenant, subject_digest)
+        format!("{}t:{tenant}:dek:{subject_digest}", self.prefix)
     }
 
     /// Seals `plaintext` (an encoded `schema` message) for the subject, making its data key
