@@ -335,15 +335,44 @@ pub struct AdminErasureRequest {
     pub subject_digest: Option<String>,
 }
 
+/// A store's offboarding: asked for by its owner or an operator.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct OffboardingRequestBody {
+    /// Why (kept in the lifecycle audit log), 1-1000 characters.
+    pub reason: String,
+    /// Operators only: the grace period in days before the purge (0-90); the platform's
+    /// default (`offboarding.grace_days`) when absent. A store's owner always gets the
+    /// default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_days: Option<u32>,
+}
+
+/// Where a store's offboarding stands.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OffboardingView {
+    pub tenant_id: String,
+    /// The store's lifecycle state: `offboarding` during the grace period and the purge,
+    /// `deleted` once purged, anything else when not offboarding.
+    pub state: String,
+    pub requested_at: Option<String>,
+    pub requested_by: Option<String>,
+    /// When the grace period ends and the purge starts; until then the owner can cancel.
+    pub purge_after: Option<String>,
+    /// The purge: an erasure request of scope `tenant`, with its steps, once started.
+    pub purge: Option<ErasureView>,
+}
+
 /// An erasure request and how far it has got.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ErasureView {
     pub request_id: String,
-    /// `shopper`.
+    /// `shopper`, or `tenant`: the whole store (its offboarding).
     pub scope: String,
-    /// The subject's digest; the request never holds the shopper id.
-    pub subject_digest: String,
-    /// `account:<id>` or `operator:<name>`.
+    /// The subject's digest (absent for a whole store); the request never holds the
+    /// shopper id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject_digest: Option<String>,
+    /// `account:<id>`, `operator:<name>` or `system:offboarding`.
     pub requested_by: String,
     pub requested_at: String,
     /// The legal limit: one month after the request.
@@ -434,6 +463,26 @@ pub struct LegalHoldList {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SuppressionList {
     pub items: Vec<SuppressionView>,
+}
+
+/// `GET /v1/tenants/{tenant_id}/shoppers/{shopper_id}/export`: what the control plane
+/// keeps about one of the store's shoppers — with the cell's export
+/// (`GET {cell_url}/v1/shoppers/{shopper_id}/export`), everything Nudge stores about them.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ShopperRecordsView {
+    pub tenant_id: String,
+    pub shopper_id: String,
+    /// How the control plane and the cells name the shopper.
+    pub subject_digest: String,
+    pub exported_at: String,
+    /// On the store's suppression list, and why.
+    pub suppression: Option<SuppressionView>,
+    /// Erasure requests for the shopper, with their steps and audit trail.
+    pub erasure_requests: Vec<ErasureView>,
+    /// Legal holds naming the shopper.
+    pub legal_holds: Vec<LegalHoldView>,
+    /// Where the rest is: the store's cell, which keeps the shopper's behaviour data.
+    pub cell_export: String,
 }
 
 /// What happened to a store's events over a period.

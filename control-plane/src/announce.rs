@@ -108,7 +108,11 @@ pub async fn announce(
         let erasures = crate::erasure::pending_orders(tx, tenant)
             .await?
             .into_iter()
-            .map(|(request_id, subject_digest)| ErasureOrder { request_id, subject_digest })
+            .map(|(request_id, subject_digest)| ErasureOrder {
+                request_id,
+                whole_tenant: subject_digest.is_none(),
+                subject_digest: subject_digest.unwrap_or_default(),
+            })
             .collect();
         let config = TenantConfig {
             tenant_id: tenant.to_string(),

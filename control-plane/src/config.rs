@@ -27,7 +27,27 @@ pub struct ControlPlaneConfig {
     /// OpenBao (the Vault API): the Transit key that signs erasure receipts.
     pub vault: nudge_platform_vault::VaultConfig,
     pub erasure: ErasureConfig,
+    pub offboarding: OffboardingConfig,
     pub log: LogConfig,
+}
+
+/// Stores that leave.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct OffboardingConfig {
+    /// Days between a store's offboarding and its purge, during which its owner can cancel
+    /// and export; an operator may give a store a shorter one.
+    pub grace_days: u32,
+    /// How often the purge sweep looks for stores whose grace period has ended.
+    pub sweep_interval_ms: u64,
+    /// A store's Transit key is this followed by its id: the cells' `keys.transit_key_prefix`.
+    pub tenant_key_prefix: String,
+}
+
+impl Default for OffboardingConfig {
+    fn default() -> Self {
+        Self { grace_days: 30, sweep_interval_ms: 60_000, tenant_key_prefix: "nudge-tenant-".to_owned() }
+    }
 }
 
 /// Erasure requests.
@@ -267,6 +287,15 @@ impl Validate for ControlPlaneConfig {
             return Err("placement.kubernetes.namespace must name the namespace of the Tenant resources".into());
         }
         self.vault.validate()?;
+        if self.offboarding.grace_days > 90 {
+            return Err("offboarding.grace_days must be at most 90".into());
+        }
+        if self.offboarding.sweep_interval_ms == 0 {
+            return Err("offboarding.sweep_interval_ms must be positive".into());
+        }
+        if self.offboarding.tenant_key_prefix.trim().is_empty() {
+            return Err("offboarding.tenant_key_prefix must name the stores' Transit keys".into());
+        }
         if self.erasure.receipt_key.trim().is_empty() {
             return Err("erasure.receipt_key must name a Transit key".into());
         }

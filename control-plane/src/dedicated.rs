@@ -193,10 +193,103 @@ async fn drain_copy_and_flip(
 ) -> Result<Vec<(String, i64)>, MoveError> {
     drain_outbox(&mut *source, tenant).await?;
     let mut target = owner_conn(target_opts, tenant).await?;
+    let copied = copy_rows(&mut *source, &mut target, tenant).await?;
+    target.close().await?;
+
+    // 4. Flip.
+    sqlx::query("INSERT INTO tenant_routes (tenant_id, database) VALUES ($1, $2)")
+        .bind(tenant.as_uuid())
+        .bind(name)
+        .execute(&mut *source)
+        .await?;
+    router.forget(tenant);
+    tracing::info!(tenant_id = %tenant, database = %name, "route flipped to the dedicated database");
+    Ok(copied)
+}
+
+/// For an offboarded store's purge: brings the rows of `tenant` back from its dedicated
+/// database to the main one (where its row, audit trails and receipts remain once it is
+/// deleted), routes it there again, and drops the dedicated database. The move in reverse:
+/// fenced in the dedicated database (writes meanwhile get `tenant_moving`), its outbox
+/// drained, every row copied from one snapshot, the route removed. Resumes an earlier
+/// attempt: a store already routed to the main database has only its database `name`
+/// dropped, if it is still there. Whether a database was dropped.
+pub async fn return_and_drop(router: &TenantRouter, tenant: TenantId, name: &str) -> Result<bool, MoveError> {
+    let config = router.config();
+    let main_opts = config.owner_options().map_err(MoveError::Config)?;
+    if router.database_of(tenant).await?.as_deref() != Some(name) {
+        let mut main = owner_conn(&main_opts, tenant).await?;
+        let dropped = drop_database(&mut main, name).await?;
+        main.close().await?;
+        return Ok(dropped);
+    }
+    let name = name.to_owned();
+    let dedicated_opts = config.dedicated_owner_options(&name).map_err(MoveError::Config)?;
+
+    let mut source = owner_conn(&dedicated_opts, tenant).await?;
+    let mut fence = Connection::begin(&mut source).await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(lock_key(tenant)).execute(&mut *fence).await?;
+    sqlx::query(
+        "INSERT INTO tenant_fences (tenant_id, moved_to) VALUES ($1, 'main') ON CONFLICT (tenant_id) DO NOTHING",
+    )
+    .bind(tenant.as_uuid())
+    .execute(&mut *fence)
+    .await?;
+    fence.commit().await?;
+    drain_outbox(&mut source, tenant).await?;
+    let mut target = owner_conn(&main_opts, tenant).await?;
+    let copied = copy_rows(&mut source, &mut target, tenant).await?;
+    source.close().await?;
+
+    // The flip: the registry routes the store to the main database again, whose fence (left
+    // by the move) goes.
+    let mut flip = Connection::begin(&mut target).await?;
+    sqlx::query("DELETE FROM tenant_routes WHERE tenant_id = $1").bind(tenant.as_uuid()).execute(&mut *flip).await?;
+    sqlx::query("DELETE FROM tenant_fences WHERE tenant_id = $1").bind(tenant.as_uuid()).execute(&mut *flip).await?;
+    sqlx::query(
+        "DELETE FROM databases WHERE name = $1 AND NOT EXISTS (SELECT 1 FROM tenant_routes WHERE database = $1)",
+    )
+    .bind(&name)
+    .execute(&mut *flip)
+    .await?;
+    flip.commit().await?;
+    router.forget(tenant);
+    router.forget_pool(&name);
+    tracing::info!(tenant_id = %tenant, database = %name, tables = copied.len(), "store returned to the main database");
+
+    let dropped = drop_database(&mut target, &name).await?;
+    target.close().await?;
+    tracing::info!(tenant_id = %tenant, database = %name, "dedicated database dropped");
+    Ok(dropped)
+}
+
+/// Drops database `name` if it exists, ending the sessions still open on it (the relay's,
+/// pooled connections); whether it existed.
+async fn drop_database(conn: &mut PgConnection, name: &str) -> Result<bool, MoveError> {
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(name)
+        .fetch_one(&mut *conn)
+        .await?;
+    if exists {
+        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", name.replace('"', "\"\"")))
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(exists)
+}
+
+/// Copies every row of `tenant` from one snapshot of `source` into `target` (emptied of the
+/// tenant's rows first, in case an earlier attempt committed a copy), with the platform rows
+/// they refer to, checking the counts; rows copied per table.
+async fn copy_rows(
+    source: &mut PgConnection,
+    target: &mut PgConnection,
+    tenant: TenantId,
+) -> Result<Vec<(String, i64)>, MoveError> {
     let tables = tables_in_order(&mut *source).await?;
     let mut read = Connection::begin(&mut *source).await?;
     read.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").await?;
-    let mut write = Connection::begin(&mut target).await?;
+    let mut write = Connection::begin(&mut *target).await?;
     // An earlier attempt may have committed a copy and failed before the flip: start clean.
     write.execute("SET LOCAL nudge.purge_moved_tenant = 'on'").await?;
     for table in tables.iter().rev() {
@@ -265,16 +358,7 @@ async fn drain_copy_and_flip(
     }
     write.commit().await?;
     read.commit().await?;
-    target.close().await?;
 
-    // 4. Flip.
-    sqlx::query("INSERT INTO tenant_routes (tenant_id, database) VALUES ($1, $2)")
-        .bind(tenant.as_uuid())
-        .bind(name)
-        .execute(&mut *source)
-        .await?;
-    router.forget(tenant);
-    tracing::info!(tenant_id = %tenant, database = %name, "route flipped to the dedicated database");
     Ok(copied)
 }
 

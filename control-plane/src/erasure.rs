@@ -80,6 +80,9 @@ pub enum ErasureError {
     /// Signing the receipt needs the vault, which cannot be used now.
     #[error(transparent)]
     Vault(#[from] VaultError),
+    /// An offboarded store's dedicated database could not be returned and dropped.
+    #[error("the store's dedicated database: {0}")]
+    Dedicated(String),
 }
 
 impl From<sqlx::Error> for ErasureError {
@@ -112,8 +115,10 @@ pub struct AuditEntry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ErasureRequest {
     pub request_id: Uuid,
+    /// `shopper`, or `tenant` (a store's offboarding).
     pub scope: String,
-    pub subject_digest: String,
+    /// The shopper's; `None` for a whole store.
+    pub subject_digest: Option<String>,
     pub requested_by: String,
     pub requested_at: DateTime<Utc>,
     pub deadline_at: DateTime<Utc>,
@@ -142,7 +147,8 @@ struct Receipt<'a> {
     request_id: String,
     tenant_id: String,
     scope: &'a str,
-    subject_digest: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subject_digest: Option<&'a str>,
     requested_at: String,
     deadline_at: String,
     completed_at: String,
@@ -165,9 +171,10 @@ struct ReceiptStore {
 
 /// What the receipt says of the event streams, which are not erased record by record: every
 /// record naming a shopper is sealed with the shopper's data key, so the cells' deleting
-/// that key (`redis.data_key` in their steps) shreds them all; the unreadable records are
-/// then deleted when their topic's retention ends.
-fn event_streams(shredded: bool) -> ReceiptStore {
+/// that key (`redis.data_key` in their steps) shreds them all — and a store's offboarding
+/// deletes the store's Transit key, which wrapped every one of them; the unreadable
+/// records are then deleted when their topic's retention ends.
+fn event_streams(shredded: bool, whole_tenant: bool) -> ReceiptStore {
     let topics: Vec<String> = catalogue()
         .iter()
         // The sealed topics, and the DLQ, which keeps sealed records as they were.
@@ -182,7 +189,12 @@ fn event_streams(shredded: bool) -> ReceiptStore {
         note: Some(format!(
             "records naming the shopper are sealed with the shopper's own data key; {}; the unreadable records are \
              deleted when their topic's retention ends: {}",
-            if shredded {
+            if whole_tenant && shredded {
+                "the store's Transit key, which wrapped every one of its shoppers' data keys, was deleted, so none of \
+                 its records can be read any more"
+            } else if whole_tenant {
+                "the store had no Transit key (it never sealed a record), so nothing on the topics can be read as its"
+            } else if shredded {
                 "the key was deleted, so none of them can be read any more"
             } else {
                 "no cell held a data key for them (none was ever made, or it had expired with the rest of their data), so nothing on the topics can be read as theirs"
@@ -432,7 +444,8 @@ async fn complete_if_done(
     if steps.iter().any(|s| s.status == "pending") {
         return Ok(false);
     }
-    let (scope, digest): (String, String) = (row.try_get("scope")?, row.try_get("subject_digest")?);
+    let (scope, digest): (String, Option<String>) = (row.try_get("scope")?, row.try_get("subject_digest")?);
+    let whole_tenant = scope == "tenant";
     let completed_at = Utc::now();
     let mut stores: Vec<ReceiptStore> = steps
         .iter()
@@ -445,14 +458,18 @@ async fn complete_if_done(
         })
         .collect();
     let found = steps.iter().any(|s| s.status == "erased");
-    let shredded = steps.iter().any(|s| s.removed.get("redis.data_key").is_some_and(|n| *n > 0));
-    stores.push(event_streams(shredded));
+    let shredded = if whole_tenant {
+        steps.iter().any(|s| s.removed.get("transit.key").is_some_and(|n| *n > 0))
+    } else {
+        steps.iter().any(|s| s.removed.get("redis.data_key").is_some_and(|n| *n > 0))
+    };
+    stores.push(event_streams(shredded, whole_tenant));
     let receipt = Receipt {
         receipt_version: 1,
         request_id: request_id.to_string(),
         tenant_id: tenant.to_string(),
         scope: &scope,
-        subject_digest: &digest,
+        subject_digest: digest.as_deref(),
         requested_at: rfc3339(row.try_get("requested_at")?),
         deadline_at: rfc3339(row.try_get("deadline_at")?),
         completed_at: rfc3339(completed_at),
@@ -485,7 +502,26 @@ async fn complete_if_done(
         serde_json::json!({ "outcome": receipt.outcome, "key_version": signature.key_version }),
     )
     .await?;
-    announce(tx, topics, tenant, traceparent).await?;
+    if whole_tenant {
+        // The store is gone: its cells drop it, and the tenant topic forgets it.
+        crate::lifecycle::transition_in(
+            tx,
+            topics,
+            tenant,
+            nudge_tenants::TenantState::Deleted,
+            &crate::lifecycle::PURGE,
+            "offboarding: every store erased",
+            chrono::Duration::zero(),
+            traceparent,
+        )
+        .await
+        .map_err(|e| match e {
+            crate::lifecycle::LifecycleError::Db(db) => ErasureError::Db(db),
+            other => ErasureError::Db(DbError::Query(sqlx::Error::Protocol(other.to_string()))),
+        })?;
+    } else {
+        announce(tx, topics, tenant, traceparent).await?;
+    }
     Ok(true)
 }
 
@@ -717,11 +753,11 @@ impl ReportSink {
 }
 
 /// The erasure orders a tenant's record carries: in-progress requests whose cell has not
-/// reported yet (request id, subject digest).
+/// reported yet (request id, subject digest — `None` for the whole store).
 pub async fn pending_orders(
     tx: &mut Transaction<'static, Postgres>,
     tenant: TenantId,
-) -> Result<Vec<(String, String)>, sqlx::Error> {
+) -> Result<Vec<(String, Option<String>)>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT r.request_id, r.subject_digest FROM erasure_requests r
          WHERE r.tenant_id = $1 AND r.status = 'in_progress'
@@ -838,4 +874,54 @@ pub async fn release_hold(
     audit(&mut tx, tenant, None, actor, "hold_released", serde_json::json!({ "hold_id": hold_id.to_string() })).await?;
     tx.commit().await.map_err(DbError::from)?;
     Ok(())
+}
+
+/// What the control plane keeps about the shopper with subject digest `digest`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubjectRecords {
+    pub suppression: Option<crate::suppressions::Suppression>,
+    /// With their steps and audit trails.
+    pub requests: Vec<ErasureRequest>,
+    pub holds: Vec<LegalHold>,
+}
+
+/// Everything the store's database holds naming the subject, for an access request.
+pub async fn subject_records(
+    router: &TenantRouter,
+    tenant: TenantId,
+    digest: &str,
+) -> Result<SubjectRecords, ErasureError> {
+    let mut tx = router.tenant_tx(tenant).await?;
+    let suppression = sqlx::query(
+        "SELECT subject_digest, shopper_id, reason, created_at FROM suppressions
+         WHERE tenant_id = $1 AND subject_digest = $2",
+    )
+    .bind(tenant.as_uuid())
+    .bind(digest)
+    .fetch_optional(&mut *tx)
+    .await?
+    .map(|r| {
+        Ok::<_, sqlx::Error>(crate::suppressions::Suppression {
+            subject_digest: r.try_get("subject_digest")?,
+            shopper_id: r.try_get("shopper_id")?,
+            reason: r.try_get("reason")?,
+            created_at: r.try_get("created_at")?,
+        })
+    })
+    .transpose()?;
+    let ids: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT request_id FROM erasure_requests WHERE tenant_id = $1 AND subject_digest = $2 ORDER BY requested_at",
+    )
+    .bind(tenant.as_uuid())
+    .bind(digest)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await.map_err(DbError::from)?;
+    let mut requests = Vec::with_capacity(ids.len());
+    for id in ids {
+        requests.push(get(router, tenant, id).await?);
+    }
+    let holds =
+        holds(router, tenant).await?.into_iter().filter(|h| h.subject_digest.as_deref() == Some(digest)).collect();
+    Ok(SubjectRecords { suppression, requests, holds })
 }

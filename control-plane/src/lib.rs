@@ -24,6 +24,7 @@
 //! - [`entities`], [`origins`]: sea-orm entities and the repositories that use them.
 //! - [`suppressions`]: shoppers whose events the cells drop.
 //! - [`erasure`]: erasure requests tracked per store, legal holds, signed receipts.
+//! - [`offboarding`]: a leaving store's grace period, then its purge from every store.
 //! - [`usage`]: usage reports from the cells, and the merchant's totals.
 //! - [`store`]: a store's profile.
 //! - [`outbox`]: the relay that publishes committed outbox rows to Kafka.
@@ -39,6 +40,7 @@ pub mod entities;
 pub mod erasure;
 pub mod keys;
 pub mod lifecycle;
+pub mod offboarding;
 pub mod origins;
 pub mod outbox;
 pub mod placement;

@@ -15,6 +15,14 @@ pub enum LifecycleError {
     NotFound,
     #[error(transparent)]
     Invalid(#[from] InvalidTransition),
+    /// A store is deleted only by its offboarding's purge, which erases it first.
+    #[error(
+        "a store is deleted by its offboarding: request offboarding, and it is erased and deleted when its grace period ends"
+    )]
+    DeletedByPurge,
+    /// The offboarding's purge has begun: the store can no longer come back.
+    #[error("the store's data is being erased; its offboarding cannot be cancelled")]
+    PurgeStarted,
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -68,8 +76,15 @@ pub async fn record(
     Ok(())
 }
 
+/// The job that deletes stores (see `crate::offboarding`): only it moves a store to
+/// `deleted`.
+pub const PURGE: Actor = Actor::System("offboarding");
+
 /// Moves `tenant` to `to`. Requesting the current state succeeds and changes nothing, so a
-/// retried request is harmless.
+/// retried request is harmless. Entering `offboarding` starts the store's grace period
+/// (`grace`), after which it is purged; going back to `active` during it cancels the
+/// offboarding; `deleted` is reached only by the purge ([`PURGE`]).
+#[allow(clippy::too_many_arguments)]
 pub async fn transition(
     db: &TenantRouter,
     topics: &Topics,
@@ -77,13 +92,34 @@ pub async fn transition(
     to: TenantState,
     actor: &Actor,
     reason: &str,
+    grace: chrono::Duration,
     traceparent: Option<String>,
 ) -> Result<Transitioned, LifecycleError> {
     let mut tx = db.tenant_tx(tenant).await?;
+    let done = transition_in(&mut tx, topics, tenant, to, actor, reason, grace, traceparent).await?;
+    tx.commit().await?;
+    if done.changed {
+        tracing::info!(tenant_id = %tenant, to = to.as_str(), %actor, "tenant transitioned");
+    }
+    Ok(done)
+}
+
+/// [`transition`] inside `tx` (acting for `tenant`), which the caller commits.
+#[allow(clippy::too_many_arguments)]
+pub async fn transition_in(
+    tx: &mut Transaction<'static, Postgres>,
+    topics: &Topics,
+    tenant: TenantId,
+    to: TenantState,
+    actor: &Actor,
+    reason: &str,
+    grace: chrono::Duration,
+    traceparent: Option<String>,
+) -> Result<Transitioned, LifecycleError> {
     // FOR UPDATE serialises concurrent transitions of one tenant.
     let row = sqlx::query("SELECT state, revision FROM tenants WHERE tenant_id = $1 FOR UPDATE")
         .bind(tenant.as_uuid())
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut **tx)
         .await?
         .ok_or(LifecycleError::NotFound)?;
     let current_text: String = row.try_get("state")?;
@@ -94,15 +130,38 @@ pub async fn transition(
     match plan(current, to)? {
         Step::Unchanged(state) => Ok(Transitioned { tenant_id: tenant, state, revision, changed: false }),
         Step::Move { from, to } => {
-            sqlx::query("UPDATE tenants SET state = $2 WHERE tenant_id = $1")
+            if to == TenantState::Deleted && *actor != PURGE {
+                return Err(LifecycleError::DeletedByPurge);
+            }
+            if from == TenantState::Offboarding {
+                let purging: bool = sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM erasure_requests WHERE tenant_id = $1 AND scope = 'tenant')",
+                )
                 .bind(tenant.as_uuid())
-                .bind(to.as_str())
-                .execute(&mut *tx)
+                .fetch_one(&mut **tx)
                 .await?;
-            record(&mut tx, tenant, actor, Some(from), to, reason).await?;
-            let revision = announce(&mut tx, topics, tenant, traceparent).await?;
-            tx.commit().await?;
-            tracing::info!(tenant_id = %tenant, from = from.as_str(), to = to.as_str(), %actor, "tenant transitioned");
+                if purging && to != TenantState::Deleted {
+                    return Err(LifecycleError::PurgeStarted);
+                }
+            }
+            sqlx::query(
+                "UPDATE tenants SET state = $2,
+                        offboarding_requested_at = CASE WHEN $2 = 'offboarding' THEN now()
+                                                        WHEN $2 = 'deleted' THEN offboarding_requested_at END,
+                        offboarding_requested_by = CASE WHEN $2 = 'offboarding' THEN $3
+                                                        WHEN $2 = 'deleted' THEN offboarding_requested_by END,
+                        purge_after = CASE WHEN $2 = 'offboarding' THEN now() + make_interval(secs => $4)
+                                           WHEN $2 = 'deleted' THEN purge_after END
+                 WHERE tenant_id = $1",
+            )
+            .bind(tenant.as_uuid())
+            .bind(to.as_str())
+            .bind(actor.to_string())
+            .bind(grace.num_milliseconds() as f64 / 1000.0)
+            .execute(&mut **tx)
+            .await?;
+            record(tx, tenant, actor, Some(from), to, reason).await?;
+            let revision = announce(tx, topics, tenant, traceparent).await?;
             Ok(Transitioned { tenant_id: tenant, state: to, revision, changed: true })
         }
     }

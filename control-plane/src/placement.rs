@@ -70,6 +70,19 @@ pub async fn plan_of(router: &TenantRouter, tenant: TenantId) -> Result<Option<P
     Ok(plan.as_deref().and_then(Plan::parse))
 }
 
+/// The public URL of `tenant`'s cell, when it has one.
+pub async fn cell_url_of(router: &TenantRouter, tenant: TenantId) -> Result<Option<String>, DbError> {
+    let mut tx = router.tenant_tx(tenant).await?;
+    let url: Option<String> = sqlx::query_scalar(
+        "SELECT c.public_url FROM tenants t JOIN cells c ON c.cell_id = t.cell_id WHERE t.tenant_id = $1",
+    )
+    .bind(tenant.as_uuid())
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(url)
+}
+
 /// Routes `tenant` to `cell` (recorded in the tenant's database, which may be a dedicated
 /// one) and announces it, in one transaction: the old cell forgets the tenant and the new one
 /// takes it from the same record. False when there is no such tenant.

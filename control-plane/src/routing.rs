@@ -98,6 +98,13 @@ impl TenantRouter {
         }
     }
 
+    /// Closes and forgets the pool of dedicated database `name` (dropped).
+    pub fn forget_pool(&self, name: &str) {
+        if let Some(db) = self.pools.write().unwrap_or_else(PoisonError::into_inner).remove(name) {
+            tokio::spawn(async move { db.pool().close().await });
+        }
+    }
+
     /// Drops the cached route of `tenant` (it moved).
     pub fn forget(&self, tenant: TenantId) {
         self.routes.write().unwrap_or_else(PoisonError::into_inner).remove(&tenant);

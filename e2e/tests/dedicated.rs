@@ -242,6 +242,73 @@ async fn a_store_moves_to_its_own_database_under_concurrent_writes() -> anyhow::
     assert_eq!(again["moved"], false);
     assert_eq!(again["cell_url"], dedicated_cell, "the same cell, still running");
 
+    // Offboarded with no grace period, the store is purged: its cell erases it and is
+    // stopped, what remains of it (its row, audit trails, receipt) returns to the main
+    // database, and its dedicated database is dropped.
+    let offboarding = format!("{}/v1/admin/tenants/{}/offboarding", platform.control_plane_url, big.tenant_id);
+    let started = platform
+        .http
+        .post(&offboarding)
+        .bearer_auth(OPERATOR_TOKEN)
+        .json(&json!({"reason": "contract ended", "grace_days": 0}))
+        .send()
+        .await?;
+    assert_eq!(started.status(), 202, "{}", started.text().await?);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let done = loop {
+        let body: Value = platform.http.get(&offboarding).bearer_auth(OPERATOR_TOKEN).send().await?.json().await?;
+        if body["state"] == "deleted" {
+            break body;
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "not purged within 60 s: {body}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let steps: BTreeSet<(String, String)> = done["purge"]["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| {
+            (s["store"].as_str().unwrap_or_default().to_owned(), s["status"].as_str().unwrap_or_default().to_owned())
+        })
+        .collect();
+    let expected: BTreeSet<(String, String)> = [
+        (format!("cell:{}", moved["cell_id"].as_str().unwrap_or_default()), "erased".to_owned()),
+        (format!("database:{database}"), "erased".to_owned()),
+        ("postgres".to_owned(), "erased".to_owned()),
+        ("vault".to_owned(), "erased".to_owned()),
+    ]
+    .into();
+    assert_eq!(steps, expected, "{done}");
+    let mut main = PgConnection::connect(&platform.db.owner_url).await?;
+    let gone: bool = sqlx::query_scalar("SELECT NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(&database)
+        .fetch_one(&mut main)
+        .await?;
+    assert!(gone, "the dedicated database is dropped");
+    let (state, receipts): (String, i64) = sqlx::query_as(
+        "SELECT t.state, (SELECT count(*) FROM erasure_requests r WHERE r.tenant_id = t.tenant_id AND r.receipt IS NOT NULL)
+         FROM tenants t WHERE replace(t.tenant_id::text, '-', '') = $1",
+    )
+    .bind(&big_uuid)
+    .fetch_one(&mut main)
+    .await?;
+    assert_eq!((state.as_str(), receipts), ("deleted", 1), "the store's row and receipt are in the main database");
+    let routed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM tenant_routes WHERE replace(tenant_id::text, '-', '') = $1")
+            .bind(&big_uuid)
+            .fetch_one(&mut main)
+            .await?;
+    assert_eq!(routed, 0, "no route to a dropped database");
+    let mut stopped = false;
+    for _ in 0..100 {
+        if platform.http.get(format!("{dedicated_cell}/readyz")).send().await.is_err() {
+            stopped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(stopped, "the store's cell process is stopped");
+
     drop(dedicated);
     drop(shared);
     let platform = Arc::into_inner(platform).ok_or_else(|| anyhow::anyhow!("writers still hold the platform"))?;

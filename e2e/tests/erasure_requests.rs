@@ -10,10 +10,9 @@ mod common;
 
 use std::time::Duration;
 
-use base64::{Engine, engine::general_purpose::STANDARD};
-use common::{ORIGIN, TopicRecord, browsing, latest_snapshot, read_to_end};
+use common::{ORIGIN, TopicRecord, browsing, contains, latest_snapshot, stream_records, verify_receipt};
 use nudge_contracts::{
-    ShopperId, Topic,
+    ShopperId,
     proto::{features::v1::SubjectKey, sealed::v1::Sealed},
 };
 use nudge_data_plane_features::store::SessionKey;
@@ -52,41 +51,6 @@ async fn completed(platform: &Platform, tenant: &str, token: &str, request_id: &
         anyhow::ensure!(tokio::time::Instant::now() < deadline, "not completed within 60 s: {request}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// Checks the receipt's signature against the published public key of its version.
-async fn verify_receipt(platform: &Platform, receipt: &Value) -> anyhow::Result<()> {
-    let keys: Value = platform
-        .http
-        .get(format!("{}/v1/erasure-receipts/keys", platform.control_plane_url))
-        .send()
-        .await?
-        .json()
-        .await?;
-    assert_eq!(keys["algorithm"], "ed25519");
-    let version = receipt["key_version"].as_u64().expect("a key version").to_string();
-    let public = STANDARD.decode(keys["public_keys"][&version].as_str().expect("the version's public key"))?;
-    let signature = nudge_platform_vault::signature_bytes(receipt["signature"].as_str().expect("a signature"))
-        .expect("a vault signature");
-    let text = receipt["receipt"].as_str().expect("the receipt text");
-    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &public)
-        .verify(text.as_bytes(), &signature)
-        .map_err(|_| anyhow::anyhow!("the receipt's signature does not verify"))?;
-    let mut tampered = text.replace("\"erased\"", "\"nothing_found\"");
-    tampered.push(' ');
-    assert!(
-        ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &public)
-            .verify(tampered.as_bytes(), &signature)
-            .is_err(),
-        "an altered receipt does not verify"
-    );
-    Ok(())
-}
-
-/// Whether any record's key or value contains `needle`.
-fn contains(records: &[TopicRecord], needle: &[u8]) -> bool {
-    let has = |hay: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
-    records.iter().any(|(_, k, v)| has(k) || v.as_deref().is_some_and(has))
 }
 
 /// Every Redis key under the test's prefix, and every value, that mentions `needle`.
@@ -148,22 +112,6 @@ async fn postgres_hits(platform: &Platform, needle: &str) -> anyhow::Result<Vec<
         hits.push("outbox payloads".into());
     }
     Ok(hits)
-}
-
-/// Every record on the cell's topics that hold shopper records, as of now.
-async fn stream_records(platform: &Platform) -> anyhow::Result<Vec<TopicRecord>> {
-    read_to_end(
-        platform,
-        &[
-            Topic::EventsRaw,
-            Topic::EventsValidated,
-            Topic::EventsDlq,
-            Topic::Features,
-            Topic::Predictions,
-            Topic::InterventionCommands,
-        ],
-    )
-    .await
 }
 
 /// Opens every sealed record of the subject with `key`: how many opened, and how many
@@ -379,6 +327,19 @@ async fn erasure_requests_are_the_stores_own_and_legal_holds_refuse_them() -> an
         .send()
         .await?;
     assert_eq!(foreign.status(), 404, "another store's hold is not found");
+
+    // An access request: what the control plane keeps about the shopper — their
+    // suppression (the id no longer kept), the erasure request, the hold that named them —
+    // and where the cell's part is. Another store gets 404.
+    let export = format!("/v1/tenants/{}/shoppers/shp_held/export", a.tenant_id);
+    let (status, records) = get(&platform, &export, &token_a).await?;
+    assert_eq!(status, 200, "{records}");
+    assert_eq!(records["suppression"]["reason"], "erasure", "{records}");
+    assert_eq!(records["suppression"]["shopper_id"], Value::Null, "{records}");
+    assert_eq!(records["erasure_requests"].as_array().map(Vec::len), Some(1), "{records}");
+    assert_eq!(records["legal_holds"][0]["hold_id"], hold_id.as_str(), "{records}");
+    assert!(records["cell_export"].as_str().is_some_and(|c| c.contains("/v1/shoppers/shp_held/export")), "{records}");
+    assert_eq!(get(&platform, &export, &token_b).await?.0, 404);
 
     // A shopper who had opted out: the suppression list held their id; the erasure removes it
     // and keeps only the digest.

@@ -90,12 +90,12 @@ async fn suspension_reaches_the_cell_and_every_step_is_audited() -> anyhow::Resu
     );
     assert_eq!(entries[3]["reason"], "unpaid invoice");
 
-    // Offboarding, then deletion: the cell forgets the tenant and its key stops working.
+    // Offboarding: the store's traffic stops; it is deleted only by the purge that erases
+    // it when its grace period ends (e2e/tests/offboarding.rs), never directly.
     assert_eq!(platform.transition(id, "offboarding", "merchant left").await?.status(), 200);
     until_status(&platform, key, 403).await?;
-    assert_eq!(platform.transition(id, "deleted", "data erased").await?.status(), 200);
-    let gone = until_status(&platform, key, 401).await?;
-    assert_eq!(gone["error"]["code"], "invalid_key");
+    let (status, body) = json_of(platform.transition(id, "deleted", "data erased").await?).await?;
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("deleted_by_offboarding")), "{body}");
 
     // The audit log cannot be rewritten, not even by the owner.
     let mut owner = PgConnection::connect(&platform.db.owner_url).await?;

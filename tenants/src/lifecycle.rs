@@ -60,6 +60,8 @@ impl TenantState {
                     | (Active, Suspended)
                     | (Suspended, Active)
                     | (Active | Suspended, Offboarding)
+                    // A store that changes its mind during its offboarding's grace period.
+                    | (Offboarding, Active)
                     | (Offboarding, Deleted)
             )
     }
@@ -102,6 +104,8 @@ pub enum Actor {
     System(&'static str),
     /// A platform operator through the admin API.
     Operator(String),
+    /// A member of the store, through the merchant API.
+    Account(crate::AccountId),
 }
 
 impl std::fmt::Display for Actor {
@@ -109,6 +113,7 @@ impl std::fmt::Display for Actor {
         match self {
             Self::System(job) => write!(f, "system:{job}"),
             Self::Operator(name) => write!(f, "operator:{name}"),
+            Self::Account(id) => write!(f, "account:{id}"),
         }
     }
 }
@@ -134,7 +139,8 @@ mod tests {
         assert!(Active.can_become(Suspended) && Suspended.can_become(Active));
         assert!(!Deleted.can_become(Active));
         assert!(!Pending.can_become(Active));
-        assert!(!Offboarding.can_become(Active));
+        assert!(Offboarding.can_become(Active), "cancelled during the grace period");
+        assert!(!Offboarding.can_become(Suspended));
         for s in ALL {
             assert!(s.can_become(s), "{s:?} must be idempotent");
         }

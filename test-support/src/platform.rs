@@ -106,6 +106,8 @@ impl Platform {
         cp.redis.prefix = format!("{redis_prefix}cp:");
         cp.vault.address = vault.address();
         cp.vault.token = SecretString::from(vault.token.clone());
+        // A store whose grace period ends (an operator's `grace_days: 0`) is purged at once.
+        cp.offboarding.sweep_interval_ms = 250;
         // Dedicated cells start as processes of the real cell binary.
         cp.placement.local.cell_program = env.cell_bin.clone();
 

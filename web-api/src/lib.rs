@@ -100,6 +100,15 @@ pub async fn run(config: ControlPlaneConfig, listener: TcpListener, shutdown: Ca
     );
     let (provisioner, kubernetes) = provisioner(&config).await?;
     tracing::info!(provisioner = provisioner.kind(), "cells come from this provisioner");
+    let purges_started = started.clone();
+    let purger = nudge_control_plane::offboarding::Purger {
+        router: router.clone(),
+        topics: config.kafka.topics(),
+        signer: receipts.clone(),
+        vault: nudge_platform_vault::Vault::new(&config.vault).context("vault")?,
+        tenant_key_prefix: config.offboarding.tenant_key_prefix.clone(),
+        provisioner: provisioner.clone(),
+    };
     let state = AppState {
         db,
         router: router.clone(),
@@ -111,6 +120,7 @@ pub async fn run(config: ControlPlaneConfig, listener: TcpListener, shutdown: Ca
         tokens,
         sessions,
         receipts: receipts.clone(),
+        offboarding_grace: chrono::Duration::days(i64::from(config.offboarding.grace_days)),
         onnxruntime_library: config.models.onnxruntime_library.clone().map(Arc::new),
     };
 
@@ -163,6 +173,14 @@ pub async fn run(config: ControlPlaneConfig, listener: TcpListener, shutdown: Ca
         }
         None => None,
     };
+    // Stores whose offboarding's grace period has ended are purged.
+    let purges = tokio::spawn(sweep_offboardings(
+        purger,
+        purges_started,
+        Duration::from_millis(config.offboarding.sweep_interval_ms),
+        outbox_wake.clone(),
+        shutdown.clone(),
+    ));
     let dedicated_relays = tokio::spawn(relay_dedicated(router, config.clone(), outbox_wake, shutdown.clone()));
     let mut tasks = vec![
         ("outbox relay", relay),
@@ -170,11 +188,41 @@ pub async fn run(config: ControlPlaneConfig, listener: TcpListener, shutdown: Ca
         ("dedicated outbox relays", dedicated_relays),
         ("usage consumer", usage),
         ("erasure report consumer", erasures),
+        ("offboarding sweep", purges),
     ];
     if let Some(routes) = routes {
         tasks.push(("route follower", routes));
     }
     serve_supervised(serve(listener, http, shutdown.clone()), tasks, shutdown).await
+}
+
+/// Runs the offboarding purge every `interval` once start-up is done, until `shutdown`; a
+/// sweep that fails is logged and tried again at the next interval.
+async fn sweep_offboardings(
+    purger: nudge_control_plane::offboarding::Purger,
+    started: Arc<AtomicBool>,
+    interval: Duration,
+    outbox_wake: Arc<tokio::sync::Notify>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = shutdown.cancelled() => return Ok(()),
+        }
+        if !started.load(std::sync::atomic::Ordering::Acquire) {
+            continue;
+        }
+        match purger.sweep(chrono::Utc::now()).await {
+            Ok(swept) => {
+                if !(swept.started.is_empty() && swept.deleted.is_empty()) {
+                    outbox_wake.notify_waiters();
+                    outbox_wake.notify_one();
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "the offboarding sweep failed; trying again at the next interval"),
+        }
+    }
 }
 
 /// Runs a stage that consumes `topic` as consumer group `group` with `handler`; records that
@@ -291,13 +339,23 @@ async fn relay_dedicated(
     wake: Arc<Notify>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut running = std::collections::HashSet::new();
+    // Each database's relay, stopped when the database leaves the registry (dropped with
+    // its offboarded store).
+    let mut running: std::collections::HashMap<String, tokio::task::AbortHandle> = std::collections::HashMap::new();
     let mut tasks = tokio::task::JoinSet::new();
     loop {
         match router.dedicated_databases().await {
             Ok(names) => {
+                running.retain(|name, relay| {
+                    let keep = names.contains(name);
+                    if !keep {
+                        relay.abort();
+                        tracing::info!(database = %name, "outbox relay stopped: the database is gone");
+                    }
+                    keep
+                });
                 for name in names {
-                    if running.contains(&name) {
+                    if running.contains_key(&name) {
                         continue;
                     }
                     let db = router.pool_for(&name)?;
@@ -310,12 +368,13 @@ async fn relay_dedicated(
                     .keeping_published(Duration::from_secs(config.outbox.keep_published_hours * 3600))
                     .woken_by(wake.clone());
                     tracing::info!(database = %name, "outbox relay started for a dedicated database");
-                    tasks.spawn(relay.run(shutdown.clone()));
-                    running.insert(name);
+                    running.insert(name, tasks.spawn(relay.run(shutdown.clone())));
                 }
             }
             Err(e) => tracing::warn!(error = %e, "listing dedicated databases"),
         }
+        // Reap relays that ended (aborted ones among them).
+        while tasks.try_join_next().is_some() {}
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = wake.notified() => {}

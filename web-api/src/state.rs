@@ -36,6 +36,8 @@ pub struct AppState {
     pub sessions: Arc<OnceCell<RefreshStore>>,
     /// Signs erasure receipts (the vault's Transit key).
     pub receipts: nudge_control_plane::erasure::ReceiptSigner,
+    /// Between a store's offboarding and its purge (`offboarding.grace_days`).
+    pub offboarding_grace: chrono::Duration,
     /// `libonnxruntime.so` for checking uploaded models (`ORT_DYLIB_PATH` when `None`).
     pub onnxruntime_library: Option<Arc<std::path::PathBuf>>,
 }

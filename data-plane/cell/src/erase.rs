@@ -89,6 +89,160 @@ pub struct Outputs {
     pub settle: Duration,
 }
 
+/// The places of a whole-tenant report (an offboarding), in the order
+/// [`erase_tenant`] counts them: every Redis key of the tenant (of which its shoppers' data
+/// keys), its idle-cart timers, and a `features.v1` tombstone for every shopper it found.
+pub const TENANT_PLACES: [&str; 4] =
+    ["redis.keys", "redis.data_key", "redis.idle_cart", "kafka.features.v1.tombstones"];
+
+/// Keys deleted, and members scanned, per round trip of a whole-tenant erasure.
+const SCAN_COUNT: usize = 500;
+
+/// A whole tenant being erased, with what has been removed so far.
+struct TenantJob {
+    erasure: Erasure,
+    removed: [u64; 4],
+    /// The subject digests found, which get a tombstone each.
+    subjects: std::collections::BTreeSet<String>,
+    passes: u8,
+}
+
+/// `text` with Redis's glob characters escaped, to match it literally in a pattern.
+fn glob_literal(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// One pass over Redis for a whole tenant: every key named for it (`{prefix}t:{tenant}:…`,
+/// the dedup sets' `{prefix}t:{{tenant}}:…`, and the intervention histories of every cell,
+/// `{prefix}cell:*:t:{tenant}:…`) is deleted, its idle-cart timers leave the schedule, and
+/// every shopper it knew (its last-seen set, data keys and subject index) is noted for a
+/// tombstone.
+async fn erase_tenant(
+    redis: &mut ConnectionManager,
+    keyring: &Keyring,
+    places: &Places,
+    job: &mut TenantJob,
+) -> anyhow::Result<()> {
+    let tenant = job.erasure.tenant;
+    let prefix = glob_literal(&places.prefix);
+    let last_seen = last_seen_key(&places.prefix, tenant);
+    let mut cursor = 0u64;
+    loop {
+        let (next, members): (u64, Vec<String>) =
+            redis::cmd("ZSCAN").arg(&last_seen).arg(cursor).arg("COUNT").arg(SCAN_COUNT).query_async(redis).await?;
+        // Member, score, member, score…
+        job.subjects.extend(members.into_iter().step_by(2));
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    let dek = format!("{}t:{tenant}:dek:", places.prefix);
+    let subject = format!("{}t:{tenant}:subject:", places.prefix);
+    for pattern in
+        [format!("{prefix}t:{tenant}:*"), format!("{prefix}t:{{{tenant}}}:*"), format!("{prefix}cell:*:t:{tenant}:*")]
+    {
+        let mut cursor = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(SCAN_COUNT)
+                .query_async(redis)
+                .await?;
+            if !keys.is_empty() {
+                for key in &keys {
+                    if let Some(digest) = key.strip_prefix(&dek) {
+                        job.subjects.insert(digest.to_owned());
+                        job.removed[1] += 1;
+                    } else if let Some(digest) = key.strip_prefix(&subject) {
+                        job.subjects.insert(digest.to_owned());
+                    }
+                }
+                let unlinked: u64 = redis::cmd("UNLINK").arg(&keys).query_async(redis).await?;
+                job.removed[0] += unlinked;
+            }
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+    }
+    let member_prefix = format!("{tenant}/");
+    let mut cursor = 0u64;
+    loop {
+        let (next, members): (u64, Vec<String>) = redis::cmd("ZSCAN")
+            .arg(&places.idle_schedule)
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{}*", glob_literal(&member_prefix)))
+            .arg("COUNT")
+            .arg(SCAN_COUNT)
+            .query_async(redis)
+            .await?;
+        let mine: Vec<&String> = members.iter().step_by(2).filter(|m| m.starts_with(&member_prefix)).collect();
+        if !mine.is_empty() {
+            let removed: u64 = redis::cmd("ZREM").arg(&places.idle_schedule).arg(&mine).query_async(redis).await?;
+            job.removed[2] += removed;
+        }
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    keyring.forget_tenant(tenant);
+    job.passes += 1;
+    Ok(())
+}
+
+/// Writes a `features.v1` tombstone for every shopper a whole-tenant job found, then its
+/// report, and waits for the broker to acknowledge them.
+async fn publish_tenant(outputs: &Outputs, job: &mut TenantJob) -> anyhow::Result<()> {
+    let tenant = job.erasure.tenant.to_string();
+    let keys: Vec<Vec<u8>> = job
+        .subjects
+        .iter()
+        .map(|digest| SubjectKey { tenant_id: tenant.clone(), subject_digest: digest.clone() }.encode_to_vec())
+        .collect();
+    for chunk in keys.chunks(CHUNK) {
+        let tombstones = chunk.iter().map(|key| {
+            FutureRecord::<[u8], [u8]>::to(&outputs.features_topic)
+                .key(key.as_slice())
+                .headers(record_headers(FEATURES_V1, None))
+        });
+        outputs.producer.send_all(tombstones, ACK_TIMEOUT).await?;
+    }
+    job.removed[3] = keys.len() as u64;
+    let Some(request_id) = job.erasure.request_id.clone() else { return Ok(()) };
+    let report = ErasureReport {
+        tenant_id: tenant,
+        request_id: request_id.clone(),
+        cell_id: outputs.cell.to_string(),
+        places: TENANT_PLACES
+            .iter()
+            .zip(job.removed)
+            .map(|(place, n)| ErasedPlace { place: (*place).to_owned(), removed: n })
+            .collect(),
+        completed_at_ms: Utc::now().timestamp_millis(),
+    };
+    let value = report.encode_to_vec();
+    let record = FutureRecord::<str, [u8]>::to(&outputs.reports_topic)
+        .key(request_id.as_str())
+        .payload(value.as_slice())
+        .headers(record_headers(ERASURE_REPORT_V1, None));
+    outputs.producer.send_all(std::iter::once(record), ACK_TIMEOUT).await?;
+    Ok(())
+}
+
 /// One subject being erased, with what has been removed so far.
 struct Job {
     erasure: Erasure,
@@ -195,8 +349,8 @@ async fn publish(outputs: &Outputs, batch: &mut [Job]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Erases the data of every newly suppressed shopper, and carries out every erasure order,
-/// until `shutdown`.
+/// Erases the data of every newly suppressed shopper, carries out every erasure order, and
+/// erases every offboarded tenant, until `shutdown`.
 pub async fn run(
     directory: Arc<Directory>,
     mut redis: ConnectionManager,
@@ -207,10 +361,18 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // Jobs a failure left unfinished, kept with what they erased so far.
     let mut carried: Vec<Job> = Vec::new();
+    let mut carried_tenants: Vec<TenantJob> = Vec::new();
     loop {
         let mut jobs = std::mem::take(&mut carried);
-        jobs.extend(directory.take_erasures().into_iter().map(|erasure| Job { erasure, removed: [0; 7], passes: 0 }));
-        if jobs.is_empty() {
+        let mut tenants = std::mem::take(&mut carried_tenants);
+        for erasure in directory.take_erasures() {
+            if erasure.whole_tenant {
+                tenants.push(TenantJob { erasure, removed: [0; 4], subjects: Default::default(), passes: 0 });
+            } else {
+                jobs.push(Job { erasure, removed: [0; 7], passes: 0 });
+            }
+        }
+        if jobs.is_empty() && tenants.is_empty() {
             tokio::select! {
                 () = directory.erasures_arrived() => continue,
                 () = shutdown.cancelled() => return Ok(()),
@@ -219,6 +381,9 @@ pub async fn run(
         let outcome = async {
             for chunk in jobs.chunks_mut(CHUNK).filter(|c| c.iter().any(|j| j.passes == 0)) {
                 erase(&mut redis, &keyring, &places, chunk).await?;
+            }
+            for job in tenants.iter_mut().filter(|j| j.passes == 0) {
+                erase_tenant(&mut redis, &keyring, &places, job).await?;
             }
             // Events the pipeline was applying when the suppression arrived are done by now.
             tokio::select! {
@@ -231,17 +396,39 @@ pub async fn run(
                 }
                 publish(&outputs, chunk).await?;
             }
+            for job in &mut tenants {
+                if job.passes < 2 {
+                    erase_tenant(&mut redis, &keyring, &places, job).await?;
+                }
+                publish_tenant(&outputs, job).await?;
+            }
             anyhow::Ok(true)
         };
         match outcome.await {
             Ok(false) => return Ok(()),
             Ok(true) => {
-                let found = jobs.iter().filter(|j| j.removed[..TOMBSTONE].iter().any(|n| *n > 0)).count();
-                tracing::info!(subjects = jobs.len(), found, "suppressed shoppers' data erased");
+                if !jobs.is_empty() {
+                    let found = jobs.iter().filter(|j| j.removed[..TOMBSTONE].iter().any(|n| *n > 0)).count();
+                    tracing::info!(subjects = jobs.len(), found, "suppressed shoppers' data erased");
+                }
+                for job in &tenants {
+                    tracing::info!(
+                        tenant_id = %job.erasure.tenant,
+                        keys = job.removed[0],
+                        shoppers = job.subjects.len(),
+                        "an offboarded tenant's data erased"
+                    );
+                }
             }
             Err(e) => {
-                tracing::warn!(subjects = jobs.len(), error = %e, "erasing suppressed shoppers' data failed; retrying");
+                tracing::warn!(
+                    subjects = jobs.len(),
+                    tenants = tenants.len(),
+                    error = %e,
+                    "erasing suppressed shoppers' data failed; retrying"
+                );
                 carried = jobs;
+                carried_tenants = tenants;
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_secs(1)) => {}
                     () = shutdown.cancelled() => return Ok(()),

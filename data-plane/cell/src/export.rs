@@ -60,19 +60,22 @@ pub struct ShopperExport {
     pub not_included: Vec<String>,
 }
 
-/// The cell's Kafka topics, which hold shopper records this export does not read: each with
-/// how long it keeps them (from the topic catalogue).
+/// The control plane's records of the shopper, and the cell's Kafka topics, which hold
+/// shopper records this export does not read: each with how long it keeps them (from the
+/// topic catalogue).
 fn not_included() -> Vec<String> {
     use nudge_contracts::topics::{Cleanup, Scope, catalogue};
-    catalogue()
-        .iter()
-        .filter(|t| t.scope == Scope::Cell)
-        .map(|t| match t.cleanup {
+    let control_plane = "the control plane's records of the shopper (their suppression, erasure requests and legal \
+                         holds): GET /v1/tenants/{tenant_id}/shoppers/{shopper_id}/export on the control plane, for \
+                         the store's owners and admins"
+        .to_owned();
+    std::iter::once(control_plane)
+        .chain(catalogue().iter().filter(|t| t.scope == Scope::Cell).map(|t| match t.cleanup {
             Cleanup::Compact => {
                 format!("Kafka {}: the latest record per shopper, kept until a tombstone removes it", t.name)
             }
             Cleanup::Delete => format!("Kafka {}: kept {} hours, not indexed by shopper", t.name, t.retention_hours),
-        })
+        }))
         .collect()
 }
 

@@ -30,8 +30,9 @@ pub struct TenantEntry {
     /// Subject digests ([`nudge_contracts::subject_digest`]) of the shoppers whose events
     /// are dropped at ingest.
     pub suppressed: std::collections::HashSet<String>,
-    /// Erasure requests (id, subject digest) this tenant's cell is to carry out and report.
-    pub erasure_orders: Vec<(String, String)>,
+    /// Erasure requests (id, subject digest, whole tenant) this tenant's cell is to carry
+    /// out and report.
+    pub erasure_orders: Vec<(String, String, bool)>,
     /// The model version this tenant is scored with; `None`: the cell's default.
     pub model_version: Option<String>,
     /// A candidate model being rolled out beside it.
@@ -146,13 +147,16 @@ impl Inner {
     }
 }
 
-/// A shopper whose data the cell is to erase, by subject digest.
+/// A shopper whose data the cell is to erase, by subject digest; or, with `whole_tenant`,
+/// everything the cell keeps of the tenant (`subject_digest` empty).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Erasure {
     pub tenant: TenantId,
     pub subject_digest: String,
     /// The erasure request to report on, when one asked for it (a plain suppression does not).
     pub request_id: Option<String>,
+    /// The tenant's offboarding: every shopper, and every key of the tenant.
+    pub whole_tenant: bool,
 }
 
 /// The tenants of one cell, keyed by tenant and by publishable key.
@@ -303,24 +307,30 @@ impl Directory {
         if self.erasing.load(Ordering::Acquire) {
             let mut ordered = self.ordered.lock().unwrap_or_else(PoisonError::into_inner);
             // An order gone from the record is complete: forget it.
-            for (request_id, _) in &orders_before {
-                if !entry.erasure_orders.iter().any(|(id, _)| id == request_id) {
+            for (request_id, _, _) in &orders_before {
+                if !entry.erasure_orders.iter().any(|(id, _, _)| id == request_id) {
                     ordered.remove(request_id);
                 }
             }
-            for (request_id, digest) in &entry.erasure_orders {
+            for (request_id, digest, whole_tenant) in &entry.erasure_orders {
                 if ordered.insert(request_id.clone()) {
                     newly.push(Erasure {
                         tenant: tenant_id,
                         subject_digest: digest.clone(),
                         request_id: Some(request_id.clone()),
+                        whole_tenant: *whole_tenant,
                     });
                 }
             }
             for digest in &entry.suppressed {
                 let is_new = suppressed_before.as_ref().is_none_or(|before| !before.contains(digest));
                 if is_new && !newly.iter().any(|e| &e.subject_digest == digest) {
-                    newly.push(Erasure { tenant: tenant_id, subject_digest: digest.clone(), request_id: None });
+                    newly.push(Erasure {
+                        tenant: tenant_id,
+                        subject_digest: digest.clone(),
+                        request_id: None,
+                        whole_tenant: false,
+                    });
                 }
             }
         }
@@ -403,7 +413,13 @@ fn parse_entry(tenant_id: TenantId, config: &TenantConfig) -> Result<TenantEntry
         } else {
             config.suppressed_subjects.iter().cloned().collect()
         },
-        erasure_orders: config.erasures.iter().map(|o| (o.request_id.clone(), o.subject_digest.clone())).collect(),
+        erasure_orders: config
+            .erasures
+            .iter()
+            // An order names a subject or the whole tenant, never neither.
+            .filter(|o| o.whole_tenant || !o.subject_digest.is_empty())
+            .map(|o| (o.request_id.clone(), o.subject_digest.clone(), o.whole_tenant))
+            .collect(),
         model_version: Some(config.model_version.clone()).filter(|m| !m.is_empty()),
         rollout: config.rollout.as_ref().and_then(|r| {
             let mode = match r.mode() {
@@ -498,11 +514,16 @@ mod tests {
             config.suppressed_subjects = suppressed.iter().map(|s| (*s).to_owned()).collect();
             config.erasures = orders
                 .iter()
-                .map(|(r, d)| ErasureOrder { request_id: (*r).to_owned(), subject_digest: (*d).to_owned() })
+                .map(|(r, d)| ErasureOrder {
+                    request_id: (*r).to_owned(),
+                    subject_digest: (*d).to_owned(),
+                    whole_tenant: false,
+                })
                 .collect();
             (k, config.encode_to_vec())
         };
-        let plain = |d: &str| Erasure { tenant: t, subject_digest: d.to_owned(), request_id: None };
+        let plain =
+            |d: &str| Erasure { tenant: t, subject_digest: d.to_owned(), request_id: None, whole_tenant: false };
         let (k, v) = with(1, &["a"], &[]);
         dir.apply(&k, Some(&v)).unwrap();
         assert_eq!(dir.take_erasures(), [plain("a")]);

@@ -245,6 +245,12 @@ impl KeyCache {
             self.len -= 1;
         }
     }
+
+    fn remove_tenant(&mut self, tenant: TenantId) {
+        if let Some(keys) = self.by_tenant.remove(&tenant) {
+            self.len -= keys.len();
+        }
+    }
 }
 
 /// What one [`Keyring::rewrap`] of a tenant did.
@@ -552,6 +558,11 @@ impl Keyring {
     /// by the caller, with the rest of the subject's data).
     pub fn forget(&self, tenant: TenantId, subject_digest: &str) {
         self.cache.lock().unwrap_or_else(|e| e.into_inner()).remove(tenant, subject_digest);
+    }
+
+    /// Drops every data key of `tenant` this process holds unwrapped (its offboarding).
+    pub fn forget_tenant(&self, tenant: TenantId) {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).remove_tenant(tenant);
     }
 
     /// The subject's data key: from memory, else unwrapped from Redis, else — when `create`

@@ -232,3 +232,62 @@ pub async fn read_to_end(
     }
     Ok(records)
 }
+
+/// Checks the receipt's signature against the published public key of its version.
+#[allow(dead_code)]
+pub async fn verify_receipt(
+    platform: &nudge_test_support::Platform,
+    receipt: &serde_json::Value,
+) -> anyhow::Result<()> {
+    use base64::Engine as _;
+    let keys: serde_json::Value = platform
+        .http
+        .get(format!("{}/v1/erasure-receipts/keys", platform.control_plane_url))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(keys["algorithm"], "ed25519");
+    let version = receipt["key_version"].as_u64().expect("a key version").to_string();
+    let public = base64::engine::general_purpose::STANDARD
+        .decode(keys["public_keys"][&version].as_str().expect("the version's public key"))?;
+    let signature = nudge_platform_vault::signature_bytes(receipt["signature"].as_str().expect("a signature"))
+        .expect("a vault signature");
+    let text = receipt["receipt"].as_str().expect("the receipt text");
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &public)
+        .verify(text.as_bytes(), &signature)
+        .map_err(|_| anyhow::anyhow!("the receipt's signature does not verify"))?;
+    let mut tampered = text.replace("\"erased\"", "\"nothing_found\"");
+    tampered.push(' ');
+    assert!(
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &public)
+            .verify(tampered.as_bytes(), &signature)
+            .is_err(),
+        "an altered receipt does not verify"
+    );
+    Ok(())
+}
+
+/// Whether any record's key or value contains `needle`.
+#[allow(dead_code)]
+pub fn contains(records: &[TopicRecord], needle: &[u8]) -> bool {
+    let has = |hay: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+    records.iter().any(|(_, k, v)| has(k) || v.as_deref().is_some_and(has))
+}
+
+/// Every record on the cell's topics that hold shopper records, as of now.
+#[allow(dead_code)]
+pub async fn stream_records(platform: &nudge_test_support::Platform) -> anyhow::Result<Vec<TopicRecord>> {
+    read_to_end(
+        platform,
+        &[
+            nudge_contracts::Topic::EventsRaw,
+            nudge_contracts::Topic::EventsValidated,
+            nudge_contracts::Topic::EventsDlq,
+            nudge_contracts::Topic::Features,
+            nudge_contracts::Topic::Predictions,
+            nudge_contracts::Topic::InterventionCommands,
+        ],
+    )
+    .await
+}

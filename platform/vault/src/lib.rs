@@ -264,6 +264,29 @@ impl Vault {
     }
 }
 
+impl Vault {
+    /// Deletes encryption key `name` and every version of it, so nothing it ever wrapped
+    /// can be unwrapped again; whether it existed. The vault refuses to delete a key unless
+    /// its configuration allows it, which this sets first.
+    pub async fn delete_key(&self, name: &str) -> Result<bool, VaultError> {
+        let allowed = transit::key::update(
+            self.client.as_ref(),
+            &self.mount,
+            name,
+            Some(UpdateKeyConfigurationRequest::builder().deletion_allowed(true)),
+        )
+        .await
+        .map_err(classify);
+        match allowed {
+            Ok(()) => {}
+            Err(VaultError::NotFound(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        transit::key::delete(self.client.as_ref(), &self.mount, name).await.map_err(classify)?;
+        Ok(true)
+    }
+}
+
 /// The raw signature bytes of a vault signature (`vault:v<n>:<base64>`).
 pub fn signature_bytes(signature: &str) -> Option<Vec<u8>> {
     let encoded = signature.strip_prefix("vault:v")?.split_once(':')?.1;

@@ -73,12 +73,12 @@ where
     }
 }
 
-fn parse_tenant(raw: &str) -> Result<TenantId, ApiError> {
+pub(super) fn parse_tenant(raw: &str) -> Result<TenantId, ApiError> {
     // A malformed id names no tenant: the same answer as an unknown one.
     raw.parse().map_err(|_| ApiError::not_found())
 }
 
-fn lifecycle_error(e: LifecycleError) -> ApiError {
+pub(super) fn lifecycle_error(e: LifecycleError) -> ApiError {
     match e {
         LifecycleError::NotFound => ApiError::not_found(),
         LifecycleError::Invalid(invalid) => {
@@ -86,6 +86,8 @@ fn lifecycle_error(e: LifecycleError) -> ApiError {
                 json!({ "current_state": invalid.current.as_str(), "requested_state": invalid.requested.as_str() }),
             )
         }
+        LifecycleError::DeletedByPurge => ApiError::new(StatusCode::CONFLICT, "deleted_by_offboarding", e.to_string()),
+        LifecycleError::PurgeStarted => ApiError::new(StatusCode::CONFLICT, "purge_started", e.to_string()),
         LifecycleError::Db(db) => db_error(db),
     }
 }
@@ -99,7 +101,7 @@ fn lifecycle_error(e: LifecycleError) -> ApiError {
         (status = 200, description = "the tenant's state now", body = TransitionResponse),
         (status = 401, description = "`invalid_operator_token`", body = ErrorBody),
         (status = 404, description = "`not_found`", body = ErrorBody),
-        (status = 409, description = "`invalid_transition`, naming the current state", body = ErrorBody),
+        (status = 409, description = "`invalid_transition`, naming the current state; `deleted_by_offboarding` (a store is deleted only by its offboarding's purge); `purge_started` (too late to cancel an offboarding)", body = ErrorBody),
         (status = 422, description = "`invalid_fields`", body = ErrorBody),
     ))]
 #[tracing::instrument(skip_all, fields(tenant_id = %tenant_id))]
@@ -126,10 +128,18 @@ async fn transition(
     }
     let to = to.ok_or_else(ApiError::not_found)?;
     let trace = current_trace().map(|t| t.to_header());
-    let done =
-        lifecycle::transition(&state.router, &state.topics, tenant, to, &Actor::Operator(operator.0), reason, trace)
-            .await
-            .map_err(lifecycle_error)?;
+    let done = lifecycle::transition(
+        &state.router,
+        &state.topics,
+        tenant,
+        to,
+        &Actor::Operator(operator.0),
+        reason,
+        state.offboarding_grace,
+        trace,
+    )
+    .await
+    .map_err(lifecycle_error)?;
     if done.changed {
         state.wake_outbox();
     }

@@ -10,7 +10,7 @@ use axum::{
 };
 use nudge_contracts::control::{
     ErasureAuditView, ErasureList, ErasureReceiptView, ErasureRequestBody, ErasureStepView, ErasureView, LegalHoldList,
-    LegalHoldRequest, LegalHoldView, ReceiptKeysView,
+    LegalHoldRequest, LegalHoldView, ReceiptKeysView, ShopperRecordsView, SuppressionView,
 };
 use nudge_control_plane::erasure::{self, ErasureError, ErasureRequest, LegalHold};
 use nudge_platform_http::{ApiError, ErrorBody, current_trace};
@@ -30,6 +30,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_holds, place_hold))
         .routes(routes!(release_hold))
         .routes(routes!(receipt_keys))
+        .routes(routes!(export_shopper))
 }
 
 fn time(t: chrono::DateTime<chrono::Utc>) -> String {
@@ -92,6 +93,7 @@ pub(super) fn erasure_error(e: ErasureError) -> ApiError {
         ErasureError::Db(db) => db_error(db),
         ErasureError::NotFound => ApiError::not_found(),
         ErasureError::Vault(v) => vault_error(v),
+        e @ ErasureError::Dedicated(_) => ApiError::internal(&e),
         ErasureError::LegalHold { hold_id, name } => ApiError::new(
             StatusCode::CONFLICT,
             "legal_hold",
@@ -288,5 +290,53 @@ async fn receipt_keys(State(state): State<AppState>) -> Result<Json<ReceiptKeysV
         signing_key: state.receipts.key().to_owned(),
         algorithm: "ed25519".into(),
         public_keys: keys.into_iter().map(|(v, k)| (v.to_string(), k)).collect(),
+    }))
+}
+
+/// What the control plane keeps about one of the store's shoppers, for their access or
+/// portability request (owners and admins): their suppression, erasure requests and legal
+/// holds. What the store's cell keeps about them (their behaviour data) is the cell's
+/// export, named in `cell_export`; the two together are everything Nudge stores about them.
+#[utoipa::path(get, path = "/v1/tenants/{tenant_id}/shoppers/{shopper_id}/export", tag = "privacy",
+    params(("tenant_id" = String, Path), ("shopper_id" = String, Path)), security(("access_token" = [])),
+    responses(
+        (status = 200, body = ShopperRecordsView),
+        (status = 403, description = "`forbidden`: owners and admins only", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 422, description = "`invalid_fields`: not a shopper id", body = ErrorBody),
+    ))]
+#[tracing::instrument(skip_all, fields(tenant_id))]
+async fn export_shopper(
+    State(state): State<AppState>,
+    merchant: Merchant,
+    Path((tenant_id, shopper_id)): Path<(String, String)>,
+) -> Result<Json<ShopperRecordsView>, ApiError> {
+    let tenant = merchant.tenant(&tenant_id)?;
+    merchant.require(merchant.role().manages_keys())?;
+    let shopper = shopper_of(&shopper_id)?;
+    let digest = nudge_contracts::subject_digest(tenant.as_uuid(), &shopper);
+    let records = erasure::subject_records(&state.router, tenant, &digest).await.map_err(erasure_error)?;
+    let cell_url = nudge_control_plane::placement::cell_url_of(&state.router, tenant).await.map_err(db_error)?;
+    Ok(Json(ShopperRecordsView {
+        tenant_id: tenant.to_string(),
+        shopper_id: shopper.as_str().to_owned(),
+        subject_digest: digest,
+        exported_at: time(chrono::Utc::now()),
+        suppression: records.suppression.map(|s| SuppressionView {
+            subject_digest: s.subject_digest,
+            shopper_id: s.shopper_id,
+            reason: s.reason,
+            created_at: time(s.created_at),
+        }),
+        erasure_requests: records.requests.into_iter().map(view).collect(),
+        legal_holds: records.holds.into_iter().map(hold_view).collect(),
+        cell_export: match cell_url {
+            Some(url) => format!(
+                "GET {}/v1/shoppers/{}/export with a secret key with the shoppers:export scope",
+                url.trim_end_matches('/'),
+                shopper.as_str()
+            ),
+            None => "the store has no cell: it keeps no behaviour data".to_owned(),
+        },
     }))
 }

@@ -5,6 +5,7 @@ pub mod erasures;
 pub mod error;
 pub mod merchant;
 pub mod models;
+pub mod offboarding;
 pub mod sessions;
 pub mod store;
 pub mod tenants;
@@ -21,4 +22,5 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(erasures::router())
         .merge(admin::router())
         .merge(models::router())
+        .merge(offboarding::router())
 }
