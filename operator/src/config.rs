@@ -15,7 +15,29 @@ pub struct OperatorConfig {
     pub platform: Platform,
     pub dedicated: DedicatedTemplate,
     pub leader: LeaderConfig,
+    /// Where `ErasureRequest`s are filed.
+    pub control_plane: ControlPlaneConfig,
     pub log: LogConfig,
+}
+
+/// The control plane's admin API, which `ErasureRequest`s are filed with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ControlPlaneConfig {
+    /// Its base URL inside the cluster.
+    pub url: String,
+    /// An operator token the control plane accepts (its `admin.tokens`); erasure resources
+    /// are refused with `NotConfigured` without one. Set it from a Secret:
+    /// `NUDGE_OPERATOR__CONTROL_PLANE__TOKEN`.
+    pub token: Option<secrecy::SecretString>,
+    /// How long one call may take.
+    pub timeout_ms: u64,
+}
+
+impl Default for ControlPlaneConfig {
+    fn default() -> Self {
+        Self { url: "http://nudge-control-plane.nudge-system.svc".into(), token: None, timeout_ms: 5000 }
+    }
 }
 
 impl Default for OperatorConfig {
@@ -25,6 +47,7 @@ impl Default for OperatorConfig {
             platform: Platform::default(),
             dedicated: DedicatedTemplate::default(),
             leader: LeaderConfig::default(),
+            control_plane: ControlPlaneConfig::default(),
             log: LogConfig { format: LogFormat::Json, filter: "info".into() },
         }
     }
@@ -69,6 +92,12 @@ impl Validate for OperatorConfig {
         }
         if self.leader.duration_secs < 3 {
             return Err("leader.duration_secs must be at least 3".into());
+        }
+        if !(self.control_plane.url.starts_with("http://") || self.control_plane.url.starts_with("https://")) {
+            return Err("control_plane.url must be an http(s) URL".into());
+        }
+        if self.control_plane.timeout_ms == 0 {
+            return Err("control_plane.timeout_ms must be positive".into());
         }
         if self.dedicated.version.trim().is_empty() {
             return Err("dedicated.version must name the release dedicated cells run".into());

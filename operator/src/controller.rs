@@ -1,4 +1,4 @@
-//! The controllers: one for Cells, one for Tenants, run by the elected leader.
+//! The controllers: one each for Cells, Tenants and ErasureRequests, run by the elected leader.
 
 use std::{collections::HashMap, sync::Arc, sync::Mutex, time::Duration};
 
@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     cell,
     config::OperatorConfig,
-    crd::{Cell, Tenant},
+    crd::{Cell, ErasureRequest, Tenant},
+    erasure,
     lease::LeaderElection,
     tenant,
 };
@@ -27,13 +28,19 @@ use crate::{
 pub struct Context {
     pub client: Client,
     pub config: OperatorConfig,
+    /// Where erasure requests are filed; `None` without an operator token.
+    pub control_plane: Option<crate::erasure::ControlPlane>,
     /// Consecutive failures per object, for the backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
     pub fn new(client: Client, config: OperatorConfig) -> Self {
-        Self { client, config, failures: Mutex::new(HashMap::new()) }
+        let control_plane = crate::erasure::ControlPlane::new(&config.control_plane).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "the control plane's client could not be built; erasure resources wait");
+            None
+        });
+        Self { client, config, control_plane, failures: Mutex::new(HashMap::new()) }
     }
 
     fn failed(&self, key: String) -> u32 {
@@ -54,6 +61,8 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("the resource has no namespace")]
     NotNamespaced,
+    #[error("control plane: {0}")]
+    ControlPlane(String),
 }
 
 /// The first retry after a failure; each further failure doubles it, up to [`MAX_BACKOFF`].
@@ -89,6 +98,13 @@ pub async fn reconcile_cell(cell: Arc<Cell>, ctx: Arc<Context>) -> Result<Action
 pub async fn reconcile_tenant(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Error> {
     let key = key("Tenant", tenant.as_ref());
     let action = tenant::reconcile(tenant, ctx.clone()).await?;
+    ctx.succeeded(&key);
+    Ok(action)
+}
+
+pub async fn reconcile_erasure(er: Arc<ErasureRequest>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let key = key("ErasureRequest", er.as_ref());
+    let action = erasure::reconcile(er, ctx.clone()).await?;
     ctx.succeeded(&key);
     Ok(action)
 }
@@ -148,11 +164,15 @@ pub async fn run(client: Client, config: OperatorConfig, shutdown: CancellationT
             c.labels().get("nudge.dev/tenant").map(|t| ObjectRef::<Tenant>::new(t).within(&ns))
         })
         .graceful_shutdown_on(stop.clone().cancelled_owned())
-        .run(reconcile_tenant, error_policy::<Tenant>("Tenant"), ctx)
+        .run(reconcile_tenant, error_policy::<Tenant>("Tenant"), ctx.clone())
+        .for_each(|_| async {});
+    let erasures = Controller::new(api::<ErasureRequest>(&client, namespace.as_deref()), watcher::Config::default())
+        .graceful_shutdown_on(stop.clone().cancelled_owned())
+        .run(reconcile_erasure, error_policy::<ErasureRequest>("ErasureRequest"), ctx)
         .for_each(|_| async {});
 
     let outcome = tokio::select! {
-        _ = async { tokio::join!(cells, tenants) } => Ok(()),
+        _ = async { tokio::join!(cells, tenants, erasures) } => Ok(()),
         () = election.hold() => {
             stop.cancel();
             Err(anyhow::anyhow!("lost the operator lease; exiting so only one replica reconciles"))

@@ -269,3 +269,82 @@ impl TenantSpec {
         }
     }
 }
+
+/// An erasure a platform operator asks for with `kubectl`: one shopper of a store, named by
+/// subject digest (`nudge erasure digest`; a shopper id never goes into a resource), or the
+/// whole store (its offboarding: a grace period, then its purge). The operator files it with
+/// the control plane, which tracks, carries out and signs it; the status mirrors it.
+/// Deleting the resource undoes nothing.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "nudge.dev",
+    version = "v1alpha1",
+    kind = "ErasureRequest",
+    namespaced,
+    shortname = "er",
+    category = "nudge",
+    status = "ErasureRequestStatus",
+    printcolumn = r#"{"name": "Tenant", "type": "string", "jsonPath": ".spec.tenantId"}"#,
+    printcolumn = r#"{"name": "Scope", "type": "string", "jsonPath": ".status.scope"}"#,
+    printcolumn = r#"{"name": "Phase", "type": "string", "jsonPath": ".status.phase"}"#,
+    printcolumn = r#"{"name": "Request", "type": "string", "jsonPath": ".status.requestId"}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ErasureRequestSpec {
+    /// The store (`tnt_…`).
+    pub tenant_id: String,
+    /// The shopper's subject digest (64 lowercase hex digits); absent with `wholeTenant`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_digest: Option<String>,
+    /// Erase the whole store: its offboarding.
+    #[serde(default)]
+    pub whole_tenant: bool,
+    /// With `wholeTenant`: days before the purge (0-90); the platform's grace period when
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_days: Option<u32>,
+    /// Why, for the store's audit log (1-1000 characters).
+    pub reason: String,
+}
+
+/// The erasure as the control plane tracks it.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ErasureRequestStatus {
+    /// `Ready` (completed), `Progressing`, `Degraded` (refused, or the control plane
+    /// unreachable), each with a reason and a message.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `InProgress`, `GracePeriod` (a store's offboarding before its purge), `Completed`,
+    /// `Refused` (a legal hold, an unknown store, an invalid spec).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// `shopper` or `tenant`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// The control plane's erasure request (for a store: its purge, once started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// Every store the request erases from, with its status (`pending`, `erased`,
+    /// `nothing_found`).
+    #[serde(default)]
+    pub stores: Vec<ErasedStore>,
+    /// A store's offboarding: when its purge starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purge_after: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<String>,
+    /// Where the signed receipt is, on the control plane's API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ErasedStore {
+    pub store: String,
+    pub status: String,
+}

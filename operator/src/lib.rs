@@ -4,13 +4,14 @@
 //!
 //! A reconcile runs `dereference → validate → build → apply → update status`:
 //!
-//! - [`crd`]: the `Cell` and `Tenant` custom resources.
+//! - [`crd`]: the `Cell`, `Tenant` and `ErasureRequest` custom resources.
 //! - [`build`]: `validate` and `build` of a Cell, pure: the children a cell needs, each
 //!   owned by it.
 //! - [`apply`]: server-side apply of what differs, deletion of what is no longer built.
 //! - [`status`]: conditions, the pause annotation, the finalizer.
 //! - [`cell`], [`tenant`]: the two reconciles (a tenant's includes placement and its
 //!   dedicated cell).
+//! - [`erasure`]: `ErasureRequest`s, filed with the control plane and followed to completion.
 //! - [`lease`]: leader election, so one replica reconciles.
 //! - [`controller`]: the controllers, backoff, and the leader's run loop.
 //! - [`config`]: the operator's configuration.
@@ -22,6 +23,7 @@ pub mod cell;
 pub mod config;
 pub mod controller;
 pub mod crd;
+pub mod erasure;
 pub mod lease;
 pub mod status;
 pub mod tenant;
@@ -48,7 +50,7 @@ pub fn render_platform_topics() -> anyhow::Result<String> {
 
 /// Each CRD's file name in `deploy/crds/` and its YAML.
 pub fn render() -> anyhow::Result<Vec<(String, String)>> {
-    [crd::Cell::crd(), crd::Tenant::crd()]
+    [crd::Cell::crd(), crd::Tenant::crd(), crd::ErasureRequest::crd()]
         .into_iter()
         .map(|crd| {
             let name = format!("{}.yaml", crd.metadata.name.clone().unwrap_or_default());

@@ -106,7 +106,11 @@ fn check(schema: &Value, value: &Value, at: &str, errors: &mut Vec<String>) {
 }
 
 fn crd_schema(kind: &str) -> Value {
-    let file = if kind == "Cell" { "cells.nudge.dev.yaml" } else { "tenants.nudge.dev.yaml" };
+    let file = match kind {
+        "Cell" => "cells.nudge.dev.yaml",
+        "ErasureRequest" => "erasurerequests.nudge.dev.yaml",
+        _ => "tenants.nudge.dev.yaml",
+    };
     let crd = documents(&deploy().join("crds").join(file)).remove(0);
     crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
 }
@@ -128,7 +132,9 @@ fn every_manifest_of_the_kustomization_is_a_valid_object() {
     let kustomization = documents(&deploy().join("kustomization.yaml")).remove(0);
     let resources: Vec<&str> =
         kustomization["resources"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
-    assert!(resources.contains(&"crds/cells.nudge.dev.yaml") && resources.contains(&"crds/tenants.nudge.dev.yaml"));
+    for crd in ["crds/cells.nudge.dev.yaml", "crds/tenants.nudge.dev.yaml", "crds/erasurerequests.nudge.dev.yaml"] {
+        assert!(resources.contains(&crd), "the kustomization installs {crd}");
+    }
     let mut seen = 0;
     for resource in resources {
         for doc in documents(&deploy().join(resource)) {
@@ -194,6 +200,10 @@ fn the_examples_validate_against_the_crds_and_the_operators_checks() {
                     let tenant: crd::Tenant = serde_json::from_value(doc).unwrap();
                     nudge_operator::tenant::validate(&tenant).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
                 }
+                "ErasureRequest" => {
+                    let erasure: crd::ErasureRequest = serde_json::from_value(doc).unwrap();
+                    nudge_operator::erasure::check(&erasure).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                }
                 other => panic!("{}: unexpected kind {other}", path.display()),
             }
         }
@@ -252,9 +262,13 @@ fn the_roles_cover_every_write_and_no_more_than_that() {
             assert!(allows(&kind.group, &kind.plural, verb), "{verb} {}/{}", kind.group, kind.plural);
         }
     }
-    for resource in ["cells", "tenants", "cells/status", "tenants/status"] {
+    for resource in ["cells", "tenants", "cells/status", "tenants/status", "erasurerequests/status"] {
         assert!(allows(crd::GROUP, resource, "patch"), "patch {resource}");
     }
+    for verb in ["get", "list", "watch"] {
+        assert!(allows(crd::GROUP, "erasurerequests", verb), "{verb} erasurerequests");
+    }
+    assert!(!allows(crd::GROUP, "erasurerequests", "patch"), "an erasure's spec is the operator's (people's) own");
     assert!(allows(crd::GROUP, "cells", "create"), "a dedicated tenant's cell is created");
     assert!(allows(crd::GROUP, "cells", "delete"), "a deleted dedicated tenant deletes its cell");
     assert!(!allows(crd::GROUP, "tenants", "delete"), "tenants are the control plane's to delete");
@@ -283,5 +297,6 @@ fn the_operator_configuration_file_loads() {
     let defaults = OperatorConfig::default();
     assert_eq!(config.platform, defaults.platform, "the file documents the defaults");
     assert_eq!(config.dedicated, defaults.dedicated);
+    assert_eq!(config.control_plane.url, defaults.control_plane.url);
     assert_eq!(config.namespace.as_deref(), Some("nudge"));
 }
