@@ -167,15 +167,25 @@ impl Purger {
         let mut databases = vec![None];
         databases.extend(self.router.dedicated_databases().await?.into_iter().map(Some));
         for database in databases {
-            let db = match &database {
-                None => self.router.registry().clone(),
-                Some(name) => self.router.pool_for(name)?,
+            // One database that cannot be read holds up no other's stores.
+            let listed = async {
+                let db = match &database {
+                    None => self.router.registry().clone(),
+                    Some(name) => self.router.pool_for(name)?,
+                };
+                let mut tx = db.platform_tx().await?;
+                let ids: Vec<Uuid> =
+                    sqlx::query_scalar("SELECT nudge_offboardings_due($1)").bind(now).fetch_all(&mut *tx).await?;
+                tx.commit().await?;
+                Ok::<_, DbError>(ids)
             };
-            let mut tx = db.platform_tx().await?;
-            let ids: Vec<Uuid> =
-                sqlx::query_scalar("SELECT nudge_offboardings_due($1)").bind(now).fetch_all(&mut *tx).await?;
-            tx.commit().await?;
-            due.extend(ids.into_iter().map(TenantId::from_uuid));
+            match listed.await {
+                Ok(ids) => due.extend(ids.into_iter().map(TenantId::from_uuid)),
+                Err(e) if database.is_none() => return Err(e),
+                Err(e) => {
+                    tracing::warn!(database = database.as_deref().unwrap_or_default(), error = %e, "stores due for their purge could not be listed in a dedicated database");
+                }
+            }
         }
         let mut swept = Swept::default();
         for tenant in due {

@@ -301,3 +301,34 @@ async fn an_offboarded_store_is_purged_whole_after_its_grace_period_and_deleted_
     assert!(opened >= 6 && unreadable == 0, "B's records open: {opened}, {unreadable}");
     platform.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_never_sealed_a_record_is_purged_too() -> anyhow::Result<()> {
+    let platform = Platform::start().await?;
+    let store = platform.sign_up_ready("Quiet Store", ORIGIN).await?;
+    let admin = format!("{}/v1/admin/tenants/{}/offboarding", platform.control_plane_url, store.tenant_id);
+    let (status, body) = call(
+        platform
+            .http
+            .post(&admin)
+            .bearer_auth(OPERATOR_TOKEN)
+            .json(&json!({ "reason": "never used", "grace_days": 0 })),
+    )
+    .await?;
+    assert_eq!(status, 202, "{body}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let done = loop {
+        let (_, body) = call(platform.http.get(&admin).bearer_auth(OPERATOR_TOKEN)).await?;
+        if body["state"] == "deleted" {
+            break body;
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "not purged within 60 s: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // No Transit key was ever made for it: nothing to delete, and the purge goes on.
+    let vault = done["purge"]["steps"].as_array().and_then(|s| s.iter().find(|s| s["store"] == "vault")).cloned();
+    let vault = vault.expect("the vault's step");
+    assert_eq!((vault["status"].as_str(), &vault["removed"]["transit.key"]), (Some("nothing_found"), &json!(0)));
+    assert_eq!(done["purge"]["status"], "completed", "{done}");
+    platform.shutdown().await
+}

@@ -269,19 +269,21 @@ impl Vault {
     /// can be unwrapped again; whether it existed. The vault refuses to delete a key unless
     /// its configuration allows it, which this sets first.
     pub async fn delete_key(&self, name: &str) -> Result<bool, VaultError> {
-        let allowed = transit::key::update(
+        // The vault answers a configuration change of a missing key with a bad request, not
+        // 404: ask first.
+        match transit::key::read(self.client.as_ref(), &self.mount, name).await.map_err(classify) {
+            Ok(_) => {}
+            Err(VaultError::NotFound(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        transit::key::update(
             self.client.as_ref(),
             &self.mount,
             name,
             Some(UpdateKeyConfigurationRequest::builder().deletion_allowed(true)),
         )
         .await
-        .map_err(classify);
-        match allowed {
-            Ok(()) => {}
-            Err(VaultError::NotFound(_)) => return Ok(false),
-            Err(e) => return Err(e),
-        }
+        .map_err(classify)?;
         transit::key::delete(self.client.as_ref(), &self.mount, name).await.map_err(classify)?;
         Ok(true)
     }
