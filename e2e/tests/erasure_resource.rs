@@ -151,6 +151,20 @@ async fn an_erasure_resource_is_filed_with_the_control_plane_and_followed_to_its
     // Asked again, the grace period stands.
     let (_, again) = reconcile(&fake, &ctx, "offboard").await?;
     assert_eq!(again["purgeAfter"], status["purgeAfter"]);
+    // Cancelled during the grace period: the resource says so and does not file it again.
+    let cancelled = platform.transition(&leaving.tenant_id, "active", "merchant stays").await?;
+    assert_eq!(cancelled.status(), 200);
+    let (action, status) = reconcile(&fake, &ctx, "offboard").await?;
+    assert_eq!((action, status["phase"].as_str()), (Action::await_change(), Some("Cancelled")), "{status}");
+    let view: Value = platform
+        .http
+        .get(format!("{}/v1/admin/tenants/{}/offboarding", platform.control_plane_url, leaving.tenant_id))
+        .bearer_auth(OPERATOR_TOKEN)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(view["state"], "active", "not offboarded again: {view}");
 
     // Without a token the operator says so.
     let unconfigured = Arc::new(Context::new(fake.client(), OperatorConfig::default()));

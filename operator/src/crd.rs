@@ -319,7 +319,9 @@ pub struct ErasureRequestStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// `InProgress`, `GracePeriod` (a store's offboarding before its purge), `Completed`,
-    /// `Refused` (a legal hold, an unknown store, an invalid spec).
+    /// `Refused` (a legal hold, an unknown store, an invalid spec), `Cancelled` (the store's
+    /// offboarding was cancelled during its grace period; not filed again until the spec
+    /// changes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
     /// `shopper` or `tenant`.

@@ -160,6 +160,7 @@ async fn file(
     cp: &ControlPlane,
     target: &Target<'_>,
     reason: &str,
+    filed_before: bool,
 ) -> Result<Result<(ErasureRequestStatus, &'static str), String>, Error> {
     let decode = |what: &str, e: serde_json::Error| Error::ControlPlane(format!("an unexpected {what}: {e}"));
     match *target {
@@ -183,6 +184,10 @@ async fn file(
             };
             let view = if matches!(current.state.as_str(), "offboarding" | "deleted") {
                 current
+            } else if filed_before {
+                // Filed, then cancelled (the store's owner changed their mind): not filed again.
+                let status = ErasureRequestStatus { scope: Some("tenant".into()), ..Default::default() };
+                return Ok(Ok((status, "Cancelled")));
             } else {
                 let mut body = json!({ "reason": reason });
                 if let Some(days) = grace_days {
@@ -216,15 +221,22 @@ pub async fn reconcile(er: Arc<ErasureRequest>, ctx: Arc<Context>) -> Result<Act
         ];
         (status, "Refused", observed)
     };
+    // A store's offboarding this resource filed (and its observed generation asked for).
+    let filed_before = er.metadata.generation == previous.observed_generation
+        && matches!(previous.phase.as_deref(), Some("GracePeriod" | "InProgress" | "Cancelled"));
     let (next, phase, observed) = match validate(&er) {
         Err(why) => refused(why, "InvalidSpec"),
         Ok(target) => match &ctx.control_plane {
             None => refused("the operator has no control_plane.token to file erasures with".into(), "NotConfigured"),
-            Some(cp) => match file(cp, &target, er.spec.reason.trim()).await {
+            Some(cp) => match file(cp, &target, er.spec.reason.trim(), filed_before).await {
                 Ok(Ok((status, phase))) => {
                     let done = phase == "Completed";
+                    let going = !matches!(phase, "Completed" | "Cancelled");
                     let message = match phase {
                         "Completed" => "erased; the signed receipt is at status.receipt".to_owned(),
+                        "Cancelled" => {
+                            "the store's offboarding was cancelled; change the spec to file again".to_owned()
+                        }
                         "GracePeriod" => format!(
                             "the store is offboarding; its purge starts after {}",
                             status.purge_after.as_deref().unwrap_or("its grace period")
@@ -242,7 +254,7 @@ pub async fn reconcile(er: Arc<ErasureRequest>, ctx: Arc<Context>) -> Result<Act
                     };
                     let observed = [
                         Observed::new("Ready", done, phase, message.clone()),
-                        Observed::new("Progressing", !done, phase, if done { String::new() } else { message }),
+                        Observed::new("Progressing", going, phase, if going { message } else { String::new() }),
                         Observed::new("Degraded", false, phase, ""),
                     ];
                     (status, phase, observed)
@@ -264,7 +276,7 @@ pub async fn reconcile(er: Arc<ErasureRequest>, ctx: Arc<Context>) -> Result<Act
     };
     write_status(&api, &er, next, phase, &observed).await?;
     Ok(match phase {
-        "Completed" | "Refused" => Action::await_change(),
+        "Completed" | "Refused" | "Cancelled" => Action::await_change(),
         _ => Action::requeue(FOLLOW),
     })
 }
