@@ -236,9 +236,31 @@ pub async fn return_and_drop(router: &TenantRouter, tenant: TenantId, name: &str
     .execute(&mut *fence)
     .await?;
     fence.commit().await?;
-    drain_outbox(&mut source, tenant).await?;
-    let mut target = owner_conn(&main_opts, tenant).await?;
-    let copied = copy_rows(&mut source, &mut target, tenant).await?;
+    // If the copy fails the fence is lifted again, so the store stays readable where it is
+    // and the next attempt starts afresh.
+    let copy = async {
+        drain_outbox(&mut source, tenant).await?;
+        let mut target = owner_conn(&main_opts, tenant).await?;
+        let copied = copy_rows(&mut source, &mut target, tenant).await?;
+        Ok::<_, MoveError>((target, copied))
+    };
+    let (mut target, copied) = match copy.await {
+        Ok(done) => done,
+        Err(e) => {
+            let lifted = async {
+                let mut conn = owner_conn(&dedicated_opts, tenant).await?;
+                sqlx::query("DELETE FROM tenant_fences WHERE tenant_id = $1")
+                    .bind(tenant.as_uuid())
+                    .execute(&mut conn)
+                    .await?;
+                Ok::<_, MoveError>(())
+            };
+            if let Err(lift) = lifted.await {
+                tracing::error!(tenant_id = %tenant, error = %lift, "lifting the fence after a failed return failed; the next attempt lifts it");
+            }
+            return Err(e);
+        }
+    };
     source.close().await?;
 
     // The flip: the registry routes the store to the main database again, whose fence (left
@@ -261,6 +283,22 @@ pub async fn return_and_drop(router: &TenantRouter, tenant: TenantId, name: &str
     target.close().await?;
     tracing::info!(tenant_id = %tenant, database = %name, "dedicated database dropped");
     Ok(dropped)
+}
+
+/// Lifts the fence an interrupted [`return_and_drop`] left in `tenant`'s dedicated database
+/// (a process that died mid-copy), so the purge can start the return again; whether there
+/// was one. A move's fence (in the main database, towards the dedicated one) is not touched.
+pub async fn lift_return_fence(router: &TenantRouter, tenant: TenantId) -> Result<bool, MoveError> {
+    let Some(name) = router.database_of(tenant).await? else { return Ok(false) };
+    let options = router.config().dedicated_owner_options(&name).map_err(MoveError::Config)?;
+    let mut conn = owner_conn(&options, tenant).await?;
+    let lifted = sqlx::query("DELETE FROM tenant_fences WHERE tenant_id = $1 AND moved_to = 'main'")
+        .bind(tenant.as_uuid())
+        .execute(&mut conn)
+        .await?
+        .rows_affected();
+    conn.close().await?;
+    Ok(lifted > 0)
 }
 
 /// Drops database `name` if it exists, ending the sessions still open on it (the relay's,

@@ -151,13 +151,16 @@ pub async fn transition_in(
                         offboarding_requested_by = CASE WHEN $2 = 'offboarding' THEN $3
                                                         WHEN $2 = 'deleted' THEN offboarding_requested_by END,
                         purge_after = CASE WHEN $2 = 'offboarding' THEN now() + make_interval(secs => $4)
-                                           WHEN $2 = 'deleted' THEN purge_after END
+                                           WHEN $2 = 'deleted' THEN purge_after END,
+                        offboarding_from = CASE WHEN $2 = 'offboarding' THEN $5
+                                                WHEN $2 = 'deleted' THEN offboarding_from END
                  WHERE tenant_id = $1",
             )
             .bind(tenant.as_uuid())
             .bind(to.as_str())
             .bind(actor.to_string())
             .bind(grace.num_milliseconds() as f64 / 1000.0)
+            .bind(from.as_str())
             .execute(&mut **tx)
             .await?;
             record(tx, tenant, actor, Some(from), to, reason).await?;

@@ -47,6 +47,10 @@ use crate::{
 /// The actor the purge's audit entries name.
 const ACTOR: &str = "system:offboarding";
 
+/// Mixed into a store's lock key for its purge lock (a session-level advisory lock in the
+/// main database), so it never meets the store's own transaction lock.
+const PURGE_LOCK: i64 = 0x7075_7267_6500_0000;
+
 /// Where a store's offboarding stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Offboarding {
@@ -83,35 +87,38 @@ pub async fn status(router: &TenantRouter, tenant: TenantId) -> Result<Offboardi
     })
 }
 
-/// Cancels `tenant`'s offboarding during its grace period: it is active again.
-/// `Invalid` (naming the current state) when it is not offboarding; `PurgeStarted` once
-/// the purge has begun.
+/// Cancels `tenant`'s offboarding before its purge is filed: it goes back to the state it
+/// left (a suspended store stays suspended), which it answers. `Invalid` (naming the current
+/// state) when it is not offboarding; `PurgeStarted` once the purge has been filed.
 pub async fn cancel(
     router: &TenantRouter,
     topics: &Topics,
     tenant: TenantId,
     actor: &nudge_tenants::Actor,
     traceparent: Option<String>,
-) -> Result<(), crate::lifecycle::LifecycleError> {
+) -> Result<nudge_tenants::TenantState, crate::lifecycle::LifecycleError> {
     use nudge_tenants::TenantState;
     let mut tx = router.tenant_tx(tenant).await?;
-    let current: Option<String> = sqlx::query_scalar("SELECT state FROM tenants WHERE tenant_id = $1 FOR UPDATE")
+    let row = sqlx::query("SELECT state, offboarding_from FROM tenants WHERE tenant_id = $1 FOR UPDATE")
         .bind(tenant.as_uuid())
         .fetch_optional(&mut *tx)
-        .await?;
-    let current = current
-        .as_deref()
-        .map(|s| TenantState::parse(s).ok_or_else(|| sqlx::Error::Decode(format!("unknown tenant state {s}").into())))
-        .transpose()?
+        .await?
         .ok_or(crate::lifecycle::LifecycleError::NotFound)?;
+    let parse =
+        |s: &str| TenantState::parse(s).ok_or_else(|| sqlx::Error::Decode(format!("unknown tenant state {s}").into()));
+    let current = parse(&row.try_get::<String, _>("state")?)?;
     if current != TenantState::Offboarding {
         return Err(nudge_tenants::InvalidTransition { current, requested: TenantState::Active }.into());
     }
+    let back = match row.try_get::<Option<String>, _>("offboarding_from")? {
+        Some(from) => parse(&from)?,
+        None => TenantState::Active,
+    };
     crate::lifecycle::transition_in(
         &mut tx,
         topics,
         tenant,
-        TenantState::Active,
+        back,
         actor,
         "offboarding cancelled during its grace period",
         chrono::Duration::zero(),
@@ -119,8 +126,8 @@ pub async fn cancel(
     )
     .await?;
     tx.commit().await.map_err(DbError::from)?;
-    tracing::info!(tenant_id = %tenant, %actor, "offboarding cancelled");
-    Ok(())
+    tracing::info!(tenant_id = %tenant, %actor, to = back.as_str(), "offboarding cancelled");
+    Ok(back)
 }
 
 /// What one sweep did.
@@ -187,9 +194,38 @@ impl Purger {
                 }
             }
         }
+        // A store left in a database it moved out of (an interrupted move) is listed there too.
+        let mut seen = std::collections::HashSet::new();
+        due.retain(|t| seen.insert(*t));
         let mut swept = Swept::default();
         for tenant in due {
-            match self.advance(tenant, now).await {
+            // One control-plane replica purges a store at a time; the others pass it by.
+            let mut lock = match self.router.registry().pool().acquire().await {
+                Ok(conn) => conn,
+                Err(e) => return Err(DbError::from_acquire(e)),
+            };
+            let key = crate::db::lock_key(tenant) ^ PURGE_LOCK;
+            let held: bool =
+                sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(key).fetch_one(&mut *lock).await?;
+            if !held {
+                continue;
+            }
+            let mut advanced = self.advance(tenant, now).await;
+            if matches!(advanced, Err(ErasureError::Db(DbError::TenantMoving))) {
+                // A return to the main database that died mid-copy left its fence: lift it,
+                // and the return starts again.
+                match crate::dedicated::lift_return_fence(&self.router, tenant).await {
+                    Ok(true) => advanced = self.advance(tenant, now).await,
+                    Ok(false) => {}
+                    Err(e) => advanced = Err(ErasureError::Dedicated(e.to_string())),
+                }
+            }
+            if let Err(e) = sqlx::query("SELECT pg_advisory_unlock($1)").bind(key).execute(&mut *lock).await {
+                // The lock ends with the session: drop the connection rather than return it.
+                tracing::warn!(error = %e, "a purge lock could not be released; closing its connection");
+                let _ = lock.detach();
+            }
+            match advanced {
                 Ok(Advanced::Started) => swept.started.push(tenant),
                 Ok(Advanced::Held(name)) => swept.held.push((tenant, name)),
                 Ok(Advanced::Deleted) => swept.deleted.push(tenant),
@@ -236,7 +272,14 @@ impl Purger {
         }
         if pending("vault") {
             let key = format!("{}{tenant}", self.tenant_key_prefix);
-            let deleted = self.vault.delete_key(&key).await?;
+            let deleted = if self.vault.key_exists(&key).await? {
+                self.begin_step(tenant, request_id, "vault", true).await?;
+                self.vault.delete_key(&key).await?;
+                true
+            } else {
+                // Gone, but an earlier attempt found it: that attempt deleted it.
+                self.begin_step(tenant, request_id, "vault", false).await?
+            };
             self.finish_step(tenant, request_id, "vault", json!({ "transit.key": u64::from(deleted) })).await?;
         }
         if pending("postgres") {
@@ -253,20 +296,23 @@ impl Purger {
             record_step(&mut tx, tenant, request_id, "postgres", serde_json::Value::Object(removed)).await?;
             tx.commit().await.map_err(DbError::from)?;
         }
-        if let Some(step) = steps.iter().find(|s| s.store.starts_with("database:") && s.status == "pending") {
+        for step in steps.iter().filter(|s| s.store.starts_with("database:") && s.status == "pending") {
             let name = step.store.trim_start_matches("database:");
+            let began = self.begin_step(tenant, request_id, &step.store, true).await?;
             let dropped = crate::dedicated::return_and_drop(&self.router, tenant, name)
                 .await
                 .map_err(|e| ErasureError::Dedicated(e.to_string()))?;
             // Recorded where the store lives now: the main database.
-            self.finish_step(tenant, request_id, &step.store, json!({ "database": u64::from(dropped) })).await?;
+            let removed = json!({ "database": u64::from(dropped || began) });
+            self.finish_step(tenant, request_id, &step.store, removed).await?;
         }
+        // Its cell goes before the store is deleted, so a failure is retried with the rest.
+        self.provisioner
+            .release(tenant)
+            .await
+            .map_err(|e| ErasureError::Dedicated(format!("releasing its cell: {e}")))?;
         if !erasure::complete(&self.router, &self.topics, &self.signer, tenant, request_id, None).await? {
             return Ok(Advanced::Waiting);
-        }
-        if let Err(e) = self.provisioner.release(tenant).await {
-            // The store is deleted; what is left of its cell is the provisioner's to remove.
-            tracing::warn!(tenant_id = %tenant, error = %e, "a deleted store's cell could not be released");
         }
         tracing::info!(tenant_id = %tenant, %request_id, "store erased and deleted");
         Ok(Advanced::Deleted)
@@ -305,7 +351,19 @@ impl Purger {
         let mut stores = vec!["vault".to_owned(), "postgres".to_owned()];
         stores.extend(cell.map(|c| format!("cell:{c}")));
         // A dedicated database goes last: what remains of the store returns to the main one.
-        stores.extend(self.router.database_of(tenant).await?.map(|name| format!("database:{name}")));
+        // One an interrupted move left behind (holding a copy of the store) is dropped too.
+        let routed = self.router.database_of(tenant).await?;
+        let own = crate::routing::dedicated_name(tenant);
+        let mut registry = self.router.registry().platform_tx().await?;
+        let left_behind: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM databases WHERE name = $1)")
+            .bind(&own)
+            .fetch_one(&mut *registry)
+            .await?;
+        registry.commit().await.map_err(DbError::from)?;
+        stores.extend(routed.clone().map(|name| format!("database:{name}")));
+        if left_behind && routed.as_deref() != Some(own.as_str()) {
+            stores.push(format!("database:{own}"));
+        }
         for store in &stores {
             sqlx::query(
                 "INSERT INTO erasure_steps (tenant_id, request_id, store, status) VALUES ($1, $2, $3, 'pending')",
@@ -329,6 +387,42 @@ impl Purger {
         tx.commit().await.map_err(DbError::from)?;
         tracing::info!(tenant_id = %tenant, %request_id, "a store's grace period ended: its purge is filed");
         Ok(Advanced::Started)
+    }
+
+    /// With `mark`, audits that a step that cannot be undone is being carried out, before it
+    /// is; whether an earlier attempt already began it (so what it removed is not there any
+    /// more).
+    async fn begin_step(
+        &self,
+        tenant: TenantId,
+        request_id: Uuid,
+        store: &str,
+        mark: bool,
+    ) -> Result<bool, ErasureError> {
+        let mut tx = self.router.tenant_tx(tenant).await?;
+        let began: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM erasure_audit
+                            WHERE tenant_id = $1 AND request_id = $2 AND action = 'store_started' AND detail ->> 'store' = $3)",
+        )
+        .bind(tenant.as_uuid())
+        .bind(request_id)
+        .bind(store)
+        .fetch_one(&mut *tx)
+        .await?;
+        if mark && !began {
+            sqlx::query(
+                "INSERT INTO erasure_audit (tenant_id, request_id, actor, action, detail)
+                 VALUES ($1, $2, $3, 'store_started', $4)",
+            )
+            .bind(tenant.as_uuid())
+            .bind(request_id)
+            .bind(ACTOR)
+            .bind(json!({ "store": store }))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await.map_err(DbError::from)?;
+        Ok(began)
     }
 
     async fn finish_step(

@@ -98,6 +98,14 @@ impl TenantRouter {
         }
     }
 
+    /// Forgets `tenant`'s cached route and the pool it led to, whose database is gone.
+    fn forget_stale(&self, tenant: TenantId) {
+        let stale = self.routes.write().unwrap_or_else(PoisonError::into_inner).remove(&tenant).flatten();
+        if let Some(name) = stale {
+            self.forget_pool(&name);
+        }
+    }
+
     /// Closes and forgets the pool of dedicated database `name` (dropped).
     pub fn forget_pool(&self, name: &str) {
         if let Some(db) = self.pools.write().unwrap_or_else(PoisonError::into_inner).remove(name) {
@@ -119,7 +127,16 @@ impl TenantRouter {
     /// A sqlx transaction acting for `tenant`, in the database it lives in.
     pub async fn tenant_tx(&self, tenant: TenantId) -> Result<Transaction<'static, Postgres>, DbError> {
         for _ in 0..2 {
-            let (tx, fenced) = self.route(tenant).await?.enter(tenant).await?;
+            let (tx, fenced) = match self.route(tenant).await?.enter(tenant).await {
+                Ok(entered) => entered,
+                // A dedicated database dropped by another replica (an offboarded store
+                // returned to the main one): the cached route is stale.
+                Err(e) if is_missing_database(&e) => {
+                    self.forget_stale(tenant);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if !fenced {
                 return Ok(tx);
             }
@@ -134,7 +151,14 @@ impl TenantRouter {
     /// routing, the same entry statement, the same fence.
     pub async fn tenant_orm_tx(&self, tenant: TenantId) -> Result<sea_orm::DatabaseTransaction, DbError> {
         for _ in 0..2 {
-            let (txn, fenced) = self.route(tenant).await?.enter_orm(tenant).await?;
+            let (txn, fenced) = match self.route(tenant).await?.enter_orm(tenant).await {
+                Ok(entered) => entered,
+                Err(e) if is_missing_database(&e) => {
+                    self.forget_stale(tenant);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if !fenced {
                 return Ok(txn);
             }
@@ -150,5 +174,15 @@ impl TenantRouter {
         let names = sqlx::query_scalar("SELECT name FROM databases ORDER BY name").fetch_all(&mut *tx).await?;
         tx.commit().await?;
         Ok(names)
+    }
+}
+
+/// Whether `e` says the database connected to does not exist (SQLSTATE 3D000).
+fn is_missing_database(e: &DbError) -> bool {
+    match e {
+        DbError::Query(sqlx::Error::Database(db)) | DbError::Unavailable(sqlx::Error::Database(db)) => {
+            db.code().as_deref() == Some("3D000")
+        }
+        _ => false,
     }
 }

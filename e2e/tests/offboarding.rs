@@ -305,8 +305,19 @@ async fn an_offboarded_store_is_purged_whole_after_its_grace_period_and_deleted_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_that_never_sealed_a_record_is_purged_too() -> anyhow::Result<()> {
     let platform = Platform::start().await?;
-    let store = platform.sign_up_ready("Quiet Store", ORIGIN).await?;
+    let owner = format!("quiet-{}@example.com", unique_suffix());
+    let store = platform.sign_up_as("Quiet Store", &[ORIGIN], &owner).await?;
+    let token = platform.login(&owner, None).await?.access_token;
     let admin = format!("{}/v1/admin/tenants/{}/offboarding", platform.control_plane_url, store.tenant_id);
+
+    // A suspended store that cancels its offboarding is suspended again, not active.
+    assert_eq!(platform.transition(&store.tenant_id, "suspended", "unpaid invoice").await?.status(), 200);
+    let own = format!("{}/v1/tenants/{}/offboarding", platform.control_plane_url, store.tenant_id);
+    let (status, body) =
+        call(platform.http.post(&own).bearer_auth(&token).json(&json!({ "reason": "closing" }))).await?;
+    assert_eq!(status, 202, "{body}");
+    let (status, body) = call(platform.http.delete(&own).bearer_auth(&token)).await?;
+    assert_eq!((status, body["state"].as_str()), (200, Some("suspended")), "{body}");
     let (status, body) = call(
         platform
             .http

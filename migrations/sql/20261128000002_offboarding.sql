@@ -6,9 +6,13 @@ ALTER TABLE tenants ADD COLUMN offboarding_requested_at timestamptz;
 ALTER TABLE tenants ADD COLUMN offboarding_requested_by text CHECK (length(offboarding_requested_by) BETWEEN 1 AND 200);
 -- When the grace period ends and the purge may start.
 ALTER TABLE tenants ADD COLUMN purge_after timestamptz;
+-- The state the store left, which cancelling the offboarding returns it to (a suspended
+-- store stays suspended).
+ALTER TABLE tenants ADD COLUMN offboarding_from text CHECK (offboarding_from IN ('active', 'suspended'));
 ALTER TABLE tenants ADD CONSTRAINT tenants_offboarding_complete
     CHECK ((offboarding_requested_at IS NULL) = (purge_after IS NULL)
-       AND (offboarding_requested_at IS NULL) = (offboarding_requested_by IS NULL));
+       AND (offboarding_requested_at IS NULL) = (offboarding_requested_by IS NULL)
+       AND (offboarding_requested_at IS NULL) = (offboarding_from IS NULL));
 
 -- A request names one shopper (by subject digest) or the whole store, once.
 ALTER TABLE erasure_requests DROP CONSTRAINT erasure_requests_scope_check;

@@ -60,8 +60,9 @@ impl TenantState {
                     | (Active, Suspended)
                     | (Suspended, Active)
                     | (Active | Suspended, Offboarding)
-                    // A store that changes its mind during its offboarding's grace period.
-                    | (Offboarding, Active)
+                    // A store that changes its mind during its offboarding's grace period goes
+                    // back to the state it left.
+                    | (Offboarding, Active | Suspended)
                     | (Offboarding, Deleted)
             )
     }
@@ -139,8 +140,8 @@ mod tests {
         assert!(Active.can_become(Suspended) && Suspended.can_become(Active));
         assert!(!Deleted.can_become(Active));
         assert!(!Pending.can_become(Active));
-        assert!(Offboarding.can_become(Active), "cancelled during the grace period");
-        assert!(!Offboarding.can_become(Suspended));
+        assert!(Offboarding.can_become(Active) && Offboarding.can_become(Suspended), "cancelled");
+        assert!(!Offboarding.can_become(Pending));
         for s in ALL {
             assert!(s.can_become(s), "{s:?} must be idempotent");
         }

@@ -145,6 +145,7 @@ async fn erase_tenant(
         }
     }
     let dek = format!("{}t:{tenant}:dek:", places.prefix);
+    let tenant_part = format!("t:{tenant}:");
     let subject = format!("{}t:{tenant}:subject:", places.prefix);
     for pattern in
         [format!("{prefix}t:{tenant}:*"), format!("{prefix}t:{{{tenant}}}:*"), format!("{prefix}cell:*:t:{tenant}:*")]
@@ -159,6 +160,10 @@ async fn erase_tenant(
                 .arg(SCAN_COUNT)
                 .query_async(redis)
                 .await?;
+            // `cell:*` could match across a colon inside another tenant's shopper id: only a
+            // key whose cell segment has no colon is this tenant's.
+            let keys: Vec<String> =
+                keys.into_iter().filter(|k| names_tenant(k, &places.prefix, &tenant_part)).collect();
             if !keys.is_empty() {
                 for key in &keys {
                     if let Some(digest) = key.strip_prefix(&dek) {
@@ -202,6 +207,18 @@ async fn erase_tenant(
     keyring.forget_tenant(tenant);
     job.passes += 1;
     Ok(())
+}
+
+/// Whether `key` (matched by one of [`erase_tenant`]'s patterns) is the tenant's own:
+/// `{prefix}t:{tenant}:…`, `{prefix}t:{{tenant}}:…`, or `{prefix}cell:<cell>:t:{tenant}:…`
+/// with a cell name (which has no colon) — not another tenant's key whose shopper id happens
+/// to contain `:t:{tenant}:`.
+fn names_tenant(key: &str, prefix: &str, tenant_part: &str) -> bool {
+    let Some(rest) = key.strip_prefix(prefix) else { return false };
+    match rest.strip_prefix("cell:") {
+        Some(cell_rest) => cell_rest.split_once(':').is_some_and(|(_, after)| after.starts_with(tenant_part)),
+        None => true,
+    }
 }
 
 /// Writes a `features.v1` tombstone for every shopper a whole-tenant job found, then its
@@ -435,5 +452,20 @@ pub async fn run(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names_tenant;
+
+    #[test]
+    fn a_whole_tenant_erasure_takes_only_the_tenants_own_keys() {
+        let (prefix, part) = ("nudge:", "t:tnt_a:");
+        assert!(names_tenant("nudge:t:tnt_a:session:shp_1", prefix, part));
+        assert!(names_tenant("nudge:cell:shared-1:t:tnt_a:s:shp_1:history", prefix, part));
+        // Another tenant's history, whose shopper id holds the tenant's name.
+        assert!(!names_tenant("nudge:cell:shared-1:t:tnt_b:s:x:t:tnt_a:y:history", prefix, part));
+        assert!(!names_tenant("other:t:tnt_a:session:shp_1", prefix, part));
     }
 }

@@ -265,16 +265,23 @@ impl Vault {
 }
 
 impl Vault {
+    /// Whether key `name` exists.
+    pub async fn key_exists(&self, name: &str) -> Result<bool, VaultError> {
+        match transit::key::read(self.client.as_ref(), &self.mount, name).await.map_err(classify) {
+            Ok(_) => Ok(true),
+            Err(VaultError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Deletes encryption key `name` and every version of it, so nothing it ever wrapped
     /// can be unwrapped again; whether it existed. The vault refuses to delete a key unless
     /// its configuration allows it, which this sets first.
     pub async fn delete_key(&self, name: &str) -> Result<bool, VaultError> {
         // The vault answers a configuration change of a missing key with a bad request, not
         // 404: ask first.
-        match transit::key::read(self.client.as_ref(), &self.mount, name).await.map_err(classify) {
-            Ok(_) => {}
-            Err(VaultError::NotFound(_)) => return Ok(false),
-            Err(e) => return Err(e),
+        if !self.key_exists(name).await? {
+            return Ok(false);
         }
         transit::key::update(
             self.client.as_ref(),

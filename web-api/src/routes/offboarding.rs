@@ -145,12 +145,13 @@ async fn request_offboarding(
     offboard(&state, tenant, &Actor::Account(merchant.0.account), reason, state.offboarding_grace).await
 }
 
-/// Cancel the store's offboarding during its grace period (owners only): it is active
-/// again. Once the purge has started it is too late (409 `purge_started`).
+/// Cancel the store's offboarding during its grace period (owners only): it goes back to
+/// the state it left (active, or suspended if it was). Once the purge has been filed it is
+/// too late (409 `purge_started`).
 #[utoipa::path(delete, path = "/v1/tenants/{tenant_id}/offboarding", tag = "privacy",
     params(("tenant_id" = String, Path)), security(("access_token" = [])),
     responses(
-        (status = 200, description = "cancelled: the store is active", body = OffboardingView),
+        (status = 200, description = "cancelled: the store is back in the state it left", body = OffboardingView),
         (status = 403, description = "`forbidden`: owners only", body = ErrorBody),
         (status = 404, description = "`not_found`", body = ErrorBody),
         (status = 409, description = "`not_offboarding`, `purge_started`", body = ErrorBody),
