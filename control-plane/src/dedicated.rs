@@ -133,16 +133,7 @@ pub async fn move_to_dedicated(router: &TenantRouter, tenant: TenantId) -> Resul
         Ok(copied) => copied,
         Err(e) => {
             tracing::error!(tenant_id = %tenant, error = %e, "move failed; lifting the fence");
-            // A fresh connection: the one the failure happened on may be unusable.
-            let lifted = async {
-                let mut conn = owner_conn(&source_opts, tenant).await?;
-                sqlx::query("DELETE FROM tenant_fences WHERE tenant_id = $1")
-                    .bind(tenant.as_uuid())
-                    .execute(&mut conn)
-                    .await?;
-                Ok::<_, MoveError>(())
-            };
-            if let Err(lift) = lifted.await {
+            if let Err(lift) = lift_fence(&source_opts, tenant, None).await {
                 tracing::error!(tenant_id = %tenant, error = %lift, "lifting the fence failed; retry the move to finish or lift it");
             }
             return Err(e);
@@ -247,15 +238,7 @@ pub async fn return_and_drop(router: &TenantRouter, tenant: TenantId, name: &str
     let (mut target, copied) = match copy.await {
         Ok(done) => done,
         Err(e) => {
-            let lifted = async {
-                let mut conn = owner_conn(&dedicated_opts, tenant).await?;
-                sqlx::query("DELETE FROM tenant_fences WHERE tenant_id = $1")
-                    .bind(tenant.as_uuid())
-                    .execute(&mut conn)
-                    .await?;
-                Ok::<_, MoveError>(())
-            };
-            if let Err(lift) = lifted.await {
+            if let Err(lift) = lift_fence(&dedicated_opts, tenant, None).await {
                 tracing::error!(tenant_id = %tenant, error = %lift, "lifting the fence after a failed return failed; the next attempt lifts it");
             }
             return Err(e);
@@ -291,9 +274,17 @@ pub async fn return_and_drop(router: &TenantRouter, tenant: TenantId, name: &str
 pub async fn lift_return_fence(router: &TenantRouter, tenant: TenantId) -> Result<bool, MoveError> {
     let Some(name) = router.database_of(tenant).await? else { return Ok(false) };
     let options = router.config().dedicated_owner_options(&name).map_err(MoveError::Config)?;
-    let mut conn = owner_conn(&options, tenant).await?;
-    let lifted = sqlx::query("DELETE FROM tenant_fences WHERE tenant_id = $1 AND moved_to = 'main'")
+    lift_fence(&options, tenant, Some("main")).await
+}
+
+/// Deletes `tenant`'s fence in the database of `options` (only one towards `moved_to`, when
+/// given), on a fresh connection: the one a failure happened on may be unusable. Whether
+/// there was one.
+async fn lift_fence(options: &PgConnectOptions, tenant: TenantId, moved_to: Option<&str>) -> Result<bool, MoveError> {
+    let mut conn = owner_conn(options, tenant).await?;
+    let lifted = sqlx::query("DELETE FROM tenant_fences WHERE tenant_id = $1 AND ($2::text IS NULL OR moved_to = $2)")
         .bind(tenant.as_uuid())
+        .bind(moved_to)
         .execute(&mut conn)
         .await?
         .rows_affected();

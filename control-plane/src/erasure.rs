@@ -208,7 +208,7 @@ fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-async fn audit(
+pub(crate) async fn audit(
     tx: &mut Transaction<'static, Postgres>,
     tenant: TenantId,
     request: Option<Uuid>,
@@ -891,24 +891,8 @@ pub async fn subject_records(
     tenant: TenantId,
     digest: &str,
 ) -> Result<SubjectRecords, ErasureError> {
+    let suppression = crate::suppressions::of_subject(router, tenant, digest).await?;
     let mut tx = router.tenant_tx(tenant).await?;
-    let suppression = sqlx::query(
-        "SELECT subject_digest, shopper_id, reason, created_at FROM suppressions
-         WHERE tenant_id = $1 AND subject_digest = $2",
-    )
-    .bind(tenant.as_uuid())
-    .bind(digest)
-    .fetch_optional(&mut *tx)
-    .await?
-    .map(|r| {
-        Ok::<_, sqlx::Error>(crate::suppressions::Suppression {
-            subject_digest: r.try_get("subject_digest")?,
-            shopper_id: r.try_get("shopper_id")?,
-            reason: r.try_get("reason")?,
-            created_at: r.try_get("created_at")?,
-        })
-    })
-    .transpose()?;
     let ids: Vec<Uuid> = sqlx::query_scalar(
         "SELECT request_id FROM erasure_requests WHERE tenant_id = $1 AND subject_digest = $2 ORDER BY requested_at",
     )

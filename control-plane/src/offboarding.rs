@@ -374,14 +374,14 @@ impl Purger {
             .execute(&mut *tx)
             .await?;
         }
-        sqlx::query(
-            "INSERT INTO erasure_audit (tenant_id, request_id, actor, action, detail) VALUES ($1, $2, $3, 'requested', $4)",
+        erasure::audit(
+            &mut tx,
+            tenant,
+            Some(request_id),
+            ACTOR,
+            "requested",
+            json!({ "scope": "tenant", "stores": stores }),
         )
-        .bind(tenant.as_uuid())
-        .bind(request_id)
-        .bind(ACTOR)
-        .bind(json!({ "scope": "tenant", "stores": stores }))
-        .execute(&mut *tx)
         .await?;
         announce(&mut tx, &self.topics, tenant, None).await?;
         tx.commit().await.map_err(DbError::from)?;
@@ -410,16 +410,8 @@ impl Purger {
         .fetch_one(&mut *tx)
         .await?;
         if mark && !began {
-            sqlx::query(
-                "INSERT INTO erasure_audit (tenant_id, request_id, actor, action, detail)
-                 VALUES ($1, $2, $3, 'store_started', $4)",
-            )
-            .bind(tenant.as_uuid())
-            .bind(request_id)
-            .bind(ACTOR)
-            .bind(json!({ "store": store }))
-            .execute(&mut *tx)
-            .await?;
+            erasure::audit(&mut tx, tenant, Some(request_id), ACTOR, "store_started", json!({ "store": store }))
+                .await?;
         }
         tx.commit().await.map_err(DbError::from)?;
         Ok(began)
@@ -461,15 +453,14 @@ async fn record_step(
     .await?
     .rows_affected();
     if updated > 0 {
-        sqlx::query(
-            "INSERT INTO erasure_audit (tenant_id, request_id, actor, action, detail)
-             VALUES ($1, $2, $3, 'store_finished', $4)",
+        erasure::audit(
+            tx,
+            tenant,
+            Some(request_id),
+            ACTOR,
+            "store_finished",
+            json!({ "store": store, "found": found }),
         )
-        .bind(tenant.as_uuid())
-        .bind(request_id)
-        .bind(ACTOR)
-        .bind(json!({ "store": store, "found": found }))
-        .execute(&mut **tx)
         .await?;
     }
     Ok(())

@@ -87,15 +87,29 @@ pub async fn list(router: &TenantRouter, tenant: TenantId) -> Result<Vec<Suppres
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    rows.iter()
-        .map(|r| {
-            Ok(Suppression {
-                subject_digest: r.try_get("subject_digest")?,
-                shopper_id: r.try_get("shopper_id")?,
-                reason: r.try_get("reason")?,
-                created_at: r.try_get("created_at")?,
-            })
-        })
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(DbError::Query)
+    rows.iter().map(suppression_of).collect::<Result<_, sqlx::Error>>().map_err(DbError::Query)
+}
+
+/// The suppression of the shopper with subject digest `digest`, if any.
+pub async fn of_subject(router: &TenantRouter, tenant: TenantId, digest: &str) -> Result<Option<Suppression>, DbError> {
+    let mut tx = router.tenant_tx(tenant).await?;
+    let row = sqlx::query(
+        "SELECT subject_digest, shopper_id, reason, created_at FROM suppressions
+         WHERE tenant_id = $1 AND subject_digest = $2",
+    )
+    .bind(tenant.as_uuid())
+    .bind(digest)
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    row.as_ref().map(suppression_of).transpose().map_err(DbError::Query)
+}
+
+fn suppression_of(r: &sqlx::postgres::PgRow) -> Result<Suppression, sqlx::Error> {
+    Ok(Suppression {
+        subject_digest: r.try_get("subject_digest")?,
+        shopper_id: r.try_get("shopper_id")?,
+        reason: r.try_get("reason")?,
+        created_at: r.try_get("created_at")?,
+    })
 }

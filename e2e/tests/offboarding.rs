@@ -30,6 +30,21 @@ async fn call(request: reqwest::RequestBuilder) -> anyhow::Result<(u16, Value)> 
     Ok((status, if text.is_empty() { Value::Null } else { serde_json::from_str(&text)? }))
 }
 
+/// Waits (at most the acceptance's 60 s) until the store at `admin` (its admin offboarding
+/// URL) is purged and deleted; where its offboarding then stands.
+async fn purged(platform: &Platform, admin: &str) -> anyhow::Result<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = call(platform.http.get(admin).bearer_auth(OPERATOR_TOKEN)).await?;
+        anyhow::ensure!(status == 200, "{body}");
+        if body["state"] == "deleted" {
+            return Ok(body);
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "not purged within 60 s: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Waits until the shopper's session is in Redis (their events were applied).
 async fn applied(platform: &Platform, tenant: &str, shopper: &str) -> anyhow::Result<()> {
     let client = redis::Client::open(platform.redis_url.as_str())?;
@@ -219,16 +234,7 @@ async fn an_offboarded_store_is_purged_whole_after_its_grace_period_and_deleted_
     assert_eq!(status, 204);
 
     // Released: within the acceptance's 60 s the store is erased and deleted.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let done = loop {
-        let (status, body) = call(platform.http.get(&admin).bearer_auth(OPERATOR_TOKEN)).await?;
-        assert_eq!(status, 200, "{body}");
-        if body["state"] == "deleted" {
-            break body;
-        }
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "not purged within 60 s: {body}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let done = purged(&platform, &admin).await?;
     let purge = &done["purge"];
     assert_eq!((purge["scope"].as_str(), purge["status"].as_str()), (Some("tenant"), Some("completed")), "{done}");
     let step = |store: &str| purge["steps"].as_array().and_then(|s| s.iter().find(|s| s["store"] == store)).cloned();
@@ -327,15 +333,7 @@ async fn a_store_that_never_sealed_a_record_is_purged_too() -> anyhow::Result<()
     )
     .await?;
     assert_eq!(status, 202, "{body}");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let done = loop {
-        let (_, body) = call(platform.http.get(&admin).bearer_auth(OPERATOR_TOKEN)).await?;
-        if body["state"] == "deleted" {
-            break body;
-        }
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "not purged within 60 s: {body}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let done = purged(&platform, &admin).await?;
     // No Transit key was ever made for it: nothing to delete, and the purge goes on.
     let vault = done["purge"]["steps"].as_array().and_then(|s| s.iter().find(|s| s["store"] == "vault")).cloned();
     let vault = vault.expect("the vault's step");
