@@ -314,25 +314,34 @@ pub struct SuppressionView {
     pub created_at: String,
 }
 
-/// `POST /v1/tenants/{tenant_id}/erasures`: forget one of the store's shoppers.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+/// `POST /v1/tenants/{tenant_id}/erasures`: forget one of the store's shoppers, or every
+/// shopper the store identified with one e-mail address. Exactly one of the two is given.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ErasureRequestBody {
     /// The store's id for the shopper (as its snippet or server sent it).
-    pub shopper_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shopper_id: Option<String>,
+    /// The SHA-256 of the person's e-mail address (hex of the trimmed, lowercased address),
+    /// as the store's `identify` events carried it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email_sha256: Option<String>,
 }
 
 /// `POST /v1/admin/tenants/{tenant_id}/erasures`: an operator files an erasure request (for
-/// example from an `ErasureRequest` resource). Exactly one of the two names the subject.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+/// example from an `ErasureRequest` resource). Exactly one of the three names the subject.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminErasureRequest {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shopper_id: Option<String>,
     /// The subject digest (`nudge erasure digest` prints it), so the shopper id need not be
     /// written anywhere, a Kubernetes resource included.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject_digest: Option<String>,
+    /// The SHA-256 of the person's e-mail address, as for the store's own requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email_sha256: Option<String>,
 }
 
 /// A store's offboarding: asked for by its owner or an operator.
@@ -366,10 +375,11 @@ pub struct OffboardingView {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ErasureView {
     pub request_id: String,
-    /// `shopper`, or `tenant`: the whole store (its offboarding).
+    /// `shopper`; `email`: every shopper the store identified with an e-mail address; or
+    /// `tenant`: the whole store (its offboarding).
     pub scope: String,
-    /// The subject's digest (absent for a whole store); the request never holds the
-    /// shopper id.
+    /// The shopper's subject digest, or for `email` the address's digest in this store
+    /// (absent for a whole store); the request never holds the shopper id or the address.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subject_digest: Option<String>,
     /// `account:<id>`, `operator:<name>` or `system:offboarding`.
@@ -395,6 +405,13 @@ pub struct ErasureStepView {
     /// Place → keys, rows, members or records removed there.
     pub removed: std::collections::BTreeMap<String, u64>,
     pub finished_at: Option<String>,
+    /// An erasure by e-mail, at a cell: the shoppers (subject digests) the address led to
+    /// and who were erased.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subjects: Vec<String>,
+    /// An erasure by e-mail, at a cell: the shoppers it led to whom a legal hold kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held_subjects: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

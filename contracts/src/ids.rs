@@ -94,6 +94,28 @@ pub fn subject_digest(tenant: uuid::Uuid, shopper: &ShopperId) -> String {
     lower_hex(&digest)
 }
 
+/// Whether `s` is a SHA-256 in lowercase hex (a subject digest, an e-mail hash).
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// The digest under which a tenant knows an e-mail address: the hex SHA-256 of
+/// `nudge.email.v1:<tenant uuid>:<email_sha256>`, where `email_sha256` is the store's hash of
+/// the address (lowercase hex, see the `identify` event). The store's hash is the same in
+/// every store that hashes that address; this digest is not, so nothing Nudge keeps links a
+/// person across stores. An erasure by e-mail is filed, suppressed and indexed under it.
+pub fn email_digest(tenant: uuid::Uuid, email_sha256: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut uuid = uuid::Uuid::encode_buffer();
+    let digest = Sha256::new()
+        .chain_update(b"nudge.email.v1:")
+        .chain_update(tenant.hyphenated().encode_lower(&mut uuid).as_bytes())
+        .chain_update(b":")
+        .chain_update(email_sha256.as_bytes())
+        .finalize();
+    lower_hex(&digest)
+}
+
 /// Lowercase hex of `bytes` (on every event's path: no formatting machinery).
 fn lower_hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -144,5 +166,17 @@ mod tests {
             "a499a566738176bb839c33faae96b8dd6079cef156540b63a3d9b9139b0c459e"
         );
         assert_ne!(subject_digest(uuid::Uuid::nil(), &shopper), subject_digest(tenant, &shopper));
+    }
+
+    #[test]
+    fn an_email_digest_is_the_sha256_of_its_tenant_and_hash() {
+        use sha2::{Digest, Sha256};
+        let tenant: uuid::Uuid = "0190f3c2-8a1b-7c3d-9e4f-5a6b7c8d9e0f".parse().unwrap();
+        let hash = "b4c9a289323b21a01c3e940f150eb9b8c542587f1abfd8f0e1cc1ffc5e475514";
+        let expected = Sha256::digest(format!("nudge.email.v1:{tenant}:{hash}").as_bytes());
+        assert_eq!(email_digest(tenant, hash), lower_hex(&expected));
+        assert!(is_sha256_hex(&email_digest(tenant, hash)));
+        assert_ne!(email_digest(uuid::Uuid::nil(), hash), email_digest(tenant, hash));
+        assert!(!is_sha256_hex(&hash.to_ascii_uppercase()));
     }
 }

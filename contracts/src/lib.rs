@@ -58,5 +58,5 @@ pub mod proto {
     }
 }
 
-pub use ids::{EventId, InterventionId, ShopperId, id_digest, subject_digest};
+pub use ids::{EventId, InterventionId, ShopperId, email_digest, id_digest, is_sha256_hex, subject_digest};
 pub use topics::{Topic, Topics};

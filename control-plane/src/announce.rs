@@ -12,7 +12,7 @@ use nudge_contracts::{
     Topics,
     headers::TENANT_CONFIG_V1,
     proto::control::v1::{
-        ErasureOrder, Limits as WireLimits, Rollout as WireRollout, ServerKey, TenantConfig, TenantState as WireState,
+        Limits as WireLimits, Rollout as WireRollout, ServerKey, TenantConfig, TenantState as WireState,
         rollout::Mode as WireRolloutMode,
     },
     topics::Topic,
@@ -105,15 +105,7 @@ pub async fn announce(
                 .bind(tenant.as_uuid())
                 .fetch_all(&mut **tx)
                 .await?;
-        let erasures = crate::erasure::pending_orders(tx, tenant)
-            .await?
-            .into_iter()
-            .map(|(request_id, subject_digest)| ErasureOrder {
-                request_id,
-                whole_tenant: subject_digest.is_none(),
-                subject_digest: subject_digest.unwrap_or_default(),
-            })
-            .collect();
+        let erasures = crate::erasure::pending_orders(tx, tenant).await?;
         let config = TenantConfig {
             tenant_id: tenant.to_string(),
             state: wire_state(state) as i32,

@@ -18,7 +18,7 @@ use std::{collections::BTreeMap, sync::Arc};
 use chrono::{DateTime, TimeZone, Utc};
 use nudge_contracts::{
     ShopperId, Topics,
-    proto::control::v1::ErasureReport,
+    proto::control::v1::{ErasureOrder, ErasureReport},
     subject_digest,
     topics::{Scope, catalogue},
 };
@@ -83,6 +83,9 @@ pub enum ErasureError {
     /// An offboarded store's dedicated database could not be returned and dropped.
     #[error("the store's dedicated database: {0}")]
     Dedicated(String),
+    /// A cell's report that cannot be recorded as it is.
+    #[error("malformed erasure report: {0}")]
+    BadReport(String),
 }
 
 impl From<sqlx::Error> for ErasureError {
@@ -100,6 +103,10 @@ pub struct Step {
     /// Place → keys, rows, members or records removed there.
     pub removed: BTreeMap<String, u64>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// For an erasure by e-mail, at a cell: the shoppers (subject digests) it found and
+    /// erased, and those it left under a legal hold.
+    pub subjects: Vec<String>,
+    pub held_subjects: Vec<String>,
 }
 
 /// One line of a request's audit trail.
@@ -115,9 +122,10 @@ pub struct AuditEntry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ErasureRequest {
     pub request_id: Uuid,
-    /// `shopper`, or `tenant` (a store's offboarding).
+    /// `shopper`, `email`, or `tenant` (a store's offboarding).
     pub scope: String,
-    /// The shopper's; `None` for a whole store.
+    /// The shopper's subject digest, or the address's email digest; `None` for a whole
+    /// store.
     pub subject_digest: Option<String>,
     pub requested_by: String,
     pub requested_at: DateTime<Utc>,
@@ -154,8 +162,22 @@ struct Receipt<'a> {
     completed_at: String,
     /// `erased` when anything was found anywhere, else `nothing_found`.
     outcome: &'static str,
+    /// An erasure by e-mail: the shoppers (subject digests) the address led to and who were
+    /// erased.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    subjects_erased: Vec<String>,
+    /// An erasure by e-mail: the shoppers it led to whom a legal hold kept, with the hold.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    subjects_held: Vec<HeldSubject>,
     stores: Vec<ReceiptStore>,
     signing_key: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+struct HeldSubject {
+    subject_digest: String,
+    hold_id: Option<String>,
+    hold: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -229,23 +251,54 @@ pub(crate) async fn audit(
 
 /// Whether `s` has the form of a subject digest (64 lowercase hex digits).
 pub fn is_digest(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    nudge_contracts::is_sha256_hex(s)
 }
 
-/// Files an erasure request for the shopper of `tenant` with subject digest `digest` (see
-/// [`subject_digest`]) on behalf of `actor` (`account:<id>`, `operator:<name>`):
-/// suppresses them at once and orders their cell to erase. Filing it again answers the
-/// existing request (`false`: not new), completing it if only its receipt was missing.
+/// Whom an erasure request names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subject<'a> {
+    /// One shopper, by subject digest ([`subject_digest`]).
+    Shopper(&'a str),
+    /// Every shopper the store identified with one e-mail address, by the address's email
+    /// digest ([`nudge_contracts::email_digest`]).
+    Email(&'a str),
+}
+
+impl Subject<'_> {
+    fn scope(self) -> &'static str {
+        match self {
+            Self::Shopper(_) => "shopper",
+            Self::Email(_) => "email",
+        }
+    }
+
+    fn digest(self) -> String {
+        match self {
+            Self::Shopper(d) | Self::Email(d) => d.to_owned(),
+        }
+    }
+}
+
+/// Files an erasure request for `subject` of `tenant` on behalf of `actor` (`account:<id>`,
+/// `operator:<name>`): suppresses them at once and orders their cell to erase. Filing it
+/// again answers the existing request (`false`: not new), completing it if only its receipt
+/// was missing.
+///
+/// A shopper under a legal hold (or a store under one) is refused, naming the hold. An
+/// e-mail address is refused only for a hold on the whole store: the shoppers it leads to are
+/// known once the cell has looked, so the order lists the held shoppers and the cell leaves
+/// them as they are (the receipt names them and their holds).
 pub async fn request(
     router: &TenantRouter,
     topics: &Topics,
     signer: &ReceiptSigner,
     tenant: TenantId,
-    digest: &str,
+    subject: Subject<'_>,
     actor: &str,
     traceparent: Option<String>,
 ) -> Result<(ErasureRequest, bool), ErasureError> {
-    let digest = digest.to_owned();
+    let (scope, digest) = (subject.scope(), subject.digest());
+    let by_email = matches!(subject, Subject::Email(_));
     let mut tx = router.tenant_tx(tenant).await?;
     let cell: Option<Option<String>> = sqlx::query_scalar("SELECT cell_id FROM tenants WHERE tenant_id = $1")
         .bind(tenant.as_uuid())
@@ -253,9 +306,10 @@ pub async fn request(
         .await?;
     let Some(cell) = cell else { return Err(ErasureError::NotFound) };
     let existing: Option<Uuid> = sqlx::query_scalar(
-        "SELECT request_id FROM erasure_requests WHERE tenant_id = $1 AND scope = 'shopper' AND subject_digest = $2",
+        "SELECT request_id FROM erasure_requests WHERE tenant_id = $1 AND scope = $2 AND subject_digest = $3",
     )
     .bind(tenant.as_uuid())
+    .bind(scope)
     .bind(&digest)
     .fetch_optional(&mut *tx)
     .await?;
@@ -264,11 +318,13 @@ pub async fn request(
     }
     let hold = sqlx::query(
         "SELECT hold_id, name FROM legal_holds
-         WHERE tenant_id = $1 AND released_at IS NULL AND (subject_digest IS NULL OR subject_digest = $2)
+         WHERE tenant_id = $1 AND released_at IS NULL
+           AND (subject_digest IS NULL OR (NOT $3 AND subject_digest = $2))
          ORDER BY placed_at LIMIT 1",
     )
     .bind(tenant.as_uuid())
     .bind(&digest)
+    .bind(by_email)
     .fetch_optional(&mut *tx)
     .await?;
     if let Some(hold) = hold {
@@ -279,7 +335,7 @@ pub async fn request(
             None,
             actor,
             "refused_legal_hold",
-            serde_json::json!({ "hold_id": hold_id.to_string(), "subject_digest": digest }),
+            serde_json::json!({ "hold_id": hold_id.to_string(), "scope": scope, "subject_digest": digest }),
         )
         .await?;
         tx.commit().await.map_err(DbError::from)?;
@@ -289,7 +345,7 @@ pub async fn request(
     let request_id = Uuid::now_v7();
     let inserted = sqlx::query(
         "INSERT INTO erasure_requests (tenant_id, request_id, scope, subject_digest, requested_by, deadline_at, status)
-         VALUES ($1, $2, 'shopper', $3, $4, now() + make_interval(days => $5), 'in_progress')
+         VALUES ($1, $2, $6, $3, $4, now() + make_interval(days => $5), 'in_progress')
          ON CONFLICT (tenant_id, scope, subject_digest) DO NOTHING",
     )
     .bind(tenant.as_uuid())
@@ -297,6 +353,7 @@ pub async fn request(
     .bind(&digest)
     .bind(actor)
     .bind(i32::try_from(DEADLINE_DAYS).unwrap_or(30))
+    .bind(scope)
     .execute(&mut *tx)
     .await?
     .rows_affected();
@@ -305,44 +362,42 @@ pub async fn request(
         tx.rollback().await.map_err(DbError::from)?;
         let mut tx = router.tenant_tx(tenant).await?;
         let request_id: Uuid = sqlx::query_scalar(
-            "SELECT request_id FROM erasure_requests WHERE tenant_id = $1 AND scope = 'shopper' AND subject_digest = $2",
+            "SELECT request_id FROM erasure_requests WHERE tenant_id = $1 AND scope = $2 AND subject_digest = $3",
         )
         .bind(tenant.as_uuid())
+        .bind(scope)
         .bind(&digest)
         .fetch_one(&mut *tx)
         .await?;
         return repeated(router, topics, signer, tx, tenant, request_id, actor, traceparent).await;
     }
     // Suppressed first: the shopper's id leaves the list (an opt-out may have held it) and
-    // their digest stays on it, so their events are dropped from now on.
-    let ids_removed = sqlx::query(
-        "UPDATE suppressions SET shopper_id = NULL, reason = 'erasure'
-         WHERE tenant_id = $1 AND subject_digest = $2 AND shopper_id IS NOT NULL",
-    )
-    .bind(tenant.as_uuid())
-    .bind(&digest)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    sqlx::query(
-        "INSERT INTO suppressions (tenant_id, subject_digest, shopper_id, reason) VALUES ($1, $2, NULL, 'erasure')
-         ON CONFLICT (tenant_id, subject_digest) DO UPDATE SET reason = 'erasure', shopper_id = NULL",
-    )
-    .bind(tenant.as_uuid())
-    .bind(&digest)
-    .execute(&mut *tx)
-    .await?;
-    let removed = serde_json::json!({ "suppressions.shopper_id": ids_removed });
-    sqlx::query(
-        "INSERT INTO erasure_steps (tenant_id, request_id, store, status, removed, finished_at)
-         VALUES ($1, $2, 'postgres', $3, $4, now())",
-    )
-    .bind(tenant.as_uuid())
-    .bind(request_id)
-    .bind(if ids_removed > 0 { "erased" } else { "nothing_found" })
-    .bind(removed)
-    .execute(&mut *tx)
-    .await?;
+    // their digest stays on it, so their events are dropped from now on. An address's digest
+    // goes on the list too, so no identify links a shopper to it any more; the shoppers it
+    // leads to follow when the cell reports them.
+    let ids_removed = suppress_erased(&mut tx, tenant, std::slice::from_ref(&digest)).await?;
+    if by_email && cell.is_some() {
+        // This database holds no address; what it holds of the shoppers the cell finds is
+        // removed when the cell reports them.
+        sqlx::query(
+            "INSERT INTO erasure_steps (tenant_id, request_id, store, status) VALUES ($1, $2, 'postgres', 'pending')",
+        )
+        .bind(tenant.as_uuid())
+        .bind(request_id)
+        .execute(&mut *tx)
+        .await?;
+    } else {
+        sqlx::query(
+            "INSERT INTO erasure_steps (tenant_id, request_id, store, status, removed, finished_at)
+             VALUES ($1, $2, 'postgres', $3, $4, now())",
+        )
+        .bind(tenant.as_uuid())
+        .bind(request_id)
+        .bind(if ids_removed > 0 { "erased" } else { "nothing_found" })
+        .bind(serde_json::json!({ "suppressions.shopper_id": ids_removed }))
+        .execute(&mut *tx)
+        .await?;
+    }
     if let Some(cell) = &cell {
         sqlx::query("INSERT INTO erasure_steps (tenant_id, request_id, store, status) VALUES ($1, $2, $3, 'pending')")
             .bind(tenant.as_uuid())
@@ -357,7 +412,7 @@ pub async fn request(
         Some(request_id),
         actor,
         "requested",
-        serde_json::json!({ "scope": "shopper", "subject_digest": digest }),
+        serde_json::json!({ "scope": scope, "subject_digest": digest }),
     )
     .await?;
     // The cell learns of the suppression and the order with the tenant's next record.
@@ -366,6 +421,34 @@ pub async fn request(
     // A store with no cell has nothing pending: signed now, or when filed again.
     settle(router, topics, signer, tenant, request_id, traceparent).await;
     Ok((get(router, tenant, request_id).await?, true))
+}
+
+/// Puts `digests` on the store's suppression list for an erasure (an opt-out's shopper id
+/// leaves it: an erased shopper's id is not kept); how many shopper ids were removed.
+async fn suppress_erased(
+    tx: &mut Transaction<'static, Postgres>,
+    tenant: TenantId,
+    digests: &[String],
+) -> Result<u64, sqlx::Error> {
+    let ids_removed = sqlx::query(
+        "UPDATE suppressions SET shopper_id = NULL, reason = 'erasure'
+         WHERE tenant_id = $1 AND subject_digest = ANY($2) AND shopper_id IS NOT NULL",
+    )
+    .bind(tenant.as_uuid())
+    .bind(digests)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    sqlx::query(
+        "INSERT INTO suppressions (tenant_id, subject_digest, shopper_id, reason)
+         SELECT $1, d, NULL, 'erasure' FROM unnest($2::text[]) AS d
+         ON CONFLICT (tenant_id, subject_digest) DO UPDATE SET reason = 'erasure', shopper_id = NULL",
+    )
+    .bind(tenant.as_uuid())
+    .bind(digests)
+    .execute(&mut **tx)
+    .await?;
+    Ok(ids_removed)
 }
 
 /// Answers a request filed before, after auditing the repeat and completing it if only its
@@ -458,6 +541,27 @@ async fn complete_if_done(
         })
         .collect();
     let found = steps.iter().any(|s| s.status == "erased");
+    let subjects_erased: std::collections::BTreeSet<String> =
+        steps.iter().flat_map(|s| s.subjects.iter().cloned()).collect();
+    let held: std::collections::BTreeSet<String> = steps.iter().flat_map(|s| s.held_subjects.iter().cloned()).collect();
+    let mut subjects_held = Vec::with_capacity(held.len());
+    for digest in held {
+        // The subject's hold: one still in force, else the last released (it was in force
+        // when the order went out).
+        let hold = sqlx::query(
+            "SELECT hold_id, name FROM legal_holds WHERE tenant_id = $1 AND subject_digest = $2
+             ORDER BY released_at IS NULL DESC, placed_at DESC LIMIT 1",
+        )
+        .bind(tenant.as_uuid())
+        .bind(&digest)
+        .fetch_optional(&mut **tx)
+        .await?;
+        let (hold_id, hold) = match hold {
+            Some(row) => (Some(row.try_get::<Uuid, _>("hold_id")?.to_string()), Some(row.try_get("name")?)),
+            None => (None, None),
+        };
+        subjects_held.push(HeldSubject { subject_digest: digest, hold_id, hold });
+    }
     let shredded = if whole_tenant {
         steps.iter().any(|s| s.removed.get("transit.key").is_some_and(|n| *n > 0))
     } else {
@@ -474,6 +578,8 @@ async fn complete_if_done(
         deadline_at: rfc3339(row.try_get("deadline_at")?),
         completed_at: rfc3339(completed_at),
         outcome: if found { "erased" } else { "nothing_found" },
+        subjects_erased: subjects_erased.into_iter().collect(),
+        subjects_held,
         stores,
         signing_key: &signer.key,
     };
@@ -531,7 +637,7 @@ async fn steps_of(
     request_id: Uuid,
 ) -> Result<Vec<Step>, sqlx::Error> {
     sqlx::query(
-        "SELECT store, status, removed, finished_at FROM erasure_steps
+        "SELECT store, status, removed, finished_at, subjects, held_subjects FROM erasure_steps
          WHERE tenant_id = $1 AND request_id = $2 ORDER BY store",
     )
     .bind(tenant.as_uuid())
@@ -546,6 +652,8 @@ async fn steps_of(
             status: r.try_get("status")?,
             removed: serde_json::from_value(removed).unwrap_or_default(),
             finished_at: r.try_get("finished_at")?,
+            subjects: r.try_get("subjects")?,
+            held_subjects: r.try_get("held_subjects")?,
         })
     })
     .collect()
@@ -696,6 +804,9 @@ impl ReportSink {
         traceparent: Option<String>,
     ) -> Result<bool, ErasureError> {
         let removed: BTreeMap<String, u64> = report.places.iter().map(|p| (p.place.clone(), p.removed)).collect();
+        if let Some(bad) = report.subject_digests.iter().chain(&report.held_subject_digests).find(|d| !is_digest(d)) {
+            return Err(ErasureError::BadReport(format!("`{}` is not a subject digest", bad.escape_debug())));
+        }
         // A tombstone is written for every subject; what was found is what the rest removed.
         let found = removed.iter().any(|(place, n)| *n > 0 && !place.ends_with(".tombstones"));
         let finished_at = Utc.timestamp_millis_opt(report.completed_at_ms).single().unwrap_or_else(Utc::now);
@@ -716,10 +827,11 @@ impl ReportSink {
         }
         // A cell the request did not wait for (the store moved meanwhile) is recorded too.
         let updated = sqlx::query(
-            "INSERT INTO erasure_steps (tenant_id, request_id, store, status, removed, finished_at)
-             VALUES ($1, $2, $3, $4, $5, $6)
+            "INSERT INTO erasure_steps (tenant_id, request_id, store, status, removed, finished_at, subjects, held_subjects)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
              ON CONFLICT (tenant_id, request_id, store) DO UPDATE
-                SET status = EXCLUDED.status, removed = EXCLUDED.removed, finished_at = EXCLUDED.finished_at
+                SET status = EXCLUDED.status, removed = EXCLUDED.removed, finished_at = EXCLUDED.finished_at,
+                    subjects = EXCLUDED.subjects, held_subjects = EXCLUDED.held_subjects
                 WHERE erasure_steps.status = 'pending'",
         )
         .bind(tenant.as_uuid())
@@ -728,6 +840,8 @@ impl ReportSink {
         .bind(if found { "erased" } else { "nothing_found" })
         .bind(serde_json::to_value(&removed).unwrap_or_default())
         .bind(finished_at)
+        .bind(&report.subject_digests)
+        .bind(&report.held_subject_digests)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -743,23 +857,74 @@ impl ReportSink {
             Some(request_id),
             &store,
             "store_finished",
-            serde_json::json!({ "store": store, "found": found }),
+            serde_json::json!({
+                "store": store,
+                "found": found,
+                "subjects": report.subject_digests.len(),
+                "held_subjects": report.held_subject_digests.len(),
+            }),
         )
         .await?;
+        self.suppress_found(&mut tx, tenant, request_id, &report.subject_digests).await?;
         // The step is recorded whatever the vault does; completing needs it.
         tx.commit().await.map_err(DbError::from)?;
         complete(&self.router, &self.topics, &self.signer, tenant, request_id, traceparent).await
     }
 }
 
+impl ReportSink {
+    /// For an erasure by e-mail: the shoppers the cell found go on the suppression list (so
+    /// their events are dropped, and any cell erases what it keeps of them), and this
+    /// database's step — what it held of them — finishes.
+    async fn suppress_found(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        tenant: TenantId,
+        request_id: Uuid,
+        subjects: &[String],
+    ) -> Result<(), ErasureError> {
+        let scope: String =
+            sqlx::query_scalar("SELECT scope FROM erasure_requests WHERE tenant_id = $1 AND request_id = $2")
+                .bind(tenant.as_uuid())
+                .bind(request_id)
+                .fetch_one(&mut **tx)
+                .await?;
+        if scope != "email" {
+            return Ok(());
+        }
+        let ids_removed = if subjects.is_empty() { 0 } else { suppress_erased(tx, tenant, subjects).await? };
+        // Counts add up over the cells that report (a store that moved has two).
+        sqlx::query(
+            "UPDATE erasure_steps
+                SET removed = jsonb_build_object('suppressions.shopper_id',
+                        COALESCE((removed->>'suppressions.shopper_id')::bigint, 0) + $3),
+                    status = CASE WHEN COALESCE((removed->>'suppressions.shopper_id')::bigint, 0) + $3 > 0
+                                  THEN 'erased' ELSE 'nothing_found' END,
+                    finished_at = now()
+              WHERE tenant_id = $1 AND request_id = $2 AND store = 'postgres'",
+        )
+        .bind(tenant.as_uuid())
+        .bind(request_id)
+        .bind(i64::try_from(ids_removed).unwrap_or(i64::MAX))
+        .execute(&mut **tx)
+        .await?;
+        if !subjects.is_empty() {
+            // The cell learns of the new suppressions with the tenant's next record.
+            announce(tx, &self.topics, tenant, None).await?;
+        }
+        Ok(())
+    }
+}
+
 /// The erasure orders a tenant's record carries: in-progress requests whose cell has not
-/// reported yet (request id, subject digest — `None` for the whole store).
+/// reported yet. An order by e-mail lists the shoppers under a legal hold, whom the cell
+/// leaves alone.
 pub async fn pending_orders(
     tx: &mut Transaction<'static, Postgres>,
     tenant: TenantId,
-) -> Result<Vec<(String, Option<String>)>, sqlx::Error> {
+) -> Result<Vec<ErasureOrder>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT r.request_id, r.subject_digest FROM erasure_requests r
+        "SELECT r.request_id, r.scope, r.subject_digest FROM erasure_requests r
          WHERE r.tenant_id = $1 AND r.status = 'in_progress'
            AND EXISTS (SELECT 1 FROM erasure_steps s
                        WHERE s.tenant_id = r.tenant_id AND s.request_id = r.request_id
@@ -769,7 +934,37 @@ pub async fn pending_orders(
     .bind(tenant.as_uuid())
     .fetch_all(&mut **tx)
     .await?;
-    rows.iter().map(|r| Ok((r.try_get::<Uuid, _>("request_id")?.to_string(), r.try_get("subject_digest")?))).collect()
+    let mut held: Option<Vec<String>> = None;
+    let mut orders = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let scope: String = r.try_get("scope")?;
+        let by_email = scope == "email";
+        let held_subjects = if by_email {
+            if held.is_none() {
+                held = Some(
+                    sqlx::query_scalar(
+                        "SELECT DISTINCT subject_digest FROM legal_holds
+                         WHERE tenant_id = $1 AND released_at IS NULL AND subject_digest IS NOT NULL
+                         ORDER BY subject_digest",
+                    )
+                    .bind(tenant.as_uuid())
+                    .fetch_all(&mut **tx)
+                    .await?,
+                );
+            }
+            held.clone().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        orders.push(ErasureOrder {
+            request_id: r.try_get::<Uuid, _>("request_id")?.to_string(),
+            subject_digest: r.try_get::<Option<String>, _>("subject_digest")?.unwrap_or_default(),
+            whole_tenant: scope == "tenant",
+            by_email,
+            held_subjects,
+        });
+    }
+    Ok(orders)
 }
 
 /// A legal hold.

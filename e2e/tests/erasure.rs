@@ -185,7 +185,15 @@ async fn a_shoppers_data_exports_as_json_to_their_store_only() -> anyhow::Result
     let key_a = export_key(&platform, &a.tenant_id, &tokens_a.access_token).await?;
     let key_b = export_key(&platform, &b.tenant_id, &tokens_b.access_token).await?;
 
-    let (browsing, _) = abandoning_session("shp_x");
+    // The shopper browses and logs in; the store sends the hash of their e-mail address.
+    let email = "b4c9a289323b21a01c3e940f150eb9b8c542587f1abfd8f0e1cc1ffc5e475514";
+    let (mut browsing, _) = abandoning_session("shp_x");
+    browsing["events"].as_array_mut().expect("events").push(serde_json::json!({
+        "event_id": "identify-x",
+        "type": "identify",
+        "shopper_id": "shp_x",
+        "properties": { "customer_ref": "c-42", "email_sha256": email },
+    }));
     assert_eq!(platform.post_events(&a.publishable_key, Some(ORIGIN), &browsing).await?.status(), 202);
     let publisher = platform.intervention_publisher().await?;
     let tenant: nudge_tenants::TenantId = a.tenant_id.parse()?;
@@ -201,7 +209,7 @@ async fn a_shoppers_data_exports_as_json_to_their_store_only() -> anyhow::Result
     let mut exported = serde_json::Value::Null;
     for _ in 0..200 {
         let (status, body) = export(&platform, &key_a, "shp_x").await?;
-        if status == 200 && body["session"].is_object() {
+        if status == 200 && body["session"].is_object() && body["email_links"] != serde_json::json!([]) {
             exported = body;
             break;
         }
@@ -211,6 +219,9 @@ async fn a_shoppers_data_exports_as_json_to_their_store_only() -> anyhow::Result
     assert_eq!(exported["suppressed"], false);
     assert!(exported["session"].as_object().is_some_and(|s| !s.is_empty()), "the stored fields: {exported}");
     assert_eq!(exported["interventions"][0]["intervention_id"], "itv_export", "{exported}");
+    let link = nudge_contracts::email_digest(tenant.as_uuid(), email);
+    assert_eq!(exported["email_links"], serde_json::json!([link]), "{exported}");
+    assert!(!exported.to_string().contains(email), "the store's hash is not kept: {exported}");
     assert!(exported["not_included"].as_array().is_some_and(|n| !n.is_empty()));
 
     // Another store asking for the same shopper id gets its own (none): never A's data.
@@ -236,6 +247,7 @@ async fn a_shoppers_data_exports_as_json_to_their_store_only() -> anyhow::Result
             && body["suppressed"] == true
             && body["session"].is_null()
             && body["interventions"] == serde_json::json!([])
+            && body["email_links"] == serde_json::json!([])
         {
             emptied = body;
             break;

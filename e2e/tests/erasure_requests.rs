@@ -364,3 +364,175 @@ async fn erasure_requests_are_the_stores_own_and_legal_holds_refuse_them() -> an
     assert_eq!(erased.expect("the erased shopper's suppression")["shopper_id"], Value::Null);
     platform.shutdown().await
 }
+
+/// A shopper's events: browsing, then logging in with the e-mail address hashed to `email`.
+fn identified(shopper: &str, email: &str) -> Value {
+    let mut visit = browsing(shopper);
+    let identify = json!({
+        "event_id": uuid::Uuid::new_v4().to_string(),
+        "type": "identify",
+        "shopper_id": shopper,
+        "occurred_at": chrono::Utc::now().to_rfc3339(),
+        "properties": { "customer_ref": "customer-1", "email_sha256": email },
+    });
+    visit["events"].as_array_mut().expect("events").push(identify);
+    visit
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erasure_by_email_hash_erases_every_shopper_identified_with_it_but_the_held() -> anyhow::Result<()> {
+    use sha2::{Digest, Sha256};
+    let platform = Platform::start().await?;
+    let owner = format!("owner-{}@example.com", unique_suffix());
+    let store = platform.sign_up_as("Email Store", &[ORIGIN], &owner).await?;
+    platform.wait_for_key(&store.publishable_key, ORIGIN).await?;
+    let token = platform.login(&owner, None).await?.access_token;
+    let tenant: nudge_tenants::TenantId = store.tenant_id.parse()?;
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let email = hex(&Sha256::digest(b"ada@example.com"));
+    let other_email = hex(&Sha256::digest(b"grace@example.com"));
+    let suffix = unique_suffix();
+    // Ada on her laptop and her phone, and on a third device under a legal hold; Grace.
+    let (laptop, phone, held, grace) = (
+        format!("shp_laptop_{suffix}"),
+        format!("shp_phone_{suffix}"),
+        format!("shp_held_{suffix}"),
+        format!("shp_grace_{suffix}"),
+    );
+    for (shopper, address) in [(&laptop, &email), (&phone, &email), (&held, &email), (&grace, &other_email)] {
+        let posted = platform.post_events(&store.publishable_key, Some(ORIGIN), &identified(shopper, address)).await?;
+        assert_eq!(posted.status(), 202);
+    }
+    let digest = |shopper: &str| -> anyhow::Result<String> {
+        Ok(nudge_contracts::subject_digest(tenant.as_uuid(), &ShopperId::parse(shopper)?))
+    };
+    let index = nudge_data_plane_features::store::email_key(
+        &platform.redis_prefix,
+        tenant,
+        &nudge_contracts::email_digest(tenant.as_uuid(), &email),
+    );
+    let client = redis::Client::open(platform.redis_url.as_str())?;
+    let mut redis = client.get_multiplexed_async_connection().await?;
+    let mut linked = 0;
+    for _ in 0..300 {
+        linked = redis.scard::<_, usize>(&index).await?;
+        if linked == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::ensure!(linked == 3, "the address should lead to three shoppers, not {linked}");
+    // Nudge keeps the store's hash nowhere: only its digest in this store.
+    assert_eq!(redis_hits(&platform, &email).await?, Vec::<String>::new());
+    let hold: Value = platform
+        .http
+        .post(format!("{}/v1/tenants/{}/legal-holds", platform.control_plane_url, store.tenant_id))
+        .bearer_auth(&token)
+        .json(&json!({ "name": "Case 2026-200 fraud review", "shopper_id": held }))
+        .send()
+        .await?
+        .json()
+        .await?;
+
+    // Filed by the hash (in capitals, as some systems print it).
+    let file_email = |hash: String| {
+        platform
+            .http
+            .post(format!("{}/v1/tenants/{}/erasures", platform.control_plane_url, store.tenant_id))
+            .bearer_auth(&token)
+            .json(&json!({ "email_sha256": hash }))
+            .send()
+    };
+    let response = file_email(email.to_ascii_uppercase()).await?;
+    assert_eq!(response.status(), 202);
+    let request: Value = response.json().await?;
+    assert_eq!(request["scope"], "email", "{request}");
+    assert_eq!(request["subject_digest"], nudge_contracts::email_digest(tenant.as_uuid(), &email).as_str());
+    let request_id = request["request_id"].as_str().expect("a request id").to_owned();
+    let done = completed(&platform, &store.tenant_id, &token, &request_id).await?;
+    let steps = done["steps"].as_array().expect("steps");
+    let cell = steps.iter().find(|s| s["store"] == "cell:shared-1").expect("the cell's step");
+    let mut erased = vec![digest(&laptop)?, digest(&phone)?];
+    erased.sort();
+    let mut found: Vec<String> =
+        cell["subjects"].as_array().expect("subjects").iter().filter_map(|s| s.as_str().map(str::to_owned)).collect();
+    found.sort();
+    assert_eq!(found, erased, "{done}");
+    assert_eq!(cell["held_subjects"], json!([digest(&held)?]), "{done}");
+    assert_eq!(cell["removed"]["redis.session"], 2, "{done}");
+    assert_eq!(cell["removed"]["redis.data_key"], 2, "{done}");
+    assert_eq!(cell["removed"]["kafka.features.v1.tombstones"], 2, "{done}");
+    assert!(steps.iter().any(|s| s["store"] == "postgres" && s["status"] != "pending"), "{done}");
+
+    // The two devices are gone from Redis; the held one and Grace are not. Both erased
+    // shoppers are suppressed from now on, and their snapshots are tombstones.
+    assert_eq!(redis_hits(&platform, &laptop).await?, Vec::<String>::new());
+    assert_eq!(redis_hits(&platform, &phone).await?, Vec::<String>::new());
+    assert!(!redis_hits(&platform, &held).await?.is_empty(), "a held shopper is kept");
+    assert!(!redis_hits(&platform, &grace).await?.is_empty(), "another address's shopper is kept");
+    let (_, list) = get(&platform, &format!("/v1/tenants/{}/suppressions", store.tenant_id), &token).await?;
+    let suppressed: Vec<&str> =
+        list["items"].as_array().expect("items").iter().filter_map(|i| i["subject_digest"].as_str()).collect();
+    for shopper in [&laptop, &phone] {
+        assert!(suppressed.contains(&digest(shopper)?.as_str()), "{shopper} is suppressed: {list}");
+        let key = SubjectKey { tenant_id: store.tenant_id.clone(), subject_digest: digest(shopper)? }.encode_to_vec();
+        assert_eq!(latest_snapshot(&platform, &key).await?, Some(None), "a tombstone for {shopper}");
+    }
+    assert!(!suppressed.contains(&digest(&held)?.as_str()), "the held shopper is not suppressed");
+
+    // The receipt names the shoppers erased and the one kept, with its hold; no shopper id
+    // and no hash of the address.
+    let receipt_path = format!("/v1/tenants/{}/erasures/{request_id}/receipt", store.tenant_id);
+    let (status, receipt) = get(&platform, &receipt_path, &token).await?;
+    assert_eq!(status, 200, "{receipt}");
+    verify_receipt(&platform, &receipt).await?;
+    let text = receipt["receipt"].as_str().expect("text");
+    let body: Value = serde_json::from_str(text)?;
+    assert_eq!((body["scope"].as_str(), body["outcome"].as_str()), (Some("email"), Some("erased")), "{body}");
+    assert_eq!(body["subjects_erased"], json!(erased), "{body}");
+    assert_eq!(body["subjects_held"][0]["subject_digest"], digest(&held)?.as_str(), "{body}");
+    assert_eq!(body["subjects_held"][0]["hold"], "Case 2026-200 fraud review", "{body}");
+    assert_eq!(body["subjects_held"][0]["hold_id"], hold["hold_id"], "{body}");
+    for secret in [&laptop, &phone, &held, &email] {
+        assert!(!text.contains(secret.as_str()), "the receipt holds {secret}");
+    }
+
+    // Filing it again (in lowercase): the same request.
+    let again = file_email(email.clone()).await?;
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.json::<Value>().await?["request_id"], request_id.as_str());
+
+    // A new device logging in with the erased address is not linked to it: the identify is
+    // dropped at ingest (its browsing is not; it is no one's).
+    let newcomer = format!("shp_new_{suffix}");
+    assert_eq!(
+        platform.post_events(&store.publishable_key, Some(ORIGIN), &identified(&newcomer, &email)).await?.status(),
+        202
+    );
+    let session = SessionKey { tenant, shopper: ShopperId::parse(&newcomer)? };
+    let mut applied = false;
+    for _ in 0..300 {
+        if redis.exists::<_, bool>(session.redis_key(&platform.redis_prefix)).await? {
+            applied = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::ensure!(applied, "the newcomer's browsing was never applied");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(redis.smembers::<_, Vec<String>>(&index).await?, vec![digest(&held)?], "only the held shopper stays");
+
+    // Bad hashes are refused with the field named; another store's id answers 404.
+    for bad in [json!({ "email_sha256": "ada@example.com" }), json!({ "email_sha256": email, "shopper_id": "shp_x" })] {
+        let response = platform
+            .http
+            .post(format!("{}/v1/tenants/{}/erasures", platform.control_plane_url, store.tenant_id))
+            .bearer_auth(&token)
+            .json(&bad)
+            .send()
+            .await?;
+        assert_eq!(response.status(), 422, "{bad}");
+        assert_eq!(response.json::<Value>().await?["error"]["code"], "invalid_fields");
+    }
+    platform.shutdown().await
+}

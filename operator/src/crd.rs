@@ -297,6 +297,10 @@ pub struct ErasureRequestSpec {
     /// The shopper's subject digest (64 lowercase hex digits); absent with `wholeTenant`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject_digest: Option<String>,
+    /// Or: the SHA-256 of a person's e-mail address (hex of the trimmed, lowercased
+    /// address), to erase every shopper the store identified with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email_sha256: Option<String>,
     /// Erase the whole store: its offboarding.
     #[serde(default)]
     pub whole_tenant: bool,

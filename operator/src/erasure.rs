@@ -83,6 +83,7 @@ impl ControlPlane {
 /// What a valid spec asks for.
 enum Target<'a> {
     Shopper { tenant: &'a str, digest: &'a str },
+    Email { tenant: &'a str, email_sha256: &'a str },
     Tenant { tenant: &'a str, grace_days: Option<u32> },
 }
 
@@ -101,6 +102,20 @@ fn validate(er: &ErasureRequest) -> Result<Target<'_>, String> {
     if reason.is_empty() || reason.len() > 1000 {
         return Err("spec.reason must be 1-1000 characters".into());
     }
+    if let Some(hash) = &spec.email_sha256 {
+        if spec.subject_digest.is_some() || spec.whole_tenant {
+            return Err("give exactly one of spec.subjectDigest, spec.emailSha256 and spec.wholeTenant".into());
+        }
+        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(
+                "spec.emailSha256 must be the SHA-256 of the trimmed, lowercased address (64 hex digits)".into()
+            );
+        }
+        if spec.grace_days.is_some() {
+            return Err("spec.graceDays applies to wholeTenant only".into());
+        }
+        return Ok(Target::Email { tenant: &spec.tenant_id, email_sha256: hash });
+    }
     match (&spec.subject_digest, spec.whole_tenant) {
         (Some(digest), false) => {
             let is_digest =
@@ -117,7 +132,7 @@ fn validate(er: &ErasureRequest) -> Result<Target<'_>, String> {
             Some(days) if days > 90 => Err("spec.graceDays must be 0-90".into()),
             grace_days => Ok(Target::Tenant { tenant: &spec.tenant_id, grace_days }),
         },
-        _ => Err("give exactly one of spec.subjectDigest and spec.wholeTenant".into()),
+        _ => Err("give exactly one of spec.subjectDigest, spec.emailSha256 and spec.wholeTenant".into()),
     }
 }
 
@@ -163,46 +178,54 @@ async fn file(
     filed_before: bool,
 ) -> Result<Result<(ErasureRequestStatus, &'static str), String>, Error> {
     let decode = |what: &str, e: serde_json::Error| Error::ControlPlane(format!("an unexpected {what}: {e}"));
-    match *target {
-        Target::Shopper { tenant, digest } => {
-            let request = cp.http.post(cp.tenant_url(tenant, "erasures")).json(&json!({ "subject_digest": digest }));
-            match cp.call(request).await? {
-                Answer::Ok(body) => {
-                    let view: ErasureView = serde_json::from_value(body).map_err(|e| decode("erasure request", e))?;
-                    Ok(Ok(from_request(tenant, &view)))
-                }
-                Answer::Refused(why) => Ok(Err(why)),
-            }
+    let (tenant, named) = match *target {
+        Target::Shopper { tenant, digest } => (tenant, json!({ "subject_digest": digest })),
+        Target::Email { tenant, email_sha256 } => (tenant, json!({ "email_sha256": email_sha256 })),
+        Target::Tenant { tenant, grace_days } => return offboard(cp, tenant, grace_days, reason, filed_before).await,
+    };
+    // Filing the same request again answers it, with where it stands.
+    match cp.call(cp.http.post(cp.tenant_url(tenant, "erasures")).json(&named)).await? {
+        Answer::Ok(body) => {
+            let view: ErasureView = serde_json::from_value(body).map_err(|e| decode("erasure request", e))?;
+            Ok(Ok(from_request(tenant, &view)))
         }
-        Target::Tenant { tenant, grace_days } => {
-            // Asked before: follow it (a store already offboarding or deleted is not asked again).
-            let current = match cp.call(cp.http.get(cp.tenant_url(tenant, "offboarding"))).await? {
-                Answer::Ok(body) => {
-                    serde_json::from_value::<OffboardingView>(body).map_err(|e| decode("offboarding", e))?
-                }
-                Answer::Refused(why) => return Ok(Err(why)),
-            };
-            let view = if matches!(current.state.as_str(), "offboarding" | "deleted") {
-                current
-            } else if filed_before {
-                // Filed, then cancelled (the store's owner changed their mind): not filed again.
-                let status = ErasureRequestStatus { scope: Some("tenant".into()), ..Default::default() };
-                return Ok(Ok((status, "Cancelled")));
-            } else {
-                let mut body = json!({ "reason": reason });
-                if let Some(days) = grace_days {
-                    body["grace_days"] = json!(days);
-                }
-                match cp.call(cp.http.post(cp.tenant_url(tenant, "offboarding")).json(&body)).await? {
-                    Answer::Ok(body) => {
-                        serde_json::from_value::<OffboardingView>(body).map_err(|e| decode("offboarding", e))?
-                    }
-                    Answer::Refused(why) => return Ok(Err(why)),
-                }
-            };
-            Ok(Ok(from_offboarding(tenant, &view)))
-        }
+        Answer::Refused(why) => Ok(Err(why)),
     }
+}
+
+/// Asks for the store's offboarding (or reads where it stands).
+async fn offboard(
+    cp: &ControlPlane,
+    tenant: &str,
+    grace_days: Option<u32>,
+    reason: &str,
+    filed_before: bool,
+) -> Result<Result<(ErasureRequestStatus, &'static str), String>, Error> {
+    let decode = |what: &str, e: serde_json::Error| Error::ControlPlane(format!("an unexpected {what}: {e}"));
+    // Asked before: follow it (a store already offboarding or deleted is not asked again).
+    let current = match cp.call(cp.http.get(cp.tenant_url(tenant, "offboarding"))).await? {
+        Answer::Ok(body) => serde_json::from_value::<OffboardingView>(body).map_err(|e| decode("offboarding", e))?,
+        Answer::Refused(why) => return Ok(Err(why)),
+    };
+    let view = if matches!(current.state.as_str(), "offboarding" | "deleted") {
+        current
+    } else if filed_before {
+        // Filed, then cancelled (the store's owner changed their mind): not filed again.
+        let status = ErasureRequestStatus { scope: Some("tenant".into()), ..Default::default() };
+        return Ok(Ok((status, "Cancelled")));
+    } else {
+        let mut body = json!({ "reason": reason });
+        if let Some(days) = grace_days {
+            body["grace_days"] = json!(days);
+        }
+        match cp.call(cp.http.post(cp.tenant_url(tenant, "offboarding")).json(&body)).await? {
+            Answer::Ok(body) => {
+                serde_json::from_value::<OffboardingView>(body).map_err(|e| decode("offboarding", e))?
+            }
+            Answer::Refused(why) => return Ok(Err(why)),
+        }
+    };
+    Ok(Ok(from_offboarding(tenant, &view)))
 }
 
 pub async fn reconcile(er: Arc<ErasureRequest>, ctx: Arc<Context>) -> Result<Action, Error> {

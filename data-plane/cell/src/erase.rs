@@ -2,11 +2,18 @@
 //! store asked for it, or an erasure request did), ingest drops their events at once (the
 //! directory's list), the pipeline and the idle-cart scanner skip them, and this task deletes
 //! what the cell keeps about them — their feature session, their idle-cart timer, their
-//! intervention history and acknowledged ids in Redis, their entry in the subject index, and
-//! their latest feature snapshot on the compacted `features.v1` (a tombstone) — and their
-//! data key, so every record the cell's topics still hold of them (sealed with it, see
-//! `crate::sealing`) can no longer be read. An erasure request's order is then reported on
+//! intervention history and acknowledged ids in Redis, their entries in the subject and
+//! e-mail indexes, and their latest feature snapshot on the compacted `features.v1` (a
+//! tombstone) — and their data key, so every record the cell's topics still hold of them
+//! (sealed with it, see `crate::sealing`) can no longer be read. An erasure request's order is then reported on
 //! `erasure.reports.v1` with what was removed where.
+//!
+//! An erasure by e-mail names an address by its email digest: the e-mail index (written
+//! with each identify that carries the store's `email_sha256`) leads to every shopper the
+//! store identified with it; each is erased as above, but those under a legal hold (which the
+//! order lists), and the report names them all by subject digest, so the control plane
+//! suppresses them too. The address itself is suppressed from the start, so no identify links
+//! a new shopper to it meanwhile.
 //!
 //! Shoppers are named by subject digest only; the subject index (written with each session)
 //! leads from the digest to the shopper's keys, and `features.v1` is keyed by digest. Redis
@@ -26,8 +33,8 @@ use nudge_contracts::{
         features::v1::SubjectKey,
     },
 };
-use nudge_data_plane_directory::{Directory, Erasure};
-use nudge_data_plane_features::store::{SessionKey, idle_member, last_seen_key, subject_key};
+use nudge_data_plane_directory::{Directory, Erasure, ErasureScope};
+use nudge_data_plane_features::store::{SessionKey, email_key, emails_key, idle_member, last_seen_key, subject_key};
 use nudge_data_plane_gateway::{hub::ShopperAddress, route::Naming};
 use nudge_data_plane_keyring::Keyring;
 use nudge_platform_kafka::{SharedProducer, headers::record_headers};
@@ -65,19 +72,21 @@ impl Places {
 /// The places of a report, in the order [`erase`] counts them; the last is the tombstone
 /// written for every subject (its count says nothing about what was found). Deleting the
 /// data key (`redis.data_key`) is what shreds the sealed records on the event streams.
-pub const PLACES: [&str; 7] = [
+pub const PLACES: [&str; 8] = [
     "redis.session",
     "redis.history",
     "redis.acked",
     "redis.idle_cart",
     "redis.subject_index",
+    "redis.email_index",
     "redis.data_key",
     "kafka.features.v1.tombstones",
 ];
 
-/// Where in [`PLACES`] the data key and the tombstone are.
-const DATA_KEY: usize = 5;
-const TOMBSTONE: usize = 6;
+/// Where in [`PLACES`] the e-mail links, the data key and the tombstone are.
+const EMAIL_INDEX: usize = 5;
+const DATA_KEY: usize = 6;
+const TOMBSTONE: usize = 7;
 
 /// Where the erase task writes tombstones and reports, and how it paces itself.
 pub struct Outputs {
@@ -250,6 +259,7 @@ async fn publish_tenant(outputs: &Outputs, job: &mut TenantJob) -> anyhow::Resul
             .map(|(place, n)| ErasedPlace { place: (*place).to_owned(), removed: n })
             .collect(),
         completed_at_ms: Utc::now().timestamp_millis(),
+        ..ErasureReport::default()
     };
     let value = report.encode_to_vec();
     let record = FutureRecord::<str, [u8]>::to(&outputs.reports_topic)
@@ -263,9 +273,81 @@ async fn publish_tenant(outputs: &Outputs, job: &mut TenantJob) -> anyhow::Resul
 /// One subject being erased, with what has been removed so far.
 struct Job {
     erasure: Erasure,
-    removed: [u64; 7],
+    removed: [u64; 8],
     /// Passes over Redis done (two before the tombstone and report).
     passes: u8,
+}
+
+impl Job {
+    fn new(erasure: Erasure) -> Self {
+        Self { erasure, removed: [0; 8], passes: 0 }
+    }
+}
+
+/// Every shopper identified with one e-mail address being erased: the subjects found in
+/// the address's index so far (each a [`Job`] without a report of its own), those left under
+/// a legal hold, and the index entries removed.
+struct EmailJob {
+    erasure: Erasure,
+    held: Vec<String>,
+    subjects: Vec<Job>,
+    held_found: std::collections::BTreeSet<String>,
+    index_removed: u64,
+}
+
+impl EmailJob {
+    fn new(erasure: Erasure) -> Self {
+        let held = match &erasure.scope {
+            ErasureScope::Email { held } => held.clone(),
+            _ => Vec::new(),
+        };
+        Self { erasure, held, subjects: Vec::new(), held_found: Default::default(), index_removed: 0 }
+    }
+}
+
+/// Looks the address of each job up in its tenant's e-mail index and adds every shopper not
+/// yet found (nor held) as a subject to erase. Run before each pass: the address is
+/// suppressed by then, so no new shopper is linked to it after the first.
+async fn resolve_emails(redis: &mut ConnectionManager, places: &Places, jobs: &mut [EmailJob]) -> anyhow::Result<()> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let mut lookup = redis::pipe();
+    for job in jobs.iter() {
+        lookup.smembers(email_key(&places.prefix, job.erasure.tenant, &job.erasure.subject_digest));
+    }
+    let found: Vec<Vec<String>> = lookup.query_async(redis).await?;
+    for (job, subjects) in jobs.iter_mut().zip(found) {
+        for subject in subjects {
+            if job.held.contains(&subject) {
+                job.held_found.insert(subject);
+            } else if !job.subjects.iter().any(|s| s.erasure.subject_digest == subject) {
+                job.subjects.push(Job::new(Erasure {
+                    tenant: job.erasure.tenant,
+                    subject_digest: subject,
+                    request_id: None,
+                    scope: ErasureScope::Subject,
+                }));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes the address's index entry of each job once its subjects are erased (its held
+/// subjects keep theirs).
+async fn unlink_emails(redis: &mut ConnectionManager, places: &Places, jobs: &mut [EmailJob]) -> anyhow::Result<()> {
+    for job in jobs.iter_mut() {
+        let key = email_key(&places.prefix, job.erasure.tenant, &job.erasure.subject_digest);
+        let removed: u64 = if job.held_found.is_empty() {
+            redis::cmd("UNLINK").arg(&key).query_async(redis).await?
+        } else {
+            let gone: Vec<&String> = job.subjects.iter().map(|s| &s.erasure.subject_digest).collect();
+            if gone.is_empty() { 0 } else { redis::cmd("SREM").arg(&key).arg(&gone).query_async(redis).await? }
+        };
+        job.index_removed += removed;
+    }
+    Ok(())
 }
 
 /// One pass over Redis for each job of `batch`: deletes what the cell keeps about the
@@ -276,6 +358,9 @@ async fn erase(
     places: &Places,
     batch: &mut [Job],
 ) -> anyhow::Result<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
     let mut lookup = redis::pipe();
     for job in batch.iter() {
         lookup.get(subject_key(&places.prefix, job.erasure.tenant, &job.erasure.subject_digest));
@@ -307,6 +392,25 @@ async fn erase(
             }
         }
     }
+    // The addresses the store identified them with no longer lead to them.
+    let mut lookup = redis::pipe();
+    for job in batch.iter() {
+        lookup.smembers(emails_key(&places.prefix, job.erasure.tenant, &job.erasure.subject_digest));
+    }
+    let emails: Vec<Vec<String>> = lookup.query_async(redis).await?;
+    let mut unlink = redis::pipe();
+    for (job, emails) in batch.iter().zip(&emails) {
+        let (tenant, subject) = (job.erasure.tenant, &job.erasure.subject_digest);
+        for email in emails {
+            unlink.cmd("SREM").arg(email_key(&places.prefix, tenant, email)).arg(subject);
+        }
+        unlink.cmd("UNLINK").arg(emails_key(&places.prefix, tenant, subject));
+    }
+    let unlinked: Vec<u64> = unlink.query_async(redis).await?;
+    let mut unlinked = unlinked.into_iter();
+    for (job, emails) in batch.iter_mut().zip(&emails) {
+        job.removed[EMAIL_INDEX] += unlinked.by_ref().take(emails.len() + 1).sum::<u64>();
+    }
     for job in batch.iter_mut() {
         // The data key needs no shopper id: sealed records of a shopper whose session has
         // long expired are shredded too. It is replaced by a marker, so no process can make
@@ -321,6 +425,9 @@ async fn erase(
 /// Writes the `features.v1` tombstone of every job, then the report of every request, and
 /// waits for the broker to acknowledge them all.
 async fn publish(outputs: &Outputs, batch: &mut [Job]) -> anyhow::Result<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
     let keys: Vec<Vec<u8>> = batch
         .iter()
         .map(|job| {
@@ -352,6 +459,7 @@ async fn publish(outputs: &Outputs, batch: &mut [Job]) -> anyhow::Result<()> {
                     .map(|(place, n)| ErasedPlace { place: (*place).to_owned(), removed: n })
                     .collect(),
                 completed_at_ms: now,
+                ..ErasureReport::default()
             };
             Some((request_id, report.encode_to_vec()))
         })
@@ -363,6 +471,42 @@ async fn publish(outputs: &Outputs, batch: &mut [Job]) -> anyhow::Result<()> {
             .headers(record_headers(ERASURE_REPORT_V1, None))
     });
     outputs.producer.send_all(records, ACK_TIMEOUT).await?;
+    Ok(())
+}
+
+/// Writes the tombstones of an e-mail job's subjects, then its report: what was removed of
+/// all of them together, which they were, and which were left under a legal hold.
+async fn publish_email(outputs: &Outputs, job: &mut EmailJob) -> anyhow::Result<()> {
+    for chunk in job.subjects.chunks_mut(CHUNK) {
+        publish(outputs, chunk).await?;
+    }
+    let Some(request_id) = job.erasure.request_id.clone() else { return Ok(()) };
+    let mut removed = [0u64; 8];
+    for subject in &job.subjects {
+        for (total, n) in removed.iter_mut().zip(subject.removed) {
+            *total += n;
+        }
+    }
+    removed[EMAIL_INDEX] += job.index_removed;
+    let report = ErasureReport {
+        tenant_id: job.erasure.tenant.to_string(),
+        request_id: request_id.clone(),
+        cell_id: outputs.cell.to_string(),
+        places: PLACES
+            .iter()
+            .zip(removed)
+            .map(|(place, n)| ErasedPlace { place: (*place).to_owned(), removed: n })
+            .collect(),
+        completed_at_ms: Utc::now().timestamp_millis(),
+        subject_digests: job.subjects.iter().map(|s| s.erasure.subject_digest.clone()).collect(),
+        held_subject_digests: job.held_found.iter().cloned().collect(),
+    };
+    let value = report.encode_to_vec();
+    let record = FutureRecord::<str, [u8]>::to(&outputs.reports_topic)
+        .key(request_id.as_str())
+        .payload(value.as_slice())
+        .headers(record_headers(ERASURE_REPORT_V1, None));
+    outputs.producer.send_all(std::iter::once(record), ACK_TIMEOUT).await?;
     Ok(())
 }
 
@@ -378,18 +522,22 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // Jobs a failure left unfinished, kept with what they erased so far.
     let mut carried: Vec<Job> = Vec::new();
+    let mut carried_emails: Vec<EmailJob> = Vec::new();
     let mut carried_tenants: Vec<TenantJob> = Vec::new();
     loop {
         let mut jobs = std::mem::take(&mut carried);
+        let mut emails = std::mem::take(&mut carried_emails);
         let mut tenants = std::mem::take(&mut carried_tenants);
         for erasure in directory.take_erasures() {
-            if erasure.whole_tenant {
-                tenants.push(TenantJob { erasure, removed: [0; 4], subjects: Default::default(), passes: 0 });
-            } else {
-                jobs.push(Job { erasure, removed: [0; 7], passes: 0 });
+            match erasure.scope {
+                ErasureScope::Tenant => {
+                    tenants.push(TenantJob { erasure, removed: [0; 4], subjects: Default::default(), passes: 0 });
+                }
+                ErasureScope::Email { .. } => emails.push(EmailJob::new(erasure)),
+                ErasureScope::Subject => jobs.push(Job::new(erasure)),
             }
         }
-        if jobs.is_empty() && tenants.is_empty() {
+        if jobs.is_empty() && emails.is_empty() && tenants.is_empty() {
             tokio::select! {
                 () = directory.erasures_arrived() => continue,
                 () = shutdown.cancelled() => return Ok(()),
@@ -398,6 +546,12 @@ pub async fn run(
         let outcome = async {
             for chunk in jobs.chunks_mut(CHUNK).filter(|c| c.iter().any(|j| j.passes == 0)) {
                 erase(&mut redis, &keyring, &places, chunk).await?;
+            }
+            resolve_emails(&mut redis, &places, &mut emails).await?;
+            for job in &mut emails {
+                for chunk in job.subjects.chunks_mut(CHUNK).filter(|c| c.iter().any(|j| j.passes == 0)) {
+                    erase(&mut redis, &keyring, &places, chunk).await?;
+                }
             }
             for job in tenants.iter_mut().filter(|j| j.passes == 0) {
                 erase_tenant(&mut redis, &keyring, &places, job).await?;
@@ -412,6 +566,18 @@ pub async fn run(
                     erase(&mut redis, &keyring, &places, chunk).await?;
                 }
                 publish(&outputs, chunk).await?;
+            }
+            resolve_emails(&mut redis, &places, &mut emails).await?;
+            for job in &mut emails {
+                for chunk in job.subjects.chunks_mut(CHUNK) {
+                    if chunk.iter().any(|j| j.passes < 2) {
+                        erase(&mut redis, &keyring, &places, chunk).await?;
+                    }
+                }
+            }
+            unlink_emails(&mut redis, &places, &mut emails).await?;
+            for job in &mut emails {
+                publish_email(&outputs, job).await?;
             }
             for job in &mut tenants {
                 if job.passes < 2 {
@@ -428,6 +594,14 @@ pub async fn run(
                     let found = jobs.iter().filter(|j| j.removed[..TOMBSTONE].iter().any(|n| *n > 0)).count();
                     tracing::info!(subjects = jobs.len(), found, "suppressed shoppers' data erased");
                 }
+                for job in &emails {
+                    tracing::info!(
+                        tenant_id = %job.erasure.tenant,
+                        subjects = job.subjects.len(),
+                        held = job.held_found.len(),
+                        "the shoppers of an erased e-mail address erased"
+                    );
+                }
                 for job in &tenants {
                     tracing::info!(
                         tenant_id = %job.erasure.tenant,
@@ -440,11 +614,13 @@ pub async fn run(
             Err(e) => {
                 tracing::warn!(
                     subjects = jobs.len(),
+                    emails = emails.len(),
                     tenants = tenants.len(),
                     error = %e,
                     "erasing suppressed shoppers' data failed; retrying"
                 );
                 carried = jobs;
+                carried_emails = emails;
                 carried_tenants = tenants;
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_secs(1)) => {}

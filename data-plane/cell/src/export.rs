@@ -2,7 +2,8 @@
 //! shoppers, as JSON, for the store's servers (a secret key with `shoppers:export`) to answer
 //! a shopper's access or portability request: whether they are suppressed, their stored
 //! feature session (every stored field, as stored), their idle-cart timer, the interventions
-//! kept for resuming and the last one acknowledged. What it does not read — the cell's Kafka
+//! kept for resuming and the last one acknowledged, and the e-mail addresses (as digests)
+//! the store identified them with. What it does not read — the cell's Kafka
 //! topics (events, features snapshots, predictions, decisions, dead letters), each with its
 //! retention from the topic catalogue — is named in `not_included`.
 
@@ -15,7 +16,7 @@ use axum::{
 };
 use nudge_contracts::ShopperId;
 use nudge_data_plane_directory::{Directory, auth};
-use nudge_data_plane_features::store::{SessionKey, idle_member};
+use nudge_data_plane_features::store::{SessionKey, emails_key, idle_member};
 use nudge_platform_http::{ApiError, ErrorBody};
 use redis::aio::ConnectionManager;
 use serde::Serialize;
@@ -56,6 +57,10 @@ pub struct ShopperExport {
     pub interventions: Vec<serde_json::Value>,
     /// The last intervention the shopper's browser acknowledged.
     pub last_acknowledged: Option<String>,
+    /// The e-mail addresses the store identified the shopper with, as this store's digests
+    /// of them (`nudge.email.v1`, see the `identify` event): an erasure by e-mail finds the
+    /// shopper through them. The addresses, and the store's hashes of them, are not kept.
+    pub email_links: Vec<String>,
     /// What is stored elsewhere and not in this export.
     pub not_included: Vec<String>,
 }
@@ -109,18 +114,31 @@ async fn export(
         .map_err(|_| ApiError::unprocessable("invalid_shopper_id", "not a shopper id this store could have sent"))?;
     let [session_key, history_key, acked_key] = state.places.keys_of(tenant.tenant_id, &shopper);
     let member = idle_member(&SessionKey { tenant: tenant.tenant_id, shopper: shopper.clone() });
+    let digest = nudge_contracts::subject_digest(tenant.tenant_id.as_uuid(), &shopper);
     let mut pipe = redis::pipe();
-    pipe.hgetall(&session_key).zscore(&state.places.idle_schedule, &member).lrange(&history_key, 0, -1).get(&acked_key);
+    pipe.hgetall(&session_key)
+        .zscore(&state.places.idle_schedule, &member)
+        .lrange(&history_key, 0, -1)
+        .get(&acked_key)
+        .smembers(emails_key(&state.places.prefix, tenant.tenant_id, &digest));
     let mut conn = state.redis.clone();
-    let (session, idle, history, acked): (BTreeMap<String, String>, Option<f64>, Vec<String>, Option<String>) =
-        pipe.query_async(&mut conn).await.map_err(|e| unavailable(&e))?;
+    #[allow(clippy::type_complexity)]
+    let (session, idle, history, acked, mut email_links): (
+        BTreeMap<String, String>,
+        Option<f64>,
+        Vec<String>,
+        Option<String>,
+        Vec<String>,
+    ) = pipe.query_async(&mut conn).await.map_err(|e| unavailable(&e))?;
+    email_links.sort_unstable();
     let interventions: Vec<serde_json::Value> = history
         .iter()
         .filter_map(|entry| entry.split_once('|'))
         .filter_map(|(_, frame)| serde_json::from_str(frame).ok())
         .collect();
     let suppressed = tenant.is_suppressed(shopper.as_str());
-    if session.is_empty() && idle.is_none() && interventions.is_empty() && acked.is_none() && !suppressed {
+    let nothing = session.is_empty() && idle.is_none() && interventions.is_empty() && acked.is_none();
+    if nothing && email_links.is_empty() && !suppressed {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "shopper_not_found",
@@ -137,6 +155,7 @@ async fn export(
         idle_cart_since_ms: idle.map(|score| score.round() as i64),
         interventions,
         last_acknowledged: acked,
+        email_links,
         not_included: not_included(),
     }))
 }

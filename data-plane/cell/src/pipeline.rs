@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use nudge_contracts::{
-    InterventionId, ShopperId,
+    InterventionId, ShopperId, email_digest,
     headers::EVENT_V1,
     headers::{FEATURES_V1, INTERVENTION_V1, PREDICTION_V1, SEALED_V1, SchemaRef},
     proto::{
@@ -193,6 +193,21 @@ impl Pipeline {
             }
             return Ok(());
         }
+        let tenant = self.directory.by_tenant(key.tenant);
+        // The e-mail address an identify names, by its digest in this store.
+        let email = match &event.payload {
+            Some(Payload::Identify(i)) if !i.email_sha256.is_empty() => {
+                Some(email_digest(key.tenant.as_uuid(), &i.email_sha256))
+            }
+            _ => None,
+        };
+        if let Some(email) = &email
+            && tenant.as_ref().is_some_and(|t| t.is_suppressed_subject(email))
+        {
+            // The address was erased after ingest accepted the event: it links nothing.
+            self.usage.dropped(key.tenant, Drop::Suppressed, 1);
+            return Ok(());
+        }
         let mut session = self.sessions.load(&key).await.map_err(store_failure)?;
         if let Some(Payload::CartIdle(idle)) = &event.payload
             && (session.last_seen_ms != idle.last_activity_ms || !session.has_open_cart())
@@ -208,7 +223,6 @@ impl Pipeline {
             self.metrics.features_defaulted.inc_by(defaulted as u64);
             tracing::warn!(tenant_id = %key.tenant, defaulted, "a stored session lacked fields; their features took their declared defaults");
         }
-        let tenant = self.directory.by_tenant(key.tenant);
         let assigned = tenant.as_ref().and_then(|t| t.model_version.as_deref());
         let rollout = tenant.as_ref().and_then(|t| t.rollout.as_ref());
         let routing = self.models.route(key.tenant, key.shopper.as_str(), assigned, rollout);
@@ -305,6 +319,11 @@ impl Pipeline {
             (false, true) => IdleTimer::Set { last_activity_ms: session.last_seen_ms },
             (false, false) => IdleTimer::Clear,
         };
+        if let Some(email) = &email {
+            // Before the effect is marked applied, so a crash between them links again.
+            let ttl = i64::try_from(self.keyring.key_lifetime_seconds(key.tenant)).unwrap_or(i64::MAX);
+            self.sessions.link_email(key.tenant, subject, email, ttl).await.map_err(store_failure)?;
+        }
         if !self.sessions.commit(&key, &event.event_id, &session, timer).await.map_err(store_failure)? {
             self.metrics.duplicates.inc();
             return Ok(());

@@ -30,9 +30,9 @@ pub struct TenantEntry {
     /// Subject digests ([`nudge_contracts::subject_digest`]) of the shoppers whose events
     /// are dropped at ingest.
     pub suppressed: std::collections::HashSet<String>,
-    /// Erasure requests (id, subject digest, whole tenant) this tenant's cell is to carry
-    /// out and report.
-    pub erasure_orders: Vec<(String, String, bool)>,
+    /// Erasure requests this tenant's cell is to carry out and report (each with its
+    /// request id).
+    pub erasure_orders: Vec<Erasure>,
     /// The model version this tenant is scored with; `None`: the cell's default.
     pub model_version: Option<String>,
     /// A candidate model being rolled out beside it.
@@ -82,6 +82,13 @@ impl TenantEntry {
     /// Whether the shopper with this subject digest is suppressed.
     pub fn is_suppressed_subject(&self, subject_digest: &str) -> bool {
         self.suppressed.contains(subject_digest)
+    }
+
+    /// Whether the e-mail address with this hash (the store's `email_sha256`) was erased:
+    /// an identify naming it is dropped (by its email digest, which the list holds).
+    pub fn is_suppressed_email(&self, email_sha256: &str) -> bool {
+        !self.suppressed.is_empty()
+            && self.suppressed.contains(&nudge_contracts::email_digest(self.tenant_id.as_uuid(), email_sha256))
     }
 
     /// Whether a browser's `Origin` header is one this tenant allows.
@@ -147,16 +154,29 @@ impl Inner {
     }
 }
 
-/// A shopper whose data the cell is to erase, by subject digest; or, with `whole_tenant`,
-/// everything the cell keeps of the tenant (`subject_digest` empty).
+/// What the cell is to erase: a shopper by subject digest, every shopper identified with one
+/// e-mail address, or everything it keeps of the tenant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Erasure {
     pub tenant: TenantId,
+    /// The shopper's subject digest; for [`ErasureScope::Email`], the address's email
+    /// digest ([`nudge_contracts::email_digest`]); empty for [`ErasureScope::Tenant`].
     pub subject_digest: String,
     /// The erasure request to report on, when one asked for it (a plain suppression does not).
     pub request_id: Option<String>,
+    pub scope: ErasureScope,
+}
+
+/// What an [`Erasure`] covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ErasureScope {
+    /// One shopper.
+    Subject,
+    /// Every shopper the store identified with the address, but those `held` (subject
+    /// digests under a legal hold).
+    Email { held: Vec<String> },
     /// The tenant's offboarding: every shopper, and every key of the tenant.
-    pub whole_tenant: bool,
+    Tenant,
 }
 
 /// The tenants of one cell, keyed by tenant and by publishable key.
@@ -307,19 +327,16 @@ impl Directory {
         if self.erasing.load(Ordering::Acquire) {
             let mut ordered = self.ordered.lock().unwrap_or_else(PoisonError::into_inner);
             // An order gone from the record is complete: forget it.
-            for (request_id, _, _) in &orders_before {
-                if !entry.erasure_orders.iter().any(|(id, _, _)| id == request_id) {
-                    ordered.remove(request_id);
+            for before in &orders_before {
+                if !entry.erasure_orders.iter().any(|o| o.request_id == before.request_id) {
+                    if let Some(id) = &before.request_id {
+                        ordered.remove(id);
+                    }
                 }
             }
-            for (request_id, digest, whole_tenant) in &entry.erasure_orders {
-                if ordered.insert(request_id.clone()) {
-                    newly.push(Erasure {
-                        tenant: tenant_id,
-                        subject_digest: digest.clone(),
-                        request_id: Some(request_id.clone()),
-                        whole_tenant: *whole_tenant,
-                    });
+            for order in &entry.erasure_orders {
+                if order.request_id.as_ref().is_some_and(|id| ordered.insert(id.clone())) {
+                    newly.push(order.clone());
                 }
             }
             for digest in &entry.suppressed {
@@ -329,7 +346,7 @@ impl Directory {
                         tenant: tenant_id,
                         subject_digest: digest.clone(),
                         request_id: None,
-                        whole_tenant: false,
+                        scope: ErasureScope::Subject,
                     });
                 }
             }
@@ -416,9 +433,20 @@ fn parse_entry(tenant_id: TenantId, config: &TenantConfig) -> Result<TenantEntry
         erasure_orders: config
             .erasures
             .iter()
-            // An order names a subject or the whole tenant, never neither.
+            // An order names a subject (or an address) or the whole tenant, never neither.
             .filter(|o| o.whole_tenant || !o.subject_digest.is_empty())
-            .map(|o| (o.request_id.clone(), o.subject_digest.clone(), o.whole_tenant))
+            .map(|o| Erasure {
+                tenant: tenant_id,
+                subject_digest: o.subject_digest.clone(),
+                request_id: Some(o.request_id.clone()),
+                scope: if o.whole_tenant {
+                    ErasureScope::Tenant
+                } else if o.by_email {
+                    ErasureScope::Email { held: o.held_subjects.clone() }
+                } else {
+                    ErasureScope::Subject
+                },
+            })
             .collect(),
         model_version: Some(config.model_version.clone()).filter(|m| !m.is_empty()),
         rollout: config.rollout.as_ref().and_then(|r| {
@@ -517,13 +545,17 @@ mod tests {
                 .map(|(r, d)| ErasureOrder {
                     request_id: (*r).to_owned(),
                     subject_digest: (*d).to_owned(),
-                    whole_tenant: false,
+                    ..ErasureOrder::default()
                 })
                 .collect();
             (k, config.encode_to_vec())
         };
-        let plain =
-            |d: &str| Erasure { tenant: t, subject_digest: d.to_owned(), request_id: None, whole_tenant: false };
+        let plain = |d: &str| Erasure {
+            tenant: t,
+            subject_digest: d.to_owned(),
+            request_id: None,
+            scope: ErasureScope::Subject,
+        };
         let (k, v) = with(1, &["a"], &[]);
         dir.apply(&k, Some(&v)).unwrap();
         assert_eq!(dir.take_erasures(), [plain("a")]);
@@ -545,6 +577,36 @@ mod tests {
         let (k, v) = with(6, &["a", "b", "c"], &[]);
         dir.apply(&k, Some(&v)).unwrap();
         assert!(dir.ordered.lock().unwrap().is_empty(), "a completed order is forgotten");
+    }
+
+    #[test]
+    fn an_order_by_email_carries_its_held_subjects_and_suppresses_the_address() {
+        let dir = Directory::new(CellId::default_shared());
+        dir.enable_erasures();
+        let t = TenantId::new();
+        let hash = "b4c9a289323b21a01c3e940f150eb9b8c542587f1abfd8f0e1cc1ffc5e475514";
+        let email = nudge_contracts::email_digest(t.as_uuid(), hash);
+        let (k, v, _) = record(t, "shared-1", 1, WireState::Active);
+        let mut config = TenantConfig::decode(v.as_slice()).unwrap();
+        config.suppressed_subjects = vec![email.clone()];
+        config.erasures = vec![ErasureOrder {
+            request_id: "req-e".into(),
+            subject_digest: email.clone(),
+            by_email: true,
+            held_subjects: vec!["h".into()],
+            ..ErasureOrder::default()
+        }];
+        dir.apply(&k, Some(&config.encode_to_vec())).unwrap();
+        let order = Erasure {
+            tenant: t,
+            subject_digest: email,
+            request_id: Some("req-e".into()),
+            scope: ErasureScope::Email { held: vec!["h".into()] },
+        };
+        assert_eq!(dir.take_erasures(), [order], "the address is not also erased as a subject");
+        let entry = dir.by_tenant(t).unwrap();
+        assert!(entry.is_suppressed_email(hash));
+        assert!(!entry.is_suppressed_email(&"0".repeat(64)));
     }
 
     #[test]

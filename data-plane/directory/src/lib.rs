@@ -17,5 +17,5 @@ pub mod directory;
 pub mod follow;
 pub mod session;
 
-pub use directory::{Directory, Erasure, ServerKeyEntry, TenantEntry, TenantLimits};
+pub use directory::{Directory, Erasure, ErasureScope, ServerKeyEntry, TenantEntry, TenantLimits};
 pub use follow::follow;

@@ -299,6 +299,36 @@ impl SessionStore {
         Ok(carts)
     }
 
+    /// Links the shopper with subject digest `subject` to the e-mail address with email
+    /// digest `email` ([`nudge_contracts::email_digest`]) in both directions, for
+    /// `ttl_seconds` from now (the tenant's retention): an erasure by e-mail finds the
+    /// shopper through [`email_key`], and erasing the shopper unlinks them through
+    /// [`emails_key`]. Idempotent.
+    pub async fn link_email(
+        &self,
+        tenant: TenantId,
+        subject: &str,
+        email: &str,
+        ttl_seconds: i64,
+    ) -> Result<(), StoreError> {
+        let (by_email, of_subject) =
+            (email_key(&self.prefix, tenant, email), emails_key(&self.prefix, tenant, subject));
+        let mut conn = self.redis.clone();
+        redis::pipe()
+            .atomic()
+            .sadd(&by_email, subject)
+            .ignore()
+            .expire(&by_email, ttl_seconds)
+            .ignore()
+            .sadd(&of_subject, email)
+            .ignore()
+            .expire(&of_subject, ttl_seconds)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
     /// Ends the timer the scanner acted on, unless the shopper has been active since.
     pub async fn settle_idle(&self, cart: &IdleCart) -> Result<(), StoreError> {
         let mut conn = self.redis.clone();
@@ -317,6 +347,19 @@ impl SessionStore {
 /// expiring with it.
 pub fn subject_key(prefix: &str, tenant: TenantId, digest: &str) -> String {
     format!("{prefix}t:{tenant}:subject:{digest}")
+}
+
+/// The shoppers (subject digests) the store identified with one e-mail address, under the
+/// address's email digest: what an erasure by e-mail erases. Expires with the tenant's
+/// retention after the last identify.
+pub fn email_key(prefix: &str, tenant: TenantId, email: &str) -> String {
+    format!("{prefix}t:{tenant}:email:{email}")
+}
+
+/// The email digests a shopper was identified with: what erasing the shopper unlinks from
+/// each [`email_key`].
+pub fn emails_key(prefix: &str, tenant: TenantId, subject: &str) -> String {
+    format!("{prefix}t:{tenant}:emails:{subject}")
 }
 
 /// A tenant's shoppers by when the cell last applied an event of theirs (a sorted set of

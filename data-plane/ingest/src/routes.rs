@@ -16,7 +16,7 @@ use nudge_contracts::{
     ShopperId,
     headers::EVENT_V1,
     ingest::{BatchAccepted, EventBatch},
-    proto::features::v1::SubjectKey,
+    proto::{events::v1::event::Payload, features::v1::SubjectKey},
     subject_digest,
 };
 use nudge_data_plane_directory::{
@@ -370,7 +370,11 @@ async fn accept_inner(
     // Suppressed shoppers (erased, or opted out): dropped, counted, and not told apart from
     // accepted ones, so the answer reveals nothing about who is suppressed.
     let before = events.len();
-    events.retain(|e| !tenant.is_suppressed(&e.shopper_id));
+    events.retain(|e| {
+        !tenant.is_suppressed(&e.shopper_id)
+            && !matches!(&e.payload, Some(Payload::Identify(i))
+                if !i.email_sha256.is_empty() && tenant.is_suppressed_email(&i.email_sha256))
+    });
     let suppressed = before - events.len();
     state.usage.dropped(tenant_id, Drop::Suppressed, suppressed as u64);
 

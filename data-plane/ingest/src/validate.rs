@@ -89,7 +89,10 @@ pub fn parse_event(index: usize, raw: &RawEvent, tenant: TenantId, now: DateTime
             currency: props.currency()?,
         }),
         "exit_intent" => Payload::ExitIntent(ExitIntent {}),
-        "identify" => Payload::Identify(Identify { customer_ref: props.text("customer_ref", 128)? }),
+        "identify" => Payload::Identify(Identify {
+            customer_ref: props.text("customer_ref", 128)?,
+            email_sha256: props.opt_sha256("email_sha256")?.unwrap_or_default(),
+        }),
         other => {
             let shown: String = other.chars().take(64).collect();
             return Err(err(index, "unknown_event_type", format!("unknown event type `{shown}`")));
@@ -129,6 +132,15 @@ impl Props<'_> {
         match self.opt_text(field, max)? {
             Some(s) if !s.is_empty() => Ok(s),
             _ => Err(self.invalid(field, "is required")),
+        }
+    }
+
+    /// A SHA-256 in hex (either case), as lowercase hex.
+    fn opt_sha256(&self, field: &str) -> Result<Option<String>, EventError> {
+        match self.opt_text(field, 64)? {
+            None => Ok(None),
+            Some(s) if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(Some(s.to_ascii_lowercase())),
+            Some(_) => Err(self.invalid(field, "must be a SHA-256 in hex (64 hex digits)")),
         }
     }
 
@@ -211,6 +223,21 @@ mod tests {
     }
 
     #[test]
+    fn an_identify_keeps_the_email_hash_in_lowercase() {
+        let hash = "B4C9A289323B21A01C3E940F150EB9B8C542587F1ABFD8F0E1CC1FFC5E475514";
+        let e = parse_event(
+            0,
+            &raw(json!({"event_id": "e1", "type": "identify", "shopper_id": "s1",
+                "properties": {"customer_ref": "c-1", "email_sha256": hash}})),
+            TenantId::new(),
+            now(),
+        )
+        .unwrap();
+        let Some(Payload::Identify(i)) = e.payload else { panic!("wrong payload") };
+        assert_eq!(i.email_sha256, hash.to_ascii_lowercase());
+    }
+
+    #[test]
     fn codes_for_each_kind_of_mistake() {
         let t = TenantId::new();
         let cases = [
@@ -239,6 +266,10 @@ mod tests {
             ),
             (
                 json!({"event_id": "e", "type": "purchase", "shopper_id": "s", "properties": {"order_id": "o", "value": 1, "currency": "euro"}}),
+                "invalid_property",
+            ),
+            (
+                json!({"event_id": "e", "type": "identify", "shopper_id": "s", "properties": {"customer_ref": "c", "email_sha256": "shopper@example.com"}}),
                 "invalid_property",
             ),
             (

@@ -560,6 +560,17 @@ impl Keyring {
         self.cache.lock().unwrap_or_else(|e| e.into_inner()).remove(tenant, subject_digest);
     }
 
+    /// How long a subject's stored data key outlives its last use: the key lifetime
+    /// (`key_ttl_hours`), or the tenant's retention when shorter. What the cell keeps to find
+    /// a subject's data again (their e-mail links) lives as long.
+    pub fn key_lifetime_seconds(&self, tenant: TenantId) -> u64 {
+        let lifetime = self.config.key_ttl_hours.saturating_mul(3600);
+        match self.directory.by_tenant(tenant).map(|t| t.limits.retention_days).filter(|d| *d > 0) {
+            Some(days) => lifetime.min(u64::from(days).saturating_mul(24 * 3600)),
+            None => lifetime,
+        }
+    }
+
     /// Drops every data key of `tenant` this process holds unwrapped (its offboarding).
     pub fn forget_tenant(&self, tenant: TenantId) {
         self.cache.lock().unwrap_or_else(|e| e.into_inner()).remove_tenant(tenant);
@@ -580,10 +591,7 @@ impl Keyring {
         }
         let stored_key = self.data_key(tenant, subject);
         let seen_key = last_seen_key(&self.prefix, tenant);
-        let mut expiry = self.config.key_ttl_hours.saturating_mul(3600);
-        if let Some(days) = self.directory.by_tenant(tenant).map(|t| t.limits.retention_days).filter(|d| *d > 0) {
-            expiry = expiry.min(u64::from(days).saturating_mul(24 * 3600));
-        }
+        let expiry = self.key_lifetime_seconds(tenant);
         let now_ms = now_unix_ms();
         let mut redis = self.redis.clone();
         let stored: Option<String> = if create {

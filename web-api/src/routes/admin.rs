@@ -513,20 +513,13 @@ async fn file_erasure(
 ) -> Result<(StatusCode, Json<ErasureView>), ApiError> {
     let tenant = parse_tenant(&tenant_id)?;
     let Json(body) = body.map_err(|e| ApiError::bad_request("malformed_json", e.body_text()))?;
-    let invalid = |field: &str, why: &str| {
-        ApiError::unprocessable("invalid_fields", "some fields are invalid")
-            .with_details(json!({ "fields": { field: why } }))
-    };
-    let digest = match (body.shopper_id, body.subject_digest) {
-        (Some(shopper), None) => {
-            let shopper =
-                nudge_contracts::ShopperId::parse(&shopper).map_err(|e| invalid("shopper_id", &e.to_string()))?;
-            nudge_contracts::subject_digest(tenant.as_uuid(), &shopper)
-        }
-        (None, Some(digest)) if nudge_control_plane::erasure::is_digest(&digest) => digest,
-        (None, Some(_)) => return Err(invalid("subject_digest", "64 lowercase hex digits")),
-        _ => return Err(invalid("subject", "give exactly one of shopper_id and subject_digest")),
-    };
+    let named = super::erasures::Named::of(
+        tenant,
+        body.shopper_id.as_deref(),
+        body.subject_digest.as_deref(),
+        body.email_sha256.as_deref(),
+        "give exactly one of shopper_id, subject_digest and email_sha256",
+    )?;
     let actor = format!("operator:{}", operator.0);
     let trace = current_trace().map(|t| t.to_header());
     let (request, new) = nudge_control_plane::erasure::request(
@@ -534,7 +527,7 @@ async fn file_erasure(
         &state.topics,
         &state.receipts,
         tenant,
-        &digest,
+        named.subject(),
         &actor,
         trace,
     )

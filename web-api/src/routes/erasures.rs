@@ -15,6 +15,7 @@ use nudge_contracts::control::{
 use nudge_control_plane::erasure::{self, ErasureError, ErasureRequest, LegalHold};
 use nudge_platform_http::{ApiError, ErrorBody, current_trace};
 use nudge_platform_vault::VaultError;
+use nudge_tenants::TenantId;
 use serde_json::json;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
@@ -55,6 +56,8 @@ pub(super) fn view(r: ErasureRequest) -> ErasureView {
                 status: s.status,
                 removed: s.removed,
                 finished_at: s.finished_at.map(time),
+                subjects: s.subjects,
+                held_subjects: s.held_subjects,
             })
             .collect(),
         audit: r
@@ -93,7 +96,7 @@ pub(super) fn erasure_error(e: ErasureError) -> ApiError {
         ErasureError::Db(db) => db_error(db),
         ErasureError::NotFound => ApiError::not_found(),
         ErasureError::Vault(v) => vault_error(v),
-        e @ ErasureError::Dedicated(_) => ApiError::internal(&e),
+        e @ (ErasureError::Dedicated(_) | ErasureError::BadReport(_)) => ApiError::internal(&e),
         ErasureError::LegalHold { hold_id, name } => ApiError::new(
             StatusCode::CONFLICT,
             "legal_hold",
@@ -103,13 +106,59 @@ pub(super) fn erasure_error(e: ErasureError) -> ApiError {
     }
 }
 
+/// Whom a request body names, as digests: exactly one of a shopper id, a subject digest
+/// (operators only) and an e-mail hash.
+pub(super) enum Named {
+    Shopper(String),
+    Email(String),
+}
+
+impl Named {
+    pub(super) fn of(
+        tenant: TenantId,
+        shopper_id: Option<&str>,
+        subject_digest: Option<&str>,
+        email_sha256: Option<&str>,
+        exactly_one: &str,
+    ) -> Result<Self, ApiError> {
+        let invalid = |field: &str, why: &str| {
+            ApiError::unprocessable("invalid_fields", "some fields are invalid")
+                .with_details(json!({ "fields": { field: why } }))
+        };
+        match (shopper_id, subject_digest, email_sha256) {
+            (Some(shopper), None, None) => {
+                Ok(Self::Shopper(nudge_contracts::subject_digest(tenant.as_uuid(), &shopper_of(shopper)?)))
+            }
+            (None, Some(digest), None) if erasure::is_digest(digest) => Ok(Self::Shopper(digest.to_owned())),
+            (None, Some(_), None) => Err(invalid("subject_digest", "64 lowercase hex digits")),
+            (None, None, Some(hash)) if hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                Ok(Self::Email(nudge_contracts::email_digest(tenant.as_uuid(), &hash.to_ascii_lowercase())))
+            }
+            (None, None, Some(_)) => {
+                Err(invalid("email_sha256", "the SHA-256 of the trimmed, lowercased address: 64 hex digits"))
+            }
+            _ => Err(invalid("subject", exactly_one)),
+        }
+    }
+
+    pub(super) fn subject(&self) -> erasure::Subject<'_> {
+        match self {
+            Self::Shopper(d) => erasure::Subject::Shopper(d),
+            Self::Email(d) => erasure::Subject::Email(d),
+        }
+    }
+}
+
 fn id_of(raw: &str) -> Result<Uuid, ApiError> {
     raw.parse().map_err(|_| ApiError::not_found())
 }
 
-/// Forget one of the store's shoppers. They are suppressed at once (their events are
-/// dropped, counted), then erased from every store Nudge wrote them to; the request
-/// completes with a signed receipt. Filing it again answers the same request (200).
+/// Forget one of the store's shoppers, or everyone the store identified with one e-mail
+/// address (`email_sha256`). They are suppressed at once (their events are dropped,
+/// counted; an address's shoppers as soon as their cell has found them), then erased from
+/// every store Nudge wrote them to; the request completes with a signed receipt. Filing it
+/// again answers the same request (200). A legal hold on the shopper or the store refuses
+/// it; for an address, shoppers under a hold are kept and named in the receipt.
 #[utoipa::path(post, path = "/v1/tenants/{tenant_id}/erasures", tag = "privacy",
     params(("tenant_id" = String, Path)), request_body = ErasureRequestBody, security(("access_token" = [])),
     responses(
@@ -131,12 +180,17 @@ async fn request_erasure(
     let tenant = merchant.tenant(&tenant_id)?;
     merchant.require(merchant.role().manages_keys())?;
     let Json(body) = body.map_err(|e| ApiError::bad_request("malformed_json", e.body_text()))?;
-    let shopper = shopper_of(&body.shopper_id)?;
+    let named = Named::of(
+        tenant,
+        body.shopper_id.as_deref(),
+        None,
+        body.email_sha256.as_deref(),
+        "give exactly one of shopper_id and email_sha256",
+    )?;
     let actor = format!("account:{}", merchant.0.account);
     let trace = current_trace().map(|t| t.to_header());
-    let digest = nudge_contracts::subject_digest(tenant.as_uuid(), &shopper);
     let (request, new) =
-        erasure::request(&state.router, &state.topics, &state.receipts, tenant, &digest, &actor, trace)
+        erasure::request(&state.router, &state.topics, &state.receipts, tenant, named.subject(), &actor, trace)
             .await
             .map_err(erasure_error)?;
     state.wake_outbox();
