@@ -47,6 +47,13 @@ pub fn producer_with<C: ClientContext + 'static>(
     Ok(producer)
 }
 
+/// How long a dynamic group member may go without a heartbeat before the group gives its
+/// partitions to the others.
+pub const SESSION_TIMEOUT_MS: u32 = 10_000;
+
+/// The same for a static member (see [`static_group_consumer`]).
+pub const STATIC_SESSION_TIMEOUT_MS: u32 = 30_000;
+
 /// A consumer in `group` for at-least-once processing: the caller stores an offset only
 /// after the record's effect is done (`store_offset_from_message`), and stored offsets are
 /// committed in the background. A crash replays at most what was not yet stored.
@@ -58,6 +65,12 @@ pub fn group_consumer(config: &KafkaConfig, client_id: &str, group: &str) -> Res
 /// restarts (a pod name, say). A member that crashes and comes back under the same name takes
 /// its partitions back from the committed offsets without a rebalance of the whole group,
 /// which is faster and does not stall the other members.
+///
+/// A static member's session outlasts a restart: [`STATIC_SESSION_TIMEOUT_MS`] rather than
+/// the dynamic [`SESSION_TIMEOUT_MS`]. The broker counts only heartbeats as signs of life,
+/// and a static member's join and sync take seconds each (tansu holds them ~3 s apiece), so a
+/// member restarting again and again, or one rejoining beside it, could otherwise be
+/// expired mid-handover, and the group left with partitions no one holds.
 pub fn static_group_consumer(
     config: &KafkaConfig,
     client_id: &str,
@@ -65,8 +78,10 @@ pub fn static_group_consumer(
     instance: Option<&str>,
 ) -> Result<StreamConsumer> {
     let mut c = base(config, client_id);
+    let mut session_timeout_ms = SESSION_TIMEOUT_MS;
     if let Some(instance) = instance {
         c.set("group.instance.id", format!("{}{instance}", config.prefix));
+        session_timeout_ms = STATIC_SESSION_TIMEOUT_MS;
     }
     let consumer = c
         .set("group.id", config.group(group))
@@ -74,7 +89,7 @@ pub fn static_group_consumer(
         .set("auto.commit.interval.ms", "1000")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "10000")
+        .set("session.timeout.ms", session_timeout_ms.to_string())
         .set("heartbeat.interval.ms", "1000")
         .set("enable.partition.eof", "false")
         .create()?;
