@@ -85,13 +85,17 @@ enum TopicsCommand {
 
 #[derive(Subcommand)]
 enum ErasureCommand {
-    /// Print a shopper's subject digest within a tenant: what an `ErasureRequest` resource or
-    /// the admin API takes instead of the shopper id, so the id is written nowhere.
+    /// Print a shopper's subject digest within a tenant (`--shopper`), or an e-mail address's
+    /// digest within it (`--email-sha256`, the SHA-256 of the trimmed, lowercased address):
+    /// what an `ErasureRequest` resource or the admin API takes instead of the shopper id or
+    /// the hash, so neither is written anywhere.
     Digest {
         #[arg(long)]
         tenant: nudge_tenants::TenantId,
+        #[arg(long, required_unless_present = "email_sha256", conflicts_with = "email_sha256")]
+        shopper: Option<String>,
         #[arg(long)]
-        shopper: String,
+        email_sha256: Option<String>,
     },
 }
 
@@ -150,9 +154,22 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", nudge_control_plane::auth::tokens::TokenKeys::generate_hex()?);
             Ok(())
         }
-        Command::Erasure { command: ErasureCommand::Digest { tenant, shopper } } => {
-            let shopper = nudge_contracts::ShopperId::parse(&shopper)?;
-            println!("{}", nudge_contracts::subject_digest(tenant.as_uuid(), &shopper));
+        Command::Erasure { command: ErasureCommand::Digest { tenant, shopper, email_sha256 } } => {
+            match (shopper, email_sha256) {
+                (Some(shopper), _) => {
+                    let shopper = nudge_contracts::ShopperId::parse(&shopper)?;
+                    println!("{}", nudge_contracts::subject_digest(tenant.as_uuid(), &shopper));
+                }
+                (None, Some(hash)) => {
+                    let hash = hash.trim().to_ascii_lowercase();
+                    anyhow::ensure!(
+                        nudge_contracts::is_sha256_hex(&hash),
+                        "--email-sha256 must be the SHA-256 of the trimmed, lowercased address (64 hex digits)"
+                    );
+                    println!("{}", nudge_contracts::email_digest(tenant.as_uuid(), &hash));
+                }
+                (None, None) => anyhow::bail!("give --shopper or --email-sha256"),
+            }
             Ok(())
         }
         Command::Listen { cell, key, origin, shopper } => {

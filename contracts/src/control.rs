@@ -315,13 +315,17 @@ pub struct SuppressionView {
 }
 
 /// `POST /v1/tenants/{tenant_id}/erasures`: forget one of the store's shoppers, or every
-/// shopper the store identified with one e-mail address. Exactly one of the two is given.
+/// shopper the store identified with one e-mail address. Exactly one field is given.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ErasureRequestBody {
     /// The store's id for the shopper (as its snippet or server sent it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shopper_id: Option<String>,
+    /// Or the shopper's subject digest, as a receipt names them (a shopper a legal hold kept
+    /// from an erasure by e-mail, once the hold is released).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_digest: Option<String>,
     /// The SHA-256 of the person's e-mail address (hex of the trimmed, lowercased address),
     /// as the store's `identify` events carried it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -329,7 +333,7 @@ pub struct ErasureRequestBody {
 }
 
 /// `POST /v1/admin/tenants/{tenant_id}/erasures`: an operator files an erasure request (for
-/// example from an `ErasureRequest` resource). Exactly one of the three names the subject.
+/// example from an `ErasureRequest` resource). Exactly one field names the subject.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminErasureRequest {
@@ -342,6 +346,10 @@ pub struct AdminErasureRequest {
     /// The SHA-256 of the person's e-mail address, as for the store's own requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email_sha256: Option<String>,
+    /// Or the address's digest in the store (`nudge erasure digest --email-sha256`), so the
+    /// hash, the same in every store, need not be written anywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email_digest: Option<String>,
 }
 
 /// A store's offboarding: asked for by its owner or an operator.

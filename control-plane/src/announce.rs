@@ -105,6 +105,14 @@ pub async fn announce(
                 .bind(tenant.as_uuid())
                 .fetch_all(&mut **tx)
                 .await?;
+        // Erased e-mail addresses stay erased: no identify links a shopper to one again.
+        let suppressed_emails: Vec<String> = sqlx::query_scalar(
+            "SELECT subject_digest FROM erasure_requests WHERE tenant_id = $1 AND scope = 'email'
+             ORDER BY subject_digest",
+        )
+        .bind(tenant.as_uuid())
+        .fetch_all(&mut **tx)
+        .await?;
         let erasures = crate::erasure::pending_orders(tx, tenant).await?;
         let config = TenantConfig {
             tenant_id: tenant.to_string(),
@@ -117,6 +125,7 @@ pub async fn announce(
             server_keys,
             suppressed_shoppers: Vec::new(),
             suppressed_subjects,
+            suppressed_emails,
             erasures,
             model_version: model_version.unwrap_or_default(),
             rollout,

@@ -372,10 +372,13 @@ pub async fn request(
         return repeated(router, topics, signer, tx, tenant, request_id, actor, traceparent).await;
     }
     // Suppressed first: the shopper's id leaves the list (an opt-out may have held it) and
-    // their digest stays on it, so their events are dropped from now on. An address's digest
-    // goes on the list too, so no identify links a shopper to it any more; the shoppers it
-    // leads to follow when the cell reports them.
-    let ids_removed = suppress_erased(&mut tx, tenant, std::slice::from_ref(&digest)).await?;
+    // their digest stays on it, so their events are dropped from now on. An address is
+    // suppressed by the request itself (the tenant record lists erased addresses), so no
+    // identify links a shopper to it any more; the shoppers it leads to follow when the cell
+    // reports them.
+    // (The address is not a shopper: the store's record lists it apart, see `announce`.)
+    let ids_removed =
+        if by_email { 0 } else { suppress_erased(&mut tx, tenant, std::slice::from_ref(&digest)).await? };
     if by_email && cell.is_some() {
         // This database holds no address; what it holds of the shoppers the cell finds is
         // removed when the cell reports them.
@@ -883,13 +886,27 @@ impl ReportSink {
         request_id: Uuid,
         subjects: &[String],
     ) -> Result<(), ErasureError> {
-        let scope: String =
-            sqlx::query_scalar("SELECT scope FROM erasure_requests WHERE tenant_id = $1 AND request_id = $2")
-                .bind(tenant.as_uuid())
-                .bind(request_id)
-                .fetch_one(&mut **tx)
-                .await?;
+        let row = sqlx::query("SELECT scope, status FROM erasure_requests WHERE tenant_id = $1 AND request_id = $2")
+            .bind(tenant.as_uuid())
+            .bind(request_id)
+            .fetch_one(&mut **tx)
+            .await?;
+        let (scope, status): (String, String) = (row.try_get("scope")?, row.try_get("status")?);
         if scope != "email" {
+            return Ok(());
+        }
+        if status != "in_progress" {
+            // A cell reporting after the receipt was signed (one the request did not wait
+            // for): its shoppers are not on the receipt, so nothing is done in its name.
+            audit(
+                tx,
+                tenant,
+                Some(request_id),
+                "system",
+                "late_report_ignored",
+                serde_json::json!({ "subjects": subjects.len() }),
+            )
+            .await?;
             return Ok(());
         }
         let ids_removed = if subjects.is_empty() { 0 } else { suppress_erased(tx, tenant, subjects).await? };
@@ -982,6 +999,7 @@ pub struct LegalHold {
 /// Places a legal hold on `shopper` (or, with `None`, the whole store).
 pub async fn place_hold(
     router: &TenantRouter,
+    topics: &Topics,
     tenant: TenantId,
     name: &str,
     shopper: Option<&ShopperId>,
@@ -1010,6 +1028,7 @@ pub async fn place_hold(
         serde_json::json!({ "hold_id": hold_id.to_string(), "name": name, "subject_digest": digest }),
     )
     .await?;
+    announce_holds(&mut tx, topics, tenant).await?;
     tx.commit().await.map_err(DbError::from)?;
     Ok(LegalHold {
         hold_id,
@@ -1019,6 +1038,26 @@ pub async fn place_hold(
         placed_at,
         released_at: None,
     })
+}
+
+/// Re-announces the store when an erasure by e-mail is in progress, whose order lists the
+/// held shoppers: the cell leaves a shopper held since the order went out alone too.
+async fn announce_holds(
+    tx: &mut Transaction<'static, Postgres>,
+    topics: &Topics,
+    tenant: TenantId,
+) -> Result<(), sqlx::Error> {
+    let pending: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM erasure_requests
+                        WHERE tenant_id = $1 AND scope = 'email' AND status = 'in_progress')",
+    )
+    .bind(tenant.as_uuid())
+    .fetch_one(&mut **tx)
+    .await?;
+    if pending {
+        announce(tx, topics, tenant, None).await?;
+    }
+    Ok(())
 }
 
 /// The store's legal holds, active first.
@@ -1050,6 +1089,7 @@ pub async fn holds(router: &TenantRouter, tenant: TenantId) -> Result<Vec<LegalH
 /// Releases an active hold; `NotFound` when there is none by that id.
 pub async fn release_hold(
     router: &TenantRouter,
+    topics: &Topics,
     tenant: TenantId,
     hold_id: Uuid,
     actor: &str,
@@ -1067,6 +1107,7 @@ pub async fn release_hold(
         return Err(ErasureError::NotFound);
     }
     audit(&mut tx, tenant, None, actor, "hold_released", serde_json::json!({ "hold_id": hold_id.to_string() })).await?;
+    announce_holds(&mut tx, topics, tenant).await?;
     tx.commit().await.map_err(DbError::from)?;
     Ok(())
 }

@@ -462,6 +462,7 @@ async fn an_erasure_by_email_hash_erases_every_shopper_identified_with_it_but_th
     assert_eq!(cell["removed"]["redis.session"], 2, "{done}");
     assert_eq!(cell["removed"]["redis.data_key"], 2, "{done}");
     assert_eq!(cell["removed"]["kafka.features.v1.tombstones"], 2, "{done}");
+    assert_eq!(cell["removed"]["redis.email_index"], 2, "one link each: {done}");
     assert!(steps.iter().any(|s| s["store"] == "postgres" && s["status"] != "pending"), "{done}");
 
     // The two devices are gone from Redis; the held one and Grace are not. Both erased
@@ -479,6 +480,7 @@ async fn an_erasure_by_email_hash_erases_every_shopper_identified_with_it_but_th
         assert_eq!(latest_snapshot(&platform, &key).await?, Some(None), "a tombstone for {shopper}");
     }
     assert!(!suppressed.contains(&digest(&held)?.as_str()), "the held shopper is not suppressed");
+    assert_eq!(suppressed.len(), 2, "the address is not listed as a shopper: {list}");
 
     // The receipt names the shoppers erased and the one kept, with its hold; no shopper id
     // and no hash of the address.
@@ -522,7 +524,56 @@ async fn an_erasure_by_email_hash_erases_every_shopper_identified_with_it_but_th
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(redis.smembers::<_, Vec<String>>(&index).await?, vec![digest(&held)?], "only the held shopper stays");
 
-    // Bad hashes are refused with the field named; another store's id answers 404.
+    // Once the hold is released, the shopper it kept is erased by the digest the receipt
+    // names.
+    let hold_id = hold["hold_id"].as_str().expect("a hold id");
+    let released = platform
+        .http
+        .delete(format!("{}/v1/tenants/{}/legal-holds/{hold_id}", platform.control_plane_url, store.tenant_id))
+        .bearer_auth(&token)
+        .send()
+        .await?;
+    assert_eq!(released.status(), 204);
+    let response = platform
+        .http
+        .post(format!("{}/v1/tenants/{}/erasures", platform.control_plane_url, store.tenant_id))
+        .bearer_auth(&token)
+        .json(&json!({ "subject_digest": digest(&held)? }))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 202);
+    let request: Value = response.json().await?;
+    let done = completed(&platform, &store.tenant_id, &token, request["request_id"].as_str().expect("id")).await?;
+    let cell = done["steps"].as_array().expect("steps").iter().find(|s| s["store"] == "cell:shared-1").cloned();
+    assert_eq!(cell.expect("the cell's step")["status"], "erased", "{done}");
+    assert_eq!(redis_hits(&platform, &held).await?, Vec::<String>::new());
+
+    // A hold on the whole store refuses an erasure by e-mail, naming it; another store
+    // cannot file for this one.
+    let store_hold = platform
+        .http
+        .post(format!("{}/v1/tenants/{}/legal-holds", platform.control_plane_url, store.tenant_id))
+        .bearer_auth(&token)
+        .json(&json!({ "name": "Regulator inquiry R-9" }))
+        .send()
+        .await?;
+    assert_eq!(store_hold.status(), 201);
+    let refused = file_email(other_email.clone()).await?;
+    assert_eq!(refused.status(), 409);
+    assert_eq!(refused.json::<Value>().await?["error"]["details"]["name"], "Regulator inquiry R-9");
+    let other_owner = format!("other-{}@example.com", unique_suffix());
+    platform.sign_up_as("Other Store", &["https://other.example.com"], &other_owner).await?;
+    let other_token = platform.login(&other_owner, None).await?.access_token;
+    let foreign = platform
+        .http
+        .post(format!("{}/v1/tenants/{}/erasures", platform.control_plane_url, store.tenant_id))
+        .bearer_auth(&other_token)
+        .json(&json!({ "email_sha256": other_email }))
+        .send()
+        .await?;
+    assert_eq!(foreign.status(), 404);
+
+    // Bad hashes are refused with the field named.
     for bad in [json!({ "email_sha256": "ada@example.com" }), json!({ "email_sha256": email, "shopper_id": "shp_x" })] {
         let response = platform
             .http

@@ -133,11 +133,13 @@ async fn an_erasure_resource_is_filed_with_the_control_plane_and_followed_to_its
     assert_eq!(condition(&status, "Degraded")["reason"], "InvalidSpec", "{status}");
     assert!(condition(&status, "Degraded")["message"].as_str().is_some_and(|m| m.contains("spec.subjectDigest")));
 
-    // A person named by the hash of their e-mail address: filed as an erasure by e-mail.
-    let email = "b4c9a289323b21a01c3e940f150eb9b8c542587f1abfd8f0e1cc1ffc5e475514";
+    // A person named by their e-mail address's digest in the store: filed as an erasure by
+    // e-mail.
+    let hash = "b4c9a289323b21a01c3e940f150eb9b8c542587f1abfd8f0e1cc1ffc5e475514";
+    let email = nudge_contracts::email_digest(tenant.as_uuid(), hash);
     fake.seed(
         &path("dsr-email"),
-        resource("dsr-email", json!({ "tenantId": store.tenant_id, "emailSha256": email, "reason": "DSR 3" })),
+        resource("dsr-email", json!({ "tenantId": store.tenant_id, "emailDigest": email, "reason": "DSR 3" })),
     );
     let (_, status) = reconcile(&fake, &ctx, "dsr-email").await?;
     assert_eq!(status["scope"], "email", "{status}");
@@ -146,12 +148,12 @@ async fn an_erasure_resource_is_filed_with_the_control_plane_and_followed_to_its
         &path("dsr-both"),
         resource(
             "dsr-both",
-            json!({ "tenantId": store.tenant_id, "emailSha256": email, "subjectDigest": digest, "reason": "x" }),
+            json!({ "tenantId": store.tenant_id, "emailDigest": email, "subjectDigest": digest, "reason": "x" }),
         ),
     );
     let (_, status) = reconcile(&fake, &ctx, "dsr-both").await?;
     assert_eq!(condition(&status, "Degraded")["reason"], "InvalidSpec", "{status}");
-    assert!(condition(&status, "Degraded")["message"].as_str().is_some_and(|m| m.contains("spec.emailSha256")));
+    assert!(condition(&status, "Degraded")["message"].as_str().is_some_and(|m| m.contains("spec.emailDigest")));
 
     // A whole store: its offboarding, in its grace period.
     let leaving = platform.sign_up_ready("Leaving Store", ORIGIN).await?;

@@ -297,10 +297,12 @@ pub struct ErasureRequestSpec {
     /// The shopper's subject digest (64 lowercase hex digits); absent with `wholeTenant`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject_digest: Option<String>,
-    /// Or: the SHA-256 of a person's e-mail address (hex of the trimmed, lowercased
-    /// address), to erase every shopper the store identified with it.
+    /// Or: an e-mail address's digest in the store (64 lowercase hex digits; `nudge erasure
+    /// digest --tenant <uuid> --email-sha256 <hash>`), to erase every shopper the store
+    /// identified with it. The address's hash, the same in every store, never goes into
+    /// the cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub email_sha256: Option<String>,
+    pub email_digest: Option<String>,
     /// Erase the whole store: its offboarding.
     #[serde(default)]
     pub whole_tenant: bool,

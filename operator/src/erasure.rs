@@ -83,7 +83,7 @@ impl ControlPlane {
 /// What a valid spec asks for.
 enum Target<'a> {
     Shopper { tenant: &'a str, digest: &'a str },
-    Email { tenant: &'a str, email_sha256: &'a str },
+    Email { tenant: &'a str, email_digest: &'a str },
     Tenant { tenant: &'a str, grace_days: Option<u32> },
 }
 
@@ -102,19 +102,17 @@ fn validate(er: &ErasureRequest) -> Result<Target<'_>, String> {
     if reason.is_empty() || reason.len() > 1000 {
         return Err("spec.reason must be 1-1000 characters".into());
     }
-    if let Some(hash) = &spec.email_sha256 {
+    if let Some(digest) = &spec.email_digest {
         if spec.subject_digest.is_some() || spec.whole_tenant {
-            return Err("give exactly one of spec.subjectDigest, spec.emailSha256 and spec.wholeTenant".into());
+            return Err("give exactly one of spec.subjectDigest, spec.emailDigest and spec.wholeTenant".into());
         }
-        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(
-                "spec.emailSha256 must be the SHA-256 of the trimmed, lowercased address (64 hex digits)".into()
-            );
+        if !nudge_contracts::is_sha256_hex(digest) {
+            return Err("spec.emailDigest must be 64 lowercase hex digits (nudge erasure digest --email-sha256)".into());
         }
         if spec.grace_days.is_some() {
             return Err("spec.graceDays applies to wholeTenant only".into());
         }
-        return Ok(Target::Email { tenant: &spec.tenant_id, email_sha256: hash });
+        return Ok(Target::Email { tenant: &spec.tenant_id, email_digest: digest });
     }
     match (&spec.subject_digest, spec.whole_tenant) {
         (Some(digest), false) => {
@@ -132,7 +130,7 @@ fn validate(er: &ErasureRequest) -> Result<Target<'_>, String> {
             Some(days) if days > 90 => Err("spec.graceDays must be 0-90".into()),
             grace_days => Ok(Target::Tenant { tenant: &spec.tenant_id, grace_days }),
         },
-        _ => Err("give exactly one of spec.subjectDigest, spec.emailSha256 and spec.wholeTenant".into()),
+        _ => Err("give exactly one of spec.subjectDigest, spec.emailDigest and spec.wholeTenant".into()),
     }
 }
 
@@ -180,7 +178,7 @@ async fn file(
     let decode = |what: &str, e: serde_json::Error| Error::ControlPlane(format!("an unexpected {what}: {e}"));
     let (tenant, named) = match *target {
         Target::Shopper { tenant, digest } => (tenant, json!({ "subject_digest": digest })),
-        Target::Email { tenant, email_sha256 } => (tenant, json!({ "email_sha256": email_sha256 })),
+        Target::Email { tenant, email_digest } => (tenant, json!({ "email_digest": email_digest })),
         Target::Tenant { tenant, grace_days } => return offboard(cp, tenant, grace_days, reason, filed_before).await,
     };
     // Filing the same request again answers it, with where it stands.

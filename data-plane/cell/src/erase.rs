@@ -305,48 +305,101 @@ impl EmailJob {
     }
 }
 
-/// Looks the address of each job up in its tenant's e-mail index and adds every shopper not
-/// yet found (nor held) as a subject to erase. Run before each pass: the address is
-/// suppressed by then, so no new shopper is linked to it after the first.
-async fn resolve_emails(redis: &mut ConnectionManager, places: &Places, jobs: &mut [EmailJob]) -> anyhow::Result<()> {
+/// Where the cell keeps the shoppers an erasure by e-mail has found, until its report is
+/// out: erasing a shopper unlinks them from the address, so after a restart this is what
+/// still leads to them.
+fn found_key(prefix: &str, job: &EmailJob) -> String {
+    format!("{prefix}t:{}:erasure:{}:found", job.erasure.tenant, job.erasure.request_id.as_deref().unwrap_or_default())
+}
+
+/// How long a found set outlives a cell that never finishes its order: the legal deadline.
+const FOUND_TTL_SECONDS: i64 = 31 * 24 * 3600;
+
+/// Looks the address of each job up in its tenant's e-mail index (and what an earlier run of
+/// the order found) and adds every shopper not yet found as a subject to erase — but those
+/// under a legal hold, by the latest list the store's record carries. Noted as found before
+/// anything of them is erased. Run before each pass: the address is suppressed by then, so
+/// no new shopper is linked to it after the first.
+async fn resolve_emails(
+    redis: &mut ConnectionManager,
+    directory: &Directory,
+    places: &Places,
+    jobs: &mut [EmailJob],
+) -> anyhow::Result<()> {
     if jobs.is_empty() {
         return Ok(());
     }
     let mut lookup = redis::pipe();
     for job in jobs.iter() {
         lookup.smembers(email_key(&places.prefix, job.erasure.tenant, &job.erasure.subject_digest));
+        lookup.smembers(found_key(&places.prefix, job));
     }
     let found: Vec<Vec<String>> = lookup.query_async(redis).await?;
-    for (job, subjects) in jobs.iter_mut().zip(found) {
-        for subject in subjects {
+    let mut found = found.into_iter();
+    let mut note = redis::pipe();
+    for job in jobs.iter_mut() {
+        // A hold placed since the order went out counts too.
+        let order = directory.by_tenant(job.erasure.tenant).and_then(|t| {
+            t.erasure_orders.iter().find(|o| o.request_id == job.erasure.request_id).map(|o| o.scope.clone())
+        });
+        if let Some(ErasureScope::Email { held }) = order {
+            job.held = held;
+        }
+        let (linked, noted) = (found.next().unwrap_or_default(), found.next().unwrap_or_default());
+        let mut new = Vec::new();
+        for subject in linked.into_iter().chain(noted) {
+            if job.subjects.iter().any(|s| s.erasure.subject_digest == subject) {
+                continue;
+            }
             if job.held.contains(&subject) {
                 job.held_found.insert(subject);
-            } else if !job.subjects.iter().any(|s| s.erasure.subject_digest == subject) {
-                job.subjects.push(Job::new(Erasure {
-                    tenant: job.erasure.tenant,
-                    subject_digest: subject,
-                    request_id: None,
-                    scope: ErasureScope::Subject,
-                }));
+                continue;
             }
+            job.held_found.remove(&subject);
+            new.push(subject.clone());
+            job.subjects.push(Job::new(Erasure {
+                tenant: job.erasure.tenant,
+                subject_digest: subject,
+                request_id: None,
+                scope: ErasureScope::Subject,
+            }));
         }
+        if !new.is_empty() {
+            let key = found_key(&places.prefix, job);
+            note.sadd(&key, &new).ignore().expire(&key, FOUND_TTL_SECONDS).ignore();
+        }
+    }
+    if !note.is_empty() {
+        note.query_async::<()>(redis).await?;
     }
     Ok(())
 }
 
-/// Removes the address's index entry of each job once its subjects are erased (its held
-/// subjects keep theirs).
+/// Unlinks each job's erased subjects from its address (erasing them did already, through
+/// their own links; a link written meanwhile goes here). Its held subjects keep theirs.
 async fn unlink_emails(redis: &mut ConnectionManager, places: &Places, jobs: &mut [EmailJob]) -> anyhow::Result<()> {
     for job in jobs.iter_mut() {
+        let gone: Vec<&String> = job.subjects.iter().map(|s| &s.erasure.subject_digest).collect();
+        if gone.is_empty() {
+            continue;
+        }
         let key = email_key(&places.prefix, job.erasure.tenant, &job.erasure.subject_digest);
-        let removed: u64 = if job.held_found.is_empty() {
-            redis::cmd("UNLINK").arg(&key).query_async(redis).await?
-        } else {
-            let gone: Vec<&String> = job.subjects.iter().map(|s| &s.erasure.subject_digest).collect();
-            if gone.is_empty() { 0 } else { redis::cmd("SREM").arg(&key).arg(&gone).query_async(redis).await? }
-        };
+        let removed: u64 = redis::cmd("SREM").arg(&key).arg(&gone).query_async(redis).await?;
         job.index_removed += removed;
     }
+    Ok(())
+}
+
+/// Forgets what each job found once its report is out.
+async fn forget_found(redis: &mut ConnectionManager, places: &Places, jobs: &[EmailJob]) -> anyhow::Result<()> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let mut pipe = redis::pipe();
+    for job in jobs {
+        pipe.del(found_key(&places.prefix, job)).ignore();
+    }
+    pipe.query_async::<()>(redis).await?;
     Ok(())
 }
 
@@ -409,7 +462,9 @@ async fn erase(
     let unlinked: Vec<u64> = unlink.query_async(redis).await?;
     let mut unlinked = unlinked.into_iter();
     for (job, emails) in batch.iter_mut().zip(&emails) {
-        job.removed[EMAIL_INDEX] += unlinked.by_ref().take(emails.len() + 1).sum::<u64>();
+        // The links removed from addresses (the shopper's own list of them goes too).
+        job.removed[EMAIL_INDEX] += unlinked.by_ref().take(emails.len()).sum::<u64>();
+        unlinked.next();
     }
     for job in batch.iter_mut() {
         // The data key needs no shopper id: sealed records of a shopper whose session has
@@ -547,7 +602,7 @@ pub async fn run(
             for chunk in jobs.chunks_mut(CHUNK).filter(|c| c.iter().any(|j| j.passes == 0)) {
                 erase(&mut redis, &keyring, &places, chunk).await?;
             }
-            resolve_emails(&mut redis, &places, &mut emails).await?;
+            resolve_emails(&mut redis, &directory, &places, &mut emails).await?;
             for job in &mut emails {
                 for chunk in job.subjects.chunks_mut(CHUNK).filter(|c| c.iter().any(|j| j.passes == 0)) {
                     erase(&mut redis, &keyring, &places, chunk).await?;
@@ -567,7 +622,9 @@ pub async fn run(
                 }
                 publish(&outputs, chunk).await?;
             }
-            resolve_emails(&mut redis, &places, &mut emails).await?;
+            // A shopper found only now gets one pass here; the suppression the report brings
+            // erases them again, twice, like any newly suppressed shopper.
+            resolve_emails(&mut redis, &directory, &places, &mut emails).await?;
             for job in &mut emails {
                 for chunk in job.subjects.chunks_mut(CHUNK) {
                     if chunk.iter().any(|j| j.passes < 2) {
@@ -579,6 +636,7 @@ pub async fn run(
             for job in &mut emails {
                 publish_email(&outputs, job).await?;
             }
+            forget_found(&mut redis, &places, &emails).await?;
             for job in &mut tenants {
                 if job.passes < 2 {
                     erase_tenant(&mut redis, &keyring, &places, job).await?;

@@ -202,7 +202,7 @@ impl Pipeline {
             _ => None,
         };
         if let Some(email) = &email
-            && tenant.as_ref().is_some_and(|t| t.is_suppressed_subject(email))
+            && tenant.as_ref().is_some_and(|t| t.is_suppressed_email_digest(email))
         {
             // The address was erased after ingest accepted the event: it links nothing.
             self.usage.dropped(key.tenant, Drop::Suppressed, 1);
@@ -319,8 +319,11 @@ impl Pipeline {
             (false, true) => IdleTimer::Set { last_activity_ms: session.last_seen_ms },
             (false, false) => IdleTimer::Clear,
         };
-        if let Some(email) = &email {
-            // Before the effect is marked applied, so a crash between them links again.
+        // An address erased while this event was being scored links nothing. The link comes
+        // before the effect is marked applied, so a crash between them links again.
+        if let Some(email) = &email
+            && !self.directory.by_tenant(key.tenant).is_some_and(|t| t.is_suppressed_email_digest(email))
+        {
             let ttl = i64::try_from(self.keyring.key_lifetime_seconds(key.tenant)).unwrap_or(i64::MAX);
             self.sessions.link_email(key.tenant, subject, email, ttl).await.map_err(store_failure)?;
         }

@@ -30,6 +30,9 @@ pub struct TenantEntry {
     /// Subject digests ([`nudge_contracts::subject_digest`]) of the shoppers whose events
     /// are dropped at ingest.
     pub suppressed: std::collections::HashSet<String>,
+    /// Email digests ([`nudge_contracts::email_digest`]) of the store's erased e-mail
+    /// addresses: an identify naming one is dropped.
+    pub suppressed_emails: std::collections::HashSet<String>,
     /// Erasure requests this tenant's cell is to carry out and report (each with its
     /// request id).
     pub erasure_orders: Vec<Erasure>,
@@ -85,10 +88,15 @@ impl TenantEntry {
     }
 
     /// Whether the e-mail address with this hash (the store's `email_sha256`) was erased:
-    /// an identify naming it is dropped (by its email digest, which the list holds).
+    /// an identify naming it is dropped.
     pub fn is_suppressed_email(&self, email_sha256: &str) -> bool {
-        !self.suppressed.is_empty()
-            && self.suppressed.contains(&nudge_contracts::email_digest(self.tenant_id.as_uuid(), email_sha256))
+        !self.suppressed_emails.is_empty()
+            && self.is_suppressed_email_digest(&nudge_contracts::email_digest(self.tenant_id.as_uuid(), email_sha256))
+    }
+
+    /// Whether the e-mail address with this email digest was erased.
+    pub fn is_suppressed_email_digest(&self, email_digest: &str) -> bool {
+        self.suppressed_emails.contains(email_digest)
     }
 
     /// Whether a browser's `Origin` header is one this tenant allows.
@@ -430,6 +438,7 @@ fn parse_entry(tenant_id: TenantId, config: &TenantConfig) -> Result<TenantEntry
         } else {
             config.suppressed_subjects.iter().cloned().collect()
         },
+        suppressed_emails: config.suppressed_emails.iter().cloned().collect(),
         erasure_orders: config
             .erasures
             .iter()
@@ -588,7 +597,7 @@ mod tests {
         let email = nudge_contracts::email_digest(t.as_uuid(), hash);
         let (k, v, _) = record(t, "shared-1", 1, WireState::Active);
         let mut config = TenantConfig::decode(v.as_slice()).unwrap();
-        config.suppressed_subjects = vec![email.clone()];
+        config.suppressed_emails = vec![email.clone()];
         config.erasures = vec![ErasureOrder {
             request_id: "req-e".into(),
             subject_digest: email.clone(),

@@ -513,12 +513,16 @@ async fn file_erasure(
 ) -> Result<(StatusCode, Json<ErasureView>), ApiError> {
     let tenant = parse_tenant(&tenant_id)?;
     let Json(body) = body.map_err(|e| ApiError::bad_request("malformed_json", e.body_text()))?;
+    let names = super::erasures::Names {
+        shopper_id: body.shopper_id.as_deref(),
+        subject_digest: body.subject_digest.as_deref(),
+        email_sha256: body.email_sha256.as_deref(),
+        email_digest: body.email_digest.as_deref(),
+    };
     let named = super::erasures::Named::of(
         tenant,
-        body.shopper_id.as_deref(),
-        body.subject_digest.as_deref(),
-        body.email_sha256.as_deref(),
-        "give exactly one of shopper_id, subject_digest and email_sha256",
+        names,
+        "give exactly one of shopper_id, subject_digest, email_sha256 and email_digest",
     )?;
     let actor = format!("operator:{}", operator.0);
     let trace = current_trace().map(|t| t.to_header());

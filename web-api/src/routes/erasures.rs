@@ -106,38 +106,52 @@ pub(super) fn erasure_error(e: ErasureError) -> ApiError {
     }
 }
 
-/// Whom a request body names, as digests: exactly one of a shopper id, a subject digest
-/// (operators only) and an e-mail hash.
+/// Whom a request body names, as digests.
 pub(super) enum Named {
     Shopper(String),
     Email(String),
 }
 
+/// The fields a request body may name its subject with; exactly one is given.
+#[derive(Default)]
+pub(super) struct Names<'a> {
+    pub shopper_id: Option<&'a str>,
+    pub subject_digest: Option<&'a str>,
+    pub email_sha256: Option<&'a str>,
+    /// Operators only.
+    pub email_digest: Option<&'a str>,
+}
+
 impl Named {
-    pub(super) fn of(
-        tenant: TenantId,
-        shopper_id: Option<&str>,
-        subject_digest: Option<&str>,
-        email_sha256: Option<&str>,
-        exactly_one: &str,
-    ) -> Result<Self, ApiError> {
+    pub(super) fn of(tenant: TenantId, names: Names<'_>, exactly_one: &str) -> Result<Self, ApiError> {
         let invalid = |field: &str, why: &str| {
             ApiError::unprocessable("invalid_fields", "some fields are invalid")
                 .with_details(json!({ "fields": { field: why } }))
         };
-        match (shopper_id, subject_digest, email_sha256) {
-            (Some(shopper), None, None) => {
-                Ok(Self::Shopper(nudge_contracts::subject_digest(tenant.as_uuid(), &shopper_of(shopper)?)))
-            }
-            (None, Some(digest), None) if erasure::is_digest(digest) => Ok(Self::Shopper(digest.to_owned())),
-            (None, Some(_), None) => Err(invalid("subject_digest", "64 lowercase hex digits")),
-            (None, None, Some(hash)) if hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => {
+        let given = [names.shopper_id, names.subject_digest, names.email_sha256, names.email_digest];
+        if given.iter().filter(|n| n.is_some()).count() != 1 {
+            return Err(invalid("subject", exactly_one));
+        }
+        if let Some(shopper) = names.shopper_id {
+            return Ok(Self::Shopper(nudge_contracts::subject_digest(tenant.as_uuid(), &shopper_of(shopper)?)));
+        }
+        if let Some(digest) = names.subject_digest {
+            return match erasure::is_digest(digest) {
+                true => Ok(Self::Shopper(digest.to_owned())),
+                false => Err(invalid("subject_digest", "64 lowercase hex digits")),
+            };
+        }
+        if let Some(digest) = names.email_digest {
+            return match erasure::is_digest(digest) {
+                true => Ok(Self::Email(digest.to_owned())),
+                false => Err(invalid("email_digest", "64 lowercase hex digits")),
+            };
+        }
+        match names.email_sha256 {
+            Some(hash) if hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => {
                 Ok(Self::Email(nudge_contracts::email_digest(tenant.as_uuid(), &hash.to_ascii_lowercase())))
             }
-            (None, None, Some(_)) => {
-                Err(invalid("email_sha256", "the SHA-256 of the trimmed, lowercased address: 64 hex digits"))
-            }
-            _ => Err(invalid("subject", exactly_one)),
+            _ => Err(invalid("email_sha256", "the SHA-256 of the trimmed, lowercased address: 64 hex digits")),
         }
     }
 
@@ -180,13 +194,13 @@ async fn request_erasure(
     let tenant = merchant.tenant(&tenant_id)?;
     merchant.require(merchant.role().manages_keys())?;
     let Json(body) = body.map_err(|e| ApiError::bad_request("malformed_json", e.body_text()))?;
-    let named = Named::of(
-        tenant,
-        body.shopper_id.as_deref(),
-        None,
-        body.email_sha256.as_deref(),
-        "give exactly one of shopper_id and email_sha256",
-    )?;
+    let names = Names {
+        shopper_id: body.shopper_id.as_deref(),
+        subject_digest: body.subject_digest.as_deref(),
+        email_sha256: body.email_sha256.as_deref(),
+        email_digest: None,
+    };
+    let named = Named::of(tenant, names, "give exactly one of shopper_id, subject_digest and email_sha256")?;
     let actor = format!("account:{}", merchant.0.account);
     let trace = current_trace().map(|t| t.to_header());
     let (request, new) =
@@ -305,8 +319,10 @@ async fn place_hold(
     }
     let shopper = body.shopper_id.as_deref().map(shopper_of).transpose()?;
     let actor = format!("account:{}", merchant.0.account);
-    let hold =
-        erasure::place_hold(&state.router, tenant, name, shopper.as_ref(), &actor).await.map_err(erasure_error)?;
+    let hold = erasure::place_hold(&state.router, &state.topics, tenant, name, shopper.as_ref(), &actor)
+        .await
+        .map_err(erasure_error)?;
+    state.wake_outbox();
     Ok((StatusCode::CREATED, Json(hold_view(hold))))
 }
 
@@ -327,7 +343,10 @@ async fn release_hold(
     let tenant = merchant.tenant(&tenant_id)?;
     merchant.require(merchant.role().manages_keys())?;
     let actor = format!("account:{}", merchant.0.account);
-    erasure::release_hold(&state.router, tenant, id_of(&hold_id)?, &actor).await.map_err(erasure_error)?;
+    erasure::release_hold(&state.router, &state.topics, tenant, id_of(&hold_id)?, &actor)
+        .await
+        .map_err(erasure_error)?;
+    state.wake_outbox();
     Ok(StatusCode::NO_CONTENT)
 }
 
