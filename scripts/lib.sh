@@ -34,4 +34,5 @@ export_runtime_env() {
     # The cell binary the local provisioner starts dedicated cells with (built by scripts/test).
     export NUDGE_CELL_BIN="$CARGO_TARGET_DIR/debug/nudge-cell"
     export NUDGE_BAO_BIN="$NUDGE_TOOLS_VENV/bin/bao"
+    export NUDGE_LOCALSTRIPE_BIN="$NUDGE_TOOLS_VENV/bin/localstripe"
 }

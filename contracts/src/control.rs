@@ -352,6 +352,33 @@ pub struct AdminErasureRequest {
     pub email_digest: Option<String>,
 }
 
+/// A store's billing: its plan, its price, and where Stripe stands.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BillingView {
+    pub tenant_id: String,
+    /// `free`, `growth` or `enterprise`.
+    pub plan: String,
+    /// The plan's list price per month, in cents of `currency`.
+    pub monthly_price_cents: u32,
+    pub currency: String,
+    /// `off`: the platform bills no one (no Stripe key); `syncing`: Stripe does not yet bill
+    /// what the store is on (it will within seconds, or `last_error` says why not);
+    /// `subscribed`: Stripe bills the plan; `cancelled`: the store is leaving, nothing is
+    /// billed any more.
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stripe_customer_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stripe_subscription_id: Option<String>,
+    /// The plan the live subscription bills.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subscribed_plan: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub synced_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
 /// A store's offboarding: asked for by its owner or an operator.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct OffboardingRequestBody {

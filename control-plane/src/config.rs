@@ -28,7 +28,74 @@ pub struct ControlPlaneConfig {
     pub vault: nudge_platform_vault::VaultConfig,
     pub erasure: ErasureConfig,
     pub offboarding: OffboardingConfig,
+    pub billing: BillingConfig,
     pub log: LogConfig,
+}
+
+/// Billing through Stripe (see `crate::billing`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct BillingConfig {
+    /// Stripe's API; the local run and the tests point it at a localstripe.
+    pub stripe_api_url: String,
+    /// Stripe's secret key (`sk_…`, from the environment:
+    /// `NUDGE_BILLING__STRIPE_SECRET_KEY`); billing is off while it is unset.
+    pub stripe_secret_key: Option<SecretString>,
+    /// The subscription item's field naming the price: `price` (Stripe's API) or `plan`
+    /// (its older name, which localstripe needs).
+    pub item_param: String,
+    /// The Stripe price of each plan.
+    pub prices: PlanPrices,
+    /// Make the plans' prices in Stripe when missing: for a Stripe account the platform
+    /// owns alone (the local run, the tests). In production they are made in Stripe.
+    pub create_prices: bool,
+    /// How often the sync looks for stores whose Stripe side does not match them.
+    pub sync_interval_ms: u64,
+    /// How long one call to Stripe may take.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for BillingConfig {
+    fn default() -> Self {
+        Self {
+            stripe_api_url: "https://api.stripe.com".to_owned(),
+            stripe_secret_key: None,
+            item_param: "price".to_owned(),
+            prices: PlanPrices::default(),
+            create_prices: false,
+            sync_interval_ms: 5_000,
+            request_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// The Stripe price id of each plan.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct PlanPrices {
+    pub free: String,
+    pub growth: String,
+    pub enterprise: String,
+}
+
+impl Default for PlanPrices {
+    fn default() -> Self {
+        Self {
+            free: "nudge-free-monthly".to_owned(),
+            growth: "nudge-growth-monthly".to_owned(),
+            enterprise: "nudge-enterprise-monthly".to_owned(),
+        }
+    }
+}
+
+impl PlanPrices {
+    pub fn of(&self, plan: nudge_tenants::Plan) -> &str {
+        match plan {
+            nudge_tenants::Plan::Free => &self.free,
+            nudge_tenants::Plan::Growth => &self.growth,
+            nudge_tenants::Plan::Enterprise => &self.enterprise,
+        }
+    }
 }
 
 /// Stores that leave.
@@ -295,6 +362,21 @@ impl Validate for ControlPlaneConfig {
         }
         if self.offboarding.tenant_key_prefix.trim().is_empty() {
             return Err("offboarding.tenant_key_prefix must name the stores' Transit keys".into());
+        }
+        if !matches!(self.billing.item_param.as_str(), "price" | "plan") {
+            return Err("billing.item_param must be `price` or `plan`".into());
+        }
+        if !self.billing.stripe_api_url.starts_with("http") {
+            return Err("billing.stripe_api_url must be an http(s) URL".into());
+        }
+        if self.billing.sync_interval_ms == 0 || self.billing.request_timeout_ms == 0 {
+            return Err("billing.sync_interval_ms and billing.request_timeout_ms must be positive".into());
+        }
+        for plan in nudge_tenants::Plan::ALL {
+            let price = self.billing.prices.of(plan);
+            if price.trim().is_empty() || price.len() > 255 {
+                return Err(format!("billing.prices.{} must name a Stripe price", plan.as_str()));
+            }
         }
         if self.erasure.receipt_key.trim().is_empty() {
             return Err("erasure.receipt_key must name a Transit key".into());

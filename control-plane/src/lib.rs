@@ -26,12 +26,15 @@
 //! - [`erasure`]: erasure requests tracked per store, legal holds, signed receipts.
 //! - [`offboarding`]: a leaving store's grace period, then its purge from every store.
 //! - [`usage`]: usage reports from the cells, and the merchant's totals.
+//! - [`billing`]: every store a Stripe customer subscribed to its plan, kept in step by a
+//!   sweep; [`stripe`]: the small Stripe API client it uses.
 //! - [`store`]: a store's profile.
 //! - [`outbox`]: the relay that publishes committed outbox rows to Kafka.
 
 pub mod accounts;
 pub mod announce;
 pub mod auth;
+pub mod billing;
 pub mod catalog;
 pub mod config;
 pub mod db;
@@ -50,6 +53,7 @@ pub mod registry;
 pub mod routing;
 pub mod signup;
 pub mod store;
+pub mod stripe;
 pub mod suppressions;
 pub mod usage;
 

@@ -170,33 +170,7 @@ impl Purger {
     /// Every store of every database whose grace period ended by `now`, advanced as far as
     /// it can go now.
     pub async fn sweep(&self, now: DateTime<Utc>) -> Result<Swept, DbError> {
-        let mut due = Vec::new();
-        let mut databases = vec![None];
-        databases.extend(self.router.dedicated_databases().await?.into_iter().map(Some));
-        for database in databases {
-            // One database that cannot be read holds up no other's stores.
-            let listed = async {
-                let db = match &database {
-                    None => self.router.registry().clone(),
-                    Some(name) => self.router.pool_for(name)?,
-                };
-                let mut tx = db.platform_tx().await?;
-                let ids: Vec<Uuid> =
-                    sqlx::query_scalar("SELECT nudge_offboardings_due($1)").bind(now).fetch_all(&mut *tx).await?;
-                tx.commit().await?;
-                Ok::<_, DbError>(ids)
-            };
-            match listed.await {
-                Ok(ids) => due.extend(ids.into_iter().map(TenantId::from_uuid)),
-                Err(e) if database.is_none() => return Err(e),
-                Err(e) => {
-                    tracing::warn!(database = database.as_deref().unwrap_or_default(), error = %e, "stores due for their purge could not be listed in a dedicated database");
-                }
-            }
-        }
-        // A store left in a database it moved out of (an interrupted move) is listed there too.
-        let mut seen = std::collections::HashSet::new();
-        due.retain(|t| seen.insert(*t));
+        let due = self.router.tenants_everywhere("SELECT nudge_offboardings_due($1)", Some(now)).await?;
         let mut swept = Swept::default();
         for tenant in due {
             // One control-plane replica purges a store at a time; the others pass it by.

@@ -175,6 +175,47 @@ impl TenantRouter {
         tx.commit().await?;
         Ok(names)
     }
+
+    /// The tenant ids `sql` (a `SECURITY DEFINER` function's `SELECT`, with `at` as `$1` when
+    /// given) answers in every database, each once, for a sweep over all stores. The main
+    /// database must answer; a dedicated one that cannot is logged and passed by (its stores
+    /// wait for the next sweep), so it holds up no other's.
+    pub async fn tenants_everywhere(
+        &self,
+        sql: &str,
+        at: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Vec<TenantId>, DbError> {
+        let mut found = Vec::new();
+        let mut databases = vec![None];
+        databases.extend(self.dedicated_databases().await?.into_iter().map(Some));
+        for database in databases {
+            let listed = async {
+                let db = match &database {
+                    None => self.main.clone(),
+                    Some(name) => self.pool_for(name)?,
+                };
+                let mut tx = db.platform_tx().await?;
+                let mut query = sqlx::query_scalar::<_, uuid::Uuid>(sql);
+                if let Some(at) = at {
+                    query = query.bind(at);
+                }
+                let ids = query.fetch_all(&mut *tx).await?;
+                tx.commit().await?;
+                Ok::<_, DbError>(ids)
+            };
+            match listed.await {
+                Ok(ids) => found.extend(ids.into_iter().map(TenantId::from_uuid)),
+                Err(e) if database.is_none() => return Err(e),
+                Err(e) => {
+                    tracing::warn!(database = database.as_deref().unwrap_or_default(), error = %e, "a sweep could not list the stores of a dedicated database");
+                }
+            }
+        }
+        // A store left in a database it moved out of (an interrupted move) is listed there too.
+        let mut seen = std::collections::HashSet::new();
+        found.retain(|t| seen.insert(*t));
+        Ok(found)
+    }
 }
 
 /// Whether `e` says the database connected to does not exist (SQLSTATE 3D000).

@@ -56,6 +56,7 @@ async fn openapi_documents_every_route() -> anyhow::Result<()> {
                 "/v1/tenants/{tenant_id}/legal-holds/{hold_id}",
                 "/v1/erasure-receipts/keys",
                 "/v1/tenants/{tenant_id}/offboarding",
+                "/v1/tenants/{tenant_id}/billing",
                 "/v1/tenants/{tenant_id}/shoppers/{shopper_id}/export",
                 "/v1/admin/tenants/{tenant_id}/offboarding",
                 "/v1/admin/tenants/{tenant_id}/erasures",

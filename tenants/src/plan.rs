@@ -78,6 +78,17 @@ impl Plan {
         Self::ALL.into_iter().find(|p| p.as_str() == s)
     }
 
+    /// The plan's list price per month, in euro cents (the enterprise price is where
+    /// negotiation starts). Stripe bills it: the price with this amount is the one
+    /// `billing.prices` names for the plan.
+    pub fn monthly_price_cents(self) -> u32 {
+        match self {
+            Self::Free => 0,
+            Self::Growth => 49_00,
+            Self::Enterprise => 990_00,
+        }
+    }
+
     pub fn limits(self) -> Limits {
         match self {
             Self::Free => {

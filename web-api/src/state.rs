@@ -40,6 +40,8 @@ pub struct AppState {
     pub offboarding_grace: chrono::Duration,
     /// `libonnxruntime.so` for checking uploaded models (`ORT_DYLIB_PATH` when `None`).
     pub onnxruntime_library: Option<Arc<std::path::PathBuf>>,
+    /// Stores are billed through Stripe (`billing.stripe_secret_key` is set).
+    pub billing_enabled: bool,
 }
 
 impl AppState {

@@ -1,6 +1,7 @@
 //! Routes of the public API, one module per resource.
 
 pub mod admin;
+pub mod billing;
 pub mod erasures;
 pub mod error;
 pub mod merchant;
@@ -23,4 +24,5 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(admin::router())
         .merge(models::router())
         .merge(offboarding::router())
+        .merge(billing::router())
 }

@@ -1,0 +1,161 @@
+//! Billing against localstripe (a fake Stripe server): a store that signs up becomes a
+//! Stripe customer subscribed to its plan's price; a plan change moves the subscription to
+//! the new price; an offboarding cancels it, and a cancelled offboarding subscribes the store
+//! again (once it has a card: Stripe refuses a paid plan without one, and the sync says so
+//! and retries). Another store's billing answers 404.
+
+mod common;
+
+use std::time::Duration;
+
+use common::ORIGIN;
+use nudge_control_plane::config::{BillingConfig, PlanPrices};
+use nudge_test_support::{LocalStripe, OPERATOR_TOKEN, Platform, STRIPE_KEY, unique_suffix};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+
+/// Waits (at most 60 s) until the store's billing satisfies `done`; its last view.
+async fn billing_until(
+    platform: &Platform,
+    tenant: &str,
+    token: &str,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> anyhow::Result<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let response = platform
+            .http
+            .get(format!("{}/v1/tenants/{tenant}/billing", platform.control_plane_url))
+            .bearer_auth(token)
+            .send()
+            .await?;
+        anyhow::ensure!(response.status() == 200, "billing answered {}", response.status());
+        let view: Value = response.json().await?;
+        if done(&view) {
+            return Ok(view);
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "not {what} within 60 s: {view}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_is_subscribed_at_signup_moved_on_a_plan_change_and_cancelled_when_it_leaves() -> anyhow::Result<()> {
+    let stripe = LocalStripe::start().await?;
+    let stripe_url = stripe.url();
+    let platform = Platform::start_with(|cp, _| {
+        cp.billing = BillingConfig {
+            stripe_api_url: stripe_url,
+            stripe_secret_key: Some(SecretString::from(STRIPE_KEY)),
+            // localstripe knows subscription items by their older field.
+            item_param: "plan".to_owned(),
+            create_prices: true,
+            sync_interval_ms: 200,
+            ..BillingConfig::default()
+        };
+    })
+    .await?;
+    let prices = PlanPrices::default();
+    let owner = format!("owner-{}@example.com", unique_suffix());
+    let store = platform.sign_up_as("Billed Store", &[ORIGIN], &owner).await?;
+    let token = platform.login(&owner, None).await?.access_token;
+
+    // Signed up: a customer, subscribed to the free plan's price.
+    let billing =
+        billing_until(&platform, &store.tenant_id, &token, "subscribed", |b| b["status"] == "subscribed").await?;
+    assert_eq!((billing["plan"].as_str(), billing["monthly_price_cents"].as_u64()), (Some("free"), Some(0)));
+    let customer_id = billing["stripe_customer_id"].as_str().expect("a customer").to_owned();
+    let subscription_id = billing["stripe_subscription_id"].as_str().expect("a subscription").to_owned();
+    let customer = stripe.get(&format!("/v1/customers/{customer_id}")).await?;
+    assert_eq!(customer["metadata"]["tenant_id"], store.tenant_id.as_str(), "{customer}");
+    assert_eq!(customer["name"], "Billed Store");
+    let subscription = stripe.get(&format!("/v1/subscriptions/{subscription_id}")).await?;
+    assert_eq!(subscription["status"], "active", "{subscription}");
+    assert_eq!(subscription["customer"], customer_id.as_str());
+    assert_eq!(subscription["items"]["data"][0]["plan"]["id"], prices.free.as_str(), "{subscription}");
+    assert_eq!(subscription["metadata"]["tenant_id"], store.tenant_id.as_str());
+    // One customer for the store, however many sweeps ran.
+    let customers = stripe.get("/v1/customers?limit=100").await?;
+    let named: Vec<&Value> = customers["data"]
+        .as_array()
+        .expect("customers")
+        .iter()
+        .filter(|c| c["metadata"]["tenant_id"] == store.tenant_id.as_str())
+        .collect();
+    assert_eq!(named.len(), 1, "{customers}");
+
+    // A plan change: the same subscription, moved to the growth price.
+    let changed = platform
+        .http
+        .post(format!("{}/v1/admin/tenants/{}/plan", platform.control_plane_url, store.tenant_id))
+        .bearer_auth(OPERATOR_TOKEN)
+        .json(&json!({ "plan": "growth" }))
+        .send()
+        .await?;
+    assert_eq!(changed.status(), 200, "{}", changed.text().await?);
+    let billing = billing_until(&platform, &store.tenant_id, &token, "on growth", |b| {
+        b["status"] == "subscribed" && b["subscribed_plan"] == "growth"
+    })
+    .await?;
+    assert_eq!(billing["monthly_price_cents"], 4900);
+    assert_eq!(billing["stripe_subscription_id"], subscription_id.as_str());
+    let subscription = stripe.get(&format!("/v1/subscriptions/{subscription_id}")).await?;
+    assert_eq!(subscription["items"]["data"][0]["plan"]["id"], prices.growth.as_str(), "{subscription}");
+
+    // The store leaves: its subscription is cancelled at once (the grace period bills
+    // nothing).
+    let offboarding = format!("{}/v1/tenants/{}/offboarding", platform.control_plane_url, store.tenant_id);
+    let asked =
+        platform.http.post(&offboarding).bearer_auth(&token).json(&json!({ "reason": "closing" })).send().await?;
+    assert_eq!(asked.status(), 202, "{}", asked.text().await?);
+    let billing =
+        billing_until(&platform, &store.tenant_id, &token, "cancelled", |b| b["status"] == "cancelled").await?;
+    assert!(billing.get("stripe_subscription_id").is_none(), "{billing}");
+    let subscription = stripe.get(&format!("/v1/subscriptions/{subscription_id}")).await?;
+    assert_eq!(subscription["status"], "canceled", "{subscription}");
+
+    // It changes its mind: subscribed again, to its plan, under the same customer — once
+    // the customer has a card, as Stripe wants for a paid plan (until then the sync says
+    // why it waits, and retries).
+    let cancelled = platform.http.delete(&offboarding).bearer_auth(&token).send().await?;
+    assert_eq!(cancelled.status(), 200, "{}", cancelled.text().await?);
+    let waiting = billing_until(&platform, &store.tenant_id, &token, "waiting for a card", |b| {
+        b["last_error"].as_str().is_some_and(|e| e.contains("payment method"))
+    })
+    .await?;
+    assert_eq!(waiting["status"], "syncing", "{waiting}");
+    stripe.add_card(&customer_id).await?;
+    let billing =
+        billing_until(&platform, &store.tenant_id, &token, "subscribed again", |b| b["status"] == "subscribed").await?;
+    let again = billing["stripe_subscription_id"].as_str().expect("a new subscription");
+    assert_ne!(again, subscription_id);
+    assert_eq!(billing["stripe_customer_id"], customer_id.as_str());
+    let subscription = stripe.get(&format!("/v1/subscriptions/{again}")).await?;
+    assert_eq!(subscription["items"]["data"][0]["plan"]["id"], prices.growth.as_str(), "{subscription}");
+
+    // Another store sees none of it.
+    let other_owner = format!("other-{}@example.com", unique_suffix());
+    platform.sign_up_as("Other Store", &["https://other.example.com"], &other_owner).await?;
+    let other_token = platform.login(&other_owner, None).await?.access_token;
+    let foreign = platform
+        .http
+        .get(format!("{}/v1/tenants/{}/billing", platform.control_plane_url, store.tenant_id))
+        .bearer_auth(&other_token)
+        .send()
+        .await?;
+    assert_eq!(foreign.status(), 404);
+    platform.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn billing_is_off_without_a_stripe_key_and_the_store_works_regardless() -> anyhow::Result<()> {
+    let platform = Platform::start().await?;
+    let owner = format!("owner-{}@example.com", unique_suffix());
+    let store = platform.sign_up_as("Unbilled Store", &[ORIGIN], &owner).await?;
+    let token = platform.login(&owner, None).await?.access_token;
+    let billing = billing_until(&platform, &store.tenant_id, &token, "off", |b| b["status"] == "off").await?;
+    assert_eq!(billing["plan"], "free");
+    assert!(billing.get("stripe_customer_id").is_none(), "{billing}");
+    platform.shutdown().await
+}
