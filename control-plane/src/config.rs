@@ -39,7 +39,7 @@ pub struct BillingConfig {
     /// Stripe's API; the local run and the tests point it at a localstripe.
     pub stripe_api_url: String,
     /// Stripe's secret key (`sk_…`, from the environment:
-    /// `NUDGE_BILLING__STRIPE_SECRET_KEY`); billing is off while it is unset.
+    /// `NUDGE_CONTROL_PLANE__BILLING__STRIPE_SECRET_KEY`); billing is off while it is unset.
     pub stripe_secret_key: Option<SecretString>,
     /// The subscription item's field naming the price: `price` (Stripe's API) or `plan`
     /// (its older name, which localstripe needs).
