@@ -377,6 +377,12 @@ pub struct BillingView {
     pub synced_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// Dunning, from Stripe's payment events: `ok`; `warned` (a payment failed: update the
+    /// payment method); `ingest_paused` (failed again: the store's events are refused);
+    /// `suspended` (the store is suspended until it pays).
+    pub dunning: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dunning_since: Option<String>,
 }
 
 /// A store's offboarding: asked for by its owner or an operator.

@@ -114,6 +114,11 @@ pub async fn announce(
         .fetch_all(&mut **tx)
         .await?;
         let erasures = crate::erasure::pending_orders(tx, tenant).await?;
+        let dunning: Option<String> = sqlx::query_scalar("SELECT dunning FROM billing_accounts WHERE tenant_id = $1")
+            .bind(tenant.as_uuid())
+            .fetch_optional(&mut **tx)
+            .await?;
+        let ingest_paused = matches!(dunning.as_deref(), Some("ingest_paused" | "suspended"));
         let config = TenantConfig {
             tenant_id: tenant.to_string(),
             state: wire_state(state) as i32,
@@ -126,6 +131,7 @@ pub async fn announce(
             suppressed_shoppers: Vec::new(),
             suppressed_subjects,
             suppressed_emails,
+            ingest_paused,
             erasures,
             model_version: model_version.unwrap_or_default(),
             rollout,

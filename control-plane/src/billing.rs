@@ -71,6 +71,9 @@ pub struct BillingAccount {
     pub synced_at: Option<DateTime<Utc>>,
     /// The last failure talking to Stripe, while the sync retries.
     pub last_error: Option<String>,
+    /// Dunning (`crate::webhooks`): `ok`, `warned`, `ingest_paused`, `suspended`.
+    pub dunning: String,
+    pub dunning_since: Option<DateTime<Utc>>,
 }
 
 impl BillingAccount {
@@ -107,7 +110,7 @@ impl BillingSync {
     /// Brings every store that is out of step in step, as far as Stripe lets it now; the
     /// stores it moved.
     pub async fn sweep(&self) -> Result<usize, DbError> {
-        let due = self.router.tenants_everywhere("SELECT nudge_billing_due()", None).await?;
+        let due = self.router.tenants_everywhere("SELECT nudge_billing_due()", crate::routing::SweepArg::None).await?;
         let mut moved = 0;
         for tenant in due {
             for _ in 0..MAX_STEPS {
@@ -254,7 +257,7 @@ pub async fn account(
     let mut tx = router.tenant_tx(tenant).await?;
     let row = sqlx::query(
         "SELECT t.state, t.plan, b.stripe_customer_id, b.stripe_subscription_id, b.subscribed_plan, b.synced_at,
-                b.last_error
+                b.last_error, COALESCE(b.dunning, 'ok') AS dunning, b.dunning_since
          FROM tenants t LEFT JOIN billing_accounts b ON b.tenant_id = t.tenant_id WHERE t.tenant_id = $1",
     )
     .bind(tenant.as_uuid())
@@ -270,6 +273,8 @@ pub async fn account(
         subscribed_plan: row.try_get::<Option<String>, _>("subscribed_plan")?.as_deref().and_then(Plan::parse),
         synced_at: row.try_get("synced_at")?,
         last_error: row.try_get("last_error")?,
+        dunning: row.try_get("dunning")?,
+        dunning_since: row.try_get("dunning_since")?,
     };
     Ok(Some((account, state)))
 }

@@ -53,6 +53,14 @@ pub struct BillingConfig {
     pub sync_interval_ms: u64,
     /// How long one call to Stripe may take.
     pub request_timeout_ms: u64,
+    /// The webhook endpoint's signing secrets (`whsec_…`; several while one is rolled, from
+    /// the environment: `NUDGE_CONTROL_PLANE__BILLING__WEBHOOK_SECRETS='["whsec_…"]'`); the
+    /// endpoint answers 503 while there is none.
+    pub webhook_secrets: Vec<SecretString>,
+    /// How far from now a webhook's signature time may be, either way.
+    pub webhook_tolerance_secs: i64,
+    /// How failed payments grade a store.
+    pub dunning: crate::webhooks::DunningPolicy,
 }
 
 impl Default for BillingConfig {
@@ -65,6 +73,9 @@ impl Default for BillingConfig {
             create_prices: false,
             sync_interval_ms: 5_000,
             request_timeout_ms: 10_000,
+            webhook_secrets: Vec::new(),
+            webhook_tolerance_secs: 300,
+            dunning: crate::webhooks::DunningPolicy::default(),
         }
     }
 }
@@ -371,6 +382,10 @@ impl Validate for ControlPlaneConfig {
         }
         if self.billing.sync_interval_ms == 0 || self.billing.request_timeout_ms == 0 {
             return Err("billing.sync_interval_ms and billing.request_timeout_ms must be positive".into());
+        }
+        self.billing.dunning.validate()?;
+        if !(1..=3600).contains(&self.billing.webhook_tolerance_secs) {
+            return Err("billing.webhook_tolerance_secs must be 1-3600".into());
         }
         for plan in nudge_tenants::Plan::ALL {
             let price = self.billing.prices.of(plan);

@@ -27,7 +27,8 @@
 //! - [`offboarding`]: a leaving store's grace period, then its purge from every store.
 //! - [`usage`]: usage reports from the cells, and the merchant's totals.
 //! - [`billing`]: every store a Stripe customer subscribed to its plan, kept in step by a
-//!   sweep; [`stripe`]: the small Stripe API client it uses.
+//!   sweep; [`stripe`]: the small Stripe API client it uses; [`webhooks`]: Stripe's events,
+//!   verified, received once, and the dunning they drive.
 //! - [`store`]: a store's profile.
 //! - [`outbox`]: the relay that publishes committed outbox rows to Kafka.
 
@@ -56,6 +57,7 @@ pub mod store;
 pub mod stripe;
 pub mod suppressions;
 pub mod usage;
+pub mod webhooks;
 
 pub use config::ControlPlaneConfig;
 pub use db::Database;

@@ -170,7 +170,10 @@ impl Purger {
     /// Every store of every database whose grace period ended by `now`, advanced as far as
     /// it can go now.
     pub async fn sweep(&self, now: DateTime<Utc>) -> Result<Swept, DbError> {
-        let due = self.router.tenants_everywhere("SELECT nudge_offboardings_due($1)", Some(now)).await?;
+        let due = self
+            .router
+            .tenants_everywhere("SELECT nudge_offboardings_due($1)", crate::routing::SweepArg::At(now))
+            .await?;
         let mut swept = Swept::default();
         for tenant in due {
             // One control-plane replica purges a store at a time; the others pass it by.

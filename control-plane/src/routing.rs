@@ -176,15 +176,11 @@ impl TenantRouter {
         Ok(names)
     }
 
-    /// The tenant ids `sql` (a `SECURITY DEFINER` function's `SELECT`, with `at` as `$1` when
-    /// given) answers in every database, each once, for a sweep over all stores. The main
-    /// database must answer; a dedicated one that cannot is logged and passed by (its stores
-    /// wait for the next sweep), so it holds up no other's.
-    pub async fn tenants_everywhere(
-        &self,
-        sql: &str,
-        at: Option<chrono::DateTime<chrono::Utc>>,
-    ) -> Result<Vec<TenantId>, DbError> {
+    /// The tenant ids `sql` (a `SECURITY DEFINER` function's `SELECT`, with `arg` as `$1`)
+    /// answers in every database, each once, for a sweep over all stores. The main database
+    /// must answer; a dedicated one that cannot is logged and passed by (its stores wait for
+    /// the next sweep), so it holds up no other's.
+    pub async fn tenants_everywhere(&self, sql: &str, arg: SweepArg<'_>) -> Result<Vec<TenantId>, DbError> {
         let mut found = Vec::new();
         let mut databases = vec![None];
         databases.extend(self.dedicated_databases().await?.into_iter().map(Some));
@@ -195,10 +191,12 @@ impl TenantRouter {
                     Some(name) => self.pool_for(name)?,
                 };
                 let mut tx = db.platform_tx().await?;
-                let mut query = sqlx::query_scalar::<_, uuid::Uuid>(sql);
-                if let Some(at) = at {
-                    query = query.bind(at);
-                }
+                let query = sqlx::query_scalar::<_, uuid::Uuid>(sql);
+                let query = match arg {
+                    SweepArg::None => query,
+                    SweepArg::At(at) => query.bind(at),
+                    SweepArg::Text(text) => query.bind(text),
+                };
                 let ids = query.fetch_all(&mut *tx).await?;
                 tx.commit().await?;
                 Ok::<_, DbError>(ids)
@@ -216,6 +214,14 @@ impl TenantRouter {
         found.retain(|t| seen.insert(*t));
         Ok(found)
     }
+}
+
+/// The argument of a [`TenantRouter::tenants_everywhere`] query.
+#[derive(Debug, Clone, Copy)]
+pub enum SweepArg<'a> {
+    None,
+    At(chrono::DateTime<chrono::Utc>),
+    Text(&'a str),
 }
 
 /// Whether `e` says the database connected to does not exist (SQLSTATE 3D000).

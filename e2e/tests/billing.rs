@@ -159,3 +159,161 @@ async fn billing_is_off_without_a_stripe_key_and_the_store_works_regardless() ->
     assert!(billing.get("stripe_customer_id").is_none(), "{billing}");
     platform.shutdown().await
 }
+
+const WEBHOOK_SECRET: &str = "whsec_test_nudge_current";
+const OLD_WEBHOOK_SECRET: &str = "whsec_test_nudge_previous";
+
+/// `Stripe-Signature` for `body` at `t`, one `v1` per secret.
+fn signature(body: &str, t: i64, secrets: &[&str]) -> String {
+    use hmac::{Hmac, Mac};
+    let mut header = format!("t={t}");
+    for secret in secrets {
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+        mac.update(format!("{t}.{body}").as_bytes());
+        header.push_str(&format!(",v1={}", hex::encode(mac.finalize().into_bytes())));
+    }
+    header
+}
+
+/// An invoice event of `customer`, as Stripe sends it.
+fn invoice_event(id: &str, kind: &str, created: i64, customer: &str, attempts: u64) -> String {
+    json!({
+        "id": id,
+        "object": "event",
+        "type": kind,
+        "created": created,
+        "data": { "object": { "object": "invoice", "customer": customer, "attempt_count": attempts } },
+    })
+    .to_string()
+}
+
+async fn deliver(platform: &Platform, body: &str, signature: Option<String>) -> anyhow::Result<(u16, Value)> {
+    let mut request = platform
+        .http
+        .post(format!("{}/v1/webhooks/stripe", platform.control_plane_url))
+        .header("content-type", "application/json")
+        .body(body.to_owned());
+    if let Some(signature) = signature {
+        request = request.header("Stripe-Signature", signature);
+    }
+    let response = request.send().await?;
+    Ok((response.status().as_u16(), response.json().await?))
+}
+
+/// Waits (at most 60 s) until the cell answers the store's events with `status`.
+async fn ingest_answers(platform: &Platform, key: &str, status: u16) -> anyhow::Result<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let response = platform.post_events(key, Some(ORIGIN), &common::browsing("shp_dunning")).await?;
+        if response.status().as_u16() == status {
+            return Ok(response.json().await.unwrap_or(Value::Null));
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "ingest never answered {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stripe_webhooks_are_verified_once_in_order_and_dunning_reaches_the_cell() -> anyhow::Result<()> {
+    let stripe = LocalStripe::start().await?;
+    let stripe_url = stripe.url();
+    let platform = Platform::start_with(|cp, _| {
+        cp.billing = BillingConfig {
+            stripe_api_url: stripe_url,
+            stripe_secret_key: Some(SecretString::from(STRIPE_KEY)),
+            item_param: "plan".to_owned(),
+            create_prices: true,
+            sync_interval_ms: 200,
+            webhook_secrets: vec![SecretString::from(WEBHOOK_SECRET), SecretString::from(OLD_WEBHOOK_SECRET)],
+            ..BillingConfig::default()
+        };
+    })
+    .await?;
+    let owner = format!("owner-{}@example.com", unique_suffix());
+    let store = platform.sign_up_as("Dunned Store", &[ORIGIN], &owner).await?;
+    platform.wait_for_key(&store.publishable_key, ORIGIN).await?;
+    let token = platform.login(&owner, None).await?.access_token;
+    let billing =
+        billing_until(&platform, &store.tenant_id, &token, "subscribed", |b| b["status"] == "subscribed").await?;
+    let customer = billing["stripe_customer_id"].as_str().expect("a customer").to_owned();
+    let now = chrono::Utc::now().timestamp();
+    let suffix = unique_suffix();
+    let event = |n: u32, kind: &str, created: i64, attempts: u64| {
+        invoice_event(&format!("evt_{suffix}_{n}"), kind, created, &customer, attempts)
+    };
+
+    // Refused before anything is read, and nothing changes: unsigned, altered, signed with
+    // another secret, stale, from the future.
+    let failed = event(1, "invoice.payment_failed", now - 100, 3);
+    let refusals = [
+        (None, "invalid_signature"),
+        (
+            Some(signature(&event(99, "invoice.payment_failed", now - 100, 3), now, &[WEBHOOK_SECRET])),
+            "invalid_signature",
+        ),
+        (Some(signature(&failed, now, &["whsec_someone_else"])), "invalid_signature"),
+        (Some(signature(&failed, now - 301, &[WEBHOOK_SECRET])), "signature_expired"),
+        (Some(signature(&failed, now + 301, &[WEBHOOK_SECRET])), "signature_expired"),
+    ];
+    for (header, code) in refusals {
+        let (status, body) = deliver(&platform, &failed, header).await?;
+        assert_eq!((status, body["error"]["code"].as_str()), (400, Some(code)), "{body}");
+    }
+    let billing = billing_until(&platform, &store.tenant_id, &token, "untouched", |_| true).await?;
+    assert_eq!(billing["dunning"], "ok", "refused events change nothing: {billing}");
+
+    // A first failed attempt, signed twice (a secret being rolled: the old one matches):
+    // the merchant is warned; events still flow. Delivered again: a duplicate.
+    let first = event(2, "invoice.payment_failed", now - 100, 1);
+    let (status, body) =
+        deliver(&platform, &first, Some(signature(&first, now, &["whsec_unknown", OLD_WEBHOOK_SECRET]))).await?;
+    assert_eq!((status, body["outcome"].as_str()), (200, Some("applied")), "{body}");
+    let billing = billing_until(&platform, &store.tenant_id, &token, "warned", |b| b["dunning"] == "warned").await?;
+    assert!(billing["dunning_since"].is_string(), "{billing}");
+    let (status, body) = deliver(&platform, &first, Some(signature(&first, now, &[WEBHOOK_SECRET]))).await?;
+    assert_eq!((status, body["outcome"].as_str()), (200, Some("duplicate")), "{body}");
+    ingest_answers(&platform, &store.publishable_key, 202).await?;
+
+    // The second: the cell refuses the store's events with a clear code.
+    let second = event(3, "invoice.payment_failed", now - 90, 2);
+    assert_eq!(deliver(&platform, &second, Some(signature(&second, now, &[WEBHOOK_SECRET]))).await?.0, 200);
+    let refused = ingest_answers(&platform, &store.publishable_key, 402).await?;
+    assert_eq!(refused["error"]["code"], "payment_required", "{refused}");
+
+    // The third: the store is suspended.
+    let third = event(4, "invoice.payment_failed", now - 80, 3);
+    assert_eq!(deliver(&platform, &third, Some(signature(&third, now, &[WEBHOOK_SECRET]))).await?.0, 200);
+    let refused = ingest_answers(&platform, &store.publishable_key, 403).await?;
+    assert_eq!(refused["error"]["code"], "tenant_suspended", "{refused}");
+    billing_until(&platform, &store.tenant_id, &token, "suspended", |b| b["dunning"] == "suspended").await?;
+
+    // Paid: reactivated. A failure Stripe created before the payment, arriving after it,
+    // changes nothing.
+    let paid = event(5, "invoice.paid", now - 50, 3);
+    assert_eq!(deliver(&platform, &paid, Some(signature(&paid, now, &[WEBHOOK_SECRET]))).await?.0, 200);
+    let late = event(6, "invoice.payment_failed", now - 60, 3);
+    let (status, body) = deliver(&platform, &late, Some(signature(&late, now, &[WEBHOOK_SECRET]))).await?;
+    assert_eq!((status, body["outcome"].as_str()), (200, Some("stale")), "{body}");
+    ingest_answers(&platform, &store.publishable_key, 202).await?;
+    let billing = billing_until(&platform, &store.tenant_id, &token, "recovered", |b| b["dunning"] == "ok").await?;
+    assert!(billing.get("dunning_since").is_none(), "{billing}");
+    let audit: Value = platform
+        .http
+        .get(format!("{}/v1/admin/tenants/{}/audit", platform.control_plane_url, store.tenant_id))
+        .bearer_auth(OPERATOR_TOKEN)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let by_billing = audit.to_string().matches("system:billing").count();
+    assert!(by_billing >= 2, "suspended and reactivated by billing, audited: {audit}");
+
+    // Another account's customer, and a type billing does not act on: received, ignored.
+    let stranger = invoice_event(&format!("evt_{suffix}_7"), "invoice.payment_failed", now, "cus_nobody", 3);
+    let (status, body) = deliver(&platform, &stranger, Some(signature(&stranger, now, &[WEBHOOK_SECRET]))).await?;
+    assert_eq!((status, body["outcome"].as_str()), (200, Some("unknown_customer")), "{body}");
+    let other = event(8, "customer.updated", now, 0);
+    let (status, body) = deliver(&platform, &other, Some(signature(&other, now, &[WEBHOOK_SECRET]))).await?;
+    assert_eq!((status, body["outcome"].as_str()), (200, Some("ignored")), "{body}");
+    platform.shutdown().await
+}

@@ -120,8 +120,8 @@ async fn policy_matrix_three_tenants_every_table_every_verb() -> anyhow::Result<
         .execute(&mut owner)
         .await?;
     }
-    // And privacy tables: a suppression, a legal hold, an erasure request with a step and an
-    // audit line per tenant.
+    // And privacy and billing tables: a suppression, a legal hold, an erasure request with a
+    // step and an audit line, a billing account per tenant.
     for &t in &tenants {
         let request = uuid::Uuid::new_v4();
         for statement in [
@@ -132,6 +132,7 @@ async fn policy_matrix_three_tenants_every_table_every_verb() -> anyhow::Result<
              VALUES ($1, $2, 'shopper', repeat('b', 64), 'test', now(), 'in_progress')",
             "INSERT INTO erasure_steps (tenant_id, request_id, store, status) VALUES ($1, $2, 'postgres', 'pending')",
             "INSERT INTO erasure_audit (tenant_id, request_id, actor, action) VALUES ($1, $2, 'test', 'requested')",
+            "INSERT INTO billing_accounts (tenant_id, stripe_customer_id) SELECT $1, 'cus_' || $2::text",
         ] {
             sqlx::query(statement).bind(t.as_uuid()).bind(request).execute(&mut owner).await?;
         }

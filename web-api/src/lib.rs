@@ -141,6 +141,13 @@ pub async fn run(config: ControlPlaneConfig, listener: TcpListener, shutdown: Ca
         offboarding_grace: chrono::Duration::days(i64::from(config.offboarding.grace_days)),
         onnxruntime_library: config.models.onnxruntime_library.clone().map(Arc::new),
         billing_enabled: billing.is_some(),
+        webhooks: (!config.billing.webhook_secrets.is_empty()).then(|| nudge_control_plane::webhooks::Webhooks {
+            router: router.clone(),
+            topics: config.kafka.topics(),
+            dunning: config.billing.dunning,
+        }),
+        webhook_secrets: config.billing.webhook_secrets.clone().into(),
+        webhook_tolerance_secs: config.billing.webhook_tolerance_secs,
     };
 
     let (http, _) = openapi::with_document(

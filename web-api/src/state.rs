@@ -42,6 +42,10 @@ pub struct AppState {
     pub onnxruntime_library: Option<Arc<std::path::PathBuf>>,
     /// Stores are billed through Stripe (`billing.stripe_secret_key` is set).
     pub billing_enabled: bool,
+    /// Stripe's webhooks, while `billing.webhook_secrets` has one.
+    pub webhooks: Option<nudge_control_plane::webhooks::Webhooks>,
+    pub webhook_secrets: Arc<[secrecy::SecretString]>,
+    pub webhook_tolerance_secs: i64,
 }
 
 impl AppState {

@@ -36,6 +36,8 @@ pub struct TenantEntry {
     /// Erasure requests this tenant's cell is to carry out and report (each with its
     /// request id).
     pub erasure_orders: Vec<Erasure>,
+    /// Dunning: the store's payment failed and ingest refuses its events (402).
+    pub ingest_paused: bool,
     /// The model version this tenant is scored with; `None`: the cell's default.
     pub model_version: Option<String>,
     /// A candidate model being rolled out beside it.
@@ -439,6 +441,7 @@ fn parse_entry(tenant_id: TenantId, config: &TenantConfig) -> Result<TenantEntry
             config.suppressed_subjects.iter().cloned().collect()
         },
         suppressed_emails: config.suppressed_emails.iter().cloned().collect(),
+        ingest_paused: config.ingest_paused,
         erasure_orders: config
             .erasures
             .iter()

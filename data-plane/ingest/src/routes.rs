@@ -174,6 +174,7 @@ pub(crate) fn allow_origin(response: &mut Response, origin: Option<&str>) {
         (status = 401, description = "`missing_key`, `invalid_key`", body = ErrorBody),
         (status = 421, description = "`tenant_moved`: the store is on another cell now, `details.cell_url`", body = ErrorBody),
         (status = 403, description = "`origin_required`, `origin_not_allowed`, `missing_scope`, `tenant_suspended`, `tenant_inactive`", body = ErrorBody),
+        (status = 402, description = "`payment_required`: the store's payment failed and its events are paused (dunning)", body = ErrorBody),
         (status = 413, description = "`batch_too_large`", body = ErrorBody),
         (status = 429, description = "`rate_limited`: over the plan's events per second; retry after `Retry-After`", body = ErrorBody),
         (status = 422, description = "`idempotency_key_reused` (same key, different body), `empty_batch`, or the first invalid event's code (`unknown_event_type`, `invalid_property`, …) with every invalid event in details", body = ErrorBody),
@@ -292,6 +293,15 @@ async fn accept_inner(
     };
     let tenant_id = tenant.tenant_id;
     tracing::Span::current().record("tenant_id", tracing::field::display(tenant_id));
+    if tenant.ingest_paused {
+        // Dunning: the store's payment failed again; nothing is taken until it pays (the
+        // snippet keeps its events and retries later).
+        return Err(ApiError::new(
+            StatusCode::PAYMENT_REQUIRED,
+            "payment_required",
+            "this store's events are paused: its payment failed; update the payment method in billing",
+        ));
+    }
 
     let bytes = to_bytes(body, state.config.max_body_bytes).await.map_err(|_| {
         ApiError::new(

@@ -1,21 +1,86 @@
-//! `GET /v1/tenants/{tenant_id}/billing`: a store's plan, its price and where Stripe stands.
-//! The sync with Stripe itself is the control plane's sweep (`nudge_control_plane::billing`).
+//! `GET /v1/tenants/{tenant_id}/billing`: a store's plan, its price and where Stripe stands;
+//! `POST /v1/webhooks/stripe`: Stripe's events. The sync with Stripe itself is the control
+//! plane's sweep (`nudge_control_plane::billing`); dunning is `nudge_control_plane::webhooks`.
 
 use axum::{
     Json,
+    body::Bytes,
     extract::{Path, State},
+    http::{HeaderMap, StatusCode},
 };
 use nudge_contracts::control::BillingView;
-use nudge_control_plane::billing;
+use nudge_control_plane::{
+    billing,
+    webhooks::{self, Received, SignatureError, WebhookError},
+};
 use nudge_platform_http::{ApiError, ErrorBody};
 use nudge_tenants::TenantState;
+use serde_json::{Value, json};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{error::db_error, merchant::Merchant};
 use crate::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(get_billing))
+    OpenApiRouter::new().routes(routes!(get_billing)).routes(routes!(stripe_webhook))
+}
+
+/// Stripe's events for the platform's account (set this URL as a webhook endpoint in
+/// Stripe). Signed (`Stripe-Signature`), received once (a repeat answers 200 and does
+/// nothing), applied in the order Stripe created them; failed and recovered payments move the
+/// store's dunning grade.
+#[utoipa::path(post, path = "/v1/webhooks/stripe", tag = "billing",
+    request_body(content = String, content_type = "application/json", description = "a Stripe event, as Stripe sent it"),
+    responses(
+        (status = 200, description = "received (`outcome`: `applied`, `duplicate`, `stale`, `ignored`, `unknown_customer`)"),
+        (status = 400, description = "`invalid_signature` (missing, malformed or matching no secret), `signature_expired` (signed more than `billing.webhook_tolerance_secs` from now, either way), `malformed_event`", body = ErrorBody),
+        (status = 503, description = "`database_unavailable`, `webhooks_not_configured` (no webhook secret: Stripe retries until one is)", body = ErrorBody),
+    ))]
+#[tracing::instrument(skip_all)]
+async fn stripe_webhook(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Some(hooks) = &state.webhooks else {
+        // Stripe keeps retrying for days: events sent before the secret is set are not lost.
+        return Err(ApiError::unavailable(
+            "webhooks_not_configured",
+            "no webhook secret is configured (billing.webhook_secrets)",
+            60,
+        ));
+    };
+    let signature = headers.get("stripe-signature").and_then(|v| v.to_str().ok());
+    let now = chrono::Utc::now().timestamp();
+    webhooks::verify(signature, &body, &state.webhook_secrets, now, state.webhook_tolerance_secs).map_err(|e| {
+        tracing::warn!(error = %e, "a Stripe webhook was refused");
+        match e {
+            SignatureError::OutsideTolerance(_) => {
+                ApiError::bad_request("signature_expired", "the signature's time is too far from now")
+            }
+            _ => ApiError::bad_request("invalid_signature", "the Stripe-Signature does not match the body"),
+        }
+    })?;
+    let event: Value = serde_json::from_slice(&body)
+        .map_err(|_| ApiError::bad_request("malformed_event", "the body is not a JSON Stripe event"))?;
+    let received = hooks.receive(&event).await.map_err(|e| match e {
+        WebhookError::Db(db) => db_error(db),
+        WebhookError::Malformed(why) => ApiError::bad_request("malformed_event", why),
+    })?;
+    let outcome = match received {
+        Received::Applied(_) => "applied",
+        Received::Duplicate => "duplicate",
+        Received::Stale => "stale",
+        Received::Ignored => "ignored",
+        Received::UnknownCustomer => {
+            tracing::warn!("a Stripe event names a customer no store is; ignored");
+            "unknown_customer"
+        }
+    };
+    if matches!(received, Received::Applied(_)) {
+        state.wake_outbox();
+    }
+    Ok((StatusCode::OK, Json(json!({ "received": true, "outcome": outcome }))))
 }
 
 /// The store's plan, its list price, and its Stripe customer and subscription.
@@ -58,5 +123,7 @@ async fn get_billing(
         subscribed_plan: account.subscribed_plan.map(|p| p.as_str().to_owned()),
         synced_at: account.synced_at.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
         last_error: account.last_error,
+        dunning: account.dunning,
+        dunning_since: account.dunning_since.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
     }))
 }
