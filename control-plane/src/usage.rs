@@ -1,20 +1,54 @@
-//! Usage reports from the cells: consumed from `usage.v1` into `usage_reports` (each report
-//! once, by its id), and summed for the merchant's usage view.
+//! Usage reports from the cells, and the usage ledger billing reads.
+//!
+//! Each report of `usage.v1` is counted exactly once: it is kept by its id in
+//! `usage_reports` (a redelivered or resent report is a duplicate and changes nothing) and,
+//! in the same transaction, added to the store's ledger (`usage_ledger`) in the hour it began
+//! in — however late it arrives, so usage that comes after its hour is billed, not lost.
+//! `events`, `predictions` and `interventions` add up per hour; `peak_connections` keeps the
+//! highest. A report for a store that does not exist, or is deleted, is billed to no one: it
+//! is kept apart (`usage_quarantine`) and counted (`usage_reports_quarantined`).
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, DurationRound, TimeZone, Utc};
 use nudge_contracts::proto::usage::v1::UsageReport;
 use nudge_platform_kafka::stage::{Failure, Handler, HandlerFuture, Record};
+use nudge_platform_telemetry::Metrics;
 use nudge_tenants::TenantId;
+use prometheus_client::metrics::counter::Counter;
 use prost::Message;
 use sqlx::Row;
 
 use crate::{db::DbError, routing::TenantRouter};
 
+/// The ledger's meters.
+pub const METERS: [&str; 4] = ["events", "predictions", "interventions", "peak_connections"];
+
+/// Counters of the usage consumer.
+#[derive(Clone, Default)]
+pub struct UsageMetrics {
+    quarantined: Counter,
+    duplicates: Counter,
+}
+
+impl UsageMetrics {
+    pub fn register(metrics: &Metrics) -> Self {
+        let m = Self::default();
+        let mut r = metrics.registry();
+        r.register(
+            "usage_reports_quarantined",
+            "Usage reports for a store that does not exist or is deleted, billed to no one",
+            m.quarantined.clone(),
+        );
+        r.register("usage_reports_duplicate", "Usage reports received again, counted once", m.duplicates.clone());
+        m
+    }
+}
+
 /// Stores usage reports; a stage handler for `usage.v1`.
 pub struct UsageSink {
     pub router: Arc<TenantRouter>,
+    pub metrics: UsageMetrics,
 }
 
 fn ms(t: i64) -> DateTime<Utc> {
@@ -26,37 +60,206 @@ impl Handler for UsageSink {
         Box::pin(async move {
             let report = UsageReport::decode(record.payload.unwrap_or_default())
                 .map_err(|e| Failure::Failed(format!("undecodable usage report: {e}")))?;
-            let tenant: TenantId =
-                report.tenant_id.parse().map_err(|_| Failure::Failed("usage report without a valid tenant".into()))?;
-            let dropped = serde_json::to_value(&report.dropped).map_err(|e| Failure::Failed(e.to_string()))?;
-            let result = async {
-                let mut tx = self.router.tenant_tx(tenant).await?;
-                sqlx::query(
-                    "INSERT INTO usage_reports (tenant_id, report_id, cell_id, start_at, end_at, accepted, dropped)
-                     SELECT $1, $2, $3, $4, $5, $6, $7
-                     WHERE EXISTS (SELECT 1 FROM tenants WHERE tenant_id = $1)
-                     ON CONFLICT (tenant_id, report_id) DO NOTHING",
-                )
-                .bind(tenant.as_uuid())
-                .bind(&report.report_id)
-                .bind(&report.cell_id)
-                .bind(ms(report.start_ms))
-                .bind(ms(report.end_ms))
-                .bind(i64::try_from(report.accepted).unwrap_or(i64::MAX))
-                .bind(dropped)
-                .execute(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                Ok::<_, DbError>(())
-            };
-            match result.await {
-                Ok(()) => Ok(()),
+            match record_reports(&self.router, &self.metrics, std::slice::from_ref(&report)).await {
+                Ok(_) => Ok(()),
                 Err(DbError::Unavailable(e)) => Err(Failure::Unavailable(e.to_string())),
                 Err(DbError::TenantMoving) => Err(Failure::Unavailable("tenant moving".into())),
                 Err(DbError::Query(e)) => Err(Failure::Failed(e.to_string())),
             }
         })
     }
+}
+
+/// What [`record_reports`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recorded {
+    /// Counted into the ledger (each for the first time).
+    pub counted: u64,
+    /// Received before: changed nothing.
+    pub duplicates: u64,
+    /// For no store, or a deleted one: kept apart.
+    pub quarantined: u64,
+}
+
+/// Counts `reports` into their stores' ledgers, each report once, in one transaction per
+/// store; a malformed report (no valid id or store) is an error for the caller to handle.
+pub async fn record_reports(
+    router: &TenantRouter,
+    metrics: &UsageMetrics,
+    reports: &[UsageReport],
+) -> Result<Recorded, DbError> {
+    let mut by_tenant: BTreeMap<Option<TenantId>, Vec<&UsageReport>> = BTreeMap::new();
+    for report in reports {
+        if report.report_id.is_empty() || report.report_id.len() > 200 {
+            return Err(DbError::Query(sqlx::Error::Protocol("a usage report without a valid id".into())));
+        }
+        by_tenant.entry(report.tenant_id.parse().ok()).or_default().push(report);
+    }
+    let mut recorded = Recorded::default();
+    for (tenant, reports) in by_tenant {
+        let state: Option<String> = match tenant {
+            Some(tenant) => {
+                let mut tx = router.tenant_tx(tenant).await?;
+                let state = sqlx::query_scalar("SELECT state FROM tenants WHERE tenant_id = $1")
+                    .bind(tenant.as_uuid())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                state
+            }
+            None => None,
+        };
+        match (tenant, state.as_deref()) {
+            (Some(tenant), Some(state)) if state != "deleted" => {
+                let (counted, duplicates) = count(router, tenant, &reports).await?;
+                recorded.counted += counted;
+                recorded.duplicates += duplicates;
+                metrics.duplicates.inc_by(duplicates);
+            }
+            (_, state) => {
+                let reason = if state.is_some() { "deleted_tenant" } else { "unknown_tenant" };
+                let quarantined = quarantine(router, &reports, reason).await?;
+                recorded.quarantined += quarantined;
+                metrics.quarantined.inc_by(quarantined);
+                tracing::warn!(reports = reports.len(), reason, "usage reports for no live store quarantined");
+            }
+        }
+    }
+    Ok(recorded)
+}
+
+/// Counts `tenant`'s reports: keeps the new ones by id and adds them to the ledger, in one
+/// transaction; (counted, duplicates).
+async fn count(router: &TenantRouter, tenant: TenantId, reports: &[&UsageReport]) -> Result<(u64, u64), DbError> {
+    let mut tx = router.tenant_tx(tenant).await?;
+    let column = |f: fn(&UsageReport) -> u64| {
+        reports.iter().map(|r| i64::try_from(f(r)).unwrap_or(i64::MAX)).collect::<Vec<i64>>()
+    };
+    let ids: Vec<&str> = reports.iter().map(|r| r.report_id.as_str()).collect();
+    let cells: Vec<&str> = reports.iter().map(|r| r.cell_id.as_str()).collect();
+    let starts: Vec<DateTime<Utc>> = reports.iter().map(|r| ms(r.start_ms)).collect();
+    let ends: Vec<DateTime<Utc>> = reports.iter().map(|r| ms(r.end_ms)).collect();
+    let dropped: Vec<serde_json::Value> =
+        reports.iter().map(|r| serde_json::to_value(&r.dropped).unwrap_or_default()).collect();
+    // The new reports only (a report id seen before inserts nothing), then their sums per
+    // hour into the ledger.
+    let new = sqlx::query(
+        "INSERT INTO usage_reports
+            (tenant_id, report_id, cell_id, start_at, end_at, accepted, dropped, predictions, interventions, peak_connections)
+         SELECT $1, * FROM unnest($2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::bigint[],
+                                  $7::jsonb[], $8::bigint[], $9::bigint[], $10::bigint[])
+         ON CONFLICT (tenant_id, report_id) DO NOTHING
+         RETURNING start_at, accepted, predictions, interventions, peak_connections",
+    )
+    .bind(tenant.as_uuid())
+    .bind(&ids)
+    .bind(&cells)
+    .bind(&starts)
+    .bind(&ends)
+    .bind(column(|r| r.accepted))
+    .bind(&dropped)
+    .bind(column(|r| r.predictions))
+    .bind(column(|r| r.interventions))
+    .bind(column(|r| r.peak_connections))
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut hours: BTreeMap<DateTime<Utc>, [i64; 4]> = BTreeMap::new();
+    for row in &new {
+        let start: DateTime<Utc> = row.try_get("start_at")?;
+        let hour = start.duration_trunc(chrono::Duration::hours(1)).unwrap_or(start);
+        let q = hours.entry(hour).or_default();
+        q[0] = q[0].saturating_add(row.try_get("accepted")?);
+        q[1] = q[1].saturating_add(row.try_get("predictions")?);
+        q[2] = q[2].saturating_add(row.try_get("interventions")?);
+        q[3] = q[3].max(row.try_get("peak_connections")?);
+    }
+    let mut rows = (Vec::new(), Vec::new(), Vec::new());
+    for (hour, quantities) in &hours {
+        for (meter, quantity) in METERS.iter().zip(quantities) {
+            rows.0.push(*hour);
+            rows.1.push(*meter);
+            rows.2.push(*quantity);
+        }
+    }
+    sqlx::query(
+        "INSERT INTO usage_ledger (tenant_id, hour, meter, quantity)
+         SELECT $1, * FROM unnest($2::timestamptz[], $3::text[], $4::bigint[])
+         ON CONFLICT (tenant_id, hour, meter) DO UPDATE
+            SET quantity = CASE WHEN usage_ledger.meter = 'peak_connections'
+                                THEN greatest(usage_ledger.quantity, EXCLUDED.quantity)
+                                ELSE usage_ledger.quantity + EXCLUDED.quantity END,
+                updated_at = now()",
+    )
+    .bind(tenant.as_uuid())
+    .bind(&rows.0)
+    .bind(&rows.1)
+    .bind(&rows.2)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let counted = new.len() as u64;
+    Ok((counted, reports.len() as u64 - counted))
+}
+
+/// Keeps reports for no live store apart; how many were new there.
+async fn quarantine(router: &TenantRouter, reports: &[&UsageReport], reason: &str) -> Result<u64, DbError> {
+    let mut tx = router.registry().platform_tx().await?;
+    let mut new = 0;
+    for report in reports {
+        new += sqlx::query(
+            "INSERT INTO usage_quarantine (report_id, claimed_tenant, cell_id, reason, report)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (report_id) DO NOTHING",
+        )
+        .bind(&report.report_id)
+        .bind(report.tenant_id.chars().take(200).collect::<String>())
+        .bind(report.cell_id.chars().take(200).collect::<String>())
+        .bind(reason)
+        .bind(report.encode_to_vec())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    }
+    tx.commit().await?;
+    Ok(new)
+}
+
+/// One hour of a store's ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerHour {
+    pub hour: DateTime<Utc>,
+    /// Meter → quantity.
+    pub quantities: BTreeMap<String, i64>,
+}
+
+/// The store's ledger for the hours in `[from, to)`, oldest first.
+pub async fn ledger(
+    router: &TenantRouter,
+    tenant: TenantId,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<LedgerHour>, DbError> {
+    let mut tx = router.tenant_tx(tenant).await?;
+    let rows = sqlx::query(
+        "SELECT hour, meter, quantity FROM usage_ledger WHERE tenant_id = $1 AND hour >= $2 AND hour < $3
+         ORDER BY hour, meter",
+    )
+    .bind(tenant.as_uuid())
+    .bind(from)
+    .bind(to)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let mut hours: Vec<LedgerHour> = Vec::new();
+    for row in rows {
+        let hour: DateTime<Utc> = row.try_get("hour")?;
+        if hours.last().is_none_or(|h| h.hour != hour) {
+            hours.push(LedgerHour { hour, quantities: BTreeMap::new() });
+        }
+        if let Some(last) = hours.last_mut() {
+            last.quantities.insert(row.try_get("meter")?, row.try_get("quantity")?);
+        }
+    }
+    Ok(hours)
 }
 
 /// A store's usage over a period.

@@ -121,7 +121,7 @@ async fn policy_matrix_three_tenants_every_table_every_verb() -> anyhow::Result<
         .await?;
     }
     // And privacy and billing tables: a suppression, a legal hold, an erasure request with a
-    // step and an audit line, a billing account per tenant.
+    // step and an audit line, a billing account and an hour of usage per tenant.
     for &t in &tenants {
         let request = uuid::Uuid::new_v4();
         for statement in [
@@ -133,6 +133,8 @@ async fn policy_matrix_three_tenants_every_table_every_verb() -> anyhow::Result<
             "INSERT INTO erasure_steps (tenant_id, request_id, store, status) VALUES ($1, $2, 'postgres', 'pending')",
             "INSERT INTO erasure_audit (tenant_id, request_id, actor, action) VALUES ($1, $2, 'test', 'requested')",
             "INSERT INTO billing_accounts (tenant_id, stripe_customer_id) SELECT $1, 'cus_' || $2::text",
+            "INSERT INTO usage_ledger (tenant_id, hour, meter, quantity)
+             SELECT $1, date_trunc('hour', now()), 'events', 1 WHERE $2::uuid IS NOT NULL",
         ] {
             sqlx::query(statement).bind(t.as_uuid()).bind(request).execute(&mut owner).await?;
         }

@@ -84,6 +84,7 @@ pub async fn run(config: ControlPlaneConfig, listener: TcpListener, shutdown: Ca
     let metrics = Metrics::new("control_plane");
     let http_metrics = HttpMetrics::register(&metrics);
     let stage_metrics = StageMetrics::register(&metrics);
+    let usage_metrics = nudge_control_plane::usage::UsageMetrics::register(&metrics);
     let readiness =
         Readiness::default().with(Arc::new(DatabaseReady(db.clone()))).with(Arc::new(StartedReady(started.clone())));
     let admin_tokens = AdminTokens(Arc::new(
@@ -168,7 +169,7 @@ pub async fn run(config: ControlPlaneConfig, listener: TcpListener, shutdown: Ca
         &config,
         "usage",
         nudge_contracts::Topic::Usage,
-        Arc::new(UsageSink { router: router.clone() }),
+        Arc::new(UsageSink { router: router.clone(), metrics: usage_metrics }),
         stage_metrics.clone(),
         shutdown.clone(),
     )?;

@@ -332,6 +332,7 @@ impl Pipeline {
             return Ok(());
         }
         self.metrics.processed.inc();
+        self.usage.predicted(key.tenant, if routing.shadow.is_some() { 2 } else { 1 });
         if routing.shadow.is_some() {
             self.metrics.shadow_scores.inc();
         }
@@ -341,6 +342,7 @@ impl Pipeline {
         }
         if let Some(iv) = intervention {
             self.route(&ShopperAddress { tenant: key.tenant, shopper: key.shopper.clone() }, &iv).await;
+            self.usage.intervened(key.tenant);
         }
         Ok(())
     }

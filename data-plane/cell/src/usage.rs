@@ -43,6 +43,10 @@ pub async fn report(
                 accepted: c.accepted,
                 dropped: c.dropped.iter().map(|(why, n)| (why.as_str().to_owned(), *n)).collect(),
                 report_id: Uuid::now_v7().simple().to_string(),
+                predictions: c.predictions,
+                interventions: c.interventions,
+                // Sockets are counted by the gateway's own limits; not reported yet.
+                peak_connections: 0,
             };
             let key = tenant.to_string();
             let value = report.encode_to_vec();

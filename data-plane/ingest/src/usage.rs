@@ -42,6 +42,10 @@ impl Drop {
 pub struct Counts {
     pub accepted: u64,
     pub dropped: HashMap<Drop, u64>,
+    /// Events scored (a shadow model's score counts too).
+    pub predictions: u64,
+    /// Interventions sent to the shopper's sockets.
+    pub interventions: u64,
 }
 
 /// The counters of a cell process.
@@ -71,6 +75,18 @@ impl UsageCounters {
         }
     }
 
+    /// `n` scores made for the tenant's events.
+    pub fn predicted(&self, tenant: TenantId, n: u64) {
+        if n > 0 {
+            self.counts.lock().unwrap_or_else(PoisonError::into_inner).entry(tenant).or_default().predictions += n;
+        }
+    }
+
+    /// An intervention sent to one of the tenant's shoppers.
+    pub fn intervened(&self, tenant: TenantId) {
+        self.counts.lock().unwrap_or_else(PoisonError::into_inner).entry(tenant).or_default().interventions += 1;
+    }
+
     /// Takes the counts gathered so far, leaving zero.
     pub fn drain(&self) -> HashMap<TenantId, Counts> {
         std::mem::take(&mut *self.counts.lock().unwrap_or_else(PoisonError::into_inner))
@@ -82,6 +98,8 @@ impl UsageCounters {
         for (tenant, c) in counts {
             let entry = current.entry(tenant).or_default();
             entry.accepted += c.accepted;
+            entry.predictions += c.predictions;
+            entry.interventions += c.interventions;
             for (why, n) in c.dropped {
                 *entry.dropped.entry(why).or_default() += n;
             }
@@ -103,8 +121,11 @@ mod tests {
         assert_eq!(drained[&t].accepted, 3);
         assert!(usage.drain().is_empty());
         usage.accepted(t, 1);
+        usage.predicted(t, 2);
+        usage.intervened(t);
         usage.restore(drained);
         let again = usage.drain();
         assert_eq!((again[&t].accepted, again[&t].dropped[&Drop::Rate]), (4, 2));
+        assert_eq!((again[&t].predictions, again[&t].interventions), (2, 1));
     }
 }
