@@ -35,4 +35,5 @@ export_runtime_env() {
     export NUDGE_CELL_BIN="$CARGO_TARGET_DIR/debug/nudge-cell"
     export NUDGE_BAO_BIN="$NUDGE_TOOLS_VENV/bin/bao"
     export NUDGE_LOCALSTRIPE_BIN="$NUDGE_TOOLS_VENV/bin/localstripe"
+    export NUDGE_TOOLS_PYTHON="$NUDGE_TOOLS_VENV/bin/python"
 }

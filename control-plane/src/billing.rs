@@ -7,13 +7,17 @@
 //! offboarding or deleted) and moves each one step at a time — create the customer, create
 //! the subscription, change its price, cancel it — recording each step in `billing_accounts`
 //! before the next. Signing up, a plan change or an offboarding needs no call of its own,
-//! and never waits for Stripe: a store is billed once Stripe has answered, and a Stripe that
-//! is down delays the sync (backing off per store), never the store.
+//! and never waits for Stripe: Stripe is called outside any transaction, a store is billed
+//! once Stripe has answered, and a Stripe that is down delays the sync (backing off per
+//! store), never the store.
 //!
 //! Every creation carries an idempotency key derived from the store (and, for
-//! subscriptions, how many it had), so a step retried after its answer was lost creates
-//! nothing twice at Stripe. One control-plane replica syncs a store at a time (an advisory
-//! lock), so two never race each other's steps.
+//! subscriptions, how many it had), so a step retried within Stripe's idempotency window
+//! after its answer was lost creates nothing twice; and before subscribing, the store's live
+//! subscriptions at Stripe are looked up and adopted, and leaving cancels every one of them,
+//! so a lost answer never leaves a store billed twice, or billed after it left. One
+//! control-plane replica syncs a store at a time (a session advisory lock), so two never race
+//! each other's steps.
 
 use std::sync::Arc;
 
@@ -108,13 +112,14 @@ impl BillingSync {
     }
 
     /// Brings every store that is out of step in step, as far as Stripe lets it now; the
-    /// stores it moved.
+    /// steps taken. A Stripe that is unavailable ends the sweep (the next one tries again),
+    /// so an outage costs one timeout, not one per store.
     pub async fn sweep(&self) -> Result<usize, DbError> {
         let due = self.router.tenants_everywhere("SELECT nudge_billing_due()", crate::routing::SweepArg::None).await?;
         let mut moved = 0;
         for tenant in due {
             for _ in 0..MAX_STEPS {
-                match self.step(tenant).await {
+                match self.locked_step(tenant).await {
                     Ok(Step::InSync) => break,
                     Ok(step) => {
                         moved += 1;
@@ -125,6 +130,9 @@ impl BillingSync {
                         if let Err(e) = self.record_failure(tenant, &e).await {
                             tracing::warn!(tenant_id = %tenant, error = %e, "a billing failure could not be recorded");
                         }
+                        if matches!(e, BillingError::Stripe(StripeError::Unavailable(_))) {
+                            return Ok(moved);
+                        }
                         break;
                     }
                 }
@@ -133,16 +141,29 @@ impl BillingSync {
         Ok(moved)
     }
 
-    /// Takes the next step for `tenant`, recorded before it returns.
-    pub async fn step(&self, tenant: TenantId) -> Result<Step, BillingError> {
-        let mut tx = self.router.tenant_tx(tenant).await?;
-        let held: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-            .bind(crate::db::lock_key(tenant) ^ BILLING_LOCK)
-            .fetch_one(&mut *tx)
-            .await?;
+    /// [`BillingSync::step`] under the store's billing lock (a session lock in the main
+    /// database: one replica syncs a store at a time); `InSync` when another holds it.
+    async fn locked_step(&self, tenant: TenantId) -> Result<Step, BillingError> {
+        let mut lock = self.router.registry().pool().acquire().await.map_err(DbError::from_acquire)?;
+        let key = crate::db::lock_key(tenant) ^ BILLING_LOCK;
+        let held: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(key).fetch_one(&mut *lock).await?;
         if !held {
             return Ok(Step::InSync);
         }
+        let step = self.step(tenant).await;
+        if let Err(e) = sqlx::query("SELECT pg_advisory_unlock($1)").bind(key).execute(&mut *lock).await {
+            // The lock ends with the session: drop the connection rather than return it.
+            tracing::warn!(error = %e, "a billing lock could not be released; closing its connection");
+            let _ = lock.detach();
+        }
+        step
+    }
+
+    /// Takes the next step for `tenant`: reads the store, calls Stripe outside any
+    /// transaction (a slow Stripe holds no lock a request of the store waits on), records
+    /// what Stripe did. The caller holds the store's billing lock.
+    pub async fn step(&self, tenant: TenantId) -> Result<Step, BillingError> {
+        let mut tx = self.router.tenant_tx(tenant).await?;
         sqlx::query("INSERT INTO billing_accounts (tenant_id) VALUES ($1) ON CONFLICT DO NOTHING")
             .bind(tenant.as_uuid())
             .execute(&mut *tx)
@@ -155,6 +176,7 @@ impl BillingSync {
         .bind(tenant.as_uuid())
         .fetch_one(&mut *tx)
         .await?;
+        tx.commit().await.map_err(DbError::from)?;
         let state = TenantState::parse(&row.try_get::<String, _>("state")?).unwrap_or(TenantState::Pending);
         let plan = Plan::parse(&row.try_get::<String, _>("plan")?).unwrap_or_default();
         let customer: Option<String> = row.try_get("stripe_customer_id")?;
@@ -169,59 +191,74 @@ impl BillingSync {
         let staying = !matches!(state, TenantState::Offboarding | TenantState::Deleted);
         let id = tenant.to_string();
 
-        let step = match (staying, customer, subscription) {
+        let (step, update, binds): (Step, &str, Vec<Option<String>>) = match (staying, customer, subscription) {
             (true, None, _) => {
                 let name: String = row.try_get("name")?;
                 let customer = self.stripe.create_customer(&id, &name, &format!("nudge-customer-{id}")).await?;
-                sqlx::query("UPDATE billing_accounts SET stripe_customer_id = $2 WHERE tenant_id = $1")
-                    .bind(tenant.as_uuid())
-                    .bind(&customer)
-                    .execute(&mut *tx)
-                    .await?;
-                Step::CustomerCreated
+                (
+                    Step::CustomerCreated,
+                    "UPDATE billing_accounts SET stripe_customer_id = $2 WHERE tenant_id = $1 AND stripe_customer_id IS NULL",
+                    vec![Some(customer)],
+                )
             }
             (true, Some(customer), None) => {
-                let created: i32 = row.try_get("subscriptions_created")?;
-                let key = format!("nudge-subscription-{id}-{}", created + 1);
-                let subscription = self.stripe.create_subscription(&customer, self.prices.of(plan), &id, &key).await?;
-                sqlx::query(
+                // A subscription whose creation's answer was lost is live at Stripe: adopted,
+                // not made twice.
+                let live = self.stripe.live_subscriptions(&customer, &id).await?;
+                let subscription = match live.into_iter().next() {
+                    Some(found) => {
+                        if found.price.as_deref() != Some(self.prices.of(plan)) {
+                            let key = format!("nudge-price-{id}-{}", uuid::Uuid::new_v4());
+                            self.stripe.change_price(&found.subscription, self.prices.of(plan), &key).await?;
+                        }
+                        found.subscription
+                    }
+                    None => {
+                        let created: i32 = row.try_get("subscriptions_created")?;
+                        let key = format!("nudge-subscription-{id}-{}", created + 1);
+                        self.stripe.create_subscription(&customer, self.prices.of(plan), &id, &key).await?
+                    }
+                };
+                (
+                    Step::Subscribed(plan),
                     "UPDATE billing_accounts SET stripe_subscription_id = $2, stripe_item_id = $3,
                             subscribed_plan = $4, subscriptions_created = subscriptions_created + 1
-                     WHERE tenant_id = $1",
+                     WHERE tenant_id = $1 AND subscribed_plan IS NULL",
+                    vec![Some(subscription.id), Some(subscription.item_id), Some(plan.as_str().to_owned())],
                 )
-                .bind(tenant.as_uuid())
-                .bind(&subscription.id)
-                .bind(&subscription.item_id)
-                .bind(plan.as_str())
-                .execute(&mut *tx)
-                .await?;
-                Step::Subscribed(plan)
             }
             (true, Some(_), Some((subscription, on))) if on != plan => {
                 // An update sets the same price however often it is repeated.
                 let key = format!("nudge-price-{id}-{}", uuid::Uuid::new_v4());
                 self.stripe.change_price(&subscription, self.prices.of(plan), &key).await?;
-                sqlx::query("UPDATE billing_accounts SET subscribed_plan = $2 WHERE tenant_id = $1")
-                    .bind(tenant.as_uuid())
-                    .bind(plan.as_str())
-                    .execute(&mut *tx)
-                    .await?;
-                Step::PriceChanged(plan)
+                (
+                    Step::PriceChanged(plan),
+                    "UPDATE billing_accounts SET subscribed_plan = $2 WHERE tenant_id = $1 AND stripe_subscription_id = $3",
+                    vec![Some(plan.as_str().to_owned()), Some(subscription.id)],
+                )
             }
-            (false, _, Some((subscription, _))) => {
-                self.stripe.cancel(&subscription.id).await?;
-                sqlx::query(
+            (false, Some(customer), Some(_)) => {
+                // Every live subscription of the store's, the recorded one and any a lost
+                // answer left unrecorded.
+                for live in self.stripe.live_subscriptions(&customer, &id).await? {
+                    self.stripe.cancel(&live.subscription.id).await?;
+                }
+                (
+                    Step::Cancelled,
                     "UPDATE billing_accounts SET subscribed_plan = NULL, stripe_subscription_id = NULL,
                             stripe_item_id = NULL
                      WHERE tenant_id = $1",
+                    Vec::new(),
                 )
-                .bind(tenant.as_uuid())
-                .execute(&mut *tx)
-                .await?;
-                Step::Cancelled
             }
-            _ => Step::InSync,
+            _ => (Step::InSync, "UPDATE billing_accounts SET tenant_id = tenant_id WHERE tenant_id = $1", Vec::new()),
         };
+        let mut tx = self.router.tenant_tx(tenant).await?;
+        let mut query = sqlx::query(update).bind(tenant.as_uuid());
+        for bind in binds {
+            query = query.bind(bind);
+        }
+        query.execute(&mut *tx).await?;
         sqlx::query(
             "UPDATE billing_accounts SET failures = 0, last_error = NULL, synced_at = now(), updated_at = now()
              WHERE tenant_id = $1",
@@ -233,7 +270,17 @@ impl BillingSync {
         Ok(step)
     }
 
+    /// Records a failed step. What merchants see (`last_error`) is a code; the detail, which
+    /// may name the platform's Stripe set-up, is in the log.
     async fn record_failure(&self, tenant: TenantId, error: &BillingError) -> Result<(), DbError> {
+        let code = match error {
+            BillingError::Db(_) => "database_unavailable".to_owned(),
+            BillingError::Stripe(StripeError::Unavailable(_)) => "stripe_unavailable".to_owned(),
+            BillingError::Stripe(StripeError::Rejected { status, code, .. }) => {
+                format!("stripe_refused:{}", code.clone().unwrap_or_else(|| status.to_string()))
+            }
+            BillingError::Stripe(StripeError::Unexpected(_)) => "stripe_unexpected_answer".to_owned(),
+        };
         let mut tx = self.router.tenant_tx(tenant).await?;
         sqlx::query(
             "INSERT INTO billing_accounts (tenant_id, failures, last_error) VALUES ($1, 1, $2)
@@ -241,7 +288,7 @@ impl BillingSync {
                 SET failures = billing_accounts.failures + 1, last_error = $2, updated_at = now()",
         )
         .bind(tenant.as_uuid())
-        .bind(error.to_string().chars().take(500).collect::<String>())
+        .bind(code.chars().take(200).collect::<String>())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;

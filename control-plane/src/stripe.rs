@@ -44,6 +44,14 @@ pub struct Subscription {
     pub item_id: String,
 }
 
+/// A subscription Stripe bills, as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveSubscription {
+    pub subscription: Subscription,
+    /// The price its item bills.
+    pub price: Option<String>,
+}
+
 impl Stripe {
     pub fn new(base: &str, key: SecretString, item_param: &str, timeout: Duration) -> Result<Self, StripeError> {
         let http = reqwest::Client::builder()
@@ -127,6 +135,33 @@ impl Stripe {
             (format!("items[0][{}]", self.item_param), price.to_owned()),
         ];
         self.post(&format!("/v1/subscriptions/{}", subscription.id), &form, idempotency_key).await.map(|_| ())
+    }
+
+    /// The customer's live subscriptions made for `tenant` (its `metadata.tenant_id`), with
+    /// the price each bills.
+    pub async fn live_subscriptions(&self, customer: &str, tenant: &str) -> Result<Vec<LiveSubscription>, StripeError> {
+        let request =
+            self.http.get(format!("{}/v1/subscriptions", self.base)).query(&[("customer", customer), ("limit", "100")]);
+        let list = self.send(request).await?;
+        let mut live = Vec::new();
+        for s in list["data"].as_array().into_iter().flatten() {
+            let status = s["status"].as_str().unwrap_or_default();
+            if matches!(status, "canceled" | "incomplete_expired")
+                || s["metadata"]["tenant_id"].as_str() != Some(tenant)
+            {
+                continue;
+            }
+            let item = &s["items"]["data"][0];
+            let price = item["price"]["id"].as_str().or_else(|| item["plan"]["id"].as_str()).map(str::to_owned);
+            live.push(LiveSubscription {
+                subscription: Subscription {
+                    id: id_of(s, "subscription")?,
+                    item_id: id_of(item, "subscription item")?,
+                },
+                price,
+            });
+        }
+        Ok(live)
     }
 
     /// Cancels the subscription at once; one already gone counts as cancelled.

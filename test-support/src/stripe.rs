@@ -8,6 +8,9 @@ use tokio::process::{Child, Command};
 
 use crate::env::TestEnv;
 
+/// Runs localstripe's server without its disk copy.
+const NO_DISK: &str = "import sys\nimport localstripe.resources as r\nr.Store.dump_to_disk = lambda self: None\nfrom localstripe.server import start\nsys.exit(start())";
+
 /// The secret key the tests use (localstripe takes any `sk_…`).
 pub const STRIPE_KEY: &str = "sk_test_nudge";
 
@@ -26,18 +29,30 @@ impl LocalStripe {
         // port is tried.
         for _ in 0..3 {
             let port = StdListener::bind("127.0.0.1:0")?.local_addr()?.port();
-            let mut child = Command::new(&env.localstripe)
-                .args(["--port", &port.to_string(), "--from-scratch"])
+            // Its entry point, with the copy of its state it writes to a fixed file in /tmp
+            // after every change (never read back with --from-scratch) turned off: parallel
+            // tests would all write the one file.
+            let mut child = Command::new(&env.localstripe_python)
+                .args(["-c", NO_DISK, "--port", &port.to_string(), "--from-scratch"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .kill_on_drop(true)
                 .spawn()
-                .with_context(|| format!("starting {} (scripts/setup installs it)", env.localstripe.display()))?;
+                .with_context(|| {
+                    format!(
+                        "starting {} with localstripe (scripts/setup installs it)",
+                        env.localstripe_python.display()
+                    )
+                })?;
             // It starts in about a second on an idle machine; a loaded one gets 30 s.
             for _ in 0..600 {
                 let probe = http.get(format!("http://127.0.0.1:{port}/v1/customers")).bearer_auth(STRIPE_KEY);
                 if probe.send().await.is_ok_and(|r| r.status().is_success()) {
-                    return Ok(Self { port, http, _child: child });
+                    // The answer was ours only if our server is still running (another one
+                    // may have had the port).
+                    if child.try_wait()?.is_none() {
+                        return Ok(Self { port, http, _child: child });
+                    }
                 }
                 if let Some(status) = child.try_wait()? {
                     last = Some(anyhow::anyhow!("localstripe exited at start ({status}) on port {port}"));

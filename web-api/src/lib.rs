@@ -280,8 +280,14 @@ async fn sync_billing(
                 Err(e) => tracing::warn!(error = %e, "the plans' prices could not be made in Stripe; trying again"),
             }
         }
-        if prices_made && let Err(e) = sync.sweep().await {
-            tracing::warn!(error = %e, "the billing sync failed; trying again at the next interval");
+        if prices_made {
+            let swept = tokio::select! {
+                swept = sync.sweep() => swept,
+                () = shutdown.cancelled() => return Ok(()),
+            };
+            if let Err(e) = swept {
+                tracing::warn!(error = %e, "the billing sync failed; trying again at the next interval");
+            }
         }
         tokio::select! {
             () = tokio::time::sleep(interval) => {}

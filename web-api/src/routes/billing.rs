@@ -122,7 +122,8 @@ async fn get_billing(
         stripe_subscription_id: account.stripe_subscription_id,
         subscribed_plan: account.subscribed_plan.map(|p| p.as_str().to_owned()),
         synced_at: account.synced_at.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
-        last_error: account.last_error,
+        // A failure since recovered from (or of a step no longer wanted) is no news.
+        last_error: account.last_error.filter(|_| status == "syncing"),
         dunning: account.dunning,
         dunning_since: account.dunning_since.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
     }))
