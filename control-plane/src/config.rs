@@ -61,6 +61,13 @@ pub struct BillingConfig {
     pub webhook_tolerance_secs: i64,
     /// How failed payments grade a store.
     pub dunning: crate::webhooks::DunningPolicy,
+    /// Send the ledger's usage to Stripe's meters `nudge_events`, `nudge_predictions` and
+    /// `nudge_interventions` (make them in Stripe first).
+    pub report_usage: bool,
+    /// Where meter events go; Stripe's API (`stripe_api_url`) when unset.
+    pub meter_events_url: Option<String>,
+    /// How long after an hour ends its usage is sent (reports still on their way).
+    pub meter_delay_secs: u64,
 }
 
 impl Default for BillingConfig {
@@ -76,6 +83,9 @@ impl Default for BillingConfig {
             webhook_secrets: Vec::new(),
             webhook_tolerance_secs: 300,
             dunning: crate::webhooks::DunningPolicy::default(),
+            report_usage: false,
+            meter_events_url: None,
+            meter_delay_secs: 600,
         }
     }
 }

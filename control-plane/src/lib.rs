@@ -28,7 +28,8 @@
 //! - [`usage`]: usage reports from the cells, and the merchant's totals.
 //! - [`billing`]: every store a Stripe customer subscribed to its plan, kept in step by a
 //!   sweep; [`stripe`]: the small Stripe API client it uses; [`webhooks`]: Stripe's events,
-//!   verified, received once, and the dunning they drive.
+//!   verified, received once, and the dunning they drive; [`meters`]: the ledger's usage
+//!   sent to Stripe's meters, and its reconciliation.
 //! - [`store`]: a store's profile.
 //! - [`outbox`]: the relay that publishes committed outbox rows to Kafka.
 
@@ -44,6 +45,7 @@ pub mod entities;
 pub mod erasure;
 pub mod keys;
 pub mod lifecycle;
+pub mod meters;
 pub mod offboarding;
 pub mod origins;
 pub mod outbox;

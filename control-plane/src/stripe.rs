@@ -164,6 +164,27 @@ impl Stripe {
         Ok(live)
     }
 
+    /// Reports `value` of meter `event_name` for `customer` at `timestamp` (unix seconds).
+    /// `identifier` names the event: Stripe counts an identifier once, and it is the
+    /// idempotency key too, so a resend is the same event.
+    pub async fn meter_event(
+        &self,
+        event_name: &str,
+        customer: &str,
+        value: i64,
+        timestamp: i64,
+        identifier: &str,
+    ) -> Result<(), StripeError> {
+        let form = vec![
+            ("event_name".to_owned(), event_name.to_owned()),
+            ("payload[stripe_customer_id]".to_owned(), customer.to_owned()),
+            ("payload[value]".to_owned(), value.to_string()),
+            ("timestamp".to_owned(), timestamp.to_string()),
+            ("identifier".to_owned(), identifier.to_owned()),
+        ];
+        self.post("/v1/billing/meter_events", &form, identifier).await.map(|_| ())
+    }
+
     /// Cancels the subscription at once; one already gone counts as cancelled.
     pub async fn cancel(&self, subscription: &str) -> Result<(), StripeError> {
         match self.send(self.http.delete(format!("{}/v1/subscriptions/{subscription}", self.base))).await {

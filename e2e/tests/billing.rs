@@ -317,3 +317,161 @@ async fn stripe_webhooks_are_verified_once_in_order_and_dunning_reaches_the_cell
     assert_eq!((status, body["outcome"].as_str()), (200, Some("ignored")), "{body}");
     platform.shutdown().await
 }
+
+/// A meter event as the recorder saw it: its idempotency key and form fields.
+#[derive(Debug, Clone)]
+struct Sent {
+    idempotency_key: Option<String>,
+    form: std::collections::BTreeMap<String, String>,
+}
+
+/// Stands in for Stripe's meter-event endpoint, which localstripe lacks: records every
+/// request and answers as Stripe does, except that it loses its answer to the first one
+/// (a 500 after recording it), as a network might.
+async fn meter_recorder() -> anyhow::Result<(String, std::sync::Arc<std::sync::Mutex<Vec<Sent>>>)> {
+    use std::sync::{Arc, Mutex};
+    let sent: Arc<Mutex<Vec<Sent>>> = Arc::default();
+    let seen = sent.clone();
+    let app = axum::Router::new().route(
+        "/v1/billing/meter_events",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+            let seen = seen.clone();
+            async move {
+                let form = form_urlencoded::parse(&body).into_owned().collect();
+                let idempotency_key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
+                let mut all = seen.lock().unwrap_or_else(|e| e.into_inner());
+                all.push(Sent { idempotency_key, form });
+                if all.len() == 1 {
+                    return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, axum::Json(json!({ "error": {} })));
+                }
+                (axum::http::StatusCode::OK, axum::Json(json!({ "object": "billing.meter_event" })))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok((url, sent))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_is_sent_to_stripes_meters_once_late_usage_as_the_difference_and_reconciles() -> anyhow::Result<()> {
+    use chrono::{DurationRound, Utc};
+    use nudge_contracts::proto::usage::v1::UsageReport;
+    use std::str::FromStr;
+    let stripe = LocalStripe::start().await?;
+    let (recorder, sent) = meter_recorder().await?;
+    let stripe_url = stripe.url();
+    let platform = Platform::start_with(|cp, _| {
+        cp.billing = BillingConfig {
+            stripe_api_url: stripe_url,
+            stripe_secret_key: Some(SecretString::from(STRIPE_KEY)),
+            item_param: "plan".to_owned(),
+            create_prices: true,
+            sync_interval_ms: 200,
+            report_usage: true,
+            meter_events_url: Some(recorder),
+            // An hour is sent as soon as it has ended.
+            meter_delay_secs: 0,
+            ..BillingConfig::default()
+        };
+    })
+    .await?;
+    let owner = format!("owner-{}@example.com", unique_suffix());
+    let store = platform.sign_up_as("Metered Store", &[ORIGIN], &owner).await?;
+    let token = platform.login(&owner, None).await?.access_token;
+    let billing =
+        billing_until(&platform, &store.tenant_id, &token, "subscribed", |b| b["status"] == "subscribed").await?;
+    let customer = billing["stripe_customer_id"].as_str().expect("a customer").to_owned();
+
+    // Usage of two ended hours and of one that has not ended (the next: it cannot end while
+    // the test runs, whenever it runs), as the cells report it.
+    let db = nudge_control_plane::Database::connect_lazy(
+        sqlx::postgres::PgConnectOptions::from_str(&platform.db.app_url)?,
+        2,
+        Duration::from_secs(30),
+    );
+    let router = nudge_control_plane::routing::TenantRouter::new(db, Default::default());
+    let now = Utc::now().duration_trunc(chrono::Duration::hours(1))?;
+    let (two_ago, one_ago) = (now - chrono::Duration::hours(2), now - chrono::Duration::hours(1));
+    let next = now + chrono::Duration::hours(1);
+    let report = |id: &str, at: chrono::DateTime<Utc>, accepted: u64| UsageReport {
+        tenant_id: store.tenant_id.clone(),
+        cell_id: "shared-1".into(),
+        start_ms: at.timestamp_millis() + 60_000,
+        end_ms: at.timestamp_millis() + 120_000,
+        accepted,
+        report_id: format!("{id}-{}", unique_suffix()),
+        predictions: accepted / 2,
+        ..UsageReport::default()
+    };
+    let metrics = nudge_control_plane::usage::UsageMetrics::default();
+    let reports =
+        [report("a", two_ago, 100), report("b", two_ago, 20), report("c", one_ago, 7), report("d", next, 999)];
+    nudge_control_plane::usage::record_reports(&router, &metrics, &reports).await?;
+
+    // Per ended hour and meter, one event for the quantity, retried under the same
+    // identifier and key when its answer was lost; the hour not ended waits.
+    let events = |sent: &std::sync::Mutex<Vec<Sent>>| sent.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let unique = |all: &[Sent]| {
+        all.iter().map(|s| s.form["identifier"].clone()).collect::<std::collections::BTreeSet<_>>().len()
+    };
+    while unique(&events(&sent)) < 4 {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "usage never sent: {:?}", events(&sent));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let all = events(&sent);
+    assert_eq!(all[0].form, all[1].form, "the lost send is repeated as the same event: {all:?}");
+    assert_eq!(all[0].idempotency_key, all[1].idempotency_key);
+    assert!(all.iter().all(|s| s.idempotency_key.as_deref() == Some(s.form["identifier"].as_str())));
+    let mut counted: std::collections::BTreeMap<String, Sent> = std::collections::BTreeMap::new();
+    for s in all {
+        counted.entry(s.form["identifier"].clone()).or_insert(s);
+    }
+    let value = |meter: &str, hour: chrono::DateTime<Utc>| -> i64 {
+        counted
+            .values()
+            .filter(|s| {
+                s.form["event_name"] == format!("nudge_{meter}") && s.form["timestamp"] == hour.timestamp().to_string()
+            })
+            .map(|s| s.form["payload[value]"].parse::<i64>().unwrap_or(0))
+            .sum()
+    };
+    assert_eq!((value("events", two_ago), value("predictions", two_ago)), (120, 60));
+    assert_eq!((value("events", one_ago), value("predictions", one_ago)), (7, 3));
+    assert_eq!(value("events", next), 0, "an hour not ended is not sent");
+    assert!(counted.values().all(|s| s.form["payload[stripe_customer_id]"] == customer));
+
+    // Late usage for an ended hour: the difference, as an event of its own.
+    nudge_control_plane::usage::record_reports(&router, &metrics, &[report("e", two_ago, 5)]).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while unique(&events(&sent)) < 6 {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "late usage never sent: {:?}", events(&sent));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let late: Vec<Sent> = events(&sent)
+        .into_iter()
+        .filter(|s| s.form["identifier"].ends_with(":120") && s.form["event_name"] == "nudge_events")
+        .collect();
+    assert_eq!(late.len(), 1, "{late:?}");
+    assert_eq!(late[0].form["payload[value]"], "5");
+
+    // The reconciliation: every ended hour wholly sent; the other not yet.
+    let reconciled: Value = platform
+        .http
+        .get(format!("{}/v1/admin/tenants/{}/billing/reconciliation", platform.control_plane_url, store.tenant_id))
+        .query(&[("to", (next + chrono::Duration::hours(1)).to_rfc3339())])
+        .bearer_auth(OPERATOR_TOKEN)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let rows = reconciled["rows"].as_array().expect("rows");
+    let ended =
+        |r: &&Value| r["hour"].as_str() != Some(next.to_rfc3339_opts(chrono::SecondsFormat::Secs, true).as_str());
+    assert!(rows.iter().filter(ended).all(|r| r["difference"] == 0), "{reconciled}");
+    assert_eq!(reconciled["unsent"], 999 + 499, "{reconciled}");
+    platform.shutdown().await
+}

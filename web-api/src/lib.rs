@@ -208,10 +208,29 @@ pub async fn run(config: ControlPlaneConfig, listener: TcpListener, shutdown: Ca
         outbox_wake.clone(),
         shutdown.clone(),
     ));
-    // Stripe follows the stores: customers, subscriptions, plan changes, cancellations.
+    // Stripe follows the stores: customers, subscriptions, plan changes, cancellations, and
+    // the ledger's usage.
+    let meters = match (&billing, config.billing.report_usage) {
+        (Some(sync), true) => Some(nudge_control_plane::meters::MeterReporter {
+            router: sync.router.clone(),
+            stripe: match &config.billing.meter_events_url {
+                Some(url) => nudge_control_plane::stripe::Stripe::new(
+                    url,
+                    config.billing.stripe_secret_key.clone().unwrap_or_else(|| secrecy::SecretString::from("")),
+                    &config.billing.item_param,
+                    Duration::from_millis(config.billing.request_timeout_ms),
+                )
+                .context("Stripe client for meter events")?,
+                None => sync.stripe.clone(),
+            },
+            delay: chrono::Duration::seconds(i64::try_from(config.billing.meter_delay_secs).unwrap_or(600)),
+        }),
+        _ => None,
+    };
     let billing = billing.map(|sync| {
         tokio::spawn(sync_billing(
             sync,
+            meters,
             config.billing.create_prices,
             Duration::from_millis(config.billing.sync_interval_ms),
             shutdown.clone(),
@@ -268,6 +287,7 @@ async fn sweep_offboardings(
 /// `create_prices`), until `shutdown`; a sweep that fails is logged and tried again.
 async fn sync_billing(
     sync: nudge_control_plane::billing::BillingSync,
+    meters: Option<nudge_control_plane::meters::MeterReporter>,
     create_prices: bool,
     interval: Duration,
     shutdown: CancellationToken,
@@ -287,6 +307,15 @@ async fn sync_billing(
             };
             if let Err(e) = swept {
                 tracing::warn!(error = %e, "the billing sync failed; trying again at the next interval");
+            }
+            if let Some(meters) = &meters {
+                let sent = tokio::select! {
+                    sent = meters.sweep(chrono::Utc::now()) => sent,
+                    () = shutdown.cancelled() => return Ok(()),
+                };
+                if let Err(e) = sent {
+                    tracing::warn!(error = %e, "usage could not be sent to Stripe; trying again at the next interval");
+                }
             }
         }
         tokio::select! {

@@ -22,7 +22,64 @@ use super::{error::db_error, merchant::Merchant};
 use crate::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(get_billing)).routes(routes!(stripe_webhook))
+    OpenApiRouter::new().routes(routes!(get_billing)).routes(routes!(stripe_webhook)).routes(routes!(reconciliation))
+}
+
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+struct Period {
+    /// RFC 3339; 48 hours ago when absent.
+    from: Option<String>,
+    /// RFC 3339; now when absent.
+    to: Option<String>,
+}
+
+/// The store's usage ledger beside what was sent to Stripe's meters, hour by hour: what
+/// Stripe bills against what the platform counted.
+#[utoipa::path(get, path = "/v1/admin/tenants/{tenant_id}/billing/reconciliation", tag = "admin",
+    params(("tenant_id" = String, Path), Period), security(("operator_token" = [])),
+    responses(
+        (status = 200, description = "`rows`: hour, meter, quantity (the ledger), sent, difference; `unsent`: their sum"),
+        (status = 401, description = "`invalid_operator_token`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 422, description = "`invalid_fields`: `from`, `to` not RFC 3339", body = ErrorBody),
+    ))]
+#[tracing::instrument(skip_all, fields(tenant_id))]
+async fn reconciliation(
+    State(state): State<AppState>,
+    _operator: super::admin::Operator,
+    Path(tenant_id): Path<String>,
+    axum::extract::Query(period): axum::extract::Query<Period>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = super::admin::parse_tenant(&tenant_id)?;
+    let time = |field: &str, raw: Option<&String>, default: chrono::DateTime<chrono::Utc>| match raw {
+        None => Ok(default),
+        Some(raw) => chrono::DateTime::parse_from_rfc3339(raw).map(|t| t.to_utc()).map_err(|_| {
+            ApiError::unprocessable("invalid_fields", "some fields are invalid")
+                .with_details(json!({ "fields": { field: "an RFC 3339 time" } }))
+        }),
+    };
+    let now = chrono::Utc::now();
+    let from = time("from", period.from.as_ref(), now - chrono::Duration::hours(48))?;
+    let to = time("to", period.to.as_ref(), now)?;
+    if billing::account(&state.router, tenant).await.map_err(db_error)?.is_none() {
+        return Err(ApiError::not_found());
+    }
+    let rows = nudge_control_plane::meters::reconcile(&state.router, tenant, from, to).await.map_err(db_error)?;
+    let unsent: i64 = rows.iter().map(|r| r.quantity - r.sent).sum();
+    let rows: Vec<Value> = rows
+        .into_iter()
+        .map(|r| {
+            json!({
+                "hour": r.hour.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                "meter": r.meter,
+                "quantity": r.quantity,
+                "sent": r.sent,
+                "difference": r.quantity - r.sent,
+                "sent_at": r.sent_at.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "tenant_id": tenant.to_string(), "rows": rows, "unsent": unsent })))
 }
 
 /// Stripe's events for the platform's account (set this URL as a webhook endpoint in
