@@ -383,6 +383,15 @@ pub struct BillingView {
     pub dunning: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dunning_since: Option<String>,
+    /// Events the plan includes a month (UTC); absent: no cap.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub monthly_events_included: Option<u64>,
+    /// Events counted so far this month.
+    pub monthly_events_used: i64,
+    /// `ok`; `soft_limit`: 80 % of the month's events used; `hard_limit`: all of them, and
+    /// the store's events are refused (429 `quota_exceeded`) until the month ends or the plan
+    /// grows.
+    pub quota: String,
 }
 
 /// A store's offboarding: asked for by its owner or an operator.

@@ -119,6 +119,8 @@ pub async fn announce(
             .fetch_optional(&mut **tx)
             .await?;
         let ingest_paused = matches!(dunning.as_deref(), Some("ingest_paused" | "suspended"));
+        // Past the plan's monthly events (computed afresh: a plan change lifts it at once).
+        let quota_exceeded = crate::usage::quota(tx, tenant).await?.state() == "hard_limit";
         let config = TenantConfig {
             tenant_id: tenant.to_string(),
             state: wire_state(state) as i32,
@@ -132,6 +134,7 @@ pub async fn announce(
             suppressed_subjects,
             suppressed_emails,
             ingest_paused,
+            quota_exceeded,
             erasures,
             model_version: model_version.unwrap_or_default(),
             rollout,

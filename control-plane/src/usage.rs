@@ -11,7 +11,7 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use chrono::{DateTime, DurationRound, TimeZone, Utc};
-use nudge_contracts::proto::usage::v1::UsageReport;
+use nudge_contracts::{Topics, proto::usage::v1::UsageReport};
 use nudge_platform_kafka::stage::{Failure, Handler, HandlerFuture, Record};
 use nudge_platform_telemetry::Metrics;
 use nudge_tenants::TenantId;
@@ -48,6 +48,7 @@ impl UsageMetrics {
 /// Stores usage reports; a stage handler for `usage.v1`.
 pub struct UsageSink {
     pub router: Arc<TenantRouter>,
+    pub topics: Topics,
     pub metrics: UsageMetrics,
 }
 
@@ -60,7 +61,7 @@ impl Handler for UsageSink {
         Box::pin(async move {
             let report = UsageReport::decode(record.payload.unwrap_or_default())
                 .map_err(|e| Failure::Failed(format!("undecodable usage report: {e}")))?;
-            match record_reports(&self.router, &self.metrics, std::slice::from_ref(&report)).await {
+            match record_reports(&self.router, &self.topics, &self.metrics, std::slice::from_ref(&report)).await {
                 Ok(_) => Ok(()),
                 Err(DbError::Unavailable(e)) => Err(Failure::Unavailable(e.to_string())),
                 Err(DbError::TenantMoving) => Err(Failure::Unavailable("tenant moving".into())),
@@ -85,6 +86,7 @@ pub struct Recorded {
 /// store; a malformed report (no valid id or store) is an error for the caller to handle.
 pub async fn record_reports(
     router: &TenantRouter,
+    topics: &Topics,
     metrics: &UsageMetrics,
     reports: &[UsageReport],
 ) -> Result<Recorded, DbError> {
@@ -111,7 +113,7 @@ pub async fn record_reports(
         };
         match (tenant, state.as_deref()) {
             (Some(tenant), Some(state)) if state != "deleted" => {
-                let (counted, duplicates) = count(router, tenant, &reports).await?;
+                let (counted, duplicates) = count(router, topics, tenant, &reports).await?;
                 recorded.counted += counted;
                 recorded.duplicates += duplicates;
                 metrics.duplicates.inc_by(duplicates);
@@ -130,7 +132,12 @@ pub async fn record_reports(
 
 /// Counts `tenant`'s reports: keeps the new ones by id and adds them to the ledger, in one
 /// transaction; (counted, duplicates).
-async fn count(router: &TenantRouter, tenant: TenantId, reports: &[&UsageReport]) -> Result<(u64, u64), DbError> {
+async fn count(
+    router: &TenantRouter,
+    topics: &Topics,
+    tenant: TenantId,
+    reports: &[&UsageReport],
+) -> Result<(u64, u64), DbError> {
     let mut tx = router.tenant_tx(tenant).await?;
     let column = |f: fn(&UsageReport) -> u64| {
         reports.iter().map(|r| i64::try_from(f(r)).unwrap_or(i64::MAX)).collect::<Vec<i64>>()
@@ -196,6 +203,18 @@ async fn count(router: &TenantRouter, tenant: TenantId, reports: &[&UsageReport]
     .bind(&rows.2)
     .execute(&mut *tx)
     .await?;
+    // The store's standing against its plan's monthly events; a change reaches its cell.
+    let state = quota(&mut tx, tenant).await?.state();
+    let changed = sqlx::query("UPDATE tenants SET quota_state = $2 WHERE tenant_id = $1 AND quota_state <> $2")
+        .bind(tenant.as_uuid())
+        .bind(state)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if changed > 0 {
+        tracing::info!(tenant_id = %tenant, quota = state, "a store's standing against its monthly events changed");
+        crate::announce::announce(&mut tx, topics, tenant, None).await?;
+    }
     tx.commit().await?;
     let counted = new.len() as u64;
     Ok((counted, reports.len() as u64 - counted))
@@ -221,6 +240,58 @@ async fn quarantine(router: &TenantRouter, reports: &[&UsageReport], reason: &st
     }
     tx.commit().await?;
     Ok(new)
+}
+
+/// Where a store stands against its plan's monthly events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// Events counted this month (UTC).
+    pub used: i64,
+    /// Events the plan includes a month; `None`: no cap.
+    pub included: Option<u64>,
+}
+
+impl Quota {
+    /// `ok`, `soft_limit` (at [`nudge_tenants::SOFT_LIMIT_PERCENT`]) or `hard_limit`
+    /// (past what is included).
+    pub fn state(&self) -> &'static str {
+        let used = u64::try_from(self.used).unwrap_or(0);
+        match self.included {
+            Some(included) if used > included => "hard_limit",
+            Some(included)
+                if used.saturating_mul(100) >= included.saturating_mul(nudge_tenants::SOFT_LIMIT_PERCENT) =>
+            {
+                "soft_limit"
+            }
+            _ => "ok",
+        }
+    }
+}
+
+/// `tenant`'s events this month against its plan, in `tx`.
+pub async fn quota(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    tenant: TenantId,
+) -> Result<Quota, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT t.plan, COALESCE((SELECT sum(l.quantity) FROM usage_ledger l
+                                  WHERE l.tenant_id = t.tenant_id AND l.meter = 'events'
+                                    AND l.hour >= date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'), 0)::bigint AS used
+         FROM tenants t WHERE t.tenant_id = $1",
+    )
+    .bind(tenant.as_uuid())
+    .fetch_one(&mut **tx)
+    .await?;
+    let plan = nudge_tenants::Plan::parse(&row.try_get::<String, _>("plan")?).unwrap_or_default();
+    Ok(Quota { used: row.try_get("used")?, included: plan.monthly_events() })
+}
+
+/// [`quota`] in a transaction of its own.
+pub async fn quota_of(router: &TenantRouter, tenant: TenantId) -> Result<Quota, DbError> {
+    let mut tx = router.tenant_tx(tenant).await?;
+    let quota = quota(&mut tx, tenant).await?;
+    tx.commit().await?;
+    Ok(quota)
 }
 
 /// One hour of a store's ledger.

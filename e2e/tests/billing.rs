@@ -406,9 +406,10 @@ async fn the_ledger_is_sent_to_stripes_meters_once_late_usage_as_the_difference_
         ..UsageReport::default()
     };
     let metrics = nudge_control_plane::usage::UsageMetrics::default();
+    let topics = platform.cell_config.kafka.topics();
     let reports =
         [report("a", two_ago, 100), report("b", two_ago, 20), report("c", one_ago, 7), report("d", next, 999)];
-    nudge_control_plane::usage::record_reports(&router, &metrics, &reports).await?;
+    nudge_control_plane::usage::record_reports(&router, &topics, &metrics, &reports).await?;
 
     // Per ended hour and meter, one event for the quantity, retried under the same
     // identifier and key when its answer was lost; the hour not ended waits.
@@ -445,7 +446,7 @@ async fn the_ledger_is_sent_to_stripes_meters_once_late_usage_as_the_difference_
     assert!(counted.values().all(|s| s.form["payload[stripe_customer_id]"] == customer));
 
     // Late usage for an ended hour: the difference, as an event of its own.
-    nudge_control_plane::usage::record_reports(&router, &metrics, &[report("e", two_ago, 5)]).await?;
+    nudge_control_plane::usage::record_reports(&router, &topics, &metrics, &[report("e", two_ago, 5)]).await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while unique(&events(&sent)) < 6 {
         anyhow::ensure!(tokio::time::Instant::now() < deadline, "late usage never sent: {:?}", events(&sent));
@@ -473,5 +474,62 @@ async fn the_ledger_is_sent_to_stripes_meters_once_late_usage_as_the_difference_
         |r: &&Value| r["hour"].as_str() != Some(next.to_rfc3339_opts(chrono::SecondsFormat::Secs, true).as_str());
     assert!(rows.iter().filter(ended).all(|r| r["difference"] == 0), "{reconciled}");
     assert_eq!(reconciled["unsent"], 999 + 499, "{reconciled}");
+    platform.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_is_warned_near_its_monthly_events_and_refused_past_them_until_its_plan_grows() -> anyhow::Result<()> {
+    use std::str::FromStr;
+    let platform = Platform::start().await?;
+    let owner = format!("owner-{}@example.com", unique_suffix());
+    let store = platform.sign_up_as("Busy Store", &[ORIGIN], &owner).await?;
+    platform.wait_for_key(&store.publishable_key, ORIGIN).await?;
+    let token = platform.login(&owner, None).await?.access_token;
+    let billing = billing_until(&platform, &store.tenant_id, &token, "read", |_| true).await?;
+    assert_eq!((billing["quota"].as_str(), billing["monthly_events_included"].as_u64()), (Some("ok"), Some(100_000)));
+
+    // The cells' reports of this hour, as they would count the store's events.
+    let db = nudge_control_plane::Database::connect_lazy(
+        sqlx::postgres::PgConnectOptions::from_str(&platform.db.app_url)?,
+        2,
+        Duration::from_secs(30),
+    );
+    let router = nudge_control_plane::routing::TenantRouter::new(db, Default::default());
+    let topics = platform.cell_config.kafka.topics();
+    let metrics = nudge_control_plane::usage::UsageMetrics::default();
+    let events = |accepted: u64| nudge_contracts::proto::usage::v1::UsageReport {
+        tenant_id: store.tenant_id.clone(),
+        cell_id: "shared-1".into(),
+        start_ms: chrono::Utc::now().timestamp_millis(),
+        end_ms: chrono::Utc::now().timestamp_millis(),
+        accepted,
+        report_id: format!("busy-{}", unique_suffix()),
+        ..Default::default()
+    };
+
+    // 85 % of the month's events: the merchant is warned; events still flow.
+    nudge_control_plane::usage::record_reports(&router, &topics, &metrics, &[events(85_000)]).await?;
+    let billing = billing_until(&platform, &store.tenant_id, &token, "warned", |b| b["quota"] == "soft_limit").await?;
+    assert!(billing["monthly_events_used"].as_i64().is_some_and(|n| n >= 85_000), "{billing}");
+    ingest_answers(&platform, &store.publishable_key, 202).await?;
+
+    // Past them: the cell refuses the store's events with a clear code, until next month.
+    nudge_control_plane::usage::record_reports(&router, &topics, &metrics, &[events(20_000)]).await?;
+    billing_until(&platform, &store.tenant_id, &token, "over", |b| b["quota"] == "hard_limit").await?;
+    let refused = ingest_answers(&platform, &store.publishable_key, 429).await?;
+    assert_eq!(refused["error"]["code"], "quota_exceeded", "{refused}");
+
+    // The plan grows: the store's events flow again at once.
+    let changed = platform
+        .http
+        .post(format!("{}/v1/admin/tenants/{}/plan", platform.control_plane_url, store.tenant_id))
+        .bearer_auth(OPERATOR_TOKEN)
+        .json(&json!({ "plan": "growth" }))
+        .send()
+        .await?;
+    assert_eq!(changed.status(), 200);
+    ingest_answers(&platform, &store.publishable_key, 202).await?;
+    let billing = billing_until(&platform, &store.tenant_id, &token, "ok", |b| b["quota"] == "ok").await?;
+    assert_eq!(billing["monthly_events_included"], 5_000_000);
     platform.shutdown().await
 }

@@ -133,7 +133,7 @@ async fn a_hundred_thousand_reports_with_duplicates_and_late_arrivals_add_up_exa
     let metrics = UsageMetrics::default();
     let mut total = Recorded::default();
     for batch in reports.chunks(2_000) {
-        let recorded = record_reports(&router, &metrics, batch).await?;
+        let recorded = record_reports(&router, &Topics::default(), &metrics, batch).await?;
         total.counted += recorded.counted;
         total.duplicates += recorded.duplicates;
         total.quarantined += recorded.quarantined;
@@ -165,7 +165,7 @@ async fn a_hundred_thousand_reports_with_duplicates_and_late_arrivals_add_up_exa
 
     // Everything again: nothing changes.
     for batch in reports.chunks(5_000) {
-        let recorded = record_reports(&router, &metrics, batch).await?;
+        let recorded = record_reports(&router, &Topics::default(), &metrics, batch).await?;
         assert_eq!((recorded.counted, recorded.quarantined), (0, 0), "a second delivery counts nothing");
     }
     for &store in &stores {

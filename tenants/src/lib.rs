@@ -30,6 +30,6 @@ pub use keys::{KeyError, PublishableKey, SecretKey, SecretKeyHash};
 pub use lifecycle::{Actor, InvalidTransition, Step, TenantState};
 pub use name::{TenantName, TenantNameError};
 pub use origin::{AllowedOrigin, OriginError};
-pub use plan::{LimitOverrides, Limits, MIN_RETENTION_DAYS, Plan};
+pub use plan::{LimitOverrides, Limits, MIN_RETENTION_DAYS, Plan, SOFT_LIMIT_PERCENT};
 pub use rollout::{ModelRollout, RolloutMode, in_canary};
 pub use tier::IsolationTier;

@@ -31,6 +31,9 @@ pub struct Limits {
     pub seats: u32,
 }
 
+/// The share of a plan's monthly events at which the merchant is warned.
+pub const SOFT_LIMIT_PERCENT: u64 = 80;
+
 /// The shortest retention a store can have: the event topics keep a week of records.
 pub const MIN_RETENTION_DAYS: u32 = 7;
 
@@ -86,6 +89,17 @@ impl Plan {
             Self::Free => 0,
             Self::Growth => 49_00,
             Self::Enterprise => 990_00,
+        }
+    }
+
+    /// Events a month the plan includes; `None`: no cap. At [`SOFT_LIMIT_PERCENT`] of it
+    /// the merchant is warned; past it, the store's cell refuses its events until the month
+    /// ends or the plan grows.
+    pub fn monthly_events(self) -> Option<u64> {
+        match self {
+            Self::Free => Some(100_000),
+            Self::Growth => Some(5_000_000),
+            Self::Enterprise => None,
         }
     }
 

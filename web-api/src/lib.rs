@@ -169,7 +169,7 @@ pub async fn run(config: ControlPlaneConfig, listener: TcpListener, shutdown: Ca
         &config,
         "usage",
         nudge_contracts::Topic::Usage,
-        Arc::new(UsageSink { router: router.clone(), metrics: usage_metrics }),
+        Arc::new(UsageSink { router: router.clone(), topics: config.kafka.topics(), metrics: usage_metrics }),
         stage_metrics.clone(),
         shutdown.clone(),
     )?;

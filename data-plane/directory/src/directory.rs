@@ -38,6 +38,8 @@ pub struct TenantEntry {
     pub erasure_orders: Vec<Erasure>,
     /// Dunning: the store's payment failed and ingest refuses its events (402).
     pub ingest_paused: bool,
+    /// Past the plan's monthly events: ingest refuses its events (429).
+    pub quota_exceeded: bool,
     /// The model version this tenant is scored with; `None`: the cell's default.
     pub model_version: Option<String>,
     /// A candidate model being rolled out beside it.
@@ -442,6 +444,7 @@ fn parse_entry(tenant_id: TenantId, config: &TenantConfig) -> Result<TenantEntry
         },
         suppressed_emails: config.suppressed_emails.iter().cloned().collect(),
         ingest_paused: config.ingest_paused,
+        quota_exceeded: config.quota_exceeded,
         erasure_orders: config
             .erasures
             .iter()

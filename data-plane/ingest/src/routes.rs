@@ -176,7 +176,7 @@ pub(crate) fn allow_origin(response: &mut Response, origin: Option<&str>) {
         (status = 403, description = "`origin_required`, `origin_not_allowed`, `missing_scope`, `tenant_suspended`, `tenant_inactive`", body = ErrorBody),
         (status = 402, description = "`payment_required`: the store's payment failed and its events are paused (dunning)", body = ErrorBody),
         (status = 413, description = "`batch_too_large`", body = ErrorBody),
-        (status = 429, description = "`rate_limited`: over the plan's events per second; retry after `Retry-After`", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: over the plan's events per second; `quota_exceeded`: over the plan's events this month (until the month ends or the plan grows); retry after `Retry-After`", body = ErrorBody),
         (status = 422, description = "`idempotency_key_reused` (same key, different body), `empty_batch`, or the first invalid event's code (`unknown_event_type`, `invalid_property`, …) with every invalid event in details", body = ErrorBody),
         (status = 503, description = "`broker_unavailable`, `idempotency_unavailable`, `keys_unavailable` (the vault wrapping the shoppers' data keys), `cell_starting`; retry after `Retry-After`", body = ErrorBody),
     ))]
@@ -388,6 +388,17 @@ async fn accept_inner(
     let suppressed = before - events.len();
     state.usage.dropped(tenant_id, Drop::Suppressed, suppressed as u64);
 
+    if tenant.quota_exceeded {
+        // The plan's events for the month are used up: until the month ends (UTC) or the plan
+        // grows.
+        state.usage.dropped(tenant_id, Drop::Quota, events.len() as u64);
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "quota_exceeded",
+            "this store has used the events its plan includes this month; upgrade the plan or wait for next month",
+        )
+        .with_retry_after(seconds_to_next_month(Utc::now())));
+    }
     if let Err(retry_after) = state.limiter.take(tenant_id, events.len() as u32, tenant.limits) {
         state.usage.dropped(tenant_id, Drop::Rate, events.len() as u64);
         return Err(ApiError::new(
@@ -480,4 +491,15 @@ async fn accept_inner(
 fn dedup_unavailable(e: DedupUnavailable) -> ApiError {
     tracing::warn!(error = %e, "idempotency store unavailable");
     ApiError::unavailable("idempotency_unavailable", "idempotency keys cannot be checked right now; retry later", 1)
+}
+
+/// Seconds until the next month begins (UTC), for a refusal that lasts the month.
+fn seconds_to_next_month(now: chrono::DateTime<Utc>) -> u32 {
+    use chrono::Datelike;
+    let (year, month) = if now.month() == 12 { (now.year() + 1, 1) } else { (now.year(), now.month() + 1) };
+    let next = chrono::NaiveDate::from_ymd_opt(year, month, 1)
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())
+        .unwrap_or(now);
+    u32::try_from((next - now).num_seconds().max(1)).unwrap_or(u32::MAX)
 }

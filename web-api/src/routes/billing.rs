@@ -159,6 +159,7 @@ async fn get_billing(
     merchant.require(merchant.role().manages_keys())?;
     let (account, lifecycle) =
         billing::account(&state.router, tenant).await.map_err(db_error)?.ok_or_else(ApiError::not_found)?;
+    let quota = nudge_control_plane::usage::quota_of(&state.router, tenant).await.map_err(db_error)?;
     let leaving = matches!(lifecycle, TenantState::Offboarding | TenantState::Deleted);
     let status = if !state.billing_enabled {
         "off"
@@ -182,6 +183,9 @@ async fn get_billing(
         // A failure since recovered from (or of a step no longer wanted) is no news.
         last_error: account.last_error.filter(|_| status == "syncing"),
         dunning: account.dunning,
+        monthly_events_included: quota.included,
+        monthly_events_used: quota.used,
+        quota: quota.state().to_owned(),
         dunning_since: account.dunning_since.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
     }))
 }
