@@ -68,6 +68,9 @@ pub struct BillingConfig {
     pub meter_events_url: Option<String>,
     /// How long after an hour ends its usage is sent (reports still on their way).
     pub meter_delay_secs: u64,
+    /// Where Stripe's billing portal sends the merchant back to (the console's billing
+    /// page).
+    pub portal_return_url: String,
 }
 
 impl Default for BillingConfig {
@@ -86,6 +89,7 @@ impl Default for BillingConfig {
             report_usage: false,
             meter_events_url: None,
             meter_delay_secs: 600,
+            portal_return_url: "http://127.0.0.1:8080/".to_owned(),
         }
     }
 }
@@ -394,6 +398,9 @@ impl Validate for ControlPlaneConfig {
             return Err("billing.sync_interval_ms and billing.request_timeout_ms must be positive".into());
         }
         self.billing.dunning.validate()?;
+        if !self.billing.portal_return_url.starts_with("http") {
+            return Err("billing.portal_return_url must be an http(s) URL".into());
+        }
         if !(1..=3600).contains(&self.billing.webhook_tolerance_secs) {
             return Err("billing.webhook_tolerance_secs must be 1-3600".into());
         }

@@ -185,6 +185,19 @@ impl Stripe {
         self.post("/v1/billing/meter_events", &form, identifier).await.map(|_| ())
     }
 
+    /// A short-lived link to Stripe's billing portal for `customer` (payment methods,
+    /// invoices), coming back to `return_url`.
+    pub async fn portal_session(&self, customer: &str, return_url: &str) -> Result<String, StripeError> {
+        let form = vec![("customer".to_owned(), customer.to_owned()), ("return_url".to_owned(), return_url.to_owned())];
+        // Each session is new: a retry makes another, as harmless as the first.
+        let key = format!("nudge-portal-{}", uuid::Uuid::new_v4());
+        let session = self.post("/v1/billing_portal/sessions", &form, &key).await?;
+        session["url"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| StripeError::Unexpected("a billing portal session without a url".into()))
+    }
+
     /// Cancels the subscription at once; one already gone counts as cancelled.
     pub async fn cancel(&self, subscription: &str) -> Result<(), StripeError> {
         match self.send(self.http.delete(format!("{}/v1/subscriptions/{subscription}", self.base))).await {

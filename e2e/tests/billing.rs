@@ -157,6 +157,14 @@ async fn billing_is_off_without_a_stripe_key_and_the_store_works_regardless() ->
     let billing = billing_until(&platform, &store.tenant_id, &token, "off", |b| b["status"] == "off").await?;
     assert_eq!(billing["plan"], "free");
     assert!(billing.get("stripe_customer_id").is_none(), "{billing}");
+    let portal = platform
+        .http
+        .post(format!("{}/v1/tenants/{}/billing/portal", platform.control_plane_url, store.tenant_id))
+        .bearer_auth(&token)
+        .send()
+        .await?;
+    assert_eq!(portal.status(), 503);
+    assert_eq!(portal.json::<Value>().await?["error"]["code"], "billing_off");
     platform.shutdown().await
 }
 
@@ -531,5 +539,92 @@ async fn a_store_is_warned_near_its_monthly_events_and_refused_past_them_until_i
     ingest_answers(&platform, &store.publishable_key, 202).await?;
     let billing = billing_until(&platform, &store.tenant_id, &token, "ok", |b| b["quota"] == "ok").await?;
     assert_eq!(billing["monthly_events_included"], 5_000_000);
+    platform.shutdown().await
+}
+
+/// Stands in front of localstripe and answers what it lacks, Stripe's billing-portal
+/// sessions, recording each request; everything else goes through to localstripe.
+async fn portal_proxy(localstripe: String) -> anyhow::Result<(String, std::sync::Arc<std::sync::Mutex<Vec<Sent>>>)> {
+    use std::sync::{Arc, Mutex};
+    let sent: Arc<Mutex<Vec<Sent>>> = Arc::default();
+    let seen = sent.clone();
+    let http = reqwest::Client::new();
+    let app = axum::Router::new()
+        .route(
+            "/v1/billing_portal/sessions",
+            axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let seen = seen.clone();
+                async move {
+                    let form = form_urlencoded::parse(&body).into_owned().collect();
+                    let idempotency_key =
+                        headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
+                    seen.lock().unwrap_or_else(|e| e.into_inner()).push(Sent { idempotency_key, form });
+                    axum::Json(json!({ "object": "billing_portal.session", "url": "https://billing.stripe.com/p/session/test_1" }))
+                }
+            }),
+        )
+        .fallback(move |method: axum::http::Method, uri: axum::http::Uri, headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+            let (http, base) = (http.clone(), localstripe.clone());
+            async move {
+                let path = uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
+                let mut request = http.request(method, format!("{base}{path}")).body(body);
+                for name in ["authorization", "content-type", "idempotency-key"] {
+                    if let Some(value) = headers.get(name) {
+                        request = request.header(name, value);
+                    }
+                }
+                match request.send().await {
+                    Ok(r) => {
+                        let status = axum::http::StatusCode::from_u16(r.status().as_u16()).unwrap_or(axum::http::StatusCode::BAD_GATEWAY);
+                        (status, r.bytes().await.unwrap_or_default().to_vec())
+                    }
+                    Err(_) => (axum::http::StatusCode::BAD_GATEWAY, Vec::new()),
+                }
+            }
+        });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok((url, sent))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merchant_gets_a_billing_portal_link_for_its_own_customer() -> anyhow::Result<()> {
+    let stripe = LocalStripe::start().await?;
+    let (proxy, sent) = portal_proxy(stripe.url()).await?;
+    let platform = Platform::start_with(|cp, _| {
+        cp.billing = BillingConfig {
+            stripe_api_url: proxy,
+            stripe_secret_key: Some(SecretString::from(STRIPE_KEY)),
+            item_param: "plan".to_owned(),
+            create_prices: true,
+            sync_interval_ms: 200,
+            portal_return_url: "https://console.example.com/billing".to_owned(),
+            ..BillingConfig::default()
+        };
+    })
+    .await?;
+    let owner = format!("owner-{}@example.com", unique_suffix());
+    let store = platform.sign_up_as("Portal Store", &[ORIGIN], &owner).await?;
+    let token = platform.login(&owner, None).await?.access_token;
+    let billing =
+        billing_until(&platform, &store.tenant_id, &token, "subscribed", |b| b["status"] == "subscribed").await?;
+    let portal = format!("{}/v1/tenants/{}/billing/portal", platform.control_plane_url, store.tenant_id);
+    let response = platform.http.post(&portal).bearer_auth(&token).send().await?;
+    assert_eq!(response.status(), 200);
+    let link: Value = response.json().await?;
+    assert_eq!(link["url"], "https://billing.stripe.com/p/session/test_1");
+    // The request Stripe would get: the store's own customer, back to the console.
+    let requests = sent.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert_eq!(requests[0].form["customer"], billing["stripe_customer_id"].as_str().expect("a customer"));
+    assert_eq!(requests[0].form["return_url"], "https://console.example.com/billing");
+    assert!(requests[0].idempotency_key.is_some());
+
+    // Another store's owner cannot get one for this store.
+    let other = format!("other-{}@example.com", unique_suffix());
+    platform.sign_up_as("Other Store", &["https://other.example.com"], &other).await?;
+    let other_token = platform.login(&other, None).await?.access_token;
+    assert_eq!(platform.http.post(&portal).bearer_auth(&other_token).send().await?.status(), 404);
     platform.shutdown().await
 }

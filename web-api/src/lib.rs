@@ -142,6 +142,8 @@ pub async fn run(config: ControlPlaneConfig, listener: TcpListener, shutdown: Ca
         offboarding_grace: chrono::Duration::days(i64::from(config.offboarding.grace_days)),
         onnxruntime_library: config.models.onnxruntime_library.clone().map(Arc::new),
         billing_enabled: billing.is_some(),
+        stripe: billing.as_ref().map(|b| b.stripe.clone()),
+        portal_return_url: Arc::from(config.billing.portal_return_url.as_str()),
         webhooks: (!config.billing.webhook_secrets.is_empty()).then(|| nudge_control_plane::webhooks::Webhooks {
             router: router.clone(),
             topics: config.kafka.topics(),

@@ -42,6 +42,9 @@ pub struct AppState {
     pub onnxruntime_library: Option<Arc<std::path::PathBuf>>,
     /// Stores are billed through Stripe (`billing.stripe_secret_key` is set).
     pub billing_enabled: bool,
+    /// Stripe, for the merchant's billing-portal links, and where the portal returns to.
+    pub stripe: Option<nudge_control_plane::stripe::Stripe>,
+    pub portal_return_url: Arc<str>,
     /// Stripe's webhooks, while `billing.webhook_secrets` has one.
     pub webhooks: Option<nudge_control_plane::webhooks::Webhooks>,
     pub webhook_secrets: Arc<[secrecy::SecretString]>,

@@ -22,7 +22,49 @@ use super::{error::db_error, merchant::Merchant};
 use crate::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(get_billing)).routes(routes!(stripe_webhook)).routes(routes!(reconciliation))
+    OpenApiRouter::new()
+        .routes(routes!(get_billing))
+        .routes(routes!(stripe_webhook))
+        .routes(routes!(reconciliation))
+        .routes(routes!(portal))
+}
+
+/// A link to Stripe's billing portal for the store (update the payment method, see and pay
+/// invoices), valid for a short while; Stripe sends the merchant back to the console.
+#[utoipa::path(post, path = "/v1/tenants/{tenant_id}/billing/portal", tag = "billing",
+    params(("tenant_id" = String, Path)), security(("access_token" = [])),
+    responses(
+        (status = 200, description = "`url`: where to send the merchant"),
+        (status = 403, description = "`forbidden`: owners and admins only", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`billing_not_ready`: the store is not a Stripe customer yet (seconds after signup)", body = ErrorBody),
+        (status = 503, description = "`billing_off` (the platform bills no one), `stripe_unavailable`; retry after `Retry-After`", body = ErrorBody),
+    ))]
+#[tracing::instrument(skip_all, fields(tenant_id))]
+async fn portal(
+    State(state): State<AppState>,
+    merchant: Merchant,
+    Path(tenant_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = merchant.tenant(&tenant_id)?;
+    merchant.require(merchant.role().manages_keys())?;
+    let Some(stripe) = &state.stripe else {
+        return Err(ApiError::unavailable("billing_off", "the platform bills no one (no Stripe key)", 3600));
+    };
+    let (account, _) =
+        billing::account(&state.router, tenant).await.map_err(db_error)?.ok_or_else(ApiError::not_found)?;
+    let Some(customer) = account.stripe_customer_id else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "billing_not_ready",
+            "the store is not a Stripe customer yet; try again in a few seconds",
+        ));
+    };
+    let url = stripe.portal_session(&customer, &state.portal_return_url).await.map_err(|e| {
+        tracing::warn!(error = %e, "a billing portal link could not be made");
+        ApiError::unavailable("stripe_unavailable", "Stripe did not answer; try again", 5)
+    })?;
+    Ok(Json(json!({ "url": url })))
 }
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
