@@ -188,6 +188,10 @@ impl BillingSync {
             (Some(id), Some(item_id), Some(on)) => Some((Subscription { id, item_id }, on)),
             _ => None,
         };
+        if state == TenantState::Pending {
+            // Not yet placed on a cell (a signup that has not finished): billed once it is.
+            return Ok(Step::InSync);
+        }
         let staying = !matches!(state, TenantState::Offboarding | TenantState::Deleted);
         let id = tenant.to_string();
 

@@ -27,7 +27,8 @@ CREATE POLICY tenant_isolation ON billing_accounts
 GRANT SELECT, INSERT, UPDATE ON billing_accounts TO nudge_app;
 
 -- The stores whose Stripe side does not match them: no customer or no subscription to their
--- plan while they stay, or a live subscription while they leave. One that failed lately
+-- plan while they stay (a store not yet placed on a cell waits), or a live subscription
+-- while they leave. One that failed lately
 -- waits (2^failures seconds, at most ten minutes). Ids only, like every sweep's function.
 CREATE FUNCTION nudge_billing_due() RETURNS SETOF uuid
     LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = public, pg_temp
@@ -38,7 +39,7 @@ BEGIN
     END IF;
     RETURN QUERY
         SELECT t.tenant_id FROM tenants t LEFT JOIN billing_accounts b ON b.tenant_id = t.tenant_id
-        WHERE ((t.state NOT IN ('offboarding', 'deleted')
+        WHERE ((t.state NOT IN ('pending', 'offboarding', 'deleted')
                 AND (b.tenant_id IS NULL OR b.stripe_customer_id IS NULL OR b.subscribed_plan IS DISTINCT FROM t.plan))
             OR (t.state IN ('offboarding', 'deleted') AND b.subscribed_plan IS NOT NULL))
           AND (b.failures IS NULL OR b.failures = 0
