@@ -3,7 +3,14 @@
 -- quantity sent before it, so a retry of the same send is the same event to Stripe).
 ALTER TABLE usage_ledger
     ADD COLUMN sent_quantity bigint NOT NULL DEFAULT 0 CHECK (sent_quantity >= 0),
-    ADD COLUMN sent_at timestamptz;
+    ADD COLUMN sent_at timestamptz,
+    -- The event being sent: written before it goes to Stripe and resent exactly as it was
+    -- until Stripe acknowledges it, so late usage never changes an event already on its way.
+    ADD COLUMN pending_identifier text,
+    ADD COLUMN pending_value bigint CHECK (pending_value > 0),
+    ADD CHECK ((pending_identifier IS NULL) = (pending_value IS NULL));
+CREATE INDEX usage_ledger_unsent ON usage_ledger (tenant_id, hour)
+    WHERE quantity > sent_quantity OR pending_identifier IS NOT NULL;
 
 -- The stores with hours that ended by `before` not yet wholly reported (ids only).
 CREATE FUNCTION nudge_meter_due(before timestamptz) RETURNS SETOF uuid
@@ -17,8 +24,9 @@ BEGIN
         SELECT DISTINCT l.tenant_id FROM usage_ledger l
         JOIN billing_accounts b ON b.tenant_id = l.tenant_id
         WHERE b.stripe_customer_id IS NOT NULL AND l.meter <> 'peak_connections'
-          AND l.quantity > l.sent_quantity AND l.hour + interval '1 hour' <= before
-          AND l.hour > before - interval '35 days'
+          AND (l.quantity > l.sent_quantity OR l.pending_identifier IS NOT NULL)
+          AND l.hour + interval '1 hour' <= before
+          AND l.hour > now() - interval '34 days'
         LIMIT 500;
 END
 $$;

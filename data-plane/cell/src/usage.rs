@@ -1,7 +1,7 @@
 //! Reports each tenant's counts (accepted, dropped by reason) to `usage.v1` at an interval,
-//! for the control plane to show merchants and to bill. A report that cannot be sent is put
-//! back and goes with the next one; each carries an id, so a redelivered report is counted
-//! once downstream.
+//! for the control plane to show merchants and to bill. A report the broker does not
+//! acknowledge is sent again as it was, with the next ones; each carries an id, so a report
+//! stored twice is counted once downstream.
 
 use std::{sync::Arc, time::Duration};
 
@@ -26,16 +26,19 @@ pub async fn report(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut since = Utc::now().timestamp_millis();
+    // Reports the broker did not acknowledge: sent again as they were (the same id and
+    // interval), since an unacknowledged record may still have been stored, and the
+    // control plane counts an id once.
+    let mut unsent: Vec<UsageReport> = Vec::new();
     loop {
         let stopping = tokio::select! {
             _ = shutdown.cancelled() => true,
             _ = tokio::time::sleep(interval) => false,
         };
         let now = Utc::now().timestamp_millis();
-        let counts = counters.drain();
-        let mut unsent = std::collections::HashMap::new();
-        for (tenant, c) in counts {
-            let report = UsageReport {
+        let mut reports = std::mem::take(&mut unsent);
+        for (tenant, c) in counters.drain() {
+            reports.push(UsageReport {
                 tenant_id: tenant.to_string(),
                 cell_id: cell.to_string(),
                 start_ms: since,
@@ -47,21 +50,21 @@ pub async fn report(
                 interventions: c.interventions,
                 // Sockets are counted by the gateway's own limits; not reported yet.
                 peak_connections: 0,
-            };
-            let key = tenant.to_string();
+            });
+        }
+        for report in reports {
             let value = report.encode_to_vec();
             let record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&topic)
-                .key(key.as_str())
+                .key(report.tenant_id.as_str())
                 .payload(value.as_slice())
                 .headers(record_headers(USAGE_V1, None));
             if let Err(e) = producer.send_all([record], OUTPUT_ACK_TIMEOUT).await {
-                tracing::debug!(%tenant, error = %e, "usage report not sent");
-                unsent.insert(tenant, c);
+                tracing::debug!(tenant_id = %report.tenant_id, error = %e, "usage report not sent");
+                unsent.push(report);
             }
         }
         if !unsent.is_empty() {
-            tracing::warn!(tenants = unsent.len(), "usage reports not sent; they go with the next ones");
-            counters.restore(unsent);
+            tracing::warn!(reports = unsent.len(), "usage reports not sent; they are sent again with the next ones");
         }
         since = now;
         if stopping {

@@ -75,8 +75,8 @@ struct Period {
     to: Option<String>,
 }
 
-/// The store's usage ledger beside what was sent to Stripe's meters, hour by hour: what
-/// Stripe bills against what the platform counted.
+/// The store's usage ledger beside what was sent to Stripe's meters, hour by hour (as this
+/// platform recorded its sends: Stripe's own later checks of meter events are not read).
 #[utoipa::path(get, path = "/v1/admin/tenants/{tenant_id}/billing/reconciliation", tag = "admin",
     params(("tenant_id" = String, Path), Period), security(("operator_token" = [])),
     responses(
