@@ -5,8 +5,9 @@
 //! in the same transaction, added to the store's ledger (`usage_ledger`) in the hour it began
 //! in — however late it arrives, so usage that comes after its hour is billed, not lost.
 //! `events`, `predictions` and `interventions` add up per hour; `peak_connections` keeps the
-//! highest. A report for a store that does not exist, or is deleted, is billed to no one: it
-//! is kept apart (`usage_quarantine`) and counted (`usage_reports_quarantined`).
+//! highest. A report for a store that does not exist, or is deleted, or with impossible times
+//! or counts (a cell's clock or counter gone wrong), is billed to no one: it is kept apart
+//! (`usage_quarantine`) and counted (`usage_reports_quarantined`).
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -91,13 +92,26 @@ pub async fn record_reports(
     reports: &[UsageReport],
 ) -> Result<Recorded, DbError> {
     let mut by_tenant: BTreeMap<Option<TenantId>, Vec<&UsageReport>> = BTreeMap::new();
+    let mut impossible = Vec::new();
+    let now_ms = Utc::now().timestamp_millis();
     for report in reports {
         if report.report_id.is_empty() || report.report_id.len() > 200 {
             return Err(DbError::Query(sqlx::Error::Protocol("a usage report without a valid id".into())));
         }
-        by_tenant.entry(report.tenant_id.parse().ok()).or_default().push(report);
+        if is_possible(report, now_ms) {
+            by_tenant.entry(report.tenant_id.parse().ok()).or_default().push(report);
+        } else {
+            impossible.push(report);
+        }
     }
     let mut recorded = Recorded::default();
+    if !impossible.is_empty() {
+        // A cell's clock or counter gone wrong: kept for a look, billed to no one.
+        let quarantined = quarantine(router, &impossible, "invalid_report").await?;
+        recorded.quarantined += quarantined;
+        metrics.quarantined.inc_by(quarantined);
+        tracing::warn!(reports = impossible.len(), "usage reports with impossible times or counts quarantined");
+    }
     for (tenant, reports) in by_tenant {
         let state: Option<String> = match tenant {
             Some(tenant) => {
@@ -128,6 +142,21 @@ pub async fn record_reports(
         }
     }
     Ok(recorded)
+}
+
+/// The most a report may count of anything: far beyond any cell's interval, far below
+/// where sums could overflow.
+const MAX_COUNT: u64 = 1_000_000_000_000;
+
+/// Whether a report's interval and counts could be true: it begins after 2020, ends no
+/// earlier than it begins and at most a day from now, and counts less than [`MAX_COUNT`].
+fn is_possible(report: &UsageReport, now_ms: i64) -> bool {
+    const EPOCH_2020_MS: i64 = 1_577_836_800_000;
+    let counts = [report.accepted, report.predictions, report.interventions, report.peak_connections];
+    report.start_ms >= EPOCH_2020_MS
+        && report.end_ms >= report.start_ms
+        && report.end_ms <= now_ms + 86_400_000
+        && counts.iter().chain(report.dropped.values()).all(|n| *n < MAX_COUNT)
 }
 
 /// Counts `tenant`'s reports: keeps the new ones by id and adds them to the ledger, in one

@@ -163,6 +163,16 @@ async fn a_hundred_thousand_reports_with_duplicates_and_late_arrivals_add_up_exa
         sqlx::query_scalar("SELECT count(*) FROM usage_quarantine").fetch_one(&mut *db.platform_tx().await?).await?;
     assert_eq!(quarantined as u64, for_deleted + for_unknown);
 
+    // Impossible reports (a cell's clock at 1970, a counter gone wild) are quarantined too.
+    let mut at_1970 = reports[0].clone();
+    at_1970.report_id = "rpt-1970".into();
+    at_1970.start_ms = 0;
+    let mut wild = reports[1].clone();
+    wild.report_id = "rpt-wild".into();
+    wild.accepted = u64::MAX;
+    let recorded = record_reports(&router, &Topics::default(), &metrics, &[at_1970, wild]).await?;
+    assert_eq!((recorded.counted, recorded.quarantined), (0, 2));
+
     // Everything again: nothing changes.
     for batch in reports.chunks(5_000) {
         let recorded = record_reports(&router, &Topics::default(), &metrics, batch).await?;

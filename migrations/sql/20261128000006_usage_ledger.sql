@@ -22,13 +22,14 @@ ALTER TABLE usage_reports
     ADD COLUMN interventions bigint NOT NULL DEFAULT 0 CHECK (interventions >= 0),
     ADD COLUMN peak_connections bigint NOT NULL DEFAULT 0 CHECK (peak_connections >= 0);
 
--- Reports for a store that does not exist or is deleted: kept apart, counted, billed to no
--- one (a platform table: the store it names is only a claim).
+-- Reports for a store that does not exist or is deleted, or with impossible times or counts:
+-- kept apart, counted, billed to no one (a platform table: the store it names is only a
+-- claim).
 CREATE TABLE usage_quarantine (
     report_id      text PRIMARY KEY CHECK (length(report_id) BETWEEN 1 AND 200),
     claimed_tenant text NOT NULL CHECK (length(claimed_tenant) <= 200),
     cell_id        text NOT NULL CHECK (length(cell_id) <= 200),
-    reason         text NOT NULL CHECK (reason IN ('unknown_tenant', 'deleted_tenant')),
+    reason         text NOT NULL CHECK (reason IN ('unknown_tenant', 'deleted_tenant', 'invalid_report')),
     report         bytea NOT NULL,
     received_at    timestamptz NOT NULL DEFAULT now()
 );
