@@ -288,13 +288,22 @@ impl Webhooks {
         let state = TenantState::parse(&row.try_get::<String, _>("state")?).unwrap_or(TenantState::Pending);
         let before: String = row.try_get("dunning")?;
         let mut suspended_by_billing: bool = row.try_get("suspended_by_billing")?;
-        let reason = format!("billing: {kind}");
-        if grade == Grade::Suspended && state == TenantState::Active {
+        // Billing suspends an active store, and lifts only a suspension of its own; a store
+        // moved since by someone else (an operator, an offboarding) is theirs now.
+        let move_to = if grade == Grade::Suspended {
+            (state == TenantState::Active).then_some(TenantState::Suspended)
+        } else {
+            let lift = suspended_by_billing && state == TenantState::Suspended;
+            suspended_by_billing = false;
+            lift.then_some(TenantState::Active)
+        };
+        if let Some(to) = move_to {
+            let reason = format!("billing: {kind}");
             crate::lifecycle::transition_in(
                 &mut tx,
                 &self.topics,
                 tenant,
-                TenantState::Suspended,
+                to,
                 &BILLING,
                 &reason,
                 chrono::Duration::zero(),
@@ -302,24 +311,7 @@ impl Webhooks {
             )
             .await
             .map_err(lifecycle_error)?;
-            suspended_by_billing = true;
-        } else if grade != Grade::Suspended && suspended_by_billing {
-            if state == TenantState::Suspended {
-                crate::lifecycle::transition_in(
-                    &mut tx,
-                    &self.topics,
-                    tenant,
-                    TenantState::Active,
-                    &BILLING,
-                    &reason,
-                    chrono::Duration::zero(),
-                    None,
-                )
-                .await
-                .map_err(lifecycle_error)?;
-            }
-            // Moved since by someone else (an operator, an offboarding): theirs now.
-            suspended_by_billing = false;
+            suspended_by_billing = to == TenantState::Suspended;
         }
         sqlx::query(
             "UPDATE billing_accounts

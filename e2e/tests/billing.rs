@@ -40,20 +40,26 @@ async fn billing_until(
     }
 }
 
+/// Billing through the Stripe API at `url` (localstripe, or what stands in front of it),
+/// synced every 200 ms.
+fn billing_at(url: String) -> BillingConfig {
+    BillingConfig {
+        stripe_api_url: url,
+        stripe_secret_key: Some(SecretString::from(STRIPE_KEY)),
+        // localstripe knows subscription items by their older field.
+        item_param: "plan".to_owned(),
+        create_prices: true,
+        sync_interval_ms: 200,
+        ..BillingConfig::default()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_is_subscribed_at_signup_moved_on_a_plan_change_and_cancelled_when_it_leaves() -> anyhow::Result<()> {
     let stripe = LocalStripe::start().await?;
     let stripe_url = stripe.url();
     let platform = Platform::start_with(|cp, _| {
-        cp.billing = BillingConfig {
-            stripe_api_url: stripe_url,
-            stripe_secret_key: Some(SecretString::from(STRIPE_KEY)),
-            // localstripe knows subscription items by their older field.
-            item_param: "plan".to_owned(),
-            create_prices: true,
-            sync_interval_ms: 200,
-            ..BillingConfig::default()
-        };
+        cp.billing = billing_at(stripe_url);
     })
     .await?;
     let prices = PlanPrices::default();
@@ -227,13 +233,8 @@ async fn stripe_webhooks_are_verified_once_in_order_and_dunning_reaches_the_cell
     let stripe_url = stripe.url();
     let platform = Platform::start_with(|cp, _| {
         cp.billing = BillingConfig {
-            stripe_api_url: stripe_url,
-            stripe_secret_key: Some(SecretString::from(STRIPE_KEY)),
-            item_param: "plan".to_owned(),
-            create_prices: true,
-            sync_interval_ms: 200,
             webhook_secrets: vec![SecretString::from(WEBHOOK_SECRET), SecretString::from(OLD_WEBHOOK_SECRET)],
-            ..BillingConfig::default()
+            ..billing_at(stripe_url)
         };
     })
     .await?;
@@ -372,16 +373,11 @@ async fn the_ledger_is_sent_to_stripes_meters_once_late_usage_as_the_difference_
     let stripe_url = stripe.url();
     let platform = Platform::start_with(|cp, _| {
         cp.billing = BillingConfig {
-            stripe_api_url: stripe_url,
-            stripe_secret_key: Some(SecretString::from(STRIPE_KEY)),
-            item_param: "plan".to_owned(),
-            create_prices: true,
-            sync_interval_ms: 200,
             report_usage: true,
             meter_events_url: Some(recorder),
             // An hour is sent as soon as it has ended.
             meter_delay_secs: 0,
-            ..BillingConfig::default()
+            ..billing_at(stripe_url)
         };
     })
     .await?;
@@ -593,15 +589,8 @@ async fn a_merchant_gets_a_billing_portal_link_for_its_own_customer() -> anyhow:
     let stripe = LocalStripe::start().await?;
     let (proxy, sent) = portal_proxy(stripe.url()).await?;
     let platform = Platform::start_with(|cp, _| {
-        cp.billing = BillingConfig {
-            stripe_api_url: proxy,
-            stripe_secret_key: Some(SecretString::from(STRIPE_KEY)),
-            item_param: "plan".to_owned(),
-            create_prices: true,
-            sync_interval_ms: 200,
-            portal_return_url: "https://console.example.com/billing".to_owned(),
-            ..BillingConfig::default()
-        };
+        cp.billing =
+            BillingConfig { portal_return_url: "https://console.example.com/billing".to_owned(), ..billing_at(proxy) };
     })
     .await?;
     let owner = format!("owner-{}@example.com", unique_suffix());
