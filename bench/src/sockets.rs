@@ -157,7 +157,9 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     ));
     let gateway_metrics = GatewayMetrics::register(&metrics);
     let history = History::new(redis, naming, config.history.clone());
-    let (acks, write_acks) = AckWriter::new(history.clone(), gateway_metrics.ack_failures(), shutdown.clone());
+    // Deliveries are not billed here.
+    let (acks, write_acks) =
+        AckWriter::new(history.clone(), gateway_metrics.ack_failures(), Arc::new(|_, _| {}), shutdown.clone());
     tokio::spawn(write_acks);
     let state = GatewayState {
         history,

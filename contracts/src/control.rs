@@ -392,6 +392,16 @@ pub struct BillingView {
     /// the store's events are refused (429 `quota_exceeded`) until the month ends or the plan
     /// grows.
     pub quota: String,
+    /// Whether Stripe has a payment method for the store (given through Checkout): with
+    /// one, an owner moves to a paid self-service plan at once.
+    pub payment_method_on_file: bool,
+}
+
+/// An owner's choice of plan.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PlanChoice {
+    /// `free` or `growth` (enterprise is agreed with the platform's staff).
+    pub plan: String,
 }
 
 /// A store's offboarding: asked for by its owner or an operator.
@@ -564,6 +574,15 @@ pub struct UsageView {
     /// Events not accepted or not acted on, by reason: `rate`, `quota`, `schema`,
     /// `suppressed`, `duplicate`.
     pub dropped: std::collections::BTreeMap<String, i64>,
+    /// Events scored (a shadow model's score counts too).
+    pub predictions: i64,
+    /// Interventions delivered: acknowledged by a shopper's browser, each once however many
+    /// tabs it reached.
+    pub interventions: i64,
+    /// The most shopper sockets open at once over every gateway, at the instants the
+    /// gateways sample (every minute by default: a spike between two is not seen), in any
+    /// hour of the period (whole hours: the hour `from` falls in counts).
+    pub peak_connections: i64,
 }
 
 /// Where a model came from: enough to train it again.

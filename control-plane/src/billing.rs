@@ -78,6 +78,8 @@ pub struct BillingAccount {
     /// Dunning (`crate::webhooks`): `ok`, `warned`, `ingest_paused`, `suspended`.
     pub dunning: String,
     pub dunning_since: Option<DateTime<Utc>>,
+    /// Whether Stripe has a payment method for the store (from a completed Checkout).
+    pub payment_method_on_file: bool,
 }
 
 impl BillingAccount {
@@ -308,7 +310,8 @@ pub async fn account(
     let mut tx = router.tenant_tx(tenant).await?;
     let row = sqlx::query(
         "SELECT t.state, t.plan, b.stripe_customer_id, b.stripe_subscription_id, b.subscribed_plan, b.synced_at,
-                b.last_error, COALESCE(b.dunning, 'ok') AS dunning, b.dunning_since
+                b.last_error, COALESCE(b.dunning, 'ok') AS dunning, b.dunning_since,
+                b.stripe_payment_method_id IS NOT NULL AS payment_method_on_file
          FROM tenants t LEFT JOIN billing_accounts b ON b.tenant_id = t.tenant_id WHERE t.tenant_id = $1",
     )
     .bind(tenant.as_uuid())
@@ -326,6 +329,7 @@ pub async fn account(
         last_error: row.try_get("last_error")?,
         dunning: row.try_get("dunning")?,
         dunning_since: row.try_get("dunning_since")?,
+        payment_method_on_file: row.try_get::<Option<bool>, _>("payment_method_on_file")?.unwrap_or(false),
     };
     Ok(Some((account, state)))
 }

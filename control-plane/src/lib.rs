@@ -30,6 +30,7 @@
 //!   sweep; [`stripe`]: the small Stripe API client it uses; [`webhooks`]: Stripe's events,
 //!   verified, received once, and the dunning they drive; [`meters`]: the ledger's usage
 //!   sent to Stripe's meters, and its reconciliation.
+//! - [`checkout`]: self-service plan changes, through Stripe Checkout for a paid plan.
 //! - [`store`]: a store's profile.
 //! - [`outbox`]: the relay that publishes committed outbox rows to Kafka.
 
@@ -38,6 +39,7 @@ pub mod announce;
 pub mod auth;
 pub mod billing;
 pub mod catalog;
+pub mod checkout;
 pub mod config;
 pub mod db;
 pub mod dedicated;

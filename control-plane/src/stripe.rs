@@ -52,6 +52,15 @@ pub struct LiveSubscription {
     pub price: Option<String>,
 }
 
+/// A Checkout session: where to send the merchant, until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckoutSession {
+    pub id: String,
+    pub url: String,
+    /// Unix seconds.
+    pub expires_at: Option<i64>,
+}
+
 impl Stripe {
     pub fn new(base: &str, key: SecretString, item_param: &str, timeout: Duration) -> Result<Self, StripeError> {
         let http = reqwest::Client::builder()
@@ -196,6 +205,72 @@ impl Stripe {
             .as_str()
             .map(str::to_owned)
             .ok_or_else(|| StripeError::Unexpected("a billing portal session without a url".into()))
+    }
+
+    /// A Checkout session in setup mode for `customer`: Stripe's hosted page collects a
+    /// payment method and sends the merchant to `success_url` (or back to `cancel_url`).
+    /// The session names the store and the plan asked for, for people reading Stripe's
+    /// dashboard; what the completion does is decided from the platform's own record.
+    pub async fn setup_checkout(
+        &self,
+        customer: &str,
+        tenant: &str,
+        plan: &str,
+        success_url: &str,
+        cancel_url: &str,
+    ) -> Result<CheckoutSession, StripeError> {
+        let form = vec![
+            ("mode".to_owned(), "setup".to_owned()),
+            ("customer".to_owned(), customer.to_owned()),
+            ("currency".to_owned(), "eur".to_owned()),
+            ("client_reference_id".to_owned(), tenant.to_owned()),
+            ("metadata[tenant_id]".to_owned(), tenant.to_owned()),
+            ("metadata[plan]".to_owned(), plan.to_owned()),
+            ("setup_intent_data[metadata][tenant_id]".to_owned(), tenant.to_owned()),
+            ("success_url".to_owned(), success_url.to_owned()),
+            ("cancel_url".to_owned(), cancel_url.to_owned()),
+        ];
+        // Each session is new: a retry makes another, and only a completed one does anything.
+        let key = format!("nudge-checkout-{}", uuid::Uuid::new_v4());
+        let session = self.post("/v1/checkout/sessions", &form, &key).await?;
+        Ok(CheckoutSession {
+            id: id_of(&session, "checkout session")?,
+            url: session["url"]
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| StripeError::Unexpected("a checkout session without a url".into()))?,
+            expires_at: session["expires_at"].as_i64(),
+        })
+    }
+
+    /// The payment method a setup intent collected, once it has succeeded; `None` before
+    /// (or when there is no such intent).
+    pub async fn setup_payment_method(&self, setup_intent: &str) -> Result<Option<String>, StripeError> {
+        let Some(intent) = self.get(&format!("/v1/setup_intents/{setup_intent}")).await? else { return Ok(None) };
+        if intent["status"].as_str() != Some("succeeded") {
+            return Ok(None);
+        }
+        let method = &intent["payment_method"];
+        Ok(method.as_str().or_else(|| method["id"].as_str()).map(str::to_owned))
+    }
+
+    /// The payment method the customer's invoices are charged to, if any (set through
+    /// Checkout or Stripe's billing portal).
+    pub async fn default_payment_method(&self, customer: &str) -> Result<Option<String>, StripeError> {
+        let Some(customer) = self.get(&format!("/v1/customers/{customer}")).await? else { return Ok(None) };
+        if customer["deleted"].as_bool() == Some(true) {
+            return Ok(None);
+        }
+        let method = &customer["invoice_settings"]["default_payment_method"];
+        Ok(method.as_str().or_else(|| method["id"].as_str()).map(str::to_owned))
+    }
+
+    /// Makes `payment_method` the one the customer's invoices are charged to.
+    pub async fn set_default_payment_method(&self, customer: &str, payment_method: &str) -> Result<(), StripeError> {
+        let form = vec![("invoice_settings[default_payment_method]".to_owned(), payment_method.to_owned())];
+        // Setting the same method again changes nothing: the key may be a fixed one.
+        let key = format!("nudge-default-pm-{customer}-{payment_method}");
+        self.post(&format!("/v1/customers/{customer}"), &form, &key).await.map(|_| ())
     }
 
     /// Cancels the subscription at once; one already gone counts as cancelled.

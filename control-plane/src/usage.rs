@@ -4,8 +4,11 @@
 //! `usage_reports` (a redelivered or resent report is a duplicate and changes nothing) and,
 //! in the same transaction, added to the store's ledger (`usage_ledger`) in the hour it began
 //! in — however late it arrives, so usage that comes after its hour is billed, not lost.
-//! `events`, `predictions` and `interventions` add up per hour; `peak_connections` keeps the
-//! highest. A report for a store that does not exist, or is deleted, or with impossible times
+//! `events`, `predictions` and `interventions` add up per hour. `peak_connections` is the
+//! most sockets the store held at once in the hour: each gateway samples its sockets per
+//! store at the same wall-clock instants, a new report's samples are added into
+//! `connection_samples` by instant (so several gateways' sockets add up), and the hour keeps
+//! its highest sum. A report for a store that does not exist, or is deleted, or with impossible times
 //! or counts (a cell's clock or counter gone wrong), is billed to no one: it is kept apart
 //! (`usage_quarantine`) and counted (`usage_reports_quarantined`).
 
@@ -153,10 +156,13 @@ const MAX_COUNT: u64 = 1_000_000_000_000;
 fn is_possible(report: &UsageReport, now_ms: i64) -> bool {
     const EPOCH_2020_MS: i64 = 1_577_836_800_000;
     let counts = [report.accepted, report.predictions, report.interventions, report.peak_connections];
+    let samples = report.connection_samples.iter();
     report.start_ms >= EPOCH_2020_MS
         && report.end_ms >= report.start_ms
         && report.end_ms <= now_ms + 86_400_000
         && counts.iter().chain(report.dropped.values()).all(|n| *n < MAX_COUNT)
+        && samples.clone().all(|s| s.at_ms >= EPOCH_2020_MS && s.at_ms <= now_ms + 86_400_000)
+        && samples.clone().all(|s| s.connections < MAX_COUNT)
 }
 
 /// Counts `tenant`'s reports: keeps the new ones by id and adds them to the ledger, in one
@@ -185,7 +191,7 @@ async fn count(
          SELECT $1, * FROM unnest($2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::bigint[],
                                   $7::jsonb[], $8::bigint[], $9::bigint[], $10::bigint[])
          ON CONFLICT (tenant_id, report_id) DO NOTHING
-         RETURNING start_at, accepted, predictions, interventions, peak_connections",
+         RETURNING report_id, start_at, accepted, predictions, interventions, peak_connections",
     )
     .bind(tenant.as_uuid())
     .bind(&ids)
@@ -199,7 +205,14 @@ async fn count(
     .bind(column(|r| r.peak_connections))
     .fetch_all(&mut *tx)
     .await?;
+    // Each id's first occurrence in the batch: the one inserted (a report sent twice in one
+    // batch counts once).
+    let mut first: std::collections::HashMap<&str, &UsageReport> = std::collections::HashMap::new();
+    for report in reports {
+        first.entry(report.report_id.as_str()).or_insert(report);
+    }
     let mut hours: BTreeMap<DateTime<Utc>, [i64; 4]> = BTreeMap::new();
+    let mut samples: BTreeMap<i64, i64> = BTreeMap::new();
     for row in &new {
         let start: DateTime<Utc> = row.try_get("start_at")?;
         let hour = start.duration_trunc(chrono::Duration::hours(1)).unwrap_or(start);
@@ -207,7 +220,43 @@ async fn count(
         q[0] = q[0].saturating_add(row.try_get("accepted")?);
         q[1] = q[1].saturating_add(row.try_get("predictions")?);
         q[2] = q[2].saturating_add(row.try_get("interventions")?);
-        q[3] = q[3].max(row.try_get("peak_connections")?);
+        let id: String = row.try_get("report_id")?;
+        let Some(report) = first.get(id.as_str()) else { continue };
+        if report.connection_samples.is_empty() {
+            // A report without samples (a cell from before sampling): its own peak, in
+            // the hour it began.
+            q[3] = q[3].max(row.try_get("peak_connections")?);
+        }
+        // The samples are added by instant to what other gateways sent, each in its own
+        // hour.
+        for s in &report.connection_samples {
+            let n = samples.entry(s.at_ms).or_default();
+            *n = n.saturating_add(i64::try_from(s.connections).unwrap_or(i64::MAX));
+        }
+    }
+    if !samples.is_empty() {
+        let (at, connections): (Vec<DateTime<Utc>>, Vec<i64>) = samples.iter().map(|(t, n)| (ms(*t), *n)).unzip();
+        let sums = sqlx::query(
+            "INSERT INTO connection_samples (tenant_id, at, connections)
+             SELECT $1, * FROM unnest($2::timestamptz[], $3::bigint[])
+             ON CONFLICT (tenant_id, at) DO UPDATE SET connections = connection_samples.connections + EXCLUDED.connections
+             RETURNING at, connections",
+        )
+        .bind(tenant.as_uuid())
+        .bind(&at)
+        .bind(&connections)
+        .fetch_all(&mut *tx)
+        .await?;
+        for row in &sums {
+            let at: DateTime<Utc> = row.try_get("at")?;
+            let hour = at.duration_trunc(chrono::Duration::hours(1)).unwrap_or(at);
+            let q = hours.entry(hour).or_default();
+            q[3] = q[3].max(row.try_get("connections")?);
+        }
+        sqlx::query("DELETE FROM connection_samples WHERE tenant_id = $1 AND at < now() - interval '35 days'")
+            .bind(tenant.as_uuid())
+            .execute(&mut *tx)
+            .await?;
     }
     let mut rows = (Vec::new(), Vec::new(), Vec::new());
     for (hour, quantities) in &hours {
@@ -367,6 +416,12 @@ pub async fn ledger(
 pub struct UsageTotals {
     pub accepted: i64,
     pub dropped: BTreeMap<String, i64>,
+    pub predictions: i64,
+    /// Interventions delivered (acknowledged by a shopper's browser).
+    pub interventions: i64,
+    /// The most sockets open at once in an hour of the period (hours are whole: the hour
+    /// `from` falls in counts).
+    pub peak_connections: i64,
 }
 
 /// Sums `tenant`'s reports that ended in `[from, to)`.
@@ -378,17 +433,30 @@ pub async fn totals(
 ) -> Result<UsageTotals, DbError> {
     let mut tx = router.tenant_tx(tenant).await?;
     let rows = sqlx::query(
-        "SELECT accepted, dropped FROM usage_reports WHERE tenant_id = $1 AND end_at >= $2 AND end_at < $3",
+        "SELECT accepted, dropped, predictions, interventions FROM usage_reports
+         WHERE tenant_id = $1 AND end_at >= $2 AND end_at < $3",
     )
     .bind(tenant.as_uuid())
     .bind(from)
     .bind(to)
     .fetch_all(&mut *tx)
     .await?;
+    let first_hour = from.duration_trunc(chrono::Duration::hours(1)).unwrap_or(from);
+    let peak: Option<i64> = sqlx::query_scalar(
+        "SELECT max(quantity) FROM usage_ledger
+         WHERE tenant_id = $1 AND meter = 'peak_connections' AND hour >= $2 AND hour < $3",
+    )
+    .bind(tenant.as_uuid())
+    .bind(first_hour)
+    .bind(to)
+    .fetch_one(&mut *tx)
+    .await?;
     tx.commit().await?;
-    let mut totals = UsageTotals::default();
+    let mut totals = UsageTotals { peak_connections: peak.unwrap_or(0), ..UsageTotals::default() };
     for r in rows {
         totals.accepted += r.try_get::<i64, _>("accepted")?;
+        totals.predictions += r.try_get::<i64, _>("predictions")?;
+        totals.interventions += r.try_get::<i64, _>("interventions")?;
         let dropped: serde_json::Value = r.try_get("dropped")?;
         for (why, n) in dropped.as_object().into_iter().flatten() {
             *totals.dropped.entry(why.clone()).or_default() += n.as_i64().unwrap_or(0);

@@ -19,6 +19,10 @@
 //! lifecycle moves to `suspended`, as `system:billing`, so its cell refuses it as for any
 //! suspension). `invoice.paid` / `invoice.payment_succeeded` recovers it: `ok`, events
 //! taken again, and a suspension billing made lifted (one made by an operator is not).
+//!
+//! **Checkout.** `checkout.session.completed` for a setup-mode session this platform made
+//! for the store puts the collected payment method on file and the store on the plan it
+//! asked for ([`crate::checkout`]).
 
 use std::sync::Arc;
 
@@ -168,6 +172,8 @@ pub enum Received {
     Ignored,
     /// A customer no store is.
     UnknownCustomer,
+    /// A Checkout session completed.
+    Checkout(crate::checkout::Completion),
 }
 
 impl Received {
@@ -177,6 +183,10 @@ impl Received {
             Self::Duplicate | Self::Ignored => "ignored",
             Self::Stale => "stale",
             Self::UnknownCustomer => "unknown_customer",
+            Self::Checkout(crate::checkout::Completion::PlanChanged(_) | crate::checkout::Completion::MethodSaved) => {
+                "applied"
+            }
+            Self::Checkout(crate::checkout::Completion::Unknown | crate::checkout::Completion::Incomplete) => "ignored",
         }
     }
 }
@@ -188,6 +198,13 @@ pub enum WebhookError {
     /// Verified, but not an event this endpoint can read.
     #[error("not a Stripe event: {0}")]
     Malformed(&'static str),
+    /// Stripe could not be asked what the event needs: Stripe delivers it again later.
+    #[error(transparent)]
+    Stripe(#[from] crate::stripe::StripeError),
+    /// The event cannot be applied yet (what it names is not finished at Stripe): Stripe
+    /// delivers it again later.
+    #[error("not yet: {0}")]
+    NotYet(&'static str),
 }
 
 impl From<sqlx::Error> for WebhookError {
@@ -202,6 +219,8 @@ pub struct Webhooks {
     pub router: Arc<TenantRouter>,
     pub topics: Topics,
     pub dunning: DunningPolicy,
+    /// For what a completed Checkout needs from Stripe; `None` when billing is off.
+    pub stripe: Option<crate::stripe::Stripe>,
 }
 
 impl Webhooks {
@@ -233,6 +252,7 @@ impl Webhooks {
             _ => None,
         };
         let received = match grade {
+            None if kind == "checkout.session.completed" => self.checkout(object).await?,
             None => Received::Ignored,
             Some(grade) => {
                 let customer =
@@ -261,6 +281,35 @@ impl Webhooks {
         .await?;
         tx.commit().await?;
         Ok(received)
+    }
+
+    /// Applies a completed Checkout session to the store whose customer it names.
+    async fn checkout(&self, session: &Value) -> Result<Received, WebhookError> {
+        let Some(stripe) = &self.stripe else { return Ok(Received::Ignored) };
+        let Some(customer) = session["customer"].as_str() else { return Ok(Received::Ignored) };
+        let stores = self
+            .router
+            .tenants_everywhere("SELECT nudge_billing_tenant_of($1)", crate::routing::SweepArg::Text(customer))
+            .await?;
+        let Some(tenant) = stores.first() else { return Ok(Received::UnknownCustomer) };
+        match crate::checkout::complete(&self.router, stripe, &self.topics, *tenant, session).await {
+            Ok(crate::checkout::Completion::Incomplete) => {
+                Err(WebhookError::NotYet("the session's setup intent has not succeeded"))
+            }
+            Ok(done) => Ok(Received::Checkout(done)),
+            Err(crate::checkout::PlanChangeError::Db(e)) => Err(WebhookError::Db(e)),
+            // Refused for good (the method or the customer is gone): retrying cannot help.
+            Err(crate::checkout::PlanChangeError::Stripe(e @ crate::stripe::StripeError::Rejected { .. })) => {
+                tracing::warn!(tenant_id = %tenant, error = %e, "Stripe refused what a completed Checkout needs; not applied");
+                Ok(Received::Ignored)
+            }
+            Err(crate::checkout::PlanChangeError::Stripe(e)) => Err(WebhookError::Stripe(e)),
+            // The store left meanwhile: nothing to apply.
+            Err(e) => {
+                tracing::info!(tenant_id = %tenant, error = %e, "a completed Checkout was not applied");
+                Ok(Received::Ignored)
+            }
+        }
     }
 
     /// Sets `tenant`'s grade from a payment event Stripe created at `created`, unless a newer

@@ -330,6 +330,7 @@ async fn stripe_webhooks_are_verified_once_in_order_and_dunning_reaches_the_cell
 /// A meter event as the recorder saw it: its idempotency key and form fields.
 #[derive(Debug, Clone)]
 struct Sent {
+    path: &'static str,
     idempotency_key: Option<String>,
     form: std::collections::BTreeMap<String, String>,
 }
@@ -349,7 +350,7 @@ async fn meter_recorder() -> anyhow::Result<(String, std::sync::Arc<std::sync::M
                 let form = form_urlencoded::parse(&body).into_owned().collect();
                 let idempotency_key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
                 let mut all = seen.lock().unwrap_or_else(|e| e.into_inner());
-                all.push(Sent { idempotency_key, form });
+                all.push(Sent { path: "/v1/billing/meter_events", idempotency_key, form });
                 if all.len() == 1 {
                     return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, axum::Json(json!({ "error": {} })));
                 }
@@ -538,46 +539,74 @@ async fn a_store_is_warned_near_its_monthly_events_and_refused_past_them_until_i
     platform.shutdown().await
 }
 
-/// Stands in front of localstripe and answers what it lacks, Stripe's billing-portal
-/// sessions, recording each request; everything else goes through to localstripe.
-async fn portal_proxy(localstripe: String) -> anyhow::Result<(String, std::sync::Arc<std::sync::Mutex<Vec<Sent>>>)> {
+/// Stands in front of localstripe and answers what it lacks, Stripe's hosted pages (billing
+/// portal and Checkout sessions) as Stripe documents them, recording each request;
+/// everything else goes through to localstripe.
+async fn hosted_pages_proxy(
+    localstripe: String,
+) -> anyhow::Result<(String, std::sync::Arc<std::sync::Mutex<Vec<Sent>>>)> {
     use std::sync::{Arc, Mutex};
     let sent: Arc<Mutex<Vec<Sent>>> = Arc::default();
-    let seen = sent.clone();
+    let record = |path: &'static str, answer: fn(usize) -> Value| {
+        let seen = sent.clone();
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+            let seen = seen.clone();
+            async move {
+                let form = form_urlencoded::parse(&body).into_owned().collect();
+                let idempotency_key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
+                let mut all = seen.lock().unwrap_or_else(|e| e.into_inner());
+                all.push(Sent { path, idempotency_key, form });
+                axum::Json(answer(all.len()))
+            }
+        })
+    };
     let http = reqwest::Client::new();
     let app = axum::Router::new()
         .route(
             "/v1/billing_portal/sessions",
-            axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
-                let seen = seen.clone();
-                async move {
-                    let form = form_urlencoded::parse(&body).into_owned().collect();
-                    let idempotency_key =
-                        headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
-                    seen.lock().unwrap_or_else(|e| e.into_inner()).push(Sent { idempotency_key, form });
-                    axum::Json(json!({ "object": "billing_portal.session", "url": "https://billing.stripe.com/p/session/test_1" }))
-                }
+            record(
+                "/v1/billing_portal/sessions",
+                |_| json!({ "object": "billing_portal.session", "url": "https://billing.stripe.com/p/session/test_1" }),
+            ),
+        )
+        .route(
+            "/v1/checkout/sessions",
+            record("/v1/checkout/sessions", |n| {
+                json!({
+                    "id": format!("cs_test_{n}_{}", unique_suffix()),
+                    "object": "checkout.session",
+                    "mode": "setup",
+                    "status": "open",
+                    "url": format!("https://checkout.stripe.com/c/pay/cs_test_{n}"),
+                    "expires_at": chrono::Utc::now().timestamp() + 86_400,
+                })
             }),
         )
-        .fallback(move |method: axum::http::Method, uri: axum::http::Uri, headers: axum::http::HeaderMap, body: axum::body::Bytes| {
-            let (http, base) = (http.clone(), localstripe.clone());
-            async move {
-                let path = uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
-                let mut request = http.request(method, format!("{base}{path}")).body(body);
-                for name in ["authorization", "content-type", "idempotency-key"] {
-                    if let Some(value) = headers.get(name) {
-                        request = request.header(name, value);
+        .fallback(
+            move |method: axum::http::Method,
+                  uri: axum::http::Uri,
+                  headers: axum::http::HeaderMap,
+                  body: axum::body::Bytes| {
+                let (http, base) = (http.clone(), localstripe.clone());
+                async move {
+                    let path = uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
+                    let mut request = http.request(method, format!("{base}{path}")).body(body);
+                    for name in ["authorization", "content-type", "idempotency-key"] {
+                        if let Some(value) = headers.get(name) {
+                            request = request.header(name, value);
+                        }
+                    }
+                    match request.send().await {
+                        Ok(r) => {
+                            let status = axum::http::StatusCode::from_u16(r.status().as_u16())
+                                .unwrap_or(axum::http::StatusCode::BAD_GATEWAY);
+                            (status, r.bytes().await.unwrap_or_default().to_vec())
+                        }
+                        Err(_) => (axum::http::StatusCode::BAD_GATEWAY, Vec::new()),
                     }
                 }
-                match request.send().await {
-                    Ok(r) => {
-                        let status = axum::http::StatusCode::from_u16(r.status().as_u16()).unwrap_or(axum::http::StatusCode::BAD_GATEWAY);
-                        (status, r.bytes().await.unwrap_or_default().to_vec())
-                    }
-                    Err(_) => (axum::http::StatusCode::BAD_GATEWAY, Vec::new()),
-                }
-            }
-        });
+            },
+        );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -587,7 +616,7 @@ async fn portal_proxy(localstripe: String) -> anyhow::Result<(String, std::sync:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_merchant_gets_a_billing_portal_link_for_its_own_customer() -> anyhow::Result<()> {
     let stripe = LocalStripe::start().await?;
-    let (proxy, sent) = portal_proxy(stripe.url()).await?;
+    let (proxy, sent) = hosted_pages_proxy(stripe.url()).await?;
     let platform = Platform::start_with(|cp, _| {
         cp.billing =
             BillingConfig { portal_return_url: "https://console.example.com/billing".to_owned(), ..billing_at(proxy) };
@@ -615,5 +644,183 @@ async fn a_merchant_gets_a_billing_portal_link_for_its_own_customer() -> anyhow:
     platform.sign_up_as("Other Store", &["https://other.example.com"], &other).await?;
     let other_token = platform.login(&other, None).await?.access_token;
     assert_eq!(platform.http.post(&portal).bearer_auth(&other_token).send().await?.status(), 404);
+    platform.shutdown().await
+}
+
+/// A completed setup-mode Checkout session of `customer`, as Stripe sends it.
+fn checkout_completed(id: &str, created: i64, session: &str, customer: &str, setup_intent: &str) -> String {
+    json!({
+        "id": id,
+        "object": "event",
+        "type": "checkout.session.completed",
+        "created": created,
+        "data": { "object": {
+            "id": session, "object": "checkout.session", "mode": "setup", "status": "complete",
+            "customer": customer, "setup_intent": setup_intent,
+        } },
+    })
+    .to_string()
+}
+
+/// What the merchant does on Stripe's Checkout page, done against localstripe: a setup
+/// intent for `customer` confirmed with a test card; the intent's id and its payment method.
+async fn give_a_card(localstripe: &str, customer: &str) -> anyhow::Result<(String, String)> {
+    let http = reqwest::Client::new();
+    let intent: Value = http
+        .post(format!("{localstripe}/v1/setup_intents"))
+        .bearer_auth(STRIPE_KEY)
+        .form(&[("customer", customer)])
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let id = intent["id"].as_str().expect("an intent id").to_owned();
+    let confirmed: Value = http
+        .post(format!("{localstripe}/v1/setup_intents/{id}/confirm"))
+        .bearer_auth(STRIPE_KEY)
+        .form(&[
+            ("payment_method_data[type]", "card"),
+            ("payment_method_data[card][number]", "4242424242424242"),
+            ("payment_method_data[card][exp_month]", "12"),
+            ("payment_method_data[card][exp_year]", "2034"),
+            ("payment_method_data[card][cvc]", "123"),
+        ])
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    assert_eq!(confirmed["status"], "succeeded", "{confirmed}");
+    let method = confirmed["payment_method"].as_str().expect("a payment method").to_owned();
+    Ok((id, method))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_upgrades_through_checkout_and_moves_between_self_service_plans() -> anyhow::Result<()> {
+    let stripe = LocalStripe::start().await?;
+    let (proxy, sent) = hosted_pages_proxy(stripe.url()).await?;
+    let platform = Platform::start_with(|cp, _| {
+        cp.billing = BillingConfig {
+            portal_return_url: "https://console.example.com/billing".to_owned(),
+            webhook_secrets: vec![SecretString::from(WEBHOOK_SECRET)],
+            ..billing_at(proxy)
+        };
+    })
+    .await?;
+    let owner = format!("owner-{}@example.com", unique_suffix());
+    let store = platform.sign_up_as("Upgrading Store", &[ORIGIN], &owner).await?;
+    let token = platform.login(&owner, None).await?.access_token;
+    let billing =
+        billing_until(&platform, &store.tenant_id, &token, "subscribed", |b| b["status"] == "subscribed").await?;
+    assert_eq!(billing["plan"], "free");
+    assert_eq!(billing["payment_method_on_file"], false);
+    let customer = billing["stripe_customer_id"].as_str().expect("a customer").to_owned();
+    let base = format!("{}/v1/tenants/{}/billing", platform.control_plane_url, store.tenant_id);
+    let post = |path: &str, plan: &str, token: &str| {
+        platform.http.post(format!("{base}/{path}")).bearer_auth(token).json(&json!({ "plan": plan })).send()
+    };
+    let code = |v: Value| v["error"]["code"].as_str().unwrap_or_default().to_owned();
+
+    // A paid plan without a card is refused with the way forward; enterprise is not
+    // self-service; the plan the store is on is no change.
+    let r = post("plan", "growth", &token).await?;
+    assert_eq!(r.status(), 402);
+    assert_eq!(code(r.json().await?), "payment_method_required");
+    let r = post("checkout", "enterprise", &token).await?;
+    assert_eq!(r.status(), 422);
+    assert_eq!(code(r.json().await?), "plan_not_self_service");
+    let r = post("checkout", "free", &token).await?;
+    assert_eq!(r.status(), 409);
+    assert_eq!(code(r.json().await?), "already_on_plan");
+    let r = post("checkout", "platinum", &token).await?;
+    assert_eq!(r.status(), 422);
+    assert_eq!(code(r.json().await?), "invalid_fields");
+
+    // The Checkout link: setup mode for the store's own customer, back to the console.
+    let r = post("checkout", "growth", &token).await?;
+    assert_eq!(r.status(), 200);
+    let link: Value = r.json().await?;
+    let session = link["session_id"].as_str().expect("a session").to_owned();
+    assert!(link["url"].as_str().is_some_and(|u| u.starts_with("https://checkout.stripe.com/")), "{link}");
+    let requests: Vec<Sent> = sent.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let request = requests.iter().find(|s| s.path == "/v1/checkout/sessions").expect("a Checkout request");
+    assert_eq!(request.form["mode"], "setup");
+    assert_eq!(request.form["customer"], customer);
+    assert_eq!(request.form["metadata[tenant_id]"], store.tenant_id);
+    assert_eq!(request.form["metadata[plan]"], "growth");
+    assert!(request.form["success_url"].starts_with("https://console.example.com/billing?checkout=complete"));
+    assert_eq!(request.form["cancel_url"], "https://console.example.com/billing?checkout=cancelled");
+    assert!(request.idempotency_key.is_some());
+
+    // The merchant gives a card on Stripe's page; Stripe reports the session completed.
+    let (intent, method) = give_a_card(&stripe.url(), &customer).await?;
+    let now = chrono::Utc::now().timestamp();
+    let suffix = unique_suffix();
+    let sign = |body: &str| Some(signature(body, chrono::Utc::now().timestamp(), &[WEBHOOK_SECRET]));
+
+    // A session this platform never made for the store changes nothing, nor does the
+    // store's session claimed for another store's customer.
+    let forged = checkout_completed(&format!("evt_{suffix}_1"), now, "cs_test_forged", &customer, &intent);
+    assert_eq!(deliver(&platform, &forged, sign(&forged)).await?.1["outcome"], "ignored");
+    let other_owner = format!("other-{}@example.com", unique_suffix());
+    let other = platform.sign_up_as("Other Store", &["https://other.example.com"], &other_owner).await?;
+    let other_token = platform.login(&other_owner, None).await?.access_token;
+    let other_billing =
+        billing_until(&platform, &other.tenant_id, &other_token, "subscribed", |b| b["status"] == "subscribed").await?;
+    let other_customer = other_billing["stripe_customer_id"].as_str().expect("a customer");
+    let crossed = checkout_completed(&format!("evt_{suffix}_2"), now, &session, other_customer, &intent);
+    assert_eq!(deliver(&platform, &crossed, sign(&crossed)).await?.1["outcome"], "ignored");
+    let view = billing_until(&platform, &store.tenant_id, &token, "unchanged", |_| true).await?;
+    assert_eq!(view["plan"], "free");
+    assert_eq!(view["payment_method_on_file"], false);
+    let other_view = billing_until(&platform, &other.tenant_id, &other_token, "unchanged", |_| true).await?;
+    assert_eq!(
+        (other_view["plan"].clone(), other_view["payment_method_on_file"].clone()),
+        (json!("free"), json!(false))
+    );
+
+    // The real completion: the card is the customer's default, the store on growth, and
+    // Stripe's subscription follows.
+    let completed = checkout_completed(&format!("evt_{suffix}_3"), now, &session, &customer, &intent);
+    let (status, answer) = deliver(&platform, &completed, sign(&completed)).await?;
+    assert_eq!((status, answer["outcome"].clone()), (200, json!("applied")), "{answer}");
+    let view = billing_until(&platform, &store.tenant_id, &token, "billed on growth", |b| {
+        b["plan"] == "growth" && b["subscribed_plan"] == "growth" && b["status"] == "subscribed"
+    })
+    .await?;
+    assert_eq!(view["payment_method_on_file"], true);
+    let stripe_customer: Value = reqwest::Client::new()
+        .get(format!("{}/v1/customers/{customer}", stripe.url()))
+        .bearer_auth(STRIPE_KEY)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(stripe_customer["invoice_settings"]["default_payment_method"], method.as_str());
+
+    let r = post("checkout", "free", &token).await?;
+    assert_eq!(r.status(), 422);
+    assert_eq!(code(r.json().await?), "no_payment_needed");
+
+    // Delivered again, or completed again under another event id: applied once only.
+    assert_eq!(deliver(&platform, &completed, sign(&completed)).await?.1["outcome"], "duplicate");
+    let again = checkout_completed(&format!("evt_{suffix}_4"), now, &session, &customer, &intent);
+    assert_eq!(deliver(&platform, &again, sign(&again)).await?.1["outcome"], "ignored");
+
+    // Down to free at once, and back up without another Checkout: the card is on file.
+    let r = post("plan", "free", &token).await?;
+    assert_eq!(r.status(), 200);
+    billing_until(&platform, &store.tenant_id, &token, "billed on free", |b| b["subscribed_plan"] == "free").await?;
+    let r = post("plan", "growth", &token).await?;
+    assert_eq!(r.status(), 200);
+    billing_until(&platform, &store.tenant_id, &token, "billed on growth again", |b| b["subscribed_plan"] == "growth")
+        .await?;
+
+    // Not the other store's owner's to change: 404 as for any store that is not theirs.
+    let r = post("plan", "free", &other_token).await?;
+    assert_eq!(r.status(), 404);
+    let r = post("checkout", "growth", &other_token).await?;
+    assert_eq!(r.status(), 404);
     platform.shutdown().await
 }

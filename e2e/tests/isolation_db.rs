@@ -133,8 +133,12 @@ async fn policy_matrix_three_tenants_every_table_every_verb() -> anyhow::Result<
             "INSERT INTO erasure_steps (tenant_id, request_id, store, status) VALUES ($1, $2, 'postgres', 'pending')",
             "INSERT INTO erasure_audit (tenant_id, request_id, actor, action) VALUES ($1, $2, 'test', 'requested')",
             "INSERT INTO billing_accounts (tenant_id, stripe_customer_id) SELECT $1, 'cus_' || $2::text",
+            "INSERT INTO billing_checkouts (tenant_id, session_id, plan, requested_by)
+             SELECT $1, 'cs_' || $2::text, 'growth', 'test'",
             "INSERT INTO usage_ledger (tenant_id, hour, meter, quantity)
              SELECT $1, date_trunc('hour', now()), 'events', 1 WHERE $2::uuid IS NOT NULL",
+            "INSERT INTO connection_samples (tenant_id, at, connections)
+             SELECT $1, date_trunc('minute', now()), 3 WHERE $2::uuid IS NOT NULL",
         ] {
             sqlx::query(statement).bind(t.as_uuid()).bind(request).execute(&mut owner).await?;
         }

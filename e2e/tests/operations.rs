@@ -59,6 +59,8 @@ async fn openapi_documents_every_route() -> anyhow::Result<()> {
                 "/v1/tenants/{tenant_id}/billing",
                 "/v1/webhooks/stripe",
                 "/v1/admin/tenants/{tenant_id}/billing/reconciliation",
+                "/v1/tenants/{tenant_id}/billing/checkout",
+                "/v1/tenants/{tenant_id}/billing/plan",
                 "/v1/tenants/{tenant_id}/billing/portal",
                 "/v1/tenants/{tenant_id}/shoppers/{shopper_id}/export",
                 "/v1/admin/tenants/{tenant_id}/offboarding",

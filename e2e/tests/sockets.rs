@@ -1,6 +1,7 @@
 //! Shopper sockets across gateway processes: session tokens and close codes, routing from a
-//! separate decision process, per-tenant subscriptions, resume without loss or repeats,
-//! and a drain that moves thousands of sockets to another gateway.
+//! separate decision process, per-tenant subscriptions, usage (deliveries and connections
+//! over every gateway), resume without loss or repeats, and a drain that moves thousands of
+//! sockets to another gateway.
 
 mod common;
 
@@ -131,10 +132,17 @@ async fn refused_tokens_frames_and_origins_get_their_codes() -> anyhow::Result<(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interventions_decided_anywhere_reach_sockets_on_either_gateway() -> anyhow::Result<()> {
     // The platform's cell ingests and decides but holds no sockets; two gateways hold them.
-    let platform = Platform::start_with(|_, cell| cell.roles.gateway = false).await?;
+    let platform = Platform::start_with(|_, cell| {
+        cell.roles.gateway = false;
+        cell.usage.interval_ms = 300;
+        cell.usage.connection_sample_ms = 1_000;
+    })
+    .await?;
     let g1 = platform.start_cell_process(|c| c.roles = GATEWAY_ONLY).await?;
     let g2 = platform.start_cell_process(|c| c.roles = GATEWAY_ONLY).await?;
-    let a = platform.sign_up_ready("Acme", ORIGIN).await?;
+    let owner = format!("owner-{}@example.com", nudge_test_support::unique_suffix());
+    let a = platform.sign_up_as("Acme", &[ORIGIN], &owner).await?;
+    platform.wait_for_key(&a.publishable_key, ORIGIN).await?;
     let b = platform.sign_up_ready("Other", ORIGIN_B).await?;
     let key = a.publishable_key.as_str();
 
@@ -178,6 +186,40 @@ async fn interventions_decided_anywhere_reach_sockets_on_either_gateway() -> any
     assert_eq!(intervention_id(&mut tab_g2, wait).await?, third, "both tabs get the same intervention");
     assert_eq!(HashSet::from([&first, &second, &third]).len(), 3);
     assert!(on_g1.next_message(Duration::from_millis(300)).await?.is_none(), "nothing for anyone else");
+
+    // The browsers acknowledge: each intervention is delivered once, however many tabs
+    // acknowledged it; an id a socket was never sent counts nothing. The store's usage has
+    // the sockets it held at once over both gateways (two on each).
+    on_g1.ack(&first).await?;
+    on_g1.ack("itv_never_sent").await?;
+    on_g2.ack(&second).await?;
+    tab_g1.ack(&third).await?;
+    tab_g2.ack(&third).await?;
+    let token = platform.login(&owner, None).await?.access_token;
+    let usage_of = |token: String| {
+        let url = format!("{}/v1/tenants/{}/usage", platform.control_plane_url, a.tenant_id);
+        let http = platform.http.clone();
+        async move {
+            let response = http.get(url).bearer_auth(token).send().await?;
+            anyhow::ensure!(response.status() == 200, "usage answered {}", response.status());
+            anyhow::Ok(response.json::<serde_json::Value>().await?)
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let usage = loop {
+        let usage = usage_of(token.clone()).await?;
+        if usage["interventions"].as_i64() >= Some(3) && usage["peak_connections"].as_i64() >= Some(4) {
+            break usage;
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "usage never showed the deliveries: {usage}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(usage["interventions"], 3, "{usage}");
+    assert_eq!(usage["peak_connections"], 4, "{usage}");
+    // Reports keep coming (every 300 ms) and change neither.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let later = usage_of(token.clone()).await?;
+    assert_eq!((later["interventions"].as_i64(), later["peak_connections"].as_i64()), (Some(3), Some(4)), "{later}");
 
     // The last socket of a tenant on a gateway ends that gateway's subscription.
     drop((on_g2, tab_g2));

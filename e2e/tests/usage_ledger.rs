@@ -1,13 +1,17 @@
 //! The usage ledger: 100,000 usage reports from several cells, with duplicates (a cell
 //! resending what it sent, the broker redelivering) and late arrivals (hours reported long
 //! after they ended), count into each store's hourly ledger exactly: sums per hour for events,
-//! predictions and interventions, the highest for peak connections. Reports for a store that
+//! predictions and interventions; for peak connections, the highest of the hour's instants,
+//! each the sum of every gateway's sample of it (counted once per report). Reports for a store that
 //! does not exist, or was deleted, are quarantined and counted, never billed to anyone.
 
 use std::{collections::BTreeMap, str::FromStr, time::Duration};
 
 use chrono::{DateTime, DurationRound, TimeZone, Utc};
-use nudge_contracts::{Topics, proto::usage::v1::UsageReport};
+use nudge_contracts::{
+    Topics,
+    proto::usage::v1::{ConnectionSample, UsageReport},
+};
 use nudge_control_plane::{
     Database,
     config::PlacementConfig,
@@ -65,8 +69,9 @@ async fn a_hundred_thousand_reports_with_duplicates_and_late_arrivals_add_up_exa
     let unknown = TenantId::new();
     let router = TenantRouter::new(db.clone(), Default::default());
 
-    let start: DateTime<Utc> = Utc.timestamp_opt(1_795_000_000, 0).single().expect("a time");
-    let start = start.duration_trunc(chrono::Duration::hours(1))?;
+    // Two days ending a day ago: recent enough to be kept (connection samples are kept 35
+    // days), long enough ago for every hour to be over.
+    let start = (Utc::now() - chrono::Duration::hours(HOURS + 24)).duration_trunc(chrono::Duration::hours(1))?;
     let mut rng = Rng(0x5eed_1234_abcd_0001);
     let mut reports = Vec::with_capacity(REPORTS + REPORTS / 10);
     // What the ledger must say: (store, hour) → [events, predictions, interventions, peak].
@@ -81,6 +86,10 @@ async fn a_hundred_thousand_reports_with_duplicates_and_late_arrivals_add_up_exa
         };
         let hour = start + chrono::Duration::hours(rng.below(HOURS as u64) as i64);
         let begin = hour + chrono::Duration::seconds(rng.below(3_600) as i64);
+        // The gateway's sample at the minute the report began in (every gateway samples
+        // the same instants), and its peak the same.
+        let sockets = rng.below(50);
+        let sampled_at = begin.timestamp_millis() / 60_000 * 60_000;
         let report = UsageReport {
             tenant_id: tenant.to_string(),
             cell_id: format!("cell-{}", n % 3),
@@ -91,7 +100,8 @@ async fn a_hundred_thousand_reports_with_duplicates_and_late_arrivals_add_up_exa
             report_id: format!("rpt-{n:06}"),
             predictions: rng.below(400),
             interventions: rng.below(20),
-            peak_connections: rng.below(2_000),
+            peak_connections: sockets,
+            connection_samples: vec![ConnectionSample { at_ms: sampled_at, connections: sockets }],
         };
         if tenant == deleted {
             for_deleted += 1;
@@ -117,6 +127,7 @@ async fn a_hundred_thousand_reports_with_duplicates_and_late_arrivals_add_up_exa
     let reports: Vec<UsageReport> = keyed.into_iter().map(|(_, _, r)| r).collect();
     // A report is counted as first received; a resend of its id, whatever it says, is not.
     let mut seen = std::collections::HashSet::new();
+    let mut instants: BTreeMap<(TenantId, i64), i64> = BTreeMap::new();
     for report in &reports {
         let tenant: TenantId = report.tenant_id.parse()?;
         if tenant == deleted || tenant == unknown || !seen.insert(report.report_id.clone()) {
@@ -127,7 +138,14 @@ async fn a_hundred_thousand_reports_with_duplicates_and_late_arrivals_add_up_exa
         e[0] += report.accepted as i64;
         e[1] += report.predictions as i64;
         e[2] += report.interventions as i64;
-        e[3] = e[3].max(report.peak_connections as i64);
+        for s in &report.connection_samples {
+            *instants.entry((tenant, s.at_ms)).or_default() += s.connections as i64;
+        }
+    }
+    for ((tenant, at_ms), sum) in instants {
+        let at = Utc.timestamp_millis_opt(at_ms).single().expect("a time");
+        let e = expected.entry((tenant, at.duration_trunc(chrono::Duration::hours(1))?)).or_default();
+        e[3] = e[3].max(sum);
     }
 
     let metrics = UsageMetrics::default();

@@ -148,6 +148,7 @@ pub async fn run(config: ControlPlaneConfig, listener: TcpListener, shutdown: Ca
             router: router.clone(),
             topics: config.kafka.topics(),
             dunning: config.billing.dunning,
+            stripe: billing.as_ref().map(|b| b.stripe.clone()),
         }),
         webhook_secrets: config.billing.webhook_secrets.clone().into(),
         webhook_tolerance_secs: config.billing.webhook_tolerance_secs,

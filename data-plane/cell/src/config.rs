@@ -165,11 +165,15 @@ impl Default for DrainConfig {
 #[serde(default)]
 pub struct UsageConfig {
     pub interval_ms: u64,
+    /// How often a gateway samples the sockets it holds per tenant, at instants aligned to
+    /// the wall clock (multiples of this interval), so every gateway samples the same
+    /// instants and the control plane adds them up into a store's connections.
+    pub connection_sample_ms: u64,
 }
 
 impl Default for UsageConfig {
     fn default() -> Self {
-        Self { interval_ms: 10_000 }
+        Self { interval_ms: 10_000, connection_sample_ms: 60_000 }
     }
 }
 

@@ -195,7 +195,10 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
             )),
         ));
     }
-    if roles.ingest || roles.pipeline {
+    // Cancelled once the acknowledgement writer has counted its last deliveries, which the
+    // usage reporter's last report waits for.
+    let acks_counted = roles.gateway.then(CancellationToken::new);
+    if roles.ingest || roles.pipeline || roles.gateway {
         tasks.push((
             "usage reporter",
             tokio::spawn(usage::report(
@@ -205,6 +208,7 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
                 config.cell_id.clone(),
                 Duration::from_millis(config.usage.interval_ms),
                 shutdown.clone(),
+                acks_counted.clone(),
             )),
         ));
     }
@@ -242,14 +246,36 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
                 Ok(())
             }),
         ));
+        // The sockets held per store, sampled for its usage (peak connections).
+        tasks.push((
+            "connection sampler",
+            tokio::spawn(usage::sample_connections(
+                hub.clone(),
+                usage.clone(),
+                Duration::from_millis(config.usage.connection_sample_ms),
+                shutdown.clone(),
+            )),
+        ));
         let gateway_metrics = GatewayMetrics::register(&metrics);
         let history = History::new(redis.clone(), naming, config.gateway.history.clone());
-        let (acks, write_acks) = AckWriter::new(history.clone(), gateway_metrics.ack_failures(), shutdown.clone());
+        // Interventions count as delivered once a browser acknowledges them.
+        let delivered: nudge_data_plane_gateway::route::DeliveredSink = {
+            let usage = usage.clone();
+            Arc::new(move |tenant, n| usage.delivered(tenant, n))
+        };
+        let (acks, write_acks) =
+            AckWriter::new(history.clone(), gateway_metrics.ack_failures(), delivered, shutdown.clone());
         tasks.push((
             "acknowledgement writer",
-            tokio::spawn(async move {
-                write_acks.await;
-                Ok(())
+            tokio::spawn({
+                let counted = acks_counted.clone();
+                async move {
+                    write_acks.await;
+                    if let Some(counted) = counted {
+                        counted.cancel();
+                    }
+                    Ok(())
+                }
             }),
         ));
         let gateway = GatewayState {

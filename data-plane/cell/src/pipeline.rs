@@ -341,8 +341,8 @@ impl Pipeline {
             tracing::info!(tenant_id = %key.tenant, score, "cart found idle");
         }
         if let Some(iv) = intervention {
+            // Counted as delivered by the gateway, once a browser acknowledges it.
             self.route(&ShopperAddress { tenant: key.tenant, shopper: key.shopper.clone() }, &iv).await;
-            self.usage.intervened(key.tenant);
         }
         Ok(())
     }

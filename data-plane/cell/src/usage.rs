@@ -6,7 +6,11 @@
 use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
-use nudge_contracts::{headers::USAGE_V1, proto::usage::v1::UsageReport};
+use nudge_contracts::{
+    headers::USAGE_V1,
+    proto::usage::v1::{ConnectionSample, UsageReport},
+};
+use nudge_data_plane_gateway::hub::Hub;
 use nudge_data_plane_ingest::usage::UsageCounters;
 use nudge_platform_kafka::headers::record_headers;
 use nudge_platform_kafka::{SharedProducer, stage::OUTPUT_ACK_TIMEOUT};
@@ -16,7 +20,12 @@ use rdkafka::producer::FutureRecord;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// Sends the counts every `interval` until `shutdown`, then once more.
+/// How long the last report waits, at shutdown, for the counts still being recorded.
+const FINAL_COUNTS_WAIT: Duration = Duration::from_secs(8);
+
+/// Sends the counts every `interval` until `shutdown`, then once more: after `counted_last`
+/// is cancelled (what still counts at shutdown, the acknowledgement writer's last batch, is
+/// done), at most [`FINAL_COUNTS_WAIT`] later.
 pub async fn report(
     counters: Arc<UsageCounters>,
     producer: SharedProducer,
@@ -24,6 +33,7 @@ pub async fn report(
     cell: CellId,
     interval: Duration,
     shutdown: CancellationToken,
+    counted_last: Option<CancellationToken>,
 ) -> anyhow::Result<()> {
     let mut since = Utc::now().timestamp_millis();
     // Reports the broker did not acknowledge: sent again as they were (the same id and
@@ -35,6 +45,9 @@ pub async fn report(
             _ = shutdown.cancelled() => true,
             _ = tokio::time::sleep(interval) => false,
         };
+        if stopping && let Some(counted) = &counted_last {
+            let _ = tokio::time::timeout(FINAL_COUNTS_WAIT, counted.cancelled()).await;
+        }
         let now = Utc::now().timestamp_millis();
         let mut reports = std::mem::take(&mut unsent);
         for (tenant, c) in counters.drain() {
@@ -48,8 +61,12 @@ pub async fn report(
                 report_id: Uuid::now_v7().simple().to_string(),
                 predictions: c.predictions,
                 interventions: c.interventions,
-                // Sockets are counted by the gateway's own limits; not reported yet.
-                peak_connections: 0,
+                peak_connections: c.connection_samples.iter().map(|(_, n)| *n).max().unwrap_or(0),
+                connection_samples: c
+                    .connection_samples
+                    .iter()
+                    .map(|(at_ms, connections)| ConnectionSample { at_ms: *at_ms, connections: *connections })
+                    .collect(),
             });
         }
         for report in reports {
@@ -70,5 +87,26 @@ pub async fn report(
         if stopping {
             return Ok(());
         }
+    }
+}
+
+/// Samples the sockets `hub` holds per tenant at every multiple of `every` of the wall
+/// clock (the same instants on every gateway) into `counters`, until `shutdown`.
+pub async fn sample_connections(
+    hub: Arc<Hub>,
+    counters: Arc<UsageCounters>,
+    every: Duration,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let every_ms = i64::try_from(every.as_millis()).unwrap_or(i64::MAX).max(1_000);
+    loop {
+        let now = Utc::now().timestamp_millis();
+        let next = (now / every_ms + 1) * every_ms;
+        let wait = Duration::from_millis(u64::try_from(next - now).unwrap_or(0));
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(wait) => {}
+        }
+        counters.connections(next, hub.sockets_by_tenant().into_iter().map(|(tenant, n)| (tenant, u64::from(n))));
     }
 }

@@ -421,6 +421,11 @@ impl Hub {
         self.shards.iter().map(|s| lock(s).values().map(Vec::len).sum::<usize>()).sum()
     }
 
+    /// The sockets each tenant holds here (tenants with none are absent).
+    pub fn sockets_by_tenant(&self) -> Vec<(TenantId, u32)> {
+        lock(&self.tenants).iter().map(|(tenant, n)| (*tenant, *n)).collect()
+    }
+
     /// Tenants with at least one socket here.
     pub fn tenants(&self) -> HashSet<TenantId> {
         lock(&self.tenants).keys().copied().collect()

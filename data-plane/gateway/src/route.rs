@@ -67,6 +67,12 @@ impl Naming {
     pub fn acked(&self, a: &ShopperAddress) -> String {
         format!("{}cell:{}:t:{}:s:{}:acked", self.prefix, self.cell, a.tenant, a.shopper)
     }
+
+    /// Marks that an intervention was delivered (acknowledged by a browser), so it is
+    /// counted once however many tabs or gateways acknowledge it. Names no shopper.
+    pub fn delivered(&self, tenant: &TenantId, intervention_id: &str) -> String {
+        format!("{}cell:{}:t:{}:delivered:{}", self.prefix, self.cell, tenant, intervention_id)
+    }
 }
 
 /// How much of each shopper's interventions is kept for resuming.
@@ -194,36 +200,53 @@ const ACK_BATCH: usize = 1_024;
 /// Longest wait for one batch's round trip.
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Told how many interventions were delivered to a tenant's shoppers (the usage counters).
+pub type DeliveredSink = Arc<dyn Fn(TenantId, u64) + Send + Sync>;
+
+/// An acknowledgement handed to the writer.
+struct Ack {
+    address: ShopperAddress,
+    intervention_id: Box<str>,
+    /// The socket sent this intervention: its first acknowledgement anywhere counts it as
+    /// delivered. An id the socket never sent moves the cursor only, so a client cannot
+    /// make a store's usage grow by acknowledging made-up ids.
+    sent_here: bool,
+}
+
 /// Records acknowledgements off the sockets' tasks: a socket hands its acknowledgement over
-/// and goes on; one task writes the latest per shopper, up to [`ACK_BATCH`] per round trip.
+/// and goes on; one task writes the latest per shopper, up to [`ACK_BATCH`] per round trip,
+/// and counts each intervention acknowledged for the first time as delivered.
 #[derive(Clone)]
 pub struct AckWriter {
-    tx: tokio::sync::mpsc::Sender<(ShopperAddress, Box<str>)>,
+    tx: tokio::sync::mpsc::Sender<Ack>,
 }
 
 impl AckWriter {
     /// The writer, and the task that writes until `shutdown` (then flushes what is queued).
-    /// Batches that cannot be written are logged and counted in `failures`.
+    /// Batches that cannot be written are logged and counted in `failures` (their
+    /// deliveries go uncounted: a store is never billed for what was not recorded).
     pub fn new(
         history: History,
         failures: prometheus_client::metrics::counter::Counter,
+        delivered: DeliveredSink,
         shutdown: CancellationToken,
     ) -> (Self, impl std::future::Future<Output = ()> + Send) {
         let (tx, rx) = tokio::sync::mpsc::channel(ACK_BACKLOG);
-        (Self { tx }, write_acks(history, rx, failures, shutdown))
+        (Self { tx }, write_acks(history, rx, failures, delivered, shutdown))
     }
 
-    /// Hands over that a socket of `of` acknowledged `intervention_id`; false when the
-    /// backlog is full and it was dropped.
-    pub fn record(&self, of: &ShopperAddress, intervention_id: &str) -> bool {
-        self.tx.try_send((of.clone(), intervention_id.into())).is_ok()
+    /// Hands over that a socket of `of` acknowledged `intervention_id`, which it sent
+    /// (`sent_here`) or not; false when the backlog is full and it was dropped.
+    pub fn record(&self, of: &ShopperAddress, intervention_id: &str, sent_here: bool) -> bool {
+        self.tx.try_send(Ack { address: of.clone(), intervention_id: intervention_id.into(), sent_here }).is_ok()
     }
 }
 
 async fn write_acks(
     history: History,
-    mut rx: tokio::sync::mpsc::Receiver<(ShopperAddress, Box<str>)>,
+    mut rx: tokio::sync::mpsc::Receiver<Ack>,
     failures: prometheus_client::metrics::counter::Counter,
+    delivered: DeliveredSink,
     shutdown: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(ACK_BATCH);
@@ -234,44 +257,67 @@ async fn write_acks(
                 while let Ok(ack) = rx.try_recv() {
                     batch.push(ack);
                 }
-                write_batch(&history, &batch, &failures).await;
+                write_batch(&history, &batch, &failures, &delivered).await;
                 return;
             }
         };
         if received == 0 {
             return;
         }
-        write_batch(&history, &batch, &failures).await;
+        write_batch(&history, &batch, &failures, &delivered).await;
         batch.clear();
     }
 }
 
 async fn write_batch(
     history: &History,
-    batch: &[(ShopperAddress, Box<str>)],
+    batch: &[Ack],
     failures: &prometheus_client::metrics::counter::Counter,
+    delivered: &DeliveredSink,
 ) {
     if batch.is_empty() {
         return;
     }
     // In arrival order, so the latest acknowledgement of a shopper is the one kept.
     let mut latest: std::collections::HashMap<&ShopperAddress, &str> = std::collections::HashMap::new();
-    for (address, id) in batch {
-        latest.insert(address, id);
+    for ack in batch {
+        latest.insert(&ack.address, &ack.intervention_id);
     }
+    let ttl = history.config.ttl_ms.max(1);
     let mut pipe = redis::pipe();
     for (address, id) in &latest {
+        pipe.cmd("SET").arg(history.naming.acked(address)).arg(*id).arg("PX").arg(ttl).ignore();
+    }
+    // One marker per intervention: only the first acknowledgement sets it. It lasts as long
+    // as the intervention can still be replayed from the history (whose TTL each new message
+    // renews: at most `max_per_shopper` messages of `ttl_ms` each), so a replay acknowledged
+    // again never counts twice.
+    let marker_ttl = ttl.saturating_mul(u64::from(history.config.max_per_shopper) + 1);
+    let mut marked = Vec::new();
+    for ack in batch.iter().filter(|a| a.sent_here) {
         pipe.cmd("SET")
-            .arg(history.naming.acked(address))
-            .arg(*id)
+            .arg(history.naming.delivered(&ack.address.tenant, &ack.intervention_id))
+            .arg(1)
+            .arg("NX")
             .arg("PX")
-            .arg(history.config.ttl_ms.max(1))
-            .ignore();
+            .arg(marker_ttl);
+        marked.push(ack.address.tenant);
     }
     let mut conn = history.redis.clone();
-    let outcome = tokio::time::timeout(ACK_TIMEOUT, pipe.query_async::<()>(&mut conn)).await;
+    let outcome = tokio::time::timeout(ACK_TIMEOUT, pipe.query_async::<Vec<Option<String>>>(&mut conn)).await;
     let error = match outcome {
-        Ok(Ok(())) => return,
+        Ok(Ok(replies)) => {
+            let mut first: std::collections::HashMap<TenantId, u64> = std::collections::HashMap::new();
+            for (tenant, reply) in marked.iter().zip(replies) {
+                if reply.is_some() {
+                    *first.entry(*tenant).or_default() += 1;
+                }
+            }
+            for (tenant, n) in first {
+                delivered(tenant, n);
+            }
+            return;
+        }
         Ok(Err(e)) => e.to_string(),
         Err(_) => "timed out".to_owned(),
     };

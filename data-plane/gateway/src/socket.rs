@@ -399,7 +399,10 @@ async fn run(
                 registration.heard();
                 match incoming {
                     Some(Ok(Message::Text(text))) => match serde_json::from_str::<ClientMessage>(&text) {
-                        Ok(ClientMessage::Ack { intervention_id }) => acknowledge(state, address, &intervention_id),
+                        Ok(ClientMessage::Ack { intervention_id }) => {
+                            let sent_here = sent.contains(&intervention_id);
+                            acknowledge(state, address, &intervention_id, sent_here);
+                        }
                         Err(_) => return Ending::Close(CLOSE_INVALID_MESSAGE, "invalid_message".into()),
                     },
                     Some(Ok(Message::Binary(_))) => return Ending::Close(CLOSE_INVALID_MESSAGE, "invalid_message".into()),
@@ -485,14 +488,14 @@ async fn push(socket: &mut WebSocket, sent: &mut Sent, p: &Pushed) -> Result<(),
     Ok(())
 }
 
-fn acknowledge(state: &GatewayState, address: &ShopperAddress, intervention_id: &str) {
+fn acknowledge(state: &GatewayState, address: &ShopperAddress, intervention_id: &str, sent_here: bool) {
     if intervention_id.is_empty() || intervention_id.len() > 64 || intervention_id.contains('|') {
         state.metrics.ack_failures.inc();
         return;
     }
     state.metrics.acknowledged.inc();
     // Written in batches by the acknowledgement writer; this task never waits on Redis.
-    if !state.acks.record(address, intervention_id) {
+    if !state.acks.record(address, intervention_id, sent_here) {
         state.metrics.ack_failures.inc();
     }
 }

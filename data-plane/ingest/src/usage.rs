@@ -44,8 +44,10 @@ pub struct Counts {
     pub dropped: HashMap<Drop, u64>,
     /// Events scored (a shadow model's score counts too).
     pub predictions: u64,
-    /// Interventions sent to the shopper's sockets.
+    /// Interventions delivered: acknowledged by a shopper's browser, each counted once.
     pub interventions: u64,
+    /// Sockets open at sampled instants (unix ms, connections), oldest first.
+    pub connection_samples: Vec<(i64, u64)>,
 }
 
 /// The counters of a cell process.
@@ -82,9 +84,19 @@ impl UsageCounters {
         }
     }
 
-    /// An intervention sent to one of the tenant's shoppers.
-    pub fn intervened(&self, tenant: TenantId) {
-        self.counts.lock().unwrap_or_else(PoisonError::into_inner).entry(tenant).or_default().interventions += 1;
+    /// `n` interventions delivered to the tenant's shoppers.
+    pub fn delivered(&self, tenant: TenantId, n: u64) {
+        if n > 0 {
+            self.counts.lock().unwrap_or_else(PoisonError::into_inner).entry(tenant).or_default().interventions += n;
+        }
+    }
+
+    /// The sockets each tenant holds in this process at the instant `at_ms`.
+    pub fn connections(&self, at_ms: i64, held: impl IntoIterator<Item = (TenantId, u64)>) {
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        for (tenant, n) in held {
+            counts.entry(tenant).or_default().connection_samples.push((at_ms, n));
+        }
     }
 
     /// Takes the counts gathered so far, leaving zero.
@@ -100,6 +112,8 @@ impl UsageCounters {
             entry.accepted += c.accepted;
             entry.predictions += c.predictions;
             entry.interventions += c.interventions;
+            entry.connection_samples.extend(c.connection_samples);
+            entry.connection_samples.sort_unstable();
             for (why, n) in c.dropped {
                 *entry.dropped.entry(why).or_default() += n;
             }
@@ -122,10 +136,14 @@ mod tests {
         assert!(usage.drain().is_empty());
         usage.accepted(t, 1);
         usage.predicted(t, 2);
-        usage.intervened(t);
+        usage.delivered(t, 1);
+        usage.connections(2_000, [(t, 5)]);
+        let mut drained = drained;
+        drained.get_mut(&t).expect("counted").connection_samples.push((1_000, 7));
         usage.restore(drained);
         let again = usage.drain();
         assert_eq!((again[&t].accepted, again[&t].dropped[&Drop::Rate]), (4, 2));
         assert_eq!((again[&t].predictions, again[&t].interventions), (2, 1));
+        assert_eq!(again[&t].connection_samples, vec![(1_000, 7), (2_000, 5)]);
     }
 }

@@ -2,19 +2,21 @@
 //! `POST /v1/webhooks/stripe`: Stripe's events. The sync with Stripe itself is the control
 //! plane's sweep (`nudge_control_plane::billing`); dunning is `nudge_control_plane::webhooks`.
 
+use axum::extract::rejection::JsonRejection;
 use axum::{
     Json,
     body::Bytes,
     extract::{Path, State},
     http::{HeaderMap, StatusCode},
 };
-use nudge_contracts::control::BillingView;
+use nudge_contracts::control::{BillingView, PlanChoice};
 use nudge_control_plane::{
     billing,
+    checkout::PlanChangeError,
     webhooks::{self, Received, SignatureError, WebhookError},
 };
 use nudge_platform_http::{ApiError, ErrorBody};
-use nudge_tenants::TenantState;
+use nudge_tenants::{Plan, Role, TenantState};
 use serde_json::{Value, json};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -27,6 +29,143 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(stripe_webhook))
         .routes(routes!(reconciliation))
         .routes(routes!(portal))
+        .routes(routes!(checkout))
+        .routes(routes!(choose_plan))
+}
+
+/// Reads an owner's plan choice.
+fn plan_choice(body: Result<Json<PlanChoice>, JsonRejection>) -> Result<Plan, ApiError> {
+    let Json(choice) = body.map_err(|e| ApiError::bad_request("malformed_json", e.body_text()))?;
+    Plan::parse(&choice.plan).ok_or_else(|| {
+        ApiError::unprocessable("invalid_fields", "some fields are invalid")
+            .with_details(json!({ "fields": { "plan": "free, growth or enterprise" } }))
+    })
+}
+
+/// What a refused plan change answers.
+fn plan_change_error(e: PlanChangeError) -> ApiError {
+    match e {
+        PlanChangeError::NotFound => ApiError::not_found(),
+        PlanChangeError::NotSelfService(plan) => ApiError::unprocessable(
+            "plan_not_self_service",
+            format!("the {} plan is agreed with Nudge's staff; contact sales to change it", plan.as_str()),
+        ),
+        PlanChangeError::AlreadyOnPlan(plan) => ApiError::new(
+            StatusCode::CONFLICT,
+            "already_on_plan",
+            format!("the store is on the {} plan already", plan.as_str()),
+        ),
+        PlanChangeError::PaymentMethodRequired(plan) => ApiError::new(
+            StatusCode::PAYMENT_REQUIRED,
+            "payment_method_required",
+            format!("the {} plan needs a payment method: start a Checkout (POST …/billing/checkout)", plan.as_str()),
+        ),
+        PlanChangeError::NotReady => ApiError::new(
+            StatusCode::CONFLICT,
+            "billing_not_ready",
+            "the store is not a Stripe customer yet; try again in a few seconds",
+        ),
+        PlanChangeError::NoPaymentNeeded(plan) => ApiError::unprocessable(
+            "no_payment_needed",
+            format!("the {} plan costs nothing: choose it with POST …/billing/plan", plan.as_str()),
+        ),
+        PlanChangeError::BillingOff => {
+            ApiError::unavailable("billing_off", "the platform bills no one (no Stripe key)", 3600)
+        }
+        PlanChangeError::Db(db) => db_error(db),
+        PlanChangeError::Stripe(e @ nudge_control_plane::stripe::StripeError::Rejected { .. }) => {
+            tracing::warn!(error = %e, "Stripe refused a plan change's request");
+            ApiError::new(StatusCode::BAD_GATEWAY, "stripe_refused", "Stripe refused the request; contact support")
+        }
+        PlanChangeError::Stripe(e) => {
+            tracing::warn!(error = %e, "Stripe did not answer a plan change's request");
+            ApiError::unavailable("stripe_unavailable", "Stripe did not answer; try again", 5)
+        }
+    }
+}
+
+/// A link to Stripe Checkout where the owner gives a payment method for a paid plan; once
+/// Stripe reports it completed, the store is on the plan (and Stripe bills it from then).
+/// Each call makes a new link; only a completed one changes anything.
+#[utoipa::path(post, path = "/v1/tenants/{tenant_id}/billing/checkout", tag = "billing",
+    params(("tenant_id" = String, Path)), security(("access_token" = [])),
+    request_body = PlanChoice,
+    responses(
+        (status = 200, description = "`url`: where to send the owner; `session_id`; `expires_at` (unix seconds)"),
+        (status = 400, description = "`malformed_json`", body = ErrorBody),
+        (status = 403, description = "`forbidden`: owners only", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`already_on_plan`; `billing_not_ready`: the store is not a Stripe customer yet (seconds after signup)", body = ErrorBody),
+        (status = 422, description = "`invalid_fields`; `plan_not_self_service`: enterprise (to or from); `no_payment_needed`: a plan that costs nothing (`POST …/billing/plan`)", body = ErrorBody),
+        (status = 502, description = "`stripe_refused`", body = ErrorBody),
+        (status = 503, description = "`billing_off`, `stripe_unavailable`; retry after `Retry-After`", body = ErrorBody),
+    ))]
+#[tracing::instrument(skip_all, fields(tenant_id))]
+async fn checkout(
+    State(state): State<AppState>,
+    merchant: Merchant,
+    Path(tenant_id): Path<String>,
+    body: Result<Json<PlanChoice>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = merchant.tenant(&tenant_id)?;
+    merchant.require(merchant.role() == Role::Owner)?;
+    let plan = plan_choice(body)?;
+    let Some(stripe) = &state.stripe else {
+        return Err(ApiError::unavailable("billing_off", "the platform bills no one (no Stripe key)", 3600));
+    };
+    let session = nudge_control_plane::checkout::start(
+        &state.router,
+        stripe,
+        tenant,
+        plan,
+        &merchant.0.account.to_string(),
+        &state.portal_return_url,
+    )
+    .await
+    .map_err(plan_change_error)?;
+    Ok(Json(json!({ "url": session.url, "session_id": session.id, "expires_at": session.expires_at })))
+}
+
+/// Moves the store to another self-service plan now: to free at any time, to a paid plan
+/// once a payment method is on file (else 402: go through Checkout). Stripe's subscription
+/// follows within seconds; the store's cell enforces the plan's limits as soon.
+#[utoipa::path(post, path = "/v1/tenants/{tenant_id}/billing/plan", tag = "billing",
+    params(("tenant_id" = String, Path)), security(("access_token" = [])),
+    request_body = PlanChoice,
+    responses(
+        (status = 200, description = "`plan`: the plan now in force"),
+        (status = 400, description = "`malformed_json`", body = ErrorBody),
+        (status = 402, description = "`payment_method_required`: Stripe has no payment method for the store; start a Checkout first", body = ErrorBody),
+        (status = 403, description = "`forbidden`: owners only", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`already_on_plan`; `billing_not_ready`: the store is not a Stripe customer yet", body = ErrorBody),
+        (status = 422, description = "`invalid_fields`; `plan_not_self_service`: enterprise, to or from", body = ErrorBody),
+        (status = 502, description = "`stripe_refused`", body = ErrorBody),
+        (status = 503, description = "`billing_off` (a paid plan while the platform bills no one), `stripe_unavailable`, `database_unavailable`", body = ErrorBody),
+    ))]
+#[tracing::instrument(skip_all, fields(tenant_id))]
+async fn choose_plan(
+    State(state): State<AppState>,
+    merchant: Merchant,
+    Path(tenant_id): Path<String>,
+    body: Result<Json<PlanChoice>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = merchant.tenant(&tenant_id)?;
+    merchant.require(merchant.role() == Role::Owner)?;
+    let plan = plan_choice(body)?;
+    let trace = nudge_platform_http::current_trace().map(|t| t.to_header());
+    let plan = nudge_control_plane::checkout::change_plan(
+        &state.router,
+        state.stripe.as_ref(),
+        &state.topics,
+        tenant,
+        plan,
+        trace,
+    )
+    .await
+    .map_err(plan_change_error)?;
+    state.wake_outbox();
+    Ok(Json(json!({ "plan": plan.as_str() })))
 }
 
 /// A link to Stripe's billing portal for the store (update the payment method, see and pay
@@ -133,7 +272,7 @@ async fn reconciliation(
     responses(
         (status = 200, description = "received (`outcome`: `applied`, `duplicate`, `stale`, `ignored`, `unknown_customer`)"),
         (status = 400, description = "`invalid_signature` (missing, malformed or matching no secret), `signature_expired` (signed more than `billing.webhook_tolerance_secs` from now, either way), `malformed_event`", body = ErrorBody),
-        (status = 503, description = "`database_unavailable`, `webhooks_not_configured` (no webhook secret: Stripe retries until one is)", body = ErrorBody),
+        (status = 503, description = "`database_unavailable`, `webhooks_not_configured` (no webhook secret: Stripe retries until one is), `stripe_unavailable` (Stripe did not answer what the event needs), `not_applicable_yet` (a completed Checkout whose setup intent has not succeeded); Stripe delivers the event again", body = ErrorBody),
     ))]
 #[tracing::instrument(skip_all)]
 async fn stripe_webhook(
@@ -165,18 +304,32 @@ async fn stripe_webhook(
     let received = hooks.receive(&event).await.map_err(|e| match e {
         WebhookError::Db(db) => db_error(db),
         WebhookError::Malformed(why) => ApiError::bad_request("malformed_event", why),
+        WebhookError::Stripe(e) => {
+            tracing::warn!(error = %e, "a Stripe event could not be applied: Stripe did not answer");
+            ApiError::unavailable("stripe_unavailable", "Stripe did not answer; Stripe delivers the event again", 30)
+        }
+        WebhookError::NotYet(why) => {
+            tracing::info!(why, "a Stripe event cannot be applied yet; Stripe delivers it again");
+            ApiError::unavailable("not_applicable_yet", why, 60)
+        }
     })?;
     let outcome = match received {
         Received::Applied(_) => "applied",
         Received::Duplicate => "duplicate",
         Received::Stale => "stale",
         Received::Ignored => "ignored",
+        Received::Checkout(done) => match done {
+            nudge_control_plane::checkout::Completion::PlanChanged(_)
+            | nudge_control_plane::checkout::Completion::MethodSaved => "applied",
+            nudge_control_plane::checkout::Completion::Unknown
+            | nudge_control_plane::checkout::Completion::Incomplete => "ignored",
+        },
         Received::UnknownCustomer => {
             tracing::warn!("a Stripe event names a customer no store is; ignored");
             "unknown_customer"
         }
     };
-    if matches!(received, Received::Applied(_)) {
+    if matches!(received, Received::Applied(_) | Received::Checkout(_)) {
         state.wake_outbox();
     }
     Ok((StatusCode::OK, Json(json!({ "received": true, "outcome": outcome }))))
@@ -229,5 +382,6 @@ async fn get_billing(
         monthly_events_used: quota.used,
         quota: quota.state().to_owned(),
         dunning_since: account.dunning_since.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+        payment_method_on_file: account.payment_method_on_file,
     }))
 }

@@ -373,5 +373,8 @@ async fn get_usage(
         to: to.to_rfc3339(),
         accepted: totals.accepted,
         dropped: totals.dropped,
+        predictions: totals.predictions,
+        interventions: totals.interventions,
+        peak_connections: totals.peak_connections,
     }))
 }
