@@ -1,0 +1,940 @@
+//! The condition language of campaigns: small, typed, declarative, never code.
+//!
+//! A merchant writes when a campaign applies, for example
+//! `cart_value >= 50 and prediction.abandonment > 0.7 and not checkout_started`.
+//!
+//! ```text
+//! condition := or
+//! or        := and ("or" and)*
+//! and       := not ("and" not)*
+//! not       := "not" not | compare
+//! compare   := sum [("==" | "!=" | "<" | "<=" | ">" | ">=") sum]
+//!            | sum "in" "[" literal ("," literal)* "]"
+//! sum       := product (("+" | "-") product)*
+//! product   := unary (("*" | "/") unary)*
+//! unary     := "-" unary | atom
+//! atom      := number | "text" | true | false | name ("." name)* | "(" or ")"
+//! ```
+//!
+//! Values are numbers, booleans or text; a name's type comes from a [`Schema`] (the cell's
+//! features and predictions), and [`Condition::parse`] refuses an unknown name, an operator
+//! applied to the wrong type, or a condition that is not a boolean, each with the character
+//! position it found the problem at. Comparisons do not chain (`a < b < c` is an error).
+//! A number divided by zero is not a number, and every comparison with it is false.
+//! Conditions are at most [`MAX_LEN`] characters and nest at most [`MAX_DEPTH`] deep, so no
+//! input can exhaust the parser. [`Condition`] prints in a canonical form that parses back
+//! to the same condition.
+
+use std::fmt;
+
+/// Longest condition, in characters.
+pub const MAX_LEN: usize = 2_000;
+/// Deepest nesting of operators and parentheses (each operator of a chain such as
+/// `a and b and c` counts: the tree it makes is that deep).
+pub const MAX_DEPTH: usize = 64;
+
+/// A value's type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Type {
+    Number,
+    Bool,
+    Text,
+}
+
+impl Type {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Number => "number",
+            Self::Bool => "boolean",
+            Self::Text => "text",
+        }
+    }
+}
+
+/// A value a name has when a condition is evaluated.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Number(f64),
+    Bool(bool),
+    Text(String),
+}
+
+/// The names a condition may use, and their types.
+pub trait Schema {
+    fn type_of(&self, name: &str) -> Option<Type>;
+}
+
+/// The values of the names, at one moment. A name without a value (a feature the shopper
+/// has none of yet) takes the value the implementation defaults it to.
+pub trait Values {
+    fn value_of(&self, name: &str) -> Value;
+}
+
+/// Why a condition was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message} (at character {position})")]
+pub struct ExprError {
+    /// `syntax_error`, `unknown_name`, `type_mismatch`, `too_long` or `too_deep`.
+    pub code: &'static str,
+    pub message: String,
+    /// Characters from the start of the condition (0-based) where the problem is.
+    pub position: usize,
+}
+
+impl ExprError {
+    fn new(code: &'static str, position: usize, message: impl Into<String>) -> Self {
+        Self { code, message: message.into(), position }
+    }
+}
+
+/// A binary operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinOp {
+    Or,
+    And,
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    Add,
+    Sub,
+    Mul,
+    Div,
+}
+
+impl BinOp {
+    fn symbol(self) -> &'static str {
+        match self {
+            Self::Or => "or",
+            Self::And => "and",
+            Self::Eq => "==",
+            Self::Ne => "!=",
+            Self::Lt => "<",
+            Self::Le => "<=",
+            Self::Gt => ">",
+            Self::Ge => ">=",
+            Self::Add => "+",
+            Self::Sub => "-",
+            Self::Mul => "*",
+            Self::Div => "/",
+        }
+    }
+
+    fn precedence(self) -> u8 {
+        match self {
+            Self::Or => 1,
+            Self::And => 2,
+            Self::Eq | Self::Ne | Self::Lt | Self::Le | Self::Gt | Self::Ge => 4,
+            Self::Add | Self::Sub => 5,
+            Self::Mul | Self::Div => 6,
+        }
+    }
+}
+
+const NOT_PRECEDENCE: u8 = 3;
+const COMPARE_PRECEDENCE: u8 = 4;
+const NEG_PRECEDENCE: u8 = 7;
+const ATOM_PRECEDENCE: u8 = 8;
+
+/// A parsed expression. Its position is where it was read; equality ignores it.
+#[derive(Debug, Clone)]
+pub struct Expr {
+    pub position: usize,
+    pub kind: Kind,
+}
+
+impl PartialEq for Expr {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Kind {
+    /// Finite and not negative (a minus sign is [`Kind::Neg`]).
+    Number(f64),
+    Text(String),
+    Bool(bool),
+    /// A dotted name: `cart_value`, `prediction.abandonment`.
+    Name(String),
+    Not(Box<Expr>),
+    Neg(Box<Expr>),
+    Binary(BinOp, Box<Expr>, Box<Expr>),
+    /// The value is one of the literals.
+    In(Box<Expr>, Vec<Expr>),
+}
+
+impl Expr {
+    fn precedence(&self) -> u8 {
+        match &self.kind {
+            Kind::Binary(op, ..) => op.precedence(),
+            Kind::In(..) => COMPARE_PRECEDENCE,
+            Kind::Not(_) => NOT_PRECEDENCE,
+            Kind::Neg(_) => NEG_PRECEDENCE,
+            _ => ATOM_PRECEDENCE,
+        }
+    }
+}
+
+fn write_child(f: &mut fmt::Formatter<'_>, child: &Expr, at_least: u8) -> fmt::Result {
+    if child.precedence() < at_least { write!(f, "({child})") } else { write!(f, "{child}") }
+}
+
+impl fmt::Display for Expr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            Kind::Number(n) => write!(f, "{n}"),
+            Kind::Text(t) => {
+                f.write_str("\"")?;
+                for c in t.chars() {
+                    match c {
+                        '"' => f.write_str("\\\"")?,
+                        '\\' => f.write_str("\\\\")?,
+                        c => write!(f, "{c}")?,
+                    }
+                }
+                f.write_str("\"")
+            }
+            Kind::Bool(b) => write!(f, "{b}"),
+            Kind::Name(n) => f.write_str(n),
+            Kind::Not(e) => {
+                f.write_str("not ")?;
+                write_child(f, e, NOT_PRECEDENCE)
+            }
+            Kind::Neg(e) => {
+                f.write_str("-")?;
+                write_child(f, e, NEG_PRECEDENCE)
+            }
+            Kind::Binary(op, left, right) => {
+                let p = op.precedence();
+                // Left-associative: the right side binds tighter, so the tree prints back
+                // as itself. Comparisons do not chain: both sides bind tighter.
+                let left_at_least = if p == COMPARE_PRECEDENCE { p + 1 } else { p };
+                write_child(f, left, left_at_least)?;
+                write!(f, " {} ", op.symbol())?;
+                write_child(f, right, p + 1)
+            }
+            Kind::In(value, list) => {
+                write_child(f, value, COMPARE_PRECEDENCE + 1)?;
+                f.write_str(" in [")?;
+                for (i, item) in list.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{item}")?;
+                }
+                f.write_str("]")
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Token {
+    Number(f64),
+    Text(String),
+    Word(String),
+    Symbol(&'static str),
+    End,
+}
+
+impl Token {
+    fn describe(&self) -> String {
+        match self {
+            Self::Number(n) => format!("the number {n}"),
+            Self::Text(_) => "a text".to_owned(),
+            Self::Word(w) => format!("`{w}`"),
+            Self::Symbol(s) => format!("`{s}`"),
+            Self::End => "the end".to_owned(),
+        }
+    }
+}
+
+const KEYWORDS: [&str; 6] = ["and", "or", "not", "in", "true", "false"];
+
+/// Splits the source into tokens with their character positions.
+fn lex(source: &str) -> Result<Vec<(Token, usize)>, ExprError> {
+    let chars: Vec<char> = source.chars().collect();
+    let mut tokens = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let start = i;
+        if c.is_whitespace() {
+            i += 1;
+            continue;
+        }
+        if c.is_ascii_digit() {
+            while i < chars.len() && chars[i].is_ascii_digit() {
+                i += 1;
+            }
+            if i < chars.len() && chars[i] == '.' {
+                i += 1;
+                let fraction = i;
+                while i < chars.len() && chars[i].is_ascii_digit() {
+                    i += 1;
+                }
+                if i == fraction {
+                    return Err(ExprError::new("syntax_error", i, "a digit must follow the decimal point"));
+                }
+            }
+            let text: String = chars[start..i].iter().collect();
+            let n: f64 = text.parse().map_err(|_| ExprError::new("syntax_error", start, "not a number"))?;
+            if !n.is_finite() {
+                return Err(ExprError::new("syntax_error", start, "the number is too large"));
+            }
+            tokens.push((Token::Number(n), start));
+            continue;
+        }
+        if c.is_ascii_alphabetic() || c == '_' {
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_') {
+                i += 1;
+            }
+            tokens.push((Token::Word(chars[start..i].iter().collect()), start));
+            continue;
+        }
+        if c == '"' {
+            i += 1;
+            let mut text = String::new();
+            loop {
+                match chars.get(i) {
+                    None => return Err(ExprError::new("syntax_error", start, "the text is not closed with `\"`")),
+                    Some('"') => {
+                        i += 1;
+                        break;
+                    }
+                    Some('\\') => match chars.get(i + 1) {
+                        Some(&escaped @ ('"' | '\\')) => {
+                            text.push(escaped);
+                            i += 2;
+                        }
+                        _ => return Err(ExprError::new("syntax_error", i, "only `\\\"` and `\\\\` are escapes")),
+                    },
+                    Some(c) if c.is_control() => {
+                        return Err(ExprError::new("syntax_error", i, "a text cannot hold control characters"));
+                    }
+                    Some(c) => {
+                        text.push(*c);
+                        i += 1;
+                    }
+                }
+            }
+            tokens.push((Token::Text(text), start));
+            continue;
+        }
+        let two: String = chars[i..chars.len().min(i + 2)].iter().collect();
+        let symbol = match two.as_str() {
+            "==" => Some("=="),
+            "!=" => Some("!="),
+            "<=" => Some("<="),
+            ">=" => Some(">="),
+            _ => None,
+        };
+        if let Some(symbol) = symbol {
+            tokens.push((Token::Symbol(symbol), start));
+            i += 2;
+            continue;
+        }
+        let symbol = match c {
+            '<' => "<",
+            '>' => ">",
+            '+' => "+",
+            '-' => "-",
+            '*' => "*",
+            '/' => "/",
+            '(' => "(",
+            ')' => ")",
+            '[' => "[",
+            ']' => "]",
+            ',' => ",",
+            '.' => ".",
+            '=' => return Err(ExprError::new("syntax_error", start, "`=` is not an operator: compare with `==`")),
+            '&' | '|' | '!' => {
+                return Err(ExprError::new("syntax_error", start, "use `and`, `or` and `not`"));
+            }
+            other => return Err(ExprError::new("syntax_error", start, format!("`{other}` is not allowed here"))),
+        };
+        tokens.push((Token::Symbol(symbol), start));
+        i += 1;
+    }
+    tokens.push((Token::End, chars.len()));
+    Ok(tokens)
+}
+
+struct Parser {
+    tokens: Vec<(Token, usize)>,
+    at: usize,
+    depth: usize,
+}
+
+impl Parser {
+    fn peek(&self) -> &Token {
+        &self.tokens[self.at.min(self.tokens.len() - 1)].0
+    }
+
+    fn position(&self) -> usize {
+        self.tokens[self.at.min(self.tokens.len() - 1)].1
+    }
+
+    fn advance(&mut self) -> (Token, usize) {
+        let token = self.tokens[self.at.min(self.tokens.len() - 1)].clone();
+        if self.at < self.tokens.len() - 1 {
+            self.at += 1;
+        }
+        token
+    }
+
+    fn is_symbol(&self, symbol: &str) -> bool {
+        matches!(self.peek(), Token::Symbol(s) if *s == symbol)
+    }
+
+    fn is_word(&self, word: &str) -> bool {
+        matches!(self.peek(), Token::Word(w) if w == word)
+    }
+
+    fn expect_symbol(&mut self, symbol: &'static str) -> Result<(), ExprError> {
+        if self.is_symbol(symbol) {
+            self.advance();
+            Ok(())
+        } else {
+            Err(self.unexpected(&format!("`{symbol}`")))
+        }
+    }
+
+    fn unexpected(&self, wanted: &str) -> ExprError {
+        ExprError::new("syntax_error", self.position(), format!("expected {wanted}, found {}", self.peek().describe()))
+    }
+
+    /// Enters one level of nesting.
+    fn deeper(&mut self) -> Result<(), ExprError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(ExprError::new(
+                "too_deep",
+                self.position(),
+                format!("the condition nests deeper than {MAX_DEPTH} levels"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn binary(
+        &mut self,
+        ops: &[(&str, BinOp)],
+        next: fn(&mut Self) -> Result<Expr, ExprError>,
+    ) -> Result<Expr, ExprError> {
+        let mut left = next(self)?;
+        let entered = self.depth;
+        loop {
+            let op = ops.iter().find(|(text, _)| self.is_symbol(text) || self.is_word(text)).map(|(_, op)| *op);
+            let Some(op) = op else {
+                self.depth = entered;
+                return Ok(left);
+            };
+            let (_, position) = self.advance();
+            // Each operator of a chain makes the tree one level deeper.
+            self.deeper()?;
+            let right = next(self)?;
+            left = Expr { position, kind: Kind::Binary(op, Box::new(left), Box::new(right)) };
+        }
+    }
+
+    fn or(&mut self) -> Result<Expr, ExprError> {
+        self.binary(&[("or", BinOp::Or)], Self::and)
+    }
+
+    fn and(&mut self) -> Result<Expr, ExprError> {
+        self.binary(&[("and", BinOp::And)], Self::not)
+    }
+
+    fn not(&mut self) -> Result<Expr, ExprError> {
+        if self.is_word("not") {
+            let (_, position) = self.advance();
+            self.deeper()?;
+            let operand = self.not()?;
+            self.depth -= 1;
+            return Ok(Expr { position, kind: Kind::Not(Box::new(operand)) });
+        }
+        self.compare()
+    }
+
+    fn compare(&mut self) -> Result<Expr, ExprError> {
+        const COMPARISONS: [(&str, BinOp); 6] = [
+            ("==", BinOp::Eq),
+            ("!=", BinOp::Ne),
+            ("<=", BinOp::Le),
+            (">=", BinOp::Ge),
+            ("<", BinOp::Lt),
+            (">", BinOp::Gt),
+        ];
+        let left = self.sum()?;
+        let compared = if let Some((_, op)) = COMPARISONS.iter().find(|(s, _)| self.is_symbol(s)) {
+            let (_, position) = self.advance();
+            let right = self.sum()?;
+            Expr { position, kind: Kind::Binary(*op, Box::new(left), Box::new(right)) }
+        } else if self.is_word("in") {
+            let (_, position) = self.advance();
+            self.expect_symbol("[")?;
+            let mut list = vec![self.literal()?];
+            while self.is_symbol(",") {
+                self.advance();
+                list.push(self.literal()?);
+            }
+            self.expect_symbol("]")?;
+            Expr { position, kind: Kind::In(Box::new(left), list) }
+        } else {
+            return Ok(left);
+        };
+        if COMPARISONS.iter().any(|(s, _)| self.is_symbol(s)) || self.is_word("in") {
+            return Err(ExprError::new(
+                "syntax_error",
+                self.position(),
+                "comparisons do not chain: join them with `and`",
+            ));
+        }
+        Ok(compared)
+    }
+
+    fn literal(&mut self) -> Result<Expr, ExprError> {
+        let position = self.position();
+        let kind = match self.peek().clone() {
+            Token::Number(n) => Kind::Number(n),
+            Token::Text(t) => Kind::Text(t),
+            Token::Word(w) if w == "true" => Kind::Bool(true),
+            Token::Word(w) if w == "false" => Kind::Bool(false),
+            _ => return Err(self.unexpected("a number, a text, `true` or `false`")),
+        };
+        self.advance();
+        Ok(Expr { position, kind })
+    }
+
+    fn sum(&mut self) -> Result<Expr, ExprError> {
+        self.binary(&[("+", BinOp::Add), ("-", BinOp::Sub)], Self::product)
+    }
+
+    fn product(&mut self) -> Result<Expr, ExprError> {
+        self.binary(&[("*", BinOp::Mul), ("/", BinOp::Div)], Self::unary)
+    }
+
+    fn unary(&mut self) -> Result<Expr, ExprError> {
+        if self.is_symbol("-") {
+            let (_, position) = self.advance();
+            self.deeper()?;
+            let operand = self.unary()?;
+            self.depth -= 1;
+            return Ok(Expr { position, kind: Kind::Neg(Box::new(operand)) });
+        }
+        self.atom()
+    }
+
+    fn atom(&mut self) -> Result<Expr, ExprError> {
+        let position = self.position();
+        match self.peek().clone() {
+            Token::Number(_) | Token::Text(_) => self.literal(),
+            Token::Word(w) if w == "true" || w == "false" => self.literal(),
+            Token::Word(w) if KEYWORDS.contains(&w.as_str()) => Err(self.unexpected("a value")),
+            Token::Word(w) => {
+                self.advance();
+                let mut name = w;
+                while self.is_symbol(".") {
+                    self.advance();
+                    match self.advance() {
+                        (Token::Word(part), _) if !KEYWORDS.contains(&part.as_str()) => {
+                            name.push('.');
+                            name.push_str(&part);
+                        }
+                        (token, at) => {
+                            return Err(ExprError::new(
+                                "syntax_error",
+                                at,
+                                format!("expected a name after `.`, found {}", token.describe()),
+                            ));
+                        }
+                    }
+                }
+                Ok(Expr { position, kind: Kind::Name(name) })
+            }
+            Token::Symbol("(") => {
+                self.advance();
+                self.deeper()?;
+                let inner = self.or()?;
+                self.depth -= 1;
+                self.expect_symbol(")")?;
+                Ok(inner)
+            }
+            _ => Err(self.unexpected("a value")),
+        }
+    }
+}
+
+/// Parses `source` without checking names or types.
+pub fn parse(source: &str) -> Result<Expr, ExprError> {
+    let length = source.chars().count();
+    if length > MAX_LEN {
+        return Err(ExprError::new("too_long", MAX_LEN, format!("the condition is longer than {MAX_LEN} characters")));
+    }
+    let mut parser = Parser { tokens: lex(source)?, at: 0, depth: 0 };
+    if matches!(parser.peek(), Token::End) {
+        return Err(ExprError::new("syntax_error", 0, "the condition is empty"));
+    }
+    let expr = parser.or()?;
+    if !matches!(parser.peek(), Token::End) {
+        return Err(parser.unexpected("an operator or the end"));
+    }
+    Ok(expr)
+}
+
+/// The type of `expr`, given the names' types.
+pub fn type_of(expr: &Expr, schema: &dyn Schema) -> Result<Type, ExprError> {
+    let mismatch = |at: usize, message: String| ExprError::new("type_mismatch", at, message);
+    let want = |e: &Expr, wanted: Type, what: &str| -> Result<(), ExprError> {
+        let got = type_of(e, schema)?;
+        if got == wanted {
+            Ok(())
+        } else {
+            Err(mismatch(e.position, format!("{what} needs a {}, not a {}", wanted.as_str(), got.as_str())))
+        }
+    };
+    Ok(match &expr.kind {
+        Kind::Number(_) => Type::Number,
+        Kind::Text(_) => Type::Text,
+        Kind::Bool(_) => Type::Bool,
+        Kind::Name(name) => schema.type_of(name).ok_or_else(|| {
+            ExprError::new("unknown_name", expr.position, format!("`{name}` is not a feature or prediction"))
+        })?,
+        Kind::Not(e) => {
+            want(e, Type::Bool, "`not`")?;
+            Type::Bool
+        }
+        Kind::Neg(e) => {
+            want(e, Type::Number, "`-`")?;
+            Type::Number
+        }
+        Kind::Binary(op, left, right) => match op {
+            BinOp::Or | BinOp::And => {
+                want(left, Type::Bool, &format!("`{}`", op.symbol()))?;
+                want(right, Type::Bool, &format!("`{}`", op.symbol()))?;
+                Type::Bool
+            }
+            BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div => {
+                want(left, Type::Number, &format!("`{}`", op.symbol()))?;
+                want(right, Type::Number, &format!("`{}`", op.symbol()))?;
+                Type::Number
+            }
+            BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge => {
+                want(left, Type::Number, &format!("`{}`", op.symbol()))?;
+                want(right, Type::Number, &format!("`{}`", op.symbol()))?;
+                Type::Bool
+            }
+            BinOp::Eq | BinOp::Ne => {
+                let t = type_of(left, schema)?;
+                want(right, t, &format!("`{}` with a {} on its left", op.symbol(), t.as_str()))?;
+                Type::Bool
+            }
+        },
+        Kind::In(value, list) => {
+            let t = type_of(value, schema)?;
+            for item in list {
+                want(item, t, &format!("`in` with a {} on its left", t.as_str()))?;
+            }
+            Type::Bool
+        }
+    })
+}
+
+fn number(v: Value) -> f64 {
+    match v {
+        Value::Number(n) => n,
+        Value::Bool(b) => f64::from(u8::from(b)),
+        Value::Text(_) => f64::NAN,
+    }
+}
+
+fn truth(v: Value) -> bool {
+    matches!(v, Value::Bool(true))
+}
+
+/// The value of a type-checked `expr`.
+pub fn evaluate(expr: &Expr, values: &dyn Values) -> Value {
+    match &expr.kind {
+        Kind::Number(n) => Value::Number(*n),
+        Kind::Text(t) => Value::Text(t.clone()),
+        Kind::Bool(b) => Value::Bool(*b),
+        Kind::Name(name) => values.value_of(name),
+        Kind::Not(e) => Value::Bool(!truth(evaluate(e, values))),
+        Kind::Neg(e) => Value::Number(-number(evaluate(e, values))),
+        Kind::Binary(op, left, right) => {
+            let l = evaluate(left, values);
+            match op {
+                // Short-circuit: the right side is not evaluated when the left decides.
+                BinOp::Or => Value::Bool(truth(l) || truth(evaluate(right, values))),
+                BinOp::And => Value::Bool(truth(l) && truth(evaluate(right, values))),
+                BinOp::Eq => Value::Bool(equal(&l, &evaluate(right, values))),
+                BinOp::Ne => Value::Bool(!equal(&l, &evaluate(right, values))),
+                _ => {
+                    let (a, b) = (number(l), number(evaluate(right, values)));
+                    match op {
+                        BinOp::Lt => Value::Bool(a < b),
+                        BinOp::Le => Value::Bool(a <= b),
+                        BinOp::Gt => Value::Bool(a > b),
+                        BinOp::Ge => Value::Bool(a >= b),
+                        BinOp::Add => Value::Number(a + b),
+                        BinOp::Sub => Value::Number(a - b),
+                        BinOp::Mul => Value::Number(a * b),
+                        // Not a number, rather than an infinity that would compare.
+                        _ if b == 0.0 => Value::Number(f64::NAN),
+                        _ => Value::Number(a / b),
+                    }
+                }
+            }
+        }
+        Kind::In(value, list) => {
+            let v = evaluate(value, values);
+            Value::Bool(list.iter().any(|item| equal(&v, &evaluate(item, values))))
+        }
+    }
+}
+
+/// Equality as merchants mean it: numbers by value (`NaN` equals nothing).
+fn equal(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x == y,
+        (Value::Bool(x), Value::Bool(y)) => x == y,
+        (Value::Text(x), Value::Text(y)) => x == y,
+        _ => false,
+    }
+}
+
+/// A checked condition: parsed, every name known, boolean.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Condition {
+    expr: Expr,
+}
+
+impl Condition {
+    /// Parses and checks `source` against `schema`.
+    pub fn parse(source: &str, schema: &dyn Schema) -> Result<Self, ExprError> {
+        let expr = parse(source)?;
+        let t = type_of(&expr, schema)?;
+        if t != Type::Bool {
+            return Err(ExprError::new(
+                "type_mismatch",
+                0,
+                format!("a condition must be true or false, and this is a {}", t.as_str()),
+            ));
+        }
+        Ok(Self { expr })
+    }
+
+    /// Whether the condition holds for `values`.
+    pub fn holds(&self, values: &dyn Values) -> bool {
+        truth(evaluate(&self.expr, values))
+    }
+
+    pub fn expr(&self) -> &Expr {
+        &self.expr
+    }
+}
+
+impl fmt::Display for Condition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.expr.fmt(f)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    struct Catalogue;
+
+    impl Schema for Catalogue {
+        fn type_of(&self, name: &str) -> Option<Type> {
+            match name {
+                "cart_value" | "cart_items" | "prediction.abandonment" => Some(Type::Number),
+                "checkout_started" => Some(Type::Bool),
+                "event.type" | "shopper.country" => Some(Type::Text),
+                _ => None,
+            }
+        }
+    }
+
+    struct Moment(HashMap<&'static str, Value>);
+
+    impl Values for Moment {
+        fn value_of(&self, name: &str) -> Value {
+            self.0.get(name).cloned().unwrap_or(Value::Number(0.0))
+        }
+    }
+
+    fn moment() -> Moment {
+        Moment(HashMap::from([
+            ("cart_value", Value::Number(80.0)),
+            ("cart_items", Value::Number(2.0)),
+            ("prediction.abandonment", Value::Number(0.9)),
+            ("checkout_started", Value::Bool(false)),
+            ("event.type", Value::Text("exit_intent".into())),
+            ("shopper.country", Value::Text("FR".into())),
+        ]))
+    }
+
+    fn holds(source: &str) -> bool {
+        Condition::parse(source, &Catalogue).unwrap().holds(&moment())
+    }
+
+    #[test]
+    fn conditions_evaluate_as_written() {
+        assert!(holds("cart_value >= 50 and prediction.abandonment > 0.7 and not checkout_started"));
+        assert!(!holds("cart_value >= 100 or checkout_started"));
+        assert!(holds("cart_value / cart_items == 40"));
+        assert!(holds("-cart_value < 0 and 2 + 3 * 4 == 14 and (2 + 3) * 4 == 20"));
+        assert!(holds("shopper.country in [\"FR\", \"BE\"] and event.type != \"purchase\""));
+        assert!(!holds("cart_items in [0, 1]"));
+        assert!(holds("10 - 4 - 3 == 3 and 24 / 4 / 2 == 3"), "left-associative");
+        // A number divided by zero compares false whichever way.
+        assert!(!holds("cart_value / 0 > 1") && !holds("cart_value / 0 < 1") && !holds("0 / 0 == 0 / 0"));
+    }
+
+    fn refused(source: &str) -> (String, usize) {
+        let e = Condition::parse(source, &Catalogue).unwrap_err();
+        (e.code.to_owned(), e.position)
+    }
+
+    #[test]
+    fn every_refusal_has_a_code_and_a_position() {
+        assert_eq!(refused("cart_value >= "), ("syntax_error".into(), 14));
+        assert_eq!(refused("cart_valu > 3"), ("unknown_name".into(), 0));
+        assert_eq!(refused("cart_value > 3 and basket > 1"), ("unknown_name".into(), 19));
+        assert_eq!(refused("cart_value > \"a\""), ("type_mismatch".into(), 13));
+        assert_eq!(refused("cart_value + 1"), ("type_mismatch".into(), 0));
+        assert_eq!(refused("not cart_value"), ("type_mismatch".into(), 4));
+        assert_eq!(refused("1 < cart_value < 3"), ("syntax_error".into(), 15));
+        assert_eq!(refused("cart_value = 3"), ("syntax_error".into(), 11));
+        assert_eq!(refused("cart_value > 3 && true"), ("syntax_error".into(), 15));
+        assert_eq!(refused("event.type == \"exit"), ("syntax_error".into(), 14));
+        assert_eq!(refused("(cart_value > 3"), ("syntax_error".into(), 15));
+        assert_eq!(refused("cart_value > 3)"), ("syntax_error".into(), 14));
+        assert_eq!(refused("shopper.country in []"), ("syntax_error".into(), 20));
+        assert_eq!(refused("shopper.country in [1]"), ("type_mismatch".into(), 20));
+        assert_eq!(refused(""), ("syntax_error".into(), 0));
+        assert_eq!(refused("cart_value > 1."), ("syntax_error".into(), 15));
+        assert_eq!(refused("shopper.and == \"x\""), ("syntax_error".into(), 8));
+        assert_eq!(refused(&"(".repeat(MAX_DEPTH + 5)), ("too_deep".into(), MAX_DEPTH + 1));
+        assert_eq!(refused(&format!("{}true", "not ".repeat(MAX_DEPTH + 5))), ("too_deep".into(), (MAX_DEPTH + 1) * 4));
+        let chain = vec!["checkout_started"; MAX_DEPTH + 2].join(" and ");
+        assert_eq!(refused(&chain).0, "too_deep");
+        assert!(Condition::parse(&vec!["checkout_started"; MAX_DEPTH].join(" and "), &Catalogue).is_ok());
+        assert_eq!(refused(&"x".repeat(MAX_LEN + 1)), ("too_long".into(), MAX_LEN));
+        // Positions count characters, not bytes.
+        assert_eq!(refused("event.type == \"é\" and oops"), ("unknown_name".into(), 22));
+    }
+
+    #[test]
+    fn conditions_print_in_a_canonical_form() {
+        let canonical = |s: &str| parse(s).unwrap().to_string();
+        assert_eq!(canonical("(a  and b)or(c)"), "a and b or c");
+        assert_eq!(canonical("a and (b or c)"), "a and (b or c)");
+        assert_eq!(canonical("10 - (4 - 3)"), "10 - (4 - 3)");
+        assert_eq!(canonical("(10 - 4) - 3"), "10 - 4 - 3");
+        assert_eq!(canonical("not (a == b)"), "not a == b");
+        assert_eq!(canonical("(not a) == b"), "(not a) == b");
+        assert_eq!(canonical("- (- x)"), "--x");
+        assert_eq!(canonical("x in [1,2.50, 3]"), "x in [1, 2.5, 3]");
+        assert_eq!(canonical(r#"t == "say \"hi\" \\ o""#), r#"t == "say \"hi\" \\ o""#);
+    }
+
+    /// Expressions of any shape over a few names and literals.
+    fn expressions() -> impl Strategy<Value = Expr> {
+        let at = |kind| Expr { position: 0, kind };
+        let leaf = prop_oneof![
+            (0u32..1_000_000, 0u32..4)
+                .prop_map(move |(n, scale)| at(Kind::Number(f64::from(n) / f64::from(10u32.pow(scale))))),
+            "[a-z _\"\\\\é]{0,8}".prop_map(move |t| at(Kind::Text(t))),
+            any::<bool>().prop_map(move |b| at(Kind::Bool(b))),
+            prop_oneof![Just("cart_value"), Just("prediction.abandonment"), Just("x_1")]
+                .prop_map(move |n| at(Kind::Name(n.to_owned()))),
+        ];
+        leaf.prop_recursive(6, 48, 4, move |inner| {
+            let ops = prop_oneof![
+                Just(BinOp::Or),
+                Just(BinOp::And),
+                Just(BinOp::Eq),
+                Just(BinOp::Ne),
+                Just(BinOp::Lt),
+                Just(BinOp::Le),
+                Just(BinOp::Gt),
+                Just(BinOp::Ge),
+                Just(BinOp::Add),
+                Just(BinOp::Sub),
+                Just(BinOp::Mul),
+                Just(BinOp::Div),
+            ];
+            let literal = prop_oneof![
+                (0u32..100).prop_map(move |n| at(Kind::Number(f64::from(n)))),
+                "[a-z]{0,3}".prop_map(move |t| at(Kind::Text(t))),
+            ];
+            prop_oneof![
+                inner.clone().prop_map(move |e| at(Kind::Not(Box::new(e)))),
+                inner.clone().prop_map(move |e| at(Kind::Neg(Box::new(e)))),
+                (ops, inner.clone(), inner.clone()).prop_map(move |(op, l, r)| at(Kind::Binary(
+                    op,
+                    Box::new(l),
+                    Box::new(r)
+                ))),
+                (inner, prop::collection::vec(literal, 1..4))
+                    .prop_map(move |(v, list)| at(Kind::In(Box::new(v), list))),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
+
+        /// Printing any expression and parsing it back gives the same expression, and
+        /// printing that gives the same text.
+        #[test]
+        fn parse_print_parse_is_stable(expr in expressions()) {
+            let printed = expr.to_string();
+            let parsed = parse(&printed).map_err(|e| TestCaseError::fail(format!("{printed}: {e}")))?;
+            prop_assert_eq!(&parsed, &expr, "{}", printed);
+            prop_assert_eq!(parsed.to_string(), printed);
+        }
+
+        /// Any text at all: the parser answers, never panics, and what it accepts prints
+        /// back to something it accepts as the same.
+        #[test]
+        fn arbitrary_text_never_panics(source in "\\PC{0,120}") {
+            if let Ok(expr) = parse(&source) {
+                let again = parse(&expr.to_string()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(again, expr);
+            }
+            let _ = Condition::parse(&source, &Catalogue);
+        }
+
+        /// Text made of the language's own pieces, in any order: far likelier to get deep
+        /// into the parser than arbitrary characters.
+        #[test]
+        fn token_soup_never_panics(pieces in prop::collection::vec(prop_oneof![
+            Just("("), Just(")"), Just("["), Just("]"), Just(","), Just("."), Just("-"), Just("+"),
+            Just("*"), Just("/"), Just("=="), Just("!="), Just("<"), Just("<="), Just(">"), Just(">="),
+            Just("and"), Just("or"), Just("not"), Just("in"), Just("true"), Just("false"),
+            Just("cart_value"), Just("prediction"), Just("1"), Just("2.5"), Just("\"t\""), Just("\""),
+            Just(" "), Just("\\"),
+        ], 0..200)) {
+            let source: String = pieces.concat();
+            if let Ok(condition) = Condition::parse(&source, &Catalogue) {
+                let _ = condition.holds(&moment());
+                let again = Condition::parse(&condition.to_string(), &Catalogue)
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(again, condition);
+            }
+        }
+    }
+}
