@@ -81,10 +81,37 @@ async fn tables_in_order(conn: &mut PgConnection) -> Result<Vec<String>, sqlx::E
     .fetch_all(&mut *conn)
     .await?;
     let tables: Vec<String> = tables.into_iter().filter(|t| !REGISTRY_TABLES.contains(&t.as_str())).collect();
-    // `tenants` first: every other tenant table references it.
-    let (mut first, rest): (Vec<String>, Vec<String>) = tables.into_iter().partition(|t| t == "tenants");
-    first.extend(rest);
-    Ok(first)
+    // Parents before children, by the foreign keys between them (`tenants` first: every
+    // other tenant table references it).
+    let references: Vec<(String, String)> = sqlx::query_as(
+        "SELECT child.relname::text, parent.relname::text
+         FROM pg_constraint k
+         JOIN pg_class child ON child.oid = k.conrelid
+         JOIN pg_class parent ON parent.oid = k.confrelid
+         JOIN pg_namespace n ON n.oid = child.relnamespace
+         WHERE k.contype = 'f' AND n.nspname = 'public' AND k.conrelid <> k.confrelid",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(parents_first(tables, &references))
+}
+
+/// `tables` ordered so that each comes after the tables it references (`references`:
+/// (child, parent)), alphabetically among those free to go next.
+fn parents_first(tables: Vec<String>, references: &[(String, String)]) -> Vec<String> {
+    let mut left: std::collections::BTreeSet<String> = tables.into_iter().collect();
+    let mut ordered = Vec::with_capacity(left.len());
+    while !left.is_empty() {
+        let ready = left
+            .iter()
+            .find(|t| !references.iter().any(|(child, parent)| child == *t && parent != *t && left.contains(parent)))
+            .cloned();
+        // A cycle (none exists; kept safe): the rest in name order.
+        let next = ready.unwrap_or_else(|| left.iter().next().cloned().unwrap_or_default());
+        left.remove(&next);
+        ordered.push(next);
+    }
+    ordered
 }
 
 /// Moves `tenant` to its dedicated database; a tenant already there is left as it is.
@@ -404,4 +431,27 @@ async fn purge(source: &mut PgConnection, tenant: TenantId) -> Result<(), MoveEr
     }
     purge.commit().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parents_are_copied_before_their_children() {
+        let tables = ["campaign_audit", "campaign_versions", "campaigns", "keys", "tenants"].map(String::from).to_vec();
+        let references = [
+            ("campaign_audit", "campaigns"),
+            ("campaign_versions", "campaigns"),
+            ("campaigns", "tenants"),
+            ("campaign_audit", "tenants"),
+            ("keys", "tenants"),
+            ("registry_only", "cells"),
+        ]
+        .map(|(c, p)| (c.to_owned(), p.to_owned()));
+        assert_eq!(
+            parents_first(tables, &references),
+            ["tenants", "campaigns", "campaign_audit", "campaign_versions", "keys"].map(String::from).to_vec()
+        );
+    }
 }
