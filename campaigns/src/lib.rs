@@ -3,5 +3,10 @@
 //!
 //! - [`expr`]: the condition language (parser, type checker against a schema of names,
 //!   evaluator, canonical printer).
+//! - [`template`]: message templates, checked when saved, rendered with values escaped for
+//!   their channel.
+//! - [`model`]: a campaign's definition and its validation, every problem named by field.
 
 pub mod expr;
+pub mod model;
+pub mod template;

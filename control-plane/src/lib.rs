@@ -31,6 +31,7 @@
 //!   verified, received once, and the dunning they drive; [`meters`]: the ledger's usage
 //!   sent to Stripe's meters, and its reconciliation.
 //! - [`checkout`]: self-service plan changes, through Stripe Checkout for a paid plan.
+//! - [`campaigns`]: a store's campaigns, checked, versioned, moved through their lifecycle.
 //! - [`store`]: a store's profile.
 //! - [`outbox`]: the relay that publishes committed outbox rows to Kafka.
 
@@ -38,6 +39,7 @@ pub mod accounts;
 pub mod announce;
 pub mod auth;
 pub mod billing;
+pub mod campaigns;
 pub mod catalog;
 pub mod checkout;
 pub mod config;

@@ -26,6 +26,28 @@ async fn a_store_moves_to_its_own_database_under_concurrent_writes() -> anyhow::
     let mut shopper = platform.connect_shopper(&big.publishable_key, ORIGIN, "shp_on_page").await?;
     let tokens = platform.login(&owner, None).await?;
     let keys_url = format!("{}/v1/tenants/{}/api-keys", platform.control_plane_url, big.tenant_id);
+    // A campaign, saved twice: its versions and audit reference it, so the move must copy it
+    // before them.
+    let campaigns_url = format!("{}/v1/tenants/{}/campaigns", platform.control_plane_url, big.tenant_id);
+    let campaign = json!({
+        "name": "Moved along",
+        "trigger": { "type": "exit_intent" },
+        "variants": [{ "name": "a", "weight": 100, "messages": [
+            { "channel": "on_site", "kind": "message", "title": "Hello", "body": "Still there?" },
+        ]}],
+    });
+    let created: Value = platform
+        .http
+        .post(&campaigns_url)
+        .bearer_auth(&tokens.access_token)
+        .json(&campaign)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let campaign_url = format!("{campaigns_url}/{}", created["campaign_id"].as_str().unwrap_or_default());
+    let saved = platform.http.put(&campaign_url).bearer_auth(&tokens.access_token).json(&campaign).send().await?;
+    assert_eq!(saved.status(), 200);
 
     // Writers create keys and keep the names of those acknowledged; a refusal while the
     // store moves (503 tenant_moving) is retried, as a client would.
@@ -119,6 +141,9 @@ async fn a_store_moves_to_its_own_database_under_concurrent_writes() -> anyhow::
     let unique: BTreeSet<String> = names.iter().cloned().collect();
     assert_eq!(names.len(), unique.len(), "no key twice");
     assert_eq!(unique, acknowledged, "no acknowledged key lost, none invented");
+    let moved_campaign: Value =
+        platform.http.get(&campaign_url).bearer_auth(&tokens.access_token).send().await?.json().await?;
+    assert_eq!(moved_campaign["version"], 2, "the campaign and its versions moved: {moved_campaign}");
 
     // In the databases themselves: the dedicated one holds the store; the shared one keeps
     // only the fence, and still holds the other store.

@@ -139,6 +139,9 @@ async fn policy_matrix_three_tenants_every_table_every_verb() -> anyhow::Result<
              SELECT $1, date_trunc('hour', now()), 'events', 1 WHERE $2::uuid IS NOT NULL",
             "INSERT INTO connection_samples (tenant_id, at, connections)
              SELECT $1, date_trunc('minute', now()), 3 WHERE $2::uuid IS NOT NULL",
+            "INSERT INTO campaigns (tenant_id, campaign_id) VALUES ($1, $2)",
+            "INSERT INTO campaign_versions (tenant_id, campaign_id, version, spec, saved_by) VALUES ($1, $2, 1, '{}', 'test')",
+            "INSERT INTO campaign_audit (tenant_id, campaign_id, actor, action, version) VALUES ($1, $2, 'test', 'created', 1)",
         ] {
             sqlx::query(statement).bind(t.as_uuid()).bind(request).execute(&mut owner).await?;
         }

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod billing;
+pub mod campaigns;
 pub mod erasures;
 pub mod error;
 pub mod merchant;
@@ -25,4 +26,5 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(models::router())
         .merge(offboarding::router())
         .merge(billing::router())
+        .merge(campaigns::router())
 }

@@ -1,0 +1,386 @@
+//! A store's campaigns: saved as immutable versions, moved through their lifecycle
+//! (`draft` → `active` ⇄ `paused`, any → `archived`, which is final), every change audited.
+//!
+//! A campaign is checked before it is saved ([`nudge_campaigns::model`]): its condition
+//! against the names a cell can evaluate (the feature set and the model's prediction), its
+//! templates against the variables a message can use. Saving names the version it replaces
+//! when the caller gives one, so two members editing at once cannot overwrite each other
+//! unseen.
+
+use chrono::{DateTime, Utc};
+use nudge_campaigns::{
+    expr::{Schema, Type},
+    model::{CampaignSpec, FieldError, Vocabulary},
+};
+use nudge_data_plane_features::definitions::{CART_SESSION, FeatureKind};
+use nudge_tenants::TenantId;
+use sqlx::{Row, postgres::PgRow};
+use uuid::Uuid;
+
+use crate::{db::DbError, routing::TenantRouter};
+
+/// Campaigns a store may have that are not archived.
+pub const MAX_CAMPAIGNS: i64 = 100;
+
+/// The names a condition may use: every feature of the cell's feature set (flags as
+/// booleans, the rest as numbers) and the model's prediction.
+pub struct CellNames;
+
+/// The prediction a condition may read: the shopper's abandonment probability, 0 to 1.
+pub const PREDICTION: &str = "prediction.abandonment";
+
+impl Schema for CellNames {
+    fn type_of(&self, name: &str) -> Option<Type> {
+        if name == PREDICTION {
+            return Some(Type::Number);
+        }
+        CART_SESSION.features.iter().find(|f| f.name == name).map(|f| match f.kind {
+            FeatureKind::Flag => Type::Bool,
+            FeatureKind::Amount | FeatureKind::Count | FeatureKind::Seconds => Type::Number,
+        })
+    }
+}
+
+/// The variables a message may use: the cart's features, the prediction, and the offered
+/// discount.
+pub fn message_variable(name: &str) -> bool {
+    matches!(name, "discount.code" | "discount.percent") || CellNames.type_of(name).is_some()
+}
+
+/// What a campaign of this platform may refer to.
+pub fn vocabulary() -> Vocabulary<'static> {
+    Vocabulary { schema: &CellNames, variables: &message_variable, loopback_webhooks: false }
+}
+
+/// Where a campaign is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CampaignState {
+    Draft,
+    Active,
+    Paused,
+    Archived,
+}
+
+impl CampaignState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Draft => "draft",
+            Self::Active => "active",
+            Self::Paused => "paused",
+            Self::Archived => "archived",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Draft, Self::Active, Self::Paused, Self::Archived].into_iter().find(|c| c.as_str() == s)
+    }
+
+    /// Whether a campaign may move from `self` to `to`.
+    pub fn can_move_to(self, to: Self) -> bool {
+        matches!(
+            (self, to),
+            (Self::Draft, Self::Active)
+                | (Self::Active, Self::Paused)
+                | (Self::Paused, Self::Active)
+                | (Self::Draft | Self::Active | Self::Paused, Self::Archived)
+        )
+    }
+}
+
+/// A campaign and its version in force.
+#[derive(Debug, Clone)]
+pub struct Campaign {
+    pub id: Uuid,
+    pub state: CampaignState,
+    pub version: i32,
+    pub spec: CampaignSpec,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One saved version.
+#[derive(Debug, Clone)]
+pub struct SavedVersion {
+    pub version: i32,
+    pub saved_by: String,
+    pub saved_at: DateTime<Utc>,
+    pub spec: CampaignSpec,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CampaignError {
+    #[error("no such campaign")]
+    NotFound,
+    #[error("the campaign is not valid")]
+    Invalid(Vec<FieldError>),
+    #[error("the campaign is at version {current}, not the one named")]
+    VersionConflict { current: i32 },
+    #[error("a campaign cannot move from {} to {}", .from.as_str(), .to.as_str())]
+    InvalidTransition { from: CampaignState, to: CampaignState },
+    #[error("an archived campaign cannot change")]
+    Archived,
+    #[error("a store has at most {MAX_CAMPAIGNS} campaigns that are not archived")]
+    TooMany,
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl From<sqlx::Error> for CampaignError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Db(DbError::Query(e))
+    }
+}
+
+fn spec_json(spec: &CampaignSpec) -> Result<serde_json::Value, CampaignError> {
+    serde_json::to_value(spec).map_err(|e| CampaignError::Db(DbError::Query(sqlx::Error::Encode(Box::new(e)))))
+}
+
+fn spec_of(row: &PgRow) -> Result<CampaignSpec, CampaignError> {
+    let value: serde_json::Value = row.try_get("spec")?;
+    serde_json::from_value(value)
+        .map_err(|e| CampaignError::Db(DbError::Query(sqlx::Error::Decode(format!("campaign spec: {e}").into()))))
+}
+
+fn campaign_of(row: &PgRow) -> Result<Campaign, CampaignError> {
+    let state: String = row.try_get("state")?;
+    Ok(Campaign {
+        id: row.try_get("campaign_id")?,
+        state: CampaignState::parse(&state)
+            .ok_or_else(|| CampaignError::Db(DbError::Query(sqlx::Error::Decode(format!("state {state}").into()))))?,
+        version: row.try_get("version")?,
+        spec: spec_of(row)?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+const SELECT: &str = "SELECT c.campaign_id, c.state, c.version, c.created_at, c.updated_at, v.spec
+     FROM campaigns c JOIN campaign_versions v
+       ON v.tenant_id = c.tenant_id AND v.campaign_id = c.campaign_id AND v.version = c.version";
+
+fn checked(spec: &CampaignSpec) -> Result<(), CampaignError> {
+    let problems = spec.validate(&vocabulary());
+    if problems.is_empty() { Ok(()) } else { Err(CampaignError::Invalid(problems)) }
+}
+
+/// Saves a new campaign, as a draft at version 1.
+pub async fn create(
+    router: &TenantRouter,
+    tenant: TenantId,
+    spec: &CampaignSpec,
+    actor: &str,
+) -> Result<Campaign, CampaignError> {
+    checked(spec)?;
+    let id = Uuid::now_v7();
+    let mut tx = router.tenant_tx(tenant).await?;
+    // One creation at a time per store, so the count below holds.
+    sqlx::query("SELECT 1 FROM tenants WHERE tenant_id = $1 FOR UPDATE")
+        .bind(tenant.as_uuid())
+        .execute(&mut *tx)
+        .await?;
+    let open: i64 = sqlx::query_scalar("SELECT count(*) FROM campaigns WHERE tenant_id = $1 AND state <> 'archived'")
+        .bind(tenant.as_uuid())
+        .fetch_one(&mut *tx)
+        .await?;
+    if open >= MAX_CAMPAIGNS {
+        return Err(CampaignError::TooMany);
+    }
+    sqlx::query("INSERT INTO campaigns (tenant_id, campaign_id) VALUES ($1, $2)")
+        .bind(tenant.as_uuid())
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO campaign_versions (tenant_id, campaign_id, version, spec, saved_by) VALUES ($1, $2, 1, $3, $4)",
+    )
+    .bind(tenant.as_uuid())
+    .bind(id)
+    .bind(spec_json(spec)?)
+    .bind(actor)
+    .execute(&mut *tx)
+    .await?;
+    audit(&mut tx, tenant, id, actor, "created", 1).await?;
+    let row = sqlx::query(&format!("{SELECT} WHERE c.tenant_id = $1 AND c.campaign_id = $2"))
+        .bind(tenant.as_uuid())
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await.map_err(DbError::from)?;
+    campaign_of(&row)
+}
+
+async fn audit(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    tenant: TenantId,
+    id: Uuid,
+    actor: &str,
+    action: &str,
+    version: i32,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO campaign_audit (tenant_id, campaign_id, actor, action, version) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(tenant.as_uuid())
+    .bind(id)
+    .bind(actor)
+    .bind(action)
+    .bind(version)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The store's campaigns, newest first (archived ones too).
+pub async fn list(router: &TenantRouter, tenant: TenantId) -> Result<Vec<Campaign>, CampaignError> {
+    let mut tx = router.tenant_tx(tenant).await?;
+    let rows = sqlx::query(&format!("{SELECT} WHERE c.tenant_id = $1 ORDER BY c.created_at DESC, c.campaign_id DESC"))
+        .bind(tenant.as_uuid())
+        .fetch_all(&mut *tx)
+        .await?;
+    tx.commit().await.map_err(DbError::from)?;
+    rows.iter().map(campaign_of).collect()
+}
+
+/// One campaign of the store.
+pub async fn get(router: &TenantRouter, tenant: TenantId, id: Uuid) -> Result<Campaign, CampaignError> {
+    let mut tx = router.tenant_tx(tenant).await?;
+    let row = sqlx::query(&format!("{SELECT} WHERE c.tenant_id = $1 AND c.campaign_id = $2"))
+        .bind(tenant.as_uuid())
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    tx.commit().await.map_err(DbError::from)?;
+    campaign_of(&row.ok_or(CampaignError::NotFound)?)
+}
+
+/// Saves `spec` as the campaign's next version (in force at once, whatever its state),
+/// if it is still at `expected_version` when one is given.
+pub async fn save(
+    router: &TenantRouter,
+    tenant: TenantId,
+    id: Uuid,
+    spec: &CampaignSpec,
+    expected_version: Option<i32>,
+    actor: &str,
+) -> Result<Campaign, CampaignError> {
+    checked(spec)?;
+    let mut tx = router.tenant_tx(tenant).await?;
+    let row = sqlx::query("SELECT state, version FROM campaigns WHERE tenant_id = $1 AND campaign_id = $2 FOR UPDATE")
+        .bind(tenant.as_uuid())
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(CampaignError::NotFound)?;
+    let (state, current): (String, i32) = (row.try_get("state")?, row.try_get("version")?);
+    if state == CampaignState::Archived.as_str() {
+        return Err(CampaignError::Archived);
+    }
+    if expected_version.is_some_and(|v| v != current) {
+        return Err(CampaignError::VersionConflict { current });
+    }
+    let next = current + 1;
+    sqlx::query(
+        "INSERT INTO campaign_versions (tenant_id, campaign_id, version, spec, saved_by) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(tenant.as_uuid())
+    .bind(id)
+    .bind(next)
+    .bind(spec_json(spec)?)
+    .bind(actor)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE campaigns SET version = $3, updated_at = now() WHERE tenant_id = $1 AND campaign_id = $2")
+        .bind(tenant.as_uuid())
+        .bind(id)
+        .bind(next)
+        .execute(&mut *tx)
+        .await?;
+    audit(&mut tx, tenant, id, actor, "saved", next).await?;
+    tx.commit().await.map_err(DbError::from)?;
+    get(router, tenant, id).await
+}
+
+/// Moves the campaign to `to`. Moving it where it already is changes nothing.
+pub async fn set_state(
+    router: &TenantRouter,
+    tenant: TenantId,
+    id: Uuid,
+    to: CampaignState,
+    actor: &str,
+) -> Result<Campaign, CampaignError> {
+    let mut tx = router.tenant_tx(tenant).await?;
+    let row = sqlx::query("SELECT state, version FROM campaigns WHERE tenant_id = $1 AND campaign_id = $2 FOR UPDATE")
+        .bind(tenant.as_uuid())
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(CampaignError::NotFound)?;
+    let state: String = row.try_get("state")?;
+    let from = CampaignState::parse(&state).unwrap_or(CampaignState::Draft);
+    let version: i32 = row.try_get("version")?;
+    if from != to {
+        if !from.can_move_to(to) {
+            return Err(CampaignError::InvalidTransition { from, to });
+        }
+        sqlx::query("UPDATE campaigns SET state = $3, updated_at = now() WHERE tenant_id = $1 AND campaign_id = $2")
+            .bind(tenant.as_uuid())
+            .bind(id)
+            .bind(to.as_str())
+            .execute(&mut *tx)
+            .await?;
+        audit(&mut tx, tenant, id, actor, to.as_str(), version).await?;
+        tracing::info!(tenant_id = %tenant, campaign_id = %id, from = from.as_str(), to = to.as_str(), "a campaign moved");
+    }
+    tx.commit().await.map_err(DbError::from)?;
+    get(router, tenant, id).await
+}
+
+/// Every saved version of the campaign, newest first.
+pub async fn versions(router: &TenantRouter, tenant: TenantId, id: Uuid) -> Result<Vec<SavedVersion>, CampaignError> {
+    let mut tx = router.tenant_tx(tenant).await?;
+    let rows = sqlx::query(
+        "SELECT version, saved_by, saved_at, spec FROM campaign_versions
+         WHERE tenant_id = $1 AND campaign_id = $2 ORDER BY version DESC",
+    )
+    .bind(tenant.as_uuid())
+    .bind(id)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await.map_err(DbError::from)?;
+    if rows.is_empty() {
+        return Err(CampaignError::NotFound);
+    }
+    rows.iter()
+        .map(|row| {
+            Ok(SavedVersion {
+                version: row.try_get("version")?,
+                saved_by: row.try_get("saved_by")?,
+                saved_at: row.try_get("saved_at")?,
+                spec: spec_of(row)?,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn campaigns_move_forward_and_archived_is_final() {
+        use CampaignState::*;
+        assert!(Draft.can_move_to(Active) && Active.can_move_to(Paused) && Paused.can_move_to(Active));
+        assert!(Draft.can_move_to(Archived) && Active.can_move_to(Archived) && Paused.can_move_to(Archived));
+        assert!(!Active.can_move_to(Draft) && !Paused.can_move_to(Draft) && !Draft.can_move_to(Paused));
+        assert!([Draft, Active, Paused].into_iter().all(|to| !Archived.can_move_to(to)));
+    }
+
+    #[test]
+    fn conditions_may_use_the_feature_set_and_the_prediction() {
+        assert_eq!(CellNames.type_of("cart_value"), Some(Type::Number));
+        assert_eq!(CellNames.type_of("checkout_started"), Some(Type::Bool));
+        assert_eq!(CellNames.type_of(PREDICTION), Some(Type::Number));
+        assert_eq!(CellNames.type_of("shopper.email"), None);
+        assert!(message_variable("discount.code") && message_variable("cart_items") && !message_variable("email"));
+    }
+}
