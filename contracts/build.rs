@@ -4,6 +4,7 @@ fn main() -> std::io::Result<()> {
         "proto/nudge/control/v1/tenant.proto",
         "proto/nudge/control/v1/model.proto",
         "proto/nudge/control/v1/erasure.proto",
+        "proto/nudge/control/v1/campaign.proto",
         "proto/nudge/interventions/v1/intervention.proto",
         "proto/nudge/features/v1/features.proto",
         "proto/nudge/predictions/v1/prediction.proto",

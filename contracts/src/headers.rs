@@ -17,6 +17,7 @@ pub struct SchemaRef {
 pub const EVENT_V1: SchemaRef = SchemaRef { name: "nudge.events.v1.Event", version: 1 };
 pub const TENANT_CONFIG_V1: SchemaRef = SchemaRef { name: "nudge.control.v1.TenantConfig", version: 1 };
 pub const MODEL_REGISTRY_V1: SchemaRef = SchemaRef { name: "nudge.control.v1.ModelRegistryRecord", version: 1 };
+pub const CAMPAIGN_V1: SchemaRef = SchemaRef { name: "nudge.control.v1.CampaignRecord", version: 1 };
 pub const FEATURES_V1: SchemaRef = SchemaRef { name: "nudge.features.v1.FeatureSnapshot", version: 1 };
 pub const PREDICTION_V1: SchemaRef = SchemaRef { name: "nudge.predictions.v1.Prediction", version: 1 };
 pub const INTERVENTION_V1: SchemaRef = SchemaRef { name: "nudge.interventions.v1.Intervention", version: 1 };

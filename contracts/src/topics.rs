@@ -20,6 +20,7 @@ pub enum Topic {
     InterventionCommands,
     ControlTenants,
     ControlModels,
+    ControlCampaigns,
     Usage,
     ErasureReports,
 }
@@ -105,7 +106,7 @@ pub fn catalogue() -> &'static [TopicSpec] {
 }
 
 impl Topic {
-    pub const ALL: [Topic; 10] = [
+    pub const ALL: [Topic; 11] = [
         Topic::EventsRaw,
         Topic::EventsValidated,
         Topic::EventsDlq,
@@ -114,6 +115,7 @@ impl Topic {
         Topic::InterventionCommands,
         Topic::ControlTenants,
         Topic::ControlModels,
+        Topic::ControlCampaigns,
         Topic::Usage,
         Topic::ErasureReports,
     ];
@@ -129,6 +131,7 @@ impl Topic {
             Self::InterventionCommands => "interventions.commands",
             Self::ControlTenants => "control.tenants.v1",
             Self::ControlModels => "control.models.v1",
+            Self::ControlCampaigns => "control.campaigns.v1",
             Self::Usage => "usage.v1",
             Self::ErasureReports => "erasure.reports.v1",
         }
@@ -271,7 +274,10 @@ mod tests {
         assert_eq!(Topic::from_name(&topics, "control.models.v1"), Some(Topic::ControlModels));
         assert_eq!(Topic::from_name(&topics, "shared-1.control.models.v1"), None);
         let platform: Vec<Topic> = Topic::ALL.into_iter().filter(|t| t.is_platform()).collect();
-        assert_eq!(platform, [Topic::ControlTenants, Topic::ControlModels, Topic::Usage, Topic::ErasureReports]);
+        assert_eq!(
+            platform,
+            [Topic::ControlTenants, Topic::ControlModels, Topic::ControlCampaigns, Topic::Usage, Topic::ErasureReports]
+        );
     }
 
     #[test]

@@ -6,51 +6,30 @@
 //! templates against the variables a message can use. Saving names the version it replaces
 //! when the caller gives one, so two members editing at once cannot overwrite each other
 //! unseen.
+//!
+//! The cells learn a store's active campaigns from `control.campaigns.v1` (one record per
+//! campaign, written to the outbox in the transaction that changes it): the version in
+//! force while it is active, a tombstone once it is paused or archived.
 
 use chrono::{DateTime, Utc};
-use nudge_campaigns::{
-    expr::{Schema, Type},
-    model::{CampaignSpec, FieldError, Vocabulary},
-};
-use nudge_data_plane_features::definitions::{CART_SESSION, FeatureKind};
+use nudge_campaigns::model::{CampaignSpec, FieldError};
 use nudge_tenants::TenantId;
 use sqlx::{Row, postgres::PgRow};
 use uuid::Uuid;
 
-use crate::{db::DbError, routing::TenantRouter};
+use nudge_contracts::{Topics, headers::CAMPAIGN_V1, proto::control::v1::CampaignRecord, topics::Topic};
+use prost::Message;
+
+use crate::{
+    db::DbError,
+    outbox::{self, OutboxRecord},
+    routing::TenantRouter,
+};
 
 /// Campaigns a store may have that are not archived.
 pub const MAX_CAMPAIGNS: i64 = 100;
 
-/// The names a condition may use: every feature of the cell's feature set (flags as
-/// booleans, the rest as numbers) and the model's prediction.
-pub struct CellNames;
-
-/// The prediction a condition may read: the shopper's abandonment probability, 0 to 1.
-pub const PREDICTION: &str = "prediction.abandonment";
-
-impl Schema for CellNames {
-    fn type_of(&self, name: &str) -> Option<Type> {
-        if name == PREDICTION {
-            return Some(Type::Number);
-        }
-        CART_SESSION.features.iter().find(|f| f.name == name).map(|f| match f.kind {
-            FeatureKind::Flag => Type::Bool,
-            FeatureKind::Amount | FeatureKind::Count | FeatureKind::Seconds => Type::Number,
-        })
-    }
-}
-
-/// The variables a message may use: the cart's features, the prediction, and the offered
-/// discount.
-pub fn message_variable(name: &str) -> bool {
-    matches!(name, "discount.code" | "discount.percent") || CellNames.type_of(name).is_some()
-}
-
-/// What a campaign of this platform may refer to.
-pub fn vocabulary() -> Vocabulary<'static> {
-    Vocabulary { schema: &CellNames, variables: &message_variable, loopback_webhooks: false }
-}
+pub use nudge_data_plane_features::names::{CampaignNames, PREDICTION, message_variable, vocabulary};
 
 /// Where a campaign is in its lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,6 +188,50 @@ pub async fn create(
     campaign_of(&row)
 }
 
+/// The campaign's id as the API and the cells name it.
+pub fn campaign_id_text(id: Uuid) -> String {
+    format!("cmp_{}", id.simple())
+}
+
+/// Tells the cells about `id` as it now stands in `tx`: its version in force when it is
+/// active, a tombstone when it is not.
+async fn announce_campaign(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    topics: &Topics,
+    tenant: TenantId,
+    id: Uuid,
+) -> Result<(), CampaignError> {
+    let row = sqlx::query(&format!("{SELECT} WHERE c.tenant_id = $1 AND c.campaign_id = $2"))
+        .bind(tenant.as_uuid())
+        .bind(id)
+        .fetch_one(&mut **tx)
+        .await?;
+    let campaign = campaign_of(&row)?;
+    let payload = (campaign.state == CampaignState::Active)
+        .then(|| -> Result<Vec<u8>, CampaignError> {
+            let spec_json = serde_json::to_string(&campaign.spec)
+                .map_err(|e| CampaignError::Db(DbError::Query(sqlx::Error::Encode(Box::new(e)))))?;
+            Ok(CampaignRecord {
+                tenant_id: tenant.to_string(),
+                campaign_id: campaign_id_text(id),
+                version: campaign.version,
+                spec_json,
+                created_at_ms: campaign.created_at.timestamp_millis(),
+            }
+            .encode_to_vec())
+        })
+        .transpose()?;
+    let record = OutboxRecord {
+        topic: topics.name(Topic::ControlCampaigns),
+        key: format!("{tenant}:{}", campaign_id_text(id)).into_bytes(),
+        payload,
+        schema: CAMPAIGN_V1,
+        traceparent: None,
+    };
+    outbox::enqueue(tx, &record).await?;
+    Ok(())
+}
+
 async fn audit(
     tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
     tenant: TenantId,
@@ -257,6 +280,7 @@ pub async fn get(router: &TenantRouter, tenant: TenantId, id: Uuid) -> Result<Ca
 /// if it is still at `expected_version` when one is given.
 pub async fn save(
     router: &TenantRouter,
+    topics: &Topics,
     tenant: TenantId,
     id: Uuid,
     spec: &CampaignSpec,
@@ -296,6 +320,10 @@ pub async fn save(
         .execute(&mut *tx)
         .await?;
     audit(&mut tx, tenant, id, actor, "saved", next).await?;
+    if state == CampaignState::Active.as_str() {
+        // The cells send by the new version from now on.
+        announce_campaign(&mut tx, topics, tenant, id).await?;
+    }
     tx.commit().await.map_err(DbError::from)?;
     get(router, tenant, id).await
 }
@@ -303,6 +331,7 @@ pub async fn save(
 /// Moves the campaign to `to`. Moving it where it already is changes nothing.
 pub async fn set_state(
     router: &TenantRouter,
+    topics: &Topics,
     tenant: TenantId,
     id: Uuid,
     to: CampaignState,
@@ -329,6 +358,9 @@ pub async fn set_state(
             .execute(&mut *tx)
             .await?;
         audit(&mut tx, tenant, id, actor, to.as_str(), version).await?;
+        if to == CampaignState::Active || from == CampaignState::Active {
+            announce_campaign(&mut tx, topics, tenant, id).await?;
+        }
         tracing::info!(tenant_id = %tenant, campaign_id = %id, from = from.as_str(), to = to.as_str(), "a campaign moved");
     }
     tx.commit().await.map_err(DbError::from)?;
@@ -373,14 +405,5 @@ mod tests {
         assert!(Draft.can_move_to(Archived) && Active.can_move_to(Archived) && Paused.can_move_to(Archived));
         assert!(!Active.can_move_to(Draft) && !Paused.can_move_to(Draft) && !Draft.can_move_to(Paused));
         assert!([Draft, Active, Paused].into_iter().all(|to| !Archived.can_move_to(to)));
-    }
-
-    #[test]
-    fn conditions_may_use_the_feature_set_and_the_prediction() {
-        assert_eq!(CellNames.type_of("cart_value"), Some(Type::Number));
-        assert_eq!(CellNames.type_of("checkout_started"), Some(Type::Bool));
-        assert_eq!(CellNames.type_of(PREDICTION), Some(Type::Number));
-        assert_eq!(CellNames.type_of("shopper.email"), None);
-        assert!(message_variable("discount.code") && message_variable("cart_items") && !message_variable("email"));
     }
 }

@@ -271,17 +271,20 @@ fn is_permanent(e: &SendError) -> bool {
 
 /// The static schema name matching a row's text; anything unexpected is carried as "unknown".
 fn known_schema(name: &str) -> &'static str {
-    use nudge_contracts::headers::{EVENT_V1, MODEL_REGISTRY_V1, TENANT_CONFIG_V1};
-    [TENANT_CONFIG_V1.name, MODEL_REGISTRY_V1.name, EVENT_V1.name].into_iter().find(|n| *n == name).unwrap_or("unknown")
+    use nudge_contracts::headers::{CAMPAIGN_V1, EVENT_V1, MODEL_REGISTRY_V1, TENANT_CONFIG_V1};
+    [TENANT_CONFIG_V1.name, MODEL_REGISTRY_V1.name, CAMPAIGN_V1.name, EVENT_V1.name]
+        .into_iter()
+        .find(|n| *n == name)
+        .unwrap_or("unknown")
 }
 
 #[cfg(test)]
 mod tests {
-    use nudge_contracts::headers::{MODEL_REGISTRY_V1, TENANT_CONFIG_V1};
+    use nudge_contracts::headers::{CAMPAIGN_V1, MODEL_REGISTRY_V1, TENANT_CONFIG_V1};
 
     #[test]
     fn every_schema_the_control_plane_enqueues_keeps_its_name() {
-        for schema in [TENANT_CONFIG_V1, MODEL_REGISTRY_V1] {
+        for schema in [TENANT_CONFIG_V1, MODEL_REGISTRY_V1, CAMPAIGN_V1] {
             assert_eq!(super::known_schema(schema.name), schema.name);
         }
         assert_eq!(super::known_schema("something.Else"), "unknown");

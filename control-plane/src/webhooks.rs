@@ -416,7 +416,7 @@ mod tests {
             h
         };
         let good = sign("whsec_old", now, body);
-        assert_eq!(verify(Some(&header(now, &[good.clone()])), body, &secrets, now, 300), Ok(()));
+        assert_eq!(verify(Some(&header(now, std::slice::from_ref(&good))), body, &secrets, now, 300), Ok(()));
         // Several signatures: one matching is enough (a secret being rolled).
         let other = sign("whsec_elsewhere", now, body);
         assert_eq!(verify(Some(&header(now, &[other.clone(), good.clone()])), body, &secrets, now, 300), Ok(()));

@@ -1,12 +1,19 @@
 //! Campaigns through the API: created as drafts, checked with every problem named by field
 //! and position, saved as versions guarded by `If-Match`, moved through their lifecycle,
 //! read by every member and changed by owners and admins only; another store's campaign
-//! answers 404.
+//! answers 404. An active campaign reaches the cell and decides there: the highest
+//! priority campaign whose condition holds sends its rendered message over the shopper's
+//! socket, a new version takes over, and a store whose campaigns are all stopped gets the
+//! default rule again.
 
+mod common;
+
+use std::time::Duration;
+
+use common::{ORIGIN, abandoning_session};
+use nudge_contracts::push::{InterventionMessage, PushMessage};
 use nudge_test_support::{PASSWORD, Platform, unique_suffix};
 use serde_json::{Value, json};
-
-const ORIGIN: &str = "https://shop.example.com";
 
 fn campaign(name: &str) -> Value {
     json!({
@@ -163,5 +170,98 @@ async fn campaigns_are_checked_versioned_and_moved_by_their_store_only() -> anyh
     let their_list =
         call(http.get(format!("{cp}/v1/tenants/{}/campaigns", other.tenant_id)).bearer_auth(&other_token)).await?;
     assert_eq!(their_list.body["campaigns"], json!([]));
+    platform.shutdown().await
+}
+
+/// Plays the abandoning session for new shoppers until one gets an intervention `wanted`
+/// accepts (the cell learns of a campaign change moments after the API answers); that
+/// intervention.
+async fn intervention_until(
+    platform: &Platform,
+    key: &str,
+    what: &str,
+    wanted: impl Fn(&InterventionMessage) -> bool,
+) -> anyhow::Result<InterventionMessage> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut last = None;
+    while tokio::time::Instant::now() < deadline {
+        let shopper = format!("shp_{}", unique_suffix());
+        let mut socket = platform.connect_shopper(key, ORIGIN, &shopper).await?;
+        let (browsing, exit) = abandoning_session(&shopper);
+        for batch in [&browsing, &exit] {
+            let r = platform.post_events(key, Some(ORIGIN), batch).await?;
+            anyhow::ensure!(r.status() == 202, "{}", r.text().await?);
+        }
+        if let Some(PushMessage::Intervention(iv)) = socket.next_message(Duration::from_secs(10)).await? {
+            if wanted(&iv) {
+                return Ok(iv);
+            }
+            last = Some(iv);
+        }
+    }
+    anyhow::bail!("no intervention {what} within 60 s; the last: {last:?}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cell_sends_by_the_stores_active_campaigns_and_their_latest_versions() -> anyhow::Result<()> {
+    let platform = Platform::start().await?;
+    let cp = platform.control_plane_url.clone();
+    let owner = format!("owner-{}@example.com", unique_suffix());
+    let store = platform.sign_up_as("Campaigner", &[ORIGIN], &owner).await?;
+    platform.wait_for_key(&store.publishable_key, ORIGIN).await?;
+    let token = platform.login(&owner, None).await?.access_token;
+    let campaigns = format!("{cp}/v1/tenants/{}/campaigns", store.tenant_id);
+    let http = &platform.http;
+    let key = store.publishable_key.as_str();
+
+    // Before any campaign: the default rule's reminder.
+    intervention_until(&platform, key, "from the default rule", |iv| iv.kind == "cart_reminder").await?;
+
+    // Two campaigns: a big-cart one of high priority, and a catch-all below it.
+    let on_site =
+        |title: &str| json!([{ "channel": "on_site", "kind": "reminder", "title": title, "body": "Saved for you." }]);
+    let big = json!({
+        "name": "Big carts", "trigger": { "type": "exit_intent" }, "condition": "cart_value >= 100",
+        "priority": 20, "control_percent": 0,
+        "variants": [{ "name": "a", "weight": 100, "messages": on_site("Your {{ cart_items }} items, {{ cart_value }} EUR") }],
+    });
+    let catch_all = json!({
+        "name": "Everyone", "trigger": { "type": "exit_intent" }, "priority": 5, "control_percent": 0,
+        "variants": [{ "name": "a", "weight": 100, "messages": on_site("Before you go") }],
+    });
+    let mut ids = Vec::new();
+    for spec in [&big, &catch_all] {
+        let created: Value = http.post(&campaigns).bearer_auth(&token).json(spec).send().await?.json().await?;
+        let id = created["campaign_id"].as_str().expect("an id").to_owned();
+        let r = http
+            .post(format!("{campaigns}/{id}/state"))
+            .bearer_auth(&token)
+            .json(&json!({"state": "active"}))
+            .send()
+            .await?;
+        assert_eq!(r.status(), 200);
+        ids.push(id);
+    }
+    // The golden cart: two items, 129 EUR; the big-cart campaign wins, its message rendered.
+    let iv = intervention_until(&platform, key, "from the big-cart campaign", |iv| {
+        iv.kind == "reminder" && iv.title != "Before you go"
+    })
+    .await?;
+    assert_eq!((iv.title.as_str(), iv.body.as_str()), ("Your 2 items, 129 EUR", "Saved for you."));
+
+    // A new version asking for bigger carts: the catch-all sends instead.
+    let mut bigger = big.clone();
+    bigger["condition"] = json!("cart_value >= 1000");
+    let r = http.put(format!("{campaigns}/{}", ids[0])).bearer_auth(&token).json(&bigger).send().await?;
+    assert_eq!(r.status(), 200);
+    intervention_until(&platform, key, "from the catch-all", |iv| iv.title == "Before you go").await?;
+
+    // Both stopped: the default rule again.
+    for (id, to) in [(&ids[0], "archived"), (&ids[1], "paused")] {
+        let r =
+            http.post(format!("{campaigns}/{id}/state")).bearer_auth(&token).json(&json!({"state": to})).send().await?;
+        assert_eq!(r.status(), 200);
+    }
+    intervention_until(&platform, key, "from the default rule again", |iv| iv.kind == "cart_reminder").await?;
     platform.shutdown().await
 }

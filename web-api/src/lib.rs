@@ -384,6 +384,7 @@ async fn bootstrap(
                 &[
                     nudge_contracts::Topic::ControlTenants,
                     nudge_contracts::Topic::ControlModels,
+                    nudge_contracts::Topic::ControlCampaigns,
                     nudge_contracts::Topic::Usage,
                     nudge_contracts::Topic::ErasureReports,
                     nudge_contracts::Topic::EventsDlq,

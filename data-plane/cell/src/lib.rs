@@ -16,6 +16,7 @@
 //! - [`readiness`]: what `/readyz` checks.
 //! - [`snippet`]: serves `nudge.js`, the browser snippet.
 
+pub mod campaigns;
 pub mod config;
 pub mod erase;
 pub mod export;
@@ -364,6 +365,7 @@ fn pipeline_role(
     tasks: &mut Vec<Task>,
 ) -> anyhow::Result<Vec<Arc<dyn nudge_platform_http::ReadinessCheck>>> {
     let topics = config.kafka.topics();
+    let campaigns = Arc::new(crate::campaigns::CampaignBook::default());
     // The model first: a cell that cannot score should fail at start, not per event.
     let runtime = init_runtime(config.inference.onnxruntime_library.as_deref())?;
     let models = Arc::new(ModelSet::with_bundled(runtime, load_model(runtime, config)?)?);
@@ -412,6 +414,7 @@ fn pipeline_role(
         directory: directory.clone(),
         keyring: keyring.clone(),
         rule: config.decide.clone(),
+        campaigns: campaigns.clone(),
         publisher: InterventionPublisher::new(redis.clone(), naming.clone(), config.gateway.history.clone()),
         producer: producer.clone(),
         topics: pipeline::OutputTopics {
@@ -464,7 +467,16 @@ fn pipeline_role(
             shutdown.clone(),
         )),
     ));
-    Ok(vec![Arc::new(readiness::ModelsReady(models_caught_up))])
+    // The stores' active campaigns: decided with once read up to where they stood.
+    let campaigns_caught_up = campaigns.caught_up();
+    tasks.push(("campaigns", {
+        let (kafka, cell, shutdown) = (config.kafka.clone(), config.cell_id.clone(), shutdown.clone());
+        tokio::spawn(async move { Ok(crate::campaigns::follow(campaigns, kafka, cell, shutdown).await?) })
+    }));
+    Ok(vec![
+        Arc::new(readiness::ModelsReady(models_caught_up)),
+        Arc::new(readiness::CampaignsReady(campaigns_caught_up)),
+    ])
 }
 
 /// Once `requested` is cancelled: not ready, sockets closed with 1012 and a reconnect hint,

@@ -32,10 +32,14 @@ use nudge_contracts::{
         predictions::v1::Prediction,
     },
 };
-use nudge_data_plane_decide::{RuleConfig, decide};
+use nudge_data_plane_decide::{
+    RuleConfig,
+    campaigns::{CampaignDecision, ShopperMoment, Skip, decide_campaigns},
+    decide,
+};
 use nudge_data_plane_directory::Directory;
 use nudge_data_plane_features::{
-    FEATURE_NAMES,
+    FEATURE_NAMES, SessionState,
     store::{IdleTimer, SessionKey, SessionStore, StoreError},
 };
 use nudge_data_plane_gateway::{hub::ShopperAddress, route::InterventionPublisher};
@@ -66,6 +70,7 @@ pub struct PipelineMetrics {
     model_fallbacks: Counter,
     features_defaulted: Counter,
     shadow_scores: Counter,
+    campaign_control: Counter,
     scores: Histogram,
 }
 
@@ -81,12 +86,18 @@ impl PipelineMetrics {
             model_fallbacks: Counter::default(),
             features_defaulted: Counter::default(),
             shadow_scores: Counter::default(),
+            campaign_control: Counter::default(),
             scores: Histogram::new([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]),
         };
         let mut r = metrics.registry();
         r.register("pipeline_events_processed", "Events whose effects were applied", m.processed.clone());
         r.register("pipeline_events_duplicate", "Replayed events skipped (already applied)", m.duplicates.clone());
         r.register("pipeline_interventions", "Interventions routed to sockets", m.interventions.clone());
+        r.register(
+            "pipeline_campaign_control",
+            "Moments a campaign would have sent at, held back for its control group",
+            m.campaign_control.clone(),
+        );
         r.register("pipeline_interventions_lost", "Interventions that could not be routed", m.lost.clone());
         r.register("pipeline_carts_idle", "Carts found idle (server-side abandonment detection)", m.idle_carts.clone());
         r.register(
@@ -133,6 +144,8 @@ pub struct Pipeline {
     /// Opens the events and seals the outputs.
     pub keyring: Arc<Keyring>,
     pub rule: RuleConfig,
+    /// The stores' active campaigns; a store with none gets the default rule.
+    pub campaigns: Arc<crate::campaigns::CampaignBook>,
     pub publisher: InterventionPublisher,
     pub producer: SharedProducer,
     pub topics: OutputTopics,
@@ -153,6 +166,72 @@ fn store_failure(e: StoreError) -> Failure {
 /// snippet shows it once.
 fn intervention_id(tenant: TenantId, event_id: &str) -> InterventionId {
     InterventionId::from_uuid(Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("{tenant}/{event_id}").as_bytes()))
+}
+
+/// What the decision sends.
+struct Chosen {
+    kind: String,
+    title: String,
+    body: String,
+    /// The campaign, its version and variant; `None` for the default rule.
+    campaign: Option<(String, i32, String)>,
+}
+
+impl Pipeline {
+    /// Decides for the shopper at this moment: with the store's active campaigns, or the
+    /// default rule when it has none. Every campaign send skipped is logged with its reason.
+    fn decide(
+        &self,
+        tenant: TenantId,
+        shopper: &str,
+        event: &Event,
+        session: &mut SessionState,
+        features: &nudge_data_plane_features::FeatureVector,
+        score: f32,
+    ) -> Option<Chosen> {
+        let campaigns = self.campaigns.of(tenant);
+        if campaigns.is_empty() {
+            return match decide(&self.rule, event, session, score) {
+                Ok(action) => Some(Chosen {
+                    kind: action.kind.to_owned(),
+                    title: action.title,
+                    body: action.body,
+                    campaign: None,
+                }),
+                Err(hold) => {
+                    tracing::debug!(?hold, score, "no intervention");
+                    None
+                }
+            };
+        }
+        let tenant_text = tenant.to_string();
+        let moment = ShopperMoment { tenant: &tenant_text, shopper, event, session, features, score };
+        match decide_campaigns(&campaigns, &moment, self.rule.cooldown_ms) {
+            CampaignDecision::Send(m) => Some(Chosen {
+                kind: m.kind.to_owned(),
+                title: m.title,
+                body: m.body,
+                campaign: Some((m.campaign_id, m.version, m.variant)),
+            }),
+            CampaignDecision::Control { campaign_id, version } => {
+                // Held back as if sent, so the control group's exposure matches.
+                session.last_intervention_ms = event.occurred_at_ms;
+                self.metrics.campaign_control.inc();
+                tracing::info!(tenant_id = %tenant, %campaign_id, version, reason = "control_group", "campaign send skipped");
+                None
+            }
+            CampaignDecision::Nothing(skip @ Skip::NoOnSiteMessage { .. }) => {
+                if let Skip::NoOnSiteMessage { campaign_id, variant } = &skip {
+                    tracing::info!(tenant_id = %tenant, %campaign_id, %variant, reason = skip.reason(), "campaign send skipped");
+                }
+                None
+            }
+            CampaignDecision::Nothing(skip) => {
+                tracing::debug!(tenant_id = %tenant, reason = skip.reason(), "campaign send skipped");
+                None
+            }
+        }
+    }
 }
 
 impl Handler for Pipeline {
@@ -238,29 +317,27 @@ impl Pipeline {
             None => None,
         };
         self.metrics.scores.observe(f64::from(score));
-        let decision = decide(&self.rule, event, &session, score);
-        let intervention = match decision {
-            Ok(action) => {
-                session.last_intervention_ms = event.occurred_at_ms;
-                Some(Intervention {
-                    intervention_id: intervention_id(key.tenant, &event.event_id).to_string(),
-                    tenant_id: key.tenant.to_string(),
-                    shopper_id: key.shopper.to_string(),
-                    kind: action.kind.to_owned(),
-                    title: action.title,
-                    body: action.body,
-                    score: f64::from(score),
-                    model_version: model.version().to_owned(),
-                    cause_event_id: event.event_id.clone(),
-                    decided_at_ms: Utc::now().timestamp_millis(),
-                    traceparent: trace.to_header(),
-                })
+        let decided = self.decide(key.tenant, key.shopper.as_str(), event, &mut session, &features, score);
+        let intervention = decided.map(|chosen| {
+            session.last_intervention_ms = event.occurred_at_ms;
+            let (campaign_id, campaign_version, variant) = chosen.campaign.unwrap_or_default();
+            Intervention {
+                intervention_id: intervention_id(key.tenant, &event.event_id).to_string(),
+                tenant_id: key.tenant.to_string(),
+                shopper_id: key.shopper.to_string(),
+                kind: chosen.kind,
+                title: chosen.title,
+                body: chosen.body,
+                score: f64::from(score),
+                model_version: model.version().to_owned(),
+                cause_event_id: event.event_id.clone(),
+                decided_at_ms: Utc::now().timestamp_millis(),
+                traceparent: trace.to_header(),
+                campaign_id,
+                campaign_version,
+                variant,
             }
-            Err(hold) => {
-                tracing::debug!(?hold, score, "no intervention");
-                None
-            }
-        };
+        });
 
         // Outputs first: a crash after them replays the step, never skips them.
         let subject_key = crate::sealing::record_key(key.tenant, subject);

@@ -57,6 +57,20 @@ impl ReadinessCheck for ModelsReady {
     }
 }
 
+/// The stores' campaigns have been read up to where they stood when the cell started.
+pub struct CampaignsReady(pub Arc<AtomicBool>);
+
+impl ReadinessCheck for CampaignsReady {
+    fn name(&self) -> &'static str {
+        "campaigns"
+    }
+
+    fn check(&self) -> CheckFuture<'_> {
+        let ok = self.0.load(Ordering::Acquire);
+        Box::pin(async move { if ok { Ok(()) } else { Err("still reading control.campaigns.v1".into()) } })
+    }
+}
+
 /// Redis answers.
 pub struct RedisReady(pub ConnectionManager);
 

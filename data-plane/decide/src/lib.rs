@@ -2,9 +2,13 @@
 //!
 //! # Layout
 //!
-//! Everything is in this file: [`RuleConfig`] and [`decide`], the default rule: a shopper
-//! who shows exit intent with items in the cart and a high abandonment probability gets a
-//! cart reminder, at most once per cooldown, and never after buying.
+//! - This file: [`RuleConfig`] and [`decide`], the default rule, for a store with no active
+//!   campaign: a shopper who shows exit intent with items in the cart and a high
+//!   abandonment probability gets a cart reminder, at most once per cooldown, and never
+//!   after buying.
+//! - [`campaigns`]: deciding with a store's active campaigns.
+
+pub mod campaigns;
 
 use nudge_contracts::proto::events::v1::{Event, event::Payload};
 use nudge_data_plane_features::SessionState;

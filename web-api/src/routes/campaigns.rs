@@ -75,7 +75,7 @@ pub struct CampaignVersions {
 }
 
 fn campaign_id(id: Uuid) -> String {
-    format!("cmp_{}", id.simple())
+    campaigns::campaign_id_text(id)
 }
 
 /// The campaign named in the path; anything that is not a campaign id answers 404.
@@ -275,8 +275,10 @@ async fn save_campaign(
     require_editor(&merchant)?;
     let expected = expected_version(&headers)?;
     let spec = spec_of(body)?;
-    let campaign =
-        campaigns::save(&state.router, tenant, id, &spec, expected, &actor(&merchant)).await.map_err(campaign_error)?;
+    let campaign = campaigns::save(&state.router, &state.topics, tenant, id, &spec, expected, &actor(&merchant))
+        .await
+        .map_err(campaign_error)?;
+    state.wake_outbox();
     Ok(with_etag(StatusCode::OK, campaign))
 }
 
@@ -310,8 +312,10 @@ async fn move_campaign(
         ApiError::unprocessable("invalid_fields", "some fields are invalid")
             .with_details(json!({ "fields": { "state": "active, paused or archived" } }))
     })?;
-    let campaign =
-        campaigns::set_state(&state.router, tenant, id, to, &actor(&merchant)).await.map_err(campaign_error)?;
+    let campaign = campaigns::set_state(&state.router, &state.topics, tenant, id, to, &actor(&merchant))
+        .await
+        .map_err(campaign_error)?;
+    state.wake_outbox();
     Ok(with_etag(StatusCode::OK, campaign))
 }
 

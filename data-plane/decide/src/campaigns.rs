@@ -1,0 +1,426 @@
+//! Deciding with a store's campaigns: at one moment of a shopper (an event, its features
+//! after it, the model's score), which campaign sends what, if any.
+//!
+//! Never after a purchase, and not within the cooldown of the last intervention. Of the
+//! active campaigns whose trigger matches the event and whose condition holds, the one of
+//! highest priority wins (ties: the oldest), one intervention per moment. A shopper in
+//! that campaign's control group gets nothing (and is recorded so, for measuring the
+//! campaign's lift); otherwise the shopper's variant is picked by the weights, both by a
+//! stable hash of the store, the campaign and the shopper, so a shopper stays in the same
+//! group and variant. The on-site message is rendered with the moment's values; e-mail and
+//! webhook messages are not sent by the cells yet, and a variant with none on site sends
+//! nothing (logged as such).
+
+use nudge_campaigns::{
+    expr::{Condition, Value},
+    model::{CampaignSpec, Message, OnSiteKind, Trigger},
+    template::{Escape, Template},
+};
+use nudge_contracts::proto::events::v1::{Event, event::Payload};
+use nudge_data_plane_features::{
+    FeatureVector, SessionState,
+    names::{Moment, message_variable, vocabulary},
+};
+
+/// An active campaign, checked and ready to evaluate.
+#[derive(Debug)]
+pub struct ActiveCampaign {
+    /// `cmp_…`.
+    pub id: String,
+    pub version: i32,
+    pub created_at_ms: i64,
+    pub priority: u16,
+    pub control_percent: u8,
+    trigger: Trigger,
+    condition: Option<Condition>,
+    variants: Vec<ReadyVariant>,
+}
+
+#[derive(Debug)]
+struct ReadyVariant {
+    name: String,
+    weight: u8,
+    on_site: Option<OnSite>,
+}
+
+#[derive(Debug)]
+struct OnSite {
+    kind: OnSiteKind,
+    title: Template,
+    body: Template,
+    discount: Option<(String, u8)>,
+}
+
+impl ActiveCampaign {
+    /// The campaign `spec` of version `version`, checked again here: one this cell cannot
+    /// evaluate (a name it does not know) is refused whole, never half-applied.
+    pub fn new(id: &str, version: i32, created_at_ms: i64, spec: &CampaignSpec) -> Result<Self, String> {
+        let vocabulary = vocabulary();
+        if let Some(problem) = spec.validate(&vocabulary).into_iter().next() {
+            return Err(format!("{}: {}", problem.field, problem.message));
+        }
+        let condition = spec
+            .condition
+            .as_deref()
+            .map(|c| Condition::parse(c, vocabulary.schema))
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        let template = |s: &str| Template::parse(s, &message_variable).map_err(|e| e.to_string());
+        let mut variants = Vec::with_capacity(spec.variants.len());
+        for v in &spec.variants {
+            let mut on_site = None;
+            for m in &v.messages {
+                if let Message::OnSite { kind, title, body, discount } = m {
+                    on_site = Some(OnSite {
+                        kind: *kind,
+                        title: template(title)?,
+                        body: template(body)?,
+                        discount: discount.as_ref().map(|d| (d.code.clone(), d.percent)),
+                    });
+                }
+            }
+            variants.push(ReadyVariant { name: v.name.clone(), weight: v.weight, on_site });
+        }
+        Ok(Self {
+            id: id.to_owned(),
+            version,
+            created_at_ms,
+            priority: spec.priority,
+            control_percent: spec.control_percent,
+            trigger: spec.trigger.clone(),
+            condition,
+            variants,
+        })
+    }
+
+    /// Whether the campaign's trigger is this moment.
+    fn triggered_by(&self, event: &Event, session: &SessionState, score: f32) -> bool {
+        let with_cart = session.cart_items > 0;
+        match (&self.trigger, &event.payload) {
+            (Trigger::ExitIntent, Some(Payload::ExitIntent(_))) => with_cart,
+            (Trigger::HighAbandonment { threshold }, _) => with_cart && f64::from(score) > *threshold,
+            (Trigger::PageView { path_prefix }, Some(Payload::PageView(view))) => {
+                path_prefix.as_deref().is_none_or(|prefix| path_of(&view.url).starts_with(prefix))
+            }
+            (Trigger::ProductView, Some(Payload::ProductView(_))) => true,
+            // The cell's idle-cart timer fires once per silence; a campaign asking for a
+            // shorter silence fires then, one asking for a longer one never does.
+            (Trigger::CartIdle { minutes }, Some(Payload::CartIdle(idle))) => {
+                with_cart && idle_for(event, idle.last_activity_ms) >= i64::from(*minutes) * 60_000
+            }
+            (Trigger::CheckoutAbandoned { minutes }, Some(Payload::CartIdle(idle))) => {
+                with_cart
+                    && session.checkout_started
+                    && idle_for(event, idle.last_activity_ms) >= i64::from(*minutes) * 60_000
+            }
+            _ => false,
+        }
+    }
+}
+
+fn idle_for(event: &Event, last_activity_ms: i64) -> i64 {
+    event.occurred_at_ms.saturating_sub(last_activity_ms)
+}
+
+/// The path of a page URL (`https://shop.example/cart?x` → `/cart`).
+fn path_of(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let path = rest.find('/').map_or("/", |i| &rest[i..]);
+    path.split(['?', '#']).next().unwrap_or("/")
+}
+
+/// What the campaigns decided at one moment.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CampaignDecision {
+    /// Send this on-site message.
+    Send(CampaignMessage),
+    /// The winning campaign holds this shopper back (its control group): nothing is sent.
+    Control { campaign_id: String, version: i32 },
+    /// Nothing, and why.
+    Nothing(Skip),
+}
+
+/// An on-site message a campaign sends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CampaignMessage {
+    pub campaign_id: String,
+    pub version: i32,
+    pub variant: String,
+    /// `message`, `reminder`, `free_shipping_banner`, `discount_code`.
+    pub kind: &'static str,
+    pub title: String,
+    pub body: String,
+}
+
+/// Why no campaign sent anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Skip {
+    AlreadyPurchased,
+    CoolingDown,
+    /// No active campaign's trigger and condition matched.
+    NoCampaignApplies,
+    /// The winning campaign's variant for this shopper has no on-site message (its other
+    /// channels are not sent by the cells yet).
+    NoOnSiteMessage {
+        campaign_id: String,
+        variant: String,
+    },
+}
+
+impl Skip {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::AlreadyPurchased => "already_purchased",
+            Self::CoolingDown => "cooling_down",
+            Self::NoCampaignApplies => "no_campaign_applies",
+            Self::NoOnSiteMessage { .. } => "no_on_site_message",
+        }
+    }
+}
+
+/// A shopper's place in a campaign, 0 to 99, stable for the store, the campaign, the
+/// shopper and `purpose` (FNV-1a: the same on every cell and every release).
+pub fn bucket(purpose: &str, tenant: &str, campaign: &str, shopper: &str) -> u8 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in [purpose, tenant, campaign, shopper] {
+        for byte in part.bytes().chain(std::iter::once(0xff)) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    // Reduced from the high bits, which FNV mixes best.
+    u8::try_from((hash >> 32) % 100).unwrap_or(0)
+}
+
+/// The moment a shopper is at.
+pub struct ShopperMoment<'a> {
+    pub tenant: &'a str,
+    pub shopper: &'a str,
+    pub event: &'a Event,
+    pub session: &'a SessionState,
+    pub features: &'a FeatureVector,
+    pub score: f32,
+}
+
+/// Decides with `campaigns` (the store's active ones) at `moment`.
+pub fn decide_campaigns(
+    campaigns: &[std::sync::Arc<ActiveCampaign>],
+    moment: &ShopperMoment<'_>,
+    cooldown_ms: i64,
+) -> CampaignDecision {
+    let session = moment.session;
+    if session.purchased {
+        return CampaignDecision::Nothing(Skip::AlreadyPurchased);
+    }
+    if session.last_intervention_ms != 0
+        && moment.event.occurred_at_ms.saturating_sub(session.last_intervention_ms) < cooldown_ms
+    {
+        return CampaignDecision::Nothing(Skip::CoolingDown);
+    }
+    let values = Moment { features: moment.features, score: moment.score };
+    let winner = campaigns
+        .iter()
+        .filter(|c| c.triggered_by(moment.event, session, moment.score))
+        .filter(|c| c.condition.as_ref().is_none_or(|condition| condition.holds(&values)))
+        .min_by(|a, b| b.priority.cmp(&a.priority).then(a.created_at_ms.cmp(&b.created_at_ms)).then(a.id.cmp(&b.id)));
+    let Some(campaign) = winner else { return CampaignDecision::Nothing(Skip::NoCampaignApplies) };
+    if bucket("control", moment.tenant, &campaign.id, moment.shopper) < campaign.control_percent {
+        return CampaignDecision::Control { campaign_id: campaign.id.clone(), version: campaign.version };
+    }
+    let pick = bucket("variant", moment.tenant, &campaign.id, moment.shopper);
+    let mut upto = 0u32;
+    let variant = campaign
+        .variants
+        .iter()
+        .find(|v| {
+            upto += u32::from(v.weight);
+            u32::from(pick) < upto
+        })
+        .or(campaign.variants.last());
+    let Some(variant) = variant else { return CampaignDecision::Nothing(Skip::NoCampaignApplies) };
+    let Some(on_site) = &variant.on_site else {
+        return CampaignDecision::Nothing(Skip::NoOnSiteMessage {
+            campaign_id: campaign.id.clone(),
+            variant: variant.name.clone(),
+        });
+    };
+    let value_of = |name: &str| match (name, &on_site.discount) {
+        ("discount.code", Some((code, _))) => Value::Text(code.clone()),
+        ("discount.percent", Some((_, percent))) => Value::Number(f64::from(*percent)),
+        _ => nudge_campaigns::expr::Values::value_of(&values, name),
+    };
+    CampaignDecision::Send(CampaignMessage {
+        campaign_id: campaign.id.clone(),
+        version: campaign.version,
+        variant: variant.name.clone(),
+        kind: match on_site.kind {
+            OnSiteKind::Message => "message",
+            OnSiteKind::Reminder => "reminder",
+            OnSiteKind::FreeShippingBanner => "free_shipping_banner",
+            OnSiteKind::DiscountCode => "discount_code",
+        },
+        // Shown as text by the snippet: nothing to escape, nothing interpreted.
+        title: on_site.title.render(&value_of, Escape::Text),
+        body: on_site.body.render(&value_of, Escape::Text),
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Arc;
+
+    use nudge_contracts::proto::events::v1::{ExitIntent, PageView, ProductView};
+    use nudge_data_plane_features::definitions::{DEFAULT_VECTOR, FEATURE_NAMES};
+    use serde_json::json;
+
+    use super::*;
+
+    fn campaign(id: &str, priority: u16, created: i64, extra: serde_json::Value) -> Arc<ActiveCampaign> {
+        let mut spec = json!({
+            "name": id,
+            "trigger": { "type": "exit_intent" },
+            "priority": priority,
+            "control_percent": 0,
+            "variants": [{ "name": "only", "weight": 100, "messages": [
+                { "channel": "on_site", "kind": "reminder", "title": "From {{ cart_items }} items", "body": id },
+            ]}],
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        let spec: CampaignSpec = serde_json::from_value(spec).unwrap();
+        Arc::new(ActiveCampaign::new(id, 1, created, &spec).unwrap())
+    }
+
+    fn at(payload: Payload, ms: i64) -> Event {
+        Event { occurred_at_ms: ms, payload: Some(payload), ..Default::default() }
+    }
+
+    fn features(cart_value: f32, items: f32) -> FeatureVector {
+        let mut f = DEFAULT_VECTOR;
+        let i = |n: &str| FEATURE_NAMES.iter().position(|x| *x == n).unwrap();
+        f[i("cart_value")] = cart_value;
+        f[i("cart_items")] = items;
+        f
+    }
+
+    fn decide(
+        campaigns: &[Arc<ActiveCampaign>],
+        event: &Event,
+        session: &SessionState,
+        f: &FeatureVector,
+    ) -> CampaignDecision {
+        let moment = ShopperMoment { tenant: "tnt_a", shopper: "shp_1", event, session, features: f, score: 0.8 };
+        decide_campaigns(campaigns, &moment, 60_000)
+    }
+
+    fn sent(d: CampaignDecision) -> CampaignMessage {
+        match d {
+            CampaignDecision::Send(m) => m,
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_highest_priority_applicable_campaign_sends_its_rendered_message() {
+        let session = SessionState { cart_items: 2, cart_value_minor: 8_000, ..Default::default() };
+        let f = features(80.0, 2.0);
+        let exit = at(Payload::ExitIntent(ExitIntent {}), 1_000_000);
+        let campaigns = [
+            campaign("cmp_low", 1, 1, json!({})),
+            campaign("cmp_rich_only", 50, 2, json!({ "condition": "cart_value > 100" })),
+            campaign("cmp_high", 10, 3, json!({ "condition": "cart_value >= 50 and prediction.abandonment > 0.5" })),
+            campaign("cmp_high_newer", 10, 4, json!({})),
+        ];
+        let m = sent(decide(&campaigns, &exit, &session, &f));
+        assert_eq!((m.campaign_id.as_str(), m.title.as_str(), m.kind), ("cmp_high", "From 2 items", "reminder"));
+        // Another trigger: nothing applies.
+        let page = at(Payload::PageView(PageView { url: "https://shop.example/cart".into(), ..Default::default() }), 1);
+        assert_eq!(decide(&campaigns, &page, &session, &f), CampaignDecision::Nothing(Skip::NoCampaignApplies));
+        // Not after buying, not within the cooldown.
+        let bought = SessionState { purchased: true, ..session.clone() };
+        assert_eq!(decide(&campaigns, &exit, &bought, &f), CampaignDecision::Nothing(Skip::AlreadyPurchased));
+        let recent = SessionState { last_intervention_ms: 990_000, ..session.clone() };
+        assert_eq!(decide(&campaigns, &exit, &recent, &f), CampaignDecision::Nothing(Skip::CoolingDown));
+    }
+
+    #[test]
+    fn triggers_match_their_moments() {
+        let session = SessionState { cart_items: 1, ..Default::default() };
+        let f = features(10.0, 1.0);
+        let pages =
+            [campaign("cmp_p", 1, 1, json!({ "trigger": { "type": "page_view", "path_prefix": "/checkout" } }))];
+        let page = |url: &str| at(Payload::PageView(PageView { url: url.into(), ..Default::default() }), 1);
+        assert!(matches!(
+            decide(&pages, &page("https://s.example/checkout/step-1?x=1"), &session, &f),
+            CampaignDecision::Send(_)
+        ));
+        assert!(!matches!(decide(&pages, &page("https://s.example/cart"), &session, &f), CampaignDecision::Send(_)));
+        let products = [campaign("cmp_v", 1, 1, json!({ "trigger": { "type": "product_view" } }))];
+        let view = at(Payload::ProductView(ProductView::default()), 1);
+        assert!(matches!(decide(&products, &view, &session, &f), CampaignDecision::Send(_)));
+        let high = [campaign("cmp_h", 1, 1, json!({ "trigger": { "type": "high_abandonment", "threshold": 0.9 } }))];
+        assert!(!matches!(decide(&high, &view, &session, &f), CampaignDecision::Send(_)), "0.8 is not above 0.9");
+        let empty = SessionState::default();
+        let exits = [campaign("cmp_e", 1, 1, json!({}))];
+        let exit = at(Payload::ExitIntent(ExitIntent {}), 1);
+        assert!(!matches!(decide(&exits, &exit, &empty, &f), CampaignDecision::Send(_)), "no cart, no exit rescue");
+    }
+
+    #[test]
+    fn control_and_variants_are_stable_per_shopper_and_near_their_shares() {
+        let c = campaign(
+            "cmp_split",
+            1,
+            1,
+            json!({ "control_percent": 20, "variants": [
+                { "name": "a", "weight": 25, "messages": [{ "channel": "on_site", "kind": "message", "title": "A", "body": "a" }] },
+                { "name": "b", "weight": 75, "messages": [{ "channel": "email", "subject": "B", "html": "", "text": "b" }] },
+            ]}),
+        );
+        let session = SessionState { cart_items: 1, ..Default::default() };
+        let f = features(10.0, 1.0);
+        let exit = at(Payload::ExitIntent(ExitIntent {}), 1);
+        let (mut control, mut a, mut b) = (0, 0, 0);
+        for n in 0..10_000 {
+            let shopper = format!("shp_{n}");
+            let moment = ShopperMoment {
+                tenant: "tnt_a",
+                shopper: &shopper,
+                event: &exit,
+                session: &session,
+                features: &f,
+                score: 0.5,
+            };
+            let first = decide_campaigns(std::slice::from_ref(&c), &moment, 0);
+            assert_eq!(first, decide_campaigns(std::slice::from_ref(&c), &moment, 0), "sticky");
+            match first {
+                CampaignDecision::Control { .. } => control += 1,
+                CampaignDecision::Send(m) => {
+                    assert_eq!(m.variant, "a");
+                    a += 1;
+                }
+                CampaignDecision::Nothing(Skip::NoOnSiteMessage { variant, .. }) => {
+                    assert_eq!(variant, "b");
+                    b += 1;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // 20 % control; of the rest, 25 % / 75 % (within 2 points).
+        assert!((1_800..=2_200).contains(&control), "control {control}");
+        let treated = f64::from(a + b);
+        assert!((f64::from(a) / treated - 0.25).abs() < 0.02, "a {a} of {treated}");
+    }
+
+    #[test]
+    fn a_campaign_naming_what_this_cell_cannot_evaluate_is_refused() {
+        let spec: CampaignSpec = serde_json::from_value(json!({
+            "name": "x", "trigger": { "type": "exit_intent" }, "condition": "loyalty_tier > 2",
+            "variants": [{ "name": "a", "weight": 100, "messages": [{ "channel": "on_site", "kind": "message", "title": "t", "body": "b" }] }],
+        }))
+        .unwrap();
+        assert!(ActiveCampaign::new("cmp_x", 1, 1, &spec).unwrap_err().contains("condition"));
+    }
+}
