@@ -276,6 +276,24 @@ pub async fn get(router: &TenantRouter, tenant: TenantId, id: Uuid) -> Result<Ca
     campaign_of(&row.ok_or(CampaignError::NotFound)?)
 }
 
+/// Locks the campaign's row for the rest of `tx`; its state and version in force.
+async fn locked(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    tenant: TenantId,
+    id: Uuid,
+) -> Result<(CampaignState, i32), CampaignError> {
+    let row = sqlx::query("SELECT state, version FROM campaigns WHERE tenant_id = $1 AND campaign_id = $2 FOR UPDATE")
+        .bind(tenant.as_uuid())
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or(CampaignError::NotFound)?;
+    let state: String = row.try_get("state")?;
+    let state = CampaignState::parse(&state)
+        .ok_or_else(|| CampaignError::Db(DbError::Query(sqlx::Error::Decode(format!("state {state}").into()))))?;
+    Ok((state, row.try_get("version")?))
+}
+
 /// Saves `spec` as the campaign's next version (in force at once, whatever its state),
 /// if it is still at `expected_version` when one is given.
 pub async fn save(
@@ -289,14 +307,8 @@ pub async fn save(
 ) -> Result<Campaign, CampaignError> {
     checked(spec)?;
     let mut tx = router.tenant_tx(tenant).await?;
-    let row = sqlx::query("SELECT state, version FROM campaigns WHERE tenant_id = $1 AND campaign_id = $2 FOR UPDATE")
-        .bind(tenant.as_uuid())
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(CampaignError::NotFound)?;
-    let (state, current): (String, i32) = (row.try_get("state")?, row.try_get("version")?);
-    if state == CampaignState::Archived.as_str() {
+    let (state, current) = locked(&mut tx, tenant, id).await?;
+    if state == CampaignState::Archived {
         return Err(CampaignError::Archived);
     }
     if expected_version.is_some_and(|v| v != current) {
@@ -320,7 +332,7 @@ pub async fn save(
         .execute(&mut *tx)
         .await?;
     audit(&mut tx, tenant, id, actor, "saved", next).await?;
-    if state == CampaignState::Active.as_str() {
+    if state == CampaignState::Active {
         // The cells send by the new version from now on.
         announce_campaign(&mut tx, topics, tenant, id).await?;
     }
@@ -338,15 +350,7 @@ pub async fn set_state(
     actor: &str,
 ) -> Result<Campaign, CampaignError> {
     let mut tx = router.tenant_tx(tenant).await?;
-    let row = sqlx::query("SELECT state, version FROM campaigns WHERE tenant_id = $1 AND campaign_id = $2 FOR UPDATE")
-        .bind(tenant.as_uuid())
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(CampaignError::NotFound)?;
-    let state: String = row.try_get("state")?;
-    let from = CampaignState::parse(&state).unwrap_or(CampaignState::Draft);
-    let version: i32 = row.try_get("version")?;
+    let (from, version) = locked(&mut tx, tenant, id).await?;
     if from != to {
         if !from.can_move_to(to) {
             return Err(CampaignError::InvalidTransition { from, to });
