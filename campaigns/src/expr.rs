@@ -20,7 +20,8 @@
 //! features and predictions), and [`Condition::parse`] refuses an unknown name, an operator
 //! applied to the wrong type, or a condition that is not a boolean, each with the character
 //! position it found the problem at. Comparisons do not chain (`a < b < c` is an error).
-//! A number divided by zero is not a number, and every comparison with it is false.
+//! A result that is not a finite number (a division by zero, an overflow) is not a number:
+//! every comparison with it is false, `!=` included.
 //! Conditions are at most [`MAX_LEN`] characters and nest at most [`MAX_DEPTH`] deep, so no
 //! input can exhaust the parser. [`Condition`] prints in a canonical form that parses back
 //! to the same condition.
@@ -583,7 +584,30 @@ pub fn parse(source: &str) -> Result<Expr, ExprError> {
     if !matches!(parser.peek(), Token::End) {
         return Err(parser.unexpected("an operator or the end"));
     }
+    // The parser bounds its own recursion; the tree's height is checked here, so what is
+    // accepted prints back to something accepted.
+    if let Some(position) = deeper_than(&expr, MAX_DEPTH) {
+        return Err(ExprError::new(
+            "too_deep",
+            position,
+            format!("the condition nests deeper than {MAX_DEPTH} levels"),
+        ));
+    }
     Ok(expr)
+}
+
+/// Where `expr` goes deeper than `levels` operators, if it does.
+fn deeper_than(expr: &Expr, levels: usize) -> Option<usize> {
+    let children: Vec<&Expr> = match &expr.kind {
+        Kind::Number(_) | Kind::Text(_) | Kind::Bool(_) | Kind::Name(_) => return None,
+        Kind::Not(e) | Kind::Neg(e) => vec![e],
+        Kind::Binary(_, l, r) => vec![l, r],
+        Kind::In(v, list) => std::iter::once(&**v).chain(list.iter()).collect(),
+    };
+    if levels == 0 {
+        return Some(expr.position);
+    }
+    children.into_iter().find_map(|c| deeper_than(c, levels - 1))
 }
 
 /// The type of `expr`, given the names' types.
@@ -672,20 +696,23 @@ pub fn evaluate(expr: &Expr, values: &dyn Values) -> Value {
                 BinOp::Or => Value::Bool(truth(l) || truth(evaluate(right, values))),
                 BinOp::And => Value::Bool(truth(l) && truth(evaluate(right, values))),
                 BinOp::Eq => Value::Bool(equal(&l, &evaluate(right, values))),
-                BinOp::Ne => Value::Bool(!equal(&l, &evaluate(right, values))),
+                BinOp::Ne => {
+                    let r = evaluate(right, values);
+                    Value::Bool(!is_nan(&l) && !is_nan(&r) && !equal(&l, &r))
+                }
                 _ => {
                     let (a, b) = (number(l), number(evaluate(right, values)));
+                    let finite = |n: f64| Value::Number(if n.is_finite() { n } else { f64::NAN });
                     match op {
                         BinOp::Lt => Value::Bool(a < b),
                         BinOp::Le => Value::Bool(a <= b),
                         BinOp::Gt => Value::Bool(a > b),
                         BinOp::Ge => Value::Bool(a >= b),
-                        BinOp::Add => Value::Number(a + b),
-                        BinOp::Sub => Value::Number(a - b),
-                        BinOp::Mul => Value::Number(a * b),
+                        BinOp::Add => finite(a + b),
+                        BinOp::Sub => finite(a - b),
+                        BinOp::Mul => finite(a * b),
                         // Not a number, rather than an infinity that would compare.
-                        _ if b == 0.0 => Value::Number(f64::NAN),
-                        _ => Value::Number(a / b),
+                        _ => finite(a / b),
                     }
                 }
             }
@@ -695,6 +722,10 @@ pub fn evaluate(expr: &Expr, values: &dyn Values) -> Value {
             Value::Bool(list.iter().any(|item| equal(&v, &evaluate(item, values))))
         }
     }
+}
+
+fn is_nan(v: &Value) -> bool {
+    matches!(v, Value::Number(n) if n.is_nan())
 }
 
 /// Equality as merchants mean it: numbers by value (`NaN` equals nothing).
@@ -800,6 +831,9 @@ mod tests {
         assert!(holds("10 - 4 - 3 == 3 and 24 / 4 / 2 == 3"), "left-associative");
         // A number divided by zero compares false whichever way.
         assert!(!holds("cart_value / 0 > 1") && !holds("cart_value / 0 < 1") && !holds("0 / 0 == 0 / 0"));
+        assert!(!holds("cart_value / 0 != 1"), "not even unequal");
+        let huge = format!("{} * {} > 0", "9".repeat(300), "9".repeat(300));
+        assert!(!holds(&huge), "an overflow is not a number either");
     }
 
     fn refused(source: &str) -> (String, usize) {
@@ -830,6 +864,9 @@ mod tests {
         assert_eq!(refused(&format!("{}true", "not ".repeat(MAX_DEPTH + 5))), ("too_deep".into(), (MAX_DEPTH + 1) * 4));
         let chain = vec!["checkout_started"; MAX_DEPTH + 2].join(" and ");
         assert_eq!(refused(&chain).0, "too_deep");
+        // Parentheses do not reset the count: the tree's height is what is bounded.
+        let half = vec!["true"; MAX_DEPTH - 2].join(" and ");
+        assert_eq!(refused(&format!("({half}) and {half}")).0, "too_deep");
         assert!(Condition::parse(&vec!["checkout_started"; MAX_DEPTH].join(" and "), &Catalogue).is_ok());
         assert_eq!(refused(&"x".repeat(MAX_LEN + 1)), ("too_long".into(), MAX_LEN));
         // Positions count characters, not bytes.

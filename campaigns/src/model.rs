@@ -69,8 +69,9 @@ pub enum Trigger {
     CartIdle { minutes: u32 },
     /// A checkout started and was not completed within `minutes` (1 to 1440).
     CheckoutAbandoned { minutes: u32 },
-    /// The shopper's abandonment probability rose above `threshold` (strictly between 0
-    /// and 1).
+    /// At a moment (any event) of a shopper with items in the cart whose abandonment
+    /// probability is above `threshold` (strictly between 0 and 1); the cooldown keeps it
+    /// from repeating.
     HighAbandonment { threshold: f64 },
     /// A page view, optionally only under `path_prefix` (starting with `/`).
     PageView {
@@ -104,7 +105,7 @@ pub enum Message {
         title: String,
         /// Template, 1 to 1000 characters.
         body: String,
-        /// Required for `discount_code`; offered only when it pays for itself.
+        /// Required for `discount_code`, and for `{{ discount.* }}` in the text.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         discount: Option<Discount>,
     },
@@ -157,8 +158,9 @@ pub struct Discount {
     pub percent: u8,
     /// 1 to 40 of `A-Z`, `0-9`, `-`, `_`.
     pub code: String,
-    /// The store's margin on the cart, in per cent (1 to 100): the discount is offered
-    /// only when the predicted uplift times this margin exceeds what it costs.
+    /// The store's margin on the cart, in per cent (1 to 100), recorded for the
+    /// margin-aware offer (a discount only when predicted uplift × margin exceeds its
+    /// cost), which the cells do not apply yet.
     pub margin_percent: u8,
 }
 
@@ -310,6 +312,16 @@ fn message_problems(p: &mut Problems, at: &str, message: &Message, vocabulary: &
     let delay_ok = |d: u32| d <= MAX_DELAY_MINUTES;
     match message {
         Message::OnSite { kind, title, body, discount } => {
+            if discount.is_none() {
+                for (field, text) in [("title", title), ("body", body)] {
+                    if text.contains("discount.")
+                        && Template::parse(text, vocabulary.variables)
+                            .is_ok_and(|t| t.variables().any(|v| v.starts_with("discount.")))
+                    {
+                        p.invalid(format!("{at}.{field}"), "names the discount, and the message offers none");
+                    }
+                }
+            }
             p.chars_between(&format!("{at}.title"), title, 1, 120);
             p.template(&format!("{at}.title"), title, 120, vocabulary);
             p.chars_between(&format!("{at}.body"), body, 1, 1_000);
@@ -361,17 +373,63 @@ fn webhook_url_ok(url: &str, loopback: bool) -> bool {
     if url.len() > 500 || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return false;
     }
-    let host_of = |rest: &str| rest.split(['/', '?', '#']).next().unwrap_or_default().to_owned();
+    // The authority, without credentials (refused) and port.
+    let host_of = |rest: &str| -> Option<String> {
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        if authority.is_empty() || authority.contains('@') {
+            return None;
+        }
+        let host = match authority.strip_prefix('[') {
+            Some(v6) => v6.split_once(']').map(|(h, _)| h)?,
+            None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+        };
+        (!host.is_empty()).then(|| host.to_ascii_lowercase())
+    };
     if let Some(rest) = url.strip_prefix("https://") {
-        let host = host_of(rest);
-        return !host.is_empty() && !host.contains('@');
+        return host_of(rest).is_some_and(|host| public_host(&host));
     }
     if loopback && let Some(rest) = url.strip_prefix("http://") {
-        let host = host_of(rest);
-        let name = host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h);
-        return matches!(name, "127.0.0.1" | "localhost" | "[::1]");
+        return host_of(rest).is_some_and(|host| matches!(host.as_str(), "127.0.0.1" | "localhost" | "::1"));
     }
     false
+}
+
+/// Whether `host` may be the platform's to call: a name under a public-looking domain, or
+/// an address outside private, loopback, link-local, shared and reserved ranges. (The
+/// sender checks the address a name resolves to again, at every connection.)
+fn public_host(host: &str) -> bool {
+    use std::net::IpAddr;
+    match host.parse::<IpAddr>() {
+        Ok(IpAddr::V4(a)) => {
+            let [first, second, ..] = a.octets();
+            !(a.is_private()
+                || a.is_loopback()
+                || a.is_link_local()
+                || a.is_unspecified()
+                || a.is_broadcast()
+                || a.is_multicast()
+                || a.is_documentation()
+                || first == 0
+                || (first == 100 && (64..128).contains(&second))
+                || first >= 240)
+        }
+        Ok(IpAddr::V6(a)) => {
+            let first = a.segments()[0];
+            !(a.is_loopback()
+                || a.is_unspecified()
+                || a.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+                || a.to_ipv4_mapped().is_some())
+        }
+        Err(_) => {
+            let name = host.trim_end_matches('.');
+            name.contains('.')
+                && !["localhost", "local", "internal", "intranet", "lan", "home", "corp"]
+                    .iter()
+                    .any(|tld| name == *tld || name.ends_with(&format!(".{tld}")))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -473,6 +531,7 @@ mod tests {
         assert_eq!(
             problems(c),
             vec![
+                ("variants[1].messages[0].body".to_owned(), "invalid_value", None),
                 ("variants[1].messages[0].discount".to_owned(), "invalid_value", None),
                 ("variants[1].messages[1].url".to_owned(), "invalid_value", None),
                 ("variants[1].messages[2]".to_owned(), "invalid_value", None),
@@ -496,11 +555,31 @@ mod tests {
     #[test]
     fn webhooks_go_out_over_https_and_to_loopback_only_when_allowed() {
         assert!(webhook_url_ok("https://shop.example/hooks/nudge", false));
+        assert!(webhook_url_ok("https://shop.example:8443/hooks", false));
+        assert!(webhook_url_ok("https://93.184.216.34/hooks", false));
         assert!(!webhook_url_ok("http://shop.example/hooks", false));
         assert!(!webhook_url_ok("https://user@shop.example/", false));
         assert!(!webhook_url_ok("https:///nohost", false));
+        // The platform's own network, by address or by name.
+        for inside in [
+            "https://10.0.0.1/",
+            "https://169.254.169.254/latest",
+            "https://127.0.0.1/",
+            "https://100.64.0.1/",
+            "https://[::1]/",
+            "https://[fd00::1]/",
+            "https://[::ffff:10.0.0.1]/",
+            "https://localhost/",
+            "https://api.localhost/",
+            "https://db.internal/",
+            "https://intranet/",
+            "https://0.0.0.0/",
+        ] {
+            assert!(!webhook_url_ok(inside, false), "{inside}");
+        }
         assert!(!webhook_url_ok("http://127.0.0.1:9000/hook", false));
         assert!(webhook_url_ok("http://127.0.0.1:9000/hook", true));
+        assert!(!webhook_url_ok("http://localhost:1@evil.example/", true));
         assert!(!webhook_url_ok("http://10.0.0.1/hook", true));
     }
 }

@@ -89,7 +89,7 @@ impl Template {
                     return Err(TemplateError {
                         code: "unknown_variable",
                         message: format!("`{name}` is not a variable a message can use"),
-                        position: open + 2 + (inner.len() - inner.trim_start().len()),
+                        position: open + 2 + (inner.chars().count() - inner.trim_start().chars().count()),
                     });
                 }
                 if !text.is_empty() {

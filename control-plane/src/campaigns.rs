@@ -9,7 +9,8 @@
 //!
 //! The cells learn a store's active campaigns from `control.campaigns.v1` (one record per
 //! campaign, written to the outbox in the transaction that changes it): the version in
-//! force while it is active, a tombstone once it is paused or archived.
+//! force while it is active, a stop once it is paused or archived; each with a revision
+//! raised by every announcement, so a cell never lets an older record undo a newer one.
 
 use chrono::{DateTime, Utc};
 use nudge_campaigns::model::{CampaignSpec, FieldError};
@@ -194,7 +195,7 @@ pub fn campaign_id_text(id: Uuid) -> String {
 }
 
 /// Tells the cells about `id` as it now stands in `tx`: its version in force when it is
-/// active, a tombstone when it is not.
+/// active, a stop when it is not; under a new revision.
 async fn announce_campaign(
     tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
     topics: &Topics,
@@ -207,24 +208,34 @@ async fn announce_campaign(
         .fetch_one(&mut **tx)
         .await?;
     let campaign = campaign_of(&row)?;
-    let payload = (campaign.state == CampaignState::Active)
-        .then(|| -> Result<Vec<u8>, CampaignError> {
-            let spec_json = serde_json::to_string(&campaign.spec)
-                .map_err(|e| CampaignError::Db(DbError::Query(sqlx::Error::Encode(Box::new(e)))))?;
-            Ok(CampaignRecord {
-                tenant_id: tenant.to_string(),
-                campaign_id: campaign_id_text(id),
-                version: campaign.version,
-                spec_json,
-                created_at_ms: campaign.created_at.timestamp_millis(),
-            }
-            .encode_to_vec())
-        })
-        .transpose()?;
+    let revision: i64 = sqlx::query_scalar(
+        "UPDATE campaigns SET revision = revision + 1 WHERE tenant_id = $1 AND campaign_id = $2 RETURNING revision",
+    )
+    .bind(tenant.as_uuid())
+    .bind(id)
+    .fetch_one(&mut **tx)
+    .await?;
+    let active = campaign.state == CampaignState::Active;
+    let spec_json = if active {
+        serde_json::to_string(&campaign.spec)
+            .map_err(|e| CampaignError::Db(DbError::Query(sqlx::Error::Encode(Box::new(e)))))?
+    } else {
+        String::new()
+    };
+    let payload = CampaignRecord {
+        tenant_id: tenant.to_string(),
+        campaign_id: campaign_id_text(id),
+        version: campaign.version,
+        spec_json,
+        created_at_ms: campaign.created_at.timestamp_millis(),
+        revision,
+        active,
+    }
+    .encode_to_vec();
     let record = OutboxRecord {
         topic: topics.name(Topic::ControlCampaigns),
         key: format!("{tenant}:{}", campaign_id_text(id)).into_bytes(),
-        payload,
+        payload: Some(payload),
         schema: CAMPAIGN_V1,
         traceparent: None,
     };
@@ -336,8 +347,14 @@ pub async fn save(
         // The cells send by the new version from now on.
         announce_campaign(&mut tx, topics, tenant, id).await?;
     }
+    // Read before committing: the answer is this change, not one made just after it.
+    let row = sqlx::query(&format!("{SELECT} WHERE c.tenant_id = $1 AND c.campaign_id = $2"))
+        .bind(tenant.as_uuid())
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
     tx.commit().await.map_err(DbError::from)?;
-    get(router, tenant, id).await
+    campaign_of(&row)
 }
 
 /// Moves the campaign to `to`. Moving it where it already is changes nothing.
@@ -367,8 +384,14 @@ pub async fn set_state(
         }
         tracing::info!(tenant_id = %tenant, campaign_id = %id, from = from.as_str(), to = to.as_str(), "a campaign moved");
     }
+    // Read before committing: the answer is this change, not one made just after it.
+    let row = sqlx::query(&format!("{SELECT} WHERE c.tenant_id = $1 AND c.campaign_id = $2"))
+        .bind(tenant.as_uuid())
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
     tx.commit().await.map_err(DbError::from)?;
-    get(router, tenant, id).await
+    campaign_of(&row)
 }
 
 /// Every saved version of the campaign, newest first.

@@ -8,6 +8,9 @@ CREATE TABLE campaigns (
     state       text NOT NULL DEFAULT 'draft' CHECK (state IN ('draft', 'active', 'paused', 'archived')),
     -- The version in force (the latest saved).
     version     integer NOT NULL DEFAULT 1 CHECK (version >= 1),
+    -- Raised by every announcement to the cells, which ignore a record older than one they
+    -- applied.
+    revision    bigint NOT NULL DEFAULT 0 CHECK (revision >= 0),
     created_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, campaign_id)

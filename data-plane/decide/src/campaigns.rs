@@ -4,8 +4,9 @@
 //! Never after a purchase, and not within the cooldown of the last intervention. Of the
 //! active campaigns whose trigger matches the event and whose condition holds, the one of
 //! highest priority wins (ties: the oldest), one intervention per moment. A shopper in
-//! that campaign's control group gets nothing (and is recorded so, for measuring the
-//! campaign's lift); otherwise the shopper's variant is picked by the weights, both by a
+//! that campaign's control group gets nothing (the caller counts and logs it; recording
+//! assignments for lift reports is still to come); otherwise the shopper's variant is
+//! picked by the weights, both by a
 //! stable hash of the store, the campaign and the shopper, so a shopper stays in the same
 //! group and variant. The on-site message is rendered with the moment's values; e-mail and
 //! webhook messages are not sent by the cells yet, and a variant with none on site sends
@@ -122,11 +123,14 @@ fn idle_for(event: &Event, last_activity_ms: i64) -> i64 {
     event.occurred_at_ms.saturating_sub(last_activity_ms)
 }
 
-/// The path of a page URL (`https://shop.example/cart?x` → `/cart`).
+/// The path of a page URL (`https://shop.example/cart?x` → `/cart`; a URL whose query or
+/// fragment comes straight after the host has the path `/`).
 fn path_of(url: &str) -> &str {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let path = rest.find('/').map_or("/", |i| &rest[i..]);
-    path.split(['?', '#']).next().unwrap_or("/")
+    match rest.find(['/', '?', '#']) {
+        Some(i) if rest[i..].starts_with('/') => rest[i..].split(['?', '#']).next().unwrap_or("/"),
+        _ => "/",
+    }
 }
 
 /// What the campaigns decided at one moment.
@@ -179,7 +183,9 @@ impl Skip {
 }
 
 /// A shopper's place in a campaign, 0 to 99, stable for the store, the campaign, the
-/// shopper and `purpose` (FNV-1a: the same on every cell and every release).
+/// shopper and `purpose`: FNV-1a, then a 64-bit finaliser (MurmurHash3's) so that ids
+/// that differ only at the end (`shp_1`, `shp_2`, …) still spread evenly; the same on
+/// every cell and every release.
 pub fn bucket(purpose: &str, tenant: &str, campaign: &str, shopper: &str) -> u8 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for part in [purpose, tenant, campaign, shopper] {
@@ -188,8 +194,12 @@ pub fn bucket(purpose: &str, tenant: &str, campaign: &str, shopper: &str) -> u8 
             hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
         }
     }
-    // Reduced from the high bits, which FNV mixes best.
-    u8::try_from((hash >> 32) % 100).unwrap_or(0)
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    hash ^= hash >> 33;
+    u8::try_from(hash % 100).unwrap_or(0)
 }
 
 /// The moment a shopper is at.
@@ -357,6 +367,13 @@ mod tests {
             CampaignDecision::Send(_)
         ));
         assert!(!matches!(decide(&pages, &page("https://s.example/cart"), &session, &f), CampaignDecision::Send(_)));
+        assert!(
+            !matches!(
+                decide(&pages, &page("https://s.example?next=/checkout"), &session, &f),
+                CampaignDecision::Send(_)
+            ),
+            "a path in the query is not the page's"
+        );
         let products = [campaign("cmp_v", 1, 1, json!({ "trigger": { "type": "product_view" } }))];
         let view = at(Payload::ProductView(ProductView::default()), 1);
         assert!(matches!(decide(&products, &view, &session, &f), CampaignDecision::Send(_)));

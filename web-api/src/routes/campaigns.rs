@@ -231,15 +231,18 @@ async fn get_campaign(
     Ok(with_etag(StatusCode::OK, campaign))
 }
 
-/// The version `If-Match` names: `"3"` (or `3`); absent, the save replaces whatever is in
-/// force.
+/// The version `If-Match` names: `"3"` (or `3`); absent or `*`, the save replaces
+/// whatever is in force.
 fn expected_version(headers: &HeaderMap) -> Result<Option<i32>, ApiError> {
     let Some(value) = headers.get(header::IF_MATCH) else { return Ok(None) };
     let text = value.to_str().unwrap_or_default().trim();
+    if text == "*" {
+        return Ok(None);
+    }
     let text = text.strip_prefix("W/").unwrap_or(text).trim_matches('"');
-    text.parse::<i32>()
-        .map(Some)
-        .map_err(|_| ApiError::bad_request("invalid_if_match", "If-Match names the campaign's version, e.g. \"3\""))
+    text.parse::<i32>().map(Some).map_err(|_| {
+        ApiError::bad_request("invalid_if_match", "If-Match names one version of the campaign, e.g. \"3\", or *")
+    })
 }
 
 /// Save a new version of the campaign, in force at once (an active campaign sends by it
