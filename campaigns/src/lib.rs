@@ -6,7 +6,9 @@
 //! - [`template`]: message templates, checked when saved, rendered with values escaped for
 //!   their channel.
 //! - [`model`]: a campaign's definition and its validation, every problem named by field.
+//! - [`lift`]: treated against control, with confidence intervals.
 
 pub mod expr;
+pub mod lift;
 pub mod model;
 pub mod template;
