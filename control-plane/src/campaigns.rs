@@ -394,6 +394,39 @@ pub async fn set_state(
     campaign_of(&row)
 }
 
+/// Archives every campaign of the store that is not archived yet, telling the cells to stop
+/// the active ones, inside `tx` (the purge of a store that leaves); how many were archived.
+pub async fn archive_all(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    topics: &Topics,
+    tenant: TenantId,
+    actor: &str,
+) -> Result<u64, CampaignError> {
+    let rows = sqlx::query(
+        "SELECT campaign_id, state, version FROM campaigns WHERE tenant_id = $1 AND state <> 'archived' FOR UPDATE",
+    )
+    .bind(tenant.as_uuid())
+    .fetch_all(&mut **tx)
+    .await?;
+    for row in &rows {
+        let id: Uuid = row.try_get("campaign_id")?;
+        let version: i32 = row.try_get("version")?;
+        let was: String = row.try_get("state")?;
+        sqlx::query(
+            "UPDATE campaigns SET state = 'archived', updated_at = now() WHERE tenant_id = $1 AND campaign_id = $2",
+        )
+        .bind(tenant.as_uuid())
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+        audit(tx, tenant, id, actor, "archived", version).await?;
+        if was == CampaignState::Active.as_str() {
+            announce_campaign(tx, topics, tenant, id).await?;
+        }
+    }
+    Ok(rows.len() as u64)
+}
+
 /// Every saved version of the campaign, newest first.
 pub async fn versions(router: &TenantRouter, tenant: TenantId, id: Uuid) -> Result<Vec<SavedVersion>, CampaignError> {
     let mut tx = router.tenant_tx(tenant).await?;

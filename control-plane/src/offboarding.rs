@@ -270,6 +270,15 @@ impl Purger {
                     .rows_affected();
                 removed.insert(table.to_owned(), json!(n));
             }
+            // Its campaigns stop everywhere (the cells drop them) and are kept, archived, with
+            // the store's account.
+            let archived = crate::campaigns::archive_all(&mut tx, &self.topics, tenant, "system:offboarding")
+                .await
+                .map_err(|e| match e {
+                    crate::campaigns::CampaignError::Db(db) => ErasureError::Db(db),
+                    other => ErasureError::Db(DbError::Query(sqlx::Error::Protocol(other.to_string()))),
+                })?;
+            removed.insert("campaigns.archived".to_owned(), json!(archived));
             record_step(&mut tx, tenant, request_id, "postgres", serde_json::Value::Object(removed)).await?;
             tx.commit().await.map_err(DbError::from)?;
         }

@@ -132,6 +132,26 @@ async fn an_offboarded_store_is_purged_whole_after_its_grace_period_and_deleted_
     )
     .await?;
     assert_eq!(status, 201);
+    // A has an active campaign: the purge stops it at the cells and archives it.
+    let (status, created) = call(
+        platform.http.post(format!("{cp}/v1/tenants/{}/campaigns", a.tenant_id)).bearer_auth(&token_a).json(&json!({
+            "name": "Leaving soon", "trigger": { "type": "exit_intent" },
+            "variants": [{ "name": "a", "weight": 100, "messages": [
+                { "channel": "on_site", "kind": "message", "title": "Hello", "body": "Still there?" }] }],
+        })),
+    )
+    .await?;
+    assert_eq!(status, 201, "{created}");
+    let campaign = created["campaign_id"].as_str().unwrap_or_default().to_owned();
+    let (status, _) = call(
+        platform
+            .http
+            .post(format!("{cp}/v1/tenants/{}/campaigns/{campaign}/state", a.tenant_id))
+            .bearer_auth(&token_a)
+            .json(&json!({ "state": "active" })),
+    )
+    .await?;
+    assert_eq!(status, 200);
     let (opened, _) = open_tenants_records(&platform, &a.tenant_id).await?;
     assert!(opened >= 6, "A's records open before the purge: {opened}");
     let keys_b = keys_of(&platform, &b.tenant_id).await?;
@@ -249,6 +269,7 @@ async fn an_offboarded_store_is_purged_whole_after_its_grace_period_and_deleted_
     let postgres = step("postgres").expect("the database's step");
     assert_eq!(postgres["removed"]["suppressions"], 1, "{done}");
     assert_eq!(postgres["removed"]["tenant_origins"], 1, "{done}");
+    assert_eq!(postgres["removed"]["campaigns.archived"], 1, "{done}");
 
     // Nothing of A is left: no Redis key, no key or suppression row, no Transit key; its
     // records on the topics stay until their retention, and none of them opens; each of
