@@ -138,6 +138,20 @@ const SELECT: &str = "SELECT c.campaign_id, c.state, c.version, c.created_at, c.
      FROM campaigns c JOIN campaign_versions v
        ON v.tenant_id = c.tenant_id AND v.campaign_id = c.campaign_id AND v.version = c.version";
 
+/// The campaign as it stands in `tx`; `None`: no such campaign of the store.
+async fn read(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    tenant: TenantId,
+    id: Uuid,
+) -> Result<Option<Campaign>, CampaignError> {
+    let row = sqlx::query(&format!("{SELECT} WHERE c.tenant_id = $1 AND c.campaign_id = $2"))
+        .bind(tenant.as_uuid())
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    row.as_ref().map(campaign_of).transpose()
+}
+
 fn checked(spec: &CampaignSpec) -> Result<(), CampaignError> {
     let problems = spec.validate(&vocabulary());
     if problems.is_empty() { Ok(()) } else { Err(CampaignError::Invalid(problems)) }
@@ -180,13 +194,9 @@ pub async fn create(
     .execute(&mut *tx)
     .await?;
     audit(&mut tx, tenant, id, actor, "created", 1).await?;
-    let row = sqlx::query(&format!("{SELECT} WHERE c.tenant_id = $1 AND c.campaign_id = $2"))
-        .bind(tenant.as_uuid())
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await?;
+    let campaign = read(&mut tx, tenant, id).await?.ok_or(CampaignError::NotFound)?;
     tx.commit().await.map_err(DbError::from)?;
-    campaign_of(&row)
+    Ok(campaign)
 }
 
 /// The campaign's id as the API and the cells name it.
@@ -202,12 +212,7 @@ async fn announce_campaign(
     tenant: TenantId,
     id: Uuid,
 ) -> Result<(), CampaignError> {
-    let row = sqlx::query(&format!("{SELECT} WHERE c.tenant_id = $1 AND c.campaign_id = $2"))
-        .bind(tenant.as_uuid())
-        .bind(id)
-        .fetch_one(&mut **tx)
-        .await?;
-    let campaign = campaign_of(&row)?;
+    let campaign = read(tx, tenant, id).await?.ok_or(CampaignError::NotFound)?;
     let revision: i64 = sqlx::query_scalar(
         "UPDATE campaigns SET revision = revision + 1 WHERE tenant_id = $1 AND campaign_id = $2 RETURNING revision",
     )
@@ -278,13 +283,9 @@ pub async fn list(router: &TenantRouter, tenant: TenantId) -> Result<Vec<Campaig
 /// One campaign of the store.
 pub async fn get(router: &TenantRouter, tenant: TenantId, id: Uuid) -> Result<Campaign, CampaignError> {
     let mut tx = router.tenant_tx(tenant).await?;
-    let row = sqlx::query(&format!("{SELECT} WHERE c.tenant_id = $1 AND c.campaign_id = $2"))
-        .bind(tenant.as_uuid())
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
+    let campaign = read(&mut tx, tenant, id).await?;
     tx.commit().await.map_err(DbError::from)?;
-    campaign_of(&row.ok_or(CampaignError::NotFound)?)
+    campaign.ok_or(CampaignError::NotFound)
 }
 
 /// Locks the campaign's row for the rest of `tx`; its state and version in force.
@@ -348,13 +349,9 @@ pub async fn save(
         announce_campaign(&mut tx, topics, tenant, id).await?;
     }
     // Read before committing: the answer is this change, not one made just after it.
-    let row = sqlx::query(&format!("{SELECT} WHERE c.tenant_id = $1 AND c.campaign_id = $2"))
-        .bind(tenant.as_uuid())
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await?;
+    let campaign = read(&mut tx, tenant, id).await?.ok_or(CampaignError::NotFound)?;
     tx.commit().await.map_err(DbError::from)?;
-    campaign_of(&row)
+    Ok(campaign)
 }
 
 /// Moves the campaign to `to`. Moving it where it already is changes nothing.
@@ -385,13 +382,9 @@ pub async fn set_state(
         tracing::info!(tenant_id = %tenant, campaign_id = %id, from = from.as_str(), to = to.as_str(), "a campaign moved");
     }
     // Read before committing: the answer is this change, not one made just after it.
-    let row = sqlx::query(&format!("{SELECT} WHERE c.tenant_id = $1 AND c.campaign_id = $2"))
-        .bind(tenant.as_uuid())
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await?;
+    let campaign = read(&mut tx, tenant, id).await?.ok_or(CampaignError::NotFound)?;
     tx.commit().await.map_err(DbError::from)?;
-    campaign_of(&row)
+    Ok(campaign)
 }
 
 /// Archives every campaign of the store that is not archived yet, telling the cells to stop
