@@ -88,7 +88,7 @@ impl Plan {
         match self {
             Self::Free => 0,
             Self::Growth => 49_00,
-            Self::Enterprise => 990_00,
+            Self::Enterprise => 99_000,
         }
     }
 
