@@ -5,6 +5,8 @@
  *   <script>
  *     const nudge = Nudge.init({ key: "pk_…", endpoint: "https://CELL" });
  *     nudge.track("add_to_cart", { product_id: "sku-1", price: 49.5, currency: "EUR", quantity: 1 });
+ *     nudge.identify("customer-42", "ada@example.com"); // the address only if Nudge may e-mail them
+ *     nudge.consent("email", true, "checkout_checkbox"); // what the shopper agreed to, and where
  *   </script>
  *
  * Batches events and sends them with retry (exponential backoff with jitter on network
@@ -121,20 +123,48 @@
     this.token = null;
     this.tokenExpires = 0;
     this.exitArmed = true;
+    this.timeZone = timeZone();
     if (options.connect !== false) this.connect();
     if (options.exitIntent !== false) this.watchExitIntent();
   }
 
+  // The browser's time zone (IANA), for quiet hours kept in the shopper's own time; left
+  // out when the browser names none or something that is not a zone name.
+  function timeZone() {
+    try {
+      var zone = Intl.DateTimeFormat().resolvedOptions().timeZone;
+      return typeof zone === "string" && /^[A-Za-z][A-Za-z0-9_+\-]*(\/[A-Za-z0-9_+\-]+){0,2}$/.test(zone) ? zone : undefined;
+    } catch (e) {
+      return undefined;
+    }
+  }
+
   Client.prototype.track = function (type, properties) {
     if (this.queue.length >= MAX_QUEUE) this.queue.splice(this.inFlight ? this.inFlight.length : 0, 1); // bounded: drop the oldest unsent
-    this.queue.push({
+    var event = {
       event_id: uuid(),
       type: type,
       shopper_id: this.shopperId,
       occurred_at: new Date().toISOString(),
       properties: properties || {}
-    });
+    };
+    if (this.timeZone) event.time_zone = this.timeZone;
+    this.queue.push(event);
     this.schedule(type === "exit_intent" ? 0 : FLUSH_MS);
+  };
+
+  // The shopper logged in: the store's customer reference and, when the store lets Nudge
+  // e-mail them, their address.
+  Client.prototype.identify = function (customerRef, email) {
+    var properties = { customer_ref: customerRef };
+    if (email) properties.email = email;
+    this.track("identify", properties);
+  };
+
+  // The shopper agreed to (or refused) messages on a channel ("email", "on_site",
+  // "webhook"); `source` says where, for the record.
+  Client.prototype.consent = function (channel, granted, source) {
+    this.track("consent", { channel: channel, granted: !!granted, source: source || "snippet" });
   };
 
   Client.prototype.schedule = function (delay) {

@@ -212,7 +212,7 @@ async fn feature_reads(args: &Args) -> anyhow::Result<(f64, f64, f64, f64)> {
         exit_intents: 1,
         ..SessionState::default()
     };
-    store.commit(&key, "bench-event", &state, nudge_data_plane_features::store::IdleTimer::Keep).await?;
+    store.commit(&key, "bench-event", &state, nudge_data_plane_features::store::IdleTimer::Keep, "").await?;
     for _ in 0..1000 {
         store.load(&key).await?;
     }

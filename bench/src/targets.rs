@@ -251,6 +251,7 @@ fn records(tenant: TenantId, worker: usize, seq: u64, batch: usize) -> Vec<(Vec<
                 occurred_at_ms: now,
                 received_at_ms: now,
                 payload: Some(Payload::PageView(PageView::default())),
+                time_zone: String::new(),
             };
             (key.encode_to_vec(), event.encode_to_vec())
         })

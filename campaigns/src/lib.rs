@@ -7,8 +7,10 @@
 //!   their channel.
 //! - [`model`]: a campaign's definition and its validation, every problem named by field.
 //! - [`lift`]: treated against control, with confidence intervals.
+//! - [`policy`]: the store's rules for every send (caps, quiet hours, consent, holdout).
 
 pub mod expr;
 pub mod lift;
 pub mod model;
+pub mod policy;
 pub mod template;

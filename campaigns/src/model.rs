@@ -52,6 +52,10 @@ pub struct CampaignSpec {
     /// How often one shopper may get this campaign; absent: the store's global caps only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub frequency_cap: Option<FrequencyCap>,
+    /// A message the shopper expects (about their own order or cart, not marketing): it
+    /// passes the store's frequency caps and quiet hours, never a shopper's refusal.
+    #[serde(default)]
+    pub transactional: bool,
 }
 
 fn default_control_percent() -> u8 {

@@ -24,13 +24,17 @@ pub struct EventBatch {
 pub struct RawEvent {
     pub event_id: String,
     /// One of `page_view`, `product_view`, `add_to_cart`, `remove_from_cart`, `checkout_start`,
-    /// `purchase`, `exit_intent`, `identify`.
+    /// `purchase`, `exit_intent`, `identify`, `consent`.
     #[serde(rename = "type")]
     pub kind: String,
     pub shopper_id: String,
     /// RFC 3339; the cell's receive time when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub occurred_at: Option<String>,
+    /// The shopper's time zone as the browser names it (IANA, e.g. `Europe/Berlin`); quiet
+    /// hours are kept in it. An unknown name is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
     /// Type-specific fields, e.g. `product_id`, `price`, `currency`, `quantity` for cart changes.
     #[serde(default)]
     #[schema(value_type = Object)]

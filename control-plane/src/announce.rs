@@ -121,6 +121,7 @@ pub async fn announce(
         let ingest_paused = matches!(dunning.as_deref(), Some("ingest_paused" | "suspended"));
         // Past the plan's monthly events (computed afresh: a plan change lifts it at once).
         let quota_exceeded = crate::usage::quota(tx, tenant).await?.state() == "hard_limit";
+        let messaging_policy_json = crate::messaging::policy_json(tx, tenant).await?.unwrap_or_default();
         let config = TenantConfig {
             tenant_id: tenant.to_string(),
             state: wire_state(state) as i32,
@@ -135,6 +136,7 @@ pub async fn announce(
             suppressed_emails,
             ingest_paused,
             quota_exceeded,
+            messaging_policy_json,
             erasures,
             model_version: model_version.unwrap_or_default(),
             rollout,

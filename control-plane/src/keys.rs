@@ -9,13 +9,15 @@ use sqlx::Row;
 use crate::{announce::announce, db::DbError, routing::TenantRouter};
 
 /// What a secret key may do.
-pub const SCOPES: [&str; 3] = [
+pub const SCOPES: [&str; 4] = [
     // Send events from a server (no browser, no Origin).
     "events:write",
     // Read shoppers' current features at the cell.
     "features:read",
     // Export everything the cell keeps about a shopper (access and portability requests).
     "shoppers:export",
+    // Read the store's send log at the cell (campaign sends, skips and their reasons).
+    "sends:read",
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -49,6 +49,7 @@ pub mod entities;
 pub mod erasure;
 pub mod keys;
 pub mod lifecycle;
+pub mod messaging;
 pub mod meters;
 pub mod offboarding;
 pub mod origins;

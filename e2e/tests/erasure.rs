@@ -34,6 +34,11 @@ async fn a_suppressed_shoppers_data_is_erased_from_the_cell() -> anyhow::Result<
             .for_cell(cell)
             .idle_schedule()
             .to_owned(),
+        channels: nudge_data_plane_channels::store::ChannelStore::new(
+            client.get_connection_manager().await?,
+            platform.redis_prefix.clone(),
+            &cell.to_string(),
+        ),
     };
     let publisher = platform.intervention_publisher().await?;
     let keys = |shopper: &str| places.keys_of(tenant, &ShopperId::parse(shopper).unwrap());
@@ -56,8 +61,8 @@ async fn a_suppressed_shoppers_data_is_erased_from_the_cell() -> anyhow::Result<
     // The pipeline has written both shoppers' sessions.
     let mut stored = false;
     for _ in 0..200 {
-        let [gone_session, _, _] = keys("shp_gone");
-        let [kept_session, _, _] = keys("shp_kept");
+        let [gone_session, ..] = keys("shp_gone");
+        let [kept_session, ..] = keys("shp_kept");
         if redis.exists::<_, bool>(&gone_session).await? && redis.exists::<_, bool>(&kept_session).await? {
             stored = true;
             break;
@@ -75,7 +80,7 @@ async fn a_suppressed_shoppers_data_is_erased_from_the_cell() -> anyhow::Result<
             None => anyhow::bail!("the intervention never arrived"),
         }
     }
-    let [_, history, acked] = keys("shp_gone");
+    let [_, history, acked, ..] = keys("shp_gone");
     let mut seeded = false;
     for _ in 0..100 {
         if redis.exists::<_, bool>(&history).await?
@@ -113,7 +118,7 @@ async fn a_suppressed_shoppers_data_is_erased_from_the_cell() -> anyhow::Result<
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(erased, "the suppressed shopper's session, idle-cart timer, history and acknowledgement are gone");
-    let [kept_session, kept_history, _] = keys("shp_kept");
+    let [kept_session, kept_history, ..] = keys("shp_kept");
     assert!(
         redis.exists::<_, bool>(&kept_session).await? && redis.exists::<_, bool>(&kept_history).await?,
         "the other shopper keeps theirs"
@@ -126,7 +131,7 @@ async fn a_suppressed_shoppers_data_is_erased_from_the_cell() -> anyhow::Result<
         {"event_id": "marker", "type": "page_view", "shopper_id": "shp_new"},
     ]});
     assert_eq!(platform.post_events(&store.publishable_key, Some(ORIGIN), &again).await?.status(), 202);
-    let [new_session, _, _] = keys("shp_new");
+    let [new_session, ..] = keys("shp_new");
     let mut worked_past = false;
     for _ in 0..200 {
         if redis.exists::<_, bool>(&new_session).await? {
@@ -136,7 +141,7 @@ async fn a_suppressed_shoppers_data_is_erased_from_the_cell() -> anyhow::Result<
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     anyhow::ensure!(worked_past, "the marker event was never applied");
-    let [gone_session, _, _] = keys("shp_gone");
+    let [gone_session, ..] = keys("shp_gone");
     assert!(!redis.exists::<_, bool>(&gone_session).await?, "no new session for a suppressed shopper");
     platform.shutdown().await
 }

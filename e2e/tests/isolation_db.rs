@@ -142,6 +142,7 @@ async fn policy_matrix_three_tenants_every_table_every_verb() -> anyhow::Result<
             "INSERT INTO campaigns (tenant_id, campaign_id) VALUES ($1, $2)",
             "INSERT INTO campaign_versions (tenant_id, campaign_id, version, spec, saved_by) VALUES ($1, $2, 1, '{}', 'test')",
             "INSERT INTO campaign_audit (tenant_id, campaign_id, actor, action, version) VALUES ($1, $2, 'test', 'created', 1)",
+            "INSERT INTO messaging_policies (tenant_id, policy, updated_by) SELECT $1, '{}', 'test' WHERE $2::uuid IS NOT NULL",
         ] {
             sqlx::query(statement).bind(t.as_uuid()).bind(request).execute(&mut owner).await?;
         }

@@ -11,12 +11,14 @@
 //! - [`redis_server`]: [`RedisServer`], a private Redis a test may stop.
 //! - [`vault`]: [`VaultServer`], an OpenBao dev server with Transit mounted.
 //! - [`platform`]: [`Platform`], control plane + cell for one test, with client helpers.
+//! - [`smtp`]: [`MailServer`], an aiosmtpd on a free port with the mail it received.
 
 pub mod broker;
 pub mod database;
 pub mod env;
 pub mod platform;
 pub mod redis_server;
+pub mod smtp;
 pub mod stripe;
 pub mod vault;
 
@@ -24,6 +26,7 @@ pub use broker::Broker;
 pub use database::TestDatabase;
 pub use platform::{CellProcess, OPERATOR_TOKEN, PASSWORD, Platform, ShopperSocket};
 pub use redis_server::RedisServer;
+pub use smtp::{MailServer, ReceivedMail};
 pub use stripe::{LocalStripe, STRIPE_KEY};
 pub use vault::VaultServer;
 

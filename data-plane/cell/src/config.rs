@@ -17,7 +17,7 @@ use serde::Deserialize;
 
 use nudge_data_plane_inference::BatchConfig;
 
-use crate::idle::IdleCartsConfig;
+use crate::{idle::IdleCartsConfig, sends::ChannelsConfig};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
@@ -39,6 +39,8 @@ pub struct CellConfig {
     pub inference: InferenceConfig,
     pub decide: RuleConfig,
     pub idle_carts: IdleCartsConfig,
+    /// Delayed sends (campaign e-mails) and the SMTP server they go through.
+    pub channels: ChannelsConfig,
     pub erasure: ErasureConfig,
     pub retention: RetentionConfig,
     /// The vault whose Transit keys wrap the shoppers' data keys.
@@ -65,6 +67,7 @@ impl Default for CellConfig {
             inference: InferenceConfig::default(),
             decide: RuleConfig::default(),
             idle_carts: IdleCartsConfig::default(),
+            channels: ChannelsConfig::default(),
             erasure: ErasureConfig::default(),
             retention: RetentionConfig::default(),
             vault: VaultConfig::default(),
@@ -254,6 +257,7 @@ impl Validate for CellConfig {
         if self.idle_carts.after_ms == 0 || self.idle_carts.scan_interval_ms == 0 || self.idle_carts.batch == 0 {
             return Err("idle_carts: after_ms, scan_interval_ms and batch must be positive".into());
         }
+        self.channels.validate()?;
         if !(self.roles.ingest || self.roles.pipeline || self.roles.gateway) {
             return Err("roles: enable at least one of ingest, pipeline, gateway".into());
         }

@@ -33,6 +33,7 @@ use nudge_contracts::{
         features::v1::SubjectKey,
     },
 };
+use nudge_data_plane_channels::store::{ChannelStore, reach_key, sent_key};
 use nudge_data_plane_directory::{Directory, Erasure, ErasureScope};
 use nudge_data_plane_features::store::{SessionKey, email_key, emails_key, idle_member, last_seen_key, subject_key};
 use nudge_data_plane_gateway::{hub::ShopperAddress, route::Naming};
@@ -56,37 +57,52 @@ pub struct Places {
     pub naming: Naming,
     /// The cell's idle-cart schedule (a sorted set).
     pub idle_schedule: String,
+    /// The delayed channels' keys: a shopper's pending sends are cancelled through it.
+    pub channels: ChannelStore,
 }
 
 impl Places {
     /// The Redis keys holding what the cell keeps about `shopper` of `tenant` (besides the
     /// idle-cart timer, a member of [`Places::idle_schedule`], and the subject index entry,
     /// [`subject_key`]).
-    pub fn keys_of(&self, tenant: TenantId, shopper: &ShopperId) -> [String; 3] {
+    pub fn keys_of(&self, tenant: TenantId, shopper: &ShopperId) -> [String; 5] {
         let session = SessionKey { tenant, shopper: shopper.clone() }.redis_key(&self.prefix);
         let address = ShopperAddress { tenant, shopper: shopper.clone() };
-        [session, self.naming.history(&address), self.naming.acked(&address)]
+        [
+            session,
+            self.naming.history(&address),
+            self.naming.acked(&address),
+            reach_key(&self.prefix, tenant, shopper.as_str()),
+            sent_key(&self.prefix, tenant, shopper.as_str()),
+        ]
     }
 }
 
 /// The places of a report, in the order [`erase`] counts them; the last is the tombstone
 /// written for every subject (its count says nothing about what was found). Deleting the
 /// data key (`redis.data_key`) is what shreds the sealed records on the event streams.
-pub const PLACES: [&str; 8] = [
+pub const PLACES: [&str; 11] = [
     "redis.session",
     "redis.history",
     "redis.acked",
+    "redis.reach",
+    "redis.recent_sends",
     "redis.idle_cart",
     "redis.subject_index",
     "redis.email_index",
+    "redis.pending_sends",
     "redis.data_key",
     "kafka.features.v1.tombstones",
 ];
 
-/// Where in [`PLACES`] the e-mail links, the data key and the tombstone are.
-const EMAIL_INDEX: usize = 5;
-const DATA_KEY: usize = 6;
-const TOMBSTONE: usize = 7;
+/// How many of [`PLACES`] one pipeline of deletions counts, in order.
+const DELETED_TOGETHER: usize = 7;
+/// Where in [`PLACES`] the e-mail links, the pending sends, the data key and the tombstone
+/// are.
+const EMAIL_INDEX: usize = 7;
+const PENDING_SENDS: usize = 8;
+const DATA_KEY: usize = 9;
+const TOMBSTONE: usize = 10;
 
 /// Where the erase task writes tombstones and reports, and how it paces itself.
 pub struct Outputs {
@@ -273,14 +289,14 @@ async fn publish_tenant(outputs: &Outputs, job: &mut TenantJob) -> anyhow::Resul
 /// One subject being erased, with what has been removed so far.
 struct Job {
     erasure: Erasure,
-    removed: [u64; 8],
+    removed: [u64; PLACES.len()],
     /// Passes over Redis done (two before the tombstone and report).
     passes: u8,
 }
 
 impl Job {
     fn new(erasure: Erasure) -> Self {
-        Self { erasure, removed: [0; 8], passes: 0 }
+        Self { erasure, removed: [0; PLACES.len()], passes: 0 }
     }
 }
 
@@ -440,9 +456,16 @@ async fn erase(
     let mut counts = counts.into_iter();
     for (job, shopper) in batch.iter_mut().zip(&shoppers) {
         if shopper.is_some() {
-            for slot in job.removed.iter_mut().take(5) {
+            for slot in job.removed.iter_mut().take(DELETED_TOGETHER) {
                 *slot += counts.next().unwrap_or(0);
             }
+        }
+    }
+    // Nothing pending goes to them: their sends leave the schedule with their content.
+    for (job, shopper) in batch.iter_mut().zip(&shoppers) {
+        if let Some(shopper) = shopper {
+            let cancelled = places.channels.cancel_shopper(job.erasure.tenant, shopper.as_str()).await?;
+            job.removed[PENDING_SENDS] += cancelled.len() as u64;
         }
     }
     // The addresses the store identified them with no longer lead to them.

@@ -61,6 +61,16 @@ pub struct ShopperExport {
     /// of them (`nudge.email.v1`, see the `identify` event): an erasure by e-mail finds the
     /// shopper through them. The addresses, and the store's hashes of them, are not kept.
     pub email_links: Vec<String>,
+    /// The shopper's answers about messages, by channel, with when and where they gave them.
+    #[schema(value_type = Object)]
+    pub consent: BTreeMap<String, nudge_data_plane_channels::gate::ConsentRecord>,
+    /// Whether an address to e-mail them is kept (sealed with their data key; the store
+    /// that sent it knows it).
+    pub email_address_kept: bool,
+    /// Campaign sends to them in the last 30 days, by channel (for the frequency caps).
+    pub recent_sends: BTreeMap<String, u64>,
+    /// Sends scheduled for them and not yet made.
+    pub pending_sends: u64,
     /// What is stored elsewhere and not in this export.
     pub not_included: Vec<String>,
 }
@@ -112,7 +122,7 @@ async fn export(
     tracing::Span::current().record("tenant_id", tracing::field::display(tenant.tenant_id));
     let shopper = ShopperId::parse(&shopper_id)
         .map_err(|_| ApiError::unprocessable("invalid_shopper_id", "not a shopper id this store could have sent"))?;
-    let [session_key, history_key, acked_key] = state.places.keys_of(tenant.tenant_id, &shopper);
+    let [session_key, history_key, acked_key, reach_key, sent_key] = state.places.keys_of(tenant.tenant_id, &shopper);
     let member = idle_member(&SessionKey { tenant: tenant.tenant_id, shopper: shopper.clone() });
     let digest = nudge_contracts::subject_digest(tenant.tenant_id.as_uuid(), &shopper);
     let mut pipe = redis::pipe();
@@ -120,16 +130,36 @@ async fn export(
         .zscore(&state.places.idle_schedule, &member)
         .lrange(&history_key, 0, -1)
         .get(&acked_key)
-        .smembers(emails_key(&state.places.prefix, tenant.tenant_id, &digest));
+        .smembers(emails_key(&state.places.prefix, tenant.tenant_id, &digest))
+        .hgetall(&reach_key)
+        .zrange(&sent_key, 0, -1)
+        .scard(nudge_data_plane_channels::store::pending_key(&state.places.prefix, tenant.tenant_id, shopper.as_str()));
     let mut conn = state.redis.clone();
     #[allow(clippy::type_complexity)]
-    let (session, idle, history, acked, mut email_links): (
+    let (session, idle, history, acked, mut email_links, reach, sends, pending_sends): (
         BTreeMap<String, String>,
         Option<f64>,
         Vec<String>,
         Option<String>,
         Vec<String>,
+        BTreeMap<String, Vec<u8>>,
+        Vec<String>,
+        u64,
     ) = pipe.query_async(&mut conn).await.map_err(|e| unavailable(&e))?;
+    let consent: BTreeMap<String, nudge_data_plane_channels::gate::ConsentRecord> = reach
+        .iter()
+        .filter_map(|(field, value)| {
+            let channel = field.strip_prefix("consent:")?;
+            Some((channel.to_owned(), serde_json::from_slice(value).ok()?))
+        })
+        .collect();
+    let email_address_kept = reach.contains_key("email");
+    let mut recent_sends = BTreeMap::new();
+    for member in &sends {
+        if let Some((channel, _)) = member.split_once('|') {
+            *recent_sends.entry(channel.to_owned()).or_insert(0_u64) += 1;
+        }
+    }
     email_links.sort_unstable();
     let interventions: Vec<serde_json::Value> = history
         .iter()
@@ -137,7 +167,13 @@ async fn export(
         .filter_map(|(_, frame)| serde_json::from_str(frame).ok())
         .collect();
     let suppressed = tenant.is_suppressed(shopper.as_str());
-    let nothing = session.is_empty() && idle.is_none() && interventions.is_empty() && acked.is_none();
+    let nothing = session.is_empty()
+        && idle.is_none()
+        && interventions.is_empty()
+        && acked.is_none()
+        && reach.is_empty()
+        && sends.is_empty()
+        && pending_sends == 0;
     if nothing && email_links.is_empty() && !suppressed {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -156,6 +192,10 @@ async fn export(
         interventions,
         last_acknowledged: acked,
         email_links,
+        consent,
+        email_address_kept,
+        recent_sends,
+        pending_sends,
         not_included: not_included(),
     }))
 }

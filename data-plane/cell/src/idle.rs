@@ -123,6 +123,8 @@ pub async fn scan_once(
             occurred_at_ms: cart.last_activity_ms.saturating_add(i64::try_from(config.after_ms).unwrap_or(0)),
             received_at_ms: now,
             payload: Some(Payload::CartIdle(CartIdle { last_activity_ms: cart.last_activity_ms })),
+            // The cell's own event: the shopper's zone stays the one their browser named.
+            time_zone: String::new(),
         };
         let subject = subject_digest(cart.key.tenant.as_uuid(), &cart.key.shopper);
         match keyring.seal(cart.key.tenant, &subject, EVENT_V1.name, &event.encode_to_vec()).await {

@@ -27,6 +27,8 @@ pub mod pipeline;
 pub mod readiness;
 pub mod retention;
 pub mod sealing;
+pub mod send_log;
+pub mod sends;
 pub mod snippet;
 pub mod usage;
 pub mod validator;
@@ -157,6 +159,11 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
                         .for_cell(&config.cell_id)
                         .idle_schedule()
                         .to_owned(),
+                    channels: nudge_data_plane_channels::store::ChannelStore::new(
+                        redis.clone(),
+                        config.redis.prefix.clone(),
+                        &config.cell_id.to_string(),
+                    ),
                 },
                 erase::Outputs {
                     producer: producer.clone(),
@@ -326,12 +333,26 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
                     .for_cell(&config.cell_id)
                     .idle_schedule()
                     .to_owned(),
+                channels: nudge_data_plane_channels::store::ChannelStore::new(
+                    redis.clone(),
+                    config.redis.prefix.clone(),
+                    &config.cell_id.to_string(),
+                ),
             }),
+        };
+        let send_log = send_log::SendLogState {
+            directory: directory.clone(),
+            store: nudge_data_plane_channels::store::ChannelStore::new(
+                redis.clone(),
+                config.redis.prefix.clone(),
+                &config.cell_id.to_string(),
+            ),
         };
         router = router
             .merge(nudge_data_plane_ingest::router().with_state(ingest))
             .merge(nudge_data_plane_features::api::router().with_state(features))
             .merge(export::router().with_state(export))
+            .merge(send_log::router().with_state(send_log))
             .merge(snippet::router());
     }
 
@@ -407,6 +428,11 @@ fn pipeline_role(
         producer: producer.clone(),
         validated_topic: topics.name(Topic::EventsValidated),
     });
+    let channel_store = nudge_data_plane_channels::store::ChannelStore::new(
+        redis.clone(),
+        config.redis.prefix.clone(),
+        &config.cell_id.to_string(),
+    );
     let scorer: Arc<dyn Handler> = Arc::new(pipeline::Pipeline {
         sessions: SessionStore::new(redis.clone(), config.redis.prefix.clone()).for_cell(&config.cell_id),
         models,
@@ -415,6 +441,7 @@ fn pipeline_role(
         keyring: keyring.clone(),
         rule: config.decide.clone(),
         campaigns: campaigns.clone(),
+        channels: channel_store.clone(),
         publisher: InterventionPublisher::new(redis.clone(), naming.clone(), config.gateway.history.clone()),
         producer: producer.clone(),
         topics: pipeline::OutputTopics {
@@ -467,6 +494,21 @@ fn pipeline_role(
             shutdown.clone(),
         )),
     ));
+    // Campaign e-mails, sent when due unless a purchase cancelled them.
+    let email = match &config.channels.smtp {
+        Some(smtp) => Some(nudge_data_plane_channels::email::EmailSender::new(smtp).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let dispatcher = sends::Dispatcher {
+        store: channel_store,
+        sessions: SessionStore::new(redis.clone(), config.redis.prefix.clone()),
+        directory: directory.clone(),
+        keyring: keyring.clone(),
+        email,
+        config: config.channels.clone(),
+        metrics: sends::SendMetrics::register(metrics),
+    };
+    tasks.push(("delayed sends", tokio::spawn(dispatcher.run(shutdown.clone()))));
     // The stores' active campaigns: decided with once read up to where they stood.
     let campaigns_caught_up = campaigns.caught_up();
     tasks.push(("campaigns", {

@@ -17,6 +17,14 @@
 //! 4. in one Redis script, mark the event applied, write the session, count it and set or
 //!    clear the shopper's idle-cart timer (see `idle.rs`);
 //! 5. route the intervention to the shopper's socket.
+//!
+//! With campaigns, the step also keeps what the delayed channels need (see `crate::sends`):
+//! a consent event records the shopper's answer for its channel, an identify carrying an
+//! address keeps it sealed with the shopper's data key, a purchase cancels every send
+//! pending for the shopper before anything else (the time it took after the cell accepted
+//! the purchase is logged and measured), and a campaign's e-mail is scheduled for after
+//! its delay. On-site messages are gated here (consent, the channel's and the campaign's
+//! caps); every send not made is written to the store's send log with its reason.
 
 use std::sync::Arc;
 
@@ -32,9 +40,13 @@ use nudge_contracts::{
         predictions::v1::Prediction,
     },
 };
+use nudge_data_plane_channels::{
+    gate::{Candidate, ConsentRecord, Verdict, gate},
+    store::{ChannelStore, ChannelsError, LogEntry, PendingSend, SendContent},
+};
 use nudge_data_plane_decide::{
     RuleConfig,
-    campaigns::{CampaignDecision, ShopperMoment, Skip, decide_campaigns},
+    campaigns::{CampaignDecision, CampaignSend, ShopperMoment, decide_campaigns},
     decide,
 };
 use nudge_data_plane_directory::Directory;
@@ -71,6 +83,11 @@ pub struct PipelineMetrics {
     features_defaulted: Counter,
     shadow_scores: Counter,
     campaign_control: Counter,
+    sends_scheduled: Counter,
+    sends_skipped: Counter,
+    sends_cancelled: Counter,
+    cancel_delay: Histogram,
+    log_failures: Counter,
     scores: Histogram,
 }
 
@@ -87,6 +104,11 @@ impl PipelineMetrics {
             features_defaulted: Counter::default(),
             shadow_scores: Counter::default(),
             campaign_control: Counter::default(),
+            sends_scheduled: Counter::default(),
+            sends_skipped: Counter::default(),
+            sends_cancelled: Counter::default(),
+            cancel_delay: Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            log_failures: Counter::default(),
             scores: Histogram::new([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]),
         };
         let mut r = metrics.registry();
@@ -98,6 +120,27 @@ impl PipelineMetrics {
             "Moments a campaign would have sent at, held back for its control group",
             m.campaign_control.clone(),
         );
+        r.register(
+            "pipeline_sends_scheduled",
+            "Campaign e-mails scheduled for after their delay",
+            m.sends_scheduled.clone(),
+        );
+        r.register(
+            "pipeline_sends_skipped",
+            "Campaign sends not made at decision time (holdout, control group, outranked, consent, caps); each is in the store's send log",
+            m.sends_skipped.clone(),
+        );
+        r.register(
+            "pipeline_sends_cancelled",
+            "Pending sends cancelled by the shopper's purchase",
+            m.sends_cancelled.clone(),
+        );
+        r.register(
+            "pipeline_purchase_cancel_seconds",
+            "From the cell accepting a purchase to the shopper's pending sends being cancelled",
+            m.cancel_delay.clone(),
+        );
+        r.register("pipeline_send_log_failures", "Send-log entries that could not be written", m.log_failures.clone());
         r.register("pipeline_interventions_lost", "Interventions that could not be routed", m.lost.clone());
         r.register("pipeline_carts_idle", "Carts found idle (server-side abandonment detection)", m.idle_carts.clone());
         r.register(
@@ -146,12 +189,23 @@ pub struct Pipeline {
     pub rule: RuleConfig,
     /// The stores' active campaigns; a store with none gets the default rule.
     pub campaigns: Arc<crate::campaigns::CampaignBook>,
+    /// Consent, addresses, recent sends, pending sends and the send log.
+    pub channels: ChannelStore,
     pub publisher: InterventionPublisher,
     pub producer: SharedProducer,
     pub topics: OutputTopics,
     pub usage: Arc<UsageCounters>,
     pub metrics: PipelineMetrics,
 }
+
+fn channels_failure(e: ChannelsError) -> Failure {
+    if e.is_unavailable() { Failure::Unavailable(e.to_string()) } else { Failure::Failed(e.to_string()) }
+}
+
+/// The schema name sealed addresses are kept under.
+pub const ADDRESS_SCHEMA: &str = "nudge.channels.address.v1";
+/// The schema name sealed send contents are kept under.
+pub const SEND_SCHEMA: &str = "nudge.channels.send.v1";
 
 fn store_failure(e: StoreError) -> Failure {
     let StoreError::Redis(ref r) = e;
@@ -177,10 +231,36 @@ struct Chosen {
     campaign: Option<(String, i32, String)>,
 }
 
+/// What one moment decided.
+#[derive(Default)]
+struct Decided {
+    /// The on-site message to route.
+    on_site: Option<Chosen>,
+    /// The campaign e-mail to schedule.
+    email: Option<(CampaignSend, nudge_data_plane_decide::campaigns::EmailMessage)>,
+    /// Sends not made, for the send log.
+    skipped: Vec<LogEntry>,
+}
+
+fn skipped(reason: &str, channel: &str, campaign_id: &str, variant: &str, event_id: &str) -> LogEntry {
+    LogEntry {
+        at_ms: Utc::now().timestamp_millis(),
+        outcome: "skipped".into(),
+        reason: reason.into(),
+        channel: channel.into(),
+        campaign_id: campaign_id.into(),
+        variant: variant.into(),
+        intervention_id: String::new(),
+        cause_event_id: event_id.into(),
+        consent: None,
+        detail: String::new(),
+    }
+}
+
 impl Pipeline {
     /// Decides for the shopper at this moment: with the store's active campaigns, or the
-    /// default rule when it has none. Every campaign send skipped is logged with its reason.
-    fn decide(
+    /// default rule when it has none.
+    async fn decide(
         &self,
         tenant: TenantId,
         shopper: &str,
@@ -188,49 +268,248 @@ impl Pipeline {
         session: &mut SessionState,
         features: &nudge_data_plane_features::FeatureVector,
         score: f32,
-    ) -> Option<Chosen> {
+    ) -> Result<Decided, Failure> {
         let campaigns = self.campaigns.of(tenant);
         if campaigns.is_empty() {
-            return match decide(&self.rule, event, session, score) {
-                Ok(action) => Some(Chosen {
-                    kind: action.kind.to_owned(),
-                    title: action.title,
-                    body: action.body,
-                    campaign: None,
-                }),
+            return Ok(match decide(&self.rule, event, session, score) {
+                Ok(action) => Decided {
+                    on_site: Some(Chosen {
+                        kind: action.kind.to_owned(),
+                        title: action.title,
+                        body: action.body,
+                        campaign: None,
+                    }),
+                    ..Decided::default()
+                },
                 Err(hold) => {
                     tracing::debug!(?hold, score, "no intervention");
-                    None
+                    Decided::default()
                 }
-            };
+            });
         }
+        let entry = self.directory.by_tenant(tenant);
+        let policy = entry.as_ref().map(|t| t.messaging.clone()).unwrap_or_default();
         let tenant_text = tenant.to_string();
         let moment = ShopperMoment { tenant: &tenant_text, shopper, event, session, features, score };
-        match decide_campaigns(&campaigns, &moment, self.rule.cooldown_ms) {
-            CampaignDecision::Send(m) => Some(Chosen {
-                kind: m.kind.to_owned(),
-                title: m.title,
-                body: m.body,
-                campaign: Some((m.campaign_id, m.version, m.variant)),
-            }),
-            CampaignDecision::Control { campaign_id, version } => {
-                // Held back as if sent, so the control group's exposure matches.
+        let event_id = event.event_id.as_str();
+        let mut decided = Decided::default();
+        let outranked = |decided: &mut Decided, ids: &[String]| {
+            for id in ids {
+                decided.skipped.push(skipped("outranked", "", id, "", event_id));
+            }
+        };
+        match decide_campaigns(&campaigns, &moment, self.rule.cooldown_ms, policy.holdout_percent) {
+            CampaignDecision::Send(send) => {
+                outranked(&mut decided, &send.outranked);
+                if let Some(on_site) = &send.on_site {
+                    let candidate = Candidate {
+                        channel: "on_site",
+                        campaign_id: &send.campaign_id,
+                        transactional: send.transactional,
+                        campaign_cap: send.frequency_cap,
+                    };
+                    let consent = self.channels.consent(tenant, shopper, "on_site").await.map_err(channels_failure)?;
+                    let now = Utc::now().timestamp_millis();
+                    let sent = self.channels.sent(tenant, shopper, now).await.map_err(channels_failure)?;
+                    // The shopper is on the page now: quiet hours would only ever skip.
+                    match gate(&policy.on_site, candidate, consent.as_ref(), &sent, now, &event.time_zone) {
+                        Verdict::Go => {
+                            decided.on_site = Some(Chosen {
+                                kind: on_site.kind.to_owned(),
+                                title: on_site.title.clone(),
+                                body: on_site.body.clone(),
+                                campaign: Some((send.campaign_id.clone(), send.version, send.variant.clone())),
+                            });
+                        }
+                        Verdict::Skip(reason) => {
+                            let mut entry = skipped(reason, "on_site", &send.campaign_id, &send.variant, event_id);
+                            entry.consent = consent;
+                            decided.skipped.push(entry);
+                        }
+                        Verdict::Defer { .. } => {
+                            decided.skipped.push(skipped(
+                                "quiet_hours",
+                                "on_site",
+                                &send.campaign_id,
+                                &send.variant,
+                                event_id,
+                            ));
+                        }
+                    }
+                }
+                if send.webhook {
+                    decided.skipped.push(skipped(
+                        "channel_unavailable",
+                        "webhook",
+                        &send.campaign_id,
+                        &send.variant,
+                        event_id,
+                    ));
+                }
+                if decided.on_site.is_some() || send.email.is_some() {
+                    session.last_intervention_ms = event.occurred_at_ms;
+                }
+                if let Some(email) = send.email.clone() {
+                    decided.email = Some((send, email));
+                }
+            }
+            CampaignDecision::Holdout { campaign_id, outranked: others, .. } => {
+                // Held back as if sent, so the holdout's exposure matches.
+                session.last_intervention_ms = event.occurred_at_ms;
+                outranked(&mut decided, &others);
+                decided.skipped.push(skipped("global_holdout", "", &campaign_id, "", event_id));
+            }
+            CampaignDecision::Control { campaign_id, outranked: others, .. } => {
                 session.last_intervention_ms = event.occurred_at_ms;
                 self.metrics.campaign_control.inc();
-                tracing::info!(tenant_id = %tenant, %campaign_id, version, reason = "control_group", "campaign send skipped");
-                None
-            }
-            CampaignDecision::Nothing(skip @ Skip::NoOnSiteMessage { .. }) => {
-                if let Skip::NoOnSiteMessage { campaign_id, variant } = &skip {
-                    tracing::info!(tenant_id = %tenant, %campaign_id, %variant, reason = skip.reason(), "campaign send skipped");
-                }
-                None
+                outranked(&mut decided, &others);
+                decided.skipped.push(skipped("control_group", "", &campaign_id, "", event_id));
             }
             CampaignDecision::Nothing(skip) => {
-                tracing::debug!(tenant_id = %tenant, reason = skip.reason(), "campaign send skipped");
-                None
+                tracing::debug!(tenant_id = %tenant, reason = skip.reason(), "no campaign sends");
             }
         }
+        Ok(decided)
+    }
+
+    /// Appends to the store's send log; a failure is logged and counted, never fails the
+    /// step whose effects are already applied.
+    async fn log_send(&self, tenant: TenantId, entry: &LogEntry) {
+        if entry.outcome == "skipped" {
+            self.metrics.sends_skipped.inc();
+            tracing::info!(
+                tenant_id = %tenant,
+                campaign_id = %entry.campaign_id,
+                channel = %entry.channel,
+                reason = %entry.reason,
+                cause_event_id = %entry.cause_event_id,
+                "campaign send skipped"
+            );
+        }
+        if let Err(e) = self.channels.log(tenant, entry).await {
+            self.metrics.log_failures.inc();
+            tracing::warn!(tenant_id = %tenant, error = %e, "a send-log entry could not be written");
+        }
+    }
+
+    /// Keeps what a consent or an identify tells the channels about the shopper.
+    async fn remember_reach(&self, key: &SessionKey, subject: &str, event: &Event) -> Result<(), Failure> {
+        let ttl = i64::try_from(self.keyring.key_lifetime_seconds(key.tenant)).unwrap_or(i64::MAX);
+        match &event.payload {
+            Some(Payload::Consent(consent)) => {
+                let record = ConsentRecord {
+                    granted: consent.granted,
+                    at_ms: event.occurred_at_ms,
+                    event_id: event.event_id.clone(),
+                    source: consent.source.clone(),
+                };
+                self.channels
+                    .record_consent(key.tenant, key.shopper.as_str(), &consent.channel, &record, ttl)
+                    .await
+                    .map_err(channels_failure)
+            }
+            Some(Payload::Identify(identify)) if !identify.email.is_empty() => {
+                let sealed =
+                    match self.keyring.seal(key.tenant, subject, ADDRESS_SCHEMA, identify.email.as_bytes()).await {
+                        Ok(sealed) => sealed,
+                        // Erased meanwhile: nothing is kept.
+                        Err(KeyError::Shredded) => return Ok(()),
+                        Err(e) => return Err(crate::sealing::failure(e)),
+                    };
+                self.channels
+                    .set_address(key.tenant, key.shopper.as_str(), &sealed.encode_to_vec(), ttl)
+                    .await
+                    .map_err(channels_failure)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A purchase: every send pending for the shopper is cancelled, each logged with the
+    /// time since the cell accepted the purchase.
+    async fn cancel_pending(&self, key: &SessionKey, event: &Event) -> Result<(), Failure> {
+        let cancelled =
+            self.channels.cancel_shopper(key.tenant, key.shopper.as_str()).await.map_err(channels_failure)?;
+        if cancelled.is_empty() {
+            return Ok(());
+        }
+        let now = Utc::now().timestamp_millis();
+        let delay_ms = now.saturating_sub(event.received_at_ms).max(0);
+        self.metrics.sends_cancelled.inc_by(cancelled.len() as u64);
+        self.metrics.cancel_delay.observe(delay_ms as f64 / 1000.0);
+        tracing::info!(tenant_id = %key.tenant, sends = cancelled.len(), delay_ms, "pending sends cancelled by a purchase");
+        for c in cancelled {
+            let entry = LogEntry {
+                at_ms: now,
+                outcome: "cancelled".into(),
+                reason: "purchased".into(),
+                channel: c.channel,
+                campaign_id: c.campaign_id,
+                variant: String::new(),
+                intervention_id: c.intervention_id,
+                cause_event_id: c.cause_event_id,
+                consent: None,
+                detail: format!("{delay_ms} ms after the purchase {} was accepted", event.event_id),
+            };
+            self.log_send(key.tenant, &entry).await;
+        }
+        Ok(())
+    }
+
+    /// Schedules a campaign's e-mail for after its delay (from the moment it was decided
+    /// at), sealed with the shopper's data key. False when the shopper was erased meanwhile.
+    async fn schedule_email(
+        &self,
+        key: &SessionKey,
+        subject: &str,
+        event: &Event,
+        intervention_id: &str,
+        send: &CampaignSend,
+        email: &nudge_data_plane_decide::campaigns::EmailMessage,
+    ) -> Result<Option<LogEntry>, Failure> {
+        let content =
+            SendContent::Email { subject: email.subject.clone(), html: email.html.clone(), text: email.text.clone() };
+        let json = serde_json::to_vec(&content).map_err(|e| Failure::Failed(e.to_string()))?;
+        let sealed = match self.keyring.seal(key.tenant, subject, SEND_SCHEMA, &json).await {
+            Ok(sealed) => sealed,
+            Err(KeyError::Shredded) => return Ok(None),
+            Err(e) => return Err(crate::sealing::failure(e)),
+        };
+        let now = Utc::now().timestamp_millis();
+        let due_ms = event.occurred_at_ms.saturating_add(i64::from(email.delay_minutes) * 60_000).max(now);
+        let pending = PendingSend {
+            id: Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("{intervention_id}/email").as_bytes()).to_string(),
+            tenant: key.tenant,
+            shopper: key.shopper.to_string(),
+            subject: subject.to_owned(),
+            channel: "email".into(),
+            campaign_id: send.campaign_id.clone(),
+            version: send.version,
+            variant: send.variant.clone(),
+            transactional: send.transactional,
+            campaign_cap: send.frequency_cap,
+            intervention_id: intervention_id.to_owned(),
+            cause_event_id: event.event_id.clone(),
+            decided_at_ms: now,
+            due_ms,
+            attempts: 0,
+            sealed: sealed.encode_to_vec(),
+        };
+        if !self.channels.schedule_send(&pending).await.map_err(channels_failure)? {
+            return Ok(None);
+        }
+        Ok(Some(LogEntry {
+            at_ms: now,
+            outcome: "scheduled".into(),
+            reason: String::new(),
+            channel: "email".into(),
+            campaign_id: send.campaign_id.clone(),
+            variant: send.variant.clone(),
+            intervention_id: intervention_id.to_owned(),
+            cause_event_id: event.event_id.clone(),
+            consent: None,
+            detail: format!("due at {due_ms}"),
+        }))
     }
 }
 
@@ -287,6 +566,10 @@ impl Pipeline {
             self.usage.dropped(key.tenant, Drop::Suppressed, 1);
             return Ok(());
         }
+        if matches!(event.payload, Some(Payload::Purchase(_))) {
+            // First of all: nothing pending may go to a shopper who bought.
+            self.cancel_pending(&key, event).await?;
+        }
         let mut session = self.sessions.load(&key).await.map_err(store_failure)?;
         if let Some(Payload::CartIdle(idle)) = &event.payload
             && (session.last_seen_ms != idle.last_activity_ms || !session.has_open_cart())
@@ -317,12 +600,13 @@ impl Pipeline {
             None => None,
         };
         self.metrics.scores.observe(f64::from(score));
-        let decided = self.decide(key.tenant, key.shopper.as_str(), event, &mut session, &features, score);
-        let intervention = decided.map(|chosen| {
+        let mut decided = self.decide(key.tenant, key.shopper.as_str(), event, &mut session, &features, score).await?;
+        let intervention_id = intervention_id(key.tenant, &event.event_id).to_string();
+        let intervention = decided.on_site.take().map(|chosen| {
             session.last_intervention_ms = event.occurred_at_ms;
             let (campaign_id, campaign_version, variant) = chosen.campaign.unwrap_or_default();
             Intervention {
-                intervention_id: intervention_id(key.tenant, &event.event_id).to_string(),
+                intervention_id: intervention_id.clone(),
                 tenant_id: key.tenant.to_string(),
                 shopper_id: key.shopper.to_string(),
                 kind: chosen.kind,
@@ -404,7 +688,19 @@ impl Pipeline {
             let ttl = i64::try_from(self.keyring.key_lifetime_seconds(key.tenant)).unwrap_or(i64::MAX);
             self.sessions.link_email(key.tenant, subject, email, ttl).await.map_err(store_failure)?;
         }
-        if !self.sessions.commit(&key, &event.event_id, &session, timer).await.map_err(store_failure)? {
+        self.remember_reach(&key, subject, event).await?;
+        // Scheduled before the effect is marked applied: a crash between them schedules the
+        // same send again, which the store recognises.
+        let scheduled = match &decided.email {
+            Some((send, email)) => self.schedule_email(&key, subject, event, &intervention_id, send, email).await?,
+            None => None,
+        };
+        if !self
+            .sessions
+            .commit(&key, &event.event_id, &session, timer, &event.time_zone)
+            .await
+            .map_err(store_failure)?
+        {
             self.metrics.duplicates.inc();
             return Ok(());
         }
@@ -417,7 +713,24 @@ impl Pipeline {
             self.metrics.idle_carts.inc();
             tracing::info!(tenant_id = %key.tenant, score, "cart found idle");
         }
+        if let Some(entry) = scheduled {
+            self.metrics.sends_scheduled.inc();
+            self.log_send(key.tenant, &entry).await;
+        }
+        for entry in &decided.skipped {
+            self.log_send(key.tenant, entry).await;
+        }
         if let Some(iv) = intervention {
+            if !iv.campaign_id.is_empty() {
+                // Counted for the caps, whether or not the page was still open.
+                let counted = self
+                    .channels
+                    .record_sent(key.tenant, key.shopper.as_str(), "on_site", &iv.campaign_id, &iv.intervention_id, now)
+                    .await;
+                if let Err(e) = counted {
+                    tracing::warn!(tenant_id = %key.tenant, error = %e, "an on-site send could not be counted for the caps");
+                }
+            }
             // Counted as delivered by the gateway, once a browser acknowledges it.
             self.route(&ShopperAddress { tenant: key.tenant, shopper: key.shopper.clone() }, &iv).await;
         }

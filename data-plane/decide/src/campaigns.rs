@@ -3,18 +3,18 @@
 //!
 //! Never after a purchase, and not within the cooldown of the last intervention. Of the
 //! active campaigns whose trigger matches the event and whose condition holds, the one of
-//! highest priority wins (ties: the oldest), one intervention per moment. A shopper in
-//! that campaign's control group gets nothing (the caller counts and logs it; recording
-//! assignments for lift reports is still to come); otherwise the shopper's variant is
-//! picked by the weights, both by a
-//! stable hash of the store, the campaign and the shopper, so a shopper stays in the same
-//! group and variant. The on-site message is rendered with the moment's values; e-mail and
-//! webhook messages are not sent by the cells yet, and a variant with none on site sends
-//! nothing (logged as such).
+//! highest priority wins (ties: the oldest), one intervention per moment; the others are
+//! named as outranked, for the send log. A shopper in the store's global holdout, or in
+//! the winning campaign's control group, gets nothing (the caller logs it); otherwise the
+//! shopper's variant is picked by the weights. Holdout, control group and variant all come
+//! from a stable hash of the store, the campaign and the shopper, so a shopper stays where
+//! they are. The variant's on-site message and e-mail are rendered with the moment's
+//! values, each escaped for its channel; the caller gates and sends them (the e-mail after
+//! its delay). Webhook messages are not sent by the cells yet.
 
 use nudge_campaigns::{
     expr::{Condition, Value},
-    model::{CampaignSpec, Message, OnSiteKind, Trigger},
+    model::{CampaignSpec, FrequencyCap, Message, OnSiteKind, Trigger},
     template::{Escape, Template},
 };
 use nudge_contracts::proto::events::v1::{Event, event::Payload};
@@ -32,6 +32,8 @@ pub struct ActiveCampaign {
     pub created_at_ms: i64,
     pub priority: u16,
     pub control_percent: u8,
+    pub transactional: bool,
+    pub frequency_cap: Option<FrequencyCap>,
     trigger: Trigger,
     condition: Option<Condition>,
     variants: Vec<ReadyVariant>,
@@ -42,6 +44,16 @@ struct ReadyVariant {
     name: String,
     weight: u8,
     on_site: Option<OnSite>,
+    email: Option<EmailTemplates>,
+    webhook: bool,
+}
+
+#[derive(Debug)]
+struct EmailTemplates {
+    subject: Template,
+    html: Template,
+    text: Template,
+    delay_minutes: u32,
 }
 
 #[derive(Debug)]
@@ -69,18 +81,29 @@ impl ActiveCampaign {
         let template = |s: &str| Template::parse(s, &message_variable).map_err(|e| e.to_string());
         let mut variants = Vec::with_capacity(spec.variants.len());
         for v in &spec.variants {
-            let mut on_site = None;
+            let (mut on_site, mut email, mut webhook) = (None, None, false);
             for m in &v.messages {
-                if let Message::OnSite { kind, title, body, discount } = m {
-                    on_site = Some(OnSite {
-                        kind: *kind,
-                        title: template(title)?,
-                        body: template(body)?,
-                        discount: discount.as_ref().map(|d| (d.code.clone(), d.percent)),
-                    });
+                match m {
+                    Message::OnSite { kind, title, body, discount } => {
+                        on_site = Some(OnSite {
+                            kind: *kind,
+                            title: template(title)?,
+                            body: template(body)?,
+                            discount: discount.as_ref().map(|d| (d.code.clone(), d.percent)),
+                        });
+                    }
+                    Message::Email { subject, html, text, delay_minutes } => {
+                        email = Some(EmailTemplates {
+                            subject: template(subject)?,
+                            html: template(html)?,
+                            text: template(text)?,
+                            delay_minutes: *delay_minutes,
+                        });
+                    }
+                    Message::Webhook { .. } => webhook = true,
                 }
             }
-            variants.push(ReadyVariant { name: v.name.clone(), weight: v.weight, on_site });
+            variants.push(ReadyVariant { name: v.name.clone(), weight: v.weight, on_site, email, webhook });
         }
         Ok(Self {
             id: id.to_owned(),
@@ -88,6 +111,8 @@ impl ActiveCampaign {
             created_at_ms,
             priority: spec.priority,
             control_percent: spec.control_percent,
+            transactional: spec.transactional,
+            frequency_cap: spec.frequency_cap,
             trigger: spec.trigger.clone(),
             condition,
             variants,
@@ -136,24 +161,48 @@ fn path_of(url: &str) -> &str {
 /// What the campaigns decided at one moment.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CampaignDecision {
-    /// Send this on-site message.
-    Send(CampaignMessage),
+    /// The winning campaign's messages for this shopper.
+    Send(CampaignSend),
+    /// The shopper is in the store's global holdout: no campaign messages them.
+    Holdout { campaign_id: String, version: i32, outranked: Vec<String> },
     /// The winning campaign holds this shopper back (its control group): nothing is sent.
-    Control { campaign_id: String, version: i32 },
+    Control { campaign_id: String, version: i32, outranked: Vec<String> },
     /// Nothing, and why.
     Nothing(Skip),
 }
 
-/// An on-site message a campaign sends.
+/// What a campaign sends a shopper at one moment.
 #[derive(Debug, Clone, PartialEq)]
-pub struct CampaignMessage {
+pub struct CampaignSend {
     pub campaign_id: String,
     pub version: i32,
     pub variant: String,
+    pub transactional: bool,
+    pub frequency_cap: Option<FrequencyCap>,
+    pub on_site: Option<OnSiteMessage>,
+    pub email: Option<EmailMessage>,
+    /// The variant has a webhook message too, which the cells do not send yet.
+    pub webhook: bool,
+    /// The other campaigns that applied at this moment, of lower priority.
+    pub outranked: Vec<String>,
+}
+
+/// An on-site message, rendered as text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OnSiteMessage {
     /// `message`, `reminder`, `free_shipping_banner`, `discount_code`.
     pub kind: &'static str,
     pub title: String,
     pub body: String,
+}
+
+/// An e-mail, rendered (the HTML body's values HTML-escaped), to send after its delay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmailMessage {
+    pub subject: String,
+    pub html: String,
+    pub text: String,
+    pub delay_minutes: u32,
 }
 
 /// Why no campaign sent anything.
@@ -163,12 +212,6 @@ pub enum Skip {
     CoolingDown,
     /// No active campaign's trigger and condition matched.
     NoCampaignApplies,
-    /// The winning campaign's variant for this shopper has no on-site message (its other
-    /// channels are not sent by the cells yet).
-    NoOnSiteMessage {
-        campaign_id: String,
-        variant: String,
-    },
 }
 
 impl Skip {
@@ -177,7 +220,6 @@ impl Skip {
             Self::AlreadyPurchased => "already_purchased",
             Self::CoolingDown => "cooling_down",
             Self::NoCampaignApplies => "no_campaign_applies",
-            Self::NoOnSiteMessage { .. } => "no_on_site_message",
         }
     }
 }
@@ -212,11 +254,13 @@ pub struct ShopperMoment<'a> {
     pub score: f32,
 }
 
-/// Decides with `campaigns` (the store's active ones) at `moment`.
+/// Decides with `campaigns` (the store's active ones) at `moment`, for a store holding
+/// `holdout_percent` of its shoppers out of every campaign.
 pub fn decide_campaigns(
     campaigns: &[std::sync::Arc<ActiveCampaign>],
     moment: &ShopperMoment<'_>,
     cooldown_ms: i64,
+    holdout_percent: u8,
 ) -> CampaignDecision {
     let session = moment.session;
     if session.purchased {
@@ -228,14 +272,24 @@ pub fn decide_campaigns(
         return CampaignDecision::Nothing(Skip::CoolingDown);
     }
     let values = Moment { features: moment.features, score: moment.score };
-    let winner = campaigns
+    let mut applicable: Vec<&ActiveCampaign> = campaigns
         .iter()
+        .map(|c| &**c)
         .filter(|c| c.triggered_by(moment.event, session, moment.score))
         .filter(|c| c.condition.as_ref().is_none_or(|condition| condition.holds(&values)))
-        .min_by(|a, b| b.priority.cmp(&a.priority).then(a.created_at_ms.cmp(&b.created_at_ms)).then(a.id.cmp(&b.id)));
-    let Some(campaign) = winner else { return CampaignDecision::Nothing(Skip::NoCampaignApplies) };
+        .collect();
+    applicable
+        .sort_by(|a, b| b.priority.cmp(&a.priority).then(a.created_at_ms.cmp(&b.created_at_ms)).then(a.id.cmp(&b.id)));
+    let Some((campaign, rest)) = applicable.split_first() else {
+        return CampaignDecision::Nothing(Skip::NoCampaignApplies);
+    };
+    let outranked: Vec<String> = rest.iter().map(|c| c.id.clone()).collect();
+    let (campaign_id, version) = (campaign.id.clone(), campaign.version);
+    if bucket("holdout", moment.tenant, "", moment.shopper) < holdout_percent {
+        return CampaignDecision::Holdout { campaign_id, version, outranked };
+    }
     if bucket("control", moment.tenant, &campaign.id, moment.shopper) < campaign.control_percent {
-        return CampaignDecision::Control { campaign_id: campaign.id.clone(), version: campaign.version };
+        return CampaignDecision::Control { campaign_id, version, outranked };
     }
     let pick = bucket("variant", moment.tenant, &campaign.id, moment.shopper);
     let mut upto = 0u32;
@@ -248,30 +302,37 @@ pub fn decide_campaigns(
         })
         .or(campaign.variants.last());
     let Some(variant) = variant else { return CampaignDecision::Nothing(Skip::NoCampaignApplies) };
-    let Some(on_site) = &variant.on_site else {
-        return CampaignDecision::Nothing(Skip::NoOnSiteMessage {
-            campaign_id: campaign.id.clone(),
-            variant: variant.name.clone(),
-        });
-    };
-    let value_of = |name: &str| match (name, &on_site.discount) {
+    let discount = variant.on_site.as_ref().and_then(|o| o.discount.clone());
+    let value_of = |name: &str| match (name, &discount) {
         ("discount.code", Some((code, _))) => Value::Text(code.clone()),
         ("discount.percent", Some((_, percent))) => Value::Number(f64::from(*percent)),
         _ => nudge_campaigns::expr::Values::value_of(&values, name),
     };
-    CampaignDecision::Send(CampaignMessage {
-        campaign_id: campaign.id.clone(),
-        version: campaign.version,
+    CampaignDecision::Send(CampaignSend {
+        campaign_id,
+        version,
         variant: variant.name.clone(),
-        kind: match on_site.kind {
-            OnSiteKind::Message => "message",
-            OnSiteKind::Reminder => "reminder",
-            OnSiteKind::FreeShippingBanner => "free_shipping_banner",
-            OnSiteKind::DiscountCode => "discount_code",
-        },
-        // Shown as text by the snippet: nothing to escape, nothing interpreted.
-        title: on_site.title.render(&value_of, Escape::Text),
-        body: on_site.body.render(&value_of, Escape::Text),
+        transactional: campaign.transactional,
+        frequency_cap: campaign.frequency_cap,
+        on_site: variant.on_site.as_ref().map(|on_site| OnSiteMessage {
+            kind: match on_site.kind {
+                OnSiteKind::Message => "message",
+                OnSiteKind::Reminder => "reminder",
+                OnSiteKind::FreeShippingBanner => "free_shipping_banner",
+                OnSiteKind::DiscountCode => "discount_code",
+            },
+            // Shown as text by the snippet: nothing to escape, nothing interpreted.
+            title: on_site.title.render(&value_of, Escape::Text),
+            body: on_site.body.render(&value_of, Escape::Text),
+        }),
+        email: variant.email.as_ref().map(|email| EmailMessage {
+            subject: email.subject.render(&value_of, Escape::Text),
+            html: email.html.render(&value_of, Escape::Html),
+            text: email.text.render(&value_of, Escape::Text),
+            delay_minutes: email.delay_minutes,
+        }),
+        webhook: variant.webhook,
+        outranked,
     })
 }
 
@@ -322,10 +383,10 @@ mod tests {
         f: &FeatureVector,
     ) -> CampaignDecision {
         let moment = ShopperMoment { tenant: "tnt_a", shopper: "shp_1", event, session, features: f, score: 0.8 };
-        decide_campaigns(campaigns, &moment, 60_000)
+        decide_campaigns(campaigns, &moment, 60_000, 0)
     }
 
-    fn sent(d: CampaignDecision) -> CampaignMessage {
+    fn sent(d: CampaignDecision) -> CampaignSend {
         match d {
             CampaignDecision::Send(m) => m,
             other => panic!("expected a message, got {other:?}"),
@@ -344,7 +405,12 @@ mod tests {
             campaign("cmp_high_newer", 10, 4, json!({})),
         ];
         let m = sent(decide(&campaigns, &exit, &session, &f));
-        assert_eq!((m.campaign_id.as_str(), m.title.as_str(), m.kind), ("cmp_high", "From 2 items", "reminder"));
+        let on_site = m.on_site.clone().unwrap();
+        assert_eq!(
+            (m.campaign_id.as_str(), on_site.title.as_str(), on_site.kind),
+            ("cmp_high", "From 2 items", "reminder")
+        );
+        assert_eq!(m.outranked, ["cmp_high_newer", "cmp_low"], "the others that applied, by rank");
         // Another trigger: nothing applies.
         let page = at(Payload::PageView(PageView { url: "https://shop.example/cart".into(), ..Default::default() }), 1);
         assert_eq!(decide(&campaigns, &page, &session, &f), CampaignDecision::Nothing(Skip::NoCampaignApplies));
@@ -410,16 +476,17 @@ mod tests {
                 features: &f,
                 score: 0.5,
             };
-            let first = decide_campaigns(std::slice::from_ref(&c), &moment, 0);
-            assert_eq!(first, decide_campaigns(std::slice::from_ref(&c), &moment, 0), "sticky");
+            let first = decide_campaigns(std::slice::from_ref(&c), &moment, 0, 0);
+            assert_eq!(first, decide_campaigns(std::slice::from_ref(&c), &moment, 0, 0), "sticky");
             match first {
                 CampaignDecision::Control { .. } => control += 1,
-                CampaignDecision::Send(m) => {
-                    assert_eq!(m.variant, "a");
+                CampaignDecision::Send(m) if m.variant == "a" => {
+                    assert!(m.on_site.is_some() && m.email.is_none());
                     a += 1;
                 }
-                CampaignDecision::Nothing(Skip::NoOnSiteMessage { variant, .. }) => {
-                    assert_eq!(variant, "b");
+                CampaignDecision::Send(m) => {
+                    assert_eq!((m.variant.as_str(), m.on_site.is_none()), ("b", true));
+                    assert_eq!(m.email.map(|e| e.text), Some("b".to_owned()));
                     b += 1;
                 }
                 other => panic!("{other:?}"),
@@ -458,7 +525,7 @@ mod tests {
                 features: &f,
                 score: 0.5,
             };
-            let decision = decide_campaigns(std::slice::from_ref(&c), &moment, 0);
+            let decision = decide_campaigns(std::slice::from_ref(&c), &moment, 0, 0);
             let held_back = bucket("control", "tnt_a", "cmp_holdout", &shopper) < 10;
             match (&decision, held_back) {
                 (CampaignDecision::Control { .. }, true) => {
@@ -477,6 +544,57 @@ mod tests {
         let lift = Lift::of(treated, control).unwrap_or_else(|| panic!("both arms have shoppers"));
         assert!(lift.conversion.contains(0.02), "{lift:?}");
         assert!(lift.revenue_per_shopper.contains(2.0), "{lift:?}");
+    }
+
+    #[test]
+    fn the_global_holdout_keeps_the_same_shoppers_out_of_every_campaign() {
+        let exits = [campaign("cmp_exit", 1, 1, json!({}))];
+        let views = [campaign("cmp_view", 1, 2, json!({ "trigger": { "type": "product_view" } }))];
+        let session = SessionState { cart_items: 1, ..Default::default() };
+        let f = features(10.0, 1.0);
+        let exit = at(Payload::ExitIntent(ExitIntent {}), 1);
+        let view = at(Payload::ProductView(ProductView::default()), 1);
+        let mut held = 0;
+        for n in 0..5_000 {
+            let shopper = format!("shp_{n}");
+            let decide_at = |campaigns: &[Arc<ActiveCampaign>], event: &Event| {
+                let moment = ShopperMoment {
+                    tenant: "tnt_a",
+                    shopper: &shopper,
+                    event,
+                    session: &session,
+                    features: &f,
+                    score: 0.5,
+                };
+                decide_campaigns(campaigns, &moment, 0, 10)
+            };
+            let (first, second) = (decide_at(&exits, &exit), decide_at(&views, &view));
+            let out = matches!(first, CampaignDecision::Holdout { .. });
+            assert_eq!(out, matches!(second, CampaignDecision::Holdout { .. }), "one holdout for every campaign");
+            assert_eq!(out, bucket("holdout", "tnt_a", "", &shopper) < 10);
+            held += usize::from(out);
+        }
+        assert!((400..=600).contains(&held), "held out {held} of 5000");
+    }
+
+    #[test]
+    fn an_email_is_rendered_with_its_delay_and_its_html_escaped() {
+        let c = campaign(
+            "cmp_mail",
+            1,
+            1,
+            json!({ "transactional": true, "variants": [{ "name": "a", "weight": 100, "messages": [
+                { "channel": "email", "subject": "{{ cart_items }} items <waiting>",
+                  "html": "<p>{{ cart_items }} items</p>", "text": "{{ cart_items }} items", "delay_minutes": 30 },
+            ]}]}),
+        );
+        let session = SessionState { cart_items: 3, ..Default::default() };
+        let exit = at(Payload::ExitIntent(ExitIntent {}), 1);
+        let m = sent(decide(&[c], &exit, &session, &features(30.0, 3.0)));
+        assert!(m.transactional && m.on_site.is_none());
+        let email = m.email.unwrap();
+        assert_eq!(email.subject, "3 items <waiting>", "the subject is text, its own characters kept");
+        assert_eq!((email.html.as_str(), email.delay_minutes), ("<p>3 items</p>", 30));
     }
 
     #[test]

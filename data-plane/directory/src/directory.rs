@@ -44,6 +44,8 @@ pub struct TenantEntry {
     pub model_version: Option<String>,
     /// A candidate model being rolled out beside it.
     pub rollout: Option<nudge_tenants::ModelRollout>,
+    /// The store's rules for every campaign send (caps, quiet hours, consent, holdout).
+    pub messaging: nudge_campaigns::policy::MessagingPolicy,
     pub revision: u64,
 }
 
@@ -340,10 +342,10 @@ impl Directory {
             let mut ordered = self.ordered.lock().unwrap_or_else(PoisonError::into_inner);
             // An order gone from the record is complete: forget it.
             for before in &orders_before {
-                if !entry.erasure_orders.iter().any(|o| o.request_id == before.request_id) {
-                    if let Some(id) = &before.request_id {
-                        ordered.remove(id);
-                    }
+                if !entry.erasure_orders.iter().any(|o| o.request_id == before.request_id)
+                    && let Some(id) = &before.request_id
+                {
+                    ordered.remove(id);
                 }
             }
             for order in &entry.erasure_orders {
@@ -478,7 +480,21 @@ fn parse_entry(tenant_id: TenantId, config: &TenantConfig) -> Result<TenantEntry
                 canary_basis_points: r.canary_basis_points,
             })
         }),
+        messaging: messaging_policy(tenant_id, &config.messaging_policy_json),
         revision: config.revision,
+    })
+}
+
+/// A record's messaging policy. One this cell cannot read (from a newer control plane)
+/// is replaced by the defaults, which ask for consent before any e-mail: a store is never
+/// stopped for it, and no shopper gets more than the defaults allow.
+fn messaging_policy(tenant: TenantId, json: &str) -> nudge_campaigns::policy::MessagingPolicy {
+    if json.is_empty() {
+        return nudge_campaigns::policy::MessagingPolicy::default();
+    }
+    serde_json::from_str(json).unwrap_or_else(|e| {
+        tracing::warn!(tenant_id = %tenant, error = %e, "a messaging policy this cell cannot read; the defaults apply");
+        nudge_campaigns::policy::MessagingPolicy::default()
     })
 }
 

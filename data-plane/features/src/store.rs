@@ -52,6 +52,9 @@ pub struct SessionStore {
     commit: Script,
 }
 
+/// The session field holding the shopper's time zone (text, beside the numbers).
+const TIME_ZONE: &str = "time_zone";
+
 /// The stored fields, in the order of [`crate::session::stored`]'s bits.
 const FIELDS: [&str; 12] = [
     "first_seen_ms",
@@ -114,13 +117,15 @@ impl SessionStore {
     /// Applies event `event_id`'s effect on the session exactly once: in one script, marks the
     /// event applied (for [`APPLIED_TTL_SECONDS`]), writes the whole session, renews its
     /// expiry, counts the event for the tenant and sets or clears the shopper's idle-cart
-    /// timer. False (and nothing written) when the event was applied already.
+    /// timer; a `time_zone` given (the event's) becomes the shopper's. False (and nothing
+    /// written) when the event was applied already.
     pub async fn commit(
         &self,
         key: &SessionKey,
         event_id: &str,
         s: &SessionState,
         timer: IdleTimer,
+        time_zone: &str,
     ) -> Result<bool, StoreError> {
         let values: [i64; 12] = [
             s.first_seen_ms,
@@ -159,9 +164,20 @@ impl SessionStore {
         for (field, value) in FIELDS.iter().zip(values) {
             invocation.arg(*field).arg(value);
         }
+        if !time_zone.is_empty() {
+            invocation.arg(TIME_ZONE).arg(time_zone);
+        }
         let mut conn = self.redis.clone();
         let applied: i64 = invocation.invoke_async(&mut conn).await?;
         Ok(applied == 1)
+    }
+
+    /// The shopper's time zone (IANA), as their browser last named it.
+    pub async fn time_zone(&self, key: &SessionKey) -> Result<Option<String>, StoreError> {
+        let mut conn = self.redis.clone();
+        let zone: Option<String> =
+            redis::cmd("HGET").arg(key.redis_key(&self.prefix)).arg(TIME_ZONE).query_async(&mut conn).await?;
+        Ok(zone)
     }
 }
 

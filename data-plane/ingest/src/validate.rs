@@ -5,7 +5,8 @@ use nudge_contracts::{
     EventId, ShopperId,
     ingest::RawEvent,
     proto::events::v1::{
-        CartChange, CheckoutStart, Event, ExitIntent, Identify, PageView, ProductView, Purchase, event::Payload,
+        CartChange, CheckoutStart, Consent, Event, ExitIntent, Identify, PageView, ProductView, Purchase,
+        event::Payload,
     },
 };
 use nudge_tenants::TenantId;
@@ -89,16 +90,26 @@ pub fn parse_event(index: usize, raw: &RawEvent, tenant: TenantId, now: DateTime
             currency: props.currency()?,
         }),
         "exit_intent" => Payload::ExitIntent(ExitIntent {}),
-        "identify" => Payload::Identify(Identify {
-            customer_ref: props.text("customer_ref", 128)?,
-            email_sha256: props.opt_sha256("email_sha256")?.unwrap_or_default(),
+        "identify" => props.identify()?,
+        "consent" => Payload::Consent(Consent {
+            channel: props.channel()?,
+            granted: props.flag("granted")?,
+            source: props.opt_text("source", 100)?.unwrap_or_default(),
         }),
         other => {
             let shown: String = other.chars().take(64).collect();
             return Err(err(index, "unknown_event_type", format!("unknown event type `{shown}`")));
         }
     };
+    let time_zone = match raw.time_zone.as_deref() {
+        None | Some("") => String::new(),
+        Some(zone) if nudge_campaigns::policy::time_zone(zone).is_some() => zone.to_owned(),
+        Some(_) => {
+            return Err(err(index, "invalid_time_zone", "time_zone must be an IANA time zone such as Europe/Berlin"));
+        }
+    };
     Ok(Event {
+        time_zone,
         tenant_id: tenant.to_string(),
         event_id: event_id.to_string(),
         shopper_id: shopper_id.to_string(),
@@ -142,6 +153,58 @@ impl Props<'_> {
             Some(s) if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(Some(s.to_ascii_lowercase())),
             Some(_) => Err(self.invalid(field, "must be a SHA-256 in hex (64 hex digits)")),
         }
+    }
+
+    fn flag(&self, field: &str) -> Result<bool, EventError> {
+        match self.map.get(field) {
+            Some(Value::Bool(b)) => Ok(*b),
+            None | Some(Value::Null) => Err(self.invalid(field, "is required")),
+            Some(_) => Err(self.invalid(field, "must be true or false")),
+        }
+    }
+
+    /// A channel a shopper's consent is about.
+    fn channel(&self) -> Result<String, EventError> {
+        let channel = self.text("channel", 16)?;
+        if nudge_campaigns::policy::CHANNELS.contains(&channel.as_str()) {
+            Ok(channel)
+        } else {
+            Err(self.invalid("channel", "must be one of on_site, email, webhook"))
+        }
+    }
+
+    /// An identify: the customer reference, and the address (for e-mails) or its digest (for
+    /// erasure requests). An address given makes its digest, which must then agree with a
+    /// digest given beside it.
+    fn identify(&self) -> Result<Payload, EventError> {
+        let email = match self.opt_text("email", 254)? {
+            None => String::new(),
+            Some(address) => {
+                let address = address.trim().to_lowercase();
+                let plausible = address.split_once('@').is_some_and(|(local, domain)| {
+                    !local.is_empty() && domain.contains('.') && !domain.starts_with('.') && !domain.ends_with('.')
+                }) && address.matches('@').count() == 1
+                    && !address
+                        .chars()
+                        .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | ',' | ';'));
+                if !plausible {
+                    return Err(self.invalid("email", "must be an e-mail address"));
+                }
+                address
+            }
+        };
+        let given = self.opt_sha256("email_sha256")?;
+        let email_sha256 = if email.is_empty() {
+            given.unwrap_or_default()
+        } else {
+            use sha2::Digest;
+            let digest = hex::encode(sha2::Sha256::digest(email.as_bytes()));
+            if given.is_some_and(|g| g != digest) {
+                return Err(self.invalid("email_sha256", "is not the SHA-256 of the email given beside it"));
+            }
+            digest
+        };
+        Ok(Payload::Identify(Identify { customer_ref: self.text("customer_ref", 128)?, email_sha256, email }))
     }
 
     /// A non-negative amount in major units (`49.99`) as minor units (`4999`).
@@ -238,6 +301,38 @@ mod tests {
     }
 
     #[test]
+    fn an_identify_with_an_address_carries_its_digest_and_consent_is_per_channel() {
+        let e = parse_event(
+            0,
+            &raw(json!({"event_id": "e1", "type": "identify", "shopper_id": "s1", "time_zone": "Europe/Berlin",
+                "properties": {"customer_ref": "c-1", "email": " Ada@Example.com "}})),
+            TenantId::new(),
+            now(),
+        )
+        .unwrap();
+        assert_eq!(e.time_zone, "Europe/Berlin");
+        let Some(Payload::Identify(i)) = e.payload else { panic!("wrong payload") };
+        assert_eq!(i.email, "ada@example.com");
+        assert_eq!(i.email_sha256, hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"ada@example.com")));
+        let e = parse_event(
+            0,
+            &raw(json!({"event_id": "e2", "type": "consent", "shopper_id": "s1",
+                "properties": {"channel": "email", "granted": true, "source": "checkout_checkbox"}})),
+            TenantId::new(),
+            now(),
+        )
+        .unwrap();
+        assert_eq!(
+            e.payload,
+            Some(Payload::Consent(Consent {
+                channel: "email".into(),
+                granted: true,
+                source: "checkout_checkbox".into()
+            }))
+        );
+    }
+
+    #[test]
     fn codes_for_each_kind_of_mistake() {
         let t = TenantId::new();
         let cases = [
@@ -275,6 +370,26 @@ mod tests {
             (
                 json!({"event_id": "e", "type": "exit_intent", "shopper_id": "s", "properties": {"notes": "x".repeat(20_000)}}),
                 "event_too_large",
+            ),
+            (
+                json!({"event_id": "e", "type": "exit_intent", "shopper_id": "s", "time_zone": "Mars/Olympus"}),
+                "invalid_time_zone",
+            ),
+            (
+                json!({"event_id": "e", "type": "consent", "shopper_id": "s", "properties": {"channel": "sms", "granted": true}}),
+                "invalid_property",
+            ),
+            (
+                json!({"event_id": "e", "type": "consent", "shopper_id": "s", "properties": {"channel": "email", "granted": "yes"}}),
+                "invalid_property",
+            ),
+            (
+                json!({"event_id": "e", "type": "identify", "shopper_id": "s", "properties": {"customer_ref": "c", "email": "not an address"}}),
+                "invalid_property",
+            ),
+            (
+                json!({"event_id": "e", "type": "identify", "shopper_id": "s", "properties": {"customer_ref": "c", "email": "a@example.com", "email_sha256": "0".repeat(64)}}),
+                "invalid_property",
             ),
         ];
         for (i, (body, code)) in cases.into_iter().enumerate() {

@@ -6,6 +6,7 @@ pub mod campaigns;
 pub mod erasures;
 pub mod error;
 pub mod merchant;
+pub mod messaging;
 pub mod models;
 pub mod offboarding;
 pub mod sessions;
@@ -27,4 +28,5 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(offboarding::router())
         .merge(billing::router())
         .merge(campaigns::router())
+        .merge(messaging::router())
 }

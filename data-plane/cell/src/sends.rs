@@ -1,0 +1,335 @@
+//! The dispatcher of delayed sends: campaign e-mails the pipeline scheduled (see
+//! `crate::pipeline`), sent when due unless a purchase cancelled them first.
+//!
+//! Each round claims the due sends (leasing them, so a crashed dispatcher's sends come
+//! back after `lease_ms`, and two replicas never take the same one) and, for each, checks
+//! at the moment of sending what may have changed since the decision: the store still
+//! served here, the shopper not erased, their consent, the store's quiet hours in their
+//! time zone, the channel's and the campaign's caps. A send the SMTP server refuses for a
+//! while is retried with exponential backoff, and given up after `max_attempts`; one it
+//! refuses for good is given up at once. Every outcome goes to the store's send log, with
+//! the consent the send was checked against.
+//!
+//! Delivery is at least once: a crash between the server accepting an e-mail and the send
+//! being settled sends it again after the lease, with the same `Message-ID`.
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::Utc;
+use nudge_contracts::{ShopperId, proto::sealed::v1::Sealed};
+use nudge_data_plane_channels::{
+    email::{Email, EmailError, EmailSender, SmtpConfig},
+    gate::{Candidate, ConsentRecord, Verdict, gate},
+    store::{ChannelStore, LogEntry, PendingSend, SendContent},
+};
+use nudge_data_plane_directory::Directory;
+use nudge_data_plane_features::store::{SessionKey, SessionStore};
+use nudge_data_plane_keyring::{KeyError, Keyring};
+use nudge_platform_telemetry::Metrics;
+use nudge_tenants::TenantId;
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family},
+};
+use prost::Message;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::pipeline::{ADDRESS_SCHEMA, SEND_SCHEMA};
+
+/// `[channels]` in the cell's configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ChannelsConfig {
+    /// How often due sends are looked for.
+    pub scan_interval_ms: u64,
+    /// Most sends claimed per round.
+    pub batch: usize,
+    /// How long a claimed send is someone's; after that it is due again.
+    pub lease_ms: u64,
+    /// Tries of a send the server keeps refusing for now (4xx, unreachable).
+    pub max_attempts: u32,
+    /// The first retry's pause; each next one doubles it, up to an hour.
+    pub retry_backoff_ms: u64,
+    /// The SMTP server e-mails go through; without one, e-mails are skipped
+    /// (`channel_unavailable`).
+    pub smtp: Option<SmtpConfig>,
+}
+
+impl Default for ChannelsConfig {
+    fn default() -> Self {
+        Self {
+            scan_interval_ms: 500,
+            batch: 100,
+            lease_ms: 60_000,
+            max_attempts: 8,
+            retry_backoff_ms: 30_000,
+            smtp: None,
+        }
+    }
+}
+
+impl ChannelsConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.scan_interval_ms == 0 || self.batch == 0 || self.lease_ms == 0 || self.max_attempts == 0 {
+            return Err("channels: scan_interval_ms, batch, lease_ms and max_attempts must be positive".into());
+        }
+        self.smtp.as_ref().map_or(Ok(()), SmtpConfig::validate)
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    channel: String,
+    outcome: String,
+    reason: String,
+}
+
+/// Dispatcher counters.
+#[derive(Clone)]
+pub struct SendMetrics {
+    outcomes: Family<Outcome, Counter>,
+    log_failures: Counter,
+}
+
+impl SendMetrics {
+    pub fn register(metrics: &Metrics) -> Self {
+        let m = Self { outcomes: Family::default(), log_failures: Counter::default() };
+        let mut r = metrics.registry();
+        r.register(
+            "channel_sends",
+            "Delayed sends settled or moved, by channel, outcome (sent, skipped, deferred, retrying, failed) and reason",
+            m.outcomes.clone(),
+        );
+        r.register(
+            "channel_send_log_failures",
+            "Send-log entries the dispatcher could not write",
+            m.log_failures.clone(),
+        );
+        m
+    }
+}
+
+/// Sends what is due.
+pub struct Dispatcher {
+    pub store: ChannelStore,
+    pub sessions: SessionStore,
+    pub directory: Arc<Directory>,
+    pub keyring: Arc<Keyring>,
+    pub email: Option<EmailSender>,
+    pub config: ChannelsConfig,
+    pub metrics: SendMetrics,
+}
+
+/// What became of one send.
+struct Settled {
+    outcome: &'static str,
+    reason: String,
+    consent: Option<ConsentRecord>,
+    detail: String,
+}
+
+impl Settled {
+    fn skipped(reason: &str, consent: Option<ConsentRecord>) -> Self {
+        Self { outcome: "skipped", reason: reason.into(), consent, detail: String::new() }
+    }
+}
+
+impl Dispatcher {
+    /// Rounds until `shutdown`; a failing round (Redis away) is logged and tried again.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let interval = Duration::from_millis(self.config.scan_interval_ms);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                () = tokio::time::sleep(interval) => {}
+            }
+            if !self.directory.is_caught_up() {
+                continue;
+            }
+            if let Err(e) = self.round().await {
+                tracing::warn!(error = %e, "a round of delayed sends failed; retrying at the next interval");
+            }
+        }
+    }
+
+    /// One round: every claimed send handled. How many were claimed.
+    pub async fn round(&self) -> anyhow::Result<usize> {
+        let now = Utc::now().timestamp_millis();
+        let lease = now.saturating_add(i64::try_from(self.config.lease_ms).unwrap_or(i64::MAX));
+        let claimed = self.store.claim(now, lease, self.config.batch).await?;
+        for (tenant, id) in &claimed {
+            let Some(send) = self.store.pending(*tenant, id).await? else {
+                // Cancelled or settled by another replica meanwhile.
+                self.store.forget(*tenant, id).await?;
+                continue;
+            };
+            let settled = self.handle(&send).await?;
+            if settled.outcome.is_empty() {
+                continue;
+            }
+            let entry = LogEntry {
+                at_ms: Utc::now().timestamp_millis(),
+                outcome: settled.outcome.into(),
+                reason: settled.reason.clone(),
+                channel: send.channel.clone(),
+                campaign_id: send.campaign_id.clone(),
+                variant: send.variant.clone(),
+                intervention_id: send.intervention_id.clone(),
+                cause_event_id: send.cause_event_id.clone(),
+                consent: settled.consent,
+                detail: settled.detail,
+            };
+            self.metrics
+                .outcomes
+                .get_or_create(&Outcome {
+                    channel: send.channel.clone(),
+                    outcome: settled.outcome.into(),
+                    reason: settled.reason.clone(),
+                })
+                .inc();
+            if settled.outcome != "sent" {
+                tracing::info!(
+                    tenant_id = %tenant,
+                    campaign_id = %send.campaign_id,
+                    channel = %send.channel,
+                    outcome = settled.outcome,
+                    reason = %settled.reason,
+                    "delayed send not made"
+                );
+            }
+            if let Err(e) = self.store.log(*tenant, &entry).await {
+                self.metrics.log_failures.inc();
+                tracing::warn!(tenant_id = %tenant, error = %e, "a send-log entry could not be written");
+            }
+        }
+        Ok(claimed.len())
+    }
+
+    /// Decides and carries out one send; settles or reschedules it.
+    async fn handle(&self, send: &PendingSend) -> anyhow::Result<Settled> {
+        let tenant = send.tenant;
+        let settle = || self.store.settle(tenant, &send.id, &send.shopper);
+        let Some(entry) = self.directory.by_tenant(tenant) else {
+            settle().await?;
+            return Ok(Settled::skipped("tenant_not_served", None));
+        };
+        if entry.is_suppressed(&send.shopper) {
+            settle().await?;
+            return Ok(Settled::skipped("erased", None));
+        }
+        let Some(policy) = entry.messaging.channel(&send.channel) else {
+            settle().await?;
+            return Ok(Settled::skipped("channel_unavailable", None));
+        };
+        let now = Utc::now().timestamp_millis();
+        let consent = self.store.consent(tenant, &send.shopper, &send.channel).await?;
+        let sent = self.store.sent(tenant, &send.shopper, now).await?;
+        let zone = match ShopperId::parse(&send.shopper) {
+            Ok(shopper) => self.sessions.time_zone(&SessionKey { tenant, shopper }).await?.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        let candidate = Candidate {
+            channel: &send.channel,
+            campaign_id: &send.campaign_id,
+            transactional: send.transactional,
+            campaign_cap: send.campaign_cap,
+        };
+        match gate(policy, candidate, consent.as_ref(), &sent, now, &zone) {
+            Verdict::Go => {}
+            Verdict::Skip(reason) => {
+                settle().await?;
+                return Ok(Settled::skipped(reason, consent));
+            }
+            Verdict::Defer { until_ms } => {
+                self.store.reschedule(tenant, &send.id, until_ms, send.attempts).await?;
+                return Ok(Settled {
+                    outcome: "deferred",
+                    reason: "quiet_hours".into(),
+                    consent,
+                    detail: format!(
+                        "due again at {until_ms} (quiet hours in {})",
+                        if zone.is_empty() { "UTC" } else { &zone }
+                    ),
+                });
+            }
+        }
+        let content = match self.open(tenant, &send.sealed, SEND_SCHEMA).await? {
+            Some(bytes) => serde_json::from_slice::<SendContent>(&bytes)?,
+            None => {
+                settle().await?;
+                return Ok(Settled::skipped("erased", consent));
+            }
+        };
+        let SendContent::Email { subject, html, text } = content;
+        let Some(sender) = &self.email else {
+            settle().await?;
+            return Ok(Settled::skipped("channel_unavailable", consent));
+        };
+        let Some(sealed_address) = self.store.address(tenant, &send.shopper).await? else {
+            settle().await?;
+            return Ok(Settled::skipped("no_address", consent));
+        };
+        let Some(address) = self.open(tenant, &sealed_address, ADDRESS_SCHEMA).await? else {
+            settle().await?;
+            return Ok(Settled::skipped("erased", consent));
+        };
+        let address = String::from_utf8(address)?;
+        // The last moment a purchase can still stop it.
+        if self.store.pending(tenant, &send.id).await?.is_none() {
+            // Cancelled (and logged so) meanwhile.
+            return Ok(Settled { outcome: "", reason: String::new(), consent, detail: String::new() });
+        }
+        let email = Email { to: &address, id: &send.id, subject: &subject, html: &html, text: &text };
+        match sender.send(&email).await {
+            Ok(()) => {
+                let at = Utc::now().timestamp_millis();
+                self.store.record_sent(tenant, &send.shopper, &send.channel, &send.campaign_id, &send.id, at).await?;
+                settle().await?;
+                Ok(Settled { outcome: "sent", reason: String::new(), consent, detail: String::new() })
+            }
+            Err(EmailError::Permanent(why)) => {
+                settle().await?;
+                Ok(Settled { outcome: "failed", reason: "rejected".into(), consent, detail: why })
+            }
+            Err(EmailError::Transient(why)) => {
+                let attempts = send.attempts.saturating_add(1);
+                if attempts >= self.config.max_attempts {
+                    settle().await?;
+                    return Ok(Settled {
+                        outcome: "failed",
+                        reason: "attempts_exhausted".into(),
+                        consent,
+                        detail: why,
+                    });
+                }
+                let pause = self.backoff_ms(attempts);
+                let due = Utc::now().timestamp_millis().saturating_add(pause);
+                self.store.reschedule(tenant, &send.id, due, attempts).await?;
+                Ok(Settled {
+                    outcome: "retrying",
+                    reason: "server_unavailable".into(),
+                    consent,
+                    detail: format!("attempt {attempts} failed ({why}); again in {pause} ms"),
+                })
+            }
+        }
+    }
+
+    /// The pause after the `attempts`-th failure: the base doubled each time, at most an hour.
+    fn backoff_ms(&self, attempts: u32) -> i64 {
+        let base = i64::try_from(self.config.retry_backoff_ms).unwrap_or(i64::MAX);
+        base.saturating_mul(1_i64 << attempts.saturating_sub(1).min(20)).min(3_600_000)
+    }
+
+    /// Opens sealed bytes; `None` when the shopper's key is gone (erased).
+    async fn open(&self, tenant: TenantId, bytes: &[u8], schema: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        let sealed = Sealed::decode(bytes)?;
+        anyhow::ensure!(sealed.tenant_id == tenant.to_string(), "a sealed value of another tenant");
+        match self.keyring.open(&sealed, schema).await {
+            Ok(plain) => Ok(Some(plain)),
+            Err(KeyError::Shredded) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}

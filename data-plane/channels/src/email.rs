@@ -1,0 +1,130 @@
+//! The e-mail channel: messages over SMTP (plain on loopback, STARTTLS or implicit TLS
+//! elsewhere), with the send's id as the `Message-ID`, so a message sent twice (a crash
+//! between the server's acceptance and the send being settled) is recognisably one.
+
+use std::time::Duration;
+
+use lettre::{
+    AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
+    message::{Mailbox, MultiPart},
+    transport::smtp::authentication::Credentials,
+};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// How the connection to the SMTP server is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SmtpSecurity {
+    /// Plain text: only for a server on loopback (the local run and tests).
+    None,
+    /// STARTTLS on the submission port (587), required.
+    Starttls,
+    /// TLS from the first byte (465).
+    Tls,
+}
+
+/// `[channels.smtp]` in the cell's configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct SmtpConfig {
+    pub host: String,
+    pub port: u16,
+    pub security: SmtpSecurity,
+    pub username: Option<String>,
+    pub password: Option<SecretString>,
+    /// The sender, e.g. `Nudge <no-reply@mail.nudge.example>`.
+    pub from: String,
+    /// How long one exchange with the server may take.
+    pub timeout_ms: u64,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 2525,
+            security: SmtpSecurity::None,
+            username: None,
+            password: None,
+            from: "Nudge <no-reply@nudge.localhost>".into(),
+            timeout_ms: 10_000,
+        }
+    }
+}
+
+impl SmtpConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.security == SmtpSecurity::None && !matches!(self.host.as_str(), "127.0.0.1" | "localhost" | "::1") {
+            return Err("channels.smtp.security = \"none\" only for a server on loopback".into());
+        }
+        self.from.parse::<Mailbox>().map_err(|e| format!("channels.smtp.from: {e}"))?;
+        if self.username.is_some() != self.password.is_some() {
+            return Err("channels.smtp: username and password go together".into());
+        }
+        Ok(())
+    }
+}
+
+/// Why an e-mail did not go.
+#[derive(Debug, thiserror::Error)]
+pub enum EmailError {
+    /// Worth trying again later: the server is away, busy, or said try later (4xx).
+    #[error("{0}")]
+    Transient(String),
+    /// The server refused it for good (5xx), or the address does not parse.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+/// An e-mail to send.
+pub struct Email<'a> {
+    pub to: &'a str,
+    /// The send's id, made the `Message-ID`.
+    pub id: &'a str,
+    pub subject: &'a str,
+    pub html: &'a str,
+    pub text: &'a str,
+}
+
+/// Sends e-mails through one SMTP server (connections pooled).
+pub struct EmailSender {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+}
+
+impl EmailSender {
+    pub fn new(config: &SmtpConfig) -> Result<Self, String> {
+        config.validate()?;
+        let builder = match config.security {
+            SmtpSecurity::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&config.host),
+            SmtpSecurity::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&config.host)
+                .map_err(|e| format!("channels.smtp: {e}"))?,
+            SmtpSecurity::Tls => {
+                AsyncSmtpTransport::<Tokio1Executor>::relay(&config.host).map_err(|e| format!("channels.smtp: {e}"))?
+            }
+        };
+        let mut builder = builder.port(config.port).timeout(Some(Duration::from_millis(config.timeout_ms)));
+        if let (Some(user), Some(password)) = (&config.username, &config.password) {
+            builder = builder.credentials(Credentials::new(user.clone(), password.expose_secret().to_owned()));
+        }
+        let from = config.from.parse().map_err(|e| format!("channels.smtp.from: {e}"))?;
+        Ok(Self { transport: builder.build(), from })
+    }
+
+    pub async fn send(&self, email: &Email<'_>) -> Result<(), EmailError> {
+        let to: Mailbox = email.to.parse().map_err(|e| EmailError::Permanent(format!("the address: {e}")))?;
+        let message = Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(email.subject)
+            .message_id(Some(format!("<{}@nudge>", email.id)))
+            .multipart(MultiPart::alternative_plain_html(email.text.to_owned(), email.html.to_owned()))
+            .map_err(|e| EmailError::Permanent(format!("the message: {e}")))?;
+        match self.transport.send(message).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_permanent() => Err(EmailError::Permanent(e.to_string())),
+            Err(e) => Err(EmailError::Transient(e.to_string())),
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! The delayed channels of a cell: a campaign's e-mail, decided at a shopper's moment and
+//! sent minutes later unless the shopper buys first.
+//!
+//! - [`gate`]: whether a send may go now (consent, quiet hours, caps), free of I/O.
+//! - [`store`]: the schedule, the pending sends, the shoppers' addresses, consent and
+//!   recent sends, and the store's send log, in Redis.
+//! - [`email`]: the SMTP sender.
+
+pub mod email;
+pub mod gate;
+pub mod store;

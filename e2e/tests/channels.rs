@@ -1,0 +1,335 @@
+//! Campaign e-mails end to end, through a real SMTP server (aiosmtpd): a campaign's e-mail is
+//! scheduled at the shopper's moment and sent after its delay to the address the store
+//! identified them with, unless they buy first — the purchase cancels it, and the time that
+//! took is measured. Every send not made is in the store's send log with its reason: no
+//! consent, a refusal, the frequency cap, quiet hours in the shopper's own time zone, a
+//! campaign of higher priority.
+
+mod common;
+
+use std::time::Duration;
+
+use chrono::Utc;
+use common::ORIGIN;
+use nudge_data_plane_channels::email::SmtpConfig;
+use nudge_test_support::{MailServer, Platform, unique_suffix};
+use serde_json::{Value, json};
+
+/// A store with `policy` and the given campaigns active; its publishable key, a secret key
+/// reading the send log, and the owner's token.
+struct Store {
+    key: String,
+    sends_key: String,
+    token: String,
+    tenant: String,
+}
+
+async fn store_with(platform: &Platform, policy: Value, campaigns: &[Value]) -> anyhow::Result<Store> {
+    let owner = format!("owner-{}@example.com", unique_suffix());
+    let store = platform.sign_up_as("Mailer", &[ORIGIN], &owner).await?;
+    platform.wait_for_key(&store.publishable_key, ORIGIN).await?;
+    let token = platform.login(&owner, None).await?.access_token;
+    let cp = &platform.control_plane_url;
+    let tenant = store.tenant_id.clone();
+    let r = platform
+        .http
+        .put(format!("{cp}/v1/tenants/{tenant}/messaging-policy"))
+        .bearer_auth(&token)
+        .json(&policy)
+        .send()
+        .await?;
+    anyhow::ensure!(r.status() == 200, "policy: {}", r.text().await?);
+    for spec in campaigns {
+        let created: Value = platform
+            .http
+            .post(format!("{cp}/v1/tenants/{tenant}/campaigns"))
+            .bearer_auth(&token)
+            .json(spec)
+            .send()
+            .await?
+            .json()
+            .await?;
+        let id = created["campaign_id"].as_str().ok_or_else(|| anyhow::anyhow!("not created: {created}"))?;
+        let r = platform
+            .http
+            .post(format!("{cp}/v1/tenants/{tenant}/campaigns/{id}/state"))
+            .bearer_auth(&token)
+            .json(&json!({"state": "active"}))
+            .send()
+            .await?;
+        anyhow::ensure!(r.status() == 200, "activating: {}", r.text().await?);
+    }
+    let sends_key = platform.create_secret_key(&owner, &tenant, &["sends:read"]).await?;
+    Ok(Store { key: store.publishable_key, sends_key, token, tenant })
+}
+
+fn email_campaign(name: &str, priority: u16, delay_minutes: u32) -> Value {
+    json!({
+        "name": name, "trigger": { "type": "exit_intent" }, "priority": priority, "control_percent": 0,
+        "variants": [{ "name": "mail", "weight": 100, "messages": [{
+            "channel": "email", "delay_minutes": delay_minutes,
+            "subject": "Your {{ cart_items }} items are waiting",
+            "html": "<p>You left {{ cart_items }} items worth {{ cart_value }} EUR.</p>",
+            "text": "You left {{ cart_items }} items worth {{ cart_value }} EUR.",
+        }]}],
+    })
+}
+
+/// A shopper's moment, `ago_s` seconds back: they identify with `email` (consent to e-mail
+/// given, refused, or neither), put a tent in the cart and move to leave. The exit's event
+/// id.
+async fn exit_with_cart(
+    platform: &Platform,
+    store: &Store,
+    shopper: &str,
+    email: &str,
+    consent: Option<bool>,
+    time_zone: Option<&str>,
+    ago_s: i64,
+) -> anyhow::Result<String> {
+    let at = |offset: i64| (Utc::now() - chrono::Duration::seconds(ago_s - offset)).to_rfc3339();
+    let tag = unique_suffix();
+    let mut events = vec![
+        json!({"event_id": format!("{tag}-id"), "type": "identify", "shopper_id": shopper, "occurred_at": at(0),
+               "properties": {"customer_ref": format!("c-{shopper}"), "email": email}}),
+        json!({"event_id": format!("{tag}-add"), "type": "add_to_cart", "shopper_id": shopper, "occurred_at": at(2),
+               "properties": {"product_id": "tent-2p", "price": 79.0, "currency": "EUR", "quantity": 1}}),
+    ];
+    if let Some(granted) = consent {
+        events.push(json!({"event_id": format!("{tag}-consent"), "type": "consent", "shopper_id": shopper,
+            "occurred_at": at(1), "properties": {"channel": "email", "granted": granted, "source": "checkout_checkbox"}}));
+    }
+    let exit = format!("{tag}-exit");
+    events.push(json!({"event_id": exit, "type": "exit_intent", "shopper_id": shopper, "occurred_at": at(3)}));
+    if let Some(zone) = time_zone {
+        for e in &mut events {
+            e["time_zone"] = json!(zone);
+        }
+    }
+    let r = platform.post_events(&store.key, Some(ORIGIN), &json!({ "events": events })).await?;
+    anyhow::ensure!(r.status() == 202, "{}", r.text().await?);
+    Ok(exit)
+}
+
+/// The send log's entries for decisions at `event`, newest first.
+async fn log_of(platform: &Platform, store: &Store, event: &str) -> anyhow::Result<Vec<Value>> {
+    let r = platform
+        .http
+        .get(format!("{}/v1/sends?limit=1000&cause_event_id={event}", platform.cell_url))
+        .bearer_auth(&store.sends_key)
+        .send()
+        .await?;
+    anyhow::ensure!(r.status() == 200, "send log: {}", r.status());
+    let body: Value = r.json().await?;
+    Ok(body["entries"].as_array().cloned().unwrap_or_default())
+}
+
+/// Waits for an entry of `event` with `outcome` (and `campaign` when given).
+async fn wait_entry(
+    platform: &Platform,
+    store: &Store,
+    event: &str,
+    outcome: &str,
+    wait: Duration,
+) -> anyhow::Result<Value> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let entries = log_of(platform, store, event).await?;
+        if let Some(e) = entries.iter().find(|e| e["outcome"] == outcome) {
+            return Ok(e.clone());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no `{outcome}` entry for {event} within {wait:?}; the log has {entries:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A platform whose cell sends e-mail through `mail`, looking for due sends often.
+async fn platform_with(mail: &MailServer) -> anyhow::Result<Platform> {
+    let port = mail.port();
+    Platform::start_with(|_, cell| {
+        cell.channels.smtp = Some(SmtpConfig { port, ..SmtpConfig::default() });
+        cell.channels.scan_interval_ms = 100;
+        // Every moment of a shopper may decide (the caps are what this test is about).
+        cell.decide.cooldown_ms = 0;
+    })
+    .await
+}
+
+/// Plays moments for new shoppers until the cell schedules one (it learns the store's
+/// campaigns moments after the API answers).
+async fn until_scheduling(platform: &Platform, store: &Store) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while tokio::time::Instant::now() < deadline {
+        let shopper = format!("shp_probe_{}", unique_suffix());
+        let exit = exit_with_cart(platform, store, &shopper, "probe@example.com", Some(true), None, 0).await?;
+        if wait_entry(platform, store, &exit, "scheduled", Duration::from_secs(5)).await.is_ok() {
+            return Ok(());
+        }
+    }
+    anyhow::bail!("the cell never scheduled a campaign e-mail")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purchase_cancels_the_scheduled_email_and_the_others_arrive() -> anyhow::Result<()> {
+    let mail = MailServer::start().await?;
+    let platform = platform_with(&mail).await?;
+    // E-mail: consent required, no quiet hours or caps in the way of this test.
+    let policy = json!({ "email": { "requires_consent": true } });
+    let store = store_with(&platform, policy, &[email_campaign("Come back", 10, 1)]).await?;
+    until_scheduling(&platform, &store).await?;
+
+    // Two shoppers leave with a cart 50 s ago: their e-mails are due in about 10 s.
+    let buyer = format!("shp_buyer_{}", unique_suffix());
+    let waiter = format!("shp_waiter_{}", unique_suffix());
+    let buyer_exit = exit_with_cart(&platform, &store, &buyer, "buyer@example.com", Some(true), None, 50).await?;
+    let waiter_exit = exit_with_cart(&platform, &store, &waiter, "waiter@example.com", Some(true), None, 50).await?;
+    let scheduled = wait_entry(&platform, &store, &buyer_exit, "scheduled", Duration::from_secs(20)).await?;
+    wait_entry(&platform, &store, &waiter_exit, "scheduled", Duration::from_secs(20)).await?;
+
+    // The buyer buys before theirs is due.
+    let purchase = json!({"events": [{"event_id": format!("{buyer}-order"), "type": "purchase", "shopper_id": buyer,
+        "properties": {"order_id": "o-1", "value": 79.0, "currency": "EUR"}}]});
+    let posted_at = Utc::now().timestamp_millis();
+    let r = platform.post_events(&store.key, Some(ORIGIN), &purchase).await?;
+    assert_eq!(r.status(), 202);
+    let cancelled = wait_entry(&platform, &store, &buyer_exit, "cancelled", Duration::from_secs(10)).await?;
+    assert_eq!((cancelled["reason"].as_str(), cancelled["channel"].as_str()), (Some("purchased"), Some("email")));
+    let took = cancelled["at_ms"].as_i64().unwrap_or_default() - posted_at;
+    println!("purchase to cancellation: {took} ms (from the purchase being posted to the send being cancelled)");
+    assert_eq!(cancelled["intervention_id"], scheduled["intervention_id"]);
+
+    // The other shopper's e-mail arrives, rendered, with the send's id as its Message-ID.
+    let got = mail.wait_for("waiter@example.com", Duration::from_secs(30)).await?;
+    assert_eq!(got.subject, "Your 1 items are waiting");
+    assert!(got.raw.contains("You left 1 items worth 79 EUR."), "{}", got.raw);
+    let sent = wait_entry(&platform, &store, &waiter_exit, "sent", Duration::from_secs(10)).await?;
+    assert_eq!(sent["consent"]["granted"], true, "the consent it went by is logged: {sent}");
+    assert_eq!(sent["consent"]["source"], "checkout_checkbox");
+    assert!(got.message_id.starts_with('<') && got.message_id.ends_with("@nudge>"), "{}", got.message_id);
+
+    // Well past the buyer's due time, and past the dispatcher's next rounds: nothing for them.
+    let due: i64 =
+        scheduled["detail"].as_str().and_then(|d| d.strip_prefix("due at ")).and_then(|d| d.parse().ok()).unwrap_or(0);
+    while Utc::now().timestamp_millis() < due + 2_000 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(mail.received_by("buyer@example.com")?.is_empty(), "the buyer got an e-mail");
+    let outcomes: Vec<String> = log_of(&platform, &store, &buyer_exit)
+        .await?
+        .iter()
+        .filter_map(|e| e["outcome"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(outcomes, ["cancelled", "scheduled"], "newest first");
+    platform.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consent_caps_quiet_hours_and_priority_each_skip_a_send_with_its_reason() -> anyhow::Result<()> {
+    let mail = MailServer::start().await?;
+    let platform = platform_with(&mail).await?;
+    // Quiet two hours around this moment for a shopper six hours east of UTC: shoppers in
+    // UTC are far outside the window, whatever the time of day the test runs.
+    let east = Utc::now() + chrono::Duration::hours(6);
+    let hhmm = |t: chrono::DateTime<Utc>| t.format("%H:%M").to_string();
+    let policy = json!({
+        "email": {
+            "requires_consent": true,
+            "frequency_cap": { "max": 1, "per_hours": 24 },
+            "quiet_hours": { "start": hhmm(east - chrono::Duration::hours(1)), "end": hhmm(east + chrono::Duration::hours(1)), "then": "skip" },
+        },
+    });
+    let high = email_campaign("High", 20, 0);
+    let low = json!({
+        "name": "Low", "trigger": { "type": "exit_intent" }, "priority": 5, "control_percent": 0,
+        "variants": [{ "name": "a", "weight": 100, "messages": [
+            { "channel": "on_site", "kind": "reminder", "title": "Still there?", "body": "Saved." }]}],
+    });
+    let store = store_with(&platform, policy, &[high, low]).await?;
+
+    // The policy reads back; a bad one is refused field by field, and a viewer or another
+    // store's owner changes nothing.
+    let cp = &platform.control_plane_url;
+    let url = format!("{cp}/v1/tenants/{}/messaging-policy", store.tenant);
+    let read: Value = platform.http.get(&url).bearer_auth(&store.token).send().await?.json().await?;
+    assert_eq!(read["policy"]["email"]["frequency_cap"]["max"], 1, "{read}");
+    assert_eq!(read["policy"]["email"]["quiet_hours"]["then"], "skip");
+    let bad = json!({ "holdout_percent": 80, "email": { "quiet_hours": { "start": "25:00", "end": "08:00" } } });
+    let refused = platform.http.put(&url).bearer_auth(&store.token).json(&bad).send().await?;
+    assert_eq!(refused.status(), 422);
+    let refused: Value = refused.json().await?;
+    assert_eq!(refused["error"]["code"], "invalid_policy");
+    let fields: Vec<&str> = refused["error"]["details"]["problems"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["field"].as_str())
+        .collect();
+    assert_eq!(fields, ["holdout_percent", "email.quiet_hours.start"]);
+    let other_owner = format!("other-{}@example.com", unique_suffix());
+    platform.sign_up_as("Other", &["https://other.example.com"], &other_owner).await?;
+    let other_token = platform.login(&other_owner, None).await?.access_token;
+    assert_eq!(platform.http.get(&url).bearer_auth(&other_token).send().await?.status(), 404);
+    assert_eq!(platform.http.put(&url).bearer_auth(&other_token).json(&json!({})).send().await?.status(), 404);
+
+    until_scheduling(&platform, &store).await?;
+    let shopper = |tag: &str| format!("shp_{tag}_{}", unique_suffix());
+
+    // Priority: the high campaign's e-mail is scheduled, the low one is outranked.
+    let (first, silent, refusing, quiet) = (shopper("first"), shopper("silent"), shopper("refusing"), shopper("quiet"));
+    let exit = exit_with_cart(&platform, &store, &first, "first@example.com", Some(true), None, 0).await?;
+    let outranked = wait_entry(&platform, &store, &exit, "skipped", Duration::from_secs(20)).await?;
+    assert_eq!(outranked["reason"], "outranked");
+    mail.wait_for("first@example.com", Duration::from_secs(30)).await?;
+    wait_entry(&platform, &store, &exit, "sent", Duration::from_secs(10)).await?;
+
+    // The frequency cap: the same shopper's next moment is capped (one e-mail a day).
+    let again = exit_with_cart(&platform, &store, &first, "first@example.com", Some(true), None, 0).await?;
+    let capped = wait_sent_or_skipped(&platform, &store, &again).await?;
+    assert_eq!(
+        (capped["outcome"].as_str(), capped["reason"].as_str()),
+        (Some("skipped"), Some("frequency_cap")),
+        "{capped}"
+    );
+
+    // No consent recorded, and a refusal (logged with the evidence).
+    let exit = exit_with_cart(&platform, &store, &silent, "silent@example.com", None, None, 0).await?;
+    let skipped = wait_sent_or_skipped(&platform, &store, &exit).await?;
+    assert_eq!(skipped["reason"], "no_consent", "{skipped}");
+    let exit = exit_with_cart(&platform, &store, &refusing, "refusing@example.com", Some(false), None, 0).await?;
+    let skipped = wait_sent_or_skipped(&platform, &store, &exit).await?;
+    assert_eq!(skipped["reason"], "consent_refused", "{skipped}");
+    assert_eq!(
+        (skipped["consent"]["granted"].as_bool(), skipped["consent"]["source"].as_str()),
+        (Some(false), Some("checkout_checkbox"))
+    );
+
+    // Quiet hours in the shopper's time zone (UTC+6 here).
+    let exit = exit_with_cart(&platform, &store, &quiet, "quiet@example.com", Some(true), Some("Etc/GMT-6"), 0).await?;
+    let skipped = wait_sent_or_skipped(&platform, &store, &exit).await?;
+    assert_eq!(skipped["reason"], "quiet_hours", "{skipped}");
+
+    for address in ["silent@example.com", "refusing@example.com", "quiet@example.com"] {
+        assert!(mail.received_by(address)?.is_empty(), "{address} got an e-mail");
+    }
+    assert_eq!(mail.received_by("first@example.com")?.len(), 1, "the capped one was not sent");
+    platform.shutdown().await
+}
+
+/// The e-mail's final entry for decisions at `event`: sent, or skipped by the dispatcher
+/// (the outranked on-site campaign's entry is not it).
+async fn wait_sent_or_skipped(platform: &Platform, store: &Store, event: &str) -> anyhow::Result<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let entries = log_of(platform, store, event).await?;
+        if let Some(e) =
+            entries.iter().find(|e| e["channel"] == "email" && (e["outcome"] == "sent" || e["outcome"] == "skipped"))
+        {
+            return Ok(e.clone());
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "no outcome for {event}; the log has {entries:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
