@@ -382,7 +382,6 @@ impl Pipeline {
                 campaign_id = %entry.campaign_id,
                 channel = %entry.channel,
                 reason = %entry.reason,
-                cause_event_id = %entry.cause_event_id,
                 "campaign send skipped"
             );
         }
