@@ -33,7 +33,10 @@ use nudge_contracts::{
         features::v1::SubjectKey,
     },
 };
-use nudge_data_plane_channels::store::{ChannelStore, reach_key, sent_key};
+use nudge_data_plane_channels::{
+    outcomes::assignments_key,
+    store::{ChannelStore, reach_key, sent_key},
+};
 use nudge_data_plane_directory::{Directory, Erasure, ErasureScope};
 use nudge_data_plane_features::store::{SessionKey, email_key, emails_key, idle_member, last_seen_key, subject_key};
 use nudge_data_plane_gateway::{hub::ShopperAddress, route::Naming};
@@ -65,7 +68,7 @@ impl Places {
     /// The Redis keys holding what the cell keeps about `shopper` of `tenant` (besides the
     /// idle-cart timer, a member of [`Places::idle_schedule`], and the subject index entry,
     /// [`subject_key`]).
-    pub fn keys_of(&self, tenant: TenantId, shopper: &ShopperId) -> [String; 5] {
+    pub fn keys_of(&self, tenant: TenantId, shopper: &ShopperId) -> [String; 6] {
         let session = SessionKey { tenant, shopper: shopper.clone() }.redis_key(&self.prefix);
         let address = ShopperAddress { tenant, shopper: shopper.clone() };
         [
@@ -74,6 +77,7 @@ impl Places {
             self.naming.acked(&address),
             reach_key(&self.prefix, tenant, shopper.as_str()),
             sent_key(&self.prefix, tenant, shopper.as_str()),
+            assignments_key(&self.prefix, tenant, shopper.as_str()),
         ]
     }
 }
@@ -81,12 +85,13 @@ impl Places {
 /// The places of a report, in the order [`erase`] counts them; the last is the tombstone
 /// written for every subject (its count says nothing about what was found). Deleting the
 /// data key (`redis.data_key`) is what shreds the sealed records on the event streams.
-pub const PLACES: [&str; 11] = [
+pub const PLACES: [&str; 12] = [
     "redis.session",
     "redis.history",
     "redis.acked",
     "redis.reach",
     "redis.recent_sends",
+    "redis.assignments",
     "redis.idle_cart",
     "redis.subject_index",
     "redis.email_index",
@@ -96,13 +101,13 @@ pub const PLACES: [&str; 11] = [
 ];
 
 /// How many of [`PLACES`] one pipeline of deletions counts, in order.
-const DELETED_TOGETHER: usize = 7;
+const DELETED_TOGETHER: usize = 8;
 /// Where in [`PLACES`] the e-mail links, the pending sends, the data key and the tombstone
 /// are.
-const EMAIL_INDEX: usize = 7;
-const PENDING_SENDS: usize = 8;
-const DATA_KEY: usize = 9;
-const TOMBSTONE: usize = 10;
+const EMAIL_INDEX: usize = 8;
+const PENDING_SENDS: usize = 9;
+const DATA_KEY: usize = 10;
+const TOMBSTONE: usize = 11;
 
 /// Where the erase task writes tombstones and reports, and how it paces itself.
 pub struct Outputs {
@@ -559,7 +564,7 @@ async fn publish_email(outputs: &Outputs, job: &mut EmailJob) -> anyhow::Result<
         publish(outputs, chunk).await?;
     }
     let Some(request_id) = job.erasure.request_id.clone() else { return Ok(()) };
-    let mut removed = [0u64; 8];
+    let mut removed = [0u64; PLACES.len()];
     for subject in &job.subjects {
         for (total, n) in removed.iter_mut().zip(subject.removed) {
             *total += n;
