@@ -30,13 +30,17 @@ pub struct MessagingPolicy {
     /// assigned by shopper, so a shopper stays in it (raising the share adds shoppers,
     /// lowering it releases some; none moves the other way).
     pub holdout_percent: u8,
+    /// How long after a shopper is assigned to a campaign's arm their purchases count for
+    /// it, in days (1 to 30; 7 unless given).
+    pub attribution_days: u16,
 }
 
 impl Default for MessagingPolicy {
     /// On site: no cap beyond the cell's cooldown, no quiet hours (the shopper is on the
     /// page), no consent asked. E-mail: at most 2 a day, quiet from 21:00 to 08:00 (sends
     /// wait for the morning), only to shoppers who agreed. Webhooks: no limits (the
-    /// merchant's own systems apply theirs). No global holdout.
+    /// merchant's own systems apply theirs). No global holdout; purchases count for a
+    /// week after an assignment.
     fn default() -> Self {
         Self {
             on_site: ChannelPolicy::default(),
@@ -47,6 +51,7 @@ impl Default for MessagingPolicy {
             },
             webhook: ChannelPolicy::default(),
             holdout_percent: 0,
+            attribution_days: 7,
         }
     }
 }
@@ -138,6 +143,11 @@ impl QuietHours {
 }
 
 impl MessagingPolicy {
+    /// The attribution window, in milliseconds.
+    pub fn attribution_window_ms(&self) -> i64 {
+        i64::from(self.attribution_days) * 86_400_000
+    }
+
     /// The rules of `channel` (one of [`CHANNELS`]).
     pub fn channel(&self, channel: &str) -> Option<&ChannelPolicy> {
         match channel {
@@ -156,6 +166,9 @@ impl MessagingPolicy {
         };
         if self.holdout_percent > MAX_HOLDOUT_PERCENT {
             invalid("holdout_percent".into(), "0 to 30");
+        }
+        if !(1..=30).contains(&self.attribution_days) {
+            invalid("attribution_days".into(), "1 to 30");
         }
         for name in CHANNELS {
             let Some(channel) = self.channel(name) else { continue };

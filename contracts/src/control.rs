@@ -160,7 +160,7 @@ pub struct ApiKeyList {
 #[serde(deny_unknown_fields)]
 pub struct CreateKeyRequest {
     pub name: String,
-    /// From: `events:write`, `features:read`, `shoppers:export`, `sends:read`.
+    /// From: `events:write`, `features:read`, `shoppers:export`, `sends:read`, `reports:read`.
     pub scopes: Vec<String>,
 }
 

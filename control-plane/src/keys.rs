@@ -9,7 +9,7 @@ use sqlx::Row;
 use crate::{announce::announce, db::DbError, routing::TenantRouter};
 
 /// What a secret key may do.
-pub const SCOPES: [&str; 4] = [
+pub const SCOPES: [&str; 5] = [
     // Send events from a server (no browser, no Origin).
     "events:write",
     // Read shoppers' current features at the cell.
@@ -18,6 +18,8 @@ pub const SCOPES: [&str; 4] = [
     "shoppers:export",
     // Read the store's send log at the cell (campaign sends, skips and their reasons).
     "sends:read",
+    // Read the store's lift reports at the cell (campaigns against their holdouts).
+    "reports:read",
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -19,9 +19,11 @@ use serde_json::{Value, json};
 /// reading the send log, and the owner's token.
 struct Store {
     key: String,
+    /// Reads the send log and the lift reports.
     sends_key: String,
     token: String,
     tenant: String,
+    campaigns: Vec<String>,
 }
 
 async fn store_with(platform: &Platform, policy: Value, campaigns: &[Value]) -> anyhow::Result<Store> {
@@ -39,6 +41,7 @@ async fn store_with(platform: &Platform, policy: Value, campaigns: &[Value]) -> 
         .send()
         .await?;
     anyhow::ensure!(r.status() == 200, "policy: {}", r.text().await?);
+    let mut ids = Vec::new();
     for spec in campaigns {
         let created: Value = platform
             .http
@@ -58,9 +61,10 @@ async fn store_with(platform: &Platform, policy: Value, campaigns: &[Value]) -> 
             .send()
             .await?;
         anyhow::ensure!(r.status() == 200, "activating: {}", r.text().await?);
+        ids.push(id.to_owned());
     }
-    let sends_key = platform.create_secret_key(&owner, &tenant, &["sends:read"]).await?;
-    Ok(Store { key: store.publishable_key, sends_key, token, tenant })
+    let sends_key = platform.create_secret_key(&owner, &tenant, &["sends:read", "reports:read"]).await?;
+    Ok(Store { key: store.publishable_key, sends_key, token, tenant, campaigns: ids })
 }
 
 fn email_campaign(name: &str, priority: u16, delay_minutes: u32) -> Value {
@@ -177,7 +181,7 @@ async fn a_purchase_cancels_the_scheduled_email_and_the_others_arrive() -> anyho
     let mail = MailServer::start().await?;
     let platform = platform_with(&mail).await?;
     // E-mail: consent required, no quiet hours or caps in the way of this test.
-    let policy = json!({ "email": { "requires_consent": true } });
+    let policy = json!({ "email": { "requires_consent": true }, "attribution_days": 3 });
     let store = store_with(&platform, policy, &[email_campaign("Come back", 10, 1)]).await?;
     until_scheduling(&platform, &store).await?;
 
@@ -223,6 +227,24 @@ async fn a_purchase_cancels_the_scheduled_email_and_the_others_arrive() -> anyho
         .filter_map(|e| e["outcome"].as_str().map(str::to_owned))
         .collect();
     assert_eq!(outcomes, ["cancelled", "scheduled"], "newest first");
+
+    // The campaign's report: the shoppers it treated (the probes too), the buyer's order
+    // counted for them within the attribution window; no control group in this campaign.
+    let report: Value = platform
+        .http
+        .get(format!("{}/v1/lift?campaign_id={}", platform.cell_url, store.campaigns[0]))
+        .bearer_auth(&store.sends_key)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert!(report["treated"]["shoppers"].as_u64().unwrap_or(0) >= 2, "{report}");
+    assert_eq!(
+        (report["treated"]["converted"].as_u64(), report["treated"]["revenue_minor"].as_f64()),
+        (Some(1), Some(7900.0))
+    );
+    assert_eq!(report["control"]["shoppers"], 0);
+    assert_eq!(report["lift"], Value::Null, "no control group, no lift");
     platform.shutdown().await
 }
 

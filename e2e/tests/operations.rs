@@ -98,6 +98,7 @@ async fn openapi_documents_every_route() -> anyhow::Result<()> {
                 "/v1/shoppers/{shopper_id}/export",
                 "/v1/shoppers/features",
                 "/v1/sends",
+                "/v1/lift",
                 "/nudge.js",
                 "/healthz",
                 "/readyz",

@@ -71,6 +71,9 @@ pub struct ShopperExport {
     pub recent_sends: BTreeMap<String, u64>,
     /// Sends scheduled for them and not yet made.
     pub pending_sends: u64,
+    /// The campaigns they are assigned to for lift reports, with their arm (`treated`,
+    /// `control`, `holdout`; `_store` is the store's global holdout or not).
+    pub campaign_arms: BTreeMap<String, String>,
     /// What is stored elsewhere and not in this export.
     pub not_included: Vec<String>,
 }
@@ -122,7 +125,8 @@ async fn export(
     tracing::Span::current().record("tenant_id", tracing::field::display(tenant.tenant_id));
     let shopper = ShopperId::parse(&shopper_id)
         .map_err(|_| ApiError::unprocessable("invalid_shopper_id", "not a shopper id this store could have sent"))?;
-    let [session_key, history_key, acked_key, reach_key, sent_key] = state.places.keys_of(tenant.tenant_id, &shopper);
+    let [session_key, history_key, acked_key, reach_key, sent_key, assignments_key] =
+        state.places.keys_of(tenant.tenant_id, &shopper);
     let member = idle_member(&SessionKey { tenant: tenant.tenant_id, shopper: shopper.clone() });
     let digest = nudge_contracts::subject_digest(tenant.tenant_id.as_uuid(), &shopper);
     let mut pipe = redis::pipe();
@@ -133,10 +137,11 @@ async fn export(
         .smembers(emails_key(&state.places.prefix, tenant.tenant_id, &digest))
         .hgetall(&reach_key)
         .zrange(&sent_key, 0, -1)
-        .scard(nudge_data_plane_channels::store::pending_key(&state.places.prefix, tenant.tenant_id, shopper.as_str()));
+        .scard(nudge_data_plane_channels::store::pending_key(&state.places.prefix, tenant.tenant_id, shopper.as_str()))
+        .hgetall(&assignments_key);
     let mut conn = state.redis.clone();
     #[allow(clippy::type_complexity)]
-    let (session, idle, history, acked, mut email_links, reach, sends, pending_sends): (
+    let (session, idle, history, acked, mut email_links, reach, sends, pending_sends, assignments): (
         BTreeMap<String, String>,
         Option<f64>,
         Vec<String>,
@@ -145,7 +150,13 @@ async fn export(
         BTreeMap<String, Vec<u8>>,
         Vec<String>,
         u64,
+        BTreeMap<String, String>,
     ) = pipe.query_async(&mut conn).await.map_err(|e| unavailable(&e))?;
+    // Campaign → arm (`_store`: the store's holdout or not).
+    let campaign_arms: BTreeMap<String, String> = assignments
+        .into_iter()
+        .filter_map(|(campaign, value)| Some((campaign, value.split('|').next()?.to_owned())))
+        .collect();
     let consent: BTreeMap<String, nudge_data_plane_channels::gate::ConsentRecord> = reach
         .iter()
         .filter_map(|(field, value)| {
@@ -173,7 +184,8 @@ async fn export(
         && acked.is_none()
         && reach.is_empty()
         && sends.is_empty()
-        && pending_sends == 0;
+        && pending_sends == 0
+        && campaign_arms.is_empty();
     if nothing && email_links.is_empty() && !suppressed {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -196,6 +208,7 @@ async fn export(
         email_address_kept,
         recent_sends,
         pending_sends,
+        campaign_arms,
         not_included: not_included(),
     }))
 }

@@ -22,6 +22,7 @@ pub mod erase;
 pub mod export;
 pub mod idle;
 pub mod keys;
+pub mod lift_report;
 pub mod models;
 pub mod pipeline;
 pub mod readiness;
@@ -348,11 +349,19 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
                 &config.cell_id.to_string(),
             ),
         };
+        let lift = lift_report::LiftState {
+            directory: directory.clone(),
+            outcomes: nudge_data_plane_channels::outcomes::OutcomeStore::new(
+                redis.clone(),
+                config.redis.prefix.clone(),
+            ),
+        };
         router = router
             .merge(nudge_data_plane_ingest::router().with_state(ingest))
             .merge(nudge_data_plane_features::api::router().with_state(features))
             .merge(export::router().with_state(export))
             .merge(send_log::router().with_state(send_log))
+            .merge(lift_report::router().with_state(lift))
             .merge(snippet::router());
     }
 
@@ -442,6 +451,7 @@ fn pipeline_role(
         rule: config.decide.clone(),
         campaigns: campaigns.clone(),
         channels: channel_store.clone(),
+        outcomes: nudge_data_plane_channels::outcomes::OutcomeStore::new(redis.clone(), config.redis.prefix.clone()),
         publisher: InterventionPublisher::new(redis.clone(), naming.clone(), config.gateway.history.clone()),
         producer: producer.clone(),
         topics: pipeline::OutputTopics {

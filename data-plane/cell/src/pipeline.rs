@@ -42,6 +42,7 @@ use nudge_contracts::{
 };
 use nudge_data_plane_channels::{
     gate::{Candidate, ConsentRecord, Verdict, gate},
+    outcomes::{ArmName, OutcomeStore, STORE},
     store::{ChannelStore, ChannelsError, LogEntry, PendingSend, SendContent},
 };
 use nudge_data_plane_decide::{
@@ -191,6 +192,8 @@ pub struct Pipeline {
     pub campaigns: Arc<crate::campaigns::CampaignBook>,
     /// Consent, addresses, recent sends, pending sends and the send log.
     pub channels: ChannelStore,
+    /// Shoppers' arms and the purchases that count for them.
+    pub outcomes: OutcomeStore,
     pub publisher: InterventionPublisher,
     pub producer: SharedProducer,
     pub topics: OutputTopics,
@@ -240,6 +243,8 @@ struct Decided {
     email: Option<(CampaignSend, nudge_data_plane_decide::campaigns::EmailMessage)>,
     /// Sends not made, for the send log.
     skipped: Vec<LogEntry>,
+    /// The winning campaign and the shopper's arm of it (and of the store's holdout).
+    assignment: Option<(String, ArmName)>,
 }
 
 fn skipped(reason: &str, channel: &str, campaign_id: &str, variant: &str, event_id: &str) -> LogEntry {
@@ -300,6 +305,7 @@ impl Pipeline {
         };
         match decide_campaigns(&campaigns, &moment, self.rule.cooldown_ms, policy.holdout_percent) {
             CampaignDecision::Send(send) => {
+                decided.assignment = Some((send.campaign_id.clone(), ArmName::Treated));
                 outranked(&mut decided, &send.outranked);
                 if let Some(on_site) = &send.on_site {
                     let candidate = Candidate {
@@ -356,11 +362,13 @@ impl Pipeline {
             CampaignDecision::Holdout { campaign_id, outranked: others, .. } => {
                 // Held back as if sent, so the holdout's exposure matches.
                 session.last_intervention_ms = event.occurred_at_ms;
+                decided.assignment = Some((campaign_id.clone(), ArmName::Holdout));
                 outranked(&mut decided, &others);
                 decided.skipped.push(skipped("global_holdout", "", &campaign_id, "", event_id));
             }
             CampaignDecision::Control { campaign_id, outranked: others, .. } => {
                 session.last_intervention_ms = event.occurred_at_ms;
+                decided.assignment = Some((campaign_id.clone(), ArmName::Control));
                 self.metrics.campaign_control.inc();
                 outranked(&mut decided, &others);
                 decided.skipped.push(skipped("control_group", "", &campaign_id, "", event_id));
@@ -370,6 +378,14 @@ impl Pipeline {
             }
         }
         Ok(decided)
+    }
+
+    /// The store's attribution window.
+    fn attribution_window_ms(&self, tenant: TenantId) -> i64 {
+        self.directory
+            .by_tenant(tenant)
+            .map(|t| t.messaging.attribution_window_ms())
+            .unwrap_or_else(|| nudge_campaigns::policy::MessagingPolicy::default().attribution_window_ms())
     }
 
     /// Appends to the store's send log; a failure is logged and counted, never fails the
@@ -565,9 +581,23 @@ impl Pipeline {
             self.usage.dropped(key.tenant, Drop::Suppressed, 1);
             return Ok(());
         }
-        if matches!(event.payload, Some(Payload::Purchase(_))) {
+        if let Some(Payload::Purchase(purchase)) = &event.payload {
             // First of all: nothing pending may go to a shopper who bought.
             self.cancel_pending(&key, event).await?;
+            // Then the purchase counts for every arm the shopper is in (once, however often
+            // this step runs).
+            let window = self.attribution_window_ms(key.tenant);
+            self.outcomes
+                .purchase(
+                    key.tenant,
+                    key.shopper.as_str(),
+                    &nudge_contracts::id_digest(&event.event_id),
+                    purchase.value_minor,
+                    event.occurred_at_ms,
+                    window,
+                )
+                .await
+                .map_err(channels_failure)?;
         }
         let mut session = self.sessions.load(&key).await.map_err(store_failure)?;
         if let Some(Payload::CartIdle(idle)) = &event.payload
@@ -688,6 +718,15 @@ impl Pipeline {
             self.sessions.link_email(key.tenant, subject, email, ttl).await.map_err(store_failure)?;
         }
         self.remember_reach(&key, subject, event).await?;
+        if let Some((campaign, arm)) = &decided.assignment {
+            let window = self.attribution_window_ms(key.tenant);
+            let shopper = key.shopper.as_str();
+            let at = event.occurred_at_ms;
+            let store_arm = if *arm == ArmName::Holdout { ArmName::Holdout } else { ArmName::Treated };
+            for (name, arm) in [(campaign.as_str(), *arm), (STORE, store_arm)] {
+                self.outcomes.assign(key.tenant, shopper, name, arm, at, window).await.map_err(channels_failure)?;
+            }
+        }
         // Scheduled before the effect is marked applied: a crash between them schedules the
         // same send again, which the store recognises.
         let scheduled = match &decided.email {

@@ -5,7 +5,10 @@
 //! - [`store`]: the schedule, the pending sends, the shoppers' addresses, consent and
 //!   recent sends, and the store's send log, in Redis.
 //! - [`email`]: the SMTP sender.
+//! - [`outcomes`]: shoppers' arms (treated, control, holdout) and their purchases within
+//!   the attribution window, summed per arm for lift reports.
 
 pub mod email;
 pub mod gate;
+pub mod outcomes;
 pub mod store;

@@ -1,0 +1,153 @@
+//! `GET /v1/lift`: a store's lift against its holdouts, for its servers (a secret key with
+//! `reports:read`): per campaign, the shoppers it treated against its control group; for
+//! the store, every shopper any campaign applied to against the global holdout. Each arm's
+//! shoppers, conversions and revenue within the attribution window, and the difference in
+//! conversion rate and in revenue per shopper with a 95 % confidence interval.
+
+use std::sync::Arc;
+
+use axum::{
+    Json,
+    extract::{Query, State},
+    http::HeaderMap,
+};
+use nudge_campaigns::lift::{Arm, Estimate, Lift};
+use nudge_data_plane_channels::outcomes::{ArmName, OutcomeStore, STORE};
+use nudge_data_plane_directory::{Directory, auth::authorize_server_request};
+use nudge_platform_http::{ApiError, ErrorBody};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+/// The scope a secret key needs.
+pub const SCOPE: &str = "reports:read";
+
+#[derive(Clone)]
+pub struct LiftState {
+    pub directory: Arc<Directory>,
+    pub outcomes: OutcomeStore,
+}
+
+pub fn router() -> OpenApiRouter<LiftState> {
+    OpenApiRouter::new().routes(routes!(lift))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LiftQuery {
+    /// A campaign (`cmp_…`): its treated shoppers against its control group. Absent: the
+    /// store, every campaign's shoppers against the global holdout.
+    pub campaign_id: Option<String>,
+}
+
+/// One arm's outcomes.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ArmView {
+    pub shoppers: u64,
+    /// Shoppers who bought within the attribution window.
+    pub converted: u64,
+    pub conversion_rate: f64,
+    /// Their purchases' value, in minor units of the store's currency.
+    pub revenue_minor: f64,
+    pub revenue_per_shopper_minor: f64,
+}
+
+/// An estimate and its 95 % confidence interval.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EstimateView {
+    pub value: f64,
+    pub low: f64,
+    pub high: f64,
+}
+
+/// Treated minus the comparison arm.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LiftView {
+    /// `control` (a campaign's control group) or `holdout` (the store's global holdout).
+    pub against: String,
+    /// Conversion rate, absolute (0.02 is two points).
+    pub conversion: EstimateView,
+    pub revenue_per_shopper_minor: EstimateView,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LiftReport {
+    /// The campaign, or `_store`.
+    pub campaign_id: String,
+    pub attribution_days: u16,
+    pub treated: ArmView,
+    /// The campaign's control group (absent for the store).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub control: Option<ArmView>,
+    /// Shoppers in the global holdout when the campaign (or any, for the store) applied.
+    pub holdout: ArmView,
+    /// Absent while either arm compared has no shoppers.
+    pub lift: Option<LiftView>,
+}
+
+fn arm_view(arm: &Arm) -> ArmView {
+    ArmView {
+        shoppers: arm.shoppers,
+        converted: arm.converted,
+        conversion_rate: arm.conversion_rate(),
+        revenue_minor: arm.revenue,
+        revenue_per_shopper_minor: arm.revenue_per_shopper(),
+    }
+}
+
+fn estimate(e: Estimate) -> EstimateView {
+    EstimateView { value: e.value, low: e.low, high: e.high }
+}
+
+/// Lift against a holdout.
+#[utoipa::path(get, path = "/v1/lift", tag = "reports", params(LiftQuery),
+    security(("secret_key" = [])),
+    responses(
+        (status = 200, description = "the arms and the lift, with 95 % intervals", body = LiftReport),
+        (status = 401, description = "`missing_key`, `invalid_key`", body = ErrorBody),
+        (status = 403, description = "`missing_scope` (needs `reports:read`), `tenant_suspended`, `tenant_inactive`", body = ErrorBody),
+        (status = 422, description = "`invalid_campaign_id`", body = ErrorBody),
+        (status = 503, description = "`reports_unavailable`, `cell_starting`; retry after `Retry-After`", body = ErrorBody),
+    ))]
+#[tracing::instrument(skip_all, fields(tenant_id))]
+async fn lift(
+    State(state): State<LiftState>,
+    headers: HeaderMap,
+    Query(query): Query<LiftQuery>,
+) -> Result<Json<LiftReport>, ApiError> {
+    let entry = authorize_server_request(&state.directory, &headers, SCOPE)?;
+    let tenant = entry.tenant_id;
+    tracing::Span::current().record("tenant_id", tracing::field::display(tenant));
+    let campaign = match &query.campaign_id {
+        None => STORE.to_owned(),
+        Some(id)
+            if id
+                .strip_prefix("cmp_")
+                .is_some_and(|hex| hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit())) =>
+        {
+            id.to_ascii_lowercase()
+        }
+        Some(_) => return Err(ApiError::unprocessable("invalid_campaign_id", "campaign_id is a campaign's id, cmp_…")),
+    };
+    let arms = state.outcomes.arms(tenant, &campaign).await.map_err(|e| {
+        tracing::warn!(error = %e, "lift report unavailable");
+        ApiError::unavailable("reports_unavailable", "the report cannot be read now", 1)
+    })?;
+    let of = |name: ArmName| arms.iter().find(|(n, _)| *n == name).map(|(_, a)| *a).unwrap_or_default();
+    let (treated, control, holdout) = (of(ArmName::Treated), of(ArmName::Control), of(ArmName::Holdout));
+    let store = campaign == STORE;
+    let (against, baseline) = if store { ("holdout", holdout) } else { ("control", control) };
+    let attribution_days = state.directory.by_tenant(tenant).map_or(7, |t| t.messaging.attribution_days);
+    Ok(Json(LiftReport {
+        campaign_id: campaign,
+        attribution_days,
+        treated: arm_view(&treated),
+        control: (!store).then(|| arm_view(&control)),
+        holdout: arm_view(&holdout),
+        lift: Lift::of(treated, baseline).map(|l| LiftView {
+            against: against.to_owned(),
+            conversion: estimate(l.conversion),
+            revenue_per_shopper_minor: estimate(l.revenue_per_shopper),
+        }),
+    }))
+}
