@@ -162,10 +162,63 @@ pub struct Discount {
     pub percent: u8,
     /// 1 to 40 of `A-Z`, `0-9`, `-`, `_`.
     pub code: String,
-    /// The store's margin on the cart, in per cent (1 to 100), recorded for the
-    /// margin-aware offer (a discount only when predicted uplift × margin exceeds its
-    /// cost), which the cells do not apply yet.
+    /// The store's margin on the cart, in per cent (1 to 100).
     pub margin_percent: u8,
+    /// How many points the discount adds to a shopper's chance of buying, as the merchant
+    /// expects it (1 to 50; 5 unless given).
+    #[serde(default = "default_uplift_percent")]
+    pub expected_uplift_percent: u8,
+}
+
+fn default_uplift_percent() -> u8 {
+    5
+}
+
+impl Discount {
+    /// Whether the discount is worth offering to a shopper who would abandon the cart with
+    /// probability `abandonment`: the margin it is expected to win (uplift × margin) must
+    /// exceed what it costs (the discount, given on every order it is used for: those who
+    /// would have bought anyway and those it wins). All as shares of the cart's value.
+    pub fn worth_offering(&self, abandonment: f64) -> Incentive {
+        let uplift = f64::from(self.expected_uplift_percent) / 100.0;
+        let margin = f64::from(self.margin_percent) / 100.0;
+        let discount = f64::from(self.percent) / 100.0;
+        let buys = ((1.0 - abandonment.clamp(0.0, 1.0)) + uplift).min(1.0);
+        let gain = uplift * margin;
+        let cost = buys * discount;
+        Incentive { abandonment, uplift, margin, discount, gain, cost, offered: gain > cost }
+    }
+}
+
+/// The inputs and outcome of a margin-aware offer, logged with the decision.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Incentive {
+    /// The model's probability that the shopper abandons the cart.
+    pub abandonment: f64,
+    pub uplift: f64,
+    pub margin: f64,
+    pub discount: f64,
+    /// Expected margin won, as a share of the cart: uplift × margin.
+    pub gain: f64,
+    /// Expected discount given, as a share of the cart: P(buy with the offer) × discount.
+    pub cost: f64,
+    pub offered: bool,
+}
+
+impl std::fmt::Display for Incentive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "abandonment {:.3}, uplift {:.3} × margin {:.2} = {:.4} against {:.4} = P(buy) × discount {:.2}: {}",
+            self.abandonment,
+            self.uplift,
+            self.margin,
+            self.gain,
+            self.cost,
+            self.discount,
+            if self.offered { "offered" } else { "not worth it" }
+        )
+    }
 }
 
 /// At most `max` sends of the campaign to one shopper per `per_hours`.
@@ -337,6 +390,9 @@ fn message_problems(p: &mut Problems, at: &str, message: &Message, vocabulary: &
                     }
                     if !(1..=100).contains(&d.margin_percent) {
                         p.invalid(format!("{at}.discount.margin_percent"), "1 to 100");
+                    }
+                    if !(1..=50).contains(&d.expected_uplift_percent) {
+                        p.invalid(format!("{at}.discount.expected_uplift_percent"), "1 to 50");
                     }
                     let code_ok = (1..=40).contains(&d.code.len())
                         && d.code
@@ -585,5 +641,20 @@ mod tests {
         assert!(webhook_url_ok("http://127.0.0.1:9000/hook", true));
         assert!(!webhook_url_ok("http://localhost:1@evil.example/", true));
         assert!(!webhook_url_ok("http://10.0.0.1/hook", true));
+    }
+
+    #[test]
+    fn a_discount_goes_to_shoppers_likely_to_leave_when_its_margin_pays_for_it() {
+        let d = Discount { percent: 10, code: "SAVE10".into(), margin_percent: 40, expected_uplift_percent: 5 };
+        // Uplift 0.05 × margin 0.4 = 0.02 won; cost 0.1 × P(buy).
+        let likely_to_stay = d.worth_offering(0.5);
+        assert!(!likely_to_stay.offered, "{likely_to_stay}");
+        assert!((likely_to_stay.cost - 0.055).abs() < 1e-12 && (likely_to_stay.gain - 0.02).abs() < 1e-12);
+        let likely_to_leave = d.worth_offering(0.9);
+        assert!(likely_to_leave.offered, "{likely_to_leave}");
+        // At the edge (abandonment 0.85): P(buy) 0.2 costs 0.02, what it wins; not more.
+        assert!(!d.worth_offering(0.85).offered);
+        let thin = Discount { margin_percent: 5, ..d.clone() };
+        assert!(!thin.worth_offering(0.99).offered, "a thin margin never pays for 10 % off");
     }
 }

@@ -320,6 +320,13 @@ impl Pipeline {
                     // The shopper is on the page now: quiet hours would only ever skip.
                     match gate(&policy.on_site, candidate, consent.as_ref(), &sent, now, &event.time_zone) {
                         Verdict::Go => {
+                            if let Some(incentive) = &send.incentive {
+                                // The offer's inputs, on the record of the decision.
+                                let mut entry = skipped("", "on_site", &send.campaign_id, &send.variant, event_id);
+                                entry.outcome = "offered".into();
+                                entry.detail = incentive.to_string();
+                                decided.skipped.push(entry);
+                            }
                             decided.on_site = Some(Chosen {
                                 kind: on_site.kind.to_owned(),
                                 title: on_site.title.clone(),
@@ -372,6 +379,14 @@ impl Pipeline {
                 self.metrics.campaign_control.inc();
                 outranked(&mut decided, &others);
                 decided.skipped.push(skipped("control_group", "", &campaign_id, "", event_id));
+            }
+            CampaignDecision::Declined { campaign_id, variant, outranked: others, incentive, .. } => {
+                session.last_intervention_ms = event.occurred_at_ms;
+                decided.assignment = Some((campaign_id.clone(), ArmName::Treated));
+                outranked(&mut decided, &others);
+                let mut entry = skipped("discount_not_worth_it", "on_site", &campaign_id, &variant, event_id);
+                entry.detail = incentive.to_string();
+                decided.skipped.push(entry);
             }
             CampaignDecision::Nothing(skip) => {
                 tracing::debug!(tenant_id = %tenant, reason = skip.reason(), "no campaign sends");

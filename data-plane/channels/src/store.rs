@@ -95,11 +95,13 @@ pub struct Cancelled {
 pub struct LogEntry {
     /// When it was logged (Unix milliseconds).
     pub at_ms: i64,
-    /// `scheduled`, `sent`, `skipped`, `deferred`, `cancelled`, `failed`, `retrying`.
+    /// `scheduled`, `sent`, `skipped`, `deferred`, `cancelled`, `failed`, `retrying`, and
+    /// `offered` (a discount judged worth its cost, the inputs in `detail`).
     pub outcome: String,
     /// Why, for every outcome but `scheduled` and `sent`: `no_consent`, `consent_refused`,
     /// `quiet_hours`, `frequency_cap`, `campaign_frequency_cap`, `purchased`, `no_address`,
-    /// `erased`, `global_holdout`, `control_group`, `outranked`, `channel_unavailable`,
+    /// `erased`, `global_holdout`, `control_group`, `outranked`, `discount_not_worth_it`,
+    /// `channel_unavailable`,
     /// `rejected`, `attempts_exhausted`, `tenant_not_served`, …
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,

@@ -14,7 +14,7 @@
 
 use nudge_campaigns::{
     expr::{Condition, Value},
-    model::{CampaignSpec, FrequencyCap, Message, OnSiteKind, Trigger},
+    model::{CampaignSpec, Discount, FrequencyCap, Incentive, Message, OnSiteKind, Trigger},
     template::{Escape, Template},
 };
 use nudge_contracts::proto::events::v1::{Event, event::Payload};
@@ -61,7 +61,7 @@ struct OnSite {
     kind: OnSiteKind,
     title: Template,
     body: Template,
-    discount: Option<(String, u8)>,
+    discount: Option<Discount>,
 }
 
 impl ActiveCampaign {
@@ -89,7 +89,7 @@ impl ActiveCampaign {
                             kind: *kind,
                             title: template(title)?,
                             body: template(body)?,
-                            discount: discount.as_ref().map(|d| (d.code.clone(), d.percent)),
+                            discount: discount.clone(),
                         });
                     }
                     Message::Email { subject, html, text, delay_minutes } => {
@@ -167,6 +167,9 @@ pub enum CampaignDecision {
     Holdout { campaign_id: String, version: i32, outranked: Vec<String> },
     /// The winning campaign holds this shopper back (its control group): nothing is sent.
     Control { campaign_id: String, version: i32, outranked: Vec<String> },
+    /// The shopper's variant offers a discount that is not worth its cost for them (see
+    /// [`Discount::worth_offering`]): nothing of the variant is sent.
+    Declined { campaign_id: String, version: i32, variant: String, outranked: Vec<String>, incentive: Incentive },
     /// Nothing, and why.
     Nothing(Skip),
 }
@@ -185,6 +188,8 @@ pub struct CampaignSend {
     pub webhook: bool,
     /// The other campaigns that applied at this moment, of lower priority.
     pub outranked: Vec<String>,
+    /// The margin-aware offer's inputs, when the variant offers a discount.
+    pub incentive: Option<Incentive>,
 }
 
 /// An on-site message, rendered as text.
@@ -303,9 +308,21 @@ pub fn decide_campaigns(
         .or(campaign.variants.last());
     let Some(variant) = variant else { return CampaignDecision::Nothing(Skip::NoCampaignApplies) };
     let discount = variant.on_site.as_ref().and_then(|o| o.discount.clone());
+    let incentive = discount.as_ref().map(|d| d.worth_offering(f64::from(moment.score)));
+    if let Some(incentive) = incentive
+        && !incentive.offered
+    {
+        return CampaignDecision::Declined {
+            campaign_id,
+            version,
+            variant: variant.name.clone(),
+            outranked,
+            incentive,
+        };
+    }
     let value_of = |name: &str| match (name, &discount) {
-        ("discount.code", Some((code, _))) => Value::Text(code.clone()),
-        ("discount.percent", Some((_, percent))) => Value::Number(f64::from(*percent)),
+        ("discount.code", Some(d)) => Value::Text(d.code.clone()),
+        ("discount.percent", Some(d)) => Value::Number(f64::from(d.percent)),
         _ => nudge_campaigns::expr::Values::value_of(&values, name),
     };
     CampaignDecision::Send(CampaignSend {
@@ -333,6 +350,7 @@ pub fn decide_campaigns(
         }),
         webhook: variant.webhook,
         outranked,
+        incentive,
     })
 }
 
@@ -595,6 +613,44 @@ mod tests {
         let email = m.email.unwrap();
         assert_eq!(email.subject, "3 items <waiting>", "the subject is text, its own characters kept");
         assert_eq!((email.html.as_str(), email.delay_minutes), ("<p>3 items</p>", 30));
+    }
+
+    #[test]
+    fn a_discount_is_offered_only_where_it_pays_with_its_inputs() {
+        let c = campaign(
+            "cmp_discount",
+            1,
+            1,
+            json!({ "variants": [{ "name": "ten", "weight": 100, "messages": [
+                { "channel": "on_site", "kind": "discount_code", "title": "{{ discount.percent }} % off",
+                  "body": "Use {{ discount.code }}",
+                  "discount": { "percent": 10, "code": "SAVE10", "margin_percent": 40, "expected_uplift_percent": 5 } },
+            ]}]}),
+        );
+        let session = SessionState { cart_items: 1, ..Default::default() };
+        let exit = at(Payload::ExitIntent(ExitIntent {}), 1);
+        let f = features(50.0, 1.0);
+        let at_score = |score: f32| {
+            let moment = ShopperMoment {
+                tenant: "tnt_a",
+                shopper: "shp_1",
+                event: &exit,
+                session: &session,
+                features: &f,
+                score,
+            };
+            decide_campaigns(std::slice::from_ref(&c), &moment, 0, 0)
+        };
+        match at_score(0.5) {
+            CampaignDecision::Declined { variant, incentive, .. } => {
+                assert_eq!(variant, "ten");
+                assert!(!incentive.offered && incentive.cost > incentive.gain, "{incentive}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let m = sent(at_score(0.95));
+        assert_eq!(m.on_site.unwrap().body, "Use SAVE10");
+        assert!(m.incentive.is_some_and(|i| i.offered && (i.abandonment - 0.95).abs() < 1e-6));
     }
 
     #[test]
