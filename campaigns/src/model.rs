@@ -455,12 +455,26 @@ fn webhook_url_ok(url: &str, loopback: bool) -> bool {
 }
 
 /// Whether `host` may be the platform's to call: a name under a public-looking domain, or
-/// an address outside private, loopback, link-local, shared and reserved ranges. (The
-/// sender checks the address a name resolves to again, at every connection.)
+/// a [`public_address`]. (The sender checks the address a name resolves to again, at every
+/// connection.)
 fn public_host(host: &str) -> bool {
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => public_address(ip),
+        Err(_) => {
+            let name = host.trim_end_matches('.');
+            name.contains('.')
+                && !["localhost", "local", "internal", "intranet", "lan", "home", "corp"]
+                    .iter()
+                    .any(|tld| name == *tld || name.ends_with(&format!(".{tld}")))
+        }
+    }
+}
+
+/// Whether `ip` is outside private, loopback, link-local, shared and reserved ranges.
+pub fn public_address(ip: std::net::IpAddr) -> bool {
     use std::net::IpAddr;
-    match host.parse::<IpAddr>() {
-        Ok(IpAddr::V4(a)) => {
+    match ip {
+        IpAddr::V4(a) => {
             let [first, second, ..] = a.octets();
             !(a.is_private()
                 || a.is_loopback()
@@ -473,7 +487,7 @@ fn public_host(host: &str) -> bool {
                 || (first == 100 && (64..128).contains(&second))
                 || first >= 240)
         }
-        Ok(IpAddr::V6(a)) => {
+        IpAddr::V6(a) => {
             let first = a.segments()[0];
             !(a.is_loopback()
                 || a.is_unspecified()
@@ -481,13 +495,6 @@ fn public_host(host: &str) -> bool {
                 || (first & 0xfe00) == 0xfc00
                 || (first & 0xffc0) == 0xfe80
                 || a.to_ipv4_mapped().is_some())
-        }
-        Err(_) => {
-            let name = host.trim_end_matches('.');
-            name.contains('.')
-                && !["localhost", "local", "internal", "intranet", "lan", "home", "corp"]
-                    .iter()
-                    .any(|tld| name == *tld || name.ends_with(&format!(".{tld}")))
         }
     }
 }

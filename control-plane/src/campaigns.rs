@@ -152,8 +152,8 @@ async fn read(
     row.as_ref().map(campaign_of).transpose()
 }
 
-fn checked(spec: &CampaignSpec) -> Result<(), CampaignError> {
-    let problems = spec.validate(&vocabulary());
+fn checked(spec: &CampaignSpec, loopback_webhooks: bool) -> Result<(), CampaignError> {
+    let problems = spec.validate(&nudge_data_plane_features::names::vocabulary_with(loopback_webhooks));
     if problems.is_empty() { Ok(()) } else { Err(CampaignError::Invalid(problems)) }
 }
 
@@ -162,9 +162,10 @@ pub async fn create(
     router: &TenantRouter,
     tenant: TenantId,
     spec: &CampaignSpec,
+    loopback_webhooks: bool,
     actor: &str,
 ) -> Result<Campaign, CampaignError> {
-    checked(spec)?;
+    checked(spec, loopback_webhooks)?;
     let id = Uuid::now_v7();
     let mut tx = router.tenant_tx(tenant).await?;
     // One creation at a time per store, so the count below holds.
@@ -308,6 +309,8 @@ async fn locked(
 
 /// Saves `spec` as the campaign's next version (in force at once, whatever its state),
 /// if it is still at `expected_version` when one is given.
+// The save's inputs are each of a different kind; a struct for them would only be unpacked.
+#[allow(clippy::too_many_arguments)]
 pub async fn save(
     router: &TenantRouter,
     topics: &Topics,
@@ -315,9 +318,10 @@ pub async fn save(
     id: Uuid,
     spec: &CampaignSpec,
     expected_version: Option<i32>,
+    loopback_webhooks: bool,
     actor: &str,
 ) -> Result<Campaign, CampaignError> {
-    checked(spec)?;
+    checked(spec, loopback_webhooks)?;
     let mut tx = router.tenant_tx(tenant).await?;
     let (state, current) = locked(&mut tx, tenant, id).await?;
     if state == CampaignState::Archived {

@@ -29,7 +29,17 @@ pub struct ControlPlaneConfig {
     pub erasure: ErasureConfig,
     pub offboarding: OffboardingConfig,
     pub billing: BillingConfig,
+    pub campaigns: CampaignsConfig,
     pub log: LogConfig,
+}
+
+/// Campaigns.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct CampaignsConfig {
+    /// Whether a campaign's webhook may be `http://` to a loopback address: local runs and
+    /// tests only (a merchant must never make the platform call its own network).
+    pub allow_loopback_webhooks: bool,
 }
 
 /// Billing through Stripe (see `crate::billing`).

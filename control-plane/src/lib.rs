@@ -64,6 +64,7 @@ pub mod store;
 pub mod stripe;
 pub mod suppressions;
 pub mod usage;
+pub mod webhook_secrets;
 pub mod webhooks;
 
 pub use config::ControlPlaneConfig;

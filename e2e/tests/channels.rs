@@ -419,3 +419,149 @@ async fn a_discount_is_offered_or_declined_with_the_inputs_on_record() -> anyhow
     assert_eq!(entry["channel"], "on_site");
     platform.shutdown().await
 }
+
+/// What a local webhook endpoint received, and how it answers: `fail_first` 503s, then 200s.
+#[derive(Clone, Default)]
+struct Endpoint {
+    received: std::sync::Arc<std::sync::Mutex<Vec<(String, String, String)>>>,
+    fail_first: usize,
+}
+
+async fn serve_endpoint(fail_first: usize) -> anyhow::Result<(String, Endpoint)> {
+    use axum::{extract::State, http::HeaderMap};
+    let endpoint = Endpoint { fail_first, ..Endpoint::default() };
+    let app = axum::Router::new()
+        .route(
+            "/hook",
+            axum::routing::post(|State(e): State<Endpoint>, headers: HeaderMap, body: String| async move {
+                let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+                let mut received = e.received.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                received.push((header("nudge-delivery"), header("nudge-signature"), body));
+                if received.len() <= e.fail_first {
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    axum::http::StatusCode::OK
+                }
+            }),
+        )
+        .with_state(endpoint.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/hook", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok((url, endpoint))
+}
+
+/// `Nudge-Signature` checked as a merchant would: HMAC-SHA256 of `t.body` with the secret.
+fn signature_holds(secret: &str, header: &str, body: &str) -> bool {
+    use hmac::Mac;
+    let Some((t, v1)) = header.strip_prefix("t=").and_then(|rest| rest.split_once(",v1=")) else { return false };
+    let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()) else { return false };
+    mac.update(format!("{t}.{body}").as_bytes());
+    hex::decode(v1).is_ok_and(|given| mac.verify_slice(&given).is_ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_signed_retried_with_backoff_and_a_failing_endpoint_is_flagged() -> anyhow::Result<()> {
+    let (flaky_url, flaky) = serve_endpoint(2).await?;
+    let (down_url, down) = serve_endpoint(usize::MAX).await?;
+    let platform = Platform::start_with(|_, cell| {
+        cell.channels.scan_interval_ms = 100;
+        cell.channels.retry_backoff_ms = 200;
+        cell.channels.webhooks.flag_after_failures = 3;
+        cell.decide.cooldown_ms = 0;
+    })
+    .await?;
+    let hook = |name: &str, trigger: &str, url: &str| {
+        json!({
+            "name": name, "trigger": { "type": trigger }, "control_percent": 0,
+            "variants": [{ "name": "a", "weight": 100, "messages": [{ "channel": "webhook", "url": url }]}],
+        })
+    };
+    let store = store_with(
+        &platform,
+        json!({}),
+        &[hook("Flaky", "exit_intent", &flaky_url), hook("Down", "product_view", &down_url)],
+    )
+    .await?;
+    let cp = &platform.control_plane_url;
+    let secret_url = format!("{cp}/v1/tenants/{}/webhook-secret", store.tenant);
+    let status: Value = platform.http.get(&secret_url).bearer_auth(&store.token).send().await?.json().await?;
+    assert_eq!(status["configured"], false);
+    let made = platform.http.post(&secret_url).bearer_auth(&store.token).send().await?;
+    assert_eq!(made.status(), 201);
+    let secret = made.json::<Value>().await?["secret"].as_str().unwrap_or_default().to_owned();
+    assert!(secret.starts_with("whsec_"));
+    let status: Value = platform.http.get(&secret_url).bearer_auth(&store.token).send().await?.json().await?;
+    assert_eq!((status["configured"].as_bool(), status.get("secret")), (Some(true), None), "never shown again");
+
+    // The flaky endpoint answers 503 twice, then 200: the first delivery takes three
+    // attempts, each with the same delivery id and a valid signature.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let shopper = format!("shp_hook_{}", unique_suffix());
+        let exit = exit_with_cart(&platform, &store, &shopper, "hook@example.com", None, None, 0).await?;
+        if wait_entry(&platform, &store, &exit, "scheduled", Duration::from_secs(5)).await.is_ok() {
+            break;
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "no webhook scheduled within 60 s");
+    }
+    // Every scheduled delivery of the flaky campaign settled (earlier shoppers' too).
+    let flaky_id = store.campaigns[0].clone();
+    let entries = loop {
+        let r = platform
+            .http
+            .get(format!("{}/v1/sends?limit=1000", platform.cell_url))
+            .bearer_auth(&store.sends_key)
+            .send()
+            .await?;
+        let all: Vec<Value> = r.json::<Value>().await?["entries"].as_array().cloned().unwrap_or_default();
+        let of = |outcome: &str| all.iter().filter(|e| e["campaign_id"] == flaky_id && e["outcome"] == outcome).count();
+        if of("scheduled") > 0 && of("sent") == of("scheduled") {
+            break all;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the flaky endpoint's deliveries did not settle: {all:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let flaky_entries: Vec<&Value> = entries.iter().filter(|e| e["campaign_id"] == flaky_id).collect();
+    let scheduled = flaky_entries.iter().filter(|e| e["outcome"] == "scheduled").count();
+    let retrying: Vec<&&Value> = flaky_entries.iter().filter(|e| e["outcome"] == "retrying").collect();
+    assert_eq!(retrying.len(), 2, "{flaky_entries:?}");
+    assert!(retrying.iter().all(|e| e["reason"] == "endpoint_unavailable" && e["channel"] == "webhook"));
+    let received = flaky.received.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    assert_eq!(received.len(), scheduled + 2, "each delivery once, and two retries");
+    // Retries keep their delivery id: one id per scheduled delivery.
+    let ids: std::collections::BTreeSet<&str> = received.iter().map(|(delivery, _, _)| delivery.as_str()).collect();
+    assert_eq!(ids.len(), scheduled, "one delivery id per delivery");
+    assert!(!ids.contains(""));
+    for (_, signature, body) in &received {
+        assert!(signature_holds(&secret, signature, body), "{signature}");
+        assert!(!signature_holds("whsec_other", signature, body));
+    }
+    let body: Value = serde_json::from_str(&received[2].2)?;
+    assert_eq!(
+        (body["type"].as_str(), body["campaign_id"].as_str()),
+        (Some("campaign.message"), Some(flaky_id.as_str()))
+    );
+
+    // The endpoint that is down: retried with backoff, then the campaign is flagged after
+    // three failures in a row, and its next webhook is given up without calling it.
+    let view = |shopper: &str| {
+        json!({"events": [{"event_id": format!("{shopper}-view"), "type": "product_view", "shopper_id": shopper,
+            "properties": {"product_id": "tent-2p", "price": 79.0, "currency": "EUR"}}]})
+    };
+    let first = format!("shp_down_{}", unique_suffix());
+    assert_eq!(platform.post_events(&store.key, Some(ORIGIN), &view(&first)).await?.status(), 202);
+    let failed = wait_entry(&platform, &store, &format!("{first}-view"), "failed", Duration::from_secs(30)).await?;
+    assert_eq!(failed["reason"], "endpoint_flagged", "{failed}");
+    let calls = down.received.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len();
+    assert_eq!(calls, 3);
+    let second = format!("shp_down_{}", unique_suffix());
+    assert_eq!(platform.post_events(&store.key, Some(ORIGIN), &view(&second)).await?.status(), 202);
+    let given_up = wait_entry(&platform, &store, &format!("{second}-view"), "skipped", Duration::from_secs(30)).await?;
+    assert_eq!(given_up["reason"], "endpoint_flagged");
+    assert_eq!(down.received.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len(), 3, "not called again");
+    platform.shutdown().await
+}

@@ -65,6 +65,7 @@ async fn openapi_documents_every_route() -> anyhow::Result<()> {
                 "/v1/tenants/{tenant_id}/campaigns/{campaign_id}/state",
                 "/v1/tenants/{tenant_id}/campaigns/{campaign_id}/versions",
                 "/v1/tenants/{tenant_id}/messaging-policy",
+                "/v1/tenants/{tenant_id}/webhook-secret",
                 "/v1/tenants/{tenant_id}/billing/plan",
                 "/v1/tenants/{tenant_id}/billing/portal",
                 "/v1/tenants/{tenant_id}/shoppers/{shopper_id}/export",

@@ -130,6 +130,9 @@ impl Platform {
         // Nothing is in flight for long here; erasures report quickly.
         cell.erasure.settle_ms = 300;
         cp.kafka.partitions_override = 1;
+        // Tests receive campaign webhooks on loopback.
+        cp.campaigns.allow_loopback_webhooks = true;
+        cell.channels.webhooks.allow_loopback = true;
         tweak(&mut cp, &mut cell);
 
         let shutdown = CancellationToken::new();

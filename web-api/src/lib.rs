@@ -152,6 +152,8 @@ pub async fn run(config: ControlPlaneConfig, listener: TcpListener, shutdown: Ca
         }),
         webhook_secrets: config.billing.webhook_secrets.clone().into(),
         webhook_tolerance_secs: config.billing.webhook_tolerance_secs,
+        loopback_webhooks: config.campaigns.allow_loopback_webhooks,
+        vault: nudge_platform_vault::Vault::new(&config.vault).context("vault")?,
     };
 
     let (http, _) = openapi::with_document(

@@ -49,6 +49,10 @@ pub struct AppState {
     pub webhooks: Option<nudge_control_plane::webhooks::Webhooks>,
     pub webhook_secrets: Arc<[secrecy::SecretString]>,
     pub webhook_tolerance_secs: i64,
+    /// Campaign webhooks may be `http://` to loopback (`campaigns.allow_loopback_webhooks`).
+    pub loopback_webhooks: bool,
+    /// Stores' webhook signing secrets live in the vault's KV engine.
+    pub vault: nudge_platform_vault::Vault,
 }
 
 impl AppState {

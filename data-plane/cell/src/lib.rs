@@ -515,6 +515,9 @@ fn pipeline_role(
         directory: directory.clone(),
         keyring: keyring.clone(),
         email,
+        webhooks: nudge_data_plane_channels::webhook::WebhookSender::new(config.channels.webhooks.clone()),
+        vault: nudge_platform_vault::Vault::new(&config.vault)?,
+        secrets: std::sync::Mutex::default(),
         config: config.channels.clone(),
         metrics: sends::SendMetrics::register(metrics),
     };

@@ -234,13 +234,20 @@ struct Chosen {
     campaign: Option<(String, i32, String)>,
 }
 
+/// A delayed message to schedule.
+struct Delayed {
+    channel: &'static str,
+    delay_minutes: u32,
+    content: SendContent,
+}
+
 /// What one moment decided.
 #[derive(Default)]
 struct Decided {
     /// The on-site message to route.
     on_site: Option<Chosen>,
-    /// The campaign e-mail to schedule.
-    email: Option<(CampaignSend, nudge_data_plane_decide::campaigns::EmailMessage)>,
+    /// The campaign whose e-mail or webhook is to be scheduled.
+    delayed: Option<CampaignSend>,
     /// Sends not made, for the send log.
     skipped: Vec<LogEntry>,
     /// The winning campaign and the shopper's arm of it (and of the store's holdout).
@@ -350,20 +357,11 @@ impl Pipeline {
                         }
                     }
                 }
-                if send.webhook {
-                    decided.skipped.push(skipped(
-                        "channel_unavailable",
-                        "webhook",
-                        &send.campaign_id,
-                        &send.variant,
-                        event_id,
-                    ));
-                }
-                if decided.on_site.is_some() || send.email.is_some() {
+                if decided.on_site.is_some() || send.email.is_some() || send.webhook.is_some() {
                     session.last_intervention_ms = event.occurred_at_ms;
                 }
-                if let Some(email) = send.email.clone() {
-                    decided.email = Some((send, email));
+                if send.email.is_some() || send.webhook.is_some() {
+                    decided.delayed = Some(send);
                 }
             }
             CampaignDecision::Holdout { campaign_id, outranked: others, .. } => {
@@ -486,19 +484,19 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Schedules a campaign's e-mail for after its delay (from the moment it was decided
-    /// at), sealed with the shopper's data key. False when the shopper was erased meanwhile.
-    async fn schedule_email(
+    /// Schedules a campaign's delayed message for after its delay (from the moment it was
+    /// decided at), sealed with the shopper's data key; its log entry, `None` when it was
+    /// scheduled already or the shopper was erased meanwhile.
+    async fn schedule(
         &self,
         key: &SessionKey,
         subject: &str,
         event: &Event,
         intervention_id: &str,
         send: &CampaignSend,
-        email: &nudge_data_plane_decide::campaigns::EmailMessage,
+        delayed: Delayed,
     ) -> Result<Option<LogEntry>, Failure> {
-        let content =
-            SendContent::Email { subject: email.subject.clone(), html: email.html.clone(), text: email.text.clone() };
+        let Delayed { channel, delay_minutes, content } = delayed;
         let json = serde_json::to_vec(&content).map_err(|e| Failure::Failed(e.to_string()))?;
         let sealed = match self.keyring.seal(key.tenant, subject, SEND_SCHEMA, &json).await {
             Ok(sealed) => sealed,
@@ -506,13 +504,13 @@ impl Pipeline {
             Err(e) => return Err(crate::sealing::failure(e)),
         };
         let now = Utc::now().timestamp_millis();
-        let due_ms = event.occurred_at_ms.saturating_add(i64::from(email.delay_minutes) * 60_000).max(now);
+        let due_ms = event.occurred_at_ms.saturating_add(i64::from(delay_minutes) * 60_000).max(now);
         let pending = PendingSend {
-            id: Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("{intervention_id}/email").as_bytes()).to_string(),
+            id: Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("{intervention_id}/{channel}").as_bytes()).to_string(),
             tenant: key.tenant,
             shopper: key.shopper.to_string(),
             subject: subject.to_owned(),
-            channel: "email".into(),
+            channel: channel.into(),
             campaign_id: send.campaign_id.clone(),
             version: send.version,
             variant: send.variant.clone(),
@@ -532,7 +530,7 @@ impl Pipeline {
             at_ms: now,
             outcome: "scheduled".into(),
             reason: String::new(),
-            channel: "email".into(),
+            channel: channel.into(),
             campaign_id: send.campaign_id.clone(),
             variant: send.variant.clone(),
             intervention_id: intervention_id.to_owned(),
@@ -744,10 +742,37 @@ impl Pipeline {
         }
         // Scheduled before the effect is marked applied: a crash between them schedules the
         // same send again, which the store recognises.
-        let scheduled = match &decided.email {
-            Some((send, email)) => self.schedule_email(&key, subject, event, &intervention_id, send, email).await?,
-            None => None,
-        };
+        let mut scheduled = Vec::new();
+        if let Some(send) = &decided.delayed {
+            if let Some(email) = &send.email {
+                let content = SendContent::Email {
+                    subject: email.subject.clone(),
+                    html: email.html.clone(),
+                    text: email.text.clone(),
+                };
+                let at = Delayed { channel: "email", delay_minutes: email.delay_minutes, content };
+                scheduled.extend(self.schedule(&key, subject, event, &intervention_id, send, at).await?);
+            }
+            if let Some(webhook) = &send.webhook {
+                let body = serde_json::json!({
+                    "type": "campaign.message",
+                    "tenant_id": key.tenant.to_string(),
+                    "campaign_id": send.campaign_id,
+                    "campaign_version": send.version,
+                    "variant": send.variant,
+                    "intervention_id": intervention_id,
+                    "shopper_id": key.shopper.as_str(),
+                    "cause_event_id": event.event_id,
+                    "decided_at_ms": Utc::now().timestamp_millis(),
+                    "abandonment_probability": score,
+                    "cart_value_minor": session.cart_value_minor,
+                    "cart_items": session.cart_items,
+                });
+                let content = SendContent::Webhook { url: webhook.url.clone(), body: body.to_string() };
+                let at = Delayed { channel: "webhook", delay_minutes: webhook.delay_minutes, content };
+                scheduled.extend(self.schedule(&key, subject, event, &intervention_id, send, at).await?);
+            }
+        }
         if !self
             .sessions
             .commit(&key, &event.event_id, &session, timer, &event.time_zone)
@@ -766,9 +791,9 @@ impl Pipeline {
             self.metrics.idle_carts.inc();
             tracing::info!(tenant_id = %key.tenant, score, "cart found idle");
         }
-        if let Some(entry) = scheduled {
+        for entry in &scheduled {
             self.metrics.sends_scheduled.inc();
-            self.log_send(key.tenant, &entry).await;
+            self.log_send(key.tenant, entry).await;
         }
         for entry in &decided.skipped {
             self.log_send(key.tenant, entry).await;

@@ -21,6 +21,7 @@ use nudge_data_plane_channels::{
     email::{Email, EmailError, EmailSender, SmtpConfig},
     gate::{Candidate, ConsentRecord, Verdict, gate},
     store::{ChannelStore, LogEntry, PendingSend, SendContent},
+    webhook::{WebhookConfig, WebhookError, WebhookSender},
 };
 use nudge_data_plane_directory::Directory;
 use nudge_data_plane_features::store::{SessionKey, SessionStore};
@@ -54,6 +55,7 @@ pub struct ChannelsConfig {
     /// The SMTP server e-mails go through; without one, e-mails are skipped
     /// (`channel_unavailable`).
     pub smtp: Option<SmtpConfig>,
+    pub webhooks: WebhookConfig,
 }
 
 impl Default for ChannelsConfig {
@@ -65,6 +67,7 @@ impl Default for ChannelsConfig {
             max_attempts: 8,
             retry_backoff_ms: 30_000,
             smtp: None,
+            webhooks: WebhookConfig::default(),
         }
     }
 }
@@ -110,6 +113,9 @@ impl SendMetrics {
     }
 }
 
+/// Signing secrets by store, with when each was read (`None`: the store has none).
+pub type SecretCache = std::collections::HashMap<TenantId, (std::time::Instant, Option<Vec<u8>>)>;
+
 /// Sends what is due.
 pub struct Dispatcher {
     pub store: ChannelStore,
@@ -117,6 +123,11 @@ pub struct Dispatcher {
     pub directory: Arc<Directory>,
     pub keyring: Arc<Keyring>,
     pub email: Option<EmailSender>,
+    pub webhooks: WebhookSender,
+    /// Where the stores' webhook signing secrets are.
+    pub vault: nudge_platform_vault::Vault,
+    /// Signing secrets read lately (30 s), by store; `None`: the store has none.
+    pub secrets: std::sync::Mutex<SecretCache>,
     pub config: ChannelsConfig,
     pub metrics: SendMetrics,
 }
@@ -261,7 +272,10 @@ impl Dispatcher {
                 return Ok(Settled::skipped("erased", consent));
             }
         };
-        let SendContent::Email { subject, html, text } = content;
+        let (subject, html, text) = match content {
+            SendContent::Email { subject, html, text } => (subject, html, text),
+            SendContent::Webhook { url, body } => return self.deliver_webhook(send, &url, &body, consent).await,
+        };
         let Some(sender) = &self.email else {
             settle().await?;
             return Ok(Settled::skipped("channel_unavailable", consent));
@@ -314,6 +328,97 @@ impl Dispatcher {
                 })
             }
         }
+    }
+
+    /// Delivers a webhook: signed with the store's secret, to public addresses only; a
+    /// campaign version whose endpoint failed `flag_after_failures` attempts in a row is
+    /// flagged, and its webhooks are given up without calling it.
+    async fn deliver_webhook(
+        &self,
+        send: &PendingSend,
+        url: &str,
+        body: &str,
+        consent: Option<ConsentRecord>,
+    ) -> anyhow::Result<Settled> {
+        let tenant = send.tenant;
+        let settle = || self.store.settle(tenant, &send.id, &send.shopper);
+        let flag_after = self.webhooks.config().flag_after_failures.max(1);
+        if self.store.webhook_failures(tenant, &send.campaign_id, send.version).await? >= flag_after {
+            settle().await?;
+            return Ok(Settled::skipped("endpoint_flagged", consent));
+        }
+        let Some(secret) = self.signing_secret(tenant).await? else {
+            settle().await?;
+            return Ok(Settled::skipped("no_signing_secret", consent));
+        };
+        if self.store.pending(tenant, &send.id).await?.is_none() {
+            return Ok(Settled { outcome: "", reason: String::new(), consent, detail: String::new() });
+        }
+        let outcome = self.webhooks.send(url, &secret, &send.id, body, Utc::now().timestamp()).await;
+        let why = match outcome {
+            Ok(status) => {
+                self.store.webhook_succeeded(tenant, &send.campaign_id, send.version).await?;
+                let at = Utc::now().timestamp_millis();
+                self.store.record_sent(tenant, &send.shopper, &send.channel, &send.campaign_id, &send.id, at).await?;
+                settle().await?;
+                let detail = format!("the endpoint answered {status}");
+                return Ok(Settled { outcome: "sent", reason: String::new(), consent, detail });
+            }
+            Err(e) => e,
+        };
+        let failures = self.store.webhook_failed(tenant, &send.campaign_id, send.version).await?;
+        let attempts = send.attempts.saturating_add(1);
+        let detail = why.to_string();
+        if failures >= flag_after {
+            settle().await?;
+            tracing::warn!(
+                tenant_id = %tenant,
+                campaign_id = %send.campaign_id,
+                version = send.version,
+                failures,
+                "a campaign's webhook endpoint keeps failing; its webhooks are given up until a new version"
+            );
+            return Ok(Settled { outcome: "failed", reason: "endpoint_flagged".into(), consent, detail });
+        }
+        match why {
+            WebhookError::Permanent(_) => {
+                settle().await?;
+                Ok(Settled { outcome: "failed", reason: "rejected".into(), consent, detail })
+            }
+            WebhookError::Transient(_) if attempts >= self.config.max_attempts => {
+                settle().await?;
+                Ok(Settled { outcome: "failed", reason: "attempts_exhausted".into(), consent, detail })
+            }
+            WebhookError::Transient(_) => {
+                let pause = self.backoff_ms(attempts);
+                let due = Utc::now().timestamp_millis().saturating_add(pause);
+                self.store.reschedule(tenant, &send.id, due, attempts).await?;
+                Ok(Settled {
+                    outcome: "retrying",
+                    reason: "endpoint_unavailable".into(),
+                    consent,
+                    detail: format!("attempt {attempts} failed ({detail}); again in {pause} ms"),
+                })
+            }
+        }
+    }
+
+    /// The store's webhook signing secret, read from the vault at most every 30 s.
+    async fn signing_secret(&self, tenant: TenantId) -> anyhow::Result<Option<Vec<u8>>> {
+        let fresh = std::time::Duration::from_secs(30);
+        if let Some((at, secret)) = self.secrets.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&tenant)
+            && at.elapsed() < fresh
+        {
+            return Ok(secret.clone());
+        }
+        let path = nudge_platform_vault::webhook_secret_path(&tenant.to_string());
+        let read: Option<nudge_platform_vault::WebhookSecret> = self.vault.get_secret(&path).await?;
+        let secret = read.map(|s| s.secret.into_bytes());
+        self.secrets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(tenant, (std::time::Instant::now(), secret.clone()));
+        Ok(secret)
     }
 
     /// The pause after the `attempts`-th failure: the base doubled each time, at most an hour.

@@ -5,6 +5,7 @@
 //! - [`store`]: the schedule, the pending sends, the shoppers' addresses, consent and
 //!   recent sends, and the store's send log, in Redis.
 //! - [`email`]: the SMTP sender.
+//! - [`webhook`]: signed POSTs to the merchant's endpoint, to public addresses only.
 //! - [`outcomes`]: shoppers' arms (treated, control, holdout) and their purchases within
 //!   the attribution window, summed per arm for lift reports.
 
@@ -12,3 +13,4 @@ pub mod email;
 pub mod gate;
 pub mod outcomes;
 pub mod store;
+pub mod webhook;

@@ -77,7 +77,16 @@ pub struct PendingSend {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "channel", rename_all = "snake_case")]
 pub enum SendContent {
-    Email { subject: String, html: String, text: String },
+    Email {
+        subject: String,
+        html: String,
+        text: String,
+    },
+    /// The JSON body to POST to `url`.
+    Webhook {
+        url: String,
+        body: String,
+    },
 }
 
 /// A pending send a purchase cancelled.
@@ -187,6 +196,20 @@ for _, id in ipairs(ids) do
 end
 redis.call('DEL', KEYS[2])
 return out
+"#;
+
+// KEYS: the store's webhook health. ARGV: campaign, version.
+const WEBHOOK_FAILED: &str = r#"
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+local failures = 1
+if current then
+  local version, count = string.match(current, '^([^|]*)|(%d+)$')
+  if version == ARGV[2] then
+    failures = tonumber(count) + 1
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. '|' .. failures)
+return failures
 "#;
 
 /// The Redis side of the delayed channels.
@@ -536,6 +559,44 @@ impl ChannelStore {
             .query_async::<()>(&mut conn)
             .await?;
         Ok(())
+    }
+
+    /// Counts a failed webhook attempt of `campaign` at `version` (a new version starts from
+    /// nothing); the failures in a row so far.
+    pub async fn webhook_failed(&self, tenant: TenantId, campaign: &str, version: i32) -> Result<u32, ChannelsError> {
+        let mut conn = self.redis.clone();
+        let failures: u32 = Script::new(WEBHOOK_FAILED)
+            .key(format!("{}webhook-health", tenant_prefix(&self.prefix, tenant)))
+            .arg(campaign)
+            .arg(version)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(failures)
+    }
+
+    /// A webhook of `campaign` at `version` went through: its failures start over.
+    pub async fn webhook_succeeded(&self, tenant: TenantId, campaign: &str, version: i32) -> Result<(), ChannelsError> {
+        let mut conn = self.redis.clone();
+        conn.hset::<_, _, _, ()>(
+            format!("{}webhook-health", tenant_prefix(&self.prefix, tenant)),
+            campaign,
+            format!("{version}|0"),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The failed webhook attempts in a row of `campaign` at `version`.
+    pub async fn webhook_failures(&self, tenant: TenantId, campaign: &str, version: i32) -> Result<u32, ChannelsError> {
+        let mut conn = self.redis.clone();
+        let value: Option<String> =
+            conn.hget(format!("{}webhook-health", tenant_prefix(&self.prefix, tenant)), campaign).await?;
+        Ok(value
+            .and_then(|v| {
+                let (at, failures) = v.split_once('|')?;
+                (at.parse::<i32>().ok()? == version).then(|| failures.parse().ok()).flatten()
+            })
+            .unwrap_or(0))
     }
 
     /// Appends to the store's send log.

@@ -10,7 +10,7 @@
 //! from a stable hash of the store, the campaign and the shopper, so a shopper stays where
 //! they are. The variant's on-site message and e-mail are rendered with the moment's
 //! values, each escaped for its channel; the caller gates and sends them (the e-mail after
-//! its delay). Webhook messages are not sent by the cells yet.
+//! its delay, like the webhook).
 
 use nudge_campaigns::{
     expr::{Condition, Value},
@@ -20,7 +20,7 @@ use nudge_campaigns::{
 use nudge_contracts::proto::events::v1::{Event, event::Payload};
 use nudge_data_plane_features::{
     FeatureVector, SessionState,
-    names::{Moment, message_variable, vocabulary},
+    names::{Moment, message_variable, vocabulary_with},
 };
 
 /// An active campaign, checked and ready to evaluate.
@@ -45,7 +45,7 @@ struct ReadyVariant {
     weight: u8,
     on_site: Option<OnSite>,
     email: Option<EmailTemplates>,
-    webhook: bool,
+    webhook: Option<WebhookMessage>,
 }
 
 #[derive(Debug)]
@@ -68,7 +68,9 @@ impl ActiveCampaign {
     /// The campaign `spec` of version `version`, checked again here: one this cell cannot
     /// evaluate (a name it does not know) is refused whole, never half-applied.
     pub fn new(id: &str, version: i32, created_at_ms: i64, spec: &CampaignSpec) -> Result<Self, String> {
-        let vocabulary = vocabulary();
+        // Webhook addresses are the control plane's to allow; the sender checks where each
+        // one resolves to when it connects.
+        let vocabulary = vocabulary_with(true);
         if let Some(problem) = spec.validate(&vocabulary).into_iter().next() {
             return Err(format!("{}: {}", problem.field, problem.message));
         }
@@ -81,7 +83,7 @@ impl ActiveCampaign {
         let template = |s: &str| Template::parse(s, &message_variable).map_err(|e| e.to_string());
         let mut variants = Vec::with_capacity(spec.variants.len());
         for v in &spec.variants {
-            let (mut on_site, mut email, mut webhook) = (None, None, false);
+            let (mut on_site, mut email, mut webhook) = (None, None, None);
             for m in &v.messages {
                 match m {
                     Message::OnSite { kind, title, body, discount } => {
@@ -100,7 +102,9 @@ impl ActiveCampaign {
                             delay_minutes: *delay_minutes,
                         });
                     }
-                    Message::Webhook { .. } => webhook = true,
+                    Message::Webhook { url, delay_minutes } => {
+                        webhook = Some(WebhookMessage { url: url.clone(), delay_minutes: *delay_minutes });
+                    }
                 }
             }
             variants.push(ReadyVariant { name: v.name.clone(), weight: v.weight, on_site, email, webhook });
@@ -184,8 +188,7 @@ pub struct CampaignSend {
     pub frequency_cap: Option<FrequencyCap>,
     pub on_site: Option<OnSiteMessage>,
     pub email: Option<EmailMessage>,
-    /// The variant has a webhook message too, which the cells do not send yet.
-    pub webhook: bool,
+    pub webhook: Option<WebhookMessage>,
     /// The other campaigns that applied at this moment, of lower priority.
     pub outranked: Vec<String>,
     /// The margin-aware offer's inputs, when the variant offers a discount.
@@ -207,6 +210,13 @@ pub struct EmailMessage {
     pub subject: String,
     pub html: String,
     pub text: String,
+    pub delay_minutes: u32,
+}
+
+/// A signed POST to the merchant's endpoint, after its delay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookMessage {
+    pub url: String,
     pub delay_minutes: u32,
 }
 
@@ -348,7 +358,7 @@ pub fn decide_campaigns(
             text: email.text.render(&value_of, Escape::Text),
             delay_minutes: email.delay_minutes,
         }),
-        webhook: variant.webhook,
+        webhook: variant.webhook.clone(),
         outranked,
         incentive,
     })

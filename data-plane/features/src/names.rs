@@ -35,7 +35,13 @@ pub fn message_variable(name: &str) -> bool {
 
 /// What a campaign of this platform may refer to.
 pub fn vocabulary() -> Vocabulary<'static> {
-    Vocabulary { schema: &CampaignNames, variables: &message_variable, loopback_webhooks: false }
+    vocabulary_with(false)
+}
+
+/// [`vocabulary`], with webhooks to loopback addresses allowed or not (local runs and tests
+/// only).
+pub fn vocabulary_with(loopback_webhooks: bool) -> Vocabulary<'static> {
+    Vocabulary { schema: &CampaignNames, variables: &message_variable, loopback_webhooks }
 }
 
 /// The values of the names at one moment of a shopper: the features after the event, and

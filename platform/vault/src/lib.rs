@@ -35,6 +35,9 @@ pub struct VaultConfig {
     pub token: SecretString,
     /// Where the Transit engine is mounted.
     pub transit_mount: String,
+    /// Where the KV (version 2) engine is mounted: secrets the platform keeps for stores
+    /// (their webhook signing secrets).
+    pub kv_mount: String,
     /// The longest any call may take.
     pub timeout_ms: u64,
 }
@@ -60,6 +63,7 @@ impl Default for VaultConfig {
             address: "http://127.0.0.1:8200".into(),
             token: SecretString::from(""),
             transit_mount: "transit".into(),
+            kv_mount: "secret".into(),
             timeout_ms: 3000,
         }
     }
@@ -96,6 +100,21 @@ fn classify(e: ClientError) -> VaultError {
     }
 }
 
+/// Where a store's webhook signing secret is kept in the KV engine: written by the control
+/// plane, read by the cells that sign the store's webhooks.
+pub fn webhook_secret_path(tenant_id: &str) -> String {
+    format!("nudge/webhook-secrets/{tenant_id}")
+}
+
+/// A store's webhook signing secret as kept in the vault.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WebhookSecret {
+    /// `whsec_…`; its bytes are the HMAC key.
+    pub secret: String,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
 /// A signature made by a Transit key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Signature {
@@ -112,6 +131,7 @@ pub struct Signature {
 pub struct Vault {
     client: std::sync::Arc<VaultClient>,
     mount: String,
+    kv_mount: String,
 }
 
 impl Vault {
@@ -126,7 +146,25 @@ impl Vault {
             .build()
             .map_err(|e| VaultError::Config(e.to_string()))?;
         let client = VaultClient::new(settings).map_err(|e| VaultError::Config(e.to_string()))?;
-        Ok(Self { client: std::sync::Arc::new(client), mount: config.transit_mount.clone() })
+        Ok(Self {
+            client: std::sync::Arc::new(client),
+            mount: config.transit_mount.clone(),
+            kv_mount: config.kv_mount.clone(),
+        })
+    }
+
+    /// Writes `value` as the latest version of the KV secret at `path`.
+    pub async fn put_secret<T: Serialize>(&self, path: &str, value: &T) -> Result<(), VaultError> {
+        vaultrs::kv2::set(self.client.as_ref(), &self.kv_mount, path, value).await.map(|_| ()).map_err(classify)
+    }
+
+    /// The latest version of the KV secret at `path`; `None` when there is none.
+    pub async fn get_secret<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<Option<T>, VaultError> {
+        match vaultrs::kv2::read(self.client.as_ref(), &self.kv_mount, path).await {
+            Ok(value) => Ok(Some(value)),
+            Err(ClientError::APIError { code: 404, .. }) => Ok(None),
+            Err(e) => Err(classify(e)),
+        }
     }
 
     /// Creates the ed25519 signing key `name` unless it exists (the vault leaves an

@@ -187,7 +187,9 @@ async fn create_campaign(
     let tenant = merchant.tenant(&tenant_id)?;
     require_editor(&merchant)?;
     let spec = spec_of(body)?;
-    let campaign = campaigns::create(&state.router, tenant, &spec, &actor(&merchant)).await.map_err(campaign_error)?;
+    let campaign = campaigns::create(&state.router, tenant, &spec, state.loopback_webhooks, &actor(&merchant))
+        .await
+        .map_err(campaign_error)?;
     Ok(with_etag(StatusCode::CREATED, campaign))
 }
 
@@ -278,9 +280,18 @@ async fn save_campaign(
     require_editor(&merchant)?;
     let expected = expected_version(&headers)?;
     let spec = spec_of(body)?;
-    let campaign = campaigns::save(&state.router, &state.topics, tenant, id, &spec, expected, &actor(&merchant))
-        .await
-        .map_err(campaign_error)?;
+    let campaign = campaigns::save(
+        &state.router,
+        &state.topics,
+        tenant,
+        id,
+        &spec,
+        expected,
+        state.loopback_webhooks,
+        &actor(&merchant),
+    )
+    .await
+    .map_err(campaign_error)?;
     state.wake_outbox();
     Ok(with_etag(StatusCode::OK, campaign))
 }

@@ -12,6 +12,7 @@ pub mod offboarding;
 pub mod sessions;
 pub mod store;
 pub mod tenants;
+pub mod webhook_secret;
 
 use utoipa_axum::router::OpenApiRouter;
 
@@ -29,4 +30,5 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(billing::router())
         .merge(campaigns::router())
         .merge(messaging::router())
+        .merge(webhook_secret::router())
 }
