@@ -565,3 +565,62 @@ async fn webhooks_are_signed_retried_with_backoff_and_a_failing_endpoint_is_flag
     assert_eq!(down.received.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len(), 3, "not called again");
     platform.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_replays_a_draft_over_the_stores_events() -> anyhow::Result<()> {
+    let platform = Platform::start().await?;
+    // No active campaign: the shoppers meet the default rule, and the draft only replays.
+    let store = store_with(&platform, json!({}), &[]).await?;
+    let mut exits = Vec::new();
+    for tag in ["a", "b", "c"] {
+        let shopper = format!("shp_dry_{tag}_{}", unique_suffix());
+        exit_with_cart(&platform, &store, &shopper, "dry@example.com", Some(true), None, 30).await?;
+        exits.push(shopper);
+    }
+    let buyer = &exits[0];
+    let purchase = json!({"events": [{"event_id": format!("{buyer}-order"), "type": "purchase", "shopper_id": buyer,
+        "properties": {"order_id": "o-dry", "value": 79.0, "currency": "EUR"}}]});
+    assert_eq!(platform.post_events(&store.key, Some(ORIGIN), &purchase).await?.status(), 202);
+
+    let draft = email_campaign("Draft", 1, 30);
+    let dry_run = |body: Value| {
+        platform.http.post(format!("{}/v1/dry-run", platform.cell_url)).bearer_auth(&store.sends_key).json(&body).send()
+    };
+    // Until every event (four per shopper, and the purchase) has reached the validated topic.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let report = loop {
+        let r = dry_run(json!({ "campaign": draft, "days": 1 })).await?;
+        if r.status() == 200 {
+            let report: Value = r.json().await?;
+            if report["events"].as_u64() == Some(13) {
+                break report;
+            }
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "the dry run never saw the thirteen events");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(report["shoppers_seen"], 3, "{report}");
+    assert_eq!((report["moments_sent"].as_u64(), report["sends"]["email"].as_u64()), (Some(3), Some(3)), "{report}");
+    assert_eq!(report["shoppers_reached"], 3);
+    assert_eq!(report["reached_then_bought"], 1, "the buyer bought anyway: {report}");
+    assert_eq!(report["truncated"], false);
+    // Nothing was sent or scheduled by it.
+    let log: Value = platform
+        .http
+        .get(format!("{}/v1/sends?limit=1000", platform.cell_url))
+        .bearer_auth(&store.sends_key)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(log["entries"], json!([]), "a dry run sends and logs nothing");
+
+    let mut bad = draft.clone();
+    bad["condition"] = json!("basket > 1");
+    let refused = dry_run(json!({ "campaign": bad, "days": 1 })).await?;
+    assert_eq!(refused.status(), 422);
+    assert_eq!(refused.json::<Value>().await?["error"]["code"], "invalid_campaign");
+    let refused = dry_run(json!({ "campaign": draft, "days": 30 })).await?;
+    assert_eq!(refused.json::<Value>().await?["error"]["code"], "invalid_days");
+    platform.shutdown().await
+}

@@ -100,6 +100,7 @@ async fn openapi_documents_every_route() -> anyhow::Result<()> {
                 "/v1/shoppers/features",
                 "/v1/sends",
                 "/v1/lift",
+                "/v1/dry-run",
                 "/nudge.js",
                 "/healthz",
                 "/readyz",

@@ -18,6 +18,7 @@
 
 pub mod campaigns;
 pub mod config;
+pub mod dry_run;
 pub mod erase;
 pub mod export;
 pub mod idle;
@@ -140,7 +141,17 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
     let producer = SharedProducer::new(&config.kafka, &format!("cell-{}-stages", config.cell_id))?;
     if roles.pipeline {
         readiness = pipeline_role(
-            &config, &metrics, &directory, &redis, &keyring, &naming, &usage, &producer, &shutdown, &mut tasks,
+            &config,
+            &metrics,
+            &directory,
+            &redis,
+            &keyring,
+            &naming,
+            &usage,
+            &producer,
+            &shutdown,
+            &mut tasks,
+            &mut router,
         )?
         .into_iter()
         .fold(readiness, |r, check| r.with(check));
@@ -393,6 +404,7 @@ fn pipeline_role(
     producer: &SharedProducer,
     shutdown: &CancellationToken,
     tasks: &mut Vec<Task>,
+    router: &mut OpenApiRouter,
 ) -> anyhow::Result<Vec<Arc<dyn nudge_platform_http::ReadinessCheck>>> {
     let topics = config.kafka.topics();
     let campaigns = Arc::new(crate::campaigns::CampaignBook::default());
@@ -401,6 +413,16 @@ fn pipeline_role(
     let models = Arc::new(ModelSet::with_bundled(runtime, load_model(runtime, config)?)?);
     tracing::info!(default = models.default_model().version(), models = ?models.versions(), "models loaded");
     let scorers = Arc::new(Scorers::spawn(&models, &config.inference.batching));
+    // Dry runs score with the same models, so they are served where the pipeline runs.
+    let dry_run = dry_run::DryRunState {
+        directory: directory.clone(),
+        keyring: keyring.clone(),
+        models: models.clone(),
+        scorers: scorers.clone(),
+        kafka: config.kafka.clone(),
+        cooldown_ms: config.decide.cooldown_ms,
+    };
+    *router = std::mem::replace(router, OpenApiRouter::new()).merge(dry_run::router().with_state(dry_run));
     let models_caught_up = Arc::new(AtomicBool::new(false));
     tasks.push(("model registry", {
         let refused = prometheus_client::metrics::counter::Counter::default();
