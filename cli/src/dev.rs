@@ -50,7 +50,7 @@ impl Default for DevConfig {
                 ..CellConfig::default()
             },
             storefront: StorefrontConfig::default(),
-            log: LogConfig { format: LogFormat::Pretty, filter: "info".into() },
+            log: LogConfig { format: LogFormat::Pretty, filter: "info,rustify=off".into() },
         }
     }
 }

@@ -40,7 +40,9 @@ pub use vault::VaultServer;
 pub fn init_test_logging() {
     use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
     // librdkafka reports every refused connection at error level; tests kill brokers on purpose.
-    let filter = std::env::var("NUDGE_TEST_LOG").unwrap_or_else(|_| "warn,librdkafka=off,rdkafka=off".into());
+    // The vault client's HTTP layer logs every error answer (a 404 for a secret not set too).
+    let filter =
+        std::env::var("NUDGE_TEST_LOG").unwrap_or_else(|_| "warn,librdkafka=off,rdkafka=off,rustify=off".into());
     let captured = tracing_subscriber::fmt::layer().with_test_writer().with_filter(EnvFilter::new(filter));
     let file = std::env::var_os("NUDGE_TEST_LOG_DIR").and_then(|dir| {
         std::fs::create_dir_all(&dir).ok()?;
@@ -50,7 +52,7 @@ pub fn init_test_logging() {
             tracing_subscriber::fmt::layer()
                 .json()
                 .with_writer(std::sync::Mutex::new(file))
-                .with_filter(EnvFilter::new("info,librdkafka=off,rdkafka=off")),
+                .with_filter(EnvFilter::new("info,librdkafka=off,rdkafka=off,rustify=off")),
         )
     });
     let _ = tracing_subscriber::registry().with(captured).with(file).try_init();

@@ -24,8 +24,11 @@ pub struct LogConfig {
 }
 
 impl Default for LogConfig {
+    /// `info`, without the vault client's HTTP layer (`rustify`), which logs every error
+    /// answer of the vault at error level — a secret not set (404) included; the platform
+    /// classifies the vault's answers and logs what matters itself.
     fn default() -> Self {
-        Self { format: LogFormat::Json, filter: "info".to_owned() }
+        Self { format: LogFormat::Json, filter: "info,rustify=off".to_owned() }
     }
 }
 
