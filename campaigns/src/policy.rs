@@ -137,8 +137,15 @@ impl QuietHours {
         let min = i8::try_from(end % 60).ok()?;
         // A local time a clock change skips is taken as late as the gap is long (02:30 on a
         // night that jumps from 02:00 to 03:00 is 03:30), as calendars do.
-        let ends = day.at(hour, min, 0, 0).to_zoned(tz).ok()?;
-        Some(ends.timestamp().as_millisecond())
+        let local_end = day.at(hour, min, 0, 0);
+        let ends = local_end.to_zoned(tz.clone()).ok()?.timestamp().as_millisecond();
+        if ends > at_ms {
+            return Some(ends);
+        }
+        // A local time that occurs twice (the clocks went back) and whose first occurrence
+        // has passed: its second.
+        let later = tz.to_ambiguous_zoned(local_end).later().ok()?.timestamp().as_millisecond();
+        (later > at_ms).then_some(later)
     }
 }
 
@@ -247,6 +254,17 @@ mod tests {
         // local, 01:30 UTC.
         let early = quiet("01:00", "02:30");
         assert_eq!(early.ends_after(ms("2026-03-29T00:15:00Z"), "Europe/Berlin"), Some(ms("2026-03-29T01:30:00Z")));
+    }
+
+    #[test]
+    fn a_window_ending_in_a_repeated_hour_ends_in_the_future() {
+        // Berlin repeats 02:00–03:00 on 2026-10-25 (03:00 CEST becomes 02:00 CET). At 02:15
+        // CET, the second pass, a window ending at 02:30 ends at 02:30 CET, 01:30 UTC — not
+        // at the first 02:30, which has passed.
+        let early = quiet("01:00", "02:30");
+        assert_eq!(early.ends_after(ms("2026-10-25T01:15:00Z"), "Europe/Berlin"), Some(ms("2026-10-25T01:30:00Z")));
+        // At 02:15 CEST, the first pass, the first 02:30 (00:30 UTC).
+        assert_eq!(early.ends_after(ms("2026-10-25T00:15:00Z"), "Europe/Berlin"), Some(ms("2026-10-25T00:30:00Z")));
     }
 
     #[test]

@@ -54,8 +54,7 @@ pub async fn get(router: &TenantRouter, tenant: TenantId) -> Result<StoredPolicy
     tx.commit().await.map_err(DbError::from)?;
     let Some(row) = row else { return Ok(StoredPolicy { policy: MessagingPolicy::default(), updated_at: None }) };
     let json: serde_json::Value = row.try_get("policy")?;
-    // Stored only after being checked; a policy from a newer release reads with defaults
-    // for what this one does not know only if it is still valid here.
+    // Stored only after being checked by this release or a later one.
     let policy = serde_json::from_value(json).map_err(|e| DbError::Query(sqlx::Error::Decode(Box::new(e))))?;
     Ok(StoredPolicy { policy, updated_at: Some(row.try_get("updated_at")?) })
 }

@@ -58,6 +58,9 @@ pub struct DryRunState {
     pub scorers: Arc<Scorers>,
     pub kafka: KafkaConfig,
     pub cooldown_ms: i64,
+    /// One dry run at a time per process: each reads the whole topic and scores through
+    /// the pipeline's models.
+    pub running: Arc<tokio::sync::Semaphore>,
 }
 
 pub fn router() -> OpenApiRouter<DryRunState> {
@@ -117,7 +120,7 @@ struct Shopper {
         (status = 401, description = "`missing_key`, `invalid_key`", body = ErrorBody),
         (status = 403, description = "`missing_scope` (needs `reports:read`), `tenant_suspended`, `tenant_inactive`", body = ErrorBody),
         (status = 422, description = "`invalid_campaign` (`details.problems`), `invalid_days`", body = ErrorBody),
-        (status = 503, description = "`events_unavailable` (the broker or the vault), `cell_starting`; retry after `Retry-After`", body = ErrorBody),
+        (status = 503, description = "`events_unavailable` (the broker or the vault), `dry_run_busy`, `cell_starting`; retry after `Retry-After`", body = ErrorBody),
     ))]
 #[tracing::instrument(skip_all, fields(tenant_id))]
 async fn dry_run(
@@ -128,6 +131,9 @@ async fn dry_run(
     let entry = authorize_server_request(&state.directory, &headers, SCOPE)?;
     let tenant = entry.tenant_id;
     tracing::Span::current().record("tenant_id", tracing::field::display(tenant));
+    let Ok(_running) = state.running.clone().try_acquire_owned() else {
+        return Err(ApiError::unavailable("dry_run_busy", "another dry run is under way here; try again shortly", 10));
+    };
     let Json(request) = body.map_err(|e| match e {
         JsonRejection::JsonDataError(e) => ApiError::unprocessable("invalid_campaign", e.body_text()),
         other => ApiError::bad_request("malformed_json", other.body_text()),
@@ -214,7 +220,7 @@ async fn dry_run(
             features: &features,
             score,
         };
-        match decide_campaigns(&campaigns, &moment, state.cooldown_ms, 0) {
+        match decide_campaigns(&campaigns, &moment, state.cooldown_ms, entry.messaging.holdout_percent) {
             CampaignDecision::Send(send) => {
                 report.moments_sent += 1;
                 report.sends.on_site += u64::from(send.on_site.is_some());

@@ -421,6 +421,7 @@ fn pipeline_role(
         scorers: scorers.clone(),
         kafka: config.kafka.clone(),
         cooldown_ms: config.decide.cooldown_ms,
+        running: Arc::new(tokio::sync::Semaphore::new(1)),
     };
     *router = std::mem::replace(router, OpenApiRouter::new()).merge(dry_run::router().with_state(dry_run));
     let models_caught_up = Arc::new(AtomicBool::new(false));

@@ -420,8 +420,15 @@ impl Pipeline {
         }
     }
 
-    /// Keeps what a consent or an identify tells the channels about the shopper.
-    async fn remember_reach(&self, key: &SessionKey, subject: &str, event: &Event) -> Result<(), Failure> {
+    /// Keeps what a consent or an identify tells the channels about the shopper (not an
+    /// address erased meanwhile).
+    async fn remember_reach(
+        &self,
+        key: &SessionKey,
+        subject: &str,
+        event: &Event,
+        address_erased: bool,
+    ) -> Result<(), Failure> {
         let ttl = i64::try_from(self.keyring.key_lifetime_seconds(key.tenant)).unwrap_or(i64::MAX);
         match &event.payload {
             Some(Payload::Consent(consent)) => {
@@ -436,7 +443,7 @@ impl Pipeline {
                     .await
                     .map_err(channels_failure)
             }
-            Some(Payload::Identify(identify)) if !identify.email.is_empty() => {
+            Some(Payload::Identify(identify)) if !identify.email.is_empty() && !address_erased => {
                 let sealed =
                     match self.keyring.seal(key.tenant, subject, ADDRESS_SCHEMA, identify.email.as_bytes()).await {
                         Ok(sealed) => sealed,
@@ -730,7 +737,11 @@ impl Pipeline {
             let ttl = i64::try_from(self.keyring.key_lifetime_seconds(key.tenant)).unwrap_or(i64::MAX);
             self.sessions.link_email(key.tenant, subject, email, ttl).await.map_err(store_failure)?;
         }
-        self.remember_reach(&key, subject, event).await?;
+        // An address erased while this event was being scored is not kept either.
+        let address_erased = email
+            .as_ref()
+            .is_some_and(|e| self.directory.by_tenant(key.tenant).is_some_and(|t| t.is_suppressed_email_digest(e)));
+        self.remember_reach(&key, subject, event, address_erased).await?;
         if let Some((campaign, arm)) = &decided.assignment {
             let window = self.attribution_window_ms(key.tenant);
             let shopper = key.shopper.as_str();

@@ -2,13 +2,17 @@
 //! `crate::pipeline`), sent when due unless a purchase cancelled them first.
 //!
 //! Each round claims the due sends (leasing them, so a crashed dispatcher's sends come
-//! back after `lease_ms`, and two replicas never take the same one) and, for each, checks
-//! at the moment of sending what may have changed since the decision: the store still
-//! served here, the shopper not erased, their consent, the store's quiet hours in their
-//! time zone, the channel's and the campaign's caps. A send the SMTP server refuses for a
-//! while is retried with exponential backoff, and given up after `max_attempts`; one it
-//! refuses for good is given up at once. Every outcome goes to the store's send log, with
-//! the consent the send was checked against.
+//! back after `lease_ms`) and, for each, checks at the moment of sending what may have
+//! changed since the decision: the store still served here, the shopper not erased, their
+//! consent, the store's quiet hours in their time zone, the channel's and the campaign's
+//! caps. Just before it goes out a send is taken again, with a fresh lease, only if this
+//! process still holds the claim (a send whose lease ran out while the round was busy
+//! with others may have been claimed by another replica, which then sends it; a purchase
+//! may have cancelled it). A send the server refuses for a while is retried with
+//! exponential backoff, and given up after `max_attempts`; one it refuses for good is given
+//! up at once; one that cannot be handled (the vault or Redis away) is tried again later
+//! without holding up the others. Every outcome goes to the store's send log, with the
+//! consent the send was checked against.
 //!
 //! Delivery is at least once: a crash between the server accepting an e-mail and the send
 //! being settled sends it again after the lease, with the same `Message-ID`.
@@ -175,7 +179,12 @@ impl Dispatcher {
                 self.store.forget(*tenant, id).await?;
                 continue;
             };
-            let settled = self.handle(&send).await?;
+            // One send's failure (the vault or Redis away, a send that does not read) is
+            // that send's: it is tried again later, the others go on.
+            let settled = match self.handle(&send, lease).await {
+                Ok(settled) => settled,
+                Err(e) => self.failed_to_handle(&send, &e).await?,
+            };
             if settled.outcome.is_empty() {
                 continue;
             }
@@ -217,8 +226,38 @@ impl Dispatcher {
         Ok(claimed.len())
     }
 
-    /// Decides and carries out one send; settles or reschedules it.
-    async fn handle(&self, send: &PendingSend) -> anyhow::Result<Settled> {
+    /// A send that could not be handled: due again after the backoff, or given up
+    /// (`failed`, `unhandled`) after `max_attempts`.
+    async fn failed_to_handle(&self, send: &PendingSend, error: &anyhow::Error) -> anyhow::Result<Settled> {
+        tracing::warn!(
+            tenant_id = %send.tenant,
+            campaign_id = %send.campaign_id,
+            channel = %send.channel,
+            error = %error,
+            "a delayed send could not be handled"
+        );
+        let attempts = send.attempts.saturating_add(1);
+        if attempts >= self.config.max_attempts {
+            self.store.settle(send.tenant, &send.id, &send.shopper).await?;
+            return Ok(Settled { outcome: "failed", reason: "unhandled".into(), consent: None, detail: String::new() });
+        }
+        let due = Utc::now().timestamp_millis().saturating_add(self.backoff_ms(attempts));
+        self.store.reschedule(send.tenant, &send.id, due, attempts).await?;
+        Ok(Settled { outcome: "", reason: String::new(), consent: None, detail: String::new() })
+    }
+
+    /// Takes the send for this process until a fresh lease ends, if it still holds the
+    /// claim made with `claimed_until`: false when it was cancelled, or claimed by another
+    /// process after this one's lease ran out (that one sends it).
+    async fn take(&self, send: &PendingSend, claimed_until: i64) -> anyhow::Result<bool> {
+        let lease = i64::try_from(self.config.lease_ms).unwrap_or(i64::MAX);
+        let until = Utc::now().timestamp_millis().saturating_add(lease);
+        Ok(self.store.renew(send.tenant, &send.id, claimed_until, until).await?)
+    }
+
+    /// Decides and carries out one send, claimed with lease `claimed_until`; settles or
+    /// reschedules it.
+    async fn handle(&self, send: &PendingSend, claimed_until: i64) -> anyhow::Result<Settled> {
         let tenant = send.tenant;
         let settle = || self.store.settle(tenant, &send.id, &send.shopper);
         let Some(entry) = self.directory.by_tenant(tenant) else {
@@ -253,7 +292,9 @@ impl Dispatcher {
                 return Ok(Settled::skipped(reason, consent));
             }
             Verdict::Defer { until_ms } => {
-                self.store.reschedule(tenant, &send.id, until_ms, send.attempts).await?;
+                if !self.store.reschedule(tenant, &send.id, until_ms, send.attempts).await? {
+                    return Ok(Settled { outcome: "", reason: String::new(), consent, detail: String::new() });
+                }
                 return Ok(Settled {
                     outcome: "deferred",
                     reason: "quiet_hours".into(),
@@ -274,7 +315,9 @@ impl Dispatcher {
         };
         let (subject, html, text) = match content {
             SendContent::Email { subject, html, text } => (subject, html, text),
-            SendContent::Webhook { url, body } => return self.deliver_webhook(send, &url, &body, consent).await,
+            SendContent::Webhook { url, body } => {
+                return self.deliver_webhook(send, claimed_until, &url, &body, consent).await;
+            }
         };
         let Some(sender) = &self.email else {
             settle().await?;
@@ -289,17 +332,16 @@ impl Dispatcher {
             return Ok(Settled::skipped("erased", consent));
         };
         let address = String::from_utf8(address)?;
-        // The last moment a purchase can still stop it.
-        if self.store.pending(tenant, &send.id).await?.is_none() {
-            // Cancelled (and logged so) meanwhile.
+        // The last moment a purchase can still stop it, and no other process sends it.
+        if !self.take(send, claimed_until).await? {
             return Ok(Settled { outcome: "", reason: String::new(), consent, detail: String::new() });
         }
         let email = Email { to: &address, id: &send.id, subject: &subject, html: &html, text: &text };
         match sender.send(&email).await {
             Ok(()) => {
-                let at = Utc::now().timestamp_millis();
-                self.store.record_sent(tenant, &send.shopper, &send.channel, &send.campaign_id, &send.id, at).await?;
+                // Settled first: a failure after it cannot make the e-mail go again.
                 settle().await?;
+                self.count_sent(send).await;
                 Ok(Settled { outcome: "sent", reason: String::new(), consent, detail: String::new() })
             }
             Err(EmailError::Permanent(why)) => {
@@ -319,7 +361,9 @@ impl Dispatcher {
                 }
                 let pause = self.backoff_ms(attempts);
                 let due = Utc::now().timestamp_millis().saturating_add(pause);
-                self.store.reschedule(tenant, &send.id, due, attempts).await?;
+                if !self.store.reschedule(tenant, &send.id, due, attempts).await? {
+                    return Ok(Settled { outcome: "", reason: String::new(), consent, detail: String::new() });
+                }
                 Ok(Settled {
                     outcome: "retrying",
                     reason: "server_unavailable".into(),
@@ -336,6 +380,7 @@ impl Dispatcher {
     async fn deliver_webhook(
         &self,
         send: &PendingSend,
+        claimed_until: i64,
         url: &str,
         body: &str,
         consent: Option<ConsentRecord>,
@@ -351,16 +396,18 @@ impl Dispatcher {
             settle().await?;
             return Ok(Settled::skipped("no_signing_secret", consent));
         };
-        if self.store.pending(tenant, &send.id).await?.is_none() {
+        if !self.take(send, claimed_until).await? {
             return Ok(Settled { outcome: "", reason: String::new(), consent, detail: String::new() });
         }
         let outcome = self.webhooks.send(url, &secret, &send.id, body, Utc::now().timestamp()).await;
         let why = match outcome {
             Ok(status) => {
-                self.store.webhook_succeeded(tenant, &send.campaign_id, send.version).await?;
-                let at = Utc::now().timestamp_millis();
-                self.store.record_sent(tenant, &send.shopper, &send.channel, &send.campaign_id, &send.id, at).await?;
+                // Settled first: a failure after it cannot make the webhook go again.
                 settle().await?;
+                if let Err(e) = self.store.webhook_succeeded(tenant, &send.campaign_id, send.version).await {
+                    tracing::warn!(tenant_id = %tenant, error = %e, "a webhook's success could not be recorded");
+                }
+                self.count_sent(send).await;
                 let detail = format!("the endpoint answered {status}");
                 return Ok(Settled { outcome: "sent", reason: String::new(), consent, detail });
             }
@@ -392,7 +439,9 @@ impl Dispatcher {
             WebhookError::Transient(_) => {
                 let pause = self.backoff_ms(attempts);
                 let due = Utc::now().timestamp_millis().saturating_add(pause);
-                self.store.reschedule(tenant, &send.id, due, attempts).await?;
+                if !self.store.reschedule(tenant, &send.id, due, attempts).await? {
+                    return Ok(Settled { outcome: "", reason: String::new(), consent, detail: String::new() });
+                }
                 Ok(Settled {
                     outcome: "retrying",
                     reason: "endpoint_unavailable".into(),
@@ -400,6 +449,16 @@ impl Dispatcher {
                     detail: format!("attempt {attempts} failed ({detail}); again in {pause} ms"),
                 })
             }
+        }
+    }
+
+    /// Counts a send made for the caps; a failure is logged (the send is made and settled).
+    async fn count_sent(&self, send: &PendingSend) {
+        let at = Utc::now().timestamp_millis();
+        let counted =
+            self.store.record_sent(send.tenant, &send.shopper, &send.channel, &send.campaign_id, &send.id, at).await;
+        if let Err(e) = counted {
+            tracing::warn!(tenant_id = %send.tenant, error = %e, "a send could not be counted for the caps");
         }
     }
 

@@ -1,6 +1,7 @@
 //! The e-mail channel: messages over SMTP (plain on loopback, STARTTLS or implicit TLS
 //! elsewhere), with the send's id as the `Message-ID`, so a message sent twice (a crash
-//! between the server's acceptance and the send being settled) is recognisably one.
+//! between the server's acceptance and the send being settled) is recognisably one. Errors
+//! carry the server's reply code only, never its text (which may name the recipient).
 
 use std::time::Duration;
 
@@ -123,8 +124,15 @@ impl EmailSender {
             .map_err(|e| EmailError::Permanent(format!("the message: {e}")))?;
         match self.transport.send(message).await {
             Ok(_) => Ok(()),
-            Err(e) if e.is_permanent() => Err(EmailError::Permanent(e.to_string())),
-            Err(e) => Err(EmailError::Transient(e.to_string())),
+            // Only the reply code: a server's text often repeats the recipient's address.
+            Err(e) => {
+                let what = match e.status() {
+                    Some(code) => format!("the server answered {code}"),
+                    None if e.is_timeout() => "the server did not answer in time".to_owned(),
+                    None => "the server could not be reached".to_owned(),
+                };
+                Err(if e.is_permanent() { EmailError::Permanent(what) } else { EmailError::Transient(what) })
+            }
         }
     }
 }

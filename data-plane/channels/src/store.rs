@@ -2,7 +2,8 @@
 //! cell's schedule, under the tenant:
 //!
 //! - `sends:{cell}`, the schedule: a sorted set of `{tenant}/{send id}` by due time; a
-//!   claimed send is pushed a lease ahead, so a crashed dispatcher's sends come back;
+//!   claimed send is pushed a lease ahead, so a crashed dispatcher's sends come back, and
+//!   is taken again just before it goes out only by the process still holding the claim;
 //! - `t:{tenant}:send:{id}`, a pending send (a hash; its content sealed with the shopper's
 //!   data key), and `t:{tenant}:pending:{shopper}`, the ids pending for a shopper, which a
 //!   purchase cancels in one script;
@@ -162,6 +163,19 @@ redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('DEL', KEYS[2])
 redis.call('SREM', KEYS[3], ARGV[2])
 redis.call('SET', KEYS[4], '1', 'EX', ARGV[3])
+return 1
+"#;
+
+// KEYS: the schedule, the send. ARGV: member, the lease it was claimed with, the new lease.
+const RENEW: &str = r#"
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  return 0
+end
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) ~= tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], 'XX', ARGV[3], ARGV[1])
 return 1
 "#;
 
@@ -412,6 +426,29 @@ impl ChannelStore {
         let mut conn = self.redis.clone();
         conn.zrem::<_, _, ()>(&self.schedule, member(tenant, id)).await?;
         Ok(())
+    }
+
+    /// Whether this process still holds the send it claimed with lease `claimed_until_ms`
+    /// (no one cancelled it, no one claimed it after the lease ran out); if so its lease
+    /// runs until `until_ms` from now. Called just before the send goes out, so two
+    /// processes never both send it.
+    pub async fn renew(
+        &self,
+        tenant: TenantId,
+        id: &str,
+        claimed_until_ms: i64,
+        until_ms: i64,
+    ) -> Result<bool, ChannelsError> {
+        let mut conn = self.redis.clone();
+        let held: i64 = Script::new(RENEW)
+            .key(&self.schedule)
+            .key(send_key(&self.prefix, tenant, id))
+            .arg(member(tenant, id))
+            .arg(claimed_until_ms)
+            .arg(until_ms)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(held == 1)
     }
 
     /// Due again at `due_ms` after `attempts` tries; false when it was cancelled meanwhile.

@@ -97,6 +97,8 @@ impl WebhookSender {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_millis(self.config.timeout_ms))
             .redirect(reqwest::redirect::Policy::none())
+            // A proxy would connect wherever the name resolves for it, past the check above.
+            .no_proxy()
             .resolve(&lookup_host, address)
             .build()
             .map_err(|e| WebhookError::Transient(format!("the HTTP client: {e}")))?;

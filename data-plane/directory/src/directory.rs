@@ -486,8 +486,9 @@ fn parse_entry(tenant_id: TenantId, config: &TenantConfig) -> Result<TenantEntry
 }
 
 /// A record's messaging policy. One this cell cannot read (from a newer control plane)
-/// is replaced by the defaults, which ask for consent before any e-mail: a store is never
-/// stopped for it, and no shopper gets more than the defaults allow.
+/// is replaced by the defaults (consent before any e-mail, at most two a day, quiet
+/// nights), logged: the store is not stopped for it, though a stricter policy of its own
+/// (caps on site or on webhooks, a global holdout) is not applied meanwhile.
 fn messaging_policy(tenant: TenantId, json: &str) -> nudge_campaigns::policy::MessagingPolicy {
     if json.is_empty() {
         return nudge_campaigns::policy::MessagingPolicy::default();
