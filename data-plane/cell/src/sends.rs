@@ -148,6 +148,11 @@ impl Settled {
     fn skipped(reason: &str, consent: Option<ConsentRecord>) -> Self {
         Self { outcome: "skipped", reason: reason.into(), consent, detail: String::new() }
     }
+
+    /// Nothing to log: the send was cancelled, or is another process's now.
+    fn nothing(consent: Option<ConsentRecord>) -> Self {
+        Self { outcome: "", reason: String::new(), consent, detail: String::new() }
+    }
 }
 
 impl Dispatcher {
@@ -243,7 +248,7 @@ impl Dispatcher {
         }
         let due = Utc::now().timestamp_millis().saturating_add(self.backoff_ms(attempts));
         self.store.reschedule(send.tenant, &send.id, due, attempts).await?;
-        Ok(Settled { outcome: "", reason: String::new(), consent: None, detail: String::new() })
+        Ok(Settled::nothing(None))
     }
 
     /// Takes the send for this process until a fresh lease ends, if it still holds the
@@ -293,7 +298,7 @@ impl Dispatcher {
             }
             Verdict::Defer { until_ms } => {
                 if !self.store.reschedule(tenant, &send.id, until_ms, send.attempts).await? {
-                    return Ok(Settled { outcome: "", reason: String::new(), consent, detail: String::new() });
+                    return Ok(Settled::nothing(consent));
                 }
                 return Ok(Settled {
                     outcome: "deferred",
@@ -334,7 +339,7 @@ impl Dispatcher {
         let address = String::from_utf8(address)?;
         // The last moment a purchase can still stop it, and no other process sends it.
         if !self.take(send, claimed_until).await? {
-            return Ok(Settled { outcome: "", reason: String::new(), consent, detail: String::new() });
+            return Ok(Settled::nothing(consent));
         }
         let email = Email { to: &address, id: &send.id, subject: &subject, html: &html, text: &text };
         match sender.send(&email).await {
@@ -359,17 +364,7 @@ impl Dispatcher {
                         detail: why,
                     });
                 }
-                let pause = self.backoff_ms(attempts);
-                let due = Utc::now().timestamp_millis().saturating_add(pause);
-                if !self.store.reschedule(tenant, &send.id, due, attempts).await? {
-                    return Ok(Settled { outcome: "", reason: String::new(), consent, detail: String::new() });
-                }
-                Ok(Settled {
-                    outcome: "retrying",
-                    reason: "server_unavailable".into(),
-                    consent,
-                    detail: format!("attempt {attempts} failed ({why}); again in {pause} ms"),
-                })
+                self.retry_later(send, attempts, "server_unavailable", &why, consent).await
             }
         }
     }
@@ -397,7 +392,7 @@ impl Dispatcher {
             return Ok(Settled::skipped("no_signing_secret", consent));
         };
         if !self.take(send, claimed_until).await? {
-            return Ok(Settled { outcome: "", reason: String::new(), consent, detail: String::new() });
+            return Ok(Settled::nothing(consent));
         }
         let outcome = self.webhooks.send(url, &secret, &send.id, body, Utc::now().timestamp()).await;
         let why = match outcome {
@@ -437,19 +432,32 @@ impl Dispatcher {
                 Ok(Settled { outcome: "failed", reason: "attempts_exhausted".into(), consent, detail })
             }
             WebhookError::Transient(_) => {
-                let pause = self.backoff_ms(attempts);
-                let due = Utc::now().timestamp_millis().saturating_add(pause);
-                if !self.store.reschedule(tenant, &send.id, due, attempts).await? {
-                    return Ok(Settled { outcome: "", reason: String::new(), consent, detail: String::new() });
-                }
-                Ok(Settled {
-                    outcome: "retrying",
-                    reason: "endpoint_unavailable".into(),
-                    consent,
-                    detail: format!("attempt {attempts} failed ({detail}); again in {pause} ms"),
-                })
+                self.retry_later(send, attempts, "endpoint_unavailable", &detail, consent).await
             }
         }
+    }
+
+    /// Due again after the backoff for its `attempts`-th failure (`why`), logged as
+    /// retrying for `reason`; nothing when it was cancelled meanwhile.
+    async fn retry_later(
+        &self,
+        send: &PendingSend,
+        attempts: u32,
+        reason: &str,
+        why: &str,
+        consent: Option<ConsentRecord>,
+    ) -> anyhow::Result<Settled> {
+        let pause = self.backoff_ms(attempts);
+        let due = Utc::now().timestamp_millis().saturating_add(pause);
+        if !self.store.reschedule(send.tenant, &send.id, due, attempts).await? {
+            return Ok(Settled::nothing(consent));
+        }
+        Ok(Settled {
+            outcome: "retrying",
+            reason: reason.into(),
+            consent,
+            detail: format!("attempt {attempts} failed ({why}); again in {pause} ms"),
+        })
     }
 
     /// Counts a send made for the caps; a failure is logged (the send is made and settled).
