@@ -109,7 +109,12 @@
     this.moves = 0;
     this.lastMove = null;
     this.shopperId = options.shopperId || shopperId();
-    this.onIntervention = options.onIntervention || render;
+    var client = this;
+    // The default shows the message in a banner and reports clicks and dismissals; a store's
+    // own renderer may report them with client.feedback(id, "clicked" | "dismissed").
+    this.onIntervention = options.onIntervention || function (msg) {
+      render(msg, function (action) { client.feedback(msg.intervention_id, action); });
+    };
     this.onStatus = options.onStatus || function () {};
     this.queue = [];
     this.inFlight = false;
@@ -151,6 +156,12 @@
     if (this.timeZone) event.time_zone = this.timeZone;
     this.queue.push(event);
     this.schedule(type === "exit_intent" ? 0 : FLUSH_MS);
+  };
+
+  // What the shopper did with an intervention ("shown", "clicked", "dismissed"), for the
+  // store's lift reports.
+  Client.prototype.feedback = function (interventionId, action) {
+    this.track("intervention", { intervention_id: interventionId, action: action });
   };
 
   // The shopper logged in: the store's customer reference and, when the store lets Nudge
@@ -345,6 +356,7 @@
         if (self.seen.indexOf(msg.intervention_id) !== -1) return;
         self.remember(msg.intervention_id);
         self.onIntervention(msg);
+        self.feedback(msg.intervention_id, "shown");
       }
     };
     socket.onclose = function (e) {
@@ -384,7 +396,7 @@
     document.addEventListener("mouseover", function () { self.exitArmed = true; });
   };
 
-  function render(msg) {
+  function render(msg, feedback) {
     var box = document.getElementById("nudge-intervention");
     if (!box) {
       box = document.createElement("div");
@@ -404,7 +416,12 @@
     close.textContent = "×";
     close.setAttribute("aria-label", "Dismiss");
     close.style.cssText = "position:absolute;top:6px;right:10px;background:none;border:0;color:#fff;font-size:18px;cursor:pointer";
-    close.onclick = function () { box.remove(); };
+    close.onclick = function (e) {
+      e.stopPropagation();
+      box.remove();
+      if (feedback) feedback("dismissed");
+    };
+    box.onclick = function () { if (feedback) feedback("clicked"); };
     box.appendChild(title);
     box.appendChild(body);
     box.appendChild(close);

@@ -24,7 +24,8 @@ pub struct EventBatch {
 pub struct RawEvent {
     pub event_id: String,
     /// One of `page_view`, `product_view`, `add_to_cart`, `remove_from_cart`, `checkout_start`,
-    /// `purchase`, `exit_intent`, `identify`, `consent`.
+    /// `purchase`, `exit_intent`, `identify`, `consent`, `intervention` (what the shopper did
+    /// with an on-site message: `intervention_id`, `action` shown, clicked or dismissed).
     #[serde(rename = "type")]
     pub kind: String,
     pub shopper_id: String,

@@ -624,3 +624,52 @@ async fn a_dry_run_replays_a_draft_over_the_stores_events() -> anyhow::Result<()
     assert_eq!(refused.json::<Value>().await?["error"]["code"], "invalid_days");
     platform.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_shoppers_do_with_on_site_messages_is_counted_once_for_the_campaign() -> anyhow::Result<()> {
+    use nudge_contracts::push::PushMessage;
+    let platform = Platform::start().await?;
+    let reminder = json!({
+        "name": "Reminder", "trigger": { "type": "exit_intent" }, "control_percent": 0,
+        "variants": [{ "name": "a", "weight": 100, "messages": [
+            { "channel": "on_site", "kind": "reminder", "title": "Still there?", "body": "Saved for you." }]}],
+    });
+    let store = store_with(&platform, json!({}), &[reminder]).await?;
+    // A shopper on the page until the campaign's message reaches them.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let (shopper, iv) = loop {
+        let shopper = format!("shp_seen_{}", unique_suffix());
+        let mut socket = platform.connect_shopper(&store.key, ORIGIN, &shopper).await?;
+        exit_with_cart(&platform, &store, &shopper, "seen@example.com", None, None, 0).await?;
+        if let Some(PushMessage::Intervention(iv)) = socket.next_message(Duration::from_secs(10)).await?
+            && iv.title == "Still there?"
+        {
+            break (shopper, iv);
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "the campaign's message never arrived");
+    };
+    // The snippet reports it shown (twice: a reload), clicked, and one id of nobody's.
+    let feedback = |n: usize, id: &str, action: &str| {
+        json!({"event_id": format!("{shopper}-fb-{n}"), "type": "intervention", "shopper_id": shopper,
+               "properties": {"intervention_id": id, "action": action}})
+    };
+    let events = json!({"events": [
+        feedback(1, &iv.intervention_id, "shown"),
+        feedback(2, &iv.intervention_id, "shown"),
+        feedback(3, &iv.intervention_id, "clicked"),
+        feedback(4, "00000000-0000-0000-0000-000000000000", "dismissed"),
+    ]});
+    assert_eq!(platform.post_events(&store.key, Some(ORIGIN), &events).await?.status(), 202);
+    let url = format!("{}/v1/lift?campaign_id={}", platform.cell_url, store.campaigns[0]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let report: Value = platform.http.get(&url).bearer_auth(&store.sends_key).send().await?.json().await?;
+        if report["engagement"]["clicked"] == 1 {
+            assert_eq!(report["engagement"], json!({"shown": 1, "clicked": 1, "dismissed": 0}), "{report}");
+            break;
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "the feedback was never counted: {report}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    platform.shutdown().await
+}

@@ -52,6 +52,13 @@ pub struct ArmView {
     pub revenue_per_shopper_minor: f64,
 }
 
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EngagementView {
+    pub shown: u64,
+    pub clicked: u64,
+    pub dismissed: u64,
+}
+
 /// An estimate and its 95 % confidence interval.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EstimateView {
@@ -81,6 +88,9 @@ pub struct LiftReport {
     pub control: Option<ArmView>,
     /// Shoppers in the global holdout when the campaign (or any, for the store) applied.
     pub holdout: ArmView,
+    /// What the treated shoppers did with the on-site messages: shown, clicked, dismissed
+    /// (each counted once per intervention, as the snippet reports it).
+    pub engagement: EngagementView,
     /// Absent while either arm compared has no shoppers.
     pub lift: Option<LiftView>,
 }
@@ -129,10 +139,12 @@ async fn lift(
         }
         Some(_) => return Err(ApiError::unprocessable("invalid_campaign_id", "campaign_id is a campaign's id, cmp_…")),
     };
-    let arms = state.outcomes.arms(tenant, &campaign).await.map_err(|e| {
+    let unavailable = |e: nudge_data_plane_channels::store::ChannelsError| {
         tracing::warn!(error = %e, "lift report unavailable");
         ApiError::unavailable("reports_unavailable", "the report cannot be read now", 1)
-    })?;
+    };
+    let arms = state.outcomes.arms(tenant, &campaign).await.map_err(unavailable)?;
+    let engagement = state.outcomes.engagement(tenant, &campaign).await.map_err(unavailable)?;
     let of = |name: ArmName| arms.iter().find(|(n, _)| *n == name).map(|(_, a)| *a).unwrap_or_default();
     let (treated, control, holdout) = (of(ArmName::Treated), of(ArmName::Control), of(ArmName::Holdout));
     let store = campaign == STORE;
@@ -144,6 +156,11 @@ async fn lift(
         treated: arm_view(&treated),
         control: (!store).then(|| arm_view(&control)),
         holdout: arm_view(&holdout),
+        engagement: EngagementView {
+            shown: engagement.shown,
+            clicked: engagement.clicked,
+            dismissed: engagement.dismissed,
+        },
         lift: Lift::of(treated, baseline).map(|l| LiftView {
             against: against.to_owned(),
             conversion: estimate(l.conversion),

@@ -809,8 +809,21 @@ impl Pipeline {
         for entry in &decided.skipped {
             self.log_send(key.tenant, entry).await;
         }
+        if let Some(Payload::InterventionFeedback(feedback)) = &event.payload {
+            let window = self.attribution_window_ms(key.tenant);
+            let counted = self.outcomes.feedback(key.tenant, &feedback.intervention_id, &feedback.action, window).await;
+            if let Err(e) = counted {
+                tracing::warn!(tenant_id = %key.tenant, error = %e, "intervention feedback could not be counted");
+            }
+        }
         if let Some(iv) = intervention {
             if !iv.campaign_id.is_empty() {
+                let window = self.attribution_window_ms(key.tenant);
+                let noted =
+                    self.outcomes.note_intervention(key.tenant, &iv.intervention_id, &iv.campaign_id, window).await;
+                if let Err(e) = noted {
+                    tracing::warn!(tenant_id = %key.tenant, error = %e, "an intervention's campaign could not be noted");
+                }
                 // Counted for the caps, whether or not the page was still open.
                 let counted = self
                     .channels

@@ -87,6 +87,29 @@ end
 return counted
 "#;
 
+// KEYS: the intervention's campaign, the (intervention, action) marker. ARGV: the sums'
+// key prefix, the action, the marker's lifetime (s), the store-wide name.
+const FEEDBACK: &str = r#"
+local campaign = redis.call('GET', KEYS[1])
+if not campaign then
+  return 0
+end
+if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[3]) == false then
+  return 0
+end
+redis.call('HINCRBY', ARGV[1] .. campaign, 'treated:' .. ARGV[2], 1)
+redis.call('HINCRBY', ARGV[1] .. ARGV[4], 'treated:' .. ARGV[2], 1)
+return 1
+"#;
+
+/// What treated shoppers did with a campaign's on-site messages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Engagement {
+    pub shown: u64,
+    pub clicked: u64,
+    pub dismissed: u64,
+}
+
 /// Where assignments and outcomes are kept.
 #[derive(Clone)]
 pub struct OutcomeStore {
@@ -161,6 +184,64 @@ impl OutcomeStore {
             .invoke_async(&mut conn)
             .await?;
         Ok(u64::try_from(counted).unwrap_or(0))
+    }
+
+    /// Notes that on-site intervention `intervention_id` was `campaign`'s, for the shopper's
+    /// feedback on it within `window_ms`.
+    pub async fn note_intervention(
+        &self,
+        tenant: TenantId,
+        intervention_id: &str,
+        campaign: &str,
+        window_ms: i64,
+    ) -> Result<(), ChannelsError> {
+        let mut conn = self.redis.clone();
+        redis::cmd("SET")
+            .arg(format!("{}t:{tenant}:iv-campaign:{intervention_id}", self.prefix))
+            .arg(campaign)
+            .arg("PX")
+            .arg(window_ms.max(1))
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Counts `action` (`shown`, `clicked`, `dismissed`) on intervention `intervention_id`
+    /// for its campaign's treated arm and the store's, once per intervention and action.
+    /// False when the intervention is not a campaign's (or its window has passed) or the
+    /// action was counted already.
+    pub async fn feedback(
+        &self,
+        tenant: TenantId,
+        intervention_id: &str,
+        action: &str,
+        window_ms: i64,
+    ) -> Result<bool, ChannelsError> {
+        let mut conn = self.redis.clone();
+        let counted: i64 = Script::new(FEEDBACK)
+            .key(format!("{}t:{tenant}:iv-campaign:{intervention_id}", self.prefix))
+            .key(format!("{}t:{tenant}:iv-feedback:{intervention_id}:{action}", self.prefix))
+            .arg(arms_prefix(&self.prefix, tenant))
+            .arg(action)
+            .arg(window_ms / 1000 + 1)
+            .arg(STORE)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(counted == 1)
+    }
+
+    /// What `campaign`'s treated shoppers did with its on-site messages.
+    pub async fn engagement(&self, tenant: TenantId, campaign: &str) -> Result<Engagement, ChannelsError> {
+        let mut conn = self.redis.clone();
+        let counts: Vec<Option<u64>> = redis::cmd("HMGET")
+            .arg(format!("{}{campaign}", arms_prefix(&self.prefix, tenant)))
+            .arg("treated:shown")
+            .arg("treated:clicked")
+            .arg("treated:dismissed")
+            .query_async(&mut conn)
+            .await?;
+        let at = |i: usize| counts.get(i).copied().flatten().unwrap_or(0);
+        Ok(Engagement { shown: at(0), clicked: at(1), dismissed: at(2) })
     }
 
     /// The sums of each arm of `campaign` ([`STORE`] for the store as a whole).

@@ -122,7 +122,10 @@ impl SessionState {
                 self.checkout_started = false;
             }
             Some(Payload::ExitIntent(_)) => self.exit_intents = self.exit_intents.saturating_add(1),
-            Some(Payload::Identify(_) | Payload::CartIdle(_) | Payload::Consent(_)) | None => {}
+            Some(
+                Payload::Identify(_) | Payload::CartIdle(_) | Payload::Consent(_) | Payload::InterventionFeedback(_),
+            )
+            | None => {}
         }
 
         self.vector(at, since_last_ms)

@@ -5,8 +5,8 @@ use nudge_contracts::{
     EventId, ShopperId,
     ingest::RawEvent,
     proto::events::v1::{
-        CartChange, CheckoutStart, Consent, Event, ExitIntent, Identify, PageView, ProductView, Purchase,
-        event::Payload,
+        CartChange, CheckoutStart, Consent, Event, ExitIntent, Identify, InterventionFeedback, PageView, ProductView,
+        Purchase, event::Payload,
     },
 };
 use nudge_tenants::TenantId;
@@ -91,6 +91,13 @@ pub fn parse_event(index: usize, raw: &RawEvent, tenant: TenantId, now: DateTime
         }),
         "exit_intent" => Payload::ExitIntent(ExitIntent {}),
         "identify" => props.identify()?,
+        "intervention" => Payload::InterventionFeedback(InterventionFeedback {
+            intervention_id: props.text("intervention_id", 64)?,
+            action: match props.text("action", 16)?.as_str() {
+                action @ ("shown" | "clicked" | "dismissed") => action.to_owned(),
+                _ => return Err(props.invalid("action", "must be one of shown, clicked, dismissed")),
+            },
+        }),
         "consent" => Payload::Consent(Consent {
             channel: props.channel()?,
             granted: props.flag("granted")?,
@@ -377,6 +384,10 @@ mod tests {
             ),
             (
                 json!({"event_id": "e", "type": "consent", "shopper_id": "s", "properties": {"channel": "sms", "granted": true}}),
+                "invalid_property",
+            ),
+            (
+                json!({"event_id": "e", "type": "intervention", "shopper_id": "s", "properties": {"intervention_id": "i", "action": "liked"}}),
                 "invalid_property",
             ),
             (
