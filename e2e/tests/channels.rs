@@ -240,6 +240,32 @@ async fn a_purchase_cancels_the_scheduled_email_and_the_others_arrive() -> anyho
     assert_eq!(sent["consent"]["source"], "checkout_checkbox");
     assert!(got.message_id.starts_with('<') && got.message_id.ends_with("@nudge>"), "{}", got.message_id);
 
+    // It carries an unsubscribe link (header, one-click, and in the text); following it
+    // records the refusal, and the shopper's next e-mail is skipped for it.
+    let header = got
+        .raw
+        .lines()
+        .find_map(|l| l.strip_prefix("List-Unsubscribe: "))
+        .map(|v| v.trim().trim_start_matches('<').trim_end_matches('>').to_owned())
+        .unwrap_or_default();
+    assert!(header.starts_with(&format!("{}/v1/unsubscribe/", platform.cell_url)), "{}", got.raw);
+    assert!(got.raw.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click"));
+    // The text part may be quoted-printable, its long lines broken softly.
+    let unfolded = got.raw.replace("=\r\n", "").replace("=\n", "");
+    assert!(unfolded.contains(&format!("To stop these e-mails: {header}")), "{}", got.raw);
+    let forged = format!("{header}x");
+    assert_eq!(platform.http.post(&forged).send().await?.status(), 400);
+    assert_eq!(platform.http.post(&header).send().await?.status(), 200);
+    let page = platform.http.get(&header).send().await?;
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await?.contains("Unsubscribed"));
+    let again = exit_with_cart(&platform, &store, &waiter, "waiter@example.com", None, None, 55).await?;
+    let skipped = wait_sent_or_skipped(&platform, &store, &again).await?;
+    assert_eq!(
+        (skipped["reason"].as_str(), skipped["consent"]["source"].as_str()),
+        (Some("consent_refused"), Some("unsubscribe_link"))
+    );
+
     // Well past the buyer's due time, and past the dispatcher's next rounds: nothing for them.
     let due: i64 =
         scheduled["detail"].as_str().and_then(|d| d.strip_prefix("due at ")).and_then(|d| d.parse().ok()).unwrap_or(0);

@@ -101,6 +101,7 @@ async fn openapi_documents_every_route() -> anyhow::Result<()> {
                 "/v1/sends",
                 "/v1/lift",
                 "/v1/dry-run",
+                "/v1/unsubscribe/{token}",
                 "/nudge.js",
                 "/healthz",
                 "/readyz",

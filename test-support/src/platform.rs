@@ -133,6 +133,7 @@ impl Platform {
         // Tests receive campaign webhooks on loopback.
         cp.campaigns.allow_loopback_webhooks = true;
         cell.channels.webhooks.allow_loopback = true;
+        cell.channels.public_url = cell_url.clone();
         tweak(&mut cp, &mut cell);
 
         let shutdown = CancellationToken::new();

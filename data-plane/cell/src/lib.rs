@@ -32,6 +32,7 @@ pub mod sealing;
 pub mod send_log;
 pub mod sends;
 pub mod snippet;
+pub mod unsubscribe;
 pub mod usage;
 pub mod validator;
 
@@ -360,6 +361,18 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
                 &config.cell_id.to_string(),
             ),
         };
+        let unsubscribe = unsubscribe::UnsubscribeState {
+            links: Arc::new(unsubscribe::UnsubscribeLinks::new(
+                config.sessions.secrets.clone(),
+                &config.channels.public_url,
+            )),
+            directory: directory.clone(),
+            store: nudge_data_plane_channels::store::ChannelStore::new(
+                redis.clone(),
+                config.redis.prefix.clone(),
+                &config.cell_id.to_string(),
+            ),
+        };
         let lift = lift_report::LiftState {
             directory: directory.clone(),
             outcomes: nudge_data_plane_channels::outcomes::OutcomeStore::new(
@@ -373,6 +386,7 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
             .merge(export::router().with_state(export))
             .merge(send_log::router().with_state(send_log))
             .merge(lift_report::router().with_state(lift))
+            .merge(unsubscribe::router().with_state(unsubscribe))
             .merge(snippet::router());
     }
 
@@ -541,6 +555,10 @@ fn pipeline_role(
         webhooks: nudge_data_plane_channels::webhook::WebhookSender::new(config.channels.webhooks.clone()),
         vault: nudge_platform_vault::Vault::new(&config.vault)?,
         secrets: std::sync::Mutex::default(),
+        unsubscribe: Arc::new(unsubscribe::UnsubscribeLinks::new(
+            config.sessions.secrets.clone(),
+            &config.channels.public_url,
+        )),
         config: config.channels.clone(),
         metrics: sends::SendMetrics::register(metrics),
     };

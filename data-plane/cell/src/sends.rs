@@ -60,6 +60,8 @@ pub struct ChannelsConfig {
     /// (`channel_unavailable`).
     pub smtp: Option<SmtpConfig>,
     pub webhooks: WebhookConfig,
+    /// Where shoppers reach this cell: the base of the unsubscribe links in e-mails.
+    pub public_url: String,
 }
 
 impl Default for ChannelsConfig {
@@ -72,6 +74,7 @@ impl Default for ChannelsConfig {
             retry_backoff_ms: 30_000,
             smtp: None,
             webhooks: WebhookConfig::default(),
+            public_url: "http://127.0.0.1:8081".into(),
         }
     }
 }
@@ -132,6 +135,8 @@ pub struct Dispatcher {
     pub vault: nudge_platform_vault::Vault,
     /// Signing secrets read lately (30 s), by store; `None`: the store has none.
     pub secrets: std::sync::Mutex<SecretCache>,
+    /// Every e-mail's unsubscribe link.
+    pub unsubscribe: Arc<crate::unsubscribe::UnsubscribeLinks>,
     pub config: ChannelsConfig,
     pub metrics: SendMetrics,
 }
@@ -341,7 +346,15 @@ impl Dispatcher {
         if !self.take(send, claimed_until).await? {
             return Ok(Settled::nothing(consent));
         }
-        let email = Email { to: &address, id: &send.id, subject: &subject, html: &html, text: &text };
+        let link = self.unsubscribe.link(tenant, &send.shopper, "email");
+        let email = Email {
+            to: &address,
+            id: &send.id,
+            subject: &subject,
+            html: &html,
+            text: &text,
+            unsubscribe: link.as_deref(),
+        };
         match sender.send(&email).await {
             Ok(()) => {
                 // Settled first: a failure after it cannot make the e-mail go again.

@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use lettre::{
     AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
-    message::{Mailbox, MultiPart},
+    message::{
+        Mailbox, MultiPart,
+        header::{HeaderName, HeaderValue},
+    },
     transport::smtp::authentication::Credentials,
 };
 use secrecy::{ExposeSecret, SecretString};
@@ -86,6 +89,9 @@ pub struct Email<'a> {
     pub subject: &'a str,
     pub html: &'a str,
     pub text: &'a str,
+    /// The shopper's unsubscribe link: in the `List-Unsubscribe` header (with one-click
+    /// `List-Unsubscribe-Post`) and at the foot of both bodies.
+    pub unsubscribe: Option<&'a str>,
 }
 
 /// Sends e-mails through one SMTP server (connections pooled).
@@ -115,12 +121,24 @@ impl EmailSender {
 
     pub async fn send(&self, email: &Email<'_>) -> Result<(), EmailError> {
         let to: Mailbox = email.to.parse().map_err(|e| EmailError::Permanent(format!("the address: {e}")))?;
-        let message = Message::builder()
+        let mut builder = Message::builder()
             .from(self.from.clone())
             .to(to)
             .subject(email.subject)
-            .message_id(Some(format!("<{}@nudge>", email.id)))
-            .multipart(MultiPart::alternative_plain_html(email.text.to_owned(), email.html.to_owned()))
+            .message_id(Some(format!("<{}@nudge>", email.id)));
+        let (mut text, mut html) = (email.text.to_owned(), email.html.to_owned());
+        if let Some(link) = email.unsubscribe {
+            let header =
+                |name: &'static str, value: String| HeaderValue::new(HeaderName::new_from_ascii_str(name), value);
+            builder = builder
+                .raw_header(header("List-Unsubscribe", format!("<{link}>")))
+                .raw_header(header("List-Unsubscribe-Post", "List-Unsubscribe=One-Click".to_owned()));
+            text.push_str(&format!("\n\nTo stop these e-mails: {link}\n"));
+            // The link is the cell's own (base64url and a signature): nothing to escape.
+            html.push_str(&format!("<p style=\"font-size:12px\"><a href=\"{link}\">Unsubscribe</a></p>"));
+        }
+        let message = builder
+            .multipart(MultiPart::alternative_plain_html(text, html))
             .map_err(|e| EmailError::Permanent(format!("the message: {e}")))?;
         match self.transport.send(message).await {
             Ok(_) => Ok(()),
