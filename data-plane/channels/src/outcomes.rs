@@ -117,17 +117,13 @@ pub struct OutcomeStore {
     prefix: String,
 }
 
-fn assigned_key(prefix: &str, tenant: TenantId, shopper: &str) -> String {
+/// A shopper's assignments (erased and exported with the shopper).
+pub fn assignments_key(prefix: &str, tenant: TenantId, shopper: &str) -> String {
     format!("{prefix}t:{tenant}:assigned:{shopper}")
 }
 
 fn arms_prefix(prefix: &str, tenant: TenantId) -> String {
     format!("{prefix}t:{tenant}:arms:")
-}
-
-/// A shopper's assignments (for erasure and export).
-pub fn assignments_key(prefix: &str, tenant: TenantId, shopper: &str) -> String {
-    assigned_key(prefix, tenant, shopper)
 }
 
 impl OutcomeStore {
@@ -148,7 +144,7 @@ impl OutcomeStore {
     ) -> Result<bool, ChannelsError> {
         let mut conn = self.redis.clone();
         let added: i64 = Script::new(ASSIGN)
-            .key(assigned_key(&self.prefix, tenant, shopper))
+            .key(assignments_key(&self.prefix, tenant, shopper))
             .key(format!("{}{campaign}", arms_prefix(&self.prefix, tenant)))
             .arg(campaign)
             .arg(arm.as_str())
@@ -174,7 +170,7 @@ impl OutcomeStore {
     ) -> Result<u64, ChannelsError> {
         let mut conn = self.redis.clone();
         let counted: i64 = Script::new(PURCHASE)
-            .key(assigned_key(&self.prefix, tenant, shopper))
+            .key(assignments_key(&self.prefix, tenant, shopper))
             .key(format!("{}t:{tenant}:purchase-counted:{event_digest}", self.prefix))
             .arg(now_ms)
             .arg(window_ms)

@@ -264,7 +264,7 @@ pub fn sent_key(prefix: &str, tenant: TenantId, shopper: &str) -> String {
 }
 
 /// A store's send log.
-pub fn log_key(prefix: &str, tenant: TenantId) -> String {
+fn log_key(prefix: &str, tenant: TenantId) -> String {
     format!("{}send-log", tenant_prefix(prefix, tenant))
 }
 
@@ -278,15 +278,6 @@ impl ChannelStore {
         let prefix = prefix.into();
         let schedule = format!("{prefix}sends:{cell}");
         Self { redis, prefix, schedule }
-    }
-
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
-    /// The schedule's key.
-    pub fn schedule(&self) -> &str {
-        &self.schedule
     }
 
     /// Schedules `send`, unless it is pending or settled already (a replayed decision).
