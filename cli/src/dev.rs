@@ -112,12 +112,13 @@ pub async fn run(config: DevConfig, shutdown: CancellationToken) -> anyhow::Resu
         "  Demo store        {store_url}   ← open this, add to cart, then move the pointer out through the top of the window"
     );
     println!("  Cell              {cell_url}   (ingest, sockets, /nudge.js)");
+    println!("  Console           {cp_url}/console   (sign up a store, or sign in as the demo owner below)");
     println!("  Control plane     {cp_url}   (POST /v1/tenants)");
     println!("  Metrics           {cell_url}/metrics   {cp_url}/metrics");
     println!();
     println!("  Demo tenant       {}", tenant.tenant_id);
     println!("  Publishable key   {}", tenant.publishable_key);
-    println!("  Owner sign-in     {DEMO_EMAIL} / {DEMO_PASSWORD}   (POST {cp_url}/v1/sessions)");
+    println!("  Owner sign-in     {DEMO_EMAIL} / {DEMO_PASSWORD}   (console, or POST {cp_url}/v1/sessions)");
     println!();
     println!("  Ctrl-C stops everything.");
     println!();

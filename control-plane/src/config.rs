@@ -30,7 +30,23 @@ pub struct ControlPlaneConfig {
     pub offboarding: OffboardingConfig,
     pub billing: BillingConfig,
     pub campaigns: CampaignsConfig,
+    pub console: ConsoleConfig,
     pub log: LogConfig,
+}
+
+/// The merchant console (`/console`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// A console session nobody uses for this long ends (it never outlives its refresh
+    /// token, `auth.refresh_ttl_seconds`).
+    pub session_idle_minutes: u64,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self { session_idle_minutes: 720 }
+    }
 }
 
 /// Campaigns.
@@ -379,6 +395,9 @@ impl Validate for ControlPlaneConfig {
             }
         }
         self.auth.validate()?;
+        if self.console.session_idle_minutes == 0 || self.console.session_idle_minutes > 7 * 24 * 60 {
+            return Err("console.session_idle_minutes must be between 1 and 10080 (a week)".into());
+        }
         if self.outbox.batch_size <= 0 {
             return Err("outbox.batch_size must be positive".into());
         }

@@ -77,9 +77,15 @@ pub async fn run(config: ControlPlaneConfig, listener: TcpListener, shutdown: Ca
         tracing::warn!("auth.signing_key is unset: access tokens are signed with a key that dies with this process");
     }
     let sessions = Arc::new(OnceCell::new());
+    let console_redis = Arc::new(OnceCell::new());
     let started = Arc::new(AtomicBool::new(false));
-    let bootstrap =
-        tokio::spawn(bootstrap(db.clone(), config.clone(), started.clone(), sessions.clone(), shutdown.clone()));
+    let bootstrap = tokio::spawn(bootstrap(
+        db.clone(),
+        config.clone(),
+        started.clone(),
+        (sessions.clone(), console_redis.clone()),
+        shutdown.clone(),
+    ));
 
     let metrics = Metrics::new("control_plane");
     let http_metrics = HttpMetrics::register(&metrics);
@@ -161,7 +167,18 @@ pub async fn run(config: ControlPlaneConfig, listener: TcpListener, shutdown: Ca
         "Nudge control plane",
         "Self-service signup and the management API of Nudge.",
     );
-    let http = http.layer(from_fn_with_state(http_metrics, trace_layer));
+    // The console renders pages from this same API, called in-process with the member's token.
+    let console = nudge_console::router(
+        http.clone(),
+        console_redis,
+        nudge_console::ConsoleConfig {
+            redis_prefix: config.redis.prefix.clone(),
+            idle_timeout: Duration::from_secs(
+                (config.console.session_idle_minutes * 60).min(config.auth.refresh_ttl_seconds),
+            ),
+        },
+    );
+    let http = http.merge(console).layer(from_fn_with_state(http_metrics, trace_layer));
 
     tracing::info!(addr = %listener.local_addr()?, "control plane listening");
     let run_relay = relay.run(shutdown.clone());
@@ -370,7 +387,7 @@ async fn bootstrap(
     db: Database,
     config: ControlPlaneConfig,
     started: Arc<AtomicBool>,
-    sessions: Arc<OnceCell<RefreshStore>>,
+    (sessions, console_redis): (Arc<OnceCell<RefreshStore>>, Arc<OnceCell<ConnectionManager>>),
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut backoff = Duration::from_millis(100);
@@ -405,6 +422,7 @@ async fn bootstrap(
                         .set_number_of_retries(1),
                 )
                 .await?;
+                let _ = console_redis.set(redis.clone());
                 let store = RefreshStore::new(
                     redis,
                     config.redis.prefix.clone(),

@@ -1,0 +1,40 @@
+// The console's progressive enhancement. Every page works without it; with it, secrets and
+// snippets copy with one click, destructive forms ask first, and the onboarding page turns
+// green the moment the store's first event arrives (server-sent events).
+(function () {
+  "use strict";
+  document.documentElement.classList.add("js");
+
+  document.addEventListener("click", function (e) {
+    var button = e.target.closest("button[data-copy]");
+    if (!button) return;
+    var source = document.getElementById(button.getAttribute("data-copy"));
+    if (!source || !navigator.clipboard) return;
+    navigator.clipboard.writeText(source.textContent).then(function () {
+      var label = button.textContent;
+      button.textContent = "Copied";
+      setTimeout(function () { button.textContent = label; }, 2000);
+    });
+  });
+
+  document.addEventListener("submit", function (e) {
+    var message = e.target.getAttribute("data-confirm");
+    if (message && !window.confirm(message)) e.preventDefault();
+  });
+
+  document.querySelectorAll("[data-watch]").forEach(function (status) {
+    if (!window.EventSource) return;
+    var source = new EventSource(status.getAttribute("data-watch"));
+    source.addEventListener("received", function (e) {
+      source.close();
+      status.setAttribute("data-state", "received");
+      status.classList.remove("waiting");
+      status.classList.add("ok");
+      status.textContent = "Your first event has arrived (" + e.data + " so far). Nudge is receiving your shop's events.";
+    });
+    source.addEventListener("signed_out", function () {
+      source.close();
+      window.location.assign("/console/login");
+    });
+  });
+})();

@@ -1,0 +1,108 @@
+//! What can go wrong in the console, and the page each case shows.
+
+use askama::Template;
+use axum::{
+    http::{HeaderValue, StatusCode, header},
+    response::{Html, IntoResponse, Redirect, Response},
+};
+
+use crate::api::Refusal;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsoleError {
+    /// The API refused; shown with its code and message.
+    #[error("{}: {}", .0.code, .0.message)]
+    Refused(Refusal),
+    /// No session, or it has ended: back to the sign-in page.
+    #[error("signed out")]
+    SignedOut,
+    /// A form posted without the session's CSRF token, or from another origin.
+    #[error("the form did not come from this console")]
+    Csrf,
+    /// Redis, where sessions live, cannot be reached.
+    #[error("the session store is unavailable: {0}")]
+    SessionsUnavailable(String),
+    /// Nothing by that name.
+    #[error("not found")]
+    NotFound,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<redis::RedisError> for ConsoleError {
+    fn from(e: redis::RedisError) -> Self {
+        Self::SessionsUnavailable(e.to_string())
+    }
+}
+
+#[derive(Template)]
+#[template(path = "error.html")]
+struct ErrorPage<'a> {
+    title: &'a str,
+    code: &'a str,
+    message: &'a str,
+    next_step: &'a str,
+}
+
+impl ConsoleError {
+    /// Status, stable code, what happened and what to do next.
+    fn describe(&self) -> (StatusCode, &str, String, &'static str, Option<u64>) {
+        match self {
+            Self::Refused(r) => (r.status, r.code.as_str(), r.message.clone(), r.next_step(), r.retry_after),
+            Self::SignedOut => {
+                (StatusCode::UNAUTHORIZED, "signed_out", "You are signed out.".into(), "Sign in again.", None)
+            }
+            Self::Csrf => (
+                StatusCode::FORBIDDEN,
+                "csrf_failed",
+                "This form was not sent from a page of this console, or the page was too old.".into(),
+                "Go back, reload the page and send the form again.",
+                None,
+            ),
+            Self::SessionsUnavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "session_store_unavailable",
+                "The console cannot reach its session store.".into(),
+                "Try again in a few seconds.",
+                Some(2),
+            ),
+            Self::NotFound => (
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "There is no such page.".into(),
+                "Use the navigation to find what you were looking for.",
+                None,
+            ),
+            Self::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Something went wrong on our side.".into(),
+                "Try again; if it keeps happening, contact support.",
+                None,
+            ),
+        }
+    }
+}
+
+impl IntoResponse for ConsoleError {
+    fn into_response(self) -> Response {
+        match &self {
+            Self::SignedOut => return Redirect::to("/console/login").into_response(),
+            Self::SessionsUnavailable(e) => tracing::warn!(error = %e, "console session store unavailable"),
+            Self::Internal(e) => tracing::error!(error = %e, "console error"),
+            _ => {}
+        }
+        let (status, code, message, next_step, retry_after) = self.describe();
+        let title = status.canonical_reason().unwrap_or("Error");
+        let page = ErrorPage { title, code, message: &message, next_step };
+        let body = page.render().unwrap_or_else(|_| format!("{code}: {message}"));
+        let mut response = (status, Html(body)).into_response();
+        if let Ok(v) = HeaderValue::from_str(code) {
+            response.headers_mut().insert("nudge-error-code", v);
+        }
+        if let Some(secs) = retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}

@@ -1,0 +1,74 @@
+//! The merchant console: server-rendered pages over the control plane's public API.
+//!
+//! The console holds no business logic and no database access of its own. Every page is
+//! rendered from the public API's answers, called in-process with the signed-in member's
+//! access token, so the console can show or change nothing the API would refuse that
+//! member: isolation between stores and role checks are the API's, enforced once.
+//!
+//! # Layout
+//!
+//! - [`router`]: the console's routes under `/console`, with its security headers.
+//! - [`api`]: the public API called in-process, and what it refused.
+//! - [`session`]: console sessions in Redis behind a `__Host-` cookie (the member's access
+//!   and refresh tokens, refreshed under a lock, and the session's CSRF token).
+//! - [`security`]: the Content-Security-Policy and other headers; form posts from other
+//!   origins refused.
+//! - [`error`]: [`error::ConsoleError`] and its page.
+//! - `pages`: one module per page.
+
+pub mod api;
+pub mod error;
+mod pages;
+pub mod security;
+pub mod session;
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    Router,
+    middleware::from_fn,
+    response::Redirect,
+    routing::{get, post},
+};
+use redis::aio::ConnectionManager;
+use tokio::sync::OnceCell;
+
+pub use api::Api;
+pub use session::Sessions;
+
+/// How the console keeps its sessions.
+#[derive(Debug, Clone)]
+pub struct ConsoleConfig {
+    /// Prepended to the console's Redis keys.
+    pub redis_prefix: String,
+    /// A session nobody uses for this long ends.
+    pub idle_timeout: Duration,
+}
+
+/// What every console handler can reach.
+#[derive(Clone)]
+pub struct Console {
+    pub(crate) api: Api,
+    pub(crate) sessions: Sessions,
+}
+
+/// The console's routes, answering under `/console` (and `/` sends there). `api` is the
+/// public API's router, which the console calls in-process; `redis` is set once the control
+/// plane has reached Redis (until then the console answers 503).
+pub fn router(api: Router, redis: Arc<OnceCell<ConnectionManager>>, config: ConsoleConfig) -> Router {
+    let console = Console { api: Api::new(api), sessions: Sessions::new(redis, config) };
+    let pages = Router::new()
+        .route("/", get(pages::overview::page))
+        .route("/first-event", get(pages::overview::first_event))
+        .route("/signup", get(pages::auth::signup_form).post(pages::auth::signup))
+        .route("/login", get(pages::auth::login_form).post(pages::auth::login))
+        .route("/logout", post(pages::auth::logout))
+        .route("/keys", get(pages::keys::page).post(pages::keys::create))
+        .route("/keys/created", get(pages::keys::created))
+        .route("/keys/{key_id}/revoke", post(pages::keys::revoke))
+        .route("/assets/{file}", get(pages::assets::asset))
+        .fallback(pages::not_found)
+        .layer(from_fn(security::headers))
+        .with_state(console);
+    Router::new().route("/", get(|| async { Redirect::to("/console") })).nest("/console", pages)
+}

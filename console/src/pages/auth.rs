@@ -1,0 +1,260 @@
+//! Signing up, signing in and signing out.
+//!
+//! Before sign-in there is no session to hold a CSRF token, so the sign-up and sign-in forms
+//! use a double submit: a random token in a `__Host-` cookie and the same token in the form.
+//! A page of another site can neither read the cookie nor set one of that name.
+
+use askama::Template;
+use axum::{
+    Form,
+    extract::State,
+    http::{HeaderMap, HeaderValue, Method, header},
+    response::{IntoResponse, Redirect, Response},
+};
+use nudge_contracts::control::{
+    LoginRequest, RefreshRequest, SessionTokens, SignupRequest, SignupResponse, TenantView,
+};
+use serde::Deserialize;
+
+use super::render;
+use crate::{
+    Console,
+    api::Empty,
+    error::ConsoleError,
+    session::{FORM_COOKIE, Member, SESSION_COOKIE, Session, cookie, random_token, same_secret, set_cookie},
+};
+
+/// How long a sign-in or sign-up form stays valid.
+const FORM_TOKEN_SECS: u64 = 3600;
+
+#[derive(Template, Default)]
+#[template(path = "signup.html")]
+struct SignupPage {
+    csrf: String,
+    name: String,
+    store_url: String,
+    email: String,
+    /// Field → what is wrong.
+    errors: Vec<(String, String)>,
+    problem: Option<String>,
+}
+
+impl SignupPage {
+    fn error(&self, field: &str) -> Option<&str> {
+        self.errors.iter().find(|(f, _)| f == field).map(|(_, e)| e.as_str())
+    }
+}
+
+#[derive(Template, Default)]
+#[template(path = "login.html")]
+struct LoginPage {
+    csrf: String,
+    email: String,
+    /// Shown when the account belongs to several stores.
+    ask_store: bool,
+    tenant_id: String,
+    problem: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct SignupForm {
+    csrf: String,
+    name: String,
+    store_url: String,
+    email: String,
+    password: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct LoginForm {
+    csrf: String,
+    email: String,
+    password: String,
+    tenant_id: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct CsrfForm {
+    pub csrf: String,
+}
+
+/// A page with a new form token, and the cookie that carries it.
+fn with_form_token(page: impl FnOnce(String) -> Result<Response, ConsoleError>) -> Result<Response, ConsoleError> {
+    let token = random_token()?;
+    let mut response = page(token.clone())?;
+    let cookie = set_cookie(FORM_COOKIE, &token, FORM_TOKEN_SECS);
+    response
+        .headers_mut()
+        .append(header::SET_COOKIE, HeaderValue::from_str(&cookie).map_err(|e| ConsoleError::Internal(e.to_string()))?);
+    Ok(response)
+}
+
+/// The form's token must be the cookie's.
+fn check_form_token(headers: &HeaderMap, sent: &str) -> Result<(), ConsoleError> {
+    match cookie(headers, FORM_COOKIE) {
+        Some(expected) if same_secret(sent, expected) => Ok(()),
+        _ => Err(ConsoleError::Csrf),
+    }
+}
+
+pub async fn signup_form() -> Result<Response, ConsoleError> {
+    with_form_token(|csrf| Ok(render(&SignupPage { csrf, ..SignupPage::default() })?.into_response()))
+}
+
+pub async fn signup(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Form(form): Form<SignupForm>,
+) -> Result<Response, ConsoleError> {
+    check_form_token(&headers, &form.csrf)?;
+    let request = SignupRequest {
+        name: form.name.trim().to_owned(),
+        allowed_origins: vec![form.store_url.trim().trim_end_matches('/').to_owned()],
+        email: form.email.trim().to_owned(),
+        password: form.password.clone(),
+    };
+    let refused = |errors: Vec<(String, String)>, problem: Option<String>| {
+        with_form_token(|csrf| {
+            let page = SignupPage {
+                csrf,
+                name: form.name.clone(),
+                store_url: form.store_url.clone(),
+                email: form.email.clone(),
+                errors,
+                problem,
+            };
+            Ok((axum::http::StatusCode::UNPROCESSABLE_ENTITY, render(&page)?).into_response())
+        })
+    };
+    let created: SignupResponse = match console.api.call(Method::POST, "/v1/tenants", None, Some(&request)).await {
+        Ok(created) => created,
+        Err(ConsoleError::Refused(r)) if r.status.as_u16() == 422 => {
+            let errors = r
+                .fields
+                .iter()
+                .map(|(field, e)| {
+                    let field = if field.starts_with("allowed_origins") { "store_url" } else { field.as_str() };
+                    (field.to_owned(), e.clone())
+                })
+                .collect();
+            return refused(errors, None);
+        }
+        Err(ConsoleError::Refused(r)) if r.code == "email_taken" => {
+            return refused(vec![("email".into(), "an account with this e-mail exists: sign in instead".into())], None);
+        }
+        Err(e) => return Err(e),
+    };
+    tracing::info!(tenant_id = %created.tenant_id, "store signed up in the console");
+    let tokens: SessionTokens = console
+        .api
+        .call(
+            Method::POST,
+            "/v1/sessions",
+            None,
+            Some(&LoginRequest {
+                email: request.email.clone(),
+                password: form.password,
+                tenant_id: Some(created.tenant_id.clone()),
+            }),
+        )
+        .await?;
+    let id = console.sessions.create(&Session::new(tokens, request.email, created.name)?).await?;
+    // The secret key is in this answer only: shown once, on the first page.
+    console.sessions.put_reveal(&id, &created.secret_key).await?;
+    signed_in(&console, &id)
+}
+
+/// Where a new session starts: the overview, with the session cookie (and the form token's
+/// cookie gone).
+fn signed_in(console: &Console, id: &str) -> Result<Response, ConsoleError> {
+    let mut response = Redirect::to("/console").into_response();
+    for cookie in [set_cookie(SESSION_COOKIE, id, console.sessions.idle_secs()), set_cookie(FORM_COOKIE, "", 0)] {
+        response.headers_mut().append(
+            header::SET_COOKIE,
+            HeaderValue::from_str(&cookie).map_err(|e| ConsoleError::Internal(e.to_string()))?,
+        );
+    }
+    Ok(response)
+}
+
+pub async fn login_form() -> Result<Response, ConsoleError> {
+    with_form_token(|csrf| Ok(render(&LoginPage { csrf, ..LoginPage::default() })?.into_response()))
+}
+
+pub async fn login(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Result<Response, ConsoleError> {
+    check_form_token(&headers, &form.csrf)?;
+    let email = form.email.trim().to_owned();
+    let tenant_id = form.tenant_id.trim().to_owned();
+    let request = LoginRequest {
+        email: email.clone(),
+        password: form.password,
+        tenant_id: (!tenant_id.is_empty()).then(|| tenant_id.clone()),
+    };
+    let refused = |problem: &str, ask_store: bool| {
+        with_form_token(|csrf| {
+            let page = LoginPage {
+                csrf,
+                email: email.clone(),
+                ask_store,
+                tenant_id: tenant_id.clone(),
+                problem: Some(problem.to_owned()),
+            };
+            Ok((axum::http::StatusCode::UNAUTHORIZED, render(&page)?).into_response())
+        })
+    };
+    let tokens: SessionTokens = match console.api.call(Method::POST, "/v1/sessions", None, Some(&request)).await {
+        Ok(tokens) => tokens,
+        Err(ConsoleError::Refused(r)) => {
+            return match r.code.as_str() {
+                "invalid_credentials" | "invalid_fields" | "malformed_json" => {
+                    refused("The e-mail address or the password is not right.", !tenant_id.is_empty())
+                }
+                "tenant_required" => {
+                    refused("Your account belongs to several stores: give the id of the one to open.", true)
+                }
+                "not_found" => refused("Your account is not a member of that store.", true),
+                _ => Err(ConsoleError::Refused(r)),
+            };
+        }
+        Err(e) => return Err(e),
+    };
+    let store: TenantView = console.api.get(&format!("/v1/tenants/{}", tokens.tenant_id), &tokens.access_token).await?;
+    tracing::info!(tenant_id = %tokens.tenant_id, "signed in to the console");
+    let id = console.sessions.create(&Session::new(tokens, email, store.name)?).await?;
+    signed_in(&console, &id)
+}
+
+pub async fn logout(
+    State(console): State<Console>,
+    member: Member,
+    Form(form): Form<CsrfForm>,
+) -> Result<Response, ConsoleError> {
+    member.session.check_csrf(&form.csrf)?;
+    console.sessions.end(&member.id).await?;
+    // The refresh token dies with the session here; telling the API too ends its family.
+    let ended = console
+        .api
+        .call::<Empty>(
+            Method::POST,
+            "/v1/sessions/logout",
+            None,
+            Some(&RefreshRequest { refresh_token: member.session.refresh_token.clone() }),
+        )
+        .await;
+    if let Err(e) = ended {
+        tracing::warn!(error = %e, "the API could not revoke a signed-out session's refresh token");
+    }
+    let mut response = Redirect::to("/console/login").into_response();
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&set_cookie(SESSION_COOKIE, "", 0)).map_err(|e| ConsoleError::Internal(e.to_string()))?,
+    );
+    Ok(response)
+}

@@ -1,0 +1,508 @@
+//! The merchant console: a new merchant's first minutes in a real browser (Chromium), the
+//! console's headers, cookies and CSRF protection, and that a member of one store reaches
+//! nothing of another through any console route or form.
+
+use std::{
+    collections::HashMap,
+    process::Stdio,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{
+    Router,
+    extract::State,
+    response::Html,
+    routing::{get, put},
+};
+use nudge_test_support::{PASSWORD, Platform, env::TestEnv, unique_suffix};
+use reqwest::{StatusCode, header};
+use serde_json::{Value, json};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::TcpListener,
+};
+use tokio_util::sync::CancellationToken;
+
+/// The console's policy, exactly.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; \
+                   font-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// Cells report usage twice a second here, so the first event shows quickly.
+async fn platform() -> anyhow::Result<Platform> {
+    Platform::start_with(|_, cell| cell.usage.interval_ms = 500).await
+}
+
+/// A shop that serves whatever snippet its merchant pasted (`PUT /snippet`) on its page.
+async fn serve_shop(listener: TcpListener, stop: CancellationToken) -> anyhow::Result<()> {
+    let snippet = Arc::new(Mutex::new(String::new()));
+    let app = Router::new()
+        .route(
+            "/",
+            get(|State(s): State<Arc<Mutex<String>>>| async move {
+                let snippet = s.lock().map(|s| s.clone()).unwrap_or_default();
+                Html(format!(
+                    "<!doctype html><html lang=en><head><title>Demo Outdoor Co.</title></head><body>\
+                     <h1>Demo Outdoor Co.</h1><button id=add>Add to cart</button>{snippet}\
+                     <script>document.getElementById('add').onclick = function () {{ nudge.track('add_to_cart', \
+                     {{ product_id: 'tent-2p', price: 79, currency: 'EUR', quantity: 1 }}); }};</script></body></html>"
+                ))
+            }),
+        )
+        .route(
+            "/snippet",
+            put(|State(s): State<Arc<Mutex<String>>>, body: String| async move {
+                if let Ok(mut s) = s.lock() {
+                    *s = body;
+                }
+            }),
+        )
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
+        .with_state(snippet);
+    axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_merchant_signs_up_installs_the_snippet_and_sees_the_first_event_in_chromium() -> anyhow::Result<()> {
+    let platform = platform().await?;
+    let env = TestEnv::load();
+    let node_modules = env.node_modules.clone().ok_or_else(|| {
+        anyhow::anyhow!("NUDGE_NODE_MODULES is unset: run the tests with scripts/test, which installs playwright-core")
+    })?;
+    anyhow::ensure!(env.chromium.exists(), "{} is missing: scripts/setup installs Chromium", env.chromium.display());
+    let shop = TcpListener::bind("127.0.0.1:0").await?;
+    let shop_url = format!("http://{}", shop.local_addr()?);
+    let stop_shop = CancellationToken::new();
+    let serving = tokio::spawn(serve_shop(shop, stop_shop.clone()));
+    // Screenshots are kept as artifacts of the test run, not committed.
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
+    std::fs::create_dir_all(&shots)?;
+    let email = format!("owner-{}@example.com", unique_suffix());
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../web/tests/console.cjs");
+    let mut child = tokio::process::Command::new("node")
+        .arg(script)
+        .arg(&platform.control_plane_url)
+        .arg(&shop_url)
+        .arg(&shots)
+        .arg(&email)
+        .env("NODE_PATH", &node_modules)
+        .env("NUDGE_CHROMIUM", &env.chromium)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut stdin = child.stdin.take().ok_or_else(|| anyhow::anyhow!("no stdin"))?;
+    let mut stdout = BufReader::new(child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?).lines();
+    let result = tokio::time::timeout(Duration::from_secs(150), async {
+        loop {
+            let line = stdout.next_line().await?.ok_or_else(|| anyhow::anyhow!("the browser script ended early"))?;
+            let Ok(message) = serde_json::from_str::<Value>(&line) else { continue };
+            match message["step"].as_str() {
+                // The snippet is in the shop: once the store's cell knows its key, shop.
+                Some("snippet") => {
+                    let snippet = message["snippet"].as_str().unwrap_or_default();
+                    let key = snippet
+                        .split("key: \"")
+                        .nth(1)
+                        .and_then(|rest| rest.split('"').next())
+                        .ok_or_else(|| anyhow::anyhow!("no key in the snippet {snippet}"))?;
+                    platform.wait_for_key(key, &shop_url).await?;
+                    stdin.write_all(b"go\n").await?;
+                }
+                Some(other) => anyhow::bail!("unknown step {other}"),
+                None => return anyhow::Ok(message),
+            }
+        }
+    })
+    .await;
+    let result = match result {
+        Ok(r) => r?,
+        Err(_) => {
+            let _ = child.kill().await;
+            let output = child.wait_with_output().await?;
+            anyhow::bail!("the browser script timed out; stderr {}", String::from_utf8_lossy(&output.stderr));
+        }
+    };
+    assert!(result.get("failure").is_none(), "browser run failed: {result:#}");
+    assert_eq!(result["errors"], json!([]), "page errors: {result:#}");
+    assert_eq!(result["csp"], json!([]), "Content-Security-Policy violations: {result:#}");
+
+    // Signed up and shown the secret key once.
+    assert!(result["signupSecret"].as_str().is_some_and(|s| s.starts_with("sk_")), "{result:#}");
+    assert_eq!(result["secretAfterReload"], json!(false), "the secret key is shown once: {result:#}");
+    let snippet = result["snippet"].as_str().unwrap_or_default();
+    assert!(snippet.contains(&format!("{}/nudge.js", platform.cell_url)) && snippet.contains("pk_"), "{snippet}");
+    // Waiting, then green by itself.
+    assert_eq!(result["waiting"], json!("waiting"), "{result:#}");
+    assert!(result["received"].as_str().is_some_and(|s| s.contains("first event has arrived")), "{result:#}");
+
+    // A key made without a name or scope says what is missing; the real one is shown once
+    // and then revoked.
+    let errors = result["emptyKeyErrors"].as_array().map(Vec::len).unwrap_or_default();
+    assert_eq!(errors, 2, "name and scopes are named: {result:#}");
+    let secret = result["newSecret"].as_str().unwrap_or_default();
+    assert!(secret.starts_with("sk_"), "{result:#}");
+    assert_eq!(result["createdAfterReload"], json!(true), "{result:#}");
+    assert!(result["revokedRow"].as_str().is_some_and(|r| r.contains("Revoked")), "{result:#}");
+    // The cell refuses the revoked key.
+    let mut refused = false;
+    for _ in 0..100 {
+        let r = platform
+            .http
+            .post(format!("{}/v1/events", platform.cell_url))
+            .bearer_auth(secret)
+            .json(&json!({"events": []}))
+            .send()
+            .await?;
+        if r.status() == StatusCode::UNAUTHORIZED {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused, "the cell still accepts the revoked key");
+
+    // Readable at 360 px; signed out means signed out.
+    assert!(result["narrowOverflow"].as_i64().is_some_and(|o| o <= 0), "{result:#}");
+    assert!(result["afterSignOut"].as_str().is_some_and(|u| u.ends_with("/console/login")), "{result:#}");
+    for shot in ["signup.png", "overview-waiting.png", "overview.png", "key-created.png", "keys.png"] {
+        assert!(shots.join(shot).exists(), "{shot} was not taken");
+    }
+
+    stop_shop.cancel();
+    serving.await??;
+    platform.shutdown().await
+}
+
+/// A browser without JavaScript: cookies kept by hand, redirects not followed.
+struct Visitor {
+    http: reqwest::Client,
+    base: String,
+    cookies: HashMap<String, String>,
+}
+
+struct Page {
+    status: StatusCode,
+    headers: header::HeaderMap,
+    body: String,
+}
+
+impl Page {
+    /// The first form's CSRF token.
+    fn csrf(&self) -> String {
+        self.body
+            .split("name=\"csrf\" value=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    fn location(&self) -> &str {
+        self.headers.get(header::LOCATION).and_then(|v| v.to_str().ok()).unwrap_or_default()
+    }
+
+    fn error_code(&self) -> &str {
+        self.headers.get("nudge-error-code").and_then(|v| v.to_str().ok()).unwrap_or_default()
+    }
+}
+
+impl Visitor {
+    fn new(base: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(Duration::from_secs(20))
+                .build()?,
+            base: base.to_owned(),
+            cookies: HashMap::new(),
+        })
+    }
+
+    async fn send(&mut self, request: reqwest::RequestBuilder) -> anyhow::Result<Page> {
+        let cookies: Vec<String> = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let request = if cookies.is_empty() { request } else { request.header(header::COOKIE, cookies.join("; ")) };
+        let response = request.send().await?;
+        for set in response.headers().get_all(header::SET_COOKIE) {
+            let set = set.to_str()?;
+            let (pair, attributes) = set.split_once(';').unwrap_or((set, ""));
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            if attributes.contains("Max-Age=0") {
+                self.cookies.remove(name);
+            } else {
+                self.cookies.insert(name.to_owned(), value.to_owned());
+            }
+        }
+        let (status, headers) = (response.status(), response.headers().clone());
+        Ok(Page { status, headers, body: response.text().await? })
+    }
+
+    async fn get(&mut self, path: &str) -> anyhow::Result<Page> {
+        let request = self.http.get(format!("{}{path}", self.base));
+        self.send(request).await
+    }
+
+    /// Posts a form as the console's own page would (same origin).
+    async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> anyhow::Result<Page> {
+        self.post_from(path, fields, &self.base.clone()).await
+    }
+
+    async fn post_from(&mut self, path: &str, fields: &[(&str, &str)], origin: &str) -> anyhow::Result<Page> {
+        let body = form_urlencoded::Serializer::new(String::new()).extend_pairs(fields).finish();
+        let request = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::ORIGIN, origin)
+            .body(body);
+        self.send(request).await
+    }
+
+    /// Signs in through the console's form.
+    async fn sign_in(&mut self, email: &str) -> anyhow::Result<()> {
+        let form = self.get("/console/login").await?;
+        let page =
+            self.post("/console/login", &[("csrf", &form.csrf()), ("email", email), ("password", PASSWORD)]).await?;
+        anyhow::ensure!(
+            page.status == StatusCode::SEE_OTHER && page.location() == "/console",
+            "sign-in: {}",
+            page.body
+        );
+        Ok(())
+    }
+}
+
+/// A `Set-Cookie` value's attributes, lower-cased.
+fn cookie_attributes(page: &Page, name: &str) -> Vec<String> {
+    page.headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .map(|v| v.split(';').skip(1).map(|a| a.trim().to_lowercase()).collect())
+        .unwrap_or_default()
+}
+
+/// Inline script, inline style and inline event handlers: none may appear in a console page.
+fn inline_code(html: &str) -> Vec<String> {
+    let lower = html.to_lowercase();
+    let mut found = Vec::new();
+    for (i, _) in lower.match_indices("<script") {
+        let tag = &lower[i..lower[i..].find('>').map_or(lower.len(), |e| i + e)];
+        if !tag.contains(" src=") {
+            found.push(tag.to_owned());
+        }
+    }
+    if lower.contains("<style") {
+        found.push("<style>".into());
+    }
+    for attribute in [" style=", " onclick=", " onload=", " onsubmit=", " onerror=", "javascript:"] {
+        if lower.contains(attribute) {
+            found.push(attribute.trim().to_owned());
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_cookies_headers_and_csrf_protection_hold() -> anyhow::Result<()> {
+    let platform = platform().await?;
+    let mut visitor = Visitor::new(&platform.control_plane_url)?;
+
+    // Before sign-in: the form token's cookie is a __Host- cookie, Secure, HttpOnly, Strict.
+    let form = visitor.get("/console/signup").await?;
+    assert_eq!(form.status, StatusCode::OK);
+    let attributes = cookie_attributes(&form, "__Host-nudge_form");
+    for expected in ["path=/", "secure", "httponly", "samesite=strict"] {
+        assert!(attributes.iter().any(|a| a == expected), "form cookie lacks {expected}: {attributes:?}");
+    }
+    assert!(!attributes.iter().any(|a| a.starts_with("domain")), "a __Host- cookie names no domain");
+
+    let email = format!("owner-{}@example.com", unique_suffix());
+    let fields = |csrf: &str| -> Vec<(String, String)> {
+        [
+            ("csrf", csrf),
+            ("name", "Headers Co."),
+            ("store_url", "https://shop.headers.example"),
+            ("email", email.as_str()),
+            ("password", PASSWORD),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+    };
+    let base = platform.control_plane_url.clone();
+    let good = form.csrf();
+    // A sign-up without the form's token, with another token, or posted from another site.
+    for (token, origin) in
+        [("", base.as_str()), ("forged-token", base.as_str()), (good.as_str(), "https://evil.example")]
+    {
+        let fields = fields(token);
+        let refs: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let refused = visitor.post_from("/console/signup", &refs, origin).await?;
+        assert_eq!((refused.status, refused.error_code()), (StatusCode::FORBIDDEN, "csrf_failed"), "{token} {origin}");
+        assert!(refused.headers.get(header::CONTENT_SECURITY_POLICY).is_some(), "refusals carry the policy too");
+    }
+    // None of them signed anyone up: the e-mail address is still free.
+    let fields = fields(&good);
+    let refs: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let signed_up = visitor.post("/console/signup", &refs).await?;
+    assert_eq!(signed_up.status, StatusCode::SEE_OTHER, "{}", signed_up.body);
+    assert_eq!(signed_up.location(), "/console");
+    let attributes = cookie_attributes(&signed_up, "__Host-nudge_session");
+    for expected in ["path=/", "secure", "httponly", "samesite=strict"] {
+        assert!(attributes.iter().any(|a| a == expected), "session cookie lacks {expected}: {attributes:?}");
+    }
+    assert!(attributes.iter().any(|a| a.starts_with("max-age=") && a != "max-age=0"), "{attributes:?}");
+    let session = visitor.cookies.get("__Host-nudge_session").cloned().unwrap_or_default();
+    assert!(session.len() >= 43, "the session id is long and random: {session}");
+    assert!(!session.contains("v4.public") && !session.starts_with("rt_"), "no token reaches the browser");
+
+    // Every page: the exact policy and the other headers; no inline code at all.
+    for path in
+        ["/console", "/console/keys", "/console/keys/created", "/console/login", "/console/signup", "/console/nope"]
+    {
+        let page = visitor.get(path).await?;
+        let h = |name: &str| page.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        assert_eq!(h("content-security-policy"), CSP, "{path}");
+        assert_eq!(h("x-content-type-options"), "nosniff", "{path}");
+        assert_eq!(h("x-frame-options"), "DENY", "{path}");
+        assert_eq!(h("cache-control"), "no-store", "{path}");
+        assert_eq!(h("referrer-policy"), "same-origin", "{path}");
+        assert_eq!(inline_code(&page.body), Vec::<String>::new(), "{path}");
+    }
+    let missing = visitor.get("/console/nope").await?;
+    assert_eq!((missing.status, missing.error_code()), (StatusCode::NOT_FOUND, "not_found"));
+
+    // Signed in: forms need the session's token and must come from the console's origin.
+    let keys = visitor.get("/console/keys").await?;
+    assert_eq!(keys.status, StatusCode::OK);
+    let csrf = keys.csrf();
+    let key_count = |body: &str| body.matches("data-key-id=").count();
+    let before = key_count(&keys.body);
+    for (token, origin) in [("", base.as_str()), ("forged", base.as_str()), (csrf.as_str(), "https://evil.example")] {
+        let page = visitor
+            .post_from("/console/keys", &[("csrf", token), ("name", "Sneaky"), ("scope", "events:write")], origin)
+            .await?;
+        assert_eq!((page.status, page.error_code()), (StatusCode::FORBIDDEN, "csrf_failed"), "{token} from {origin}");
+    }
+    let cross_site = visitor
+        .http
+        .post(format!("{base}/console/logout"))
+        .header("sec-fetch-site", "cross-site")
+        .header(header::COOKIE, format!("__Host-nudge_session={session}"))
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await?;
+    assert_eq!(cross_site.status(), StatusCode::FORBIDDEN, "a cross-site sign-out is refused");
+    let keys = visitor.get("/console/keys").await?;
+    assert_eq!((keys.status, key_count(&keys.body)), (StatusCode::OK, before), "no key was made, still signed in");
+
+    // With the token: made, and its secret shown once.
+    let made = visitor.post("/console/keys", &[("csrf", &csrf), ("name", "Real"), ("scope", "events:write")]).await?;
+    assert_eq!((made.status, made.location()), (StatusCode::SEE_OTHER, "/console/keys/created"), "{}", made.body);
+    let shown = visitor.get("/console/keys/created").await?;
+    assert!(shown.body.contains("id=\"new-secret\">sk_"), "{}", shown.body);
+    assert!(!visitor.get("/console/keys/created").await?.body.contains("sk_"), "shown once");
+
+    // Signing out ends the session on the server: the old cookie opens nothing.
+    let out = visitor.post("/console/logout", &[("csrf", &csrf)]).await?;
+    assert_eq!((out.status, out.location()), (StatusCode::SEE_OTHER, "/console/login"));
+    assert!(cookie_attributes(&out, "__Host-nudge_session").iter().any(|a| a == "max-age=0"));
+    visitor.cookies.insert("__Host-nudge_session".into(), session);
+    let after = visitor.get("/console/keys").await?;
+    assert_eq!((after.status, after.location()), (StatusCode::SEE_OTHER, "/console/login"));
+    platform.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_of_one_store_reaches_nothing_of_another_through_the_console() -> anyhow::Result<()> {
+    let platform = platform().await?;
+    let (email_a, email_b) =
+        (format!("owner-a-{}@example.com", unique_suffix()), format!("owner-b-{}@example.com", unique_suffix()));
+    let a = platform.sign_up_as("Alpha Store", &["https://alpha.example"], &email_a).await?;
+    let b = platform.sign_up_as("Bravo Store", &["https://bravo.example"], &email_b).await?;
+    platform.create_secret_key(&email_b, &b.tenant_id, &["events:write"]).await?;
+    let b_token = platform.login(&email_b, None).await?.access_token;
+    let b_keys = |platform: &Platform, token: String, tenant: String| {
+        let http = platform.http.clone();
+        let url = format!("{}/v1/tenants/{tenant}/api-keys", platform.control_plane_url);
+        async move { anyhow::Ok(http.get(url).bearer_auth(token).send().await?.json::<Value>().await?) }
+    };
+    let before = b_keys(&platform, b_token.clone(), b.tenant_id.clone()).await?;
+    let b_key_ids: Vec<String> = before["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|k| k["key_id"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(b_key_ids.len(), 3, "publishable, default secret and the new one: {before}");
+
+    let mut visitor = Visitor::new(&platform.control_plane_url)?;
+    visitor.sign_in(&email_a).await?;
+    // Nothing of B on any page A's member can open.
+    let b_marks = [b.tenant_id.as_str(), "Bravo Store", b.publishable_key.as_str(), "bravo.example"];
+    for path in ["/console", "/console/keys", "/console/keys/created", "/console/keys?done=revoked"] {
+        let page = visitor.get(path).await?;
+        assert_eq!(page.status, StatusCode::OK, "{path}");
+        assert!(page.body.contains(&a.tenant_id) || page.body.contains("Alpha Store"), "{path} is A's");
+        for mark in b_marks.iter().chain(b_key_ids.iter().map(String::as_str).collect::<Vec<_>>().iter()) {
+            assert!(!page.body.contains(mark), "{path} shows {mark} of another store");
+        }
+    }
+    // Every form, aimed at B: B's keys cannot be revoked (404, as for a key that does not
+    // exist), a store id in a form is ignored, and nothing of B changes.
+    let csrf = visitor.get("/console/keys").await?.csrf();
+    for key in &b_key_ids {
+        let page = visitor.post(&format!("/console/keys/{key}/revoke"), &[("csrf", &csrf)]).await?;
+        assert_eq!((page.status, page.error_code()), (StatusCode::NOT_FOUND, "not_found"), "{key}: {}", page.body);
+    }
+    let page = visitor.post("/console/keys/..%2F..%2F..%2Fsessions%2Flogout/revoke", &[("csrf", &csrf)]).await?;
+    assert_eq!(page.status, StatusCode::NOT_FOUND, "path tricks reach nothing");
+    let made = visitor
+        .post(
+            "/console/keys",
+            &[("csrf", &csrf), ("name", "Planted"), ("scope", "events:write"), ("tenant_id", &b.tenant_id)],
+        )
+        .await?;
+    assert_eq!(made.status, StatusCode::SEE_OTHER, "{}", made.body);
+    let keys_of_a = visitor.get("/console/keys").await?;
+    assert!(keys_of_a.body.contains("Planted"), "the key went to A's own store");
+    let after = b_keys(&platform, b_token, b.tenant_id.clone()).await?;
+    assert_eq!(after, before, "B's keys are untouched");
+
+    // B's member, signed in beside A's, sees only B.
+    let mut other = Visitor::new(&platform.control_plane_url)?;
+    other.sign_in(&email_b).await?;
+    let page = other.get("/console/keys").await?;
+    assert!(page.body.contains("Bravo Store") && !page.body.contains("Planted") && !page.body.contains(&a.tenant_id));
+    platform.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_of_one_session_refresh_its_tokens_once() -> anyhow::Result<()> {
+    // Access tokens live 2 s, so nearly every request must refresh first.
+    let platform = Platform::start_with(|cp, _| cp.auth.access_ttl_seconds = 2).await?;
+    let email = format!("owner-{}@example.com", unique_suffix());
+    platform.sign_up_as("Refresh Co.", &["https://refresh.example"], &email).await?;
+    let mut visitor = Visitor::new(&platform.control_plane_url)?;
+    visitor.sign_in(&email).await?;
+    let cookie = format!("__Host-nudge_session={}", visitor.cookies["__Host-nudge_session"]);
+    for round in 0..3 {
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        // Eight page loads at once, all with an expired token: one refreshes, all succeed,
+        // and the session survives (a refresh token spent twice would end it).
+        let loads = (0..8).map(|_| {
+            let (http, url, cookie) =
+                (visitor.http.clone(), format!("{}/console/keys", platform.control_plane_url), cookie.clone());
+            async move { anyhow::Ok(http.get(url).header(header::COOKIE, cookie).send().await?.status()) }
+        });
+        let statuses = futures_util::future::try_join_all(loads).await?;
+        assert!(statuses.iter().all(|s| *s == StatusCode::OK), "round {round}: {statuses:?}");
+    }
+    assert_eq!(visitor.get("/console").await?.status, StatusCode::OK, "still signed in");
+    platform.shutdown().await
+}

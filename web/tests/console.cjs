@@ -1,0 +1,127 @@
+// Drives the merchant console in headless Chromium as a new merchant would: sign up, copy
+// the snippet into the shop, watch the first event arrive, create a secret key (shown
+// once) and revoke it. Used by e2e/tests/console.rs, which serves the shop.
+//
+//   NODE_PATH=…/node_modules node console.cjs CONSOLE_URL SHOP_URL SCREENSHOT_DIR EMAIL
+//
+// It prints one JSON line per step that needs the test ({"step": …}) and waits for a line
+// on standard input before going on; the last line printed is the result.
+const { chromium } = require("playwright-core");
+const readline = require("readline");
+
+const [consoleUrl, shopUrl, shots, email] = process.argv.slice(2);
+const executablePath = process.env.NUDGE_CHROMIUM || "/usr/bin/chromium";
+const result = { console: [], errors: [], csp: [], steps: [] };
+const input = readline.createInterface({ input: process.stdin });
+const lines = input[Symbol.asyncIterator]();
+
+async function handOver(step, data) {
+  console.log(JSON.stringify(Object.assign({ step }, data)));
+  const reply = await lines.next();
+  if (reply.done || reply.value.trim() !== "go") throw new Error("the test did not let step " + step + " go on");
+}
+
+function watch(page, name) {
+  page.on("console", (m) => {
+    result.console.push(name + ": " + m.text());
+    if (/Content Security Policy/i.test(m.text())) result.csp.push(name + ": " + m.text());
+  });
+  page.on("pageerror", (e) => result.errors.push(name + ": " + e.message));
+}
+
+(async () => {
+const browser = await chromium.launch({
+  executablePath,
+  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync"],
+});
+try {
+  const context = await browser.newContext({ viewport: { width: 1200, height: 900 } });
+  const page = await context.newPage();
+  watch(page, "console");
+  page.on("dialog", (d) => d.accept());
+
+  // Sign up, with the keyboard only.
+  await page.goto(consoleUrl + "/console/signup");
+  await page.screenshot({ path: shots + "/signup.png", fullPage: true });
+  await page.focus("#name");
+  await page.keyboard.type("Demo Outdoor Co.");
+  await page.keyboard.press("Tab");
+  await page.keyboard.type(shopUrl);
+  await page.keyboard.press("Tab");
+  await page.keyboard.type(email);
+  await page.keyboard.press("Tab");
+  await page.keyboard.type("correct horse battery staple");
+  await page.keyboard.press("Enter");
+  await page.waitForURL(consoleUrl + "/console", { timeout: 30000 });
+  result.steps.push("signed up");
+  result.signupSecret = (await page.textContent("#signup-secret")).trim();
+  result.snippet = (await page.textContent("#snippet")).trim();
+  result.waiting = await page.getAttribute("#first-event", "data-state");
+  await page.screenshot({ path: shots + "/overview-waiting.png", fullPage: true });
+
+  // The secret key is shown once: a reload no longer has it.
+  await page.reload();
+  result.secretAfterReload = await page.$("#signup-secret") !== null;
+
+  // Install the snippet in the shop (the test serves what is pasted), then wait for the
+  // test to see the store's key at its cell.
+  const pasted = await fetch(shopUrl + "/snippet", { method: "PUT", body: result.snippet });
+  if (!pasted.ok) throw new Error("the shop refused the snippet: " + pasted.status);
+  await handOver("snippet", { snippet: result.snippet });
+
+  const shop = await context.newPage();
+  watch(shop, "shop");
+  await shop.goto(shopUrl);
+  await shop.waitForFunction(() => window.nudge && window.nudge.shopperId, null, { timeout: 15000 });
+  await shop.click("#add");
+  result.steps.push("shopped");
+
+  // The waiting view turns green by itself (server-sent events).
+  await page.bringToFront();
+  await page.waitForSelector("#first-event[data-state=received]", { timeout: 60000 });
+  result.received = (await page.textContent("#first-event")).trim();
+  await page.reload();
+  await page.waitForSelector("#accepted");
+  await page.screenshot({ path: shots + "/overview.png", fullPage: true });
+  result.steps.push("first event seen");
+
+  // A secret key: created, shown once, revoked.
+  await page.click("nav >> text=API keys");
+  await page.waitForURL(consoleUrl + "/console/keys");
+  await page.click("button:has-text('Create key')");
+  result.emptyKeyErrors = await page.$$eval(".field-error", (els) => els.map((e) => e.textContent.trim()));
+  await page.fill("#key-name", "Order server");
+  await page.check("input[name=scope][value='events:write']");
+  await page.click("button:has-text('Create key')");
+  await page.waitForURL(consoleUrl + "/console/keys/created");
+  result.newSecret = (await page.textContent("#new-secret")).trim();
+  await page.screenshot({ path: shots + "/key-created.png", fullPage: true });
+  await page.reload();
+  result.createdAfterReload = (await page.textContent("main")).includes("already been shown");
+  await page.goto(consoleUrl + "/console/keys");
+  const row = page.locator("tr", { hasText: "Order server" });
+  await row.locator("button:has-text('Revoke')").click();
+  await page.waitForURL(consoleUrl + "/console/keys?done=revoked");
+  result.revokedRow = (await page.locator("tr", { hasText: "Order server" }).textContent()).replace(/\s+/g, " ").trim();
+  await page.screenshot({ path: shots + "/keys.png", fullPage: true });
+
+  // Narrow screens: the overview still fits.
+  await page.setViewportSize({ width: 360, height: 800 });
+  await page.goto(consoleUrl + "/console");
+  result.narrowOverflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  await page.screenshot({ path: shots + "/overview-narrow.png", fullPage: true });
+
+  // Signing out ends the session: the console sends the browser to the sign-in page.
+  await page.click("button:has-text('Sign out')");
+  await page.waitForURL(consoleUrl + "/console/login");
+  await page.goto(consoleUrl + "/console/keys");
+  result.afterSignOut = page.url();
+} catch (e) {
+  result.failure = String(e && e.stack || e);
+} finally {
+  await browser.close();
+  input.close();
+}
+console.log(JSON.stringify(result));
+})();
