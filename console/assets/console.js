@@ -22,6 +22,12 @@
     if (message && !window.confirm(message)) e.preventDefault();
   });
 
+  // A page about work in progress (an erasure) reloads itself until it is done.
+  document.querySelectorAll("[data-reload-every]").forEach(function (el) {
+    var seconds = parseInt(el.getAttribute("data-reload-every"), 10);
+    if (seconds > 0) setTimeout(function () { window.location.reload(); }, seconds * 1000);
+  });
+
   document.querySelectorAll("[data-watch]").forEach(function (status) {
     if (!window.EventSource) return;
     var source = new EventSource(status.getAttribute("data-watch"));

@@ -116,7 +116,7 @@ impl Api {
 }
 
 /// An API error answer as a [`Refusal`]; an expired or foreign token signs the member out.
-fn refusal(status: StatusCode, body: &Value, retry_after: Option<u64>) -> ConsoleError {
+pub(crate) fn refusal(status: StatusCode, body: &Value, retry_after: Option<u64>) -> ConsoleError {
     let error = &body["error"];
     let code = error["code"].as_str().unwrap_or("unknown").to_owned();
     if status == StatusCode::UNAUTHORIZED && (code == "invalid_token" || code == "missing_token") {

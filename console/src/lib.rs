@@ -66,9 +66,38 @@ pub fn router(api: Router, redis: Arc<OnceCell<ConnectionManager>>, config: Cons
         .route("/keys", get(pages::keys::page).post(pages::keys::create))
         .route("/keys/created", get(pages::keys::created))
         .route("/keys/{key_id}/revoke", post(pages::keys::revoke))
+        .route("/team", get(pages::team::page).post(pages::team::add))
+        .route("/privacy", get(pages::privacy::page))
+        .route("/privacy/erasures", post(pages::privacy::file_erasure))
+        .route("/privacy/erasures/{request_id}", get(pages::privacy::erasure))
+        .route("/privacy/erasures/{request_id}/receipt", get(pages::privacy::receipt))
+        .route("/privacy/export", post(pages::privacy::export))
         .route("/assets/{file}", get(pages::assets::asset))
         .fallback(pages::not_found)
         .layer(from_fn(security::headers))
         .with_state(console);
     Router::new().route("/", get(|| async { Redirect::to("/console") })).nest("/console", pages)
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::{body::Body, http::Request};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    fn console() -> Router {
+        let config = ConsoleConfig { redis_prefix: "test:".into(), idle_timeout: Duration::from_secs(60) };
+        router(Router::new(), Arc::new(OnceCell::new()), config)
+    }
+
+    #[tokio::test]
+    async fn every_member_page_sends_strangers_to_sign_in() {
+        for path in ["/console", "/console/keys", "/console/keys/created", "/console/team", "/console/privacy"] {
+            let response =
+                console().oneshot(Request::get(path).body(Body::empty()).expect("request")).await.expect("answer");
+            assert_eq!(response.status(), 303, "{path}");
+            assert_eq!(response.headers()["location"], "/console/login", "{path}");
+        }
+    }
 }

@@ -289,6 +289,24 @@ impl Console {
                 Err(ConsoleError::SessionsUnavailable("a session refresh did not finish".into()))
             };
         }
+        // The lock is ours, but another request may have refreshed between our read of the
+        // session and now: its refresh token is then spent, and spending it again would end
+        // the session. Read again under the lock.
+        let session = match self.sessions.load(id).await {
+            Ok(Some(current)) if current.access_token != session.access_token => {
+                self.sessions.unlock_refresh(id).await?;
+                return Ok(current);
+            }
+            Ok(Some(current)) => current,
+            Ok(None) => {
+                self.sessions.unlock_refresh(id).await?;
+                return Err(ConsoleError::SignedOut);
+            }
+            Err(e) => {
+                self.sessions.unlock_refresh(id).await?;
+                return Err(e);
+            }
+        };
         let result = self
             .api
             .call::<SessionTokens>(

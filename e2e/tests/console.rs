@@ -165,10 +165,32 @@ async fn a_new_merchant_signs_up_installs_the_snippet_and_sees_the_first_event_i
     }
     assert!(refused, "the cell still accepts the revoked key");
 
+    // Team: someone without an account cannot be added, and the page says why.
+    assert!(result["teamProblem"].as_str().is_some_and(|p| p.contains("No account")), "{result:#}");
+
+    // The shopper's erasure: filed, completed, and its signed receipt downloaded.
+    let receipt = &result["receipt"];
+    let request_id = result["erasureUrl"].as_str().and_then(|u| u.rsplit('/').next()).unwrap_or_default();
+    assert!(!request_id.is_empty(), "{result:#}");
+    assert_eq!(result["receiptFile"], json!(format!("erasure-receipt-{request_id}.json")), "{result:#}");
+    assert!(receipt["signature"].as_str().is_some_and(|s| s.starts_with("vault:v")), "{result:#}");
+    let signed: Value = serde_json::from_str(receipt["receipt"].as_str().unwrap_or("null"))?;
+    assert_eq!(signed["request_id"], json!(request_id), "{signed:#}");
+    assert_eq!(result["erasureListed"], json!(true), "{result:#}");
+
     // Readable at 360 px; signed out means signed out.
     assert!(result["narrowOverflow"].as_i64().is_some_and(|o| o <= 0), "{result:#}");
     assert!(result["afterSignOut"].as_str().is_some_and(|u| u.ends_with("/console/login")), "{result:#}");
-    for shot in ["signup.png", "overview-waiting.png", "overview.png", "key-created.png", "keys.png"] {
+    for shot in [
+        "signup.png",
+        "overview-waiting.png",
+        "overview.png",
+        "key-created.png",
+        "keys.png",
+        "team.png",
+        "erasure.png",
+        "privacy.png",
+    ] {
         assert!(shots.join(shot).exists(), "{shot} was not taken");
     }
 
@@ -263,9 +285,20 @@ impl Visitor {
 
     /// Signs in through the console's form.
     async fn sign_in(&mut self, email: &str) -> anyhow::Result<()> {
+        self.sign_in_to(email, "").await
+    }
+
+    /// Signs in to one of the account's stores (`""`: its only store).
+    async fn sign_in_to(&mut self, email: &str, tenant: &str) -> anyhow::Result<()> {
         let form = self.get("/console/login").await?;
-        let page =
-            self.post("/console/login", &[("csrf", &form.csrf()), ("email", email), ("password", PASSWORD)]).await?;
+        let fields = [
+            ("csrf", form.csrf()),
+            ("email", email.to_owned()),
+            ("password", PASSWORD.to_owned()),
+            ("tenant_id", tenant.to_owned()),
+        ];
+        let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let page = self.post("/console/login", &fields).await?;
         anyhow::ensure!(
             page.status == StatusCode::SEE_OTHER && page.location() == "/console",
             "sign-in: {}",
@@ -362,9 +395,16 @@ async fn console_cookies_headers_and_csrf_protection_hold() -> anyhow::Result<()
     assert!(!session.contains("v4.public") && !session.starts_with("rt_"), "no token reaches the browser");
 
     // Every page: the exact policy and the other headers; no inline code at all.
-    for path in
-        ["/console", "/console/keys", "/console/keys/created", "/console/login", "/console/signup", "/console/nope"]
-    {
+    for path in [
+        "/console",
+        "/console/keys",
+        "/console/keys/created",
+        "/console/team",
+        "/console/privacy",
+        "/console/login",
+        "/console/signup",
+        "/console/nope",
+    ] {
         let page = visitor.get(path).await?;
         let h = |name: &str| page.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
         assert_eq!(h("content-security-policy"), CSP, "{path}");
@@ -441,15 +481,36 @@ async fn a_member_of_one_store_reaches_nothing_of_another_through_the_console() 
         .collect();
     assert_eq!(b_key_ids.len(), 3, "publishable, default secret and the new one: {before}");
 
+    // B's shopper is forgotten: a request of B's that A's member must not reach.
+    let filed: Value = platform
+        .http
+        .post(format!("{}/v1/tenants/{}/erasures", platform.control_plane_url, b.tenant_id))
+        .bearer_auth(&b_token)
+        .json(&json!({"shopper_id": "shp_bravo_1"}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let b_request = filed["request_id"].as_str().ok_or_else(|| anyhow::anyhow!("no request in {filed}"))?.to_owned();
+
     let mut visitor = Visitor::new(&platform.control_plane_url)?;
     visitor.sign_in(&email_a).await?;
     // Nothing of B on any page A's member can open.
     let b_marks = [b.tenant_id.as_str(), "Bravo Store", b.publishable_key.as_str(), "bravo.example"];
-    for path in ["/console", "/console/keys", "/console/keys/created", "/console/keys?done=revoked"] {
+    for path in [
+        "/console",
+        "/console/keys",
+        "/console/keys/created",
+        "/console/keys?done=revoked",
+        "/console/team",
+        "/console/privacy",
+    ] {
         let page = visitor.get(path).await?;
-        assert_eq!(page.status, StatusCode::OK, "{path}");
+        assert_eq!(page.status, StatusCode::OK, "{path}: {}", page.body);
         assert!(page.body.contains(&a.tenant_id) || page.body.contains("Alpha Store"), "{path} is A's");
-        for mark in b_marks.iter().chain(b_key_ids.iter().map(String::as_str).collect::<Vec<_>>().iter()) {
+        let b_ids: Vec<&str> =
+            b_key_ids.iter().map(String::as_str).chain([b_request.as_str(), email_b.as_str()]).collect();
+        for mark in b_marks.iter().chain(b_ids.iter()) {
             assert!(!page.body.contains(mark), "{path} shows {mark} of another store");
         }
     }
@@ -460,6 +521,30 @@ async fn a_member_of_one_store_reaches_nothing_of_another_through_the_console() 
         let page = visitor.post(&format!("/console/keys/{key}/revoke"), &[("csrf", &csrf)]).await?;
         assert_eq!((page.status, page.error_code()), (StatusCode::NOT_FOUND, "not_found"), "{key}: {}", page.body);
     }
+    for path in
+        [format!("/console/privacy/erasures/{b_request}"), format!("/console/privacy/erasures/{b_request}/receipt")]
+    {
+        let page = visitor.get(&path).await?;
+        assert_eq!((page.status, page.error_code()), (StatusCode::NOT_FOUND, "not_found"), "{path}: {}", page.body);
+    }
+    // A's own export of a shopper id B uses holds none of B's records.
+    let export = visitor.post("/console/privacy/export", &[("csrf", &csrf), ("shopper_id", "shp_bravo_1")]).await?;
+    assert_eq!(export.status, StatusCode::OK, "{}", export.body);
+    assert!(export.body.contains(&a.tenant_id) && !export.body.contains(&b_request), "{}", export.body);
+    // Members are added to A only, whatever the form says.
+    let added = visitor
+        .post("/console/team", &[("csrf", &csrf), ("email", &email_b), ("role", "viewer"), ("tenant_id", &b.tenant_id)])
+        .await?;
+    assert_eq!(added.status, StatusCode::SEE_OTHER, "{}", added.body);
+    let b_members: Value = platform
+        .http
+        .get(format!("{}/v1/tenants/{}/members", platform.control_plane_url, b.tenant_id))
+        .bearer_auth(&b_token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(b_members["items"].as_array().map(Vec::len), Some(1), "B's team is B's owner alone: {b_members}");
     let page = visitor.post("/console/keys/..%2F..%2F..%2Fsessions%2Flogout/revoke", &[("csrf", &csrf)]).await?;
     assert_eq!(page.status, StatusCode::NOT_FOUND, "path tricks reach nothing");
     let made = visitor
@@ -476,7 +561,7 @@ async fn a_member_of_one_store_reaches_nothing_of_another_through_the_console() 
 
     // B's member, signed in beside A's, sees only B.
     let mut other = Visitor::new(&platform.control_plane_url)?;
-    other.sign_in(&email_b).await?;
+    other.sign_in_to(&email_b, &b.tenant_id).await?;
     let page = other.get("/console/keys").await?;
     assert!(page.body.contains("Bravo Store") && !page.body.contains("Planted") && !page.body.contains(&a.tenant_id));
     platform.shutdown().await

@@ -7,6 +7,7 @@
 // It prints one JSON line per step that needs the test ({"step": …}) and waits for a line
 // on standard input before going on; the last line printed is the result.
 const { chromium } = require("playwright-core");
+const fs = require("fs");
 const readline = require("readline");
 
 const [consoleUrl, shopUrl, shots, email] = process.argv.slice(2);
@@ -75,6 +76,7 @@ try {
   await shop.goto(shopUrl);
   await shop.waitForFunction(() => window.nudge && window.nudge.shopperId, null, { timeout: 15000 });
   await shop.click("#add");
+  result.shopperId = await shop.evaluate(() => window.nudge.shopperId);
   result.steps.push("shopped");
 
   // The waiting view turns green by itself (server-sent events).
@@ -105,6 +107,30 @@ try {
   await page.waitForURL(consoleUrl + "/console/keys?done=revoked");
   result.revokedRow = (await page.locator("tr", { hasText: "Order server" }).textContent()).replace(/\s+/g, " ").trim();
   await page.screenshot({ path: shots + "/keys.png", fullPage: true });
+
+  // The team: adding someone without an account says what to do.
+  await page.click("nav >> text=Team");
+  await page.fill("#member-email", "nobody-yet@example.com");
+  await page.selectOption("#member-role", "analyst");
+  await page.click("button:has-text('Add member')");
+  result.teamProblem = (await page.textContent(".problem")).trim();
+  await page.screenshot({ path: shots + "/team.png", fullPage: true });
+
+  // The shopper asks to be forgotten: filed, followed until done, receipt downloaded.
+  await page.click("nav >> text=Privacy");
+  await page.fill("#erase-value", result.shopperId);
+  await page.click("button:has-text('File erasure request')");
+  await page.waitForURL(/\/console\/privacy\/erasures\/[^/]+$/);
+  result.erasureUrl = page.url();
+  await page.waitForSelector("#erasure-status[data-state=completed]", { timeout: 60000 });
+  await page.screenshot({ path: shots + "/erasure.png", fullPage: true });
+  const [download] = await Promise.all([page.waitForEvent("download"), page.click("#receipt")]);
+  result.receiptFile = download.suggestedFilename();
+  result.receipt = JSON.parse(fs.readFileSync(await download.path(), "utf8"));
+  await page.click("text=← Privacy");
+  result.erasureListed = (await page.textContent("table.erasures")).includes("Completed");
+  await page.screenshot({ path: shots + "/privacy.png", fullPage: true });
+  result.steps.push("erased");
 
   // Narrow screens: the overview still fits.
   await page.setViewportSize({ width: 360, height: 800 });

@@ -4,6 +4,8 @@ pub mod assets;
 pub mod auth;
 pub mod keys;
 pub mod overview;
+pub mod privacy;
+pub mod team;
 
 use askama::Template;
 use axum::response::Html;
