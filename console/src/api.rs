@@ -64,7 +64,22 @@ impl Api {
         token: Option<&str>,
         body: Option<Value>,
     ) -> Result<(StatusCode, Value, Option<u64>), ConsoleError> {
+        self.send_with(method, path, token, body, None).await
+    }
+
+    /// [`Api::send`] with an `If-Match` precondition (a version the change replaces).
+    pub async fn send_with(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+        if_match: Option<&str>,
+    ) -> Result<(StatusCode, Value, Option<u64>), ConsoleError> {
         let mut request = Request::builder().method(method).uri(path);
+        if let Some(tag) = if_match {
+            request = request.header(header::IF_MATCH, tag);
+        }
         if let Some(token) = token {
             request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }

@@ -66,6 +66,10 @@ pub fn router(api: Router, redis: Arc<OnceCell<ConnectionManager>>, config: Cons
         .route("/keys", get(pages::keys::page).post(pages::keys::create))
         .route("/keys/created", get(pages::keys::created))
         .route("/keys/{key_id}/revoke", post(pages::keys::revoke))
+        .route("/campaigns", get(pages::campaigns::list).post(pages::campaigns::create))
+        .route("/campaigns/new", get(pages::campaigns::new))
+        .route("/campaigns/{campaign_id}", get(pages::campaigns::show).post(pages::campaigns::save))
+        .route("/campaigns/{campaign_id}/state", post(pages::campaigns::move_to))
         .route("/team", get(pages::team::page).post(pages::team::add))
         .route("/privacy", get(pages::privacy::page))
         .route("/privacy/erasures", post(pages::privacy::file_erasure))
@@ -93,7 +97,15 @@ mod tests {
 
     #[tokio::test]
     async fn every_member_page_sends_strangers_to_sign_in() {
-        for path in ["/console", "/console/keys", "/console/keys/created", "/console/team", "/console/privacy"] {
+        for path in [
+            "/console",
+            "/console/keys",
+            "/console/keys/created",
+            "/console/team",
+            "/console/privacy",
+            "/console/campaigns",
+            "/console/campaigns/new",
+        ] {
             let response =
                 console().oneshot(Request::get(path).body(Body::empty()).expect("request")).await.expect("answer");
             assert_eq!(response.status(), 303, "{path}");

@@ -139,6 +139,16 @@ async fn a_new_merchant_signs_up_installs_the_snippet_and_sees_the_first_event_i
     assert_eq!(result["waiting"], json!("waiting"), "{result:#}");
     assert!(result["received"].as_str().is_some_and(|s| s.contains("first event has arrived")), "{result:#}");
 
+    // The campaign: the API's problem with the condition shown by its field, then saved as a
+    // draft, activated, and its message seen by a shopper on the shop.
+    let problems = result["campaignProblems"].as_str().unwrap_or_default();
+    assert!(problems.contains("condition") && problems.contains("at character"), "{result:#}");
+    assert_eq!(result["campaignDraft"], json!("draft"), "{result:#}");
+    assert_eq!(result["campaignActive"], json!("active"), "{result:#}");
+    let shown = result["campaignShown"].as_str().unwrap_or_default();
+    assert!(shown.contains("Wait, your tent!") && shown.contains("1 items are waiting"), "{result:#}");
+    assert!(result["campaignListed"].as_str().is_some_and(|l| l.contains("Come back") && l.contains("active")));
+
     // A key made without a name or scope says what is missing; the real one is shown once
     // and then revoked.
     let errors = result["emptyKeyErrors"].as_array().map(Vec::len).unwrap_or_default();
@@ -187,6 +197,8 @@ async fn a_new_merchant_signs_up_installs_the_snippet_and_sees_the_first_event_i
         "overview.png",
         "key-created.png",
         "keys.png",
+        "campaign-problems.png",
+        "campaign.png",
         "team.png",
         "erasure.png",
         "privacy.png",
@@ -401,6 +413,8 @@ async fn console_cookies_headers_and_csrf_protection_hold() -> anyhow::Result<()
         "/console/keys/created",
         "/console/team",
         "/console/privacy",
+        "/console/campaigns",
+        "/console/campaigns/new",
         "/console/login",
         "/console/signup",
         "/console/nope",
@@ -492,6 +506,19 @@ async fn a_member_of_one_store_reaches_nothing_of_another_through_the_console() 
         .json()
         .await?;
     let b_request = filed["request_id"].as_str().ok_or_else(|| anyhow::anyhow!("no request in {filed}"))?.to_owned();
+    let campaign: Value = platform
+        .http
+        .post(format!("{}/v1/tenants/{}/campaigns", platform.control_plane_url, b.tenant_id))
+        .bearer_auth(&b_token)
+        .json(&json!({"name": "Bravo secret plan", "trigger": {"type": "exit_intent"}, "variants": [
+            {"name": "a", "weight": 100, "messages": [
+                {"channel": "on_site", "kind": "reminder", "title": "Bravo", "body": "Bravo"}]}]}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let b_campaign =
+        campaign["campaign_id"].as_str().ok_or_else(|| anyhow::anyhow!("no campaign in {campaign}"))?.to_owned();
 
     let mut visitor = Visitor::new(&platform.control_plane_url)?;
     visitor.sign_in(&email_a).await?;
@@ -504,12 +531,17 @@ async fn a_member_of_one_store_reaches_nothing_of_another_through_the_console() 
         "/console/keys?done=revoked",
         "/console/team",
         "/console/privacy",
+        "/console/campaigns",
+        "/console/campaigns/new",
     ] {
         let page = visitor.get(path).await?;
         assert_eq!(page.status, StatusCode::OK, "{path}: {}", page.body);
         assert!(page.body.contains(&a.tenant_id) || page.body.contains("Alpha Store"), "{path} is A's");
-        let b_ids: Vec<&str> =
-            b_key_ids.iter().map(String::as_str).chain([b_request.as_str(), email_b.as_str()]).collect();
+        let b_ids: Vec<&str> = b_key_ids
+            .iter()
+            .map(String::as_str)
+            .chain([b_request.as_str(), email_b.as_str(), b_campaign.as_str(), "Bravo secret plan"])
+            .collect();
         for mark in b_marks.iter().chain(b_ids.iter()) {
             assert!(!page.body.contains(mark), "{path} shows {mark} of another store");
         }
@@ -527,6 +559,30 @@ async fn a_member_of_one_store_reaches_nothing_of_another_through_the_console() 
         let page = visitor.get(&path).await?;
         assert_eq!((page.status, page.error_code()), (StatusCode::NOT_FOUND, "not_found"), "{path}: {}", page.body);
     }
+    let page = visitor.get(&format!("/console/campaigns/{b_campaign}")).await?;
+    assert_eq!((page.status, page.error_code()), (StatusCode::NOT_FOUND, "not_found"), "{}", page.body);
+    let spec = r#"{"name": "Hijacked", "trigger": {"type": "exit_intent"}, "variants": [{"name": "a", "weight": 100,
+        "messages": [{"channel": "on_site", "kind": "reminder", "title": "x", "body": "x"}]}]}"#;
+    let page = visitor
+        .post(
+            &format!("/console/campaigns/{b_campaign}"),
+            &[("csrf", &csrf), ("mode", "json"), ("version", "1"), ("spec", spec)],
+        )
+        .await?;
+    assert_eq!((page.status, page.error_code()), (StatusCode::NOT_FOUND, "not_found"), "{}", page.body);
+    let page = visitor
+        .post(&format!("/console/campaigns/{b_campaign}/state"), &[("csrf", &csrf), ("state", "active")])
+        .await?;
+    assert_eq!((page.status, page.error_code()), (StatusCode::NOT_FOUND, "not_found"), "{}", page.body);
+    let b_campaign_now: Value = platform
+        .http
+        .get(format!("{}/v1/tenants/{}/campaigns/{b_campaign}", platform.control_plane_url, b.tenant_id))
+        .bearer_auth(&b_token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!((b_campaign_now["state"].as_str(), b_campaign_now["version"].as_i64()), (Some("draft"), Some(1)));
     // A's own export of a shopper id B uses holds none of B's records.
     let export = visitor.post("/console/privacy/export", &[("csrf", &csrf), ("shopper_id", "shp_bravo_1")]).await?;
     assert_eq!(export.status, StatusCode::OK, "{}", export.body);
