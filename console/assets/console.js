@@ -22,6 +22,10 @@
     if (message && !window.confirm(message)) e.preventDefault();
   });
 
+  // A link to Stripe's pages, made by the server on request, is followed at once.
+  var follow = document.querySelector("a[data-follow]");
+  if (follow) window.location.assign(follow.href);
+
   // A page about work in progress (an erasure) reloads itself until it is done.
   document.querySelectorAll("[data-reload-every]").forEach(function (el) {
     var seconds = parseInt(el.getAttribute("data-reload-every"), 10);

@@ -70,6 +70,9 @@ pub fn router(api: Router, redis: Arc<OnceCell<ConnectionManager>>, config: Cons
         .route("/campaigns/new", get(pages::campaigns::new))
         .route("/campaigns/{campaign_id}", get(pages::campaigns::show).post(pages::campaigns::save))
         .route("/campaigns/{campaign_id}/state", post(pages::campaigns::move_to))
+        .route("/billing", get(pages::billing::page))
+        .route("/billing/plan", post(pages::billing::change_plan))
+        .route("/billing/portal", post(pages::billing::portal))
         .route("/team", get(pages::team::page).post(pages::team::add))
         .route("/privacy", get(pages::privacy::page))
         .route("/privacy/erasures", post(pages::privacy::file_erasure))
@@ -105,6 +108,7 @@ mod tests {
             "/console/privacy",
             "/console/campaigns",
             "/console/campaigns/new",
+            "/console/billing",
         ] {
             let response =
                 console().oneshot(Request::get(path).body(Body::empty()).expect("request")).await.expect("answer");

@@ -115,7 +115,7 @@ impl Default for BillingConfig {
             report_usage: false,
             meter_events_url: None,
             meter_delay_secs: 600,
-            portal_return_url: "http://127.0.0.1:8080/".to_owned(),
+            portal_return_url: "http://127.0.0.1:8080/console/billing".to_owned(),
         }
     }
 }

@@ -175,6 +175,11 @@ async fn a_new_merchant_signs_up_installs_the_snippet_and_sees_the_first_event_i
     }
     assert!(refused, "the cell still accepts the revoked key");
 
+    // Billing shows the plan and the month's events, and that this platform bills no one.
+    assert_eq!(result["billing"]["plan"], json!("free"), "{result:#}");
+    assert!(result["billing"]["used"].as_i64().is_some_and(|n| n >= 1), "{result:#}");
+    assert_eq!(result["billing"]["off"], json!(true), "{result:#}");
+
     // Team: someone without an account cannot be added, and the page says why.
     assert!(result["teamProblem"].as_str().is_some_and(|p| p.contains("No account")), "{result:#}");
 
@@ -199,6 +204,7 @@ async fn a_new_merchant_signs_up_installs_the_snippet_and_sees_the_first_event_i
         "keys.png",
         "campaign-problems.png",
         "campaign.png",
+        "billing.png",
         "team.png",
         "erasure.png",
         "privacy.png",
@@ -415,6 +421,7 @@ async fn console_cookies_headers_and_csrf_protection_hold() -> anyhow::Result<()
         "/console/privacy",
         "/console/campaigns",
         "/console/campaigns/new",
+        "/console/billing",
         "/console/login",
         "/console/signup",
         "/console/nope",
@@ -533,6 +540,7 @@ async fn a_member_of_one_store_reaches_nothing_of_another_through_the_console() 
         "/console/privacy",
         "/console/campaigns",
         "/console/campaigns/new",
+        "/console/billing",
     ] {
         let page = visitor.get(path).await?;
         assert_eq!(page.status, StatusCode::OK, "{path}: {}", page.body);

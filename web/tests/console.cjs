@@ -153,6 +153,15 @@ try {
   result.revokedRow = (await page.locator("tr", { hasText: "Order server" }).textContent()).replace(/\s+/g, " ").trim();
   await page.screenshot({ path: shots + "/keys.png", fullPage: true });
 
+  // Billing: the plan and this month's events; this platform bills no one, and says so.
+  await page.click("nav >> text=Billing");
+  result.billing = {
+    plan: (await page.textContent("#plan")).trim(),
+    used: parseInt((await page.textContent("#events-used")).trim(), 10),
+    off: await page.$("#billing-off") !== null,
+  };
+  await page.screenshot({ path: shots + "/billing.png", fullPage: true });
+
   // The team: adding someone without an account says what to do.
   await page.click("nav >> text=Team");
   await page.fill("#member-email", "nobody-yet@example.com");

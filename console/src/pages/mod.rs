@@ -2,6 +2,7 @@
 
 pub mod assets;
 pub mod auth;
+pub mod billing;
 pub mod campaigns;
 pub mod keys;
 pub mod overview;
