@@ -595,6 +595,13 @@ async fn a_member_of_one_store_reaches_nothing_of_another_through_the_console() 
     let export = visitor.post("/console/privacy/export", &[("csrf", &csrf), ("shopper_id", "shp_bravo_1")]).await?;
     assert_eq!(export.status, StatusCode::OK, "{}", export.body);
     assert!(export.body.contains(&a.tenant_id) && !export.body.contains(&b_request), "{}", export.body);
+    // Any shopper id the snippet may send can be exported, `.` and `:` included, and one
+    // shaped like a path stays one.
+    for shopper in ["customer:4.2", ".."] {
+        let export = visitor.post("/console/privacy/export", &[("csrf", &csrf), ("shopper_id", shopper)]).await?;
+        assert_eq!(export.status, StatusCode::OK, "{shopper}: {}", export.body);
+        assert!(export.body.contains(&format!("\"shopper_id\": \"{shopper}\"")), "{}", export.body);
+    }
     // Members are added to A only, whatever the form says.
     let added = visitor
         .post("/console/team", &[("csrf", &csrf), ("email", &email_b), ("role", "viewer"), ("tenant_id", &b.tenant_id)])

@@ -51,6 +51,20 @@ pub fn id_segment(raw: &str) -> Result<&str, ConsoleError> {
     }
 }
 
+/// `raw` as one path segment of an API path: everything but letters, digits, `_` and `-`
+/// percent-encoded, so a value such as `..` or `a/b` stays one segment (the API decodes it).
+pub fn path_segment(raw: &str) -> String {
+    raw.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 pub async fn not_found() -> ConsoleError {
     ConsoleError::NotFound
 }
@@ -60,5 +74,15 @@ pub fn short_time(rfc3339: &str) -> String {
     match (rfc3339.get(0..10), rfc3339.get(11..16)) {
         (Some(date), Some(time)) => format!("{date} {time} UTC"),
         _ => rfc3339.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_value_stays_one_path_segment() {
+        assert_eq!(super::path_segment("shp_1-a"), "shp_1-a");
+        assert_eq!(super::path_segment(".."), "%2E%2E");
+        assert_eq!(super::path_segment("customer:4.2/x"), "customer%3A4%2E2%2Fx");
     }
 }

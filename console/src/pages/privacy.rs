@@ -215,15 +215,20 @@ pub async fn export(
         export_problem: Some(problem),
         ..PrivacyForm::default()
     };
-    if id_segment(shopper).is_err() {
-        let page = refused("A shopper id is letters, digits, _ and -, as your snippet or servers sent it.".into());
+    let valid = !shopper.is_empty()
+        && shopper.len() <= 64
+        && shopper.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b));
+    if !valid {
+        let page = refused(
+            "A shopper id is 1 to 64 letters, digits, _, -, . and :, as your snippet or servers sent it.".into(),
+        );
         return Ok((StatusCode::UNPROCESSABLE_ENTITY, privacy_page(&console, &member, page).await?).into_response());
     }
-    let path = member.store_path(&format!("/shoppers/{shopper}/export"));
+    let path = member.store_path(&format!("/shoppers/{}/export", super::path_segment(shopper)));
     match console.api.send(Method::GET, &path, Some(member.token()), None).await? {
         (status, body, _) if status.is_success() => {
             let body = serde_json::to_vec_pretty(&body).map_err(|e| ConsoleError::Internal(e.to_string()))?;
-            attachment(&format!("shopper-export-{shopper}.json"), body)
+            attachment(&format!("shopper-export-{}.json", super::path_segment(shopper)), body)
         }
         (status, body, _) if status == StatusCode::UNPROCESSABLE_ENTITY => {
             let message = body["error"]["details"]["fields"]["shopper_id"].as_str().unwrap_or("not a shopper id");
