@@ -26,10 +26,21 @@
   var follow = document.querySelector("a[data-follow]");
   if (follow) window.location.assign(follow.href);
 
-  // A page about work in progress (an erasure) reloads itself until it is done.
+  // A page about work in progress (an erasure) reloads itself until it is done, for a while:
+  // `auto=N` counts the reloads and tells the server they are not the member's doing, so a
+  // tab left open does not keep the session alive.
+  var MAX_RELOADS = 100;
   document.querySelectorAll("[data-reload-every]").forEach(function (el) {
     var seconds = parseInt(el.getAttribute("data-reload-every"), 10);
-    if (seconds > 0) setTimeout(function () { window.location.reload(); }, seconds * 1000);
+    var url = new URL(window.location.href);
+    var done = parseInt(url.searchParams.get("auto") || "0", 10) || 0;
+    if (!(seconds > 0)) return;
+    if (done >= MAX_RELOADS) {
+      el.textContent += " (Stopped refreshing: reload the page to see the latest.)";
+      return;
+    }
+    url.searchParams.set("auto", String(done + 1));
+    setTimeout(function () { window.location.replace(url.toString()); }, seconds * 1000);
   });
 
   document.querySelectorAll("[data-watch]").forEach(function (status) {

@@ -130,11 +130,14 @@ impl Api {
     }
 }
 
-/// An API error answer as a [`Refusal`]; an expired or foreign token signs the member out.
+/// An API error answer as a [`Refusal`]; a rejected token is renewed (or signs the member out).
 pub(crate) fn refusal(status: StatusCode, body: &Value, retry_after: Option<u64>) -> ConsoleError {
     let error = &body["error"];
     let code = error["code"].as_str().unwrap_or("unknown").to_owned();
-    if status == StatusCode::UNAUTHORIZED && (code == "invalid_token" || code == "missing_token") {
+    if status == StatusCode::UNAUTHORIZED && code == "invalid_token" {
+        return ConsoleError::TokenRejected;
+    }
+    if status == StatusCode::UNAUTHORIZED && code == "missing_token" {
         return ConsoleError::SignedOut;
     }
     let fields = error["details"]["fields"]

@@ -19,6 +19,16 @@ pub enum ConsoleError {
     /// A form posted without the session's CSRF token, or from another origin.
     #[error("the form did not come from this console")]
     Csrf,
+    /// The API rejected the session's access token although it had not expired (revoked, or
+    /// the signing key changed): renewed once by [`crate::renew_rejected`].
+    #[error("the access token was rejected")]
+    TokenRejected,
+    /// A form sent while the session was being renewed: to be sent again.
+    #[error("the session was renewed; the form must be sent again")]
+    Resend,
+    /// Something the console waits on did not answer in time.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     /// Redis, where sessions live, cannot be reached.
     #[error("the session store is unavailable: {0}")]
     SessionsUnavailable(String),
@@ -28,6 +38,10 @@ pub enum ConsoleError {
     #[error("internal error: {0}")]
     Internal(String),
 }
+
+/// Marks an answer given because the API rejected the session's access token.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenWasRejected;
 
 impl From<redis::RedisError> for ConsoleError {
     fn from(e: redis::RedisError) -> Self {
@@ -59,6 +73,24 @@ impl ConsoleError {
                 "Go back, reload the page and send the form again.",
                 None,
             ),
+            // Only when no session is at hand to renew (see `crate::renew_rejected`).
+            Self::TokenRejected => {
+                (StatusCode::UNAUTHORIZED, "signed_out", "You are signed out.".into(), "Sign in again.", None)
+            }
+            Self::Resend => (
+                StatusCode::CONFLICT,
+                "resend_form",
+                "Your sign-in was renewed while the form was on its way, so it was not applied.".into(),
+                "Go back and send the form again.",
+                None,
+            ),
+            Self::Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "A service the console depends on did not answer in time.".into(),
+                "Try again in a few seconds.",
+                Some(2),
+            ),
             Self::SessionsUnavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "session_store_unavailable",
@@ -88,7 +120,13 @@ impl IntoResponse for ConsoleError {
     fn into_response(self) -> Response {
         match &self {
             Self::SignedOut => return Redirect::to("/console/login").into_response(),
+            Self::TokenRejected => {
+                let mut response = Redirect::to("/console/login").into_response();
+                response.extensions_mut().insert(TokenWasRejected);
+                return response;
+            }
             Self::SessionsUnavailable(e) => tracing::warn!(error = %e, "console session store unavailable"),
+            Self::Unavailable(e) => tracing::warn!(error = %e, "console dependency unavailable"),
             Self::Internal(e) => tracing::error!(error = %e, "console error"),
             _ => {}
         }

@@ -26,8 +26,10 @@ use std::{sync::Arc, time::Duration};
 
 use axum::{
     Router,
-    middleware::from_fn,
-    response::Redirect,
+    extract::{OriginalUri, Request, State},
+    http::Method,
+    middleware::{Next, from_fn_with_state},
+    response::{IntoResponse, Redirect, Response},
     routing::{get, post},
 };
 use redis::aio::ConnectionManager;
@@ -43,6 +45,9 @@ pub struct ConsoleConfig {
     pub redis_prefix: String,
     /// A session nobody uses for this long ends.
     pub idle_timeout: Duration,
+    /// The origin browsers reach the console at, when a proxy rewrites `Host`; `None`: the
+    /// origin `Host` names.
+    pub public_origin: Option<String>,
 }
 
 /// What every console handler can reach.
@@ -50,13 +55,15 @@ pub struct ConsoleConfig {
 pub struct Console {
     pub(crate) api: Api,
     pub(crate) sessions: Sessions,
+    pub(crate) public_origin: Option<Arc<str>>,
 }
 
 /// The console's routes, answering under `/console` (and `/` sends there). `api` is the
 /// public API's router, which the console calls in-process; `redis` is set once the control
 /// plane has reached Redis (until then the console answers 503).
 pub fn router(api: Router, redis: Arc<OnceCell<ConnectionManager>>, config: ConsoleConfig) -> Router {
-    let console = Console { api: Api::new(api), sessions: Sessions::new(redis, config) };
+    let public_origin = config.public_origin.as_deref().map(Arc::from);
+    let console = Console { api: Api::new(api), sessions: Sessions::new(redis, config), public_origin };
     let pages = Router::new()
         .route("/", get(pages::overview::page))
         .route("/first-event", get(pages::overview::first_event))
@@ -81,9 +88,31 @@ pub fn router(api: Router, redis: Arc<OnceCell<ConnectionManager>>, config: Cons
         .route("/privacy/export", post(pages::privacy::export))
         .route("/assets/{file}", get(pages::assets::asset))
         .fallback(pages::not_found)
-        .layer(from_fn(security::headers))
+        .layer(from_fn_with_state(console.clone(), renew_rejected))
+        .layer(from_fn_with_state(console.clone(), security::headers))
         .with_state(console);
     Router::new().route("/", get(|| async { Redirect::to("/console") })).nest("/console", pages)
+}
+
+/// When the API rejected a session's access token before it expired (revoked, or signed with
+/// a key since retired): the session is renewed once and a page is loaded again; a form is
+/// not sent twice behind the member's back, they are asked to send it again.
+async fn renew_rejected(State(console): State<Console>, request: Request, next: Next) -> Response {
+    let id = session::cookie(request.headers(), session::SESSION_COOKIE).map(str::to_owned);
+    let method = request.method().clone();
+    let uri = request.extensions().get::<OriginalUri>().map_or_else(|| request.uri().clone(), |o| o.0.clone());
+    let response = next.run(request).await;
+    if response.extensions().get::<error::TokenWasRejected>().is_none() {
+        return response;
+    }
+    let Some(id) = id else { return response };
+    match console.renew_rejected(&id).await {
+        Ok(()) if method == Method::GET => {
+            Redirect::to(uri.path_and_query().map_or("/console", |p| p.as_str())).into_response()
+        }
+        Ok(()) => error::ConsoleError::Resend.into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 #[cfg(test)]
@@ -94,7 +123,8 @@ mod tests {
     use super::*;
 
     fn console() -> Router {
-        let config = ConsoleConfig { redis_prefix: "test:".into(), idle_timeout: Duration::from_secs(60) };
+        let config =
+            ConsoleConfig { redis_prefix: "test:".into(), idle_timeout: Duration::from_secs(60), public_origin: None };
         router(Router::new(), Arc::new(OnceCell::new()), config)
     }
 

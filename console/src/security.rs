@@ -6,21 +6,24 @@
 //! `Origin`); each form also carries its session's CSRF token, checked by its handler.
 
 use axum::{
-    extract::Request,
+    extract::{Request, State},
     http::{HeaderMap, HeaderValue, Method, header},
     middleware::Next,
     response::{IntoResponse, Response},
 };
 
-use crate::error::ConsoleError;
+use crate::{Console, error::ConsoleError};
 
 /// The console's Content-Security-Policy.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
      img-src 'self'; connect-src 'self'; font-src 'self'; form-action 'self'; frame-ancestors 'none'; \
      base-uri 'none'";
 
-pub async fn headers(request: Request, next: Next) -> Response {
-    if request.method() != Method::GET && request.method() != Method::HEAD && !same_origin(request.headers()) {
+pub async fn headers(State(console): State<Console>, request: Request, next: Next) -> Response {
+    if request.method() != Method::GET
+        && request.method() != Method::HEAD
+        && !same_origin(request.headers(), console.public_origin.as_deref())
+    {
         tracing::info!("a form post from another origin was refused");
         return secure(ConsoleError::Csrf.into_response());
     }
@@ -45,9 +48,10 @@ fn secure(mut response: Response) -> Response {
 
 /// Whether a state-changing request came from the console's own pages, as far as the browser
 /// says: `Sec-Fetch-Site` must be `same-origin` (or `none`, typed by the user), and an
-/// `Origin` must name this host. A client that sends neither (not a browser) still needs the
+/// `Origin` must be the console's public origin when one is configured, else name the host
+/// the request was sent to. A client that sends neither (not a browser) still needs the
 /// form's CSRF token.
-fn same_origin(headers: &HeaderMap) -> bool {
+fn same_origin(headers: &HeaderMap, public_origin: Option<&str>) -> bool {
     if let Some(site) = headers.get("sec-fetch-site")
         && site != "same-origin"
         && site != "none"
@@ -56,6 +60,7 @@ fn same_origin(headers: &HeaderMap) -> bool {
     }
     match headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
         None => true,
+        Some(origin) if public_origin.is_some() => public_origin.is_some_and(|p| p.eq_ignore_ascii_case(origin)),
         Some(origin) => {
             let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
             let origin_host = origin.split_once("://").map(|(_, rest)| rest);
@@ -78,13 +83,21 @@ mod tests {
 
     #[test]
     fn posts_from_other_origins_are_told_apart() {
-        assert!(same_origin(&headers(&[("host", "console.test"), ("origin", "https://console.test")])));
-        assert!(same_origin(&headers(&[("host", "console.test"), ("sec-fetch-site", "same-origin")])));
-        assert!(same_origin(&headers(&[("host", "console.test")])));
-        assert!(!same_origin(&headers(&[("host", "console.test"), ("origin", "https://evil.test")])));
-        assert!(!same_origin(&headers(&[("host", "console.test"), ("origin", "null")])));
-        assert!(!same_origin(&headers(&[("host", "console.test"), ("sec-fetch-site", "cross-site")])));
-        assert!(!same_origin(&headers(&[("host", "console.test"), ("sec-fetch-site", "same-site")])));
-        assert!(!same_origin(&headers(&[("host", "console.test:1"), ("origin", "https://console.test:2")])));
+        assert!(same_origin(&headers(&[("host", "console.test"), ("origin", "https://console.test")]), None));
+        assert!(same_origin(&headers(&[("host", "console.test"), ("sec-fetch-site", "same-origin")]), None));
+        assert!(same_origin(&headers(&[("host", "console.test")]), None));
+        assert!(!same_origin(&headers(&[("host", "console.test"), ("origin", "https://evil.test")]), None));
+        assert!(!same_origin(&headers(&[("host", "console.test"), ("origin", "null")]), None));
+        assert!(!same_origin(&headers(&[("host", "console.test"), ("sec-fetch-site", "cross-site")]), None));
+        assert!(!same_origin(&headers(&[("host", "console.test"), ("sec-fetch-site", "same-site")]), None));
+        assert!(!same_origin(&headers(&[("host", "console.test:1"), ("origin", "https://console.test:2")]), None));
+        // Behind a proxy that rewrites Host, the configured origin decides.
+        let public = Some("https://console.example.com");
+        assert!(same_origin(&headers(&[("host", "10.0.0.7:8080"), ("origin", "https://console.example.com")]), public));
+        assert!(!same_origin(&headers(&[("host", "10.0.0.7:8080"), ("origin", "https://10.0.0.7:8080")]), public));
+        assert!(!same_origin(
+            &headers(&[("host", "console.example.com"), ("origin", "http://console.example.com")]),
+            public
+        ));
     }
 }

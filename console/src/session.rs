@@ -9,7 +9,13 @@
 //! An access token about to expire is traded for a new one with the refresh token. Refresh
 //! tokens work once and a reused one revokes the whole session, so two requests refreshing
 //! at the same moment (two tabs, a page and its event stream) must not both spend it: one
-//! takes a short lock and refreshes, the others wait for its result.
+//! takes a short lock and refreshes, the others wait for its result. A refresh that fails for
+//! a passing reason (the API busy or unavailable) leaves the member on the old token while it
+//! lasts.
+//!
+//! Requests a page makes by itself (an event stream, a page reloading itself while work is
+//! in progress) carry `auto` in their query and do not count as use: a tab left open does not
+//! keep a session alive forever.
 
 use std::{sync::Arc, time::Duration};
 
@@ -39,6 +45,18 @@ const REFRESH_LOCK_MS: u64 = 10_000;
 const REFRESH_WAIT: Duration = Duration::from_secs(3);
 /// A secret shown once (a new key) waits this long to be shown.
 const REVEAL_MS: u64 = 600_000;
+/// How long the API may take to refresh: well inside the lock's life, so a lock never
+/// outlives its holder's work.
+const REFRESH_CALL: Duration = Duration::from_secs(5);
+/// An access token the API rejects although it was issued this recently is not renewed
+/// again: the session ends instead of looping.
+const RENEWED_RECENTLY_MS: u64 = 30_000;
+
+/// Removes a lock only if it still holds the holder's value.
+const UNLOCK: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
+/// Reads and removes one secret waiting to be shown.
+const TAKE_REVEAL: &str =
+    "local v = redis.call('HGET', KEYS[1], ARGV[1]) if v then redis.call('HDEL', KEYS[1], ARGV[1]) end return v";
 
 /// What Redis keeps for a session.
 #[derive(Clone, Serialize, Deserialize)]
@@ -53,6 +71,9 @@ pub struct Session {
     pub role: String,
     pub email: String,
     pub store_name: String,
+    /// When the access token was issued (Unix milliseconds).
+    #[serde(default)]
+    pub issued_ms: u64,
 }
 
 impl std::fmt::Debug for Session {
@@ -74,6 +95,7 @@ impl Session {
             role: tokens.role,
             email,
             store_name,
+            issued_ms: now_ms(),
         })
     }
 
@@ -120,6 +142,36 @@ pub fn set_cookie(name: &str, value: &str, max_age: u64) -> String {
     format!("{name}={value}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={max_age}")
 }
 
+/// A `Set-Cookie` value for a `__Host-` cookie that lives until the browser closes; how long
+/// the session behind it lives is the server's to say (its idle timeout).
+pub fn set_session_cookie(name: &str, value: &str) -> String {
+    format!("{name}={value}; Path=/; Secure; HttpOnly; SameSite=Strict")
+}
+
+/// Where a secret waiting to be shown once is kept.
+#[derive(Debug, Clone, Copy)]
+pub enum Reveal<'a> {
+    /// The secret key made at sign-up.
+    Signup,
+    /// A secret key made in the console, by its id.
+    Key(&'a str),
+}
+
+impl Reveal<'_> {
+    fn field(&self) -> String {
+        match self {
+            Self::Signup => "signup".to_owned(),
+            Self::Key(id) => format!("key:{id}"),
+        }
+    }
+}
+
+/// Whether a request was made by a page by itself, not by the member (see the module's
+/// documentation).
+pub fn is_automatic(query: Option<&str>) -> bool {
+    query.is_some_and(|q| q.split('&').any(|pair| pair == "auto" || pair.starts_with("auto=")))
+}
+
 /// Where sessions live.
 #[derive(Clone)]
 pub struct Sessions {
@@ -131,11 +183,6 @@ pub struct Sessions {
 impl Sessions {
     pub fn new(redis: Arc<OnceCell<ConnectionManager>>, config: ConsoleConfig) -> Self {
         Self { redis, prefix: config.redis_prefix, idle: config.idle_timeout }
-    }
-
-    /// Seconds a session lives without use (the cookie's `Max-Age`).
-    pub fn idle_secs(&self) -> u64 {
-        self.idle.as_secs()
     }
 
     fn idle_ms(&self) -> u64 {
@@ -156,20 +203,33 @@ impl Sessions {
     /// Stores a new session and returns its id, for the cookie.
     pub async fn create(&self, session: &Session) -> Result<String, ConsoleError> {
         let id = random_token()?;
-        self.save(&id, session).await?;
-        Ok(id)
-    }
-
-    async fn save(&self, id: &str, session: &Session) -> Result<(), ConsoleError> {
         let json = serde_json::to_string(session).map_err(|e| ConsoleError::Internal(e.to_string()))?;
-        redis::cmd("SET")
-            .arg(self.key(id))
+        let set: Option<String> = redis::cmd("SET")
+            .arg(self.key(&id))
             .arg(json)
+            .arg("NX")
             .arg("PX")
             .arg(self.idle_ms())
-            .query_async::<()>(&mut self.conn()?)
+            .query_async(&mut self.conn()?)
             .await?;
-        Ok(())
+        match set {
+            Some(_) => Ok(id),
+            None => Err(ConsoleError::Internal("a new session id was already in use".into())),
+        }
+    }
+
+    /// Replaces a live session's contents, keeping its idle timer; `false` when it has ended
+    /// meanwhile (a sign-out is never undone by a refresh finishing late).
+    async fn replace(&self, id: &str, session: &Session) -> Result<bool, ConsoleError> {
+        let json = serde_json::to_string(session).map_err(|e| ConsoleError::Internal(e.to_string()))?;
+        let set: Option<String> = redis::cmd("SET")
+            .arg(self.key(id))
+            .arg(json)
+            .arg("XX")
+            .arg("KEEPTTL")
+            .query_async(&mut self.conn()?)
+            .await?;
+        Ok(set.is_some())
     }
 
     /// The session, its idle timer restarted; `None` when it has ended.
@@ -179,55 +239,92 @@ impl Sessions {
         Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
     }
 
-    /// Ends the session, returning what it held.
-    pub async fn end(&self, id: &str) -> Result<Option<Session>, ConsoleError> {
-        let mut conn = self.conn()?;
-        let json: Option<String> = redis::cmd("GETDEL").arg(self.key(id)).query_async(&mut conn).await?;
-        redis::cmd("DEL").arg(format!("{}:reveal", self.key(id))).query_async::<()>(&mut conn).await?;
+    /// The session as it is, its idle timer left running; `None` when it has ended.
+    pub async fn peek(&self, id: &str) -> Result<Option<Session>, ConsoleError> {
+        let json: Option<String> = redis::cmd("GET").arg(self.key(id)).query_async(&mut self.conn()?).await?;
         Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
     }
 
-    /// Keeps a secret for the session to be shown once (a new key), for a few minutes.
-    pub async fn put_reveal(&self, id: &str, secret: &str) -> Result<(), ConsoleError> {
-        redis::cmd("SET")
-            .arg(format!("{}:reveal", self.key(id)))
+    /// Ends the session, returning what it held.
+    pub async fn end(&self, id: &str) -> Result<Option<Session>, ConsoleError> {
+        let mut conn = self.conn()?;
+        let key = self.key(id);
+        let (json,): (Option<String>,) = redis::pipe()
+            .cmd("GETDEL")
+            .arg(&key)
+            .cmd("DEL")
+            .arg(format!("{key}:reveal"))
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+        Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
+    }
+
+    /// Keeps a secret for the session to be shown once, for a few minutes.
+    pub async fn put_reveal(&self, id: &str, slot: Reveal<'_>, secret: &str) -> Result<(), ConsoleError> {
+        let key = format!("{}:reveal", self.key(id));
+        redis::pipe()
+            .cmd("HSET")
+            .arg(&key)
+            .arg(slot.field())
             .arg(secret)
-            .arg("PX")
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&key)
             .arg(REVEAL_MS)
+            .ignore()
             .query_async::<()>(&mut self.conn()?)
             .await?;
         Ok(())
     }
 
-    /// The secret waiting to be shown, removed as it is read.
-    pub async fn take_reveal(&self, id: &str) -> Result<Option<String>, ConsoleError> {
-        Ok(redis::cmd("GETDEL").arg(format!("{}:reveal", self.key(id))).query_async(&mut self.conn()?).await?)
+    /// The secret waiting in `slot`, removed as it is read.
+    pub async fn take_reveal(&self, id: &str, slot: Reveal<'_>) -> Result<Option<String>, ConsoleError> {
+        Ok(redis::Script::new(TAKE_REVEAL)
+            .key(format!("{}:reveal", self.key(id)))
+            .arg(slot.field())
+            .invoke_async(&mut self.conn()?)
+            .await?)
     }
 
-    async fn lock_refresh(&self, id: &str) -> Result<bool, ConsoleError> {
+    /// The refresh lock, with the holder's value to release it by; `None` when another holds it.
+    async fn lock_refresh(&self, id: &str) -> Result<Option<String>, ConsoleError> {
+        let holder = random_token()?;
         let set: Option<String> = redis::cmd("SET")
             .arg(format!("{}:refresh", self.key(id)))
-            .arg(1)
+            .arg(&holder)
             .arg("NX")
             .arg("PX")
             .arg(REFRESH_LOCK_MS)
             .query_async(&mut self.conn()?)
             .await?;
-        Ok(set.is_some())
+        Ok(set.map(|_| holder))
     }
 
-    async fn unlock_refresh(&self, id: &str) -> Result<(), ConsoleError> {
-        redis::cmd("DEL").arg(format!("{}:refresh", self.key(id))).query_async::<()>(&mut self.conn()?).await?;
+    /// Releases the lock if it is still `holder`'s (it may have expired and been taken).
+    async fn unlock_refresh(&self, id: &str, holder: &str) -> Result<(), ConsoleError> {
+        redis::Script::new(UNLOCK)
+            .key(format!("{}:refresh", self.key(id)))
+            .arg(holder)
+            .invoke_async::<i64>(&mut self.conn()?)
+            .await?;
         Ok(())
     }
 }
 
 /// The signed-in member behind a request, with a live access token.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Member {
     /// The session id (the cookie's value).
     pub id: String,
     pub session: Session,
+}
+
+impl std::fmt::Debug for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the session id: it is the member's credential.
+        f.debug_struct("Member").field("session", &self.session).finish_non_exhaustive()
+    }
 }
 
 impl Member {
@@ -246,7 +343,12 @@ impl FromRequestParts<Console> for Member {
 
     async fn from_request_parts(parts: &mut Parts, console: &Console) -> Result<Self, ConsoleError> {
         let id = cookie(&parts.headers, SESSION_COOKIE).ok_or(ConsoleError::SignedOut)?.to_owned();
-        let session = console.sessions.load(&id).await?.ok_or(ConsoleError::SignedOut)?;
+        let session = if is_automatic(parts.uri.query()) {
+            console.sessions.peek(&id).await?
+        } else {
+            console.sessions.load(&id).await?
+        };
+        let session = session.ok_or(ConsoleError::SignedOut)?;
         tracing::Span::current().record("tenant_id", session.tenant_id.as_str());
         let session = if session.access_expires_ms <= now_ms() + REFRESH_MARGIN_MS {
             console.refresh(&id, session).await?
@@ -257,11 +359,28 @@ impl FromRequestParts<Console> for Member {
     }
 }
 
+/// The session behind a request as stored, without a live token: for signing out, which
+/// must work while the API cannot renew tokens.
+pub struct StoredSession {
+    pub id: String,
+    pub session: Session,
+}
+
+impl FromRequestParts<Console> for StoredSession {
+    type Rejection = ConsoleError;
+
+    async fn from_request_parts(parts: &mut Parts, console: &Console) -> Result<Self, ConsoleError> {
+        let id = cookie(&parts.headers, SESSION_COOKIE).ok_or(ConsoleError::SignedOut)?.to_owned();
+        let session = console.sessions.peek(&id).await?.ok_or(ConsoleError::SignedOut)?;
+        Ok(Self { id, session })
+    }
+}
+
 impl Console {
-    /// A member whose session is still live (re-read, refreshed when needed): for work that
-    /// outlives one request, such as an event stream.
+    /// A member whose session is still live (re-read without counting as use, refreshed
+    /// when needed): for work that outlives one request, such as an event stream.
     pub(crate) async fn member_again(&self, id: &str) -> Result<Member, ConsoleError> {
-        let session = self.sessions.load(id).await?.ok_or(ConsoleError::SignedOut)?;
+        let session = self.sessions.peek(id).await?.ok_or(ConsoleError::SignedOut)?;
         let session = if session.access_expires_ms <= now_ms() + REFRESH_MARGIN_MS {
             self.refresh(id, session).await?
         } else {
@@ -270,71 +389,88 @@ impl Console {
         Ok(Member { id: id.to_owned(), session })
     }
 
-    /// Trades the session's refresh token for new tokens, once for all concurrent requests.
+    /// After the API rejected the session's access token: a new one, unless the token was
+    /// issued moments ago (then the session ends, rather than renewing in a loop).
+    pub(crate) async fn renew_rejected(&self, id: &str) -> Result<(), ConsoleError> {
+        let session = self.sessions.peek(id).await?.ok_or(ConsoleError::SignedOut)?;
+        if session.issued_ms + RENEWED_RECENTLY_MS > now_ms() {
+            tracing::warn!(tenant_id = %session.tenant_id, "a fresh access token was rejected; the session ends");
+            self.sessions.end(id).await?;
+            return Err(ConsoleError::SignedOut);
+        }
+        // Renewed whatever its expiry says: the API no longer takes it.
+        let stale = Session { access_expires_ms: 0, ..session };
+        match self.try_refresh(id, &stale).await {
+            Ok(_) => Ok(()),
+            Err(ConsoleError::SignedOut) => Err(ConsoleError::SignedOut),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// New tokens for a session about to expire. A refresh that fails for a passing reason
+    /// leaves the old token in use while it is still good.
     async fn refresh(&self, id: &str, session: Session) -> Result<Session, ConsoleError> {
-        if !self.sessions.lock_refresh(id).await? {
+        match self.try_refresh(id, &session).await {
+            Ok(renewed) => Ok(renewed),
+            Err(ConsoleError::SignedOut) => Err(ConsoleError::SignedOut),
+            Err(e) if session.access_expires_ms > now_ms() + 1_000 => {
+                tracing::warn!(tenant_id = %session.tenant_id, error = %e, "a session refresh failed; the current token serves until it expires");
+                Ok(session)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Trades the session's refresh token for new tokens, once for all concurrent requests.
+    async fn try_refresh(&self, id: &str, session: &Session) -> Result<Session, ConsoleError> {
+        let Some(holder) = self.sessions.lock_refresh(id).await? else {
             // Another request is refreshing: wait for its new token.
             let started = tokio::time::Instant::now();
             while started.elapsed() < REFRESH_WAIT {
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                let current = self.sessions.load(id).await?.ok_or(ConsoleError::SignedOut)?;
+                let current = self.sessions.peek(id).await?.ok_or(ConsoleError::SignedOut)?;
                 if current.access_token != session.access_token {
                     return Ok(current);
                 }
             }
-            // Still the old token: usable while it has not expired.
-            return if session.access_expires_ms > now_ms() {
-                Ok(session)
-            } else {
-                Err(ConsoleError::SessionsUnavailable("a session refresh did not finish".into()))
-            };
+            return Err(ConsoleError::Unavailable("a session refresh did not finish in time".into()));
+        };
+        let outcome = self.refresh_locked(id, session).await;
+        if let Err(e) = self.sessions.unlock_refresh(id, &holder).await {
+            // The lock expires by itself in a few seconds.
+            tracing::warn!(error = %e, "a session refresh lock could not be released");
         }
+        outcome
+    }
+
+    async fn refresh_locked(&self, id: &str, seen: &Session) -> Result<Session, ConsoleError> {
         // The lock is ours, but another request may have refreshed between our read of the
         // session and now: its refresh token is then spent, and spending it again would end
         // the session. Read again under the lock.
-        let session = match self.sessions.load(id).await {
-            Ok(Some(current)) if current.access_token != session.access_token => {
-                self.sessions.unlock_refresh(id).await?;
-                return Ok(current);
-            }
-            Ok(Some(current)) => current,
-            Ok(None) => {
-                self.sessions.unlock_refresh(id).await?;
+        let session = self.sessions.peek(id).await?.ok_or(ConsoleError::SignedOut)?;
+        if session.access_token != seen.access_token {
+            return Ok(session);
+        }
+        let request = RefreshRequest { refresh_token: session.refresh_token.clone() };
+        let call = self.api.call::<SessionTokens>(Method::POST, "/v1/sessions/refresh", None, Some(&request));
+        let tokens = match tokio::time::timeout(REFRESH_CALL, call).await {
+            Ok(Ok(tokens)) => tokens,
+            // The refresh token is no longer good (expired, revoked, the membership ended).
+            Ok(Err(ConsoleError::Refused(r))) if r.status.as_u16() == 401 => {
+                self.sessions.end(id).await?;
                 return Err(ConsoleError::SignedOut);
             }
-            Err(e) => {
-                self.sessions.unlock_refresh(id).await?;
-                return Err(e);
-            }
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(ConsoleError::Unavailable("the API did not renew the session in time".into())),
         };
-        let result = self
-            .api
-            .call::<SessionTokens>(
-                Method::POST,
-                "/v1/sessions/refresh",
-                None,
-                Some(&RefreshRequest { refresh_token: session.refresh_token.clone() }),
-            )
-            .await;
-        let outcome = match result {
-            Ok(tokens) => {
-                let renewed = Session {
-                    access_expires_ms: now_ms() + tokens.expires_in * 1000,
-                    access_token: tokens.access_token,
-                    refresh_token: tokens.refresh_token,
-                    role: tokens.role,
-                    ..session
-                };
-                self.sessions.save(id, &renewed).await.map(|()| renewed)
-            }
-            // The refresh token is no longer good (expired, revoked, the membership ended).
-            Err(ConsoleError::Refused(r)) if r.status.as_u16() == 401 => {
-                self.sessions.end(id).await?;
-                Err(ConsoleError::SignedOut)
-            }
-            Err(e) => Err(e),
+        let renewed = Session {
+            access_expires_ms: now_ms() + tokens.expires_in * 1000,
+            access_token: tokens.access_token,
+            refresh_token: tokens.refresh_token,
+            role: tokens.role,
+            issued_ms: now_ms(),
+            ..session
         };
-        self.sessions.unlock_refresh(id).await?;
-        outcome
+        if self.sessions.replace(id, &renewed).await? { Ok(renewed) } else { Err(ConsoleError::SignedOut) }
     }
 }

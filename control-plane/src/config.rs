@@ -41,11 +41,15 @@ pub struct ConsoleConfig {
     /// A console session nobody uses for this long ends (it never outlives its refresh
     /// token, `auth.refresh_ttl_seconds`).
     pub session_idle_minutes: u64,
+    /// The origin members' browsers reach the console at (`https://console.example.com`),
+    /// when a proxy in front rewrites `Host`: a form post must come from it. Empty: from the
+    /// origin the request's `Host` names.
+    pub public_origin: String,
 }
 
 impl Default for ConsoleConfig {
     fn default() -> Self {
-        Self { session_idle_minutes: 720 }
+        Self { session_idle_minutes: 720, public_origin: String::new() }
     }
 }
 
@@ -398,6 +402,11 @@ impl Validate for ControlPlaneConfig {
         if self.console.session_idle_minutes == 0 || self.console.session_idle_minutes > 7 * 24 * 60 {
             return Err("console.session_idle_minutes must be between 1 and 10080 (a week)".into());
         }
+        let origin = &self.console.public_origin;
+        let host = origin.strip_prefix("https://").or_else(|| origin.strip_prefix("http://"));
+        if !origin.is_empty() && !host.is_some_and(|h| !h.is_empty() && !h.trim_end_matches('/').contains('/')) {
+            return Err("console.public_origin must be a scheme and host, such as https://console.example.com".into());
+        }
         if self.outbox.batch_size <= 0 {
             return Err("outbox.batch_size must be positive".into());
         }
@@ -443,5 +452,25 @@ impl Validate for ControlPlaneConfig {
             return Err("erasure.receipt_key must name a Transit key".into());
         }
         self.kafka.validate()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_console_origin_is_a_scheme_and_a_host() {
+        let with = |origin: &str| {
+            let mut config = ControlPlaneConfig::default();
+            config.console.public_origin = origin.to_owned();
+            config.validate()
+        };
+        assert_eq!(with(""), Ok(()), "unset: the Host header decides");
+        assert_eq!(with("https://console.example.com"), Ok(()));
+        assert_eq!(with("http://127.0.0.1:8080/"), Ok(()));
+        for bad in ["console.example.com", "https://", "https://console.example.com/console", "ftp://x"] {
+            assert!(with(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -326,6 +326,11 @@ impl Visitor {
     }
 }
 
+/// The secret key shown on a page.
+fn secret_of(body: &str) -> &str {
+    body.split("id=\"new-secret\">").nth(1).and_then(|rest| rest.split('<').next()).unwrap_or_default()
+}
+
 /// A `Set-Cookie` value's attributes, lower-cased.
 fn cookie_attributes(page: &Page, name: &str) -> Vec<String> {
     page.headers
@@ -366,6 +371,9 @@ async fn console_cookies_headers_and_csrf_protection_hold() -> anyhow::Result<()
     // Before sign-in: the form token's cookie is a __Host- cookie, Secure, HttpOnly, Strict.
     let form = visitor.get("/console/signup").await?;
     assert_eq!(form.status, StatusCode::OK);
+    // A second sign-in tab keeps the browser's token, so the first tab's form still works.
+    let second_tab = visitor.get("/console/login").await?;
+    assert_eq!(second_tab.csrf(), form.csrf(), "one form token per browser");
     let attributes = cookie_attributes(&form, "__Host-nudge_form");
     for expected in ["path=/", "secure", "httponly", "samesite=strict"] {
         assert!(attributes.iter().any(|a| a == expected), "form cookie lacks {expected}: {attributes:?}");
@@ -407,7 +415,8 @@ async fn console_cookies_headers_and_csrf_protection_hold() -> anyhow::Result<()
     for expected in ["path=/", "secure", "httponly", "samesite=strict"] {
         assert!(attributes.iter().any(|a| a == expected), "session cookie lacks {expected}: {attributes:?}");
     }
-    assert!(attributes.iter().any(|a| a.starts_with("max-age=") && a != "max-age=0"), "{attributes:?}");
+    // It ends with the browser; how long the session lives without use is the server's to say.
+    assert!(!attributes.iter().any(|a| a.starts_with("max-age") || a.starts_with("expires")), "{attributes:?}");
     let session = visitor.cookies.get("__Host-nudge_session").cloned().unwrap_or_default();
     assert!(session.len() >= 43, "the session id is long and random: {session}");
     assert!(!session.contains("v4.public") && !session.starts_with("rt_"), "no token reaches the browser");
@@ -464,10 +473,18 @@ async fn console_cookies_headers_and_csrf_protection_hold() -> anyhow::Result<()
 
     // With the token: made, and its secret shown once.
     let made = visitor.post("/console/keys", &[("csrf", &csrf), ("name", "Real"), ("scope", "events:write")]).await?;
-    assert_eq!((made.status, made.location()), (StatusCode::SEE_OTHER, "/console/keys/created"), "{}", made.body);
-    let shown = visitor.get("/console/keys/created").await?;
+    assert_eq!(made.status, StatusCode::SEE_OTHER, "{}", made.body);
+    let created = made.location();
+    assert!(created.starts_with("/console/keys/created?key=key_"), "{created}");
+    // Another new key, as from a second tab: each secret is shown where its key was made.
+    let other = visitor.post("/console/keys", &[("csrf", &csrf), ("name", "Other"), ("scope", "events:write")]).await?;
+    let other_shown = visitor.get(other.location()).await?;
+    let shown = visitor.get(created).await?;
     assert!(shown.body.contains("id=\"new-secret\">sk_"), "{}", shown.body);
-    assert!(!visitor.get("/console/keys/created").await?.body.contains("sk_"), "shown once");
+    assert!(other_shown.body.contains("id=\"new-secret\">sk_"), "{}", other_shown.body);
+    assert_ne!(secret_of(&shown.body), secret_of(&other_shown.body));
+    assert!(!visitor.get(created).await?.body.contains("sk_"), "shown once");
+    assert!(!visitor.get("/console/keys/created?key=..").await?.body.contains("sk_"));
 
     // Signing out ends the session on the server: the old cookie opens nothing.
     let out = visitor.post("/console/logout", &[("csrf", &csrf)]).await?;
@@ -660,5 +677,89 @@ async fn concurrent_requests_of_one_session_refresh_its_tokens_once() -> anyhow:
         assert!(statuses.iter().all(|s| *s == StatusCode::OK), "round {round}: {statuses:?}");
     }
     assert_eq!(visitor.get("/console").await?.status, StatusCode::OK, "still signed in");
+    platform.shutdown().await
+}
+
+/// The Redis key of a console session (the platform's control-plane prefix, the id's hash).
+fn session_key(platform: &Platform, id: &str) -> String {
+    use sha2::Digest;
+    format!("{}cp:console:s:{}", platform.redis_prefix, hex::encode(sha2::Sha256::digest(id.as_bytes())))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_lives_by_use_and_outlasts_a_stuck_refresh_and_a_rejected_token() -> anyhow::Result<()> {
+    // Access tokens live 30 s: inside the refresh margin, so every load renews first.
+    let platform = Platform::start_with(|cp, _| cp.auth.access_ttl_seconds = 30).await?;
+    let email = format!("owner-{}@example.com", unique_suffix());
+    platform.sign_up_as("Lifetime Co.", &["https://lifetime.example"], &email).await?;
+    let mut visitor = Visitor::new(&platform.control_plane_url)?;
+    visitor.sign_in(&email).await?;
+    let key = session_key(&platform, &visitor.cookies["__Host-nudge_session"]);
+    let mut redis = redis::Client::open(platform.redis_url.as_str())?.get_multiplexed_async_connection().await?;
+    let ttl = |mut redis: redis::aio::MultiplexedConnection, key: String| async move {
+        anyhow::Ok(redis::cmd("PTTL").arg(key).query_async::<i64>(&mut redis).await?)
+    };
+
+    // A request the page makes by itself (`auto`) does not restart the idle timer; the
+    // member's own does.
+    let fresh = ttl(redis.clone(), key.clone()).await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(visitor.get("/console/keys?auto=3").await?.status, StatusCode::OK);
+    let after_auto = ttl(redis.clone(), key.clone()).await?;
+    assert!(after_auto < fresh - 1000, "an automatic load kept the session alive: {fresh} → {after_auto}");
+    assert_eq!(visitor.get("/console/keys").await?.status, StatusCode::OK);
+    let after_use = ttl(redis.clone(), key.clone()).await?;
+    assert!(after_use > after_auto + 1000, "use restarts the idle timer: {after_auto} → {after_use}");
+
+    // A refresh stuck elsewhere (its lock held): the page still loads on the current token.
+    let stored = |body: Option<String>| -> anyhow::Result<Value> {
+        Ok(serde_json::from_str(&body.ok_or_else(|| anyhow::anyhow!("no session"))?)?)
+    };
+    let before: Value = stored(redis::cmd("GET").arg(&key).query_async(&mut redis).await?)?;
+    redis::cmd("SET")
+        .arg(format!("{key}:refresh"))
+        .arg("another-holder")
+        .arg("PX")
+        .arg(20_000)
+        .query_async::<()>(&mut redis)
+        .await?;
+    assert_eq!(visitor.get("/console/keys").await?.status, StatusCode::OK, "served on the current token");
+    let during: Value = stored(redis::cmd("GET").arg(&key).query_async(&mut redis).await?)?;
+    assert_eq!(during["access_token"], before["access_token"], "nothing refreshed under another's lock");
+    let holder: Option<String> = redis::cmd("GET").arg(format!("{key}:refresh")).query_async(&mut redis).await?;
+    assert_eq!(holder.as_deref(), Some("another-holder"), "another's lock is not released");
+    redis::cmd("DEL").arg(format!("{key}:refresh")).query_async::<()>(&mut redis).await?;
+
+    // An access token the API rejects before it expires: renewed once, and the page loads
+    // again; a form is not replayed but asked for again.
+    let reject = |mut redis: redis::aio::MultiplexedConnection, key: String, issued_ms: u64| async move {
+        let mut session: Value =
+            serde_json::from_str(&redis::cmd("GET").arg(&key).query_async::<String>(&mut redis).await?)?;
+        session["access_token"] = json!("v4.public.not-a-token");
+        session["access_expires_ms"] = json!(u64::MAX / 2);
+        session["issued_ms"] = json!(issued_ms);
+        redis::cmd("SET").arg(&key).arg(session.to_string()).arg("KEEPTTL").query_async::<()>(&mut redis).await?;
+        anyhow::Ok(())
+    };
+    reject(redis.clone(), key.clone(), 0).await?;
+    let renewed = visitor.get("/console/keys?x=1").await?;
+    assert_eq!((renewed.status, renewed.location()), (StatusCode::SEE_OTHER, "/console/keys?x=1"));
+    let keys = visitor.get("/console/keys").await?;
+    assert_eq!(keys.status, StatusCode::OK);
+    let csrf = keys.csrf();
+    reject(redis.clone(), key.clone(), 0).await?;
+    let resend =
+        visitor.post("/console/keys", &[("csrf", &csrf), ("name", "Twice"), ("scope", "events:write")]).await?;
+    assert_eq!((resend.status, resend.error_code()), (StatusCode::CONFLICT, "resend_form"));
+    assert!(
+        !visitor.get("/console/keys").await?.body.contains("Twice"),
+        "the form was not applied behind the member's back"
+    );
+    // A token rejected moments after it was issued is not renewed in a loop: the session ends.
+    reject(redis.clone(), key.clone(), u64::try_from(chrono::Utc::now().timestamp_millis())?).await?;
+    let ended = visitor.get("/console/keys").await?;
+    assert_eq!((ended.status, ended.location()), (StatusCode::SEE_OTHER, "/console/login"));
+    let gone: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut redis).await?;
+    assert!(gone.is_none(), "the session ended");
     platform.shutdown().await
 }

@@ -176,6 +176,8 @@ pub async fn run(config: ControlPlaneConfig, listener: TcpListener, shutdown: Ca
             idle_timeout: Duration::from_secs(
                 (config.console.session_idle_minutes * 60).min(config.auth.refresh_ttl_seconds),
             ),
+            public_origin: (!config.console.public_origin.is_empty())
+                .then(|| config.console.public_origin.trim_end_matches('/').to_owned()),
         },
     );
     let http = http.merge(console).layer(from_fn_with_state(http_metrics, trace_layer));

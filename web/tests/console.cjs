@@ -141,7 +141,7 @@ try {
   await page.fill("#key-name", "Order server");
   await page.check("input[name=scope][value='events:write']");
   await page.click("button:has-text('Create key')");
-  await page.waitForURL(consoleUrl + "/console/keys/created");
+  await page.waitForURL((url) => url.pathname === "/console/keys/created" && url.searchParams.has("key"));
   result.newSecret = (await page.textContent("#new-secret")).trim();
   await page.screenshot({ path: shots + "/key-created.png", fullPage: true });
   await page.reload();

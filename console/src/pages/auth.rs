@@ -8,7 +8,7 @@ use askama::Template;
 use axum::{
     Form,
     extract::State,
-    http::{HeaderMap, HeaderValue, Method, header},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
     response::{IntoResponse, Redirect, Response},
 };
 use nudge_contracts::control::{
@@ -21,7 +21,10 @@ use crate::{
     Console,
     api::Empty,
     error::ConsoleError,
-    session::{FORM_COOKIE, Member, SESSION_COOKIE, Session, cookie, random_token, same_secret, set_cookie},
+    session::{
+        FORM_COOKIE, Reveal, SESSION_COOKIE, Session, StoredSession, cookie, random_token, same_secret, set_cookie,
+        set_session_cookie,
+    },
 };
 
 /// How long a sign-in or sign-up form stays valid.
@@ -56,6 +59,16 @@ struct LoginPage {
     problem: Option<String>,
 }
 
+/// After the store was created but the member could not be signed in: the only copy of the
+/// secret key, and the way in.
+#[derive(Template)]
+#[template(path = "signup_done.html")]
+struct SignupDonePage {
+    secret: String,
+    tenant_id: String,
+    problem: String,
+}
+
 #[derive(Deserialize, Default)]
 #[serde(default)]
 pub struct SignupForm {
@@ -81,9 +94,18 @@ pub struct CsrfForm {
     pub csrf: String,
 }
 
-/// A page with a new form token, and the cookie that carries it.
-fn with_form_token(page: impl FnOnce(String) -> Result<Response, ConsoleError>) -> Result<Response, ConsoleError> {
-    let token = random_token()?;
+/// A page with the form token and the cookie that carries it. A token the browser already
+/// holds is kept: sign-in pages open in two tabs must not make each other's forms stale.
+fn with_form_token(
+    headers: &HeaderMap,
+    page: impl FnOnce(String) -> Result<Response, ConsoleError>,
+) -> Result<Response, ConsoleError> {
+    let token = match cookie(headers, FORM_COOKIE) {
+        Some(held) if held.len() == 43 && held.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') => {
+            held.to_owned()
+        }
+        _ => random_token()?,
+    };
     let mut response = page(token.clone())?;
     let cookie = set_cookie(FORM_COOKIE, &token, FORM_TOKEN_SECS);
     response
@@ -100,8 +122,23 @@ fn check_form_token(headers: &HeaderMap, sent: &str) -> Result<(), ConsoleError>
     }
 }
 
-pub async fn signup_form() -> Result<Response, ConsoleError> {
-    with_form_token(|csrf| Ok(render(&SignupPage { csrf, ..SignupPage::default() })?.into_response()))
+/// What to tell someone whose sign-up or sign-in could not be handled just now.
+fn try_later(r: &crate::api::Refusal) -> String {
+    let wait =
+        r.retry_after.map_or_else(|| " Try again shortly.".to_owned(), |s| format!(" Try again in {s} seconds."));
+    format!("Nudge cannot take this just now: {}.{wait}", r.message.trim_end_matches('.'))
+}
+
+/// A page that asks the browser to wait before sending again.
+fn with_retry_after(mut response: Response, retry_after: Option<u64>) -> Response {
+    if let Some(secs) = retry_after {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
+}
+
+pub async fn signup_form(headers: HeaderMap) -> Result<Response, ConsoleError> {
+    with_form_token(&headers, |csrf| Ok(render(&SignupPage { csrf, ..SignupPage::default() })?.into_response()))
 }
 
 pub async fn signup(
@@ -116,8 +153,8 @@ pub async fn signup(
         email: form.email.trim().to_owned(),
         password: form.password.clone(),
     };
-    let refused = |errors: Vec<(String, String)>, problem: Option<String>| {
-        with_form_token(|csrf| {
+    let refused = |status: StatusCode, errors: Vec<(String, String)>, problem: Option<String>| {
+        with_form_token(&headers, |csrf| {
             let page = SignupPage {
                 csrf,
                 name: form.name.clone(),
@@ -126,7 +163,7 @@ pub async fn signup(
                 errors,
                 problem,
             };
-            Ok((axum::http::StatusCode::UNPROCESSABLE_ENTITY, render(&page)?).into_response())
+            Ok((status, render(&page)?).into_response())
         })
     };
     let created: SignupResponse = match console.api.call(Method::POST, "/v1/tenants", None, Some(&request)).await {
@@ -140,38 +177,62 @@ pub async fn signup(
                     (field.to_owned(), e.clone())
                 })
                 .collect();
-            return refused(errors, None);
+            return refused(StatusCode::UNPROCESSABLE_ENTITY, errors, None);
         }
         Err(ConsoleError::Refused(r)) if r.code == "email_taken" => {
-            return refused(vec![("email".into(), "an account with this e-mail exists: sign in instead".into())], None);
+            let taken = vec![("email".into(), "an account with this e-mail exists: sign in instead".into())];
+            return refused(StatusCode::CONFLICT, taken, None);
+        }
+        // Busy or starting (no capacity yet, a cell being provisioned): the form comes back
+        // as it was, with when to try again.
+        Err(ConsoleError::Refused(r)) if matches!(r.status.as_u16(), 429 | 503) => {
+            let page = refused(r.status, Vec::new(), Some(try_later(&r)))?;
+            return Ok(with_retry_after(page, r.retry_after));
         }
         Err(e) => return Err(e),
     };
     tracing::info!(tenant_id = %created.tenant_id, "store signed up in the console");
-    let tokens: SessionTokens = console
-        .api
-        .call(
-            Method::POST,
-            "/v1/sessions",
-            None,
-            Some(&LoginRequest {
-                email: request.email.clone(),
-                password: form.password,
-                tenant_id: Some(created.tenant_id.clone()),
-            }),
-        )
-        .await?;
-    let id = console.sessions.create(&Session::new(tokens, request.email, created.name)?).await?;
-    // The secret key is in this answer only: shown once, on the first page.
-    console.sessions.put_reveal(&id, &created.secret_key).await?;
-    signed_in(&console, &id)
+    match open_new_store(&console, &request.email, form.password, &created).await {
+        Ok(id) => signed_in(&id),
+        Err(e) => {
+            // The store exists and its secret key is in this answer only: show it here rather
+            // than lose it, and let the member sign in by hand.
+            tracing::warn!(tenant_id = %created.tenant_id, error = %e, "a new store could not be opened in the console");
+            let page = SignupDonePage {
+                secret: created.secret_key.clone(),
+                tenant_id: created.tenant_id.clone(),
+                problem: e.to_string(),
+            };
+            let mut response = render(&page)?.into_response();
+            response.headers_mut().append(
+                header::SET_COOKIE,
+                HeaderValue::from_str(&set_cookie(FORM_COOKIE, "", 0))
+                    .map_err(|e| ConsoleError::Internal(e.to_string()))?,
+            );
+            Ok(response)
+        }
+    }
+}
+
+/// Signs the new store's owner in, with the secret key waiting to be shown on the first page.
+async fn open_new_store(
+    console: &Console,
+    email: &str,
+    password: String,
+    created: &SignupResponse,
+) -> Result<String, ConsoleError> {
+    let login = LoginRequest { email: email.to_owned(), password, tenant_id: Some(created.tenant_id.clone()) };
+    let tokens: SessionTokens = console.api.call(Method::POST, "/v1/sessions", None, Some(&login)).await?;
+    let id = console.sessions.create(&Session::new(tokens, email.to_owned(), created.name.clone())?).await?;
+    console.sessions.put_reveal(&id, Reveal::Signup, &created.secret_key).await?;
+    Ok(id)
 }
 
 /// Where a new session starts: the overview, with the session cookie (and the form token's
 /// cookie gone).
-fn signed_in(console: &Console, id: &str) -> Result<Response, ConsoleError> {
+fn signed_in(id: &str) -> Result<Response, ConsoleError> {
     let mut response = Redirect::to("/console").into_response();
-    for cookie in [set_cookie(SESSION_COOKIE, id, console.sessions.idle_secs()), set_cookie(FORM_COOKIE, "", 0)] {
+    for cookie in [set_session_cookie(SESSION_COOKIE, id), set_cookie(FORM_COOKIE, "", 0)] {
         response.headers_mut().append(
             header::SET_COOKIE,
             HeaderValue::from_str(&cookie).map_err(|e| ConsoleError::Internal(e.to_string()))?,
@@ -180,8 +241,8 @@ fn signed_in(console: &Console, id: &str) -> Result<Response, ConsoleError> {
     Ok(response)
 }
 
-pub async fn login_form() -> Result<Response, ConsoleError> {
-    with_form_token(|csrf| Ok(render(&LoginPage { csrf, ..LoginPage::default() })?.into_response()))
+pub async fn login_form(headers: HeaderMap) -> Result<Response, ConsoleError> {
+    with_form_token(&headers, |csrf| Ok(render(&LoginPage { csrf, ..LoginPage::default() })?.into_response()))
 }
 
 pub async fn login(
@@ -197,8 +258,8 @@ pub async fn login(
         password: form.password,
         tenant_id: (!tenant_id.is_empty()).then(|| tenant_id.clone()),
     };
-    let refused = |problem: &str, ask_store: bool| {
-        with_form_token(|csrf| {
+    let refused = |status: StatusCode, problem: &str, ask_store: bool| {
+        with_form_token(&headers, |csrf| {
             let page = LoginPage {
                 csrf,
                 email: email.clone(),
@@ -206,20 +267,28 @@ pub async fn login(
                 tenant_id: tenant_id.clone(),
                 problem: Some(problem.to_owned()),
             };
-            Ok((axum::http::StatusCode::UNAUTHORIZED, render(&page)?).into_response())
+            Ok((status, render(&page)?).into_response())
         })
     };
     let tokens: SessionTokens = match console.api.call(Method::POST, "/v1/sessions", None, Some(&request)).await {
         Ok(tokens) => tokens,
         Err(ConsoleError::Refused(r)) => {
             return match r.code.as_str() {
-                "invalid_credentials" | "invalid_fields" | "malformed_json" => {
-                    refused("The e-mail address or the password is not right.", !tenant_id.is_empty())
+                "invalid_credentials" | "invalid_fields" | "malformed_json" => refused(
+                    StatusCode::UNAUTHORIZED,
+                    "The e-mail address or the password is not right.",
+                    !tenant_id.is_empty(),
+                ),
+                "tenant_required" => refused(
+                    StatusCode::UNAUTHORIZED,
+                    "Your account belongs to several stores: give the id of the one to open.",
+                    true,
+                ),
+                "not_found" => refused(StatusCode::UNAUTHORIZED, "Your account is not a member of that store.", true),
+                _ if matches!(r.status.as_u16(), 429 | 503) => {
+                    let page = refused(r.status, &try_later(&r), !tenant_id.is_empty())?;
+                    Ok(with_retry_after(page, r.retry_after))
                 }
-                "tenant_required" => {
-                    refused("Your account belongs to several stores: give the id of the one to open.", true)
-                }
-                "not_found" => refused("Your account is not a member of that store.", true),
                 _ => Err(ConsoleError::Refused(r)),
             };
         }
@@ -228,12 +297,14 @@ pub async fn login(
     let store: TenantView = console.api.get(&format!("/v1/tenants/{}", tokens.tenant_id), &tokens.access_token).await?;
     tracing::info!(tenant_id = %tokens.tenant_id, "signed in to the console");
     let id = console.sessions.create(&Session::new(tokens, email, store.name)?).await?;
-    signed_in(&console, &id)
+    signed_in(&id)
 }
 
+/// Signing out needs only the stored session, not a live token: it works while the API
+/// cannot renew tokens.
 pub async fn logout(
     State(console): State<Console>,
-    member: Member,
+    member: StoredSession,
     Form(form): Form<CsrfForm>,
 ) -> Result<Response, ConsoleError> {
     member.session.check_csrf(&form.csrf)?;

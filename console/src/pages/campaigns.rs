@@ -156,26 +156,19 @@ pub async fn list(
     })
 }
 
-/// The guided form's fields for a saved definition, or `None` when it is more than the
-/// guided form can show.
+/// The guided form's fields for a saved definition, or `None` when the guided form cannot
+/// show all of it: only a definition the form would send back unchanged is edited there (a
+/// variant named otherwise, a discount, a cap, a second message all keep the JSON editor).
 fn guided(spec: &Value) -> Option<EditorForm> {
-    let variants = spec["variants"].as_array()?;
-    let [variant] = variants.as_slice() else { return None };
+    let [variant] = spec["variants"].as_array()?.as_slice() else { return None };
     let [message] = variant["messages"].as_array()?.as_slice() else { return None };
-    let simple = message["channel"] == "on_site"
-        && message.get("discount").is_none()
-        && spec.get("frequency_cap").is_none()
-        && spec["transactional"] != json!(true);
-    if !simple {
-        return None;
-    }
     let text = |v: &Value| match v {
         Value::Null => String::new(),
         Value::String(s) => s.clone(),
         other => other.to_string(),
     };
     let trigger = &spec["trigger"];
-    Some(EditorForm {
+    let form = EditorForm {
         mode: "form".into(),
         name: text(&spec["name"]),
         trigger: text(&trigger["type"]),
@@ -189,7 +182,14 @@ fn guided(spec: &Value) -> Option<EditorForm> {
         title: text(&message["title"]),
         body: text(&message["body"]),
         ..EditorForm::default()
-    })
+    };
+    let mut saved = spec.clone();
+    if let Some(fields) = saved.as_object_mut()
+        && fields.get("transactional") == Some(&json!(false))
+    {
+        fields.remove("transactional");
+    }
+    (spec_of(&form).ok()? == saved).then_some(form)
 }
 
 /// The definition the form describes, or the problems found before asking the API.
@@ -264,6 +264,16 @@ fn api_problems(body: &Value) -> Vec<Problem> {
         .collect()
 }
 
+/// The JSON editor's starting point for a new campaign.
+fn skeleton() -> String {
+    serde_json::to_string_pretty(&json!({
+        "name": "", "trigger": { "type": "exit_intent" }, "variants": [
+            { "name": "main", "weight": 100, "messages": [
+                { "channel": "on_site", "kind": "reminder", "title": "", "body": "" }]}]
+    }))
+    .unwrap_or_default()
+}
+
 pub async fn new(State(_console): State<Console>, member: Member) -> Result<Html<String>, ConsoleError> {
     let form = EditorForm {
         mode: "form".into(),
@@ -271,12 +281,7 @@ pub async fn new(State(_console): State<Console>, member: Member) -> Result<Html
         kind: "reminder".into(),
         priority: "0".into(),
         control_percent: "10".into(),
-        spec: serde_json::to_string_pretty(&json!({
-            "name": "", "trigger": { "type": "exit_intent" }, "variants": [
-                { "name": "main", "weight": 100, "messages": [
-                    { "channel": "on_site", "kind": "reminder", "title": "", "body": "" }]}]
-        }))
-        .unwrap_or_default(),
+        spec: skeleton(),
         ..EditorForm::default()
     };
     editor(&member, None, String::new(), form, Vec::new(), Vec::new(), None)
@@ -313,18 +318,11 @@ async fn submit(
     form: EditorForm,
 ) -> Result<Response, ConsoleError> {
     member.session.check_csrf(&form.csrf)?;
-    let shown_again = |problems: Vec<Problem>, status: StatusCode| -> Result<Response, ConsoleError> {
-        let mut form = form.clone();
-        if form.mode != "json" {
-            // The JSON form shows what the guided form sent.
-            form.spec = spec_of(&form).ok().and_then(|s| serde_json::to_string_pretty(&s).ok()).unwrap_or_default();
-        }
-        let page = editor(member, id.map(str::to_owned), String::new(), form, problems, Vec::new(), None)?;
-        Ok((status, page).into_response())
-    };
     let spec = match spec_of(&form) {
         Ok(spec) => spec,
-        Err(problems) => return shown_again(problems, StatusCode::UNPROCESSABLE_ENTITY),
+        Err(problems) => {
+            return shown_again(console, member, id, form, problems, StatusCode::UNPROCESSABLE_ENTITY).await;
+        }
     };
     let (method, path, if_match) = match id {
         None => (Method::POST, member.store_path("/campaigns"), None),
@@ -341,10 +339,77 @@ async fn submit(
         return Ok(Redirect::to(&format!("/console/campaigns/{saved}?done={done}")).into_response());
     }
     match status.as_u16() {
-        422 | 400 => shown_again(api_problems(&body).into_iter().chain(plain_problem(&body)).collect(), status),
-        409 | 412 => shown_again(plain_problem(&body).into_iter().collect(), status),
+        422 | 400 => {
+            let problems = api_problems(&body).into_iter().chain(plain_problem(&body)).collect();
+            shown_again(console, member, id, form, problems, status).await
+        }
+        409 | 412 => shown_again(console, member, id, form, plain_problem(&body).into_iter().collect(), status).await,
         _ => Err(crate::api::refusal(status, &body, retry_after)),
     }
+}
+
+/// The editor again after a refused save: what the member sent, with the problems, beside
+/// the campaign as it now is (its state, versions, and current version, so that after
+/// someone else's save the member can review and send again).
+async fn shown_again(
+    console: &Console,
+    member: &Member,
+    id: Option<&str>,
+    mut form: EditorForm,
+    problems: Vec<Problem>,
+    status: StatusCode,
+) -> Result<Response, ConsoleError> {
+    let (mut state, mut versions, mut saved_spec) = (String::new(), Vec::new(), None);
+    if let Some(id) = id {
+        let (campaign, history) = current(console, member, id).await?;
+        state = campaign["state"].as_str().unwrap_or_default().to_owned();
+        let now = campaign["version"].as_i64().unwrap_or_default().to_string();
+        if status == StatusCode::PRECONDITION_FAILED && now != form.version {
+            form.version = now;
+        }
+        versions = history;
+        saved_spec = serde_json::to_string_pretty(&campaign["spec"]).ok();
+    }
+    if form.mode != "json" {
+        // The JSON editor shows what the guided form sent, or when that was not a definition
+        // yet, the saved one.
+        form.spec = spec_of(&form)
+            .ok()
+            .and_then(|s| serde_json::to_string_pretty(&s).ok())
+            .or(saved_spec)
+            .unwrap_or_else(skeleton);
+    }
+    let notice = (status == StatusCode::PRECONDITION_FAILED)
+        .then_some("Someone saved a newer version meanwhile. Your changes are below: review them and save again.");
+    let page = editor(member, id.map(str::to_owned), state, form, problems, versions, notice)?;
+    Ok((status, page).into_response())
+}
+
+/// A saved campaign and its versions (number, by whom, when).
+async fn current(
+    console: &Console,
+    member: &Member,
+    id: &str,
+) -> Result<(Value, Vec<(i64, String, String)>), ConsoleError> {
+    let (path, versions_path) =
+        (member.store_path(&format!("/campaigns/{id}")), member.store_path(&format!("/campaigns/{id}/versions")));
+    let (campaign, versions) = tokio::join!(
+        console.api.get::<Value>(&path, member.token()),
+        console.api.get::<Value>(&versions_path, member.token()),
+    );
+    let versions = versions?["versions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|v| {
+            (
+                v["version"].as_i64().unwrap_or_default(),
+                v["saved_by"].as_str().unwrap_or_default().to_owned(),
+                short_time(v["saved_at"].as_str().unwrap_or_default()),
+            )
+        })
+        .collect();
+    Ok((campaign?, versions))
 }
 
 /// An error without per-field problems, as one problem.
@@ -381,30 +446,12 @@ pub async fn show(
     Query(done): Query<Notice>,
 ) -> Result<Html<String>, ConsoleError> {
     let id = id_segment(&id)?;
-    let (path, versions_path) =
-        (member.store_path(&format!("/campaigns/{id}")), member.store_path(&format!("/campaigns/{id}/versions")));
-    let (campaign, versions) = tokio::join!(
-        console.api.get::<Value>(&path, member.token()),
-        console.api.get::<Value>(&versions_path, member.token()),
-    );
-    let (campaign, versions) = (campaign?, versions?);
+    let (campaign, versions) = current(&console, &member, id).await?;
     let spec = &campaign["spec"];
     let pretty = serde_json::to_string_pretty(spec).map_err(|e| ConsoleError::Internal(e.to_string()))?;
     let mut form = guided(spec).unwrap_or(EditorForm { mode: "json".into(), ..EditorForm::default() });
     form.spec = pretty;
     form.version = campaign["version"].as_i64().unwrap_or_default().to_string();
-    let versions = versions["versions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|v| {
-            (
-                v["version"].as_i64().unwrap_or_default(),
-                v["saved_by"].as_str().unwrap_or_default().to_owned(),
-                short_time(v["saved_at"].as_str().unwrap_or_default()),
-            )
-        })
-        .collect();
     editor(
         &member,
         Some(id.to_owned()),
@@ -436,4 +483,39 @@ pub async fn move_to(
     let state = moved["state"].as_str().unwrap_or_default();
     tracing::info!(tenant_id = %member.session.tenant_id, campaign_id = id, state, "campaign moved in the console");
     Ok(Redirect::to(&format!("/console/campaigns/{id}?done={state}")).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::guided;
+
+    fn simple() -> serde_json::Value {
+        json!({
+            "name": "Come back", "trigger": { "type": "cart_idle", "minutes": 20 },
+            "condition": "cart_value >= 50", "priority": 5, "control_percent": 10, "transactional": false,
+            "variants": [{ "name": "main", "weight": 100, "messages": [
+                { "channel": "on_site", "kind": "reminder", "title": "Still there?", "body": "Your cart waits" }]}]
+        })
+    }
+
+    #[test]
+    fn the_guided_form_edits_only_what_it_sends_back_unchanged() {
+        let form = guided(&simple()).expect("a simple campaign is guided");
+        assert_eq!((form.trigger.as_str(), form.minutes.as_str()), ("cart_idle", "20"));
+        let mut renamed = simple();
+        renamed["variants"][0]["name"] = json!("spring");
+        assert!(guided(&renamed).is_none(), "the variant's name would be lost");
+        let mut discount = simple();
+        discount["variants"][0]["messages"][0]["discount"] =
+            json!({ "percent": 10, "code": "X", "margin_percent": 30 });
+        assert!(guided(&discount).is_none(), "the discount would be lost");
+        let mut transactional = simple();
+        transactional["transactional"] = json!(true);
+        assert!(guided(&transactional).is_none());
+        let mut capped = simple();
+        capped["frequency_cap"] = json!({ "max": 1, "per_hours": 24 });
+        assert!(guided(&capped).is_none());
+    }
 }

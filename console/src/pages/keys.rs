@@ -11,8 +11,13 @@ use axum::{
 use nudge_contracts::control::{ApiKeyList, ApiKeyView, CreateKeyRequest, CreatedKey};
 use serde::Deserialize;
 
-use super::{Layout, auth::CsrfForm, id_segment, render, short_time};
-use crate::{Console, api::Empty, error::ConsoleError, session::Member};
+use super::{Layout, auth::CsrfForm, id_segment, path_segment, render, short_time};
+use crate::{
+    Console,
+    api::Empty,
+    error::ConsoleError,
+    session::{Member, Reveal},
+};
 
 /// The scopes a secret key may have, with what each allows.
 pub const SCOPES: [(&str, &str); 5] = [
@@ -117,8 +122,9 @@ pub async fn create(State(console): State<Console>, member: Member, body: Bytes)
     {
         Ok(created) => {
             tracing::info!(tenant_id = %member.session.tenant_id, key_id = %created.key.key_id, "secret key created in the console");
-            console.sessions.put_reveal(&member.id, &created.secret_key).await?;
-            Ok(Redirect::to("/console/keys/created").into_response())
+            let key_id = &created.key.key_id;
+            console.sessions.put_reveal(&member.id, Reveal::Key(key_id), &created.secret_key).await?;
+            Ok(Redirect::to(&format!("/console/keys/created?key={}", path_segment(key_id))).into_response())
         }
         Err(ConsoleError::Refused(r)) if r.status == StatusCode::UNPROCESSABLE_ENTITY => {
             let page = keys_page(&console, &member, name, scopes, r.fields, None).await?;
@@ -128,9 +134,23 @@ pub async fn create(State(console): State<Console>, member: Member, body: Bytes)
     }
 }
 
-/// The new key's secret, shown once: reading it removes it.
-pub async fn created(State(console): State<Console>, member: Member) -> Result<Html<String>, ConsoleError> {
-    let secret = console.sessions.take_reveal(&member.id).await?;
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct CreatedQuery {
+    key: String,
+}
+
+/// The new key's secret, shown once: reading it removes it. Each key has its own slot, so
+/// keys made in two tabs are each shown where they were made.
+pub async fn created(
+    State(console): State<Console>,
+    member: Member,
+    Query(query): Query<CreatedQuery>,
+) -> Result<Html<String>, ConsoleError> {
+    let secret = match id_segment(&query.key) {
+        Ok(key_id) => console.sessions.take_reveal(&member.id, Reveal::Key(key_id)).await?,
+        Err(_) => None,
+    };
     render(&CreatedPage { layout: Layout::new(&member, "keys"), secret })
 }
 

@@ -15,7 +15,11 @@ use futures_util::stream::{self, Stream};
 use nudge_contracts::control::{ApiKeyList, TenantView, UsageView};
 
 use super::{Layout, render};
-use crate::{Console, error::ConsoleError, session::Member};
+use crate::{
+    Console,
+    error::ConsoleError,
+    session::{Member, Reveal},
+};
 
 /// How often the waiting page asks whether the first event has arrived.
 const FIRST_EVENT_POLL: Duration = Duration::from_secs(2);
@@ -65,7 +69,7 @@ pub async fn page(State(console): State<Console>, member: Member) -> Result<Html
         Err(ConsoleError::Refused(r)) if r.status.as_u16() == 403 => None,
         Err(e) => return Err(e),
     };
-    let revealed_secret = console.sessions.take_reveal(&member.id).await?;
+    let revealed_secret = console.sessions.take_reveal(&member.id, Reveal::Signup).await?;
     let dropped_total = usage.dropped.values().sum();
     render(&OverviewPage {
         layout: Layout::new(&member, "overview"),
@@ -78,7 +82,8 @@ pub async fn page(State(console): State<Console>, member: Member) -> Result<Html
 }
 
 /// `text/event-stream`: `received` (with the count) once the store's cell has reported an
-/// accepted event, `signed_out` if the session ends, nothing else but keep-alives.
+/// accepted event, `signed_out` if the session ends, nothing else but keep-alives. The page
+/// asks with `?auto`: waiting does not count as use of the session.
 pub async fn first_event(
     State(console): State<Console>,
     member: Member,
@@ -101,6 +106,13 @@ pub async fn first_event(
                 }
                 Ok(_) => {}
                 Err(ConsoleError::SignedOut) => return Some((Ok(Event::default().event("signed_out").data("")), None)),
+                Err(ConsoleError::TokenRejected) => match console.renew_rejected(&id).await {
+                    Err(ConsoleError::SignedOut) => {
+                        return Some((Ok(Event::default().event("signed_out").data("")), None));
+                    }
+                    Err(e) => tracing::debug!(error = %e, "renewing a rejected token failed; trying again"),
+                    Ok(()) => {}
+                },
                 // A passing outage: keep waiting.
                 Err(e) => tracing::debug!(error = %e, "first-event check failed; trying again"),
             }
