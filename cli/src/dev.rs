@@ -8,7 +8,7 @@ use nudge_control_plane::ControlPlaneConfig;
 use nudge_data_plane_cell::CellConfig;
 use nudge_platform_config::Validate;
 use nudge_platform_telemetry::{LogConfig, LogFormat};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -84,8 +84,21 @@ pub async fn run(config: DevConfig, shutdown: CancellationToken) -> anyhow::Resu
         control_plane.placement.local.cell_program = std::env::current_exe().ok();
         control_plane.placement.local.cell_args = vec!["cell".to_owned()];
     }
-    let cp = tokio::spawn(nudge_web_api::run(control_plane, cp_listener, shutdown.clone()));
     let mut cell = config.cell.clone();
+    // The console reads reports from the cell with members' access tokens: the cell verifies
+    // them with the control plane's public key.
+    let signing_key = match &control_plane.auth.signing_key {
+        Some(key) => key.expose_secret().to_owned(),
+        None => {
+            let key = nudge_control_plane::auth::tokens::TokenKeys::generate_hex()?;
+            control_plane.auth.signing_key = Some(SecretString::from(key.clone()));
+            key
+        }
+    };
+    if cell.members.token_public_keys.is_empty() {
+        cell.members.token_public_keys = vec![nudge_tenants::access::public_key_hex(&signing_key)?];
+    }
+    let cp = tokio::spawn(nudge_web_api::run(control_plane, cp_listener, shutdown.clone()));
     if std::env::var_os("NUDGE_CELL__DRAIN__GRACE_MS").is_none() {
         // The default above is lost when any NUDGE_CELL__ variable is set (scripts/dev sets
         // the broker): the section is then read whole, with the cell's own defaults.

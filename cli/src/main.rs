@@ -103,6 +103,9 @@ enum ErasureCommand {
 enum AuthCommand {
     /// Print a new PASETO v4 secret key for `auth.signing_key` (keep it secret).
     Keygen,
+    /// Print the public key of the control plane's `auth.signing_key` (from its configuration),
+    /// for the cells' `members.token_public_keys`.
+    PublicKey,
 }
 
 #[tokio::main]
@@ -152,6 +155,15 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Auth { command: AuthCommand::Keygen } => {
             println!("{}", nudge_control_plane::auth::tokens::TokenKeys::generate_hex()?);
+            Ok(())
+        }
+        Command::Auth { command: AuthCommand::PublicKey } => {
+            let config: ControlPlaneConfig =
+                nudge_platform_config::load("NUDGE_CONTROL_PLANE__", cli.config.as_deref(), &no_flags)?;
+            let secret = config.auth.signing_key.as_ref().ok_or_else(|| {
+                anyhow::anyhow!("auth.signing_key is not set (NUDGE_CONTROL_PLANE__AUTH__SIGNING_KEY)")
+            })?;
+            println!("{}", nudge_tenants::access::public_key_hex(secrecy::ExposeSecret::expose_secret(secret))?);
             Ok(())
         }
         Command::Erasure { command: ErasureCommand::Digest { tenant, shopper, email_sha256 } } => {

@@ -9,6 +9,7 @@
 //!
 //! - [`router`]: the console's routes under `/console`, with its security headers.
 //! - [`api`]: the public API called in-process, and what it refused.
+//! - [`cell`]: the store's cell over HTTP with the member's token (reports).
 //! - [`session`]: console sessions in Redis behind a `__Host-` cookie (the member's access
 //!   and refresh tokens, refreshed under a lock, and the session's CSRF token).
 //! - [`security`]: the Content-Security-Policy and other headers; form posts from other
@@ -17,6 +18,7 @@
 //! - `pages`: one module per page.
 
 pub mod api;
+pub mod cell;
 pub mod error;
 mod pages;
 pub mod security;
@@ -56,6 +58,7 @@ pub struct Console {
     pub(crate) api: Api,
     pub(crate) sessions: Sessions,
     pub(crate) public_origin: Option<Arc<str>>,
+    pub(crate) cell: cell::CellClient,
 }
 
 /// The console's routes, answering under `/console` (and `/` sends there). `api` is the
@@ -63,7 +66,12 @@ pub struct Console {
 /// plane has reached Redis (until then the console answers 503).
 pub fn router(api: Router, redis: Arc<OnceCell<ConnectionManager>>, config: ConsoleConfig) -> Router {
     let public_origin = config.public_origin.as_deref().map(Arc::from);
-    let console = Console { api: Api::new(api), sessions: Sessions::new(redis, config), public_origin };
+    let console = Console {
+        api: Api::new(api),
+        sessions: Sessions::new(redis, config),
+        public_origin,
+        cell: cell::CellClient::new().expect("an HTTP client with timeouts only"),
+    };
     let pages = Router::new()
         .route("/", get(pages::overview::page))
         .route("/first-event", get(pages::overview::first_event))
@@ -77,6 +85,7 @@ pub fn router(api: Router, redis: Arc<OnceCell<ConnectionManager>>, config: Cons
         .route("/campaigns/new", get(pages::campaigns::new))
         .route("/campaigns/{campaign_id}", get(pages::campaigns::show).post(pages::campaigns::save))
         .route("/campaigns/{campaign_id}/state", post(pages::campaigns::move_to))
+        .route("/analytics", get(pages::analytics::page))
         .route("/billing", get(pages::billing::page))
         .route("/billing/plan", post(pages::billing::change_plan))
         .route("/billing/portal", post(pages::billing::portal))
@@ -139,6 +148,7 @@ mod tests {
             "/console/campaigns",
             "/console/campaigns/new",
             "/console/billing",
+            "/console/analytics",
         ] {
             let response =
                 console().oneshot(Request::get(path).body(Body::empty()).expect("request")).await.expect("answer");

@@ -148,6 +148,16 @@ async fn a_new_merchant_signs_up_installs_the_snippet_and_sees_the_first_event_i
     let shown = result["campaignShown"].as_str().unwrap_or_default();
     assert!(shown.contains("Wait, your tent!") && shown.contains("1 items are waiting"), "{result:#}");
     assert!(result["campaignListed"].as_str().is_some_and(|l| l.contains("Come back") && l.contains("active")));
+    // And in analytics, read from the cell with the member's token: the campaign's treated
+    // shoppers and the message shown.
+    assert_eq!(result["analyticsProblem"], json!(null), "{result:#}");
+    let funnel: Vec<u64> = result["analyticsFunnel"]
+        .as_str()
+        .unwrap_or_default()
+        .split(',')
+        .map(|n| n.parse().unwrap_or_default())
+        .collect();
+    assert!(funnel.len() == 4 && funnel[0] >= 1 && funnel[1] >= 1, "treated, shown, clicked, bought: {result:#}");
 
     // A key made without a name or scope says what is missing; the real one is shown once
     // and then revoked.
@@ -204,6 +214,7 @@ async fn a_new_merchant_signs_up_installs_the_snippet_and_sees_the_first_event_i
         "keys.png",
         "campaign-problems.png",
         "campaign.png",
+        "analytics.png",
         "billing.png",
         "team.png",
         "erasure.png",
@@ -761,5 +772,70 @@ async fn a_session_lives_by_use_and_outlasts_a_stuck_refresh_and_a_rejected_toke
     assert_eq!((ended.status, ended.location()), (StatusCode::SEE_OTHER, "/console/login"));
     let gone: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut redis).await?;
     assert!(gone.is_none(), "the session ended");
+    platform.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cell_reads_reports_for_members_tokens_of_its_own_stores_as_far_as_their_role_reaches() -> anyhow::Result<()>
+{
+    let platform = platform().await?;
+    let cp = &platform.control_plane_url;
+    let owner = format!("owner-{}@example.com", unique_suffix());
+    let store = platform.sign_up_as("Tokens Co.", &["https://tokens.example"], &owner).await?;
+    platform.wait_for_key(&store.publishable_key, "https://tokens.example").await?;
+    let owner_token = platform.login(&owner, None).await?.access_token;
+
+    // A viewer of the same store.
+    let viewer = format!("viewer-{}@example.com", unique_suffix());
+    let made = platform
+        .http
+        .post(format!("{cp}/v1/accounts"))
+        .json(&json!({"email": viewer, "password": PASSWORD}))
+        .send()
+        .await?;
+    anyhow::ensure!(made.status().is_success(), "account: {}", made.status());
+    let added = platform
+        .http
+        .post(format!("{cp}/v1/tenants/{}/members", store.tenant_id))
+        .bearer_auth(&owner_token)
+        .json(&json!({"email": viewer, "role": "viewer"}))
+        .send()
+        .await?;
+    anyhow::ensure!(added.status() == StatusCode::CREATED, "member: {}", added.status());
+    let viewer_token = platform.login(&viewer, Some(&store.tenant_id)).await?.access_token;
+
+    let cell = |path: &str, token: &str| {
+        let request = platform.http.get(format!("{}{path}", platform.cell_url)).bearer_auth(token.to_owned());
+        async move {
+            let r = request.send().await?;
+            let status = r.status();
+            let body: Value = r.json().await.unwrap_or(Value::Null);
+            anyhow::Ok((status, body))
+        }
+    };
+    // The owner reads the store's lift and send log; the report is the token's store's.
+    let (status, lift) = cell("/v1/lift", &owner_token).await?;
+    assert_eq!(status, StatusCode::OK, "{lift}");
+    assert_eq!(lift["campaign_id"], json!("_store"));
+    assert_eq!(cell("/v1/sends", &owner_token).await?.0, StatusCode::OK);
+    // A viewer reads reports, not the send log.
+    assert_eq!(cell("/v1/lift", &viewer_token).await?.0, StatusCode::OK);
+    let (status, refused) = cell("/v1/sends", &viewer_token).await?;
+    assert_eq!((status, refused["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("missing_scope")));
+    // Not a token, a token of another control plane's key, or none at all.
+    let (status, bad) = cell("/v1/lift", "v4.public.not-a-token").await?;
+    assert_eq!((status, bad["error"]["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("invalid_token")));
+    let foreign_key = nudge_control_plane::auth::tokens::TokenKeys::new(None, Duration::from_secs(60))?;
+    let forged = foreign_key.issue(&nudge_control_plane::auth::tokens::AccessClaims {
+        account: nudge_tenants::AccountId::new(),
+        tenant: store.tenant_id.parse()?,
+        role: nudge_tenants::Role::Owner,
+    })?;
+    let (status, bad) = cell("/v1/lift", &forged).await?;
+    assert_eq!(
+        (status, bad["error"]["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("invalid_token")),
+        "signed elsewhere"
+    );
     platform.shutdown().await
 }

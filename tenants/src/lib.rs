@@ -14,6 +14,7 @@
 //! - [`rollout`]: a candidate model beside production (canary or shadow) and the sticky
 //!   choice of canary shoppers.
 
+pub mod access;
 pub mod account;
 pub mod id;
 pub mod keys;

@@ -134,6 +134,10 @@ impl Platform {
         cp.campaigns.allow_loopback_webhooks = true;
         cell.channels.webhooks.allow_loopback = true;
         cell.channels.public_url = cell_url.clone();
+        // Members' access tokens (the console's reports) verify on the cell.
+        let signing_key = nudge_control_plane::auth::tokens::TokenKeys::generate_hex()?;
+        cell.members.token_public_keys = vec![nudge_tenants::access::public_key_hex(&signing_key)?];
+        cp.auth.signing_key = Some(SecretString::from(signing_key));
         tweak(&mut cp, &mut cell);
 
         let shutdown = CancellationToken::new();

@@ -105,7 +105,7 @@ pub async fn run(config: ControlPlaneConfig, listener: TcpListener, shutdown: Ca
         nudge_platform_vault::Vault::new(&config.vault).context("vault")?,
         config.erasure.receipt_key.clone(),
     );
-    let (provisioner, kubernetes) = provisioner(&config).await?;
+    let (provisioner, kubernetes) = provisioner(&config, &tokens.public_hex()).await?;
     tracing::info!(provisioner = provisioner.kind(), "cells come from this provisioner");
     let purges_started = started.clone();
     let purger = nudge_control_plane::offboarding::Purger {
@@ -541,9 +541,11 @@ impl ReadinessCheck for DatabaseReady {
 
 /// The provisioner `placement.provisioner` names (and, when it is Kubernetes, the same
 /// provisioner typed, for the route follower). Cells a local provisioner starts use the
-/// control plane's broker and Redis, under prefixes of their own.
+/// control plane's broker and Redis, under prefixes of their own, and verify members' access
+/// tokens with `token_public_key`.
 async fn provisioner(
     config: &ControlPlaneConfig,
+    token_public_key: &str,
 ) -> anyhow::Result<(Arc<dyn Provisioner>, Option<Arc<KubernetesProvisioner>>)> {
     let placement = &config.placement;
     Ok(match placement.provisioner {
@@ -557,6 +559,7 @@ async fn provisioner(
                 ("NUDGE_CELL__VAULT__ADDRESS".to_owned(), config.vault.address.clone()),
                 ("NUDGE_CELL__VAULT__TOKEN".to_owned(), config.vault.token.expose_secret().to_owned()),
                 ("NUDGE_CELL__VAULT__TRANSIT_MOUNT".to_owned(), config.vault.transit_mount.clone()),
+                ("NUDGE_CELL__MEMBERS__TOKEN_PUBLIC_KEYS".to_owned(), format!("[\"{token_public_key}\"]")),
             ];
             if config.kafka.partitions_override > 0 {
                 env.push((

@@ -102,6 +102,7 @@ try {
   await page.fill("#c-condition", "cart_value > 0");
   await page.click("button:has-text('Save as draft') >> nth=0");
   await page.waitForURL(/\/console\/campaigns\/cmp_[^/?]+\?done=created$/);
+  result.campaignId = new URL(page.url()).pathname.split("/").pop();
   result.campaignDraft = (await page.textContent("#campaign-state")).trim();
   await page.click("button:has-text('Activate')");
   await page.waitForURL(/done=active$/);
@@ -132,6 +133,22 @@ try {
   await page.goto(consoleUrl + "/console/campaigns");
   result.campaignListed = (await page.textContent("table.campaigns")).replace(/\s+/g, " ").trim();
   result.steps.push("campaign shown");
+
+  // Analytics: the campaign's treated shopper and the message shown reach its report (the
+  // cell counts them as the events arrive; the page is read again until they have).
+  await page.click("nav >> text=Analytics");
+  await page.waitForURL(consoleUrl + "/console/analytics");
+  const funnel = "section.report[data-campaign='" + result.campaignId + "'] [data-funnel]";
+  for (let attempt = 0; attempt < 40; attempt++) {
+    const figures = await page.getAttribute(funnel, "data-funnel").catch(() => null);
+    result.analyticsFunnel = figures;
+    if (figures && figures.split(",").map(Number)[1] >= 1) break;
+    await page.waitForTimeout(750);
+    await page.reload();
+  }
+  result.analyticsProblem = await page.$eval(".problem", (e) => e.textContent.trim()).catch(() => null);
+  await page.screenshot({ path: shots + "/analytics.png", fullPage: true });
+  result.steps.push("seen in analytics");
 
   // A secret key: created, shown once, revoked.
   await page.click("nav >> text=API keys");

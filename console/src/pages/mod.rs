@@ -1,5 +1,6 @@
 //! The console's pages, one module per page.
 
+pub mod analytics;
 pub mod assets;
 pub mod auth;
 pub mod billing;

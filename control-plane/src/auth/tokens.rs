@@ -4,19 +4,14 @@
 
 use std::time::Duration;
 
-use nudge_tenants::{AccountId, Role, TenantId};
+pub use nudge_tenants::access::AccessClaims;
+use nudge_tenants::access::{ASSERTION, AccessVerifier, ISSUER};
 use pasetors::{
-    Public,
-    claims::{Claims, ClaimsValidationRules},
+    claims::Claims,
     keys::{AsymmetricKeyPair, AsymmetricPublicKey, AsymmetricSecretKey, Generate},
     public,
-    token::UntrustedToken,
     version4::V4,
 };
-
-const ISSUER: &str = "nudge-control-plane";
-/// Bound into every signature, so a token made for something else never verifies here.
-const ASSERTION: &[u8] = b"nudge access token v1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
@@ -28,18 +23,11 @@ pub enum TokenError {
     Sign(String),
 }
 
-/// What an access token says.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AccessClaims {
-    pub account: AccountId,
-    pub tenant: TenantId,
-    pub role: Role,
-}
-
 /// Signs and verifies access tokens.
 pub struct TokenKeys {
     secret: AsymmetricSecretKey<V4>,
     public: AsymmetricPublicKey<V4>,
+    verifier: AccessVerifier,
     ttl: Duration,
 }
 
@@ -64,7 +52,14 @@ impl TokenKeys {
                 (pair.secret, pair.public)
             }
         };
-        Ok(Self { secret, public, ttl })
+        let verifier = AccessVerifier::new(vec![public.clone()]);
+        Ok(Self { secret, public, verifier, ttl })
+    }
+
+    /// The public key, 64 hex digits: what cells verify members' tokens with
+    /// (`members.token_public_keys`).
+    pub fn public_hex(&self) -> String {
+        hex::encode(self.public.as_bytes())
     }
 
     /// A new secret key as 128 hex digits, for configuration.
@@ -89,24 +84,15 @@ impl TokenKeys {
 
     /// Checks signature, issuer and expiry, and reads the claims.
     pub fn verify(&self, token: &str) -> Result<AccessClaims, TokenError> {
-        let untrusted = UntrustedToken::<Public, V4>::try_from(token).map_err(|_| TokenError::Invalid)?;
-        let mut rules = ClaimsValidationRules::new();
-        rules.validate_issuer_with(ISSUER);
-        let trusted =
-            public::verify(&self.public, &untrusted, &rules, None, Some(ASSERTION)).map_err(|_| TokenError::Invalid)?;
-        let claims = trusted.payload_claims().ok_or(TokenError::Invalid)?;
-        let text = |name: &str| claims.get_claim(name).and_then(|v| v.as_str()).ok_or(TokenError::Invalid);
-        Ok(AccessClaims {
-            account: text("sub")?.parse().map_err(|_| TokenError::Invalid)?,
-            tenant: text("tid")?.parse().map_err(|_| TokenError::Invalid)?,
-            role: Role::parse(text("role")?).ok_or(TokenError::Invalid)?,
-        })
+        self.verifier.verify(token).map_err(|_| TokenError::Invalid)
     }
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use nudge_tenants::{AccountId, Role, TenantId};
+
     use super::*;
 
     fn claims() -> AccessClaims {
@@ -146,6 +132,13 @@ mod tests {
         let a = TokenKeys::new(Some(&hex_key), Duration::from_secs(60)).unwrap();
         let b = TokenKeys::new(Some(&hex_key), Duration::from_secs(60)).unwrap();
         assert!(b.verify(&a.issue(&claims()).unwrap()).is_ok(), "two replicas with one key agree");
+        let cell = AccessVerifier::from_hex(&[nudge_tenants::access::public_key_hex(&hex_key).unwrap()]).unwrap();
+        assert_eq!(
+            cell.verify(&a.issue(&claims()).unwrap()).unwrap().role,
+            Role::Admin,
+            "a cell verifies with the public key"
+        );
+        assert_eq!(a.public_hex(), nudge_tenants::access::public_key_hex(&hex_key).unwrap());
         assert!(matches!(TokenKeys::new(Some("abcd"), Duration::from_secs(1)), Err(TokenError::BadKey)));
     }
 }

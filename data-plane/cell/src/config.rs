@@ -47,7 +47,19 @@ pub struct CellConfig {
     pub vault: VaultConfig,
     /// Shopper data keys (crypto-shredding of the records that name a shopper).
     pub keys: KeyringConfig,
+    /// Members of the stores (the merchant console) reading reports with their access tokens.
+    pub members: MembersConfig,
     pub log: LogConfig,
+}
+
+/// Members' access tokens, which the control plane signs.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct MembersConfig {
+    /// The control plane's access-token public keys, 64 hex digits each (`nudge auth
+    /// public-key` prints one from `auth.signing_key`); two while the signing key is
+    /// rotated. Empty: members' tokens are refused and reports need a secret key.
+    pub token_public_keys: Vec<String>,
 }
 
 impl Default for CellConfig {
@@ -72,6 +84,7 @@ impl Default for CellConfig {
             retention: RetentionConfig::default(),
             vault: VaultConfig::default(),
             keys: KeyringConfig::default(),
+            members: MembersConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -230,6 +243,8 @@ impl Validate for CellConfig {
     fn validate(&self) -> Result<(), String> {
         self.kafka.validate()?;
         self.vault.validate()?;
+        nudge_tenants::access::AccessVerifier::from_hex(&self.members.token_public_keys)
+            .map_err(|e| format!("members.token_public_keys: {e}"))?;
         self.keys.validate()?;
         // A process that wrapped a data key just before a rotation stores it within a vault
         // and a Redis call; older versions are retired only well after that.

@@ -101,6 +101,10 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
 
     // Tenants, from control.tenants.v1.
     let directory = Arc::new(Directory::new(config.cell_id.clone()));
+    directory.accept_member_tokens(
+        nudge_tenants::access::AccessVerifier::from_hex(&config.members.token_public_keys)
+            .context("members.token_public_keys")?,
+    );
     if roles.pipeline {
         // Before the topic is read: a shopper suppressed before this start is erased again.
         directory.enable_erasures();

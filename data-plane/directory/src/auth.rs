@@ -1,7 +1,8 @@
 //! Which tenant a request acts for. From a browser: the publishable key names the tenant,
 //! and the `Origin` header must be one the tenant allows. From a store's server: a secret
-//! key (known to the cell only by its SHA-256) with the scope the route needs. The body is
-//! never consulted.
+//! key (known to the cell only by its SHA-256) with the scope the route needs. From the
+//! merchant console: a member's access token, signed by the control plane, whose role
+//! reaches the scope the route needs. The body is never consulted.
 
 use std::sync::Arc;
 
@@ -100,12 +101,18 @@ fn invalid_secret() -> ApiError {
 }
 
 /// The tenant of a server request: the secret key in `Authorization` must be there, valid,
-/// have `scope`, and its tenant take traffic.
+/// have `scope`, and its tenant take traffic; or a member's access token, valid, for a store
+/// of this cell, with a role that reaches `scope`.
 pub fn authorize_server_request(
     directory: &Directory,
     headers: &HeaderMap,
     scope: &str,
 ) -> Result<Arc<TenantEntry>, ApiError> {
+    let bearer =
+        headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
+    if let Some(token) = bearer.filter(|t| t.starts_with("v4.public.")) {
+        return authorize_member(directory, token, scope);
+    }
     let key = secret_key_from(headers).ok_or_else(|| {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -129,6 +136,34 @@ pub fn authorize_server(directory: &Directory, key: &SecretKey, scope: &str) -> 
             format!("this key lacks the `{scope}` scope"),
         ));
     }
+    takes_traffic(tenant)
+}
+
+/// The tenant of a member's access token, when the cell takes members' tokens, the token is
+/// valid, its role reaches `scope`, and its store is served here and takes traffic.
+pub fn authorize_member(directory: &Directory, token: &str, scope: &str) -> Result<Arc<TenantEntry>, ApiError> {
+    if !directory.is_caught_up() {
+        return Err(ApiError::unavailable("cell_starting", "the cell is still loading its tenants", 1));
+    }
+    let invalid = || ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", "the access token is invalid or expired");
+    let verifier = directory.member_tokens().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "members_not_accepted",
+            "this cell takes no members' access tokens (members.token_public_keys); use a secret key",
+        )
+    })?;
+    let claims = verifier.verify(token).map_err(|_| invalid())?;
+    if !nudge_tenants::access::role_allows(claims.role, scope) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "missing_scope",
+            format!("the role {} does not reach `{scope}`", claims.role.as_str()),
+        ));
+    }
+    let tenant = directory.by_tenant(claims.tenant).ok_or_else(|| {
+        ApiError::new(StatusCode::MISDIRECTED_REQUEST, "tenant_not_here", "this store is not served by this cell")
+    })?;
     takes_traffic(tenant)
 }
 

@@ -207,6 +207,8 @@ pub struct Directory {
     erasure_wake: tokio::sync::Notify,
     /// Whether a process role erases (the pipeline's): others keep no queue.
     erasing: AtomicBool,
+    /// The control plane's access-token keys: members' tokens verify against them.
+    member_tokens: std::sync::OnceLock<nudge_tenants::access::AccessVerifier>,
 }
 
 impl Directory {
@@ -219,7 +221,20 @@ impl Directory {
             ordered: std::sync::Mutex::new(std::collections::HashSet::new()),
             erasure_wake: tokio::sync::Notify::new(),
             erasing: AtomicBool::new(false),
+            member_tokens: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Accept members' access tokens signed by these keys (once, at start).
+    pub fn accept_member_tokens(&self, verifier: nudge_tenants::access::AccessVerifier) {
+        if self.member_tokens.set(verifier).is_err() {
+            tracing::warn!("members' token keys were already set; the first set stays");
+        }
+    }
+
+    /// The keys members' access tokens verify against, when the cell takes them.
+    pub fn member_tokens(&self) -> Option<&nudge_tenants::access::AccessVerifier> {
+        self.member_tokens.get().filter(|v| !v.is_empty())
     }
 
     pub fn cell(&self) -> &CellId {
