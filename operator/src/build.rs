@@ -86,6 +86,9 @@ pub struct Platform {
     pub vault_port: i32,
     /// The Secret, in each cell's namespace, holding the cells' vault token under `token`.
     pub vault_token_secret: String,
+    /// The control plane's access-token public keys (64 hex digits each): cells verify the
+    /// console's members' tokens with them. Empty: the console's analytics are unavailable.
+    pub member_token_public_keys: Vec<String>,
 }
 
 impl Default for Platform {
@@ -104,6 +107,7 @@ impl Default for Platform {
             vault_namespace: "openbao".to_owned(),
             vault_port: 8200,
             vault_token_secret: "nudge-cell-vault".to_owned(),
+            member_token_public_keys: Vec::new(),
         }
     }
 }
@@ -412,8 +416,11 @@ fn cell_toml(cell: &Cell, name: &str, brokers: &str, platform: &Platform) -> Str
         Some(prefix) => (prefix.clone(), format!("platform_prefix = \"{}\"\n", platform.topic_prefix)),
         None => (String::new(), String::new()),
     };
+    // Hex digits only (the cell refuses anything else at start), so quoting is safe.
+    let keys: Vec<String> = platform.member_token_public_keys.iter().map(|k| format!("\"{}\"", k.trim())).collect();
+    let keys = keys.join(", ");
     format!(
-        "# Written by nudge-operator from Cell {name}; edits are overwritten.\ncell_id = \"{name}\"\n\n[http]\nlisten = \"0.0.0.0:{HTTP_PORT}\"\n\n[kafka]\nbrokers = \"{brokers}\"\nprefix = \"{prefix}\"\n{platform_prefix}\n[log]\nformat = \"json\"\n"
+        "# Written by nudge-operator from Cell {name}; edits are overwritten.\ncell_id = \"{name}\"\n\n[http]\nlisten = \"0.0.0.0:{HTTP_PORT}\"\n\n[kafka]\nbrokers = \"{brokers}\"\nprefix = \"{prefix}\"\n{platform_prefix}\n[members]\ntoken_public_keys = [{keys}]\n\n[log]\nformat = \"json\"\n"
     )
 }
 
@@ -694,6 +701,13 @@ spec:
         let toml = &children.config_map.data.as_ref().unwrap()["cell.toml"];
         let config: nudge_data_plane_cell::CellConfig = ::toml::from_str(toml).unwrap();
         assert_eq!(config.cell_id.as_str(), "shared-1");
+        assert!(config.members.token_public_keys.is_empty());
+        let key = "ab".repeat(32);
+        let with_key = Platform { member_token_public_keys: vec![key.clone()], ..platform() };
+        let children = cell_children(&fixture(), &with_key).unwrap();
+        let keyed: nudge_data_plane_cell::CellConfig =
+            ::toml::from_str(&children.config_map.data.as_ref().unwrap()["cell.toml"]).unwrap();
+        assert_eq!(keyed.members.token_public_keys, vec![key], "cells verify members' tokens");
         assert_eq!(config.http.listen.port(), u16::try_from(HTTP_PORT).unwrap());
         let topics = config.kafka.topics();
         assert_eq!(topics.name(nudge_contracts::Topic::EventsRaw), "shared-1.events.raw");

@@ -87,6 +87,14 @@ impl Validate for OperatorConfig {
         if self.platform.image.trim().is_empty() {
             return Err("platform.image must name the cell image's repository".into());
         }
+        if self
+            .platform
+            .member_token_public_keys
+            .iter()
+            .any(|k| k.len() != 64 || !k.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err("platform.member_token_public_keys: each is 64 hex digits (`nudge auth public-key`)".into());
+        }
         if self.platform.kafka_replicas < 1 {
             return Err("platform.kafka_replicas must be at least 1".into());
         }
