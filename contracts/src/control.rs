@@ -134,6 +134,10 @@ pub struct TenantView {
     pub allowed_origins: Vec<String>,
     /// RFC 3339.
     pub created_at: String,
+    /// Days the store's events and shoppers' data are kept before the retention sweep
+    /// removes them (the plan's, or an agreed exception).
+    #[serde(default)]
+    pub retention_days: u32,
 }
 
 /// An API key as its store's members see it (never a secret).
@@ -235,6 +239,27 @@ pub struct RolloutRequest {
     /// Canary share of shoppers, 0–100 (hundredths count); required for `canary`.
     #[serde(default)]
     pub canary_percent: Option<f64>,
+}
+
+/// The model a store's events are scored with, as its members read it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct StoreModelView {
+    /// The version chosen for the store; `null`: the platform's default.
+    pub model_version: Option<String>,
+    /// The version that scores the store's events now (the default when none is chosen).
+    pub effective_model_version: String,
+    /// A candidate model being tried beside it, if any.
+    pub rollout: Option<StoreRolloutView>,
+}
+
+/// A candidate model tried beside the store's own.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct StoreRolloutView {
+    pub candidate_model_version: String,
+    /// `canary` (it acts for a share of shoppers) or `shadow` (it scores beside, never acts).
+    pub mode: String,
+    /// The canary's share of shoppers, in per cent (0 for a shadow).
+    pub canary_percent: f64,
 }
 
 /// The rollout now in force.

@@ -158,6 +158,9 @@ async fn a_new_merchant_signs_up_installs_the_snippet_and_sees_the_first_event_i
         .map(|n| n.parse().unwrap_or_default())
         .collect();
     assert!(funnel.len() == 4 && funnel[0] >= 1 && funnel[1] >= 1, "treated, shown, clicked, bought: {result:#}");
+    // Beside it, the model that scores the store (the platform's default here) and no rollout.
+    assert!(result["model"].as_str().is_some_and(|m| m.contains("platform's default")), "{result:#}");
+    assert!(result["rollout"].as_str().is_some_and(|r| r.contains("No new model")), "{result:#}");
 
     // A key made without a name or scope says what is missing; the real one is shown once
     // and then revoked.
@@ -202,6 +205,9 @@ async fn a_new_merchant_signs_up_installs_the_snippet_and_sees_the_first_event_i
     let signed: Value = serde_json::from_str(receipt["receipt"].as_str().unwrap_or("null"))?;
     assert_eq!(signed["request_id"], json!(request_id), "{signed:#}");
     assert_eq!(result["erasureListed"], json!(true), "{result:#}");
+    // The retention period the plan gives (free: 30 days unless the plan says otherwise).
+    let days = nudge_tenants::Plan::Free.limits().retention_days;
+    assert!(result["retention"].as_str().is_some_and(|r| r.contains(&format!("{days} days"))), "{result:#}");
 
     // Readable at 360 px; signed out means signed out.
     assert!(result["narrowOverflow"].as_i64().is_some_and(|o| o <= 0), "{result:#}");
@@ -442,6 +448,7 @@ async fn console_cookies_headers_and_csrf_protection_hold() -> anyhow::Result<()
         "/console/campaigns",
         "/console/campaigns/new",
         "/console/billing",
+        "/console/analytics",
         "/console/login",
         "/console/signup",
         "/console/nope",

@@ -147,6 +147,8 @@ try {
     await page.reload();
   }
   result.analyticsProblem = await page.$eval(".problem", (e) => e.textContent.trim()).catch(() => null);
+  result.model = (await page.textContent("#model")).replace(/\s+/g, " ").trim();
+  result.rollout = (await page.textContent("#rollout")).replace(/\s+/g, " ").trim();
   await page.screenshot({ path: shots + "/analytics.png", fullPage: true });
   result.steps.push("seen in analytics");
 
@@ -200,6 +202,7 @@ try {
   result.receipt = JSON.parse(fs.readFileSync(await download.path(), "utf8"));
   await page.click("text=← Privacy");
   result.erasureListed = (await page.textContent("table.erasures")).includes("Completed");
+  result.retention = (await page.textContent("#retention")).replace(/\s+/g, " ").trim();
   await page.screenshot({ path: shots + "/privacy.png", fullPage: true });
   result.steps.push("erased");
 

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use askama::Template;
 use axum::{extract::State, response::Html};
 use futures_util::future::join_all;
-use nudge_contracts::control::TenantView;
+use nudge_contracts::control::{StoreModelView, TenantView};
 use serde_json::Value;
 
 use super::{Layout, render};
@@ -173,16 +173,20 @@ struct AnalyticsPage {
     channels_problem: Option<String>,
     /// Campaigns beyond those reported here.
     more: usize,
+    /// The model scoring the store's events, and any rollout beside it.
+    model: StoreModelView,
 }
 
 pub async fn page(State(console): State<Console>, member: Member) -> Result<Html<String>, ConsoleError> {
     let token = member.token();
-    let (store_path, campaigns_path) = (member.store_path(""), member.store_path("/campaigns"));
-    let (store, campaigns) = tokio::join!(
+    let (store_path, campaigns_path, model_path) =
+        (member.store_path(""), member.store_path("/campaigns"), member.store_path("/model"));
+    let (store, campaigns, model) = tokio::join!(
         console.api.get::<TenantView>(&store_path, token),
         console.api.get::<Value>(&campaigns_path, token),
+        console.api.get::<StoreModelView>(&model_path, token),
     );
-    let (store, campaigns) = (store?, campaigns?);
+    let (store, campaigns, model) = (store?, campaigns?, model?);
     let mut listed: Vec<(String, String)> = campaigns["campaigns"]
         .as_array()
         .into_iter()
@@ -257,6 +261,7 @@ pub async fn page(State(console): State<Console>, member: Member) -> Result<Html
         problem,
         channels_problem,
         more,
+        model,
     })
 }
 

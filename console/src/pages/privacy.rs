@@ -13,7 +13,7 @@ use axum::{
     response::{Html, IntoResponse, Redirect, Response},
 };
 use nudge_contracts::control::{
-    ErasureList, ErasureReceiptView, ErasureRequestBody, ErasureView, LegalHoldList, LegalHoldView,
+    ErasureList, ErasureReceiptView, ErasureRequestBody, ErasureView, LegalHoldList, LegalHoldView, TenantView,
 };
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -45,6 +45,8 @@ struct PrivacyPage {
     layout: Layout,
     erasures: Vec<ErasureRow>,
     holds: Vec<LegalHoldView>,
+    /// Days the store's data is kept.
+    retention_days: u32,
     /// What was typed, when the form is shown again.
     kind: String,
     value: String,
@@ -83,14 +85,17 @@ pub fn email_sha256(address: &str) -> String {
 
 async fn privacy_page(console: &Console, member: &Member, form: PrivacyForm) -> Result<Html<String>, ConsoleError> {
     let (erasures_path, holds_path) = (member.store_path("/erasures"), member.store_path("/legal-holds"));
-    let (erasures, holds) = tokio::join!(
+    let store_path = member.store_path("");
+    let (erasures, holds, store) = tokio::join!(
         console.api.get::<ErasureList>(&erasures_path, member.token()),
         console.api.get::<LegalHoldList>(&holds_path, member.token()),
+        console.api.get::<TenantView>(&store_path, member.token()),
     );
     render(&PrivacyPage {
         layout: Layout::new(member, "privacy"),
         erasures: erasures?.items.into_iter().map(ErasureRow::new).collect(),
         holds: holds?.items.into_iter().filter(|h| h.released_at.is_none()).collect(),
+        retention_days: store?.retention_days,
         kind: form.kind,
         value: form.value,
         problem: form.problem,

@@ -9,14 +9,14 @@ use axum::{
 use nudge_contracts::{
     ShopperId,
     control::{
-        AddMemberRequest, ApiKeyList, ApiKeyView, CreateKeyRequest, CreatedKey, MemberList, MemberView,
-        SuppressionList, SuppressionRequest, SuppressionView, TenantView, UsageView,
+        AddMemberRequest, ApiKeyList, ApiKeyView, CreateKeyRequest, CreatedKey, MemberList, MemberView, StoreModelView,
+        StoreRolloutView, SuppressionList, SuppressionRequest, SuppressionView, TenantView, UsageView,
     },
 };
 use nudge_control_plane::{
     accounts,
     keys::{self, KeyInfo, SCOPES},
-    store, suppressions, usage,
+    registry, store, suppressions, usage,
 };
 use nudge_platform_http::{ApiError, ErrorBody, current_trace};
 use nudge_tenants::{Email, KeyId, Role};
@@ -32,6 +32,7 @@ use crate::AppState;
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(get_tenant))
+        .routes(routes!(get_model))
         .routes(routes!(list_keys, create_key))
         .routes(routes!(revoke_key))
         .routes(routes!(list_members, add_member))
@@ -76,6 +77,44 @@ async fn get_tenant(
         cell_url: p.cell_url,
         allowed_origins: p.allowed_origins,
         created_at: p.created_at.to_rfc3339(),
+        retention_days: p.retention_days,
+    }))
+}
+
+/// The model the store's events are scored with, and a candidate being tried beside it.
+/// Every member reads it; the platform's operators choose and roll out models.
+#[utoipa::path(get, path = "/v1/tenants/{tenant_id}/model", tag = "store",
+    params(("tenant_id" = String, Path)), security(("access_token" = [])),
+    responses(
+        (status = 200, body = StoreModelView),
+        (status = 401, description = "`missing_token`, `invalid_token`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+    ))]
+#[tracing::instrument(skip_all, fields(tenant_id))]
+async fn get_model(
+    State(state): State<AppState>,
+    merchant: Merchant,
+    Path(tenant_id): Path<String>,
+) -> Result<Json<StoreModelView>, ApiError> {
+    let tenant = merchant.tenant(&tenant_id)?;
+    let (chosen, rollout) =
+        store::model(&state.router, tenant).await.map_err(db_error)?.ok_or_else(ApiError::not_found)?;
+    let effective = match &chosen {
+        Some(version) => version.clone(),
+        None => registry::default_version(state.router.registry()).await.map_err(db_error)?,
+    };
+    Ok(Json(StoreModelView {
+        model_version: chosen,
+        effective_model_version: effective,
+        rollout: rollout.map(|r| StoreRolloutView {
+            candidate_model_version: r.candidate,
+            mode: match r.mode {
+                nudge_tenants::RolloutMode::Canary => "canary",
+                nudge_tenants::RolloutMode::Shadow => "shadow",
+            }
+            .to_owned(),
+            canary_percent: f64::from(r.canary_basis_points) / 100.0,
+        }),
     }))
 }
 
