@@ -52,8 +52,17 @@ impl CellClient {
     /// `GET {cell_url}{path}` with the member's token, as JSON.
     pub async fn get(&self, cell_url: &str, path: &str, token: &str) -> Result<Value, CellError> {
         let url = format!("{}{path}", cell_url.trim_end_matches('/'));
-        let response =
-            self.http.get(&url).bearer_auth(token).send().await.map_err(|e| CellError::Unreachable(e.to_string()))?;
+        Self::answer(self.http.get(&url).bearer_auth(token)).await
+    }
+
+    /// `POST {cell_url}{path}` with the member's token and a JSON body, as JSON.
+    pub async fn post(&self, cell_url: &str, path: &str, token: &str, body: &Value) -> Result<Value, CellError> {
+        let url = format!("{}{path}", cell_url.trim_end_matches('/'));
+        Self::answer(self.http.post(&url).bearer_auth(token).json(body)).await
+    }
+
+    async fn answer(request: reqwest::RequestBuilder) -> Result<Value, CellError> {
+        let response = request.send().await.map_err(|e| CellError::Unreachable(e.to_string()))?;
         let status = StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
         let body: Value = response.json().await.map_err(|e| CellError::Unreachable(format!("its answer: {e}")))?;
         if status.is_success() {

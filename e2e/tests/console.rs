@@ -139,6 +139,10 @@ async fn a_new_merchant_signs_up_installs_the_snippet_and_sees_the_first_event_i
     assert_eq!(result["waiting"], json!("waiting"), "{result:#}");
     assert!(result["received"].as_str().is_some_and(|s| s.contains("first event has arrived")), "{result:#}");
 
+    // The test message reached the shopper's open page.
+    assert!(result["testResult"].as_str().is_some_and(|r| r.starts_with("Sent.")), "{result:#}");
+    assert!(result["testShown"].as_str().is_some_and(|s| s.contains("Nudge is installed")), "{result:#}");
+
     // The campaign: the API's problem with the condition shown by its field, then saved as a
     // draft, activated, and its message seen by a shopper on the shop.
     let problems = result["campaignProblems"].as_str().unwrap_or_default();
@@ -829,6 +833,30 @@ async fn a_cell_reads_reports_for_members_tokens_of_its_own_stores_as_far_as_the
     assert_eq!(cell("/v1/lift", &viewer_token).await?.0, StatusCode::OK);
     let (status, refused) = cell("/v1/sends", &viewer_token).await?;
     assert_eq!((status, refused["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("missing_scope")));
+    // A test message: owners and admins only, to a well-formed shopper id, within the store.
+    let test = |token: &str, shopper: &str| {
+        let request = platform
+            .http
+            .post(format!("{}/v1/test-interventions", platform.cell_url))
+            .bearer_auth(token.to_owned())
+            .json(&json!({ "shopper_id": shopper }));
+        async move {
+            let r = request.send().await?;
+            let status = r.status();
+            let body: Value = r.json().await.unwrap_or(Value::Null);
+            anyhow::Ok((status, body))
+        }
+    };
+    let (status, sent) = test(&owner_token, "shp_tester").await?;
+    assert_eq!(status, StatusCode::ACCEPTED, "{sent}");
+    assert!(sent["intervention_id"].as_str().is_some_and(|id| id.starts_with("test_")), "{sent}");
+    let (status, refused) = test(&viewer_token, "shp_tester").await?;
+    assert_eq!((status, refused["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("missing_scope")));
+    let (status, refused) = test(&owner_token, "").await?;
+    assert_eq!(
+        (status, refused["error"]["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_shopper_id"))
+    );
     // Not a token, a token of another control plane's key, or none at all.
     let (status, bad) = cell("/v1/lift", "v4.public.not-a-token").await?;
     assert_eq!((status, bad["error"]["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("invalid_token")));

@@ -88,6 +88,18 @@ try {
   await page.screenshot({ path: shots + "/overview.png", fullPage: true });
   result.steps.push("first event seen");
 
+  // A test message to the shopper's open page, from the overview.
+  await page.fill("#test-shopper", result.shopperId);
+  await page.click("button:has-text('Send a test message')");
+  await page.waitForSelector("#test-result");
+  result.testResult = (await page.textContent("#test-result")).trim();
+  await shop.waitForFunction(() => {
+    const shown = document.querySelector("#nudge-intervention");
+    return shown && shown.textContent.includes("Nudge is installed");
+  }, null, { timeout: 15000 });
+  result.testShown = (await shop.textContent("#nudge-intervention")).trim();
+  result.steps.push("test message shown");
+
   // A campaign: a mistake named by the API, then saved, activated, and seen on the shop.
   await page.click("nav >> text=Campaigns");
   await page.click("text=New campaign");

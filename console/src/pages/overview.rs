@@ -1,22 +1,27 @@
-//! The overview: getting the store live (the snippet, the first event) and the last day's
-//! ingestion health, with drops by reason.
+//! The overview: getting the store live (the snippet, the first event, a test message to an
+//! open page of the shop) and the last day's ingestion health, with drops by reason.
 
 use std::{convert::Infallible, time::Duration};
 
 use askama::Template;
 use axum::{
+    Form,
     extract::State,
+    http::StatusCode,
     response::{
-        Html,
+        Html, IntoResponse, Response,
         sse::{Event, KeepAlive, Sse},
     },
 };
 use futures_util::stream::{self, Stream};
 use nudge_contracts::control::{ApiKeyList, TenantView, UsageView};
+use serde::Deserialize;
+use serde_json::json;
 
 use super::{Layout, render};
 use crate::{
     Console,
+    cell::CellError,
     error::ConsoleError,
     session::{Member, Reveal},
 };
@@ -37,6 +42,26 @@ struct OverviewPage {
     snippet: Option<String>,
     usage: UsageView,
     dropped_total: i64,
+    /// Whether the member may send a test message (owners and admins).
+    can_test: bool,
+    test_shopper: String,
+    test_notice: Option<String>,
+    test_problem: Option<String>,
+}
+
+/// What a test message did, for the overview shown again.
+#[derive(Default)]
+struct TestOutcome {
+    shopper: String,
+    notice: Option<String>,
+    problem: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct TestForm {
+    csrf: String,
+    shopper_id: String,
 }
 
 /// The snippet a store pastes into every page.
@@ -50,6 +75,45 @@ pub fn snippet(cell_url: &str, publishable_key: &str) -> String {
 }
 
 pub async fn page(State(console): State<Console>, member: Member) -> Result<Html<String>, ConsoleError> {
+    overview(&console, &member, TestOutcome::default()).await
+}
+
+/// Sends a test message to a shopper's open pages, through the store's cell.
+pub async fn test_message(
+    State(console): State<Console>,
+    member: Member,
+    Form(form): Form<TestForm>,
+) -> Result<Response, ConsoleError> {
+    member.session.check_csrf(&form.csrf)?;
+    let store: TenantView = console.api.get(&member.store_path(""), member.token()).await?;
+    let shopper = form.shopper_id.trim().to_owned();
+    let sent = console
+        .cell
+        .post(&store.cell_url, "/v1/test-interventions", member.token(), &json!({ "shopper_id": shopper }))
+        .await;
+    let (status, outcome) = match sent {
+        Ok(answer) => {
+            tracing::info!(tenant_id = %member.session.tenant_id, "test message sent from the console");
+            let notice = if answer["gateways"].as_u64().unwrap_or(0) > 0 {
+                "Sent. It shows on the shopper's open pages now.".to_owned()
+            } else {
+                "Sent, but no page of your shop is open right now: it shows on the shopper's next page in the next                  few minutes."
+                    .to_owned()
+            };
+            (StatusCode::OK, TestOutcome { shopper, notice: Some(notice), problem: None })
+        }
+        Err(e) => {
+            let status = match &e {
+                CellError::Refused { status, .. } if status.is_client_error() => StatusCode::UNPROCESSABLE_ENTITY,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            (status, TestOutcome { shopper, notice: None, problem: Some(format!("{e}. {}", e.next_step())) })
+        }
+    };
+    Ok((status, overview(&console, &member, outcome).await?).into_response())
+}
+
+async fn overview(console: &Console, member: &Member, test: TestOutcome) -> Result<Html<String>, ConsoleError> {
     let token = member.token();
     let (store_path, keys_path, usage_path) =
         (member.store_path(""), member.store_path("/api-keys"), member.store_path("/usage"));
@@ -70,14 +134,19 @@ pub async fn page(State(console): State<Console>, member: Member) -> Result<Html
         Err(e) => return Err(e),
     };
     let revealed_secret = console.sessions.take_reveal(&member.id, Reveal::Signup).await?;
+    let can_test = matches!(member.session.role.as_str(), "owner" | "admin");
     let dropped_total = usage.dropped.values().sum();
     render(&OverviewPage {
-        layout: Layout::new(&member, "overview"),
+        layout: Layout::new(member, "overview"),
         store,
         revealed_secret,
         snippet,
         usage,
         dropped_total,
+        can_test,
+        test_shopper: test.shopper,
+        test_notice: test.notice,
+        test_problem: test.problem,
     })
 }
 

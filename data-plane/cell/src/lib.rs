@@ -32,6 +32,7 @@ pub mod sealing;
 pub mod send_log;
 pub mod sends;
 pub mod snippet;
+pub mod test_intervention;
 pub mod unsubscribe;
 pub mod usage;
 pub mod validator;
@@ -282,7 +283,7 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
             )),
         ));
         let gateway_metrics = GatewayMetrics::register(&metrics);
-        let history = History::new(redis.clone(), naming, config.gateway.history.clone());
+        let history = History::new(redis.clone(), naming.clone(), config.gateway.history.clone());
         // Interventions count as delivered once a browser acknowledges them.
         let delivered: nudge_data_plane_gateway::route::DeliveredSink = {
             let usage = usage.clone();
@@ -390,6 +391,10 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
             .merge(export::router().with_state(export))
             .merge(send_log::router().with_state(send_log))
             .merge(lift_report::router().with_state(lift))
+            .merge(test_intervention::router().with_state(test_intervention::TestInterventionState {
+                directory: directory.clone(),
+                publisher: InterventionPublisher::new(redis.clone(), naming.clone(), config.gateway.history.clone()),
+            }))
             .merge(unsubscribe::router().with_state(unsubscribe))
             .merge(snippet::router());
     }
