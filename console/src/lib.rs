@@ -78,6 +78,7 @@ pub fn router(api: Router, redis: Arc<OnceCell<ConnectionManager>>, config: Cons
         .route("/test-message", post(pages::overview::test_message))
         .route("/signup", get(pages::auth::signup_form).post(pages::auth::signup))
         .route("/login", get(pages::auth::login_form).post(pages::auth::login))
+        .route("/join", get(pages::auth::join_form).post(pages::auth::join))
         .route("/logout", post(pages::auth::logout))
         .route("/keys", get(pages::keys::page).post(pages::keys::create))
         .route("/keys/created", get(pages::keys::created))

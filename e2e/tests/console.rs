@@ -453,6 +453,7 @@ async fn console_cookies_headers_and_csrf_protection_hold() -> anyhow::Result<()
         "/console/campaigns/new",
         "/console/billing",
         "/console/analytics",
+        "/console/join",
         "/console/login",
         "/console/signup",
         "/console/nope",
@@ -872,5 +873,44 @@ async fn a_cell_reads_reports_for_members_tokens_of_its_own_stores_as_far_as_the
         (StatusCode::UNAUTHORIZED, Some("invalid_token")),
         "signed elsewhere"
     );
+    platform.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn someone_joins_with_an_account_of_their_own_and_is_added_to_the_team() -> anyhow::Result<()> {
+    let platform = platform().await?;
+    let owner = format!("owner-{}@example.com", unique_suffix());
+    platform.sign_up_as("Team Co.", &["https://team.example"], &owner).await?;
+
+    // The newcomer makes an account without a store.
+    let newcomer = format!("analyst-{}@example.com", unique_suffix());
+    let mut joiner = Visitor::new(&platform.control_plane_url)?;
+    let form = joiner.get("/console/join").await?;
+    let weak =
+        joiner.post("/console/join", &[("csrf", &form.csrf()), ("email", &newcomer), ("password", "short")]).await?;
+    assert_eq!(weak.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", weak.body);
+    assert!(weak.body.contains("id=\"password-error\""), "the weak password is named: {}", weak.body);
+    let form = joiner.get("/console/join").await?;
+    let joined =
+        joiner.post("/console/join", &[("csrf", &form.csrf()), ("email", &newcomer), ("password", PASSWORD)]).await?;
+    assert_eq!(joined.status, StatusCode::CREATED, "{}", joined.body);
+    assert!(joined.body.contains(&newcomer) && joined.body.contains("id=\"joined\""));
+    let form = joiner.get("/console/join").await?;
+    let again =
+        joiner.post("/console/join", &[("csrf", &form.csrf()), ("email", &newcomer), ("password", PASSWORD)]).await?;
+    assert_eq!(again.status, StatusCode::CONFLICT, "one account per address");
+
+    // The owner adds them as an analyst; they sign in and open the store.
+    let mut owner_browser = Visitor::new(&platform.control_plane_url)?;
+    owner_browser.sign_in(&owner).await?;
+    let team = owner_browser.get("/console/team").await?;
+    let added = owner_browser
+        .post("/console/team", &[("csrf", &team.csrf()), ("email", &newcomer), ("role", "analyst")])
+        .await?;
+    assert!(added.status == StatusCode::SEE_OTHER || added.status == StatusCode::OK, "{}", added.body);
+    joiner.sign_in(&newcomer).await?;
+    let overview = joiner.get("/console").await?;
+    assert_eq!(overview.status, StatusCode::OK);
+    assert!(overview.body.contains("Team Co.") && overview.body.contains("analyst"), "{}", overview.body);
     platform.shutdown().await
 }

@@ -12,7 +12,8 @@ use axum::{
     response::{IntoResponse, Redirect, Response},
 };
 use nudge_contracts::control::{
-    LoginRequest, RefreshRequest, SessionTokens, SignupRequest, SignupResponse, TenantView,
+    AccountCreated, AccountRequest, LoginRequest, RefreshRequest, SessionTokens, SignupRequest, SignupResponse,
+    TenantView,
 };
 use serde::Deserialize;
 
@@ -46,6 +47,31 @@ impl SignupPage {
     fn error(&self, field: &str) -> Option<&str> {
         self.errors.iter().find(|(f, _)| f == field).map(|(_, e)| e.as_str())
     }
+}
+
+#[derive(Template, Default)]
+#[template(path = "join.html")]
+struct JoinPage {
+    csrf: String,
+    email: String,
+    errors: Vec<(String, String)>,
+    problem: Option<String>,
+    /// The new account's e-mail address, once made.
+    created: Option<String>,
+}
+
+impl JoinPage {
+    fn error(&self, field: &str) -> Option<&str> {
+        self.errors.iter().find(|(f, _)| f == field).map(|(_, e)| e.as_str())
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct JoinForm {
+    csrf: String,
+    email: String,
+    password: String,
 }
 
 #[derive(Template, Default)]
@@ -239,6 +265,52 @@ fn signed_in(id: &str) -> Result<Response, ConsoleError> {
         );
     }
     Ok(response)
+}
+
+/// An account of one's own, without a store: to be added to a team.
+pub async fn join_form(headers: HeaderMap) -> Result<Response, ConsoleError> {
+    with_form_token(&headers, |csrf| Ok(render(&JoinPage { csrf, ..JoinPage::default() })?.into_response()))
+}
+
+pub async fn join(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Form(form): Form<JoinForm>,
+) -> Result<Response, ConsoleError> {
+    check_form_token(&headers, &form.csrf)?;
+    let request = AccountRequest { email: form.email.trim().to_owned(), password: form.password };
+    let refused = |status: StatusCode, errors: Vec<(String, String)>, problem: Option<String>| {
+        with_form_token(&headers, |csrf| {
+            let page = JoinPage { csrf, email: form.email.clone(), errors, problem, created: None };
+            Ok((status, render(&page)?).into_response())
+        })
+    };
+    match console.api.call::<AccountCreated>(Method::POST, "/v1/accounts", None, Some(&request)).await {
+        Ok(created) => {
+            tracing::info!(account_id = %created.account_id, "account created in the console");
+            let page = JoinPage { created: Some(created.email), ..JoinPage::default() };
+            let mut response = (StatusCode::CREATED, render(&page)?).into_response();
+            response.headers_mut().append(
+                header::SET_COOKIE,
+                HeaderValue::from_str(&set_cookie(FORM_COOKIE, "", 0))
+                    .map_err(|e| ConsoleError::Internal(e.to_string()))?,
+            );
+            Ok(response)
+        }
+        Err(ConsoleError::Refused(r)) if r.status.as_u16() == 422 => {
+            refused(StatusCode::UNPROCESSABLE_ENTITY, r.fields.clone(), None)
+        }
+        Err(ConsoleError::Refused(r)) if r.code == "email_taken" => refused(
+            StatusCode::CONFLICT,
+            vec![("email".into(), "an account with this e-mail exists: sign in, or ask to be added".into())],
+            None,
+        ),
+        Err(ConsoleError::Refused(r)) if matches!(r.status.as_u16(), 429 | 503) => {
+            let page = refused(r.status, Vec::new(), Some(try_later(&r)))?;
+            Ok(with_retry_after(page, r.retry_after))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 pub async fn login_form(headers: HeaderMap) -> Result<Response, ConsoleError> {

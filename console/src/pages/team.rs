@@ -97,7 +97,7 @@ pub async fn add(
             let (errors, problem) = if r.fields.is_empty() {
                 let problem = match r.code.as_str() {
                     "unknown_account" => {
-                        "No account has this e-mail address: the person first creates one (POST /v1/accounts).".into()
+                        "No account has this e-mail address: the person first creates one at /console/join.".into()
                     }
                     "already_member" => "This person is already a member of the store.".into(),
                     _ => r.message.clone(),
