@@ -88,6 +88,7 @@ pub fn router(api: Router, redis: Arc<OnceCell<ConnectionManager>>, config: Cons
         .route("/campaigns/{campaign_id}", get(pages::campaigns::show).post(pages::campaigns::save))
         .route("/campaigns/{campaign_id}/state", post(pages::campaigns::move_to))
         .route("/analytics", get(pages::analytics::page))
+        .route("/events", get(pages::events::page))
         .route("/billing", get(pages::billing::page))
         .route("/billing/plan", post(pages::billing::change_plan))
         .route("/billing/portal", post(pages::billing::portal))
@@ -151,6 +152,7 @@ mod tests {
             "/console/campaigns/new",
             "/console/billing",
             "/console/analytics",
+            "/console/events",
         ] {
             let response =
                 console().oneshot(Request::get(path).body(Body::empty()).expect("request")).await.expect("answer");

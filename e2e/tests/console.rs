@@ -139,6 +139,8 @@ async fn a_new_merchant_signs_up_installs_the_snippet_and_sees_the_first_event_i
     assert_eq!(result["waiting"], json!("waiting"), "{result:#}");
     assert!(result["received"].as_str().is_some_and(|s| s.contains("first event has arrived")), "{result:#}");
 
+    // The live events list the shop's page view.
+    assert!(result["liveEvents"].as_array().is_some_and(|e| e.contains(&json!("page_view"))), "{result:#}");
     // The test message reached the shopper's open page.
     assert!(result["testResult"].as_str().is_some_and(|r| r.starts_with("Sent.")), "{result:#}");
     assert!(result["testShown"].as_str().is_some_and(|s| s.contains("Nudge is installed")), "{result:#}");
@@ -225,6 +227,7 @@ async fn a_new_merchant_signs_up_installs_the_snippet_and_sees_the_first_event_i
         "campaign-problems.png",
         "campaign.png",
         "analytics.png",
+        "events.png",
         "billing.png",
         "team.png",
         "erasure.png",
@@ -453,6 +456,7 @@ async fn console_cookies_headers_and_csrf_protection_hold() -> anyhow::Result<()
         "/console/campaigns/new",
         "/console/billing",
         "/console/analytics",
+        "/console/events",
         "/console/join",
         "/console/login",
         "/console/signup",
@@ -834,6 +838,35 @@ async fn a_cell_reads_reports_for_members_tokens_of_its_own_stores_as_far_as_the
     assert_eq!(cell("/v1/lift", &viewer_token).await?.0, StatusCode::OK);
     let (status, refused) = cell("/v1/sends", &viewer_token).await?;
     assert_eq!((status, refused["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("missing_scope")));
+    // The live events: a page view sent now is there, by its path alone, for every member;
+    // another store sees none of it.
+    let sent = platform
+        .post_events(
+            &store.publishable_key,
+            Some("https://tokens.example"),
+            &json!({"events": [{"event_id": "e-live-1", "type": "page_view", "shopper_id": "shp_live",
+                "occurred_at": chrono::Utc::now().to_rfc3339(),
+                "properties": {"url": "https://tokens.example/tents/alpine?email=x@y.example"}}]}),
+        )
+        .await?;
+    anyhow::ensure!(sent.status().is_success(), "events: {}", sent.status());
+    let mut live = Value::Null;
+    for _ in 0..100 {
+        live = cell("/v1/events/recent", &viewer_token).await?.1;
+        if live["events"].as_array().is_some_and(|e| !e.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(live["events"][0]["type"], json!("page_view"), "{live}");
+    assert_eq!(live["events"][0]["path"], json!("/tents/alpine"), "no query string: {live}");
+    assert!(!live.to_string().contains("shp_live") && !live.to_string().contains("x@y"), "{live}");
+    let other = format!("other-{}@example.com", unique_suffix());
+    platform.sign_up_as("Other Co.", &["https://other.example"], &other).await?;
+    let other_token = platform.login(&other, None).await?.access_token;
+    let (status, theirs) = cell("/v1/events/recent", &other_token).await?;
+    assert_eq!((status, theirs["events"].clone()), (StatusCode::OK, json!([])), "another store's list is its own");
+
     // A test message: owners and admins only, to a well-formed shopper id, within the store.
     let test = |token: &str, shopper: &str| {
         let request = platform

@@ -103,6 +103,7 @@ async fn openapi_documents_every_route() -> anyhow::Result<()> {
                 "/v1/lift",
                 "/v1/dry-run",
                 "/v1/test-interventions",
+                "/v1/events/recent",
                 "/v1/unsubscribe/{token}",
                 "/nudge.js",
                 "/healthz",

@@ -100,6 +100,18 @@ try {
   result.testShown = (await shop.textContent("#nudge-intervention")).trim();
   result.steps.push("test message shown");
 
+  // The live events show the shop's page views.
+  await page.click("nav >> text=Live events");
+  await page.waitForURL(/\/console\/events/);
+  for (let attempt = 0; attempt < 20 && !(await page.$("tr[data-type=page_view]")); attempt++) {
+    await page.waitForTimeout(500);
+    await page.goto(consoleUrl + "/console/events");
+  }
+  result.liveEvents = await page.$$eval("tr[data-type]", (rows) => rows.map((r) => r.getAttribute("data-type")));
+  await page.screenshot({ path: shots + "/events.png", fullPage: true });
+  await page.click("nav >> text=Overview");
+  result.steps.push("live events seen");
+
   // A campaign: a mistake named by the API, then saved, activated, and seen on the shop.
   await page.click("nav >> text=Campaigns");
   await page.click("text=New campaign");

@@ -5,6 +5,7 @@ pub mod assets;
 pub mod auth;
 pub mod billing;
 pub mod campaigns;
+pub mod events;
 pub mod keys;
 pub mod overview;
 pub mod privacy;

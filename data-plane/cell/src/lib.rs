@@ -27,6 +27,7 @@ pub mod lift_report;
 pub mod models;
 pub mod pipeline;
 pub mod readiness;
+pub mod recent;
 pub mod retention;
 pub mod sealing;
 pub mod send_log;
@@ -391,6 +392,10 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
             .merge(export::router().with_state(export))
             .merge(send_log::router().with_state(send_log))
             .merge(lift_report::router().with_state(lift))
+            .merge(recent::router().with_state(recent::RecentState {
+                directory: directory.clone(),
+                log: recent::RecentEventLog::new(redis.clone(), config.redis.prefix.clone()),
+            }))
             .merge(test_intervention::router().with_state(test_intervention::TestInterventionState {
                 directory: directory.clone(),
                 publisher: InterventionPublisher::new(redis.clone(), naming.clone(), config.gateway.history.clone()),
@@ -499,6 +504,7 @@ fn pipeline_role(
         channels: channel_store.clone(),
         outcomes: nudge_data_plane_channels::outcomes::OutcomeStore::new(redis.clone(), config.redis.prefix.clone()),
         publisher: InterventionPublisher::new(redis.clone(), naming.clone(), config.gateway.history.clone()),
+        recent: recent::RecentEventLog::new(redis.clone(), config.redis.prefix.clone()),
         producer: producer.clone(),
         topics: pipeline::OutputTopics {
             features: topics.name(Topic::Features),

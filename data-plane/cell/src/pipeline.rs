@@ -199,6 +199,8 @@ pub struct Pipeline {
     pub topics: OutputTopics,
     pub usage: Arc<UsageCounters>,
     pub metrics: PipelineMetrics,
+    /// The stores' live events, sampled, for the console.
+    pub recent: crate::recent::RecentEventLog,
 }
 
 fn channels_failure(e: ChannelsError) -> Failure {
@@ -794,6 +796,7 @@ impl Pipeline {
             return Ok(());
         }
         self.metrics.processed.inc();
+        self.recent.note(key.tenant, key.shopper.as_str(), event).await;
         self.usage.predicted(key.tenant, if routing.shadow.is_some() { 2 } else { 1 });
         if routing.shadow.is_some() {
             self.metrics.shadow_scores.inc();
