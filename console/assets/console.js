@@ -37,6 +37,8 @@
     if (!(seconds > 0)) return;
     if (done >= MAX_RELOADS) {
       el.textContent += " (Stopped refreshing: reload the page to see the latest.)";
+      url.searchParams.delete("auto");
+      window.history.replaceState(null, "", url.toString());
       return;
     }
     url.searchParams.set("auto", String(done + 1));

@@ -122,7 +122,7 @@ impl Api {
             let body = if body.is_null() { Value::Object(Default::default()) } else { body };
             return serde_json::from_value(body).map_err(|e| ConsoleError::Internal(format!("an API answer: {e}")));
         }
-        Err(refusal(status, &body, retry_after))
+        Err(refusal(status, &body, retry_after, token))
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str, token: &str) -> Result<T, ConsoleError> {
@@ -130,12 +130,16 @@ impl Api {
     }
 }
 
-/// An API error answer as a [`Refusal`]; a rejected token is renewed (or signs the member out).
-pub(crate) fn refusal(status: StatusCode, body: &Value, retry_after: Option<u64>) -> ConsoleError {
+/// An API error answer as a [`Refusal`]; a rejected `token` is renewed (or signs the member
+/// out).
+pub(crate) fn refusal(status: StatusCode, body: &Value, retry_after: Option<u64>, token: Option<&str>) -> ConsoleError {
     let error = &body["error"];
     let code = error["code"].as_str().unwrap_or("unknown").to_owned();
-    if status == StatusCode::UNAUTHORIZED && code == "invalid_token" {
-        return ConsoleError::TokenRejected;
+    if status == StatusCode::UNAUTHORIZED
+        && code == "invalid_token"
+        && let Some(token) = token
+    {
+        return ConsoleError::TokenRejected(crate::error::TokenDigest::of(token));
     }
     if status == StatusCode::UNAUTHORIZED && code == "missing_token" {
         return ConsoleError::SignedOut;

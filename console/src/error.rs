@@ -22,7 +22,7 @@ pub enum ConsoleError {
     /// The API rejected the session's access token although it had not expired (revoked, or
     /// the signing key changed): renewed once by [`crate::renew_rejected`].
     #[error("the access token was rejected")]
-    TokenRejected,
+    TokenRejected(TokenDigest),
     /// A form sent while the session was being renewed: to be sent again.
     #[error("the session was renewed; the form must be sent again")]
     Resend,
@@ -39,9 +39,20 @@ pub enum ConsoleError {
     Internal(String),
 }
 
+/// Which access token was rejected: its SHA-256, never the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenDigest(pub [u8; 32]);
+
+impl TokenDigest {
+    pub fn of(token: &str) -> Self {
+        use sha2::Digest;
+        Self(sha2::Sha256::digest(token.as_bytes()).into())
+    }
+}
+
 /// Marks an answer given because the API rejected the session's access token.
-#[derive(Debug, Clone, Copy)]
-pub struct TokenWasRejected;
+#[derive(Debug, Clone)]
+pub struct TokenWasRejected(pub TokenDigest);
 
 impl From<redis::RedisError> for ConsoleError {
     fn from(e: redis::RedisError) -> Self {
@@ -74,7 +85,7 @@ impl ConsoleError {
                 None,
             ),
             // Only when no session is at hand to renew (see `crate::renew_rejected`).
-            Self::TokenRejected => {
+            Self::TokenRejected(_) => {
                 (StatusCode::UNAUTHORIZED, "signed_out", "You are signed out.".into(), "Sign in again.", None)
             }
             Self::Resend => (
@@ -120,9 +131,9 @@ impl IntoResponse for ConsoleError {
     fn into_response(self) -> Response {
         match &self {
             Self::SignedOut => return Redirect::to("/console/login").into_response(),
-            Self::TokenRejected => {
+            Self::TokenRejected(digest) => {
                 let mut response = Redirect::to("/console/login").into_response();
-                response.extensions_mut().insert(TokenWasRejected);
+                response.extensions_mut().insert(TokenWasRejected(digest.clone()));
                 return response;
             }
             Self::SessionsUnavailable(e) => tracing::warn!(error = %e, "console session store unavailable"),

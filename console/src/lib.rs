@@ -114,11 +114,12 @@ async fn renew_rejected(State(console): State<Console>, request: Request, next: 
     let method = request.method().clone();
     let uri = request.extensions().get::<OriginalUri>().map_or_else(|| request.uri().clone(), |o| o.0.clone());
     let response = next.run(request).await;
-    if response.extensions().get::<error::TokenWasRejected>().is_none() {
+    let Some(error::TokenWasRejected(rejected)) = response.extensions().get::<error::TokenWasRejected>().cloned()
+    else {
         return response;
-    }
+    };
     let Some(id) = id else { return response };
-    match console.renew_rejected(&id).await {
+    match console.renew_rejected(&id, &rejected).await {
         Ok(()) if method == Method::GET => {
             Redirect::to(uri.path_and_query().map_or("/console", |p| p.as_str())).into_response()
         }

@@ -30,7 +30,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 
-use crate::{Console, ConsoleConfig, error::ConsoleError};
+use crate::{
+    Console, ConsoleConfig,
+    error::{ConsoleError, TokenDigest},
+};
 
 /// The session cookie.
 pub const SESSION_COOKIE: &str = "__Host-nudge_session";
@@ -45,8 +48,8 @@ const REFRESH_LOCK_MS: u64 = 10_000;
 const REFRESH_WAIT: Duration = Duration::from_secs(3);
 /// A secret shown once (a new key) waits this long to be shown.
 const REVEAL_MS: u64 = 600_000;
-/// How long the API may take to refresh: well inside the lock's life, so a lock never
-/// outlives its holder's work.
+/// How long a request waits for its own refresh before carrying on without it (the refresh
+/// itself goes on, bounded inside the lock's life).
 const REFRESH_CALL: Duration = Duration::from_secs(5);
 /// An access token the API rejects although it was issued this recently is not renewed
 /// again: the session ends instead of looping.
@@ -389,10 +392,14 @@ impl Console {
         Ok(Member { id: id.to_owned(), session })
     }
 
-    /// After the API rejected the session's access token: a new one, unless the token was
-    /// issued moments ago (then the session ends, rather than renewing in a loop).
-    pub(crate) async fn renew_rejected(&self, id: &str) -> Result<(), ConsoleError> {
+    /// After the API rejected the session's access token `rejected`: a new one, unless the
+    /// token was issued moments ago (then the session ends, rather than renewing in a loop).
+    /// When another request has renewed it meanwhile, its new token is the answer.
+    pub(crate) async fn renew_rejected(&self, id: &str, rejected: &TokenDigest) -> Result<(), ConsoleError> {
         let session = self.sessions.peek(id).await?.ok_or(ConsoleError::SignedOut)?;
+        if TokenDigest::of(&session.access_token) != *rejected {
+            return Ok(());
+        }
         if session.issued_ms + RENEWED_RECENTLY_MS > now_ms() {
             tracing::warn!(tenant_id = %session.tenant_id, "a fresh access token was rejected; the session ends");
             self.sessions.end(id).await?;
@@ -435,12 +442,29 @@ impl Console {
             }
             return Err(ConsoleError::Unavailable("a session refresh did not finish in time".into()));
         };
-        let outcome = self.refresh_locked(id, session).await;
-        if let Err(e) = self.sessions.unlock_refresh(id, &holder).await {
-            // The lock expires by itself in a few seconds.
-            tracing::warn!(error = %e, "a session refresh lock could not be released");
+        // The refresh runs to its end on its own task: a request that gives up waiting (or a
+        // browser that goes away) must not cut it between the API spending the refresh token
+        // and the new tokens being stored, or the next refresh would reuse a spent token and
+        // end the session.
+        let (console, owned_id, seen) = (self.clone(), id.to_owned(), session.clone());
+        let work = tokio::spawn(async move {
+            let bounded = Duration::from_millis(REFRESH_LOCK_MS - 1_000);
+            let outcome = match tokio::time::timeout(bounded, console.refresh_locked(&owned_id, &seen)).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(ConsoleError::Unavailable("the session refresh did not finish in time".into())),
+            };
+            if let Err(e) = console.sessions.unlock_refresh(&owned_id, &holder).await {
+                // The lock expires by itself in a few seconds.
+                tracing::warn!(error = %e, "a session refresh lock could not be released");
+            }
+            outcome
+        });
+        match tokio::time::timeout(REFRESH_CALL, work).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(e)) => Err(ConsoleError::Internal(format!("the session refresh stopped: {e}"))),
+            // It goes on and stores its result; this request carries on without it.
+            Err(_) => Err(ConsoleError::Unavailable("the session refresh is taking long".into())),
         }
-        outcome
     }
 
     async fn refresh_locked(&self, id: &str, seen: &Session) -> Result<Session, ConsoleError> {
@@ -452,17 +476,16 @@ impl Console {
             return Ok(session);
         }
         let request = RefreshRequest { refresh_token: session.refresh_token.clone() };
-        let call = self.api.call::<SessionTokens>(Method::POST, "/v1/sessions/refresh", None, Some(&request));
-        let tokens = match tokio::time::timeout(REFRESH_CALL, call).await {
-            Ok(Ok(tokens)) => tokens,
-            // The refresh token is no longer good (expired, revoked, the membership ended).
-            Ok(Err(ConsoleError::Refused(r))) if r.status.as_u16() == 401 => {
-                self.sessions.end(id).await?;
-                return Err(ConsoleError::SignedOut);
-            }
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Err(ConsoleError::Unavailable("the API did not renew the session in time".into())),
-        };
+        let tokens =
+            match self.api.call::<SessionTokens>(Method::POST, "/v1/sessions/refresh", None, Some(&request)).await {
+                Ok(tokens) => tokens,
+                // The refresh token is no longer good (expired, revoked, the membership ended).
+                Err(ConsoleError::Refused(r)) if r.status.as_u16() == 401 => {
+                    self.sessions.end(id).await?;
+                    return Err(ConsoleError::SignedOut);
+                }
+                Err(e) => return Err(e),
+            };
         let renewed = Session {
             access_expires_ms: now_ms() + tokens.expires_in * 1000,
             access_token: tokens.access_token,

@@ -769,6 +769,24 @@ async fn a_session_lives_by_use_and_outlasts_a_stuck_refresh_and_a_rejected_toke
         anyhow::Ok(())
     };
     reject(redis.clone(), key.clone(), 0).await?;
+    // Two requests rejected at once (two tabs): one renews, the other finds the new token;
+    // neither signs the member out.
+    let cookie = format!("__Host-nudge_session={}", visitor.cookies["__Host-nudge_session"]);
+    let both = (0..2).map(|_| {
+        let (http, url, cookie) =
+            (visitor.http.clone(), format!("{}/console/keys", platform.control_plane_url), cookie.clone());
+        async move {
+            let r = http.get(url).header(header::COOKIE, cookie).send().await?;
+            let location =
+                r.headers().get(header::LOCATION).and_then(|l| l.to_str().ok()).unwrap_or_default().to_owned();
+            anyhow::Ok((r.status(), location))
+        }
+    });
+    for (status, location) in futures_util::future::try_join_all(both).await? {
+        assert!(status == StatusCode::OK || location == "/console/keys", "{status} {location}");
+    }
+    assert_eq!(visitor.get("/console/keys").await?.status, StatusCode::OK, "still signed in");
+    reject(redis.clone(), key.clone(), 0).await?;
     let renewed = visitor.get("/console/keys?x=1").await?;
     assert_eq!((renewed.status, renewed.location()), (StatusCode::SEE_OTHER, "/console/keys?x=1"));
     let keys = visitor.get("/console/keys").await?;
@@ -862,7 +880,8 @@ async fn a_cell_reads_reports_for_members_tokens_of_its_own_stores_as_far_as_the
     assert_eq!(live["events"][0]["path"], json!("/tents/alpine"), "no query string: {live}");
     assert!(!live.to_string().contains("shp_live") && !live.to_string().contains("x@y"), "{live}");
     let other = format!("other-{}@example.com", unique_suffix());
-    platform.sign_up_as("Other Co.", &["https://other.example"], &other).await?;
+    let other_store = platform.sign_up_as("Other Co.", &["https://other.example"], &other).await?;
+    platform.wait_for_key(&other_store.publishable_key, "https://other.example").await?;
     let other_token = platform.login(&other, None).await?.access_token;
     let (status, theirs) = cell("/v1/events/recent", &other_token).await?;
     assert_eq!((status, theirs["events"].clone()), (StatusCode::OK, json!([])), "another store's list is its own");
@@ -891,6 +910,19 @@ async fn a_cell_reads_reports_for_members_tokens_of_its_own_stores_as_far_as_the
         (status, refused["error"]["code"].as_str()),
         (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_shopper_id"))
     );
+    // A server's secret key cannot push text to shoppers' pages.
+    let (status, refused) = test(&store.secret_key, "shp_tester").await?;
+    assert_eq!((status, refused["error"]["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("members_only")));
+    // Ten a minute per store.
+    let mut limited = None;
+    for _ in 0..12 {
+        let (status, answer) = test(&owner_token, "shp_tester").await?;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            limited = answer["error"]["code"].as_str().map(str::to_owned);
+            break;
+        }
+    }
+    assert_eq!(limited.as_deref(), Some("rate_limited"));
     // Not a token, a token of another control plane's key, or none at all.
     let (status, bad) = cell("/v1/lift", "v4.public.not-a-token").await?;
     assert_eq!((status, bad["error"]["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("invalid_token")));

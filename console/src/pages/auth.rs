@@ -227,7 +227,7 @@ pub async fn signup(
             let page = SignupDonePage {
                 secret: created.secret_key.clone(),
                 tenant_id: created.tenant_id.clone(),
-                problem: e.to_string(),
+                problem: "a service it needs did not answer".into(),
             };
             let mut response = render(&page)?.into_response();
             response.headers_mut().append(

@@ -75,6 +75,8 @@ struct EditorPage {
     versions: Vec<(i64, String, String)>,
     notice: Option<&'static str>,
     can_edit: bool,
+    /// After a conflicting save: the definition saved meanwhile, to compare with.
+    newer_spec: Option<String>,
 }
 
 impl EditorPage {
@@ -296,7 +298,19 @@ fn editor(
     versions: Vec<(i64, String, String)>,
     notice: Option<&'static str>,
 ) -> Result<Html<String>, ConsoleError> {
-    render(&EditorPage {
+    render(&editor_page(member, campaign_id, state, form, problems, versions, notice))
+}
+
+fn editor_page(
+    member: &Member,
+    campaign_id: Option<String>,
+    state: String,
+    form: EditorForm,
+    problems: Vec<Problem>,
+    versions: Vec<(i64, String, String)>,
+    notice: Option<&'static str>,
+) -> EditorPage {
+    EditorPage {
         layout: Layout::new(member, "campaigns"),
         campaign_id,
         state,
@@ -307,7 +321,8 @@ fn editor(
         versions,
         notice,
         can_edit: can_edit(member),
-    })
+        newer_spec: None,
+    }
 }
 
 /// Creates (no id) or saves a campaign from the editor.
@@ -344,7 +359,7 @@ async fn submit(
             shown_again(console, member, id, form, problems, status).await
         }
         409 | 412 => shown_again(console, member, id, form, plain_problem(&body).into_iter().collect(), status).await,
-        _ => Err(crate::api::refusal(status, &body, retry_after)),
+        _ => Err(crate::api::refusal(status, &body, retry_after, Some(member.token()))),
     }
 }
 
@@ -370,6 +385,7 @@ async fn shown_again(
         versions = history;
         saved_spec = serde_json::to_string_pretty(&campaign["spec"]).ok();
     }
+    let saved_spec_copy = saved_spec.clone();
     if form.mode != "json" {
         // The JSON editor shows what the guided form sent, or when that was not a definition
         // yet, the saved one.
@@ -379,9 +395,15 @@ async fn shown_again(
             .or(saved_spec)
             .unwrap_or_else(skeleton);
     }
-    let notice = (status == StatusCode::PRECONDITION_FAILED)
-        .then_some("Someone saved a newer version meanwhile. Your changes are below: review them and save again.");
-    let page = editor(member, id.map(str::to_owned), state, form, problems, versions, notice)?;
+    let conflict = status == StatusCode::PRECONDITION_FAILED;
+    let notice = conflict.then_some(
+        "Someone saved a newer version meanwhile (shown below). Your changes are in the editor: compare, then save again.",
+    );
+    let mut page = editor_page(member, id.map(str::to_owned), state, form, problems, versions, notice);
+    if conflict {
+        page.newer_spec = saved_spec_copy;
+    }
+    let page = render(&page)?;
     Ok((status, page).into_response())
 }
 

@@ -175,7 +175,7 @@ pub async fn first_event(
                 }
                 Ok(_) => {}
                 Err(ConsoleError::SignedOut) => return Some((Ok(Event::default().event("signed_out").data("")), None)),
-                Err(ConsoleError::TokenRejected) => match console.renew_rejected(&id).await {
+                Err(ConsoleError::TokenRejected(rejected)) => match console.renew_rejected(&id, &rejected).await {
                     Err(ConsoleError::SignedOut) => {
                         return Some((Ok(Event::default().event("signed_out").data("")), None));
                     }

@@ -240,6 +240,6 @@ pub async fn export(
             let page = refused(format!("shopper id: {message}"));
             Ok((status, privacy_page(&console, &member, page).await?).into_response())
         }
-        (status, body, retry_after) => Err(crate::api::refusal(status, &body, retry_after)),
+        (status, body, retry_after) => Err(crate::api::refusal(status, &body, retry_after, Some(member.token()))),
     }
 }

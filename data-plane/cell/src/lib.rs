@@ -396,10 +396,10 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
                 directory: directory.clone(),
                 log: recent::RecentEventLog::new(redis.clone(), config.redis.prefix.clone()),
             }))
-            .merge(test_intervention::router().with_state(test_intervention::TestInterventionState {
-                directory: directory.clone(),
-                publisher: InterventionPublisher::new(redis.clone(), naming.clone(), config.gateway.history.clone()),
-            }))
+            .merge(test_intervention::router().with_state(test_intervention::TestInterventionState::new(
+                directory.clone(),
+                InterventionPublisher::new(redis.clone(), naming.clone(), config.gateway.history.clone()),
+            )))
             .merge(unsubscribe::router().with_state(unsubscribe))
             .merge(snippet::router());
     }

@@ -1,8 +1,8 @@
 //! The store's live events, sampled: what the merchant console's "live events" page shows.
 //! After the pipeline has applied an event, at most one per store every
 //! [`SAMPLE_EVERY`] is kept in a short list in Redis (the newest [`KEEP`], gone an hour after
-//! the last), as its type, time, page path (no query string) and a short pseudonym of the
-//! shopper: enough to see a shop is live, nothing to profile anyone. A store's whole-store
+//! the last), as its type, time, page path (no query string; segments that may name someone
+//! masked) and a short pseudonym of the shopper: enough to see a shop is live, nothing to profile anyone. A store's whole-store
 //! erasure removes the list with its other keys; a shopper's entries expire within the hour.
 //! `GET /v1/events/recent` reads it (every member, or a secret key with `reports:read`).
 
@@ -143,12 +143,24 @@ fn kind_of(event: &Event) -> &'static str {
     }
 }
 
-/// A URL's path, without scheme, host, query or fragment (where personal data hides), at
-/// most 100 characters.
+/// A URL's path, without scheme, host, query or fragment, and with every segment that may
+/// name someone (an e-mail address, a long number, a token) replaced by `:id`; at most 100
+/// characters.
 fn path_of(url: &str) -> String {
     let after_host = url.split_once("://").map_or(url, |(_, rest)| rest.find('/').map_or("/", |i| &rest[i..]));
     let path = after_host.split(['?', '#']).next().unwrap_or("/");
-    path.chars().take(100).collect()
+    let masked: Vec<&str> = path
+        .split('/')
+        .map(|segment| {
+            let digits = segment.bytes().filter(u8::is_ascii_digit).count();
+            if segment.contains('@') || segment.contains('%') || digits >= 5 || segment.len() > 32 {
+                ":id"
+            } else {
+                segment
+            }
+        })
+        .collect();
+    masked.join("/").chars().take(100).collect()
 }
 
 /// 8 hex digits of the shopper's digest in this store.
@@ -196,7 +208,10 @@ mod tests {
         assert_eq!(path_of("https://shop.example/cart?email=a@b.example#x"), "/cart");
         assert_eq!(path_of("https://shop.example"), "/");
         assert_eq!(path_of("/products/tent?ref=1"), "/products/tent");
-        assert_eq!(path_of(&format!("https://s.example/{}", "a".repeat(300))).len(), 100);
+        assert_eq!(path_of(&format!("https://s.example/{}", "ab/".repeat(100))).len(), 100);
+        assert_eq!(path_of("https://s.example/orders/123456/track"), "/orders/:id/track");
+        assert_eq!(path_of("https://s.example/u/jo@example.com"), "/u/:id");
+        assert_eq!(path_of("https://s.example/reset/0f3c9a7be21d44a08c1e5b6f9d2a7c3e11"), "/reset/:id");
     }
 
     #[test]

@@ -34,6 +34,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::hub::{Hub, Pushed, ShopperAddress};
 
+/// The id prefix of test messages (`POST /v1/test-interventions`), which are delivered like
+/// interventions but counted in no usage meter.
+pub const TEST_INTERVENTION_PREFIX: &str = "test_";
+
 /// Names of a cell's intervention channels and history keys.
 #[derive(Debug, Clone)]
 pub struct Naming {
@@ -294,7 +298,8 @@ async fn write_batch(
     // again never counts twice.
     let marker_ttl = ttl.saturating_mul(u64::from(history.config.max_per_shopper) + 1);
     let mut marked = Vec::new();
-    for ack in batch.iter().filter(|a| a.sent_here) {
+    // A test message (a store checking its installation) is no intervention: not metered.
+    for ack in batch.iter().filter(|a| a.sent_here && !a.intervention_id.starts_with(TEST_INTERVENTION_PREFIX)) {
         pipe.cmd("SET")
             .arg(history.naming.delivered(&ack.address.tenant, &ack.intervention_id))
             .arg(1)
