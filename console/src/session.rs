@@ -407,11 +407,7 @@ impl Console {
         }
         // Renewed whatever its expiry says: the API no longer takes it.
         let stale = Session { access_expires_ms: 0, ..session };
-        match self.try_refresh(id, &stale).await {
-            Ok(_) => Ok(()),
-            Err(ConsoleError::SignedOut) => Err(ConsoleError::SignedOut),
-            Err(e) => Err(e),
-        }
+        self.try_refresh(id, &stale).await.map(|_| ())
     }
 
     /// New tokens for a session about to expire. A refresh that fails for a passing reason

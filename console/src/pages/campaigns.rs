@@ -286,19 +286,7 @@ pub async fn new(State(_console): State<Console>, member: Member) -> Result<Html
         spec: skeleton(),
         ..EditorForm::default()
     };
-    editor(&member, None, String::new(), form, Vec::new(), Vec::new(), None)
-}
-
-fn editor(
-    member: &Member,
-    campaign_id: Option<String>,
-    state: String,
-    form: EditorForm,
-    problems: Vec<Problem>,
-    versions: Vec<(i64, String, String)>,
-    notice: Option<&'static str>,
-) -> Result<Html<String>, ConsoleError> {
-    render(&editor_page(member, campaign_id, state, form, problems, versions, notice))
+    render(&editor_page(&member, None, String::new(), form, Vec::new(), Vec::new(), None))
 }
 
 fn editor_page(
@@ -474,7 +462,7 @@ pub async fn show(
     let mut form = guided(spec).unwrap_or(EditorForm { mode: "json".into(), ..EditorForm::default() });
     form.spec = pretty;
     form.version = campaign["version"].as_i64().unwrap_or_default().to_string();
-    editor(
+    render(&editor_page(
         &member,
         Some(id.to_owned()),
         campaign["state"].as_str().unwrap_or_default().to_owned(),
@@ -482,7 +470,7 @@ pub async fn show(
         Vec::new(),
         versions,
         notice(&done.done),
-    )
+    ))
 }
 
 pub async fn move_to(

@@ -15,7 +15,7 @@ use std::{
 use axum::{Json, extract::State, extract::rejection::JsonRejection, http::HeaderMap, http::StatusCode};
 use chrono::Utc;
 use nudge_contracts::{ShopperId, proto::interventions::v1::Intervention};
-use nudge_data_plane_directory::{Directory, auth::authorize_member};
+use nudge_data_plane_directory::{Directory, auth::authorize_member_request};
 use nudge_data_plane_gateway::{
     hub::ShopperAddress,
     route::{InterventionPublisher, TEST_INTERVENTION_PREFIX},
@@ -104,20 +104,7 @@ async fn send_test(
     headers: HeaderMap,
     body: Result<Json<TestInterventionRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<TestInterventionSent>), ApiError> {
-    let token = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| t.starts_with("v4.public."))
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "members_only",
-                "test messages are sent by a store's owners and admins, with their access token",
-            )
-        })?;
-    let tenant = authorize_member(&state.directory, token, SCOPE)?.tenant_id;
+    let tenant = authorize_member_request(&state.directory, &headers, SCOPE)?.tenant_id;
     tracing::Span::current().record("tenant_id", tracing::field::display(tenant));
     if !state.allow(tenant) {
         return Err(ApiError::new(

@@ -108,9 +108,7 @@ pub fn authorize_server_request(
     headers: &HeaderMap,
     scope: &str,
 ) -> Result<Arc<TenantEntry>, ApiError> {
-    let bearer =
-        headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
-    if let Some(token) = bearer.filter(|t| t.starts_with("v4.public.")) {
+    if let Some(token) = member_token_from(headers) {
         return authorize_member(directory, token, scope);
     }
     let key = secret_key_from(headers).ok_or_else(|| {
@@ -137,6 +135,33 @@ pub fn authorize_server(directory: &Directory, key: &SecretKey, scope: &str) -> 
         ));
     }
     takes_traffic(tenant)
+}
+
+/// A member's access token, when `Authorization: Bearer v4.public.…` carries one.
+fn member_token_from(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| t.starts_with("v4.public."))
+}
+
+/// The tenant of a request only a store's members may make (never a key): its access
+/// token must be there and reach `scope` (see [`authorize_member`]).
+pub fn authorize_member_request(
+    directory: &Directory,
+    headers: &HeaderMap,
+    scope: &str,
+) -> Result<Arc<TenantEntry>, ApiError> {
+    let token = member_token_from(headers).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "members_only",
+            "only a store's members may do this, with their access token",
+        )
+    })?;
+    authorize_member(directory, token, scope)
 }
 
 /// The tenant of a member's access token, when the cell takes members' tokens, the token is
