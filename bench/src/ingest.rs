@@ -43,8 +43,11 @@ pub struct Args {
     no_broker: bool,
 }
 
+/// Shoppers the load's events come from.
+const SHOPPERS: usize = 5000;
+
 pub(crate) fn shopper(worker: usize, seq: u64, i: usize) -> String {
-    format!("shp_{}", (worker * 7919 + seq as usize * 31 + i) % 5000)
+    format!("shp_{}", (worker * 7919 + seq as usize * 31 + i) % SHOPPERS)
 }
 
 pub(crate) fn event_id(run: &str, worker: usize, seq: u64, i: usize) -> String {
@@ -68,6 +71,22 @@ fn bodies(run: String, batch: usize) -> load::BodyFn {
         }
         s.push_str("]}");
         Bytes::from(s)
+    })
+}
+
+/// Request `seq` carries the events of shoppers `seq * batch ..`: `SHOPPERS / batch`
+/// requests give every shopper of the load its data key before anything is measured.
+fn every_shopper(run: String, batch: usize) -> load::BodyFn {
+    Arc::new(move |_, seq| {
+        let events: Vec<String> = (0..batch)
+            .map(|i| {
+                format!(
+                    r#"{{"event_id":"{run}-{seq}-{i}","type":"page_view","shopper_id":"shp_{}"}}"#,
+                    (seq as usize * batch + i) % SHOPPERS
+                )
+            })
+            .collect();
+        Bytes::from(format!(r#"{{"events":[{}]}}"#, events.join(",")))
     })
 }
 
@@ -156,7 +175,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         load::check(&target(*addr, h, "check-e".into(), args.batch)).await?;
     }
 
-    // A short warm-up, not reported.
+    // Every shopper's data key made and cached (a vault call each, as for a shopper a cell
+    // sees for the first time), then a short warm-up, none of it reported.
+    let keys_for = |addr, auth: &Headers, run: &str| {
+        let mut t = target(addr, auth, run.into(), args.batch);
+        t.body = every_shopper(run.into(), args.batch);
+        t
+    };
+    load::send_each(&keys_for(ingest_addr, &auth, "keys-i"), SHOPPERS.div_ceil(args.batch) as u64).await?;
+    if let Some((addr, h)) = &e2e_target {
+        load::send_each(&keys_for(*addr, h, "keys-e"), SHOPPERS.div_ceil(args.batch) as u64).await?;
+    }
     let warm = Duration::from_millis(500);
     load::run(&target(ingest_addr, &auth, "warm-i".into(), args.batch), args.connections, warm).await?;
     load::run(&target(trivial_addr, &auth, "warm-t".into(), args.batch), args.connections, warm).await?;

@@ -84,6 +84,33 @@ pub async fn check(target: &Target) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Sends requests `0..requests` of one worker one after the other, each of which must get
+/// the expected answer.
+pub async fn send_each(target: &Target, requests: u64) -> anyhow::Result<()> {
+    let stream = tokio::net::TcpStream::connect(target.addr).await?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    for seq in 0..requests {
+        let mut request = Request::post(target.path)
+            .header(hyper::header::HOST, "bench")
+            .header(hyper::header::CONTENT_TYPE, "application/json");
+        for (name, value) in &target.headers {
+            request = request.header(*name, value.clone());
+        }
+        sender.ready().await?;
+        let response = sender.send_request(request.body(Full::new((target.body)(0, seq)))?).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        anyhow::ensure!(
+            status == target.expect,
+            "{} answered {status}: {}",
+            target.addr,
+            String::from_utf8_lossy(&body)
+        );
+    }
+    Ok(())
+}
+
 /// Sends requests to `target` from `connections` workers for `duration`.
 pub async fn run(target: &Target, connections: usize, duration: Duration) -> anyhow::Result<Outcome> {
     let started = Instant::now();

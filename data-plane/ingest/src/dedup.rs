@@ -5,8 +5,10 @@
 //!   cannot be stored, its claims are released, so the client's retry goes through. Ids live
 //!   in one Redis set per tenant and UTC day; a claim looks in today's and yesterday's set,
 //!   so an id is remembered for at least 24 hours and at most 48. A batch is claimed in one
-//!   transaction of set commands, where a key per id cost Redis a command per event (the
-//!   dedup store is the ingest path's bottleneck, see docs/benchmarks.md).
+//!   transaction of set commands, where a key per id cost Redis a command per event, and a
+//!   member is the first 16 bytes of the id's SHA-256, where its hex form cost Redis twice
+//!   the bytes to parse, hash and keep (the dedup store is the ingest path's bottleneck, see
+//!   docs/benchmarks.md).
 //! - **Idempotency keys** on batch requests, with Stripe's semantics: the first request with
 //!   a key runs; a later one with the same key and body gets the first response again; with
 //!   a different body, 422; while the first still runs, 409. Keys are per tenant.
@@ -14,6 +16,7 @@
 use std::{collections::HashMap, future::Future, pin::Pin};
 
 use nudge_contracts::id_digest;
+use sha2::{Digest, Sha256};
 use nudge_tenants::TenantId;
 use redis::{Script, aio::ConnectionManager};
 
@@ -65,6 +68,18 @@ pub trait Dedup: Send + Sync {
     fn abandon<'a>(&'a self, tenant: TenantId, key: &'a str) -> Fut<'a, ()>;
 }
 
+/// Bytes of an id's digest kept in a day set: 128 bits, so two ids of a tenant's day are
+/// taken for each other with a chance of about 10^-23 at a hundred million ids.
+const MEMBER_BYTES: usize = 16;
+
+/// What a day set keeps of an event id.
+fn member(id: &str) -> [u8; MEMBER_BYTES] {
+    let digest = Sha256::digest(id.as_bytes());
+    let mut m = [0u8; MEMBER_BYTES];
+    m.copy_from_slice(&digest[..MEMBER_BYTES]);
+    m
+}
+
 /// Days since the Unix epoch, UTC.
 fn today() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() / 86_400).unwrap_or(0)
@@ -97,7 +112,7 @@ impl RedisDedup {
     /// The set of ids claimed on `day` (days since the Unix epoch, UTC). The tenant is the
     /// hash tag, so a tenant's two sets share a Redis Cluster slot.
     fn seen_key(&self, tenant: TenantId, day: u64) -> String {
-        format!("{}t:{{{tenant}}}:seen:{day}", self.prefix)
+        format!("{}t:{{{tenant}}}:ids:{day}", self.prefix)
     }
 
     /// Claims `event_ids` on `day` (days since the Unix epoch).
@@ -116,7 +131,8 @@ impl RedisDedup {
             return Ok(Vec::new());
         }
         // Redis keeps digests of the ids, never the ids.
-        let members: Vec<String> = distinct.iter().map(|id| id_digest(id)).collect();
+        let digests: Vec<[u8; MEMBER_BYTES]> = distinct.iter().map(|id| member(id)).collect();
+        let members: Vec<&[u8]> = digests.iter().map(|d| d.as_slice()).collect();
         // One transaction: each id's lookups run after any earlier claim's SADD, so two
         // requests with the same id never both find it new. Redis does a few hash lookups
         // per id; a script would convert every id to Lua and back, and a key per id would
@@ -180,7 +196,8 @@ impl Dedup for RedisDedup {
             // The claim may have been made yesterday; an id a claim found new is in no other
             // request's set, so removing it from both days only undoes this claim.
             let day = today();
-            let members: Vec<String> = event_ids.iter().map(|id| id_digest(id)).collect();
+            let digests: Vec<[u8; MEMBER_BYTES]> = event_ids.iter().map(|id| member(id)).collect();
+            let members: Vec<&[u8]> = digests.iter().map(|d| d.as_slice()).collect();
             let mut pipe = redis::pipe();
             pipe.cmd("SREM").arg(self.seen_key(tenant, day)).arg(&members).ignore();
             pipe.cmd("SREM").arg(self.seen_key(tenant, day.saturating_sub(1))).arg(&members).ignore();
