@@ -16,9 +16,9 @@
 use std::{collections::HashMap, future::Future, pin::Pin};
 
 use nudge_contracts::id_digest;
-use sha2::{Digest, Sha256};
 use nudge_tenants::TenantId;
 use redis::{Script, aio::ConnectionManager};
+use sha2::{Digest, Sha256};
 
 /// How long idempotency keys are remembered, and the least time event ids are.
 pub const REMEMBER_SECONDS: u64 = 24 * 3600;

@@ -498,7 +498,8 @@ impl Keyring {
         plaintext: &[u8],
         nonce: &[u8],
     ) -> Result<Sealed, KeyError> {
-        let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| KeyError::Unreadable("a nonce is 12 bytes".into()))?;
+        let nonce: [u8; NONCE_LEN] =
+            nonce.try_into().map_err(|_| KeyError::Unreadable("a nonce is 12 bytes".into()))?;
         let mut ciphertext = Vec::with_capacity(plaintext.len() + AES_256_GCM.tag_len());
         ciphertext.extend_from_slice(plaintext);
         key.seal_in_place_append_tag(
