@@ -4,15 +4,18 @@
 //! Each tenant of a cell has a Redis pub/sub channel. A gateway process subscribes to the
 //! channels of the tenants it holds sockets for — once per tenant, not per shopper — and
 //! unsubscribes when their last socket closes. Publishing appends the rendered message to
-//! the shopper's history (a capped list with a TTL) and publishes on the tenant's channel
-//! in one script, so the two never disagree on order: a message is in the history a
-//! socket reads, or arrives on the channel after it, or both (then the socket drops the
-//! repeat by id). The channel carries the `Intervention` Protobuf record.
+//! the shopper's history (a capped list with a TTL), then publishes on the tenant's
+//! channel, in one pipeline on one connection, so the two never disagree on order: a
+//! message is in the history a socket reads, or arrives on the channel after it, or both
+//! (then the socket drops the repeat by id). Interventions published at the same time go
+//! out together: one pipeline, and one `InterventionBatch` Protobuf record per tenant on
+//! the channel, so every subscribed process reads one message per batch rather than one
+//! per intervention.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     sync::{
-        Arc,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
@@ -22,13 +25,13 @@ use chrono::{TimeZone, Utc};
 use futures_util::StreamExt;
 use nudge_contracts::{
     ShopperId,
-    proto::interventions::v1::Intervention,
+    proto::interventions::v1::{Intervention, InterventionBatch},
     push::{InterventionMessage, PushMessage},
 };
 use nudge_platform_telemetry::TraceContext;
 use nudge_tenants::{CellId, TenantId};
 use prost::Message;
-use redis::{Script, aio::ConnectionManager};
+use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -95,42 +98,131 @@ impl Default for HistoryConfig {
     }
 }
 
-/// KEYS[1] the shopper's history; ARGV: entry, cap, TTL (ms), channel, payload.
-const PUBLISH: &str = r"
-redis.call('RPUSH', KEYS[1], ARGV[1])
-redis.call('LTRIM', KEYS[1], -tonumber(ARGV[2]), -1)
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return redis.call('PUBLISH', ARGV[4], ARGV[5])
-";
+/// Most interventions published in one round trip.
+const PUBLISH_BATCH: usize = 512;
+/// Longest wait for one batch's round trip; its publishers then get an error (and retry).
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Sends interventions to the gateways holding the shopper's tenant, keeping them in the
 /// shopper's history.
+///
+/// Publishing is coalesced: while one batch is on its way to Redis, the interventions
+/// published meanwhile queue, and go out together in the next round trip (up to
+/// [`PUBLISH_BATCH`]). Alone, an intervention goes at once; under load each costs Redis
+/// three list commands and a share of one `PUBLISH` per tenant and batch, where one at a
+/// time each cost a script call and a `PUBLISH` that every subscribed process had to read.
 #[derive(Clone)]
 pub struct InterventionPublisher {
+    inner: Arc<Publishing>,
+}
+
+struct Publishing {
     redis: ConnectionManager,
     naming: Naming,
     history: HistoryConfig,
-    script: Arc<Script>,
+    queue: Mutex<Queue>,
+}
+
+#[derive(Default)]
+struct Queue {
+    pending: Vec<Pending>,
+    /// A task is sending batches; it stops when it finds the queue empty.
+    sending: bool,
+}
+
+struct Pending {
+    to: ShopperAddress,
+    /// The history entry: `{id}|{frame}`.
+    entry: String,
+    intervention: Intervention,
+    done: tokio::sync::oneshot::Sender<Result<usize, String>>,
 }
 
 impl InterventionPublisher {
     pub fn new(redis: ConnectionManager, naming: Naming, history: HistoryConfig) -> Self {
-        Self { redis, naming, history, script: Arc::new(Script::new(PUBLISH)) }
+        Self { inner: Arc::new(Publishing { redis, naming, history, queue: Mutex::default() }) }
     }
 
     /// Publishes `iv` for `to`; the number of gateway processes that received it live.
     pub async fn publish(&self, to: &ShopperAddress, iv: &Intervention) -> Result<usize, redis::RedisError> {
+        let (done, answer) = tokio::sync::oneshot::channel();
         let entry = format!("{}|{}", iv.intervention_id, push_frame(iv));
-        let mut conn = self.redis.clone();
-        self.script
-            .key(self.naming.history(to))
-            .arg(entry)
-            .arg(self.history.max_per_shopper.max(1))
-            .arg(self.history.ttl_ms.max(1))
-            .arg(self.naming.channel(&to.tenant))
-            .arg(iv.encode_to_vec())
-            .invoke_async(&mut conn)
-            .await
+        let start = {
+            let mut queue = self.inner.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            queue.pending.push(Pending { to: to.clone(), entry, intervention: iv.clone(), done });
+            !std::mem::replace(&mut queue.sending, true)
+        };
+        if start {
+            // A task of its own, so a publisher that gives up waiting never cuts a batch
+            // that carries others' interventions.
+            tokio::spawn(send_batches(self.inner.clone()));
+        }
+        match answer.await {
+            Ok(Ok(receivers)) => Ok(receivers),
+            Ok(Err(e)) => Err(std::io::Error::other(e).into()),
+            Err(_) => Err(std::io::Error::other("the publishing task ended").into()),
+        }
+    }
+}
+
+/// Sends what is queued, a batch per round trip, until the queue is empty.
+async fn send_batches(p: Arc<Publishing>) {
+    loop {
+        let batch: Vec<Pending> = {
+            let mut queue = p.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            if queue.pending.is_empty() {
+                queue.sending = false;
+                return;
+            }
+            let n = queue.pending.len().min(PUBLISH_BATCH);
+            queue.pending.drain(..n).collect()
+        };
+        send_batch(&p, batch).await;
+    }
+}
+
+async fn send_batch(p: &Publishing, batch: Vec<Pending>) {
+    let cap = i64::from(p.history.max_per_shopper.max(1));
+    let ttl = p.history.ttl_ms.max(1);
+    let mut pipe = redis::pipe();
+    // Histories first: a socket that reads its history before the batch arrives on the
+    // channel finds the messages there.
+    for m in &batch {
+        let key = p.naming.history(&m.to);
+        pipe.cmd("RPUSH").arg(&key).arg(&m.entry).ignore();
+        pipe.cmd("LTRIM").arg(&key).arg(-cap).arg(-1).ignore();
+        pipe.cmd("PEXPIRE").arg(&key).arg(ttl).ignore();
+    }
+    // Then one record per tenant, its interventions in the order they were published.
+    let mut tenants: Vec<TenantId> = Vec::new();
+    let mut by_tenant: HashMap<TenantId, InterventionBatch> = HashMap::new();
+    for m in &batch {
+        by_tenant
+            .entry(m.to.tenant)
+            .or_insert_with(|| {
+                tenants.push(m.to.tenant);
+                InterventionBatch::default()
+            })
+            .interventions
+            .push(m.intervention.clone());
+    }
+    for tenant in &tenants {
+        pipe.cmd("PUBLISH").arg(p.naming.channel(tenant)).arg(by_tenant[tenant].encode_to_vec());
+    }
+    let mut conn = p.redis.clone();
+    let outcome = tokio::time::timeout(PUBLISH_TIMEOUT, pipe.query_async::<Vec<usize>>(&mut conn)).await;
+    let receivers: Result<HashMap<TenantId, usize>, String> = match outcome {
+        Ok(Ok(counts)) if counts.len() == tenants.len() => Ok(tenants.into_iter().zip(counts).collect()),
+        Ok(Ok(counts)) => Err(format!("Redis answered {} counts for {} channels", counts.len(), tenants.len())),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("publishing timed out".to_owned()),
+    };
+    for m in batch {
+        // A publisher that stopped waiting is not told.
+        let _ = m.done.send(match &receivers {
+            Ok(counts) => Ok(counts.get(&m.to.tenant).copied().unwrap_or(0)),
+            Err(e) => Err(e.clone()),
+        });
     }
 }
 
@@ -353,16 +445,27 @@ pub fn push_frame(iv: &Intervention) -> String {
     serde_json::to_string(&message).unwrap_or_default()
 }
 
-/// Delivers one pub/sub payload from `tenant`'s channel to the hub. Malformed payloads, and
-/// payloads naming another tenant than their channel's, are logged and dropped.
+/// Delivers one pub/sub payload from `tenant`'s channel to the hub: an `InterventionBatch`,
+/// or a single `Intervention` from a publisher of an earlier version. Malformed payloads,
+/// and interventions naming another tenant than their channel's, are logged and dropped.
 pub fn deliver_payload(hub: &Hub, tenant: TenantId, payload: &[u8]) {
-    let iv = match Intervention::decode(payload) {
-        Ok(iv) => iv,
-        Err(e) => {
-            tracing::error!(tenant_id = %tenant, error = %e, "undecodable intervention on the pub/sub channel");
-            return;
+    match interventions_of(payload) {
+        Ok(batch) => {
+            for iv in batch {
+                deliver_one(hub, tenant, iv);
+            }
         }
-    };
+        Err(e) => tracing::error!(tenant_id = %tenant, error = %e, "undecodable interventions on the pub/sub channel"),
+    }
+}
+
+/// The interventions of a channel payload, batch or single.
+fn interventions_of(payload: &[u8]) -> Result<Vec<Intervention>, prost::DecodeError> {
+    let batch = InterventionBatch::decode(payload)?;
+    if batch.interventions.is_empty() { Ok(vec![Intervention::decode(payload)?]) } else { Ok(batch.interventions) }
+}
+
+fn deliver_one(hub: &Hub, tenant: TenantId, iv: Intervention) {
     let (Ok(named), Ok(shopper)) = (iv.tenant_id.parse::<TenantId>(), ShopperId::parse(&iv.shopper_id)) else {
         tracing::error!(tenant_id = %tenant, intervention_id = %iv.intervention_id, "intervention with invalid tenant or shopper id");
         return;
@@ -497,6 +600,93 @@ mod tests {
         assert_eq!(naming.tenant_of(&naming.channel(&t)), Some(t));
         assert_eq!(naming.tenant_of(&Naming::new("q:", &"shared-1".parse::<CellId>().unwrap()).channel(&t)), None);
         assert_eq!(naming.tenant_of("p:cell:shared-1:t:nonsense:interventions"), None);
+    }
+
+    #[test]
+    fn a_channel_payload_is_a_batch_or_one_intervention_of_an_earlier_publisher() {
+        let iv = |id: &str| Intervention { intervention_id: id.into(), tenant_id: "t".into(), ..Default::default() };
+        let batch = InterventionBatch { interventions: vec![iv("a"), iv("b")] };
+        let ids = |v: Vec<Intervention>| v.into_iter().map(|i| i.intervention_id).collect::<Vec<_>>();
+        assert_eq!(ids(interventions_of(&batch.encode_to_vec()).unwrap()), ["a", "b"]);
+        assert_eq!(ids(interventions_of(&iv("c").encode_to_vec()).unwrap()), ["c"]);
+        assert!(interventions_of(b"\xff\xff\xff").is_err());
+    }
+
+    /// Against the real Redis the tests run with, under a key prefix of their own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn interventions_published_at_once_go_in_batches_to_their_tenants_and_histories() {
+        let url = std::env::var("NUDGE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
+        let client = redis::Client::open(url).unwrap();
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let naming =
+            Naming::new(&format!("nudge-test:route:{}:{nanos}:", std::process::id()), &CellId::default_shared());
+        let (a, b) = (TenantId::new(), TenantId::new());
+        let mut pubsub = client.get_async_pubsub().await.unwrap();
+        pubsub.subscribe(naming.channel(&a)).await.unwrap();
+        let redis = ConnectionManager::new(client.clone()).await.unwrap();
+        let publisher = InterventionPublisher::new(redis.clone(), naming.clone(), HistoryConfig::default());
+
+        // 300 at once: 10 shoppers of each tenant, 15 interventions each, every shopper's
+        // published in order by one task.
+        let tasks: Vec<_> = [a, b]
+            .into_iter()
+            .flat_map(|tenant| (0..10).map(move |s| (tenant, s)))
+            .map(|(tenant, s)| {
+                let publisher = publisher.clone();
+                tokio::spawn(async move {
+                    let to = ShopperAddress { tenant, shopper: ShopperId::parse(&format!("shp_{s}")).unwrap() };
+                    for i in 0..15 {
+                        let iv = Intervention {
+                            intervention_id: format!("itv_{tenant}_{s}_{i}"),
+                            tenant_id: tenant.to_string(),
+                            shopper_id: to.shopper.to_string(),
+                            ..Default::default()
+                        };
+                        assert_eq!(publisher.publish(&to, &iv).await.unwrap(), usize::from(tenant == a));
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+
+        // Tenant a's channel carried all of a's interventions and none of b's, in fewer
+        // records than interventions.
+        let mut stream = pubsub.on_message();
+        let (mut received, mut records) = (Vec::new(), 0);
+        while received.len() < 150 {
+            let msg = tokio::time::timeout(Duration::from_secs(5), stream.next()).await.unwrap().unwrap();
+            records += 1;
+            received.extend(interventions_of(msg.get_payload_bytes()).unwrap());
+        }
+        assert!(received.iter().all(|iv| iv.tenant_id == a.to_string()));
+        assert!(records < 150, "{records} records for 150 interventions");
+        let history = History::new(redis.clone(), naming.clone(), HistoryConfig::default());
+        for tenant in [a, b] {
+            for s in 0..10 {
+                let to = ShopperAddress { tenant, shopper: ShopperId::parse(&format!("shp_{s}")).unwrap() };
+                let ids: Vec<String> =
+                    history.read(&to).await.unwrap().entries.iter().map(|e| e.intervention_id.to_string()).collect();
+                let expected: Vec<String> = (0..15).map(|i| format!("itv_{tenant}_{s}_{i}")).collect();
+                assert_eq!(ids, expected, "each shopper's history holds its own, in order");
+                // Live order on the channel is the publishing order too.
+                if tenant == a {
+                    let live: Vec<String> = received
+                        .iter()
+                        .filter(|iv| iv.shopper_id == to.shopper.to_string())
+                        .map(|iv| iv.intervention_id.clone())
+                        .collect();
+                    assert_eq!(live, expected);
+                }
+            }
+        }
+        let mut conn = redis.clone();
+        let keys: Vec<String> =
+            redis::cmd("KEYS").arg(format!("{}*", naming.prefix)).query_async(&mut conn).await.unwrap();
+        if !keys.is_empty() {
+            redis::cmd("DEL").arg(keys).query_async::<()>(&mut conn).await.unwrap();
+        }
     }
 
     #[test]
