@@ -111,6 +111,8 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 /// [`PUBLISH_BATCH`]). Alone, an intervention goes at once; under load each costs Redis
 /// three list commands and a share of one `PUBLISH` per tenant and batch, where one at a
 /// time each cost a script call and a `PUBLISH` that every subscribed process had to read.
+/// Each publisher waits for its answer, so the queue holds at most one intervention per
+/// publisher waiting.
 #[derive(Clone)]
 pub struct InterventionPublisher {
     inner: Arc<Publishing>,
