@@ -67,17 +67,18 @@ async fn redis_hits(platform: &Platform, needle: &str) -> anyhow::Result<Vec<Str
             continue;
         }
         let kind: String = redis::cmd("TYPE").arg(&key).query_async(&mut redis).await?;
-        let values: Vec<String> = match kind.as_str() {
-            "string" => vec![redis.get::<_, Option<String>>(&key).await?.unwrap_or_default()],
+        // Values may be binary (event-id digests, sealed records): read as bytes.
+        let values: Vec<Vec<u8>> = match kind.as_str() {
+            "string" => vec![redis.get::<_, Option<Vec<u8>>>(&key).await?.unwrap_or_default()],
             "hash" => {
-                redis.hgetall::<_, Vec<(String, String)>>(&key).await?.into_iter().flat_map(|(f, v)| [f, v]).collect()
+                redis.hgetall::<_, Vec<(Vec<u8>, Vec<u8>)>>(&key).await?.into_iter().flat_map(|(f, v)| [f, v]).collect()
             }
             "list" => redis.lrange(&key, 0, -1).await?,
             "set" => redis.smembers(&key).await?,
             "zset" => redis.zrange(&key, 0, -1).await?,
             _ => Vec::new(),
         };
-        if values.iter().any(|v| v.contains(needle)) {
+        if values.iter().any(|v| String::from_utf8_lossy(v).contains(needle)) {
             hits.push(key);
         }
     }
