@@ -169,17 +169,38 @@ impl InterventionPublisher {
 
 /// Sends what is queued, a batch per round trip, until the queue is empty.
 async fn send_batches(p: Arc<Publishing>) {
+    let mut sending = Sending { publishing: &p, done: false };
     loop {
         let batch: Vec<Pending> = {
             let mut queue = p.queue.lock().unwrap_or_else(PoisonError::into_inner);
             if queue.pending.is_empty() {
                 queue.sending = false;
+                sending.done = true;
                 return;
             }
             let n = queue.pending.len().min(PUBLISH_BATCH);
             queue.pending.drain(..n).collect()
         };
         send_batch(&p, batch).await;
+    }
+}
+
+/// If the sending task ends before the queue is empty (its runtime shutting down, a
+/// panic), the next publish starts another, and those waiting now are told at once rather
+/// than never.
+struct Sending<'a> {
+    publishing: &'a Publishing,
+    done: bool,
+}
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let mut queue = self.publishing.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            queue.sending = false;
+            // Their senders dropped: each publisher gets "the publishing task ended".
+            queue.pending.clear();
+        }
     }
 }
 
@@ -689,6 +710,29 @@ mod tests {
         if !keys.is_empty() {
             redis::cmd("DEL").arg(keys).query_async::<()>(&mut conn).await.unwrap();
         }
+    }
+
+    #[tokio::test]
+    async fn a_sending_task_that_ends_early_tells_its_waiters_and_lets_the_next_start() {
+        let url = std::env::var("NUDGE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
+        let redis = ConnectionManager::new(redis::Client::open(url).unwrap()).await.unwrap();
+        let publishing = Publishing {
+            redis,
+            naming: Naming::new("nudge-test:route-drop:", &CellId::default_shared()),
+            history: HistoryConfig::default(),
+            queue: Mutex::default(),
+        };
+        let (done, answer) = tokio::sync::oneshot::channel();
+        {
+            let mut queue = publishing.queue.lock().unwrap();
+            let to = ShopperAddress { tenant: TenantId::new(), shopper: ShopperId::parse("shp_1").unwrap() };
+            queue.pending.push(Pending { to, entry: String::new(), intervention: Intervention::default(), done });
+            queue.sending = true;
+        }
+        drop(Sending { publishing: &publishing, done: false });
+        assert!(answer.await.is_err(), "the waiter is told");
+        let queue = publishing.queue.lock().unwrap();
+        assert!(!queue.sending && queue.pending.is_empty(), "the next publish starts a task");
     }
 
     #[test]
