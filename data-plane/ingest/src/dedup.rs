@@ -7,8 +7,8 @@
 //!   so an id is remembered for at least 24 hours and at most 48. A batch is claimed in one
 //!   transaction of set commands, where a key per id cost Redis a command per event, and a
 //!   member is the first 16 bytes of the id's SHA-256, where its hex form cost Redis twice
-//!   the bytes to parse, hash and keep (the dedup store is the ingest path's bottleneck, see
-//!   docs/benchmarks.md).
+//!   the bytes to parse, hash and keep (on hosts with fast system calls the dedup store is
+//!   the ingest path's bottleneck, see docs/benchmarks.md).
 //! - **Idempotency keys** on batch requests, with Stripe's semantics: the first request with
 //!   a key runs; a later one with the same key and body gets the first response again; with
 //!   a different body, 422; while the first still runs, 409. Keys are per tenant.
