@@ -7,9 +7,12 @@
 //! - [`trace`]: [`TraceContext`], the W3C `traceparent` carried over HTTP, Kafka record
 //!   headers, Redis pub/sub and WebSocket messages.
 //! - [`metrics`]: [`Metrics`], a Prometheus registry owned by the service (never global).
+//! - [`random`]: random bytes for public values (trace ids, nonces) without a system call
+//!   each.
 
 pub mod logging;
 pub mod metrics;
+pub mod random;
 pub mod trace;
 
 pub use logging::{LogConfig, LogFormat, init};

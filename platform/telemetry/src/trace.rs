@@ -25,7 +25,7 @@ fn random<const N: usize>() -> [u8; N] {
     loop {
         // The OS random source does not fail on supported platforms; if it ever did, a
         // zero id would be invalid, so fall back to the clock rather than emit it.
-        if getrandom::fill(&mut buf).is_err() {
+        if crate::random::fill(&mut buf).is_err() {
             let nanos =
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(1);
             for (i, b) in buf.iter_mut().enumerate() {
