@@ -12,15 +12,19 @@
 //!   connection count;
 //! - **routing**: messages addressed to one shopper each, as fast as the publishers go, for
 //!   a few seconds with every connection open while some connections churn (close and
-//!   reopen); deliveries per second and the delivery latency (publish → the client read it).
+//!   reopen); deliveries per second and the delivery latency (publish → the client read it),
+//!   each intervention counted and timed at its first delivery; deliveries of one the
+//!   client had received before (a history replay after a reconnect, when the
+//!   acknowledgement had not been stored yet) are counted apart.
 //!
 //! The gateway is driven exactly as a cell runs it: session tokens, the real Redis (the
-//! publish script that appends to the shopper's history and publishes on the tenant's
-//! channel, per-tenant subscriptions), the keepalive sweep, an acknowledgement from the
+//! shopper's history appended and the tenant's channel published to in batches,
+//! per-tenant subscriptions), the keepalive sweep, an acknowledgement from the
 //! client for every delivery. The peer routes from an in-memory map, with no Redis, no
 //! history and no acknowledgements: the floor a bare socket server stands on.
 
 use std::{
+    collections::HashSet,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     process::Stdio,
     sync::{
@@ -266,6 +270,8 @@ struct Report {
     deliveries_per_s: f64,
     latency_us: (f64, f64, f64),
     reconnects: usize,
+    /// Deliveries of an intervention the client had received before, both phases.
+    repeated: u64,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -377,26 +383,39 @@ async fn measure(mut fleet: Fleet, args: &Args, driver: Driver) -> anyhow::Resul
 
     // Routing, with churn, every connection open: as fast as it goes, then at a steady rate
     // below that, for the latency.
-    let (deliveries_per_s, _, reconnects) = route(&mut fleet, args, &driver, 0).await?;
-    let (_, latencies, _) = route(&mut fleet, args, &driver, args.rate).await?;
+    let unpaced = route(&mut fleet, args, &driver, 0).await?;
+    let paced = route(&mut fleet, args, &driver, args.rate).await?;
+    let latencies = &paced.latencies;
     Ok(Report {
         name: fleet.name,
         processes: fleet.servers.len(),
         memory,
-        deliveries_per_s,
+        deliveries_per_s: unpaced.deliveries_per_s,
         latency_us: (
-            quantile(&latencies, 0.5),
-            quantile(&latencies, 0.99),
+            quantile(latencies, 0.5),
+            quantile(latencies, 0.99),
             latencies.last().copied().unwrap_or(f64::NAN),
         ),
-        reconnects,
+        reconnects: unpaced.reconnects,
+        repeated: unpaced.repeated + paced.repeated,
     })
 }
 
+/// One routing phase's outcome.
+struct Routed {
+    /// Distinct interventions delivered per second.
+    deliveries_per_s: f64,
+    /// Of first deliveries while recording, sorted, µs.
+    latencies: Vec<f64>,
+    /// Reconnects so far.
+    reconnects: usize,
+    /// Interventions delivered again during the phase.
+    repeated: u64,
+}
+
 /// Publishes one message per shopper for `args.seconds`, at `rate` per second in all (0:
-/// as fast as the publishers go), while connections churn; deliveries per second, the
-/// sorted latencies (µs) and the reconnects so far.
-async fn route(fleet: &mut Fleet, args: &Args, driver: &Driver, rate: u64) -> anyhow::Result<(f64, Vec<f64>, usize)> {
+/// as fast as the publishers go), while connections churn.
+async fn route(fleet: &mut Fleet, args: &Args, driver: &Driver, rate: u64) -> anyhow::Result<Routed> {
     let n = args.connections.iter().copied().max().unwrap_or(0);
     // Whatever an earlier phase left queued is delivered before this one records.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -466,6 +485,7 @@ async fn route(fleet: &mut Fleet, args: &Args, driver: &Driver, rate: u64) -> an
     let dir = std::env::temp_dir();
     let mut delivered = 0u64;
     let mut reconnects = 0usize;
+    let mut repeated = 0u64;
     let mut latencies: Vec<f64> = Vec::new();
     for (k, w) in fleet.workers.iter_mut().enumerate() {
         let path = dir.join(format!("nudge-bench-latencies-{}-{k}", std::process::id()));
@@ -474,14 +494,19 @@ async fn route(fleet: &mut Fleet, args: &Args, driver: &Driver, rate: u64) -> an
         let mut words = answer.split_whitespace().skip(1);
         delivered += words.next().and_then(|v| v.parse::<u64>().ok()).context("no delivered count")?;
         reconnects += words.next().and_then(|v| v.parse::<usize>().ok()).context("no reconnect count")?;
+        repeated += words.next().and_then(|v| v.parse::<u64>().ok()).context("no repeat count")?;
         let bytes = std::fs::read(&path)?;
         std::fs::remove_file(&path)?;
         latencies.extend(bytes.chunks_exact(4).map(|c| f64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]]))));
     }
     latencies.sort_by(f64::total_cmp);
     let rate = if rate == 0 { "unpaced".to_owned() } else { format!("{rate}/s") };
-    eprintln!("{} ({rate}): sent {}, delivered {delivered}", fleet.name, sent.load(Ordering::Relaxed));
-    Ok((delivered as f64 / elapsed, latencies, reconnects))
+    eprintln!(
+        "{} ({rate}): sent {}, delivered {delivered}, and {repeated} again",
+        fleet.name,
+        sent.load(Ordering::Relaxed)
+    );
+    Ok(Routed { deliveries_per_s: delivered as f64 / elapsed, latencies, reconnects, repeated })
 }
 
 fn print(args: &Args, reports: &[Report]) {
@@ -513,17 +538,18 @@ fn print(args: &Args, reports: &[Report]) {
         args.seconds,
         args.rate
     );
-    println!("| server | deliveries/s | latency p50 | p99 | max | reconnects |");
-    println!("|---|---|---|---|---|---|");
+    println!("| server | deliveries/s | latency p50 | p99 | max | reconnects | repeated deliveries |");
+    println!("|---|---|---|---|---|---|---|");
     for r in reports {
         println!(
-            "| {} | {:.0} | {:.2} ms | {:.2} ms | {:.1} ms | {} |",
+            "| {} | {:.0} | {:.2} ms | {:.2} ms | {:.1} ms | {} | {} |",
             r.name,
             r.deliveries_per_s,
             r.latency_us.0 / 1000.0,
             r.latency_us.1 / 1000.0,
             r.latency_us.2 / 1000.0,
-            r.reconnects
+            r.reconnects,
+            r.repeated
         );
     }
 }
@@ -559,7 +585,13 @@ async fn clean_up(redis_url: &str, prefix: &str) -> anyhow::Result<()> {
 #[derive(Default)]
 struct Tally {
     ready: AtomicUsize,
+    /// Distinct interventions received (a repeat of one received before is not counted).
     delivered: AtomicU64,
+    /// Interventions received again: replays from a shopper's history of messages already
+    /// delivered whose acknowledgement had not been stored yet.
+    repeated: AtomicU64,
+    /// Every intervention id received, to tell repeats from first deliveries.
+    seen: Mutex<HashSet<String>>,
     failed: AtomicUsize,
     reconnected: AtomicUsize,
     /// Latencies (µs) of deliveries while `recording`.
@@ -594,8 +626,8 @@ struct Delivered {
 }
 
 /// One shopper's browser: connects (at most `gate` handshakes at a time), counts
-/// deliveries (acknowledging each when `ack`), reconnects when `churn` is notified, until
-/// `stop`.
+/// deliveries (acknowledging each when `ack`), reconnects when `churn` is notified
+/// (resuming after the last intervention received), until `stop`.
 #[allow(clippy::too_many_arguments)]
 async fn shopper(
     server: SocketAddr,
@@ -608,9 +640,12 @@ async fn shopper(
     stop: CancellationToken,
 ) {
     let mut first = true;
+    // As nudge.js does, a reconnect resumes after the last intervention received.
+    let mut last_id: Option<String> = None;
     loop {
         let Ok(permit) = gate.acquire().await else { return };
-        let connected = connect(server, source, &url).await;
+        let resuming = last_id.as_ref().map(|id| format!("{url}&last_id={id}"));
+        let connected = connect(server, source, resuming.as_deref().unwrap_or(&url)).await;
         drop(permit);
         let mut ws = match connected {
             Ok(ws) => ws,
@@ -653,13 +688,24 @@ async fn shopper(
                 continue;
             }
             let Ok(message) = serde_json::from_str::<Delivered>(&text) else { continue };
-            tally.delivered.fetch_add(1, Ordering::Relaxed);
-            if tally.recording.load(Ordering::Relaxed)
-                && let Ok(sent) = message.body.parse::<u64>()
-            {
-                let us = now_us().saturating_sub(sent).min(u64::from(u32::MAX)) as u32;
-                tally.latencies.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(us);
+            let first_time = tally
+                .seen
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(message.intervention_id.clone());
+            if first_time {
+                tally.delivered.fetch_add(1, Ordering::Relaxed);
+                if tally.recording.load(Ordering::Relaxed)
+                    && let Ok(sent) = message.body.parse::<u64>()
+                {
+                    let us = now_us().saturating_sub(sent).min(u64::from(u32::MAX)) as u32;
+                    tally.latencies.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(us);
+                }
+            } else {
+                // Counted and timed once; acknowledged again, as nudge.js does.
+                tally.repeated.fetch_add(1, Ordering::Relaxed);
             }
+            last_id = Some(message.intervention_id.clone());
             if ack {
                 let ack = ClientMessage::Ack { intervention_id: message.intervention_id };
                 let Ok(text) = serde_json::to_string(&ack) else { continue };
@@ -696,7 +742,7 @@ pub async fn clients(args: ClientArgs) -> anyhow::Result<()> {
             }
         }
     });
-    let mut before = 0;
+    let (mut before, mut repeated_before) = (0, 0);
     while let Some(line) = lines.recv().await {
         let words: Vec<&str> = line.split_whitespace().collect();
         let answer = match words.as_slice() {
@@ -748,6 +794,7 @@ pub async fn clients(args: ClientArgs) -> anyhow::Result<()> {
             }
             ["record"] => {
                 before = tally.delivered.load(Ordering::Relaxed);
+                repeated_before = tally.repeated.load(Ordering::Relaxed);
                 tally.recording.store(true, Ordering::Relaxed);
                 "recording".to_owned()
             }
@@ -776,7 +823,8 @@ pub async fn clients(args: ClientArgs) -> anyhow::Result<()> {
                 let bytes: Vec<u8> = latencies.iter().flat_map(|l| l.to_le_bytes()).collect();
                 std::fs::write(path, bytes)?;
                 let delivered = tally.delivered.load(Ordering::Relaxed) - before;
-                format!("report {delivered} {}", tally.reconnected.load(Ordering::Relaxed))
+                let repeated = tally.repeated.load(Ordering::Relaxed) - repeated_before;
+                format!("report {delivered} {} {repeated}", tally.reconnected.load(Ordering::Relaxed))
             }
             _ => format!("failed: unknown command {line:?}"),
         };
