@@ -139,7 +139,7 @@ impl Queue {
 
     /// The next message if one is queued (tests look without waiting).
     #[cfg(test)]
-    fn try_recv(&self) -> Option<Outbound> {
+    pub(crate) fn try_recv(&self) -> Option<Outbound> {
         lock(&self.state).items.pop_front()
     }
 }

@@ -30,7 +30,7 @@ use nudge_contracts::{
 };
 use nudge_platform_telemetry::TraceContext;
 use nudge_tenants::{CellId, TenantId};
-use prost::Message;
+use prost::{Message, bytes::Bytes};
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -468,41 +468,81 @@ pub fn push_frame(iv: &Intervention) -> String {
     serde_json::to_string(&message).unwrap_or_default()
 }
 
+/// An `InterventionBatch` with its interventions left encoded (field 1000 read as bytes:
+/// the wire form of an embedded message), so a gateway decodes only those it delivers.
+#[derive(Clone, PartialEq, prost::Message)]
+struct EncodedBatch {
+    #[prost(bytes = "bytes", repeated, tag = "1000")]
+    interventions: Vec<Bytes>,
+}
+
+/// An `Intervention`'s address (fields 2 and 3), every other field skipped.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Addressed {
+    #[prost(string, tag = "2")]
+    tenant_id: String,
+    #[prost(string, tag = "3")]
+    shopper_id: String,
+}
+
 /// Delivers one pub/sub payload from `tenant`'s channel to the hub: an `InterventionBatch`,
 /// or a single `Intervention` from a publisher of an earlier version. Malformed payloads,
 /// and interventions naming another tenant than their channel's, are logged and dropped.
+///
+/// Every process holding the tenant reads every payload, and most of its interventions are
+/// for shoppers held elsewhere: each intervention's address is read first, and only one
+/// this process holds is decoded whole and rendered.
 pub fn deliver_payload(hub: &Hub, tenant: TenantId, payload: &[u8]) {
-    match interventions_of(payload) {
+    match encoded_interventions(payload) {
         Ok(batch) => {
-            for iv in batch {
-                deliver_one(hub, tenant, iv);
+            for encoded in batch {
+                deliver_encoded(hub, tenant, encoded);
             }
         }
         Err(e) => tracing::error!(tenant_id = %tenant, error = %e, "undecodable interventions on the pub/sub channel"),
     }
 }
 
-/// The interventions of a channel payload, batch or single.
-fn interventions_of(payload: &[u8]) -> Result<Vec<Intervention>, prost::DecodeError> {
-    let batch = InterventionBatch::decode(payload)?;
-    if batch.interventions.is_empty() { Ok(vec![Intervention::decode(payload)?]) } else { Ok(batch.interventions) }
+/// The encoded interventions of a channel payload, batch or single.
+fn encoded_interventions(payload: &[u8]) -> Result<Vec<Bytes>, prost::DecodeError> {
+    let payload = Bytes::copy_from_slice(payload);
+    let batch = EncodedBatch::decode(payload.clone())?;
+    if batch.interventions.is_empty() { Ok(vec![payload]) } else { Ok(batch.interventions) }
 }
 
-fn deliver_one(hub: &Hub, tenant: TenantId, iv: Intervention) {
-    let (Ok(named), Ok(shopper)) = (iv.tenant_id.parse::<TenantId>(), ShopperId::parse(&iv.shopper_id)) else {
-        tracing::error!(tenant_id = %tenant, intervention_id = %iv.intervention_id, "intervention with invalid tenant or shopper id");
+fn deliver_encoded(hub: &Hub, tenant: TenantId, encoded: Bytes) {
+    // The id, for the log, only when something is wrong.
+    let id_of =
+        |encoded: &Bytes| Intervention::decode(encoded.clone()).map(|iv| iv.intervention_id).unwrap_or_default();
+    let addressed = match Addressed::decode(encoded.clone()) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(tenant_id = %tenant, error = %e, "undecodable intervention on the pub/sub channel");
+            return;
+        }
+    };
+    let (Ok(named), Ok(shopper)) = (addressed.tenant_id.parse::<TenantId>(), ShopperId::parse(&addressed.shopper_id))
+    else {
+        tracing::error!(tenant_id = %tenant, intervention_id = %id_of(&encoded), "intervention with invalid tenant or shopper id");
         return;
     };
     if named != tenant {
-        tracing::error!(tenant_id = %tenant, intervention_id = %iv.intervention_id, "intervention on another tenant's channel; dropped");
+        tracing::error!(tenant_id = %tenant, intervention_id = %id_of(&encoded), "intervention on another tenant's channel; dropped");
         return;
     }
     let address = ShopperAddress { tenant, shopper };
     // Every gateway holding the tenant receives its messages; only one holding the shopper
-    // renders.
+    // decodes and renders.
     if !hub.holds(&address) {
         return;
     }
+    let iv = match Intervention::decode(encoded) {
+        Ok(iv) => iv,
+        Err(e) => {
+            tracing::error!(tenant_id = %tenant, error = %e, "undecodable intervention on the pub/sub channel");
+            return;
+        }
+    };
     let trace_id = TraceContext::parse(&iv.traceparent).map(|t| t.trace_id()).unwrap_or_default();
     let message =
         Arc::new(Pushed { intervention_id: iv.intervention_id.as_str().into(), text: push_frame(&iv).into() });
@@ -633,6 +673,78 @@ mod tests {
         assert_eq!(ids(interventions_of(&batch.encode_to_vec()).unwrap()), ["a", "b"]);
         assert_eq!(ids(interventions_of(&iv("c").encode_to_vec()).unwrap()), ["c"]);
         assert!(interventions_of(b"\xff\xff\xff").is_err());
+    }
+
+    #[test]
+    fn only_interventions_for_shoppers_held_here_and_of_the_channels_tenant_are_delivered() {
+        let hub = Arc::new(Hub::default());
+        let (tenant, other) = (TenantId::new(), TenantId::new());
+        let here = ShopperAddress { tenant, shopper: ShopperId::parse("shp_here").unwrap() };
+        let (_registration, queue) =
+            hub.register(here.clone(), nudge_tenants::PublishableKey::generate().unwrap(), 10).unwrap();
+        let iv = |id: &str, tenant: TenantId, shopper: &str| Intervention {
+            intervention_id: id.into(),
+            tenant_id: tenant.to_string(),
+            shopper_id: shopper.into(),
+            title: "Still thinking it over?".into(),
+            ..Default::default()
+        };
+        let batch = InterventionBatch {
+            interventions: vec![
+                iv("itv_elsewhere", tenant, "shp_elsewhere"),
+                iv("itv_foreign", other, "shp_here"),
+                iv("itv_bad_shopper", tenant, "not a shopper id"),
+                iv("itv_here", tenant, "shp_here"),
+            ],
+        };
+        deliver_payload(&hub, tenant, &batch.encode_to_vec());
+        match queue.try_recv() {
+            Some(crate::hub::Outbound::Push(p)) => {
+                assert_eq!(&*p.intervention_id, "itv_here");
+                assert!(p.text.contains("Still thinking it over?"), "rendered whole: {}", p.text);
+            }
+            other => panic!("expected the held shopper's intervention, got {other:?}"),
+        }
+        assert!(queue.try_recv().is_none(), "nothing else reaches the socket");
+        // A payload that does not decode delivers nothing and does not stop the next one.
+        deliver_payload(&hub, tenant, b"\xff\xff\xff");
+        deliver_payload(&hub, tenant, &iv("itv_single", tenant, "shp_here").encode_to_vec());
+        assert!(matches!(queue.try_recv(), Some(crate::hub::Outbound::Push(p)) if &*p.intervention_id == "itv_single"));
+    }
+
+    /// The whole interventions of a payload, as a gateway holding every shopper decodes them.
+    fn interventions_of(payload: &[u8]) -> Result<Vec<Intervention>, prost::DecodeError> {
+        encoded_interventions(payload)?.into_iter().map(Intervention::decode).collect()
+    }
+
+    #[test]
+    fn the_partial_views_read_the_fields_the_contract_numbers() {
+        // EncodedBatch and Addressed repeat field numbers of the generated types; an
+        // intervention with every field set reads back the same through them.
+        let iv = Intervention {
+            intervention_id: "itv_1".into(),
+            tenant_id: TenantId::new().to_string(),
+            shopper_id: "shp_1".into(),
+            kind: "cart_reminder".into(),
+            title: "Still thinking it over?".into(),
+            body: "Your cart is saved.".into(),
+            score: 0.8,
+            model_version: "cart_abandonment@1".into(),
+            cause_event_id: "evt_1".into(),
+            decided_at_ms: 1_764_000_000_000,
+            traceparent: TraceContext::new_root().to_header(),
+            campaign_id: "cmp_1".into(),
+            campaign_version: 3,
+            variant: "b".into(),
+        };
+        let other = Intervention { shopper_id: "shp_2".into(), ..iv.clone() };
+        let payload = InterventionBatch { interventions: vec![iv.clone(), other.clone()] }.encode_to_vec();
+        let encoded = encoded_interventions(&payload).unwrap();
+        assert_eq!(encoded.len(), 2);
+        let addressed = Addressed::decode(encoded[1].clone()).unwrap();
+        assert_eq!((addressed.tenant_id.as_str(), addressed.shopper_id.as_str()), (iv.tenant_id.as_str(), "shp_2"));
+        assert_eq!(Intervention::decode(encoded[0].clone()).unwrap(), iv);
+        assert_eq!(Intervention::decode(encoded[1].clone()).unwrap(), other);
     }
 
     /// Against the real Redis the tests run with, under a key prefix of their own.
