@@ -2,6 +2,7 @@
 // its simplest form, measured in the same run. Shoppers connect to /?shopper=ID and get a
 // ready frame; a driver connected to /driver sends "ID|frame" and the server writes the
 // frame to that shopper's socket. No compression, 4 KiB frame limit, like the gateway.
+// Acknowledgements, when the clients send them, are parsed and dropped.
 "use strict";
 const http = require("http");
 const { WebSocketServer } = require("ws");
@@ -25,6 +26,11 @@ wss.on("connection", (socket, req) => {
   shoppers.set(shopper, socket);
   socket.on("close", () => { if (shoppers.get(shopper) === socket) shoppers.delete(shopper); });
   socket.on("error", () => {});
+  // With `--peer-acks` the clients acknowledge each delivery, as they do to the gateway:
+  // each is read and parsed, and nothing is kept.
+  socket.on("message", (data) => {
+    try { JSON.parse(data.toString()); } catch (e) { socket.close(1008); }
+  });
   socket.send(JSON.stringify({ type: "ready", shopper_id: shopper }));
 });
 

@@ -21,7 +21,9 @@
 //! shopper's history appended and the tenant's channel published to in batches,
 //! per-tenant subscriptions), the keepalive sweep, an acknowledgement from the
 //! client for every delivery. The peer routes from an in-memory map, with no Redis, no
-//! history and no acknowledgements: the floor a bare socket server stands on.
+//! history and no acknowledgements: the floor a bare socket server stands on. With
+//! `--peer-acks` its clients acknowledge every delivery too and it parses each, so the two
+//! socket layers compare like for like.
 
 use std::{
     collections::HashSet,
@@ -91,6 +93,10 @@ pub struct Args {
     /// Only the gateway.
     #[arg(long)]
     no_peer: bool,
+    /// The peer's clients acknowledge every delivery too, and the peer parses each
+    /// acknowledgement (and stores nothing): the socket layer compared like for like.
+    #[arg(long)]
+    peer_acks: bool,
 }
 
 /// `nudge-bench socket-server`: the gateway as a cell mounts it, in its own process.
@@ -124,6 +130,9 @@ pub struct ClientArgs {
     source: u8,
     #[arg(long)]
     addresses: u8,
+    /// Acknowledge every delivery.
+    #[arg(long)]
+    ack: bool,
 }
 
 fn now_us() -> u64 {
@@ -344,6 +353,9 @@ async fn start(
         worker.args(["--addresses", &args.addresses.to_string()]);
         if let Some(store) = store {
             worker.args(["--tenant", &store.tenant.to_string(), "--key", store.key.as_str()]);
+        }
+        if store.is_some() || args.peer_acks {
+            worker.arg("--ack");
         }
         fleet.workers.push(Process::spawn("socket-clients", worker)?);
         fleet.servers.push((server, addr));
@@ -760,7 +772,7 @@ pub async fn clients(args: ClientArgs) -> anyhow::Result<()> {
                     let source = Ipv4Addr::new(127, 0, 0, args.source + (i % usize::from(args.addresses)) as u8);
                     let churn = Arc::new(Notify::new());
                     let (tally, gate, stop) = (tally.clone(), gate.clone(), stop.clone());
-                    tokio::spawn(shopper(args.server, source, url, store.is_some(), tally, gate, churn.clone(), stop));
+                    tokio::spawn(shopper(args.server, source, url, args.ack, tally, gate, churn.clone(), stop));
                     churns.push(churn);
                 }
                 let deadline = Instant::now() + Duration::from_secs(240);
