@@ -111,8 +111,10 @@ impl Series {
         let p50: Vec<f64> = self.rounds.iter_mut().map(|o| o.latency_ms(0.5)).collect();
         let p99: Vec<f64> = self.rounds.iter_mut().map(|o| o.latency_ms(0.99)).collect();
         let failures: u64 = self.rounds.iter().map(|o| o.failures).sum();
+        let cpu: Vec<f64> = self.rounds.iter().map(Outcome::cpu_us_per_event).collect();
+        let busy: Vec<f64> = self.rounds.iter().map(Outcome::busy_cores).collect();
         println!(
-            "| {} | {:.0} ({:.0}–{:.0}) | {:.0} | {:.2} | {:.2} | {} |",
+            "| {} | {:.0} ({:.0}–{:.0}) | {:.0} | {:.2} | {:.2} | {} | {:.2} | {:.2} |",
             self.name,
             median(&rates),
             min(&rates),
@@ -120,7 +122,9 @@ impl Series {
             median(&rps),
             median(&p50),
             median(&p99),
-            failures
+            failures,
+            median(&cpu),
+            median(&busy)
         );
     }
 }
@@ -190,6 +194,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     load::run(&target(ingest_addr, &auth, "warm-i".into(), args.batch), args.connections, warm).await?;
     load::run(&target(trivial_addr, &auth, "warm-t".into(), args.batch), args.connections, warm).await?;
 
+    // CPU time of every process on the path: this one, Redis, the vault, the broker.
+    let mut pids: Vec<u32> =
+        [vault.pid(), broker.as_ref().and_then(targets::Broker::pid)].into_iter().flatten().collect();
+    pids.extend(crate::cpu::redis_pid(&mut redis.clone()).await);
+    let meter = crate::cpu::Meter::new(pids)?;
+
     let rounds = args.rounds;
     for round in 0..rounds {
         eprintln!("round {} of {rounds}", round + 1);
@@ -203,21 +213,25 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             let ta = target(a_addr, &auth, format!("i{kind}{round}"), batch);
             let tb = target(b_addr, &auth, format!("t{kind}{round}"), batch);
             if first {
-                a.rounds.push(load::run(&ta, args.connections, duration).await?);
-                b.rounds.push(load::run(&tb, args.connections, duration).await?);
+                a.rounds.push(metered(&meter, load::run(&ta, args.connections, duration)).await?);
+                b.rounds.push(metered(&meter, load::run(&tb, args.connections, duration)).await?);
             } else {
-                b.rounds.push(load::run(&tb, args.connections, duration).await?);
-                a.rounds.push(load::run(&ta, args.connections, duration).await?);
+                b.rounds.push(metered(&meter, load::run(&tb, args.connections, duration)).await?);
+                a.rounds.push(metered(&meter, load::run(&ta, args.connections, duration)).await?);
             }
         }
         if let Some((addr, h)) = &e2e_target {
             let t = target(*addr, h, format!("e{round}"), args.batch);
             if first {
-                e2e.rounds.push(load::run(&t, args.connections, duration).await?);
-                bare.rounds.push(targets::bare_producer(&kafka, args.connections, args.batch, duration).await?);
+                e2e.rounds.push(metered(&meter, load::run(&t, args.connections, duration)).await?);
+                bare.rounds.push(
+                    metered(&meter, targets::bare_producer(&kafka, args.connections, args.batch, duration)).await?,
+                );
             } else {
-                bare.rounds.push(targets::bare_producer(&kafka, args.connections, args.batch, duration).await?);
-                e2e.rounds.push(load::run(&t, args.connections, duration).await?);
+                bare.rounds.push(
+                    metered(&meter, targets::bare_producer(&kafka, args.connections, args.batch, duration)).await?,
+                );
+                e2e.rounds.push(metered(&meter, load::run(&t, args.connections, duration)).await?);
             }
         }
     }
@@ -229,8 +243,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.connections,
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     );
-    println!("| measurement | events/s median (range) | requests/s | p50 ms | p99 ms | failed requests |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "| measurement | events/s median (range) | requests/s | p50 ms | p99 ms | failed requests | CPU µs per event | busy cores |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
     for s in [&mut ingest_batched, &mut trivial_batched, &mut ingest_single, &mut trivial_single] {
         s.print();
     }
@@ -245,6 +261,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         println!("- ingest end to end / bare producer: {}", ratio(&e2e, &bare));
     }
     forget(redis, &prefix).await
+}
+
+/// `run`'s outcome with the CPU time the measured processes spent meanwhile.
+async fn metered(
+    meter: &crate::cpu::Meter,
+    run: impl std::future::Future<Output = anyhow::Result<Outcome>>,
+) -> anyhow::Result<Outcome> {
+    let before = meter.seconds();
+    let mut outcome = run.await?;
+    outcome.cpu_seconds = meter.seconds() - before;
+    Ok(outcome)
 }
 
 /// Deletes the run's dedup keys, so benchmarks do not fill Redis for a day.

@@ -22,6 +22,9 @@ pub struct Outcome {
     pub seconds: f64,
     /// Per request, in microseconds.
     pub latencies_us: Vec<u32>,
+    /// CPU seconds the measured processes used meanwhile (see [`crate::cpu`]); 0 unless
+    /// measured.
+    pub cpu_seconds: f64,
 }
 
 impl Outcome {
@@ -31,6 +34,16 @@ impl Outcome {
 
     pub fn requests_per_second(&self) -> f64 {
         self.requests as f64 / self.seconds
+    }
+
+    /// CPU microseconds per accepted event, all measured processes together.
+    pub fn cpu_us_per_event(&self) -> f64 {
+        self.cpu_seconds * 1e6 / self.events as f64
+    }
+
+    /// Cores kept busy on average.
+    pub fn busy_cores(&self) -> f64 {
+        self.cpu_seconds / self.seconds
     }
 
     /// The `q` quantile (0..=1) of the latencies, in milliseconds.

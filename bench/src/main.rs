@@ -4,6 +4,7 @@
 //! gateway's memory per connection and routing beside Node `ws`). Run it with
 //! `scripts/bench` (release build, Redis and the broker set up).
 
+mod cpu;
 mod inference;
 mod ingest;
 mod load;

@@ -13,11 +13,12 @@ use axum::{Router, http::StatusCode, middleware::from_fn_with_state, routing::po
 use bytes::Bytes;
 use nudge_contracts::{
     Topic,
-    headers::SEALED_V1,
+    headers::{EVENT_V1, SEALED_V1},
     proto::{
         control::v1::{Limits, TenantConfig, TenantState},
         events::v1::{Event, PageView, event::Payload},
         features::v1::SubjectKey,
+        sealed::v1::Sealed,
     },
 };
 use nudge_data_plane_directory::{
@@ -155,7 +156,7 @@ pub async fn trivial() -> anyhow::Result<SocketAddr> {
 /// A tansu broker in memory on a free port, stopped when dropped.
 pub struct Broker {
     pub bootstrap: String,
-    _child: Child,
+    child: Child,
 }
 
 impl Broker {
@@ -175,11 +176,15 @@ impl Broker {
             .with_context(|| format!("starting {}", bin.display()))?;
         for _ in 0..200 {
             if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                return Ok(Self { bootstrap: format!("127.0.0.1:{port}"), _child: child });
+                return Ok(Self { bootstrap: format!("127.0.0.1:{port}"), child });
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         anyhow::bail!("tansu did not start")
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 }
 
@@ -187,10 +192,16 @@ impl Broker {
 /// keys wrap the data keys ingest seals events with.
 pub struct Vault {
     port: u16,
-    _child: Child,
+    child: Child,
 }
 
 const BENCH_VAULT_TOKEN: &str = "bench-root-token";
+
+impl Vault {
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+}
 
 impl Vault {
     pub async fn start() -> anyhow::Result<Self> {
@@ -207,7 +218,7 @@ impl Vault {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
-        let vault = Self { port, _child: child };
+        let vault = Self { port, child };
         let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
         for _ in 0..400 {
             let mounted = http
@@ -235,7 +246,7 @@ impl Vault {
 
 /// The records ingest would write for request `seq` of `worker`: the same keys and headers,
 /// built without HTTP; the values are the events unsealed (about 45 bytes shorter).
-fn records(tenant: TenantId, worker: usize, seq: u64, batch: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+fn records(tenant: TenantId, worker: usize, seq: u64, batch: usize) -> anyhow::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let now = chrono::Utc::now().timestamp_millis();
     (0..batch)
         .map(|i| {
@@ -243,7 +254,7 @@ fn records(tenant: TenantId, worker: usize, seq: u64, batch: usize) -> Vec<(Vec<
             let digest = nudge_contracts::ShopperId::parse(&shopper)
                 .map(|s| nudge_contracts::subject_digest(tenant.as_uuid(), &s))
                 .unwrap_or_default();
-            let key = SubjectKey { tenant_id: tenant.to_string(), subject_digest: digest };
+            let key = SubjectKey { tenant_id: tenant.to_string(), subject_digest: digest.clone() };
             let event = Event {
                 tenant_id: tenant.to_string(),
                 event_id: crate::ingest::event_id("bare", worker, seq, i),
@@ -253,7 +264,23 @@ fn records(tenant: TenantId, worker: usize, seq: u64, batch: usize) -> Vec<(Vec<
                 payload: Some(Payload::PageView(PageView::default())),
                 time_zone: String::new(),
             };
-            (key.encode_to_vec(), event.encode_to_vec())
+            // What ingest writes is the event sealed in a `Sealed` envelope; the bare
+            // producer sends one of the same size (a random nonce and tag around the
+            // event's bytes) without encrypting, which is the ingest path's own work.
+            let mut nonce = vec![0u8; 12];
+            let mut tag = [0u8; 16];
+            nudge_platform_telemetry::random::fill(&mut nonce)?;
+            nudge_platform_telemetry::random::fill(&mut tag)?;
+            let mut ciphertext = event.encode_to_vec();
+            ciphertext.extend_from_slice(&tag);
+            let sealed = Sealed {
+                tenant_id: tenant.to_string(),
+                subject_digest: digest,
+                schema: EVENT_V1.name.to_owned(),
+                nonce,
+                ciphertext,
+            };
+            Ok((key.encode_to_vec(), sealed.encode_to_vec()))
         })
         .collect()
 }
@@ -280,14 +307,16 @@ pub async fn bare_producer(
             let mut seq = 0;
             while Instant::now() < deadline {
                 let sent = Instant::now();
-                let batch_records = records(tenant, worker, seq, batch);
+                let batch_records = records(tenant, worker, seq, batch)?;
                 seq += 1;
+                // A trace per batch, as each ingest request starts one.
+                let trace = TraceContext::new_root();
                 let mut deliveries = Vec::with_capacity(batch);
                 for (key, value) in &batch_records {
                     let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic)
                         .key(key.as_slice())
                         .payload(value.as_slice())
-                        .headers(record_headers(SEALED_V1, None));
+                        .headers(record_headers(SEALED_V1, Some(&trace)));
                     deliveries.push(producer.send_result(record).map_err(|(e, _)| e)?);
                 }
                 let acks = futures_util::future::join_all(deliveries).await;
