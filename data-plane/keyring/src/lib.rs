@@ -407,13 +407,14 @@ impl Keyring {
         self.seal_with(&key, &tenant.to_string(), subject_digest, schema, plaintext, &nonce)
     }
 
-    /// `n` random nonces from the kernel's generator in one draw: a batch's in one system
-    /// call, a single record's from the thread's block of kernel randomness (a call per
-    /// record, then per request, showed in the ingest profile).
+    /// `n` random nonces in one draw from the system's generator (one system call for a
+    /// batch, where a call per record showed in the ingest profile). Each comes from the
+    /// kernel as it is needed, never from a buffer a copy of this process (a fork, a VM
+    /// snapshot restored twice) could hand out again: a repeated nonce under one data key
+    /// would break AES-GCM.
     fn nonces(&self, n: usize) -> Result<Vec<u8>, KeyError> {
         let mut nonces = vec![0u8; n * NONCE_LEN];
-        nudge_platform_telemetry::random::fill(&mut nonces)
-            .map_err(|_| KeyError::Unavailable("no random numbers".into()))?;
+        self.rng.fill(&mut nonces).map_err(|_| KeyError::Unavailable("no random numbers".into()))?;
         Ok(nonces)
     }
 

@@ -7,8 +7,7 @@
 //! - [`trace`]: [`TraceContext`], the W3C `traceparent` carried over HTTP, Kafka record
 //!   headers, Redis pub/sub and WebSocket messages.
 //! - [`metrics`]: [`Metrics`], a Prometheus registry owned by the service (never global).
-//! - [`random`]: random bytes for public values (trace ids, nonces) without a system call
-//!   each.
+//! - [`random`]: random bytes for trace and span ids without a system call each.
 
 pub mod logging;
 pub mod metrics;

@@ -1,21 +1,20 @@
-//! Random bytes for values that are public once used — trace and span ids, AES-GCM nonces —
-//! drawn from the kernel's generator a block at a time per thread, so minting one costs a
-//! copy instead of a system call (two `getrandom` calls per ingest request showed in its
-//! profile).
+//! Random bytes for ids whose repetition is harmless — trace and span ids — drawn from the
+//! kernel's generator a block at a time per thread, so minting one costs a copy instead of
+//! a system call (a `getrandom` call per request showed in the ingest profile).
 //!
-//! Every byte handed out comes from the kernel and is handed out once: the block is
-//! consumed front to back and refilled only when what is left is too short. Secrets (key
-//! material) do not come from here; they are drawn directly, so they never sit in a buffer.
-//! A forked child would share its parent's unused bytes; the platform's processes only fork
-//! to `exec` at once, which never reaches this code.
+//! Every byte handed out comes from the kernel and is handed out once by this process:
+//! the block is consumed front to back and refilled only when what is left is too short.
+//! A copy of the process (a fork, a VM snapshot restored twice) would hand out the same
+//! bytes again, which is why nothing that must never repeat (AES-GCM nonces) or stay secret
+//! (key material) comes from here.
 
 use std::cell::RefCell;
 
 /// Bytes drawn from the kernel at a time.
 const BLOCK: usize = 4096;
 
-/// Requests larger than this go to the kernel directly (a batch's nonces, say): they are
-/// one system call for many values already.
+/// Requests larger than this go to the kernel directly: they are one system call for many
+/// values already.
 const LARGEST_POOLED: usize = BLOCK / 8;
 
 struct Pool {
@@ -33,18 +32,23 @@ pub fn fill(out: &mut [u8]) -> Result<(), getrandom::Error> {
     if out.len() > LARGEST_POOLED {
         return getrandom::fill(out);
     }
-    POOL.with_borrow_mut(|pool| {
+    let pooled = POOL.try_with(|pool| {
+        let mut pool = pool.borrow_mut();
         if BLOCK - pool.used < out.len() {
             getrandom::fill(pool.bytes.as_mut_slice())?;
             pool.used = 0;
         }
-        let taken = &mut pool.bytes[pool.used..pool.used + out.len()];
+        let used = pool.used;
+        let taken = &mut pool.bytes[used..used + out.len()];
         out.copy_from_slice(taken);
         // Nothing handed out stays behind to be read again.
         taken.fill(0);
         pool.used += out.len();
         Ok(())
-    })
+    });
+    // While the thread's locals are torn down (an id minted in another's destructor), the
+    // kernel directly.
+    pooled.unwrap_or_else(|_| getrandom::fill(out))
 }
 
 #[cfg(test)]
@@ -58,9 +62,9 @@ mod tests {
         // Several blocks' worth of 12-byte values, with sizes that do not divide the block.
         let mut seen = HashSet::new();
         for i in 0..2_000 {
-            let mut nonce = [0u8; 12];
-            fill(&mut nonce).unwrap();
-            assert!(seen.insert(nonce), "value {i} repeated");
+            let mut id = [0u8; 12];
+            fill(&mut id).unwrap();
+            assert!(seen.insert(id), "value {i} repeated");
             let mut odd = [0u8; 7];
             fill(&mut odd).unwrap();
             assert_ne!(odd, [0u8; 7]);
