@@ -290,6 +290,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         usize::from(args.addresses) * processes * 2 + 2 < 250,
         "too many source addresses: lower --addresses or raise --per-process"
     );
+    // The unpaced phase is rate 0; the paced one must differ, its messages carry its rate.
+    anyhow::ensure!(args.rate > 0, "--rate must be above 0 (the latency phase is paced)");
     let redis_url = std::env::var("NUDGE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
     let prefix = format!("nudge-bench:{}:{}:", std::process::id(), now_us());
     let exe = std::env::current_exe()?;
@@ -431,7 +433,7 @@ async fn route(fleet: &mut Fleet, args: &Args, driver: &Driver, rate: u64) -> an
     let n = args.connections.iter().copied().max().unwrap_or(0);
     // Whatever an earlier phase left queued is delivered before this one records.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    fleet.all("record", Duration::from_secs(10)).await?;
+    fleet.all(&format!("record {rate}"), Duration::from_secs(10)).await?;
     let churn = format!("churn {} {}", args.churn.div_ceil(fleet.workers.len()), args.seconds);
     fleet.all(&churn, Duration::from_secs(10)).await?;
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
@@ -463,6 +465,7 @@ async fn route(fleet: &mut Fleet, args: &Args, driver: &Driver, rate: u64) -> an
                     let i = (k * 104_729) % n;
                     let shopper = format!("shp_{i}");
                     let mut iv = Intervention {
+                        // The phase is in the id (see `phase_of`).
                         intervention_id: format!("itv_b{rate}_{k}"),
                         shopper_id: shopper.clone(),
                         kind: "cart_reminder".into(),
@@ -550,7 +553,9 @@ fn print(args: &Args, reports: &[Report]) {
         args.seconds,
         args.rate
     );
-    println!("| server | deliveries/s | latency p50 | p99 | max | reconnects | repeated deliveries |");
+    println!(
+        "| server | deliveries/s | latency p50 | p99 | max | reconnects (unpaced phase) | repeated deliveries (both phases) |"
+    );
     println!("|---|---|---|---|---|---|---|");
     for r in reports {
         println!(
@@ -602,8 +607,9 @@ struct Tally {
     /// Interventions received again: replays from a shopper's history of messages already
     /// delivered whose acknowledgement had not been stored yet.
     repeated: AtomicU64,
-    /// Every intervention id received, to tell repeats from first deliveries.
-    seen: Mutex<HashSet<String>>,
+    /// The phase being recorded (its publishers' rate, which their intervention ids carry):
+    /// a message of an earlier phase that arrives late is neither counted nor timed.
+    phase: AtomicU64,
     failed: AtomicUsize,
     reconnected: AtomicUsize,
     /// Latencies (µs) of deliveries while `recording`.
@@ -631,6 +637,11 @@ async fn connect(
     Ok(ws)
 }
 
+/// The phase (publishers' rate) an intervention id of [`route`] names.
+fn phase_of(intervention_id: &str) -> Option<u64> {
+    intervention_id.strip_prefix("itv_b")?.split('_').next()?.parse().ok()
+}
+
 #[derive(serde::Deserialize)]
 struct Delivered {
     intervention_id: String,
@@ -652,8 +663,10 @@ async fn shopper(
     stop: CancellationToken,
 ) {
     let mut first = true;
-    // As nudge.js does, a reconnect resumes after the last intervention received.
+    // As nudge.js does, a reconnect resumes after the last intervention received, and what
+    // arrives twice is noticed by id.
     let mut last_id: Option<String> = None;
+    let mut seen: HashSet<String> = HashSet::new();
     loop {
         let Ok(permit) = gate.acquire().await else { return };
         let resuming = last_id.as_ref().map(|id| format!("{url}&last_id={id}"));
@@ -700,12 +713,10 @@ async fn shopper(
                 continue;
             }
             let Ok(message) = serde_json::from_str::<Delivered>(&text) else { continue };
-            let first_time = tally
-                .seen
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(message.intervention_id.clone());
-            if first_time {
+            let first_time = seen.insert(message.intervention_id.clone());
+            if phase_of(&message.intervention_id) != Some(tally.phase.load(Ordering::Relaxed)) {
+                // A late message of an earlier phase: not this phase's to count or time.
+            } else if first_time {
                 tally.delivered.fetch_add(1, Ordering::Relaxed);
                 if tally.recording.load(Ordering::Relaxed)
                     && let Ok(sent) = message.body.parse::<u64>()
@@ -804,7 +815,8 @@ pub async fn clients(args: ClientArgs) -> anyhow::Result<()> {
                     n => format!("failed: {n} connections still open"),
                 }
             }
-            ["record"] => {
+            ["record", phase] => {
+                tally.phase.store(phase.parse()?, Ordering::Relaxed);
                 before = tally.delivered.load(Ordering::Relaxed);
                 repeated_before = tally.repeated.load(Ordering::Relaxed);
                 tally.recording.store(true, Ordering::Relaxed);
