@@ -158,6 +158,7 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         client,
         naming.clone(),
         hub.clone(),
+        nudge_data_plane_gateway::route::RouteMetrics::register(&metrics),
         Arc::default(),
         shutdown.clone(),
     ));

@@ -249,6 +249,7 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
             redis_client,
             naming.clone(),
             hub.clone(),
+            nudge_data_plane_gateway::route::RouteMetrics::register(&metrics),
             subscribed.clone(),
             shutdown.clone(),
         );

@@ -28,8 +28,9 @@ use nudge_contracts::{
     proto::interventions::v1::{Intervention, InterventionBatch},
     push::{InterventionMessage, PushMessage},
 };
-use nudge_platform_telemetry::TraceContext;
+use nudge_platform_telemetry::{Metrics, TraceContext};
 use nudge_tenants::{CellId, TenantId};
+use prometheus_client::metrics::{counter::Counter, histogram::Histogram};
 use prost::{Message, bytes::Bytes};
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
@@ -468,6 +469,37 @@ pub fn push_frame(iv: &Intervention) -> String {
     serde_json::to_string(&message).unwrap_or_default()
 }
 
+/// How far behind this process's routing runs, and how often its subscription breaks.
+#[derive(Clone)]
+pub struct RouteMetrics {
+    /// From the decision to the intervention reaching this process's hub, for shoppers it
+    /// holds (clocks of two processes, so only as close as they agree).
+    lag: Histogram,
+    /// Subscriptions lost and re-made (Redis gone, or it cut a subscriber that fell behind).
+    losses: Counter,
+}
+
+impl RouteMetrics {
+    pub fn register(metrics: &Metrics) -> Self {
+        let this = Self {
+            lag: Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            losses: Counter::default(),
+        };
+        let mut r = metrics.registry();
+        r.register(
+            "gateway_route_lag_seconds",
+            "Decision to this process's sockets, for interventions arriving on the channel",
+            this.lag.clone(),
+        );
+        r.register(
+            "gateway_subscription_losses",
+            "Intervention subscriptions lost and re-made (every socket then re-reads its history)",
+            this.losses.clone(),
+        );
+        this
+    }
+}
+
 /// An `InterventionBatch` with its interventions left encoded (field 1000 read as bytes:
 /// the wire form of an embedded message), so a gateway decodes only those it delivers.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -492,11 +524,16 @@ struct Addressed {
 /// Every process holding the tenant reads every payload, and most of its interventions are
 /// for shoppers held elsewhere: each intervention's address is read first, and only one
 /// this process holds is decoded whole and rendered.
-pub fn deliver_payload(hub: &Hub, tenant: TenantId, payload: &[u8]) {
+pub fn deliver_payload(hub: &Hub, tenant: TenantId, payload: &[u8], metrics: &RouteMetrics) {
     match encoded_interventions(payload) {
         Ok(batch) => {
+            let now_ms = Utc::now().timestamp_millis();
             for encoded in batch {
-                deliver_encoded(hub, tenant, encoded);
+                if let Some(decided_at_ms) = deliver_encoded(hub, tenant, encoded)
+                    && decided_at_ms > 0
+                {
+                    metrics.lag.observe(now_ms.saturating_sub(decided_at_ms).max(0) as f64 / 1000.0);
+                }
             }
         }
         Err(e) => tracing::error!(tenant_id = %tenant, error = %e, "undecodable interventions on the pub/sub channel"),
@@ -510,7 +547,8 @@ fn encoded_interventions(payload: &[u8]) -> Result<Vec<Bytes>, prost::DecodeErro
     if batch.interventions.is_empty() { Ok(vec![payload]) } else { Ok(batch.interventions) }
 }
 
-fn deliver_encoded(hub: &Hub, tenant: TenantId, encoded: Bytes) {
+/// Routes one encoded intervention; its decision time when it was for a shopper held here.
+fn deliver_encoded(hub: &Hub, tenant: TenantId, encoded: Bytes) -> Option<i64> {
     // The id, for the log, only when something is wrong.
     let id_of =
         |encoded: &Bytes| Intervention::decode(encoded.clone()).map(|iv| iv.intervention_id).unwrap_or_default();
@@ -518,29 +556,29 @@ fn deliver_encoded(hub: &Hub, tenant: TenantId, encoded: Bytes) {
         Ok(a) => a,
         Err(e) => {
             tracing::error!(tenant_id = %tenant, error = %e, "undecodable intervention on the pub/sub channel");
-            return;
+            return None;
         }
     };
     let (Ok(named), Ok(shopper)) = (addressed.tenant_id.parse::<TenantId>(), ShopperId::parse(&addressed.shopper_id))
     else {
         tracing::error!(tenant_id = %tenant, intervention_id = %id_of(&encoded), "intervention with invalid tenant or shopper id");
-        return;
+        return None;
     };
     if named != tenant {
         tracing::error!(tenant_id = %tenant, intervention_id = %id_of(&encoded), "intervention on another tenant's channel; dropped");
-        return;
+        return None;
     }
     let address = ShopperAddress { tenant, shopper };
     // Every gateway holding the tenant receives its messages; only one holding the shopper
     // decodes and renders.
     if !hub.holds(&address) {
-        return;
+        return None;
     }
     let iv = match Intervention::decode(encoded) {
         Ok(iv) => iv,
         Err(e) => {
             tracing::error!(tenant_id = %tenant, error = %e, "undecodable intervention on the pub/sub channel");
-            return;
+            return None;
         }
     };
     let trace_id = TraceContext::parse(&iv.traceparent).map(|t| t.trace_id()).unwrap_or_default();
@@ -554,6 +592,7 @@ fn deliver_encoded(hub: &Hub, tenant: TenantId, encoded: Bytes) {
     if outcome.evicted > 0 {
         tracing::warn!(tenant_id = %tenant, evicted = outcome.evicted, "socket queue full; slow socket closed");
     }
+    Some(iv.decided_at_ms)
 }
 
 /// How long one SUBSCRIBE, UNSUBSCRIBE or PING may take before the connection counts as lost.
@@ -570,6 +609,7 @@ pub async fn subscribe(
     client: redis::Client,
     naming: Naming,
     hub: Arc<Hub>,
+    metrics: RouteMetrics,
     subscribed: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) {
@@ -630,7 +670,7 @@ pub async fn subscribe(
                         }
                         m = stream.next() => match m {
                             Some(msg) => match naming.tenant_of(msg.get_channel_name()) {
-                                Some(tenant) => deliver_payload(&hub, tenant, msg.get_payload_bytes()),
+                                Some(tenant) => deliver_payload(&hub, tenant, msg.get_payload_bytes(), &metrics),
                                 None => tracing::error!(channel = msg.get_channel_name(), "message on an unknown channel"),
                             },
                             None => break "connection closed".to_owned(),
@@ -638,6 +678,7 @@ pub async fn subscribe(
                     }
                 };
                 subscribed.store(false, Ordering::Release);
+                metrics.losses.inc();
                 tracing::warn!(error = %lost, "intervention subscription lost; reconnecting");
             }
             Ok(Err(e)) => tracing::warn!(error = %e, "connecting the intervention subscriber failed"),
@@ -682,11 +723,14 @@ mod tests {
         let here = ShopperAddress { tenant, shopper: ShopperId::parse("shp_here").unwrap() };
         let (_registration, queue) =
             hub.register(here.clone(), nudge_tenants::PublishableKey::generate().unwrap(), 10).unwrap();
+        let registry = Metrics::new("test");
+        let metrics = RouteMetrics::register(&registry);
         let iv = |id: &str, tenant: TenantId, shopper: &str| Intervention {
             intervention_id: id.into(),
             tenant_id: tenant.to_string(),
             shopper_id: shopper.into(),
             title: "Still thinking it over?".into(),
+            decided_at_ms: Utc::now().timestamp_millis(),
             ..Default::default()
         };
         let batch = InterventionBatch {
@@ -697,7 +741,7 @@ mod tests {
                 iv("itv_here", tenant, "shp_here"),
             ],
         };
-        deliver_payload(&hub, tenant, &batch.encode_to_vec());
+        deliver_payload(&hub, tenant, &batch.encode_to_vec(), &metrics);
         match queue.try_recv() {
             Some(crate::hub::Outbound::Push(p)) => {
                 assert_eq!(&*p.intervention_id, "itv_here");
@@ -707,9 +751,12 @@ mod tests {
         }
         assert!(queue.try_recv().is_none(), "nothing else reaches the socket");
         // A payload that does not decode delivers nothing and does not stop the next one.
-        deliver_payload(&hub, tenant, b"\xff\xff\xff");
-        deliver_payload(&hub, tenant, &iv("itv_single", tenant, "shp_here").encode_to_vec());
+        deliver_payload(&hub, tenant, b"\xff\xff\xff", &metrics);
+        deliver_payload(&hub, tenant, &iv("itv_single", tenant, "shp_here").encode_to_vec(), &metrics);
         assert!(matches!(queue.try_recv(), Some(crate::hub::Outbound::Push(p)) if &*p.intervention_id == "itv_single"));
+        // The routing lag is observed for the two delivered here, not for the others.
+        let exposed = registry.encode();
+        assert!(exposed.contains("gateway_route_lag_seconds_count 2"), "{exposed}");
     }
 
     /// The whole interventions of a payload, as a gateway holding every shopper decodes them.
