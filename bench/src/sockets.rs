@@ -154,11 +154,11 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let hub = Arc::new(Hub::default());
     let shutdown = CancellationToken::new();
     let metrics = Metrics::new("bench");
-    tokio::spawn(nudge_data_plane_gateway::route::subscribe(
+    tokio::spawn(nudge_data_plane_gateway::subscriber::subscribe(
         client,
         naming.clone(),
         hub.clone(),
-        nudge_data_plane_gateway::route::RouteMetrics::register(&metrics),
+        nudge_data_plane_gateway::subscriber::RouteMetrics::register(&metrics),
         Arc::default(),
         shutdown.clone(),
     ));

@@ -245,11 +245,11 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
         // This process's sockets, its subscriptions to the channels of the tenants it holds
         // sockets for, and one keepalive task for all of them.
         let subscribed = Arc::new(AtomicBool::new(false));
-        let subscribe = nudge_data_plane_gateway::route::subscribe(
+        let subscribe = nudge_data_plane_gateway::subscriber::subscribe(
             redis_client,
             naming.clone(),
             hub.clone(),
-            nudge_data_plane_gateway::route::RouteMetrics::register(&metrics),
+            nudge_data_plane_gateway::subscriber::RouteMetrics::register(&metrics),
             subscribed.clone(),
             shutdown.clone(),
         );
