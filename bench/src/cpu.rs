@@ -5,27 +5,38 @@
 
 use std::path::Path;
 
-/// The processes whose CPU time is summed.
+/// The processes whose CPU time is summed, each with a name for the breakdown.
 pub struct Meter {
-    pids: Vec<u32>,
+    pids: Vec<(&'static str, u32)>,
     /// Clock ticks per second, the unit of `/proc/<pid>/stat`'s times.
     ticks: f64,
 }
 
 impl Meter {
-    /// This process and `others` (those that are not local processes are left out).
-    pub fn new(others: impl IntoIterator<Item = u32>) -> anyhow::Result<Self> {
+    /// This process (named "bench") and `others`, by name. One that is not a local process
+    /// is left out, and said so on standard error.
+    pub fn new(others: impl IntoIterator<Item = (&'static str, Option<u32>)>) -> anyhow::Result<Self> {
         let out = std::process::Command::new("getconf").arg("CLK_TCK").output()?;
         let ticks: f64 = String::from_utf8_lossy(&out.stdout).trim().parse()?;
         anyhow::ensure!(ticks > 0.0, "CLK_TCK is {ticks}");
-        let mut pids = vec![std::process::id()];
-        pids.extend(others.into_iter().filter(|pid| Path::new(&format!("/proc/{pid}/stat")).exists()));
+        let mut pids = vec![("bench", std::process::id())];
+        for (name, pid) in others {
+            match pid.filter(|pid| Path::new(&format!("/proc/{pid}/stat")).exists()) {
+                Some(pid) => pids.push((name, pid)),
+                None => eprintln!("{name} is not a local process: its CPU time is left out of the figures"),
+            }
+        }
         Ok(Self { pids, ticks })
     }
 
-    /// User and system CPU seconds the processes have used so far.
-    pub fn seconds(&self) -> f64 {
-        self.pids.iter().filter_map(|pid| cpu_ticks(*pid)).sum::<u64>() as f64 / self.ticks
+    /// The names of the measured processes, in the order of [`Meter::by_process`].
+    pub fn names(&self) -> Vec<&'static str> {
+        self.pids.iter().map(|(name, _)| *name).collect()
+    }
+
+    /// User and system CPU seconds each process has used so far (0 for one that ended).
+    pub fn by_process(&self) -> Vec<f64> {
+        self.pids.iter().map(|(_, pid)| cpu_ticks(*pid).unwrap_or(0) as f64 / self.ticks).collect()
     }
 }
 
@@ -51,13 +62,14 @@ mod tests {
 
     #[test]
     fn this_process_uses_cpu() {
-        let meter = Meter::new([]).unwrap();
-        let before = meter.seconds();
+        let meter = Meter::new([("gone", None)]).unwrap();
+        assert_eq!(meter.names(), ["bench"]);
+        let before = meter.by_process()[0];
         let mut x = 0u64;
         let started = std::time::Instant::now();
-        while meter.seconds() <= before && started.elapsed().as_secs() < 10 {
+        while meter.by_process()[0] <= before && started.elapsed().as_secs() < 10 {
             x = x.wrapping_add(std::hint::black_box(x) ^ 1);
         }
-        assert!(meter.seconds() > before, "no CPU time counted after spinning");
+        assert!(meter.by_process()[0] > before, "no CPU time counted after spinning");
     }
 }

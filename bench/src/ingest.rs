@@ -39,8 +39,11 @@ pub struct Args {
     #[arg(long, env = "NUDGE_BENCH_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
     /// Only the ingest path against the trivial handler (no broker).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "broker_only")]
     no_broker: bool,
+    /// Only ingest end to end against the bare producer (to iterate on the producer side).
+    #[arg(long)]
+    broker_only: bool,
 }
 
 /// Shoppers the load's events come from.
@@ -106,6 +109,9 @@ impl Series {
     }
 
     fn print(&mut self) {
+        if self.rounds.is_empty() {
+            return;
+        }
         let rates = self.rates();
         let rps: Vec<f64> = self.rounds.iter().map(Outcome::requests_per_second).collect();
         let p50: Vec<f64> = self.rounds.iter_mut().map(|o| o.latency_ms(0.5)).collect();
@@ -126,6 +132,21 @@ impl Series {
             median(&cpu),
             median(&busy)
         );
+    }
+}
+
+impl Series {
+    /// One row of the CPU breakdown: µs per event for each measured process.
+    fn print_cpu(&self) {
+        if self.rounds.is_empty() {
+            return;
+        }
+        let per_round: Vec<Vec<f64>> = self.rounds.iter().map(Outcome::cpu_us_per_event_by_process).collect();
+        let processes = per_round.first().map_or(0, Vec::len);
+        let cells: Vec<String> = (0..processes)
+            .map(|i| format!("{:.2}", median(&per_round.iter().map(|r| r[i]).collect::<Vec<_>>())))
+            .collect();
+        println!("| {} | {} |", self.name, cells.join(" | "));
     }
 }
 
@@ -195,10 +216,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     load::run(&target(trivial_addr, &auth, "warm-t".into(), args.batch), args.connections, warm).await?;
 
     // CPU time of every process on the path: this one, Redis, the vault, the broker.
-    let mut pids: Vec<u32> =
-        [vault.pid(), broker.as_ref().and_then(targets::Broker::pid)].into_iter().flatten().collect();
-    pids.extend(crate::cpu::redis_pid(&mut redis.clone()).await);
-    let meter = crate::cpu::Meter::new(pids)?;
+    let mut others = vec![("Redis", crate::cpu::redis_pid(&mut redis.clone()).await), ("vault", vault.pid())];
+    if let Some(b) = &broker {
+        others.push(("broker", b.pid()));
+    }
+    let meter = crate::cpu::Meter::new(others)?;
 
     let rounds = args.rounds;
     for round in 0..rounds {
@@ -209,29 +231,31 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             (&mut ingest_batched, ingest_addr, &mut trivial_batched, trivial_addr, args.batch, "b"),
             (&mut ingest_single, ingest_addr, &mut trivial_single, trivial_addr, 1, "s"),
         ];
-        for (a, a_addr, b, b_addr, batch, kind) in pairs {
+        for (a, a_addr, b, b_addr, batch, kind) in pairs.into_iter().filter(|_| !args.broker_only) {
             let ta = target(a_addr, &auth, format!("i{kind}{round}"), batch);
             let tb = target(b_addr, &auth, format!("t{kind}{round}"), batch);
             if first {
-                a.rounds.push(metered(&meter, load::run(&ta, args.connections, duration)).await?);
-                b.rounds.push(metered(&meter, load::run(&tb, args.connections, duration)).await?);
+                a.rounds.push(metered(&meter, &a.name, load::run(&ta, args.connections, duration)).await?);
+                b.rounds.push(metered(&meter, &b.name, load::run(&tb, args.connections, duration)).await?);
             } else {
-                b.rounds.push(metered(&meter, load::run(&tb, args.connections, duration)).await?);
-                a.rounds.push(metered(&meter, load::run(&ta, args.connections, duration)).await?);
+                b.rounds.push(metered(&meter, &b.name, load::run(&tb, args.connections, duration)).await?);
+                a.rounds.push(metered(&meter, &a.name, load::run(&ta, args.connections, duration)).await?);
             }
         }
         if let Some((addr, h)) = &e2e_target {
             let t = target(*addr, h, format!("e{round}"), args.batch);
             if first {
-                e2e.rounds.push(metered(&meter, load::run(&t, args.connections, duration)).await?);
+                e2e.rounds.push(metered(&meter, &e2e.name, load::run(&t, args.connections, duration)).await?);
                 bare.rounds.push(
-                    metered(&meter, targets::bare_producer(&kafka, args.connections, args.batch, duration)).await?,
+                    metered(&meter, &bare.name, targets::bare_producer(&kafka, args.connections, args.batch, duration))
+                        .await?,
                 );
             } else {
                 bare.rounds.push(
-                    metered(&meter, targets::bare_producer(&kafka, args.connections, args.batch, duration)).await?,
+                    metered(&meter, &bare.name, targets::bare_producer(&kafka, args.connections, args.batch, duration))
+                        .await?,
                 );
-                e2e.rounds.push(metered(&meter, load::run(&t, args.connections, duration)).await?);
+                e2e.rounds.push(metered(&meter, &e2e.name, load::run(&t, args.connections, duration)).await?);
             }
         }
     }
@@ -255,8 +279,22 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         bare.print();
     }
     println!();
-    println!("- ingest path / trivial handler, batched: {}", ratio(&ingest_batched, &trivial_batched));
-    println!("- ingest path / trivial handler, single events: {}", ratio(&ingest_single, &trivial_single));
+    println!("CPU µs per event by process (median over rounds; \"bench\" is the load tool and the servers):\n");
+    let names = meter.names();
+    println!("| measurement | {} |", names.join(" | "));
+    println!("|---|{}", "---|".repeat(names.len()));
+    for s in [&ingest_batched, &trivial_batched, &ingest_single, &trivial_single] {
+        s.print_cpu();
+    }
+    if broker.is_some() {
+        e2e.print_cpu();
+        bare.print_cpu();
+    }
+    println!();
+    if !args.broker_only {
+        println!("- ingest path / trivial handler, batched: {}", ratio(&ingest_batched, &trivial_batched));
+        println!("- ingest path / trivial handler, single events: {}", ratio(&ingest_single, &trivial_single));
+    }
     if broker.is_some() {
         println!("- ingest end to end / bare producer: {}", ratio(&e2e, &bare));
     }
@@ -266,11 +304,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 /// `run`'s outcome with the CPU time the measured processes spent meanwhile.
 async fn metered(
     meter: &crate::cpu::Meter,
+    name: &str,
     run: impl std::future::Future<Output = anyhow::Result<Outcome>>,
 ) -> anyhow::Result<Outcome> {
-    let before = meter.seconds();
+    // On standard error, so a profiler can be started on the phase it is after.
+    eprintln!("  measuring: {name}");
+    let before = meter.by_process();
     let mut outcome = run.await?;
-    outcome.cpu_seconds = meter.seconds() - before;
+    outcome.cpu_by_process = meter.by_process().iter().zip(before).map(|(after, before)| after - before).collect();
+    outcome.cpu_seconds = outcome.cpu_by_process.iter().sum();
     Ok(outcome)
 }
 

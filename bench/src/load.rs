@@ -25,6 +25,8 @@ pub struct Outcome {
     /// CPU seconds the measured processes used meanwhile (see [`crate::cpu`]); 0 unless
     /// measured.
     pub cpu_seconds: f64,
+    /// The same per measured process, in the order of [`crate::cpu::Meter::names`].
+    pub cpu_by_process: Vec<f64>,
 }
 
 impl Outcome {
@@ -39,6 +41,11 @@ impl Outcome {
     /// CPU microseconds per accepted event, all measured processes together.
     pub fn cpu_us_per_event(&self) -> f64 {
         self.cpu_seconds * 1e6 / self.events as f64
+    }
+
+    /// CPU microseconds per accepted event, per measured process.
+    pub fn cpu_us_per_event_by_process(&self) -> Vec<f64> {
+        self.cpu_by_process.iter().map(|s| s * 1e6 / self.events as f64).collect()
     }
 
     /// Cores kept busy on average.
