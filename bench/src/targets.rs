@@ -35,7 +35,7 @@ use nudge_data_plane_ingest::{
 };
 use nudge_data_plane_keyring::{Keyring, KeyringConfig};
 use nudge_platform_http::middleware::{HttpMetrics, trace_layer};
-use nudge_platform_kafka::{KafkaConfig, headers::record_headers};
+use nudge_platform_kafka::{KafkaConfig, headers::HeaderValues};
 use nudge_platform_telemetry::{Metrics, TraceContext};
 use nudge_tenants::{CellId, PublishableKey, TenantId};
 use prost::Message;
@@ -310,13 +310,13 @@ pub async fn bare_producer(
                 let batch_records = records(tenant, worker, seq, batch)?;
                 seq += 1;
                 // A trace per batch, as each ingest request starts one.
-                let trace = TraceContext::new_root();
+                let headers = HeaderValues::new(SEALED_V1, Some(&TraceContext::new_root()));
                 let mut deliveries = Vec::with_capacity(batch);
                 for (key, value) in &batch_records {
                     let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic)
                         .key(key.as_slice())
                         .payload(value.as_slice())
-                        .headers(record_headers(SEALED_V1, Some(&trace)));
+                        .headers(headers.headers());
                     deliveries.push(producer.send_result(record).map_err(|(e, _)| e)?);
                 }
                 let acks = futures_util::future::join_all(deliveries).await;

@@ -4,7 +4,7 @@
 use std::{future::Future, pin::Pin, time::Duration};
 
 use nudge_contracts::headers::SEALED_V1;
-use nudge_platform_kafka::{KafkaConfig, SendError, SharedProducer, headers::record_headers};
+use nudge_platform_kafka::{KafkaConfig, SendError, SharedProducer, headers::HeaderValues};
 use nudge_platform_telemetry::TraceContext;
 use rdkafka::{error::KafkaError, producer::FutureRecord};
 
@@ -77,11 +77,12 @@ impl EventSink for KafkaSink {
             // Bounded: a broker that is behind gets no more work from requests that would
             // only time out, and their retries would add to the backlog.
             self.producer.ensure_room(records.len(), self.max_queued).map_err(sink_error)?;
+            let headers = HeaderValues::new(SEALED_V1, trace.as_ref());
             let out = records.iter().map(|record| {
                 FutureRecord::<'_, [u8], [u8]>::to(&self.topic)
                     .key(record.key.as_slice())
                     .payload(record.value.as_slice())
-                    .headers(record_headers(SEALED_V1, trace.as_ref()))
+                    .headers(headers.headers())
             });
             self.producer.send_all(out, self.ack_timeout).await.map_err(sink_error)
         })

@@ -138,7 +138,12 @@ fn redis_error(e: redis::RedisError) -> KeyError {
 
 /// The associated data of a sealed record.
 fn associated_data(tenant: &str, subject_digest: &str, schema: &str) -> Vec<u8> {
-    format!("nudge.sealed.v1:{tenant}:{subject_digest}:{schema}").into_bytes()
+    const PREFIX: &[u8] = b"nudge.sealed.v1:";
+    let mut out = Vec::with_capacity(PREFIX.len() + tenant.len() + subject_digest.len() + schema.len() + 2);
+    for part in [PREFIX, tenant.as_bytes(), b":", subject_digest.as_bytes(), b":", schema.as_bytes()] {
+        out.extend_from_slice(part);
+    }
+    out
 }
 
 /// A subject digest is 64 lowercase hex characters.
@@ -208,11 +213,16 @@ impl Default for KeyCache {
 
 impl KeyCache {
     fn get(&mut self, tenant: TenantId, subject: &str, ttl: Duration) -> Option<Arc<LessSafeKey>> {
-        if self.purged.elapsed() >= ttl {
+        let now = Instant::now();
+        self.of_tenant(tenant, ttl, now).and_then(|keys| keys.get(subject, now))
+    }
+
+    /// The tenant's cached keys as of `now`, for looking up many of them at once.
+    fn of_tenant(&mut self, tenant: TenantId, ttl: Duration, now: Instant) -> Option<TenantKeys<'_>> {
+        if now.saturating_duration_since(self.purged) >= ttl {
             self.purge(ttl);
         }
-        let hit = self.by_tenant.get(&tenant)?.get(subject)?;
-        (hit.at.elapsed() < ttl).then(|| hit.key.clone())
+        self.by_tenant.get(&tenant).map(|keys| TenantKeys { keys, ttl })
     }
 
     fn purge(&mut self, ttl: Duration) {
@@ -250,6 +260,20 @@ impl KeyCache {
         if let Some(keys) = self.by_tenant.remove(&tenant) {
             self.len -= keys.len();
         }
+    }
+}
+
+/// One tenant's cached keys.
+struct TenantKeys<'a> {
+    keys: &'a HashMap<String, Cached>,
+    ttl: Duration,
+}
+
+impl TenantKeys<'_> {
+    /// The subject's key, unless it has been cached for longer than the time to live.
+    fn get(&self, subject: &str, now: Instant) -> Option<Arc<LessSafeKey>> {
+        let hit = self.keys.get(subject)?;
+        (now.saturating_duration_since(hit.at) < self.ttl).then(|| hit.key.clone())
     }
 }
 
@@ -430,32 +454,28 @@ impl Keyring {
         // Known shoppers' keys from memory under one lock; the others fetched or made a few
         // at a time, within a deadline (the caller holds claims meanwhile).
         let ttl = Duration::from_millis(self.config.cache_ttl_ms);
-        let mut keys: HashMap<&str, Arc<LessSafeKey>> = HashMap::with_capacity(records.len());
-        let mut missing: HashSet<String> = HashSet::new();
+        let now = Instant::now();
+        // Each record's key when cached, in the records' order.
+        let mut keys: Vec<Option<Arc<LessSafeKey>>> = Vec::with_capacity(records.len());
+        let mut missing: HashSet<&str> = HashSet::new();
         let entry = self.directory.by_tenant(tenant);
         {
             let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            let cached = cache.of_tenant(tenant, ttl, now);
             for (subject, _) in records {
-                if keys.contains_key(subject.as_str()) || missing.contains(subject) {
-                    continue;
-                }
                 // A suppressed subject goes the slow way, which refuses it a key.
-                let cached = if entry.as_ref().is_some_and(|t| t.is_suppressed_subject(subject)) {
+                let key = if entry.as_ref().is_some_and(|t| t.is_suppressed_subject(subject)) {
                     None
                 } else {
-                    cache.get(tenant, subject, ttl)
+                    cached.as_ref().and_then(|c| c.get(subject, now))
                 };
-                match cached {
-                    Some(key) => {
-                        keys.insert(subject, key);
-                    }
-                    None => {
-                        missing.insert(subject.clone());
-                    }
+                if key.is_none() {
+                    missing.insert(subject);
                 }
+                keys.push(key);
             }
         }
-        let fetch = stream::iter(missing)
+        let fetch = stream::iter(missing.into_iter().map(str::to_owned))
             .map(|s| async move {
                 let key = self.key_of(tenant, &s, true).await;
                 (s, key)
@@ -477,11 +497,12 @@ impl Keyring {
         let nonces = self.nonces(records.len())?;
         records
             .iter()
+            .zip(keys)
             .zip(nonces.chunks_exact(NONCE_LEN))
-            .map(|((subject, plaintext), nonce)| {
-                let key = match keys.get(subject.as_str()) {
+            .map(|(((subject, plaintext), cached), nonce)| {
+                let key = match &cached {
                     Some(key) => key,
-                    None => match made.get(subject) {
+                    None => match made.get(subject.as_str()) {
                         Some(Some(key)) => key,
                         Some(None) => return Ok(None),
                         None => return Err(KeyError::Unavailable("no key".into())),

@@ -79,13 +79,34 @@ impl TraceContext {
 
     /// The `traceparent` header value.
     pub fn to_header(&self) -> String {
-        format!("00-{}-{}-{:02x}", hex::encode(self.trace_id), hex::encode(self.span_id), u8::from(self.sampled))
+        // Written in place: producers add one to every record they send.
+        let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        hex_into(&self.trace_id, &mut out[3..35]);
+        hex_into(&self.span_id, &mut out[36..52]);
+        hex_into(&[u8::from(self.sampled)], &mut out[53..55]);
+        ascii(&out)
     }
 
     /// The trace id as 32 hex digits, as logs and error bodies show it.
     pub fn trace_id(&self) -> String {
-        hex::encode(self.trace_id)
+        let mut out = [0u8; 32];
+        hex_into(&self.trace_id, &mut out);
+        ascii(&out)
     }
+}
+
+/// Lower-case hex digits of `bytes` into `out`, which is twice as long.
+fn hex_into(bytes: &[u8], out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (byte, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0x0f)];
+    }
+}
+
+/// `bytes`, all ASCII by construction, as a `String`.
+fn ascii(bytes: &[u8]) -> String {
+    std::str::from_utf8(bytes).map(str::to_owned).unwrap_or_default()
 }
 
 impl fmt::Debug for TraceContext {
@@ -109,6 +130,9 @@ mod tests {
     fn parses_the_spec_example() {
         let c = TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
         assert_eq!(c.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(c.to_header(), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        let unsampled = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
+        assert_eq!(TraceContext::parse(unsampled).unwrap().to_header(), unsampled);
     }
 
     #[test]
