@@ -194,8 +194,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         e2e_target = Some((addr, headers(&e2e_store)?));
     }
 
-    load::check(&target(ingest_addr, &auth, "check-i".into(), args.batch)).await?;
-    load::check(&target(trivial_addr, &auth, "check-t".into(), args.batch)).await?;
+    // With --broker-only the ingest path and the trivial handler are not measured: no
+    // check, keys or warm-up for them.
+    let local = !args.broker_only;
+    if local {
+        load::check(&target(ingest_addr, &auth, "check-i".into(), args.batch)).await?;
+        load::check(&target(trivial_addr, &auth, "check-t".into(), args.batch)).await?;
+    }
     if let Some((addr, h)) = &e2e_target {
         load::check(&target(*addr, h, "check-e".into(), args.batch)).await?;
     }
@@ -207,13 +212,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         t.body = every_shopper(run.into(), args.batch);
         t
     };
-    load::send_each(&keys_for(ingest_addr, &auth, "keys-i"), SHOPPERS.div_ceil(args.batch) as u64).await?;
+    if local {
+        load::send_each(&keys_for(ingest_addr, &auth, "keys-i"), SHOPPERS.div_ceil(args.batch) as u64).await?;
+    }
     if let Some((addr, h)) = &e2e_target {
         load::send_each(&keys_for(*addr, h, "keys-e"), SHOPPERS.div_ceil(args.batch) as u64).await?;
     }
-    let warm = Duration::from_millis(500);
-    load::run(&target(ingest_addr, &auth, "warm-i".into(), args.batch), args.connections, warm).await?;
-    load::run(&target(trivial_addr, &auth, "warm-t".into(), args.batch), args.connections, warm).await?;
+    if local {
+        let warm = Duration::from_millis(500);
+        load::run(&target(ingest_addr, &auth, "warm-i".into(), args.batch), args.connections, warm).await?;
+        load::run(&target(trivial_addr, &auth, "warm-t".into(), args.batch), args.connections, warm).await?;
+    }
 
     // CPU time of every process on the path: this one, Redis, the vault, the broker.
     let mut others = vec![("Redis", crate::cpu::redis_pid(&mut redis.clone()).await), ("vault", vault.pid())];
@@ -231,7 +240,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             (&mut ingest_batched, ingest_addr, &mut trivial_batched, trivial_addr, args.batch, "b"),
             (&mut ingest_single, ingest_addr, &mut trivial_single, trivial_addr, 1, "s"),
         ];
-        for (a, a_addr, b, b_addr, batch, kind) in pairs.into_iter().filter(|_| !args.broker_only) {
+        for (a, a_addr, b, b_addr, batch, kind) in pairs.into_iter().filter(|_| local) {
             let ta = target(a_addr, &auth, format!("i{kind}{round}"), batch);
             let tb = target(b_addr, &auth, format!("t{kind}{round}"), batch);
             if first {
@@ -311,7 +320,9 @@ async fn metered(
     eprintln!("  measuring: {name}");
     let before = meter.by_process();
     let mut outcome = run.await?;
-    outcome.cpu_by_process = meter.by_process().iter().zip(before).map(|(after, before)| after - before).collect();
+    // A process that ended meanwhile reads 0: it counts nothing rather than less than nothing.
+    outcome.cpu_by_process =
+        meter.by_process().iter().zip(before).map(|(after, before)| (after - before).max(0.0)).collect();
     outcome.cpu_seconds = outcome.cpu_by_process.iter().sum();
     Ok(outcome)
 }

@@ -25,7 +25,7 @@ use nudge_contracts::{
 use nudge_data_plane_directory::Directory;
 use nudge_data_plane_features::store::{IdleCart, SessionStore};
 use nudge_data_plane_keyring::{KeyError, Keyring};
-use nudge_platform_kafka::{SharedProducer, headers::record_headers, stage::OUTPUT_ACK_TIMEOUT};
+use nudge_platform_kafka::{SharedProducer, headers::HeaderValues, stage::OUTPUT_ACK_TIMEOUT};
 use nudge_platform_telemetry::TraceContext;
 use prost::Message;
 use rdkafka::producer::FutureRecord;
@@ -143,12 +143,12 @@ pub async fn scan_once(
             }
         }
     }
-    let trace = TraceContext::new_root();
+    let headers = HeaderValues::new(SEALED_V1, Some(&TraceContext::new_root()));
     let records = encoded.iter().map(|(key, value)| {
         FutureRecord::<'_, [u8], [u8]>::to(validated_topic)
             .key(key.as_slice())
             .payload(value.as_slice())
-            .headers(record_headers(SEALED_V1, Some(&trace)))
+            .headers(headers.headers())
     });
     producer.send_all(records, OUTPUT_ACK_TIMEOUT).await?;
     for cart in &sealed_carts {

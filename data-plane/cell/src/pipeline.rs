@@ -61,7 +61,7 @@ use nudge_data_plane_ingest::usage::{Drop, UsageCounters};
 use nudge_data_plane_keyring::{KeyError, Keyring};
 use nudge_platform_kafka::{
     SharedProducer,
-    headers::record_headers,
+    headers::HeaderValues,
     stage::{Failure, Handler, HandlerFuture, OUTPUT_ACK_TIMEOUT, Record},
 };
 use nudge_platform_telemetry::{Metrics, TraceContext};
@@ -845,11 +845,9 @@ impl Pipeline {
     /// Sends each (topic, sealed value) under the subject's key and waits for the broker's
     /// acknowledgements.
     async fn produce(&self, key: &[u8], outputs: Vec<(&String, Vec<u8>)>, trace: &TraceContext) -> Result<(), Failure> {
+        let headers = HeaderValues::new(SEALED_V1, Some(trace));
         let records = outputs.iter().map(|(topic, value)| {
-            FutureRecord::<'_, [u8], [u8]>::to(topic)
-                .key(key)
-                .payload(value.as_slice())
-                .headers(record_headers(SEALED_V1, Some(trace)))
+            FutureRecord::<'_, [u8], [u8]>::to(topic).key(key).payload(value.as_slice()).headers(headers.headers())
         });
         Ok(self.producer.send_all(records, OUTPUT_ACK_TIMEOUT).await?)
     }

@@ -270,7 +270,7 @@ struct TenantKeys<'a> {
 }
 
 impl TenantKeys<'_> {
-    /// The subject's key, unless it has been cached for longer than the time to live.
+    /// The subject's key, unless it has been cached for the time to live or longer.
     fn get(&self, subject: &str, now: Instant) -> Option<Arc<LessSafeKey>> {
         let hit = self.keys.get(subject)?;
         (now.saturating_duration_since(hit.at) < self.ttl).then(|| hit.key.clone())
@@ -454,13 +454,13 @@ impl Keyring {
         // Known shoppers' keys from memory under one lock; the others fetched or made a few
         // at a time, within a deadline (the caller holds claims meanwhile).
         let ttl = Duration::from_millis(self.config.cache_ttl_ms);
-        let now = Instant::now();
         // Each record's key when cached, in the records' order.
         let mut keys: Vec<Option<Arc<LessSafeKey>>> = Vec::with_capacity(records.len());
         let mut missing: HashSet<&str> = HashSet::new();
         let entry = self.directory.by_tenant(tenant);
         {
             let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
             let cached = cache.of_tenant(tenant, ttl, now);
             for (subject, _) in records {
                 // A suppressed subject goes the slow way, which refuses it a key.
@@ -892,6 +892,28 @@ mod tests {
         let a = associated_data("t", "d", "nudge.events.v1.Event");
         assert_eq!(a, b"nudge.sealed.v1:t:d:nudge.events.v1.Event".to_vec());
         assert_ne!(a, associated_data("t", "d", "nudge.predictions.v1.Prediction"));
+    }
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn cached_keys_last_their_time_to_live_and_belong_to_their_tenant() {
+        let key = || Arc::new(LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &[7u8; 32]).unwrap()));
+        let (a, b) = (TenantId::new(), TenantId::new());
+        let ttl = Duration::from_secs(60);
+        let mut cache = KeyCache::default();
+        cache.insert(a, "s1", key(), ttl, 10);
+        let at = cache.by_tenant[&a]["s1"].at;
+        let keys = cache.of_tenant(a, ttl, at).unwrap();
+        assert!(keys.get("s1", at).is_some());
+        assert!(keys.get("s1", at + ttl - Duration::from_millis(1)).is_some());
+        assert!(keys.get("s1", at + ttl).is_none(), "a key is stale at its time to live");
+        assert!(keys.get("s2", at).is_none());
+        assert!(cache.of_tenant(b, ttl, at).is_none(), "a tenant sees only its own keys");
+        assert!(cache.get(a, "s1", ttl).is_some());
+        assert!(cache.get(b, "s1", ttl).is_none());
+        cache.remove(a, "s1");
+        assert!(cache.get(a, "s1", ttl).is_none());
+        assert_eq!(cache.len, 0);
     }
 
     #[test]

@@ -106,7 +106,7 @@ fn hex_into(bytes: &[u8], out: &mut [u8]) {
 
 /// `bytes`, all ASCII by construction, as a `String`.
 fn ascii(bytes: &[u8]) -> String {
-    std::str::from_utf8(bytes).map(str::to_owned).unwrap_or_default()
+    String::from_utf8_lossy(bytes).into_owned()
 }
 
 impl fmt::Debug for TraceContext {
