@@ -50,15 +50,44 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
     Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
-/// The pid of the Redis server behind `redis`, from `INFO server`.
-pub async fn redis_pid(redis: &mut redis::aio::ConnectionManager) -> Option<u32> {
+/// The pid of the Redis server behind `redis`, from `INFO server`, when `client` reaches it
+/// on this machine (another machine's pid could name an unrelated process here).
+pub async fn redis_pid(client: &redis::Client, redis: &mut redis::aio::ConnectionManager) -> Option<u32> {
+    if !on_this_machine(client) {
+        return None;
+    }
     let info: String = redis::cmd("INFO").arg("server").query_async(redis).await.ok()?;
     info.lines().find_map(|l| l.strip_prefix("process_id:")).and_then(|v| v.trim().parse().ok())
+}
+
+/// Whether `client` connects to a server on this machine.
+fn on_this_machine(client: &redis::Client) -> bool {
+    match client.get_connection_info().addr() {
+        redis::ConnectionAddr::Unix(_) => true,
+        redis::ConnectionAddr::Tcp(host, _) | redis::ConnectionAddr::TcpTls { host, .. } => {
+            matches!(host.as_str(), "localhost" | "127.0.0.1" | "::1" | "[::1]")
+        }
+        // A kind of address this code does not know: not assumed local.
+        _ => false,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_local_redis_is_metered() {
+        for (url, local) in [
+            ("redis://127.0.0.1:6379", true),
+            ("redis://localhost/", true),
+            ("redis://[::1]:6379", true),
+            ("redis://redis.internal:6379", false),
+            ("redis://10.0.0.7:6379", false),
+        ] {
+            assert_eq!(on_this_machine(&redis::Client::open(url).unwrap()), local, "{url}");
+        }
+    }
 
     #[test]
     fn this_process_uses_cpu() {

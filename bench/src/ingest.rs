@@ -158,7 +158,8 @@ fn ratio(a: &Series, b: &Series) -> String {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let duration = Duration::from_secs(args.seconds);
-    let redis = redis::aio::ConnectionManager::new(redis::Client::open(args.redis_url.as_str())?).await?;
+    let redis_client = redis::Client::open(args.redis_url.as_str())?;
+    let redis = redis::aio::ConnectionManager::new(redis_client.clone()).await?;
     let prefix = format!("nudge-bench:{}:", std::process::id());
 
     // The broker out of the loop.
@@ -225,7 +226,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     // CPU time of every process on the path: this one, Redis, the vault, the broker.
-    let mut others = vec![("Redis", crate::cpu::redis_pid(&mut redis.clone()).await), ("vault", vault.pid())];
+    let mut others =
+        vec![("Redis", crate::cpu::redis_pid(&redis_client, &mut redis.clone()).await), ("vault", vault.pid())];
     if let Some(b) = &broker {
         others.push(("broker", b.pid()));
     }
