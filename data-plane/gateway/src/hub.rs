@@ -372,15 +372,19 @@ impl Hub {
 
     /// One keepalive pass over the sockets of `slice` (of `slices`): a socket whose key no
     /// longer opens its tenant is closed with [`CLOSE_NOT_AUTHORIZED`], one silent for
-    /// longer than `idle` with [`CLOSE_IDLE`], and every other one is pinged.
+    /// longer than `idle` with [`CLOSE_IDLE`], and one silent for at least `quiet` is
+    /// pinged. A socket heard from more recently is left alone: its browser is there and
+    /// its connection is carrying traffic, so a busy gateway does not spend a ping and a
+    /// pong on every socket it is already talking to.
     pub fn sweep(
         &self,
         slice: u64,
         slices: u64,
+        quiet: Duration,
         idle: Duration,
         refusal: impl Fn(&TenantId, &PublishableKey) -> Option<(u16, &'static str)>,
     ) -> Sweep {
-        self.sweep_at(self.now_secs(), slice, slices, idle, refusal)
+        self.sweep_at(self.now_secs(), slice, slices, quiet, idle, refusal)
     }
 
     fn sweep_at(
@@ -388,10 +392,12 @@ impl Hub {
         now: u32,
         slice: u64,
         slices: u64,
+        quiet: Duration,
         idle: Duration,
         refusal: impl Fn(&TenantId, &PublishableKey) -> Option<(u16, &'static str)>,
     ) -> Sweep {
         let idle = u32::try_from(idle.as_secs()).unwrap_or(u32::MAX);
+        let quiet = u32::try_from(quiet.as_secs()).unwrap_or(u32::MAX);
         let mut sweep = Sweep::default();
         sweep.evicted = self.for_each(|address, slot| {
             if slot.id % slices != slice {
@@ -401,9 +407,14 @@ impl Hub {
                 sweep.unauthorized += 1;
                 return Some(Outbound::Close(code, reason.into()));
             }
-            if now.saturating_sub(slot.heard.load(Ordering::Relaxed)) > idle {
+            let silent = now.saturating_sub(slot.heard.load(Ordering::Relaxed));
+            if silent > idle {
                 sweep.idle += 1;
                 return Some(Outbound::Close(CLOSE_IDLE, "idle".into()));
+            }
+            if silent < quiet {
+                sweep.heard += 1;
+                return None;
             }
             sweep.pinged += 1;
             Some(Outbound::Ping)
@@ -441,6 +452,8 @@ impl Hub {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Sweep {
     pub pinged: usize,
+    /// Sockets heard from recently enough to need no ping.
+    pub heard: usize,
     pub idle: usize,
     pub unauthorized: usize,
     pub evicted: usize,
@@ -465,7 +478,10 @@ pub async fn heartbeat(
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let sweep = hub.sweep(slice, SLICES, idle_timeout, |tenant, key| {
+        // A socket is swept once per interval and pinged unless heard from in its latter
+        // half, so no connection goes longer than about one and a half intervals without
+        // traffic (load balancers close idle ones) or without a check that it is alive.
+        let sweep = hub.sweep(slice, SLICES, ping_interval / 2, idle_timeout, |tenant, key| {
             if directory.by_key(key).is_some_and(|t| t.tenant_id == *tenant && t.state.accepts_traffic()) {
                 None
             } else if directory.elsewhere(key).is_some() {
@@ -586,16 +602,27 @@ mod tests {
         let (_r1, rx_revoked) = hub.register(addr(t, "a"), revoked.clone(), 10).unwrap();
         let (live, rx_live) = hub.register(addr(t, "b"), kept.clone(), 10).unwrap();
         let (_r3, rx_silent) = hub.register(addr(t, "c"), kept.clone(), 10).unwrap();
-        live.heard.store(30, Ordering::Relaxed);
-        let sweep = hub.sweep_at(30, 0, 1, Duration::from_secs(20), |_, k| {
+        let (talking, rx_talking) = hub.register(addr(t, "d"), kept.clone(), 10).unwrap();
+        live.heard.store(25, Ordering::Relaxed);
+        talking.heard.store(27, Ordering::Relaxed);
+        let (quiet, idle) = (Duration::from_secs(5), Duration::from_secs(20));
+        let sweep = hub.sweep_at(30, 0, 1, quiet, idle, |_, k| {
             (*k == revoked).then_some((CLOSE_NOT_AUTHORIZED, "not_authorized"))
         });
-        assert_eq!(sweep, Sweep { pinged: 1, idle: 1, unauthorized: 1, evicted: 0 });
+        assert_eq!(sweep, Sweep { pinged: 1, heard: 1, idle: 1, unauthorized: 1, evicted: 0 });
         assert!(matches!(rx_revoked.recv().await, Some(Outbound::Close(CLOSE_NOT_AUTHORIZED, _))));
-        assert!(matches!(rx_live.recv().await, Some(Outbound::Ping)));
+        assert!(matches!(rx_live.recv().await, Some(Outbound::Ping)), "silent for the quiet time: pinged");
         assert!(matches!(rx_silent.recv().await, Some(Outbound::Close(CLOSE_IDLE, _))));
+        assert!(rx_talking.try_recv().is_none(), "heard from within the quiet time: left alone");
+        // Once it falls silent, it is pinged too.
+        let sweep = hub.sweep_at(32, 0, 1, quiet, idle, |_, _| None);
+        assert_eq!((sweep.pinged, sweep.heard), (2, 0));
+        assert!(matches!(rx_talking.recv().await, Some(Outbound::Ping)));
         // Slices: each socket belongs to exactly one.
-        let pinged: usize = (0..4).map(|s| hub.sweep_at(30, s, 4, Duration::from_secs(60), |_, _| None).pinged).sum();
-        assert_eq!(pinged, 3);
+        let swept: usize = (0..4)
+            .map(|s| hub.sweep_at(32, s, 4, quiet, Duration::from_secs(60), |_, _| None))
+            .map(|sweep| sweep.pinged + sweep.heard)
+            .sum();
+        assert_eq!(swept, 4);
     }
 }

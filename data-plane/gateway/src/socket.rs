@@ -90,8 +90,9 @@ pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct GatewayConfig {
-    /// Every socket is pinged, and its tenant and key re-checked, once per interval (by one
-    /// task for all sockets, a tenth of them at a time).
+    /// Every socket's tenant and key are re-checked once per interval (by one task for all
+    /// sockets, a tenth of them at a time), and a socket is pinged then unless the browser
+    /// sent something in the last half interval.
     pub ping_interval_ms: u64,
     /// A socket that has sent nothing (not even a pong) for this long is closed (4000).
     pub idle_timeout_ms: u64,
