@@ -97,6 +97,12 @@ pub struct Args {
     /// acknowledgement (and stores nothing): the socket layer compared like for like.
     #[arg(long)]
     peer_acks: bool,
+    /// Runtime worker threads of each gateway process (tokio's `TOKIO_WORKER_THREADS`); 0,
+    /// one per core, as the cell binary runs on this machine. 1 is how a cell in a
+    /// container of one CPU or less runs (its runtime sizes itself by the CPU limit), and how
+    /// each Node peer runs (one event loop).
+    #[arg(long, default_value_t = 0)]
+    server_threads: usize,
 }
 
 /// `nudge-bench socket-server`: the gateway as a cell mounts it, in its own process.
@@ -304,6 +310,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let mut command = Command::new(&exe);
         command.args(["socket-server", "--redis", &redis_url, "--prefix", &prefix]);
         command.args(["--tenant", &store.tenant.to_string(), "--key", store.key.as_str()]);
+        if args.server_threads > 0 {
+            command.env("TOKIO_WORKER_THREADS", args.server_threads.to_string());
+        } else {
+            command.env_remove("TOKIO_WORKER_THREADS");
+        }
         gateway.push(command);
     }
     let publisher = {
