@@ -196,6 +196,14 @@ pub struct AddMemberRequest {
     pub role: String,
 }
 
+/// `PATCH /v1/tenants/{tenant_id}/members/{account_id}`: change a member's role.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeRoleRequest {
+    /// `owner`, `admin`, `analyst` or `viewer`.
+    pub role: String,
+}
+
 /// `POST /v1/admin/tenants/{tenant_id}/plan`: put a store on a plan, with negotiated
 /// exceptions to its limits.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -25,6 +25,10 @@ pub enum AccountError {
     AlreadyMember,
     #[error("the store's plan allows {seats} members")]
     SeatLimit { seats: u32 },
+    #[error("the {role} role cannot do this")]
+    Forbidden { role: Role },
+    #[error("a store keeps at least one owner")]
+    LastOwner,
     #[error(transparent)]
     Db(#[from] DbError),
     #[error(transparent)]
@@ -225,4 +229,131 @@ pub async fn add_member(
     add_membership(&mut tx, tenant, account, role).await?;
     tx.commit().await.map_err(DbError::Query)?;
     Ok(Member { account, email: email.as_str().to_owned(), role })
+}
+
+/// Who changes a membership: a signed-in member of the same store.
+#[derive(Debug, Clone, Copy)]
+pub struct Actor {
+    pub account: AccountId,
+    pub role: Role,
+}
+
+/// Takes the store's membership lock (the one seat counting takes) and reads `account`'s
+/// membership, so concurrent changes cannot, say, both remove one of the last two owners.
+async fn locked_member(
+    tx: &mut Transaction<'static, Postgres>,
+    tenant: TenantId,
+    account: AccountId,
+) -> Result<Member, AccountError> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+        .bind(SEAT_LOCK_SPACE)
+        .bind(crate::routing::lock_key(tenant) as i32)
+        .execute(&mut **tx)
+        .await?;
+    let row = sqlx::query(
+        "SELECT a.email, m.role FROM memberships m JOIN accounts a USING (account_id)
+         WHERE m.tenant_id = $1 AND m.account_id = $2",
+    )
+    .bind(tenant.as_uuid())
+    .bind(account.as_uuid())
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or(AccountError::NotAMember)?;
+    let role = Role::parse(&row.try_get::<String, _>("role")?).ok_or(AccountError::NotAMember)?;
+    Ok(Member { account, email: row.try_get("email")?, role })
+}
+
+/// Fails when `member` is the store's only owner.
+async fn not_last_owner(
+    tx: &mut Transaction<'static, Postgres>,
+    tenant: TenantId,
+    member: &Member,
+) -> Result<(), AccountError> {
+    if member.role != Role::Owner {
+        return Ok(());
+    }
+    let owners: i64 = sqlx::query_scalar("SELECT count(*) FROM memberships WHERE tenant_id = $1 AND role = 'owner'")
+        .bind(tenant.as_uuid())
+        .fetch_one(&mut **tx)
+        .await?;
+    if owners <= 1 { Err(AccountError::LastOwner) } else { Ok(()) }
+}
+
+/// Records a change of membership in the store's audit trail, inside its transaction.
+async fn audit(
+    tx: &mut Transaction<'static, Postgres>,
+    tenant: TenantId,
+    actor: Actor,
+    member: &Member,
+    to_role: Option<Role>,
+) -> Result<(), AccountError> {
+    sqlx::query(
+        "INSERT INTO membership_audit (tenant_id, actor, account_id, from_role, to_role)
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(tenant.as_uuid())
+    .bind(actor.account.as_uuid())
+    .bind(member.account.as_uuid())
+    .bind(member.role.as_str())
+    .bind(to_role.map(Role::as_str))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Gives `account` the role `role` in `tenant`. The actor must be able to manage both the
+/// member's present role and the new one (an admin neither makes nor unmakes owners); the
+/// last owner cannot step down. Unchanged when it already has that role.
+pub async fn change_role(
+    router: &TenantRouter,
+    tenant: TenantId,
+    actor: Actor,
+    account: AccountId,
+    role: Role,
+) -> Result<Member, AccountError> {
+    let mut tx = router.registry().tenant_tx(tenant).await?;
+    let member = locked_member(&mut tx, tenant, account).await?;
+    if !(actor.role.manages_member(member.role) && actor.role.manages_member(role)) {
+        return Err(AccountError::Forbidden { role: actor.role });
+    }
+    if member.role == role {
+        return Ok(member);
+    }
+    if role != Role::Owner {
+        not_last_owner(&mut tx, tenant, &member).await?;
+    }
+    sqlx::query("UPDATE memberships SET role = $3 WHERE tenant_id = $1 AND account_id = $2")
+        .bind(tenant.as_uuid())
+        .bind(account.as_uuid())
+        .bind(role.as_str())
+        .execute(&mut *tx)
+        .await?;
+    audit(&mut tx, tenant, actor, &member, Some(role)).await?;
+    tx.commit().await.map_err(DbError::Query)?;
+    Ok(Member { role, ..member })
+}
+
+/// Ends `account`'s membership of `tenant`: the actor manages the member's role, or is the
+/// member leaving. The last owner cannot leave. The account itself stays (it may belong to
+/// other stores); its refresh tokens for this store stop working at once.
+pub async fn remove_member(
+    router: &TenantRouter,
+    tenant: TenantId,
+    actor: Actor,
+    account: AccountId,
+) -> Result<Member, AccountError> {
+    let mut tx = router.registry().tenant_tx(tenant).await?;
+    let member = locked_member(&mut tx, tenant, account).await?;
+    if actor.account != account && !actor.role.manages_member(member.role) {
+        return Err(AccountError::Forbidden { role: actor.role });
+    }
+    not_last_owner(&mut tx, tenant, &member).await?;
+    sqlx::query("DELETE FROM memberships WHERE tenant_id = $1 AND account_id = $2")
+        .bind(tenant.as_uuid())
+        .bind(account.as_uuid())
+        .execute(&mut *tx)
+        .await?;
+    audit(&mut tx, tenant, actor, &member, None).await?;
+    tx.commit().await.map_err(DbError::Query)?;
+    Ok(member)
 }

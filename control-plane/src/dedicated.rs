@@ -30,7 +30,7 @@ use crate::{
 };
 
 /// Tables with a `tenant_id` that belong to the registry and never move.
-const REGISTRY_TABLES: [&str; 3] = ["memberships", "tenant_routes", "tenant_fences"];
+const REGISTRY_TABLES: [&str; 4] = ["memberships", "membership_audit", "tenant_routes", "tenant_fences"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum MoveError {

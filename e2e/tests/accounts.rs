@@ -209,3 +209,126 @@ async fn members_have_roles_and_pick_their_store() -> anyhow::Result<()> {
     assert_eq!(status, 404);
     platform.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_change_roles_leave_and_are_removed_and_a_store_keeps_an_owner() -> anyhow::Result<()> {
+    let platform = Platform::start().await?;
+    let cp = &platform.control_plane_url;
+    let owner = email("owner");
+    let store = platform.sign_up_as("Acme", &[ORIGIN], &owner).await?;
+    let other_owner = email("other");
+    let other = platform.sign_up_as("Other", &["https://other.example.com"], &other_owner).await?;
+    let (admin, viewer, second) = (email("admin"), email("viewer"), email("second"));
+    for who in [&admin, &viewer, &second] {
+        let r = platform.http.post(format!("{cp}/v1/accounts")).json(&json!({"email": who, "password": PASSWORD}));
+        assert_eq!(call(r).await?.0, 201);
+    }
+    let owner_tokens = platform.login(&owner, None).await?;
+    let members = format!("{cp}/v1/tenants/{}/members", store.tenant_id);
+    let mut ids = std::collections::HashMap::new();
+    for (who, role) in [(&admin, "admin"), (&viewer, "viewer")] {
+        let r = platform.http.post(&members).bearer_auth(&owner_tokens.access_token);
+        let (status, added) = call(r.json(&json!({"email": who, "role": role}))).await?;
+        assert_eq!(status, 201);
+        ids.insert(who.clone(), added["account_id"].as_str().unwrap_or_default().to_owned());
+    }
+    let member = |who: &str| format!("{members}/{}", ids.get(who).map_or("", String::as_str));
+    let owner_id = owner_tokens.account_id.clone();
+    let owner_url = format!("{members}/{owner_id}");
+    let admin_tokens = platform.login(&admin, None).await?;
+    let viewer_tokens = platform.login(&viewer, None).await?;
+    let patch = |url: &str, token: &str, role: &str| {
+        platform.http.patch(url.to_owned()).bearer_auth(token.to_owned()).json(&json!({ "role": role }))
+    };
+    let delete = |url: &str, token: &str| platform.http.delete(url.to_owned()).bearer_auth(token.to_owned());
+
+    // An admin manages admins, analysts and viewers, never owners.
+    let (status, changed) = call(patch(&member(&viewer), &admin_tokens.access_token, "analyst")).await?;
+    assert_eq!((status, changed["role"].as_str()), (200, Some("analyst")));
+    let (status, err) = call(patch(&member(&viewer), &admin_tokens.access_token, "owner")).await?;
+    assert_eq!((status, err["error"]["code"].as_str()), (403, Some("forbidden")));
+    let (status, err) = call(delete(&owner_url, &admin_tokens.access_token)).await?;
+    assert_eq!((status, err["error"]["code"].as_str()), (403, Some("forbidden")));
+    // An analyst manages no one.
+    let (status, err) = call(patch(&member(&admin), &viewer_tokens.access_token, "viewer")).await?;
+    assert_eq!((status, err["error"]["code"].as_str()), (403, Some("forbidden")));
+
+    // Bad input, and ids that are not members of this store: 404 alike.
+    let (status, err) = call(patch(&member(&viewer), &owner_tokens.access_token, "superuser")).await?;
+    assert_eq!((status, err["error"]["code"].as_str()), (422, Some("invalid_fields")));
+    assert!(err["error"]["details"]["fields"]["role"].is_string());
+    let other_owner_id = platform.login(&other_owner, None).await?.account_id;
+    for id in [other_owner_id.as_str(), "acc_00000000000000000000000000000000", "not-an-id"] {
+        let (status, err) = call(patch(&format!("{members}/{id}"), &owner_tokens.access_token, "viewer")).await?;
+        assert_eq!((status, err["error"]["code"].as_str()), (404, Some("not_found")), "{id}");
+        assert_eq!(call(delete(&format!("{members}/{id}"), &owner_tokens.access_token)).await?.0, 404, "{id}");
+    }
+    // Another store's id in the path: 404, whoever the member is.
+    let foreign = format!("{cp}/v1/tenants/{}/members/{other_owner_id}", other.tenant_id);
+    assert_eq!(call(delete(&foreign, &owner_tokens.access_token)).await?.0, 404);
+
+    // The last owner can neither step down nor leave.
+    let (status, err) = call(patch(&owner_url, &owner_tokens.access_token, "admin")).await?;
+    assert_eq!((status, err["error"]["code"].as_str()), (409, Some("last_owner")));
+    let (status, err) = call(delete(&owner_url, &owner_tokens.access_token)).await?;
+    assert_eq!((status, err["error"]["code"].as_str()), (409, Some("last_owner")));
+
+    // A role change applies at the member's next request, on the token they already hold.
+    assert_eq!(call(patch(&member(&admin), &owner_tokens.access_token, "viewer")).await?.0, 200);
+    let r = platform.http.post(&members).bearer_auth(&admin_tokens.access_token);
+    let (status, err) = call(r.json(&json!({"email": second, "role": "viewer"}))).await?;
+    assert_eq!((status, err["error"]["code"].as_str()), (403, Some("forbidden")));
+
+    // Removed: the access token they hold and their refresh token stop working at once.
+    assert_eq!(call(delete(&member(&viewer), &owner_tokens.access_token)).await?.0, 204);
+    let (status, err) = call(platform.http.get(&members).bearer_auth(&viewer_tokens.access_token)).await?;
+    assert_eq!((status, err["error"]["code"].as_str()), (401, Some("membership_ended")));
+    let r = platform.http.post(format!("{cp}/v1/sessions/refresh"));
+    let (status, err) = call(r.json(&json!({"refresh_token": viewer_tokens.refresh_token}))).await?;
+    assert_eq!((status, err["error"]["code"].as_str()), (401, Some("invalid_refresh_token")));
+    assert_eq!(call(delete(&member(&viewer), &owner_tokens.access_token)).await?.0, 404, "removed already");
+    // Any member may leave.
+    assert_eq!(call(delete(&member(&admin), &admin_tokens.access_token)).await?.0, 204);
+
+    // With a second owner, the first may step down.
+    let r = platform.http.post(&members).bearer_auth(&owner_tokens.access_token);
+    let (status, added) = call(r.json(&json!({"email": second, "role": "owner"}))).await?;
+    assert_eq!(status, 201);
+    assert_eq!(call(patch(&owner_url, &owner_tokens.access_token, "viewer")).await?.0, 200);
+    let (status, list) = call(platform.http.get(&members).bearer_auth(&owner_tokens.access_token)).await?;
+    assert_eq!(status, 200);
+    let roles: Vec<(&str, &str)> = list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| (m["account_id"].as_str().unwrap_or_default(), m["role"].as_str().unwrap_or_default()))
+        .collect();
+    assert_eq!(roles, [(owner_id.as_str(), "viewer"), (added["account_id"].as_str().unwrap_or_default(), "owner")]);
+
+    // Every change is in the store's membership audit, by whom, from what, to what.
+    use sqlx::Connection;
+    let mut db = sqlx::PgConnection::connect(&platform.db.owner_url).await?;
+    let tenant = store.tenant_id.trim_start_matches("tnt_");
+    sqlx::query("SELECT set_config('nudge.tenant_id', $1, false)").bind(uuid_of(tenant)).execute(&mut db).await?;
+    let audit: Vec<(String, String, String, Option<String>)> =
+        sqlx::query_as("SELECT actor::text, account_id::text, from_role, to_role FROM membership_audit ORDER BY seq")
+            .fetch_all(&mut db)
+            .await?;
+    let uuid = |id: &str| uuid_of(id.rsplit('_').next().unwrap_or_default());
+    let (o, a, v) = (uuid(&owner_id), uuid(&ids[&admin]), uuid(&ids[&viewer]));
+    let expected = [
+        (a.clone(), v.clone(), "viewer", Some("analyst")),
+        (o.clone(), a.clone(), "admin", Some("viewer")),
+        (o.clone(), v.clone(), "analyst", None),
+        (a.clone(), a.clone(), "viewer", None),
+        (o.clone(), o.clone(), "owner", Some("viewer")),
+    ]
+    .map(|(actor, account, from, to)| (actor, account, from.to_owned(), to.map(str::to_owned)));
+    assert_eq!(audit, expected);
+    platform.shutdown().await
+}
+
+/// The UUID text of a 32-hex-digit id body.
+fn uuid_of(hex: &str) -> String {
+    uuid::Uuid::parse_str(hex).map(|u| u.to_string()).unwrap_or_default()
+}

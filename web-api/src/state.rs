@@ -70,6 +70,12 @@ impl FromRef<AppState> for Arc<TokenKeys> {
     }
 }
 
+impl FromRef<AppState> for Database {
+    fn from_ref(state: &AppState) -> Self {
+        state.db.clone()
+    }
+}
+
 impl FromRef<AppState> for AdminTokens {
     fn from_ref(state: &AppState) -> Self {
         state.admin_tokens.clone()

@@ -70,6 +70,14 @@ pub fn account_error(e: AccountError) -> ApiError {
             format!("the store's plan allows {seats} members; upgrade or remove one"),
         )
         .with_details(json!({ "seats": seats })),
+        AccountError::Forbidden { role } => {
+            ApiError::new(StatusCode::FORBIDDEN, "forbidden", format!("the {} role cannot do this", role.as_str()))
+        }
+        AccountError::LastOwner => ApiError::new(
+            StatusCode::CONFLICT,
+            "last_owner",
+            "a store keeps at least one owner: make another member owner first",
+        ),
         AccountError::Db(db) => db_error(db),
         AccountError::Hash(ref h) => ApiError::internal(h),
     }

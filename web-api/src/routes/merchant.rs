@@ -6,9 +6,14 @@ use axum::{
     extract::{FromRef, FromRequestParts},
     http::{StatusCode, header::AUTHORIZATION, request::Parts},
 };
-use nudge_control_plane::auth::tokens::{AccessClaims, TokenKeys};
+use nudge_control_plane::{
+    Database, accounts,
+    auth::tokens::{AccessClaims, TokenKeys},
+};
 use nudge_platform_http::ApiError;
 use nudge_tenants::{Role, TenantId};
+
+use super::error::db_error;
 
 /// A signed-in member of one store.
 #[derive(Debug, Clone)]
@@ -17,6 +22,7 @@ pub struct Merchant(pub AccessClaims);
 impl<S: Send + Sync> FromRequestParts<S> for Merchant
 where
     Arc<TokenKeys>: FromRef<S>,
+    Database: FromRef<S>,
 {
     type Rejection = ApiError;
 
@@ -34,7 +40,18 @@ where
             ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", "the access token is invalid or expired")
         })?;
         tracing::Span::current().record("tenant_id", tracing::field::display(claims.tenant));
-        Ok(Self(claims))
+        // The membership is read again on every request, so a member who was removed is
+        // refused, and one whose role changed acts in the new role, at once rather than when
+        // the access token expires.
+        let db = Database::from_ref(state);
+        let role = accounts::role_in(&db, claims.tenant, claims.account).await.map_err(db_error)?.ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "membership_ended",
+                "this account is no longer a member of the store; sign in again",
+            )
+        })?;
+        Ok(Self(AccessClaims { role, ..claims }))
     }
 }
 
@@ -48,8 +65,14 @@ impl Merchant {
         }
     }
 
+    /// The member's role in the store now (read at this request, not from the token).
     pub fn role(&self) -> Role {
         self.0.role
+    }
+
+    /// The member, as the author of a change to the store's memberships.
+    pub fn actor(&self) -> accounts::Actor {
+        accounts::Actor { account: self.0.account, role: self.0.role }
     }
 
     /// Refuses, within the member's own store, what their role does not allow.

@@ -9,8 +9,9 @@ use axum::{
 use nudge_contracts::{
     ShopperId,
     control::{
-        AddMemberRequest, ApiKeyList, ApiKeyView, CreateKeyRequest, CreatedKey, MemberList, MemberView, StoreModelView,
-        StoreRolloutView, SuppressionList, SuppressionRequest, SuppressionView, TenantView, UsageView,
+        AddMemberRequest, ApiKeyList, ApiKeyView, ChangeRoleRequest, CreateKeyRequest, CreatedKey, MemberList,
+        MemberView, StoreModelView, StoreRolloutView, SuppressionList, SuppressionRequest, SuppressionView, TenantView,
+        UsageView,
     },
 };
 use nudge_control_plane::{
@@ -19,7 +20,7 @@ use nudge_control_plane::{
     registry, store, suppressions, usage,
 };
 use nudge_platform_http::{ApiError, ErrorBody, current_trace};
-use nudge_tenants::{Email, KeyId, Role};
+use nudge_tenants::{AccountId, Email, KeyId, Role};
 use serde_json::json;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -36,6 +37,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_keys, create_key))
         .routes(routes!(revoke_key))
         .routes(routes!(list_members, add_member))
+        .routes(routes!(change_member_role, remove_member))
         .routes(routes!(list_suppressions, add_suppression))
         .routes(routes!(remove_suppression))
         .routes(routes!(get_usage))
@@ -262,6 +264,73 @@ async fn add_member(
             role: member.role.as_str().to_owned(),
         }),
     ))
+}
+
+fn member_view(m: accounts::Member) -> MemberView {
+    MemberView { account_id: m.account.to_string(), email: m.email, role: m.role.as_str().to_owned() }
+}
+
+/// A member of the store by account id; any other id answers 404.
+fn account_of(raw: &str) -> Result<AccountId, ApiError> {
+    raw.parse().map_err(|_| ApiError::not_found())
+}
+
+/// Change a member's role. Owners change anyone's; admins change admins', analysts' and
+/// viewers' (and make no owners). The store's last owner cannot step down. It takes effect
+/// at the member's next request here, and in their next access token.
+#[utoipa::path(patch, path = "/v1/tenants/{tenant_id}/members/{account_id}", tag = "store",
+    params(("tenant_id" = String, Path), ("account_id" = String, Path)), request_body = ChangeRoleRequest,
+    security(("access_token" = [])),
+    responses(
+        (status = 200, body = MemberView),
+        (status = 403, description = "`forbidden`: the caller's role does not manage the member's present or new role", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such member of this store", body = ErrorBody),
+        (status = 409, description = "`last_owner`: a store keeps at least one owner", body = ErrorBody),
+        (status = 422, description = "`invalid_fields`", body = ErrorBody),
+    ))]
+#[tracing::instrument(skip_all, fields(tenant_id))]
+async fn change_member_role(
+    State(state): State<AppState>,
+    merchant: Merchant,
+    Path((tenant_id, account_id)): Path<(String, String)>,
+    body: Result<Json<ChangeRoleRequest>, JsonRejection>,
+) -> Result<Json<MemberView>, ApiError> {
+    let tenant = merchant.tenant(&tenant_id)?;
+    let account = account_of(&account_id)?;
+    let Json(request) = body.map_err(|e| ApiError::bad_request("malformed_json", e.body_text()))?;
+    let role = Role::parse(&request.role).ok_or_else(|| {
+        ApiError::unprocessable("invalid_fields", "some fields are invalid")
+            .with_details(json!({ "fields": { "role": "owner, admin, analyst or viewer" } }))
+    })?;
+    let member =
+        accounts::change_role(&state.router, tenant, merchant.actor(), account, role).await.map_err(account_error)?;
+    tracing::info!(tenant_id = %tenant, account_id = %account, role = role.as_str(), "member's role changed");
+    Ok(Json(member_view(member)))
+}
+
+/// End a membership: owners remove anyone, admins remove admins, analysts and viewers, and
+/// every member may leave. The store's last owner cannot. The account stays (it may belong
+/// to other stores); its sessions in this store end: its next request here answers 401
+/// `membership_ended`, and its refresh token no longer works.
+#[utoipa::path(delete, path = "/v1/tenants/{tenant_id}/members/{account_id}", tag = "store",
+    params(("tenant_id" = String, Path), ("account_id" = String, Path)), security(("access_token" = [])),
+    responses(
+        (status = 204, description = "removed"),
+        (status = 403, description = "`forbidden`: the caller's role does not manage the member's", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such member of this store", body = ErrorBody),
+        (status = 409, description = "`last_owner`: a store keeps at least one owner", body = ErrorBody),
+    ))]
+#[tracing::instrument(skip_all, fields(tenant_id))]
+async fn remove_member(
+    State(state): State<AppState>,
+    merchant: Merchant,
+    Path((tenant_id, account_id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let tenant = merchant.tenant(&tenant_id)?;
+    let account = account_of(&account_id)?;
+    accounts::remove_member(&state.router, tenant, merchant.actor(), account).await.map_err(account_error)?;
+    tracing::info!(tenant_id = %tenant, account_id = %account, "member removed");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 pub(super) fn shopper_of(raw: &str) -> Result<ShopperId, ApiError> {
