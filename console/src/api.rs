@@ -141,7 +141,8 @@ pub(crate) fn refusal(status: StatusCode, body: &Value, retry_after: Option<u64>
     {
         return ConsoleError::TokenRejected(crate::error::TokenDigest::of(token));
     }
-    if status == StatusCode::UNAUTHORIZED && code == "missing_token" {
+    // No longer a member of the store: the session has nothing more to show.
+    if status == StatusCode::UNAUTHORIZED && (code == "missing_token" || code == "membership_ended") {
         return ConsoleError::SignedOut;
     }
     let fields = error["details"]["fields"]

@@ -93,6 +93,8 @@ pub fn router(api: Router, redis: Arc<OnceCell<ConnectionManager>>, config: Cons
         .route("/billing/plan", post(pages::billing::change_plan))
         .route("/billing/portal", post(pages::billing::portal))
         .route("/team", get(pages::team::page).post(pages::team::add))
+        .route("/team/{account_id}/role", post(pages::team::change_role))
+        .route("/team/{account_id}/remove", post(pages::team::remove))
         .route("/privacy", get(pages::privacy::page))
         .route("/privacy/erasures", post(pages::privacy::file_erasure))
         .route("/privacy/erasures/{request_id}", get(pages::privacy::erasure))

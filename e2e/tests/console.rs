@@ -845,5 +845,41 @@ async fn someone_joins_with_an_account_of_their_own_and_is_added_to_the_team() -
     let overview = joiner.get("/console").await?;
     assert_eq!(overview.status, StatusCode::OK);
     assert!(overview.body.contains("Team Co.") && overview.body.contains("analyst"), "{}", overview.body);
+
+    // The owner makes them a viewer from the team page.
+    let owner_tokens = platform.login(&owner, None).await?;
+    let members: Value = platform
+        .http
+        .get(format!("{}/v1/tenants/{}/members", platform.control_plane_url, owner_tokens.tenant_id))
+        .bearer_auth(&owner_tokens.access_token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let id_of = |email: &str| -> String {
+        let items = members["items"].as_array().into_iter().flatten();
+        items.filter(|m| m["email"] == email).filter_map(|m| m["account_id"].as_str()).collect()
+    };
+    let (newcomer_id, owner_id) = (id_of(&newcomer), id_of(&owner));
+    let team = owner_browser.get("/console/team").await?;
+    assert!(team.body.contains(&format!("/console/team/{newcomer_id}/remove")), "{}", team.body);
+    let changed = owner_browser
+        .post(&format!("/console/team/{newcomer_id}/role"), &[("csrf", &team.csrf()), ("role", "viewer")])
+        .await?;
+    assert_eq!((changed.status, changed.location()), (StatusCode::SEE_OTHER, "/console/team?done=changed"));
+    // The last owner cannot leave; the page says why.
+    let refused = owner_browser.post(&format!("/console/team/{owner_id}/remove"), &[("csrf", &team.csrf())]).await?;
+    assert_eq!(refused.status, StatusCode::CONFLICT, "{}", refused.body);
+    assert!(refused.body.contains("at least one owner"), "{}", refused.body);
+    // A viewer manages no one: only their own row offers to leave.
+    let team = joiner.get("/console/team").await?;
+    assert!(!team.body.contains(&format!("/console/team/{owner_id}/")), "{}", team.body);
+    // They leave the store: signed out, and their session is over.
+    let left = joiner.post(&format!("/console/team/{newcomer_id}/remove"), &[("csrf", &team.csrf())]).await?;
+    assert_eq!((left.status, left.location()), (StatusCode::SEE_OTHER, "/console/login"));
+    let after = joiner.get("/console").await?;
+    assert_eq!((after.status, after.location()), (StatusCode::SEE_OTHER, "/console/login"));
+    let team = owner_browser.get("/console/team").await?;
+    assert!(!team.body.contains(&newcomer), "they are no longer listed: {}", team.body);
     platform.shutdown().await
 }
