@@ -332,3 +332,50 @@ async fn members_change_roles_leave_and_are_removed_and_a_store_keeps_an_owner()
 fn uuid_of(hex: &str) -> String {
     uuid::Uuid::parse_str(hex).map(|u| u.to_string()).unwrap_or_default()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_wrong_passwords_close_sign_in_for_that_address_for_a_while() -> anyhow::Result<()> {
+    let platform = Platform::start_with(|cp, _| {
+        cp.auth.sign_in_max_failures = 3;
+        cp.auth.sign_in_window_seconds = 60;
+    })
+    .await?;
+    let cp = &platform.control_plane_url;
+    let (target, bystander) = (email("target"), email("bystander"));
+    platform.sign_up_as("Acme", &[ORIGIN], &target).await?;
+    platform.sign_up_as("Other", &["https://other.example.com"], &bystander).await?;
+    let sign_in = |email: &str, password: &str| {
+        platform.http.post(format!("{cp}/v1/sessions")).json(&json!({"email": email, "password": password}))
+    };
+
+    // A success clears the count: two failures, a success, two more, and it still signs in.
+    for _ in 0..2 {
+        assert_eq!(call(sign_in(&bystander, "wrong password 1")).await?.0, 401);
+    }
+    assert_eq!(call(sign_in(&bystander, PASSWORD)).await?.0, 200);
+    for _ in 0..2 {
+        assert_eq!(call(sign_in(&bystander, "wrong password 1")).await?.0, 401);
+    }
+    assert_eq!(call(sign_in(&bystander, PASSWORD)).await?.0, 200);
+
+    // Three failures, in any spelling of the address: closed, the right password included.
+    for spelling in [target.clone(), target.to_uppercase(), format!(" {target} ")] {
+        let (status, err) = call(sign_in(&spelling, "wrong password 1")).await?;
+        assert_eq!((status, err["error"]["code"].as_str()), (401, Some("invalid_credentials")));
+    }
+    let r = sign_in(&target, PASSWORD).send().await?;
+    let retry_after: u64 =
+        r.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let (status, body) = (r.status().as_u16(), r.json::<Value>().await?);
+    assert_eq!((status, body["error"]["code"].as_str()), (429, Some("too_many_attempts")));
+    assert!((1..=60).contains(&retry_after), "Retry-After {retry_after}");
+    // Other addresses are not affected.
+    assert_eq!(call(sign_in(&bystander, PASSWORD)).await?.0, 200);
+    // An address with no account is counted the same way, so answers tell nothing apart.
+    let nobody = email("nobody");
+    for _ in 0..3 {
+        assert_eq!(call(sign_in(&nobody, "wrong password 1")).await?.0, 401);
+    }
+    assert_eq!(call(sign_in(&nobody, "wrong password 1")).await?.0, 429);
+    platform.shutdown().await
+}

@@ -883,3 +883,30 @@ async fn someone_joins_with_an_account_of_their_own_and_is_added_to_the_team() -
     assert!(!team.body.contains(&newcomer), "they are no longer listed: {}", team.body);
     platform.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sign_in_form_says_when_an_address_is_closed_after_wrong_passwords() -> anyhow::Result<()> {
+    let platform = Platform::start_with(|cp, _| {
+        cp.auth.sign_in_max_failures = 2;
+        cp.auth.sign_in_window_seconds = 120;
+    })
+    .await?;
+    let owner = format!("owner-{}@example.com", unique_suffix());
+    platform.sign_up_as("Closed Co.", &["https://closed.example"], &owner).await?;
+    let mut visitor = Visitor::new(&platform.control_plane_url)?;
+    for _ in 0..2 {
+        let form = visitor.get("/console/login").await?;
+        let fields = [("csrf", form.csrf()), ("email", owner.clone()), ("password", "not the password".to_owned())];
+        let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let wrong = visitor.post("/console/login", &fields).await?;
+        assert_eq!(wrong.status, StatusCode::UNAUTHORIZED, "{}", wrong.body);
+    }
+    let form = visitor.get("/console/login").await?;
+    let fields = [("csrf", form.csrf()), ("email", owner.clone()), ("password", PASSWORD.to_owned())];
+    let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let closed = visitor.post("/console/login", &fields).await?;
+    assert_eq!(closed.status, StatusCode::TOO_MANY_REQUESTS, "{}", closed.body);
+    assert!(closed.body.contains("sign-in is closed for it for 2 more minutes"), "{}", closed.body);
+    assert!(closed.headers.contains_key(header::RETRY_AFTER));
+    platform.shutdown().await
+}

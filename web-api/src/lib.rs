@@ -429,6 +429,7 @@ async fn bootstrap(
                     redis,
                     config.redis.prefix.clone(),
                     Duration::from_secs(config.auth.refresh_ttl_seconds),
+                    config.auth.sign_in_limit(),
                 );
                 // Only this task sets it; a second set cannot happen.
                 let _ = sessions.set(store);

@@ -357,6 +357,16 @@ pub async fn login(
                     true,
                 ),
                 "not_found" => refused(StatusCode::UNAUTHORIZED, "Your account is not a member of that store.", true),
+                "too_many_attempts" => {
+                    let minutes = r.retry_after.unwrap_or(60).div_ceil(60);
+                    let problem = format!(
+                        "Too many wrong passwords for this address lately: sign-in is closed for it for \
+                         {minutes} more minute{}.",
+                        if minutes == 1 { "" } else { "s" }
+                    );
+                    let page = refused(StatusCode::TOO_MANY_REQUESTS, &problem, !tenant_id.is_empty())?;
+                    Ok(with_retry_after(page, r.retry_after))
+                }
                 _ if matches!(r.status.as_u16(), 429 | 503) => {
                     let page = refused(r.status, &try_later(&r), !tenant_id.is_empty())?;
                     Ok(with_retry_after(page, r.retry_after))

@@ -15,6 +15,8 @@ use nudge_tenants::{AccountId, TenantId};
 use redis::{Script, aio::ConnectionManager};
 use sha2::{Digest, Sha256};
 
+use super::throttle::{SignInLimit, SignInThrottle};
+
 #[derive(Debug, thiserror::Error)]
 pub enum RefreshError {
     #[error("the refresh token is unknown, expired or revoked")]
@@ -76,17 +78,25 @@ redis.call('SET', ARGV[1] .. 'rtfam:' .. f, 'revoked', 'KEEPTTL')
 return 1
 "#;
 
-/// The refresh-token store.
+/// The session store: refresh tokens, and the sign-in attempts counted beside them.
 #[derive(Clone)]
 pub struct RefreshStore {
     redis: ConnectionManager,
     prefix: String,
     ttl: Duration,
+    sign_in: SignInThrottle,
 }
 
 impl RefreshStore {
-    pub fn new(redis: ConnectionManager, prefix: impl Into<String>, ttl: Duration) -> Self {
-        Self { redis, prefix: prefix.into(), ttl }
+    pub fn new(redis: ConnectionManager, prefix: impl Into<String>, ttl: Duration, sign_in: SignInLimit) -> Self {
+        let prefix = prefix.into();
+        let sign_in = SignInThrottle::new(redis.clone(), prefix.clone(), sign_in);
+        Self { redis, prefix, ttl, sign_in }
+    }
+
+    /// Failed sign-ins, per e-mail address.
+    pub fn sign_in(&self) -> &SignInThrottle {
+        &self.sign_in
     }
 
     fn token_key(&self, token: &str) -> String {

@@ -8,7 +8,7 @@ use axum::{
 };
 use nudge_contracts::control::{AccountCreated, AccountRequest, LoginRequest, RefreshRequest, SessionTokens};
 use nudge_control_plane::{
-    accounts,
+    accounts::{self, AccountError},
     auth::{
         passwords,
         refresh::{RefreshError, RefreshStore, Session},
@@ -101,6 +101,7 @@ fn tokens_for(state: &AppState, claims: &AccessClaims, refresh_token: String) ->
     (status = 401, description = "`invalid_credentials`", body = ErrorBody),
     (status = 404, description = "`not_found`: not a member of the store named", body = ErrorBody),
     (status = 409, description = "`tenant_required`: the account belongs to several stores", body = ErrorBody),
+    (status = 429, description = "`too_many_attempts`: too many failed sign-ins for this address lately; `Retry-After` says when to try again", body = ErrorBody),
     (status = 503, description = "`session_store_unavailable`, `database_unavailable`", body = ErrorBody),
 ))]
 #[tracing::instrument(skip_all)]
@@ -114,8 +115,25 @@ async fn login(
         None => None,
         Some(t) => Some(t.parse::<TenantId>().map_err(|_| ApiError::not_found())?),
     };
-    let who =
-        accounts::authenticate(&state.db, &request.email, &request.password, tenant).await.map_err(account_error)?;
+    if let Some(wait) = store.sign_in().closed_for(&request.email).await.map_err(refresh_error)? {
+        tracing::info!("sign-in refused: too many failed attempts for the address");
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_attempts",
+            "too many failed sign-ins for this address; try again later",
+        )
+        .with_retry_after(u32::try_from(wait).unwrap_or(u32::MAX)));
+    }
+    let who = match accounts::authenticate(&state.db, &request.email, &request.password, tenant).await {
+        Ok(who) => who,
+        Err(e) => {
+            if matches!(e, AccountError::InvalidCredentials) {
+                store.sign_in().failed(&request.email).await.map_err(refresh_error)?;
+            }
+            return Err(account_error(e));
+        }
+    };
+    store.sign_in().succeeded(&request.email).await.map_err(refresh_error)?;
     let issued = store.start(&Session { account: who.account, tenant: who.tenant }).await.map_err(refresh_error)?;
     let claims = AccessClaims { account: who.account, tenant: who.tenant, role: who.role };
     tracing::info!(tenant_id = %who.tenant, account_id = %who.account, "signed in");
