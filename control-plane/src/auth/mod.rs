@@ -4,8 +4,8 @@
 //! - [`tokens`]: PASETO v4.public access tokens (at most 15 minutes, bound to one tenant).
 //! - [`refresh`]: refresh tokens in Redis, rotated on every use; reusing a spent one revokes
 //!   its whole family. Redis unreachable means no refresh succeeds (fail closed).
-//! - [`throttle`]: failed sign-ins counted per e-mail address; too many close sign-in for
-//!   that address for a while.
+//! - [`throttle`]: sign-in attempts counted per e-mail address before the password is
+//!   checked; too many that fail close sign-in for that address for a while.
 
 pub mod passwords;
 pub mod refresh;

@@ -115,7 +115,7 @@ async fn login(
         None => None,
         Some(t) => Some(t.parse::<TenantId>().map_err(|_| ApiError::not_found())?),
     };
-    if let Some(wait) = store.sign_in().closed_for(&request.email).await.map_err(refresh_error)? {
+    if let Some(wait) = store.sign_in().attempt(&request.email).await.map_err(refresh_error)? {
         tracing::info!("sign-in refused: too many failed attempts for the address");
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -127,8 +127,14 @@ async fn login(
     let who = match accounts::authenticate(&state.db, &request.email, &request.password, tenant).await {
         Ok(who) => who,
         Err(e) => {
-            if matches!(e, AccountError::InvalidCredentials) {
-                store.sign_in().failed(&request.email).await.map_err(refresh_error)?;
+            match e {
+                // The attempt stays counted.
+                AccountError::InvalidCredentials => {}
+                // The password checked out; the account is just not (only) in that store.
+                AccountError::NotAMember | AccountError::TenantRequired { .. } => {
+                    store.sign_in().succeeded(&request.email).await.map_err(refresh_error)?;
+                }
+                _ => store.sign_in().not_checked(&request.email).await.map_err(refresh_error)?,
             }
             return Err(account_error(e));
         }
