@@ -187,6 +187,24 @@ pub struct MemberList {
     pub items: Vec<MemberView>,
 }
 
+/// One change to a store's memberships, as its audit trail keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MembershipChangeView {
+    /// The member who made the change (the member themself when they left).
+    pub actor_account_id: String,
+    pub account_id: String,
+    pub from_role: String,
+    /// `null`: the membership ended.
+    pub to_role: Option<String>,
+    pub at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MembershipChangeList {
+    /// Newest first.
+    pub items: Vec<MembershipChangeView>,
+}
+
 /// `POST /v1/tenants/{tenant_id}/members`: add an existing account.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -357,3 +357,41 @@ pub async fn remove_member(
     tx.commit().await.map_err(DbError::Query)?;
     Ok(member)
 }
+
+/// One change to a store's memberships.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MembershipChange {
+    pub actor: AccountId,
+    pub account: AccountId,
+    pub from_role: Role,
+    /// `None`: the membership ended.
+    pub to_role: Option<Role>,
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The store's latest membership changes, newest first, at most `limit`.
+pub async fn membership_changes(db: &Database, tenant: TenantId, limit: i64) -> Result<Vec<MembershipChange>, DbError> {
+    let mut tx = db.tenant_tx(tenant).await?;
+    let rows = sqlx::query(
+        "SELECT actor, account_id, from_role, to_role, at FROM membership_audit
+         WHERE tenant_id = $1 ORDER BY seq DESC LIMIT $2",
+    )
+    .bind(tenant.as_uuid())
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let role = |text: String| Role::parse(&text).ok_or_else(|| sqlx::Error::Decode("unknown role".into()));
+    rows.into_iter()
+        .map(|r| {
+            Ok(MembershipChange {
+                actor: AccountId::from_uuid(r.try_get("actor")?),
+                account: AccountId::from_uuid(r.try_get("account_id")?),
+                from_role: role(r.try_get("from_role")?)?,
+                to_role: r.try_get::<Option<String>, _>("to_role")?.map(role).transpose()?,
+                at: r.try_get("at")?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(DbError::Query)
+}

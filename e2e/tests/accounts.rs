@@ -305,32 +305,35 @@ async fn members_change_roles_leave_and_are_removed_and_a_store_keeps_an_owner()
         .collect();
     assert_eq!(roles, [(owner_id.as_str(), "viewer"), (added["account_id"].as_str().unwrap_or_default(), "owner")]);
 
-    // Every change is in the store's membership audit, by whom, from what, to what.
-    use sqlx::Connection;
-    let mut db = sqlx::PgConnection::connect(&platform.db.owner_url).await?;
-    let tenant = store.tenant_id.trim_start_matches("tnt_");
-    sqlx::query("SELECT set_config('nudge.tenant_id', $1, false)").bind(uuid_of(tenant)).execute(&mut db).await?;
-    let audit: Vec<(String, String, String, Option<String>)> =
-        sqlx::query_as("SELECT actor::text, account_id::text, from_role, to_role FROM membership_audit ORDER BY seq")
-            .fetch_all(&mut db)
-            .await?;
-    let uuid = |id: &str| uuid_of(id.rsplit('_').next().unwrap_or_default());
-    let (o, a, v) = (uuid(&owner_id), uuid(&ids[&admin]), uuid(&ids[&viewer]));
-    let expected = [
-        (a.clone(), v.clone(), "viewer", Some("analyst")),
-        (o.clone(), a.clone(), "admin", Some("viewer")),
-        (o.clone(), v.clone(), "analyst", None),
-        (a.clone(), a.clone(), "viewer", None),
-        (o.clone(), o.clone(), "owner", Some("viewer")),
-    ]
-    .map(|(actor, account, from, to)| (actor, account, from.to_owned(), to.map(str::to_owned)));
-    assert_eq!(audit, expected);
+    // Every change is in the store's membership audit, by whom, from what, to what: owners
+    // and admins read it, newest first; a viewer may not.
+    let changes = format!("{members}/changes");
+    let (status, err) = call(platform.http.get(&changes).bearer_auth(&owner_tokens.access_token)).await?;
+    assert_eq!((status, err["error"]["code"].as_str()), (403, Some("forbidden")), "the old owner is a viewer now");
+    let second_tokens = platform.login(&second, None).await?;
+    let (status, audit) = call(platform.http.get(&changes).bearer_auth(&second_tokens.access_token)).await?;
+    assert_eq!(status, 200, "{audit}");
+    let audit: Vec<(&str, &str, &str, Option<&str>)> = audit["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            let text = |field: &str| c[field].as_str().unwrap_or_default();
+            (text("actor_account_id"), text("account_id"), text("from_role"), c["to_role"].as_str())
+        })
+        .collect();
+    let (o, a, v) = (owner_id.as_str(), ids[&admin].as_str(), ids[&viewer].as_str());
+    assert_eq!(
+        audit,
+        [
+            (o, o, "owner", Some("viewer")),
+            (a, a, "viewer", None),
+            (o, v, "analyst", None),
+            (o, a, "admin", Some("viewer")),
+            (a, v, "viewer", Some("analyst")),
+        ]
+    );
     platform.shutdown().await
-}
-
-/// The UUID text of a 32-hex-digit id body.
-fn uuid_of(hex: &str) -> String {
-    uuid::Uuid::parse_str(hex).map(|u| u.to_string()).unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

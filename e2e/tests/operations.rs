@@ -47,6 +47,7 @@ async fn openapi_documents_every_route() -> anyhow::Result<()> {
                 "/v1/tenants/{tenant_id}/api-keys/{key_id}",
                 "/v1/tenants/{tenant_id}/members",
                 "/v1/tenants/{tenant_id}/members/{account_id}",
+                "/v1/tenants/{tenant_id}/members/changes",
                 "/v1/tenants/{tenant_id}/suppressions",
                 "/v1/tenants/{tenant_id}/suppressions/{shopper_id}",
                 "/v1/tenants/{tenant_id}/usage",

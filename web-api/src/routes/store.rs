@@ -10,8 +10,8 @@ use nudge_contracts::{
     ShopperId,
     control::{
         AddMemberRequest, ApiKeyList, ApiKeyView, ChangeRoleRequest, CreateKeyRequest, CreatedKey, MemberList,
-        MemberView, StoreModelView, StoreRolloutView, SuppressionList, SuppressionRequest, SuppressionView, TenantView,
-        UsageView,
+        MemberView, MembershipChangeList, MembershipChangeView, StoreModelView, StoreRolloutView, SuppressionList,
+        SuppressionRequest, SuppressionView, TenantView, UsageView,
     },
 };
 use nudge_control_plane::{
@@ -38,6 +38,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(revoke_key))
         .routes(routes!(list_members, add_member))
         .routes(routes!(change_member_role, remove_member))
+        .routes(routes!(membership_changes))
         .routes(routes!(list_suppressions, add_suppression))
         .routes(routes!(remove_suppression))
         .routes(routes!(get_usage))
@@ -273,6 +274,38 @@ fn member_view(m: accounts::Member) -> MemberView {
 /// A member of the store by account id; any other id answers 404.
 fn account_of(raw: &str) -> Result<AccountId, ApiError> {
     raw.parse().map_err(|_| ApiError::not_found())
+}
+
+/// The store's latest changes to its memberships (roles changed, members removed or
+/// left), newest first, at most 200: who did what to whom. Owners and admins.
+#[utoipa::path(get, path = "/v1/tenants/{tenant_id}/members/changes", tag = "store",
+    params(("tenant_id" = String, Path)), security(("access_token" = [])),
+    responses(
+        (status = 200, body = MembershipChangeList),
+        (status = 403, description = "`forbidden`: analysts and viewers", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+    ))]
+#[tracing::instrument(skip_all, fields(tenant_id))]
+async fn membership_changes(
+    State(state): State<AppState>,
+    merchant: Merchant,
+    Path(tenant_id): Path<String>,
+) -> Result<Json<MembershipChangeList>, ApiError> {
+    let tenant = merchant.tenant(&tenant_id)?;
+    merchant.require(merchant.role().manages_member(Role::Viewer))?;
+    let changes = accounts::membership_changes(&state.db, tenant, 200).await.map_err(db_error)?;
+    Ok(Json(MembershipChangeList {
+        items: changes
+            .into_iter()
+            .map(|c| MembershipChangeView {
+                actor_account_id: c.actor.to_string(),
+                account_id: c.account.to_string(),
+                from_role: c.from_role.as_str().to_owned(),
+                to_role: c.to_role.map(|r| r.as_str().to_owned()),
+                at: c.at.to_rfc3339(),
+            })
+            .collect(),
+    }))
 }
 
 /// Change a member's role. Owners change anyone's; admins change admins', analysts' and
