@@ -9,6 +9,7 @@ use axum::{
     response::{Html, IntoResponse, Redirect, Response},
 };
 use nudge_contracts::control::{AddMemberRequest, ChangeRoleRequest, MemberList, MemberView};
+use nudge_tenants::Role;
 use serde::Deserialize;
 
 use super::{Layout, id_segment, render};
@@ -45,13 +46,9 @@ struct Row {
     manage: bool,
 }
 
-/// Whether `actor` manages members of role `other` (as the API's rules say).
+/// Whether `actor` manages members of role `other`, by the rules the API applies.
 fn manages(actor: &str, other: &str) -> bool {
-    match actor {
-        "owner" => true,
-        "admin" => other != "owner",
-        _ => false,
-    }
+    matches!((Role::parse(actor), Role::parse(other)), (Some(actor), Some(other)) if actor.manages_member(other))
 }
 
 impl TeamPage {
