@@ -22,6 +22,20 @@ async function handOver(step, data) {
   if (reply.done || reply.value.trim() !== "go") throw new Error("the test did not let step " + step + " go on");
 }
 
+// Chromium now and then refuses one capture ("Unable to capture screenshot") and takes the
+// same picture when asked again a moment later; a picture is the record of a page, not what
+// the test checks, so that refusal is retried a few times before it counts.
+async function shot(page, path, options = { fullPage: true }) {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await page.screenshot(Object.assign({ path }, options));
+    } catch (e) {
+      if (attempt >= 5 || !/Unable to capture screenshot/.test(String(e && e.message))) throw e;
+      await new Promise((resolve) => setTimeout(resolve, 250 * attempt));
+    }
+  }
+}
+
 function watch(page, name) {
   page.on("console", (m) => {
     result.console.push(name + ": " + m.text());
@@ -44,7 +58,7 @@ try {
 
   // Sign up, with the keyboard only.
   await page.goto(consoleUrl + "/console/signup");
-  await page.screenshot({ path: shots + "/signup.png", fullPage: true });
+  await shot(page, shots + "/signup.png");
   await page.focus("#name");
   await page.keyboard.type("Demo Outdoor Co.");
   await page.keyboard.press("Tab");
@@ -59,7 +73,7 @@ try {
   result.signupSecret = (await page.textContent("#signup-secret")).trim();
   result.snippet = (await page.textContent("#snippet")).trim();
   result.waiting = await page.getAttribute("#first-event", "data-state");
-  await page.screenshot({ path: shots + "/overview-waiting.png", fullPage: true });
+  await shot(page, shots + "/overview-waiting.png");
 
   // The secret key is shown once: a reload no longer has it.
   await page.reload();
@@ -85,7 +99,7 @@ try {
   result.received = (await page.textContent("#first-event")).trim();
   await page.reload();
   await page.waitForSelector("#accepted");
-  await page.screenshot({ path: shots + "/overview.png", fullPage: true });
+  await shot(page, shots + "/overview.png");
   result.steps.push("first event seen");
 
   // A test message to the shopper's open page, from the overview.
@@ -108,7 +122,7 @@ try {
     await page.goto(consoleUrl + "/console/events");
   }
   result.liveEvents = await page.$$eval("tr[data-type]", (rows) => rows.map((r) => r.getAttribute("data-type")));
-  await page.screenshot({ path: shots + "/events.png", fullPage: true });
+  await shot(page, shots + "/events.png");
   await page.click("nav >> text=Overview");
   result.steps.push("live events seen");
 
@@ -122,7 +136,7 @@ try {
   await page.fill("#c-body", "Your {{ cart_items }} items are waiting.");
   await page.click("button:has-text('Save as draft') >> nth=0");
   result.campaignProblems = (await page.textContent("#problems")).replace(/\s+/g, " ").trim();
-  await page.screenshot({ path: shots + "/campaign-problems.png", fullPage: true });
+  await shot(page, shots + "/campaign-problems.png");
   await page.fill("#c-condition", "cart_value > 0");
   await page.click("button:has-text('Save as draft') >> nth=0");
   await page.waitForURL(/\/console\/campaigns\/cmp_[^/?]+\?done=created$/);
@@ -131,7 +145,7 @@ try {
   await page.click("button:has-text('Activate')");
   await page.waitForURL(/done=active$/);
   result.campaignActive = (await page.textContent("#campaign-state")).trim();
-  await page.screenshot({ path: shots + "/campaign.png", fullPage: true });
+  await shot(page, shots + "/campaign.png");
   // Shoppers leave with a full cart until one sees the campaign's message (the cell learns
   // of the campaign within moments; a shopper it reached before that got the default
   // reminder instead and is replaced by a new one).
@@ -153,7 +167,7 @@ try {
       }
     } catch (e) { /* nothing shown this time */ }
   }
-  await shop.screenshot({ path: shots + "/shop-campaign.png" });
+  await shot(shop, shots + "/shop-campaign.png", {});
   await page.goto(consoleUrl + "/console/campaigns");
   result.campaignListed = (await page.textContent("table.campaigns")).replace(/\s+/g, " ").trim();
   result.steps.push("campaign shown");
@@ -173,7 +187,7 @@ try {
   result.analyticsProblem = await page.$eval(".problem", (e) => e.textContent.trim()).catch(() => null);
   result.model = (await page.textContent("#model")).replace(/\s+/g, " ").trim();
   result.rollout = (await page.textContent("#rollout")).replace(/\s+/g, " ").trim();
-  await page.screenshot({ path: shots + "/analytics.png", fullPage: true });
+  await shot(page, shots + "/analytics.png");
   result.steps.push("seen in analytics");
 
   // A secret key: created, shown once, revoked.
@@ -186,7 +200,7 @@ try {
   await page.click("button:has-text('Create key')");
   await page.waitForURL((url) => url.pathname === "/console/keys/created" && url.searchParams.has("key"));
   result.newSecret = (await page.textContent("#new-secret")).trim();
-  await page.screenshot({ path: shots + "/key-created.png", fullPage: true });
+  await shot(page, shots + "/key-created.png");
   await page.reload();
   result.createdAfterReload = (await page.textContent("main")).includes("already been shown");
   await page.goto(consoleUrl + "/console/keys");
@@ -194,7 +208,7 @@ try {
   await row.locator("button:has-text('Revoke')").click();
   await page.waitForURL(consoleUrl + "/console/keys?done=revoked");
   result.revokedRow = (await page.locator("tr", { hasText: "Order server" }).textContent()).replace(/\s+/g, " ").trim();
-  await page.screenshot({ path: shots + "/keys.png", fullPage: true });
+  await shot(page, shots + "/keys.png");
 
   // Billing: the plan and this month's events; this platform bills no one, and says so.
   await page.click("nav >> text=Billing");
@@ -203,7 +217,7 @@ try {
     used: parseInt((await page.textContent("#events-used")).trim(), 10),
     off: await page.$("#billing-off") !== null,
   };
-  await page.screenshot({ path: shots + "/billing.png", fullPage: true });
+  await shot(page, shots + "/billing.png");
 
   // The team: adding someone without an account says what to do.
   await page.click("nav >> text=Team");
@@ -211,7 +225,7 @@ try {
   await page.selectOption("#member-role", "analyst");
   await page.click("button:has-text('Add member')");
   result.teamProblem = (await page.textContent(".problem")).trim();
-  await page.screenshot({ path: shots + "/team.png", fullPage: true });
+  await shot(page, shots + "/team.png");
 
   // The shopper asks to be forgotten: filed, followed until done, receipt downloaded.
   await page.click("nav >> text=Privacy");
@@ -220,14 +234,14 @@ try {
   await page.waitForURL(/\/console\/privacy\/erasures\/[^/]+$/);
   result.erasureUrl = page.url();
   await page.waitForSelector("#erasure-status[data-state=completed]", { timeout: 60000 });
-  await page.screenshot({ path: shots + "/erasure.png", fullPage: true });
+  await shot(page, shots + "/erasure.png");
   const [download] = await Promise.all([page.waitForEvent("download"), page.click("#receipt")]);
   result.receiptFile = download.suggestedFilename();
   result.receipt = JSON.parse(fs.readFileSync(await download.path(), "utf8"));
   await page.click("text=← Privacy");
   result.erasureListed = (await page.textContent("table.erasures")).includes("Completed");
   result.retention = (await page.textContent("#retention")).replace(/\s+/g, " ").trim();
-  await page.screenshot({ path: shots + "/privacy.png", fullPage: true });
+  await shot(page, shots + "/privacy.png");
   result.steps.push("erased");
 
   // Narrow screens: every main page still fits (wide tables scroll inside their frame).
@@ -247,7 +261,7 @@ try {
     result.narrowOverflow = Math.max(result.narrowOverflow, overflow);
   }
   await page.goto(consoleUrl + "/console");
-  await page.screenshot({ path: shots + "/overview-narrow.png", fullPage: true });
+  await shot(page, shots + "/overview-narrow.png");
 
   // Signing out ends the session: the console sends the browser to the sign-in page.
   await page.click("button:has-text('Sign out')");
