@@ -3,7 +3,6 @@
 //! nothing of another through any console route or form.
 
 use std::{
-    collections::HashMap,
     process::Stdio,
     sync::{Arc, Mutex},
     time::Duration,
@@ -23,6 +22,10 @@ use tokio::{
     net::TcpListener,
 };
 use tokio_util::sync::CancellationToken;
+
+mod common;
+
+use common::visitor::{Page, Visitor};
 
 /// The console's policy, exactly.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; \
@@ -239,115 +242,6 @@ async fn a_new_merchant_signs_up_installs_the_snippet_and_sees_the_first_event_i
     stop_shop.cancel();
     serving.await??;
     platform.shutdown().await
-}
-
-/// A browser without JavaScript: cookies kept by hand, redirects not followed.
-struct Visitor {
-    http: reqwest::Client,
-    base: String,
-    cookies: HashMap<String, String>,
-}
-
-struct Page {
-    status: StatusCode,
-    headers: header::HeaderMap,
-    body: String,
-}
-
-impl Page {
-    /// The first form's CSRF token.
-    fn csrf(&self) -> String {
-        self.body
-            .split("name=\"csrf\" value=\"")
-            .nth(1)
-            .and_then(|rest| rest.split('"').next())
-            .unwrap_or_default()
-            .to_owned()
-    }
-
-    fn location(&self) -> &str {
-        self.headers.get(header::LOCATION).and_then(|v| v.to_str().ok()).unwrap_or_default()
-    }
-
-    fn error_code(&self) -> &str {
-        self.headers.get("nudge-error-code").and_then(|v| v.to_str().ok()).unwrap_or_default()
-    }
-}
-
-impl Visitor {
-    fn new(base: &str) -> anyhow::Result<Self> {
-        Ok(Self {
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .timeout(Duration::from_secs(20))
-                .build()?,
-            base: base.to_owned(),
-            cookies: HashMap::new(),
-        })
-    }
-
-    async fn send(&mut self, request: reqwest::RequestBuilder) -> anyhow::Result<Page> {
-        let cookies: Vec<String> = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let request = if cookies.is_empty() { request } else { request.header(header::COOKIE, cookies.join("; ")) };
-        let response = request.send().await?;
-        for set in response.headers().get_all(header::SET_COOKIE) {
-            let set = set.to_str()?;
-            let (pair, attributes) = set.split_once(';').unwrap_or((set, ""));
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            if attributes.contains("Max-Age=0") {
-                self.cookies.remove(name);
-            } else {
-                self.cookies.insert(name.to_owned(), value.to_owned());
-            }
-        }
-        let (status, headers) = (response.status(), response.headers().clone());
-        Ok(Page { status, headers, body: response.text().await? })
-    }
-
-    async fn get(&mut self, path: &str) -> anyhow::Result<Page> {
-        let request = self.http.get(format!("{}{path}", self.base));
-        self.send(request).await
-    }
-
-    /// Posts a form as the console's own page would (same origin).
-    async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> anyhow::Result<Page> {
-        self.post_from(path, fields, &self.base.clone()).await
-    }
-
-    async fn post_from(&mut self, path: &str, fields: &[(&str, &str)], origin: &str) -> anyhow::Result<Page> {
-        let body = form_urlencoded::Serializer::new(String::new()).extend_pairs(fields).finish();
-        let request = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .header(header::ORIGIN, origin)
-            .body(body);
-        self.send(request).await
-    }
-
-    /// Signs in through the console's form.
-    async fn sign_in(&mut self, email: &str) -> anyhow::Result<()> {
-        self.sign_in_to(email, "").await
-    }
-
-    /// Signs in to one of the account's stores (`""`: its only store).
-    async fn sign_in_to(&mut self, email: &str, tenant: &str) -> anyhow::Result<()> {
-        let form = self.get("/console/login").await?;
-        let fields = [
-            ("csrf", form.csrf()),
-            ("email", email.to_owned()),
-            ("password", PASSWORD.to_owned()),
-            ("tenant_id", tenant.to_owned()),
-        ];
-        let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let page = self.post("/console/login", &fields).await?;
-        anyhow::ensure!(
-            page.status == StatusCode::SEE_OTHER && page.location() == "/console",
-            "sign-in: {}",
-            page.body
-        );
-        Ok(())
-    }
 }
 
 /// The secret key shown on a page.
@@ -806,107 +700,5 @@ async fn a_session_lives_by_use_and_outlasts_a_stuck_refresh_and_a_rejected_toke
     assert_eq!((ended.status, ended.location()), (StatusCode::SEE_OTHER, "/console/login"));
     let gone: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut redis).await?;
     assert!(gone.is_none(), "the session ended");
-    platform.shutdown().await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn someone_joins_with_an_account_of_their_own_and_is_added_to_the_team() -> anyhow::Result<()> {
-    let platform = platform().await?;
-    let owner = format!("owner-{}@example.com", unique_suffix());
-    platform.sign_up_as("Team Co.", &["https://team.example"], &owner).await?;
-
-    // The newcomer makes an account without a store.
-    let newcomer = format!("analyst-{}@example.com", unique_suffix());
-    let mut joiner = Visitor::new(&platform.control_plane_url)?;
-    let form = joiner.get("/console/join").await?;
-    let weak =
-        joiner.post("/console/join", &[("csrf", &form.csrf()), ("email", &newcomer), ("password", "short")]).await?;
-    assert_eq!(weak.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", weak.body);
-    assert!(weak.body.contains("id=\"password-error\""), "the weak password is named: {}", weak.body);
-    let form = joiner.get("/console/join").await?;
-    let joined =
-        joiner.post("/console/join", &[("csrf", &form.csrf()), ("email", &newcomer), ("password", PASSWORD)]).await?;
-    assert_eq!(joined.status, StatusCode::CREATED, "{}", joined.body);
-    assert!(joined.body.contains(&newcomer) && joined.body.contains("id=\"joined\""));
-    let form = joiner.get("/console/join").await?;
-    let again =
-        joiner.post("/console/join", &[("csrf", &form.csrf()), ("email", &newcomer), ("password", PASSWORD)]).await?;
-    assert_eq!(again.status, StatusCode::CONFLICT, "one account per address");
-
-    // The owner adds them as an analyst; they sign in and open the store.
-    let mut owner_browser = Visitor::new(&platform.control_plane_url)?;
-    owner_browser.sign_in(&owner).await?;
-    let team = owner_browser.get("/console/team").await?;
-    let added = owner_browser
-        .post("/console/team", &[("csrf", &team.csrf()), ("email", &newcomer), ("role", "analyst")])
-        .await?;
-    assert!(added.status == StatusCode::SEE_OTHER || added.status == StatusCode::OK, "{}", added.body);
-    joiner.sign_in(&newcomer).await?;
-    let overview = joiner.get("/console").await?;
-    assert_eq!(overview.status, StatusCode::OK);
-    assert!(overview.body.contains("Team Co.") && overview.body.contains("analyst"), "{}", overview.body);
-
-    // The owner makes them a viewer from the team page.
-    let owner_tokens = platform.login(&owner, None).await?;
-    let members: Value = platform
-        .http
-        .get(format!("{}/v1/tenants/{}/members", platform.control_plane_url, owner_tokens.tenant_id))
-        .bearer_auth(&owner_tokens.access_token)
-        .send()
-        .await?
-        .json()
-        .await?;
-    let id_of = |email: &str| -> String {
-        let items = members["items"].as_array().into_iter().flatten();
-        items.filter(|m| m["email"] == email).filter_map(|m| m["account_id"].as_str()).collect()
-    };
-    let (newcomer_id, owner_id) = (id_of(&newcomer), id_of(&owner));
-    let team = owner_browser.get("/console/team").await?;
-    assert!(team.body.contains(&format!("/console/team/{newcomer_id}/remove")), "{}", team.body);
-    let changed = owner_browser
-        .post(&format!("/console/team/{newcomer_id}/role"), &[("csrf", &team.csrf()), ("role", "viewer")])
-        .await?;
-    assert_eq!((changed.status, changed.location()), (StatusCode::SEE_OTHER, "/console/team?done=changed"));
-    // The last owner cannot leave; the page says why.
-    let refused = owner_browser.post(&format!("/console/team/{owner_id}/remove"), &[("csrf", &team.csrf())]).await?;
-    assert_eq!(refused.status, StatusCode::CONFLICT, "{}", refused.body);
-    assert!(refused.body.contains("at least one owner"), "{}", refused.body);
-    // A viewer manages no one: only their own row offers to leave.
-    let team = joiner.get("/console/team").await?;
-    assert!(!team.body.contains(&format!("/console/team/{owner_id}/")), "{}", team.body);
-    // They leave the store: signed out, and their session is over.
-    let left = joiner.post(&format!("/console/team/{newcomer_id}/remove"), &[("csrf", &team.csrf())]).await?;
-    assert_eq!((left.status, left.location()), (StatusCode::SEE_OTHER, "/console/login"));
-    let after = joiner.get("/console").await?;
-    assert_eq!((after.status, after.location()), (StatusCode::SEE_OTHER, "/console/login"));
-    let team = owner_browser.get("/console/team").await?;
-    assert!(!team.body.contains(&newcomer), "they are no longer listed: {}", team.body);
-    platform.shutdown().await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_sign_in_form_says_when_an_address_is_closed_after_wrong_passwords() -> anyhow::Result<()> {
-    let platform = Platform::start_with(|cp, _| {
-        cp.auth.sign_in_max_failures = 2;
-        cp.auth.sign_in_window_seconds = 120;
-    })
-    .await?;
-    let owner = format!("owner-{}@example.com", unique_suffix());
-    platform.sign_up_as("Closed Co.", &["https://closed.example"], &owner).await?;
-    let mut visitor = Visitor::new(&platform.control_plane_url)?;
-    for _ in 0..2 {
-        let form = visitor.get("/console/login").await?;
-        let fields = [("csrf", form.csrf()), ("email", owner.clone()), ("password", "not the password".to_owned())];
-        let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let wrong = visitor.post("/console/login", &fields).await?;
-        assert_eq!(wrong.status, StatusCode::UNAUTHORIZED, "{}", wrong.body);
-    }
-    let form = visitor.get("/console/login").await?;
-    let fields = [("csrf", form.csrf()), ("email", owner.clone()), ("password", PASSWORD.to_owned())];
-    let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let closed = visitor.post("/console/login", &fields).await?;
-    assert_eq!(closed.status, StatusCode::TOO_MANY_REQUESTS, "{}", closed.body);
-    assert!(closed.body.contains("sign-in is closed for it for 2 more minutes"), "{}", closed.body);
-    assert!(closed.headers.contains_key(header::RETRY_AFTER));
     platform.shutdown().await
 }

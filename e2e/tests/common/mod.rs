@@ -1,6 +1,8 @@
 //! Shared fixtures of the end-to-end tests.
 #![allow(dead_code)] // each test binary uses a different part of the fixtures
 
+pub mod visitor;
+
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{Value, json};
 
