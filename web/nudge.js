@@ -15,7 +15,8 @@
  * intent, gets a session token for the shopper and opens its WebSocket (reconnecting with
  * backoff, or within the server's jitter hint when it restarts, resuming after the last
  * intervention received), acknowledges every intervention and shows each once (ids kept in
- * sessionStorage), rendering them in a small banner. No dependencies, no cookies.
+ * sessionStorage), rendering them in a small banner. The store's announcements (to every
+ * open page) show in the same banner, unacknowledged. No dependencies, no cookies.
  */
 (function (global) {
   "use strict";
@@ -115,6 +116,9 @@
     this.onIntervention = options.onIntervention || function (msg) {
       render(msg, function (action) { client.feedback(msg.intervention_id, action); });
     };
+    // Announcements go to every open page of the shop; shown in the same banner, with no
+    // feedback: they are the store's own message, not a decision to report on.
+    this.onAnnouncement = options.onAnnouncement || function (msg) { render(msg, null); };
     this.onStatus = options.onStatus || function () {};
     this.queue = [];
     this.inFlight = false;
@@ -358,6 +362,9 @@
         self.onIntervention(msg);
         self.feedback(msg.intervention_id, "shown");
       }
+      // Not acknowledged and not remembered: an announcement is never replayed, and it must
+      // not become the id a reconnect resumes after.
+      if (msg.type === "announcement") self.onAnnouncement(msg);
     };
     socket.onclose = function (e) {
       self.onStatus({ type: "socket_closed", code: e.code, reason: e.reason });

@@ -17,6 +17,9 @@ pub enum PushMessage {
     },
     /// Something to show the shopper.
     Intervention(InterventionMessage),
+    /// A message from the store to every open page of the shop (`POST /v1/announcements`):
+    /// shown, never acknowledged, and not replayed to a page that opens later.
+    Announcement(AnnouncementMessage),
 }
 
 /// An intervention as the snippet renders it.
@@ -36,6 +39,17 @@ pub struct InterventionMessage {
     pub decided_at: String,
     /// Trace id of the request that carried the cause event.
     pub trace_id: String,
+}
+
+/// An announcement as the snippet renders it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnnouncementMessage {
+    /// `ann_…`.
+    pub announcement_id: String,
+    pub title: String,
+    pub body: String,
+    /// RFC 3339.
+    pub sent_at: String,
 }
 
 /// One text frame a shopper's browser sends.

@@ -105,6 +105,7 @@ async fn openapi_documents_every_route() -> anyhow::Result<()> {
                 "/v1/lift",
                 "/v1/dry-run",
                 "/v1/test-interventions",
+                "/v1/announcements",
                 "/v1/events/recent",
                 "/v1/unsubscribe/{token}",
                 "/nudge.js",

@@ -24,6 +24,7 @@ pub mod export;
 pub mod idle;
 pub mod keys;
 pub mod lift_report;
+pub mod messages;
 pub mod models;
 pub mod pipeline;
 pub mod readiness;
@@ -33,7 +34,6 @@ pub mod sealing;
 pub mod send_log;
 pub mod sends;
 pub mod snippet;
-pub mod test_intervention;
 pub mod unsubscribe;
 pub mod usage;
 pub mod validator;
@@ -397,7 +397,7 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
                 directory: directory.clone(),
                 log: recent::RecentEventLog::new(redis.clone(), config.redis.prefix.clone()),
             }))
-            .merge(test_intervention::router().with_state(test_intervention::TestInterventionState::new(
+            .merge(messages::router().with_state(messages::MessagesState::new(
                 directory.clone(),
                 InterventionPublisher::new(redis.clone(), naming.clone(), config.gateway.history.clone()),
             )))

@@ -16,6 +16,7 @@ use std::{
     time::Duration,
 };
 
+use axum::extract::ws::Utf8Bytes;
 use nudge_contracts::ShopperId;
 use nudge_data_plane_directory::Directory;
 use nudge_tenants::{PublishableKey, TenantId};
@@ -51,17 +52,21 @@ pub struct ShopperAddress {
     pub shopper: ShopperId,
 }
 
-/// An intervention rendered once, shared by every socket it goes to.
+/// An intervention or announcement rendered once, shared by every socket it goes to: each
+/// socket's frame takes the same bytes (a reference count, not a copy).
 #[derive(Debug)]
 pub struct Pushed {
     pub intervention_id: Box<str>,
-    pub text: Box<str>,
+    pub text: Utf8Bytes,
 }
 
 /// What a socket's task is asked to do.
 #[derive(Debug, Clone)]
 pub enum Outbound {
     Push(Arc<Pushed>),
+    /// An announcement: sent, but neither recorded as the socket's cursor nor expected back
+    /// as an acknowledgement.
+    Announce(Arc<Pushed>),
     Ping,
     /// Read the shopper's history again: this process may have missed messages while its
     /// subscription was down.
@@ -322,6 +327,20 @@ impl Hub {
         outcome
     }
 
+    /// Queues `message` on every socket of `tenant` held here, whatever its shopper: one
+    /// pass over the sockets, the same rendered bytes for each. A socket whose queue is full
+    /// is evicted as [`Hub::deliver`] does.
+    pub fn announce(&self, tenant: &TenantId, message: &Arc<Pushed>) -> Delivery {
+        let mut queued = 0;
+        let evicted = self.for_each(|address, _| {
+            (address.tenant == *tenant).then(|| {
+                queued += 1;
+                Outbound::Announce(message.clone())
+            })
+        });
+        Delivery { delivered: queued - evicted, evicted }
+    }
+
     /// Sends `what(slot)` to every socket for which it gives something, evicting a socket
     /// whose queue is full. The number of sockets evicted.
     fn for_each(&self, mut what: impl FnMut(&ShopperAddress, &Slot) -> Option<Outbound>) -> usize {
@@ -530,6 +549,34 @@ mod tests {
         assert_eq!(hub.deliver(&addr(a, "s1"), pushed("hello")).delivered, 1);
         assert_eq!(id_of(rx_a.recv().await), "hello");
         assert!(rx_b.try_recv().is_none(), "same shopper id in another tenant gets nothing");
+    }
+
+    #[tokio::test]
+    async fn announces_to_every_socket_of_the_tenant_and_no_other() {
+        let hub = Arc::new(Hub::default());
+        let (a, b) = (TenantId::new(), TenantId::new());
+        let (_r1, tab1) = hub.register(addr(a, "s1"), key(), 10).unwrap();
+        let (_r2, tab2) = hub.register(addr(a, "s1"), key(), 10).unwrap();
+        let (_r3, other_shopper) = hub.register(addr(a, "s2"), key(), 10).unwrap();
+        let (_r4, other_tenant) = hub.register(addr(b, "s1"), key(), 10).unwrap();
+        let message = pushed("ann_1");
+        assert_eq!(hub.announce(&a, &message), Delivery { delivered: 3, evicted: 0 });
+        for rx in [&tab1, &tab2, &other_shopper] {
+            match rx.recv().await {
+                Some(Outbound::Announce(p)) => {
+                    assert_eq!(&*p.intervention_id, "ann_1");
+                    assert!(Arc::ptr_eq(&p, &message), "every socket shares the one rendering");
+                }
+                other => panic!("expected an announcement, got {other:?}"),
+            }
+        }
+        assert!(other_tenant.try_recv().is_none(), "another tenant's sockets get nothing");
+        // A socket that stopped reading is evicted by announcements as by interventions.
+        for _ in 0..SEND_QUEUE {
+            hub.announce(&b, &message);
+        }
+        assert_eq!(hub.announce(&b, &message), Delivery { delivered: 0, evicted: 1 });
+        assert_eq!(hub.connections(), 3);
     }
 
     #[tokio::test]

@@ -21,7 +21,7 @@ use std::{
 use chrono::{TimeZone, Utc};
 use nudge_contracts::{
     proto::interventions::v1::{Intervention, InterventionBatch},
-    push::{InterventionMessage, PushMessage},
+    push::{AnnouncementMessage, InterventionMessage, PushMessage},
 };
 use nudge_platform_telemetry::TraceContext;
 use nudge_tenants::{CellId, TenantId};
@@ -35,6 +35,10 @@ use crate::hub::{Pushed, ShopperAddress};
 /// The id prefix of test messages (`POST /v1/test-interventions`), which are delivered like
 /// interventions but counted in no usage meter.
 pub const TEST_INTERVENTION_PREFIX: &str = "test_";
+
+/// The id prefix of announcements (`POST /v1/announcements`): messages for every open page
+/// of a store, kept in no history and never acknowledged.
+pub const ANNOUNCEMENT_PREFIX: &str = "ann_";
 
 /// Names of a cell's intervention channels and history keys.
 #[derive(Debug, Clone)]
@@ -160,6 +164,21 @@ impl InterventionPublisher {
             Err(_) => Err(std::io::Error::other("the publishing task ended").into()),
         }
     }
+
+    /// Publishes `announcement` (an `ann_` id, no shopper) to every open page of
+    /// `tenant`: one record on the tenant's channel, and no history, so only pages open now
+    /// see it. The number of gateway processes that received it.
+    pub async fn announce(&self, tenant: &TenantId, announcement: &Intervention) -> Result<usize, redis::RedisError> {
+        let batch = InterventionBatch { interventions: Vec::new(), announcements: vec![announcement.clone()] };
+        let mut conn = self.inner.redis.clone();
+        let mut publish = redis::cmd("PUBLISH");
+        publish.arg(self.inner.naming.channel(tenant)).arg(batch.encode_to_vec());
+        let publish = publish.query_async::<usize>(&mut conn);
+        match tokio::time::timeout(PUBLISH_TIMEOUT, publish).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(std::io::Error::other("publishing timed out").into()),
+        }
+    }
 }
 
 /// Sends what is queued, a batch per round trip, until the queue is empty.
@@ -242,6 +261,23 @@ async fn send_batch(p: &Publishing, batch: Vec<Pending>) {
             Err(e) => Err(e.clone()),
         });
     }
+}
+
+/// The frame a browser receives for an announcement.
+pub fn announcement_frame(announcement: &Intervention) -> String {
+    let sent_at = Utc
+        .timestamp_millis_opt(announcement.decided_at_ms)
+        .single()
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default();
+    let message = PushMessage::Announcement(AnnouncementMessage {
+        announcement_id: announcement.intervention_id.clone(),
+        title: announcement.title.clone(),
+        body: announcement.body.clone(),
+        sent_at,
+    });
+    // Serialising a struct of strings cannot fail.
+    serde_json::to_string(&message).unwrap_or_default()
 }
 
 /// A shopper's history as a socket reads it.
@@ -527,8 +563,9 @@ mod tests {
             let msg = tokio::time::timeout(Duration::from_secs(5), stream.next()).await.unwrap().unwrap();
             records += 1;
             received.extend(
-                crate::subscriber::encoded_interventions(msg.get_payload_bytes())
+                crate::subscriber::encoded_records(msg.get_payload_bytes())
                     .unwrap()
+                    .interventions
                     .into_iter()
                     .map(|encoded| Intervention::decode(encoded).unwrap()),
             );

@@ -9,6 +9,10 @@
 //! acknowledges each intervention by id and drops repeats, so delivery is at least once and
 //! shown once.
 //!
+//! Announcements (`{"type": "announcement"}`, ids `ann_…`) go to every open page of a store
+//! at the moment they are sent. They are in no history, so none is replayed; the browser
+//! does not acknowledge them, and an acknowledgement naming one changes nothing.
+//!
 //! # Close codes
 //!
 //! | code | reason | the client should |
@@ -57,7 +61,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
     hub::{CLOSE_SLOW_CONSUMER, Hub, MAX_PER_SHOPPER, Outbound, Pushed, Queue, Refusal, Registration, ShopperAddress},
-    route::{AckWriter, History, HistoryConfig},
+    route::{ANNOUNCEMENT_PREFIX, AckWriter, History, HistoryConfig},
 };
 
 /// Largest frame a client may send; clients only send acknowledgements and pongs.
@@ -384,6 +388,11 @@ async fn run(
                         return Ending::Gone;
                     }
                 }
+                Some(Outbound::Announce(p)) => {
+                    if send(socket, Message::Text(p.text.clone())).await.is_err() {
+                        return Ending::Gone;
+                    }
+                }
                 Some(Outbound::Ping) => {
                     if send(socket, Message::Ping(Vec::new().into())).await.is_err() {
                         return Ending::Gone;
@@ -484,7 +493,7 @@ async fn resync(
 }
 
 async fn push(socket: &mut WebSocket, sent: &mut Sent, p: &Pushed) -> Result<(), ()> {
-    send(socket, Message::Text((&*p.text).into())).await?;
+    send(socket, Message::Text(p.text.clone())).await?;
     sent.record(&p.intervention_id);
     Ok(())
 }
@@ -492,6 +501,11 @@ async fn push(socket: &mut WebSocket, sent: &mut Sent, p: &Pushed) -> Result<(),
 fn acknowledge(state: &GatewayState, address: &ShopperAddress, intervention_id: &str, sent_here: bool) {
     if intervention_id.is_empty() || intervention_id.len() > 64 || intervention_id.contains('|') {
         state.metrics.ack_failures.inc();
+        return;
+    }
+    if intervention_id.starts_with(ANNOUNCEMENT_PREFIX) {
+        // Announcements are not acknowledged: one is in no history to resume after, so it
+        // must not become the shopper's cursor, and it counts in no usage meter.
         return;
     }
     state.metrics.acknowledged.inc();

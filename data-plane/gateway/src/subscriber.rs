@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     hub::{Hub, Pushed, ShopperAddress},
-    route::{Naming, push_frame},
+    route::{ANNOUNCEMENT_PREFIX, Naming, announcement_frame, push_frame},
 };
 
 /// How far behind this process's routing runs, and how often its subscription breaks.
@@ -37,6 +37,8 @@ pub struct RouteMetrics {
     lag: Histogram,
     /// Subscriptions lost and re-made (Redis gone, or it cut a subscriber that fell behind).
     losses: Counter,
+    /// Announcement frames queued for this process's sockets.
+    announced: Counter,
 }
 
 impl RouteMetrics {
@@ -44,6 +46,7 @@ impl RouteMetrics {
         let this = Self {
             lag: Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
             losses: Counter::default(),
+            announced: Counter::default(),
         };
         let mut r = metrics.registry();
         r.register(
@@ -56,16 +59,24 @@ impl RouteMetrics {
             "Intervention subscriptions lost and re-made (every socket then re-reads its history)",
             this.losses.clone(),
         );
+        r.register(
+            "gateway_announced",
+            "Announcement frames queued for this process's sockets (one per open page of the store)",
+            this.announced.clone(),
+        );
         this
     }
 }
 
-/// An `InterventionBatch` with its interventions left encoded (field 1000 read as bytes:
-/// the wire form of an embedded message), so a gateway decodes only those it delivers.
+/// An `InterventionBatch` with its records left encoded (fields 1000 and 1001 read as
+/// bytes: the wire form of an embedded message), so a gateway decodes only those it
+/// delivers.
 #[derive(Clone, PartialEq, prost::Message)]
-struct EncodedBatch {
+pub(crate) struct EncodedBatch {
     #[prost(bytes = "bytes", repeated, tag = "1000")]
-    interventions: Vec<Bytes>,
+    pub(crate) interventions: Vec<Bytes>,
+    #[prost(bytes = "bytes", repeated, tag = "1001")]
+    pub(crate) announcements: Vec<Bytes>,
 }
 
 /// An `Intervention`'s address (fields 2 and 3), every other field skipped.
@@ -79,32 +90,74 @@ struct Addressed {
 
 /// Delivers one pub/sub payload from `tenant`'s channel to the hub: an `InterventionBatch`,
 /// or a single `Intervention` from a publisher of an earlier version. Malformed payloads,
-/// and interventions naming another tenant than their channel's, are logged and dropped.
+/// and records naming another tenant than their channel's, are logged and dropped.
 ///
 /// Every process holding the tenant reads every payload, and most of its interventions are
 /// for shoppers held elsewhere: each intervention's address is read first, and only one
-/// this process holds is decoded whole and rendered.
+/// this process holds is decoded whole and rendered. Announcements are for every socket of
+/// the tenant: each is rendered once and the same bytes queued on all of them.
 pub fn deliver_payload(hub: &Hub, tenant: TenantId, payload: &[u8], metrics: &RouteMetrics) {
-    match encoded_interventions(payload) {
+    match encoded_records(payload) {
         Ok(batch) => {
             let now_ms = Utc::now().timestamp_millis();
-            for encoded in batch {
+            for encoded in batch.interventions {
                 if let Some(decided_at_ms) = deliver_encoded(hub, tenant, encoded)
                     && decided_at_ms > 0
                 {
                     metrics.lag.observe(now_ms.saturating_sub(decided_at_ms).max(0) as f64 / 1000.0);
                 }
             }
+            for encoded in batch.announcements {
+                metrics.announced.inc_by(announce_encoded(hub, tenant, encoded) as u64);
+            }
         }
         Err(e) => tracing::error!(tenant_id = %tenant, error = %e, "undecodable interventions on the pub/sub channel"),
     }
 }
 
-/// The encoded interventions of a channel payload, batch or single.
-pub(crate) fn encoded_interventions(payload: &[u8]) -> Result<Vec<Bytes>, prost::DecodeError> {
+/// The encoded records of a channel payload; a single `Intervention` (neither field
+/// present) is one intervention.
+pub(crate) fn encoded_records(payload: &[u8]) -> Result<EncodedBatch, prost::DecodeError> {
     let payload = Bytes::copy_from_slice(payload);
-    let batch = EncodedBatch::decode(payload.clone())?;
-    if batch.interventions.is_empty() { Ok(vec![payload]) } else { Ok(batch.interventions) }
+    let mut batch = EncodedBatch::decode(payload.clone())?;
+    if batch.interventions.is_empty() && batch.announcements.is_empty() {
+        batch.interventions.push(payload);
+    }
+    Ok(batch)
+}
+
+/// Queues one encoded announcement on every socket of `tenant` here; how many.
+fn announce_encoded(hub: &Hub, tenant: TenantId, encoded: Bytes) -> usize {
+    let announcement = match Intervention::decode(encoded) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(tenant_id = %tenant, error = %e, "undecodable announcement on the pub/sub channel");
+            return 0;
+        }
+    };
+    if announcement.tenant_id.parse::<TenantId>().ok() != Some(tenant)
+        || !announcement.intervention_id.starts_with(ANNOUNCEMENT_PREFIX)
+        || !announcement.shopper_id.is_empty()
+    {
+        tracing::error!(
+            tenant_id = %tenant, announcement_id = %announcement.intervention_id,
+            "announcement for another tenant, without an ann_ id, or addressed to a shopper; dropped"
+        );
+        return 0;
+    }
+    let message = Arc::new(Pushed {
+        intervention_id: announcement.intervention_id.as_str().into(),
+        text: announcement_frame(&announcement).into(),
+    });
+    let outcome = hub.announce(&tenant, &message);
+    tracing::debug!(
+        tenant_id = %tenant, announcement_id = %announcement.intervention_id,
+        queued = outcome.delivered, evicted = outcome.evicted, "announcement routed"
+    );
+    if outcome.evicted > 0 {
+        tracing::warn!(tenant_id = %tenant, evicted = outcome.evicted, "socket queue full; slow socket closed");
+    }
+    outcome.delivered
 }
 
 /// Routes one encoded intervention; its decision time when it was for a shopper held here.
@@ -262,7 +315,7 @@ mod tests {
     #[test]
     fn a_channel_payload_is_a_batch_or_one_intervention_of_an_earlier_publisher() {
         let iv = |id: &str| Intervention { intervention_id: id.into(), tenant_id: "t".into(), ..Default::default() };
-        let batch = InterventionBatch { interventions: vec![iv("a"), iv("b")] };
+        let batch = InterventionBatch { interventions: vec![iv("a"), iv("b")], ..Default::default() };
         let ids = |v: Vec<Intervention>| v.into_iter().map(|i| i.intervention_id).collect::<Vec<_>>();
         assert_eq!(ids(interventions_of(&batch.encode_to_vec()).unwrap()), ["a", "b"]);
         assert_eq!(ids(interventions_of(&iv("c").encode_to_vec()).unwrap()), ["c"]);
@@ -293,6 +346,7 @@ mod tests {
                 iv("itv_bad_shopper", tenant, "not a shopper id"),
                 iv("itv_here", tenant, "shp_here"),
             ],
+            ..Default::default()
         };
         deliver_payload(&hub, tenant, &batch.encode_to_vec(), &metrics);
         match queue.try_recv() {
@@ -312,9 +366,64 @@ mod tests {
         assert!(exposed.contains("gateway_route_lag_seconds_count 2"), "{exposed}");
     }
 
+    #[test]
+    fn announcements_reach_every_socket_of_the_channels_tenant_and_are_checked() {
+        let hub = Arc::new(Hub::default());
+        let (tenant, other) = (TenantId::new(), TenantId::new());
+        let key = || nudge_tenants::PublishableKey::generate().unwrap();
+        let socket = |t: TenantId, shopper: &str| {
+            hub.register(ShopperAddress { tenant: t, shopper: ShopperId::parse(shopper).unwrap() }, key(), 10).unwrap()
+        };
+        let (_r1, first) = socket(tenant, "shp_1");
+        let (_r2, second) = socket(tenant, "shp_2");
+        let (_r3, foreign) = socket(other, "shp_1");
+        let registry = Metrics::new("test");
+        let metrics = RouteMetrics::register(&registry);
+        let announcement = |id: &str, of: TenantId, shopper: &str| Intervention {
+            intervention_id: id.into(),
+            tenant_id: of.to_string(),
+            shopper_id: shopper.into(),
+            title: "Free shipping today".into(),
+            body: "On every order".into(),
+            decided_at_ms: 1_764_000_000_000,
+            ..Default::default()
+        };
+        let batch = InterventionBatch {
+            announcements: vec![
+                announcement("ann_other_tenant", other, ""),
+                announcement("itv_not_an_announcement", tenant, ""),
+                announcement("ann_addressed", tenant, "shp_1"),
+                announcement("ann_1", tenant, ""),
+            ],
+            ..Default::default()
+        };
+        deliver_payload(&hub, tenant, &batch.encode_to_vec(), &metrics);
+        for queue in [&first, &second] {
+            match queue.try_recv() {
+                Some(crate::hub::Outbound::Announce(p)) => {
+                    assert_eq!(&*p.intervention_id, "ann_1");
+                    let frame: nudge_contracts::push::PushMessage = serde_json::from_str(&p.text).unwrap();
+                    assert_eq!(
+                        frame,
+                        nudge_contracts::push::PushMessage::Announcement(nudge_contracts::push::AnnouncementMessage {
+                            announcement_id: "ann_1".into(),
+                            title: "Free shipping today".into(),
+                            body: "On every order".into(),
+                            sent_at: "2025-11-24T16:00:00.000Z".into(),
+                        })
+                    );
+                }
+                other => panic!("expected the announcement, got {other:?}"),
+            }
+            assert!(queue.try_recv().is_none(), "the malformed ones reach no socket");
+        }
+        assert!(foreign.try_recv().is_none(), "another tenant's sockets get nothing");
+        assert!(registry.encode().contains("gateway_announced_total 2"), "{}", registry.encode());
+    }
+
     /// The whole interventions of a payload, as a gateway holding every shopper decodes them.
     fn interventions_of(payload: &[u8]) -> Result<Vec<Intervention>, prost::DecodeError> {
-        encoded_interventions(payload)?.into_iter().map(Intervention::decode).collect()
+        encoded_records(payload)?.interventions.into_iter().map(Intervention::decode).collect()
     }
 
     #[test]
@@ -338,8 +447,16 @@ mod tests {
             variant: "b".into(),
         };
         let other = Intervention { shopper_id: "shp_2".into(), ..iv.clone() };
-        let payload = InterventionBatch { interventions: vec![iv.clone(), other.clone()] }.encode_to_vec();
-        let encoded = encoded_interventions(&payload).unwrap();
+        let announcement = Intervention { intervention_id: "ann_1".into(), shopper_id: String::new(), ..iv.clone() };
+        let payload = InterventionBatch {
+            interventions: vec![iv.clone(), other.clone()],
+            announcements: vec![announcement.clone()],
+        }
+        .encode_to_vec();
+        let batch = encoded_records(&payload).unwrap();
+        assert_eq!(batch.announcements.len(), 1);
+        assert_eq!(Intervention::decode(batch.announcements[0].clone()).unwrap(), announcement);
+        let encoded = batch.interventions;
         assert_eq!(encoded.len(), 2);
         let addressed = Addressed::decode(encoded[1].clone()).unwrap();
         assert_eq!((addressed.tenant_id.as_str(), addressed.shopper_id.as_str()), (iv.tenant_id.as_str(), "shp_2"));
