@@ -76,6 +76,7 @@ pub fn router(api: Router, redis: Arc<OnceCell<ConnectionManager>>, config: Cons
         .route("/", get(pages::overview::page))
         .route("/first-event", get(pages::overview::first_event))
         .route("/test-message", post(pages::overview::test_message))
+        .route("/announce", post(pages::overview::announce))
         .route("/signup", get(pages::auth::signup_form).post(pages::auth::signup))
         .route("/login", get(pages::auth::login_form).post(pages::auth::login))
         .route("/join", get(pages::auth::join_form).post(pages::auth::join))

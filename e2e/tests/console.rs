@@ -147,6 +147,12 @@ async fn a_new_merchant_signs_up_installs_the_snippet_and_sees_the_first_event_i
     // The test message reached the shopper's open page.
     assert!(result["testResult"].as_str().is_some_and(|r| r.starts_with("Sent.")), "{result:#}");
     assert!(result["testShown"].as_str().is_some_and(|s| s.contains("Nudge is installed")), "{result:#}");
+    // The announcement reached the shop's open page, shown by nudge.js in its banner.
+    assert!(result["announceResult"].as_str().is_some_and(|r| r.starts_with("Announced.")), "{result:#}");
+    assert!(
+        result["announcementShown"].as_str().is_some_and(|s| s.contains("On every order, today only.")),
+        "{result:#}"
+    );
 
     // The campaign: the API's problem with the condition shown by its field, then saved as a
     // draft, activated, and its message seen by a shopper on the shop.
@@ -229,6 +235,7 @@ async fn a_new_merchant_signs_up_installs_the_snippet_and_sees_the_first_event_i
         "keys.png",
         "campaign-problems.png",
         "campaign.png",
+        "announced.png",
         "analytics.png",
         "events.png",
         "billing.png",

@@ -114,6 +114,20 @@ try {
   result.testShown = (await shop.textContent("#nudge-intervention")).trim();
   result.steps.push("test message shown");
 
+  // An announcement to every open page of the shop, from the overview.
+  await page.fill("#announce-heading", "Free shipping until midnight");
+  await page.fill("#announce-body", "On every order, today only.");
+  await page.click("button:has-text('Announce')");
+  await page.waitForSelector("#announce-result");
+  result.announceResult = (await page.textContent("#announce-result")).trim();
+  await shot(page, shots + "/announced.png");
+  await shop.waitForFunction(() => {
+    const shown = document.querySelector("#nudge-intervention");
+    return shown && shown.textContent.includes("Free shipping until midnight");
+  }, null, { timeout: 15000 });
+  result.announcementShown = (await shop.textContent("#nudge-intervention")).trim();
+  result.steps.push("announcement shown");
+
   // The live events show the shop's page views.
   await page.click("nav >> text=Live events");
   await page.waitForURL(/\/console\/events/);

@@ -1,5 +1,6 @@
 //! The overview: getting the store live (the snippet, the first event, a test message to an
-//! open page of the shop) and the last day's ingestion health, with drops by reason.
+//! open page of the shop), an announcement to every open page of the shop, and the last
+//! day's ingestion health, with drops by reason.
 
 use std::{convert::Infallible, time::Duration};
 
@@ -42,19 +43,52 @@ struct OverviewPage {
     snippet: Option<String>,
     usage: UsageView,
     dropped_total: i64,
-    /// Whether the member may send a test message (owners and admins).
-    can_test: bool,
-    test_shopper: String,
-    test_notice: Option<String>,
-    test_problem: Option<String>,
+    /// Whether the member may send test messages and announcements (owners and admins).
+    can_send: bool,
+    forms: Forms,
 }
 
-/// What a test message did, for the overview shown again.
+/// What a send from the overview did, for the page shown again.
 #[derive(Default)]
-struct TestOutcome {
-    shopper: String,
+struct Outcome {
     notice: Option<String>,
     problem: Option<String>,
+}
+
+/// The overview's forms as the member left them, and what their last send did.
+#[derive(Default)]
+struct Forms {
+    test_shopper: String,
+    test: Outcome,
+    announce_title: String,
+    announce_body: String,
+    announcement: Outcome,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct AnnounceForm {
+    csrf: String,
+    title: String,
+    body: String,
+}
+
+/// The outcome of a request to the store's cell: `notice` from its answer, or the cell's
+/// refusal (422 for the member's input, 503 otherwise) with what to do next.
+fn sent(
+    answer: Result<serde_json::Value, CellError>,
+    notice: impl FnOnce(&serde_json::Value) -> String,
+) -> (StatusCode, Outcome) {
+    match answer {
+        Ok(answer) => (StatusCode::OK, Outcome { notice: Some(notice(&answer)), problem: None }),
+        Err(e) => {
+            let status = match &e {
+                CellError::Refused { status, .. } if status.is_client_error() => StatusCode::UNPROCESSABLE_ENTITY,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            (status, Outcome { notice: None, problem: Some(format!("{e}. {}", e.next_step())) })
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -75,7 +109,7 @@ pub fn snippet(cell_url: &str, publishable_key: &str) -> String {
 }
 
 pub async fn page(State(console): State<Console>, member: Member) -> Result<Html<String>, ConsoleError> {
-    overview(&console, &member, TestOutcome::default()).await
+    overview(&console, &member, Forms::default()).await
 }
 
 /// Sends a test message to a shopper's open pages, through the store's cell.
@@ -87,33 +121,56 @@ pub async fn test_message(
     member.session.check_csrf(&form.csrf)?;
     let store: TenantView = console.api.get(&member.store_path(""), member.token()).await?;
     let shopper = form.shopper_id.trim().to_owned();
-    let sent = console
+    let answer = console
         .cell
         .post(&store.cell_url, "/v1/test-interventions", member.token(), &json!({ "shopper_id": shopper }))
         .await;
-    let (status, outcome) = match sent {
-        Ok(answer) => {
-            tracing::info!(tenant_id = %member.session.tenant_id, "test message sent from the console");
-            let notice = if answer["gateways"].as_u64().unwrap_or(0) > 0 {
-                "Sent. It shows on the shopper's open pages now.".to_owned()
-            } else {
-                "Sent, but no page of your shop is open right now: it shows on the shopper's next page in the next                  few minutes."
-                    .to_owned()
-            };
-            (StatusCode::OK, TestOutcome { shopper, notice: Some(notice), problem: None })
+    let (status, test) = sent(answer, |answer| {
+        tracing::info!(tenant_id = %member.session.tenant_id, "test message sent from the console");
+        if answer["gateways"].as_u64().unwrap_or(0) > 0 {
+            "Sent. It shows on the shopper's open pages now.".to_owned()
+        } else {
+            "Sent, but no page of your shop is open right now: it shows on the shopper's next page in the next \
+             few minutes."
+                .to_owned()
         }
-        Err(e) => {
-            let status = match &e {
-                CellError::Refused { status, .. } if status.is_client_error() => StatusCode::UNPROCESSABLE_ENTITY,
-                _ => StatusCode::SERVICE_UNAVAILABLE,
-            };
-            (status, TestOutcome { shopper, notice: None, problem: Some(format!("{e}. {}", e.next_step())) })
-        }
-    };
-    Ok((status, overview(&console, &member, outcome).await?).into_response())
+    });
+    let forms = Forms { test_shopper: shopper, test, ..Forms::default() };
+    Ok((status, overview(&console, &member, forms).await?).into_response())
 }
 
-async fn overview(console: &Console, member: &Member, test: TestOutcome) -> Result<Html<String>, ConsoleError> {
+/// Shows an announcement on every page of the shop open now, through the store's cell.
+pub async fn announce(
+    State(console): State<Console>,
+    member: Member,
+    Form(form): Form<AnnounceForm>,
+) -> Result<Response, ConsoleError> {
+    member.session.check_csrf(&form.csrf)?;
+    let store: TenantView = console.api.get(&member.store_path(""), member.token()).await?;
+    let (title, body) = (form.title.trim().to_owned(), form.body.trim().to_owned());
+    let answer = console
+        .cell
+        .post(&store.cell_url, "/v1/announcements", member.token(), &json!({ "title": title, "body": body }))
+        .await;
+    let (status, announcement) = sent(answer, |answer| {
+        tracing::info!(tenant_id = %member.session.tenant_id, "announcement sent from the console");
+        if answer["gateways"].as_u64().unwrap_or(0) > 0 {
+            "Announced. Every page of your shop open now shows it.".to_owned()
+        } else {
+            "Sent, but no page of your shop was open: nobody saw it. Announcements are not kept for later visitors."
+                .to_owned()
+        }
+    });
+    // A sent announcement leaves the form empty; a refused one keeps what was typed.
+    let forms = if announcement.problem.is_some() {
+        Forms { announce_title: title, announce_body: body, announcement, ..Forms::default() }
+    } else {
+        Forms { announcement, ..Forms::default() }
+    };
+    Ok((status, overview(&console, &member, forms).await?).into_response())
+}
+
+async fn overview(console: &Console, member: &Member, forms: Forms) -> Result<Html<String>, ConsoleError> {
     let token = member.token();
     let (store_path, keys_path, usage_path) =
         (member.store_path(""), member.store_path("/api-keys"), member.store_path("/usage"));
@@ -134,7 +191,7 @@ async fn overview(console: &Console, member: &Member, test: TestOutcome) -> Resu
         Err(e) => return Err(e),
     };
     let revealed_secret = console.sessions.take_reveal(&member.id, Reveal::Signup).await?;
-    let can_test = matches!(member.session.role.as_str(), "owner" | "admin");
+    let can_send = matches!(member.session.role.as_str(), "owner" | "admin");
     let dropped_total = usage.dropped.values().sum();
     render(&OverviewPage {
         layout: Layout::new(member, "overview"),
@@ -143,10 +200,8 @@ async fn overview(console: &Console, member: &Member, test: TestOutcome) -> Resu
         snippet,
         usage,
         dropped_total,
-        can_test,
-        test_shopper: test.shopper,
-        test_notice: test.notice,
-        test_problem: test.problem,
+        can_send,
+        forms,
     })
 }
 
