@@ -1,7 +1,8 @@
 // The peer of `nudge-bench sockets`: a plain Node `ws` server doing the gateway's job in
 // its simplest form, measured in the same run. Shoppers connect to /?shopper=ID and get a
 // ready frame; a driver connected to /driver sends "ID|frame" and the server writes the
-// frame to that shopper's socket. No compression, 4 KiB frame limit, like the gateway.
+// frame to that shopper's socket, or "*|frame" and it writes the frame to every socket it
+// holds (from one buffer, as ws's own broadcast example does). No compression, 4 KiB frame limit, like the gateway.
 // Acknowledgements, when the clients send them, are parsed and dropped.
 "use strict";
 const http = require("http");
@@ -17,6 +18,11 @@ wss.on("connection", (socket, req) => {
     socket.on("message", (data) => {
       const text = data.toString();
       const bar = text.indexOf("|");
+      if (bar === 1 && text[0] === "*") {
+        const frame = Buffer.from(text.slice(2));
+        for (const target of shoppers.values()) target.send(frame, { binary: false });
+        return;
+      }
       const target = shoppers.get(text.slice(0, bar));
       if (target) target.send(text.slice(bar + 1));
     });

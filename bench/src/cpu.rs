@@ -40,6 +40,14 @@ impl Meter {
     }
 }
 
+/// User and system CPU seconds `pids` have used so far, together (0 for one that ended).
+pub fn seconds_of(pids: &[u32]) -> anyhow::Result<f64> {
+    let out = std::process::Command::new("getconf").arg("CLK_TCK").output()?;
+    let ticks: f64 = String::from_utf8_lossy(&out.stdout).trim().parse()?;
+    anyhow::ensure!(ticks > 0.0, "CLK_TCK is {ticks}");
+    Ok(pids.iter().map(|pid| cpu_ticks(*pid).unwrap_or(0)).sum::<u64>() as f64 / ticks)
+}
+
 /// utime + stime of `pid`, all its threads.
 fn cpu_ticks(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
