@@ -2,7 +2,9 @@
 //! `reports:read`): per campaign, the shoppers it treated against its control group; for
 //! the store, every shopper any campaign applied to against the global holdout. Each arm's
 //! shoppers, conversions and revenue within the attribution window, and the difference in
-//! conversion rate and in revenue per shopper with a 95 % confidence interval.
+//! conversion rate and in revenue per shopper with a 95 % confidence interval. Revenue is in
+//! minor units of one currency per store (`currency`, the first purchase's): purchases in
+//! another count as conversions only, and each arm says how many there were.
 
 use std::sync::Arc;
 
@@ -47,9 +49,12 @@ pub struct ArmView {
     /// Shoppers who bought within the attribution window.
     pub converted: u64,
     pub conversion_rate: f64,
-    /// Their purchases' value, in minor units of the store's currency.
+    /// Their purchases' value, in minor units of the report's `currency`.
     pub revenue_minor: f64,
     pub revenue_per_shopper_minor: f64,
+    /// Purchases in another currency than the report's: counted as conversions, not in
+    /// revenue (amounts in different currencies do not add up).
+    pub purchases_in_other_currencies: u64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -82,6 +87,9 @@ pub struct LiftReport {
     /// The campaign, or `_store`.
     pub campaign_id: String,
     pub attribution_days: u16,
+    /// The ISO 4217 currency revenue is counted in: the store's first counted purchase's.
+    /// Absent before any purchase.
+    pub currency: Option<String>,
     pub treated: ArmView,
     /// The campaign's control group (absent for the store).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -95,13 +103,14 @@ pub struct LiftReport {
     pub lift: Option<LiftView>,
 }
 
-fn arm_view(arm: &Arm) -> ArmView {
+fn arm_view(arm: &Arm, purchases_in_other_currencies: u64) -> ArmView {
     ArmView {
         shoppers: arm.shoppers,
         converted: arm.converted,
         conversion_rate: arm.conversion_rate(),
         revenue_minor: arm.revenue,
         revenue_per_shopper_minor: arm.revenue_per_shopper(),
+        purchases_in_other_currencies,
     }
 }
 
@@ -145,6 +154,8 @@ async fn lift(
     };
     let arms = state.outcomes.arms(tenant, &campaign).await.map_err(unavailable)?;
     let engagement = state.outcomes.engagement(tenant, &campaign).await.map_err(unavailable)?;
+    let (currency, foreign) = state.outcomes.revenue_currency(tenant, &campaign).await.map_err(unavailable)?;
+    let foreign = |name: ArmName| foreign.iter().find(|(n, _)| *n == name).map_or(0, |(_, count)| *count);
     let of = |name: ArmName| arms.iter().find(|(n, _)| *n == name).map(|(_, a)| *a).unwrap_or_default();
     let (treated, control, holdout) = (of(ArmName::Treated), of(ArmName::Control), of(ArmName::Holdout));
     let store = campaign == STORE;
@@ -153,9 +164,10 @@ async fn lift(
     Ok(Json(LiftReport {
         campaign_id: campaign,
         attribution_days,
-        treated: arm_view(&treated),
-        control: (!store).then(|| arm_view(&control)),
-        holdout: arm_view(&holdout),
+        currency,
+        treated: arm_view(&treated, foreign(ArmName::Treated)),
+        control: (!store).then(|| arm_view(&control, foreign(ArmName::Control))),
+        holdout: arm_view(&holdout, foreign(ArmName::Holdout)),
         engagement: EngagementView {
             shown: engagement.shown,
             clicked: engagement.clicked,

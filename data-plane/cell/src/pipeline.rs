@@ -613,8 +613,11 @@ impl Pipeline {
                 .purchase(
                     key.tenant,
                     key.shopper.as_str(),
-                    &nudge_contracts::id_digest(&event.event_id),
-                    purchase.value_minor,
+                    &nudge_data_plane_channels::outcomes::PurchaseOutcome {
+                        event_digest: &nudge_contracts::id_digest(&event.event_id),
+                        value_minor: purchase.value_minor,
+                        currency: &purchase.currency,
+                    },
                     event.occurred_at_ms,
                     window,
                 )
