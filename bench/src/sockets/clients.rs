@@ -63,6 +63,9 @@ struct Tally {
     phase: AtomicU64,
     failed: AtomicUsize,
     reconnected: AtomicUsize,
+    /// Sockets the server closed asking the client to come back, by close code (1012
+    /// draining, 1013 try again later, 4008 slow consumer).
+    closed_by_server: Mutex<HashMap<u16, usize>>,
     /// Latencies (µs) of deliveries while `recording`.
     latencies: Mutex<Vec<u32>>,
     recording: AtomicBool,
@@ -170,6 +173,7 @@ async fn shopper(
             tally.reconnected.fetch_add(1, Ordering::Relaxed);
         }
         let mut counted = false;
+        let mut closed_with: Option<u16> = None;
         loop {
             let frame = tokio::select! {
                 _ = stop.cancelled() => {
@@ -184,9 +188,25 @@ async fn shopper(
             };
             let text = match frame {
                 Some(Ok(Message::Text(text))) => text,
+                Some(Ok(Message::Close(frame))) => {
+                    closed_with = frame.map(|f| u16::from(f.code));
+                    continue;
+                }
                 Some(Ok(_)) => continue,
+                _ if let Some(code @ (1012 | 1013 | 4008)) = closed_with => {
+                    // The server asked it to come back (draining, busy, fell behind): as
+                    // nudge.js does, after a moment, resuming after the last id.
+                    *tally.closed_by_server.lock().unwrap_or_else(PoisonError::into_inner).entry(code).or_default() +=
+                        1;
+                    tokio::time::sleep(Duration::from_millis(100 + now_us() % 400)).await;
+                    break;
+                }
                 _ => {
                     tally.failed.fetch_add(1, Ordering::Relaxed);
+                    if counted {
+                        tally.ready.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    eprintln!("a socket from {source} ended (close code {closed_with:?}); not reconnecting");
                     return;
                 }
             };
@@ -227,7 +247,9 @@ async fn shopper(
             }
         }
         let _ = ws.close(None).await;
-        tally.ready.fetch_sub(1, Ordering::Relaxed);
+        if counted {
+            tally.ready.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -335,7 +357,11 @@ pub async fn clients(args: ClientArgs) -> anyhow::Result<()> {
                 std::fs::write(path, bytes)?;
                 let delivered = tally.delivered.load(Ordering::Relaxed) - before;
                 let repeated = tally.repeated.load(Ordering::Relaxed) - repeated_before;
-                format!("report {delivered} {} {repeated}", tally.reconnected.load(Ordering::Relaxed))
+                let closed = tally.closed_by_server.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut closed: Vec<String> = closed.iter().map(|(code, n)| format!("{code}:{n}")).collect();
+                closed.sort();
+                let closed = if closed.is_empty() { "-".to_owned() } else { closed.join(",") };
+                format!("report {delivered} {} {repeated} {closed}", tally.reconnected.load(Ordering::Relaxed))
             }
             ["fanout-report", path] => {
                 let latencies =

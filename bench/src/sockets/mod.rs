@@ -505,6 +505,7 @@ async fn route(fleet: &mut Fleet, args: &Args, driver: &Driver, rate: u64) -> an
     let mut delivered = 0u64;
     let mut reconnects = 0usize;
     let mut repeated = 0u64;
+    let mut closed_by_server: std::collections::BTreeMap<String, usize> = Default::default();
     let mut latencies: Vec<f64> = Vec::new();
     for (k, w) in fleet.workers.iter_mut().enumerate() {
         let path = dir.join(format!("nudge-bench-latencies-{}-{k}", std::process::id()));
@@ -514,6 +515,10 @@ async fn route(fleet: &mut Fleet, args: &Args, driver: &Driver, rate: u64) -> an
         delivered += words.next().and_then(|v| v.parse::<u64>().ok()).context("no delivered count")?;
         reconnects += words.next().and_then(|v| v.parse::<usize>().ok()).context("no reconnect count")?;
         repeated += words.next().and_then(|v| v.parse::<u64>().ok()).context("no repeat count")?;
+        for entry in words.next().context("no close counts")?.split(',').filter(|e| *e != "-") {
+            let (code, n) = entry.split_once(':').context("a close count is CODE:N")?;
+            *closed_by_server.entry(code.to_owned()).or_default() += n.parse::<usize>()?;
+        }
         let bytes = std::fs::read(&path)?;
         std::fs::remove_file(&path)?;
         latencies.extend(bytes.chunks_exact(4).map(|c| f64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]]))));
@@ -521,7 +526,8 @@ async fn route(fleet: &mut Fleet, args: &Args, driver: &Driver, rate: u64) -> an
     latencies.sort_by(f64::total_cmp);
     let rate = if rate == 0 { "unpaced".to_owned() } else { format!("{rate}/s") };
     eprintln!(
-        "{} ({rate}): sent {}, delivered {delivered}, and {repeated} again",
+        "{} ({rate}): sent {}, delivered {delivered}, and {repeated} again; sockets closed by the server so far \
+         (and reopened), by close code: {closed_by_server:?}",
         fleet.name,
         sent.load(Ordering::Relaxed)
     );
