@@ -16,7 +16,6 @@ pub mod headers;
 pub mod ids;
 pub mod ingest;
 pub mod models;
-pub mod money;
 pub mod push;
 pub mod topics;
 

@@ -17,7 +17,7 @@ use common::ORIGIN;
 use futures_util::future::try_join_all;
 use nudge_campaigns::model::CampaignSpec;
 use nudge_contracts::proto::events::v1::{Event, ExitIntent, event::Payload};
-use nudge_data_plane_channels::outcomes::{ArmName, OutcomeStore, PurchaseOutcome, STORE};
+use nudge_data_plane_channels::outcomes::{ArmName, OutcomeStore, STORE};
 use nudge_data_plane_decide::campaigns::{ActiveCampaign, CampaignDecision, ShopperMoment, decide_campaigns};
 use nudge_data_plane_features::{SessionState, definitions::DEFAULT_VECTOR};
 use nudge_test_support::{Platform, unique_suffix};
@@ -100,10 +100,9 @@ async fn the_reported_lift_holds_the_true_effect_and_control_gets_nothing() -> a
                 outcomes.assign(tenant, shopper, campaign_id, *arm, now + 1_000, WEEK_MS).await?;
                 if *buys {
                     let order = format!("{shopper}-order");
-                    let purchase = PurchaseOutcome { event_digest: &order, value_minor: 10_000, currency: "EUR" };
-                    outcomes.purchase(tenant, shopper, &purchase, now + 60_000, WEEK_MS).await?;
+                    outcomes.purchase(tenant, shopper, &order, 10_000, now + 60_000, WEEK_MS).await?;
                     // The same purchase applied again (a replayed step) counts once.
-                    outcomes.purchase(tenant, shopper, &purchase, now + 60_000, WEEK_MS).await?;
+                    outcomes.purchase(tenant, shopper, &order, 10_000, now + 60_000, WEEK_MS).await?;
                 }
                 Ok::<_, anyhow::Error>(())
             }
@@ -137,21 +136,6 @@ async fn the_reported_lift_holds_the_true_effect_and_control_gets_nothing() -> a
         lift["revenue_per_shopper_minor"]["low"].as_f64().unwrap_or_default(),
         lift["revenue_per_shopper_minor"]["high"].as_f64().unwrap_or_default(),
     );
-
-    // Revenue is summed in one currency, the store's first purchase's: a purchase in
-    // another is a conversion that adds no revenue, counted apart.
-    assert_eq!(report["currency"], "EUR", "{report}");
-    assert_eq!(report["treated"]["purchases_in_other_currencies"], 0, "{report}");
-    outcomes.assign(tenant, "shp_dollars", &campaign_id, ArmName::Treated, now, WEEK_MS).await?;
-    let dollars = PurchaseOutcome { event_digest: "dollars-order", value_minor: 5_000, currency: "USD" };
-    outcomes.purchase(tenant, "shp_dollars", &dollars, now + 60_000, WEEK_MS).await?;
-    let after = read_report(&platform, &format!("campaign_id={campaign_id}"), &reader).await?;
-    let treated = |r: &Value, field: &str| r["treated"][field].as_f64().unwrap_or(f64::NAN);
-    assert_eq!(treated(&after, "shoppers"), treated(&report, "shoppers") + 1.0, "{after}");
-    assert_eq!(treated(&after, "converted"), treated(&report, "converted") + 1.0, "{after}");
-    assert_eq!(treated(&after, "revenue_minor"), treated(&report, "revenue_minor"), "no dollars in euro revenue");
-    assert_eq!(after["treated"]["purchases_in_other_currencies"], 1, "{after}");
-    assert_eq!(after["currency"], "EUR", "{after}");
 
     // The store as a whole: every shopper treated, no holdout yet, so no lift to show.
     let store_report = read_report(&platform, "", &reader).await?;

@@ -79,10 +79,6 @@ struct Report {
     baseline_rate: String,
     conversion_lift: Option<Interval>,
     recovered: Option<Interval>,
-    /// The currency revenue is counted in, and the purchases (treated and baseline) in
-    /// others, which count as purchases and not as revenue.
-    currency: String,
-    other_currency_purchases: u64,
     funnel: Vec<Bar>,
     funnel_height: usize,
 }
@@ -95,12 +91,8 @@ fn points(rate: f64) -> String {
     format!("{:+.1} points", rate * 100.0)
 }
 
-/// Minor units of `currency` in major units with the code (`"400.00 EUR"`, `"1200 JPY"`).
-fn money(minor: f64, currency: &str) -> String {
-    if currency.is_empty() {
-        return format!("{:.2}", minor / 100.0);
-    }
-    format!("{} {currency}", nudge_contracts::money::format_major(minor, currency))
+fn money(minor: f64) -> String {
+    format!("{:.2}", minor / 100.0)
 }
 
 fn report(name: String, lift: &Value) -> Report {
@@ -128,17 +120,13 @@ fn report(name: String, lift: &Value) -> Report {
             y: i * 24,
         })
         .collect();
-    // Recovered revenue: the lift in revenue per shopper over the treated shoppers, in the
-    // report's currency.
-    let currency = lift["currency"].as_str().unwrap_or_default().to_owned();
-    let other = |arm: &Value| arm["purchases_in_other_currencies"].as_u64().unwrap_or(0);
-    let other_currency_purchases = other(treated) + other(baseline);
+    // Recovered revenue: the lift in revenue per shopper over the treated shoppers.
     let recovered = {
         let per = &lift["lift"]["revenue_per_shopper_minor"];
         let scaled = |key: &str| per[key].as_f64().map(|v| v * shoppers as f64);
         match (scaled("value"), scaled("low"), scaled("high")) {
             (Some(value), Some(low), Some(high)) => {
-                Interval::of(&serde_json::json!({ "value": value, "low": low, "high": high }), |v| money(v, &currency))
+                Interval::of(&serde_json::json!({ "value": value, "low": low, "high": high }), money)
             }
             _ => None,
         }
@@ -157,8 +145,6 @@ fn report(name: String, lift: &Value) -> Report {
         baseline_rate: rate(baseline),
         conversion_lift: Interval::of(&lift["lift"]["conversion"], points),
         recovered,
-        currency,
-        other_currency_purchases,
         funnel,
         funnel_height: counts.len() * 24,
     }
@@ -288,9 +274,9 @@ mod tests {
     #[test]
     fn a_report_reads_the_cells_answer() {
         let lift = json!({
-            "campaign_id": "cmp_1", "attribution_days": 7, "currency": "EUR",
-            "treated": { "shoppers": 200, "converted": 30, "conversion_rate": 0.15, "revenue_minor": 90000.0, "revenue_per_shopper_minor": 450.0, "purchases_in_other_currencies": 2 },
-            "control": { "shoppers": 20, "converted": 2, "conversion_rate": 0.10, "revenue_minor": 5000.0, "revenue_per_shopper_minor": 250.0, "purchases_in_other_currencies": 1 },
+            "campaign_id": "cmp_1", "attribution_days": 7,
+            "treated": { "shoppers": 200, "converted": 30, "conversion_rate": 0.15, "revenue_minor": 90000.0, "revenue_per_shopper_minor": 450.0 },
+            "control": { "shoppers": 20, "converted": 2, "conversion_rate": 0.10, "revenue_minor": 5000.0, "revenue_per_shopper_minor": 250.0 },
             "holdout": { "shoppers": 0, "converted": 0, "conversion_rate": 0.0, "revenue_minor": 0.0, "revenue_per_shopper_minor": 0.0 },
             "engagement": { "shown": 180, "clicked": 40, "dismissed": 20 },
             "lift": { "against": "control",
@@ -305,8 +291,7 @@ mod tests {
         assert!(conversion.text.starts_with("+5.0 points"), "{}", conversion.text);
         let recovered = r.recovered.expect("recovered revenue");
         assert_eq!(recovered.verdict, "unclear", "its interval crosses zero");
-        assert!(recovered.text.starts_with("400.00 EUR"), "{}", recovered.text);
-        assert_eq!(r.other_currency_purchases, 3);
+        assert!(recovered.text.starts_with("400.00"), "{}", recovered.text);
         let counts: Vec<u64> = r.funnel.iter().map(|b| b.count).collect();
         assert_eq!(counts, vec![200, 180, 40, 30]);
     }

@@ -2,9 +2,7 @@
 //! `reports:read`): per campaign, the shoppers it treated against its control group; for
 //! the store, every shopper any campaign applied to against the global holdout. Each arm's
 //! shoppers, conversions and revenue within the attribution window, and the difference in
-//! conversion rate and in revenue per shopper with a 95 % confidence interval. Revenue is in
-//! minor units of one currency per store (`currency`, the first purchase's): purchases in
-//! another count as conversions only, and each arm says how many there were.
+//! conversion rate and in revenue per shopper with a 95 % confidence interval.
 
 use std::sync::Arc;
 
@@ -49,12 +47,9 @@ pub struct ArmView {
     /// Shoppers who bought within the attribution window.
     pub converted: u64,
     pub conversion_rate: f64,
-    /// Their purchases' value, in minor units of the report's `currency`.
+    /// Their purchases' value, in minor units of the store's currency.
     pub revenue_minor: f64,
     pub revenue_per_shopper_minor: f64,
-    /// Purchases in another currency than the report's: counted as conversions, not in
-    /// revenue (amounts in different currencies do not add up).
-    pub purchases_in_other_currencies: u64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -87,9 +82,6 @@ pub struct LiftReport {
     /// The campaign, or `_store`.
     pub campaign_id: String,
     pub attribution_days: u16,
-    /// The ISO 4217 currency revenue is counted in: the store's first counted purchase's.
-    /// Absent before any purchase.
-    pub currency: Option<String>,
     pub treated: ArmView,
     /// The campaign's control group (absent for the store).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -103,14 +95,13 @@ pub struct LiftReport {
     pub lift: Option<LiftView>,
 }
 
-fn arm_view(arm: &Arm, purchases_in_other_currencies: u64) -> ArmView {
+fn arm_view(arm: &Arm) -> ArmView {
     ArmView {
         shoppers: arm.shoppers,
         converted: arm.converted,
         conversion_rate: arm.conversion_rate(),
         revenue_minor: arm.revenue,
         revenue_per_shopper_minor: arm.revenue_per_shopper(),
-        purchases_in_other_currencies,
     }
 }
 
@@ -154,8 +145,6 @@ async fn lift(
     };
     let arms = state.outcomes.arms(tenant, &campaign).await.map_err(unavailable)?;
     let engagement = state.outcomes.engagement(tenant, &campaign).await.map_err(unavailable)?;
-    let (currency, foreign) = state.outcomes.revenue_currency(tenant, &campaign).await.map_err(unavailable)?;
-    let foreign = |name: ArmName| foreign.iter().find(|(n, _)| *n == name).map_or(0, |(_, count)| *count);
     let of = |name: ArmName| arms.iter().find(|(n, _)| *n == name).map(|(_, a)| *a).unwrap_or_default();
     let (treated, control, holdout) = (of(ArmName::Treated), of(ArmName::Control), of(ArmName::Holdout));
     let store = campaign == STORE;
@@ -164,10 +153,9 @@ async fn lift(
     Ok(Json(LiftReport {
         campaign_id: campaign,
         attribution_days,
-        currency,
-        treated: arm_view(&treated, foreign(ArmName::Treated)),
-        control: (!store).then(|| arm_view(&control, foreign(ArmName::Control))),
-        holdout: arm_view(&holdout, foreign(ArmName::Holdout)),
+        treated: arm_view(&treated),
+        control: (!store).then(|| arm_view(&control)),
+        holdout: arm_view(&holdout),
         engagement: EngagementView {
             shown: engagement.shown,
             clicked: engagement.clicked,

@@ -613,11 +613,8 @@ impl Pipeline {
                 .purchase(
                     key.tenant,
                     key.shopper.as_str(),
-                    &nudge_data_plane_channels::outcomes::PurchaseOutcome {
-                        event_digest: &nudge_contracts::id_digest(&event.event_id),
-                        value_minor: purchase.value_minor,
-                        currency: &purchase.currency,
-                    },
+                    &nudge_contracts::id_digest(&event.event_id),
+                    purchase.value_minor,
                     event.occurred_at_ms,
                     window,
                 )

