@@ -16,7 +16,8 @@
  * backoff, or within the server's jitter hint when it restarts, resuming after the last
  * intervention received), acknowledges every intervention and shows each once (ids kept in
  * sessionStorage), rendering them in a small banner. The store's announcements (to every
- * open page) show in the same banner, unacknowledged. No dependencies, no cookies.
+ * open page) show in a banner of their own at the top, unacknowledged (`onAnnouncement`
+ * replaces it, as `onIntervention` replaces the other). No dependencies, no cookies.
  */
 (function (global) {
   "use strict";
@@ -116,9 +117,11 @@
     this.onIntervention = options.onIntervention || function (msg) {
       render(msg, function (action) { client.feedback(msg.intervention_id, action); });
     };
-    // Announcements go to every open page of the shop; shown in the same banner, with no
-    // feedback: they are the store's own message, not a decision to report on.
-    this.onAnnouncement = options.onAnnouncement || function (msg) { render(msg, null); };
+    // Announcements go to every open page of the shop: shown in a banner of their own at the
+    // top (an intervention's stays where it is), with no feedback, since they are the
+    // store's own message and not a decision to report on. `onAnnouncement` replaces it.
+    this.onAnnouncement = options.onAnnouncement || function (msg) { render(msg, null, ANNOUNCEMENT_BOX); };
+    this.announced = [];
     this.onStatus = options.onStatus || function () {};
     this.queue = [];
     this.inFlight = false;
@@ -362,9 +365,14 @@
         self.onIntervention(msg);
         self.feedback(msg.intervention_id, "shown");
       }
-      // Not acknowledged and not remembered: an announcement is never replayed, and it must
-      // not become the id a reconnect resumes after.
-      if (msg.type === "announcement") self.onAnnouncement(msg);
+      // Not acknowledged and not kept: an announcement is never replayed, and it must not
+      // become the id a reconnect resumes after. Shown once per page, should a store send
+      // one again after an error.
+      if (msg.type === "announcement" && self.announced.indexOf(msg.announcement_id) === -1) {
+        self.announced.push(msg.announcement_id);
+        if (self.announced.length > MAX_SEEN) self.announced.shift();
+        self.onAnnouncement(msg);
+      }
     };
     socket.onclose = function (e) {
       self.onStatus({ type: "socket_closed", code: e.code, reason: e.reason });
@@ -403,13 +411,17 @@
     document.addEventListener("mouseover", function () { self.exitArmed = true; });
   };
 
-  function render(msg, feedback) {
-    var box = document.getElementById("nudge-intervention");
+  var INTERVENTION_BOX = { id: "nudge-intervention", edge: "bottom" };
+  var ANNOUNCEMENT_BOX = { id: "nudge-announcement", edge: "top" };
+
+  function render(msg, feedback, where) {
+    where = where || INTERVENTION_BOX;
+    var box = document.getElementById(where.id);
     if (!box) {
       box = document.createElement("div");
-      box.id = "nudge-intervention";
+      box.id = where.id;
       box.setAttribute("role", "status");
-      box.style.cssText = "position:fixed;left:50%;bottom:24px;transform:translateX(-50%);z-index:2147483647;" +
+      box.style.cssText = "position:fixed;left:50%;" + where.edge + ":24px;transform:translateX(-50%);z-index:2147483647;" +
         "max-width:420px;padding:16px 20px;border-radius:12px;background:#1f2937;color:#fff;" +
         "font:15px/1.4 system-ui,sans-serif;box-shadow:0 10px 30px rgba(0,0,0,.3)";
       document.body.appendChild(box);

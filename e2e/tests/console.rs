@@ -153,6 +153,10 @@ async fn a_new_merchant_signs_up_installs_the_snippet_and_sees_the_first_event_i
         result["announcementShown"].as_str().is_some_and(|s| s.contains("On every order, today only.")),
         "{result:#}"
     );
+    assert!(
+        result["interventionStillShown"].as_str().is_some_and(|s| s.contains("Nudge is installed")),
+        "an announcement does not cover the message already on the page: {result:#}"
+    );
 
     // The campaign: the API's problem with the condition shown by its field, then saved as a
     // draft, activated, and its message seen by a shopper on the shop.

@@ -104,6 +104,17 @@ async fn a_cell_reads_reports_for_members_tokens_of_its_own_stores_as_far_as_the
     assert!(sent["intervention_id"].as_str().is_some_and(|id| id.starts_with("test_")), "{sent}");
     let (status, refused) = test(&viewer_token, "shp_tester").await?;
     assert_eq!((status, refused["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("missing_scope")));
+    // Nor may a viewer announce to every page of the shop.
+    let announced = platform
+        .http
+        .post(format!("{}/v1/announcements", platform.cell_url))
+        .bearer_auth(&viewer_token)
+        .json(&json!({"title": "Not mine to say", "body": "x"}))
+        .send()
+        .await?;
+    assert_eq!(announced.status(), StatusCode::FORBIDDEN);
+    let refused: Value = announced.json().await?;
+    assert_eq!(refused["error"]["code"], "missing_scope");
     let (status, refused) = test(&owner_token, "").await?;
     assert_eq!(
         (status, refused["error"]["code"].as_str()),

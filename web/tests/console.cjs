@@ -122,10 +122,12 @@ try {
   result.announceResult = (await page.textContent("#announce-result")).trim();
   await shot(page, shots + "/announced.png");
   await shop.waitForFunction(() => {
-    const shown = document.querySelector("#nudge-intervention");
+    const shown = document.querySelector("#nudge-announcement");
     return shown && shown.textContent.includes("Free shipping until midnight");
   }, null, { timeout: 15000 });
-  result.announcementShown = (await shop.textContent("#nudge-intervention")).trim();
+  result.announcementShown = (await shop.textContent("#nudge-announcement")).trim();
+  // The test message's banner is still there beside it.
+  result.interventionStillShown = (await shop.textContent("#nudge-intervention")).trim();
   result.steps.push("announcement shown");
 
   // The live events show the shop's page views.

@@ -400,6 +400,8 @@ pub async fn run(config: CellConfig, listener: TcpListener, shutdown: Cancellati
             .merge(messages::router().with_state(messages::MessagesState::new(
                 directory.clone(),
                 InterventionPublisher::new(redis.clone(), naming.clone(), config.gateway.history.clone()),
+                redis.clone(),
+                &config.redis.prefix,
             )))
             .merge(unsubscribe::router().with_state(unsubscribe))
             .merge(snippet::router());

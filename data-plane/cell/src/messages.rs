@@ -12,13 +12,10 @@
 //!
 //! Only owners and admins, with their access tokens: a server's secret key cannot push text
 //! to shoppers' pages. Each store may send [`TEST_MESSAGES`] test messages a minute and
-//! [`ANNOUNCEMENTS`] announcements an hour (per cell process).
+//! [`ANNOUNCEMENTS`] announcements an hour, counted in Redis across the cell's processes; a
+//! send that could not be routed takes its place back.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex, PoisonError},
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 
 use axum::{Json, extract::State, extract::rejection::JsonRejection, http::HeaderMap, http::StatusCode};
 use chrono::Utc;
@@ -30,6 +27,7 @@ use nudge_data_plane_gateway::{
 };
 use nudge_platform_http::{ApiError, ErrorBody, current_trace};
 use nudge_tenants::TenantId;
+use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -43,32 +41,76 @@ pub const ANNOUNCEMENTS: (usize, Duration) = (10, Duration::from_secs(3600));
 const MAX_TITLE: usize = 120;
 const MAX_BODY: usize = 1000;
 
-/// How many sends each store made lately, against a limit over a sliding window.
+/// How many sends each store made lately, against a limit over a sliding window, kept in
+/// Redis so every process of the cell counts against the same limit
+/// (`t:{tenant}:sent-window:{kind}`, a sorted set of send ids by time).
 #[derive(Clone)]
 pub struct SendWindow {
+    kind: &'static str,
     limit: usize,
     window: Duration,
-    recent: Arc<Mutex<HashMap<TenantId, Vec<Instant>>>>,
+    redis: ConnectionManager,
+    prefix: String,
+}
+
+// KEYS: the store's window. ARGV: now (ms), the window (ms), the limit, the send's id.
+// 0 when the send is counted; otherwise the milliseconds until the oldest leaves the window.
+const TAKE: &str = r#"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', tonumber(ARGV[1]) - tonumber(ARGV[2]))
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return math.max(1, tonumber(oldest[2]) + tonumber(ARGV[2]) - tonumber(ARGV[1]))
+end
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 0
+"#;
+
+/// Why a send was not counted.
+enum Refused {
+    /// The window is full: this long until a place frees.
+    Full(Duration),
+    Unavailable(redis::RedisError),
 }
 
 impl SendWindow {
-    pub fn new((limit, window): (usize, Duration)) -> Self {
-        Self { limit, window, recent: Arc::default() }
+    pub fn new(kind: &'static str, (limit, window): (usize, Duration), redis: ConnectionManager, prefix: &str) -> Self {
+        Self { kind, limit, window, redis, prefix: prefix.to_owned() }
     }
 
-    /// Counts one more send by `tenant` now, or says how long until it may send.
-    fn take(&self, tenant: TenantId) -> Result<(), Duration> {
-        let now = Instant::now();
-        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
-        let sent = recent.entry(tenant).or_default();
-        sent.retain(|at| now.duration_since(*at) < self.window);
-        if sent.len() >= self.limit {
-            // The oldest send in the window leaves it first.
-            let oldest = sent.iter().min().copied().unwrap_or(now);
-            return Err(self.window.saturating_sub(now.duration_since(oldest)));
+    fn key(&self, tenant: TenantId) -> String {
+        format!("{}t:{tenant}:sent-window:{}", self.prefix, self.kind)
+    }
+
+    /// Counts send `id` by `tenant` now, or says how long until it may send.
+    async fn take(&self, tenant: TenantId, id: &str) -> Result<(), Refused> {
+        let mut conn = self.redis.clone();
+        let now = chrono::Utc::now().timestamp_millis();
+        let window = i64::try_from(self.window.as_millis()).unwrap_or(i64::MAX);
+        let wait: i64 = redis::Script::new(TAKE)
+            .key(self.key(tenant))
+            .arg(now)
+            .arg(window)
+            .arg(self.limit)
+            .arg(id)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(Refused::Unavailable)?;
+        match u64::try_from(wait) {
+            Ok(0) => Ok(()),
+            Ok(ms) => Err(Refused::Full(Duration::from_millis(ms))),
+            Err(_) => Ok(()),
         }
-        sent.push(now);
-        Ok(())
+    }
+
+    /// Takes back send `id`, which did not go out: it holds no place in the window.
+    async fn give_back(&self, tenant: TenantId, id: &str) {
+        let mut conn = self.redis.clone();
+        let removed: Result<(), redis::RedisError> =
+            redis::cmd("ZREM").arg(self.key(tenant)).arg(id).query_async(&mut conn).await;
+        if let Err(e) = removed {
+            tracing::warn!(tenant_id = %tenant, error = %e, "a send that did not go out still holds its place in the window");
+        }
     }
 }
 
@@ -81,12 +123,17 @@ pub struct MessagesState {
 }
 
 impl MessagesState {
-    pub fn new(directory: Arc<Directory>, publisher: InterventionPublisher) -> Self {
+    pub fn new(
+        directory: Arc<Directory>,
+        publisher: InterventionPublisher,
+        redis: ConnectionManager,
+        prefix: &str,
+    ) -> Self {
         Self {
             directory,
             publisher,
-            test_messages: SendWindow::new(TEST_MESSAGES),
-            announcements: SendWindow::new(ANNOUNCEMENTS),
+            test_messages: SendWindow::new("test-messages", TEST_MESSAGES, redis.clone(), prefix),
+            announcements: SendWindow::new("announcements", ANNOUNCEMENTS, redis, prefix),
         }
     }
 }
@@ -142,16 +189,17 @@ fn member_store(state: &MessagesState, headers: &HeaderMap) -> Result<TenantId, 
     Ok(tenant)
 }
 
-/// Counts a send that is ready to go against `window`: a request refused for its content
+/// Counts send `id`, ready to go, against `window`: a request refused for its content
 /// takes no place in it.
-fn admit(window: &SendWindow, tenant: TenantId, what: &str) -> Result<(), ApiError> {
-    window.take(tenant).map_err(|wait| {
-        ApiError::new(
+async fn admit(window: &SendWindow, tenant: TenantId, id: &str, what: &str) -> Result<(), ApiError> {
+    window.take(tenant, id).await.map_err(|refused| match refused {
+        Refused::Full(wait) => ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
             format!("{} {what} per store every {} s", window.limit, window.window.as_secs()),
         )
-        .with_retry_after(u32::try_from(wait.as_secs().max(1)).unwrap_or(u32::MAX))
+        .with_retry_after(u32::try_from(wait.as_secs().max(1)).unwrap_or(u32::MAX)),
+        Refused::Unavailable(e) => unroutable(e, what),
     })
 }
 
@@ -212,14 +260,17 @@ async fn send_test(
         .map_err(|e| ApiError::unprocessable("invalid_shopper_id", e.to_string()))?;
     let title = text(request.title, Some("Nudge is installed"), MAX_TITLE, "title")?;
     let body = text(request.body, Some("This test message reached your shop's page."), MAX_BODY, "body")?;
-    admit(&state.test_messages, tenant, "test messages")?;
     let intervention_id = format!("{TEST_INTERVENTION_PREFIX}{}", uuid::Uuid::new_v4().simple());
+    admit(&state.test_messages, tenant, &intervention_id, "test messages").await?;
     let iv = store_message(&intervention_id, tenant, shopper.as_str(), "message", title, body);
-    let gateways = state
-        .publisher
-        .publish(&ShopperAddress { tenant, shopper }, &iv)
-        .await
-        .map_err(|e| unroutable(e, "a test message"))?;
+    let published = state.publisher.publish(&ShopperAddress { tenant, shopper }, &iv).await;
+    let gateways = match published {
+        Ok(gateways) => gateways,
+        Err(e) => {
+            state.test_messages.give_back(tenant, &intervention_id).await;
+            return Err(unroutable(e, "a test message"));
+        }
+    };
     tracing::info!(intervention_id = %intervention_id, gateways, "test message sent");
     Ok((StatusCode::ACCEPTED, Json(TestInterventionSent { intervention_id, gateways })))
 }
@@ -246,11 +297,18 @@ async fn announce(
     let Json(request) = body.map_err(|e| ApiError::bad_request("malformed_json", e.body_text()))?;
     let title = text(Some(request.title), None, MAX_TITLE, "title")?;
     let body = text(Some(request.body), None, MAX_BODY, "body")?;
-    admit(&state.announcements, tenant, "announcements")?;
     let announcement_id = format!("{ANNOUNCEMENT_PREFIX}{}", uuid::Uuid::new_v4().simple());
+    admit(&state.announcements, tenant, &announcement_id, "announcements").await?;
     let announcement = store_message(&announcement_id, tenant, "", "announcement", title, body);
-    let gateways =
-        state.publisher.announce(&tenant, &announcement).await.map_err(|e| unroutable(e, "an announcement"))?;
+    let gateways = match state.publisher.announce(&tenant, &announcement).await {
+        Ok(gateways) => gateways,
+        Err(e) => {
+            // It may have reached some pages (a timeout after Redis published it); the
+            // snippet shows an announcement id once, so sending it again repeats nothing.
+            state.announcements.give_back(tenant, &announcement_id).await;
+            return Err(unroutable(e, "an announcement"));
+        }
+    };
     tracing::info!(announcement_id = %announcement_id, gateways, "announcement sent");
     Ok((StatusCode::ACCEPTED, Json(AnnouncementSent { announcement_id, gateways })))
 }
@@ -259,17 +317,6 @@ async fn announce(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_send_window_limits_each_store_and_says_when_to_come_back() {
-        let window = SendWindow::new((2, Duration::from_secs(60)));
-        let (a, b) = (TenantId::new(), TenantId::new());
-        assert!(window.take(a).is_ok());
-        assert!(window.take(a).is_ok());
-        let wait = window.take(a).unwrap_err();
-        assert!(wait > Duration::from_secs(59) && wait <= Duration::from_secs(60), "{wait:?}");
-        assert!(window.take(b).is_ok(), "another store has its own window");
-    }
 
     #[test]
     fn texts_are_trimmed_defaulted_and_bounded() {

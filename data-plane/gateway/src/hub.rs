@@ -331,30 +331,26 @@ impl Hub {
     /// pass over the sockets, the same rendered bytes for each. A socket whose queue is full
     /// is evicted as [`Hub::deliver`] does.
     pub fn announce(&self, tenant: &TenantId, message: &Arc<Pushed>) -> Delivery {
-        let mut queued = 0;
-        let evicted = self.for_each(|address, _| {
-            (address.tenant == *tenant).then(|| {
-                queued += 1;
-                Outbound::Announce(message.clone())
-            })
-        });
-        Delivery { delivered: queued - evicted, evicted }
+        self.for_each(|address, _| (address.tenant == *tenant).then(|| Outbound::Announce(message.clone())))
     }
 
     /// Sends `what(slot)` to every socket for which it gives something, evicting a socket
-    /// whose queue is full. The number of sockets evicted.
-    fn for_each(&self, mut what: impl FnMut(&ShopperAddress, &Slot) -> Option<Outbound>) -> usize {
-        let mut evicted = 0;
+    /// whose queue is full: the sockets it was queued for, and those evicted.
+    fn for_each(&self, mut what: impl FnMut(&ShopperAddress, &Slot) -> Option<Outbound>) -> Delivery {
+        let mut outcome = Delivery::default();
         for shard in self.shards.iter() {
             let mut shard = lock(shard);
             shard.retain(|address, list| {
                 list.retain(|slot| match what(address, slot) {
                     None => true,
                     Some(message) => match slot.queue.push(message) {
-                        Ok(()) => true,
+                        Ok(()) => {
+                            outcome.delivered += 1;
+                            true
+                        }
                         Err(Refused::Full) => {
                             slot.queue.evict();
-                            evicted += 1;
+                            outcome.evicted += 1;
                             false
                         }
                         Err(Refused::Closed) => false,
@@ -363,30 +359,33 @@ impl Hub {
                 !list.is_empty()
             });
         }
-        evicted
+        outcome
     }
 
     /// Asks every socket to re-read its shopper's history. Used after this process's
-    /// subscription was re-established: messages published meanwhile are only there.
+    /// subscription was re-established: messages published meanwhile are only there. The
+    /// number of sockets evicted instead.
     pub fn resync_all(&self) -> usize {
-        self.for_each(|_, _| Some(Outbound::Resync))
+        self.for_each(|_, _| Some(Outbound::Resync)).evicted
     }
 
     /// Asks the sockets of `tenants` to re-read their shoppers' history: this process has
     /// just subscribed to those tenants, and a socket that read its history before then may
-    /// have missed what was published in between.
+    /// have missed what was published in between. The number of sockets evicted instead.
     pub fn resync_tenants(&self, tenants: &HashSet<TenantId>) -> usize {
-        self.for_each(|address, _| tenants.contains(&address.tenant).then_some(Outbound::Resync))
+        self.for_each(|address, _| tenants.contains(&address.tenant).then_some(Outbound::Resync)).evicted
     }
 
-    /// Closes every socket with `code` and refuses new ones from now on (drain).
+    /// Closes every socket with `code` and refuses new ones from now on (drain). The number
+    /// of sockets closing (those whose queue was full close as slow consumers).
     pub fn close_all(&self, code: u16, reason: &str) -> usize {
         {
             let _tenants = lock(&self.tenants);
             self.closing.store(true, Ordering::Release);
         }
         let reason: Arc<str> = reason.into();
-        self.for_each(|_, _| Some(Outbound::Close(code, reason.clone())))
+        let outcome = self.for_each(|_, _| Some(Outbound::Close(code, reason.clone())));
+        outcome.delivered + outcome.evicted
     }
 
     /// One keepalive pass over the sockets of `slice` (of `slices`): a socket whose key no
@@ -418,26 +417,28 @@ impl Hub {
         let idle = u32::try_from(idle.as_secs()).unwrap_or(u32::MAX);
         let quiet = u32::try_from(quiet.as_secs()).unwrap_or(u32::MAX);
         let mut sweep = Sweep::default();
-        sweep.evicted = self.for_each(|address, slot| {
-            if slot.id % slices != slice {
-                return None;
-            }
-            if let Some((code, reason)) = refusal(&address.tenant, &slot.key) {
-                sweep.unauthorized += 1;
-                return Some(Outbound::Close(code, reason.into()));
-            }
-            let silent = now.saturating_sub(slot.heard.load(Ordering::Relaxed));
-            if silent > idle {
-                sweep.idle += 1;
-                return Some(Outbound::Close(CLOSE_IDLE, "idle".into()));
-            }
-            if silent < quiet {
-                sweep.heard += 1;
-                return None;
-            }
-            sweep.pinged += 1;
-            Some(Outbound::Ping)
-        });
+        sweep.evicted = self
+            .for_each(|address, slot| {
+                if slot.id % slices != slice {
+                    return None;
+                }
+                if let Some((code, reason)) = refusal(&address.tenant, &slot.key) {
+                    sweep.unauthorized += 1;
+                    return Some(Outbound::Close(code, reason.into()));
+                }
+                let silent = now.saturating_sub(slot.heard.load(Ordering::Relaxed));
+                if silent > idle {
+                    sweep.idle += 1;
+                    return Some(Outbound::Close(CLOSE_IDLE, "idle".into()));
+                }
+                if silent < quiet {
+                    sweep.heard += 1;
+                    return None;
+                }
+                sweep.pinged += 1;
+                Some(Outbound::Ping)
+            })
+            .evicted;
         sweep
     }
 
