@@ -477,13 +477,17 @@ async fn serve_endpoint(fail_first: usize) -> anyhow::Result<(String, Endpoint)>
     Ok((url, endpoint))
 }
 
-/// `Nudge-Signature` checked as a merchant would: HMAC-SHA256 of `t.body` with the secret.
+/// `Nudge-Signature` checked as a merchant would: HMAC-SHA256 of `t.body` with the secret,
+/// against any of the header's `v1=` signatures.
 fn signature_holds(secret: &str, header: &str, body: &str) -> bool {
     use hmac::Mac;
-    let Some((t, v1)) = header.strip_prefix("t=").and_then(|rest| rest.split_once(",v1=")) else { return false };
-    let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()) else { return false };
-    mac.update(format!("{t}.{body}").as_bytes());
-    hex::decode(v1).is_ok_and(|given| mac.verify_slice(&given).is_ok())
+    let mut parts = header.split(',');
+    let Some(t) = parts.next().and_then(|p| p.strip_prefix("t=")) else { return false };
+    parts.filter_map(|p| p.strip_prefix("v1=")).any(|v1| {
+        let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()) else { return false };
+        mac.update(format!("{t}.{body}").as_bytes());
+        hex::decode(v1).is_ok_and(|given| mac.verify_slice(&given).is_ok())
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -494,6 +498,7 @@ async fn webhooks_are_signed_retried_with_backoff_and_a_failing_endpoint_is_flag
         cell.channels.scan_interval_ms = 100;
         cell.channels.retry_backoff_ms = 200;
         cell.channels.webhooks.flag_after_failures = 3;
+        cell.channels.webhooks.secret_refresh_ms = 100;
         cell.decide.cooldown_ms = 0;
     })
     .await?;
@@ -571,6 +576,57 @@ async fn webhooks_are_signed_retried_with_backoff_and_a_failing_endpoint_is_flag
         (body["type"].as_str(), body["campaign_id"].as_str()),
         (Some("campaign.message"), Some(flaky_id.as_str()))
     );
+
+    // A new secret: the one it replaces signs beside it (24 hours unless told otherwise), so
+    // an endpoint that still knows only the old one keeps accepting webhooks meanwhile.
+    let rotated = platform.http.post(&secret_url).bearer_auth(&store.token).send().await?;
+    assert_eq!(rotated.status(), 201);
+    let rotated: Value = rotated.json().await?;
+    let newer = rotated["secret"].as_str().unwrap_or_default().to_owned();
+    let until = rotated["previous_signs_until"].as_str().unwrap_or_default().to_owned();
+    let hours =
+        (chrono::DateTime::parse_from_rfc3339(&until)?.to_utc() - chrono::Utc::now()).num_minutes() as f64 / 60.0;
+    assert!((23.9..=24.0).contains(&hours), "{rotated}");
+    let status: Value = platform.http.get(&secret_url).bearer_auth(&store.token).send().await?.json().await?;
+    assert_eq!(status["previous_signs_until"].as_str(), Some(until.as_str()), "{status}");
+    // The next webhook (the cells read the secrets again within 100 ms here).
+    let next_webhook = || async {
+        let before = flaky.received.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let shopper = format!("shp_hook_{}", unique_suffix());
+            exit_with_cart(&platform, &store, &shopper, "hook@example.com", None, None, 0).await?;
+            for _ in 0..50 {
+                if let Some(last) =
+                    flaky.received.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(before).cloned()
+                {
+                    return anyhow::Ok(last);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "no webhook within 60 s");
+        }
+    };
+    let (_, signature, body) = next_webhook().await?;
+    assert_eq!(signature.matches(",v1=").count(), 2, "{signature}");
+    assert!(signature_holds(&newer, &signature, &body) && signature_holds(&secret, &signature, &body));
+    // Another, replacing the previous at once: only the newest signs.
+    let sharp =
+        platform.http.post(format!("{secret_url}?keep_previous_hours=0")).bearer_auth(&store.token).send().await?;
+    assert_eq!(sharp.status(), 201);
+    let sharp: Value = sharp.json().await?;
+    assert!(sharp.get("previous_signs_until").is_none(), "{sharp}");
+    let newest = sharp["secret"].as_str().unwrap_or_default().to_owned();
+    let (_, signature, body) = next_webhook().await?;
+    assert_eq!(signature.matches(",v1=").count(), 1, "{signature}");
+    assert!(signature_holds(&newest, &signature, &body));
+    assert!(!signature_holds(&newer, &signature, &body) && !signature_holds(&secret, &signature, &body));
+    for bad in ["keep_previous_hours=169", "keep_previous_hours=-1", "keep_previous_hours=soon"] {
+        let refused = platform.http.post(format!("{secret_url}?{bad}")).bearer_auth(&store.token).send().await?;
+        let code = if bad.ends_with("169") { 422 } else { 400 };
+        assert_eq!(refused.status(), code, "{bad}");
+    }
 
     // The endpoint that is down: retried with backoff, then the campaign is flagged after
     // three failures in a row, and its next webhook is given up without calling it.

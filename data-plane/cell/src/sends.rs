@@ -120,8 +120,10 @@ impl SendMetrics {
     }
 }
 
-/// Signing secrets by store, with when each was read (`None`: the store has none).
-pub type SecretCache = std::collections::HashMap<TenantId, (std::time::Instant, Option<Vec<u8>>)>;
+/// Signing secrets by store as kept in the vault, with when each was read (`None`: the
+/// store has none).
+pub type SecretCache =
+    std::collections::HashMap<TenantId, (std::time::Instant, Option<nudge_platform_vault::WebhookSecret>)>;
 
 /// Sends what is due.
 pub struct Dispatcher {
@@ -133,7 +135,7 @@ pub struct Dispatcher {
     pub webhooks: WebhookSender,
     /// Where the stores' webhook signing secrets are.
     pub vault: nudge_platform_vault::Vault,
-    /// Signing secrets read lately (30 s), by store; `None`: the store has none.
+    /// Signing secrets read lately (`channels.webhooks.secret_refresh_ms`), by store.
     pub secrets: std::sync::Mutex<SecretCache>,
     /// Every e-mail's unsubscribe link.
     pub unsubscribe: Arc<crate::unsubscribe::UnsubscribeLinks>,
@@ -400,14 +402,16 @@ impl Dispatcher {
             settle().await?;
             return Ok(Settled::skipped("endpoint_flagged", consent));
         }
-        let Some(secret) = self.signing_secret(tenant).await? else {
+        let Some(kept) = self.signing_secret(tenant).await? else {
             settle().await?;
             return Ok(Settled::skipped("no_signing_secret", consent));
         };
+        // The current secret, and the one it replaced while their overlap lasts.
+        let secrets: Vec<&[u8]> = kept.signing_at(Utc::now()).into_iter().map(str::as_bytes).collect();
         if !self.take(send, claimed_until).await? {
             return Ok(Settled::nothing(consent));
         }
-        let outcome = self.webhooks.send(url, &secret, &send.id, body, Utc::now().timestamp()).await;
+        let outcome = self.webhooks.send(url, &secrets, &send.id, body, Utc::now().timestamp()).await;
         let why = match outcome {
             Ok(status) => {
                 // Settled first: a failure after it cannot make the webhook go again.
@@ -483,22 +487,22 @@ impl Dispatcher {
         }
     }
 
-    /// The store's webhook signing secret, read from the vault at most every 30 s.
-    async fn signing_secret(&self, tenant: TenantId) -> anyhow::Result<Option<Vec<u8>>> {
-        let fresh = std::time::Duration::from_secs(30);
-        if let Some((at, secret)) = self.secrets.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&tenant)
+    /// The store's webhook signing secrets as kept in the vault, read from there at most
+    /// every `channels.webhooks.secret_refresh_ms`.
+    async fn signing_secret(&self, tenant: TenantId) -> anyhow::Result<Option<nudge_platform_vault::WebhookSecret>> {
+        let fresh = std::time::Duration::from_millis(self.webhooks.config().secret_refresh_ms);
+        if let Some((at, kept)) = self.secrets.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&tenant)
             && at.elapsed() < fresh
         {
-            return Ok(secret.clone());
+            return Ok(kept.clone());
         }
         let path = nudge_platform_vault::webhook_secret_path(&tenant.to_string());
-        let read: Option<nudge_platform_vault::WebhookSecret> = self.vault.get_secret(&path).await?;
-        let secret = read.map(|s| s.secret.into_bytes());
+        let kept: Option<nudge_platform_vault::WebhookSecret> = self.vault.get_secret(&path).await?;
         self.secrets
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(tenant, (std::time::Instant::now(), secret.clone()));
-        Ok(secret)
+            .insert(tenant, (std::time::Instant::now(), kept.clone()));
+        Ok(kept)
     }
 
     /// The pause after the `attempts`-th failure: the base doubled each time, at most an hour.

@@ -2,7 +2,9 @@
 //!
 //! Each request carries `Nudge-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256>` over
 //! `<t>.<body>` with the store's signing secret (the merchant checks it and that `t` is
-//! recent), and `Nudge-Delivery: <send id>`, the same on every retry of one send. The
+//! recent) — one `v1=` per secret that signs, so while a replaced secret overlaps the new
+//! one there are two, and an endpoint accepts the request when any of them holds — and
+//! `Nudge-Delivery: <send id>`, the same on every retry of one send. The
 //! endpoint's name is resolved here and every address it resolves to must be public (no
 //! private, loopback or link-local network, unless the cell allows loopback for local runs);
 //! the connection goes to the address checked, redirects are not followed.
@@ -24,11 +26,14 @@ pub struct WebhookConfig {
     /// Failed attempts in a row after which a campaign version's endpoint is flagged and its
     /// webhooks are no longer sent (until a new version is saved).
     pub flag_after_failures: u32,
+    /// How long a store's signing secrets read from the vault are used before they are read
+    /// again: a new secret starts signing within this.
+    pub secret_refresh_ms: u64,
 }
 
 impl Default for WebhookConfig {
     fn default() -> Self {
-        Self { timeout_ms: 10_000, allow_loopback: false, flag_after_failures: 10 }
+        Self { timeout_ms: 10_000, allow_loopback: false, flag_after_failures: 10, secret_refresh_ms: 30_000 }
     }
 }
 
@@ -43,11 +48,18 @@ pub enum WebhookError {
     Permanent(String),
 }
 
-/// The `Nudge-Signature` value of `body` at `timestamp`.
-pub fn signature(secret: &[u8], timestamp: i64, body: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
-    mac.update(format!("{timestamp}.{body}").as_bytes());
-    format!("t={timestamp},v1={}", hex::encode(mac.finalize().into_bytes()))
+/// The `Nudge-Signature` value of `body` at `timestamp`: one `v1=` per secret, in order.
+pub fn signature(secrets: &[&[u8]], timestamp: i64, body: &str) -> String {
+    let signed = format!("{timestamp}.{body}");
+    let mut header = format!("t={timestamp}");
+    for secret in secrets {
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(secret).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+        mac.update(signed.as_bytes());
+        header.push_str(",v1=");
+        header.push_str(&hex::encode(mac.finalize().into_bytes()));
+    }
+    header
 }
 
 /// Delivers webhooks.
@@ -68,11 +80,11 @@ impl WebhookSender {
         nudge_campaigns::model::public_address(ip) || (self.config.allow_loopback && ip.is_loopback())
     }
 
-    /// POSTs `body` to `url`, signed with `secret` at `timestamp`, as delivery `id`.
+    /// POSTs `body` to `url`, signed with each of `secrets` at `timestamp`, as delivery `id`.
     pub async fn send(
         &self,
         url: &str,
-        secret: &[u8],
+        secrets: &[&[u8]],
         id: &str,
         body: &str,
         timestamp: i64,
@@ -107,7 +119,7 @@ impl WebhookSender {
             .header("content-type", "application/json")
             .header("user-agent", "Nudge-Webhooks/1")
             .header("nudge-delivery", id)
-            .header("nudge-signature", signature(secret, timestamp, body))
+            .header("nudge-signature", signature(secrets, timestamp, body))
             .body(body.to_owned())
             .send()
             .await
@@ -127,12 +139,17 @@ mod tests {
 
     #[test]
     fn the_signature_is_hmac_sha256_of_time_dot_body() {
-        let sig = signature(b"Jefe", 0, "x");
+        let sig = signature(&[b"Jefe"], 0, "x");
         assert!(sig.starts_with("t=0,v1=") && sig.len() == "t=0,v1=".len() + 64);
-        let mut mac = Hmac::<Sha256>::new_from_slice(b"Jefe").unwrap_or_else(|_| unreachable!());
-        mac.update(b"0.x");
-        assert_eq!(sig, format!("t=0,v1={}", hex::encode(mac.finalize().into_bytes())));
-        assert_ne!(signature(b"Jefe", 1, "x"), sig, "the time is signed");
-        assert_ne!(signature(b"Jefe", 0, "y"), sig, "the body is signed");
+        let mac = |key: &[u8]| {
+            let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
+            mac.update(b"0.x");
+            hex::encode(mac.finalize().into_bytes())
+        };
+        assert_eq!(sig, format!("t=0,v1={}", mac(b"Jefe")));
+        assert_ne!(signature(&[b"Jefe"], 1, "x"), sig, "the time is signed");
+        assert_ne!(signature(&[b"Jefe"], 0, "y"), sig, "the body is signed");
+        // During a rotation's overlap: one `v1=` per secret, the new one first.
+        assert_eq!(signature(&[b"new", b"old"], 0, "x"), format!("t=0,v1={},v1={}", mac(b"new"), mac(b"old")));
     }
 }

@@ -113,6 +113,32 @@ pub struct WebhookSecret {
     pub secret: String,
     /// RFC 3339.
     pub created_at: String,
+    /// The secret it replaced, which still signs beside it until `until`, so a merchant's
+    /// endpoint can move to the new one without rejecting webhooks meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<PreviousWebhookSecret>,
+}
+
+/// A replaced webhook signing secret during its overlap with the new one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PreviousWebhookSecret {
+    pub secret: String,
+    /// RFC 3339: when it stops signing.
+    pub until: String,
+}
+
+impl WebhookSecret {
+    /// The secrets that sign at `now`: this one, then the one it replaced while its overlap
+    /// lasts.
+    pub fn signing_at(&self, now: chrono::DateTime<chrono::Utc>) -> Vec<&str> {
+        let mut secrets = vec![self.secret.as_str()];
+        if let Some(previous) = &self.previous
+            && chrono::DateTime::parse_from_rfc3339(&previous.until).is_ok_and(|until| until > now)
+        {
+            secrets.push(previous.secret.as_str());
+        }
+        secrets
+    }
 }
 
 /// A signature made by a Transit key.
@@ -338,4 +364,26 @@ impl Vault {
 pub fn signature_bytes(signature: &str) -> Option<Vec<u8>> {
     let encoded = signature.strip_prefix("vault:v")?.split_once(':')?.1;
     STANDARD.decode(encoded).ok()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replaced_webhook_secret_signs_beside_the_new_one_until_its_overlap_ends() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-29T12:00:00Z").unwrap().to_utc();
+        let kept = WebhookSecret {
+            secret: "whsec_new".into(),
+            created_at: "2026-11-29T11:00:00Z".into(),
+            previous: Some(PreviousWebhookSecret { secret: "whsec_old".into(), until: "2026-11-29T12:00:01Z".into() }),
+        };
+        assert_eq!(kept.signing_at(now), ["whsec_new", "whsec_old"]);
+        assert_eq!(kept.signing_at(now + chrono::Duration::seconds(1)), ["whsec_new"], "the overlap is over");
+        // A record kept before overlaps existed reads as one secret.
+        let old: WebhookSecret =
+            serde_json::from_str(r#"{"secret": "whsec_only", "created_at": "2026-11-01T00:00:00Z"}"#).unwrap();
+        assert_eq!(old.signing_at(now), ["whsec_only"]);
+    }
 }
