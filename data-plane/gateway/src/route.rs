@@ -263,13 +263,18 @@ async fn send_batch(p: &Publishing, batch: Vec<Pending>) {
     }
 }
 
-/// The frame a browser receives for an announcement.
-pub fn announcement_frame(announcement: &Intervention) -> String {
-    let sent_at = Utc
-        .timestamp_millis_opt(announcement.decided_at_ms)
+/// Milliseconds since the epoch as RFC 3339 (empty when out of range), as frames carry
+/// times.
+fn rfc3339_millis(ms: i64) -> String {
+    Utc.timestamp_millis_opt(ms)
         .single()
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// The frame a browser receives for an announcement.
+pub fn announcement_frame(announcement: &Intervention) -> String {
+    let sent_at = rfc3339_millis(announcement.decided_at_ms);
     let message = PushMessage::Announcement(AnnouncementMessage {
         announcement_id: announcement.intervention_id.clone(),
         title: announcement.title.clone(),
@@ -479,11 +484,7 @@ async fn write_batch(
 /// The JSON frame a shopper's socket receives for `iv`.
 pub fn push_frame(iv: &Intervention) -> String {
     let trace_id = TraceContext::parse(&iv.traceparent).map(|t| t.trace_id()).unwrap_or_default();
-    let decided_at = Utc
-        .timestamp_millis_opt(iv.decided_at_ms)
-        .single()
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default();
+    let decided_at = rfc3339_millis(iv.decided_at_ms);
     let message = PushMessage::Intervention(InterventionMessage {
         intervention_id: iv.intervention_id.clone(),
         kind: iv.kind.clone(),
