@@ -100,9 +100,9 @@ async fn the_reported_lift_holds_the_true_effect_and_control_gets_nothing() -> a
                 outcomes.assign(tenant, shopper, campaign_id, *arm, now + 1_000, WEEK_MS).await?;
                 if *buys {
                     let order = format!("{shopper}-order");
-                    outcomes.purchase(tenant, shopper, &order, 10_000, now + 60_000, WEEK_MS).await?;
+                    outcomes.purchase(tenant, shopper, &order, 10_000, "EUR", now + 60_000, WEEK_MS).await?;
                     // The same purchase applied again (a replayed step) counts once.
-                    outcomes.purchase(tenant, shopper, &order, 10_000, now + 60_000, WEEK_MS).await?;
+                    outcomes.purchase(tenant, shopper, &order, 10_000, "EUR", now + 60_000, WEEK_MS).await?;
                 }
                 Ok::<_, anyhow::Error>(())
             }
@@ -135,6 +135,21 @@ async fn the_reported_lift_holds_the_true_effect_and_control_gets_nothing() -> a
         lift["revenue_per_shopper_minor"]["value"].as_f64().unwrap_or_default(),
         lift["revenue_per_shopper_minor"]["low"].as_f64().unwrap_or_default(),
         lift["revenue_per_shopper_minor"]["high"].as_f64().unwrap_or_default(),
+    );
+
+    assert_eq!(report["currencies"], json!(["EUR"]), "{report}");
+    // A purchase in another currency: it converts, but its amount does not add to euros, so
+    // the report names both currencies and gives no revenue lift (the conversion lift stays).
+    outcomes.assign(tenant, "shp_dollars", &campaign_id, ArmName::Treated, now, WEEK_MS).await?;
+    outcomes.purchase(tenant, "shp_dollars", "dollars-order", 5_000, "USD", now + 60_000, WEEK_MS).await?;
+    let mixed = read_report(&platform, &format!("campaign_id={campaign_id}"), &reader).await?;
+    assert_eq!(mixed["currencies"], json!(["EUR", "USD"]), "{mixed}");
+    assert!(mixed["lift"].get("revenue_per_shopper_minor").is_none(), "{mixed}");
+    assert!(mixed["lift"]["conversion"]["value"].is_number(), "{mixed}");
+    assert_eq!(
+        mixed["treated"]["converted"].as_u64(),
+        report["treated"]["converted"].as_u64().map(|n| n + 1),
+        "the dollar purchase converts"
     );
 
     // The store as a whole: every shopper treated, no holdout yet, so no lift to show.

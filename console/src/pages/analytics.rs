@@ -79,6 +79,8 @@ struct Report {
     baseline_rate: String,
     conversion_lift: Option<Interval>,
     recovered: Option<Interval>,
+    /// The currencies purchases came in, when there were several: no revenue is shown.
+    mixed_currencies: Option<String>,
     funnel: Vec<Bar>,
     funnel_height: usize,
 }
@@ -91,8 +93,9 @@ fn points(rate: f64) -> String {
     format!("{:+.1} points", rate * 100.0)
 }
 
-fn money(minor: f64) -> String {
-    format!("{:.2}", minor / 100.0)
+/// Hundredths of `currency` in its major unit, with its code when known.
+fn money(minor: f64, currency: &str) -> String {
+    format!("{:.2} {currency}", minor / 100.0).trim_end().to_owned()
 }
 
 fn report(name: String, lift: &Value) -> Report {
@@ -120,13 +123,18 @@ fn report(name: String, lift: &Value) -> Report {
             y: i * 24,
         })
         .collect();
-    // Recovered revenue: the lift in revenue per shopper over the treated shoppers.
+    // Recovered revenue: the lift in revenue per shopper over the treated shoppers, when its
+    // purchases were in one currency.
+    let currencies: Vec<&str> =
+        lift["currencies"].as_array().map(|c| c.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    let currency = if currencies.len() == 1 { currencies[0].to_owned() } else { String::new() };
+    let mixed_currencies = (currencies.len() > 1).then(|| currencies.join(", "));
     let recovered = {
         let per = &lift["lift"]["revenue_per_shopper_minor"];
         let scaled = |key: &str| per[key].as_f64().map(|v| v * shoppers as f64);
         match (scaled("value"), scaled("low"), scaled("high")) {
             (Some(value), Some(low), Some(high)) => {
-                Interval::of(&serde_json::json!({ "value": value, "low": low, "high": high }), money)
+                Interval::of(&serde_json::json!({ "value": value, "low": low, "high": high }), |v| money(v, &currency))
             }
             _ => None,
         }
@@ -145,6 +153,7 @@ fn report(name: String, lift: &Value) -> Report {
         baseline_rate: rate(baseline),
         conversion_lift: Interval::of(&lift["lift"]["conversion"], points),
         recovered,
+        mixed_currencies,
         funnel,
         funnel_height: counts.len() * 24,
     }
@@ -274,7 +283,7 @@ mod tests {
     #[test]
     fn a_report_reads_the_cells_answer() {
         let lift = json!({
-            "campaign_id": "cmp_1", "attribution_days": 7,
+            "campaign_id": "cmp_1", "attribution_days": 7, "currencies": ["EUR"],
             "treated": { "shoppers": 200, "converted": 30, "conversion_rate": 0.15, "revenue_minor": 90000.0, "revenue_per_shopper_minor": 450.0 },
             "control": { "shoppers": 20, "converted": 2, "conversion_rate": 0.10, "revenue_minor": 5000.0, "revenue_per_shopper_minor": 250.0 },
             "holdout": { "shoppers": 0, "converted": 0, "conversion_rate": 0.0, "revenue_minor": 0.0, "revenue_per_shopper_minor": 0.0 },
@@ -291,7 +300,17 @@ mod tests {
         assert!(conversion.text.starts_with("+5.0 points"), "{}", conversion.text);
         let recovered = r.recovered.expect("recovered revenue");
         assert_eq!(recovered.verdict, "unclear", "its interval crosses zero");
-        assert!(recovered.text.starts_with("400.00"), "{}", recovered.text);
+        assert!(recovered.text.starts_with("400.00 EUR"), "{}", recovered.text);
+        assert!(r.mixed_currencies.is_none());
+        // Purchases in several currencies: no revenue figure, and the page says why.
+        let mut mixed = lift.clone();
+        mixed["currencies"] = json!(["EUR", "USD"]);
+        if let Some(lift) = mixed["lift"].as_object_mut() {
+            lift.remove("revenue_per_shopper_minor");
+        }
+        let r = report("Come back".into(), &mixed);
+        assert!(r.recovered.is_none());
+        assert_eq!(r.mixed_currencies.as_deref(), Some("EUR, USD"));
         let counts: Vec<u64> = r.funnel.iter().map(|b| b.count).collect();
         assert_eq!(counts, vec![200, 180, 40, 30]);
     }

@@ -2,7 +2,9 @@
 //! `reports:read`): per campaign, the shoppers it treated against its control group; for
 //! the store, every shopper any campaign applied to against the global holdout. Each arm's
 //! shoppers, conversions and revenue within the attribution window, and the difference in
-//! conversion rate and in revenue per shopper with a 95 % confidence interval.
+//! conversion rate and in revenue per shopper with a 95 % confidence interval. Revenue adds
+//! amounts as they came; `currencies` names the currencies of the purchases in it, and the
+//! revenue lift is left out when there is more than one (their amounts do not add up).
 
 use std::sync::Arc;
 
@@ -47,7 +49,8 @@ pub struct ArmView {
     /// Shoppers who bought within the attribution window.
     pub converted: u64,
     pub conversion_rate: f64,
-    /// Their purchases' value, in minor units of the store's currency.
+    /// Their purchases' value, in hundredths of the currency: of `currencies`' one, and not a
+    /// meaningful sum when it names several.
     pub revenue_minor: f64,
     pub revenue_per_shopper_minor: f64,
 }
@@ -74,7 +77,9 @@ pub struct LiftView {
     pub against: String,
     /// Conversion rate, absolute (0.02 is two points).
     pub conversion: EstimateView,
-    pub revenue_per_shopper_minor: EstimateView,
+    /// In hundredths of the report's one currency; absent when its purchases were in several.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revenue_per_shopper_minor: Option<EstimateView>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -82,6 +87,11 @@ pub struct LiftReport {
     /// The campaign, or `_store`.
     pub campaign_id: String,
     pub attribution_days: u16,
+    /// ISO 4217 codes of the purchases counted in the revenue figures, sorted: one for a store
+    /// selling in one currency; none before any purchase (or for purchases counted before
+    /// currencies were recorded); several when the store sells in more than one, and then
+    /// the revenue sums mix them and no revenue lift is given.
+    pub currencies: Vec<String>,
     pub treated: ArmView,
     /// The campaign's control group (absent for the store).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -143,7 +153,8 @@ async fn lift(
         tracing::warn!(error = %e, "lift report unavailable");
         ApiError::unavailable("reports_unavailable", "the report cannot be read now", 1)
     };
-    let arms = state.outcomes.arms(tenant, &campaign).await.map_err(unavailable)?;
+    let (arms, currencies) = state.outcomes.arms(tenant, &campaign).await.map_err(unavailable)?;
+    let one_currency = currencies.len() <= 1;
     let engagement = state.outcomes.engagement(tenant, &campaign).await.map_err(unavailable)?;
     let of = |name: ArmName| arms.iter().find(|(n, _)| *n == name).map(|(_, a)| *a).unwrap_or_default();
     let (treated, control, holdout) = (of(ArmName::Treated), of(ArmName::Control), of(ArmName::Holdout));
@@ -153,6 +164,7 @@ async fn lift(
     Ok(Json(LiftReport {
         campaign_id: campaign,
         attribution_days,
+        currencies,
         treated: arm_view(&treated),
         control: (!store).then(|| arm_view(&control)),
         holdout: arm_view(&holdout),
@@ -164,7 +176,7 @@ async fn lift(
         lift: Lift::of(treated, baseline).map(|l| LiftView {
             against: against.to_owned(),
             conversion: estimate(l.conversion),
-            revenue_per_shopper_minor: estimate(l.revenue_per_shopper),
+            revenue_per_shopper_minor: one_currency.then(|| estimate(l.revenue_per_shopper)),
         }),
     }))
 }

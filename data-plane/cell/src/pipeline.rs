@@ -615,6 +615,7 @@ impl Pipeline {
                     key.shopper.as_str(),
                     &nudge_contracts::id_digest(&event.event_id),
                     purchase.value_minor,
+                    &purchase.currency,
                     event.occurred_at_ms,
                     window,
                 )

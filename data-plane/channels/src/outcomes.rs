@@ -10,6 +10,10 @@
 //! needs no per-shopper scan. A shopper assigned again after the window starts a new
 //! period and counts again.
 //!
+//! Amounts are added as they come, in hundredths of their currency; the sums record which
+//! currencies went into them, so a report adds no revenue of different currencies together
+//! without saying so.
+//!
 //! Redis: `t:{tenant}:assigned:{shopper}` (campaign → `arm|assigned at|revenue|converted`,
 //! for the window), `t:{tenant}:arms:{campaign}` (the sums), and a marker per purchase
 //! event applied, so a replayed purchase counts once.
@@ -61,7 +65,9 @@ return 1
 "#;
 
 // KEYS: the shopper's assignments, the purchase's marker. ARGV: now, window (ms), value,
-// the sums' key prefix (`…t:{tenant}:arms:`), the marker's lifetime (s).
+// the sums' key prefix (`…t:{tenant}:arms:`), the marker's lifetime (s), the purchase's
+// currency (marked in the sums as `currency:{code}`, so a report knows whether its revenue
+// adds up amounts of one currency).
 const PURCHASE: &str = r#"
 if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[5]) == false then
   return 0
@@ -78,6 +84,7 @@ for i = 1, #all, 2 do
     if converted == '0' then
       redis.call('HINCRBY', sums, arm .. ':converted', 1)
     end
+    redis.call('HSET', sums, 'currency:' .. ARGV[6], 1)
     redis.call('HINCRBYFLOAT', sums, arm .. ':revenue', ARGV[3])
     redis.call('HINCRBYFLOAT', sums, arm .. ':revenue_squares', after * after - before * before)
     redis.call('HSET', KEYS[1], campaign, arm .. '|' .. at .. '|' .. string.format('%d', after) .. '|1')
@@ -156,15 +163,17 @@ impl OutcomeStore {
         Ok(added == 1)
     }
 
-    /// Counts purchase `event_digest` of `value_minor` at `now_ms` for every arm the shopper
-    /// is assigned to within the window, once however often it is applied. How many
-    /// assignments it counted for.
+    /// Counts purchase `event_digest` of `value_minor` (hundredths of `currency`) at `now_ms`
+    /// for every arm the shopper is assigned to within the window, once however often it is
+    /// applied. How many assignments it counted for.
+    #[allow(clippy::too_many_arguments)]
     pub async fn purchase(
         &self,
         tenant: TenantId,
         shopper: &str,
         event_digest: &str,
         value_minor: i64,
+        currency: &str,
         now_ms: i64,
         window_ms: i64,
     ) -> Result<u64, ChannelsError> {
@@ -177,6 +186,7 @@ impl OutcomeStore {
             .arg(value_minor.max(0))
             .arg(arms_prefix(&self.prefix, tenant))
             .arg(PURCHASE_MARKER_SECONDS)
+            .arg(currency)
             .invoke_async(&mut conn)
             .await?;
         Ok(u64::try_from(counted).unwrap_or(0))
@@ -240,8 +250,14 @@ impl OutcomeStore {
         Ok(Engagement { shown: at(0), clicked: at(1), dismissed: at(2) })
     }
 
-    /// The sums of each arm of `campaign` ([`STORE`] for the store as a whole).
-    pub async fn arms(&self, tenant: TenantId, campaign: &str) -> Result<[(ArmName, Arm); 3], ChannelsError> {
+    /// The sums of each arm of `campaign` ([`STORE`] for the store as a whole), and the
+    /// currencies of the purchases counted in them (sorted; empty for purchases counted
+    /// before currencies were recorded).
+    pub async fn arms(
+        &self,
+        tenant: TenantId,
+        campaign: &str,
+    ) -> Result<([(ArmName, Arm); 3], Vec<String>), ChannelsError> {
         let mut conn = self.redis.clone();
         let sums: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
             .arg(format!("{}{campaign}", arms_prefix(&self.prefix, tenant)))
@@ -256,6 +272,9 @@ impl OutcomeStore {
             revenue: number(name, "revenue"),
             revenue_squares: number(name, "revenue_squares"),
         };
-        Ok([ArmName::Treated, ArmName::Control, ArmName::Holdout].map(|name| (name, arm(name))))
+        let mut currencies: Vec<String> =
+            sums.keys().filter_map(|field| field.strip_prefix("currency:")).map(str::to_owned).collect();
+        currencies.sort_unstable();
+        Ok(([ArmName::Treated, ArmName::Control, ArmName::Holdout].map(|name| (name, arm(name))), currencies))
     }
 }

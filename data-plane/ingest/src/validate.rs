@@ -214,7 +214,8 @@ impl Props<'_> {
         Ok(Payload::Identify(Identify { customer_ref: self.text("customer_ref", 128)?, email_sha256, email }))
     }
 
-    /// A non-negative amount in major units (`49.99`) as minor units (`4999`).
+    /// A non-negative amount in major units (`49.99`) as hundredths (`4999`), whatever the
+    /// currency's own minor unit.
     fn opt_money(&self, field: &str) -> Result<Option<i64>, EventError> {
         match self.map.get(field) {
             None | Some(Value::Null) => Ok(None),
