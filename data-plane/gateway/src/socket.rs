@@ -498,20 +498,41 @@ async fn push(socket: &mut WebSocket, sent: &mut Sent, p: &Pushed) -> Result<(),
     Ok(())
 }
 
-fn acknowledge(state: &GatewayState, address: &ShopperAddress, intervention_id: &str, sent_here: bool) {
+/// What a browser's acknowledgement naming `intervention_id` is.
+#[derive(Debug, PartialEq, Eq)]
+enum AckOf {
+    /// Not an id this gateway could have sent: counted as a failure.
+    Invalid,
+    /// An announcement's: in no history to resume after, so it must not become the
+    /// shopper's cursor, and it counts in no usage meter. Nothing is recorded.
+    Announcement,
+    /// An intervention's: recorded.
+    Intervention,
+}
+
+fn ack_of(intervention_id: &str) -> AckOf {
     if intervention_id.is_empty() || intervention_id.len() > 64 || intervention_id.contains('|') {
-        state.metrics.ack_failures.inc();
-        return;
+        AckOf::Invalid
+    } else if intervention_id.starts_with(ANNOUNCEMENT_PREFIX) {
+        AckOf::Announcement
+    } else {
+        AckOf::Intervention
     }
-    if intervention_id.starts_with(ANNOUNCEMENT_PREFIX) {
-        // Announcements are not acknowledged: one is in no history to resume after, so it
-        // must not become the shopper's cursor, and it counts in no usage meter.
-        return;
-    }
-    state.metrics.acknowledged.inc();
-    // Written in batches by the acknowledgement writer; this task never waits on Redis.
-    if !state.acks.record(address, intervention_id, sent_here) {
-        state.metrics.ack_failures.inc();
+}
+
+fn acknowledge(state: &GatewayState, address: &ShopperAddress, intervention_id: &str, sent_here: bool) {
+    match ack_of(intervention_id) {
+        AckOf::Invalid => {
+            state.metrics.ack_failures.inc();
+        }
+        AckOf::Announcement => {}
+        AckOf::Intervention => {
+            state.metrics.acknowledged.inc();
+            // Written in batches by the acknowledgement writer; this task never waits on Redis.
+            if !state.acks.record(address, intervention_id, sent_here) {
+                state.metrics.ack_failures.inc();
+            }
+        }
     }
 }
 
@@ -524,5 +545,20 @@ async fn send(socket: &mut WebSocket, message: Message) -> Result<(), ()> {
     match tokio::time::timeout(SEND_TIMEOUT, socket.send(message)).await {
         Ok(Ok(())) => Ok(()),
         _ => Err(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_interventions_acknowledgements_are_recorded() {
+        assert_eq!(ack_of("itv_0123"), AckOf::Intervention);
+        assert_eq!(ack_of("test_0123"), AckOf::Intervention, "test messages resume like interventions");
+        assert_eq!(ack_of("ann_0123"), AckOf::Announcement, "never a resume cursor, never billed");
+        for invalid in ["", "itv_a|b", &"x".repeat(65)] {
+            assert_eq!(ack_of(invalid), AckOf::Invalid, "{invalid:?}");
+        }
     }
 }
