@@ -96,11 +96,7 @@ impl SendWindow {
             .invoke_async(&mut conn)
             .await
             .map_err(Refused::Unavailable)?;
-        match u64::try_from(wait) {
-            Ok(0) => Ok(()),
-            Ok(ms) => Err(Refused::Full(Duration::from_millis(ms))),
-            Err(_) => Ok(()),
-        }
+        if wait == 0 { Ok(()) } else { Err(Refused::Full(Duration::from_millis(wait.unsigned_abs()))) }
     }
 
     /// Takes back send `id`, which did not go out: it holds no place in the window.
