@@ -51,6 +51,7 @@ use nudge_data_plane_directory::{
 };
 use nudge_platform_http::{ApiError, ErrorBody};
 use nudge_platform_telemetry::Metrics;
+use nudge_tenants::TenantId;
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
@@ -61,7 +62,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
     hub::{CLOSE_SLOW_CONSUMER, Hub, MAX_PER_SHOPPER, Outbound, Pushed, Queue, Refusal, Registration, ShopperAddress},
-    route::{ANNOUNCEMENT_PREFIX, AckWriter, History, HistoryConfig},
+    route::{ANNOUNCEMENT_PREFIX, AckWriter, History, HistoryConfig, Snapshot},
 };
 
 /// Largest frame a client may send; clients only send acknowledgements and pongs.
@@ -79,8 +80,9 @@ const MAX_WRITE_BUFFER: usize = 64 * 1024;
 
 /// A write that takes longer belongs to a shopper who stopped reading.
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
-/// Tries of a history re-read (after a lost subscription) before the socket is closed.
-const RESYNC_ATTEMPTS: u32 = 3;
+/// Retries of a history read (as a socket opens, or after a lost subscription) before the
+/// socket is closed.
+const HISTORY_READ_RETRIES: u32 = 3;
 /// Ids of the interventions a socket sent recently, to drop the same one arriving both
 /// from the history and live.
 const RECENT_IDS: usize = 64;
@@ -315,6 +317,7 @@ impl Sent {
     }
 }
 
+#[cfg_attr(test, derive(Debug, PartialEq))]
 enum Ending {
     Close(u16, String),
     Gone,
@@ -439,13 +442,7 @@ async fn open(
 ) -> Result<Sent, Ending> {
     // Registered first, read second: whatever is published from here on is queued too,
     // and a repeat is dropped by id.
-    let snapshot = match state.history.read(address).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(tenant_id = %address.tenant, error = %e, "reading a shopper's history failed");
-            return Err(Ending::Close(CLOSE_TRY_AGAIN_LATER, "try_again_later".into()));
-        }
-    };
+    let snapshot = read_history(state, address).await?;
     let mut sent = Sent { cursor: resume.or(snapshot.acked.clone()), recent: VecDeque::new() };
     let replay = snapshot.after(sent.cursor.as_deref());
     let ready = PushMessage::Ready { shopper_id: address.shopper.to_string(), replaying: replay.len() };
@@ -467,29 +464,43 @@ async fn resync(
     address: &ShopperAddress,
     sent: &mut Sent,
 ) -> Result<(), Ending> {
-    // A failed read is retried a few times before the socket is closed (a reconnect resumes
-    // what was missed); closing at once would turn a Redis hiccup into a reconnect storm.
-    let mut attempt = 0;
-    let snapshot = loop {
-        match state.history.read(address).await {
-            Ok(snapshot) => break snapshot,
-            Err(e) if attempt < RESYNC_ATTEMPTS => {
-                attempt += 1;
-                tracing::debug!(tenant_id = %address.tenant, error = %e, attempt, "resync read failed; retrying");
-                tokio::time::sleep(Duration::from_millis(500) * attempt).await;
-            }
-            Err(e) => {
-                tracing::warn!(tenant_id = %address.tenant, error = %e, "resync failed");
-                return Err(Ending::Close(CLOSE_TRY_AGAIN_LATER, "try_again_later".into()));
-            }
-        }
-    };
+    let snapshot = read_history(state, address).await?;
     for p in snapshot.after(sent.cursor.as_deref()) {
         if !sent.contains(&p.intervention_id) {
             push(socket, sent, p).await.map_err(|()| Ending::Gone)?;
         }
     }
     Ok(())
+}
+
+/// The shopper's history. A failed or slow read is tried again a few times before the
+/// socket is closed with 1013: the socket stays registered meanwhile (whatever is published
+/// is queued), and a close would turn a Redis hiccup, or a moment of overload, into a
+/// reconnect storm that reads every history again.
+async fn read_history(state: &GatewayState, address: &ShopperAddress) -> Result<Snapshot, Ending> {
+    retrying(&address.tenant, || state.history.read(address)).await
+}
+
+async fn retrying<F, R>(tenant: &TenantId, mut read: F) -> Result<Snapshot, Ending>
+where
+    F: FnMut() -> R,
+    R: std::future::Future<Output = Result<Snapshot, redis::RedisError>>,
+{
+    let mut attempt = 0;
+    loop {
+        match read().await {
+            Ok(snapshot) => return Ok(snapshot),
+            Err(e) if attempt < HISTORY_READ_RETRIES => {
+                attempt += 1;
+                tracing::debug!(tenant_id = %tenant, error = %e, attempt, "reading a shopper's history failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500) * attempt).await;
+            }
+            Err(e) => {
+                tracing::warn!(tenant_id = %tenant, error = %e, "reading a shopper's history failed");
+                return Err(Ending::Close(CLOSE_TRY_AGAIN_LATER, "try_again_later".into()));
+            }
+        }
+    }
 }
 
 async fn push(socket: &mut WebSocket, sent: &mut Sent, p: &Pushed) -> Result<(), ()> {
@@ -560,5 +571,34 @@ mod tests {
         for invalid in ["", "itv_a|b", &"x".repeat(65)] {
             assert_eq!(ack_of(invalid), AckOf::Invalid, "{invalid:?}");
         }
+    }
+
+    /// A read answering `Err` for its first `failures` calls, counting them.
+    fn flaky(
+        failures: u32,
+        calls: &std::cell::Cell<u32>,
+    ) -> impl FnMut() -> std::future::Ready<Result<Snapshot, redis::RedisError>> + '_ {
+        move || {
+            calls.set(calls.get() + 1);
+            std::future::ready(if calls.get() <= failures {
+                Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "reading the history timed out").into())
+            } else {
+                Ok(Snapshot { entries: Vec::new(), acked: Some("itv_1".into()) })
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_history_read_is_tried_again_before_the_socket_is_closed() {
+        let tenant = TenantId::new();
+        let calls = std::cell::Cell::new(0);
+        let snapshot = retrying(&tenant, flaky(HISTORY_READ_RETRIES, &calls)).await.unwrap();
+        assert_eq!(snapshot.acked.as_deref(), Some("itv_1"));
+        assert_eq!(calls.get(), HISTORY_READ_RETRIES + 1);
+
+        let calls = std::cell::Cell::new(0);
+        let ending = retrying(&tenant, flaky(u32::MAX, &calls)).await.unwrap_err();
+        assert_eq!(ending, Ending::Close(CLOSE_TRY_AGAIN_LATER, "try_again_later".into()));
+        assert_eq!(calls.get(), HISTORY_READ_RETRIES + 1, "closed after the last retry, no more");
     }
 }
