@@ -43,6 +43,7 @@ use axum::{
     http::{HeaderMap, StatusCode, Uri, header},
     response::{IntoResponse, Response},
 };
+use futures_util::FutureExt;
 use nudge_contracts::push::{ClientMessage, PushMessage};
 use nudge_data_plane_directory::{
     Directory,
@@ -410,24 +411,36 @@ async fn run(
             },
             incoming = socket.recv() => {
                 registration.heard();
-                match incoming {
-                    Some(Ok(Message::Text(text))) => match serde_json::from_str::<ClientMessage>(&text) {
-                        Ok(ClientMessage::Ack { intervention_id }) => {
-                            let sent_here = sent.contains(&intervention_id);
-                            acknowledge(state, address, &intervention_id, sent_here);
-                        }
-                        Err(_) => return Ending::Close(CLOSE_INVALID_MESSAGE, "invalid_message".into()),
-                    },
-                    Some(Ok(Message::Binary(_))) => return Ending::Close(CLOSE_INVALID_MESSAGE, "invalid_message".into()),
-                    Some(Ok(Message::Close(_))) | None => return Ending::Gone,
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => return if too_big(e) {
-                        Ending::Close(CLOSE_MESSAGE_TOO_BIG, "message_too_big".into())
-                    } else {
-                        Ending::Gone
-                    },
+                if let Err(ending) = received(state, address, Some(&sent), incoming) {
+                    return ending;
                 }
             }
+        }
+    }
+}
+
+/// Acts on what the browser sent (`None`: the connection ended); `sent` is what this socket
+/// has sent, `None` before it opened.
+fn received(
+    state: &GatewayState,
+    address: &ShopperAddress,
+    sent: Option<&Sent>,
+    incoming: Option<Result<Message, axum::Error>>,
+) -> Result<(), Ending> {
+    match incoming {
+        Some(Ok(Message::Text(text))) => match serde_json::from_str::<ClientMessage>(&text) {
+            Ok(ClientMessage::Ack { intervention_id }) => {
+                let sent_here = sent.is_some_and(|sent| sent.contains(&intervention_id));
+                acknowledge(state, address, &intervention_id, sent_here);
+                Ok(())
+            }
+            Err(_) => Err(Ending::Close(CLOSE_INVALID_MESSAGE, "invalid_message".into())),
+        },
+        Some(Ok(Message::Binary(_))) => Err(Ending::Close(CLOSE_INVALID_MESSAGE, "invalid_message".into())),
+        Some(Ok(Message::Close(_))) | None => Err(Ending::Gone),
+        Some(Ok(_)) => Ok(()),
+        Some(Err(e)) => {
+            Err(if too_big(e) { Ending::Close(CLOSE_MESSAGE_TOO_BIG, "message_too_big".into()) } else { Ending::Gone })
         }
     }
 }
@@ -440,6 +453,13 @@ async fn open(
     address: &ShopperAddress,
     resume: Option<String>,
 ) -> Result<Sent, Ending> {
+    // The upgrade hands the socket the HTTP connection's read buffer (8 KiB), kept until the
+    // socket first reads: reading once now lets it go before the wait for the history, so
+    // sockets opening by the thousand (a drained replica's shoppers arriving) do not each
+    // hold one meanwhile. A browser sends nothing before `ready`; whatever came is handled.
+    if let Some(incoming) = socket.recv().now_or_never() {
+        received(state, address, None, incoming)?;
+    }
     // Registered first, read second: whatever is published from here on is queued too,
     // and a repeat is dropped by id.
     let snapshot = read_history(state, address).await?;
