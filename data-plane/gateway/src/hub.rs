@@ -142,6 +142,31 @@ impl Queue {
         }
     }
 
+    /// Waits until the socket must end, taking nothing else from the queue: `None` once it
+    /// was evicted, or the code and reason of a close queued for it (a drain, a revoked
+    /// key). A socket busy reading its history watches this, so it neither delays a close
+    /// nor holds its slot after eviction. Cancel-safe.
+    pub async fn ending(&self) -> Option<(u16, Arc<str>)> {
+        loop {
+            {
+                let state = lock(&self.state);
+                if state.closed {
+                    return None;
+                }
+                let close = state.items.iter().find_map(|m| match m {
+                    Outbound::Close(code, reason) => Some((*code, reason.clone())),
+                    _ => None,
+                });
+                if close.is_some() {
+                    return close;
+                }
+            }
+            // Woken by every push (other messages stay queued for `recv`, which looks
+            // before it waits, so taking the wake-up here loses nothing).
+            self.ready.notified().await;
+        }
+    }
+
     /// The next message if one is queued (tests look without waiting).
     #[cfg(test)]
     pub(crate) fn try_recv(&self) -> Option<Outbound> {
@@ -597,6 +622,31 @@ mod tests {
         assert_eq!(hub.connections(), 1);
         drop(reg);
         assert_eq!(hub.deliver(&addr(t, "s"), pushed("z")), Delivery { delivered: 1, evicted: 0 });
+    }
+
+    #[tokio::test]
+    async fn a_socket_waiting_on_its_history_learns_of_a_close_or_an_eviction_and_nothing_else() {
+        use futures_util::FutureExt;
+        let hub = Arc::new(Hub::default());
+        let t = TenantId::new();
+        let (_reg, rx) = hub.register(addr(t, "s"), key(), 10).unwrap();
+        assert_eq!(hub.deliver(&addr(t, "s"), pushed("x")).delivered, 1);
+        assert!(rx.ending().now_or_never().is_none(), "a message is no reason to stop");
+        hub.close_all(1012, "service_restart");
+        assert_eq!(rx.ending().await, Some((1012, "service_restart".into())));
+        assert_eq!(id_of(rx.recv().await), "x", "what was queued is still there, in order");
+        assert!(matches!(rx.recv().await, Some(Outbound::Close(1012, _))));
+
+        let hub = Arc::new(Hub::default());
+        let (_reg, slow) = hub.register(addr(t, "s"), key(), 10).unwrap();
+        let waiting = tokio::spawn({
+            let slow = slow.clone();
+            async move { slow.ending().await }
+        });
+        for _ in 0..=SEND_QUEUE {
+            hub.deliver(&addr(t, "s"), pushed("y"));
+        }
+        assert_eq!(waiting.await.unwrap(), None, "evicted while it waited");
     }
 
     #[test]

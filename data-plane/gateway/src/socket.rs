@@ -378,7 +378,7 @@ async fn run(
 ) -> Ending {
     let address = registration.address();
     // What runs once or rarely is boxed, so an idle socket's task holds only the loop.
-    let mut sent = match Box::pin(open(socket, state, address, resume)).await {
+    let mut sent = match Box::pin(open(socket, state, address, queue, resume)).await {
         Ok(sent) => sent,
         Err(ending) => return ending,
     };
@@ -403,7 +403,7 @@ async fn run(
                     }
                 }
                 Some(Outbound::Resync) => {
-                    if let Err(ending) = Box::pin(resync(socket, state, address, &mut sent)).await {
+                    if let Err(ending) = Box::pin(resync(socket, state, address, queue, &mut sent)).await {
                         return ending;
                     }
                 }
@@ -451,6 +451,7 @@ async fn open(
     socket: &mut WebSocket,
     state: &GatewayState,
     address: &ShopperAddress,
+    queue: &Queue,
     resume: Option<String>,
 ) -> Result<Sent, Ending> {
     // The upgrade hands the socket the HTTP connection's read buffer (8 KiB), kept until the
@@ -462,7 +463,7 @@ async fn open(
     }
     // Registered first, read second: whatever is published from here on is queued too,
     // and a repeat is dropped by id.
-    let snapshot = read_history(state, address).await?;
+    let snapshot = read_history(state, address, queue).await?;
     let mut sent = Sent { cursor: resume.or(snapshot.acked.clone()), recent: VecDeque::new() };
     let replay = snapshot.after(sent.cursor.as_deref());
     let ready = PushMessage::Ready { shopper_id: address.shopper.to_string(), replaying: replay.len() };
@@ -482,9 +483,10 @@ async fn resync(
     socket: &mut WebSocket,
     state: &GatewayState,
     address: &ShopperAddress,
+    queue: &Queue,
     sent: &mut Sent,
 ) -> Result<(), Ending> {
-    let snapshot = read_history(state, address).await?;
+    let snapshot = read_history(state, address, queue).await?;
     for p in snapshot.after(sent.cursor.as_deref()) {
         if !sent.contains(&p.intervention_id) {
             push(socket, sent, p).await.map_err(|()| Ending::Gone)?;
@@ -496,9 +498,16 @@ async fn resync(
 /// The shopper's history. A failed or slow read is tried again a few times before the
 /// socket is closed with 1013: the socket stays registered meanwhile (whatever is published
 /// is queued), and a close would turn a Redis hiccup, or a moment of overload, into a
-/// reconnect storm that reads every history again.
-async fn read_history(state: &GatewayState, address: &ShopperAddress) -> Result<Snapshot, Ending> {
-    retrying(&address.tenant, || state.history.read(address)).await
+/// reconnect storm that reads every history again. A close queued for the socket meanwhile
+/// (a drain's 1012) or its eviction ends the wait at once.
+async fn read_history(state: &GatewayState, address: &ShopperAddress, queue: &Queue) -> Result<Snapshot, Ending> {
+    tokio::select! {
+        read = retrying(&address.tenant, || state.history.read(address)) => read,
+        stop = queue.ending() => Err(match stop {
+            Some((code, reason)) => Ending::Close(code, reason.to_string()),
+            None => Ending::Close(CLOSE_SLOW_CONSUMER, "slow_consumer".into()),
+        }),
+    }
 }
 
 async fn retrying<F, R>(tenant: &TenantId, mut read: F) -> Result<Snapshot, Ending>
@@ -513,7 +522,7 @@ where
             Err(e) if attempt < HISTORY_READ_RETRIES => {
                 attempt += 1;
                 tracing::debug!(tenant_id = %tenant, error = %e, attempt, "reading a shopper's history failed; retrying");
-                tokio::time::sleep(Duration::from_millis(500) * attempt).await;
+                tokio::time::sleep(retry_pause(attempt)).await;
             }
             Err(e) => {
                 tracing::warn!(tenant_id = %tenant, error = %e, "reading a shopper's history failed");
@@ -521,6 +530,16 @@ where
             }
         }
     }
+}
+
+/// The pause before retry `attempt` (from 1): 250 ms × attempt plus up to twice that at
+/// random, so sockets that failed together do not retry together.
+fn retry_pause(attempt: u32) -> Duration {
+    use std::hash::BuildHasher;
+    let step = Duration::from_millis(250) * attempt;
+    // Each `RandomState` is keyed afresh: a random number without a generator to share.
+    let spread = std::collections::hash_map::RandomState::new().hash_one(attempt) % 1_000;
+    step + step * 2 * u32::try_from(spread).unwrap_or(0) / 1_000
 }
 
 async fn push(socket: &mut WebSocket, sent: &mut Sent, p: &Pushed) -> Result<(), ()> {
@@ -612,13 +631,26 @@ mod tests {
     async fn a_history_read_is_tried_again_before_the_socket_is_closed() {
         let tenant = TenantId::new();
         let calls = std::cell::Cell::new(0);
-        let snapshot = retrying(&tenant, flaky(HISTORY_READ_RETRIES, &calls)).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let snapshot = retrying(&tenant, flaky(3, &calls)).await.unwrap();
         assert_eq!(snapshot.acked.as_deref(), Some("itv_1"));
-        assert_eq!(calls.get(), HISTORY_READ_RETRIES + 1);
+        assert_eq!(calls.get(), 4, "three failures, then the read that answered");
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(1_500) && waited <= Duration::from_millis(4_500), "{waited:?}");
 
         let calls = std::cell::Cell::new(0);
         let ending = retrying(&tenant, flaky(u32::MAX, &calls)).await.unwrap_err();
         assert_eq!(ending, Ending::Close(CLOSE_TRY_AGAIN_LATER, "try_again_later".into()));
-        assert_eq!(calls.get(), HISTORY_READ_RETRIES + 1, "closed after the last retry, no more");
+        assert_eq!(calls.get(), 4, "closed after the third retry, no more");
+    }
+
+    #[test]
+    fn retry_pauses_grow_and_spread() {
+        for attempt in 1..=3 {
+            let step = Duration::from_millis(250) * attempt;
+            let pauses: std::collections::HashSet<Duration> = (0..50).map(|_| retry_pause(attempt)).collect();
+            assert!(pauses.iter().all(|p| *p >= step && *p <= step * 3), "{pauses:?}");
+            assert!(pauses.len() > 10, "sockets failing together retry apart: {pauses:?}");
+        }
     }
 }
