@@ -501,8 +501,16 @@ async fn resync(
 /// reconnect storm that reads every history again. A close queued for the socket meanwhile
 /// (a drain's 1012) or its eviction ends the wait at once.
 async fn read_history(state: &GatewayState, address: &ShopperAddress, queue: &Queue) -> Result<Snapshot, Ending> {
+    unless_ended(queue, retrying(&address.tenant, || state.history.read(address))).await
+}
+
+/// `work`'s outcome, unless the socket must end first (a close queued for it, its eviction).
+async fn unless_ended<T>(
+    queue: &Queue,
+    work: impl std::future::Future<Output = Result<T, Ending>>,
+) -> Result<T, Ending> {
     tokio::select! {
-        read = retrying(&address.tenant, || state.history.read(address)) => read,
+        outcome = work => outcome,
         stop = queue.ending() => Err(match stop {
             Some((code, reason)) => Ending::Close(code, reason.to_string()),
             None => Ending::Close(CLOSE_SLOW_CONSUMER, "slow_consumer".into()),
@@ -600,6 +608,8 @@ async fn send(socket: &mut WebSocket, message: Message) -> Result<(), ()> {
 
 #[cfg(test)]
 mod tests {
+    use nudge_tenants::PublishableKey;
+
     use super::*;
 
     #[test]
@@ -642,6 +652,44 @@ mod tests {
         let ending = retrying(&tenant, flaky(u32::MAX, &calls)).await.unwrap_err();
         assert_eq!(ending, Ending::Close(CLOSE_TRY_AGAIN_LATER, "try_again_later".into()));
         assert_eq!(calls.get(), 4, "closed after the third retry, no more");
+    }
+
+    #[tokio::test]
+    async fn a_socket_waiting_on_its_history_ends_at_a_queued_close_or_its_eviction() {
+        let hub = Arc::new(Hub::default());
+        let address =
+            ShopperAddress { tenant: TenantId::new(), shopper: nudge_contracts::ShopperId::parse("s").unwrap() };
+        let key = PublishableKey::generate().unwrap();
+        let (_registration, queue) = hub.register(address.clone(), key.clone(), 10).unwrap();
+        let never = std::future::pending::<Result<Snapshot, Ending>>;
+        let waiting = tokio::spawn({
+            let queue = queue.clone();
+            async move { unless_ended(&queue, never()).await }
+        });
+        hub.close_all(1012, "service_restart reconnect_jitter_ms=5000");
+        assert_eq!(
+            tokio::time::timeout(Duration::from_secs(10), waiting).await.expect("ended at once").unwrap().unwrap_err(),
+            Ending::Close(1012, "service_restart reconnect_jitter_ms=5000".into()),
+            "a drain's close is not held up by a history read"
+        );
+
+        let hub = Arc::new(Hub::default());
+        let (_registration, queue) = hub.register(address.clone(), key, 10).unwrap();
+        let waiting = tokio::spawn({
+            let queue = queue.clone();
+            async move { unless_ended(&queue, never()).await }
+        });
+        let pushed = Arc::new(Pushed { intervention_id: "itv_1".into(), text: "{}".into() });
+        while hub.deliver(&address, pushed.clone()).evicted == 0 {}
+        assert_eq!(
+            tokio::time::timeout(Duration::from_secs(10), waiting).await.expect("ended at once").unwrap().unwrap_err(),
+            Ending::Close(CLOSE_SLOW_CONSUMER, "slow_consumer".into())
+        );
+
+        let (_registration, queue) =
+            Arc::new(Hub::default()).register(address, PublishableKey::generate().unwrap(), 10).unwrap();
+        let read = unless_ended(&queue, async { Ok(Snapshot::default()) }).await.unwrap();
+        assert!(read.entries.is_empty(), "otherwise the work's outcome");
     }
 
     #[test]
